@@ -1,0 +1,1 @@
+"""Whole-system tests for Ferry and the local Kubernetes cluster they run against."""

@@ -1,0 +1,195 @@
+"""The backend interface: a small mandatory core plus declared capabilities.
+
+Modelled on rclone's backends. Every storage lists one directory at a time,
+stats, reads by range, writes through a `Writer` that makes nothing visible
+at the final name until `commit`, removes, and sets metadata. What a storage
+can do beyond that (parallel offset writes, stored digests, symlinks, ...)
+is declared in `Capabilities`, and the engine adapts instead of guessing.
+
+Paths are relative to the endpoint root, `/`-separated, never starting with
+`/` and never containing `.` or `..` components; `""` is the root. Names that
+are not valid UTF-8 travel as `str` with surrogate escapes (os.fsdecode), so
+they round-trip byte-exact on POSIX backends.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.options import Preserve
+
+# Names the engine keeps beside destination files (partials, journals, temps).
+# Destination listings hide them; they are never compared, copied or deleted by Sync.
+INTERNAL_PREFIX = ".~ferry."
+
+
+class EntryType(IntEnum):
+    FILE = 0
+    DIR = 1
+    SYMLINK = 2
+    OTHER = 3
+
+
+@dataclass(slots=True)
+class Entry:
+    """One directory entry as a backend sees it; small, because listings hold many."""
+
+    name: str
+    type: EntryType
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0  # permission bits (0 when the backend has none)
+    uid: int = -1
+    gid: int = -1
+    nlink: int = 1
+    ino: int = 0
+    dev: int = 0
+    blocks: int = -1  # 512-byte blocks allocated; -1 when unknown (sparse detection)
+    target: str | None = None  # symlink target, verbatim
+    digest: str | None = None  # Ferry digest kept by the backend (e.g. object metadata)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    chunk_writer: bool = False  # Writer.write_at may be called concurrently at any offset
+    resumable: bool = False  # Writer.done_chunks survives a killed process
+    server_side_copy: bool = False
+    stores_digest: bool = False  # Entry.digest is filled from stored metadata
+    mtime_precision_ns: int = 1
+    atomic_rename: bool = True
+    symlinks: bool = False
+    hardlinks: bool = False
+    permissions: bool = False
+    owners: bool = False
+    xattrs: bool = False
+    sparse: bool = False
+    empty_dirs: bool = True
+    max_chunk_size: int = 0  # 0: no limit of its own
+    min_chunk_size: int = 0  # e.g. S3's 5 MiB minimum part
+
+
+class Reader(ABC):
+    """An open source file. `read_at` may be called from several threads at once."""
+
+    @abstractmethod
+    def read_at(self, offset: int, length: int) -> bytes | memoryview:
+        """Return up to `length` bytes at `offset`; shorter only at end of file."""
+
+    def readinto_at(self, offset: int, buf: memoryview) -> int:
+        data = self.read_at(offset, len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def fileno(self) -> int | None:
+        """A local file descriptor, for copy_file_range and friends; None elsewhere."""
+        return None
+
+    def data_ranges(self, size: int) -> list[tuple[int, int]] | None:
+        """(offset, length) of allocated data when the file has holes; None means all data."""
+        return None
+
+    def changed(self) -> str | None:
+        """Say how the file changed since it was opened, or None if it did not."""
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class Writer(ABC):
+    """A destination file being written. Nothing appears at the final name before commit."""
+
+    @abstractmethod
+    def write_at(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        """Make the file visible at its final name, atomically, with entry's metadata."""
+
+    @abstractmethod
+    def abort(self, keep_partial: bool = False) -> None:
+        """Forget the write. keep_partial leaves resume state for a later run."""
+
+    def done_chunks(self) -> dict[int, bytes]:
+        """Resume: chunk index -> concatenated block digests of chunks already durable."""
+        return {}
+
+    def record_chunk(self, index: int, block_digests: bytes) -> None:
+        """Resume: note that chunk `index` is durably written."""
+        return None
+
+    def fileno(self) -> int | None:
+        return None
+
+    def set_size(self, size: int) -> None:
+        """Final size, set before writing (holes at the end of sparse files)."""
+        return None
+
+    def read_back(self, offset: int, length: int) -> bytes | memoryview | None:
+        """Read what was written (full verification); None when the backend cannot."""
+        return None
+
+
+class Backend(ABC):
+    caps: Capabilities = Capabilities()
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this is, for messages: never contains a secret."""
+
+    @abstractmethod
+    def root_type(self) -> EntryType | None:
+        """What the endpoint root is, or None if it does not exist."""
+
+    @abstractmethod
+    def list_dir(self, rel: str) -> list[Entry]:
+        """The entries of one directory, any order, internal names hidden."""
+
+    @abstractmethod
+    def stat(self, rel: str) -> Entry | None: ...
+
+    @abstractmethod
+    def open_read(self, rel: str, entry: Entry) -> Reader: ...
+
+    @abstractmethod
+    def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
+        """Start writing `rel`. With a resume_key, partial state whose key matches is kept."""
+
+    @abstractmethod
+    def mkdir(self, rel: str) -> None:
+        """Create a directory (parents exist); an existing directory is fine."""
+
+    @abstractmethod
+    def remove(self, rel: str, entry: Entry) -> None:
+        """Remove a file, a symlink or an empty directory."""
+
+    def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
+        """Apply entry's times/mode/owner to an existing entry (directories, metadata-only changes)."""
+        return None
+
+    def symlink(self, rel: str, target: str) -> None:
+        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot hold symlinks", rel)
+
+    def hardlink(self, rel: str, existing: str) -> None:
+        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot hold hard links", rel)
+
+    def prepare_destination(self) -> None:
+        """Create the root if it does not exist (bucket/share must already exist)."""
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def check_name(name: str, where: str) -> str:
+    """Refuse names that would escape a root: the only path check every backend shares."""
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        raise FerryError(ErrorKind.UNSAFE_PATH, f"unsafe name {name!r} in listing", where)
+    return name

@@ -1,0 +1,179 @@
+"""Parse and validate endpoint URIs: paths, `file:`, `s3://`, `sftp://`, `smb://`.
+
+Endpoints are plain frozen dataclasses so the command line never pays for
+importing pydantic; `spec.py` holds the validated pydantic boundary models and
+converts to these. Secrets never travel inside a URI: a password in the
+userinfo part is refused, credentials come from files, the environment or
+the standard provider chains.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ferry.mover.errors import ErrorKind, FerryError
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    path: str
+    kind: str = field(default="local", init=False)
+
+    def describe(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    profile: str | None = None
+    credentials_file: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+    kind: str = field(default="s3", init=False)
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+@dataclass(frozen=True)
+class SFTPEndpoint:
+    host: str
+    path: str = "."
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    password_file: str | None = None
+    known_hosts_file: str | None = None
+    insecure_ignore_host_key: bool = False
+    kind: str = field(default="sftp", init=False)
+
+    def describe(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        return f"sftp://{who}{self.host}:{self.port}/{self.path.lstrip('/')}"
+
+
+@dataclass(frozen=True)
+class SMBEndpoint:
+    host: str
+    share: str
+    path: str = ""
+    port: int = 445
+    user: str | None = None
+    password_file: str | None = None
+    domain: str | None = None
+    encrypt: bool = False
+    kind: str = field(default="smb", init=False)
+
+    def describe(self) -> str:
+        return f"smb://{self.host}:{self.port}/{self.share}/{self.path}".rstrip("/")
+
+
+Endpoint = LocalEndpoint | S3Endpoint | SFTPEndpoint | SMBEndpoint
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bad(uri: str, why: str) -> FerryError:
+    return FerryError(ErrorKind.USAGE, f"invalid endpoint {uri!r}: {why}")
+
+
+def _query(uri: str, raw: str, cls: type, renames: dict[str, str] | None = None) -> dict[str, Any]:
+    """Map `?a=b` options onto dataclass fields, converting bools and ints."""
+    allowed = {f.name: f for f in fields(cls) if f.init}
+    out: dict[str, Any] = {}
+    for key, values in parse_qs(raw, keep_blank_values=True, strict_parsing=False).items():
+        name = (renames or {}).get(key, key).replace("-", "_")
+        if name not in allowed or name in {"host", "bucket", "share", "path", "prefix", "user", "port"}:
+            raise _bad(uri, f"unknown option {key!r}")
+        value = values[-1]
+        ftype = str(allowed[name].type)
+        if ftype.startswith("bool"):
+            if value.lower() not in _TRUE | _FALSE:
+                raise _bad(uri, f"option {key!r} must be true or false, not {value!r}")
+            out[name] = value.lower() in _TRUE
+        else:
+            out[name] = value
+    return out
+
+
+def _port(uri: str, port: str | None, default: int) -> int:
+    if not port:
+        return default
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise _bad(uri, f"port {port!r} is not a number from 1 to 65535")
+    return int(port)
+
+
+def _split_netloc(uri: str, netloc: str) -> tuple[str | None, str, str | None]:
+    user = None
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            raise _bad(uri, "passwords do not belong in URIs; use password_file= or a Secret")
+        user = unquote(userinfo) or None
+    host, port = netloc, None
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif ":" in netloc:
+        host, port = netloc.rsplit(":", 1)
+    if not host:
+        raise _bad(uri, "no host")
+    return user, host, port
+
+
+def parse_endpoint(uri: str) -> Endpoint:
+    """Turn what a user typed into an endpoint, or raise a USAGE error that says why."""
+    if not uri:
+        raise _bad(uri, "empty")
+    scheme, sep, _ = uri.partition("://")
+    if not sep:
+        if uri.startswith("file:"):
+            return LocalEndpoint(os.path.abspath(unquote(uri[5:]) or "."))
+        return LocalEndpoint(os.path.abspath(uri))
+    scheme = scheme.lower()
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise _bad(uri, "file:// URIs name a local path (file:///abs/path)")
+        return LocalEndpoint(os.path.abspath(unquote(parts.path) or "/"))
+    if scheme not in {"s3", "sftp", "smb", "ferry"}:
+        raise _bad(uri, f"unknown scheme {scheme!r} (use a path, file://, s3://, sftp:// or smb://)")
+    # urlsplit would mangle '%'-free paths with '#' or '?'; split the query ourselves.
+    rest = uri[len(scheme) + 3 :]
+    rest, _, raw_query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    path = unquote(path)
+    if scheme == "s3":
+        if not netloc:
+            raise _bad(uri, "no bucket (s3://bucket/prefix)")
+        if "@" in netloc or ":" in netloc:
+            raise _bad(uri, "s3:// takes a bucket name; give the server with ?endpoint=URL")
+        opts = _query(uri, raw_query, S3Endpoint, {"endpoint": "endpoint_url"})
+        return S3Endpoint(bucket=netloc, prefix=path.strip("/"), **opts)
+    if scheme == "sftp":
+        user, host, port = _split_netloc(uri, netloc)
+        opts = _query(uri, raw_query, SFTPEndpoint, {"known_hosts": "known_hosts_file"})
+        # sftp://host/abs/path is absolute; sftp://host/~/dir is relative to the login directory.
+        rel = path[2:] if path.startswith("~/") or path == "~" else None
+        sftp_path = (rel or ".") if rel is not None else "/" + path
+        return SFTPEndpoint(host=host, port=_port(uri, port, 22), user=user, path=sftp_path, **opts)
+    if scheme == "smb":
+        user, host, port = _split_netloc(uri, netloc)
+        share, _, sub = path.partition("/")
+        if not share:
+            raise _bad(uri, "no share (smb://host/share/path)")
+        opts = _query(uri, raw_query, SMBEndpoint)
+        return SMBEndpoint(host=host, port=_port(uri, port, 445), share=share, path=sub.strip("/"), user=user, **opts)
+    raise _bad(uri, "ferry:// (Ferry-to-Ferry delta transfers) is reserved and not implemented yet")

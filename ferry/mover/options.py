@@ -1,0 +1,138 @@
+"""The engine's own view of one transfer's options.
+
+Plain dataclasses: the command line builds them directly (no pydantic import
+on the hot start-up path); `spec.py` validates the same fields at the
+Kubernetes boundary and converts to these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ferry.mover.errors import ErrorKind, FerryError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse")
+DEFAULT_PRESERVE = ("times", "perms", "links", "hardlinks", "sparse")
+
+
+class Mode(str, Enum):
+    COPY = "copy"
+    SYNC = "sync"
+
+
+class Compare(str, Enum):
+    SIZE_MTIME = "size-mtime"
+    CHECKSUM = "checksum"
+
+
+class ErrorPolicy(str, Enum):
+    ABORT = "abort"
+    SKIP = "skip"
+
+
+class Verify(str, Enum):
+    """none: trust the write; inline: digest from the one source read, source re-stat;
+    full: additionally read the destination back and compare digests."""
+
+    NONE = "none"
+    INLINE = "inline"
+    FULL = "full"
+
+
+class SymlinkPolicy(str, Enum):
+    PRESERVE = "preserve"
+    FOLLOW = "follow"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Preserve:
+    times: bool = True
+    perms: bool = True
+    owners: bool = False
+    xattrs: bool = False
+    links: bool = True
+    hardlinks: bool = True
+    sparse: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Preserve:
+        """`times,perms` sets exactly those; `+owners,-sparse` adjusts the defaults."""
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        if words in (["none"], []):
+            return cls(**dict.fromkeys(PRESERVE_FLAGS, False))
+        if words == ["all"]:
+            return cls(**dict.fromkeys(PRESERVE_FLAGS, True))
+        relative = all(w[0] in "+-" for w in words)
+        if not relative and any(w[0] in "+-" for w in words):
+            raise FerryError(ErrorKind.USAGE, f"--preserve {text!r}: mix of absolute and +/- flags")
+        chosen = dict.fromkeys(PRESERVE_FLAGS, False)
+        if relative:
+            chosen.update(dict.fromkeys(DEFAULT_PRESERVE, True))
+        for w in words:
+            name = w.lstrip("+-")
+            if name not in PRESERVE_FLAGS:
+                raise FerryError(
+                    ErrorKind.USAGE,
+                    f"--preserve: unknown flag {name!r} (choose from {', '.join(PRESERVE_FLAGS)})",
+                )
+            chosen[name] = not w.startswith("-")
+        return cls(**chosen)
+
+    def flags(self) -> list[str]:
+        return [f for f in PRESERVE_FLAGS if getattr(self, f)]
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: Mode = Mode.COPY
+    compare: Compare = Compare.SIZE_MTIME
+    verify: Verify = Verify.INLINE
+    preserve: Preserve = field(default_factory=Preserve)
+    symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE
+    filters: tuple[str, ...] = ()
+    transfers: int = 8
+    chunk_size: int = 16 * MiB
+    bwlimit: int = 0
+    retries: int = 3
+    retry_base_delay: float = 0.5
+    error_policy: ErrorPolicy = ErrorPolicy.ABORT
+    dry_run: bool = False
+    allow_empty_source: bool = False
+    max_in_flight_bytes: int = 128 * MiB
+    manifest: str | None = None
+    shard_index: int = 0
+    shard_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.transfers < 1:
+            raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
+        if self.chunk_size < MiB or self.chunk_size % MiB:
+            raise FerryError(ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)")
+        if self.retries < 0:
+            raise FerryError(ErrorKind.USAGE, "retries must not be negative")
+        if self.bwlimit < 0:
+            raise FerryError(ErrorKind.USAGE, "bandwidth limit must not be negative")
+        if not 0 <= self.shard_index < self.shard_count:
+            raise FerryError(ErrorKind.USAGE, "shard index must be in [0, shard count)")
+
+
+_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """`64M`, `1.5G`, `4096`, `512k`: binary units, as rsync and rclone read them."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b") if text else ""
+    unit = t[-1:] if t[-1:].isalpha() else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0:
+        raise FerryError(ErrorKind.USAGE, f"{what} {text!r} is not a size like 512K, 64M or 2G")
+    return int(value * _UNITS[unit])

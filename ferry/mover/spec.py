@@ -1,0 +1,145 @@
+"""Pydantic models of one transfer: what `ferry run --spec FILE` reads.
+
+This is the boundary the operator writes (into a ConfigMap the mover pod
+mounts) and the one place the transfer's shape is validated with field
+names in the errors. It converts to the engine's plain dataclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from ferry.mover import endpoints as ep
+from ferry.mover import options as op
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class LocalSpec(_Model):
+    kind: Literal["local"] = "local"
+    path: str = Field(min_length=1)
+
+    def to_endpoint(self) -> ep.Endpoint:
+        return ep.LocalEndpoint(self.path)
+
+
+class S3Spec(_Model):
+    kind: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    profile: str | None = None
+    credentials_file: str | None = None
+    sse: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+
+    def to_endpoint(self) -> ep.Endpoint:
+        return ep.S3Endpoint(**self.model_dump(exclude={"kind"}))
+
+
+class SFTPSpec(_Model):
+    kind: Literal["sftp"] = "sftp"
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    path: str = "."
+    user: str | None = None
+    key_file: str | None = None
+    password_file: str | None = None
+    known_hosts_file: str | None = None
+    insecure_ignore_host_key: bool = False
+
+    def to_endpoint(self) -> ep.Endpoint:
+        return ep.SFTPEndpoint(**self.model_dump(exclude={"kind"}))
+
+
+class SMBSpec(_Model):
+    kind: Literal["smb"] = "smb"
+    host: str = Field(min_length=1)
+    port: int = Field(default=445, ge=1, le=65535)
+    share: str = Field(min_length=1)
+    path: str = ""
+    user: str | None = None
+    password_file: str | None = None
+    domain: str | None = None
+    encrypt: bool = False
+
+    def to_endpoint(self) -> ep.Endpoint:
+        return ep.SMBEndpoint(**self.model_dump(exclude={"kind"}))
+
+
+EndpointSpec = Annotated[LocalSpec | S3Spec | SFTPSpec | SMBSpec, Field(discriminator="kind")]
+
+
+class OptionsSpec(_Model):
+    mode: Literal["Copy", "Sync"] = "Copy"
+    compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
+    verify: Literal["None", "Inline", "Full"] = "Inline"
+    preserve: list[Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]] = Field(
+        default_factory=lambda: list(op.DEFAULT_PRESERVE)
+    )
+    symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
+    filters: list[str] = Field(default_factory=list, max_length=1000)
+    transfers: int = Field(default=8, ge=1, le=256)
+    chunk_size: str = "16M"
+    bandwidth: str | None = None
+    retries: int = Field(default=3, ge=0, le=100)
+    error_policy: Literal["Abort", "Skip"] = "Abort"
+    dry_run: bool = False
+    allow_empty_source: bool = False
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_parse(cls, value: list[str]) -> list[str]:
+        from ferry.mover.filters import FilterSet
+
+        FilterSet.parse(value)
+        return value
+
+    @field_validator("chunk_size", "bandwidth")
+    @classmethod
+    def _sizes_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            op.parse_size(value)
+        return value
+
+
+class ShardSpec(_Model):
+    index: int = Field(ge=0)
+    count: int = Field(ge=1, le=1000)
+
+
+class TransferSpec(_Model):
+    source: EndpointSpec
+    destination: EndpointSpec
+    options: OptionsSpec = Field(default_factory=OptionsSpec)
+    shard: ShardSpec | None = None
+
+    def to_engine(self) -> tuple[ep.Endpoint, ep.Endpoint, op.Options]:
+        o = self.options
+        shard = self.shard or ShardSpec(index=0, count=1)
+        options = op.Options(
+            mode=op.Mode(o.mode.lower()),
+            compare=op.Compare.CHECKSUM if o.compare == "Checksum" else op.Compare.SIZE_MTIME,
+            verify=op.Verify(o.verify.lower()),
+            preserve=op.Preserve(**{f: f in o.preserve for f in op.PRESERVE_FLAGS}),
+            symlinks=op.SymlinkPolicy(o.symlinks.lower()),
+            filters=tuple(o.filters),
+            transfers=o.transfers,
+            chunk_size=op.parse_size(o.chunk_size, "chunkSize"),
+            bwlimit=op.parse_size(o.bandwidth, "bandwidth") if o.bandwidth else 0,
+            retries=o.retries,
+            error_policy=op.ErrorPolicy(o.error_policy.lower()),
+            dry_run=o.dry_run,
+            allow_empty_source=o.allow_empty_source,
+            shard_index=shard.index,
+            shard_count=shard.count,
+        )
+        return self.source.to_endpoint(), self.destination.to_endpoint(), options
