@@ -24,12 +24,22 @@ PREFIX = "b3m1:"
 _TAG = b"ferry-digest-v1\x00"
 
 
+_ZEROS = bytes(BLOCK_SIZE)
+ZERO_BLOCK_DIGEST = blake3(_ZEROS).digest()
+
+
+_ZEROS = bytes(BLOCK_SIZE)
+ZERO_BLOCK_DIGEST = blake3(_ZEROS).digest()
+
+
 def block_digests(data: bytes | bytearray | memoryview) -> bytes:
     """Digests of the blocks of `data`, which must start on a block boundary."""
     view = memoryview(data)
     if len(view) <= BLOCK_SIZE:
         return blake3(view).digest() if len(view) else b""
-    return b"".join(blake3(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE))
+    return b"".join(
+        blake3(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE)
+    )
 
 
 def digest_from_blocks(size: int, blocks: bytes | Iterable[bytes]) -> str:
@@ -71,10 +81,27 @@ class StreamHasher:
                 self._cur = blake3()
                 self._fill = 0
 
-    def hexdigest(self) -> str:
+    def update_zeros(self, n: int) -> None:
+        """Feed n zero bytes (a hole) without hashing whole zero blocks again."""
+        if self._fill == 0 and n >= BLOCK_SIZE:
+            whole = n // BLOCK_SIZE
+            self._blocks += ZERO_BLOCK_DIGEST * whole
+            self.size += whole * BLOCK_SIZE
+            n -= whole * BLOCK_SIZE
+        while n > 0:
+            take = min(n, BLOCK_SIZE - self._fill, len(_ZEROS))
+            self.update(_ZEROS[:take])
+            n -= take
+
+    def block_digests(self) -> bytes:
         tail = self._cur.digest() if self._fill else b""
-        return digest_from_blocks(self.size, bytes(self._blocks) + tail)
+        return bytes(self._blocks) + tail
+
+    def hexdigest(self) -> str:
+        return digest_from_blocks(self.size, self.block_digests())
 
 
 def is_digest(text: str | None) -> bool:
-    return text is not None and text.startswith(PREFIX) and len(text) == len(PREFIX) + 2 * DIGEST_LEN
+    return (
+        text is not None and text.startswith(PREFIX) and len(text) == len(PREFIX) + 2 * DIGEST_LEN
+    )

@@ -8,7 +8,7 @@ Kubernetes boundary and converts to these.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from ferry.mover.errors import ErrorKind, FerryError
 
@@ -20,22 +20,22 @@ PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "s
 DEFAULT_PRESERVE = ("times", "perms", "links", "hardlinks", "sparse")
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     COPY = "copy"
     SYNC = "sync"
 
 
-class Compare(str, Enum):
+class Compare(StrEnum):
     SIZE_MTIME = "size-mtime"
     CHECKSUM = "checksum"
 
 
-class ErrorPolicy(str, Enum):
+class ErrorPolicy(StrEnum):
     ABORT = "abort"
     SKIP = "skip"
 
 
-class Verify(str, Enum):
+class Verify(StrEnum):
     """none: trust the write; inline: digest from the one source read, source re-stat;
     full: additionally read the destination back and compare digests."""
 
@@ -44,7 +44,7 @@ class Verify(str, Enum):
     FULL = "full"
 
 
-class SymlinkPolicy(str, Enum):
+class SymlinkPolicy(StrEnum):
     PRESERVE = "preserve"
     FOLLOW = "follow"
     SKIP = "skip"
@@ -113,7 +113,9 @@ class Options:
         if self.transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
         if self.chunk_size < MiB or self.chunk_size % MiB:
-            raise FerryError(ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)")
+            raise FerryError(
+                ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)"
+            )
         if self.retries < 0:
             raise FerryError(ErrorKind.USAGE, "retries must not be negative")
         if self.bwlimit < 0:

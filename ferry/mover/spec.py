@@ -7,7 +7,7 @@ names in the errors. It converts to the engine's plain dataclasses.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -75,6 +75,7 @@ class SMBSpec(_Model):
         return ep.SMBEndpoint(**self.model_dump(exclude={"kind"}))
 
 
+PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
 EndpointSpec = Annotated[LocalSpec | S3Spec | SFTPSpec | SMBSpec, Field(discriminator="kind")]
 
 
@@ -82,9 +83,7 @@ class OptionsSpec(_Model):
     mode: Literal["Copy", "Sync"] = "Copy"
     compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
-    preserve: list[Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]] = Field(
-        default_factory=lambda: list(op.DEFAULT_PRESERVE)
-    )
+    preserve: list[PreserveFlag] = Field(default_factory=lambda: cast(list[PreserveFlag], list(op.DEFAULT_PRESERVE)))
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     filters: list[str] = Field(default_factory=list, max_length=1000)
     transfers: int = Field(default=8, ge=1, le=256)

@@ -15,6 +15,7 @@ they round-trip byte-exact on POSIX backends.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -69,6 +70,7 @@ class Capabilities:
     empty_dirs: bool = True
     max_chunk_size: int = 0  # 0: no limit of its own
     min_chunk_size: int = 0  # e.g. S3's 5 MiB minimum part
+    max_chunks: int = 0  # e.g. S3's 10,000 parts; 0: no limit
 
 
 class Reader(ABC):
@@ -78,10 +80,21 @@ class Reader(ABC):
     def read_at(self, offset: int, length: int) -> bytes | memoryview:
         """Return up to `length` bytes at `offset`; shorter only at end of file."""
 
-    def readinto_at(self, offset: int, buf: memoryview) -> int:
-        data = self.read_at(offset, len(buf))
-        buf[: len(data)] = data
-        return len(data)
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
+        """Stream `length` bytes from `offset` in pieces of at most `piece` bytes.
+
+        Remote readers override this to make one request per range; a yielded
+        memoryview is only valid until the next piece is requested."""
+        end = offset + length
+        while offset < end:
+            data = self.read_at(offset, min(piece, end - offset))
+            if not data:
+                return
+            yield data
+            offset += len(data)
+
+    def xattrs(self) -> dict[str, bytes] | None:
+        return None
 
     def fileno(self) -> int | None:
         """A local file descriptor, for copy_file_range and friends; None elsewhere."""
@@ -113,7 +126,7 @@ class Writer(ABC):
     def abort(self, keep_partial: bool = False) -> None:
         """Forget the write. keep_partial leaves resume state for a later run."""
 
-    def done_chunks(self) -> dict[int, bytes]:
+    def done_chunks(self, chunk_size: int) -> dict[int, bytes]:
         """Resume: chunk index -> concatenated block digests of chunks already durable."""
         return {}
 
@@ -122,6 +135,9 @@ class Writer(ABC):
         return None
 
     def fileno(self) -> int | None:
+        return None
+
+    def set_xattrs(self, attrs: dict[str, bytes]) -> None:
         return None
 
     def set_size(self, size: int) -> None:
@@ -175,6 +191,14 @@ class Backend(ABC):
 
     def hardlink(self, rel: str, existing: str) -> None:
         raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot hold hard links", rel)
+
+    def resolve_link(self, rel: str, entry: Entry) -> tuple[str, Entry] | None:
+        """(real relative path, entry) a symlink points at, if inside the root (--links follow)."""
+        return None
+
+    def flush(self) -> None:
+        """Make everything written so far durable (called once, before deletes and success)."""
+        return None
 
     def prepare_destination(self) -> None:
         """Create the root if it does not exist (bucket/share must already exist)."""

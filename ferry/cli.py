@@ -1,0 +1,418 @@
+"""The `ferry` command: the composition root, and the one module that imports both halves.
+
+Start-up is kept lean (no pydantic, rich or cloud SDK import unless the
+command needs it) because a no-op sync is dominated by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from ferry.mover.errors import ErrorKind, FerryError
+
+EXIT_CODES = "\n".join(
+    ["exit codes:", "  0    success"]
+    + [f"  {k.exit_code:<4} {k.reason}: {k.name.lower().replace('_', ' ')}" for k in ErrorKind]
+)
+
+log = logging.getLogger("ferry")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ferry")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
+    p.add_argument("source", help="path, file://, s3://, sftp:// or smb:// URI")
+    p.add_argument("destination", help="path, file://, s3://, sftp:// or smb:// URI")
+    p.add_argument(
+        "--checksum",
+        "-c",
+        action="store_true",
+        help="compare by content (digest) instead of size and mtime",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="include matching paths (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="exclude matching paths (repeatable)",
+    )
+    p.add_argument(
+        "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
+    )
+    p.add_argument(
+        "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
+    )
+    p.add_argument(
+        "--chunk-size",
+        default="16M",
+        metavar="SIZE",
+        help="chunk size for large files (default 16M)",
+    )
+    p.add_argument(
+        "--bwlimit", default=None, metavar="RATE", help="bandwidth limit in bytes/s, e.g. 50M"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries for transient errors (default 3)",
+    )
+    p.add_argument(
+        "--error-policy",
+        choices=["abort", "skip"],
+        default="abort",
+        help="stop at the first failed file, or skip it and go on",
+    )
+    p.add_argument(
+        "--preserve",
+        default=None,
+        metavar="FLAGS",
+        help="comma list of times,perms,owners,xattrs,links,hardlinks,sparse; +flag/-flag adjust the default "
+        "(times,perms,links,hardlinks,sparse); 'all' or 'none'",
+    )
+    p.add_argument(
+        "--links",
+        choices=["preserve", "follow", "skip"],
+        default="preserve",
+        help="symlinks: copy as links (default), copy what they point at inside the tree, or skip",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not hash while copying (fastest; kernel copy when local)",
+    )
+    p.add_argument(
+        "--verify",
+        choices=["none", "inline", "full"],
+        default=None,
+        help="inline (default): digest from the one source read; full: also read the destination back",
+    )
+    p.add_argument(
+        "--manifest", metavar="PATH", help="write JSON lines of path, size, mtime, digest"
+    )
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    p.add_argument(
+        "--progress",
+        choices=["auto", "bar", "json", "none"],
+        default="auto",
+        help="progress display (auto: a bar on a terminal)",
+    )
+    p.add_argument(
+        "--allow-empty-source",
+        action="store_true",
+        help="let sync run from an empty source (deleting everything)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    if not plan:
+        p.add_argument(
+            "--dry-run",
+            "-n",
+            action="store_true",
+            help="only show what would be done (same as `ferry plan`)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferry",
+        description="Move bulk data between local paths, PVCs, S3, SFTP and SMB: fast, verified, resumable.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("copy", "copy new and changed entries from SOURCE to DESTINATION"),
+        ("sync", "copy, then delete what DESTINATION has and SOURCE does not (deletes run last)"),
+        ("plan", "dry run: what copy/sync would copy, update, skip and delete"),
+        ("verify", "compare both trees by content and metadata; exit 1 on any difference"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _transfer_args(p, plan=name in ("plan", "verify"))
+        if name == "plan":
+            p.add_argument(
+                "--sync", action="store_true", help="plan a sync (with deletes) instead of a copy"
+            )
+            p.add_argument(
+                "--quiet", "-q", action="store_true", help="only the totals, not every entry"
+            )
+    run = sub.add_parser(
+        "run", help="run one transfer from a TransferSpec file (what mover pods do)"
+    )
+    run.add_argument("--spec", required=True, metavar="FILE", help="TransferSpec as JSON or YAML")
+    run.add_argument("-v", "--verbose", action="count", default=0)
+    op = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
+    op.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
+    from ferry.mover.filters import rules_from_cli
+    from ferry.mover.options import (
+        Compare,
+        ErrorPolicy,
+        Mode,
+        Options,
+        Preserve,
+        SymlinkPolicy,
+        Verify,
+        parse_size,
+    )
+
+    filter_lines: list[str] = []
+    if args.filter_from:
+        try:
+            with open(args.filter_from, encoding="utf-8") as f:
+                filter_lines = f.read().splitlines()
+        except OSError as exc:
+            raise FerryError(
+                ErrorKind.USAGE, f"cannot read filter file: {exc.strerror}", args.filter_from
+            ) from None
+    verify = (
+        Verify(args.verify) if args.verify else (Verify.NONE if args.no_verify else Verify.INLINE)
+    )
+    return Options(
+        mode=Mode(mode),
+        compare=Compare.CHECKSUM if args.checksum else Compare.SIZE_MTIME,
+        verify=verify,
+        preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
+        symlinks=SymlinkPolicy(args.links),
+        filters=rules_from_cli(args.include, args.exclude, filter_lines),
+        transfers=args.transfers,
+        chunk_size=parse_size(args.chunk_size, "--chunk-size"),
+        bwlimit=parse_size(args.bwlimit, "--bwlimit") if args.bwlimit else 0,
+        retries=args.retries,
+        error_policy=ErrorPolicy(args.error_policy),
+        dry_run=dry_run,
+        allow_empty_source=args.allow_empty_source,
+        manifest=args.manifest,
+    )
+
+
+def _sinks(choice: str) -> Any:
+    from ferry.mover.progress import BarSink, JsonLinesSink, Sink
+
+    if choice == "auto":
+        choice = "bar" if sys.stderr.isatty() else "none"
+    if choice == "bar":
+        return BarSink()
+    if choice == "json":
+        return JsonLinesSink(sys.stderr)
+    return Sink()
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="ferry: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def _print_summary(summary: Any, as_json: bool) -> None:
+    if as_json:
+        print(summary.dumps())
+        return
+    d = summary.to_json()
+    parts = [
+        f"{d['filesCopied']} copied",
+        f"{d['filesUpdated']} updated",
+        f"{d['filesSkipped']} unchanged",
+    ]
+    if d["filesDeleted"]:
+        parts.append(f"{d['filesDeleted']} deleted")
+    if d["filesFailed"]:
+        parts.append(f"{d['filesFailed']} failed")
+    rate = d["bytesPerSecond"] / 1e6
+    print(
+        f"{summary.operation}: {', '.join(parts)}; {_human(d['bytesTransferred'])} in {d['elapsedSeconds']:.2f}s"
+        f" ({rate:.1f} MB/s); {d['filesVerified']} verified",
+        file=sys.stderr,
+    )
+    if summary.fatal:
+        print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
+    elif summary.error_count:
+        print(
+            f"ferry: {summary.error_count} error(s); first: {summary.errors[0].message}",
+            file=sys.stderr,
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from ferry.mover.endpoints import parse_endpoint
+    from ferry.mover.transfer import run_transfer
+
+    if args.command == "plan":
+        mode, dry = ("sync" if args.sync else "copy"), True
+    else:
+        mode, dry = args.command, args.dry_run
+    options = _options(args, mode, dry)
+    src, dst = parse_endpoint(args.source), parse_endpoint(args.destination)
+    on_action = None
+    if dry and not getattr(args, "quiet", False):
+        from ferry.mover.plan import Op
+
+        shown = {
+            Op.COPY,
+            Op.UPDATE,
+            Op.DELETE,
+            Op.MKDIR,
+            Op.SYMLINK,
+            Op.HARDLINK,
+            Op.META,
+            Op.REPLACE,
+        }
+
+        def on_action(a: Any) -> None:
+            if a.op in shown:
+                size = (
+                    f" ({a.src.size} B)"
+                    if a.src is not None and a.op in (Op.COPY, Op.UPDATE)
+                    else ""
+                )
+                print(
+                    f"{a.op.value:<8} {a.rel}{size}",
+                    file=sys.stdout if not args.json else sys.stderr,
+                )
+
+    summary = run_transfer(src, dst, options, sink=_sinks(args.progress), on_action=on_action)
+    _print_summary(summary, args.json)
+    return int(summary.exit_code)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ferry.mover.endpoints import parse_endpoint
+    from ferry.mover.verify import verify_trees
+
+    options = _options(args, "copy", False)
+    out = sys.stderr if args.json else sys.stdout
+    summary = verify_trees(
+        parse_endpoint(args.source),
+        parse_endpoint(args.destination),
+        options,
+        report=lambda d: print(str(d), file=out),
+        sink=_sinks(args.progress),
+    )
+    if args.json:
+        print(summary.dumps())
+    else:
+        verdict = "identical" if summary.exit_code == 0 else f"{summary.differences} difference(s)"
+        print(
+            f"verify: {summary.files_verified} files compared by content; {verdict}",
+            file=sys.stderr,
+        )
+        if summary.fatal:
+            print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
+    return int(summary.exit_code)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Inside a mover pod: progress to stderr (and the TransferJob), summary to the termination log."""
+    import yaml
+    from pydantic import ValidationError
+
+    from ferry.mover.progress import JsonLinesSink, MultiSink, Sink
+    from ferry.mover.spec import TransferSpec
+    from ferry.mover.transfer import run_transfer
+
+    try:
+        with open(args.spec, encoding="utf-8") as f:
+            spec = TransferSpec.model_validate(yaml.safe_load(f))
+    except OSError as exc:
+        raise FerryError(ErrorKind.USAGE, f"cannot read spec: {exc.strerror}", args.spec) from None
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise FerryError(ErrorKind.USAGE, f"invalid spec: {exc}", args.spec) from None
+    src, dst, options = spec.to_engine()
+    sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0)]
+    if os.environ.get("FERRY_TRANSFERJOB"):
+        from ferry.operator.status_sink import TransferJobStatusSink
+
+        sinks.append(TransferJobStatusSink.from_env())
+    if os.environ.get("TRACEPARENT"):
+        from ferry.mover.tracing import TracingSink
+
+        sinks.append(TracingSink.from_env())
+    summary = run_transfer(src, dst, options, sink=MultiSink(sinks))
+    _print_summary(summary, True)
+    _write_termination_message(summary.dumps())
+    return int(summary.exit_code)
+
+
+def _write_termination_message(text: str) -> None:
+    path = os.environ.get("FERRY_TERMINATION_LOG", "/dev/termination-log")
+    if path and (os.path.exists(path) or "FERRY_TERMINATION_LOG" in os.environ):
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text[:4000])  # the kubelet keeps at most 4096 bytes
+        except OSError as exc:
+            log.warning("cannot write termination message to %s: %s", path, exc.strerror)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["operator"]:
+        from ferry.operator.main import run_operator
+
+        return run_operator(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0))
+    try:
+        if args.command in ("copy", "sync", "plan"):
+            return _cmd_transfer(args)
+        if args.command == "verify":
+            return _cmd_verify(args)
+        if args.command == "run":
+            return _cmd_run(args)
+    except FerryError as err:
+        print(f"ferry: error: {err}", file=sys.stderr)
+        if getattr(args, "json", False) or args.command == "run":
+            payload: dict[str, Any] = {
+                "status": "failed",
+                "reason": err.kind.reason,
+                "exitCode": err.kind.exit_code,
+                "message": str(err),
+            }
+            print(json.dumps(payload))
+            if args.command == "run":
+                _write_termination_message(json.dumps(payload))
+        return err.kind.exit_code
+    except KeyboardInterrupt:
+        return ErrorKind.INTERRUPTED.exit_code
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Local filesystems (and PVCs mounted into a mover pod).
+
+New files are created unnamed with O_TMPFILE and linked into place only when
+complete, so a killed process leaves nothing at all behind; where O_TMPFILE
+is missing or the name exists, a hidden temp name plus rename does the same.
+Large files are written to a hidden `.part` file with a journal beside it so
+a later run resumes mid-file. Deletes walk parent directories with
+O_NOFOLLOW so no symlink can redirect them outside the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterator
+
+from ferry.mover.backends.base import (
+    INTERNAL_PREFIX,
+    Backend,
+    Capabilities,
+    Entry,
+    EntryType,
+    Reader,
+    Writer,
+    check_name,
+)
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.journal import Journal, validate_chunks
+from ferry.mover.options import Preserve
+
+log = logging.getLogger("ferry")
+
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+_MAX_NAME = 255
+_warned_owner = False
+_PROC_FD: int | None = None
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _entry(name: str, st: os.stat_result) -> Entry:
+    m = st.st_mode
+    if stat.S_ISREG(m):
+        kind = EntryType.FILE
+    elif stat.S_ISDIR(m):
+        kind = EntryType.DIR
+    elif stat.S_ISLNK(m):
+        kind = EntryType.SYMLINK
+    else:
+        kind = EntryType.OTHER
+    return Entry(
+        name,
+        kind,
+        st.st_size if kind == EntryType.FILE else 0,
+        st.st_mtime_ns,
+        stat.S_IMODE(m),
+        st.st_uid,
+        st.st_gid,
+        st.st_nlink,
+        st.st_ino,
+        st.st_dev,
+        st.st_blocks,
+    )
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """linkat(2) an O_TMPFILE inode into place; os.link on /proc/self/fd/N alone would call
+    link(2), which links the magic symlink itself and fails with EXDEV."""
+    global _PROC_FD
+    if _PROC_FD is None:
+        _PROC_FD = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.link(str(fd), path, src_dir_fd=_PROC_FD, follow_symlinks=True)
+
+
+def _internal_name(name: str, suffix: str) -> str:
+    """A hidden sibling name for `name`, shortened by hashing when it would be too long."""
+    full = f"{INTERNAL_PREFIX}{name}.{suffix}"
+    if len(os.fsencode(full)) <= _MAX_NAME:
+        return full
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=16).hexdigest()
+    return f"{INTERNAL_PREFIX}{digest}.{suffix}"
+
+
+def _apply_meta_fd(fd: int, entry: Entry, preserve: Preserve) -> None:
+    if preserve.owners and entry.uid >= 0:
+        _chown(lambda: os.fchown(fd, entry.uid, entry.gid))
+    if preserve.perms and entry.mode:
+        os.fchmod(fd, entry.mode)
+    elif entry.type == EntryType.FILE:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    if preserve.times:
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _chown(call: object) -> None:
+    global _warned_owner
+    try:
+        call()  # type: ignore[operator]
+    except PermissionError:
+        if not _warned_owner:
+            _warned_owner = True
+            log.warning("cannot preserve owners without privilege; keeping the writer's owner")
+
+
+class LocalReader(Reader):
+    def __init__(self, path: str, rel: str, entry: Entry) -> None:
+        self.rel = rel
+        self.entry = entry
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+        self._tls = threading.local()
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def readinto_at(self, offset: int, buf: memoryview) -> int:
+        return os.preadv(self.fd, [buf], offset)
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
+        buf: bytearray | None = getattr(self._tls, "buf", None)
+        if buf is None or len(buf) < piece:
+            buf = bytearray(piece)
+            self._tls.buf = buf
+        view = memoryview(buf)
+        end = offset + length
+        while offset < end:
+            n = os.preadv(self.fd, [view[: min(piece, end - offset)]], offset)
+            if n <= 0:
+                return
+            yield view[:n]
+            offset += n
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def data_ranges(self, size: int) -> list[tuple[int, int]] | None:
+        if self.entry.blocks < 0 or self.entry.blocks * 512 >= size:
+            return None
+        ranges: list[tuple[int, int]] = []
+        pos = 0
+        try:
+            while pos < size:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+                end = os.lseek(self.fd, start, os.SEEK_HOLE)
+                ranges.append((start, min(end, size) - start))
+                pos = end
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data after pos
+                return None
+        return ranges
+
+    def changed(self) -> str | None:
+        st = os.fstat(self.fd)
+        if st.st_size != self.entry.size:
+            return f"size changed from {self.entry.size} to {st.st_size} while copying"
+        if st.st_mtime_ns != self.entry.mtime_ns:
+            return "modified while copying"
+        return None
+
+    def xattrs(self) -> dict[str, bytes] | None:
+        try:
+            return {n: os.getxattr(self.fd, n) for n in os.listxattr(self.fd)}
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class LocalWriter(Writer):
+    """Writes `final` via an unnamed O_TMPFILE, a hidden temp name, or a resumable `.part`."""
+
+    def __init__(self, backend: LocalBackend, rel: str, resume_key: str | None) -> None:
+        self.rel = rel
+        self.final = backend.path(rel)
+        self.dir, name = os.path.split(self.final)
+        self.tmp: str | None = None
+        self.journal: Journal | None = None
+        self._recorded: dict[int, bytes] = {}
+        self._xattrs: dict[str, bytes] = {}
+        self.fd = -1
+        try:
+            if resume_key is not None:
+                self.tmp = os.path.join(self.dir, _internal_name(name, "part"))
+                self.journal = Journal(
+                    os.path.join(self.dir, _internal_name(name, "journal")), resume_key
+                )
+                recorded = self.journal.load()
+                self.fd = os.open(
+                    self.tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+                )
+                self._recorded = recorded
+            else:
+                self.fd = self._open_unnamed()
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+
+    def _open_unnamed(self) -> int:
+        if _O_TMPFILE:
+            try:
+                return os.open(self.dir, _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        return self._open_named()
+
+    def _open_named(self) -> int:
+        name = os.path.basename(self.final)
+        self.tmp = os.path.join(self.dir, _internal_name(name, secrets.token_hex(4) + ".tmp"))
+        return os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def done_chunks(self, chunk_size: int) -> dict[int, bytes]:
+        assert self.journal is not None
+        size = os.fstat(self.fd).st_size
+        good = validate_chunks(
+            self._recorded, chunk_size, size, lambda o, n: os.pread(self.fd, n, o)
+        )
+        if not good:
+            os.ftruncate(self.fd, 0)
+        self.journal.start(good)
+        return good
+
+    def record_chunk(self, index: int, block_digests: bytes) -> None:
+        if self.journal is not None:
+            self.journal.record(index, block_digests)
+
+    def set_size(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def set_xattrs(self, attrs: dict[str, bytes]) -> None:
+        self._xattrs = attrs
+
+    def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        try:
+            for k, v in self._xattrs.items():
+                try:
+                    os.setxattr(self.fd, k, v)
+                except OSError as exc:
+                    log.warning("%s: cannot set xattr %s: %s", self.rel, k, exc.strerror)
+            _apply_meta_fd(self.fd, entry, preserve)
+            if self.tmp is None:
+                try:
+                    _link_fd(self.fd, self.final)
+                except FileExistsError:
+                    # Updating an existing file: name the inode, then rename over.
+                    self.tmp = os.path.join(
+                        self.dir,
+                        _internal_name(os.path.basename(self.final), secrets.token_hex(4) + ".tmp"),
+                    )
+                    _link_fd(self.fd, self.tmp)
+                    os.replace(self.tmp, self.final)
+                    self.tmp = None
+            else:
+                os.replace(self.tmp, self.final)
+                self.tmp = None
+            if self.journal is not None:
+                self.journal.remove()
+        except OSError as exc:
+            self.abort()
+            raise as_ferry_error(exc, self.rel) from exc
+        finally:
+            self._close()
+
+    def abort(self, keep_partial: bool = False) -> None:
+        self._close()
+        if self.journal is not None:
+            if keep_partial:
+                self.journal.close()
+                return
+            self.journal.remove()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            self.tmp = None
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class LocalBackend(Backend):
+    caps = Capabilities(
+        chunk_writer=True,
+        resumable=True,
+        symlinks=True,
+        hardlinks=True,
+        permissions=True,
+        owners=True,
+        xattrs=True,
+        sparse=True,
+        mtime_precision_ns=1,
+    )
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def describe(self) -> str:
+        return self.root
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def root_type(self) -> EntryType | None:
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise as_ferry_error(exc, self.root) from exc
+        return _entry("", st).type
+
+    def prepare_destination(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise as_ferry_error(exc, self.root) from exc
+
+    def list_dir(self, rel: str) -> list[Entry]:
+        out: list[Entry] = []
+        try:
+            with os.scandir(self.path(rel)) as it:
+                for de in it:
+                    name = de.name
+                    if name.startswith(INTERNAL_PREFIX):
+                        continue
+                    e = _entry(name, de.stat(follow_symlinks=False))
+                    if e.type == EntryType.SYMLINK:
+                        e.target = os.readlink(de.path)
+                    out.append(e)
+        except OSError as exc:
+            raise as_ferry_error(exc, self.path(rel)) from exc
+        return out
+
+    def stat(self, rel: str) -> Entry | None:
+        try:
+            st = os.lstat(self.path(rel))
+        except FileNotFoundError:
+            return None
+        e = _entry(rel.rpartition("/")[2], st)
+        if e.type == EntryType.SYMLINK:
+            e.target = os.readlink(self.path(rel))
+        return e
+
+    def open_read(self, rel: str, entry: Entry) -> LocalReader:
+        return LocalReader(self.path(rel), rel, entry)
+
+    def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> LocalWriter:
+        return LocalWriter(self, rel, resume_key)
+
+    def mkdir(self, rel: str) -> None:
+        try:
+            os.mkdir(self.path(rel), 0o700)
+        except FileExistsError:
+            if not os.path.isdir(self.path(rel)) or os.path.islink(self.path(rel)):
+                raise FerryError(
+                    ErrorKind.UNSAFE_PATH, "exists and is not a directory", rel
+                ) from None
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+
+    def _parent_fd(self, rel: str) -> tuple[int, str]:
+        """Open rel's parent by walking from the root without following any symlink."""
+        parts = rel.split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                check_name(part, rel)
+                nfd = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, check_name(parts[-1], rel)
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        try:
+            fd, name = self._parent_fd(rel)
+            try:
+                if entry.type == EntryType.DIR:
+                    os.rmdir(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+
+    def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
+        p = self.path(rel)
+        try:
+            is_link = entry.type == EntryType.SYMLINK
+            if preserve.owners and entry.uid >= 0:
+                _chown(lambda: os.chown(p, entry.uid, entry.gid, follow_symlinks=False))
+            if preserve.perms and entry.mode and not is_link:
+                os.chmod(p, entry.mode)
+            if preserve.times:
+                os.utime(p, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+
+    def _replace_with(self, rel: str, make: object) -> None:
+        final = self.path(rel)
+        d, name = os.path.split(final)
+        tmp = os.path.join(d, _internal_name(name, secrets.token_hex(4) + ".tmp"))
+        try:
+            make(tmp)  # type: ignore[operator]
+            os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise as_ferry_error(exc, rel) from exc
+
+    def symlink(self, rel: str, target: str) -> None:
+        self._replace_with(rel, lambda tmp: os.symlink(target, tmp))
+
+    def hardlink(self, rel: str, existing: str) -> None:
+        src = self.path(existing)
+        self._replace_with(rel, lambda tmp: os.link(src, tmp, follow_symlinks=False))
+
+    def resolve_link(self, rel: str, entry: Entry) -> tuple[str, Entry] | None:
+        real = os.path.realpath(self.path(rel))
+        root = os.path.realpath(self.root)
+        if not real.startswith(root + "/"):
+            return None
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        return real[len(root) + 1 :], _entry(entry.name, st)
+
+    def flush(self) -> None:
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syncfs(fd) != 0:
+                os.sync()
+        except (OSError, AttributeError):
+            os.sync()
+        finally:
+            os.close(fd)

@@ -1,0 +1,731 @@
+"""Parallel, chunked, bounded-memory execution of a plan.
+
+Small files travel in batches (one task per few dozen files, so per-file
+overhead is a handful of syscalls, not a thread hand-off). Large files are
+cut into chunks written at their offsets by several workers at once; each
+chunk's block digests go into the resume journal, and the last chunk to
+finish assembles the file digest and commits. Bytes pass through user space
+in 1 MiB pieces per worker (hashing inline, one read of the source), or not
+at all when nothing needs hashing and both ends are local
+(`copy_file_range`). The planner blocks when `transfers * 2` tasks are
+queued: that bound, times the piece size, is the bound on memory in flight.
+
+Deletes, hard links and replacements of directories wait until every copy
+has finished; deletes run only if nothing failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
+from ferry.mover.backends.base import Backend, Entry, EntryType, Reader, Writer
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_bytes, digest_from_blocks
+from ferry.mover.options import Mode, Options, Verify
+from ferry.mover.plan import Action, Op, Planner
+from ferry.mover.progress import Progress
+from ferry.mover.result import Summary
+from ferry.mover.scan import list_tree
+
+log = logging.getLogger("ferry")
+
+PIECE = BLOCK_SIZE
+SMALL = 256 * 1024
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
+MAX_BACKOFF = 30.0
+# Kinds that make every further file fail too: stop at once whatever the error policy.
+_STOP_ALL = {
+    ErrorKind.DESTINATION_FULL,
+    ErrorKind.AUTH_FAILED,
+    ErrorKind.INTERRUPTED,
+    ErrorKind.DESTINATION_NOT_FOUND,
+}
+
+
+class Vanished(Exception):
+    """The source file disappeared between the scan and the copy (not an error, as in rsync)."""
+
+
+class RateLimiter:
+    """A token bucket shared by all workers; `take` blocks until the bytes may pass."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, n: int, cancel: threading.Event) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(float(self.rate), self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= n
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait > 0:
+            cancel.wait(wait)
+
+
+class Manifest:
+    """JSON lines of path, size, mtime and digest for every file at the destination."""
+
+    def __init__(self, path: str) -> None:
+        self.f: IO[str] = open(path, "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        self.lock = threading.Lock()
+
+    def add(self, rel: str, e: Entry, digest: str | None) -> None:
+        line = json.dumps(
+            {"path": rel, "size": e.size, "mtimeNs": e.mtime_ns, "digest": digest},
+            ensure_ascii=False,
+        )
+        with self.lock:
+            self.f.write(line + "\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class BigFile:
+    """Shared state of one file copied as parallel chunks."""
+
+    def __init__(
+        self, action: Action, reader: Reader, writer: Writer, chunk: int, nchunks: int
+    ) -> None:
+        self.action = action
+        self.reader = reader
+        self.writer = writer
+        self.chunk = chunk
+        self.digests: list[bytes | None] = [None] * nchunks
+        self.pending = 0
+        self.error: FerryError | None = None
+        self.fresh = True
+        self.lock = threading.Lock()
+
+
+class Executor:
+    def __init__(
+        self,
+        src: Backend,
+        dst: Backend,
+        options: Options,
+        planner: Planner,
+        progress: Progress,
+        summary: Summary,
+        cancel: threading.Event,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.o = options
+        self.planner = planner
+        self.progress = progress
+        self.summary = summary
+        self.cancel = cancel
+        self.pool = ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-copy")
+        self._slots = threading.Semaphore(options.transfers * 2)
+        self._idle = threading.Condition()
+        self._outstanding = 0
+        self._lock = threading.Lock()
+        self.batch: list[Action] = []
+        self.batch_bytes = 0
+        self.deletes: list[Action] = []
+        self.replaces: list[Action] = []
+        self.hardlinks: list[Action] = []
+        self.dirs: list[tuple[str, Entry, Entry | None]] = []
+        self.touched: set[str] = set()
+        self.fatal: FerryError | None = None
+        self.limiter = RateLimiter(options.bwlimit) if options.bwlimit else None
+        self.manifest = Manifest(options.manifest) if options.manifest else None
+        self.verify = options.verify
+        fast = options.verify == Verify.NONE and not options.bwlimit
+        self.kernel_copy = fast and hasattr(os, "copy_file_range")
+        self.sparse = options.preserve.sparse and dst.caps.sparse
+
+    # ---- task plumbing -------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., None], *args: object) -> None:
+        while not self._slots.acquire(timeout=0.5):
+            if self.cancel.is_set():
+                return
+        with self._idle:
+            self._outstanding += 1
+        self.pool.submit(self._run_task, fn, args)
+
+    def _run_task(self, fn: Callable[..., None], args: tuple[object, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # a bug, not a file error: never lose it silently
+            log.exception("internal error")
+            self._stop(as_ferry_error(exc))
+        finally:
+            self._slots.release()
+            with self._idle:
+                self._outstanding -= 1
+                if self._outstanding == 0:
+                    self._idle.notify_all()
+
+    def drain(self) -> None:
+        self._flush_batch()
+        with self._idle:
+            while self._outstanding:
+                self._idle.wait()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.manifest:
+            self.manifest.close()
+
+    def _stop(self, err: FerryError) -> None:
+        with self._lock:
+            if self.fatal is None:
+                self.fatal = err
+        self.cancel.set()
+
+    def _fail(self, rel: str, err: FerryError, counts_file: bool = True) -> None:
+        err = as_ferry_error(err, rel)
+        with self._lock:
+            if counts_file:
+                self.summary.files_failed += 1
+            self.summary.add_error(err)
+        if err.kind == ErrorKind.INTERRUPTED and self.cancel.is_set():
+            return
+        log.error("%s", err)
+        if self.o.error_policy.value == "abort" or err.kind in _STOP_ALL:
+            self._stop(err)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
+
+    def _touch(self, rel: str) -> None:
+        self.touched.add(rel.rpartition("/")[0])
+
+    def _retrying(self, rel: str, attempt_fn: Callable[[int], None]) -> bool:
+        """Run attempt_fn(attempt) with backoff and jitter on retryable errors. True on success."""
+        for attempt in range(self.o.retries + 1):
+            try:
+                attempt_fn(attempt)
+                return True
+            except Vanished:
+                log.warning("%s: vanished from the source during the transfer; skipped", rel)
+                return True
+            except Exception as exc:
+                err = as_ferry_error(exc, rel)
+                if not err.kind.retryable or attempt == self.o.retries or self.cancel.is_set():
+                    self._fail(rel, err)
+                    return False
+                delay = min(MAX_BACKOFF, self.o.retry_base_delay * 2**attempt) * random.uniform(
+                    0.5, 1.5
+                )
+                log.warning("%s: %s; retrying in %.1fs", rel, err, delay)
+                if self.cancel.wait(delay):
+                    self._fail(rel, FerryError(ErrorKind.INTERRUPTED, "transfer interrupted", rel))
+                    return False
+        return False
+
+    # ---- dispatch (planner thread) -------------------------------------------------------------
+
+    def handle(self, a: Action) -> None:
+        op = a.op
+        if op in (Op.COPY, Op.UPDATE):
+            assert a.src is not None
+            self.progress.planned(1, a.src.size)
+            if a.src.size < SMALL:
+                self.batch.append(a)
+                self.batch_bytes += a.src.size
+                if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+                    self._flush_batch()
+            else:
+                self._start_file(a)
+        elif op == Op.SKIP:
+            self._skipped(a)
+        elif op == Op.MKDIR:
+            assert a.src is not None
+            self.dst.mkdir(a.rel)
+            self.summary.dirs_created += 1
+            self._touch(a.rel)
+            self.dirs.append((a.rel, a.src, None))
+        elif op == Op.META:
+            assert a.src is not None
+            self._skipped(a)
+            self.dst.set_meta(a.rel, a.src, self.o.preserve)
+        elif op == Op.CHECK:
+            assert a.src is not None
+            self.progress.planned(1, a.src.size)
+            self._submit(self._check_task, a)
+        elif op == Op.SYMLINK:
+            self._make_symlink(a)
+        elif op == Op.HARDLINK:
+            self.hardlinks.append(a)
+        elif op == Op.DELETE:
+            self.deletes.append(a)
+        elif op == Op.REPLACE:
+            self._replace(a)
+        elif op == Op.ERROR:
+            assert a.error is not None
+            self._fail(a.rel, a.error, counts_file=False)
+
+    def _skipped(self, a: Action) -> None:
+        assert a.src is not None
+        if a.src.type == EntryType.DIR:
+            self.dirs.append((a.rel, a.src, a.dst))
+            return
+        self.summary.files_skipped += 1
+        self.summary.bytes_skipped += a.src.size
+        self.progress.skipped(1, a.src.size)
+        if self.manifest and a.src.type == EntryType.FILE:
+            self.manifest.add(
+                a.rel, a.src, a.src.digest if a.dst and a.src.digest == a.dst.digest else None
+            )
+
+    def _make_symlink(self, a: Action) -> None:
+        assert a.src is not None and a.src.target is not None
+        try:
+            self.dst.symlink(a.rel, a.src.target)
+            self.dst.set_meta(a.rel, a.src, self.o.preserve)
+            self.summary.links_created += 1
+            self._touch(a.rel)
+        except Exception as exc:
+            self._fail(a.rel, as_ferry_error(exc, a.rel))
+
+    def _replace(self, a: Action) -> None:
+        assert a.dst is not None and a.src is not None
+        if a.dst.type != EntryType.DIR:
+            # A file or link where the source has a directory: removing it is part of the update.
+            self.dst.remove(a.rel, a.dst)
+            return
+        if self.o.mode != Mode.SYNC:
+            self._fail(
+                a.rel,
+                FerryError(
+                    ErrorKind.USAGE,
+                    "destination has a directory where the source has a file; use sync to replace it",
+                    a.rel,
+                ),
+            )
+            return
+        self.replaces.append(a)
+
+    def _flush_batch(self) -> None:
+        if self.batch:
+            batch, self.batch, self.batch_bytes = self.batch, [], 0
+            self._submit(self._batch_task, batch)
+
+    # ---- small and medium files ----------------------------------------------------------------
+
+    def _batch_task(self, batch: list[Action]) -> None:
+        for a in batch:
+            if self.cancel.is_set():
+                return
+            self._whole_file(a)
+
+    def _whole_file(self, a: Action) -> None:
+        def attempt(n: int) -> None:
+            if n:
+                self._refresh(a)
+            self._copy_whole(a)
+
+        self._retrying(a.rel, attempt)
+
+    def _refresh(self, a: Action) -> None:
+        fresh = self.src.stat(a.read_rel or a.rel)
+        if fresh is None or fresh.type != EntryType.FILE:
+            raise Vanished()
+        assert a.src is not None
+        fresh.name, fresh.nlink, fresh.digest = a.src.name, a.src.nlink, None
+        self.progress.planned(0, fresh.size - a.src.size)
+        a.src = fresh
+
+    def _open_reader(self, a: Action) -> Reader:
+        assert a.src is not None
+        try:
+            return self.src.open_read(a.read_rel or a.rel, a.src)
+        except FerryError as err:
+            if err.kind == ErrorKind.SOURCE_NOT_FOUND:
+                raise Vanished() from err
+            raise
+
+    def _copy_whole(self, a: Action) -> None:
+        s = a.src
+        assert s is not None
+        reader = self._open_reader(a)
+        try:
+            writer = self.dst.open_write(a.rel, s)
+            try:
+                if s.size <= PIECE and not self.limiter:
+                    data = reader.read_at(0, s.size) if s.size else b""
+                    if len(data) != s.size:
+                        raise FerryError(
+                            ErrorKind.SOURCE_CHANGED, "file shrank while copying", a.rel
+                        )
+                    digest = digest_bytes(data) if self.verify != Verify.NONE else None
+                    if data:
+                        writer.write_at(0, data)
+                    self.progress.advance(s.size)
+                else:
+                    token = self.progress.begin(a.rel)
+                    try:
+                        ranges = reader.data_ranges(s.size) if self.sparse else None
+                        if ranges is not None:
+                            writer.set_size(s.size)
+                        blocks = self._stream(reader, writer, 0, s.size, ranges, fresh=True)
+                    finally:
+                        self.progress.end(token)
+                    digest = digest_from_blocks(s.size, blocks) if blocks is not None else None
+                self._finish(a, reader, writer, digest)
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            reader.close()
+
+    def _finish(self, a: Action, reader: Reader, writer: Writer, digest: str | None) -> None:
+        """Check the source did not move under us, verify, commit, count."""
+        s = a.src
+        assert s is not None
+        why = reader.changed()
+        if why:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, why, a.rel)
+        if self.o.preserve.xattrs and self.dst.caps.xattrs:
+            attrs = reader.xattrs()
+            if attrs:
+                writer.set_xattrs(attrs)
+        readback = self.verify == Verify.FULL and digest is not None
+        if readback and digest and not self._read_back_matches(writer, s.size, digest):
+            raise FerryError(
+                ErrorKind.VERIFY_MISMATCH, "destination bytes do not match the source digest", a.rel
+            )
+        writer.commit(s, digest, self.o.preserve)
+        with self._lock:
+            if a.op == Op.COPY:
+                self.summary.files_copied += 1
+            else:
+                self.summary.files_updated += 1
+            self.summary.bytes_transferred += s.size
+            if digest is not None:
+                self.summary.files_verified += 1
+        self.progress.advance(0, 1)
+        self._touch(a.rel)
+        if self.manifest:
+            self.manifest.add(a.rel, s, digest)
+
+    def _read_back_matches(self, writer: Writer, size: int, digest: str) -> bool:
+        hasher = StreamHasher()
+        offset = 0
+        while offset < size:
+            data = writer.read_back(offset, min(PIECE, size - offset))
+            if data is None:
+                return True  # the backend verifies on its side (e.g. S3 checksums)
+            if not data:
+                break
+            hasher.update(data)
+            offset += len(data)
+        return hasher.size == size and hasher.hexdigest() == digest
+
+    def _stream(
+        self,
+        reader: Reader,
+        writer: Writer,
+        offset: int,
+        length: int,
+        ranges: list[tuple[int, int]] | None,
+        fresh: bool,
+        big: BigFile | None = None,
+    ) -> bytes | None:
+        """Copy [offset, offset+length) and return its block digests (None when not hashing).
+
+        Holes (from `ranges`) are neither read nor written when the writer is fresh and
+        pre-sized; their digests are added as zero blocks."""
+        hashing = self.verify != Verify.NONE
+        hasher = StreamHasher() if hashing else None
+        end = offset + length
+        segments = (
+            _segments(offset, end, ranges)
+            if ranges is not None and fresh
+            else [(offset, end, True)]
+        )
+        rfd, wfd = reader.fileno(), writer.fileno()
+        for seg_start, seg_end, is_data in segments:
+            if not is_data:
+                if hasher:
+                    hasher.update_zeros(seg_end - seg_start)
+                self.progress.advance(seg_end - seg_start)
+                continue
+            if not hashing and self.kernel_copy and rfd is not None and wfd is not None:
+                self._kernel_copy(rfd, wfd, seg_start, seg_end, big)
+                continue
+            pos = seg_start
+            for piece in reader.iter_range(seg_start, seg_end - seg_start, PIECE):
+                if self.cancel.is_set() or (big is not None and big.error is not None):
+                    raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
+                if hasher:
+                    hasher.update(piece)
+                if self.limiter:
+                    self.limiter.take(len(piece), self.cancel)
+                writer.write_at(pos, piece)
+                pos += len(piece)
+                self.progress.advance(len(piece))
+            if pos != seg_end:
+                raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying")
+        return hasher.block_digests() if hasher else None
+
+    def _kernel_copy(self, rfd: int, wfd: int, start: int, end: int, big: BigFile | None) -> None:
+        pos = start
+        while pos < end:
+            if self.cancel.is_set() or (big is not None and big.error is not None):
+                raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
+            n = os.copy_file_range(rfd, wfd, min(end - pos, 64 << 20), pos, pos)
+            if n == 0:
+                raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying")
+            pos += n
+            self.progress.advance(n)
+
+    # ---- large files in parallel chunks --------------------------------------------------------
+
+    def _chunk_size(self, size: int) -> int:
+        caps = self.dst.caps
+        chunk = max(self.o.chunk_size, caps.min_chunk_size)
+        if caps.max_chunks:
+            chunk = max(chunk, -(-size // caps.max_chunks))
+        if caps.max_chunk_size:
+            chunk = min(chunk, caps.max_chunk_size)
+        return -(-chunk // BLOCK_SIZE) * BLOCK_SIZE
+
+    def _start_file(self, a: Action) -> None:
+        s = a.src
+        assert s is not None
+        chunk = self._chunk_size(s.size)
+        if s.size < 2 * chunk or not self.dst.caps.chunk_writer:
+            self._submit(self._whole_file, a)
+            return
+        try:
+            reader = self._open_reader(a)
+        except Vanished:
+            log.warning("%s: vanished from the source during the transfer; skipped", a.rel)
+            return
+        except Exception as exc:
+            self._fail(a.rel, as_ferry_error(exc, a.rel))
+            return
+        nchunks = -(-s.size // chunk)
+        try:
+            key = (
+                f"v1:{s.size}:{s.mtime_ns}:{chunk}:{self.verify.value}"
+                if self.dst.caps.resumable
+                else None
+            )
+            writer = self.dst.open_write(a.rel, s, resume_key=key)
+            done = writer.done_chunks(chunk) if key else {}
+        except Exception as exc:
+            reader.close()
+            self._fail(a.rel, as_ferry_error(exc, a.rel))
+            return
+        big = BigFile(a, reader, writer, chunk, nchunks)
+        big.fresh = not done
+        ranges = reader.data_ranges(s.size) if self.sparse else None
+        if big.fresh:
+            writer.set_size(s.size)
+        resumed = 0
+        for index, digests in done.items():
+            if index < nchunks:
+                big.digests[index] = digests
+                resumed += min(chunk, s.size - index * chunk)
+        if resumed:
+            log.info(
+                "%s: resuming, %d of %d bytes already at the destination", a.rel, resumed, s.size
+            )
+            self.summary.bytes_resumed += resumed
+            self.progress.advance(resumed)
+        todo = [i for i in range(nchunks) if big.digests[i] is None]
+        big.pending = len(todo)
+        if not todo:
+            self._finish_big(big)
+            return
+        for i in todo:
+            self._submit(self._chunk_task, big, i, ranges)
+            if self.cancel.is_set():
+                with big.lock:
+                    big.pending -= len(todo) - todo.index(i) - 1
+                break
+
+    def _chunk_task(self, big: BigFile, index: int, ranges: list[tuple[int, int]] | None) -> None:
+        s = big.action.src
+        assert s is not None
+        offset = index * big.chunk
+        length = min(big.chunk, s.size - offset)
+        token = self.progress.begin(big.action.rel)
+        try:
+            for attempt in range(self.o.retries + 1):
+                try:
+                    digests = self._stream(
+                        big.reader, big.writer, offset, length, ranges, big.fresh, big
+                    )
+                    if digests is not None:
+                        big.writer.record_chunk(index, digests)
+                    big.digests[index] = digests or b""
+                    break
+                except Exception as exc:
+                    err = as_ferry_error(exc, big.action.rel)
+                    if big.error is not None:
+                        break
+                    if not err.kind.retryable or attempt == self.o.retries or self.cancel.is_set():
+                        big.error = err
+                        break
+                    delay = min(MAX_BACKOFF, self.o.retry_base_delay * 2**attempt) * random.uniform(
+                        0.5, 1.5
+                    )
+                    if self.cancel.wait(delay):
+                        big.error = FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
+                        break
+        finally:
+            self.progress.end(token)
+            with big.lock:
+                big.pending -= 1
+                last = big.pending == 0
+            if last:
+                self._finish_big(big)
+
+    def _finish_big(self, big: BigFile) -> None:
+        a, s = big.action, big.action.src
+        assert s is not None
+        try:
+            if big.error is not None:
+                keep = big.error.kind != ErrorKind.DESTINATION_FULL
+                big.writer.abort(keep_partial=keep)
+                self._fail(a.rel, big.error)
+                return
+            digest = None
+            if self.verify != Verify.NONE:
+                digest = digest_from_blocks(s.size, b"".join(d or b"" for d in big.digests))
+            try:
+                self._finish(a, big.reader, big.writer, digest)
+            except FerryError as err:
+                big.writer.abort(keep_partial=False)
+                if err.kind.retryable:
+                    big.reader.close()
+                    self._whole_file(
+                        a
+                    )  # the source changed: start over, sequentially, with retries
+                else:
+                    self._fail(a.rel, err)
+            except Exception as exc:
+                big.writer.abort(keep_partial=True)
+                self._fail(a.rel, as_ferry_error(exc, a.rel))
+        finally:
+            big.reader.close()
+
+    # ---- checksum comparison -------------------------------------------------------------------
+
+    def _check_task(self, a: Action) -> None:
+        s, d = a.src, a.dst
+        assert s is not None and d is not None
+        try:
+            same = file_digest(self.src, a.read_rel or a.rel, s) == file_digest(self.dst, a.rel, d)
+        except Exception as exc:
+            self._fail(a.rel, as_ferry_error(exc, a.rel))
+            return
+        if same:
+            self.progress.planned(-1, -s.size)
+            self._skipped(a)
+            if self.planner.meta_differs(s, d):
+                self.dst.set_meta(a.rel, s, self.o.preserve)
+            return
+        a.op = Op.UPDATE
+        self._whole_file(a)
+
+    # ---- after the copies ----------------------------------------------------------------------
+
+    def finish_links(self) -> None:
+        for a in self.hardlinks:
+            if self.cancel.is_set():
+                return
+            try:
+                assert a.link_to is not None
+                self.dst.hardlink(a.rel, a.link_to)
+                self.summary.links_created += 1
+                self._touch(a.rel)
+            except Exception as exc:
+                self._fail(a.rel, as_ferry_error(exc, a.rel))
+
+    def run_deletes(self) -> None:
+        """Sync's last step: remove what the source does not have, then type replacements."""
+        for a in self.deletes + self.replaces:
+            if self.cancel.is_set():
+                return
+            assert a.dst is not None
+            try:
+                self._delete_entry(a.rel, a.dst)
+            except Exception as exc:
+                self._fail(a.rel, as_ferry_error(exc, a.rel), counts_file=False)
+                return
+        for a in self.replaces:
+            assert a.src is not None
+            if a.src.type == EntryType.SYMLINK:
+                self._make_symlink(a)
+            else:
+                a.op = Op.UPDATE
+                self.progress.planned(1, a.src.size)
+                self._submit(self._whole_file, a)
+        self.drain()
+
+    def _delete_entry(self, rel: str, e: Entry) -> None:
+        if e.type == EntryType.DIR:
+            for child_rel, child in list_tree(self.dst, rel):
+                self._delete_one(child_rel, child)
+        self._delete_one(rel, e)
+
+    def _delete_one(self, rel: str, e: Entry) -> None:
+        self.dst.remove(rel, e)
+        self._touch(rel)
+        if e.type != EntryType.DIR:
+            self.summary.files_deleted += 1
+            self.summary.bytes_deleted += e.size
+
+    def finish_dirs(self) -> None:
+        """Directory metadata last, deepest first, so adding contents cannot undo it."""
+        for rel, s, d in reversed(self.dirs):
+            if d is None or rel in self.touched or self.planner.meta_differs(s, d):
+                try:
+                    self.dst.set_meta(rel, s, self.o.preserve)
+                except Exception as exc:
+                    self._fail(rel, as_ferry_error(exc, rel), counts_file=False)
+
+
+def _segments(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+    """Split [start, end) into data and hole segments."""
+    out: list[tuple[int, int, bool]] = []
+    pos = start
+    for off, length in ranges:
+        a, b = max(off, start), min(off + length, end)
+        if a >= b:
+            continue
+        if a > pos:
+            out.append((pos, a, False))
+        out.append((a, b, True))
+        pos = b
+    if pos < end:
+        out.append((pos, end, False))
+    return out
+
+
+def file_digest(backend: Backend, rel: str, e: Entry) -> str:
+    """The Ferry digest of a file as stored: the backend's kept digest, or a full read."""
+    if e.digest:
+        return e.digest
+    reader = backend.open_read(rel, e)
+    try:
+        hasher = StreamHasher()
+        for piece in reader.iter_range(0, e.size, 4 * PIECE):
+            hasher.update(piece)
+        if hasher.size != e.size:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "size changed while reading", rel)
+        return hasher.hexdigest()
+    finally:
+        reader.close()

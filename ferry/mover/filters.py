@@ -1,0 +1,143 @@
+"""Include/exclude rules in rclone's style: ordered `+ pattern` / `- pattern`, first match wins.
+
+Patterns: `*` matches within one path segment, `**` across segments, `?` one
+character, `[...]` a class, `{a,b}` alternatives. A leading `/` anchors the
+pattern at the transfer root; otherwise it matches at any depth. A trailing
+`/` matches directories only. When there are include rules and nothing
+matched, the path is excluded (an implicit `- **` at the end), as in rclone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ferry.mover.errors import ErrorKind, FerryError
+
+
+def _glob_to_regex(glob: str) -> str:
+    out: list[str] = []
+    i, n = 0, len(glob)
+    depth = 0
+    while i < n:
+        c = glob[i]
+        if c == "*":
+            if glob.startswith("**", i):
+                out.append(".*")
+                i += 2
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = glob.find(
+                "]", i + 2 if glob.startswith("[!", i) or glob.startswith("[^", i) else i + 1
+            )
+            if j < 0:
+                raise ValueError(f"unclosed '[' in {glob!r}")
+            body = glob[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j
+        elif c == "{":
+            depth += 1
+            out.append("(?:")
+        elif c == "}" and depth:
+            depth -= 1
+            out.append(")")
+        elif c == "," and depth:
+            out.append("|")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(glob[i]))
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if depth:
+        raise ValueError(f"unclosed '{{' in {glob!r}")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Rule:
+    include: bool
+    pattern: str
+    regex: re.Pattern[str]
+    dir_only: bool
+    dir_rule: bool  # pattern ends in `/` or `/**`: it can prune whole directories
+
+    @classmethod
+    def parse(cls, line: str) -> Rule:
+        text = line.strip()
+        if len(text) < 3 or text[0] not in "+-" or text[1] != " ":
+            raise FerryError(
+                ErrorKind.USAGE, f"filter rule {line!r}: expected '+ pattern' or '- pattern'"
+            )
+        pattern = text[2:].strip()
+        if not pattern:
+            raise FerryError(ErrorKind.USAGE, f"filter rule {line!r}: empty pattern")
+        dir_only = pattern.endswith("/")
+        body = pattern.rstrip("/") if dir_only else pattern
+        dir_rule = dir_only or (body.endswith("/**") and len(body) > 3)
+        if body.endswith("/**"):
+            body_re = _compile_body(line, body[:-3]) + "(?:/.*)?"
+        else:
+            body_re = _compile_body(line, body)
+        anchored = body.startswith("/")
+        prefix = "^" if anchored else "^(?:.*/)?"
+        return cls(
+            text[0] == "+",
+            pattern,
+            re.compile(prefix + body_re + "$", re.DOTALL),
+            dir_only,
+            dir_rule,
+        )
+
+
+def _compile_body(line: str, body: str) -> str:
+    try:
+        return _glob_to_regex(body.lstrip("/"))
+    except ValueError as exc:
+        raise FerryError(ErrorKind.USAGE, f"filter rule {line!r}: {exc}") from None
+
+
+class FilterSet:
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self.has_includes = any(r.include for r in rules)
+
+    @classmethod
+    def parse(cls, lines: list[str] | tuple[str, ...]) -> FilterSet:
+        rules = []
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith(("#", ";")):
+                rules.append(Rule.parse(line))
+        return cls(rules)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def include_file(self, rel: str) -> bool:
+        for r in self.rules:
+            if not r.dir_only and r.regex.match(rel):
+                return r.include
+        return not self.has_includes
+
+    def include_dir(self, rel: str) -> bool:
+        """Whether to descend into a directory: only directory rules prune; an
+        include rule for files may match below, so it stops the search."""
+        for r in self.rules:
+            if r.dir_rule:
+                if r.regex.match(rel):
+                    return r.include
+            elif r.include:
+                return True
+        return True
+
+
+def rules_from_cli(
+    includes: list[str], excludes: list[str], filter_lines: list[str]
+) -> tuple[str, ...]:
+    """--exclude rules first, then --include, then --filter-from lines, like rclone."""
+    return tuple([f"- {p}" for p in excludes] + [f"+ {p}" for p in includes] + list(filter_lines))

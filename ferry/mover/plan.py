@@ -1,0 +1,262 @@
+"""Walk both trees and decide, per entry: copy, update, skip, fix metadata, link or delete.
+
+The planner is a generator: it yields actions as it walks, so copying starts
+while the scan is still going and memory never holds the whole tree. Deletes
+are yielded too, but the executor holds them back until every copy succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from ferry.mover.backends.base import Backend, Entry, EntryType, join
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.filters import FilterSet
+from ferry.mover.options import Compare, Mode, Options, SymlinkPolicy
+from ferry.mover.scan import PairLister
+from ferry.mover.shard import Sharder
+
+log = logging.getLogger("ferry")
+
+
+class Op(Enum):
+    COPY = "copy"  # new at the destination
+    UPDATE = "update"  # exists, content differs
+    CHECK = "check"  # same size; compare digests, then copy or skip
+    SKIP = "skip"
+    META = "meta"  # same content, metadata differs
+    MKDIR = "mkdir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    DELETE = "delete"
+    REPLACE = "replace"  # the destination has another type here: remove it, then copy (sync only)
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class Action:
+    op: Op
+    rel: str
+    src: Entry | None = None
+    dst: Entry | None = None
+    read_rel: str | None = None  # where to read when it differs from rel (followed symlinks)
+    link_to: str | None = None  # hard link target (destination-relative)
+    error: FerryError | None = None
+
+
+class Planner:
+    def __init__(
+        self, src: Backend, dst: Backend, options: Options, dst_exists: bool = True
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.o = options
+        self.filters = FilterSet.parse(options.filters)
+        self.dst_exists = dst_exists
+        self.window_ns = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
+        self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
+        self.hardlinks_ok = options.preserve.hardlinks and src.caps.hardlinks and dst.caps.hardlinks
+        self._hardlinks: dict[tuple[int, int], tuple[str, int | None]] = {}
+        self._followed: set[tuple[int, int]] = set()
+        self.sharder = (
+            Sharder(options.shard_index, options.shard_count) if options.shard_count > 1 else None
+        )
+        self.source_entries = 0
+        self.listing_errors = 0
+        self._warned_links = False
+
+    def _mine(self, rel: str, size: int) -> bool:
+        return self.sharder is None or self.sharder.owns(rel, size)
+
+    def walk(self, lister: PairLister) -> Iterator[Action]:
+        lister.request("", self.dst_exists)
+        stack: list[tuple[str, bool]] = [("", self.dst_exists)]
+        while stack:
+            rel, _ = stack.pop()
+            src_list, dst_list = lister.get(rel)
+            if isinstance(src_list, FerryError):
+                self.listing_errors += 1
+                yield Action(Op.ERROR, rel, error=src_list)
+                continue
+            if isinstance(dst_list, FerryError):
+                self.listing_errors += 1
+                yield Action(Op.ERROR, rel, error=dst_list)
+                continue
+            dst_by_name = {e.name: e for e in dst_list}
+            subdirs: list[tuple[str, bool]] = []
+            src_list.sort(key=lambda e: e.name)
+            for s in src_list:
+                child = join(rel, s.name)
+                d = dst_by_name.pop(s.name, None)
+                for action in self._decide(child, s, d):
+                    if (
+                        action.op in (Op.MKDIR, Op.SKIP)
+                        and action.src is not None
+                        and action.src.type == EntryType.DIR
+                    ):
+                        subdirs.append((child, action.op == Op.SKIP))
+                    yield action
+            if self.o.mode == Mode.SYNC:
+                for d in sorted(dst_by_name.values(), key=lambda e: e.name):
+                    child = join(rel, d.name)
+                    if self._excluded(child, d) or not self._mine(child, d.size):
+                        continue
+                    yield Action(Op.DELETE, child, dst=d)
+            for item in subdirs:
+                lister.request(*item)
+            stack.extend(reversed(subdirs))
+
+    def _excluded(self, rel: str, e: Entry) -> bool:
+        if not self.filters:
+            return False
+        if e.type == EntryType.DIR:
+            return not self.filters.include_dir(rel)
+        return not self.filters.include_file(rel)
+
+    def _decide(self, rel: str, s: Entry, d: Entry | None) -> Iterator[Action]:
+        if self._excluded(rel, s):
+            return
+        read_rel = None
+        if s.type == EntryType.SYMLINK and not self.links_ok:
+            if self.o.symlinks != SymlinkPolicy.FOLLOW:
+                return
+            resolved = self.src.resolve_link(rel, s)
+            if resolved is None:
+                log.warning("%s: symlink is dangling or points outside the source; skipped", rel)
+                return
+            read_rel, s = resolved
+            if s.type == EntryType.DIR:
+                if (s.dev, s.ino) in self._followed:
+                    log.warning("%s: symlinked directory already copied; skipped (loop?)", rel)
+                    return
+                self._followed.add((s.dev, s.ino))
+        self.source_entries += 1
+        if s.type == EntryType.DIR:
+            if d is None:
+                yield Action(Op.MKDIR, rel, s, None)
+            elif d.type == EntryType.DIR:
+                yield Action(Op.SKIP, rel, s, d)
+            else:
+                yield Action(Op.REPLACE, rel, s, d)
+                yield Action(Op.MKDIR, rel, s, None)
+            return
+        if s.type == EntryType.OTHER:
+            log.warning("%s: not a regular file, directory or symlink; skipped", rel)
+            return
+        if not self._mine(rel, s.size):
+            return
+        if s.type == EntryType.SYMLINK:
+            if not self.dst.caps.symlinks:
+                if not self._warned_links:
+                    self._warned_links = True
+                    log.warning(
+                        "%s cannot hold symlinks; skipping them (use --links follow)",
+                        self.dst.describe(),
+                    )
+                return
+            if d is not None and d.type == EntryType.DIR:
+                yield Action(Op.REPLACE, rel, s, d)
+            elif d is not None and d.type == EntryType.SYMLINK and d.target == s.target:
+                yield self._meta_or_skip(rel, s, d)
+            else:
+                yield Action(Op.SYMLINK, rel, s, d)
+            return
+        # A regular file.
+        if self.hardlinks_ok and s.nlink > 1:
+            key = (s.dev, s.ino)
+            first = self._hardlinks.get(key)
+            if first is not None:
+                first_rel, first_dst_ino = first
+                if d is not None and first_dst_ino is not None and d.ino == first_dst_ino:
+                    yield Action(Op.SKIP, rel, s, d)
+                else:
+                    yield Action(Op.HARDLINK, rel, s, d, link_to=first_rel)
+                return
+        action = self._compare_file(rel, s, d)
+        action.read_rel = read_rel
+        if self.hardlinks_ok and s.nlink > 1:
+            unchanged = action.op in (Op.SKIP, Op.META) and d is not None
+            self._hardlinks[(s.dev, s.ino)] = (rel, d.ino if unchanged and d is not None else None)
+        yield action
+
+    def _compare_file(self, rel: str, s: Entry, d: Entry | None) -> Action:
+        if d is None:
+            return Action(Op.COPY, rel, s, None)
+        if d.type == EntryType.DIR:
+            return Action(Op.REPLACE, rel, s, d)
+        if d.type != EntryType.FILE:
+            return Action(Op.UPDATE, rel, s, d)
+        if s.size != d.size:
+            return Action(Op.UPDATE, rel, s, d)
+        if self.o.compare == Compare.CHECKSUM:
+            if s.digest and d.digest:
+                return (
+                    self._meta_or_skip(rel, s, d)
+                    if s.digest == d.digest
+                    else Action(Op.UPDATE, rel, s, d)
+                )
+            return Action(Op.CHECK, rel, s, d)
+        if self.o.preserve.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
+            return Action(Op.UPDATE, rel, s, d)
+        return self._meta_or_skip(rel, s, d)
+
+    def _meta_or_skip(self, rel: str, s: Entry, d: Entry) -> Action:
+        if self.meta_differs(s, d):
+            return Action(Op.META, rel, s, d)
+        return Action(Op.SKIP, rel, s, d)
+
+    def meta_differs(self, s: Entry, d: Entry) -> bool:
+        p = self.o.preserve
+        if (
+            p.perms
+            and self.dst.caps.permissions
+            and s.mode
+            and s.type != EntryType.SYMLINK
+            and s.mode != d.mode
+        ):
+            return True
+        if p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
+            return True
+        return bool(
+            p.owners and self.dst.caps.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)
+        )
+
+
+def check_roots(src: Backend, dst: Backend, options: Options, operation: str) -> bool:
+    """Refuse what cannot end well before touching anything. Returns whether dst exists."""
+    from ferry.mover.backends.local import LocalBackend
+
+    st = src.root_type()
+    if st is None:
+        raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", src.describe())
+    if st != EntryType.DIR:
+        raise FerryError(
+            ErrorKind.USAGE,
+            "source must be a directory (copy its parent with a filter)",
+            src.describe(),
+        )
+    if isinstance(src, LocalBackend) and isinstance(dst, LocalBackend):
+        import os
+
+        a, b = os.path.realpath(src.root), os.path.realpath(dst.root)
+        if a == b:
+            raise FerryError(
+                ErrorKind.OVERLAP, "source and destination are the same directory", dst.root
+            )
+        if b.startswith(a.rstrip("/") + "/"):
+            raise FerryError(ErrorKind.OVERLAP, "destination is inside the source", dst.root)
+        if a.startswith(b.rstrip("/") + "/") and options.mode == Mode.SYNC:
+            raise FerryError(
+                ErrorKind.OVERLAP,
+                "source is inside the destination; sync would delete around it",
+                src.root,
+            )
+    dt = dst.root_type()
+    if dt is not None and dt != EntryType.DIR:
+        raise FerryError(
+            ErrorKind.USAGE, "destination exists and is not a directory", dst.describe()
+        )
+    return dt is not None

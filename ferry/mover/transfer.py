@@ -1,0 +1,214 @@
+"""One transfer from start to finish: the engine's entry point for the CLI and `ferry run`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from ferry.mover.backends import open_backend
+from ferry.mover.backends.base import Backend, EntryType
+from ferry.mover.endpoints import Endpoint
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.execute import Executor, file_digest
+from ferry.mover.options import Mode, Options
+from ferry.mover.plan import Action, Op, Planner, check_roots
+from ferry.mover.progress import Progress, Reporter, Sink
+from ferry.mover.result import Summary
+from ferry.mover.scan import PairLister
+from ferry.mover.shard import BIG, path_shard
+
+log = logging.getLogger("ferry")
+
+
+@contextlib.contextmanager
+def _interruptible(cancel: threading.Event, summary: Summary) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the transfer cleanly: partial files stay for resume, temps go."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if summary.fatal is None:
+            summary.fatal = FerryError(
+                ErrorKind.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}"
+            )
+        cancel.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _prescan_shards(src: Backend, planner: Planner, options: Options) -> None:
+    """Every shard walks the source once to agree on where the big files go."""
+    assert planner.sharder is not None
+    small = [0] * options.shard_count
+    big: list[tuple[str, int]] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        for e in src.list_dir(rel):
+            child = f"{rel}/{e.name}" if rel else e.name
+            if planner._excluded(child, e):
+                continue
+            if e.type == EntryType.DIR:
+                stack.append(child)
+            elif e.type == EntryType.FILE:
+                if e.size >= BIG:
+                    big.append((child, e.size))
+                else:
+                    small[path_shard(child, options.shard_count)] += e.size
+    planner.sharder.balance(small, big)
+
+
+def run_transfer(
+    src_ep: Endpoint,
+    dst_ep: Endpoint,
+    options: Options,
+    sink: Sink | None = None,
+    on_action: Callable[[Action], None] | None = None,
+) -> Summary:
+    """Copy or sync (or, with options.dry_run, only plan). Never raises for transfer errors:
+    they are in the returned Summary, whose exit_code the CLI returns."""
+    operation = options.mode.value if not options.dry_run else "plan"
+    summary = Summary(operation=operation, dry_run=options.dry_run)
+    sink = sink or Sink()
+    progress = Progress()
+    cancel = threading.Event()
+    started = time.monotonic()
+    src = dst = None
+    try:
+        with _interruptible(cancel, summary), Reporter(progress, sink):
+            src = open_backend(src_ep)
+            dst = open_backend(dst_ep)
+            _run(src, dst, options, summary, progress, cancel, sink, on_action)
+    except FerryError as err:
+        summary.fatal = summary.fatal or err
+    except Exception as exc:
+        log.debug("transfer failed", exc_info=True)
+        summary.fatal = summary.fatal or as_ferry_error(exc)
+    finally:
+        for b in (src, dst):
+            if b is not None:
+                with contextlib.suppress(Exception):
+                    b.close()
+    summary.elapsed_seconds = time.monotonic() - started
+    sink.finish(summary)
+    return summary
+
+
+def _run(
+    src: Backend,
+    dst: Backend,
+    options: Options,
+    summary: Summary,
+    progress: Progress,
+    cancel: threading.Event,
+    sink: Sink,
+    on_action: Callable[[Action], None] | None,
+) -> None:
+    dst_exists = check_roots(src, dst, options, summary.operation)
+    planner = Planner(src, dst, options, dst_exists=dst_exists)
+    if options.mode == Mode.SYNC and not options.allow_empty_source and not src.list_dir(""):
+        raise FerryError(
+            ErrorKind.USAGE,
+            "source is empty: refusing to sync, which would delete everything at the destination "
+            "(pass --allow-empty-source if that is what you want)",
+            src.describe(),
+        )
+    if planner.sharder is not None:
+        _prescan_shards(src, planner, options)
+    lister = PairLister(src, dst, workers=4)
+    try:
+        if options.dry_run:
+            with sink.phase("plan") as attrs:
+                _dry_run(planner, lister, src, dst, summary, progress, on_action)
+                attrs.update(files=progress.files_total, bytes=progress.bytes_total)
+            return
+        if not dst_exists:
+            dst.prepare_destination()
+        executor = Executor(src, dst, options, planner, progress, summary, cancel)
+        try:
+            progress.phase = "transfer"
+            with sink.phase("transfer") as attrs:
+                for action in planner.walk(lister):
+                    if cancel.is_set():
+                        break
+                    if on_action:
+                        on_action(action)
+                    executor.handle(action)
+                progress.scan_complete = True
+                executor.drain()
+                executor.finish_links()
+                attrs.update(
+                    files=summary.files_copied + summary.files_updated,
+                    bytes=summary.bytes_transferred,
+                )
+            if not cancel.is_set():
+                dst.flush()
+            if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
+                if summary.error_count or cancel.is_set():
+                    log.warning("not deleting anything at the destination: the copy had errors")
+                else:
+                    progress.phase = "delete"
+                    with sink.phase("delete") as attrs:
+                        executor.run_deletes()
+                        attrs.update(files=summary.files_deleted)
+            if not cancel.is_set():
+                executor.finish_dirs()
+                dst.flush()
+        finally:
+            executor.close()
+        if executor.fatal is not None and summary.fatal is None:
+            summary.fatal = executor.fatal
+    finally:
+        lister.close()
+        progress.scan_complete = True
+        progress.phase = "done"
+
+
+def _dry_run(
+    planner: Planner,
+    lister: PairLister,
+    src: Backend,
+    dst: Backend,
+    summary: Summary,
+    progress: Progress,
+    on_action: Callable[[Action], None] | None,
+) -> None:
+    for a in planner.walk(lister):
+        if a.op == Op.CHECK:
+            assert a.src is not None and a.dst is not None
+            same = file_digest(src, a.read_rel or a.rel, a.src) == file_digest(dst, a.rel, a.dst)
+            a.op = Op.SKIP if same else Op.UPDATE
+        size = a.src.size if a.src is not None and a.src.type == EntryType.FILE else 0
+        if a.op in (Op.COPY, Op.UPDATE):
+            progress.planned(1, size)
+            if a.op == Op.COPY:
+                summary.files_copied += 1
+            else:
+                summary.files_updated += 1
+            summary.bytes_transferred += size
+        elif a.op in (Op.SKIP, Op.META) and a.src is not None and a.src.type != EntryType.DIR:
+            summary.files_skipped += 1
+            summary.bytes_skipped += size
+        elif a.op == Op.MKDIR:
+            summary.dirs_created += 1
+        elif a.op in (Op.SYMLINK, Op.HARDLINK):
+            summary.links_created += 1
+        elif a.op == Op.DELETE:
+            assert a.dst is not None
+            summary.files_deleted += 1
+            summary.bytes_deleted += a.dst.size
+        elif a.op == Op.ERROR:
+            assert a.error is not None
+            summary.add_error(a.error)
+        if on_action:
+            on_action(a)

@@ -1,0 +1,164 @@
+"""`ferry verify`: compare two trees by content and metadata and list every difference."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ferry.mover.backends import open_backend
+from ferry.mover.backends.base import Backend, Entry, EntryType, join
+from ferry.mover.endpoints import Endpoint
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.execute import file_digest
+from ferry.mover.filters import FilterSet
+from ferry.mover.options import Options
+from ferry.mover.progress import Progress, Reporter, Sink
+from ferry.mover.result import Summary
+from ferry.mover.scan import PairLister
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: str
+    what: str  # missing | extra | type | size | content | mtime | mode | target | unreadable
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.what:<10} {self.path}" + (f"  ({self.detail})" if self.detail else "")
+
+
+def _walk(
+    src: Backend, dst: Backend, filters: FilterSet
+) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+    lister = PairLister(src, dst)
+    try:
+        lister.request("", True)
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            s_list, d_list = lister.get(rel)
+            if isinstance(s_list, FerryError) or isinstance(d_list, FerryError):
+                err = s_list if isinstance(s_list, FerryError) else d_list
+                assert isinstance(err, FerryError)
+                raise err
+            d_by = {e.name: e for e in d_list}
+            subdirs = []
+            for s in sorted(s_list, key=lambda e: e.name):
+                child = join(rel, s.name)
+                d = d_by.pop(s.name, None)
+                if filters and not (
+                    filters.include_dir(child)
+                    if s.type == EntryType.DIR
+                    else filters.include_file(child)
+                ):
+                    continue
+                yield child, s, d
+                if s.type == EntryType.DIR and d is not None and d.type == EntryType.DIR:
+                    subdirs.append(child)
+            for d in sorted(d_by.values(), key=lambda e: e.name):
+                child = join(rel, d.name)
+                if filters and not (
+                    filters.include_dir(child)
+                    if d.type == EntryType.DIR
+                    else filters.include_file(child)
+                ):
+                    continue
+                yield child, None, d
+            for sub in subdirs:
+                lister.request(sub, True)
+            stack.extend(reversed(subdirs))
+    finally:
+        lister.close()
+
+
+def verify_trees(
+    src_ep: Endpoint,
+    dst_ep: Endpoint,
+    options: Options,
+    report: Callable[[Difference], None],
+    sink: Sink | None = None,
+) -> Summary:
+    summary = Summary(operation="verify")
+    sink = sink or Sink()
+    progress = Progress()
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    def differ(d: Difference) -> None:
+        with lock:
+            summary.differences += 1
+            report(d)
+
+    try:
+        with Reporter(progress, sink):
+            src, dst = open_backend(src_ep), open_backend(dst_ep)
+            for b, kind in (
+                (src, ErrorKind.SOURCE_NOT_FOUND),
+                (dst, ErrorKind.DESTINATION_NOT_FOUND),
+            ):
+                if b.root_type() != EntryType.DIR:
+                    raise FerryError(kind, "does not exist or is not a directory", b.describe())
+            window = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
+            perms = options.preserve.perms and src.caps.permissions and dst.caps.permissions
+            times = options.preserve.times
+            pending: list[tuple[str, Future[tuple[str, str]], Entry]] = []
+            with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
+
+                def digest_pair(rel: str, s: Entry, d: Entry) -> tuple[str, str]:
+                    a, b = file_digest(src, rel, s), file_digest(dst, rel, d)
+                    progress.advance(s.size, 1)
+                    return a, b
+
+                def collect(limit: int) -> None:
+                    while len(pending) > limit:
+                        rel, fut, _s = pending.pop(0)
+                        try:
+                            a, b = fut.result()
+                        except Exception as exc:
+                            differ(Difference(rel, "unreadable", str(as_ferry_error(exc, rel))))
+                            continue
+                        summary.files_verified += 1
+                        if a != b:
+                            differ(Difference(rel, "content", f"{a[:17]}... != {b[:17]}..."))
+
+                for rel, s, d in _walk(src, dst, FilterSet.parse(options.filters)):
+                    if s is None:
+                        differ(Difference(rel, "extra", "only at the destination"))
+                        continue
+                    if d is None:
+                        differ(Difference(rel, "missing", "not at the destination"))
+                        continue
+                    if s.type != d.type:
+                        differ(
+                            Difference(
+                                rel, "type", f"{s.type.name.lower()} != {d.type.name.lower()}"
+                            )
+                        )
+                        continue
+                    if s.type == EntryType.SYMLINK and s.target != d.target:
+                        differ(Difference(rel, "target", f"{s.target!r} != {d.target!r}"))
+                    if s.type == EntryType.FILE:
+                        progress.planned(1, s.size)
+                        if s.size != d.size:
+                            differ(Difference(rel, "size", f"{s.size} != {d.size}"))
+                            continue
+                        pending.append((rel, pool.submit(digest_pair, rel, s, d), s))
+                        collect(options.transfers * 4)
+                        if times and abs(s.mtime_ns - d.mtime_ns) >= window:
+                            differ(Difference(rel, "mtime", f"{s.mtime_ns} != {d.mtime_ns} ns"))
+                    elif (
+                        times and s.type == EntryType.DIR and abs(s.mtime_ns - d.mtime_ns) >= window
+                    ):
+                        differ(Difference(rel, "mtime", f"{s.mtime_ns} != {d.mtime_ns} ns"))
+                    if perms and s.type != EntryType.SYMLINK and s.mode != d.mode:
+                        differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
+                progress.scan_complete = True
+                collect(0)
+    except Exception as exc:
+        summary.fatal = as_ferry_error(exc)
+    summary.elapsed_seconds = time.monotonic() - started
+    sink.finish(summary)
+    return summary
