@@ -1,0 +1,511 @@
+"""Pydantic models of Ferry's custom resources (group `ferry.dev`, `v1alpha1`).
+
+One definition serves three purposes: `crdgen` turns these models into the
+CRDs' structural OpenAPI schemas (so the API server rejects bad specs before
+the operator sees them), the operator re-validates every spec with them (so a
+bad field is named in a condition even where a schema cannot say it), and the
+status models declare every status field the operator or the mover writes —
+undeclared status fields would be silently pruned by the API server.
+
+Field names are camelCase on the wire, snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "ferry.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Sizes the engine parses (`ferry.mover.options.parse_size`): 16M, 1.5GiB, 4096.
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGTP]i?)?B?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+ENDPOINT_KINDS = ("pvc", "s3", "sftp", "smb")
+EXACTLY_ONE_ENDPOINT = {
+    "rule": "[has(self.pvc), has(self.s3), has(self.sftp), has(self.smb)]"
+    ".filter(x, x).size() == 1",
+    "message": "exactly one of pvc, s3, sftp, smb must be set",
+}
+
+
+def _cel(*rules: dict[str, str]) -> dict[str, Any]:
+    """json_schema_extra for CEL rules (`x-kubernetes-validations`)."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class Model(BaseModel):
+    """Spec side: camelCase, unknown fields refused (the schema prunes them anyway)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class StatusModel(BaseModel):
+    """Status side: tolerant of fields a newer operator or mover may add."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+SizeStr = Annotated[str, Field(max_length=32, pattern=SIZE_PATTERN)]
+RelPath = Annotated[str, Field(max_length=4096)]
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+class PVCEndpoint(Model):
+    """A PersistentVolumeClaim in the TransferJob's namespace, mounted into the mover."""
+
+    claim_name: Name
+    path: RelPath = Field(default="", description="Directory inside the volume.")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..'")
+        return value
+
+
+class S3SecretRef(Model):
+    """Secret holding an AWS shared-credentials file under `key`."""
+
+    name: Name
+    key: SecretKey = "credentials"
+
+
+class S3Endpoint(Model):
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: RelPath = ""
+    endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    region: str | None = Field(default=None, max_length=64)
+    path_style: bool = False
+    storage_class: str | None = Field(default=None, max_length=64)
+    sse: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = Field(default=None, max_length=2048)
+    secret_ref: S3SecretRef | None = None
+
+
+class SFTPSecretRef(Model):
+    """Secret with a private key (kubernetes.io/ssh-auth layout) or, if `passwordKey` is set, a password."""
+
+    name: Name
+    private_key_key: SecretKey = "ssh-privatekey"
+    password_key: SecretKey | None = None
+
+
+class KeyRef(Model):
+    name: Name
+    key: SecretKey
+
+
+class SFTPEndpoint(Model):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(default=22, ge=1, le=65535)
+    path: RelPath = "."
+    user: str | None = Field(default=None, max_length=256)
+    secret_ref: SFTPSecretRef | None = None
+    known_hosts_ref: KeyRef | None = Field(
+        default=None, description="Secret key holding an OpenSSH known_hosts file."
+    )
+    insecure_ignore_host_key: bool = False
+
+
+class SMBSecretRef(Model):
+    name: Name
+    password_key: SecretKey = "password"
+
+
+class SMBEndpoint(Model):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(default=445, ge=1, le=65535)
+    share: str = Field(min_length=1, max_length=256)
+    path: RelPath = ""
+    user: str | None = Field(default=None, max_length=256)
+    domain: str | None = Field(default=None, max_length=256)
+    encrypt: bool = False
+    secret_ref: SMBSecretRef | None = None
+
+
+class Endpoint(Model):
+    """Exactly one storage kind."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(EXACTLY_ONE_ENDPOINT))
+
+    pvc: PVCEndpoint | None = None
+    s3: S3Endpoint | None = None
+    sftp: SFTPEndpoint | None = None
+    smb: SMBEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Endpoint:
+        if sum(getattr(self, k) is not None for k in ENDPOINT_KINDS) != 1:
+            raise ValueError(EXACTLY_ONE_ENDPOINT["message"])
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ENDPOINT_KINDS if getattr(self, k) is not None)
+
+
+# ---------------------------------------------------------------- placement
+
+Quantity = Annotated[
+    str | int,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class Resources(Model):
+    """Container resources; values are Kubernetes quantities."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k]))))"
+                " && (!has(self.limits) || self.limits.all(k, isQuantity(string(self.limits[k]))))",
+                "message": "resource values must be valid quantities",
+            }
+        )
+    )
+
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=8)
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=8)
+
+
+class Toleration(Model):
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Placement(Model):
+    pool: Name | None = Field(default=None, description="A MoverPool to take placement and tuning from.")
+    node_selector: dict[str, str] | None = Field(default=None, max_length=32)
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    resources: Resources | None = None
+    priority_class_name: Name | None = None
+
+
+# ---------------------------------------------------------------- transfer job
+
+
+class Parallelism(Model):
+    shards: int = Field(default=1, ge=1, le=64, description="Pods of an Indexed Job, balanced by bytes.")
+    streams: int | None = Field(default=None, ge=1, le=256, description="Concurrent transfers per pod.")
+    chunk_size: SizeStr | None = None
+
+
+class Retry(Model):
+    limit: int = Field(default=3, ge=0, le=20, description="Mover pod retries (Job backoffLimit).")
+    per_file: int = Field(default=3, ge=0, le=100, description="Engine retries of one file.")
+
+
+PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
+
+
+class TransferJobSpec(Model):
+    source: Endpoint
+    destination: Endpoint
+    mode: Literal["Copy", "Sync"] = "Copy"
+    compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
+    verify: Literal["None", "Inline", "Full"] = "Inline"
+    preserve: list[PreserveFlag] | None = Field(default=None, max_length=7)
+    symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
+    filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None, max_length=256
+    )
+    bandwidth: SizeStr | None = Field(default=None, description="Bytes per second per pod, e.g. 50M.")
+    parallelism: Parallelism | None = None
+    retry: Retry | None = None
+    error_policy: Literal["Abort", "Skip"] = "Abort"
+    allow_empty_source: bool = False
+    dry_run: bool = False
+    suspend: bool = False
+    cancel: bool = Field(default=False, description="Stop the transfer for good; the job ends Failed/Cancelled.")
+    placement: Placement | None = None
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    stall_timeout_seconds: int = Field(
+        default=300, ge=10, description="No progress for this long sets the Stalled condition."
+    )
+
+    def shard_count(self) -> int:
+        return self.parallelism.shards if self.parallelism else 1
+
+
+class Condition(StatusModel):
+    """Kubernetes API conventions (metav1.Condition)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ShardProgress(StatusModel):
+    """What one mover pod reports about itself (merge-patched by the mover)."""
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    bytes_skipped: int = 0
+    files_skipped: int = 0
+    bytes_per_second: int = 0
+    eta_seconds: float | None = None
+    scan_complete: bool = False
+    phase: str | None = None
+    elapsed_seconds: float | None = None
+    update_time: str | None = None
+    last_progress_time: str | None = None
+    pod: str | None = None
+    finished: bool = False
+
+
+class Progress(StatusModel):
+    """Totals across shards (written by the operator) plus the per-shard map (written by movers).
+
+    `shards` is a map keyed by shard index so that each mover can merge-patch
+    its own entry without touching the others'.
+    """
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    bytes_per_second: int = 0
+    eta_seconds: float | None = None
+    percent: str | None = None
+    rate: str | None = None
+    last_progress_time: str | None = None
+    shards: dict[str, ShardProgress] | None = None
+
+
+class ErrorEntry(StatusModel):
+    path: str | None = None
+    reason: str = ""
+    message: str = ""
+
+
+class Result(StatusModel):
+    """The movers' termination messages, summed (`ferry.mover.result.Summary.to_json`)."""
+
+    reason: str | None = None
+    exit_code: int | None = None
+    message: str | None = None
+    dry_run: bool = False
+    files_copied: int = 0
+    files_updated: int = 0
+    files_skipped: int = 0
+    files_deleted: int = 0
+    files_failed: int = 0
+    dirs_created: int = 0
+    links_created: int = 0
+    files_verified: int = 0
+    differences: int = 0
+    bytes_transferred: int = 0
+    bytes_skipped: int = 0
+    bytes_resumed: int = 0
+    bytes_deleted: int = 0
+    elapsed_seconds: float = 0.0
+    bytes_per_second: int = 0
+    error_count: int = 0
+    errors: list[ErrorEntry] | None = None
+    shards_reported: int = 0
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class TransferJobStatus(StatusModel):
+    phase: Phase | None = None
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] | None = None
+    progress: Progress | None = None
+    result: Result | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    observed_generation: int | None = None
+    trace_id: str | None = Field(default=None, alias="traceID")
+    trace_parent: str | None = Field(default=None, description="W3C traceparent of the first reconcile.")
+    job_name: str | None = None
+    attempts: int | None = None
+    privileged: bool | None = None
+
+
+# ---------------------------------------------------------------- schedule
+
+
+class TransferJobTemplate(Model):
+    metadata: dict[str, dict[str, str]] | None = Field(
+        default=None, description="Only `labels` and `annotations` are used."
+    )
+    spec: TransferJobSpec
+
+
+CRON_RULE = {
+    "rule": "self.split(' ').filter(f, f != '').size() in [5, 6] || self.startsWith('@')",
+    "message": "schedule must be a 5-field cron expression (6 with seconds) or a @macro",
+}
+
+
+class TransferScheduleSpec(Model):
+    schedule: str = Field(
+        min_length=1, max_length=128, json_schema_extra=_cel(CRON_RULE)
+    )
+    time_zone: str | None = Field(default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin.")
+    jitter_seconds: int = Field(
+        default=0, ge=0, le=86400, description="Stable per-object offset in [0, jitterSeconds)."
+    )
+    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = "Forbid"
+    starting_deadline_seconds: int | None = Field(default=None, ge=1)
+    missed_run_policy: Literal["Skip", "RunOnce"] = Field(
+        default="Skip",
+        description="Skip: a run later than the starting deadline (default 60s) is counted missed. "
+        "RunOnce: after downtime, run the latest missed time once.",
+    )
+    suspend: bool = False
+    trigger: str | None = Field(
+        default=None, max_length=63, description="Change this token to request one manual run now."
+    )
+    successful_jobs_history_limit: int = Field(default=3, ge=0, le=100)
+    failed_jobs_history_limit: int = Field(default=1, ge=0, le=100)
+    job_template: TransferJobTemplate
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from ferry.operator.cron import validate_cron
+
+        validate_cron(value)
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from ferry.operator.cron import zone
+
+            zone(value)
+        return value
+
+
+class ObjectRef(StatusModel):
+    name: str
+    uid: str | None = None
+
+
+class TransferScheduleStatus(StatusModel):
+    last_schedule_time: str | None = None
+    last_handled_time: str | None = Field(
+        default=None, description="Latest scheduled time acted on (run or counted missed)."
+    )
+    last_successful_time: str | None = None
+    next_schedule_time: str | None = None
+    effective_schedule: str | None = None
+    missed_runs: int = 0
+    active: list[ObjectRef] | None = None
+    last_trigger: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] | None = None
+
+
+# ---------------------------------------------------------------- pool
+
+
+class Tuning(Model):
+    streams: int | None = Field(default=None, ge=1, le=256)
+    chunk_size: SizeStr | None = None
+    buffer_size: SizeStr | None = None
+
+
+class MoverPoolSpec(Model):
+    node_selector: dict[str, str] | None = Field(default=None, max_length=32)
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    resources: Resources | None = None
+    priority_class_name: Name | None = None
+    tuning: Tuning | None = None
+
+
+class MoverPoolStatus(StatusModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] | None = None
+
+
+# ---------------------------------------------------------------- kinds
+
+
+class Kind:
+    """Names of one custom resource kind, shared by crdgen, handlers and RBAC."""
+
+    kind: ClassVar[str]
+    plural: ClassVar[str]
+    singular: ClassVar[str]
+    short_names: ClassVar[tuple[str, ...]]
+    namespaced: ClassVar[bool]
+    spec: ClassVar[type[BaseModel]]
+    status: ClassVar[type[BaseModel]]
+    printer_columns: ClassVar[tuple[dict[str, str], ...]]
+
+
+class TransferJobKind(Kind):
+    kind = "TransferJob"
+    plural = "transferjobs"
+    singular = "transferjob"
+    short_names = ("tj",)
+    namespaced = True
+    spec = TransferJobSpec
+    status = TransferJobStatus
+    printer_columns = (
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
+        {"name": "Rate", "type": "string", "jsonPath": ".status.progress.rate"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": "1"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    )
+
+
+class TransferScheduleKind(Kind):
+    kind = "TransferSchedule"
+    plural = "transferschedules"
+    singular = "transferschedule"
+    short_names = ("ts",)
+    namespaced = True
+    spec = TransferScheduleSpec
+    status = TransferScheduleStatus
+    printer_columns = (
+        {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+        {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+        {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+        {"name": "Next", "type": "string", "jsonPath": ".status.nextScheduleTime"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    )
+
+
+class MoverPoolKind(Kind):
+    kind = "MoverPool"
+    plural = "moverpools"
+    singular = "moverpool"
+    short_names = ("mp",)
+    namespaced = False
+    spec = MoverPoolSpec
+    status = MoverPoolStatus
+    printer_columns = (
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    )
+
+
+KINDS: tuple[type[Kind], ...] = (TransferJobKind, TransferScheduleKind, MoverPoolKind)

@@ -1,0 +1,164 @@
+"""The few Kubernetes API calls the operator makes, returning plain camelCase dicts.
+
+Handlers work on dicts (what kopf gives and what the builders produce), so
+responses are read raw (`_preload_content=False`) instead of as client model
+objects. Creation is create-or-adopt: a 409 means a previous reconcile (maybe
+by a previous operator process) already made it, which is the point of
+deterministic names. No Secret is ever read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from ferry.operator import api
+
+
+def load_config(kubeconfig: str | None = None) -> None:
+    """In-cluster config inside a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=kubeconfig)
+
+
+def _json(resp: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resp.data)
+    return data
+
+
+def not_found(exc: ApiException) -> bool:
+    return exc.status == 404
+
+
+class Kube:
+    """Thin typed wrappers; one instance per operator process."""
+
+    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
+        self.client = client or kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.batch = kubernetes.client.BatchV1Api(self.client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    # ------------------------------------------------------------ generic
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create `obj`; False if it already existed (adopted by name)."""
+        ns = obj["metadata"].get("namespace")
+        kind = obj["kind"]
+        calls: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "Job": self.batch.create_namespaced_job,
+        }
+        try:
+            if kind in calls:
+                calls[kind](ns, obj, _preload_content=False)
+            elif kind == api.TransferJobKind.kind:
+                self.custom.create_namespaced_custom_object(
+                    api.GROUP, api.VERSION, ns, api.TransferJobKind.plural, obj, _preload_content=False
+                )
+            else:
+                raise ValueError(f"cannot create {kind}")
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------ reads
+
+    def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.batch.read_namespaced_job(name, ns, _preload_content=False))
+        except ApiException as exc:
+            if not_found(exc):
+                return None
+            raise
+
+    def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = _json(
+            self.core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
+        )["items"]
+        return items
+
+    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
+        return self.list_pods(ns, "")
+
+    def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for name in dict.fromkeys(names):
+            try:
+                out.append(
+                    _json(self.core.read_namespaced_persistent_volume_claim(name, ns, _preload_content=False))
+                )
+            except ApiException as exc:
+                if not not_found(exc):
+                    raise
+        return out
+
+    def namespace_annotations(self, ns: str) -> dict[str, str]:
+        body = _json(self.core.read_namespace(ns, _preload_content=False))
+        return dict(body.get("metadata", {}).get("annotations") or {})
+
+    def get_pool(self, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                self.custom.get_cluster_custom_object(
+                    api.GROUP, api.VERSION, api.MoverPoolKind.plural, name, _preload_content=False
+                )
+            )
+        except ApiException as exc:
+            if not_found(exc):
+                return None
+            raise
+
+    def list_transferjobs(self, ns: str, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = _json(
+            self.custom.list_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                ns,
+                api.TransferJobKind.plural,
+                label_selector=selector,
+                _preload_content=False,
+            )
+        )["items"]
+        return items
+
+    # ------------------------------------------------------------ writes
+
+    def patch_job(self, ns: str, name: str, patch: dict[str, Any]) -> None:
+        self.batch.patch_namespaced_job(name, ns, patch, _preload_content=False)
+
+    def delete_job(self, ns: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(
+                name, ns, propagation_policy="Background", _preload_content=False
+            )
+        except ApiException as exc:
+            if not not_found(exc):
+                raise
+
+    def delete_transferjob(self, ns: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                ns,
+                api.TransferJobKind.plural,
+                name,
+                propagation_policy="Background",
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if not not_found(exc):
+                raise

@@ -1,0 +1,100 @@
+"""`ferry operator`: parse the command line, wire the reconcilers, run kopf.
+
+One replica, standalone (no peering: two operators with equal priority
+freeze each other during rolling updates — the chart uses the Recreate
+strategy), the liveness endpoint on, failing when the watches went quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import kopf
+
+from ferry.operator import workload
+from ferry.operator.handlers import Deps, WatchHealth, register
+from ferry.operator.kube import Kube, load_config
+from ferry.operator.metrics import Metrics
+from ferry.operator.schedule import ScheduleReconciler
+from ferry.operator.tracing import Tracer
+from ferry.operator.transferjob import TransferJobReconciler
+
+PASSTHROUGH_ENV_PREFIXES = ("OTEL_",)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ferry operator", description="Run the Ferry operator.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("FERRY_METRICS_PORT", "8080")),
+                   help="Prometheus endpoint port; 0 disables")
+    p.add_argument("--metrics-address", default=os.environ.get("FERRY_METRICS_ADDRESS", "0.0.0.0"))
+    p.add_argument("--liveness", default=os.environ.get("FERRY_LIVENESS", "http://0.0.0.0:8081/healthz"),
+                   help="kopf liveness endpoint URL; 'off' disables")
+    p.add_argument("--liveness-stale-seconds", type=float, default=900.0,
+                   help="fail liveness after this long without a watch event while objects exist")
+    p.add_argument("--watch-timeout", type=int, default=300, help="server-side watch timeout (re-list period)")
+    p.add_argument("--poll-interval", type=float, default=float(os.environ.get("FERRY_POLL_INTERVAL", "2")),
+                   help="seconds between status polls of active TransferJobs and schedules")
+    p.add_argument("--mover-image", default=os.environ.get("FERRY_IMAGE", workload.MoverSettings.image))
+    p.add_argument("--mover-image-pull-policy", default=os.environ.get("FERRY_IMAGE_PULL_POLICY", "IfNotPresent"))
+    p.add_argument("--progress-interval", type=float, default=2.0,
+                   help="seconds between a mover's status patches")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def run_operator(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    load_config(args.kubeconfig)
+
+    metrics = Metrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.metrics_address)
+    tracer = Tracer()
+    settings = workload.MoverSettings(
+        image=args.mover_image,
+        image_pull_policy=args.mover_image_pull_policy,
+        env={k: v for k, v in os.environ.items() if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"},
+        progress_interval_seconds=args.progress_interval,
+    )
+    kube = Kube()
+    deps = Deps(
+        transferjobs=TransferJobReconciler(kube, settings, metrics, tracer),
+        schedules=ScheduleReconciler(kube, metrics, tracer),
+        metrics=metrics,
+        health=WatchHealth(stale_after=args.liveness_stale_seconds),
+        poll_interval=args.poll_interval,
+        watch_timeout=args.watch_timeout,
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, deps)
+    try:
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=None if args.liveness == "off" else args.liveness,
+        )
+    finally:
+        tracer.shutdown()
+    return 0
+
+
+def main() -> None:  # pragma: no cover - convenience for `python -m ferry.operator.main`
+    import sys
+
+    sys.exit(run_operator(sys.argv[1:]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,380 @@
+"""Compute a TransferJob's status from what exists in the cluster.
+
+Pure: (spec, current status, the Job, its pods, the clock) -> a status patch.
+Nothing is remembered between calls, so an operator restarted mid-transfer
+computes the same status from the same cluster — the Job's conditions, the
+pods' termination messages (the movers' final summaries) and the per-shard
+progress the movers merge-patched into `status.progress.shards`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ferry.mover.errors import ErrorKind
+from ferry.operator import api
+
+REASON_BY_EXIT_CODE = {k.exit_code: k.reason for k in ErrorKind}
+TERMINAL_PHASES = ("Succeeded", "Failed")
+_RESULT_SUMS = (
+    "filesCopied",
+    "filesUpdated",
+    "filesSkipped",
+    "filesDeleted",
+    "filesFailed",
+    "dirsCreated",
+    "linksCreated",
+    "filesVerified",
+    "differences",
+    "bytesTransferred",
+    "bytesSkipped",
+    "bytesResumed",
+    "bytesDeleted",
+    "errorCount",
+)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def human_rate(bps: float) -> str:
+    units = ("B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s")
+    value, unit = float(bps), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value /= 1024
+        unit += 1
+    return f"{value:.1f} {units[unit]}" if unit else f"{value:.0f} {units[0]}"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Upsert a condition, keeping lastTransitionTime unless the status flips."""
+    value = "True" if status else "False"
+    out = [dict(c) for c in conditions if c.get("type") != type_]
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    transition = old["lastTransitionTime"] if old and old.get("status") == value else iso(now)
+    out.append(
+        {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message[:1024],
+            "lastTransitionTime": transition,
+            "observedGeneration": generation,
+        }
+    )
+    return sorted(out, key=lambda c: c["type"])
+
+
+# ---------------------------------------------------------------- pods
+
+
+@dataclass(frozen=True)
+class PodOutcome:
+    """One finished mover pod: its shard, exit code and parsed termination message."""
+
+    index: int
+    name: str
+    exit_code: int
+    summary: dict[str, Any] | None
+    finished_at: str
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return dict(term)
+    return None
+
+
+def _index(pod: dict[str, Any]) -> int:
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    lab = (pod.get("metadata") or {}).get("labels") or {}
+    raw = ann.get("batch.kubernetes.io/job-completion-index") or lab.get(
+        "batch.kubernetes.io/job-completion-index", "0"
+    )
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def outcomes(pods: list[dict[str, Any]]) -> list[PodOutcome]:
+    out = []
+    for pod in pods:
+        term = _terminated(pod)
+        if term is None:
+            continue
+        summary: dict[str, Any] | None = None
+        try:
+            parsed = json.loads(term.get("message") or "")
+            if isinstance(parsed, dict) and "exitCode" in parsed:
+                summary = parsed
+        except ValueError:
+            summary = None
+        out.append(
+            PodOutcome(
+                index=_index(pod),
+                name=pod["metadata"]["name"],
+                exit_code=int(term.get("exitCode", -1)),
+                summary=summary,
+                finished_at=str(term.get("finishedAt") or ""),
+            )
+        )
+    return out
+
+
+def final_per_shard(found: list[PodOutcome]) -> dict[int, PodOutcome]:
+    """Per shard, the successful pod if any, otherwise the latest failure."""
+    best: dict[int, PodOutcome] = {}
+    for o in sorted(found, key=lambda o: o.finished_at):
+        cur = best.get(o.index)
+        if cur is None or cur.exit_code != 0:
+            best[o.index] = o
+    return best
+
+
+def failure_reason(found: list[PodOutcome]) -> tuple[str, str]:
+    """(reason, message) of the latest failed pod, classified by the mover's own error kinds."""
+    failed = [o for o in found if o.exit_code != 0]
+    if not failed:
+        return "Failed", "mover failed without a termination message"
+    last = max(failed, key=lambda o: o.finished_at)
+    if last.summary:
+        reason = str(last.summary.get("reason") or REASON_BY_EXIT_CODE.get(last.exit_code, "Failed"))
+        message = str(last.summary.get("message") or "")
+        errors = last.summary.get("errors") or []
+        if not message and errors:
+            message = str(errors[0].get("message", ""))
+        return reason, message or f"shard {last.index} exited {last.exit_code}"
+    reason = REASON_BY_EXIT_CODE.get(last.exit_code, "MoverCrashed")
+    return reason, f"shard {last.index} pod {last.name} exited {last.exit_code}"
+
+
+def result(found: list[PodOutcome], shards: int) -> dict[str, Any] | None:
+    """Sum the final summary of every shard into `status.result`."""
+    per_shard = final_per_shard(found)
+    summaries = [o.summary for o in per_shard.values() if o.summary]
+    if not summaries:
+        return None
+    out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in summaries) for k in _RESULT_SUMS}
+    elapsed = max(float(s.get("elapsedSeconds") or 0) for s in summaries)
+    failing = [s for s in summaries if int(s.get("exitCode") or 0) != 0]
+    head = failing[0] if failing else summaries[0]
+    errors: list[dict[str, Any]] = []
+    for s in summaries:
+        errors.extend(s.get("errors") or [])
+    out |= {
+        "reason": head.get("reason"),
+        "exitCode": int(head.get("exitCode") or 0),
+        "message": head.get("message"),
+        "dryRun": any(bool(s.get("dryRun")) for s in summaries),
+        "elapsedSeconds": round(elapsed, 3),
+        "bytesPerSecond": round(out["bytesTransferred"] / elapsed) if elapsed > 0 else 0,
+        "errors": errors[:20],
+        "shardsReported": len(summaries),
+    }
+    del shards
+    return out
+
+
+# ---------------------------------------------------------------- progress
+
+
+def progress_totals(
+    shard_map: dict[str, Any] | None, shards: int, succeeded: bool
+) -> dict[str, Any]:
+    """Totals across the per-shard entries the movers reported, plus printer-column strings."""
+    entries = [api.ShardProgress.model_validate(v) for v in (shard_map or {}).values()]
+    done = sum(e.bytes_done for e in entries)
+    total = sum(e.bytes_total for e in entries)
+    rate = sum(e.bytes_per_second for e in entries if not e.finished)
+    out: dict[str, Any] = {
+        "bytesDone": done,
+        "bytesTotal": total,
+        "filesDone": sum(e.files_done for e in entries),
+        "filesTotal": sum(e.files_total for e in entries),
+        "bytesPerSecond": rate,
+        "rate": human_rate(rate),
+    }
+    scanned = len(entries) == shards and all(e.scan_complete for e in entries)
+    out["etaSeconds"] = round((total - done) / rate, 1) if rate > 0 and scanned else None
+    if succeeded:
+        out["percent"] = "100%"
+        out["etaSeconds"] = None
+        out["rate"] = None
+        out["bytesPerSecond"] = 0
+    elif total > 0:
+        out["percent"] = f"{min(99, int(100 * done / total))}%"
+    else:
+        out["percent"] = "0%"
+    times = [t for t in (e.last_progress_time for e in entries) if t]
+    if times:
+        out["lastProgressTime"] = max(times)
+    return out
+
+
+# ---------------------------------------------------------------- phase
+
+
+def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def _running_pods(pods: list[dict[str, Any]]) -> int:
+    return sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running")
+
+
+def compute(
+    body: dict[str, Any],
+    spec: api.TransferJobSpec,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The status patch for a valid TransferJob given its Job and pods."""
+    status = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    conditions = list(status.get("conditions") or [])
+    shards = spec.shard_count()
+    patch: dict[str, Any] = {"observedGeneration": generation}
+    conditions = set_condition(conditions, "Accepted", True, "Valid", "", now, generation)
+
+    found = outcomes(pods)
+    res = result(found, shards)
+    if res is not None:
+        patch["result"] = res
+
+    phase, reason, message = "Pending", "Waiting", "waiting for the mover to start"
+    if spec.cancel:
+        phase, reason, message = "Failed", "Cancelled", "cancelled by spec.cancel"
+    elif job is not None:
+        js = job.get("status") or {}
+        complete = _job_condition(job, "Complete")
+        failed = _job_condition(job, "Failed")
+        if complete:
+            phase, reason, message = "Succeeded", "Completed", ""
+            if res and res.get("exitCode"):
+                reason = str(res.get("reason") or "Completed")
+        elif failed:
+            phase = "Failed"
+            if failed.get("reason") == "DeadlineExceeded":
+                reason, message = "DeadlineExceeded", str(failed.get("message") or "")
+            else:
+                reason, message = failure_reason(found)
+        elif spec.suspend and not js.get("active"):
+            phase, reason, message = "Suspended", "Suspended", "suspended by spec.suspend"
+        elif spec.suspend:
+            phase, reason, message = "Suspended", "Suspending", "stopping the mover"
+        elif js.get("active") and _running_pods(pods):
+            phase, reason, message = "Running", "Transferring", ""
+        elif js.get("failed"):
+            reason, message = "Retrying", "mover failed; the Job is retrying with backoff"
+        patch["attempts"] = int(js.get("failed") or 0) + int(js.get("succeeded") or 0) + int(
+            js.get("active") or 0
+        )
+        if js.get("startTime") and not status.get("startTime"):
+            patch["startTime"] = js["startTime"]
+
+    terminal = phase in TERMINAL_PHASES
+    progress = progress_totals(
+        (status.get("progress") or {}).get("shards"), shards, phase == "Succeeded"
+    )
+    patch["progress"] = progress
+    patch["phase"] = phase
+    patch["reason"] = reason
+    patch["message"] = message
+    if terminal and not status.get("completionTime"):
+        patch["completionTime"] = iso(now)
+
+    conditions = set_condition(
+        conditions, "Running", phase == "Running", reason if phase == "Running" else phase, "", now, generation
+    )
+    conditions = set_condition(
+        conditions, "Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotComplete",
+        "", now, generation,
+    )
+    conditions = set_condition(
+        conditions, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
+        message if phase == "Failed" else "", now, generation,
+    )
+    conditions = set_condition(
+        conditions, "Suspended", phase == "Suspended", "Suspended" if phase == "Suspended" else "NotSuspended",
+        "", now, generation,
+    )
+    stalled, stall_msg = _stalled(status, patch, spec, phase, now)
+    conditions = set_condition(
+        conditions, "Stalled", stalled, "NoProgress" if stalled else "Progressing", stall_msg, now, generation
+    )
+    patch["conditions"] = conditions
+    return patch
+
+
+def _stalled(
+    status: dict[str, Any], patch: dict[str, Any], spec: api.TransferJobSpec, phase: str, now: datetime
+) -> tuple[bool, str]:
+    if phase != "Running":
+        return False, ""
+    last = parse_time(patch["progress"].get("lastProgressTime")) or parse_time(
+        patch.get("startTime") or status.get("startTime")
+    )
+    if last is None:
+        return False, ""
+    idle = (now - last).total_seconds()
+    if idle > spec.stall_timeout_seconds:
+        return True, f"no progress for {int(idle)}s (stallTimeoutSeconds={spec.stall_timeout_seconds})"
+    return False, ""
+
+
+def invalid(body: dict[str, Any], field: str, message: str, reason: str, now: datetime) -> dict[str, Any]:
+    """Status for a spec the operator refuses: terminal until the spec changes."""
+    status = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    conditions = set_condition(
+        list(status.get("conditions") or []), "Accepted", False, reason, f"{field}: {message}", now, generation
+    )
+    conditions = set_condition(conditions, "Failed", True, reason, f"{field}: {message}", now, generation)
+    return {
+        "phase": "Failed",
+        "reason": reason,
+        "message": f"{field}: {message}",
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "completionTime": status.get("completionTime") or iso(now),
+    }
+
+
+def pydantic_field(exc: Exception) -> tuple[str, str]:
+    """(dotted camelCase field path, message) of the first error of a pydantic ValidationError."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        errs = errors()
+        if errs:
+            loc = ".".join(str(p) for p in errs[0].get("loc", ()))
+            return f"spec.{loc}" if loc else "spec", str(errs[0].get("msg", exc))
+    return "spec", str(exc)

@@ -1,0 +1,188 @@
+"""Reconcile one TransferJob: validate, build or adopt its Job, and report status.
+
+Every call starts from the cluster, never from memory: the Job is found by
+its derived name and owner uid, pods by label, progress and results from the
+objects themselves. That makes the same code path serve create, update,
+operator resume (kopf runs resume handlers for every existing object on
+start) and the periodic poll — and makes a retried or duplicated reconcile
+harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from ferry.operator import api, status, workload
+from ferry.operator.kube import Kube
+from ferry.operator.metrics import Metrics
+from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
+
+log = logging.getLogger(__name__)
+
+# Reasons a new spec generation may fix: the job never ran, so it may start.
+RETRYABLE_AFTER_EDIT = {"InvalidSpec", "PrivilegeNotGranted", "NameConflict"}
+
+
+@dataclass
+class Outcome:
+    """What a reconcile decided: the status patch, and a warning worth an Event."""
+
+    status: dict[str, Any]
+    warning: tuple[str, str] | None = None
+    deleted: bool = False
+    created: list[str] = field(default_factory=list)
+
+
+def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
+    return api.TransferJobSpec.model_validate(body.get("spec") or {})
+
+
+def needs_polling(body: dict[str, Any]) -> bool:
+    """Whether the periodic poll has anything to do for this object."""
+    st = body.get("status") or {}
+    if st.get("phase") not in status.TERMINAL_PHASES:
+        return True
+    if st.get("observedGeneration") != body.get("metadata", {}).get("generation"):
+        return True
+    return bool((body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None)
+
+
+class TransferJobReconciler:
+    def __init__(self, kube: Kube, settings: workload.MoverSettings, metrics: Metrics, tracer: Tracer) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.metrics = metrics
+        self.tracer = tracer
+
+    def reconcile(self, body: dict[str, Any], now: datetime | None = None) -> Outcome:
+        now = now or status.now_utc()
+        meta = body["metadata"]
+        old = body.get("status") or {}
+        attrs = {"k8s.namespace.name": meta["namespace"], "ferry.transferjob": meta["name"]}
+        self.metrics.reconciles.labels("TransferJob").inc()
+        with self.tracer.reconcile("reconcile TransferJob", old.get("traceParent"), attrs) as span:
+            outcome = self._reconcile(body, now, traceparent_of(span))
+            if not old.get("traceID"):
+                outcome.status["traceID"] = trace_id_of(span)
+                outcome.status["traceParent"] = traceparent_of(span)
+            span.set_attribute("ferry.phase", str(outcome.status.get("phase")))
+        self._account(body, outcome.status, now)
+        return outcome
+
+    # ------------------------------------------------------------ steps
+
+    def _reconcile(self, body: dict[str, Any], now: datetime, traceparent: str) -> Outcome:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        old = body.get("status") or {}
+        job_name = workload.child_name(name)
+
+        try:
+            spec = parse_spec(body)
+        except ValidationError as exc:
+            where, msg = status.pydantic_field(exc)
+            return Outcome(status.invalid(body, where, msg, "InvalidSpec", now), ("InvalidSpec", f"{where}: {msg}"))
+
+        if old.get("phase") in status.TERMINAL_PHASES:
+            edited = old.get("observedGeneration") != meta.get("generation")
+            if not (edited and old.get("reason") in RETRYABLE_AFTER_EDIT):
+                return self._finished(body, spec, now)
+
+        job = self.kube.get_job(ns, job_name)
+        if job is not None and not _owned_by(job, meta["uid"]):
+            msg = f"Job {job_name} exists and is not owned by this TransferJob"
+            return Outcome(status.invalid(body, "metadata.name", msg, "NameConflict", now), ("NameConflict", msg))
+
+        if spec.cancel:
+            if job is not None:
+                self.kube.delete_job(ns, job_name)
+            return Outcome(status.compute(body, spec, None, [], now))
+
+        created: list[str] = []
+        if job is None:
+            try:
+                built = self._build(body, spec, traceparent)
+            except workload.InvalidSpec as exc:
+                return Outcome(
+                    status.invalid(body, exc.field, str(exc).split(": ", 1)[-1], exc.reason, now),
+                    (exc.reason, str(exc)),
+                )
+            except LookupError as exc:  # pool not found: wait for it
+                return Outcome(_pending(body, "PoolNotFound", str(exc), now), ("PoolNotFound", str(exc)))
+            for obj in built.objects():
+                if self.kube.create(obj):
+                    created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+            job = self.kube.get_job(ns, job_name) or built.job
+        elif bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
+            self.kube.patch_job(ns, job_name, {"spec": {"suspend": spec.suspend}})
+            job = self.kube.get_job(ns, job_name) or job
+
+        pods = self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
+        new = status.compute(body, spec, job, pods, now)
+        new["jobName"] = job_name
+        warning = None
+        if new["phase"] == "Failed" and old.get("phase") != "Failed":
+            warning = (str(new["reason"]), str(new.get("message") or ""))
+        return Outcome(new, warning, created=created)
+
+    def _build(self, body: dict[str, Any], spec: api.TransferJobSpec, traceparent: str) -> workload.Workload:
+        ns = body["metadata"]["namespace"]
+        pool = None
+        if spec.placement and spec.placement.pool:
+            raw = self.kube.get_pool(spec.placement.pool)
+            if raw is None:
+                raise LookupError(f"MoverPool {spec.placement.pool!r} not found")
+            pool = api.MoverPoolSpec.model_validate(raw.get("spec") or {})
+        annotations = self.kube.namespace_annotations(ns)
+        privileged_ok = annotations.get(workload.NAMESPACE_PRIVILEGED_ANNOTATION) == "true"
+        pin = None
+        claim_names = workload.claims(spec)
+        if claim_names:
+            pvcs = self.kube.get_pvcs(ns, claim_names)
+            pin = workload.rwo_pin(claim_names, pvcs, self.kube.list_all_pods(ns), workload.child_name(body["metadata"]["name"]))
+        ctx = workload.Context(
+            namespace_privileged=privileged_ok, pool=pool, pin_node=pin, traceparent=traceparent
+        )
+        return workload.build(body, spec, ctx, self.settings)
+
+    def _finished(self, body: dict[str, Any], spec: api.TransferJobSpec, now: datetime) -> Outcome:
+        """A terminal job only ages out: ttlSecondsAfterFinished deletes the TransferJob."""
+        old = dict(body.get("status") or {})
+        done = status.parse_time(old.get("completionTime"))
+        ttl = spec.ttl_seconds_after_finished
+        if ttl is not None and done is not None and (now - done).total_seconds() >= ttl:
+            self.kube.delete_transferjob(body["metadata"]["namespace"], body["metadata"]["name"])
+            return Outcome({}, deleted=True)
+        return Outcome({"observedGeneration": body["metadata"].get("generation")})
+
+    def _account(self, body: dict[str, Any], new: dict[str, Any], now: datetime) -> None:
+        old_phase = (body.get("status") or {}).get("phase")
+        phase = new.get("phase") or old_phase
+        self.metrics.observe_phase(body["metadata"]["uid"], phase)
+        if phase in status.TERMINAL_PHASES and old_phase not in status.TERMINAL_PHASES:
+            start = status.parse_time(new.get("startTime") or (body.get("status") or {}).get("startTime"))
+            seconds = (now - start).total_seconds() if start else None
+            self.metrics.finished(str(phase), new.get("reason"), new.get("result"), seconds)
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _pending(body: dict[str, Any], reason: str, message: str, now: datetime) -> dict[str, Any]:
+    generation = body["metadata"].get("generation")
+    conditions = status.set_condition(
+        list((body.get("status") or {}).get("conditions") or []), "Accepted", False, reason, message, now, generation
+    )
+    return {
+        "phase": "Pending",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
