@@ -38,6 +38,10 @@ class S3Endpoint:
     sse: str | None = None
     sse_kms_key_id: str | None = None
     storage_class: str | None = None
+    # Additional checksum sent with every upload (crc32, crc32c, sha1, sha256) or "none".
+    checksum: str | None = None
+    # HEAD each listed object for Ferry's metadata (mtime, mode, digest); off trusts LastModified.
+    list_metadata: bool = True
     kind: str = field(default="s3", init=False)
 
     def describe(self) -> str:
@@ -55,6 +59,7 @@ class SFTPEndpoint:
     password_file: str | None = None
     known_hosts_file: str | None = None
     insecure_ignore_host_key: bool = False
+    sessions: int = 4  # SSH connections opened in parallel per transfer
     kind: str = field(default="sftp", init=False)
 
     def describe(self) -> str:
@@ -72,6 +77,7 @@ class SMBEndpoint:
     password_file: str | None = None
     domain: str | None = None
     encrypt: bool = False
+    require_signing: bool = True
     kind: str = field(default="smb", init=False)
 
     def describe(self) -> str:
@@ -102,6 +108,10 @@ def _query(uri: str, raw: str, cls: type, renames: dict[str, str] | None = None)
             if value.lower() not in _TRUE | _FALSE:
                 raise _bad(uri, f"option {key!r} must be true or false, not {value!r}")
             out[name] = value.lower() in _TRUE
+        elif ftype.startswith("int"):
+            if not value.isdigit() or int(value) < 1:
+                raise _bad(uri, f"option {key!r} must be a positive number, not {value!r}")
+            out[name] = int(value)
         else:
             out[name] = value
     return out

@@ -1,0 +1,64 @@
+"""Resume state for remote backends, kept beside the partial as a small JSON blob.
+
+SFTP and SMB partials are files on the server, S3 partials are multipart
+uploads; either way the state must live at the destination so another process
+or pod can resume. Whole-blob rewrites are throttled (a killed run loses at
+most the last interval's records, which are simply redone) because a remote
+write per chunk would cost a round trip each.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+SAVE_INTERVAL = 0.5
+
+
+class RemoteState:
+    """A dict persisted through `save(bytes)`; loaded from `load() -> bytes | None`."""
+
+    def __init__(self, key: str, load: Callable[[], bytes | None], save: Callable[[bytes], None]) -> None:
+        self.key = key
+        self._save = save
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._dirty = False
+        self.data: dict[str, Any] = {}
+        self.previous: dict[str, Any] | None = None  # state of another source version, to clean up
+        raw = None
+        try:
+            raw = load()
+        except Exception:
+            raw = None
+        if raw:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and doc.get("key") == key:
+                self.data = doc
+            elif isinstance(doc, dict):
+                self.previous = doc
+        self.data["key"] = key
+
+    def update(self, fn: Callable[[dict[str, Any]], None], force: bool = False) -> None:
+        """Apply fn to the state; persist now if forced or the interval has passed."""
+        with self._lock:
+            fn(self.data)
+            self._dirty = True
+            if force or time.monotonic() - self._last >= SAVE_INTERVAL:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._dirty:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._save(json.dumps(self.data, separators=(",", ":")).encode())
+        self._last = time.monotonic()
+        self._dirty = False

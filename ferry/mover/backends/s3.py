@@ -1,0 +1,790 @@
+"""S3 (and S3-compatible) backend on boto3.
+
+Objects map to files; "directories" are key prefixes listed one level at a
+time with Delimiter='/' (like rclone without --fast-list), so a run's memory
+follows the widest directory, not the bucket. Empty directories cannot exist.
+
+Metadata: Ferry keeps the file's mtime (ns), mode and Ferry digest in user
+metadata (x-amz-meta-ferry-*), plus rclone's `mtime` for interoperability.
+ListObjectsV2 does not return user metadata, so listings HEAD every object
+(in parallel) unless `list_metadata=false`; the cost equals what rclone pays
+on a re-sync, where it HEADs each object whose size matches to read its mtime.
+With `list_metadata=false` mtimes are LastModified (upload time, 1 s), which
+only suits one-way copies compared by size.
+
+Large files go up as multipart uploads written in parallel by the engine's
+chunk workers. Resume state (upload id, parts, chunk digests) lives in a small
+sidecar object beside the destination key, so another process finds it.
+The digest is only known after the last byte, but S3 metadata is fixed when an
+upload starts; after completing a multipart upload Ferry rewrites the metadata
+with an in-place server-side copy (objects up to 5 GiB; bigger objects keep
+mtime and mode but no stored digest) unless the source entry already carried
+its digest.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from ferry.mover.backends.base import (
+    INTERNAL_PREFIX,
+    Backend,
+    Capabilities,
+    Entry,
+    EntryType,
+    Reader,
+    Writer,
+    check_name,
+)
+from ferry.mover.backends.remote_state import RemoteState
+from ferry.mover.endpoints import S3Endpoint
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.integrity import is_digest
+from ferry.mover.options import GiB, MiB, Preserve
+
+MIN_PART = 5 * MiB
+MAX_PART = 5 * GiB
+MAX_PARTS = 10_000
+PART_TARGET = 16 * MiB  # size of parts cut from a long sequential run
+SINGLE_PUT_MAX = 8 * MiB  # at or below: buffer and PUT once at commit
+COPY_MAX = 5 * GiB  # CopyObject limit for the in-place metadata rewrite
+META_DIGEST, META_MTIME, META_MODE, META_RCLONE_MTIME = "ferry-digest", "ferry-mtime-ns", "ferry-mode", "mtime"
+
+_AUTH_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "ServiceUnavailable",
+    "InternalError",
+    "503",
+    "500",
+    "502",
+    "504",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+}
+_MISSING_BUCKET = {"NoSuchBucket"}
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+
+
+def classify(exc: BaseException, where: str, path: str | None = None,
+             missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+    """Map a boto3/botocore failure to a FerryError naming `where` (never a secret)."""
+    if isinstance(exc, FerryError):
+        return exc
+    if isinstance(exc, NoCredentialsError):
+        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: no AWS credentials found", path)
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        msg = f"{where}: {code or status} {err.get('Message', '')}".rstrip()
+        if code in _AUTH_CODES:
+            return FerryError(ErrorKind.AUTH_FAILED, f"{where}: credentials rejected ({code})", path)
+        if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
+            return FerryError(ErrorKind.TRANSIENT, msg, path)
+        if code in _MISSING_BUCKET:
+            return FerryError(missing, f"{where}: bucket does not exist", path)
+        if code in _MISSING_KEY:
+            return FerryError(missing, msg, path)
+        if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+            return FerryError(ErrorKind.PERMISSION, msg, path)
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return FerryError(ErrorKind.SOURCE_CHANGED, f"{where}: object changed while reading", path)
+        if code in ("EntityTooLarge", "QuotaExceeded"):
+            return FerryError(ErrorKind.DESTINATION_FULL, msg, path)
+        return FerryError(ErrorKind.IO_ERROR, msg, path)
+    if isinstance(exc, (BotoCoreError, ConnectionError, TimeoutError, OSError)):
+        # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, IncompleteRead ...
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: {type(exc).__name__}: {exc}", path)
+    return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def part_unit(size: int) -> int:
+    """Smallest part granularity that keeps part numbers of a `size` file within 10,000."""
+    need = -(-size // (MAX_PARTS - 1))
+    return max(MiB, -(-need // MiB) * MiB)
+
+
+def _read_credentials(path: str, profile: str | None) -> dict[str, str]:
+    """Keys from an AWS credentials file, or from a directory of one-value files (a mounted Secret)."""
+    names = {"aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key",
+             "aws_session_token": "aws_session_token"}
+    out: dict[str, str] = {}
+    if os.path.isdir(path):
+        for fname in os.listdir(path):
+            key = fname.lower().replace("-", "_")
+            key = {"access_key_id": "aws_access_key_id", "secret_access_key": "aws_secret_access_key",
+                   "session_token": "aws_session_token"}.get(key, key)
+            if key in names:
+                with open(os.path.join(path, fname)) as f:
+                    out[key] = f.read().strip()
+    else:
+        cp = configparser.ConfigParser()
+        cp.read(path)
+        section = profile or "default"
+        if section not in cp:
+            raise FerryError(ErrorKind.AUTH_FAILED, f"credentials file has no [{section}] section")
+        out = {k: v for k, v in cp[section].items() if k in names}
+    if "aws_access_key_id" not in out or "aws_secret_access_key" not in out:
+        raise FerryError(ErrorKind.AUTH_FAILED, "credentials file lacks an access key id or secret")
+    return out
+
+
+def _ip_or_localhost(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class S3Backend(Backend):
+    caps = Capabilities(
+        chunk_writer=True,
+        resumable=True,
+        stores_digest=True,
+        mtime_precision_ns=1,
+        atomic_rename=True,
+        permissions=True,
+        empty_dirs=False,
+        min_chunk_size=MIN_PART,
+        max_chunk_size=MAX_PART,
+        max_chunks=MAX_PARTS,
+    )
+
+    def __init__(self, ep: S3Endpoint, max_workers: int = 16) -> None:
+        self.ep = ep
+        self.bucket = ep.bucket
+        self.prefix = ep.prefix.strip("/")
+        path_style = ep.path_style or bool(ep.endpoint_url and _ip_or_localhost(ep.endpoint_url))
+        checksum = (ep.checksum or "crc32").lower()
+        self.checksum_alg = None if checksum == "none" else checksum.upper()
+        config = Config(
+            s3={"addressing_style": "path" if path_style else "auto"},
+            max_pool_connections=64,
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=120,
+            tcp_keepalive=True,
+            request_checksum_calculation="when_required" if self.checksum_alg is None else "when_supported",
+            response_checksum_validation="when_required",
+        )
+        bs = botocore.session.Session(profile=ep.profile) if ep.profile and not ep.credentials_file \
+            else botocore.session.Session()
+        session = boto3.Session(botocore_session=bs)
+        kwargs: dict[str, Any] = {}
+        if ep.credentials_file:
+            creds = _read_credentials(ep.credentials_file, ep.profile)
+            kwargs = {k: v for k, v in creds.items()}
+        region = ep.region or session.region_name or "us-east-1"
+        self.client = session.client("s3", endpoint_url=ep.endpoint_url, region_name=region,
+                                     config=config, **kwargs)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-head")
+
+    # -- naming ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        return self.ep.describe()
+
+    def key(self, rel: str) -> str:
+        if not rel:
+            return self.prefix
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _dir_prefix(self, rel: str) -> str:
+        k = self.key(rel)
+        return k + "/" if k else ""
+
+    def err(self, exc: BaseException, rel: str | None = None,
+            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+        return classify(exc, self.describe(), rel, missing)
+
+    # -- metadata -------------------------------------------------------------------------
+    def _entry_from_head(self, name: str, head: dict[str, Any]) -> Entry:
+        meta = head.get("Metadata", {}) or {}
+        size = int(head.get("ContentLength", 0))
+        e = Entry(name, EntryType.FILE, size=size, mtime_ns=_ts_ns(head.get("LastModified")))
+        _apply_meta(e, meta)
+        return e
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.head_object(Bucket=self.bucket, Key=key))
+        except ClientError as exc:
+            if _code(exc) in _MISSING_KEY:
+                return None
+            raise
+
+    def object_meta(self, entry: Entry, digest: str | None, preserve: Preserve | None) -> dict[str, str]:
+        meta: dict[str, str] = {}
+        if preserve is None or preserve.times:
+            meta[META_MTIME] = str(entry.mtime_ns)
+            meta[META_RCLONE_MTIME] = f"{entry.mtime_ns // 10**9}.{entry.mtime_ns % 10**9:09d}"
+        if entry.mode and (preserve is None or preserve.perms):
+            meta[META_MODE] = f"{entry.mode & 0o7777:o}"
+        if digest and is_digest(digest):
+            meta[META_DIGEST] = digest
+        return meta
+
+    def put_args(self) -> dict[str, Any]:
+        """Per-object options every write carries: encryption, storage class."""
+        args: dict[str, Any] = {}
+        if self.ep.sse:
+            sse = self.ep.sse.lower()
+            args["ServerSideEncryption"] = "aws:kms" if sse in ("kms", "aws:kms", "sse-kms") else "AES256"
+            if args["ServerSideEncryption"] == "aws:kms" and self.ep.sse_kms_key_id:
+                args["SSEKMSKeyId"] = self.ep.sse_kms_key_id
+        if self.ep.storage_class:
+            args["StorageClass"] = self.ep.storage_class
+        return args
+
+    # -- the interface --------------------------------------------------------------------
+    def root_type(self) -> EntryType | None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) in _MISSING_BUCKET | _MISSING_KEY:
+                return None
+            raise self.err(exc) from None
+        except Exception as exc:
+            raise self.err(exc) from None
+        if not self.prefix:
+            return EntryType.DIR
+        e = self.stat("")
+        return e.type if e else None
+
+    def list_dir(self, rel: str) -> list[Entry]:
+        prefix = self._dir_prefix(rel)
+        files: list[Entry] = []
+        dirs: list[Entry] = []
+        where = f"{self.describe()} key prefix {prefix!r}"
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                for cp in page.get("CommonPrefixes", []) or []:
+                    name = cp["Prefix"][len(prefix) : -1]
+                    if name.startswith(INTERNAL_PREFIX):
+                        continue
+                    dirs.append(Entry(check_name(name, where), EntryType.DIR))
+                for obj in page.get("Contents", []) or []:
+                    name = obj["Key"][len(prefix) :]
+                    if name == "":
+                        continue  # the directory's own marker object
+                    if name.startswith(INTERNAL_PREFIX):
+                        continue
+                    files.append(Entry(check_name(name, where), EntryType.FILE, size=int(obj["Size"]),
+                                       mtime_ns=_ts_ns(obj.get("LastModified"))))
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self.err(exc, rel) from None
+        if files and self.ep.list_metadata:
+            self._fill_meta(prefix, files)
+        return dirs + files
+
+    def _fill_meta(self, prefix: str, files: list[Entry]) -> None:
+        """HEAD each object in parallel for Ferry's metadata (see the module docstring)."""
+
+        def one(e: Entry) -> None:
+            h = self.head(prefix + e.name)
+            if h is not None and int(h.get("ContentLength", -1)) == e.size:
+                _apply_meta(e, h.get("Metadata", {}) or {})
+
+        try:
+            for _ in self._pool.map(one, files):
+                pass
+        except Exception as exc:
+            raise self.err(exc, prefix) from None
+
+    def stat(self, rel: str) -> Entry | None:
+        name = rel.rsplit("/", 1)[-1] if rel else (self.prefix.rsplit("/", 1)[-1] if self.prefix else "")
+        try:
+            if rel or self.prefix:
+                h = self.head(self.key(rel))
+                if h is not None:
+                    return self._entry_from_head(name, h)
+            resp = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._dir_prefix(rel), MaxKeys=1)
+        except Exception as exc:
+            raise self.err(exc, rel) from None
+        if resp.get("KeyCount", 0) or not (rel or self.prefix):
+            return Entry(name, EntryType.DIR)
+        return None
+
+    def open_read(self, rel: str, entry: Entry) -> Reader:
+        return S3Reader(self, self.key(rel), rel, entry.size)
+
+    def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
+        if entry.size <= SINGLE_PUT_MAX:
+            return SinglePutWriter(self, rel, entry)
+        return MultipartWriter(self, rel, entry, resume_key)
+
+    def mkdir(self, rel: str) -> None:
+        return None  # prefixes exist implicitly; empty directories cannot be represented
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        key = self.key(rel) + ("/" if entry.type == EntryType.DIR else "")
+        try:
+            if entry.type == EntryType.DIR:
+                # Only a console-made marker object can exist; deleting a missing key is fine.
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            else:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
+        """Metadata-only change of an object: an in-place copy with replaced metadata."""
+        if entry.type != EntryType.FILE:
+            return
+        key = self.key(rel)
+        try:
+            h = self.head(key)
+            if h is None or int(h.get("ContentLength", 0)) > COPY_MAX:
+                return
+            meta = dict(h.get("Metadata", {}) or {})
+            meta.update(self.object_meta(entry, meta.get(META_DIGEST), preserve))
+            self.copy_in_place(key, meta)
+        except Exception as exc:
+            raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def copy_in_place(self, key: str, meta: dict[str, str]) -> None:
+        self.client.copy_object(
+            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+            Metadata=meta, MetadataDirective="REPLACE", **self.put_args(),
+        )
+
+    def prepare_destination(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) in _MISSING_BUCKET | _MISSING_KEY:
+                raise FerryError(ErrorKind.DESTINATION_NOT_FOUND,
+                                 f"{self.describe()}: bucket {self.bucket!r} does not exist") from None
+            raise self.err(exc, None, ErrorKind.DESTINATION_NOT_FOUND) from None
+        except Exception as exc:
+            raise self.err(exc, None, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _ts_ns(ts: Any) -> int:
+    if ts is None:
+        return 0
+    return int(ts.timestamp()) * 10**9
+
+
+def _apply_meta(e: Entry, meta: dict[str, str]) -> None:
+    if meta.get(META_MTIME, "").isdigit():
+        e.mtime_ns = int(meta[META_MTIME])
+    elif META_RCLONE_MTIME in meta:
+        try:
+            sec, _, frac = meta[META_RCLONE_MTIME].partition(".")
+            e.mtime_ns = int(sec) * 10**9 + int((frac + "000000000")[:9] or 0)
+        except ValueError:
+            pass
+    try:
+        e.mode = int(meta.get(META_MODE, "0"), 8)
+    except ValueError:
+        e.mode = 0
+    d = meta.get(META_DIGEST)
+    e.digest = d if is_digest(d) else None
+
+
+class S3Reader(Reader):
+    """Ranged GETs; the first response's ETag pins the version for the rest (If-Match)."""
+
+    def __init__(self, be: S3Backend, key: str, rel: str, size: int) -> None:
+        self.be, self.key, self.rel, self.size = be, key, rel, size
+        self.etag: str | None = None
+        self._changed: str | None = None
+
+    def _get(self, offset: int, length: int) -> Any:
+        args: dict[str, Any] = {"Bucket": self.be.bucket, "Key": self.key,
+                                "Range": f"bytes={offset}-{offset + length - 1}"}
+        if self.etag:
+            args["IfMatch"] = self.etag
+        resp = self.be.client.get_object(**args)
+        etag = resp.get("ETag")
+        if self.etag is None:
+            self.etag = etag
+        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+        if total.isdigit() and int(total) != self.size:
+            self._changed = f"size changed from {self.size} to {total}"
+            raise FerryError(ErrorKind.SOURCE_CHANGED, f"{self.be.describe()}: object {self._changed}", self.rel)
+        return resp
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return b""
+        try:
+            return bytes(self._get(offset, length)["Body"].read())
+        except Exception as exc:
+            raise self.be.err(exc, self.rel) from None
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return
+        try:
+            body = self._get(offset, length)["Body"]
+            got = 0
+            while got < length:
+                data = body.read(min(piece, length - got))
+                if not data:
+                    raise FerryError(ErrorKind.TRANSIENT, f"{self.be.describe()}: short read", self.rel)
+                got += len(data)
+                yield data
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self.be.err(exc, self.rel) from None
+
+    def changed(self) -> str | None:
+        return self._changed
+
+
+class SinglePutWriter(Writer):
+    """Small objects: buffer in memory, one PUT at commit with all metadata (digest included)."""
+
+    def __init__(self, be: S3Backend, rel: str, entry: Entry) -> None:
+        self.be, self.rel = be, rel
+        self.buf = bytearray(entry.size)
+        self.size = entry.size
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        end = offset + len(data)
+        if end > len(self.buf):
+            self.buf.extend(b"\0" * (end - len(self.buf)))
+        self.buf[offset:end] = data
+
+    def set_size(self, size: int) -> None:
+        if size < len(self.buf):
+            del self.buf[size:]
+        elif size > len(self.buf):
+            self.buf.extend(b"\0" * (size - len(self.buf)))
+
+    def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        args = self.be.put_args()
+        if self.be.checksum_alg:
+            args["ChecksumAlgorithm"] = self.be.checksum_alg
+        try:
+            self.be.client.put_object(Bucket=self.be.bucket, Key=self.be.key(self.rel), Body=bytes(self.buf),
+                                      Metadata=self.be.object_meta(entry, digest, preserve), **args)
+        except Exception as exc:
+            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+        self.buf = bytearray()
+
+    def abort(self, keep_partial: bool = False) -> None:
+        self.buf = bytearray()
+
+    def read_back(self, offset: int, length: int) -> bytes | None:
+        return None
+
+
+class _Run:
+    """Contiguous bytes written but not yet uploaded, starting at `start`."""
+
+    __slots__ = ("buf", "start")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.buf = bytearray()
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.buf)
+
+
+class MultipartWriter(Writer):
+    """A multipart upload fed by concurrent write_at calls of any size.
+
+    Writes merge into contiguous runs; a run is cut into parts once it is long,
+    and uploaded whole once it is complete (it reaches the end of the file, the
+    start of other written data, or its chunk is recorded). Part numbers come
+    from offsets (offset // unit + 1), so they rise with the data and stay
+    within 10,000 whatever the chunking, and a resumed run numbers alike.
+    """
+
+    def __init__(self, be: S3Backend, rel: str, entry: Entry, resume_key: str | None) -> None:
+        self.be, self.rel, self.entry = be, rel, entry
+        self.size = entry.size
+        self.key = be.key(rel)
+        self.unit = part_unit(self.size)
+        self.min_part = max(MIN_PART, self.unit)
+        self.target = max(PART_TARGET, self.min_part)
+        self._lock = threading.Lock()
+        self._runs: dict[int, _Run] = {}  # start -> run
+        self.parts: dict[int, dict[str, Any]] = {}  # part number -> {off, len, etag, ck}
+        self._local = threading.local()
+        head, _, name = self.key.rpartition("/")
+        self.state_key = f"{head}/{INTERNAL_PREFIX}{name}.mpu" if head else f"{INTERNAL_PREFIX}{name}.mpu"
+        self.meta_digest = entry.digest if is_digest(entry.digest) else None
+        self.state: RemoteState | None = None
+        self.upload_id = ""
+        try:
+            if resume_key:
+                self.state = RemoteState(f"{resume_key}|{self.size}", self._load_state, self._save_state)
+                self._resume()
+            if not self.upload_id:
+                self._create()
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise be.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    # -- state ------------------------------------------------------------------------
+    def _load_state(self) -> bytes | None:
+        try:
+            return bytes(self.be.client.get_object(Bucket=self.be.bucket, Key=self.state_key)["Body"].read())
+        except ClientError as exc:
+            if _code(exc) in _MISSING_KEY:
+                return None
+            raise
+
+    def _save_state(self, blob: bytes) -> None:
+        self.be.client.put_object(Bucket=self.be.bucket, Key=self.state_key, Body=blob)
+
+    def _resume(self) -> None:
+        assert self.state is not None
+        data = self.state.data
+        upload_id = data.get("upload_id")
+        if not upload_id:
+            self._abort_stale()
+            return
+        server: dict[int, tuple[str, int]] = {}
+        try:
+            pages = self.be.client.get_paginator("list_parts").paginate(
+                Bucket=self.be.bucket, Key=self.key, UploadId=upload_id)
+            for page in pages:
+                for p in page.get("Parts", []) or []:
+                    server[int(p["PartNumber"])] = (str(p["ETag"]), int(p["Size"]))
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchUpload", "404"):
+                self.state.data.clear()
+                self.state.data["key"] = self.state.key
+                return
+            raise
+        for pn_s, p in dict(data.get("parts", {})).items():
+            pn = int(pn_s)
+            if server.get(pn) == (p["etag"], p["len"]):
+                self.parts[pn] = p
+        self.upload_id = str(upload_id)
+        data["parts"] = {str(k): v for k, v in self.parts.items()}
+
+    def _abort_stale(self) -> None:
+        """A sidecar for another source version: abort its upload so no parts linger."""
+        old = (self.state.previous or {}).get("upload_id") if self.state else None
+        if old:
+            try:
+                self.be.client.abort_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=old)
+            except ClientError:
+                pass
+
+    def _create(self) -> None:
+        args = self.be.put_args()
+        if self.be.checksum_alg:
+            args["ChecksumAlgorithm"] = self.be.checksum_alg
+        meta = self.be.object_meta(self.entry, self.meta_digest, None)
+        resp = self.be.client.create_multipart_upload(Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args)
+        self.upload_id = str(resp["UploadId"])
+        if self.state is not None:
+            old = self.state.data.get("upload_id")
+            if old and old != self.upload_id:
+                try:
+                    self.be.client.abort_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=old)
+                except ClientError:
+                    pass
+
+            def init(d: dict[str, Any]) -> None:
+                d.update(upload_id=self.upload_id, parts={}, chunks={})
+
+            self.state.update(init, force=True)
+
+    # -- writing ----------------------------------------------------------------------
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        if not len(data):
+            return
+        touched = getattr(self._local, "touched", None)
+        if touched is None:
+            touched = self._local.touched = [offset, offset + len(data)]
+        else:
+            touched[0] = min(touched[0], offset)
+            touched[1] = max(touched[1], offset + len(data))
+        uploads: list[tuple[int, bytes]] = []
+        with self._lock:
+            run = next((r for r in self._runs.values() if r.end == offset), None)
+            if run is None:
+                run = _Run(offset)
+                self._runs[offset] = run
+            run.buf += data
+            # Cut long runs, keeping a tail of at least min_part that may still grow.
+            while len(run.buf) >= self.target + self.min_part:
+                uploads.append((run.start, bytes(run.buf[: self.target])))
+                del run.buf[: self.target]
+                del self._runs[run.start]
+                run.start += self.target
+                self._runs[run.start] = run
+            uploads += self._take_complete_locked()
+        for off, blob in uploads:
+            self._upload(off, blob)
+
+    def _starts_locked(self) -> set[int]:
+        return set(self._runs) | {p["off"] for p in self.parts.values()} | {self.size}
+
+    def _take_complete_locked(self) -> list[tuple[int, bytes]]:
+        starts = self._starts_locked()
+        done = [r for r in self._runs.values() if r.end in starts]
+        for r in done:
+            del self._runs[r.start]
+        return [(r.start, bytes(r.buf)) for r in done]
+
+    def _upload(self, off: int, blob: bytes) -> None:
+        if len(blob) < MIN_PART and off + len(blob) != self.size:
+            raise FerryError(ErrorKind.USAGE, f"S3 part of {len(blob)} bytes at {off} is below 5 MiB "
+                             "(chunks must be at least 5 MiB)", self.rel)
+        pn = off // self.unit + 1
+        if pn > MAX_PARTS:
+            raise FerryError(ErrorKind.USAGE, f"file needs parts of at least {self.unit} bytes "
+                             "for S3's 10,000-part limit: raise the chunk size", self.rel)
+        args: dict[str, Any] = {}
+        if self.be.checksum_alg:
+            args["ChecksumAlgorithm"] = self.be.checksum_alg
+        try:
+            resp = self.be.client.upload_part(Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id,
+                                              PartNumber=pn, Body=blob, **args)
+        except Exception as exc:
+            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+        ck = resp.get(f"Checksum{self.be.checksum_alg}") if self.be.checksum_alg else None
+        part = {"off": off, "len": len(blob), "etag": str(resp["ETag"]), "ck": ck}
+        with self._lock:
+            self.parts[pn] = part
+        if self.state is not None:
+            self.state.update(lambda d: d.setdefault("parts", {}).__setitem__(str(pn), part))
+
+    def _flush_range(self, lo: int, hi: int) -> None:
+        """Upload every buffered run inside [lo, hi): its chunk is finished."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if lo <= r.start and r.end <= hi]
+            for r in runs:
+                del self._runs[r.start]
+            blobs = [(r.start, bytes(r.buf)) for r in runs]
+        for off, blob in blobs:
+            self._upload(off, blob)
+
+    def record_chunk(self, index: int, block_digests: bytes) -> None:
+        touched = getattr(self._local, "touched", None)
+        self._local.touched = None
+        if touched is None:
+            return
+        lo, hi = touched
+        self._flush_range(lo, hi)
+        if self.state is not None:
+            rec = [lo, hi, block_digests.hex()]
+            self.state.update(lambda d: d.setdefault("chunks", {}).__setitem__(str(index), rec))
+
+    def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
+        if self.state is None or not chunk_size:
+            return {}
+        covered = sorted((p["off"], p["off"] + p["len"]) for p in self.parts.values())
+        out: dict[int, bytes] = {}
+        for idx_s, (lo, hi, hexd) in dict(self.state.data.get("chunks", {})).items():
+            idx = int(idx_s)
+            if lo != idx * chunk_size or hi != min(lo + chunk_size, self.size):
+                continue
+            if _covers(covered, lo, hi):
+                out[idx] = bytes.fromhex(hexd)
+        return out
+
+    # -- finishing --------------------------------------------------------------------
+    def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        with self._lock:
+            rest = [(r.start, bytes(r.buf)) for r in self._runs.values()]
+            self._runs.clear()
+        for off, blob in rest:
+            self._upload(off, blob)
+        parts = sorted(self.parts.items())
+        pos = 0
+        for _, p in parts:
+            if p["off"] != pos:
+                raise FerryError(ErrorKind.IO_ERROR, f"multipart upload has a gap at byte {pos}", self.rel)
+            pos += p["len"]
+        if pos != self.size:
+            raise FerryError(ErrorKind.IO_ERROR, f"multipart upload holds {pos} of {self.size} bytes", self.rel)
+        listed = []
+        for pn, p in parts:
+            item: dict[str, Any] = {"PartNumber": pn, "ETag": p["etag"]}
+            if p.get("ck"):
+                item[f"Checksum{self.be.checksum_alg}"] = p["ck"]
+            listed.append(item)
+        c = self.be.client
+        try:
+            c.complete_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id,
+                                        MultipartUpload={"Parts": listed})
+            meta = self.be.object_meta(entry, digest, preserve)
+            stored = self.be.object_meta(self.entry, self.meta_digest, None)
+            if meta != stored and self.size <= COPY_MAX:
+                self.be.copy_in_place(self.key, meta)
+            if self.state is not None:
+                c.delete_object(Bucket=self.be.bucket, Key=self.state_key)
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def abort(self, keep_partial: bool = False) -> None:
+        with self._lock:
+            self._runs.clear()
+        try:
+            if keep_partial and self.state is not None:
+                self.state.flush()
+                return
+            self.be.client.abort_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id)
+            if self.state is not None:
+                self.be.client.delete_object(Bucket=self.be.bucket, Key=self.state_key)
+        except Exception:
+            pass
+
+
+def _covers(intervals: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    pos = lo
+    for a, b in intervals:
+        if a <= pos < b:
+            pos = b
+        if pos >= hi:
+            return True
+    return pos >= hi

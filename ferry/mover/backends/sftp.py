@@ -1,0 +1,586 @@
+"""SFTP backend on paramiko.
+
+One SFTP channel serves one thread at a time (paramiko's response handling is
+not safe for concurrent synchronous requests), so the backend keeps a small
+pool of SSH connections and lends one per operation; a file's chunks are
+written at offsets from several connections at once. Writes are pipelined
+within each call and acknowledged before it returns, so a recorded chunk is
+on the server. Sockets get TCP_NODELAY (paramiko leaves Nagle on, which
+stalls small pipelined requests) and SSH windows stay modest (huge windows
+make paramiko's reads collapse).
+
+Files are written to a hidden temp name beside the target and renamed into
+place with posix-rename@openssh.com where offered (atomic replace). A large
+file's temp name is derived from the resume key, and a small JSON journal
+beside it records finished chunks, so a later run resumes by offset.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import secrets
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import paramiko
+
+from ferry.mover.backends.base import (
+    INTERNAL_PREFIX,
+    Backend,
+    Capabilities,
+    Entry,
+    EntryType,
+    Reader,
+    Writer,
+    check_name,
+    join,
+)
+from ferry.mover.backends.remote_state import RemoteState
+from ferry.mover.endpoints import SFTPEndpoint
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.options import MiB, Preserve
+
+T = TypeVar("T")
+WINDOW = 4 * MiB
+REQUEST = 32 * 1024  # paramiko's request size; OpenSSH accepts more but paramiko caps reads at 32 KiB
+READ_WINDOW = 8 * MiB  # bytes prefetched per readv call
+CONNECT_TIMEOUT = 15.0
+
+
+def classify(exc: BaseException, where: str, path: str | None = None,
+             missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+    """Map paramiko/socket failures to FerryErrors that name the endpoint, never a secret."""
+    if isinstance(exc, FerryError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: host key does not match known_hosts", path)
+    if isinstance(exc, paramiko.AuthenticationException):
+        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: authentication failed", path)
+    if isinstance(exc, paramiko.SSHException):
+        text = str(exc)
+        if "known_hosts" in text or "not found in known_hosts" in text:
+            return FerryError(ErrorKind.AUTH_FAILED, f"{where}: host key not in known_hosts "
+                              "(add it, or opt out with insecure_ignore_host_key=true)", path)
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: SSH: {text or type(exc).__name__}", path)
+    if isinstance(exc, (EOFError, socket.timeout, ConnectionError, TimeoutError)):
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path)
+    if isinstance(exc, OSError):
+        if exc.errno is None and "Socket is closed" in str(exc):
+            return FerryError(ErrorKind.TRANSIENT, f"{where}: connection closed", path)
+        if exc.errno == errno.ENOENT:
+            return FerryError(missing, f"{where}: no such file", path)
+        err = as_ferry_error(exc, path)
+        err.args = (f"{where}: {err.args[0]}",)
+        return err
+    return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
+
+
+def _read_secret(path: str) -> str:
+    with open(path) as f:
+        return f.read().rstrip("\r\n")
+
+
+class _Session:
+    __slots__ = ("sftp", "transport")
+
+    def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
+        self.transport, self.sftp = transport, sftp
+
+    def close(self) -> None:
+        try:
+            self.sftp.close()
+        finally:
+            self.transport.close()
+
+
+class SFTPBackend(Backend):
+    caps = Capabilities(
+        chunk_writer=True,
+        resumable=True,
+        mtime_precision_ns=10**9,  # SFTP v3 carries whole seconds
+        atomic_rename=True,
+        symlinks=True,
+        permissions=True,
+        empty_dirs=True,
+    )
+
+    def __init__(self, ep: SFTPEndpoint) -> None:
+        self.ep = ep
+        self.root = ep.path.rstrip("/") or "/"
+        self._idle: queue.LifoQueue[_Session] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(max(1, ep.sessions))
+        self._all: set[_Session] = set()
+        self._lock = threading.Lock()
+        self._pkey: paramiko.PKey | None = None
+        self._password: str | None = None
+        self._posix_rename: bool | None = None
+
+    # -- connections ------------------------------------------------------------------
+    def describe(self) -> str:
+        return self.ep.describe()
+
+    def err(self, exc: BaseException, rel: str | None = None,
+            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+        return classify(exc, self.describe(), rel, missing)
+
+    def _credentials(self) -> None:
+        if self._pkey is None and self.ep.key_file:
+            try:
+                self._pkey = paramiko.PKey.from_path(self.ep.key_file)
+            except (OSError, paramiko.SSHException) as exc:
+                raise FerryError(ErrorKind.AUTH_FAILED,
+                                 f"{self.describe()}: cannot load key file ({type(exc).__name__})") from None
+        if self._password is None and self.ep.password_file:
+            try:
+                self._password = _read_secret(self.ep.password_file)
+            except OSError as exc:
+                raise FerryError(ErrorKind.AUTH_FAILED,
+                                 f"{self.describe()}: cannot read password file ({exc.strerror})") from None
+
+    def _check_host_key(self, transport: paramiko.Transport) -> None:
+        if self.ep.insecure_ignore_host_key:
+            return
+        key = transport.get_remote_server_key()
+        hosts = paramiko.HostKeys()
+        path = self.ep.known_hosts_file or os.path.expanduser("~/.ssh/known_hosts")
+        try:
+            hosts.load(path)
+        except OSError:
+            raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: cannot read known_hosts {path}; "
+                             "give known_hosts= or opt out with insecure_ignore_host_key=true") from None
+        name = self.ep.host if self.ep.port == 22 else f"[{self.ep.host}]:{self.ep.port}"
+        known = hosts.lookup(name)
+        if known is None or key.get_name() not in known:
+            raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: host key not in {path} "
+                             "(add it, or opt out with insecure_ignore_host_key=true)")
+        if known[key.get_name()] != key:
+            raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: host key does not match {path}")
+
+    def _connect(self) -> _Session:
+        self._credentials()
+        sock: socket.socket | None = None
+        transport: paramiko.Transport | None = None
+        try:
+            sock = socket.create_connection((self.ep.host, self.ep.port), timeout=CONNECT_TIMEOUT)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport = paramiko.Transport(sock, default_window_size=WINDOW)
+            transport.set_keepalive(30)
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+            self._check_host_key(transport)
+            user = self.ep.user or os.environ.get("USER", "root")
+            if self._pkey is not None:
+                try:
+                    transport.auth_publickey(user, self._pkey)
+                except paramiko.AuthenticationException:
+                    if self._password is None:
+                        raise
+            if not transport.is_authenticated():
+                if self._password is None:
+                    raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: no key_file or password_file given")
+                transport.auth_password(user, self._password)
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW)
+            if sftp is None:
+                raise FerryError(ErrorKind.TRANSIENT, f"{self.describe()}: could not open an SFTP channel")
+            sftp.get_channel().settimeout(120)
+        except BaseException as exc:
+            if transport is not None:
+                transport.close()
+            elif sock is not None:
+                sock.close()
+            raise self.err(exc) from None
+        if self._posix_rename is None:
+            self._posix_rename = "posix-rename@openssh.com" in (getattr(transport, "server_extensions", None) or {}) \
+                or True  # paramiko does not expose the server's extensions; OpenSSH has offered it since 4.8
+        s = _Session(transport, sftp)
+        with self._lock:
+            self._all.add(s)
+        return s
+
+    def acquire(self) -> _Session:
+        self._slots.acquire()
+        try:
+            while True:
+                try:
+                    s = self._idle.get_nowait()
+                except queue.Empty:
+                    return self._connect()
+                if s.transport.is_active():
+                    return s
+                self._drop(s)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, s: _Session, broken: bool = False) -> None:
+        if broken or not s.transport.is_active():
+            self._drop(s)
+        else:
+            self._idle.put(s)
+        self._slots.release()
+
+    def _drop(self, s: _Session) -> None:
+        with self._lock:
+            self._all.discard(s)
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
+
+    def run(self, fn: Callable[[paramiko.SFTPClient], T], rel: str | None = None,
+            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> T:
+        """Run fn on a pooled session; a failure that smells of a dead connection drops it."""
+        s = self.acquire()
+        try:
+            out = fn(s.sftp)
+        except BaseException as exc:
+            err = self.err(exc, rel, missing)
+            self.release(s, broken=err.kind == ErrorKind.TRANSIENT)
+            raise err from None
+        self.release(s)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = list(self._all)
+            self._all.clear()
+        for s in sessions:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    # -- paths and listing ------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        if not rel:
+            return self.root
+        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
+
+    def _entry(self, name: str, a: paramiko.SFTPAttributes, parent: str,
+               sftp: paramiko.SFTPClient | None) -> Entry:
+        m = a.st_mode or 0
+        if stat.S_ISREG(m):
+            kind = EntryType.FILE
+        elif stat.S_ISDIR(m):
+            kind = EntryType.DIR
+        elif stat.S_ISLNK(m):
+            kind = EntryType.SYMLINK
+        else:
+            kind = EntryType.OTHER
+        e = Entry(name, kind, size=int(a.st_size or 0) if kind == EntryType.FILE else 0,
+                  mtime_ns=int(a.st_mtime or 0) * 10**9, mode=stat.S_IMODE(m),
+                  uid=a.st_uid if a.st_uid is not None else -1, gid=a.st_gid if a.st_gid is not None else -1)
+        if kind == EntryType.SYMLINK and sftp is not None:
+            e.target = sftp.readlink(f"{parent}/{name}" if parent != "/" else f"/{name}")
+        return e
+
+    def root_type(self) -> EntryType | None:
+        e = self.stat("")
+        return e.type if e else None
+
+    def prepare_destination(self) -> None:
+        def mk(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.stat(self.root)
+                return
+            except FileNotFoundError:
+                pass
+            parts = self.root.strip("/").split("/")
+            cur = "" if self.root.startswith("/") else "."
+            for p in parts:
+                cur = f"{cur}/{p}"
+                try:
+                    sftp.stat(cur)
+                except FileNotFoundError:
+                    sftp.mkdir(cur)
+
+        self.run(mk, None, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def list_dir(self, rel: str) -> list[Entry]:
+        where = f"{self.describe()}/{rel}"
+        parent = self.path(rel)
+
+        def ls(sftp: paramiko.SFTPClient) -> list[Entry]:
+            out = []
+            for a in sftp.listdir_attr(parent):
+                name = a.filename
+                if name in (".", "..") or name.startswith(INTERNAL_PREFIX):
+                    continue
+                out.append(self._entry(check_name(name, where), a, parent, sftp))
+            return out
+
+        return self.run(ls, rel)
+
+    def stat(self, rel: str) -> Entry | None:
+        p = self.path(rel)
+        name = rel.rsplit("/", 1)[-1]
+
+        def st(sftp: paramiko.SFTPClient) -> Entry | None:
+            try:
+                a = sftp.lstat(p)
+            except FileNotFoundError:
+                return None
+            return self._entry(name, a, p.rsplit("/", 1)[0] or "/", sftp)
+
+        return self.run(st, rel)
+
+    # -- data ----------------------------------------------------------------------------
+    def open_read(self, rel: str, entry: Entry) -> Reader:
+        return SFTPReader(self, rel, entry)
+
+    def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
+        return SFTPWriter(self, rel, entry, resume_key)
+
+    def mkdir(self, rel: str) -> None:
+        p = self.path(rel)
+
+        def mk(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.mkdir(p)
+            except OSError:
+                if not stat.S_ISDIR(sftp.stat(p).st_mode or 0):
+                    raise
+
+        self.run(mk, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        p = self.path(rel)
+
+        def rm(sftp: paramiko.SFTPClient) -> None:
+            try:
+                if entry.type == EntryType.DIR:
+                    sftp.rmdir(p)
+                else:
+                    sftp.remove(p)
+            except FileNotFoundError:
+                pass
+
+        self.run(rm, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
+        if entry.type == EntryType.SYMLINK:
+            return  # SFTP v3 cannot set a symlink's own times or mode
+        self.run(lambda sftp: apply_meta(sftp, self.path(rel), entry, preserve), rel,
+                 ErrorKind.DESTINATION_NOT_FOUND)
+
+    def symlink(self, rel: str, target: str) -> None:
+        p = self.path(rel)
+
+        def ln(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.remove(p)
+            except FileNotFoundError:
+                pass
+            # OpenSSH's sftp-server swaps SSH_FXP_SYMLINK's arguments; paramiko sends them
+            # in the order OpenSSH expects for symlink(source=target, dest=path).
+            sftp.symlink(target, p)
+
+        self.run(ln, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def rename_into_place(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> None:
+        try:
+            sftp.posix_rename(tmp, final)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            # A server without posix-rename: plain SFTP rename refuses to replace.
+            try:
+                sftp.remove(final)
+            except FileNotFoundError:
+                pass
+            sftp.rename(tmp, final)
+
+
+def apply_meta(sftp: paramiko.SFTPClient, path: str, entry: Entry, preserve: Preserve) -> None:
+    if preserve.perms and entry.mode:
+        sftp.chmod(path, entry.mode & 0o7777)
+    if preserve.times and entry.mtime_ns:
+        sec = entry.mtime_ns // 10**9
+        sftp.utime(path, (sec, sec))
+
+
+def _internal(name: str, suffix: str) -> str:
+    full = f"{INTERNAL_PREFIX}{name}.{suffix}"
+    if len(full.encode("utf-8", "surrogateescape")) <= 255:
+        return full
+    return f"{INTERNAL_PREFIX}{hashlib.blake2b(name.encode('utf-8', 'surrogateescape'), digest_size=16).hexdigest()}.{suffix}"
+
+
+class SFTPReader(Reader):
+    """Reads with paramiko's prefetch (readv), on a handle per pooled session."""
+
+    def __init__(self, be: SFTPBackend, rel: str, entry: Entry) -> None:
+        self.be, self.rel, self.size = be, rel, entry.size
+        self.path = be.path(rel)
+
+    def _ranges(self, offset: int, length: int, piece: int) -> list[tuple[int, int]]:
+        end = min(offset + length, self.size)
+        return [(o, min(piece, end - o)) for o in range(offset, end, piece)]
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
+        end = min(offset + length, self.size)
+        s = self.be.acquire()
+        broken = False
+        try:
+            f = s.sftp.open(self.path, "rb")
+            try:
+                pos = offset
+                while pos < end:
+                    window = min(READ_WINDOW, end - pos)
+                    for data in f.readv(self._ranges(pos, window, min(piece, window))):
+                        if not data:
+                            raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading", self.rel)
+                        yield data
+                        pos += len(data)
+            finally:
+                f.close()
+        except GeneratorExit:
+            broken = True  # outstanding prefetches would confuse the next user of this session
+            raise
+        except BaseException as exc:
+            err = self.be.err(exc, self.rel)
+            broken = err.kind == ErrorKind.TRANSIENT
+            raise err from None
+        finally:
+            self.be.release(s, broken)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return b"".join(bytes(d) for d in self.iter_range(offset, length, READ_WINDOW))
+
+
+class SFTPWriter(Writer):
+    """A hidden temp file written at offsets from several sessions, renamed at commit."""
+
+    def __init__(self, be: SFTPBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
+        self.be, self.rel, self.entry = be, rel, entry
+        self.final = be.path(rel)
+        parent, _, name = self.final.rpartition("/")
+        parent = parent or "/"
+        if resume_key:
+            tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
+            self.tmp = join(parent, _internal(name, f"{tag}.part")) if parent != "/" else "/" + _internal(name, f"{tag}.part")
+            journal = join(parent, _internal(name, "journal")) if parent != "/" else "/" + _internal(name, "journal")
+            self.state: RemoteState | None = RemoteState(resume_key, self._loader(journal), self._saver(journal))
+            self.journal: str | None = journal
+        else:
+            self.tmp = f"{parent}/{_internal(name, secrets.token_hex(6) + '.tmp')}".replace("//", "/")
+            self.state, self.journal = None, None
+        resumed = bool(self.state and self.state.data.get("chunks"))
+
+        def create(sftp: paramiko.SFTPClient) -> None:
+            if resumed:
+                try:
+                    sftp.stat(self.tmp)
+                    return
+                except FileNotFoundError:
+                    assert self.state is not None
+                    self.state.data["chunks"] = {}
+            sftp.open(self.tmp, "wb").close()
+
+        be.run(create, rel, ErrorKind.DESTINATION_NOT_FOUND)
+        self._handles: dict[int, tuple[_Session, paramiko.SFTPFile]] = {}
+        self._lock = threading.Lock()
+
+    def _loader(self, path: str) -> Callable[[], bytes | None]:
+        def load() -> bytes | None:
+            def rd(sftp: paramiko.SFTPClient) -> bytes | None:
+                try:
+                    with sftp.open(path, "rb") as f:
+                        return bytes(f.read())
+                except FileNotFoundError:
+                    return None
+
+            return self.be.run(rd)
+
+        return load
+
+    def _saver(self, path: str) -> Callable[[bytes], None]:
+        def save(blob: bytes) -> None:
+            def wr(sftp: paramiko.SFTPClient) -> None:
+                with sftp.open(path + ".new", "wb") as f:
+                    f.write(blob)
+                self.be.rename_into_place(sftp, path + ".new", path)
+
+            self.be.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+        return save
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        s = self.be.acquire()
+        try:
+            f = s.sftp.open(self.tmp, "r+b")
+            try:
+                f.set_pipelined(True)
+                f.seek(offset)
+                f.write(bytes(data))
+            finally:
+                f.close()  # waits for every pipelined write's acknowledgement
+        except BaseException as exc:
+            err = self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+            self.be.release(s, broken=err.kind == ErrorKind.TRANSIENT)
+            raise err from None
+        self.be.release(s)
+
+    def set_size(self, size: int) -> None:
+        self.be.run(lambda sftp: sftp.truncate(self.tmp, size), self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
+        if self.state is None:
+            return {}
+        return {int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()}
+
+    def record_chunk(self, index: int, block_digests: bytes) -> None:
+        if self.state is not None:
+            hexd = block_digests.hex()
+            try:
+                self.state.update(lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd))
+            except FerryError:
+                raise
+            except Exception as exc:
+                raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        def rd(sftp: paramiko.SFTPClient) -> bytes:
+            with sftp.open(self.tmp, "rb") as f:
+                return b"".join(f.readv([(offset, length)]))
+
+        return self.be.run(rd, self.rel)
+
+    def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        def fin(sftp: paramiko.SFTPClient) -> None:
+            apply_meta(sftp, self.tmp, entry, preserve)
+            self.be.rename_into_place(sftp, self.tmp, self.final)
+            if self.journal:
+                try:
+                    sftp.remove(self.journal)
+                except FileNotFoundError:
+                    pass
+
+        self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def abort(self, keep_partial: bool = False) -> None:
+        try:
+            if keep_partial and self.state is not None:
+                self.state.flush()
+                return
+
+            def rm(sftp: paramiko.SFTPClient) -> None:
+                for p in (self.tmp, self.journal):
+                    if p:
+                        try:
+                            sftp.remove(p)
+                        except FileNotFoundError:
+                            pass
+
+            self.be.run(rm, self.rel)
+        except Exception:  # noqa: BLE001 - best effort; the server may be gone
+            pass
+
+
+__all__ = ["SFTPBackend", "classify"]
+

@@ -1,0 +1,559 @@
+"""SMB 2/3 backend on smbprotocol.
+
+Each backend has its own connection cache (so credentials of one endpoint
+never leak into another's session) and passes `port=` on every call (the
+cache is keyed by server:port). Signing is required by default, encryption
+on request. Reads and writes go out as requests of at most 1 MiB and at most
+the negotiated maximum, a few in flight per handle, with a credit budget:
+smbprotocol raises instead of waiting when a request needs more credits
+than the server granted, so the backend asks for more credits once (an echo
+with a credit request) and keeps a semaphore of what is outstanding.
+
+Files are written to a hidden temp name with one handle per writing thread,
+then get their mtime and are renamed over the target (SMB2 rename with
+replace). A large file's temp name derives from the resume key, with a JSON
+journal beside it, so an interrupted run resumes by offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+import smbclient
+from smbprotocol import exceptions as smbexc
+
+from ferry.mover.backends.base import (
+    INTERNAL_PREFIX,
+    Backend,
+    Capabilities,
+    Entry,
+    EntryType,
+    Reader,
+    Writer,
+    check_name,
+)
+from ferry.mover.backends.remote_state import RemoteState
+from ferry.mover.endpoints import SMBEndpoint
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.options import MiB, Preserve
+
+T = TypeVar("T")
+IO_MAX = MiB  # per request
+DEPTH = 4  # requests in flight per handle
+CREDITS_WANTED = 512
+FILE_ATTRIBUTE_DIRECTORY = 0x10
+FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+
+
+def classify(exc: BaseException, where: str, path: str | None = None,
+             missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+    """Map smbprotocol failures to FerryErrors that name the endpoint, never a secret."""
+    if isinstance(exc, FerryError):
+        return exc
+    if isinstance(exc, (smbexc.LogonFailure, smbexc.WrongPassword, smbexc.PasswordExpired,
+                        smbexc.SMBAuthenticationError)):
+        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: authentication failed", path)
+    if isinstance(exc, smbexc.BadNetworkName):
+        return FerryError(missing, f"{where}: share does not exist", path)
+    if isinstance(exc, smbexc.SMBOSError):
+        err = as_ferry_error(exc, path)
+        if err.kind == ErrorKind.SOURCE_NOT_FOUND:
+            err.kind = missing
+        err.args = (f"{where}: {exc.strerror or exc}",)
+        return err
+    if isinstance(exc, smbexc.AccessDenied):
+        return FerryError(ErrorKind.PERMISSION, f"{where}: access denied", path)
+    if isinstance(exc, (smbexc.ObjectNameNotFound, smbexc.ObjectPathNotFound, smbexc.NoSuchFile)):
+        return FerryError(missing, f"{where}: no such file", path)
+    if isinstance(exc, (smbexc.SMBConnectionClosed, ConnectionError, TimeoutError, EOFError,
+                        smbexc.InsufficientResources, smbexc.IOTimeout)):
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path)
+    if isinstance(exc, ValueError) and "Failed to connect" in str(exc):
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: cannot connect", path)
+    if isinstance(exc, OSError):
+        err = as_ferry_error(exc, path)
+        err.args = (f"{where}: {err.args[0]}",)
+        return err
+    if isinstance(exc, smbexc.SMBException):
+        text = str(exc)
+        if "credits" in text or "closed" in text.lower():
+            return FerryError(ErrorKind.TRANSIENT, f"{where}: {text}", path)
+        return FerryError(ErrorKind.IO_ERROR, f"{where}: {text}", path)
+    return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
+
+
+def _ns(dt: datetime | None) -> int:
+    if dt is None:
+        return 0
+    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+
+
+def _internal(name: str, suffix: str) -> str:
+    full = f"{INTERNAL_PREFIX}{name}.{suffix}"
+    if len(full) <= 240:
+        return full
+    return f"{INTERNAL_PREFIX}{hashlib.blake2b(name.encode('utf-8', 'surrogateescape'), digest_size=16).hexdigest()}.{suffix}"
+
+
+class SMBBackend(Backend):
+    caps = Capabilities(
+        chunk_writer=True,
+        resumable=True,
+        mtime_precision_ns=1000,  # FILETIME is 100 ns; smbclient reports microseconds
+        atomic_rename=True,
+        empty_dirs=True,
+    )
+
+    def __init__(self, ep: SMBEndpoint) -> None:
+        self.ep = ep
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._password: str | None = None
+        self._credits: threading.Semaphore | None = None
+        base = f"\\\\{ep.host}\\{ep.share}"
+        self.base = base + ("\\" + ep.path.replace("/", "\\") if ep.path else "")
+
+    def describe(self) -> str:
+        return self.ep.describe()
+
+    def err(self, exc: BaseException, rel: str | None = None,
+            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+        err = classify(exc, self.describe(), rel, missing)
+        if err.kind == ErrorKind.TRANSIENT:
+            self._forget_connection()
+        return err
+
+    # -- connection -------------------------------------------------------------------
+    def kw(self) -> dict[str, Any]:
+        self._session()
+        return {"port": self.ep.port, "connection_cache": self._cache}
+
+    def _session(self) -> None:
+        key = f"{self.ep.host.lower()}:{self.ep.port}"
+        with self._lock:
+            conn = self._cache.get(key)
+            if conn is not None and conn.transport.connected:
+                return
+            if conn is not None:
+                self._cache.pop(key, None)
+            if self._password is None and self.ep.password_file:
+                try:
+                    with open(self.ep.password_file) as f:
+                        self._password = f.read().rstrip("\r\n")
+                except OSError as exc:
+                    raise FerryError(ErrorKind.AUTH_FAILED,
+                                     f"{self.describe()}: cannot read password file ({exc.strerror})") from None
+            user = self.ep.user
+            if user and self.ep.domain:
+                user = f"{self.ep.domain}\\{user}"
+            try:
+                smbclient.register_session(
+                    self.ep.host, username=user, password=self._password, port=self.ep.port,
+                    encrypt=True if self.ep.encrypt else None, connection_timeout=15,
+                    connection_cache=self._cache, require_signing=self.ep.require_signing,
+                )
+                conn = self._cache[key]
+                granted = conn.sequence_window["high"] - conn.sequence_window["low"]
+                if granted < CREDITS_WANTED:
+                    try:
+                        conn.echo(credit_request=CREDITS_WANTED)
+                    except smbexc.SMBException:
+                        pass
+                granted = conn.sequence_window["high"] - conn.sequence_window["low"]
+            except Exception as exc:
+                self._cache.pop(key, None)
+                raise classify(exc, self.describe()) from None
+            per_req = max(1, (self.io_size(conn) + 65535) // 65536)
+            self._credits = threading.Semaphore(max(1, (granted - 8) // per_req))
+
+    def io_size(self, conn: Any = None) -> int:
+        conn = conn or self._cache.get(f"{self.ep.host.lower()}:{self.ep.port}")
+        if conn is None:
+            return 64 * 1024
+        return int(min(IO_MAX, conn.max_read_size, conn.max_write_size))
+
+    def _forget_connection(self) -> None:
+        key = f"{self.ep.host.lower()}:{self.ep.port}"
+        with self._lock:
+            conn = self._cache.pop(key, None)
+        if conn is not None:
+            try:
+                conn.disconnect(close=False)
+            except Exception:  # noqa: BLE001 - the server already went away
+                pass
+
+    def credits(self) -> threading.Semaphore:
+        assert self._credits is not None
+        return self._credits
+
+    def run(self, fn: Callable[[dict[str, Any]], T], rel: str | None = None,
+            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> T:
+        try:
+            return fn(self.kw())
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self.err(exc, rel, missing) from None
+
+    def close(self) -> None:
+        try:
+            smbclient.reset_connection_cache(connection_cache=self._cache)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- paths and listing ------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        return self.base + ("\\" + rel.replace("/", "\\") if rel else "")
+
+    def root_type(self) -> EntryType | None:
+        e = self.stat("")
+        return e.type if e else None
+
+    def prepare_destination(self) -> None:
+        def mk(kw: dict[str, Any]) -> None:
+            cur = f"\\\\{self.ep.host}\\{self.ep.share}"
+            try:
+                smbclient.stat(cur, **kw)
+            except smbexc.SMBOSError:
+                pass
+            for part in [p for p in self.ep.path.split("/") if p]:
+                cur = f"{cur}\\{part}"
+                try:
+                    smbclient.mkdir(cur, **kw)
+                except OSError:
+                    st = smbclient.stat(cur, **kw)
+                    if not st.st_file_attributes & FILE_ATTRIBUTE_DIRECTORY:
+                        raise
+
+        self.run(mk, None, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def list_dir(self, rel: str) -> list[Entry]:
+        where = f"{self.describe()}/{rel}"
+
+        def ls(kw: dict[str, Any]) -> list[Entry]:
+            out = []
+            for d in smbclient.scandir(self.path(rel), **kw):
+                name = d.name
+                if name in (".", "..") or name.startswith(INTERNAL_PREFIX):
+                    continue
+                info = d.smb_info
+                out.append(self._entry(check_name(name, where), info.file_attributes, info.end_of_file,
+                                       _ns(info.last_write_time)))
+            return out
+
+        return self.run(ls, rel)
+
+    def _entry(self, name: str, attrs: int, size: int, mtime_ns: int) -> Entry:
+        if attrs & FILE_ATTRIBUTE_REPARSE_POINT:
+            kind = EntryType.OTHER
+        elif attrs & FILE_ATTRIBUTE_DIRECTORY:
+            kind = EntryType.DIR
+        else:
+            kind = EntryType.FILE
+        return Entry(name, kind, size=size if kind == EntryType.FILE else 0, mtime_ns=mtime_ns)
+
+    def stat(self, rel: str) -> Entry | None:
+        name = rel.rsplit("/", 1)[-1]
+
+        def st(kw: dict[str, Any]) -> Entry | None:
+            try:
+                s = smbclient.stat(self.path(rel), follow_symlinks=False, **kw)
+            except smbexc.SMBOSError as exc:
+                if exc.errno == 2:
+                    return None
+                raise
+            return self._entry(name, s.st_file_attributes, s.st_size, s.st_mtime_ns // 1000 * 1000)
+
+        return self.run(st, rel)
+
+    # -- data ----------------------------------------------------------------------------
+    def open_read(self, rel: str, entry: Entry) -> Reader:
+        return SMBReader(self, rel, entry)
+
+    def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
+        return SMBWriter(self, rel, entry, resume_key)
+
+    def mkdir(self, rel: str) -> None:
+        def mk(kw: dict[str, Any]) -> None:
+            try:
+                smbclient.mkdir(self.path(rel), **kw)
+            except OSError:
+                if not smbclient.stat(self.path(rel), **kw).st_file_attributes & FILE_ATTRIBUTE_DIRECTORY:
+                    raise
+
+        self.run(mk, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        def rm(kw: dict[str, Any]) -> None:
+            try:
+                if entry.type == EntryType.DIR:
+                    smbclient.rmdir(self.path(rel), **kw)
+                else:
+                    smbclient.remove(self.path(rel), **kw)
+            except smbexc.SMBOSError as exc:
+                if exc.errno != 2:
+                    raise
+
+        self.run(rm, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
+        if preserve.times and entry.mtime_ns and entry.type in (EntryType.FILE, EntryType.DIR):
+            self.run(lambda kw: smbclient.utime(self.path(rel), ns=(entry.mtime_ns, entry.mtime_ns), **kw),
+                     rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    # -- pipelined I/O on one handle --------------------------------------------------------
+    def pread(self, fd: Any, offset: int, length: int) -> Iterator[bytes]:
+        """Yield [offset, offset+length) in io_size pieces, DEPTH requests in flight."""
+        step = self.io_size()
+        sem = self.credits()
+        end = offset + length
+        nxt = offset
+        inflight: list[tuple[Any, Callable[..., bytes], int]] = []
+        try:
+            while nxt < end or inflight:
+                while nxt < end and len(inflight) < DEPTH:
+                    n = min(step, end - nxt)
+                    req, recv = fd.read(nxt, n, send=False)
+                    sem.acquire()
+                    try:
+                        sent = fd.connection.send(req, fd.tree_connect.session.session_id,
+                                                  fd.tree_connect.tree_connect_id)
+                    except BaseException:
+                        sem.release()
+                        raise
+                    inflight.append((sent, recv, n))
+                    nxt += n
+                request, recv, want = inflight.pop(0)
+                try:
+                    data = recv(request)
+                except smbexc.EndOfFile:
+                    data = b""
+                finally:
+                    sem.release()
+                if data:
+                    yield data
+                if len(data) < want:
+                    return  # end of file
+        finally:
+            for request, recv, _ in inflight:
+                try:
+                    recv(request)
+                except Exception:  # noqa: BLE001 - draining after an error
+                    pass
+                finally:
+                    sem.release()
+
+    def pwrite(self, fd: Any, offset: int, data: bytes | memoryview) -> None:
+        step = self.io_size()
+        sem = self.credits()
+        view = memoryview(data)
+        inflight: list[tuple[Any, Callable[..., Any]]] = []
+        try:
+            for o in range(0, len(view), step):
+                if len(inflight) >= DEPTH:
+                    request, recv = inflight.pop(0)
+                    try:
+                        recv(request)
+                    finally:
+                        sem.release()
+                req, recv = fd.write(bytes(view[o : o + step]), offset + o, send=False)
+                sem.acquire()
+                try:
+                    sent = fd.connection.send(req, fd.tree_connect.session.session_id,
+                                              fd.tree_connect.tree_connect_id)
+                except BaseException:
+                    sem.release()
+                    raise
+                inflight.append((sent, recv))
+            while inflight:
+                request, recv = inflight.pop(0)
+                try:
+                    recv(request)
+                finally:
+                    sem.release()
+        finally:
+            for request, recv in inflight:
+                try:
+                    recv(request)
+                except Exception:  # noqa: BLE001
+                    pass
+                finally:
+                    sem.release()
+
+
+class SMBReader(Reader):
+    def __init__(self, be: SMBBackend, rel: str, entry: Entry) -> None:
+        self.be, self.rel, self.size = be, rel, entry.size
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return
+        try:
+            with smbclient.open_file(self.be.path(self.rel), mode="rb", buffering=0, share_access="rwd", **self.be.kw()) as raw:
+                got = 0
+                for data in self.be.pread(raw.fd, offset, length):
+                    got += len(data)
+                    yield data
+                if got < length:
+                    raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading", self.rel)
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self.be.err(exc, self.rel) from None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return b"".join(self.iter_range(offset, length, IO_MAX))
+
+
+class SMBWriter(Writer):
+    """Temp file beside the target, one handle per writing thread, rename with replace at commit."""
+
+    def __init__(self, be: SMBBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
+        self.be, self.rel = be, rel
+        parent, _, name = rel.rpartition("/")
+        if resume_key:
+            tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
+            self.tmp_rel = (parent + "/" if parent else "") + _internal(name, f"{tag}.part")
+            jrel = (parent + "/" if parent else "") + _internal(name, "journal")
+            self.journal: str | None = be.path(jrel)
+            self.state: RemoteState | None = RemoteState(resume_key, self._load, self._save)
+        else:
+            self.tmp_rel = (parent + "/" if parent else "") + _internal(name, secrets.token_hex(6) + ".tmp")
+            self.journal, self.state = None, None
+        self.tmp = be.path(self.tmp_rel)
+        self._handles: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        resumed = bool(self.state and self.state.data.get("chunks"))
+
+        def create(kw: dict[str, Any]) -> None:
+            if resumed:
+                try:
+                    smbclient.stat(self.tmp, **kw)
+                    return
+                except smbexc.SMBOSError:
+                    assert self.state is not None
+                    self.state.data["chunks"] = {}
+            smbclient.open_file(self.tmp, mode="wb", buffering=0, share_access="rwd", **kw).close()
+
+        be.run(create, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def _load(self) -> bytes | None:
+        assert self.journal is not None
+        journal = self.journal
+
+        def rd(kw: dict[str, Any]) -> bytes | None:
+            try:
+                with smbclient.open_file(journal, mode="rb", **kw) as f:
+                    return bytes(f.read())
+            except smbexc.SMBOSError:
+                return None
+
+        return self.be.run(rd)
+
+    def _save(self, blob: bytes) -> None:
+        assert self.journal is not None
+        journal = self.journal
+
+        def wr(kw: dict[str, Any]) -> None:
+            with smbclient.open_file(journal + ".new", mode="wb", **kw) as f:
+                f.write(blob)
+            smbclient.replace(journal + ".new", journal, **kw)
+
+        self.be.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def _handle(self) -> Any:
+        tid = threading.get_ident()
+        with self._lock:
+            raw = self._handles.get(tid)
+        if raw is None:
+            raw = smbclient.open_file(self.tmp, mode="r+b", buffering=0, share_access="rwd", **self.be.kw())
+            with self._lock:
+                self._handles[tid] = raw
+        return raw
+
+    def _drop_handle(self) -> None:
+        with self._lock:
+            raw = self._handles.pop(threading.get_ident(), None)
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        try:
+            self.be.pwrite(self._handle().fd, offset, data)
+        except Exception as exc:
+            self._drop_handle()
+            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def set_size(self, size: int) -> None:
+        self.be.run(lambda kw: smbclient.truncate(self.tmp, size, **kw), self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
+        if self.state is None:
+            return {}
+        return {int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()}
+
+    def record_chunk(self, index: int, block_digests: bytes) -> None:
+        if self.state is not None:
+            hexd = block_digests.hex()
+            self.state.update(lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd))
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        def rd(kw: dict[str, Any]) -> bytes:
+            with smbclient.open_file(self.tmp, mode="rb", buffering=0, share_access="rwd", **kw) as raw:
+                return b"".join(self.be.pread(raw.fd, offset, length))
+
+        return self.be.run(rd, self.rel)
+
+    def _close_handles(self) -> None:
+        with self._lock:
+            handles = list(self._handles.values())
+            self._handles.clear()
+        for raw in handles:
+            try:
+                raw.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        self._close_handles()  # closing after writes moves mtime, so set it afterwards
+
+        def fin(kw: dict[str, Any]) -> None:
+            if preserve.times and entry.mtime_ns:
+                smbclient.utime(self.tmp, ns=(entry.mtime_ns, entry.mtime_ns), **kw)
+            smbclient.replace(self.tmp, self.be.path(self.rel), **kw)
+            if self.journal:
+                try:
+                    smbclient.remove(self.journal, **kw)
+                except smbexc.SMBOSError:
+                    pass
+
+        self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def abort(self, keep_partial: bool = False) -> None:
+        self._close_handles()
+        try:
+            if keep_partial and self.state is not None:
+                self.state.flush()
+                return
+
+            def rm(kw: dict[str, Any]) -> None:
+                for p in (self.tmp, self.journal):
+                    if p:
+                        try:
+                            smbclient.remove(p, **kw)
+                        except smbexc.SMBOSError:
+                            pass
+
+            self.be.run(rm, self.rel)
+        except Exception:  # noqa: BLE001 - best effort; the server may be gone
+            pass
+

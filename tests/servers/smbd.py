@@ -1,0 +1,121 @@
+"""A private Samba smbd: own config, a writable share, and the test user with a password."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.servers.common import (
+    PASSWORD,
+    USER,
+    ensure_user,
+    free_port,
+    kill_tree,
+    need,
+    port_open,
+    wait_until,
+)
+
+SHARE = "ferry"
+
+
+class SambaServer:
+    """smbd --foreground on 127.0.0.1:port serving `root` as share `ferry`."""
+
+    user = USER
+    password = PASSWORD
+    share = SHARE
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="ferry-smbd-"))
+        os.chmod(self.dir, 0o755)
+        self.root = self.dir / "share"
+        self.config = self.dir / "smb.conf"
+        self.password_file = self.dir / "password"
+        self.log = self.dir / "smbd.log"
+        self.proc: subprocess.Popen | None = None
+        self._configured = False
+
+    def _configure(self) -> None:
+        pw = ensure_user()
+        self.root.mkdir(exist_ok=True)
+        os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        dirs = {k: self.dir / k for k in ("private", "lock", "state", "cache", "pid", "ncalrpc")}
+        for d in dirs.values():
+            d.mkdir(exist_ok=True)
+        self.config.write_text(
+            "\n".join([
+                "[global]",
+                f"smb ports = {self.port}",
+                "interfaces = lo",
+                "bind interfaces only = yes",
+                f"private dir = {dirs['private']}",
+                f"lock directory = {dirs['lock']}",
+                f"state directory = {dirs['state']}",
+                f"cache directory = {dirs['cache']}",
+                f"pid directory = {dirs['pid']}",
+                f"ncalrpc dir = {dirs['ncalrpc']}",
+                "disable netbios = yes",
+                "load printers = no",
+                "printing = bsd",
+                "printcap name = /dev/null",
+                "rpc start on demand helpers = no",
+                "server min protocol = SMB2_02",
+                "server signing = auto",
+                "smb encrypt = if_required",
+                "passdb backend = tdbsam",
+                "map to guest = never",
+                "log level = 1",
+                "",
+                f"[{SHARE}]",
+                f"path = {self.root}",
+                "read only = no",
+                f"valid users = {self.user}",
+                "create mask = 0644",
+                "",
+            ])
+        )
+        smbpasswd = need("smbpasswd")
+        subprocess.run(
+            [smbpasswd, "-c", str(self.config), "-a", "-s", self.user],
+            input=f"{self.password}\n{self.password}\n", text=True, check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.password_file.write_text(self.password + "\n")
+        os.chmod(self.password_file, 0o600)
+        self._configured = True
+
+    def start(self, timeout: float = 30.0) -> SambaServer:
+        if not self._configured:
+            self._configure()
+        smbd = need("smbd")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [smbd, "--foreground", "--no-process-group", "--debug-stdout",
+                 f"--configfile={self.config}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_until(lambda: port_open(self.port), timeout, f"smbd on {self.port}", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_tree(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def uri(self, sub: str, **opts: str) -> str:
+        q = {"password_file": str(self.password_file), **opts}
+        query = "&".join(f"{k}={v}" for k, v in q.items())
+        return f"smb://{self.user}@127.0.0.1:{self.port}/{SHARE}/{sub.lstrip('/')}?{query}"

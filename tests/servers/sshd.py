@@ -1,0 +1,115 @@
+"""A private OpenSSH sshd: own config, host key, and a test user with a key and a password."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.servers.common import (
+    PASSWORD,
+    USER,
+    ServerError,
+    ensure_user,
+    free_port,
+    kill_tree,
+    need,
+    port_open,
+    wait_until,
+)
+
+
+class SSHServer:
+    """sshd -D on 127.0.0.1:port. `root` is a directory the test user owns, for SFTP paths."""
+
+    user = USER
+    password = PASSWORD
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="ferry-sshd-"))
+        os.chmod(self.dir, 0o755)
+        self.proc: subprocess.Popen | None = None
+        self.root = self.dir / "data"
+        self.host_key = self.dir / "host_ed25519"
+        self.user_key = self.dir / "user_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.password_file = self.dir / "password"
+        self.config = self.dir / "sshd_config"
+        self.log = self.dir / "sshd.log"
+        self._configured = False
+
+    def _configure(self) -> None:
+        pw = ensure_user()
+        keygen = need("ssh-keygen")
+        for key in (self.host_key, self.user_key):
+            if not key.exists():
+                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        auth = self.dir / "authorized_keys"
+        shutil.copy(f"{self.user_key}.pub", auth)
+        os.chmod(auth, 0o644)
+        self.root.mkdir(exist_ok=True)
+        os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        host_pub = Path(f"{self.host_key}.pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        self.password_file.write_text(self.password + "\n")
+        os.chmod(self.password_file, 0o600)
+        self.config.write_text(
+            "\n".join([
+                f"Port {self.port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {self.host_key}",
+                f"PidFile {self.dir / 'sshd.pid'}",
+                f"AuthorizedKeysFile {auth}",
+                "UsePAM no",
+                "StrictModes no",
+                "PasswordAuthentication yes",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin no",
+                f"AllowUsers {self.user}",
+                "Subsystem sftp internal-sftp",
+                "MaxSessions 64",
+                "MaxStartups 64:30:128",
+                "LogLevel ERROR",
+                "",
+            ])
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self._configured = True
+
+    def start(self, timeout: float = 30.0) -> SSHServer:
+        if not self._configured:
+            self._configure()
+        sshd = need("sshd")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_until(lambda: port_open(self.port), timeout, f"sshd on {self.port}", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_tree(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def uri(self, sub: str, **opts: str) -> str:
+        """An sftp:// URI for an absolute path below `root`, with key auth and strict host keys."""
+        q = {"key_file": str(self.user_key), "known_hosts": str(self.known_hosts), **opts}
+        query = "&".join(f"{k}={v}" for k, v in q.items())
+        return f"sftp://{self.user}@127.0.0.1:{self.port}{self.root}/{sub.lstrip('/')}?{query}"
+
+    def check(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise ServerError("sshd is not running")
