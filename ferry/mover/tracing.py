@@ -2,7 +2,7 @@
 
 `ferry run` plugs `TracingSink.from_env()` in when `TRACEPARENT` is set: the
 operator passes the W3C traceparent of its reconcile span, so one trace runs
-from `kubectl apply` to the last verified byte. A `ferry.transfer` span wraps
+from `kubectl apply` to the last verified byte. A `ferry.run` span wraps
 the run; each `Sink.phase` (scan, plan, transfer, verify, ...) is a child span
 carrying the byte and file counts the engine fills in.
 
@@ -71,7 +71,7 @@ class TracingSink(Sink):
         carrier = {"traceparent": traceparent} if traceparent else {}
         parent = TraceContextTextMapPropagator().extract(carrier)
         self.root: Span = self.tracer.start_span(
-            "ferry.transfer", context=parent, attributes=dict(attributes or {})
+            "ferry.run", context=parent, attributes=dict(attributes or {})
         )
         self._ctx = trace.set_span_in_context(self.root)
         self.interval = 3600.0  # progress snapshots are not span material
