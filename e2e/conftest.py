@@ -1,0 +1,70 @@
+"""Session fixtures for cluster tests.
+
+By default they bring up the local control plane (building the pinned
+binaries on first use) in its own state dir and take it down at the end.
+With `FERRY_E2E_KUBECONFIG` set they start nothing and test that cluster
+(e.g. kind) instead. In CI (`CI=true`) a cluster that cannot start fails the
+run; elsewhere a machine that cannot build the binaries skips these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from e2e.cluster import binaries
+from e2e.cluster.layout import Layout, default_state_dir
+from e2e.support import Cluster, cluster_cli
+
+
+def _test_state_dir() -> Path:
+    env = os.environ.get("FERRY_E2E_CLUSTER_DIR")
+    return Path(env).resolve() if env else default_state_dir().with_name("cluster-e2e")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The cluster under test; a local one lives for the whole session."""
+    external = os.environ.get("FERRY_E2E_KUBECONFIG")
+    if external:
+        yield Cluster(Path(external), None, None)
+        return
+    try:
+        bin_dir = binaries.ensure()
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot build the local control plane: {exc}")
+        pytest.skip(f"cannot build the local control plane here: {exc}")
+    state = _test_state_dir()
+    result = cluster_cli("up", state_dir=state)
+    if result.returncode != 0:
+        pytest.fail(f"local cluster did not start:\n{result.stderr[-4000:]}")
+    yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
+    if not os.environ.get("FERRY_E2E_KEEP"):
+        cluster_cli("down", state_dir=state)
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    with cluster.api() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})  # type: ignore[arg-type]
+    yield name
+    core.delete_namespace(name)

@@ -1,0 +1,98 @@
+"""Helpers for cluster tests: a handle on the cluster under test and condition waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from e2e.cluster.layout import Layout
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+FERRY_IMAGE = os.environ.get("FERRY_IMAGE", "ghcr.io/ferry-dev/ferry:dev")
+
+
+class Timeout(AssertionError):
+    """A condition did not hold before its deadline."""
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.2
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except ApiException as exc:
+            if exc.status not in (404, 409, 429, 500, 503):
+                raise
+            last_exc = exc
+        time.sleep(every)
+    raise Timeout(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc})")
+
+
+def cluster_cli(
+    *args: str, state_dir: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m e2e.cluster ARGS` against `state_dir` (the way a developer would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "e2e.cluster", *args, "--state-dir", str(state_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class Cluster:
+    """The cluster under test: the local one (`layout` set) or an external kubeconfig."""
+
+    kubeconfig: Path
+    layout: Layout | None
+    bin_dir: Path | None
+
+    @property
+    def local(self) -> bool:
+        return self.layout is not None
+
+    def api(self) -> client.ApiClient:
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        exe = str(self.bin_dir / "kubectl") if self.bin_dir else "kubectl"
+        return subprocess.run(
+            [exe, f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+        )
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def container_log(self, namespace: str, pod: str, container: str) -> str:
+        """Container output: the agent's log file locally, the log API elsewhere."""
+        if self.layout is not None:
+            path = self.layout.container_log(namespace, pod, container)
+            return path.read_text() if path.exists() else ""
+        with self.api() as api:
+            text: str = client.CoreV1Api(api).read_namespaced_pod_log(
+                pod, namespace, container=container
+            )
+            return text
