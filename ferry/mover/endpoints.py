@@ -90,8 +90,18 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _redact(uri: str) -> str:
+    """Hide a password someone put in the userinfo part, so it reaches no log."""
+    scheme, sep, rest = uri.partition("://")
+    netloc = rest.split("/", 1)[0]
+    if sep and "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
+        user = netloc.rsplit("@", 1)[0].split(":", 1)[0]
+        return uri.replace(netloc.rsplit("@", 1)[0], f"{user}:***", 1)
+    return uri
+
+
 def _bad(uri: str, why: str) -> FerryError:
-    return FerryError(ErrorKind.USAGE, f"invalid endpoint {uri!r}: {why}")
+    return FerryError(ErrorKind.USAGE, f"invalid endpoint {_redact(uri)!r}: {why}")
 
 
 def _query(uri: str, raw: str, cls: type, renames: dict[str, str] | None = None) -> dict[str, Any]:
@@ -100,7 +110,15 @@ def _query(uri: str, raw: str, cls: type, renames: dict[str, str] | None = None)
     out: dict[str, Any] = {}
     for key, values in parse_qs(raw, keep_blank_values=True, strict_parsing=False).items():
         name = (renames or {}).get(key, key).replace("-", "_")
-        if name not in allowed or name in {"host", "bucket", "share", "path", "prefix", "user", "port"}:
+        if name not in allowed or name in {
+            "host",
+            "bucket",
+            "share",
+            "path",
+            "prefix",
+            "user",
+            "port",
+        }:
             raise _bad(uri, f"unknown option {key!r}")
         value = values[-1]
         ftype = str(allowed[name].type)
@@ -159,7 +177,9 @@ def parse_endpoint(uri: str) -> Endpoint:
             raise _bad(uri, "file:// URIs name a local path (file:///abs/path)")
         return LocalEndpoint(os.path.abspath(unquote(parts.path) or "/"))
     if scheme not in {"s3", "sftp", "smb", "ferry"}:
-        raise _bad(uri, f"unknown scheme {scheme!r} (use a path, file://, s3://, sftp:// or smb://)")
+        raise _bad(
+            uri, f"unknown scheme {scheme!r} (use a path, file://, s3://, sftp:// or smb://)"
+        )
     # urlsplit would mangle '%'-free paths with '#' or '?'; split the query ourselves.
     rest = uri[len(scheme) + 3 :]
     rest, _, raw_query = rest.partition("?")
@@ -185,5 +205,12 @@ def parse_endpoint(uri: str) -> Endpoint:
         if not share:
             raise _bad(uri, "no share (smb://host/share/path)")
         opts = _query(uri, raw_query, SMBEndpoint)
-        return SMBEndpoint(host=host, port=_port(uri, port, 445), share=share, path=sub.strip("/"), user=user, **opts)
+        return SMBEndpoint(
+            host=host,
+            port=_port(uri, port, 445),
+            share=share,
+            path=sub.strip("/"),
+            user=user,
+            **opts,
+        )
     raise _bad(uri, "ferry:// (Ferry-to-Ferry delta transfers) is reserved and not implemented yet")

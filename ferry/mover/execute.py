@@ -108,6 +108,7 @@ class BigFile:
         self.pending = 0
         self.error: FerryError | None = None
         self.fresh = True
+        self.resumed = 0
         self.lock = threading.Lock()
 
 
@@ -387,7 +388,9 @@ class Executor:
         finally:
             reader.close()
 
-    def _finish(self, a: Action, reader: Reader, writer: Writer, digest: str | None) -> None:
+    def _finish(
+        self, a: Action, reader: Reader, writer: Writer, digest: str | None, resumed: int = 0
+    ) -> None:
         """Check the source did not move under us, verify, commit, count."""
         s = a.src
         assert s is not None
@@ -409,7 +412,7 @@ class Executor:
                 self.summary.files_copied += 1
             else:
                 self.summary.files_updated += 1
-            self.summary.bytes_transferred += s.size
+            self.summary.bytes_transferred += s.size - resumed
             if digest is not None:
                 self.summary.files_verified += 1
         self.progress.advance(0, 1)
@@ -542,6 +545,7 @@ class Executor:
                 "%s: resuming, %d of %d bytes already at the destination", a.rel, resumed, s.size
             )
             self.summary.bytes_resumed += resumed
+            big.resumed = resumed
             self.progress.advance(resumed)
         todo = [i for i in range(nchunks) if big.digests[i] is None]
         big.pending = len(todo)
@@ -605,7 +609,7 @@ class Executor:
             if self.verify != Verify.NONE:
                 digest = digest_from_blocks(s.size, b"".join(d or b"" for d in big.digests))
             try:
-                self._finish(a, big.reader, big.writer, digest)
+                self._finish(a, big.reader, big.writer, digest, big.resumed)
             except FerryError as err:
                 big.writer.abort(keep_partial=False)
                 if err.kind.retryable:

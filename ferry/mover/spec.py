@@ -14,6 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
+from ferry.mover.errors import FerryError
 
 
 class _Model(BaseModel):
@@ -83,7 +84,9 @@ class OptionsSpec(_Model):
     mode: Literal["Copy", "Sync"] = "Copy"
     compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
-    preserve: list[PreserveFlag] = Field(default_factory=lambda: cast(list[PreserveFlag], list(op.DEFAULT_PRESERVE)))
+    preserve: list[PreserveFlag] = Field(
+        default_factory=lambda: cast(list[PreserveFlag], list(op.DEFAULT_PRESERVE))
+    )
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     filters: list[str] = Field(default_factory=list, max_length=1000)
     transfers: int = Field(default=8, ge=1, le=256)
@@ -99,14 +102,20 @@ class OptionsSpec(_Model):
     def _filters_parse(cls, value: list[str]) -> list[str]:
         from ferry.mover.filters import FilterSet
 
-        FilterSet.parse(value)
+        try:
+            FilterSet.parse(value)
+        except FerryError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("chunk_size", "bandwidth")
     @classmethod
     def _sizes_parse(cls, value: str | None) -> str | None:
         if value is not None:
-            op.parse_size(value)
+            try:
+                op.parse_size(value)
+            except FerryError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

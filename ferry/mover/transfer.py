@@ -77,28 +77,43 @@ def run_transfer(
 ) -> Summary:
     """Copy or sync (or, with options.dry_run, only plan). Never raises for transfer errors:
     they are in the returned Summary, whose exit_code the CLI returns."""
+    opened: list[Backend] = []
+
+    def open_both() -> tuple[Backend, Backend]:
+        opened.append(open_backend(src_ep))
+        opened.append(open_backend(dst_ep))
+        return opened[0], opened[1]
+
+    try:
+        return transfer_between(open_both, options, sink, on_action)
+    finally:
+        for b in opened:
+            with contextlib.suppress(Exception):
+                b.close()
+
+
+def transfer_between(
+    backends: Callable[[], tuple[Backend, Backend]],
+    options: Options,
+    sink: Sink | None = None,
+    on_action: Callable[[Action], None] | None = None,
+) -> Summary:
+    """The transfer between two backends made by `backends()` (tests pass wrapped ones)."""
     operation = options.mode.value if not options.dry_run else "plan"
     summary = Summary(operation=operation, dry_run=options.dry_run)
     sink = sink or Sink()
     progress = Progress()
     cancel = threading.Event()
     started = time.monotonic()
-    src = dst = None
     try:
         with _interruptible(cancel, summary), Reporter(progress, sink):
-            src = open_backend(src_ep)
-            dst = open_backend(dst_ep)
+            src, dst = backends()
             _run(src, dst, options, summary, progress, cancel, sink, on_action)
     except FerryError as err:
         summary.fatal = summary.fatal or err
     except Exception as exc:
         log.debug("transfer failed", exc_info=True)
         summary.fatal = summary.fatal or as_ferry_error(exc)
-    finally:
-        for b in (src, dst):
-            if b is not None:
-                with contextlib.suppress(Exception):
-                    b.close()
     summary.elapsed_seconds = time.monotonic() - started
     sink.finish(summary)
     return summary

@@ -1,0 +1,262 @@
+"""Failures that must lose nothing: disk full, I/O errors, files changing, kills mid-file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ferry.mover.backends.base import Entry
+from ferry.mover.backends.local import LocalBackend, LocalReader
+from ferry.mover.options import MiB, Options
+from ferry.mover.transfer import transfer_between
+from tests.conftest import FERRY, run_ferry
+from tests.engine.treeutil import assert_same_tree
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def final_files_are_whole(src: Path, dst: Path) -> None:
+    """Every file under a final name at dst is a complete copy of its source."""
+    for p in dst.rglob("*"):
+        if p.is_file() and not p.name.startswith(".~ferry."):
+            assert p.read_bytes() == (src / p.relative_to(dst)).read_bytes(), f"torn file {p}"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 24 MiB filesystem to fill up (tmpfs; we run as root in CI)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_destination_full_fails_cleanly(tmp_path: Path, small_fs: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(3 * MiB))
+    (src / "huge.bin").write_bytes(os.urandom(20 * MiB))
+    dst = small_fs / "dst"
+    r = run_ferry("copy", src, dst, "--json", "--chunk-size", "2M", check_rc=6)
+    assert r.summary["reason"] == "DestinationFull"
+    assert "huge.bin" in r.stdout or any("No space" in e["message"] for e in r.summary["errors"])
+    final_files_are_whole(src, dst)
+    assert not [p for p in dst.rglob(".~ferry.*")], "left a partial file on a full disk"
+
+
+class FailingReader(LocalReader):
+    """Raises EIO at an offset: a fault we cannot provoke on a healthy disk (hence a wrapper)."""
+
+    fail_at = 2 * MiB
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
+        for data in super().iter_range(offset, length, piece):
+            if offset + len(data) > self.fail_at:
+                raise OSError(errno.EIO, "Input/output error")
+            offset += len(data)
+            yield data
+
+
+class FailingBackend(LocalBackend):
+    def open_read(self, rel: str, entry: Entry) -> LocalReader:
+        if rel == "bad.bin":
+            return FailingReader(self.path(rel), rel, entry)
+        return super().open_read(rel, entry)
+
+
+def test_io_error_is_reported_and_leaves_no_torn_file(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "good.bin").write_bytes(os.urandom(MiB))
+    (src / "bad.bin").write_bytes(os.urandom(5 * MiB))
+    summary = transfer_between(
+        lambda: (FailingBackend(str(src)), LocalBackend(str(dst))),
+        Options(error_policy=Options().error_policy.SKIP),
+    )
+    assert summary.exit_code == 1
+    assert [(e.path, e.kind.reason) for e in summary.errors] == [("bad.bin", "IOError")]
+    assert not (dst / "bad.bin").exists()
+    assert (dst / "good.bin").read_bytes() == (src / "good.bin").read_bytes()
+    abort = transfer_between(
+        lambda: (FailingBackend(str(src)), LocalBackend(str(tmp_path / "d2"))), Options()
+    )
+    assert abort.exit_code == 10 and abort.fatal is not None and abort.fatal.path == "bad.bin"
+
+
+class ChangingReader(LocalReader):
+    """Appends to its own source file while it is being read, the first time only."""
+
+    changed_once = False
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
+        for data in super().iter_range(offset, length, piece):
+            yield data
+            if not ChangingReader.changed_once:
+                ChangingReader.changed_once = True
+                with open(f"/proc/self/fd/{self.fd}", "ab") as f:
+                    f.write(b"more data appended during the copy")
+
+
+class ChangingBackend(LocalBackend):
+    def open_read(self, rel: str, entry: Entry) -> LocalReader:
+        return ChangingReader(self.path(rel), rel, entry)
+
+
+def test_file_changing_while_read_is_retried(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "growing.log").write_bytes(os.urandom(3 * MiB))
+    ChangingReader.changed_once = False
+    summary = transfer_between(
+        lambda: (ChangingBackend(str(src)), LocalBackend(str(dst))), Options(retry_base_delay=0.01)
+    )
+    assert ChangingReader.changed_once
+    assert summary.exit_code == 0, summary.errors
+    assert (dst / "growing.log").read_bytes() == (src / "growing.log").read_bytes()
+    assert (src / "growing.log").read_bytes().endswith(b"during the copy")
+
+
+def test_file_that_keeps_changing_is_reported(tmp_path: Path) -> None:
+    class Always(LocalReader):
+        def changed(self) -> str:
+            return "modified while copying"
+
+    class AlwaysBackend(LocalBackend):
+        def open_read(self, rel: str, entry: Entry) -> LocalReader:
+            return Always(self.path(rel), rel, entry)
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "hot").write_bytes(b"x" * 100)
+    summary = transfer_between(
+        lambda: (AlwaysBackend(str(src)), LocalBackend(str(dst))),
+        Options(retries=2, retry_base_delay=0.01),
+    )
+    assert summary.fatal is not None and summary.fatal.kind.reason == "SourceChanged"
+    assert summary.exit_code == 7
+    assert not (dst / "hot").exists()
+
+
+def test_kill_and_resume_mid_file(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    payload = os.urandom(48 * MiB)
+    (src / "big.bin").write_bytes(payload)
+    journal = dst / ".~ferry.big.bin.journal"
+    proc = subprocess.Popen(
+        [
+            *FERRY,
+            "copy",
+            str(src),
+            str(dst),
+            "--bwlimit",
+            "8M",
+            "--chunk-size",
+            "4M",
+            "--transfers",
+            "2",
+        ]
+    )
+    try:
+        # Wait until at least two chunks are journaled, then kill without warning.
+        wait_for(
+            lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 3,
+            60,
+            "journaled chunks",
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (dst / "big.bin").exists(), "a torn file appeared under the final name"
+    assert (dst / ".~ferry.big.bin.part").exists()
+    r = run_ferry("copy", src, dst, "--json", "--chunk-size", "4M")
+    s = r.summary
+    assert s["bytesResumed"] >= 8 * MiB, s
+    assert s["bytesResumed"] % (4 * MiB) == 0
+    assert s["bytesTransferred"] == 48 * MiB - s["bytesResumed"]
+    assert (dst / "big.bin").read_bytes() == payload
+    assert not list(dst.glob(".~ferry.*")), "resume state left behind after success"
+
+
+def test_resume_discards_corrupted_chunks(tmp_path: Path) -> None:
+    """A journaled chunk whose bytes no longer hash right is copied again, not trusted."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    payload = os.urandom(16 * MiB)
+    (src / "f.bin").write_bytes(payload)
+    proc = subprocess.Popen(
+        [
+            *FERRY,
+            "copy",
+            str(src),
+            str(dst),
+            "--bwlimit",
+            "6M",
+            "--chunk-size",
+            "2M",
+            "--transfers",
+            "1",
+        ]
+    )
+    journal = dst / ".~ferry.f.bin.journal"
+    try:
+        wait_for(
+            lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 3,
+            60,
+            "journaled chunks",
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    part = dst / ".~ferry.f.bin.part"
+    with open(part, "r+b") as f:  # flip bytes inside the first journaled chunk
+        f.seek(100)
+        f.write(b"\xff" * 8)
+    s = run_ferry("copy", src, dst, "--json", "--chunk-size", "2M").summary
+    assert (dst / "f.bin").read_bytes() == payload
+    recorded = len(journal.read_bytes().splitlines()) - 1 if journal.exists() else None
+    assert recorded is None
+    assert s["bytesTransferred"] + s["bytesResumed"] == 16 * MiB
+    assert s["bytesTransferred"] >= 2 * MiB  # at least the corrupted chunk travelled again
+
+
+def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(6 * MiB))
+    proc = subprocess.Popen(
+        [*FERRY, "copy", str(src), str(dst), "--bwlimit", "6M", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: dst.exists() and any(dst.iterdir()), 30, "the copy to start")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert json.loads(out.strip().splitlines()[-1])["reason"] == "Interrupted"
+    final_files_are_whole(src, dst)
+    run_ferry("copy", src, dst)
+    assert_same_tree(src, dst)
