@@ -237,21 +237,32 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         print(summary.dumps())
         return
     d = summary.to_json()
+    verbs = (
+        ("to copy", "to update", "unchanged", "to delete")
+        if summary.dry_run
+        else ("copied", "updated", "unchanged", "deleted")
+    )
     parts = [
-        f"{d['filesCopied']} copied",
-        f"{d['filesUpdated']} updated",
-        f"{d['filesSkipped']} unchanged",
+        f"{d['filesCopied']} {verbs[0]}",
+        f"{d['filesUpdated']} {verbs[1]}",
+        f"{d['filesSkipped']} {verbs[2]}",
     ]
     if d["filesDeleted"]:
-        parts.append(f"{d['filesDeleted']} deleted")
+        parts.append(f"{d['filesDeleted']} {verbs[3]}")
     if d["filesFailed"]:
         parts.append(f"{d['filesFailed']} failed")
-    rate = d["bytesPerSecond"] / 1e6
-    print(
-        f"{summary.operation}: {', '.join(parts)}; {_human(d['bytesTransferred'])} in {d['elapsedSeconds']:.2f}s"
-        f" ({rate:.1f} MB/s); {d['filesVerified']} verified",
-        file=sys.stderr,
-    )
+    if summary.dry_run:
+        print(
+            f"plan: {', '.join(parts)}; {_human(d['bytesTransferred'])} to transfer",
+            file=sys.stderr,
+        )
+    else:
+        rate = d["bytesPerSecond"] / 1e6
+        print(
+            f"{summary.operation}: {', '.join(parts)}; {_human(d['bytesTransferred'])} in {d['elapsedSeconds']:.2f}s"
+            f" ({rate:.1f} MB/s); {d['filesVerified']} verified",
+            file=sys.stderr,
+        )
     if summary.fatal:
         print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
     elif summary.error_count:
