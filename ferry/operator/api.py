@@ -163,21 +163,21 @@ Quantity = Annotated[
 ]
 
 
+QUANTITY_MAP_RULE = {
+    "rule": "self.all(k, isQuantity(string(self[k])))",
+    "message": "resource values must be valid quantities",
+}
+
+
 class Resources(Model):
-    """Container resources; values are Kubernetes quantities."""
+    """Container resources; values are Kubernetes quantities (checked per map: the CEL cost budget)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            {
-                "rule": "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k]))))"
-                " && (!has(self.limits) || self.limits.all(k, isQuantity(string(self.limits[k]))))",
-                "message": "resource values must be valid quantities",
-            }
-        )
+    requests: dict[str, Quantity] | None = Field(
+        default=None, max_length=8, json_schema_extra=_cel(QUANTITY_MAP_RULE)
     )
-
-    requests: dict[str, Quantity] | None = Field(default=None, max_length=8)
-    limits: dict[str, Quantity] | None = Field(default=None, max_length=8)
+    limits: dict[str, Quantity] | None = Field(
+        default=None, max_length=8, json_schema_extra=_cel(QUANTITY_MAP_RULE)
+    )
 
 
 class Toleration(Model):

@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mover-image-pull-policy", default=os.environ.get("FERRY_IMAGE_PULL_POLICY", "IfNotPresent"))
     p.add_argument("--progress-interval", type=float, default=2.0,
                    help="seconds between a mover's status patches")
+    p.add_argument("--mover-run-as-user", type=int, default=workload.MOVER_UID,
+                   help="uid (and gid, fsGroup) of unprivileged mover pods")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -65,6 +67,7 @@ def run_operator(argv: list[str]) -> int:
         image_pull_policy=args.mover_image_pull_policy,
         env={k: v for k, v in os.environ.items() if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"},
         progress_interval_seconds=args.progress_interval,
+        run_as_user=args.mover_run_as_user,
     )
     kube = Kube()
     deps = Deps(

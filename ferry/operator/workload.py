@@ -51,6 +51,7 @@ class MoverSettings:
     image_pull_policy: str = "IfNotPresent"
     env: dict[str, str] = field(default_factory=dict)  # e.g. OTEL_* passed through
     progress_interval_seconds: float = 2.0
+    run_as_user: int = MOVER_UID  # non-root uid/gid/fsGroup for unprivileged movers
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ def role_binding(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _security(privileged: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _security(privileged: bool, uid: int = MOVER_UID) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod securityContext, container securityContext)."""
     pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     container: dict[str, Any] = {
@@ -320,12 +321,7 @@ def _security(privileged: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         pod |= {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
         container["capabilities"]["add"] = list(PRIVILEGED_CAPABILITIES)
     else:
-        pod |= {
-            "runAsNonRoot": True,
-            "runAsUser": MOVER_UID,
-            "runAsGroup": MOVER_UID,
-            "fsGroup": MOVER_UID,
-        }
+        pod |= {"runAsNonRoot": uid != 0, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
     return pod, container
 
 
@@ -386,7 +382,7 @@ def job(
     shards = spec.shard_count()
     retry = spec.retry or api.Retry()
     privileged = needs_privilege(spec)
-    pod_security, container_security = _security(privileged)
+    pod_security, container_security = _security(privileged, settings.run_as_user)
     env = [
         {"name": "FERRY_TRANSFERJOB", "value": f"{meta['namespace']}/{meta['name']}"},
         {"name": "FERRY_STATUS_INTERVAL", "value": str(settings.progress_interval_seconds)},

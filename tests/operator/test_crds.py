@@ -74,5 +74,5 @@ def test_cel_rules_enums_and_defaults_present():
     assert spec["properties"]["mode"]["default"] == "Copy"
     assert "pattern" in spec["properties"]["bandwidth"]
     res = spec["properties"]["placement"]["properties"]["resources"]
-    assert "isQuantity" in res["x-kubernetes-validations"][0]["rule"]
+    assert "isQuantity" in res["properties"]["limits"]["x-kubernetes-validations"][0]["rule"]
     assert res["properties"]["requests"]["additionalProperties"] == {"x-kubernetes-int-or-string": True}
