@@ -92,7 +92,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _redact(uri: str) -> str:
     """Hide a password someone put in the userinfo part, so it reaches no log."""
-    scheme, sep, rest = uri.partition("://")
+    _, sep, rest = uri.partition("://")
     netloc = rest.split("/", 1)[0]
     if sep and "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
         user = netloc.rsplit("@", 1)[0].split(":", 1)[0]

@@ -149,6 +149,12 @@ class Executor:
         fast = options.verify == Verify.NONE and not options.bwlimit
         self.kernel_copy = fast and hasattr(os, "copy_file_range")
         self.sparse = options.preserve.sparse and dst.caps.sparse
+        planner.on_skipped = self._skipped_bulk
+
+    def _skipped_bulk(self, files: int, nbytes: int) -> None:
+        self.summary.files_skipped += files
+        self.summary.bytes_skipped += nbytes
+        self.progress.skipped(files, nbytes)
 
     # ---- task plumbing -------------------------------------------------------------------------
 
@@ -370,7 +376,6 @@ class Executor:
                     digest = digest_bytes(data) if self.verify != Verify.NONE else None
                     if data:
                         writer.write_at(0, data)
-                    self.progress.advance(s.size)
                 else:
                     token = self.progress.begin(a.rel)
                     try:
@@ -415,7 +420,7 @@ class Executor:
             self.summary.bytes_transferred += s.size - resumed
             if digest is not None:
                 self.summary.files_verified += 1
-        self.progress.advance(0, 1)
+        self.progress.advance(s.size if s.size <= PIECE and not self.limiter else 0, 1)
         self._touch(a.rel)
         if self.manifest:
             self.manifest.add(a.rel, s, digest)

@@ -8,9 +8,10 @@ are yielded too, but the executor holds them back until every copy succeeded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.errors import ErrorKind, FerryError
@@ -20,6 +21,9 @@ from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
 
 log = logging.getLogger("ferry")
+
+
+_by_name = attrgetter("name")
 
 
 class Op(Enum):
@@ -66,6 +70,18 @@ class Planner:
         )
         self.source_entries = 0
         self.listing_errors = 0
+        self.skipped_files = 0
+        self.skipped_bytes = 0
+        self.on_skipped: Callable[[int, int], None] | None = None
+        # Unchanged plain files are counted in bulk unless something needs to see each one.
+        self._fast_skip = (
+            not self.filters
+            and self.sharder is None
+            and options.compare == Compare.SIZE_MTIME
+            and options.preserve.times
+            and options.manifest is None
+            and (dst.caps.permissions or not options.preserve.perms)
+        )
         self._warned_links = False
 
     def _mine(self, rel: str, size: int) -> bool:
@@ -87,10 +103,27 @@ class Planner:
                 continue
             dst_by_name = {e.name: e for e in dst_list}
             subdirs: list[tuple[str, bool]] = []
-            src_list.sort(key=lambda e: e.name)
+            src_list.sort(key=_by_name)
+            skipped_files = skipped_bytes = 0
+            fast = self._fast_skip
+            window = self.window_ns
             for s in src_list:
-                child = join(rel, s.name)
                 d = dst_by_name.pop(s.name, None)
+                if (
+                    fast
+                    and d is not None
+                    and s.type == d.type == EntryType.FILE
+                    and s.nlink == 1
+                    and s.size == d.size
+                    and abs(s.mtime_ns - d.mtime_ns) < window
+                    and (s.mode == d.mode or not self.o.preserve.perms)
+                    and (not self.o.preserve.owners or (s.uid, s.gid) == (d.uid, d.gid))
+                ):
+                    # The common no-op case, decided without an Action: counted, not yielded.
+                    skipped_files += 1
+                    skipped_bytes += s.size
+                    continue
+                child = f"{rel}/{s.name}" if rel else s.name
                 for action in self._decide(child, s, d):
                     if (
                         action.op in (Op.MKDIR, Op.SKIP)
@@ -99,6 +132,11 @@ class Planner:
                     ):
                         subdirs.append((child, action.op == Op.SKIP))
                     yield action
+            if skipped_files:
+                self.skipped_files += skipped_files
+                self.skipped_bytes += skipped_bytes
+                if self.on_skipped is not None:
+                    self.on_skipped(skipped_files, skipped_bytes)
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
                     child = join(rel, d.name)

@@ -227,3 +227,5 @@ def _dry_run(
             summary.add_error(a.error)
         if on_action:
             on_action(a)
+    summary.files_skipped += planner.skipped_files
+    summary.bytes_skipped += planner.skipped_bytes

@@ -118,7 +118,7 @@ class LocalReader(Reader):
             self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise as_ferry_error(exc, rel) from exc
-        self._tls = threading.local()
+        self._tls: threading.local | None = None  # per-thread buffers, made on first streamed read
 
     def read_at(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
@@ -127,6 +127,8 @@ class LocalReader(Reader):
         return os.preadv(self.fd, [buf], offset)
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
+        if self._tls is None:
+            self._tls = threading.local()
         buf: bytearray | None = getattr(self._tls, "buf", None)
         if buf is None or len(buf) < piece:
             buf = bytearray(piece)
