@@ -103,6 +103,11 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         settings.watching.connect_timeout = 30
         settings.execution.max_workers = 8
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """A custom registry gets no default login: use the client's in-cluster or kubeconfig auth."""
+        return kopf.login_via_client(**kwargs)
+
     # ------------------------------------------------------------ TransferJob
 
     def reconcile_tj(body: kopf.Body, patch: kopf.Patch) -> None:
