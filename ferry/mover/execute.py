@@ -158,13 +158,15 @@ class Executor:
 
     # ---- task plumbing -------------------------------------------------------------------------
 
-    def _submit(self, fn: Callable[..., None], *args: object) -> None:
+    def _submit(self, fn: Callable[..., None], *args: object) -> bool:
+        """Queue a task, waiting for a slot (backpressure). False if cancelled meanwhile."""
         while not self._slots.acquire(timeout=0.5):
             if self.cancel.is_set():
-                return
+                return False
         with self._idle:
             self._outstanding += 1
         self.pool.submit(self._run_task, fn, args)
+        return True
 
     def _run_task(self, fn: Callable[..., None], args: tuple[object, ...]) -> None:
         try:
@@ -557,11 +559,14 @@ class Executor:
         if not todo:
             self._finish_big(big)
             return
-        for i in todo:
-            self._submit(self._chunk_task, big, i, ranges)
-            if self.cancel.is_set():
+        for n, i in enumerate(todo):
+            if not self._submit(self._chunk_task, big, i, ranges):
+                big.error = FerryError(ErrorKind.INTERRUPTED, "transfer interrupted", a.rel)
                 with big.lock:
-                    big.pending -= len(todo) - todo.index(i) - 1
+                    big.pending -= len(todo) - n
+                    last = big.pending == 0
+                if last:
+                    self._finish_big(big)
                 break
 
     def _chunk_task(self, big: BigFile, index: int, ranges: list[tuple[int, int]] | None) -> None:
