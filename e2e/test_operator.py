@@ -1,0 +1,596 @@
+"""The operator against a real API server, installed by its own Helm chart.
+
+The chart's CRDs are applied and the chart is installed into `ferry-system`;
+the operator then runs as a pod under the chart's ServiceAccount and RBAC
+(on the local cluster the node agent runs it, and every mover pod, as a local
+process). Data is seeded into and checked in the PVCs' host directories, so
+these tests need a cluster whose volumes live on this machine (the local
+control plane); elsewhere they skip.
+
+An in-process OTLP/HTTP receiver on loopback collects the spans of both the
+operator and the movers (OTEL_* variables set through the chart and passed on
+to movers by the operator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from e2e.cluster import binaries
+from e2e.support import FERRY_IMAGE, Cluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+G, V = "ferry.dev", "v1alpha1"
+RELEASE_NS = "ferry-system"
+RELEASE = "ferry"
+Obj = dict[str, Any]
+# The node agent of this machine cannot yet exec the repo venv as a non-root uid
+# (the interpreter lives under /root, mode 0700). Set FERRY_E2E_ROOT_PODS=1 to run
+# the operator and movers as uid 0 there; the default keeps the chart's non-root settings.
+ROOT_PODS = os.environ.get("FERRY_E2E_ROOT_PODS") == "1"
+
+
+def _raw(call: Any, *args: Any, **kwargs: Any) -> Obj:
+    data: Obj = json.loads(call(*args, _preload_content=False, **kwargs).data)
+    return data
+
+
+# ---------------------------------------------------------------- OTLP receiver
+
+
+class SpanStore:
+    """Spans received over OTLP/HTTP (protobuf), as (service, name, trace id, span id, parent id)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans: list[tuple[str, str, str, str, str]] = []
+
+    def add(self, payload: bytes) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(payload)
+        with self.lock:
+            for rs in req.resource_spans:
+                service = next(
+                    (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), ""
+                )
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        self.spans.append(
+                            (service, s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex())
+                        )
+
+    def of_trace(self, trace_id: str) -> list[tuple[str, str, str, str, str]]:
+        with self.lock:
+            return [s for s in self.spans if s[2] == trace_id]
+
+
+@pytest.fixture(scope="session")
+def otlp() -> Iterator[tuple[str, SpanStore]]:
+    store = SpanStore()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/v1/traces":
+                store.add(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", store
+    server.shutdown()
+    server.server_close()
+
+
+# ---------------------------------------------------------------- install
+
+
+def _helm(cluster: Cluster) -> str:
+    bin_dir = cluster.bin_dir or binaries.ensure()
+    found = bin_dir / "helm"
+    return str(found) if found.exists() else (shutil.which("helm") or "helm")
+
+
+def _kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl(*args, check=check)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, api: client.ApiClient, otlp: tuple[str, SpanStore]) -> Iterator[Obj]:
+    """CRDs applied, chart installed with its own RBAC, operator pod running; yields that pod."""
+    _kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    _kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    repo, _, tag = FERRY_IMAGE.rpartition(":")
+    values = [
+        f"image.repository={repo}",
+        f"image.tag={tag}",
+        "pollInterval=1",
+        "progressInterval=1",
+        f"env.OTEL_EXPORTER_OTLP_ENDPOINT={otlp[0]}",
+        "env.OTEL_BSP_SCHEDULE_DELAY=200",
+    ]
+    if ROOT_PODS:
+        values += ["moverRunAsUser=0", "podSecurityContext.runAsUser=0", "podSecurityContext.runAsNonRoot=false"]
+    cmd = [
+        _helm(cluster), "upgrade", "--install", RELEASE, str(REPO / "charts" / "ferry"),
+        "--kubeconfig", str(cluster.kubeconfig), "--namespace", RELEASE_NS, "--create-namespace",
+        "--skip-crds", "--wait", "--timeout", "120s",
+    ]
+    for v in values:
+        cmd += ["--set-string" if v.startswith("env.") else "--set", v]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"helm install failed: {done.stderr}"
+    yield _operator_pod(client.CoreV1Api(api))
+    subprocess.run(
+        [_helm(cluster), "uninstall", RELEASE, "--kubeconfig", str(cluster.kubeconfig), "--namespace", RELEASE_NS],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _operator_pod(core: client.CoreV1Api, not_named: str | None = None) -> Obj:
+    def probe() -> Obj | None:
+        pods = _raw(core.list_namespaced_pod, RELEASE_NS, label_selector="app.kubernetes.io/name=ferry-operator")
+        for p in pods["items"]:
+            if p["metadata"]["name"] != not_named and p.get("status", {}).get("phase") == "Running" \
+                    and p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp"):
+                return p
+        return None
+
+    return wait_for("the operator pod to run", probe, timeout=120)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Env:
+    """One test namespace with handles for PVCs, TransferJobs and schedules."""
+
+    def __init__(self, api: client.ApiClient, ns: str) -> None:
+        self.ns = ns
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def pvc(self, name: str, modes: tuple[str, ...] = ("ReadWriteOnce",)) -> Path:
+        """A claim of the local StorageClass; returns its directory on this machine once bound."""
+        _raw(self.core.create_namespaced_persistent_volume_claim, self.ns, {
+            "metadata": {"name": name},
+            "spec": {"accessModes": list(modes), "storageClassName": "ferry-local",
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        })
+
+        def bound() -> str | None:
+            pvc = _raw(self.core.read_namespaced_persistent_volume_claim, name, self.ns)
+            return pvc["spec"].get("volumeName") if pvc.get("status", {}).get("phase") == "Bound" else None
+
+        pv = _raw(self.core.read_persistent_volume, wait_for(f"claim {name} bound", bound, timeout=60))
+        path = Path((pv["spec"].get("hostPath") or pv["spec"].get("local") or {}).get("path", "/nonexistent"))
+        if not path.is_dir():
+            pytest.skip("the cluster's volumes are not directories on this machine")
+        return path
+
+    def create(self, plural: str, name: str, spec: Obj, **meta: Any) -> Obj:
+        kind = {"transferjobs": "TransferJob", "transferschedules": "TransferSchedule"}[plural]
+        body = {"apiVersion": f"{G}/{V}", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
+        return _raw(self.custom.create_namespaced_custom_object, G, V, self.ns, plural, body)
+
+    def get(self, plural: str, name: str) -> Obj:
+        return _raw(self.custom.get_namespaced_custom_object, G, V, self.ns, plural, name)
+
+    def patch_spec(self, plural: str, name: str, spec: Obj) -> None:
+        self.custom.patch_namespaced_custom_object(G, V, self.ns, plural, name, {"spec": spec})
+
+    def tj(self, name: str) -> Obj:
+        return self.get("transferjobs", name)
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 120) -> Obj:
+        def probe() -> Obj | None:
+            obj = self.tj(name)
+            st = obj.get("status") or {}
+            if st.get("phase") == "Failed" and phase != "Failed":
+                raise AssertionError(f"{name} failed: {st.get('reason')}: {st.get('message')}")
+            return obj if st.get("phase") == phase else None
+
+        return wait_for(f"TransferJob {name} {phase}", probe, timeout=timeout)
+
+    def pods(self, tj: str) -> list[Obj]:
+        items: list[Obj] = _raw(self.core.list_namespaced_pod, self.ns, label_selector=f"ferry.dev/transferjob={tj}")["items"]
+        return items
+
+    def jobs(self, tj: str) -> list[Obj]:
+        items: list[Obj] = _raw(self.batch.list_namespaced_job, self.ns, label_selector=f"ferry.dev/transferjob={tj}")["items"]
+        return items
+
+
+@pytest.fixture
+def env(api: client.ApiClient, namespace: str, operator: Obj) -> Env:
+    return Env(api, namespace)
+
+
+def seed(root: Path, files: dict[str, int]) -> dict[str, str]:
+    """Write files of the given sizes (random bytes); return relative path -> sha256."""
+    out = {}
+    for rel, size in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = os.urandom(size)
+        p.write_bytes(data)
+        os.chmod(p, 0o644)
+        out[rel] = hashlib.sha256(data).hexdigest()
+    for d in root.rglob("*"):
+        if d.is_dir():
+            os.chmod(d, 0o755)
+    return out
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*") if p.is_file() and not p.name.startswith(".ferry")
+    }
+
+
+def pvc_spec(src: str, dst: str, dst_path: str = "", **extra: Any) -> Obj:
+    return {"source": {"pvc": {"claimName": src}}, "destination": {"pvc": {"claimName": dst, "path": dst_path}}, **extra}
+
+
+def scrape(pod: Obj) -> str:
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/metrics", timeout=5) as r:
+        text: str = r.read().decode()
+        return text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        mname, _, rest = key.partition("{")
+        have = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if mname == name and have == want:
+            return float(value)
+    return 0.0
+
+
+# ---------------------------------------------------------------- API validation
+
+
+def test_api_server_rejects_invalid_specs_naming_the_field(env: Env) -> None:
+    bad = {
+        "source": {"pvc": {"claimName": "a"}, "s3": {"bucket": "bucket"}},
+        "destination": {"pvc": {"claimName": "b"}},
+        "bandwidth": "fast",
+        "parallelism": {"shards": 0},
+        "placement": {"resources": {"limits": {"memory": "lots"}}},
+    }
+    with pytest.raises(ApiException) as exc:
+        env.create("transferjobs", "bad", bad)
+    assert exc.value.status == 422
+    text = exc.value.body
+    for field in ("spec.source", "spec.bandwidth", "spec.parallelism.shards", "spec.placement.resources.limits"):
+        assert field in text, text
+    with pytest.raises(ApiException) as exc:
+        env.create("transferschedules", "bad", {"schedule": "every day", "jobTemplate": {"spec": pvc_spec("a", "b")}})
+    assert "spec.schedule" in exc.value.body
+
+
+def test_examples_are_accepted(env: Env) -> None:
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        plural = {"TransferJob": "transferjobs", "TransferSchedule": "transferschedules", "MoverPool": "moverpools"}[doc["kind"]]
+        if doc["kind"] == "MoverPool":
+            _raw(env.custom.create_cluster_custom_object, G, V, plural, doc, dry_run="All")
+        else:
+            _raw(env.custom.create_namespaced_custom_object, G, V, env.ns, plural, doc, dry_run="All")
+
+
+def test_operator_refuses_owner_preservation_without_admin_annotation(env: Env) -> None:
+    env.pvc("src")
+    env.pvc("dst")
+    env.create("transferjobs", "owners", pvc_spec("src", "dst", preserve=["times", "owners"]))
+    obj = env.wait_phase("owners", "Failed", timeout=60)
+    st = obj["status"]
+    assert st["reason"] == "PrivilegeNotGranted"
+    accepted = next(c for c in st["conditions"] if c["type"] == "Accepted")
+    assert accepted["status"] == "False" and "spec.preserve" in accepted["message"]
+    assert env.jobs("owners") == []
+
+
+# ---------------------------------------------------------------- transfers
+
+
+def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj) -> None:
+    before = scrape(operator)
+    src, dst = env.pvc("src"), env.pvc("dst")
+    files = {f"dir{i % 3}/file{i}.bin": 1000 * (i + 1) for i in range(12)} | {"empty.txt": 0}
+    want = seed(src, files)
+    env.create("transferjobs", "copy", pvc_spec("src", "dst", "out"))
+    obj = env.wait_phase("copy", "Succeeded")
+    assert digests(dst / "out") == want
+    st = obj["status"]
+    assert st["result"]["filesCopied"] == len(files)
+    assert st["result"]["bytesTransferred"] == sum(files.values())
+    assert st["progress"]["percent"] == "100%"
+    assert st["startTime"] and st["completionTime"] and st["observedGeneration"] == 1
+    assert len(st["traceID"]) == 32
+    job = env.jobs("copy")[0]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    pod = env.pods("copy")[0]
+    assert pod["spec"]["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+
+    def counted() -> str | None:
+        text = scrape(operator)
+        return text if metric(text, "ferry_transferjob_runs_total", result="Succeeded", reason="Completed") > \
+            metric(before, "ferry_transferjob_runs_total", result="Succeeded", reason="Completed") else None
+
+    after = wait_for("metrics to count the run", counted, timeout=30)
+    assert metric(after, "ferry_transferred_bytes_total") >= metric(before, "ferry_transferred_bytes_total") + sum(files.values())
+    assert metric(after, "ferry_reconciles_total", kind="TransferJob") > metric(before, "ferry_reconciles_total", kind="TransferJob")
+
+
+def test_progress_visible_while_throttled(env: Env) -> None:
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {f"f{i}": 1024 * 1024 for i in range(6)})
+    env.create("transferjobs", "slow", pvc_spec("src", "dst", bandwidth="1M"))
+
+    def partial() -> Obj | None:
+        st = env.tj("slow").get("status") or {}
+        prog = st.get("progress") or {}
+        ok = st.get("phase") == "Running" and 0 < prog.get("bytesDone", 0) < prog.get("bytesTotal", 0)
+        return st if ok else None
+
+    st = wait_for("partial progress in status", partial, timeout=60)
+    assert st["progress"]["percent"].endswith("%") and st["progress"]["percent"] != "100%"
+    assert st["progress"]["shards"]["0"]["bytesTotal"] == 6 * 1024 * 1024
+    env.wait_phase("slow", "Succeeded", timeout=120)
+    assert digests(dst) == want
+
+
+def test_sharded_transfer_moves_every_file_exactly_once(env: Env) -> None:
+    src, dst = env.pvc("src", ("ReadWriteMany",)), env.pvc("dst", ("ReadWriteMany",))
+    files = {f"d{i % 5}/f{i}": 500 + 37 * i for i in range(60)} | {"big1": 300_000, "big2": 200_000}
+    want = seed(src, files)
+    env.create("transferjobs", "sharded", pvc_spec("src", "dst", parallelism={"shards": 3}))
+    obj = env.wait_phase("sharded", "Succeeded", timeout=180)
+    assert digests(dst) == want
+    st = obj["status"]
+    assert st["result"]["shardsReported"] == 3
+    assert st["result"]["filesCopied"] == len(files)  # each file by exactly one shard
+    assert st["result"]["bytesTransferred"] == sum(files.values())
+    assert sorted(st["progress"]["shards"]) == ["0", "1", "2"]
+    assert st["progress"]["bytesDone"] == sum(s["bytesDone"] for s in st["progress"]["shards"].values())
+
+
+def test_killed_mover_is_retried_and_resumes(env: Env) -> None:
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {f"f{i}": 512 * 1024 for i in range(10)})
+    env.create("transferjobs", "killed", pvc_spec("src", "dst", bandwidth="1M", retry={"limit": 2}))
+
+    def halfway() -> Obj | None:
+        st = env.tj("killed").get("status") or {}
+        return st if (st.get("progress") or {}).get("filesDone", 0) >= 3 else None
+
+    wait_for("three files done", halfway, timeout=90)
+    first = env.pods("killed")
+    assert len(first) == 1
+    env.core.delete_namespaced_pod(first[0]["metadata"]["name"], env.ns, grace_period_seconds=0)
+    obj = env.wait_phase("killed", "Succeeded", timeout=180)
+    assert digests(dst) == want
+    res = obj["status"]["result"]
+    assert res["filesCopied"] + res["filesSkipped"] == 10
+    assert res["filesSkipped"] + (1 if res["bytesResumed"] else 0) >= 1, res  # the retry did not start over
+    names = {p["metadata"]["name"] for p in env.pods("killed")}
+    assert first[0]["metadata"]["name"] not in names and len(env.jobs("killed")) == 1
+
+
+def test_operator_restart_mid_transfer_adopts_the_job(env: Env, api: client.ApiClient) -> None:
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {f"f{i}": 512 * 1024 for i in range(8)})
+    env.create("transferjobs", "adopt", pvc_spec("src", "dst", bandwidth="1M"))
+    wait_for("transfer running", lambda: (env.tj("adopt").get("status") or {}).get("phase") == "Running", timeout=90)
+    core = client.CoreV1Api(api)
+    old = _operator_pod(core)
+    core.delete_namespaced_pod(old["metadata"]["name"], RELEASE_NS)
+    _operator_pod(core, not_named=old["metadata"]["name"])
+    obj = env.wait_phase("adopt", "Succeeded", timeout=180)
+    assert digests(dst) == want
+    assert len(env.jobs("adopt")) == 1
+    assert len(env.pods("adopt")) == 1  # the mover was never duplicated or restarted
+    assert obj["status"]["result"]["filesCopied"] == 8
+
+
+def test_cancel_and_delete_leave_nothing_behind(env: Env) -> None:
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {f"f{i}": 512 * 1024 for i in range(8)})
+    env.create("transferjobs", "stopme", pvc_spec("src", "dst", bandwidth="512K"))
+    wait_for("transfer running", lambda: (env.tj("stopme").get("status") or {}).get("phase") == "Running", timeout=90)
+    env.patch_spec("transferjobs", "stopme", {"cancel": True})
+    obj = env.wait_phase("stopme", "Failed", timeout=60)
+    assert obj["status"]["reason"] == "Cancelled"
+    wait_for("mover gone", lambda: env.pods("stopme") == [] and env.jobs("stopme") == [], timeout=90)
+    env.custom.delete_namespaced_custom_object(G, V, env.ns, "transferjobs", "stopme")
+
+    def children_gone() -> bool:
+        sel = "ferry.dev/transferjob=stopme"
+        return not (_raw(env.core.list_namespaced_config_map, env.ns, label_selector=sel)["items"]
+                    or _raw(env.core.list_namespaced_service_account, env.ns, label_selector=sel)["items"])
+
+    wait_for("ConfigMap and ServiceAccount garbage-collected", children_gone, timeout=90)
+
+
+def test_pvc_to_s3(env: Env) -> None:
+    try:
+        from tests.servers.moto import MotoServer
+    except ImportError:  # pragma: no cover
+        pytest.fail("tests.servers.moto is missing")
+    moto = MotoServer().start()
+    try:
+        moto.create_bucket("backups")
+        src = env.pvc("src")
+        files = {f"a/{i}.bin": 10_000 + i for i in range(10)} | {"big.bin": 6 * 1024 * 1024}
+        want = seed(src, files)
+        creds = moto.write_credentials(Path(moto.dir) / "credentials").read_text()
+        env.core.create_namespaced_secret(env.ns, {"metadata": {"name": "s3"}, "stringData": {"credentials": creds}})
+        spec = {"source": {"pvc": {"claimName": "src"}},
+                "destination": {"s3": {"bucket": "backups", "prefix": "team/", "endpoint": moto.endpoint_url,
+                                       "region": "us-east-1", "pathStyle": True, "secretRef": {"name": "s3"}}}}
+        env.create("transferjobs", "to-s3", spec)
+        obj = env.wait_phase("to-s3", "Succeeded", timeout=180)
+        s3 = moto.client()
+        got = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="backups", Prefix="team/"):
+            for o in page.get("Contents", []):
+                body = s3.get_object(Bucket="backups", Key=o["Key"])["Body"].read()
+                got[o["Key"][len("team/"):]] = hashlib.sha256(body).hexdigest()
+        assert {k: v for k, v in got.items() if not k.startswith(".ferry")} == want
+        assert obj["status"]["result"]["filesCopied"] == len(files)
+    finally:
+        moto.close()
+
+
+# ---------------------------------------------------------------- RBAC
+
+
+def test_mover_credentials_reach_only_their_own_status(env: Env, cluster: Cluster) -> None:
+    env.pvc("src")
+    env.pvc("dst")
+    env.create("transferjobs", "mine", pvc_spec("src", "dst", suspend=True))
+    env.create("transferjobs", "other", pvc_spec("src", "dst", suspend=True))
+    env.wait_phase("mine", "Suspended", timeout=60)
+    env.core.create_namespaced_secret(env.ns, {"metadata": {"name": "secret"}, "stringData": {"k": "v"}})
+    token = _raw(env.core.create_namespaced_service_account_token, "ferry-mine", env.ns,
+                 {"spec": {"expirationSeconds": 600}})["status"]["token"]
+    with cluster.api() as admin:
+        cfg = client.Configuration()
+        cfg.host = admin.configuration.host
+        cfg.ssl_ca_cert = admin.configuration.ssl_ca_cert
+        cfg.api_key = {"authorization": f"Bearer {token}"}
+    with client.ApiClient(cfg) as mover:
+        custom, core = client.CustomObjectsApi(mover), client.CoreV1Api(mover)
+        assert custom.get_namespaced_custom_object_status(G, V, env.ns, "transferjobs", "mine")
+        custom.patch_namespaced_custom_object_status(
+            G, V, env.ns, "transferjobs", "mine", {"status": {"progress": {"shards": {"0": {"bytesDone": 1}}}}})
+        denied = [
+            lambda: custom.get_namespaced_custom_object_status(G, V, env.ns, "transferjobs", "other"),
+            lambda: custom.patch_namespaced_custom_object_status(G, V, env.ns, "transferjobs", "other", {"status": {}}),
+            lambda: custom.patch_namespaced_custom_object(G, V, env.ns, "transferjobs", "mine", {"spec": {"dryRun": True}}),
+            lambda: core.read_namespaced_secret("secret", env.ns),
+            lambda: core.list_namespaced_secret(env.ns),
+        ]
+        for call in denied:
+            with pytest.raises(ApiException) as exc:
+                call()
+            assert exc.value.status == 403
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def _children(env: Env, schedule: str) -> list[Obj]:
+    items: list[Obj] = _raw(env.custom.list_namespaced_custom_object, G, V, env.ns, "transferjobs",
+                            label_selector=f"ferry.dev/schedule={schedule}")["items"]
+    return items
+
+
+def test_schedule_fires_on_time_in_its_zone(env: Env) -> None:
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {"a": 100})
+    zone = ZoneInfo("Asia/Kathmandu")  # UTC+05:45: a wrong zone would be off by hours
+    target = (datetime.now(UTC) + timedelta(seconds=12)).replace(microsecond=0)
+    local = target.astimezone(zone)
+    expr = f"{local.minute} {local.hour} {local.day} {local.month} * {local.second}"
+    env.create("transferschedules", "once", {"schedule": expr, "timeZone": "Asia/Kathmandu",
+                                             "jobTemplate": {"spec": pvc_spec("src", "dst")}})
+    kids = wait_for("the scheduled run", lambda: _children(env, "once"), timeout=60)
+    created = datetime.fromisoformat(kids[0]["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    assert kids[0]["metadata"]["annotations"]["ferry.dev/scheduled-at"] == target.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert target <= created + timedelta(seconds=1) and created - target < timedelta(seconds=10)
+    env.wait_phase(kids[0]["metadata"]["name"], "Succeeded", timeout=120)
+    st = env.get("transferschedules", "once")["status"]
+    wait_for("lastSuccessfulTime", lambda: (env.get("transferschedules", "once").get("status") or {}).get("lastSuccessfulTime"), timeout=30)
+    assert st["lastScheduleTime"] == target.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_schedule_forbid_suspend_and_manual_trigger(env: Env) -> None:
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {f"f{i}": 512 * 1024 for i in range(6)})
+    slow = pvc_spec("src", "dst", bandwidth="512K")
+    env.create("transferschedules", "often", {
+        "schedule": "* * * * * */2", "startingDeadlineSeconds": 1, "concurrencyPolicy": "Forbid",
+        "jobTemplate": {"spec": slow}})
+
+    def status() -> Obj:
+        return env.get("transferschedules", "often").get("status") or {}
+
+    first = wait_for("first run", lambda: _children(env, "often"), timeout=60)
+    assert len(first) == 1
+    wait_for("runs missed while one is active", lambda: status().get("missedRuns", 0) >= 3, timeout=60)
+    kids = _children(env, "often")
+    assert len(kids) == 1 and status()["active"] == [{"name": first[0]["metadata"]["name"]}]
+
+    env.patch_spec("transferschedules", "often", {"suspend": True})
+    env.wait_phase(first[0]["metadata"]["name"], "Succeeded", timeout=120)
+    missed = status().get("missedRuns", 0)
+    wait_for("suspended slots pass", lambda: status().get("missedRuns", 0) >= missed + 3, timeout=60)
+    assert len(_children(env, "often")) == 1  # suspend stopped new runs
+
+    env.patch_spec("transferschedules", "often", {"trigger": "run-now-1", "jobTemplate": {"spec": pvc_spec("src", "dst")}})
+    manual = wait_for("the manual run", lambda: [k for k in _children(env, "often") if "manual" in k["metadata"]["name"]], timeout=60)
+    assert status()["lastTrigger"] == "run-now-1"
+    env.wait_phase(manual[0]["metadata"]["name"], "Succeeded", timeout=120)
+    missed = status().get("missedRuns", 0)
+    wait_for("more reconciles", lambda: status().get("missedRuns", 0) >= missed + 2, timeout=60)
+    assert len([k for k in _children(env, "often") if "manual" in k["metadata"]["name"]]) == 1
+
+
+# ---------------------------------------------------------------- traces
+
+
+def test_one_trace_holds_operator_and_mover_spans(env: Env, otlp: tuple[str, SpanStore]) -> None:
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {"x/1": 1000, "x/2": 2000})
+    env.create("transferjobs", "traced", pvc_spec("src", "dst"))
+    trace_id = env.wait_phase("traced", "Succeeded")["status"]["traceID"]
+
+    def both() -> list[tuple[str, str, str, str, str]] | None:
+        spans = otlp[1].of_trace(trace_id)
+        services = {s[0] for s in spans}
+        names = {s[1] for s in spans}
+        return spans if {"ferry-operator", "ferry-mover"} <= services and "ferry.run" in names else None
+
+    spans = wait_for("operator and mover spans in one trace", both, timeout=60)
+    by_id = {s[3]: s for s in spans}
+    run = next(s for s in spans if s[1] == "ferry.run")
+    assert by_id[run[4]][0] == "ferry-operator"  # the mover's root hangs below a reconcile span
+    assert any(s[1].startswith("ferry.") and s[4] == run[3] for s in spans)  # phase spans below the run
+
+
