@@ -456,3 +456,75 @@ open("/dev/termination-log", "w").write(str(code))
         sa: _terminated(core, namespace, f"as-{sa}")["message"] for sa in ("nobody", "reader")
     }
     assert results == {"nobody": "403", "reader": "200"}
+
+
+def test_init_container_and_restart_on_failure(core: client.CoreV1Api, namespace: str) -> None:
+    """Init containers run first; OnFailure restarts a failed container until it succeeds."""
+    flaky = (
+        "import os, sys\n"
+        "seed = open('/shared/seed').read()\n"
+        "if not os.path.exists('/shared/tried'):\n"
+        "    open('/shared/tried', 'w').close(); sys.exit(1)\n"
+        "open('/dev/termination-log', 'w').write(seed + ' then retried')\n"
+    )
+    pod = _pod(
+        "flaky",
+        ["python", "-c", flaky],
+        restartPolicy="OnFailure",
+        container={"volumeMounts": [{"name": "work", "mountPath": "/shared"}]},
+        volumes=[{"name": "work", "emptyDir": {}}],
+        initContainers=[
+            {
+                "name": "seed",
+                "image": FERRY_IMAGE,
+                "command": ["sh", "-c", "printf seeded > /shared/seed"],
+                "volumeMounts": [{"name": "work", "mountPath": "/shared"}],
+            }
+        ],
+    )
+    _raw(core.create_namespaced_pod, namespace, pod)
+    term = _terminated(core, namespace, "flaky", 90)
+    status = _raw(core.read_namespaced_pod, "flaky", namespace)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert status["containerStatuses"][0]["restartCount"] == 1
+    assert status["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 1
+    assert term["message"] == "seeded then retried"
+
+
+def test_run_as_user(core: client.CoreV1Api, namespace: str) -> None:
+    script = "import os; open('/dev/termination-log', 'w').write(f'{os.getuid()}:{os.getgid()}')"
+    pod = _pod(
+        "nonroot",
+        ["python", "-c", script],
+        securityContext={"runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": True},
+    )
+    _raw(core.create_namespaced_pod, namespace, pod)
+    term = _terminated(core, namespace, "nonroot")
+    assert (term["exitCode"], term.get("message")) == (0, "65532:65532")
+
+
+def test_mount_over_the_agent_python_is_refused(
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    """Locally the "image" is the host's venv: a volume hiding it fails with a clear reason."""
+    _local_only(cluster)
+    hidden = str(Path(sys.prefix).parent)
+    pod = _pod(
+        "hider",
+        ["true"],
+        container={"volumeMounts": [{"name": "v", "mountPath": hidden}]},
+        volumes=[{"name": "v", "emptyDir": {}}],
+    )
+    _raw(core.create_namespaced_pod, namespace, pod)
+
+    def waiting() -> Obj | None:
+        p = _raw(core.read_namespaced_pod, "hider", namespace)
+        statuses = p.get("status", {}).get("containerStatuses") or []
+        state: Obj | None = statuses[0]["state"].get("waiting") if statuses else None
+        return state if state and state.get("reason") == "CreateContainerConfigError" else None
+
+    assert (
+        f"mountPath {hidden} would hide"
+        in wait_for("CreateContainerConfigError", waiting, 30)["message"]
+    )

@@ -27,6 +27,8 @@ from .pki import APISERVER_DNS, CertAuthority, Pair, service_account_keys
 K8S_VERSION = "v1.37.0"
 SERVICE_CIDR = "10.0.0.0/24"  # allocated by the apiserver, never contacted
 ISSUER = "https://kubernetes.default.svc.cluster.local"
+#: The checkout holding this package; the agent runs as `python -m e2e.cluster.agent` from it.
+REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
 
 
@@ -166,7 +168,7 @@ def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[st
         return max(1.0, deadline - time.monotonic())
 
     def launch(name: str, argv: list[str]) -> procs.Record:
-        return procs.start(layout.run, name, argv, layout.logs / f"{name}.log", env)
+        return procs.start(layout.run, name, argv, layout.logs / f"{name}.log", env, cwd=REPO)
 
     etcd_url = f"http://127.0.0.1:{ports.etcd}"
     peer_url = f"http://127.0.0.1:{ports.etcd_peer}"

@@ -49,7 +49,14 @@ def alive(rec: Record) -> bool:
     return _start_ticks(rec.pid) == rec.start_ticks
 
 
-def start(run_dir: Path, name: str, argv: list[str], log: Path, env: dict[str, str]) -> Record:
+def start(
+    run_dir: Path,
+    name: str,
+    argv: list[str],
+    log: Path,
+    env: dict[str, str],
+    cwd: Path | None = None,
+) -> Record:
     """Launch `argv` in a new session with output appended to `log`; record it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +67,7 @@ def start(run_dir: Path, name: str, argv: list[str], log: Path, env: dict[str, s
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
             close_fds=True,
         )

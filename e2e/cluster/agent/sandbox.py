@@ -160,11 +160,49 @@ def setup(spec: dict[str, Any]) -> None:
     os.chroot(root.root)
     rel = os.path.relpath(workdir, root.root)
     os.chdir("/" if rel == "." else "/" + rel)
-    if spec.get("gid") is not None:
-        os.setgroups([])
-        os.setgid(int(spec["gid"]))
-    if spec.get("uid") is not None:
-        os.setuid(int(spec["uid"]))
+    if spec.get("uid") is not None or spec.get("gid") is not None:
+        drop_to(spec.get("uid"), spec.get("gid"))
+
+
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+CAP_DAC_READ_SEARCH = 2
+_CAP_V3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_to(uid: int | None, gid: int | None) -> None:
+    """Become runAsUser/runAsGroup, keeping only CAP_DAC_READ_SEARCH (ambient).
+
+    The container's "image" is the host, whose Python may live below a 0700
+    directory such as /root; a real image would be readable by any user. The
+    one capability lets the process read and traverse it, nothing more.
+    """
+    _check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl keepcaps")
+    os.setgroups([])
+    if gid is not None:
+        os.setgid(int(gid))
+    if uid is not None:
+        os.setuid(int(uid))
+    bit = 1 << CAP_DAC_READ_SEARCH
+    data = (_CapData * 2)(_CapData(bit, bit, bit), _CapData(0, 0, 0))
+    _check(_libc.capset(ctypes.byref(_CapHeader(_CAP_V3, 0)), data), "capset")
+    _check(
+        _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0),
+        "prctl ambient",
+    )
 
 
 def main() -> None:

@@ -108,7 +108,9 @@ class VolumeBuilder:
     def _one(self, vol: Obj) -> Volume:
         name = vol["name"]
         if "emptyDir" in vol:
-            return Volume(self._dir(name), False)
+            path = self._dir(name)
+            path.chmod(0o777)  # as the kubelet creates emptyDirs
+            return Volume(path, False)
         if "hostPath" in vol:
             hp = vol["hostPath"]
             path = Path(hp["path"])
