@@ -528,3 +528,32 @@ def test_mount_over_the_agent_python_is_refused(
         f"mountPath {hidden} would hide"
         in wait_for("CreateContainerConfigError", waiting, 30)["message"]
     )
+
+
+def test_missing_secret_waits_with_reason_and_deletes(
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    """A pod whose Secret is missing waits (ContainerCreating) and still deletes cleanly."""
+    _local_only(cluster)
+    env = [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]
+    _raw(core.create_namespaced_pod, namespace, _pod("blocked", ["true"], container={"env": env}))
+
+    def waiting() -> Obj | None:
+        p = _raw(core.read_namespaced_pod, "blocked", namespace)
+        statuses = p.get("status", {}).get("containerStatuses") or []
+        state: Obj | None = statuses[0]["state"].get("waiting") if statuses else None
+        return state if state and "absent" in state.get("message", "") else None
+
+    assert (
+        wait_for("a waiting reason naming the secret", waiting, 30)["reason"] == "ContainerCreating"
+    )
+    core.delete_namespaced_pod("blocked", namespace)
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("blocked", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("pod gone", gone, 30)

@@ -22,7 +22,7 @@ STATUS_EVERY = 60.0
 HOST_IP = "127.0.0.1"
 
 
-def _conditions(ts: str) -> list[Obj]:
+def _conditions(ts: str, since: str) -> list[Obj]:
     def cond(kind: str, status: str, reason: str, message: str) -> Obj:
         return {
             "type": kind,
@@ -30,7 +30,7 @@ def _conditions(ts: str) -> list[Obj]:
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": ts,
-            "lastTransitionTime": ts,
+            "lastTransitionTime": since,
         }
 
     return [
@@ -58,6 +58,7 @@ class NodeHeartbeat:
         self.coord = client.CoordinationV1Api(api)
         self.kubelet_version = kubelet_version
         self.uid = ""
+        self.since = now()
 
     def _status(self) -> Obj:
         ts = now()
@@ -65,7 +66,7 @@ class NodeHeartbeat:
         return {
             "capacity": dict(self.spec.allocatable),
             "allocatable": dict(self.spec.allocatable),
-            "conditions": _conditions(ts),
+            "conditions": _conditions(ts, self.since),
             "addresses": [
                 {"type": "InternalIP", "address": HOST_IP},
                 {"type": "Hostname", "address": self.spec.name},

@@ -100,12 +100,16 @@ class PodWorker(threading.Thread):
         finally:
             self._kill_all(signal.SIGKILL)
             self._wait_all(5.0)
+            if self.deleting and not (self.removed or self.stopping):
+                self._delete_now()  # deleted before anything ran: nothing to wait for
             try:
                 safe_rmtree(self.dir)
             except Exception as exc:
                 log.warning("pod %s: keeping %s: %s", self.uid, self.dir, exc)
 
     def _lifecycle(self) -> None:
+        if self.deleting:
+            raise Deleted  # e.g. seen terminating after an agent restart
         if self.pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             self._await_deletion()  # finished before an agent restart
             return
@@ -470,6 +474,7 @@ class PodWorker(threading.Thread):
             self._delete_now()
 
     def _delete_now(self) -> None:
+        """Remove the pod object (grace 0, this uid only), as the kubelet does at the end."""
         try:
             raw(
                 self.core.delete_namespaced_pod,
