@@ -145,6 +145,6 @@ def remote(request: pytest.FixtureRequest, workdir: Path) -> Remote:
 
 
 @pytest.fixture
-def remotes(request: pytest.FixtureRequest, workdir: Path):  # type: ignore[no-untyped-def]
+def remotes(request: pytest.FixtureRequest, workdir: Path):
     """Factory: remotes('s3') for tests that pair backends."""
     return lambda kind: make_remote(request, kind, workdir)

@@ -8,8 +8,8 @@ test can take a server away mid-transfer.
 
 from tests.servers.common import ServerError, free_port, wait_until
 from tests.servers.moto import MotoServer
-from tests.servers.sshd import SSHServer
 from tests.servers.smbd import SambaServer
+from tests.servers.sshd import SSHServer
 
 TEST_USER = "ferrytest"
 

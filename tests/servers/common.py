@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 USER = "ferrytest"
@@ -81,7 +82,11 @@ def kill_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             pass
     proc.wait(timeout)
     for p in pids:  # children reparented to init: wait until they are gone
-        wait_until(lambda p=p: not Path(f"/proc/{p}").exists() or _zombie(p), timeout, f"pid {p} exit")
+        wait_until(partial(_gone, p), timeout, f"pid {p} exit")
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:

@@ -104,7 +104,7 @@ class MotoServer:
         )
         return path
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import boto3
 
         return boto3.client(

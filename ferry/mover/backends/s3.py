@@ -270,15 +270,31 @@ class S3Backend(Backend):
         return args
 
     # -- the interface --------------------------------------------------------------------
-    def root_type(self) -> EntryType | None:
+    def bucket_exists(self, missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> bool:
+        """HEAD the bucket; a bodiless 403 is re-asked with a listing so bad keys read as AUTH_FAILED."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            return True
         except ClientError as exc:
             if _code(exc) in _MISSING_BUCKET | _MISSING_KEY:
-                return None
-            raise self.err(exc) from None
+                return False
+            if _code(exc) not in ("403", "Forbidden"):
+                raise self.err(exc, None, missing) from None
         except Exception as exc:
-            raise self.err(exc) from None
+            raise self.err(exc, None, missing) from None
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            return True
+        except ClientError as exc:
+            if _code(exc) in _MISSING_BUCKET:
+                return False
+            raise self.err(exc, None, missing) from None
+        except Exception as exc:
+            raise self.err(exc, None, missing) from None
+
+    def root_type(self) -> EntryType | None:
+        if not self.bucket_exists():
+            return None
         if not self.prefix:
             return EntryType.DIR
         e = self.stat("")
@@ -387,15 +403,9 @@ class S3Backend(Backend):
         )
 
     def prepare_destination(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if _code(exc) in _MISSING_BUCKET | _MISSING_KEY:
-                raise FerryError(ErrorKind.DESTINATION_NOT_FOUND,
-                                 f"{self.describe()}: bucket {self.bucket!r} does not exist") from None
-            raise self.err(exc, None, ErrorKind.DESTINATION_NOT_FOUND) from None
-        except Exception as exc:
-            raise self.err(exc, None, ErrorKind.DESTINATION_NOT_FOUND) from None
+        if not self.bucket_exists(ErrorKind.DESTINATION_NOT_FOUND):
+            raise FerryError(ErrorKind.DESTINATION_NOT_FOUND,
+                             f"{self.describe()}: bucket {self.bucket!r} does not exist")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -26,7 +26,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import paramiko
 
@@ -187,7 +187,9 @@ class SFTPBackend(Backend):
             sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW)
             if sftp is None:
                 raise FerryError(ErrorKind.TRANSIENT, f"{self.describe()}: could not open an SFTP channel")
-            sftp.get_channel().settimeout(120)
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(120)
         except BaseException as exc:
             if transport is not None:
                 transport.close()
@@ -229,7 +231,7 @@ class SFTPBackend(Backend):
             self._all.discard(s)
         try:
             s.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection
+        except Exception:
             pass
 
     def run(self, fn: Callable[[paramiko.SFTPClient], T], rel: str | None = None,
@@ -252,7 +254,7 @@ class SFTPBackend(Backend):
         for s in sessions:
             try:
                 s.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     # -- paths and listing ------------------------------------------------------------
@@ -578,7 +580,7 @@ class SFTPWriter(Writer):
                             pass
 
             self.be.run(rm, self.rel)
-        except Exception:  # noqa: BLE001 - best effort; the server may be gone
+        except Exception:
             pass
 
 

@@ -184,7 +184,7 @@ class SMBBackend(Backend):
         if conn is not None:
             try:
                 conn.disconnect(close=False)
-            except Exception:  # noqa: BLE001 - the server already went away
+            except Exception:
                 pass
 
     def credits(self) -> threading.Semaphore:
@@ -203,7 +203,7 @@ class SMBBackend(Backend):
     def close(self) -> None:
         try:
             smbclient.reset_connection_cache(connection_cache=self._cache)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     # -- paths and listing ------------------------------------------------------------
@@ -306,6 +306,36 @@ class SMBBackend(Backend):
             self.run(lambda kw: smbclient.utime(self.path(rel), ns=(entry.mtime_ns, entry.mtime_ns), **kw),
                      rel, ErrorKind.DESTINATION_NOT_FOUND)
 
+    def replace(self, src: str, dst: str, kw: dict[str, Any]) -> None:
+        """Rename src over dst. Samba refuses SMB2 rename-with-replace onto an existing file
+        (STATUS_ACCESS_DENIED), so the old file steps aside under a hidden name first; a reader
+        may see dst missing for that moment, but never a partial file."""
+        try:
+            smbclient.replace(src, dst, **kw)
+            return
+        except smbexc.SMBOSError as exc:
+            if exc.errno not in (13, 17) and "ACCESS_DENIED" not in str(exc):
+                raise
+        parent, _, name = dst.rpartition("\\")
+        aside = f"{parent}\\{_internal(name, secrets.token_hex(6) + '.old')}"
+        try:
+            smbclient.rename(dst, aside, **kw)
+        except smbexc.SMBOSError as exc:
+            if exc.errno != 2:
+                raise
+            aside = ""
+        try:
+            smbclient.rename(src, dst, **kw)
+        except BaseException:
+            if aside:
+                smbclient.rename(aside, dst, **kw)
+            raise
+        if aside:
+            try:
+                smbclient.remove(aside, **kw)
+            except smbexc.SMBOSError:
+                pass
+
     # -- pipelined I/O on one handle --------------------------------------------------------
     def pread(self, fd: Any, offset: int, length: int) -> Iterator[bytes]:
         """Yield [offset, offset+length) in io_size pieces, DEPTH requests in flight."""
@@ -343,7 +373,7 @@ class SMBBackend(Backend):
             for request, recv, _ in inflight:
                 try:
                     recv(request)
-                except Exception:  # noqa: BLE001 - draining after an error
+                except Exception:
                     pass
                 finally:
                     sem.release()
@@ -380,7 +410,7 @@ class SMBBackend(Backend):
             for request, recv in inflight:
                 try:
                     recv(request)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 finally:
                     sem.release()
@@ -427,6 +457,7 @@ class SMBWriter(Writer):
             self.tmp_rel = (parent + "/" if parent else "") + _internal(name, secrets.token_hex(6) + ".tmp")
             self.journal, self.state = None, None
         self.tmp = be.path(self.tmp_rel)
+        self._tag = secrets.token_hex(4)
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
         resumed = bool(self.state and self.state.data.get("chunks"))
@@ -449,7 +480,7 @@ class SMBWriter(Writer):
 
         def rd(kw: dict[str, Any]) -> bytes | None:
             try:
-                with smbclient.open_file(journal, mode="rb", **kw) as f:
+                with smbclient.open_file(journal, mode="rb", share_access="rwd", **kw) as f:
                     return bytes(f.read())
             except smbexc.SMBOSError:
                 return None
@@ -461,11 +492,28 @@ class SMBWriter(Writer):
         journal = self.journal
 
         def wr(kw: dict[str, Any]) -> None:
-            with smbclient.open_file(journal + ".new", mode="wb", **kw) as f:
+            # A per-writer temp name: a killed run can leave its temp open in a dead session
+            # (smbd then refuses renames of it for a while), so never reuse one.
+            tmp = f"{journal}.{self._tag}.new"
+            with smbclient.open_file(tmp, mode="wb", share_access="rwd", **kw) as f:
                 f.write(blob)
-            smbclient.replace(journal + ".new", journal, **kw)
+            self.be.replace(tmp, journal, kw)
 
         self.be.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def _remove_journals(self, kw: dict[str, Any]) -> None:
+        """The journal and any temp copies killed runs left beside it."""
+        assert self.journal is not None
+        parent, _, name = self.journal.rpartition("\\")
+        try:
+            names = [d.name for d in smbclient.scandir(parent, search_pattern=f"{name}*", **kw)]
+        except smbexc.SMBOSError:
+            names = []
+        for n in names:
+            try:
+                smbclient.remove(f"{parent}\\{n}", **kw)
+            except smbexc.SMBOSError:
+                pass
 
     def _handle(self) -> Any:
         tid = threading.get_ident()
@@ -483,7 +531,7 @@ class SMBWriter(Writer):
         if raw is not None:
             try:
                 raw.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
@@ -520,7 +568,7 @@ class SMBWriter(Writer):
         for raw in handles:
             try:
                 raw.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
@@ -529,12 +577,9 @@ class SMBWriter(Writer):
         def fin(kw: dict[str, Any]) -> None:
             if preserve.times and entry.mtime_ns:
                 smbclient.utime(self.tmp, ns=(entry.mtime_ns, entry.mtime_ns), **kw)
-            smbclient.replace(self.tmp, self.be.path(self.rel), **kw)
+            self.be.replace(self.tmp, self.be.path(self.rel), kw)
             if self.journal:
-                try:
-                    smbclient.remove(self.journal, **kw)
-                except smbexc.SMBOSError:
-                    pass
+                self._remove_journals(kw)
 
         self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
@@ -546,14 +591,14 @@ class SMBWriter(Writer):
                 return
 
             def rm(kw: dict[str, Any]) -> None:
-                for p in (self.tmp, self.journal):
-                    if p:
-                        try:
-                            smbclient.remove(p, **kw)
-                        except smbexc.SMBOSError:
-                            pass
+                try:
+                    smbclient.remove(self.tmp, **kw)
+                except smbexc.SMBOSError:
+                    pass
+                if self.journal:
+                    self._remove_journals(kw)
 
             self.be.run(rm, self.rel)
-        except Exception:  # noqa: BLE001 - best effort; the server may be gone
+        except Exception:
             pass
 

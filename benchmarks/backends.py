@@ -1,0 +1,325 @@
+"""Ferry's S3/SFTP/SMB backends against the clients people use today, same run, same server.
+
+    .venv/bin/python -m benchmarks.backends [--big-mib 256] [--small 500] [--only s3,sftp,smb]
+
+Starts moto_server, sshd and smbd on loopback (tests/servers), then times one
+large file and many small files up and down with Ferry, rclone (remotes
+configured through RCLONE_CONFIG_* environment variables: nothing with a
+secret is written to a config file), OpenSSH sftp/scp, smbclient, plain boto3
+upload_file/download_file and paramiko put/get. Prints MB/s (10^6 bytes/s)
+and files/s and Ferry's ratio to each. moto keeps objects in memory and is
+the bottleneck for S3: compare clients with each other, not with AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.servers import MotoServer, SambaServer, SSHServer  # noqa: E402
+
+BUCKET = "bench"
+FERRY = [sys.executable, "-m", "ferry.cli"]
+
+
+def make_data(root: Path, big_mib: int, small: int) -> tuple[Path, Path]:
+    big = root / "big"
+    big.mkdir(parents=True)
+    block = os.urandom(1 << 20)
+    with open(big / "big.bin", "wb") as f:
+        for i in range(big_mib):
+            f.write(block[i % 97 :] + block[: i % 97])
+    many = root / "many"
+    for i in range(small):
+        d = many / f"d{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.dat").write_bytes(os.urandom(8192))
+    return big, many
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, input: str | None = None) -> float:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env={**os.environ, **(env or {})}, input=input, text=True,
+                       capture_output=True, cwd=REPO)
+    dt = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-800:]}")
+    return dt
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
+        self.big, self.many = make_data(self.tmp / "data", args.big_mib, args.small)
+        self.big_bytes = args.big_mib << 20
+        self.rows: list[tuple[str, str, str, float]] = []  # backend, case, tool, seconds
+        self.trash = self.tmp / "trash"
+        self.trash.mkdir()
+
+    def out_dir(self) -> Path:
+        return self.tmp / "out" / uuid.uuid4().hex[:8]
+
+    def record(self, backend: str, case: str, tool: str, fn: Callable[[], float]) -> None:
+        try:
+            secs = fn()
+        except Exception as exc:
+            print(f"  {backend:5} {case:12} {tool:16} FAILED: {str(exc)[:300]}", flush=True)
+            return
+        self.rows.append((backend, case, tool, secs))
+        n = self.big_bytes / 1e6 if case.startswith("big") else self.args.small
+        unit = "MB/s" if case.startswith("big") else "files/s"
+        print(f"  {backend:5} {case:12} {tool:16} {secs:7.2f}s {n / secs:9.1f} {unit}", flush=True)
+
+    def cases(self, backend: str, tools: Mapping[str, tuple[Callable[[Path, str], float], Callable[[str, Path], float]]],
+              remote_new: Callable[[], str]) -> None:
+        """For each tool: upload big, download big, upload many, download many (fresh remote dirs)."""
+        for tool, (up, down) in tools.items():
+            for label, src in (("big", self.big), ("many", self.many)):
+                dest = remote_new()
+                self.record(backend, f"{label}-up", tool, partial(up, src, dest))
+                self.record(backend, f"{label}-down", tool, partial(down, dest, self.out_dir()))
+
+    def report(self) -> None:
+        print("\nFerry vs others (ratio > 1: Ferry faster)")
+        by: dict[tuple[str, str], dict[str, float]] = {}
+        for b, c, t, s in self.rows:
+            by.setdefault((b, c), {})[t] = s
+        for (b, c), tools in sorted(by.items()):
+            if "ferry" not in tools:
+                continue
+            parts = [f"{t} {tools[t] / tools['ferry']:.2f}x" for t in tools if t != "ferry"]
+            n = self.big_bytes / 1e6 if c.startswith("big") else self.args.small
+            unit = "MB/s" if c.startswith("big") else "files/s"
+            print(f"  {b:5} {c:11} ferry {n / tools['ferry']:8.1f} {unit:7} | " + ", ".join(parts))
+
+
+# -- S3 ------------------------------------------------------------------------------------
+
+
+def bench_s3(b: Bench) -> None:
+    srv = MotoServer().start()
+    try:
+        srv.create_bucket(BUCKET)
+        creds = srv.write_credentials(b.tmp / "aws-creds")
+        ep = srv.endpoint_url
+        renv = {
+            "RCLONE_CONFIG_BS3_TYPE": "s3", "RCLONE_CONFIG_BS3_PROVIDER": "Other",
+            "RCLONE_CONFIG_BS3_ACCESS_KEY_ID": srv.access_key,
+            "RCLONE_CONFIG_BS3_SECRET_ACCESS_KEY": srv.secret_key,
+            "RCLONE_CONFIG_BS3_ENDPOINT": ep, "RCLONE_CONFIG_BS3_REGION": "us-east-1",
+            "RCLONE_CONFIG_BS3_FORCE_PATH_STYLE": "true",
+        }
+        client = srv.client()
+
+        def furi(prefix: str) -> str:
+            return f"s3://{BUCKET}/{prefix}?endpoint={ep}&credentials_file={creds}"
+
+        def ferry_up(src: Path, dest: str) -> float:
+            return run([*FERRY, "copy", str(src), furi(dest), "--progress", "none"])
+
+        def ferry_down(dest: str, out: Path) -> float:
+            return run([*FERRY, "copy", furi(dest), str(out), "--progress", "none"])
+
+        def rclone_up(src: Path, dest: str) -> float:
+            return run(["rclone", "copy", str(src), f"bs3:{BUCKET}/{dest}", "--transfers", "8"], renv)
+
+        def rclone_down(dest: str, out: Path) -> float:
+            return run(["rclone", "copy", f"bs3:{BUCKET}/{dest}", str(out), "--transfers", "8"], renv)
+
+        def boto_up(src: Path, dest: str) -> float:
+            files = [p for p in src.rglob("*") if p.is_file()]
+            return timed(lambda: [client.upload_file(str(p), BUCKET, f"{dest}/{p.relative_to(src)}")
+                                  for p in files])
+
+        def boto_down(dest: str, out: Path) -> float:
+            def go() -> None:
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=dest + "/"):
+                    for o in page.get("Contents", []):
+                        p = out / o["Key"][len(dest) + 1 :]
+                        p.parent.mkdir(parents=True, exist_ok=True)
+                        client.download_file(BUCKET, o["Key"], str(p))
+
+            return timed(go)
+
+        tools = {"ferry": (ferry_up, ferry_down), "rclone": (rclone_up, rclone_down),
+                 "boto3": (boto_up, boto_down)}
+        b.cases("s3", tools, lambda: uuid.uuid4().hex[:8])
+    finally:
+        srv.close()
+
+
+# -- SFTP ----------------------------------------------------------------------------------
+
+
+def bench_sftp(b: Bench) -> None:
+    import paramiko
+
+    srv = SSHServer().start()
+    try:
+        ssh_opts = ["-i", str(srv.user_key), "-o", f"UserKnownHostsFile={srv.known_hosts}",
+                    "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+        renv = {
+            "RCLONE_CONFIG_BSFTP_TYPE": "sftp", "RCLONE_CONFIG_BSFTP_HOST": "127.0.0.1",
+            "RCLONE_CONFIG_BSFTP_PORT": str(srv.port), "RCLONE_CONFIG_BSFTP_USER": srv.user,
+            "RCLONE_CONFIG_BSFTP_KEY_FILE": str(srv.user_key),
+            "RCLONE_CONFIG_BSFTP_KNOWN_HOSTS_FILE": str(srv.known_hosts),
+        }
+        root = srv.root
+
+        def ferry_up(src: Path, dest: str) -> float:
+            return run([*FERRY, "copy", str(src), srv.uri(dest), "--progress", "none"])
+
+        def ferry_down(dest: str, out: Path) -> float:
+            return run([*FERRY, "copy", srv.uri(dest), str(out), "--progress", "none"])
+
+        def rclone_up(src: Path, dest: str) -> float:
+            return run(["rclone", "copy", str(src), f"bsftp:{root}/{dest}", "--transfers", "8"], renv)
+
+        def rclone_down(dest: str, out: Path) -> float:
+            return run(["rclone", "copy", f"bsftp:{root}/{dest}", str(out), "--transfers", "8"], renv)
+
+        def sftp_up(src: Path, dest: str) -> float:
+            return run(["sftp", "-P", str(srv.port), *ssh_opts, "-b", "-", f"{srv.user}@127.0.0.1"],
+                       input=f"put -r {src} {root}/{dest}\n")
+
+        def sftp_down(dest: str, out: Path) -> float:
+            out.mkdir(parents=True)
+            return run(["sftp", "-P", str(srv.port), *ssh_opts, "-b", "-", f"{srv.user}@127.0.0.1"],
+                       input=f"get -r {root}/{dest} {out}\n")
+
+        def scp_up(src: Path, dest: str) -> float:
+            return run(["scp", "-q", "-r", "-P", str(srv.port), *ssh_opts, str(src),
+                        f"{srv.user}@127.0.0.1:{root}/{dest}"])
+
+        def scp_down(dest: str, out: Path) -> float:
+            return run(["scp", "-q", "-r", "-P", str(srv.port), *ssh_opts,
+                        f"{srv.user}@127.0.0.1:{root}/{dest}", str(out)])
+
+        def client() -> tuple[paramiko.SSHClient, paramiko.SFTPClient]:
+            c = paramiko.SSHClient()
+            c.load_host_keys(str(srv.known_hosts))
+            c.connect("127.0.0.1", srv.port, srv.user, key_filename=str(srv.user_key),
+                      allow_agent=False, look_for_keys=False)
+            return c, c.open_sftp()
+
+        def pk_up(src: Path, dest: str) -> float:
+            def go() -> None:
+                c, s = client()
+                base = f"{root}/{dest}"
+                s.mkdir(base)
+                for p in sorted(src.rglob("*")):
+                    target = f"{base}/{p.relative_to(src)}"
+                    if p.is_dir():
+                        s.mkdir(target)
+                    else:
+                        s.put(str(p), target)
+                c.close()
+
+            return timed(go)
+
+        def pk_down(dest: str, out: Path) -> float:
+            def go() -> None:
+                c, s = client()
+
+                def walk(remote: str, local: Path) -> None:
+                    local.mkdir(parents=True, exist_ok=True)
+                    for a in s.listdir_attr(remote):
+                        if (a.st_mode or 0) & 0o040000:
+                            walk(f"{remote}/{a.filename}", local / a.filename)
+                        else:
+                            s.get(f"{remote}/{a.filename}", str(local / a.filename))
+
+                walk(f"{root}/{dest}", out)
+                c.close()
+
+            return timed(go)
+
+        tools = {"ferry": (ferry_up, ferry_down), "rclone": (rclone_up, rclone_down),
+                 "openssh-sftp": (sftp_up, sftp_down), "scp": (scp_up, scp_down),
+                 "paramiko": (pk_up, pk_down)}
+        b.cases("sftp", tools, lambda: uuid.uuid4().hex[:8])
+    finally:
+        srv.close()
+
+
+# -- SMB -----------------------------------------------------------------------------------
+
+
+def bench_smb(b: Bench) -> None:
+    srv = SambaServer().start()
+    try:
+        obscured = subprocess.run(["rclone", "obscure", "-"], input=srv.password, text=True,
+                                  capture_output=True).stdout.strip()
+        renv = {
+            "RCLONE_CONFIG_BSMB_TYPE": "smb", "RCLONE_CONFIG_BSMB_HOST": "127.0.0.1",
+            "RCLONE_CONFIG_BSMB_PORT": str(srv.port), "RCLONE_CONFIG_BSMB_USER": srv.user,
+            "RCLONE_CONFIG_BSMB_PASS": obscured,
+        }
+        auth = b.tmp / "smb-auth"
+        auth.write_text(f"username = {srv.user}\npassword = {srv.password}\n")
+        os.chmod(auth, 0o600)
+        smbc = ["smbclient", f"//127.0.0.1/{srv.share}", "-p", str(srv.port), "-A", str(auth)]
+
+        def ferry_up(src: Path, dest: str) -> float:
+            return run([*FERRY, "copy", str(src), srv.uri(dest), "--progress", "none"])
+
+        def ferry_down(dest: str, out: Path) -> float:
+            return run([*FERRY, "copy", srv.uri(dest), str(out), "--progress", "none"])
+
+        def rclone_up(src: Path, dest: str) -> float:
+            return run(["rclone", "copy", str(src), f"bsmb:{srv.share}/{dest}", "--transfers", "8"], renv)
+
+        def rclone_down(dest: str, out: Path) -> float:
+            return run(["rclone", "copy", f"bsmb:{srv.share}/{dest}", str(out), "--transfers", "8"], renv)
+
+        def smbc_up(src: Path, dest: str) -> float:
+            return run([*smbc, "-c", f"mkdir {dest}; cd {dest}; lcd {src}; prompt OFF; recurse ON; mput *"])
+
+        def smbc_down(dest: str, out: Path) -> float:
+            out.mkdir(parents=True)
+            return run([*smbc, "-c", f"cd {dest}; lcd {out}; prompt OFF; recurse ON; mget *"])
+
+        tools = {"ferry": (ferry_up, ferry_down), "rclone": (rclone_up, rclone_down),
+                 "smbclient": (smbc_up, smbc_down)}
+        b.cases("smb", tools, lambda: uuid.uuid4().hex[:8])
+    finally:
+        srv.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--big-mib", type=int, default=256)
+    ap.add_argument("--small", type=int, default=500)
+    ap.add_argument("--only", default="s3,sftp,smb")
+    args = ap.parse_args()
+    b = Bench(args)
+    try:
+        print(f"one file of {args.big_mib} MiB; {args.small} files of 8 KiB")
+        for name in args.only.split(","):
+            {"s3": bench_s3, "sftp": bench_sftp, "smb": bench_smb}[name](b)
+        b.report()
+    finally:
+        shutil.rmtree(b.tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

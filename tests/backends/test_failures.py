@@ -1,0 +1,210 @@
+"""Failures every backend must classify the same way, against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ferry.mover.errors import ErrorKind
+from ferry.mover.options import MiB
+from tests.backends.conftest import BUCKET, Remote
+from tests.backends.helpers import REPO, ok, transfer
+from tests.backends.tree import CHUNK, compare, file_digest
+from tests.servers.common import free_port
+from tests.servers.proxy import TCPRelay
+
+pytestmark = pytest.mark.servers
+
+WRONG = "Wr0ng-S3cret-do-not-log"
+
+
+def _small_src(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("hello")
+    return src
+
+
+def _bad_uri(remote: Remote, tmp_path: Path) -> str:
+    """A URI for `remote` whose secret is wrong."""
+    if remote.kind == "s3":
+        creds = remote.server.write_credentials(tmp_path / "bad-creds", secret=WRONG)
+        return f"s3://{BUCKET}/x?endpoint={remote.server.endpoint_url}&credentials_file={creds}"
+    pw = tmp_path / "bad-password"
+    pw.write_text(WRONG + "\n")
+    srv = remote.server
+    if remote.kind == "sftp":
+        return (f"sftp://{srv.user}@127.0.0.1:{srv.port}{srv.root}/x?password_file={pw}"
+                f"&known_hosts={srv.known_hosts}")
+    return f"smb://{srv.user}@127.0.0.1:{srv.port}/{srv.share}/x?password_file={pw}"
+
+
+def test_bad_credentials(remote: Remote, tmp_path: Path) -> None:
+    src = _small_src(tmp_path)
+    uri = _bad_uri(remote, tmp_path)
+    for a, b in ((str(src), uri), (uri, str(tmp_path / "out"))):
+        s = transfer(a, b, retries=0)
+        assert s.fatal is not None and s.fatal.kind == ErrorKind.AUTH_FAILED, s.to_json()
+        text = json.dumps(s.to_json())
+        assert WRONG not in text and WRONG not in str(s.fatal)
+        assert "127.0.0.1" in str(s.fatal)  # names the endpoint
+    proc = subprocess.run([sys.executable, "-m", "ferry.cli", "copy", str(src), uri, "--json", "-v"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == ErrorKind.AUTH_FAILED.exit_code, proc.stderr
+    assert WRONG not in proc.stdout + proc.stderr
+
+
+def test_missing_bucket_or_share(remote: Remote, tmp_path: Path) -> None:
+    if remote.kind == "sftp":
+        pytest.skip("an SFTP destination root is created; there is no bucket or share")
+    src = _small_src(tmp_path)
+    if remote.kind == "s3":
+        uri = remote.uri("x").replace(f"s3://{BUCKET}/", "s3://no-such-bucket-ferry/")
+    else:
+        uri = remote.uri("x").replace(f"/{remote.server.share}/", "/nosuchshare/")
+    s = transfer(str(src), uri, retries=0)
+    assert s.fatal is not None and s.fatal.kind == ErrorKind.DESTINATION_NOT_FOUND, s.to_json()
+    assert "127.0.0.1" in str(s.fatal)
+    s = transfer(uri, str(tmp_path / "out"), retries=0)
+    assert s.fatal is not None and s.fatal.kind == ErrorKind.SOURCE_NOT_FOUND, s.to_json()
+
+
+def test_unreachable_host(remote: Remote, tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here
+    if remote.kind == "s3":
+        uri = f"s3://{BUCKET}/x?endpoint=http://127.0.0.1:{port}&credentials_file={remote.creds}"
+    else:
+        srv = remote.server
+        uri = remote.uri("x").replace(f":{srv.port}/", f":{port}/")
+    t0 = time.monotonic()
+    s = transfer(str(_small_src(tmp_path)), uri, retries=1)
+    assert s.fatal is not None and s.fatal.kind == ErrorKind.TRANSIENT, s.to_json()
+    assert f"127.0.0.1:{port}" in str(s.fatal)
+    assert time.monotonic() - t0 < 60
+
+
+def test_unsafe_s3_keys(remotes, tmp_path: Path) -> None:
+    r = remotes("s3")
+    sub = r.fresh("unsafe")
+    c = r.server.client()
+    c.put_object(Bucket=BUCKET, Key=f"{sub}/ok.txt", Body=b"fine")
+    c.put_object(Bucket=BUCKET, Key=f"{sub}/a/../../escape.txt", Body=b"evil")
+    out = tmp_path / "out" / "inner"
+    s = transfer(r.uri(sub), str(out))
+    assert s.exit_code == ErrorKind.UNSAFE_PATH.exit_code, s.to_json()
+    assert not (tmp_path / "out" / "escape.txt").exists() and not (tmp_path / "escape.txt").exists()
+    c.put_object(Bucket=BUCKET, Key=f"{sub}2//abs.txt", Body=b"evil")
+    s = transfer(r.uri(f"{sub}2"), str(tmp_path / "out2"))
+    assert s.exit_code == ErrorKind.UNSAFE_PATH.exit_code, s.to_json()
+
+
+def _big_file(tmp_path: Path, size: int) -> Path:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    p = src / "big.bin"
+    with open(p, "wb") as f:
+        block = os.urandom(MiB)
+        for i in range(size // MiB):
+            f.write(block[i % 7 :] + block[: i % 7])
+    return src
+
+
+def _ferry(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferry.cli", *args, "--chunk-size", "5M", "--transfers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["to", "from"])
+def test_kill_and_resume(remote: Remote, direction: str, tmp_path: Path) -> None:
+    """SIGKILL `ferry copy` once progress shows bytes; the re-run resumes, not restarts."""
+    size = 60 * MiB
+    src = _big_file(tmp_path, size)
+    if direction == "from":
+        staged = remote.uri(remote.fresh())
+        ok(transfer(str(src), staged))
+        a, b = staged, str(tmp_path / "dst")
+    else:
+        a, b = str(src), remote.uri(remote.fresh())
+    proc = _ferry(["copy", a, b, "--progress", "json", "--bwlimit", "12M"])
+    assert proc.stderr is not None
+    done = 0
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if line.startswith("{"):
+            done = json.loads(line).get("bytesDone", 0)
+            if done >= 20 * MiB:
+                break
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert done >= 20 * MiB, "never saw progress"
+    rerun = _ferry(["copy", a, b, "--json", "--progress", "none"])
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["bytesResumed"] > 0, summary
+    assert summary["bytesTransferred"] - summary["bytesResumed"] < size, summary
+    back = tmp_path / "back"
+    ok(transfer(b, str(back)))
+    assert file_digest(back / "big.bin") == file_digest(src / "big.bin")
+
+
+@pytest.mark.slow
+def test_server_restarted_mid_transfer(remote: Remote, tmp_path: Path) -> None:
+    """The server goes away mid-file and comes back on the same port: retries finish the copy."""
+    size = 40 * MiB
+    src = _big_file(tmp_path, size)
+    relay: TCPRelay | None = None
+    if remote.kind == "s3":
+        relay = TCPRelay(remote.server.port).start()
+        dst = (f"s3://{BUCKET}/{remote.fresh()}?endpoint=http://127.0.0.1:{relay.port}"
+               f"&credentials_file={remote.creds}")
+        restart = relay.restart
+    else:
+        dst = remote.uri(remote.fresh())
+        restart = remote.server.restart
+    from ferry.mover.endpoints import parse_endpoint
+    from ferry.mover.options import Options
+    from ferry.mover.progress import Sink
+    from ferry.mover.transfer import run_transfer
+
+    seen = threading.Event()
+
+    class Watch(Sink):
+        def update(self, snap):
+            if snap.bytes_done >= 8 * MiB:
+                seen.set()
+
+        def finish(self, summary):
+            seen.set()
+
+    result: list = []
+    opts = Options(chunk_size=CHUNK, bwlimit=10 * MiB, retries=6, retry_base_delay=0.2, transfers=2)
+    t = threading.Thread(target=lambda: result.append(
+        run_transfer(parse_endpoint(str(src)), parse_endpoint(dst), opts, sink=Watch())))
+    t.start()
+    try:
+        assert seen.wait(120)
+        restart()
+    finally:
+        t.join(300)
+    s = result[0]
+    if s.exit_code != 0:  # a whole-file failure after the restart: the next run must finish it
+        s = transfer(str(src), dst)
+    assert s.exit_code == 0, s.to_json()
+    back = tmp_path / "back"
+    ok(transfer(dst, str(back)))
+    assert compare(src, back, modes=False, precision_ns=10**9) == []
+    if relay is not None:
+        relay.stop()

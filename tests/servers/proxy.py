@@ -1,0 +1,78 @@
+"""A loopback TCP relay whose restart drops every connection, as a restarting server does.
+
+moto keeps its data in memory, so restarting moto itself would also wipe the
+bucket; real S3 endpoints do not lose data when a front end restarts. The
+relay reproduces what a client actually sees (connections reset, the port
+refusing for a moment, then accepting again) with real sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from tests.servers.common import free_port
+
+
+class TCPRelay:
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.port = port or free_port()
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> TCPRelay:
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+        return self
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                c.close()
+                continue
+            with self._lock:
+                self._socks |= {c, u}
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the port frees
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                # RST, not FIN: what a crashed or restarted server's kernel sends.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
