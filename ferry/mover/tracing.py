@@ -38,7 +38,9 @@ def exporter_from_env(env: Mapping[str, str] | None = None) -> SpanExporter | No
     """The exporter the standard OTEL_* variables ask for; None means tracing export is off."""
     env = os.environ if env is None else env
     choice = (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower()
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
     if choice in ("none", "") and not (choice == "" and endpoint):
         return None
     if choice == "console":
@@ -64,7 +66,10 @@ class TracingSink(Sink):
     """Spans for the transfer and its phases, parented by a W3C traceparent."""
 
     def __init__(
-        self, traceparent: str | None, provider: TracerProvider, attributes: Mapping[str, Any] | None = None
+        self,
+        traceparent: str | None,
+        provider: TracerProvider,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME)

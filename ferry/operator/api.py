@@ -28,8 +28,7 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 ENDPOINT_KINDS = ("pvc", "s3", "sftp", "smb")
 EXACTLY_ONE_ENDPOINT = {
-    "rule": "[has(self.pvc), has(self.s3), has(self.sftp), has(self.smb)]"
-    ".filter(x, x).size() == 1",
+    "rule": "[has(self.pvc), has(self.s3), has(self.sftp), has(self.smb)].filter(x, x).size() == 1",
     "message": "exactly one of pvc, s3, sftp, smb must be set",
 }
 
@@ -189,7 +188,9 @@ class Toleration(Model):
 
 
 class Placement(Model):
-    pool: Name | None = Field(default=None, description="A MoverPool to take placement and tuning from.")
+    pool: Name | None = Field(
+        default=None, description="A MoverPool to take placement and tuning from."
+    )
     node_selector: dict[str, str] | None = Field(default=None, max_length=32)
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     resources: Resources | None = None
@@ -200,8 +201,12 @@ class Placement(Model):
 
 
 class Parallelism(Model):
-    shards: int = Field(default=1, ge=1, le=64, description="Pods of an Indexed Job, balanced by bytes.")
-    streams: int | None = Field(default=None, ge=1, le=256, description="Concurrent transfers per pod.")
+    shards: int = Field(
+        default=1, ge=1, le=64, description="Pods of an Indexed Job, balanced by bytes."
+    )
+    streams: int | None = Field(
+        default=None, ge=1, le=256, description="Concurrent transfers per pod."
+    )
     chunk_size: SizeStr | None = None
 
 
@@ -224,14 +229,18 @@ class TransferJobSpec(Model):
     filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, max_length=256
     )
-    bandwidth: SizeStr | None = Field(default=None, description="Bytes per second per pod, e.g. 50M.")
+    bandwidth: SizeStr | None = Field(
+        default=None, description="Bytes per second per pod, e.g. 50M."
+    )
     parallelism: Parallelism | None = None
     retry: Retry | None = None
     error_policy: Literal["Abort", "Skip"] = "Abort"
     allow_empty_source: bool = False
     dry_run: bool = False
     suspend: bool = False
-    cancel: bool = Field(default=False, description="Stop the transfer for good; the job ends Failed/Cancelled.")
+    cancel: bool = Field(
+        default=False, description="Stop the transfer for good; the job ends Failed/Cancelled."
+    )
     placement: Placement | None = None
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
@@ -340,7 +349,9 @@ class TransferJobStatus(StatusModel):
     completion_time: str | None = None
     observed_generation: int | None = None
     trace_id: str | None = Field(default=None, alias="traceID")
-    trace_parent: str | None = Field(default=None, description="W3C traceparent of the first reconcile.")
+    trace_parent: str | None = Field(
+        default=None, description="W3C traceparent of the first reconcile."
+    )
     job_name: str | None = None
     attempts: int | None = None
     privileged: bool | None = None
@@ -363,10 +374,10 @@ CRON_RULE = {
 
 
 class TransferScheduleSpec(Model):
-    schedule: str = Field(
-        min_length=1, max_length=128, json_schema_extra=_cel(CRON_RULE)
+    schedule: str = Field(min_length=1, max_length=128, json_schema_extra=_cel(CRON_RULE))
+    time_zone: str | None = Field(
+        default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin."
     )
-    time_zone: str | None = Field(default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin.")
     jitter_seconds: int = Field(
         default=0, ge=0, le=86400, description="Stable per-object offset in [0, jitterSeconds)."
     )
@@ -503,9 +514,7 @@ class MoverPoolKind(Kind):
     namespaced = False
     spec = MoverPoolSpec
     status = MoverPoolStatus
-    printer_columns = (
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    )
+    printer_columns = ({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},)
 
 
 KINDS: tuple[type[Kind], ...] = (TransferJobKind, TransferScheduleKind, MoverPoolKind)

@@ -66,7 +66,9 @@ class WatchHealth:
         with self.lock:
             age = self.clock() - self.last_event
             if self.objects and age > self.stale_after:
-                raise RuntimeError(f"no watch event for {age:.0f}s with {len(self.objects)} objects watched")
+                raise RuntimeError(
+                    f"no watch event for {age:.0f}s with {len(self.objects)} objects watched"
+                )
             return {"lastEventAgeSeconds": round(age, 1), "objects": len(self.objects)}
 
 
@@ -87,7 +89,11 @@ def _apply(patch: kopf.Patch, new_status: dict[str, Any]) -> None:
 
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     G, V = api.GROUP, api.VERSION
-    TJ, TS, MP = api.TransferJobKind.plural, api.TransferScheduleKind.plural, api.MoverPoolKind.plural
+    TJ, TS, MP = (
+        api.TransferJobKind.plural,
+        api.TransferScheduleKind.plural,
+        api.MoverPoolKind.plural,
+    )
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -124,7 +130,9 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         if outcome.warning:
             kopf.warn(body, reason=outcome.warning[0], message=outcome.warning[1][:1024])
         for what in outcome.created:
-            log.info("created %s for %s/%s", what, obj["metadata"]["namespace"], obj["metadata"]["name"])
+            log.info(
+                "created %s for %s/%s", what, obj["metadata"]["namespace"], obj["metadata"]["name"]
+            )
 
     @kopf.on.resume(G, V, TJ, registry=registry)
     @kopf.on.create(G, V, TJ, registry=registry)
@@ -133,7 +141,12 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         reconcile_tj(body, patch)
 
     @kopf.timer(
-        G, V, TJ, interval=deps.poll_interval, initial_delay=deps.poll_interval, registry=registry,
+        G,
+        V,
+        TJ,
+        interval=deps.poll_interval,
+        initial_delay=deps.poll_interval,
+        registry=registry,
         when=lambda body, **_: needs_polling(plain(body)),
     )
     def tj_poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
@@ -154,7 +167,9 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     def ts_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         reconcile_ts(body, patch)
 
-    @kopf.timer(G, V, TS, interval=deps.poll_interval, initial_delay=deps.poll_interval, registry=registry)
+    @kopf.timer(
+        G, V, TS, interval=deps.poll_interval, initial_delay=deps.poll_interval, registry=registry
+    )
     def ts_poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         reconcile_ts(body, patch)
 

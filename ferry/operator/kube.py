@@ -64,7 +64,12 @@ class Kube:
                 calls[kind](ns, obj, _preload_content=False)
             elif kind == api.TransferJobKind.kind:
                 self.custom.create_namespaced_custom_object(
-                    api.GROUP, api.VERSION, ns, api.TransferJobKind.plural, obj, _preload_content=False
+                    api.GROUP,
+                    api.VERSION,
+                    ns,
+                    api.TransferJobKind.plural,
+                    obj,
+                    _preload_content=False,
                 )
             else:
                 raise ValueError(f"cannot create {kind}")
@@ -98,7 +103,11 @@ class Kube:
         for name in dict.fromkeys(names):
             try:
                 out.append(
-                    _json(self.core.read_namespaced_persistent_volume_claim(name, ns, _preload_content=False))
+                    _json(
+                        self.core.read_namespaced_persistent_volume_claim(
+                            name, ns, _preload_content=False
+                        )
+                    )
                 )
             except ApiException as exc:
                 if not not_found(exc):

@@ -27,24 +27,62 @@ PASSTHROUGH_ENV_PREFIXES = ("OTEL_",)
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferry operator", description="Run the Ferry operator.")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
-    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("FERRY_METRICS_PORT", "8080")),
-                   help="Prometheus endpoint port; 0 disables")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("FERRY_METRICS_PORT", "8080")),
+        help="Prometheus endpoint port; 0 disables",
+    )
     p.add_argument("--metrics-address", default=os.environ.get("FERRY_METRICS_ADDRESS", "0.0.0.0"))
-    p.add_argument("--liveness", default=os.environ.get("FERRY_LIVENESS", "http://0.0.0.0:8081/healthz"),
-                   help="kopf liveness endpoint URL; 'off' disables")
-    p.add_argument("--liveness-stale-seconds", type=float, default=900.0,
-                   help="fail liveness after this long without a watch event while objects exist")
-    p.add_argument("--watch-timeout", type=int, default=300, help="server-side watch timeout (re-list period)")
-    p.add_argument("--poll-interval", type=float, default=float(os.environ.get("FERRY_POLL_INTERVAL", "2")),
-                   help="seconds between status polls of active TransferJobs and schedules")
-    p.add_argument("--mover-image", default=os.environ.get("FERRY_IMAGE", workload.MoverSettings.image))
-    p.add_argument("--mover-image-pull-policy", default=os.environ.get("FERRY_IMAGE_PULL_POLICY", "IfNotPresent"))
-    p.add_argument("--progress-interval", type=float, default=2.0,
-                   help="seconds between a mover's status patches")
-    p.add_argument("--mover-run-as-user", type=int, default=workload.MOVER_UID,
-                   help="uid (and gid, fsGroup) of unprivileged mover pods")
+    p.add_argument(
+        "--liveness",
+        default=os.environ.get("FERRY_LIVENESS", "http://0.0.0.0:8081/healthz"),
+        help="kopf liveness endpoint URL; 'off' disables",
+    )
+    p.add_argument(
+        "--liveness-stale-seconds",
+        type=float,
+        default=900.0,
+        help="fail liveness after this long without a watch event while objects exist",
+    )
+    p.add_argument(
+        "--watch-timeout", type=int, default=300, help="server-side watch timeout (re-list period)"
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=float(os.environ.get("FERRY_POLL_INTERVAL", "2")),
+        help="seconds between status polls of active TransferJobs and schedules",
+    )
+    p.add_argument(
+        "--mover-image", default=os.environ.get("FERRY_IMAGE", workload.MoverSettings.image)
+    )
+    p.add_argument(
+        "--mover-image-pull-policy",
+        default=os.environ.get("FERRY_IMAGE_PULL_POLICY", "IfNotPresent"),
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=2.0,
+        help="seconds between a mover's status patches",
+    )
+    p.add_argument(
+        "--mover-run-as-user",
+        type=int,
+        default=workload.MOVER_UID,
+        help="uid (and gid, fsGroup) of unprivileged mover pods",
+    )
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -52,8 +90,10 @@ def parser() -> argparse.ArgumentParser:
 
 def run_operator(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)
@@ -65,7 +105,11 @@ def run_operator(argv: list[str]) -> int:
     settings = workload.MoverSettings(
         image=args.mover_image,
         image_pull_policy=args.mover_image_pull_policy,
-        env={k: v for k, v in os.environ.items() if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"
+        },
         progress_interval_seconds=args.progress_interval,
         run_as_user=args.mover_run_as_user,
     )

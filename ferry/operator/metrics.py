@@ -21,7 +21,14 @@ from ferry.mover.errors import ErrorKind
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 KNOWN_REASONS = frozenset(
     {k.reason for k in ErrorKind}
-    | {"Completed", "Cancelled", "DeadlineExceeded", "PrivilegeNotGranted", "PoolNotFound", "MoverCrashed"}
+    | {
+        "Completed",
+        "Cancelled",
+        "DeadlineExceeded",
+        "PrivilegeNotGranted",
+        "PoolNotFound",
+        "MoverCrashed",
+    }
 )
 
 
@@ -36,10 +43,17 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.runs = Counter(
-            "ferry_transferjob_runs", "Finished TransferJobs by result.", ["result", "reason"], registry=r
+            "ferry_transferjob_runs",
+            "Finished TransferJobs by result.",
+            ["result", "reason"],
+            registry=r,
         )
-        self.bytes = Counter("ferry_transferred_bytes", "Bytes written by finished transfers.", registry=r)
-        self.files = Counter("ferry_transferred_files", "Files copied or updated by finished transfers.", registry=r)
+        self.bytes = Counter(
+            "ferry_transferred_bytes", "Bytes written by finished transfers.", registry=r
+        )
+        self.files = Counter(
+            "ferry_transferred_files", "Files copied or updated by finished transfers.", registry=r
+        )
         self.duration = Histogram(
             "ferry_transfer_duration_seconds",
             "Wall time from start to completion of TransferJobs.",
@@ -67,7 +81,10 @@ class Metrics:
             registry=r,
         )
         self.schedule_missed = Counter(
-            "ferry_schedule_missed_runs", "Scheduled runs skipped.", ["namespace", "schedule"], registry=r
+            "ferry_schedule_missed_runs",
+            "Scheduled runs skipped.",
+            ["namespace", "schedule"],
+            registry=r,
         )
         self._phases: dict[str, str] = {}
         for p in PHASES:
@@ -82,12 +99,23 @@ class Metrics:
         for p in PHASES:
             self.jobs.labels(p).set(sum(1 for v in self._phases.values() if v == p))
 
-    def finished(self, phase: str, reason: str | None, result: dict[str, object] | None, seconds: float | None) -> None:
+    def finished(
+        self,
+        phase: str,
+        reason: str | None,
+        result: dict[str, object] | None,
+        seconds: float | None,
+    ) -> None:
         self.runs.labels(phase, bounded_reason(reason)).inc()
         if result:
             self.bytes.inc(int(str(result.get("bytesTransferred") or 0)))
-            self.files.inc(int(str(result.get("filesCopied") or 0)) + int(str(result.get("filesUpdated") or 0)))
-            if int(str(result.get("differences") or 0)) or reason == ErrorKind.VERIFY_MISMATCH.reason:
+            self.files.inc(
+                int(str(result.get("filesCopied") or 0)) + int(str(result.get("filesUpdated") or 0))
+            )
+            if (
+                int(str(result.get("differences") or 0))
+                or reason == ErrorKind.VERIFY_MISMATCH.reason
+            ):
                 self.verify_mismatches.inc()
         elif reason == ErrorKind.VERIFY_MISMATCH.reason:
             self.verify_mismatches.inc()

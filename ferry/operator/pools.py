@@ -26,5 +26,7 @@ def reconcile(body: dict[str, Any], now: datetime | None = None) -> dict[str, An
             conditions, "Accepted", False, "InvalidSpec", f"{where}: {msg}", now, generation
         )
     else:
-        conditions = status.set_condition(conditions, "Accepted", True, "Valid", "", now, generation)
+        conditions = status.set_condition(
+            conditions, "Accepted", True, "Valid", "", now, generation
+        )
     return {"observedGeneration": generation, "conditions": conditions}

@@ -45,11 +45,17 @@ class Plan:
 
 
 def child_name(schedule: str, suffix: str) -> str:
-    base = schedule if len(schedule) <= 40 else f"{schedule[:31]}-{hashlib.sha256(schedule.encode()).hexdigest()[:8]}"
+    base = (
+        schedule
+        if len(schedule) <= 40
+        else f"{schedule[:31]}-{hashlib.sha256(schedule.encode()).hexdigest()[:8]}"
+    )
     return f"{base}-{suffix}"
 
 
-def _child(body: dict[str, Any], spec: api.TransferScheduleSpec, name: str, annotations: dict[str, str]) -> dict[str, Any]:
+def _child(
+    body: dict[str, Any], spec: api.TransferScheduleSpec, name: str, annotations: dict[str, str]
+) -> dict[str, Any]:
     meta = body["metadata"]
     template = (body.get("spec") or {}).get("jobTemplate") or {}
     tmeta = template.get("metadata") or {}
@@ -80,15 +86,26 @@ def _is_active(child: dict[str, Any]) -> bool:
     return (child.get("status") or {}).get("phase") not in status.TERMINAL_PHASES
 
 
-def plan(body: dict[str, Any], spec: api.TransferScheduleSpec, children: list[dict[str, Any]], now: datetime) -> Plan:
+def plan(
+    body: dict[str, Any],
+    spec: api.TransferScheduleSpec,
+    children: list[dict[str, Any]],
+    now: datetime,
+) -> Plan:
     meta = body["metadata"]
     old = body.get("status") or {}
     out = Plan()
-    c = cron.Cron(spec.schedule, spec.time_zone, cron.jitter_offset(meta["uid"], spec.jitter_seconds))
+    c = cron.Cron(
+        spec.schedule, spec.time_zone, cron.jitter_offset(meta["uid"], spec.jitter_seconds)
+    )
     active = sorted(ch["metadata"]["name"] for ch in children if _is_active(ch))
     existing = {ch["metadata"]["name"] for ch in children}
 
-    since = status.parse_time(old.get("lastHandledTime")) or status.parse_time(meta.get("creationTimestamp")) or now
+    since = (
+        status.parse_time(old.get("lastHandledTime"))
+        or status.parse_time(meta.get("creationTimestamp"))
+        or now
+    )
     cursor = since
     last_schedule = old.get("lastScheduleTime")
     due, skipped = c.due(since, now)
@@ -109,7 +126,9 @@ def plan(body: dict[str, Any], spec: api.TransferScheduleSpec, children: list[di
                 active = []
             name = child_name(meta["name"], str(int(due.timestamp())))
             if name not in existing:
-                out.create.append(_child(body, spec, name, {ANNOTATION_SCHEDULED_AT: status.iso(due)}))
+                out.create.append(
+                    _child(body, spec, name, {ANNOTATION_SCHEDULED_AT: status.iso(due)})
+                )
             active.append(name)
             cursor = due
             last_schedule = status.iso(due)
@@ -165,10 +184,16 @@ def _latest_before(c: cron.Cron, since: datetime, due: datetime) -> datetime:
 def _history(children: list[dict[str, Any]], spec: api.TransferScheduleSpec) -> list[str]:
     """Finished children beyond the history limits, oldest first."""
     out: list[str] = []
-    for phase, limit in (("Succeeded", spec.successful_jobs_history_limit), ("Failed", spec.failed_jobs_history_limit)):
+    for phase, limit in (
+        ("Succeeded", spec.successful_jobs_history_limit),
+        ("Failed", spec.failed_jobs_history_limit),
+    ):
         done = sorted(
             (ch for ch in children if (ch.get("status") or {}).get("phase") == phase),
-            key=lambda ch: ((ch.get("status") or {}).get("completionTime") or "", ch["metadata"]["name"]),
+            key=lambda ch: (
+                (ch.get("status") or {}).get("completionTime") or "",
+                ch["metadata"]["name"],
+            ),
         )
         out.extend(ch["metadata"]["name"] for ch in done[: max(0, len(done) - limit)])
     return out
@@ -187,7 +212,9 @@ class ScheduleReconciler:
         ns, name = meta["namespace"], meta["name"]
         self.metrics.reconciles.labels("TransferSchedule").inc()
         with self.tracer.reconcile(
-            "reconcile TransferSchedule", None, {"k8s.namespace.name": ns, "ferry.transferschedule": name}
+            "reconcile TransferSchedule",
+            None,
+            {"k8s.namespace.name": ns, "ferry.transferschedule": name},
         ):
             try:
                 spec = api.TransferScheduleSpec.model_validate(body.get("spec") or {})
@@ -195,7 +222,12 @@ class ScheduleReconciler:
                 where, msg = status.pydantic_field(exc)
                 conditions = status.set_condition(
                     list((body.get("status") or {}).get("conditions") or []),
-                    "Accepted", False, "InvalidSpec", f"{where}: {msg}", now, meta.get("generation"),
+                    "Accepted",
+                    False,
+                    "InvalidSpec",
+                    f"{where}: {msg}",
+                    now,
+                    meta.get("generation"),
                 )
                 return {"conditions": conditions, "observedGeneration": meta.get("generation")}
             children = self.kube.list_transferjobs(ns, f"{workload.LABEL_SCHEDULE}={name}")
@@ -212,6 +244,11 @@ class ScheduleReconciler:
                 self.metrics.schedule_last_success.labels(ns, name).set(p.last_success.timestamp())
             p.status["conditions"] = status.set_condition(
                 list((body.get("status") or {}).get("conditions") or []),
-                "Accepted", True, "Valid", "", now, meta.get("generation"),
+                "Accepted",
+                True,
+                "Valid",
+                "",
+                now,
+                meta.get("generation"),
             )
             return p.status

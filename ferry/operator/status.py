@@ -163,7 +163,9 @@ def failure_reason(found: list[PodOutcome]) -> tuple[str, str]:
         return "Failed", "mover failed without a termination message"
     last = max(failed, key=lambda o: o.finished_at)
     if last.summary:
-        reason = str(last.summary.get("reason") or REASON_BY_EXIT_CODE.get(last.exit_code, "Failed"))
+        reason = str(
+            last.summary.get("reason") or REASON_BY_EXIT_CODE.get(last.exit_code, "Failed")
+        )
         message = str(last.summary.get("message") or "")
         errors = last.summary.get("errors") or []
         if not message and errors:
@@ -295,8 +297,8 @@ def compute(
             phase, reason, message = "Running", "Transferring", ""
         elif js.get("failed"):
             reason, message = "Retrying", "mover failed; the Job is retrying with backoff"
-        patch["attempts"] = int(js.get("failed") or 0) + int(js.get("succeeded") or 0) + int(
-            js.get("active") or 0
+        patch["attempts"] = (
+            int(js.get("failed") or 0) + int(js.get("succeeded") or 0) + int(js.get("active") or 0)
         )
         if js.get("startTime") and not status.get("startTime"):
             patch["startTime"] = js["startTime"]
@@ -313,30 +315,61 @@ def compute(
         patch["completionTime"] = iso(now)
 
     conditions = set_condition(
-        conditions, "Running", phase == "Running", reason if phase == "Running" else phase, "", now, generation
+        conditions,
+        "Running",
+        phase == "Running",
+        reason if phase == "Running" else phase,
+        "",
+        now,
+        generation,
     )
     conditions = set_condition(
-        conditions, "Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotComplete",
-        "", now, generation,
+        conditions,
+        "Complete",
+        phase == "Succeeded",
+        reason if phase == "Succeeded" else "NotComplete",
+        "",
+        now,
+        generation,
     )
     conditions = set_condition(
-        conditions, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
-        message if phase == "Failed" else "", now, generation,
+        conditions,
+        "Failed",
+        phase == "Failed",
+        reason if phase == "Failed" else "NotFailed",
+        message if phase == "Failed" else "",
+        now,
+        generation,
     )
     conditions = set_condition(
-        conditions, "Suspended", phase == "Suspended", "Suspended" if phase == "Suspended" else "NotSuspended",
-        "", now, generation,
+        conditions,
+        "Suspended",
+        phase == "Suspended",
+        "Suspended" if phase == "Suspended" else "NotSuspended",
+        "",
+        now,
+        generation,
     )
     stalled, stall_msg = _stalled(status, patch, spec, phase, now)
     conditions = set_condition(
-        conditions, "Stalled", stalled, "NoProgress" if stalled else "Progressing", stall_msg, now, generation
+        conditions,
+        "Stalled",
+        stalled,
+        "NoProgress" if stalled else "Progressing",
+        stall_msg,
+        now,
+        generation,
     )
     patch["conditions"] = conditions
     return patch
 
 
 def _stalled(
-    status: dict[str, Any], patch: dict[str, Any], spec: api.TransferJobSpec, phase: str, now: datetime
+    status: dict[str, Any],
+    patch: dict[str, Any],
+    spec: api.TransferJobSpec,
+    phase: str,
+    now: datetime,
 ) -> tuple[bool, str]:
     if phase != "Running":
         return False, ""
@@ -347,18 +380,31 @@ def _stalled(
         return False, ""
     idle = (now - last).total_seconds()
     if idle > spec.stall_timeout_seconds:
-        return True, f"no progress for {int(idle)}s (stallTimeoutSeconds={spec.stall_timeout_seconds})"
+        return (
+            True,
+            f"no progress for {int(idle)}s (stallTimeoutSeconds={spec.stall_timeout_seconds})",
+        )
     return False, ""
 
 
-def invalid(body: dict[str, Any], field: str, message: str, reason: str, now: datetime) -> dict[str, Any]:
+def invalid(
+    body: dict[str, Any], field: str, message: str, reason: str, now: datetime
+) -> dict[str, Any]:
     """Status for a spec the operator refuses: terminal until the spec changes."""
     status = body.get("status") or {}
     generation = body["metadata"].get("generation")
     conditions = set_condition(
-        list(status.get("conditions") or []), "Accepted", False, reason, f"{field}: {message}", now, generation
+        list(status.get("conditions") or []),
+        "Accepted",
+        False,
+        reason,
+        f"{field}: {message}",
+        now,
+        generation,
     )
-    conditions = set_condition(conditions, "Failed", True, reason, f"{field}: {message}", now, generation)
+    conditions = set_condition(
+        conditions, "Failed", True, reason, f"{field}: {message}", now, generation
+    )
     return {
         "phase": "Failed",
         "reason": reason,

@@ -71,7 +71,9 @@ class TransferJobStatusSink(Sink):
             f"/transferjobs/{name}/status"
         )
         self.token_file = token_file
-        self.ctx = ssl.create_default_context(cafile=ca_file) if server.startswith("https") else None
+        self.ctx = (
+            ssl.create_default_context(cafile=ca_file) if server.startswith("https") else None
+        )
         self.interval = interval
         self.pod = pod
         self._clock = clock
@@ -87,7 +89,9 @@ class TransferJobStatusSink(Sink):
         ns, _, name = os.environ["FERRY_TRANSFERJOB"].partition("/")
         if not ns or not name:
             raise ValueError("FERRY_TRANSFERJOB must be namespace/name")
-        shard = int(os.environ.get("JOB_COMPLETION_INDEX") or os.environ.get("FERRY_SHARD_INDEX") or 0)
+        shard = int(
+            os.environ.get("JOB_COMPLETION_INDEX") or os.environ.get("FERRY_SHARD_INDEX") or 0
+        )
         host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         if ":" in host and not host.startswith("["):

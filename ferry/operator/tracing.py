@@ -23,12 +23,16 @@ from ferry.mover.tracing import make_provider
 
 
 class Tracer:
-    def __init__(self, provider: TracerProvider | None = None, processor: SpanProcessor | None = None) -> None:
+    def __init__(
+        self, provider: TracerProvider | None = None, processor: SpanProcessor | None = None
+    ) -> None:
         self.provider = provider or make_provider("ferry-operator", processor)
         self.tracer = self.provider.get_tracer("ferry.operator")
 
     @contextlib.contextmanager
-    def reconcile(self, name: str, traceparent: str | None, attributes: dict[str, Any]) -> Iterator[Span]:
+    def reconcile(
+        self, name: str, traceparent: str | None, attributes: dict[str, Any]
+    ) -> Iterator[Span]:
         """A span child of `traceparent`, or the root of a new trace when there is none."""
         carrier = {"traceparent": traceparent} if traceparent else {}
         parent = TraceContextTextMapPropagator().extract(carrier)

@@ -53,7 +53,9 @@ def needs_polling(body: dict[str, Any]) -> bool:
 
 
 class TransferJobReconciler:
-    def __init__(self, kube: Kube, settings: workload.MoverSettings, metrics: Metrics, tracer: Tracer) -> None:
+    def __init__(
+        self, kube: Kube, settings: workload.MoverSettings, metrics: Metrics, tracer: Tracer
+    ) -> None:
         self.kube = kube
         self.settings = settings
         self.metrics = metrics
@@ -86,7 +88,10 @@ class TransferJobReconciler:
             spec = parse_spec(body)
         except ValidationError as exc:
             where, msg = status.pydantic_field(exc)
-            return Outcome(status.invalid(body, where, msg, "InvalidSpec", now), ("InvalidSpec", f"{where}: {msg}"))
+            return Outcome(
+                status.invalid(body, where, msg, "InvalidSpec", now),
+                ("InvalidSpec", f"{where}: {msg}"),
+            )
 
         if old.get("phase") in status.TERMINAL_PHASES:
             edited = old.get("observedGeneration") != meta.get("generation")
@@ -96,7 +101,10 @@ class TransferJobReconciler:
         job = self.kube.get_job(ns, job_name)
         if job is not None and not _owned_by(job, meta["uid"]):
             msg = f"Job {job_name} exists and is not owned by this TransferJob"
-            return Outcome(status.invalid(body, "metadata.name", msg, "NameConflict", now), ("NameConflict", msg))
+            return Outcome(
+                status.invalid(body, "metadata.name", msg, "NameConflict", now),
+                ("NameConflict", msg),
+            )
 
         if spec.cancel:
             if job is not None:
@@ -113,7 +121,9 @@ class TransferJobReconciler:
                     (exc.reason, str(exc)),
                 )
             except LookupError as exc:  # pool not found: wait for it
-                return Outcome(_pending(body, "PoolNotFound", str(exc), now), ("PoolNotFound", str(exc)))
+                return Outcome(
+                    _pending(body, "PoolNotFound", str(exc), now), ("PoolNotFound", str(exc))
+                )
             for obj in built.objects():
                 if self.kube.create(obj):
                     created.append(f"{obj['kind']}/{obj['metadata']['name']}")
@@ -130,7 +140,9 @@ class TransferJobReconciler:
             warning = (str(new["reason"]), str(new.get("message") or ""))
         return Outcome(new, warning, created=created)
 
-    def _build(self, body: dict[str, Any], spec: api.TransferJobSpec, traceparent: str) -> workload.Workload:
+    def _build(
+        self, body: dict[str, Any], spec: api.TransferJobSpec, traceparent: str
+    ) -> workload.Workload:
         ns = body["metadata"]["namespace"]
         pool = None
         if spec.placement and spec.placement.pool:
@@ -144,7 +156,12 @@ class TransferJobReconciler:
         claim_names = workload.claims(spec)
         if claim_names:
             pvcs = self.kube.get_pvcs(ns, claim_names)
-            pin = workload.rwo_pin(claim_names, pvcs, self.kube.list_all_pods(ns), workload.child_name(body["metadata"]["name"]))
+            pin = workload.rwo_pin(
+                claim_names,
+                pvcs,
+                self.kube.list_all_pods(ns),
+                workload.child_name(body["metadata"]["name"]),
+            )
         ctx = workload.Context(
             namespace_privileged=privileged_ok, pool=pool, pin_node=pin, traceparent=traceparent
         )
@@ -165,19 +182,29 @@ class TransferJobReconciler:
         phase = new.get("phase") or old_phase
         self.metrics.observe_phase(body["metadata"]["uid"], phase)
         if phase in status.TERMINAL_PHASES and old_phase not in status.TERMINAL_PHASES:
-            start = status.parse_time(new.get("startTime") or (body.get("status") or {}).get("startTime"))
+            start = status.parse_time(
+                new.get("startTime") or (body.get("status") or {}).get("startTime")
+            )
             seconds = (now - start).total_seconds() if start else None
             self.metrics.finished(str(phase), new.get("reason"), new.get("result"), seconds)
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+    return any(
+        ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
 
 
 def _pending(body: dict[str, Any], reason: str, message: str, now: datetime) -> dict[str, Any]:
     generation = body["metadata"].get("generation")
     conditions = status.set_condition(
-        list((body.get("status") or {}).get("conditions") or []), "Accepted", False, reason, message, now, generation
+        list((body.get("status") or {}).get("conditions") or []),
+        "Accepted",
+        False,
+        reason,
+        message,
+        now,
+        generation,
     )
     return {
         "phase": "Pending",

@@ -266,7 +266,9 @@ def config_map(body: dict[str, Any], specs: list[dict[str, Any]]) -> dict[str, A
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(body, child_name(body["metadata"]["name"])),
-        "data": {f"spec-{i}.json": json.dumps(s, indent=2, sort_keys=True) for i, s in enumerate(specs)},
+        "data": {
+            f"spec-{i}.json": json.dumps(s, indent=2, sort_keys=True) for i, s in enumerate(specs)
+        },
     }
 
 
@@ -488,7 +490,9 @@ def build(
         if s.claim_name == d.claim_name:
             sp, dp = s.path.strip("/"), d.path.strip("/")
             if sp == dp or dp.startswith(sp + "/") or sp.startswith(dp + "/") or not sp or not dp:
-                raise InvalidSpec("spec.destination.pvc.path", "overlaps the source in the same claim")
+                raise InvalidSpec(
+                    "spec.destination.pvc.path", "overlaps the source in the same claim"
+                )
     specs, mounts = transfer_specs(spec, ctx)
     return Workload(
         config_map=config_map(body, specs),

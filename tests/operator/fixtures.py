@@ -6,8 +6,13 @@ import json
 from typing import Any
 
 
-def transferjob(spec: dict[str, Any], name: str = "copy-a", namespace: str = "team", status: dict[str, Any] | None = None,
-                generation: int = 1) -> dict[str, Any]:
+def transferjob(
+    spec: dict[str, Any],
+    name: str = "copy-a",
+    namespace: str = "team",
+    status: dict[str, Any] | None = None,
+    generation: int = 1,
+) -> dict[str, Any]:
     return {
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "TransferJob",
@@ -73,11 +78,19 @@ def summary(exit_code: int = 0, reason: str = "Completed", **counts: Any) -> str
     return json.dumps(body)
 
 
-def pod(name: str, index: int, phase: str, exit_code: int | None = None, message: str = "",
-        finished: str = "2026-01-01T00:01:00Z") -> dict[str, Any]:
+def pod(
+    name: str,
+    index: int,
+    phase: str,
+    exit_code: int | None = None,
+    message: str = "",
+    finished: str = "2026-01-01T00:01:00Z",
+) -> dict[str, Any]:
     cs: dict[str, Any] = {"name": "mover", "state": {"running": {}}}
     if exit_code is not None:
-        cs["state"] = {"terminated": {"exitCode": exit_code, "message": message, "finishedAt": finished}}
+        cs["state"] = {
+            "terminated": {"exitCode": exit_code, "message": message, "finishedAt": finished}
+        }
     return {
         "metadata": {
             "name": name,
@@ -89,8 +102,13 @@ def pod(name: str, index: int, phase: str, exit_code: int | None = None, message
     }
 
 
-def job(conditions: list[dict[str, Any]] | None = None, active: int = 0, failed: int = 0, succeeded: int = 0,
-        suspend: bool = False) -> dict[str, Any]:
+def job(
+    conditions: list[dict[str, Any]] | None = None,
+    active: int = 0,
+    failed: int = 0,
+    succeeded: int = 0,
+    suspend: bool = False,
+) -> dict[str, Any]:
     return {
         "metadata": {"name": "ferry-copy-a", "ownerReferences": [{"uid": "uid-copy-a"}]},
         "spec": {"suspend": suspend},

@@ -46,8 +46,16 @@ def test_status_fully_declared_with_subresource():
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    for field in ("phase", "conditions", "progress", "result", "startTime", "completionTime",
-                  "observedGeneration", "traceID"):
+    for field in (
+        "phase",
+        "conditions",
+        "progress",
+        "result",
+        "startTime",
+        "completionTime",
+        "observedGeneration",
+        "traceID",
+    ):
         assert field in status
     shard = status["progress"]["properties"]["shards"]["additionalProperties"]["properties"]
     assert {"bytesDone", "bytesTotal", "lastProgressTime", "finished"} <= set(shard)
@@ -62,12 +70,18 @@ def test_printer_columns_short_names_and_category():
     assert tj["spec"]["names"]["categories"] == ["ferry"]
     ts = crdgen.crd(api.TransferScheduleKind)
     assert [c["name"] for c in ts["spec"]["versions"][0]["additionalPrinterColumns"]][:4] == [
-        "Schedule", "Suspend", "Last", "Next"]
+        "Schedule",
+        "Suspend",
+        "Last",
+        "Next",
+    ]
     assert crdgen.crd(api.MoverPoolKind)["spec"]["scope"] == "Cluster"
 
 
 def test_cel_rules_enums_and_defaults_present():
-    spec = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]
     rules = spec["properties"]["source"]["x-kubernetes-validations"]
     assert "exactly one" in rules[0]["message"]
     assert spec["properties"]["mode"]["enum"] == ["Copy", "Sync"]
@@ -75,4 +89,6 @@ def test_cel_rules_enums_and_defaults_present():
     assert "pattern" in spec["properties"]["bandwidth"]
     res = spec["properties"]["placement"]["properties"]["resources"]
     assert "isQuantity" in res["properties"]["limits"]["x-kubernetes-validations"][0]["rule"]
-    assert res["properties"]["requests"]["additionalProperties"] == {"x-kubernetes-int-or-string": True}
+    assert res["properties"]["requests"]["additionalProperties"] == {
+        "x-kubernetes-int-or-string": True
+    }

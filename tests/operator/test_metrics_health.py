@@ -26,7 +26,12 @@ def test_phase_gauge_tracks_objects():
 
 def test_finished_runs_bytes_and_verify_mismatch():
     m = Metrics()
-    m.finished("Succeeded", "Completed", {"bytesTransferred": 500, "filesCopied": 2, "filesUpdated": 1}, 12.0)
+    m.finished(
+        "Succeeded",
+        "Completed",
+        {"bytesTransferred": 500, "filesCopied": 2, "filesUpdated": 1},
+        12.0,
+    )
     m.finished("Failed", "VerifyMismatch", {"bytesTransferred": 0, "differences": 1}, 3.0)
     m.finished("Failed", "some free text from somewhere", None, None)
     assert value(m, "ferry_transferjob_runs_total", result="Succeeded", reason="Completed") == 1
@@ -42,7 +47,10 @@ def test_schedule_series_removed_on_delete():
     m = Metrics()
     m.schedule_interval.labels("ns", "s").set(60)
     m.schedule_missed.labels("ns", "s").inc(2)
-    assert b'ferry_schedule_expected_interval_seconds{namespace="ns",schedule="s"} 60.0' in generate_latest(m.registry)
+    assert (
+        b'ferry_schedule_expected_interval_seconds{namespace="ns",schedule="s"} 60.0'
+        in generate_latest(m.registry)
+    )
     m.forget_schedule("ns", "s")
     assert b'schedule="s"' not in generate_latest(m.registry)
 

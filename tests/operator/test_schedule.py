@@ -17,19 +17,29 @@ T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
 def sched(status=None, uid="uid-s", created=T0, **spec):
     spec = {"schedule": "0 2 * * *", "jobTemplate": {"spec": PVC_TO_PVC}, **spec}
     return {
-        "metadata": {"name": "nightly", "namespace": "team", "uid": uid, "generation": 1,
-                     "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "metadata": {
+            "name": "nightly",
+            "namespace": "team",
+            "uid": uid,
+            "generation": 1,
+            "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
         "spec": spec,
         "status": status or {},
     }
 
 
 def plan(body, now, children=()):
-    return schedule.plan(body, api.TransferScheduleSpec.model_validate(body["spec"]), list(children), now)
+    return schedule.plan(
+        body, api.TransferScheduleSpec.model_validate(body["spec"]), list(children), now
+    )
 
 
 def child(name, phase=None, completed=None):
-    return {"metadata": {"name": name}, "status": {"phase": phase, "completionTime": completed} if phase else {}}
+    return {
+        "metadata": {"name": name},
+        "status": {"phase": phase, "completionTime": completed} if phase else {},
+    }
 
 
 def test_fires_at_the_time_in_its_zone():
@@ -38,7 +48,9 @@ def test_fires_at_the_time_in_its_zone():
     assert plan(body, T0 + timedelta(minutes=59)).create == []
     p = plan(body, T0 + timedelta(hours=1, seconds=5))
     assert len(p.create) == 1
-    assert p.create[0]["metadata"]["name"] == f"nightly-{int((T0 + timedelta(hours=1)).timestamp())}"
+    assert (
+        p.create[0]["metadata"]["name"] == f"nightly-{int((T0 + timedelta(hours=1)).timestamp())}"
+    )
     assert p.create[0]["metadata"]["labels"][schedule.workload.LABEL_SCHEDULE] == "nightly"
     assert p.create[0]["metadata"]["ownerReferences"][0]["kind"] == "TransferSchedule"
     assert p.status["lastScheduleTime"] == "2026-03-01T01:00:00Z"
@@ -50,8 +62,12 @@ def test_fires_at_the_time_in_its_zone():
 def test_dst_change_follows_the_zone():
     # Berlin switches to CEST on 29 March 2026: 02:00 local does not exist; 30 March 02:00 is 00:00 UTC.
     c = cron.Cron("0 3 * * *", "Europe/Berlin")
-    assert c.next_after(datetime(2026, 3, 29, 12, tzinfo=UTC)) == datetime(2026, 3, 30, 1, tzinfo=UTC)
-    assert c.next_after(datetime(2026, 3, 27, 12, tzinfo=UTC)) == datetime(2026, 3, 28, 2, tzinfo=UTC)
+    assert c.next_after(datetime(2026, 3, 29, 12, tzinfo=UTC)) == datetime(
+        2026, 3, 30, 1, tzinfo=UTC
+    )
+    assert c.next_after(datetime(2026, 3, 27, 12, tzinfo=UTC)) == datetime(
+        2026, 3, 28, 2, tzinfo=UTC
+    )
 
 
 def test_same_reconcile_twice_creates_nothing_new():
@@ -76,7 +92,10 @@ def test_run_once_policy_runs_the_latest_missed_once():
     body = sched(schedule="*/10 * * * *", missedRunPolicy="RunOnce")
     p = plan(body, T0 + timedelta(hours=5, minutes=3))
     assert len(p.create) == 1 and p.missed == 29
-    assert p.create[0]["metadata"]["annotations"][schedule.ANNOTATION_SCHEDULED_AT] == "2026-03-01T05:00:00Z"
+    assert (
+        p.create[0]["metadata"]["annotations"][schedule.ANNOTATION_SCHEDULED_AT]
+        == "2026-03-01T05:00:00Z"
+    )
 
 
 def test_starting_deadline():
@@ -92,7 +111,11 @@ def test_forbid_holds_while_a_run_is_active_and_runs_later_within_deadline():
     busy = plan(body, due, [child("nightly-old", "Running")])
     assert busy.create == []
     body["status"] = busy.status
-    freed = plan(body, due + timedelta(minutes=2), [child("nightly-old", "Succeeded", "2026-03-01T02:01:00Z")])
+    freed = plan(
+        body,
+        due + timedelta(minutes=2),
+        [child("nightly-old", "Succeeded", "2026-03-01T02:01:00Z")],
+    )
     assert len(freed.create) == 1
     assert freed.status["lastSuccessfulTime"] == "2026-03-01T02:01:00Z"
 
@@ -152,7 +175,10 @@ def test_invalid_cron_and_zone_name_the_field():
 
     from ferry.operator.status import pydantic_field
 
-    for bad, field in (({"schedule": "61 * * * *"}, "spec.schedule"), ({"timeZone": "Mars/Olympus"}, "spec.timeZone")):
+    for bad, field in (
+        ({"schedule": "61 * * * *"}, "spec.schedule"),
+        ({"timeZone": "Mars/Olympus"}, "spec.timeZone"),
+    ):
         with pytest.raises(ValidationError) as exc:
             api.TransferScheduleSpec.model_validate({**sched()["spec"], **bad})
         assert pydantic_field(exc.value)[0] == field

@@ -44,7 +44,10 @@ def test_succeeded_sums_shard_results():
 
 def test_failed_reason_comes_from_the_mover_summary():
     pods = [pod("p0", 0, "Failed", 9, summary(9, "VerifyMismatch", differences=1))]
-    p = compute(j=job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], failed=1), pods=pods)
+    p = compute(
+        j=job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], failed=1),
+        pods=pods,
+    )
     assert p["phase"] == "Failed" and p["reason"] == "VerifyMismatch"
     assert cond(p, "Failed")["reason"] == "VerifyMismatch"
     assert "VerifyMismatch happened" in p["message"]
@@ -52,22 +55,47 @@ def test_failed_reason_comes_from_the_mover_summary():
 
 def test_failed_without_message_classified_by_exit_code():
     pods = [pod("p0", 0, "Failed", 12, "")]
-    p = compute(j=job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=1), pods=pods)
+    p = compute(
+        j=job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=1),
+        pods=pods,
+    )
     assert p["reason"] == "AuthFailed"
 
 
 def test_deadline_exceeded():
-    p = compute(j=job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too slow"}]))
+    p = compute(
+        j=job(
+            [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "too slow",
+                }
+            ]
+        )
+    )
     assert (p["phase"], p["reason"]) == ("Failed", "DeadlineExceeded")
 
 
 def test_retry_after_a_failed_pod_keeps_the_success_of_the_retry():
     pods = [
         pod("p0-a", 0, "Failed", 11, summary(11, "Transient"), finished="2026-01-01T00:01:00Z"),
-        pod("p0-b", 0, "Succeeded", 0, summary(filesCopied=4, bytesResumed=100), finished="2026-01-01T00:02:00Z"),
+        pod(
+            "p0-b",
+            0,
+            "Succeeded",
+            0,
+            summary(filesCopied=4, bytesResumed=100),
+            finished="2026-01-01T00:02:00Z",
+        ),
     ]
     p = compute(j=job([{"type": "Complete", "status": "True"}], failed=1, succeeded=1), pods=pods)
-    assert p["phase"] == "Succeeded" and p["result"]["filesCopied"] == 4 and p["result"]["bytesResumed"] == 100
+    assert (
+        p["phase"] == "Succeeded"
+        and p["result"]["filesCopied"] == 4
+        and p["result"]["bytesResumed"] == 100
+    )
     assert p["attempts"] == 2
 
 
@@ -85,13 +113,32 @@ def test_suspend_and_cancel():
 
 def test_progress_totals_from_shards_and_stall():
     shards = {
-        "0": {"bytesDone": 100, "bytesTotal": 400, "filesDone": 1, "filesTotal": 4, "bytesPerSecond": 50,
-              "scanComplete": True, "lastProgressTime": "2026-01-01T00:09:50Z"},
-        "1": {"bytesDone": 100, "bytesTotal": 400, "filesDone": 1, "filesTotal": 4, "bytesPerSecond": 50,
-              "scanComplete": True, "lastProgressTime": "2026-01-01T00:09:00Z"},
+        "0": {
+            "bytesDone": 100,
+            "bytesTotal": 400,
+            "filesDone": 1,
+            "filesTotal": 4,
+            "bytesPerSecond": 50,
+            "scanComplete": True,
+            "lastProgressTime": "2026-01-01T00:09:50Z",
+        },
+        "1": {
+            "bytesDone": 100,
+            "bytesTotal": 400,
+            "filesDone": 1,
+            "filesTotal": 4,
+            "bytesPerSecond": 50,
+            "scanComplete": True,
+            "lastProgressTime": "2026-01-01T00:09:00Z",
+        },
     }
     spec = {**PVC_TO_PVC, "parallelism": {"shards": 2}, "stallTimeoutSeconds": 60}
-    p = compute(spec, job(active=2), [pod("a", 0, "Running"), pod("b", 1, "Running")], {"progress": {"shards": shards}})
+    p = compute(
+        spec,
+        job(active=2),
+        [pod("a", 0, "Running"), pod("b", 1, "Running")],
+        {"progress": {"shards": shards}},
+    )
     prog = p["progress"]
     assert (prog["bytesDone"], prog["bytesTotal"], prog["filesTotal"]) == (200, 800, 8)
     assert prog["percent"] == "25%" and prog["rate"] == "100 B/s" and prog["etaSeconds"] == 6.0
@@ -99,8 +146,10 @@ def test_progress_totals_from_shards_and_stall():
     assert cond(p, "Stalled")["status"] == "False"
     later = status.compute(
         transferjob(spec, status={"progress": {"shards": shards}}),
-        api.TransferJobSpec.model_validate(spec), job(active=2),
-        [pod("a", 0, "Running"), pod("b", 1, "Running")], NOW + timedelta(minutes=5),
+        api.TransferJobSpec.model_validate(spec),
+        job(active=2),
+        [pod("a", 0, "Running"), pod("b", 1, "Running")],
+        NOW + timedelta(minutes=5),
     )
     assert next(c for c in later["conditions"] if c["type"] == "Stalled")["status"] == "True"
 
@@ -108,9 +157,16 @@ def test_progress_totals_from_shards_and_stall():
 def test_condition_transition_time_kept_when_status_unchanged():
     first = compute(j=job(active=1), pods=[pod("p0", 0, "Running")])
     body = transferjob(PVC_TO_PVC, status=first)
-    again = status.compute(body, api.TransferJobSpec.model_validate(PVC_TO_PVC), job(active=1),
-                           [pod("p0", 0, "Running")], NOW + timedelta(minutes=1))
-    assert cond(again, "Running")["lastTransitionTime"] == cond(first, "Running")["lastTransitionTime"]
+    again = status.compute(
+        body,
+        api.TransferJobSpec.model_validate(PVC_TO_PVC),
+        job(active=1),
+        [pod("p0", 0, "Running")],
+        NOW + timedelta(minutes=1),
+    )
+    assert (
+        cond(again, "Running")["lastTransitionTime"] == cond(first, "Running")["lastTransitionTime"]
+    )
 
 
 def test_invalid_names_field():

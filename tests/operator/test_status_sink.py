@@ -16,7 +16,14 @@ from ferry.operator.status_sink import TransferJobStatusSink
 class _Recorder(BaseHTTPRequestHandler):
     def do_PATCH(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.seen.append((self.path, self.headers.get("Content-Type"), self.headers.get("Authorization"), json.loads(body)))
+        self.server.seen.append(
+            (
+                self.path,
+                self.headers.get("Content-Type"),
+                self.headers.get("Authorization"),
+                json.loads(body),
+            )
+        )
         self.send_response(self.server.code)
         self.end_headers()
         self.wfile.write(b"{}")
@@ -38,9 +45,20 @@ def api_server():
 
 
 def snap(done: int) -> Snapshot:
-    return Snapshot(elapsed=1.0, bytes_done=done, bytes_total=1000, files_done=1, files_total=4, bytes_skipped=0,
-                    files_skipped=0, bytes_per_second=100.0, eta_seconds=9.0, scan_complete=True, phase="transfer",
-                    current=["a/b"])
+    return Snapshot(
+        elapsed=1.0,
+        bytes_done=done,
+        bytes_total=1000,
+        files_done=1,
+        files_total=4,
+        bytes_skipped=0,
+        files_skipped=0,
+        bytes_per_second=100.0,
+        eta_seconds=9.0,
+        scan_complete=True,
+        phase="transfer",
+        current=["a/b"],
+    )
 
 
 class Clock:
@@ -54,8 +72,17 @@ class Clock:
 def make(srv, tmp_path, clock, shard=2):
     token = tmp_path / "token"
     token.write_text("tok\n")
-    return TransferJobStatusSink("team", "copy-a", shard, f"http://127.0.0.1:{srv.server_port}", str(token), None,
-                                 interval=2.0, pod="copy-a-2-x", clock=clock)
+    return TransferJobStatusSink(
+        "team",
+        "copy-a",
+        shard,
+        f"http://127.0.0.1:{srv.server_port}",
+        str(token),
+        None,
+        interval=2.0,
+        pod="copy-a-2-x",
+        clock=clock,
+    )
 
 
 def test_patches_only_its_own_shard_entry_rate_bounded(api_server, tmp_path):
@@ -106,4 +133,7 @@ def test_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FERRY_SA_DIR", str(tmp_path))
     sink = TransferJobStatusSink.from_env()
     assert sink.shard == 3
-    assert sink.url == "https://127.0.0.1:6443/apis/ferry.dev/v1alpha1/namespaces/ns1/transferjobs/job1/status"
+    assert (
+        sink.url
+        == "https://127.0.0.1:6443/apis/ferry.dev/v1alpha1/namespaces/ns1/transferjobs/job1/status"
+    )

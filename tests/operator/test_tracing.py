@@ -36,7 +36,9 @@ def test_mover_spans_are_children_of_the_operator_reconcile(monkeypatch):
     assert root.attributes["ferry.shard"] == 1 and root.attributes["ferry.bytesTransferred"] == 1000
     scan = spans["ferry.scan"]
     assert scan.parent.span_id == root.context.span_id and scan.attributes["ferry.files"] == 10
-    assert all(format(s.context.trace_id, "032x") == trace_id for s in exporter.get_finished_spans())
+    assert all(
+        format(s.context.trace_id, "032x") == trace_id for s in exporter.get_finished_spans()
+    )
 
 
 def test_later_reconciles_join_the_same_trace():
@@ -52,9 +54,20 @@ def test_later_reconciles_join_the_same_trace():
 
 def test_export_off_by_default_and_on_by_standard_variables():
     assert exporter_from_env({}) is None
-    assert exporter_from_env({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is None
-    assert type(exporter_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})).__name__ == "OTLPSpanExporter"
-    assert type(exporter_from_env({"OTEL_TRACES_EXPORTER": "console"})).__name__ == "ConsoleSpanExporter"
+    assert (
+        exporter_from_env(
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+        )
+        is None
+    )
+    assert (
+        type(exporter_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})).__name__
+        == "OTLPSpanExporter"
+    )
+    assert (
+        type(exporter_from_env({"OTEL_TRACES_EXPORTER": "console"})).__name__
+        == "ConsoleSpanExporter"
+    )
 
 
 def test_mover_tracing_imports_no_kubernetes_code():
@@ -62,5 +75,7 @@ def test_mover_tracing_imports_no_kubernetes_code():
     import sys
 
     code = "import sys, ferry.mover.tracing; print(any(m.split('.')[0] in ('kubernetes','kopf') or m.startswith('ferry.operator') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "False"

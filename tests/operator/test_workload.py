@@ -10,12 +10,17 @@ from ferry.mover.spec import TransferSpec
 from ferry.operator import api, workload
 from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, transferjob
 
-SETTINGS = workload.MoverSettings(image="ghcr.io/ferry-dev/ferry:test", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+SETTINGS = workload.MoverSettings(
+    image="ghcr.io/ferry-dev/ferry:test",
+    env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"},
+)
 
 
 def build(spec: dict, ctx: workload.Context | None = None, **kw) -> workload.Workload:
     body = transferjob(spec, **kw)
-    return workload.build(body, api.TransferJobSpec.model_validate(spec), ctx or workload.Context(), SETTINGS)
+    return workload.build(
+        body, api.TransferJobSpec.model_validate(spec), ctx or workload.Context(), SETTINGS
+    )
 
 
 def pod_spec(w: workload.Workload) -> dict:
@@ -29,7 +34,11 @@ def test_secure_defaults():
     assert ps["securityContext"]["runAsUser"] == workload.MOVER_UID
     assert ps["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     c = ps["containers"][0]["securityContext"]
-    assert c == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert c == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert ps["restartPolicy"] == "Never"
     assert not w.privileged
 
@@ -38,7 +47,10 @@ def test_pvcs_mounted_source_read_only_and_spec_paths():
     w = build(PVC_TO_PVC)
     vols = {v["name"]: v for v in pod_spec(w)["volumes"]}
     assert vols["source-data"]["persistentVolumeClaim"] == {"claimName": "data", "readOnly": True}
-    assert vols["destination-data"]["persistentVolumeClaim"] == {"claimName": "backup", "readOnly": False}
+    assert vols["destination-data"]["persistentVolumeClaim"] == {
+        "claimName": "backup",
+        "readOnly": False,
+    }
     spec = TransferSpec.model_validate(json.loads(w.config_map["data"]["spec-0.json"]))
     assert spec.source.kind == "local" and spec.source.path == "/data/source/in"
     assert spec.destination.path == "/data/destination"
@@ -49,9 +61,13 @@ def test_s3_credentials_only_as_secret_volume_reference():
     w = build(PVC_TO_S3)
     vols = {v["name"]: v for v in pod_spec(w)["volumes"]}
     assert vols["destination-secret"]["secret"]["secretName"] == "s3-creds"
-    assert vols["destination-secret"]["secret"]["items"] == [{"key": "credentials", "path": "credentials"}]
+    assert vols["destination-secret"]["secret"]["items"] == [
+        {"key": "credentials", "path": "credentials"}
+    ]
     spec = json.loads(w.config_map["data"]["spec-0.json"])
-    assert spec["destination"]["credentialsFile"] == "/var/run/ferry/secrets/destination/credentials"
+    assert (
+        spec["destination"]["credentialsFile"] == "/var/run/ferry/secrets/destination/credentials"
+    )
     assert spec["destination"]["endpointUrl"] == "http://127.0.0.1:9000"
     env = {e["name"]: e for e in pod_spec(w)["containers"][0]["env"]}
     assert not any("secretKeyRef" in str(e.get("valueFrom")) for e in env.values())
@@ -60,10 +76,14 @@ def test_s3_credentials_only_as_secret_volume_reference():
 
 def test_role_allows_only_own_status():
     w = build(PVC_TO_PVC)
-    assert w.role["rules"] == [{
-        "apiGroups": ["ferry.dev"], "resources": ["transferjobs/status"],
-        "resourceNames": ["copy-a"], "verbs": ["get", "patch"],
-    }]
+    assert w.role["rules"] == [
+        {
+            "apiGroups": ["ferry.dev"],
+            "resources": ["transferjobs/status"],
+            "resourceNames": ["copy-a"],
+            "verbs": ["get", "patch"],
+        }
+    ]
     assert w.role_binding["subjects"][0]["name"] == pod_spec(w)["serviceAccountName"]
     for obj in w.objects():
         ref = obj["metadata"]["ownerReferences"][0]
@@ -103,12 +123,14 @@ def test_owner_preservation_needs_the_namespace_annotation():
 
 
 def test_pool_placement_merged_under_own_placement():
-    pool = api.MoverPoolSpec.model_validate({
-        "nodeSelector": {"disk": "nvme", "zone": "a"},
-        "tolerations": [{"key": "storage", "operator": "Exists", "effect": "NoSchedule"}],
-        "resources": {"requests": {"cpu": "2"}},
-        "tuning": {"streams": 16, "chunkSize": "64M"},
-    })
+    pool = api.MoverPoolSpec.model_validate(
+        {
+            "nodeSelector": {"disk": "nvme", "zone": "a"},
+            "tolerations": [{"key": "storage", "operator": "Exists", "effect": "NoSchedule"}],
+            "resources": {"requests": {"cpu": "2"}},
+            "tuning": {"streams": 16, "chunkSize": "64M"},
+        }
+    )
     spec = {**PVC_TO_PVC, "placement": {"pool": "fast", "nodeSelector": {"zone": "b"}}}
     w = build(spec, workload.Context(pool=pool))
     ps = pod_spec(w)
@@ -121,22 +143,36 @@ def test_pool_placement_merged_under_own_placement():
 
 def test_rwo_claim_in_use_pins_the_node():
     pvcs = [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
-    other = {"metadata": {"labels": {}}, "spec": {"nodeName": "node-2", "volumes": [
-        {"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}, "status": {"phase": "Running"}}
+    other = {
+        "metadata": {"labels": {}},
+        "spec": {
+            "nodeName": "node-2",
+            "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}],
+        },
+        "status": {"phase": "Running"},
+    }
     assert workload.rwo_pin(["data"], pvcs, [other], "ferry-copy-a") == "node-2"
     rwx = [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteMany"]}}]
     assert workload.rwo_pin(["data"], rwx, [other], "ferry-copy-a") is None
     w = build(PVC_TO_PVC, workload.Context(pin_node="node-2"))
-    term = pod_spec(w)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    term = pod_spec(w)["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
     assert term[0]["matchFields"][0]["values"] == ["node-2"]
 
 
 def test_overlapping_paths_in_one_claim_rejected():
-    spec = {"source": {"pvc": {"claimName": "d", "path": "a"}}, "destination": {"pvc": {"claimName": "d", "path": "a/b"}}}
+    spec = {
+        "source": {"pvc": {"claimName": "d", "path": "a"}},
+        "destination": {"pvc": {"claimName": "d", "path": "a/b"}},
+    }
     with pytest.raises(workload.InvalidSpec) as exc:
         build(spec)
     assert exc.value.field == "spec.destination.pvc.path"
-    ok = {"source": {"pvc": {"claimName": "d", "path": "a"}}, "destination": {"pvc": {"claimName": "d", "path": "b"}}}
+    ok = {
+        "source": {"pvc": {"claimName": "d", "path": "a"}},
+        "destination": {"pvc": {"claimName": "d", "path": "b"}},
+    }
     assert build(ok).job["kind"] == "Job"
 
 
@@ -149,7 +185,10 @@ def test_names_fit_dns_labels():
 
 def test_suspend_deadline_and_traceparent_carried():
     tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-    w = build({**PVC_TO_PVC, "suspend": True, "activeDeadlineSeconds": 600}, workload.Context(traceparent=tp))
+    w = build(
+        {**PVC_TO_PVC, "suspend": True, "activeDeadlineSeconds": 600},
+        workload.Context(traceparent=tp),
+    )
     assert w.job["spec"]["suspend"] is True
     assert w.job["spec"]["activeDeadlineSeconds"] == 600
     env = {e["name"]: e.get("value") for e in pod_spec(w)["containers"][0]["env"]}
@@ -157,13 +196,28 @@ def test_suspend_deadline_and_traceparent_carried():
     assert env["FERRY_TRANSFERJOB"] == "team/copy-a"
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"source": {"pvc": {"claimName": "a"}, "s3": {"bucket": "bbb"}}, "destination": {"pvc": {"claimName": "b"}}}, "source"),
-    ({**PVC_TO_PVC, "bandwidth": "fast"}, "bandwidth"),
-    ({**PVC_TO_PVC, "parallelism": {"shards": 0}}, "parallelism.shards"),
-    ({**PVC_TO_PVC, "mode": "Move"}, "mode"),
-    ({"source": {"pvc": {"claimName": "a", "path": "../etc"}}, "destination": {"pvc": {"claimName": "b"}}}, "source.pvc.path"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (
+            {
+                "source": {"pvc": {"claimName": "a"}, "s3": {"bucket": "bbb"}},
+                "destination": {"pvc": {"claimName": "b"}},
+            },
+            "source",
+        ),
+        ({**PVC_TO_PVC, "bandwidth": "fast"}, "bandwidth"),
+        ({**PVC_TO_PVC, "parallelism": {"shards": 0}}, "parallelism.shards"),
+        ({**PVC_TO_PVC, "mode": "Move"}, "mode"),
+        (
+            {
+                "source": {"pvc": {"claimName": "a", "path": "../etc"}},
+                "destination": {"pvc": {"claimName": "b"}},
+            },
+            "source.pvc.path",
+        ),
+    ],
+)
 def test_validation_names_the_field(bad, field):
     from pydantic import ValidationError
 
