@@ -297,6 +297,9 @@ def compute(
             phase, reason, message = "Running", "Transferring", ""
         elif js.get("failed"):
             reason, message = "Retrying", "mover failed; the Job is retrying with backoff"
+        elif js.get("succeeded") or status.get("phase") == "Running":
+            # Movers exited, the Job controller has not marked the Job Complete yet.
+            phase, reason, message = "Running", "Finishing", ""
         patch["attempts"] = (
             int(js.get("failed") or 0) + int(js.get("succeeded") or 0) + int(js.get("active") or 0)
         )

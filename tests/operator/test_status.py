@@ -178,3 +178,9 @@ def test_invalid_names_field():
 def test_human_rate():
     assert status.human_rate(0) == "0 B/s"
     assert status.human_rate(3 * 1024 * 1024) == "3.0 MiB/s"
+
+
+def test_finishing_between_mover_exit_and_job_complete_stays_running():
+    pods = [pod("p0", 0, "Succeeded", 0, summary(filesCopied=1))]
+    p = compute(j=job(succeeded=1), pods=pods, st={"phase": "Running"})
+    assert (p["phase"], p["reason"]) == ("Running", "Finishing")

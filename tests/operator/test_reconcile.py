@@ -1,0 +1,175 @@
+"""TransferJobReconciler against an in-memory stand-in for the few API calls it makes.
+
+The cluster tests cover the real API server; these pin down the decisions:
+create once then adopt by name, no recreate after a terminal phase, TTL,
+cancel, name conflicts and missing pools.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from ferry.operator import workload
+from ferry.operator.metrics import Metrics
+from ferry.operator.tracing import Tracer
+from ferry.operator.transferjob import TransferJobReconciler, needs_polling
+from tests.operator.fixtures import PVC_TO_PVC, transferjob
+
+NOW = datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.pools: dict[str, dict[str, Any]] = {}
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = obj
+        self.created.append(f"{key[0]}/{key[1]}")
+        return True
+
+    def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get(("Job", name))
+
+    def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
+        return []
+
+    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
+        return []
+
+    def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
+        return []
+
+    def namespace_annotations(self, ns: str) -> dict[str, str]:
+        return {}
+
+    def get_pool(self, name: str) -> dict[str, Any] | None:
+        return self.pools.get(name)
+
+    def patch_job(self, ns: str, name: str, patch: dict[str, Any]) -> None:
+        self.objects[("Job", name)]["spec"].update(patch["spec"])
+
+    def delete_job(self, ns: str, name: str) -> None:
+        self.objects.pop(("Job", name), None)
+        self.deleted.append(f"Job/{name}")
+
+    def delete_transferjob(self, ns: str, name: str) -> None:
+        self.deleted.append(f"TransferJob/{name}")
+
+
+def reconciler() -> tuple[TransferJobReconciler, FakeKube, Metrics, InMemorySpanExporter]:
+    kube, metrics, exporter = FakeKube(), Metrics(), InMemorySpanExporter()
+    r = TransferJobReconciler(
+        kube,  # type: ignore[arg-type]
+        workload.MoverSettings(),
+        metrics,
+        Tracer(processor=SimpleSpanProcessor(exporter)),
+    )
+    return r, kube, metrics, exporter
+
+
+def test_creates_once_then_adopts_by_name():
+    r, kube, _, exporter = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    first = r.reconcile(body, NOW)
+    assert sorted(first.created) == sorted(
+        f"{k}/ferry-copy-a" for k in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job")
+    )
+    assert first.status["phase"] == "Pending" and len(first.status["traceID"]) == 32
+    # A restarted operator (no memory) reconciles the same object again.
+    body["status"] = first.status
+    second = r.reconcile(body, NOW + timedelta(seconds=5))
+    assert second.created == [] and len(kube.created) == 5
+    assert "traceID" not in second.status  # kept from the first reconcile
+    spans = exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in spans}) == 1  # both reconciles in one trace
+    job = kube.objects[("Job", "ferry-copy-a")]
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["TRACEPARENT"].split("-")[1] == first.status["traceID"]
+
+
+def test_suspend_is_propagated_to_the_job():
+    r, kube, _, _ = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    body["status"] = r.reconcile(body, NOW).status
+    body["spec"] = {**PVC_TO_PVC, "suspend": True}
+    out = r.reconcile(body, NOW)
+    assert kube.objects[("Job", "ferry-copy-a")]["spec"]["suspend"] is True
+    assert out.status["phase"] == "Suspended"
+
+
+def test_terminal_job_is_not_recreated_and_ttl_deletes_it():
+    r, kube, metrics, _ = reconciler()
+    done = {"phase": "Succeeded", "completionTime": "2026-01-01T00:59:00Z", "observedGeneration": 1}
+    body = transferjob({**PVC_TO_PVC, "ttlSecondsAfterFinished": 120}, status=done)
+    assert needs_polling(body)
+    out = r.reconcile(body, NOW)
+    assert kube.created == [] and not out.deleted
+    out = r.reconcile(body, NOW + timedelta(minutes=2))
+    assert out.deleted and kube.deleted == ["TransferJob/copy-a"]
+    assert not needs_polling(transferjob(PVC_TO_PVC, status=done))
+    assert (
+        metrics.registry.get_sample_value(
+            "ferry_transferjob_runs_total", {"result": "Succeeded", "reason": "Completed"}
+        )
+        is None
+    )
+
+
+def test_cancel_deletes_the_job():
+    r, kube, metrics, _ = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    body["status"] = r.reconcile(body, NOW).status
+    body["spec"] = {**PVC_TO_PVC, "cancel": True}
+    out = r.reconcile(body, NOW)
+    assert out.status["phase"] == "Failed" and out.status["reason"] == "Cancelled"
+    assert kube.deleted == ["Job/ferry-copy-a"]
+    assert (
+        metrics.registry.get_sample_value(
+            "ferry_transferjob_runs_total", {"result": "Failed", "reason": "Cancelled"}
+        )
+        == 1
+    )
+
+
+def test_foreign_job_with_our_name_is_a_conflict():
+    r, kube, _, _ = reconciler()
+    kube.objects[("Job", "ferry-copy-a")] = {
+        "metadata": {"name": "ferry-copy-a", "ownerReferences": []},
+        "spec": {},
+    }
+    out = r.reconcile(transferjob(PVC_TO_PVC), NOW)
+    assert out.status["reason"] == "NameConflict" and out.warning is not None
+
+
+def test_missing_pool_waits_then_builds_with_it():
+    r, kube, _, _ = reconciler()
+    body = transferjob({**PVC_TO_PVC, "placement": {"pool": "bulk"}})
+    out = r.reconcile(body, NOW)
+    assert out.status["phase"] == "Pending" and out.status["reason"] == "PoolNotFound"
+    kube.pools["bulk"] = {"spec": {"nodeSelector": {"pool": "bulk"}}}
+    r.reconcile(body, NOW)
+    assert kube.objects[("Job", "ferry-copy-a")]["spec"]["template"]["spec"]["nodeSelector"] == {
+        "pool": "bulk"
+    }
+
+
+def test_invalid_spec_is_terminal_until_edited():
+    r, kube, _, _ = reconciler()
+    body = transferjob({**PVC_TO_PVC, "bandwidth": "fast"})
+    out = r.reconcile(body, NOW)
+    assert out.status["phase"] == "Failed" and out.status["reason"] == "InvalidSpec"
+    assert "spec.bandwidth" in out.status["message"] and kube.created == []
+    body = transferjob(PVC_TO_PVC, status=out.status, generation=2)
+    assert r.reconcile(body, NOW).status["phase"] == "Pending" and len(kube.created) == 5
