@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
 
 def run_operator(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    # kopf derives its identity from getpass.getuser(), which raises for a uid
+    # without a passwd entry (any `runAsUser` the image does not know).
+    os.environ.setdefault("USER", "ferry-operator")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
