@@ -249,7 +249,9 @@ def test_delete_stops_process_within_grace(
             assert not Path(f"/proc/{cid.split('//')[1]}").exists()
 
 
-def test_rwo_pvc_shares_files_between_pods(core: client.CoreV1Api, namespace: str) -> None:
+def test_rwo_pvc_shares_files_between_pods(
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
+) -> None:
     claim = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -276,6 +278,12 @@ def test_rwo_pvc_shares_files_between_pods(core: client.CoreV1Api, namespace: st
     )
     term = _terminated(core, namespace, "reader", 90)
     assert (term["exitCode"], term.get("message")) == (0, "written by pod one")
+    if cluster.local:
+        pvc = _raw(core.read_namespaced_persistent_volume_claim, "data", namespace)
+        reader = _raw(core.read_namespaced_pod, "reader", namespace)
+        assert (
+            pvc["metadata"]["annotations"]["ferry.dev/attached-node"] == reader["spec"]["nodeName"]
+        )
 
 
 def test_env_and_volumes_as_a_container_sees_them(core: client.CoreV1Api, namespace: str) -> None:

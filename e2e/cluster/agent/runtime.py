@@ -12,9 +12,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubernetes import client
+
 from ..layout import Layout
 from ..procs import MARKER
 from .config import AgentConfig
+from .kube import api_client
 
 SANDBOX = Path(__file__).with_name("sandbox.py")
 
@@ -97,6 +100,14 @@ class Runtime:
         self.layout = Layout(Path(cfg.state_dir))
         self.ipam = Ipam(cfg.pod_ip_prefix)
         self.venv_bin = venv_bin()
+        self._admin: client.CoreV1Api | None = None
+
+    @property
+    def admin(self) -> client.CoreV1Api:
+        """Cluster-admin client for infrastructure writes a node identity may not make."""
+        if self._admin is None:
+            self._admin = client.CoreV1Api(api_client(self.cfg.admin_kubeconfig))
+        return self._admin
 
     def start(
         self, pod_dir: Path, container: str, launch: Launch, log: Path

@@ -24,6 +24,8 @@ from .volumes import Unsupported, Volume, VolumeBuilder
 log = logging.getLogger(__name__)
 
 TICK = 0.1
+#: Annotation on a PVC naming the node whose pod last mounted it.
+ATTACHED_NODE = "ferry.dev/attached-node"
 MAX_MESSAGE = 4096
 BACKOFF_CAP = 10.0
 
@@ -204,7 +206,23 @@ class PodWorker(threading.Thread):
         except Unsupported as exc:
             self._fail_config(str(exc))
             raise AssertionError("unreachable") from None
+        self._note_attachments()
         return vols
+
+    def _note_attachments(self) -> None:
+        """Record on each claim which node mounts it (annotation ATTACHED_NODE), best effort."""
+        node = self.pod["spec"].get("nodeName", "")
+        for vol in self.pod["spec"].get("volumes", []):
+            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            if not claim:
+                continue
+            patch = {"metadata": {"annotations": {ATTACHED_NODE: node}}}
+            try:
+                self.rt.admin.patch_namespaced_persistent_volume_claim(
+                    claim, self.ns, patch, _content_type=MERGE
+                )
+            except ApiException as exc:
+                log.warning("annotating claim %s/%s failed: %s", self.ns, claim, exc.status)
 
     def _fail_config(self, message: str) -> None:
         self._set_waiting("CreateContainerConfigError", message)
