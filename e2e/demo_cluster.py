@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "--root-pods",
         action="store_true",
         default=os.environ.get("FERRY_E2E_ROOT_PODS") == "1",
-        help="run operator and movers as uid 0 (for node agents that cannot run the venv non-root)",
+        help="run operator and movers as uid 0 (for nodes that cannot run the image non-root)",
     )
     args = p.parse_args(argv)
     bins = binaries.ensure()
