@@ -799,3 +799,108 @@ def test_one_trace_holds_operator_and_mover_spans(env: Env, otlp: tuple[str, Spa
     assert any(
         s[1].startswith("ferry.") and s[4] == run[3] for s in spans
     )  # phase spans below the run
+
+
+# ---------------------------------------------------------------- failures, deadlines, TTL, pools
+
+
+def test_unfixable_failure_is_terminal_without_retries(env: Env) -> None:
+    env.pvc("src")
+    env.pvc("dst")
+    spec = {
+        "source": {"pvc": {"claimName": "src", "path": "does/not/exist"}},
+        "destination": {"pvc": {"claimName": "dst"}},
+        "retry": {"limit": 3},
+    }
+    env.create("transferjobs", "missing", spec)
+    obj = env.wait_phase("missing", "Failed", timeout=90)
+    st = obj["status"]
+    assert st["reason"] == "SourceNotFound", st
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "SourceNotFound"
+    assert len(env.pods("missing")) == 1  # the pod failure policy failed the Job at once
+
+
+def test_active_deadline_fails_the_transfer(env: Env) -> None:
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {f"f{i}": 1024 * 1024 for i in range(8)})
+    env.create(
+        "transferjobs",
+        "late",
+        pvc_spec("src", "dst", bandwidth="256K", activeDeadlineSeconds=3),
+    )
+    obj = env.wait_phase("late", "Failed", timeout=90)
+    assert obj["status"]["reason"] == "DeadlineExceeded"
+    wait_for(
+        "mover stopped",
+        lambda: (
+            all(
+                p.get("status", {}).get("phase") in ("Failed", "Succeeded")
+                or p["metadata"].get("deletionTimestamp")
+                for p in env.pods("late")
+            )
+            or not env.pods("late")
+        ),
+        timeout=60,
+    )
+
+
+def test_ttl_after_finished_deletes_the_transferjob(env: Env) -> None:
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {"a": 10})
+    env.create("transferjobs", "brief", pvc_spec("src", "dst", ttlSecondsAfterFinished=2))
+
+    def gone() -> bool:
+        try:
+            env.tj("brief")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("TransferJob deleted by its TTL", gone, timeout=90)
+    wait_for("its Job garbage-collected", lambda: env.jobs("brief") == [], timeout=90)
+
+
+def test_mover_pool_places_the_mover(env: Env) -> None:
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {"x": 1000, "y/z": 2000})
+    pool = f"bulk-{env.ns}"
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "MoverPool",
+        "metadata": {"name": pool},
+        "spec": {
+            "nodeSelector": {"ferry.dev/pool": "bulk"},
+            "tolerations": [
+                {
+                    "key": "ferry.dev/pool",
+                    "operator": "Equal",
+                    "value": "bulk",
+                    "effect": "NoSchedule",
+                }
+            ],
+            "tuning": {"streams": 2},
+        },
+    }
+    _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", body)
+    try:
+        env.create("transferjobs", "pooled", pvc_spec("src", "dst", placement={"pool": pool}))
+        env.wait_phase("pooled", "Succeeded", timeout=120)
+        pod = env.pods("pooled")[0]
+        node = _raw(env.core.read_node, pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"].get("ferry.dev/pool") == "bulk"
+        assert digests(dst) == want
+
+        def accepted() -> bool:
+            st = (
+                _raw(env.custom.get_cluster_custom_object, G, V, "moverpools", pool).get("status")
+                or {}
+            )
+            return any(
+                c["type"] == "Accepted" and c["status"] == "True"
+                for c in st.get("conditions") or []
+            )
+
+        wait_for("pool accepted", accepted, timeout=30)
+    finally:
+        env.custom.delete_cluster_custom_object(G, V, "moverpools", pool)
