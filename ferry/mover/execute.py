@@ -5,7 +5,7 @@ overhead is a handful of syscalls, not a thread hand-off). Large files are
 cut into chunks written at their offsets by several workers at once; each
 chunk's block digests go into the resume journal, and the last chunk to
 finish assembles the file digest and commits. Bytes pass through user space
-in 1 MiB pieces per worker (hashing inline, one read of the source), or not
+in 4 MiB pieces per worker (hashing inline, one read of the source), or not
 at all when nothing needs hashing and both ends are local
 (`copy_file_range`). The planner blocks when `transfers * 2` tasks are
 queued: that bound, times the piece size, is the bound on memory in flight.
@@ -37,7 +37,8 @@ from ferry.mover.scan import list_tree
 
 log = logging.getLogger("ferry")
 
-PIECE = BLOCK_SIZE
+PIECE = BLOCK_SIZE  # files up to this size are read and written in one call
+STREAM_PIECE = 4 * BLOCK_SIZE  # larger ones stream through a per-worker buffer of this size
 SMALL = 256 * 1024
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
@@ -473,7 +474,7 @@ class Executor:
                 self._kernel_copy(rfd, wfd, seg_start, seg_end, big)
                 continue
             pos = seg_start
-            for piece in reader.iter_range(seg_start, seg_end - seg_start, PIECE):
+            for piece in reader.iter_range(seg_start, seg_end - seg_start, STREAM_PIECE):
                 if self.cancel.is_set() or (big is not None and big.error is not None):
                     raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
                 if hasher:
