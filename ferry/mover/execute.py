@@ -61,14 +61,15 @@ class RateLimiter:
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self.tokens = float(rate)
+        self.burst = rate / 10  # at most a tenth of a second ahead of the limit
+        self.tokens = 0.0
         self.stamp = time.monotonic()
         self.lock = threading.Lock()
 
     def take(self, n: int, cancel: threading.Event) -> None:
         with self.lock:
             now = time.monotonic()
-            self.tokens = min(float(self.rate), self.tokens + (now - self.stamp) * self.rate)
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
             self.tokens -= n
             wait = -self.tokens / self.rate if self.tokens < 0 else 0.0

@@ -297,3 +297,23 @@ def test_snapshot_helper_sees_differences(tmp_path: Path) -> None:
     with pytest.raises(AssertionError):
         assert_same_tree(a, b, times=False)
     assert snapshot(a, times=False) != snapshot(b, times=False)
+
+
+def test_full_verification_reads_the_destination_back(trees: tuple[Path, Path]) -> None:
+    src, dst = trees
+    (src / "small").write_bytes(os.urandom(1000))
+    (src / "medium").write_bytes(os.urandom(3 * MiB + 1))
+    (src / "large").write_bytes(os.urandom(10 * MiB))
+    s = run_ferry("copy", src, dst, "--verify", "full", "--chunk-size", "2M", "--json").summary
+    assert s["filesVerified"] == 3 and s["filesCopied"] == 3
+    assert_same_tree(src, dst)
+
+
+def test_bandwidth_limit_holds(trees: tuple[Path, Path]) -> None:
+    """An upper bound on speed is a correctness property: the run may not be faster than asked."""
+    src, dst = trees
+    for i in range(6):
+        (src / f"f{i}").write_bytes(os.urandom(MiB))
+    s = run_ferry("copy", src, dst, "--bwlimit", "2M", "--json").summary
+    assert s["bytesTransferred"] == 6 * MiB
+    assert s["elapsedSeconds"] >= 6 / 2 * 0.85, s["elapsedSeconds"]

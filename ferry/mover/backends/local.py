@@ -212,7 +212,7 @@ class LocalWriter(Writer):
     def _open_unnamed(self) -> int:
         if _O_TMPFILE:
             try:
-                return os.open(self.dir, _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+                return os.open(self.dir, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
@@ -221,7 +221,7 @@ class LocalWriter(Writer):
     def _open_named(self) -> int:
         name = os.path.basename(self.final)
         self.tmp = os.path.join(self.dir, _internal_name(name, secrets.token_hex(4) + ".tmp"))
-        return os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def fileno(self) -> int:
         return self.fd
