@@ -9,11 +9,13 @@ run; elsewhere a machine that cannot build the binaries skips these tests.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from kubernetes import client
@@ -23,9 +25,28 @@ from e2e.cluster.layout import Layout, default_state_dir
 from e2e.support import Cluster, cluster_cli
 
 
-def _test_state_dir() -> Path:
+def _claim_state_dir() -> tuple[Path, IO[bytes]]:
+    """A state dir no other live test session uses, locked for this session.
+
+    `$FERRY_E2E_CLUSTER_DIR` is waited for; otherwise the first free one of
+    `~/.cache/ferry/cluster-e2e`, `cluster-e2e-1`, ... is taken, so concurrent
+    sessions on one machine never tear down each other's cluster.
+    """
     env = os.environ.get("FERRY_E2E_CLUSTER_DIR")
-    return Path(env).resolve() if env else default_state_dir().with_name("cluster-e2e")
+    base = Path(env).resolve() if env else default_state_dir().with_name("cluster-e2e")
+    candidates = (
+        [base] if env else [base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 16))]
+    )
+    for path in candidates:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = (path / ".session.lock").open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if env else fcntl.LOCK_NB))
+        except BlockingIOError:
+            lock.close()
+            continue
+        return path, lock
+    raise RuntimeError(f"every e2e state dir next to {base} is in use")
 
 
 @pytest.fixture(scope="session")
@@ -41,13 +62,16 @@ def cluster() -> Iterator[Cluster]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"cannot build the local control plane: {exc}")
         pytest.skip(f"cannot build the local control plane here: {exc}")
-    state = _test_state_dir()
-    result = cluster_cli("up", state_dir=state)
-    if result.returncode != 0:
-        pytest.fail(f"local cluster did not start:\n{result.stderr[-4000:]}")
-    yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
-    if not os.environ.get("FERRY_E2E_KEEP"):
-        cluster_cli("down", state_dir=state)
+    state, lock = _claim_state_dir()
+    try:
+        result = cluster_cli("up", state_dir=state)
+        if result.returncode != 0:
+            pytest.fail(f"local cluster did not start:\n{result.stderr[-4000:]}")
+        yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
+        if not os.environ.get("FERRY_E2E_KEEP"):
+            cluster_cli("down", state_dir=state)
+    finally:
+        lock.close()
 
 
 @pytest.fixture(scope="session")
