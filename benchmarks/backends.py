@@ -50,9 +50,20 @@ def make_data(root: Path, big_mib: int, small: int) -> tuple[Path, Path]:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, input: str | None = None) -> float:
+    full = {**os.environ, **(env or {})}
+    if cmd[0] == "rclone":
+        full.pop(
+            "AWS_CA_BUNDLE", None
+        )  # rclone 1.60 cannot load a CA bundle for a plain-HTTP endpoint
     t = time.perf_counter()
-    p = subprocess.run(cmd, env={**os.environ, **(env or {})}, input=input, text=True,
-                       capture_output=True, cwd=REPO)
+    p = subprocess.run(
+        cmd,
+        env=full,
+        input=input,
+        text=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     dt = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-800:]}")
@@ -89,8 +100,12 @@ class Bench:
         unit = "MB/s" if case.startswith("big") else "files/s"
         print(f"  {backend:5} {case:12} {tool:16} {secs:7.2f}s {n / secs:9.1f} {unit}", flush=True)
 
-    def cases(self, backend: str, tools: Mapping[str, tuple[Callable[[Path, str], float], Callable[[str, Path], float]]],
-              remote_new: Callable[[], str]) -> None:
+    def cases(
+        self,
+        backend: str,
+        tools: Mapping[str, tuple[Callable[[Path, str], float], Callable[[str, Path], float]]],
+        remote_new: Callable[[], str],
+    ) -> None:
         """For each tool: upload big, download big, upload many, download many (fresh remote dirs)."""
         for tool, (up, down) in tools.items():
             for label, src in (("big", self.big), ("many", self.many)):
@@ -122,10 +137,12 @@ def bench_s3(b: Bench) -> None:
         creds = srv.write_credentials(b.tmp / "aws-creds")
         ep = srv.endpoint_url
         renv = {
-            "RCLONE_CONFIG_BS3_TYPE": "s3", "RCLONE_CONFIG_BS3_PROVIDER": "Other",
+            "RCLONE_CONFIG_BS3_TYPE": "s3",
+            "RCLONE_CONFIG_BS3_PROVIDER": "Other",
             "RCLONE_CONFIG_BS3_ACCESS_KEY_ID": srv.access_key,
             "RCLONE_CONFIG_BS3_SECRET_ACCESS_KEY": srv.secret_key,
-            "RCLONE_CONFIG_BS3_ENDPOINT": ep, "RCLONE_CONFIG_BS3_REGION": "us-east-1",
+            "RCLONE_CONFIG_BS3_ENDPOINT": ep,
+            "RCLONE_CONFIG_BS3_REGION": "us-east-1",
             "RCLONE_CONFIG_BS3_FORCE_PATH_STYLE": "true",
         }
         client = srv.client()
@@ -140,19 +157,29 @@ def bench_s3(b: Bench) -> None:
             return run([*FERRY, "copy", furi(dest), str(out), "--progress", "none"])
 
         def rclone_up(src: Path, dest: str) -> float:
-            return run(["rclone", "copy", str(src), f"bs3:{BUCKET}/{dest}", "--transfers", "8"], renv)
+            return run(
+                ["rclone", "copy", str(src), f"bs3:{BUCKET}/{dest}", "--transfers", "8"], renv
+            )
 
         def rclone_down(dest: str, out: Path) -> float:
-            return run(["rclone", "copy", f"bs3:{BUCKET}/{dest}", str(out), "--transfers", "8"], renv)
+            return run(
+                ["rclone", "copy", f"bs3:{BUCKET}/{dest}", str(out), "--transfers", "8"], renv
+            )
 
         def boto_up(src: Path, dest: str) -> float:
             files = [p for p in src.rglob("*") if p.is_file()]
-            return timed(lambda: [client.upload_file(str(p), BUCKET, f"{dest}/{p.relative_to(src)}")
-                                  for p in files])
+            return timed(
+                lambda: [
+                    client.upload_file(str(p), BUCKET, f"{dest}/{p.relative_to(src)}")
+                    for p in files
+                ]
+            )
 
         def boto_down(dest: str, out: Path) -> float:
             def go() -> None:
-                for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=dest + "/"):
+                for page in client.get_paginator("list_objects_v2").paginate(
+                    Bucket=BUCKET, Prefix=dest + "/"
+                ):
                     for o in page.get("Contents", []):
                         p = out / o["Key"][len(dest) + 1 :]
                         p.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +187,11 @@ def bench_s3(b: Bench) -> None:
 
             return timed(go)
 
-        tools = {"ferry": (ferry_up, ferry_down), "rclone": (rclone_up, rclone_down),
-                 "boto3": (boto_up, boto_down)}
+        tools = {
+            "ferry": (ferry_up, ferry_down),
+            "rclone": (rclone_up, rclone_down),
+            "boto3": (boto_up, boto_down),
+        }
         b.cases("s3", tools, lambda: uuid.uuid4().hex[:8])
     finally:
         srv.close()
@@ -175,11 +205,21 @@ def bench_sftp(b: Bench) -> None:
 
     srv = SSHServer().start()
     try:
-        ssh_opts = ["-i", str(srv.user_key), "-o", f"UserKnownHostsFile={srv.known_hosts}",
-                    "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+        ssh_opts = [
+            "-i",
+            str(srv.user_key),
+            "-o",
+            f"UserKnownHostsFile={srv.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+        ]
         renv = {
-            "RCLONE_CONFIG_BSFTP_TYPE": "sftp", "RCLONE_CONFIG_BSFTP_HOST": "127.0.0.1",
-            "RCLONE_CONFIG_BSFTP_PORT": str(srv.port), "RCLONE_CONFIG_BSFTP_USER": srv.user,
+            "RCLONE_CONFIG_BSFTP_TYPE": "sftp",
+            "RCLONE_CONFIG_BSFTP_HOST": "127.0.0.1",
+            "RCLONE_CONFIG_BSFTP_PORT": str(srv.port),
+            "RCLONE_CONFIG_BSFTP_USER": srv.user,
             "RCLONE_CONFIG_BSFTP_KEY_FILE": str(srv.user_key),
             "RCLONE_CONFIG_BSFTP_KNOWN_HOSTS_FILE": str(srv.known_hosts),
         }
@@ -192,33 +232,67 @@ def bench_sftp(b: Bench) -> None:
             return run([*FERRY, "copy", srv.uri(dest), str(out), "--progress", "none"])
 
         def rclone_up(src: Path, dest: str) -> float:
-            return run(["rclone", "copy", str(src), f"bsftp:{root}/{dest}", "--transfers", "8"], renv)
+            return run(
+                ["rclone", "copy", str(src), f"bsftp:{root}/{dest}", "--transfers", "8"], renv
+            )
 
         def rclone_down(dest: str, out: Path) -> float:
-            return run(["rclone", "copy", f"bsftp:{root}/{dest}", str(out), "--transfers", "8"], renv)
+            return run(
+                ["rclone", "copy", f"bsftp:{root}/{dest}", str(out), "--transfers", "8"], renv
+            )
 
         def sftp_up(src: Path, dest: str) -> float:
-            return run(["sftp", "-P", str(srv.port), *ssh_opts, "-b", "-", f"{srv.user}@127.0.0.1"],
-                       input=f"put -r {src} {root}/{dest}\n")
+            return run(
+                ["sftp", "-P", str(srv.port), *ssh_opts, "-b", "-", f"{srv.user}@127.0.0.1"],
+                input=f"put -r {src} {root}/{dest}\n",
+            )
 
         def sftp_down(dest: str, out: Path) -> float:
             out.mkdir(parents=True)
-            return run(["sftp", "-P", str(srv.port), *ssh_opts, "-b", "-", f"{srv.user}@127.0.0.1"],
-                       input=f"get -r {root}/{dest} {out}\n")
+            return run(
+                ["sftp", "-P", str(srv.port), *ssh_opts, "-b", "-", f"{srv.user}@127.0.0.1"],
+                input=f"get -r {root}/{dest} {out}\n",
+            )
 
         def scp_up(src: Path, dest: str) -> float:
-            return run(["scp", "-q", "-r", "-P", str(srv.port), *ssh_opts, str(src),
-                        f"{srv.user}@127.0.0.1:{root}/{dest}"])
+            return run(
+                [
+                    "scp",
+                    "-q",
+                    "-r",
+                    "-P",
+                    str(srv.port),
+                    *ssh_opts,
+                    str(src),
+                    f"{srv.user}@127.0.0.1:{root}/{dest}",
+                ]
+            )
 
         def scp_down(dest: str, out: Path) -> float:
-            return run(["scp", "-q", "-r", "-P", str(srv.port), *ssh_opts,
-                        f"{srv.user}@127.0.0.1:{root}/{dest}", str(out)])
+            return run(
+                [
+                    "scp",
+                    "-q",
+                    "-r",
+                    "-P",
+                    str(srv.port),
+                    *ssh_opts,
+                    f"{srv.user}@127.0.0.1:{root}/{dest}",
+                    str(out),
+                ]
+            )
 
         def client() -> tuple[paramiko.SSHClient, paramiko.SFTPClient]:
             c = paramiko.SSHClient()
             c.load_host_keys(str(srv.known_hosts))
-            c.connect("127.0.0.1", srv.port, srv.user, key_filename=str(srv.user_key),
-                      allow_agent=False, look_for_keys=False)
+            c.connect(
+                "127.0.0.1",
+                srv.port,
+                srv.user,
+                key_filename=str(srv.user_key),
+                allow_agent=False,
+                look_for_keys=False,
+            )
             return c, c.open_sftp()
 
         def pk_up(src: Path, dest: str) -> float:
@@ -253,9 +327,13 @@ def bench_sftp(b: Bench) -> None:
 
             return timed(go)
 
-        tools = {"ferry": (ferry_up, ferry_down), "rclone": (rclone_up, rclone_down),
-                 "openssh-sftp": (sftp_up, sftp_down), "scp": (scp_up, scp_down),
-                 "paramiko": (pk_up, pk_down)}
+        tools = {
+            "ferry": (ferry_up, ferry_down),
+            "rclone": (rclone_up, rclone_down),
+            "openssh-sftp": (sftp_up, sftp_down),
+            "scp": (scp_up, scp_down),
+            "paramiko": (pk_up, pk_down),
+        }
         b.cases("sftp", tools, lambda: uuid.uuid4().hex[:8])
     finally:
         srv.close()
@@ -267,11 +345,14 @@ def bench_sftp(b: Bench) -> None:
 def bench_smb(b: Bench) -> None:
     srv = SambaServer().start()
     try:
-        obscured = subprocess.run(["rclone", "obscure", "-"], input=srv.password, text=True,
-                                  capture_output=True).stdout.strip()
+        obscured = subprocess.run(
+            ["rclone", "obscure", "-"], input=srv.password, text=True, capture_output=True
+        ).stdout.strip()
         renv = {
-            "RCLONE_CONFIG_BSMB_TYPE": "smb", "RCLONE_CONFIG_BSMB_HOST": "127.0.0.1",
-            "RCLONE_CONFIG_BSMB_PORT": str(srv.port), "RCLONE_CONFIG_BSMB_USER": srv.user,
+            "RCLONE_CONFIG_BSMB_TYPE": "smb",
+            "RCLONE_CONFIG_BSMB_HOST": "127.0.0.1",
+            "RCLONE_CONFIG_BSMB_PORT": str(srv.port),
+            "RCLONE_CONFIG_BSMB_USER": srv.user,
             "RCLONE_CONFIG_BSMB_PASS": obscured,
         }
         auth = b.tmp / "smb-auth"
@@ -286,20 +367,29 @@ def bench_smb(b: Bench) -> None:
             return run([*FERRY, "copy", srv.uri(dest), str(out), "--progress", "none"])
 
         def rclone_up(src: Path, dest: str) -> float:
-            return run(["rclone", "copy", str(src), f"bsmb:{srv.share}/{dest}", "--transfers", "8"], renv)
+            return run(
+                ["rclone", "copy", str(src), f"bsmb:{srv.share}/{dest}", "--transfers", "8"], renv
+            )
 
         def rclone_down(dest: str, out: Path) -> float:
-            return run(["rclone", "copy", f"bsmb:{srv.share}/{dest}", str(out), "--transfers", "8"], renv)
+            return run(
+                ["rclone", "copy", f"bsmb:{srv.share}/{dest}", str(out), "--transfers", "8"], renv
+            )
 
         def smbc_up(src: Path, dest: str) -> float:
-            return run([*smbc, "-c", f"mkdir {dest}; cd {dest}; lcd {src}; prompt OFF; recurse ON; mput *"])
+            return run(
+                [*smbc, "-c", f"mkdir {dest}; cd {dest}; lcd {src}; prompt OFF; recurse ON; mput *"]
+            )
 
         def smbc_down(dest: str, out: Path) -> float:
             out.mkdir(parents=True)
             return run([*smbc, "-c", f"cd {dest}; lcd {out}; prompt OFF; recurse ON; mget *"])
 
-        tools = {"ferry": (ferry_up, ferry_down), "rclone": (rclone_up, rclone_down),
-                 "smbclient": (smbc_up, smbc_down)}
+        tools = {
+            "ferry": (ferry_up, ferry_down),
+            "rclone": (rclone_up, rclone_down),
+            "smbclient": (smbc_up, smbc_down),
+        }
         b.cases("smb", tools, lambda: uuid.uuid4().hex[:8])
     finally:
         srv.close()

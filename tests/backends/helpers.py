@@ -28,11 +28,16 @@ def ok(summary: Summary) -> Summary:
     return summary
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> tuple[int, dict[str, Any], str]:
     """Run `ferry ARGS --json`; return (exit code, summary JSON, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "ferry.cli", *args, "--json", "--progress", "none"],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
         env={**os.environ, **(env or {})},
     )
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ferry.mover.options import Mode
-from tests.backends.conftest import Remote
+from tests.backends.conftest import BUCKET, Remote
 from tests.backends.helpers import cli, ok, transfer
 from tests.backends.tree import MTIME, build, compare, file_digest
 
@@ -58,7 +58,15 @@ def test_round_trip_tricky_tree(backend: Remote, tmp_path: Path) -> None:
     assert ok(transfer(dst, str(back))).bytes_transferred == 0
 
 
-PAIRS = [("s3", "sftp"), ("sftp", "smb"), ("smb", "s3"), ("sftp", "s3"), ("s3", "smb"), ("smb", "sftp"), ("s3", "s3")]
+PAIRS = [
+    ("s3", "sftp"),
+    ("sftp", "smb"),
+    ("smb", "s3"),
+    ("sftp", "s3"),
+    ("s3", "smb"),
+    ("smb", "sftp"),
+    ("s3", "s3"),
+]
 
 
 @pytest.mark.parametrize(("a", "b"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
@@ -103,7 +111,11 @@ def test_cli_verify_and_plan(remote: Remote, tmp_path: Path) -> None:
     if remote.kind == "s3" and code == 1:
         # S3 has no directories, so nothing holds a directory's mtime or mode; the engine's
         # verify still compares them (reported to the engine owner). Files must all match.
-        paths = [line.split()[1] for line in err.splitlines() if line.split()[:1] in (["mtime"], ["mode"])]
+        paths = [
+            line.split()[1]
+            for line in err.splitlines()
+            if line.split()[:1] in (["mtime"], ["mode"])
+        ]
         assert paths and all((src / p).is_dir() for p in paths), err
     else:
         assert code == 0, (summary, err)
@@ -113,7 +125,7 @@ def test_cli_verify_and_plan(remote: Remote, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sftp", "smb"])
-def test_sparse_multi_gib(kind: str, remotes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sparse_multi_gib(kind: str, remotes, tmp_path: Path) -> None:
     """A 2 GiB file that is mostly hole arrives byte-exact (S3 is left out: moto holds
     objects in memory, and no remote here can keep holes, so this is about size and offsets)."""
     r = remotes(kind)
@@ -133,3 +145,20 @@ def test_sparse_multi_gib(kind: str, remotes, tmp_path: Path) -> None:  # type: 
     assert (disk / "sparse.img").stat().st_size == size
     assert file_digest(disk / "sparse.img") == file_digest(p)
     assert ok(transfer(str(src), r.uri(sub))).bytes_transferred == 0
+
+
+def test_s3_objects_interoperate(remotes, tmp_path: Path) -> None:
+    """Plain boto3 (checksum-validating) reads what Ferry wrote, and sees Ferry's metadata."""
+    r = remotes("s3")
+    src = tmp_path / "src"
+    build(src, big=False)
+    sub = r.fresh("interop")
+    ok(transfer(str(src), r.uri(sub)))
+    c = r.server.client()
+    for rel in ("sizes/s03-10485761", "plain.txt".join(["names/", ""])):
+        obj = c.get_object(Bucket=BUCKET, Key=f"{sub}/{rel}")
+        assert obj["Body"].read() == (src / rel).read_bytes()
+        meta = obj["Metadata"]
+        assert int(meta["ferry-mtime-ns"]) == (src / rel).stat().st_mtime_ns
+        assert meta["ferry-digest"].startswith("b3m1:")
+        assert int(meta["ferry-mode"], 8) == (src / rel).stat().st_mode & 0o7777

@@ -23,7 +23,20 @@ NAMES_ALL = [
 ]
 NAMES_POSIX = ["q?mark*star:colon", 'dq"lt<gt>pipe|', "back\\slash", "trailing.", "tab\there"]
 
-SIZES = [0, 1, MiB - 1, MiB, MiB + 1, CHUNK - 1, CHUNK, CHUNK + 1, 8 * MiB + 1, 2 * CHUNK, 2 * CHUNK + 1, 3 * CHUNK + 7]
+SIZES = [
+    0,
+    1,
+    MiB - 1,
+    MiB,
+    MiB + 1,
+    CHUNK - 1,
+    CHUNK,
+    CHUNK + 1,
+    8 * MiB + 1,
+    2 * CHUNK,
+    2 * CHUNK + 1,
+    3 * CHUNK + 7,
+]
 
 
 def _data(size: int, seed: int) -> bytes:
@@ -71,7 +84,9 @@ def file_digest(p: Path) -> str:
     return h.hexdigest()
 
 
-def compare(a: Path, b: Path, *, precision_ns: int = 1, modes: bool = True, empty_dirs: bool = True) -> list[str]:
+def compare(
+    a: Path, b: Path, *, precision_ns: int = 1, modes: bool = True, empty_dirs: bool = True
+) -> list[str]:
     """Differences between two local trees: names, bytes, mtimes (to precision), modes."""
     diffs: list[str] = []
 
@@ -85,7 +100,11 @@ def compare(a: Path, b: Path, *, precision_ns: int = 1, modes: bool = True, empt
 
     ta, tb = walk(a), walk(b)
     if not empty_dirs:
-        ta = {k: v for k, v in ta.items() if not (os.path.isdir(a / k) and not any((a / k).rglob("*")))}
+        ta = {
+            k: v
+            for k, v in ta.items()
+            if not (os.path.isdir(a / k) and not any((a / k).rglob("*")))
+        }
     for rel in sorted(set(ta) | set(tb)):
         if rel not in tb:
             diffs.append(f"missing {rel!r}")

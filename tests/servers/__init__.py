@@ -13,4 +13,12 @@ from tests.servers.sshd import SSHServer
 
 TEST_USER = "ferrytest"
 
-__all__ = ["TEST_USER", "MotoServer", "SSHServer", "SambaServer", "ServerError", "free_port", "wait_until"]
+__all__ = [
+    "TEST_USER",
+    "MotoServer",
+    "SSHServer",
+    "SambaServer",
+    "ServerError",
+    "free_port",
+    "wait_until",
+]

@@ -26,7 +26,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def wait_until(
+    cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
     """Poll `cond` until true; fail early if `proc` died, or at the deadline."""
     deadline = time.monotonic() + timeout
     delay = 0.01

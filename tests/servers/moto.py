@@ -57,7 +57,10 @@ class MotoServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [self._binary(), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         wait_until(self._ready, timeout, f"moto_server on {self.port}", self.proc)
         self._bootstrap()
@@ -67,8 +70,11 @@ class MotoServer:
         import boto3
 
         iam = boto3.client(
-            "iam", endpoint_url=self.endpoint_url, region_name=REGION,
-            aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap",
+            "iam",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
         )
         iam.create_user(UserName="ferry")
         key = iam.create_access_key(UserName="ferry")["AccessKey"]
@@ -108,8 +114,11 @@ class MotoServer:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=REGION,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
         )
 
     def create_bucket(self, name: str) -> None:

@@ -70,7 +70,9 @@ class TCPRelay:
         for s in socks:
             with contextlib.suppress(OSError):
                 # RST, not FIN: what a crashed or restarted server's kernel sends.
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 s.close()
 
     def restart(self) -> None:

@@ -48,41 +48,45 @@ class SambaServer:
         for d in dirs.values():
             d.mkdir(exist_ok=True)
         self.config.write_text(
-            "\n".join([
-                "[global]",
-                f"smb ports = {self.port}",
-                "interfaces = lo",
-                "bind interfaces only = yes",
-                f"private dir = {dirs['private']}",
-                f"lock directory = {dirs['lock']}",
-                f"state directory = {dirs['state']}",
-                f"cache directory = {dirs['cache']}",
-                f"pid directory = {dirs['pid']}",
-                f"ncalrpc dir = {dirs['ncalrpc']}",
-                "disable netbios = yes",
-                "load printers = no",
-                "printing = bsd",
-                "printcap name = /dev/null",
-                "rpc start on demand helpers = no",
-                "server min protocol = SMB2_02",
-                "server signing = auto",
-                "smb encrypt = if_required",
-                "passdb backend = tdbsam",
-                "map to guest = never",
-                "log level = 1",
-                "",
-                f"[{SHARE}]",
-                f"path = {self.root}",
-                "read only = no",
-                f"valid users = {self.user}",
-                "create mask = 0644",
-                "",
-            ])
+            "\n".join(
+                [
+                    "[global]",
+                    f"smb ports = {self.port}",
+                    "interfaces = lo",
+                    "bind interfaces only = yes",
+                    f"private dir = {dirs['private']}",
+                    f"lock directory = {dirs['lock']}",
+                    f"state directory = {dirs['state']}",
+                    f"cache directory = {dirs['cache']}",
+                    f"pid directory = {dirs['pid']}",
+                    f"ncalrpc dir = {dirs['ncalrpc']}",
+                    "disable netbios = yes",
+                    "load printers = no",
+                    "printing = bsd",
+                    "printcap name = /dev/null",
+                    "rpc start on demand helpers = no",
+                    "server min protocol = SMB2_02",
+                    "server signing = auto",
+                    "smb encrypt = if_required",
+                    "passdb backend = tdbsam",
+                    "map to guest = never",
+                    "log level = 1",
+                    "",
+                    f"[{SHARE}]",
+                    f"path = {self.root}",
+                    "read only = no",
+                    f"valid users = {self.user}",
+                    "create mask = 0644",
+                    "",
+                ]
+            )
         )
         smbpasswd = need("smbpasswd")
         subprocess.run(
             [smbpasswd, "-c", str(self.config), "-a", "-s", self.user],
-            input=f"{self.password}\n{self.password}\n", text=True, check=True,
+            input=f"{self.password}\n{self.password}\n",
+            text=True,
+            check=True,
             stdout=subprocess.DEVNULL,
         )
         self.password_file.write_text(self.password + "\n")
@@ -95,9 +99,16 @@ class SambaServer:
         smbd = need("smbd")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [smbd, "--foreground", "--no-process-group", "--debug-stdout",
-                 f"--configfile={self.config}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    smbd,
+                    "--foreground",
+                    "--no-process-group",
+                    "--debug-stdout",
+                    f"--configfile={self.config}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_until(lambda: port_open(self.port), timeout, f"smbd on {self.port}", self.proc)
         return self

@@ -46,7 +46,9 @@ class SSHServer:
         keygen = need("ssh-keygen")
         for key in (self.host_key, self.user_key):
             if not key.exists():
-                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+                subprocess.run(
+                    [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+                )
         auth = self.dir / "authorized_keys"
         shutil.copy(f"{self.user_key}.pub", auth)
         os.chmod(auth, 0o644)
@@ -57,24 +59,26 @@ class SSHServer:
         self.password_file.write_text(self.password + "\n")
         os.chmod(self.password_file, 0o600)
         self.config.write_text(
-            "\n".join([
-                f"Port {self.port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {self.host_key}",
-                f"PidFile {self.dir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {auth}",
-                "UsePAM no",
-                "StrictModes no",
-                "PasswordAuthentication yes",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin no",
-                f"AllowUsers {self.user}",
-                "Subsystem sftp internal-sftp",
-                "MaxSessions 64",
-                "MaxStartups 64:30:128",
-                "LogLevel ERROR",
-                "",
-            ])
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {auth}",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PasswordAuthentication yes",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin no",
+                    f"AllowUsers {self.user}",
+                    "Subsystem sftp internal-sftp",
+                    "MaxSessions 64",
+                    "MaxStartups 64:30:128",
+                    "LogLevel ERROR",
+                    "",
+                ]
+            )
         )
         Path("/run/sshd").mkdir(exist_ok=True)
         self._configured = True
@@ -86,7 +90,9 @@ class SSHServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sshd, "-D", "-e", "-f", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_until(lambda: port_open(self.port), timeout, f"sshd on {self.port}", self.proc)
         return self

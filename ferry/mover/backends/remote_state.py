@@ -21,7 +21,9 @@ SAVE_INTERVAL = 0.5
 class RemoteState:
     """A dict persisted through `save(bytes)`; loaded from `load() -> bytes | None`."""
 
-    def __init__(self, key: str, load: Callable[[], bytes | None], save: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, key: str, load: Callable[[], bytes | None], save: Callable[[bytes], None]
+    ) -> None:
         self.key = key
         self._save = save
         self._lock = threading.Lock()
@@ -29,6 +31,8 @@ class RemoteState:
         self._dirty = False
         self.data: dict[str, Any] = {}
         self.previous: dict[str, Any] | None = None  # state of another source version, to clean up
+        self._timer: threading.Timer | None = None
+        self._closed = False
         raw = None
         try:
             raw = load()
@@ -46,12 +50,35 @@ class RemoteState:
         self.data["key"] = key
 
     def update(self, fn: Callable[[dict[str, Any]], None], force: bool = False) -> None:
-        """Apply fn to the state; persist now if forced or the interval has passed."""
+        """Apply fn to the state; persist now if forced or the interval has passed,
+        else within the interval from a timer (so a kill loses at most that much)."""
         with self._lock:
             fn(self.data)
             self._dirty = True
-            if force or time.monotonic() - self._last >= SAVE_INTERVAL:
+            wait = SAVE_INTERVAL - (time.monotonic() - self._last)
+            if force or wait <= 0:
                 self._flush_locked()
+            elif self._timer is None and not self._closed:
+                self._timer = threading.Timer(wait, self._deferred)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _deferred(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._dirty and not self._closed:
+                try:
+                    self._flush_locked()
+                except Exception:
+                    pass
+
+    def close(self) -> None:
+        """No more saves (call before deleting the state): cancels a pending timer."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def flush(self) -> None:
         with self._lock:

@@ -24,10 +24,13 @@ its digest.
 
 from __future__ import annotations
 
+import base64
 import configparser
+import hashlib
 import ipaddress
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -60,7 +63,12 @@ MAX_PARTS = 10_000
 PART_TARGET = 16 * MiB  # size of parts cut from a long sequential run
 SINGLE_PUT_MAX = 8 * MiB  # at or below: buffer and PUT once at commit
 COPY_MAX = 5 * GiB  # CopyObject limit for the in-place metadata rewrite
-META_DIGEST, META_MTIME, META_MODE, META_RCLONE_MTIME = "ferry-digest", "ferry-mtime-ns", "ferry-mode", "mtime"
+META_DIGEST, META_MTIME, META_MODE, META_RCLONE_MTIME = (
+    "ferry-digest",
+    "ferry-mtime-ns",
+    "ferry-mode",
+    "mtime",
+)
 
 _AUTH_CODES = {
     "InvalidAccessKeyId",
@@ -91,8 +99,12 @@ _MISSING_BUCKET = {"NoSuchBucket"}
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 
 
-def classify(exc: BaseException, where: str, path: str | None = None,
-             missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+def classify(
+    exc: BaseException,
+    where: str,
+    path: str | None = None,
+    missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+) -> FerryError:
     """Map a boto3/botocore failure to a FerryError naming `where` (never a secret)."""
     if isinstance(exc, FerryError):
         return exc
@@ -104,7 +116,9 @@ def classify(exc: BaseException, where: str, path: str | None = None,
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         msg = f"{where}: {code or status} {err.get('Message', '')}".rstrip()
         if code in _AUTH_CODES:
-            return FerryError(ErrorKind.AUTH_FAILED, f"{where}: credentials rejected ({code})", path)
+            return FerryError(
+                ErrorKind.AUTH_FAILED, f"{where}: credentials rejected ({code})", path
+            )
         if code in _TRANSIENT_CODES or status in (500, 502, 503, 504):
             return FerryError(ErrorKind.TRANSIENT, msg, path)
         if code in _MISSING_BUCKET:
@@ -114,7 +128,9 @@ def classify(exc: BaseException, where: str, path: str | None = None,
         if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
             return FerryError(ErrorKind.PERMISSION, msg, path)
         if code in ("PreconditionFailed", "412") or status == 412:
-            return FerryError(ErrorKind.SOURCE_CHANGED, f"{where}: object changed while reading", path)
+            return FerryError(
+                ErrorKind.SOURCE_CHANGED, f"{where}: object changed while reading", path
+            )
         if code in ("EntityTooLarge", "QuotaExceeded"):
             return FerryError(ErrorKind.DESTINATION_FULL, msg, path)
         return FerryError(ErrorKind.IO_ERROR, msg, path)
@@ -136,14 +152,20 @@ def part_unit(size: int) -> int:
 
 def _read_credentials(path: str, profile: str | None) -> dict[str, str]:
     """Keys from an AWS credentials file, or from a directory of one-value files (a mounted Secret)."""
-    names = {"aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key",
-             "aws_session_token": "aws_session_token"}
+    names = {
+        "aws_access_key_id": "aws_access_key_id",
+        "aws_secret_access_key": "aws_secret_access_key",
+        "aws_session_token": "aws_session_token",
+    }
     out: dict[str, str] = {}
     if os.path.isdir(path):
         for fname in os.listdir(path):
             key = fname.lower().replace("-", "_")
-            key = {"access_key_id": "aws_access_key_id", "secret_access_key": "aws_secret_access_key",
-                   "session_token": "aws_session_token"}.get(key, key)
+            key = {
+                "access_key_id": "aws_access_key_id",
+                "secret_access_key": "aws_secret_access_key",
+                "session_token": "aws_session_token",
+            }.get(key, key)
             if key in names:
                 with open(os.path.join(path, fname)) as f:
                     out[key] = f.read().strip()
@@ -198,19 +220,27 @@ class S3Backend(Backend):
             connect_timeout=10,
             read_timeout=120,
             tcp_keepalive=True,
-            request_checksum_calculation="when_required" if self.checksum_alg is None else "when_supported",
+            # Checksums go in headers we compute (checksum_args); botocore's own would stream the
+            # body aws-chunked with a trailer, which S3-compatible servers handle slowly or not at all.
+            request_checksum_calculation="when_supported"
+            if self.checksum_alg == "CRC32C"
+            else "when_required",
             response_checksum_validation="when_required",
         )
-        bs = botocore.session.Session(profile=ep.profile) if ep.profile and not ep.credentials_file \
+        bs = (
+            botocore.session.Session(profile=ep.profile)
+            if ep.profile and not ep.credentials_file
             else botocore.session.Session()
+        )
         session = boto3.Session(botocore_session=bs)
         kwargs: dict[str, Any] = {}
         if ep.credentials_file:
             creds = _read_credentials(ep.credentials_file, ep.profile)
             kwargs = {k: v for k, v in creds.items()}
         region = ep.region or session.region_name or "us-east-1"
-        self.client = session.client("s3", endpoint_url=ep.endpoint_url, region_name=region,
-                                     config=config, **kwargs)
+        self.client = session.client(
+            "s3", endpoint_url=ep.endpoint_url, region_name=region, config=config, **kwargs
+        )
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-head")
 
     # -- naming ---------------------------------------------------------------------------
@@ -226,8 +256,12 @@ class S3Backend(Backend):
         k = self.key(rel)
         return k + "/" if k else ""
 
-    def err(self, exc: BaseException, rel: str | None = None,
-            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+    def err(
+        self,
+        exc: BaseException,
+        rel: str | None = None,
+        missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+    ) -> FerryError:
         return classify(exc, self.describe(), rel, missing)
 
     # -- metadata -------------------------------------------------------------------------
@@ -246,7 +280,9 @@ class S3Backend(Backend):
                 return None
             raise
 
-    def object_meta(self, entry: Entry, digest: str | None, preserve: Preserve | None) -> dict[str, str]:
+    def object_meta(
+        self, entry: Entry, digest: str | None, preserve: Preserve | None
+    ) -> dict[str, str]:
         meta: dict[str, str] = {}
         if preserve is None or preserve.times:
             meta[META_MTIME] = str(entry.mtime_ns)
@@ -257,12 +293,27 @@ class S3Backend(Backend):
             meta[META_DIGEST] = digest
         return meta
 
+    def checksum_args(self, body: bytes) -> dict[str, Any]:
+        """The additional-checksum parameters for one upload of `body`."""
+        alg = self.checksum_alg
+        if alg is None:
+            return {}
+        if alg == "CRC32":
+            value = zlib.crc32(body).to_bytes(4, "big")
+        elif alg in ("SHA1", "SHA256"):
+            value = hashlib.new(alg.lower(), body).digest()
+        else:
+            return {"ChecksumAlgorithm": alg}  # botocore computes it (CRC32C needs awscrt)
+        return {f"Checksum{alg}": base64.b64encode(value).decode()}
+
     def put_args(self) -> dict[str, Any]:
         """Per-object options every write carries: encryption, storage class."""
         args: dict[str, Any] = {}
         if self.ep.sse:
             sse = self.ep.sse.lower()
-            args["ServerSideEncryption"] = "aws:kms" if sse in ("kms", "aws:kms", "sse-kms") else "AES256"
+            args["ServerSideEncryption"] = (
+                "aws:kms" if sse in ("kms", "aws:kms", "sse-kms") else "AES256"
+            )
             if args["ServerSideEncryption"] == "aws:kms" and self.ep.sse_kms_key_id:
                 args["SSEKMSKeyId"] = self.ep.sse_kms_key_id
         if self.ep.storage_class:
@@ -321,8 +372,14 @@ class S3Backend(Backend):
                         continue  # the directory's own marker object
                     if name.startswith(INTERNAL_PREFIX):
                         continue
-                    files.append(Entry(check_name(name, where), EntryType.FILE, size=int(obj["Size"]),
-                                       mtime_ns=_ts_ns(obj.get("LastModified"))))
+                    files.append(
+                        Entry(
+                            check_name(name, where),
+                            EntryType.FILE,
+                            size=int(obj["Size"]),
+                            mtime_ns=_ts_ns(obj.get("LastModified")),
+                        )
+                    )
         except FerryError:
             raise
         except Exception as exc:
@@ -346,13 +403,19 @@ class S3Backend(Backend):
             raise self.err(exc, prefix) from None
 
     def stat(self, rel: str) -> Entry | None:
-        name = rel.rsplit("/", 1)[-1] if rel else (self.prefix.rsplit("/", 1)[-1] if self.prefix else "")
+        name = (
+            rel.rsplit("/", 1)[-1]
+            if rel
+            else (self.prefix.rsplit("/", 1)[-1] if self.prefix else "")
+        )
         try:
             if rel or self.prefix:
                 h = self.head(self.key(rel))
                 if h is not None:
                     return self._entry_from_head(name, h)
-            resp = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._dir_prefix(rel), MaxKeys=1)
+            resp = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._dir_prefix(rel), MaxKeys=1
+            )
         except Exception as exc:
             raise self.err(exc, rel) from None
         if resp.get("KeyCount", 0) or not (rel or self.prefix):
@@ -397,15 +460,27 @@ class S3Backend(Backend):
             raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def copy_in_place(self, key: str, meta: dict[str, str]) -> None:
+        """Replace an object's metadata. The checksum algorithm is named again so the server
+        computes a whole-object checksum; a carried-over multipart (composite) checksum would
+        make checksum-validating readers (boto3, the AWS CLI) reject the copy."""
+        args = self.put_args()
+        if self.checksum_alg:
+            args["ChecksumAlgorithm"] = self.checksum_alg
         self.client.copy_object(
-            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-            Metadata=meta, MetadataDirective="REPLACE", **self.put_args(),
+            Bucket=self.bucket,
+            Key=key,
+            CopySource={"Bucket": self.bucket, "Key": key},
+            Metadata=meta,
+            MetadataDirective="REPLACE",
+            **args,
         )
 
     def prepare_destination(self) -> None:
         if not self.bucket_exists(ErrorKind.DESTINATION_NOT_FOUND):
-            raise FerryError(ErrorKind.DESTINATION_NOT_FOUND,
-                             f"{self.describe()}: bucket {self.bucket!r} does not exist")
+            raise FerryError(
+                ErrorKind.DESTINATION_NOT_FOUND,
+                f"{self.describe()}: bucket {self.bucket!r} does not exist",
+            )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -443,8 +518,11 @@ class S3Reader(Reader):
         self._changed: str | None = None
 
     def _get(self, offset: int, length: int) -> Any:
-        args: dict[str, Any] = {"Bucket": self.be.bucket, "Key": self.key,
-                                "Range": f"bytes={offset}-{offset + length - 1}"}
+        args: dict[str, Any] = {
+            "Bucket": self.be.bucket,
+            "Key": self.key,
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
         if self.etag:
             args["IfMatch"] = self.etag
         resp = self.be.client.get_object(**args)
@@ -454,7 +532,9 @@ class S3Reader(Reader):
         total = str(resp.get("ContentRange", "")).rpartition("/")[2]
         if total.isdigit() and int(total) != self.size:
             self._changed = f"size changed from {self.size} to {total}"
-            raise FerryError(ErrorKind.SOURCE_CHANGED, f"{self.be.describe()}: object {self._changed}", self.rel)
+            raise FerryError(
+                ErrorKind.SOURCE_CHANGED, f"{self.be.describe()}: object {self._changed}", self.rel
+            )
         return resp
 
     def read_at(self, offset: int, length: int) -> bytes:
@@ -476,7 +556,9 @@ class S3Reader(Reader):
             while got < length:
                 data = body.read(min(piece, length - got))
                 if not data:
-                    raise FerryError(ErrorKind.TRANSIENT, f"{self.be.describe()}: short read", self.rel)
+                    raise FerryError(
+                        ErrorKind.TRANSIENT, f"{self.be.describe()}: short read", self.rel
+                    )
                 got += len(data)
                 yield data
         except FerryError:
@@ -509,12 +591,16 @@ class SinglePutWriter(Writer):
             self.buf.extend(b"\0" * (size - len(self.buf)))
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
-        args = self.be.put_args()
-        if self.be.checksum_alg:
-            args["ChecksumAlgorithm"] = self.be.checksum_alg
+        body = bytes(self.buf)
+        args = {**self.be.put_args(), **self.be.checksum_args(body)}
         try:
-            self.be.client.put_object(Bucket=self.be.bucket, Key=self.be.key(self.rel), Body=bytes(self.buf),
-                                      Metadata=self.be.object_meta(entry, digest, preserve), **args)
+            self.be.client.put_object(
+                Bucket=self.be.bucket,
+                Key=self.be.key(self.rel),
+                Body=body,
+                Metadata=self.be.object_meta(entry, digest, preserve),
+                **args,
+            )
         except Exception as exc:
             raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
         self.buf = bytearray()
@@ -562,13 +648,17 @@ class MultipartWriter(Writer):
         self.parts: dict[int, dict[str, Any]] = {}  # part number -> {off, len, etag, ck}
         self._local = threading.local()
         head, _, name = self.key.rpartition("/")
-        self.state_key = f"{head}/{INTERNAL_PREFIX}{name}.mpu" if head else f"{INTERNAL_PREFIX}{name}.mpu"
+        self.state_key = (
+            f"{head}/{INTERNAL_PREFIX}{name}.mpu" if head else f"{INTERNAL_PREFIX}{name}.mpu"
+        )
         self.meta_digest = entry.digest if is_digest(entry.digest) else None
         self.state: RemoteState | None = None
         self.upload_id = ""
         try:
             if resume_key:
-                self.state = RemoteState(f"{resume_key}|{self.size}", self._load_state, self._save_state)
+                self.state = RemoteState(
+                    f"{resume_key}|{self.size}", self._load_state, self._save_state
+                )
                 self._resume()
             if not self.upload_id:
                 self._create()
@@ -580,7 +670,9 @@ class MultipartWriter(Writer):
     # -- state ------------------------------------------------------------------------
     def _load_state(self) -> bytes | None:
         try:
-            return bytes(self.be.client.get_object(Bucket=self.be.bucket, Key=self.state_key)["Body"].read())
+            return bytes(
+                self.be.client.get_object(Bucket=self.be.bucket, Key=self.state_key)["Body"].read()
+            )
         except ClientError as exc:
             if _code(exc) in _MISSING_KEY:
                 return None
@@ -599,7 +691,8 @@ class MultipartWriter(Writer):
         server: dict[int, tuple[str, int]] = {}
         try:
             pages = self.be.client.get_paginator("list_parts").paginate(
-                Bucket=self.be.bucket, Key=self.key, UploadId=upload_id)
+                Bucket=self.be.bucket, Key=self.key, UploadId=upload_id
+            )
             for page in pages:
                 for p in page.get("Parts", []) or []:
                     server[int(p["PartNumber"])] = (str(p["ETag"]), int(p["Size"]))
@@ -621,7 +714,9 @@ class MultipartWriter(Writer):
         old = (self.state.previous or {}).get("upload_id") if self.state else None
         if old:
             try:
-                self.be.client.abort_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=old)
+                self.be.client.abort_multipart_upload(
+                    Bucket=self.be.bucket, Key=self.key, UploadId=old
+                )
             except ClientError:
                 pass
 
@@ -630,13 +725,17 @@ class MultipartWriter(Writer):
         if self.be.checksum_alg:
             args["ChecksumAlgorithm"] = self.be.checksum_alg
         meta = self.be.object_meta(self.entry, self.meta_digest, None)
-        resp = self.be.client.create_multipart_upload(Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args)
+        resp = self.be.client.create_multipart_upload(
+            Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args
+        )
         self.upload_id = str(resp["UploadId"])
         if self.state is not None:
             old = self.state.data.get("upload_id")
             if old and old != self.upload_id:
                 try:
-                    self.be.client.abort_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=old)
+                    self.be.client.abort_multipart_upload(
+                        Bucket=self.be.bucket, Key=self.key, UploadId=old
+                    )
                 except ClientError:
                     pass
 
@@ -685,18 +784,30 @@ class MultipartWriter(Writer):
 
     def _upload(self, off: int, blob: bytes) -> None:
         if len(blob) < MIN_PART and off + len(blob) != self.size:
-            raise FerryError(ErrorKind.USAGE, f"S3 part of {len(blob)} bytes at {off} is below 5 MiB "
-                             "(chunks must be at least 5 MiB)", self.rel)
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"S3 part of {len(blob)} bytes at {off} is below 5 MiB "
+                "(chunks must be at least 5 MiB)",
+                self.rel,
+            )
         pn = off // self.unit + 1
         if pn > MAX_PARTS:
-            raise FerryError(ErrorKind.USAGE, f"file needs parts of at least {self.unit} bytes "
-                             "for S3's 10,000-part limit: raise the chunk size", self.rel)
-        args: dict[str, Any] = {}
-        if self.be.checksum_alg:
-            args["ChecksumAlgorithm"] = self.be.checksum_alg
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"file needs parts of at least {self.unit} bytes "
+                "for S3's 10,000-part limit: raise the chunk size",
+                self.rel,
+            )
+        args = self.be.checksum_args(blob)
         try:
-            resp = self.be.client.upload_part(Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id,
-                                              PartNumber=pn, Body=blob, **args)
+            resp = self.be.client.upload_part(
+                Bucket=self.be.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=pn,
+                Body=blob,
+                **args,
+            )
         except Exception as exc:
             raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
         ck = resp.get(f"Checksum{self.be.checksum_alg}") if self.be.checksum_alg else None
@@ -742,6 +853,8 @@ class MultipartWriter(Writer):
 
     # -- finishing --------------------------------------------------------------------
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        if self.state is not None:
+            self.state.close()  # no timer may resave the state after commit deletes it
         with self._lock:
             rest = [(r.start, bytes(r.buf)) for r in self._runs.values()]
             self._runs.clear()
@@ -751,10 +864,14 @@ class MultipartWriter(Writer):
         pos = 0
         for _, p in parts:
             if p["off"] != pos:
-                raise FerryError(ErrorKind.IO_ERROR, f"multipart upload has a gap at byte {pos}", self.rel)
+                raise FerryError(
+                    ErrorKind.IO_ERROR, f"multipart upload has a gap at byte {pos}", self.rel
+                )
             pos += p["len"]
         if pos != self.size:
-            raise FerryError(ErrorKind.IO_ERROR, f"multipart upload holds {pos} of {self.size} bytes", self.rel)
+            raise FerryError(
+                ErrorKind.IO_ERROR, f"multipart upload holds {pos} of {self.size} bytes", self.rel
+            )
         listed = []
         for pn, p in parts:
             item: dict[str, Any] = {"PartNumber": pn, "ETag": p["etag"]}
@@ -763,8 +880,12 @@ class MultipartWriter(Writer):
             listed.append(item)
         c = self.be.client
         try:
-            c.complete_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id,
-                                        MultipartUpload={"Parts": listed})
+            c.complete_multipart_upload(
+                Bucket=self.be.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": listed},
+            )
             meta = self.be.object_meta(entry, digest, preserve)
             stored = self.be.object_meta(self.entry, self.meta_digest, None)
             if meta != stored and self.size <= COPY_MAX:
@@ -777,13 +898,17 @@ class MultipartWriter(Writer):
             raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def abort(self, keep_partial: bool = False) -> None:
+        if self.state is not None:
+            self.state.close()  # stops timed saves; a kept partial is flushed below
         with self._lock:
             self._runs.clear()
         try:
             if keep_partial and self.state is not None:
                 self.state.flush()
                 return
-            self.be.client.abort_multipart_upload(Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id)
+            self.be.client.abort_multipart_upload(
+                Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id
+            )
             if self.state is not None:
                 self.be.client.delete_object(Bucket=self.be.bucket, Key=self.state_key)
         except Exception:

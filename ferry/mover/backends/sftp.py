@@ -48,28 +48,40 @@ from ferry.mover.options import MiB, Preserve
 
 T = TypeVar("T")
 WINDOW = 4 * MiB
-REQUEST = 32 * 1024  # paramiko's request size; OpenSSH accepts more but paramiko caps reads at 32 KiB
+READ_REQUEST = 128 * 1024  # below sftp-server's 256 KiB cap, so a read is never short
 READ_WINDOW = 8 * MiB  # bytes prefetched per readv call
 CONNECT_TIMEOUT = 15.0
 
 
-def classify(exc: BaseException, where: str, path: str | None = None,
-             missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+def classify(
+    exc: BaseException,
+    where: str,
+    path: str | None = None,
+    missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+) -> FerryError:
     """Map paramiko/socket failures to FerryErrors that name the endpoint, never a secret."""
     if isinstance(exc, FerryError):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
-        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: host key does not match known_hosts", path)
+        return FerryError(
+            ErrorKind.AUTH_FAILED, f"{where}: host key does not match known_hosts", path
+        )
     if isinstance(exc, paramiko.AuthenticationException):
         return FerryError(ErrorKind.AUTH_FAILED, f"{where}: authentication failed", path)
     if isinstance(exc, paramiko.SSHException):
         text = str(exc)
         if "known_hosts" in text or "not found in known_hosts" in text:
-            return FerryError(ErrorKind.AUTH_FAILED, f"{where}: host key not in known_hosts "
-                              "(add it, or opt out with insecure_ignore_host_key=true)", path)
+            return FerryError(
+                ErrorKind.AUTH_FAILED,
+                f"{where}: host key not in known_hosts "
+                "(add it, or opt out with insecure_ignore_host_key=true)",
+                path,
+            )
         return FerryError(ErrorKind.TRANSIENT, f"{where}: SSH: {text or type(exc).__name__}", path)
     if isinstance(exc, (EOFError, socket.timeout, ConnectionError, TimeoutError)):
-        return FerryError(ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path)
+        return FerryError(
+            ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path
+        )
     if isinstance(exc, OSError):
         if exc.errno is None and "Socket is closed" in str(exc):
             return FerryError(ErrorKind.TRANSIENT, f"{where}: connection closed", path)
@@ -125,8 +137,12 @@ class SFTPBackend(Backend):
     def describe(self) -> str:
         return self.ep.describe()
 
-    def err(self, exc: BaseException, rel: str | None = None,
-            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+    def err(
+        self,
+        exc: BaseException,
+        rel: str | None = None,
+        missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+    ) -> FerryError:
         return classify(exc, self.describe(), rel, missing)
 
     def _credentials(self) -> None:
@@ -134,14 +150,18 @@ class SFTPBackend(Backend):
             try:
                 self._pkey = paramiko.PKey.from_path(self.ep.key_file)
             except (OSError, paramiko.SSHException) as exc:
-                raise FerryError(ErrorKind.AUTH_FAILED,
-                                 f"{self.describe()}: cannot load key file ({type(exc).__name__})") from None
+                raise FerryError(
+                    ErrorKind.AUTH_FAILED,
+                    f"{self.describe()}: cannot load key file ({type(exc).__name__})",
+                ) from None
         if self._password is None and self.ep.password_file:
             try:
                 self._password = _read_secret(self.ep.password_file)
             except OSError as exc:
-                raise FerryError(ErrorKind.AUTH_FAILED,
-                                 f"{self.describe()}: cannot read password file ({exc.strerror})") from None
+                raise FerryError(
+                    ErrorKind.AUTH_FAILED,
+                    f"{self.describe()}: cannot read password file ({exc.strerror})",
+                ) from None
 
     def _check_host_key(self, transport: paramiko.Transport) -> None:
         if self.ep.insecure_ignore_host_key:
@@ -152,15 +172,23 @@ class SFTPBackend(Backend):
         try:
             hosts.load(path)
         except OSError:
-            raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: cannot read known_hosts {path}; "
-                             "give known_hosts= or opt out with insecure_ignore_host_key=true") from None
+            raise FerryError(
+                ErrorKind.AUTH_FAILED,
+                f"{self.describe()}: cannot read known_hosts {path}; "
+                "give known_hosts= or opt out with insecure_ignore_host_key=true",
+            ) from None
         name = self.ep.host if self.ep.port == 22 else f"[{self.ep.host}]:{self.ep.port}"
         known = hosts.lookup(name)
         if known is None or key.get_name() not in known:
-            raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: host key not in {path} "
-                             "(add it, or opt out with insecure_ignore_host_key=true)")
+            raise FerryError(
+                ErrorKind.AUTH_FAILED,
+                f"{self.describe()}: host key not in {path} "
+                "(add it, or opt out with insecure_ignore_host_key=true)",
+            )
         if known[key.get_name()] != key:
-            raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: host key does not match {path}")
+            raise FerryError(
+                ErrorKind.AUTH_FAILED, f"{self.describe()}: host key does not match {path}"
+            )
 
     def _connect(self) -> _Session:
         self._credentials()
@@ -170,6 +198,9 @@ class SFTPBackend(Backend):
             sock = socket.create_connection((self.ep.host, self.ep.port), timeout=CONNECT_TIMEOUT)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport = paramiko.Transport(sock, default_window_size=WINDOW)
+            opts = transport.get_security_options()
+            # AEAD first: one pass per packet instead of a cipher plus a MAC, on both ends.
+            opts.ciphers = tuple(sorted(opts.ciphers, key=lambda c: "gcm" not in c))
             transport.set_keepalive(30)
             transport.start_client(timeout=CONNECT_TIMEOUT)
             self._check_host_key(transport)
@@ -182,11 +213,16 @@ class SFTPBackend(Backend):
                         raise
             if not transport.is_authenticated():
                 if self._password is None:
-                    raise FerryError(ErrorKind.AUTH_FAILED, f"{self.describe()}: no key_file or password_file given")
+                    raise FerryError(
+                        ErrorKind.AUTH_FAILED,
+                        f"{self.describe()}: no key_file or password_file given",
+                    )
                 transport.auth_password(user, self._password)
             sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW)
             if sftp is None:
-                raise FerryError(ErrorKind.TRANSIENT, f"{self.describe()}: could not open an SFTP channel")
+                raise FerryError(
+                    ErrorKind.TRANSIENT, f"{self.describe()}: could not open an SFTP channel"
+                )
             channel = sftp.get_channel()
             if channel is not None:
                 channel.settimeout(120)
@@ -197,8 +233,10 @@ class SFTPBackend(Backend):
                 sock.close()
             raise self.err(exc) from None
         if self._posix_rename is None:
-            self._posix_rename = "posix-rename@openssh.com" in (getattr(transport, "server_extensions", None) or {}) \
-                or True  # paramiko does not expose the server's extensions; OpenSSH has offered it since 4.8
+            self._posix_rename = (
+                "posix-rename@openssh.com" in (getattr(transport, "server_extensions", None) or {})
+                or True
+            )  # paramiko does not expose the server's extensions; OpenSSH has offered it since 4.8
         s = _Session(transport, sftp)
         with self._lock:
             self._all.add(s)
@@ -234,8 +272,12 @@ class SFTPBackend(Backend):
         except Exception:
             pass
 
-    def run(self, fn: Callable[[paramiko.SFTPClient], T], rel: str | None = None,
-            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> T:
+    def run(
+        self,
+        fn: Callable[[paramiko.SFTPClient], T],
+        rel: str | None = None,
+        missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+    ) -> T:
         """Run fn on a pooled session; a failure that smells of a dead connection drops it."""
         s = self.acquire()
         try:
@@ -263,8 +305,9 @@ class SFTPBackend(Backend):
             return self.root
         return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
 
-    def _entry(self, name: str, a: paramiko.SFTPAttributes, parent: str,
-               sftp: paramiko.SFTPClient | None) -> Entry:
+    def _entry(
+        self, name: str, a: paramiko.SFTPAttributes, parent: str, sftp: paramiko.SFTPClient | None
+    ) -> Entry:
         m = a.st_mode or 0
         if stat.S_ISREG(m):
             kind = EntryType.FILE
@@ -274,9 +317,15 @@ class SFTPBackend(Backend):
             kind = EntryType.SYMLINK
         else:
             kind = EntryType.OTHER
-        e = Entry(name, kind, size=int(a.st_size or 0) if kind == EntryType.FILE else 0,
-                  mtime_ns=int(a.st_mtime or 0) * 10**9, mode=stat.S_IMODE(m),
-                  uid=a.st_uid if a.st_uid is not None else -1, gid=a.st_gid if a.st_gid is not None else -1)
+        e = Entry(
+            name,
+            kind,
+            size=int(a.st_size or 0) if kind == EntryType.FILE else 0,
+            mtime_ns=int(a.st_mtime or 0) * 10**9,
+            mode=stat.S_IMODE(m),
+            uid=a.st_uid if a.st_uid is not None else -1,
+            gid=a.st_gid if a.st_gid is not None else -1,
+        )
         if kind == EntryType.SYMLINK and sftp is not None:
             e.target = sftp.readlink(f"{parent}/{name}" if parent != "/" else f"/{name}")
         return e
@@ -367,8 +416,11 @@ class SFTPBackend(Backend):
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         if entry.type == EntryType.SYMLINK:
             return  # SFTP v3 cannot set a symlink's own times or mode
-        self.run(lambda sftp: apply_meta(sftp, self.path(rel), entry, preserve), rel,
-                 ErrorKind.DESTINATION_NOT_FOUND)
+        self.run(
+            lambda sftp: apply_meta(sftp, self.path(rel), entry, preserve),
+            rel,
+            ErrorKind.DESTINATION_NOT_FOUND,
+        )
 
     def symlink(self, rel: str, target: str) -> None:
         p = self.path(rel)
@@ -419,6 +471,18 @@ class SFTPReader(Reader):
     def __init__(self, be: SFTPBackend, rel: str, entry: Entry) -> None:
         self.be, self.rel, self.size = be, rel, entry.size
         self.path = be.path(rel)
+        self.mtime_ns = entry.mtime_ns
+
+    def changed(self) -> str | None:
+        """One stat after the copy: a file rewritten meanwhile must not be committed as copied."""
+        now = self.be.stat(self.rel)
+        if now is None:
+            return "file vanished while copying"
+        if now.size != self.size or (
+            self.mtime_ns and now.mtime_ns // 10**9 != self.mtime_ns // 10**9
+        ):
+            return "file changed while copying"
+        return None
 
     def _ranges(self, offset: int, length: int, piece: int) -> list[tuple[int, int]]:
         end = min(offset + length, self.size)
@@ -430,13 +494,16 @@ class SFTPReader(Reader):
         broken = False
         try:
             f = s.sftp.open(self.path, "rb")
+            f.MAX_REQUEST_SIZE = READ_REQUEST
             try:
                 pos = offset
                 while pos < end:
                     window = min(READ_WINDOW, end - pos)
                     for data in f.readv(self._ranges(pos, window, min(piece, window))):
                         if not data:
-                            raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading", self.rel)
+                            raise FerryError(
+                                ErrorKind.SOURCE_CHANGED, "file shrank while reading", self.rel
+                            )
                         yield data
                         pos += len(data)
             finally:
@@ -465,12 +532,24 @@ class SFTPWriter(Writer):
         parent = parent or "/"
         if resume_key:
             tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
-            self.tmp = join(parent, _internal(name, f"{tag}.part")) if parent != "/" else "/" + _internal(name, f"{tag}.part")
-            journal = join(parent, _internal(name, "journal")) if parent != "/" else "/" + _internal(name, "journal")
-            self.state: RemoteState | None = RemoteState(resume_key, self._loader(journal), self._saver(journal))
+            self.tmp = (
+                join(parent, _internal(name, f"{tag}.part"))
+                if parent != "/"
+                else "/" + _internal(name, f"{tag}.part")
+            )
+            journal = (
+                join(parent, _internal(name, "journal"))
+                if parent != "/"
+                else "/" + _internal(name, "journal")
+            )
+            self.state: RemoteState | None = RemoteState(
+                resume_key, self._loader(journal), self._saver(journal)
+            )
             self.journal: str | None = journal
         else:
-            self.tmp = f"{parent}/{_internal(name, secrets.token_hex(6) + '.tmp')}".replace("//", "/")
+            self.tmp = f"{parent}/{_internal(name, secrets.token_hex(6) + '.tmp')}".replace(
+                "//", "/"
+            )
             self.state, self.journal = None, None
         resumed = bool(self.state and self.state.data.get("chunks"))
 
@@ -516,6 +595,7 @@ class SFTPWriter(Writer):
         s = self.be.acquire()
         try:
             f = s.sftp.open(self.tmp, "r+b")
+            f.MAX_REQUEST_SIZE = READ_REQUEST  # OpenSSH takes writes up to 256 KiB
             try:
                 f.set_pipelined(True)
                 f.seek(offset)
@@ -529,18 +609,24 @@ class SFTPWriter(Writer):
         self.be.release(s)
 
     def set_size(self, size: int) -> None:
-        self.be.run(lambda sftp: sftp.truncate(self.tmp, size), self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+        self.be.run(
+            lambda sftp: sftp.truncate(self.tmp, size), self.rel, ErrorKind.DESTINATION_NOT_FOUND
+        )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
         if self.state is None:
             return {}
-        return {int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()}
+        return {
+            int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()
+        }
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         if self.state is not None:
             hexd = block_digests.hex()
             try:
-                self.state.update(lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd))
+                self.state.update(
+                    lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd)
+                )
             except FerryError:
                 raise
             except Exception as exc:
@@ -554,6 +640,9 @@ class SFTPWriter(Writer):
         return self.be.run(rd, self.rel)
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        if self.state is not None:
+            self.state.close()  # no timer may resave the state after commit deletes it
+
         def fin(sftp: paramiko.SFTPClient) -> None:
             apply_meta(sftp, self.tmp, entry, preserve)
             self.be.rename_into_place(sftp, self.tmp, self.final)
@@ -566,6 +655,8 @@ class SFTPWriter(Writer):
         self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
     def abort(self, keep_partial: bool = False) -> None:
+        if self.state is not None:
+            self.state.close()  # stops timed saves; a kept partial is flushed below
         try:
             if keep_partial and self.state is not None:
                 self.state.flush()
@@ -585,4 +676,3 @@ class SFTPWriter(Writer):
 
 
 __all__ = ["SFTPBackend", "classify"]
-

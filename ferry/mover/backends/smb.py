@@ -25,7 +25,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import smbclient
+from smbclient._io import SMBFileTransaction, SMBRawIO, set_info
 from smbprotocol import exceptions as smbexc
+from smbprotocol.file_info import FileBasicInformation, FileRenameInformation
+from smbprotocol.open import FilePipePrinterAccessMask
+from smbprotocol.structure import DateTimeField
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
@@ -50,13 +54,24 @@ FILE_ATTRIBUTE_DIRECTORY = 0x10
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 
 
-def classify(exc: BaseException, where: str, path: str | None = None,
-             missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+def classify(
+    exc: BaseException,
+    where: str,
+    path: str | None = None,
+    missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+) -> FerryError:
     """Map smbprotocol failures to FerryErrors that name the endpoint, never a secret."""
     if isinstance(exc, FerryError):
         return exc
-    if isinstance(exc, (smbexc.LogonFailure, smbexc.WrongPassword, smbexc.PasswordExpired,
-                        smbexc.SMBAuthenticationError)):
+    if isinstance(
+        exc,
+        (
+            smbexc.LogonFailure,
+            smbexc.WrongPassword,
+            smbexc.PasswordExpired,
+            smbexc.SMBAuthenticationError,
+        ),
+    ):
         return FerryError(ErrorKind.AUTH_FAILED, f"{where}: authentication failed", path)
     if isinstance(exc, smbexc.BadNetworkName):
         return FerryError(missing, f"{where}: share does not exist", path)
@@ -70,9 +85,20 @@ def classify(exc: BaseException, where: str, path: str | None = None,
         return FerryError(ErrorKind.PERMISSION, f"{where}: access denied", path)
     if isinstance(exc, (smbexc.ObjectNameNotFound, smbexc.ObjectPathNotFound, smbexc.NoSuchFile)):
         return FerryError(missing, f"{where}: no such file", path)
-    if isinstance(exc, (smbexc.SMBConnectionClosed, ConnectionError, TimeoutError, EOFError,
-                        smbexc.InsufficientResources, smbexc.IOTimeout)):
-        return FerryError(ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path)
+    if isinstance(
+        exc,
+        (
+            smbexc.SMBConnectionClosed,
+            ConnectionError,
+            TimeoutError,
+            EOFError,
+            smbexc.InsufficientResources,
+            smbexc.IOTimeout,
+        ),
+    ):
+        return FerryError(
+            ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path
+        )
     if isinstance(exc, ValueError) and "Failed to connect" in str(exc):
         return FerryError(ErrorKind.TRANSIENT, f"{where}: cannot connect", path)
     if isinstance(exc, OSError):
@@ -121,8 +147,12 @@ class SMBBackend(Backend):
     def describe(self) -> str:
         return self.ep.describe()
 
-    def err(self, exc: BaseException, rel: str | None = None,
-            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> FerryError:
+    def err(
+        self,
+        exc: BaseException,
+        rel: str | None = None,
+        missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+    ) -> FerryError:
         err = classify(exc, self.describe(), rel, missing)
         if err.kind == ErrorKind.TRANSIENT:
             self._forget_connection()
@@ -146,16 +176,23 @@ class SMBBackend(Backend):
                     with open(self.ep.password_file) as f:
                         self._password = f.read().rstrip("\r\n")
                 except OSError as exc:
-                    raise FerryError(ErrorKind.AUTH_FAILED,
-                                     f"{self.describe()}: cannot read password file ({exc.strerror})") from None
+                    raise FerryError(
+                        ErrorKind.AUTH_FAILED,
+                        f"{self.describe()}: cannot read password file ({exc.strerror})",
+                    ) from None
             user = self.ep.user
             if user and self.ep.domain:
                 user = f"{self.ep.domain}\\{user}"
             try:
                 smbclient.register_session(
-                    self.ep.host, username=user, password=self._password, port=self.ep.port,
-                    encrypt=True if self.ep.encrypt else None, connection_timeout=15,
-                    connection_cache=self._cache, require_signing=self.ep.require_signing,
+                    self.ep.host,
+                    username=user,
+                    password=self._password,
+                    port=self.ep.port,
+                    encrypt=True if self.ep.encrypt else None,
+                    connection_timeout=15,
+                    connection_cache=self._cache,
+                    require_signing=self.ep.require_signing,
                 )
                 conn = self._cache[key]
                 granted = conn.sequence_window["high"] - conn.sequence_window["low"]
@@ -191,8 +228,12 @@ class SMBBackend(Backend):
         assert self._credits is not None
         return self._credits
 
-    def run(self, fn: Callable[[dict[str, Any]], T], rel: str | None = None,
-            missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> T:
+    def run(
+        self,
+        fn: Callable[[dict[str, Any]], T],
+        rel: str | None = None,
+        missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+    ) -> T:
         try:
             return fn(self.kw())
         except FerryError:
@@ -242,8 +283,14 @@ class SMBBackend(Backend):
                 if name in (".", "..") or name.startswith(INTERNAL_PREFIX):
                     continue
                 info = d.smb_info
-                out.append(self._entry(check_name(name, where), info.file_attributes, info.end_of_file,
-                                       _ns(info.last_write_time)))
+                out.append(
+                    self._entry(
+                        check_name(name, where),
+                        info.file_attributes,
+                        info.end_of_file,
+                        _ns(info.last_write_time),
+                    )
+                )
             return out
 
         return self.run(ls, rel)
@@ -283,7 +330,10 @@ class SMBBackend(Backend):
             try:
                 smbclient.mkdir(self.path(rel), **kw)
             except OSError:
-                if not smbclient.stat(self.path(rel), **kw).st_file_attributes & FILE_ATTRIBUTE_DIRECTORY:
+                if (
+                    not smbclient.stat(self.path(rel), **kw).st_file_attributes
+                    & FILE_ATTRIBUTE_DIRECTORY
+                ):
                     raise
 
         self.run(mk, rel, ErrorKind.DESTINATION_NOT_FOUND)
@@ -303,8 +353,13 @@ class SMBBackend(Backend):
 
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         if preserve.times and entry.mtime_ns and entry.type in (EntryType.FILE, EntryType.DIR):
-            self.run(lambda kw: smbclient.utime(self.path(rel), ns=(entry.mtime_ns, entry.mtime_ns), **kw),
-                     rel, ErrorKind.DESTINATION_NOT_FOUND)
+            self.run(
+                lambda kw: smbclient.utime(
+                    self.path(rel), ns=(entry.mtime_ns, entry.mtime_ns), **kw
+                ),
+                rel,
+                ErrorKind.DESTINATION_NOT_FOUND,
+            )
 
     def replace(self, src: str, dst: str, kw: dict[str, Any]) -> None:
         """Rename src over dst. Samba refuses SMB2 rename-with-replace onto an existing file
@@ -351,8 +406,9 @@ class SMBBackend(Backend):
                     req, recv = fd.read(nxt, n, send=False)
                     sem.acquire()
                     try:
-                        sent = fd.connection.send(req, fd.tree_connect.session.session_id,
-                                                  fd.tree_connect.tree_connect_id)
+                        sent = fd.connection.send(
+                            req, fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+                        )
                     except BaseException:
                         sem.release()
                         raise
@@ -394,8 +450,9 @@ class SMBBackend(Backend):
                 req, recv = fd.write(bytes(view[o : o + step]), offset + o, send=False)
                 sem.acquire()
                 try:
-                    sent = fd.connection.send(req, fd.tree_connect.session.session_id,
-                                              fd.tree_connect.tree_connect_id)
+                    sent = fd.connection.send(
+                        req, fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+                    )
                 except BaseException:
                     sem.release()
                     raise
@@ -419,19 +476,35 @@ class SMBBackend(Backend):
 class SMBReader(Reader):
     def __init__(self, be: SMBBackend, rel: str, entry: Entry) -> None:
         self.be, self.rel, self.size = be, rel, entry.size
+        self.mtime_ns = entry.mtime_ns
+
+    def changed(self) -> str | None:
+        """One stat after the copy: a file rewritten meanwhile must not be committed as copied."""
+        now = self.be.stat(self.rel)
+        if now is None:
+            return "file vanished while copying"
+        if now.size != self.size or (
+            self.mtime_ns and now.mtime_ns // 1000 != self.mtime_ns // 1000
+        ):
+            return "file changed while copying"
+        return None
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
         length = min(length, self.size - offset)
         if length <= 0:
             return
         try:
-            with smbclient.open_file(self.be.path(self.rel), mode="rb", buffering=0, share_access="rwd", **self.be.kw()) as raw:
+            with smbclient.open_file(
+                self.be.path(self.rel), mode="rb", buffering=0, share_access="rwd", **self.be.kw()
+            ) as raw:
                 got = 0
                 for data in self.be.pread(raw.fd, offset, length):
                     got += len(data)
                     yield data
                 if got < length:
-                    raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading", self.rel)
+                    raise FerryError(
+                        ErrorKind.SOURCE_CHANGED, "file shrank while reading", self.rel
+                    )
         except FerryError:
             raise
         except Exception as exc:
@@ -454,12 +527,17 @@ class SMBWriter(Writer):
             self.journal: str | None = be.path(jrel)
             self.state: RemoteState | None = RemoteState(resume_key, self._load, self._save)
         else:
-            self.tmp_rel = (parent + "/" if parent else "") + _internal(name, secrets.token_hex(6) + ".tmp")
+            self.tmp_rel = (parent + "/" if parent else "") + _internal(
+                name, secrets.token_hex(6) + ".tmp"
+            )
             self.journal, self.state = None, None
         self.tmp = be.path(self.tmp_rel)
         self._tag = secrets.token_hex(4)
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self.final_share_rel = "\\".join(
+            p for p in (be.ep.path.replace("/", "\\"), rel.replace("/", "\\")) if p
+        )
         resumed = bool(self.state and self.state.data.get("chunks"))
 
         def create(kw: dict[str, Any]) -> None:
@@ -470,7 +548,9 @@ class SMBWriter(Writer):
                 except smbexc.SMBOSError:
                     assert self.state is not None
                     self.state.data["chunks"] = {}
-            smbclient.open_file(self.tmp, mode="wb", buffering=0, share_access="rwd", **kw).close()
+            # Keep the creating handle: the thread that opened the writer usually writes it all.
+            raw = smbclient.open_file(self.tmp, mode="wb", buffering=0, share_access="rwd", **kw)
+            self._handles[threading.get_ident()] = raw
 
         be.run(create, rel, ErrorKind.DESTINATION_NOT_FOUND)
 
@@ -520,7 +600,9 @@ class SMBWriter(Writer):
         with self._lock:
             raw = self._handles.get(tid)
         if raw is None:
-            raw = smbclient.open_file(self.tmp, mode="r+b", buffering=0, share_access="rwd", **self.be.kw())
+            raw = smbclient.open_file(
+                self.tmp, mode="r+b", buffering=0, share_access="rwd", **self.be.kw()
+            )
             with self._lock:
                 self._handles[tid] = raw
         return raw
@@ -542,12 +624,17 @@ class SMBWriter(Writer):
             raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def set_size(self, size: int) -> None:
-        self.be.run(lambda kw: smbclient.truncate(self.tmp, size, **kw), self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+        # Through our own handle: a fresh open without sharing would collide with it.
+        self.be.run(
+            lambda kw: self._handle().truncate(size), self.rel, ErrorKind.DESTINATION_NOT_FOUND
+        )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
         if self.state is None:
             return {}
-        return {int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()}
+        return {
+            int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()
+        }
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         if self.state is not None:
@@ -556,7 +643,9 @@ class SMBWriter(Writer):
 
     def read_back(self, offset: int, length: int) -> bytes:
         def rd(kw: dict[str, Any]) -> bytes:
-            with smbclient.open_file(self.tmp, mode="rb", buffering=0, share_access="rwd", **kw) as raw:
+            with smbclient.open_file(
+                self.tmp, mode="rb", buffering=0, share_access="rwd", **kw
+            ) as raw:
                 return b"".join(self.be.pread(raw.fd, offset, length))
 
         return self.be.run(rd, self.rel)
@@ -572,18 +661,51 @@ class SMBWriter(Writer):
                 pass
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
+        if self.state is not None:
+            self.state.close()  # no timer may resave the state after commit deletes it
         self._close_handles()  # closing after writes moves mtime, so set it afterwards
 
         def fin(kw: dict[str, Any]) -> None:
-            if preserve.times and entry.mtime_ns:
-                smbclient.utime(self.tmp, ns=(entry.mtime_ns, entry.mtime_ns), **kw)
-            self.be.replace(self.tmp, self.be.path(self.rel), kw)
+            mtime = entry.mtime_ns if preserve.times and entry.mtime_ns else None
+            if not self._finish_compound(mtime, kw):
+                if mtime is not None:
+                    smbclient.utime(self.tmp, ns=(mtime, mtime), **kw)
+                self.be.replace(self.tmp, self.be.path(self.rel), kw)
             if self.journal:
                 self._remove_journals(kw)
 
         self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
+    def _finish_compound(self, mtime_ns: int | None, kw: dict[str, Any]) -> bool:
+        """Set the mtime and rename into place in one round trip (create, set-info x2, close).
+        False when the server refuses (Samba will not rename onto an existing file)."""
+        raw = SMBRawIO(
+            self.tmp,
+            mode="r",
+            share_access="rwd",
+            desired_access=FilePipePrinterAccessMask.DELETE
+            | FilePipePrinterAccessMask.FILE_WRITE_ATTRIBUTES,
+            **kw,
+        )
+        try:
+            with SMBFileTransaction(raw) as tx:
+                if mtime_ns is not None:
+                    basic = FileBasicInformation()
+                    ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
+                    basic["last_access_time"] = ft
+                    basic["last_write_time"] = ft
+                    set_info(tx, basic)
+                rename = FileRenameInformation()
+                rename["replace_if_exists"] = True
+                rename["file_name"] = self.final_share_rel
+                set_info(tx, rename)
+        except (smbexc.SMBOSError, smbexc.SMBResponseException):
+            return False
+        return True
+
     def abort(self, keep_partial: bool = False) -> None:
+        if self.state is not None:
+            self.state.close()  # stops timed saves; a kept partial is flushed below
         self._close_handles()
         try:
             if keep_partial and self.state is not None:
@@ -601,4 +723,3 @@ class SMBWriter(Writer):
             self.be.run(rm, self.rel)
         except Exception:
             pass
-

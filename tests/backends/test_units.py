@@ -1,0 +1,118 @@
+"""Backend logic that needs no server: part numbering, coverage, error classification."""
+
+from __future__ import annotations
+
+import errno
+
+import paramiko
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from smbprotocol import exceptions as smbexc
+
+from ferry.mover.backends import s3, sftp, smb
+from ferry.mover.backends.base import check_name
+from ferry.mover.endpoints import parse_endpoint
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.options import GiB, MiB
+
+WHERE = "s3://b/p at http://127.0.0.1:1"
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "Op",
+    )
+
+
+@pytest.mark.parametrize("size", [1, 5 * MiB, 48 * GiB, 50 * GiB, 5 * 1024 * GiB])
+def test_part_numbers_stay_within_limit(size: int) -> None:
+    unit = s3.part_unit(size)
+    assert unit % MiB == 0 and unit >= MiB
+    assert (size - 1) // unit + 1 <= s3.MAX_PARTS
+
+
+def test_covers() -> None:
+    parts = [(0, 10), (10, 25), (30, 40)]
+    assert s3._covers(parts, 0, 25)
+    assert s3._covers(parts, 12, 20)
+    assert not s3._covers(parts, 20, 31)
+    assert s3._covers(parts, 30, 40)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (client_error("InvalidAccessKeyId", 403), ErrorKind.AUTH_FAILED),
+        (client_error("SignatureDoesNotMatch", 403), ErrorKind.AUTH_FAILED),
+        (client_error("AccessDenied", 403), ErrorKind.PERMISSION),
+        (client_error("NoSuchBucket", 404), ErrorKind.SOURCE_NOT_FOUND),
+        (client_error("SlowDown", 503), ErrorKind.TRANSIENT),
+        (client_error("InternalError", 500), ErrorKind.TRANSIENT),
+        (client_error("PreconditionFailed", 412), ErrorKind.SOURCE_CHANGED),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), ErrorKind.TRANSIENT),
+        (NoCredentialsError(), ErrorKind.AUTH_FAILED),
+    ],
+)
+def test_s3_classify(exc: Exception, kind: ErrorKind) -> None:
+    err = s3.classify(exc, WHERE)
+    assert err.kind == kind
+    assert WHERE in str(err)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (paramiko.AuthenticationException("no"), ErrorKind.AUTH_FAILED),
+        (paramiko.SSHException("Error reading SSH protocol banner"), ErrorKind.TRANSIENT),
+        (EOFError(), ErrorKind.TRANSIENT),
+        (TimeoutError(), ErrorKind.TRANSIENT),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), ErrorKind.TRANSIENT),
+        (FileNotFoundError(errno.ENOENT, "No such file"), ErrorKind.SOURCE_NOT_FOUND),
+        (PermissionError(errno.EACCES, "denied"), ErrorKind.PERMISSION),
+    ],
+)
+def test_sftp_classify(exc: BaseException, kind: ErrorKind) -> None:
+    assert sftp.classify(exc, "sftp://u@h:22/p").kind == kind
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (smbexc.SMBConnectionClosed(), ErrorKind.TRANSIENT),
+        (ValueError("Failed to connect to '127.0.0.1:1': refused"), ErrorKind.TRANSIENT),
+        (smbexc.SMBAuthenticationError("bad"), ErrorKind.AUTH_FAILED),
+    ],
+)
+def test_smb_classify(exc: BaseException, kind: ErrorKind) -> None:
+    assert smb.classify(exc, "smb://h:445/share").kind == kind
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "x\x00"])
+def test_unsafe_listing_names(name: str) -> None:
+    with pytest.raises(FerryError) as info:
+        check_name(name, WHERE)
+    assert info.value.kind == ErrorKind.UNSAFE_PATH
+
+
+def test_endpoint_options() -> None:
+    ep = parse_endpoint(
+        "s3://b/p?endpoint=http://127.0.0.1:9&checksum=none&list_metadata=false&sse=aws:kms"
+    )
+    assert ep.kind == "s3" and ep.checksum == "none" and ep.list_metadata is False  # type: ignore[union-attr]
+    ep = parse_endpoint("sftp://u@h:2222/srv?sessions=8&insecure_ignore_host_key=true")
+    assert ep.sessions == 8 and ep.insecure_ignore_host_key  # type: ignore[union-attr]
+    ep = parse_endpoint("smb://u@h/share/dir?encrypt=true&require_signing=false")
+    assert ep.encrypt and not ep.require_signing  # type: ignore[union-attr]
+
+
+def test_credentials_directory(tmp_path) -> None:
+    (tmp_path / "access-key-id").write_text("AKIA1\n")
+    (tmp_path / "secret-access-key").write_text("s3cr3t\n")
+    creds = s3._read_credentials(str(tmp_path), None)
+    assert creds == {"aws_access_key_id": "AKIA1", "aws_secret_access_key": "s3cr3t"}
+    bad = tmp_path / "file"
+    bad.write_text("[other]\naws_access_key_id = x\n")
+    with pytest.raises(FerryError) as info:
+        s3._read_credentials(str(bad), None)
+    assert info.value.kind == ErrorKind.AUTH_FAILED and "s3cr3t" not in str(info.value)
