@@ -53,8 +53,20 @@ say "ferry sync: only the changes move; the deleted file goes last"
 $ferry sync "$src" "$dst" --json | .venv/bin/python -m json.tool
 $ferry verify "$src" "$dst"
 
-if [ "${FERRY_DEMO_CLUSTER:-1}" != "0" ] && [ -f e2e/demo_cluster.sh ]; then
-  say "the same engine on Kubernetes: a TransferJob on the local control plane"
-  bash e2e/demo_cluster.sh
+if [ "${FERRY_DEMO_CLUSTER:-1}" != "0" ]; then
+  say "the same engine on Kubernetes: the local control plane (built once from upstream modules)"
+  bash e2e/cluster/build.sh >/dev/null
+  .venv/bin/python -m e2e.cluster up
+  say "a TransferJob applied with kubectl, the operator running under its chart's RBAC"
+  set +e
+  .venv/bin/python -m e2e.demo_cluster
+  rc=$?
+  set -e
+  if [ "${FERRY_DEMO_KEEP:-0}" = "1" ]; then
+    echo "the cluster stays up: kubeconfig in ~/.cache/ferry/cluster/kubeconfig; stop it with: .venv/bin/python -m e2e.cluster down"
+  else
+    .venv/bin/python -m e2e.cluster down
+  fi
+  [ "$rc" -eq 0 ] || { echo "demo: the TransferJob did not succeed (exit $rc)"; exit "$rc"; }
 fi
 say "done: $dst"
