@@ -17,7 +17,7 @@ from kubernetes.client.rest import ApiException
 from ..fsutil import safe_rmtree
 from . import envvars
 from .kube import MERGE, Obj, get_or_none, now, raw
-from .podstatus import ContainerState, image_repository, render
+from .podstatus import HOST_IP, ContainerState, image_repository, render
 from .runtime import Launch, Mount, Runtime, hides_runtime, signal_group
 from .volumes import Unsupported, Volume, VolumeBuilder
 
@@ -133,7 +133,9 @@ class PodWorker(threading.Thread):
             self._report()
             self._await_deletion()
             return
-        if self.ip is None:
+        if self.pod["spec"].get("hostNetwork"):
+            self.ip = HOST_IP  # shares the node's (loopback) network, as on a real node
+        elif self.ip is None:
             self.ip = self.rt.ipam.allocate()
         else:
             self.rt.ipam.reserve(self.ip)
