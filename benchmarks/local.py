@@ -271,7 +271,7 @@ class Workspace:
             DELETER_PID.write_text(f"{p.pid}\n")
             log(
                 f"deleting the used destinations in the background (pid {p.pid}, {PENDING}); "
-                "with online discard that takes ~5-15 ms per file; the next run waits for it"
+                "with online discard every unlink discards its blocks; the next run waits for it"
             )
         else:
             log("deleting the used destinations (after all timings)")
@@ -706,7 +706,7 @@ def bench_dataset(
                 if problem and row.verify == "ok":
                     row.verify = problem
                 log(
-                    f"{spec.dir_name} {cache} no-op {rep + 1}/{repeat} {t.label:<18} {s.seconds:8.3f} s "
+                    f"{spec.dir_name} {cache} no-op {rep + 1}/{repeat} {t.title('noop'):<18} {s.seconds:8.3f} s "
                     f"rss {s.maxrss_kib / 1024:6.1f} MiB"
                     + (f"  PROBLEM: {problem}" if problem else "")
                 )
