@@ -436,11 +436,9 @@ class S3Backend(Backend):
     def remove(self, rel: str, entry: Entry) -> None:
         key = self.key(rel) + ("/" if entry.type == EntryType.DIR else "")
         try:
-            if entry.type == EntryType.DIR:
-                # Only a console-made marker object can exist; deleting a missing key is fine.
-                self.client.delete_object(Bucket=self.bucket, Key=key)
-            else:
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+            # A directory can only be a console-made marker object ("dir/"); deleting a
+            # missing key succeeds, so virtual directories need nothing else.
+            self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 

@@ -131,7 +131,6 @@ class SFTPBackend(Backend):
         self._lock = threading.Lock()
         self._pkey: paramiko.PKey | None = None
         self._password: str | None = None
-        self._posix_rename: bool | None = None
 
     # -- connections ------------------------------------------------------------------
     def describe(self) -> str:
@@ -232,11 +231,6 @@ class SFTPBackend(Backend):
             elif sock is not None:
                 sock.close()
             raise self.err(exc) from None
-        if self._posix_rename is None:
-            self._posix_rename = (
-                "posix-rename@openssh.com" in (getattr(transport, "server_extensions", None) or {})
-                or True
-            )  # paramiko does not expose the server's extensions; OpenSSH has offered it since 4.8
         s = _Session(transport, sftp)
         with self._lock:
             self._all.add(s)
