@@ -108,6 +108,13 @@ def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
         help="inline (default): digest from the one source read; full: also read the destination back",
     )
     p.add_argument(
+        "--fsync",
+        choices=["end", "file", "none"],
+        default="end",
+        help="durability: end (default) flushes once before deletes and success; file also syncs "
+        "each file before publishing it; none leaves write-back to the kernel, as cp and rsync do",
+    )
+    p.add_argument(
         "--manifest", metavar="PATH", help="write JSON lines of path, size, mtime, digest"
     )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
@@ -177,6 +184,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     from ferry.mover.options import (
         Compare,
         ErrorPolicy,
+        Fsync,
         Mode,
         Options,
         Preserve,
@@ -201,6 +209,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         mode=Mode(mode),
         compare=Compare.CHECKSUM if args.checksum else Compare.SIZE_MTIME,
         verify=verify,
+        fsync=Fsync(args.fsync),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
         symlinks=SymlinkPolicy(args.links),
         filters=rules_from_cli(args.include, args.exclude, filter_lines),

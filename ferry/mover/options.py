@@ -44,6 +44,16 @@ class Verify(StrEnum):
     FULL = "full"
 
 
+class Fsync(StrEnum):
+    """end: one filesystem flush before deletes and before success is reported;
+    file: also each file's data before it is published (power-cut-safe, slowest);
+    none: leave write-back to the kernel, as cp and rsync do."""
+
+    END = "end"
+    FILE = "file"
+    NONE = "none"
+
+
 class SymlinkPolicy(StrEnum):
     PRESERVE = "preserve"
     FOLLOW = "follow"
@@ -93,6 +103,7 @@ class Options:
     mode: Mode = Mode.COPY
     compare: Compare = Compare.SIZE_MTIME
     verify: Verify = Verify.INLINE
+    fsync: Fsync = Fsync.END
     preserve: Preserve = field(default_factory=Preserve)
     symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE
     filters: tuple[str, ...] = ()

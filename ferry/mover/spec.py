@@ -84,6 +84,7 @@ class OptionsSpec(_Model):
     mode: Literal["Copy", "Sync"] = "Copy"
     compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
+    fsync: Literal["End", "File", "None"] = "End"
     preserve: list[PreserveFlag] = Field(
         default_factory=lambda: cast(list[PreserveFlag], list(op.DEFAULT_PRESERVE))
     )
@@ -137,6 +138,7 @@ class TransferSpec(_Model):
             mode=op.Mode(o.mode.lower()),
             compare=op.Compare.CHECKSUM if o.compare == "Checksum" else op.Compare.SIZE_MTIME,
             verify=op.Verify(o.verify.lower()),
+            fsync=op.Fsync(o.fsync.lower()),
             preserve=op.Preserve(**{f: f in o.preserve for f in op.PRESERVE_FLAGS}),
             symlinks=op.SymlinkPolicy(o.symlinks.lower()),
             filters=tuple(o.filters),

@@ -14,7 +14,7 @@ from ferry.mover.backends.base import Backend, EntryType
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.execute import Executor, file_digest
-from ferry.mover.options import Mode, Options
+from ferry.mover.options import Fsync, Mode, Options
 from ferry.mover.plan import Action, Op, Planner, check_roots
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
@@ -149,6 +149,7 @@ def _run(
             return
         if not dst_exists:
             dst.prepare_destination()
+        dst.fsync_each = options.fsync == Fsync.FILE
         executor = Executor(src, dst, options, planner, progress, summary, cancel)
         try:
             progress.phase = "transfer"
@@ -166,7 +167,7 @@ def _run(
                     files=summary.files_copied + summary.files_updated,
                     bytes=summary.bytes_transferred,
                 )
-            if not cancel.is_set():
+            if not cancel.is_set() and options.fsync != Fsync.NONE:
                 dst.flush()
             if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
                 if summary.error_count or cancel.is_set():
@@ -178,7 +179,8 @@ def _run(
                         attrs.update(files=summary.files_deleted)
             if not cancel.is_set():
                 executor.finish_dirs()
-                dst.flush()
+                if options.fsync != Fsync.NONE:
+                    dst.flush()
         finally:
             executor.close()
         if executor.fatal is not None and summary.fatal is None:

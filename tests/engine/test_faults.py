@@ -67,6 +67,9 @@ class FailingReader(LocalReader):
 
     fail_at = 2 * MiB
 
+    def fileno(self) -> None:  # type: ignore[override]
+        return None  # force bytes through iter_range, where the fault is injected
+
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
         for data in super().iter_range(offset, length, piece):
             if offset + len(data) > self.fail_at:
@@ -105,6 +108,9 @@ class ChangingReader(LocalReader):
     """Appends to its own source file while it is being read, the first time only."""
 
     changed_once = False
+
+    def fileno(self) -> None:  # type: ignore[override]
+        return None  # force bytes through iter_range, where the change is made
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
         for data in super().iter_range(offset, length, piece):

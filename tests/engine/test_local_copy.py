@@ -317,3 +317,12 @@ def test_bandwidth_limit_holds(trees: tuple[Path, Path]) -> None:
     s = run_ferry("copy", src, dst, "--bwlimit", "2M", "--json").summary
     assert s["bytesTransferred"] == 6 * MiB
     assert s["elapsedSeconds"] >= 6 / 2 * 0.85, s["elapsedSeconds"]
+
+
+@pytest.mark.parametrize("mode", ["file", "none", "end"])
+def test_fsync_modes_give_the_same_tree(trees: tuple[Path, Path], mode: str) -> None:
+    src, dst = trees
+    make_rich_tree(src)
+    s = run_ferry("copy", src, dst, "--fsync", mode, "--json", "--chunk-size", "4M").summary
+    assert s["filesCopied"] == 8
+    assert_same_tree(src, dst)

@@ -151,6 +151,8 @@ class Writer(ABC):
 
 class Backend(ABC):
     caps: Capabilities = Capabilities()
+    # Set by the engine for --fsync file: Writer.commit makes the data durable before publishing.
+    fsync_each: bool = False
 
     @abstractmethod
     def describe(self) -> str:

@@ -190,6 +190,7 @@ class LocalWriter(Writer):
         self.dir, name = os.path.split(self.final)
         self.tmp: str | None = None
         self.journal: Journal | None = None
+        self.durable = backend.fsync_each
         self._recorded: dict[int, bytes] = {}
         self._xattrs: dict[str, bytes] = {}
         self.fd = -1
@@ -265,6 +266,8 @@ class LocalWriter(Writer):
                 except OSError as exc:
                     log.warning("%s: cannot set xattr %s: %s", self.rel, k, exc.strerror)
             _apply_meta_fd(self.fd, entry, preserve)
+            if self.durable:
+                os.fdatasync(self.fd)
             if self.tmp is None:
                 try:
                     _link_fd(self.fd, self.final)
