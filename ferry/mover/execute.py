@@ -29,20 +29,30 @@ from typing import IO
 
 from ferry.mover.backends.base import Backend, Entry, EntryType, Reader, Writer
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_bytes, digest_from_blocks
+from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_from_blocks
 from ferry.mover.options import Mode, Options, Verify
 from ferry.mover.plan import Action, Op, Planner
 from ferry.mover.progress import Progress
 from ferry.mover.result import Summary
 from ferry.mover.scan import list_tree
+from ferry.mover.smallfiles import (
+    VANISHED,
+    Outcome,
+    SmallFilePool,
+    Vanished,
+    copy_small,
+    open_source,
+    outcome_error,
+)
 
 log = logging.getLogger("ferry")
 
 PIECE = BLOCK_SIZE  # files up to this size are read and written in one call...
 DIRECT_LOCAL = 64 * 1024  # ...or this size between local files (larger ones: kernel copy)
+PROCESS_THRESHOLD = 512  # small local files seen before worker processes are worth forking
 STREAM_PIECE = 4 * BLOCK_SIZE  # larger ones stream through a per-worker buffer of this size
 SMALL = 256 * 1024
-BATCH_FILES = 64
+BATCH_FILES = 128
 BATCH_BYTES = 4 << 20
 MAX_BACKOFF = 30.0
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
@@ -53,10 +63,6 @@ _STOP_ALL = {
     ErrorKind.INTERRUPTED,
     ErrorKind.DESTINATION_NOT_FOUND,
 }
-
-
-class Vanished(Exception):
-    """The source file disappeared between the scan and the copy (not an error, as in rsync)."""
 
 
 class RateLimiter:
@@ -142,6 +148,7 @@ class Executor:
         self._lock = threading.Lock()
         self.batch: list[Action] = []
         self.batch_bytes = 0
+        self.batch_dir = ""
         self.deletes: list[Action] = []
         self.replaces: list[Action] = []
         self.hardlinks: list[Action] = []
@@ -154,6 +161,22 @@ class Executor:
         self.kernel_copy = hasattr(os, "copy_file_range")
         self._tls = threading.local()
         self.sparse = options.preserve.sparse and dst.caps.sparse
+        self.xattrs = options.preserve.xattrs and dst.caps.xattrs
+        local_pair = src.fileno_capable and dst.fileno_capable
+        # One read and one write per file up to this size (larger local ones: kernel copy).
+        self.direct_max = (
+            -1
+            if (self.limiter or options.verify == Verify.FULL)
+            else (DIRECT_LOCAL if local_pair else PIECE)
+        )
+        self.procs: SmallFilePool | None = None
+        self._procs_wanted = (
+            local_pair
+            and self.direct_max > 0
+            and options.transfers > 1
+            and (os.cpu_count() or 1) > 1
+        )
+        self._small_seen = 0
         planner.on_skipped = self._skipped_bulk
 
     def _skipped_bulk(self, files: int, nbytes: int) -> None:
@@ -163,28 +186,43 @@ class Executor:
 
     # ---- task plumbing -------------------------------------------------------------------------
 
-    def _submit(self, fn: Callable[..., None], *args: object) -> bool:
-        """Queue a task, waiting for a slot (backpressure). False if cancelled meanwhile."""
+    def _acquire_slot(self) -> bool:
+        """Wait for room in the queue (backpressure). False if cancelled meanwhile."""
         while not self._slots.acquire(timeout=0.5):
             if self.cancel.is_set():
                 return False
+        self._task_started()
+        return True
+
+    def _task_started(self) -> None:
         with self._idle:
             self._outstanding += 1
+
+    def _task_done(self, release_slot: bool) -> None:
+        if release_slot:
+            self._slots.release()
+        with self._idle:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+
+    def _submit(self, fn: Callable[..., None], *args: object) -> bool:
+        """Queue a task once there is a slot. False if cancelled meanwhile."""
+        if not self._acquire_slot():
+            return False
         self.pool.submit(self._run_task, fn, args)
         return True
 
-    def _run_task(self, fn: Callable[..., None], args: tuple[object, ...]) -> None:
+    def _run_task(
+        self, fn: Callable[..., None], args: tuple[object, ...], release_slot: bool = True
+    ) -> None:
         try:
             fn(*args)
         except BaseException as exc:  # a bug, not a file error: never lose it silently
             log.exception("internal error")
             self._stop(as_ferry_error(exc))
         finally:
-            self._slots.release()
-            with self._idle:
-                self._outstanding -= 1
-                if self._outstanding == 0:
-                    self._idle.notify_all()
+            self._task_done(release_slot)
 
     def drain(self) -> None:
         self._flush_batch()
@@ -193,6 +231,8 @@ class Executor:
                 self._idle.wait()
 
     def close(self) -> None:
+        if self.procs is not None:
+            self.procs.close(cancel=self.cancel.is_set())
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.manifest:
             self.manifest.close()
@@ -253,6 +293,12 @@ class Executor:
             assert a.src is not None
             self.progress.planned(1, a.src.size)
             if a.src.size < SMALL:
+                parent = a.rel.rpartition("/")[0]
+                if parent != self.batch_dir:
+                    # One directory per batch: concurrent batches then create files in
+                    # different directories and do not queue on one directory's lock.
+                    self._flush_batch()
+                    self.batch_dir = parent
                 self.batch.append(a)
                 self.batch_bytes += a.src.size
                 if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
@@ -329,9 +375,55 @@ class Executor:
         self.replaces.append(a)
 
     def _flush_batch(self) -> None:
-        if self.batch:
-            batch, self.batch, self.batch_bytes = self.batch, [], 0
+        if not self.batch:
+            return
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        if self._procs_wanted:
+            self._small_seen += len(batch)
+            if self.procs is None and self._small_seen >= PROCESS_THRESHOLD:
+                workers = min(self.o.transfers, os.cpu_count() or 1)
+                log.info("copying small files in %d worker processes", workers)
+                self.procs = SmallFilePool(
+                    self.src,
+                    self.dst,
+                    workers,
+                    self.verify != Verify.NONE,
+                    self.o.preserve,
+                    self.xattrs,
+                )
+        direct = [a for a in batch if a.src is not None and a.src.size <= self.direct_max]
+        if self.procs is None or not direct:
             self._submit(self._batch_task, batch)
+            return
+        rest = [a for a in batch if a.src is not None and a.src.size > self.direct_max]
+        if rest:
+            self._submit(self._batch_task, rest)
+        if not self._acquire_slot():
+            return
+        items = [(a.rel, a.read_rel or a.rel, a.src) for a in direct if a.src is not None]
+        self.procs.submit(
+            items,
+            lambda outcomes: self._procs_done(direct, outcomes),
+            lambda exc: self._procs_done(
+                direct, [(None, "IO_ERROR", f"worker failed: {exc}")] * len(direct)
+            ),
+        )
+
+    def _procs_done(self, batch: list[Action], outcomes: list[Outcome]) -> None:
+        """Runs on the pool's result thread: book each file, hand retryable failures to a thread."""
+        try:
+            for a, (digest, kind, message) in zip(batch, outcomes, strict=True):
+                if kind is None:
+                    self._count(a, digest, counted=False)
+                elif kind == VANISHED:
+                    log.warning("%s: vanished from the source during the transfer; skipped", a.rel)
+                elif ErrorKind[kind].retryable and self.o.retries and not self.cancel.is_set():
+                    self._task_started()
+                    self.pool.submit(self._run_task, self._whole_file, (a,), False)
+                else:
+                    self._fail(a.rel, outcome_error(a.rel, kind, message or kind))
+        finally:
+            self._task_done(release_slot=True)
 
     # ---- small and medium files ----------------------------------------------------------------
 
@@ -360,44 +452,38 @@ class Executor:
 
     def _open_reader(self, a: Action) -> Reader:
         assert a.src is not None
-        try:
-            return self.src.open_read(a.read_rel or a.rel, a.src)
-        except FerryError as err:
-            if err.kind == ErrorKind.SOURCE_NOT_FOUND:
-                raise Vanished() from err
-            raise
+        return open_source(self.src, a.read_rel or a.rel, a.src)
 
     def _copy_whole(self, a: Action) -> None:
         s = a.src
         assert s is not None
+        if s.size <= self.direct_max:
+            digest = copy_small(
+                self.src,
+                self.dst,
+                a.rel,
+                a.read_rel or a.rel,
+                s,
+                self.verify != Verify.NONE,
+                self.o.preserve,
+                self.xattrs,
+            )
+            self._count(a, digest, counted=False)
+            return
         reader = self._open_reader(a)
         try:
             writer = self.dst.open_write(a.rel, s)
             try:
-                direct = not self.limiter and (
-                    s.size <= DIRECT_LOCAL
-                    or (s.size <= PIECE and (reader.fileno() is None or writer.fileno() is None))
-                )
-                if direct:
-                    data = reader.read_at(0, s.size) if s.size else b""
-                    if len(data) != s.size:
-                        raise FerryError(
-                            ErrorKind.SOURCE_CHANGED, "file shrank while copying", a.rel
-                        )
-                    digest = digest_bytes(data) if self.verify != Verify.NONE else None
-                    if data:
-                        writer.write_at(0, data)
-                else:
-                    token = self.progress.begin(a.rel)
-                    try:
-                        ranges = reader.data_ranges(s.size) if self.sparse else None
-                        if ranges is not None:
-                            writer.set_size(s.size)
-                        blocks = self._stream(reader, writer, 0, s.size, ranges, fresh=True)
-                    finally:
-                        self.progress.end(token)
-                    digest = digest_from_blocks(s.size, blocks) if blocks is not None else None
-                self._finish(a, reader, writer, digest, counted=not direct)
+                token = self.progress.begin(a.rel)
+                try:
+                    ranges = reader.data_ranges(s.size) if self.sparse else None
+                    if ranges is not None:
+                        writer.set_size(s.size)
+                    blocks = self._stream(reader, writer, 0, s.size, ranges, fresh=True)
+                finally:
+                    self.progress.end(token)
+                digest = digest_from_blocks(s.size, blocks) if blocks is not None else None
+                self._finish(a, reader, writer, digest)
             except BaseException:
                 writer.abort()
                 raise
@@ -423,12 +509,21 @@ class Executor:
             attrs = reader.xattrs()
             if attrs:
                 writer.set_xattrs(attrs)
-        readback = self.verify == Verify.FULL and digest is not None
-        if readback and digest and not self._read_back_matches(writer, s.size, digest):
+        if (
+            self.verify == Verify.FULL
+            and digest
+            and not self._read_back_matches(writer, s.size, digest)
+        ):
             raise FerryError(
                 ErrorKind.VERIFY_MISMATCH, "destination bytes do not match the source digest", a.rel
             )
         writer.commit(s, digest, self.o.preserve)
+        self._count(a, digest, resumed, counted)
+
+    def _count(self, a: Action, digest: str | None, resumed: int = 0, counted: bool = True) -> None:
+        """Book a committed file: summary, progress (its bytes unless already counted), manifest."""
+        s = a.src
+        assert s is not None
         with self._lock:
             if a.op == Op.COPY:
                 self.summary.files_copied += 1
@@ -665,7 +760,9 @@ class Executor:
         assert s is not None
         try:
             if big.error is not None:
-                keep = big.error.kind != ErrorKind.DESTINATION_FULL
+                # Keep the partial for a resume, unless it holds space a full disk needs back.
+                full = ErrorKind.DESTINATION_FULL
+                keep = big.error.kind != full and (self.fatal is None or self.fatal.kind != full)
                 big.writer.abort(keep_partial=keep)
                 self._fail(a.rel, big.error)
                 return

@@ -326,3 +326,51 @@ def test_fsync_modes_give_the_same_tree(trees: tuple[Path, Path], mode: str) -> 
     s = run_ferry("copy", src, dst, "--fsync", mode, "--json", "--chunk-size", "4M").summary
     assert s["filesCopied"] == 8
     assert_same_tree(src, dst)
+
+
+def test_many_small_files_go_through_worker_processes(
+    trees: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Past the threshold, small local files are copied by forked workers: same results,
+    same accounting, same error reporting as the threaded path."""
+    from ferry.mover.execute import PROCESS_THRESHOLD
+
+    src, dst = trees
+    count = PROCESS_THRESHOLD * 2 + 37
+    for i in range(count):
+        d = src / f"d{i % 13}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i}").write_bytes(os.urandom(i % 5000))
+    (src / "d3/secret").write_text("not for the mover")
+    os.chown(src / "d3/secret", 4321, 4321)
+    os.chmod(src / "d3/secret", 0o600)
+    manifest = tmp_path / "m.jsonl"
+    r = run_unprivileged(
+        [
+            "copy",
+            str(src),
+            str(dst),
+            "-v",
+            "--json",
+            "--error-policy",
+            "skip",
+            "--manifest",
+            str(manifest),
+        ]
+    )
+    assert r.rc == 1, r.stderr
+    assert "worker processes" in r.stderr
+    s = r.summary
+    assert s["filesCopied"] == count and s["filesVerified"] == count and s["filesFailed"] == 1
+    assert [(e["path"], e["reason"]) for e in s["errors"]] == [("d3/secret", "PermissionDenied")]
+    assert s["bytesTransferred"] == sum(i % 5000 for i in range(count))
+    lines = manifest.read_text().splitlines()
+    assert len(lines) == count
+    from ferry.mover.integrity import digest_bytes
+
+    sample = json.loads(lines[100])
+    assert sample["digest"] == digest_bytes((src / sample["path"]).read_bytes())
+    st = os.stat(src / "d3")
+    os.unlink(src / "d3/secret")  # the one file that could not be copied; keep d3's time as it was
+    os.utime(src / "d3", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert_same_tree(src, dst)

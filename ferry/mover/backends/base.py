@@ -153,6 +153,8 @@ class Backend(ABC):
     caps: Capabilities = Capabilities()
     # Set by the engine for --fsync file: Writer.commit makes the data durable before publishing.
     fsync_each: bool = False
+    # Readers and writers expose local file descriptors (kernel copy, worker processes).
+    fileno_capable: bool = False
 
     @abstractmethod
     def describe(self) -> str:

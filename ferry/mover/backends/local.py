@@ -71,6 +71,15 @@ def _entry(name: str, st: os.stat_result) -> Entry:
     )
 
 
+def _forget_proc_fd() -> None:
+    # /proc/self was resolved when the directory was opened: a forked child must open its own.
+    global _PROC_FD
+    _PROC_FD = None
+
+
+os.register_at_fork(after_in_child=_forget_proc_fd)
+
+
 def _link_fd(fd: int, path: str) -> None:
     """linkat(2) an O_TMPFILE inode into place; os.link on /proc/self/fd/N alone would call
     link(2), which links the magic symlink itself and fails with EXDEV."""
@@ -207,6 +216,10 @@ class LocalWriter(Writer):
                 self._recorded = recorded
             else:
                 self.fd = self._open_unnamed()
+        except FileNotFoundError:
+            raise FerryError(
+                ErrorKind.DESTINATION_NOT_FOUND, "destination directory is missing", rel
+            ) from None
         except OSError as exc:
             raise as_ferry_error(exc, rel) from exc
 
@@ -321,6 +334,7 @@ class LocalBackend(Backend):
         sparse=True,
         mtime_precision_ns=1,
     )
+    fileno_capable = True
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
