@@ -32,6 +32,14 @@ def _version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """Looks the version up only when asked: importlib.metadata costs ~20 ms of start-up."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"ferry {_version()}")
+        parser.exit()
+
+
 def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
     p.add_argument("source", help="path, file://, s3://, sftp:// or smb:// URI")
     p.add_argument("destination", help="path, file://, s3://, sftp:// or smb:// URI")
@@ -146,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"ferry {_version()}")
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="show the version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (
         ("copy", "copy new and changed entries from SOURCE to DESTINATION"),

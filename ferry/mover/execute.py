@@ -154,6 +154,7 @@ class Executor:
         self.hardlinks: list[Action] = []
         self.dirs: list[tuple[str, Entry, Entry | None]] = []
         self.touched: set[str] = set()
+        self._meta_written = False
         self.fatal: FerryError | None = None
         self.limiter = RateLimiter(options.bwlimit) if options.bwlimit else None
         self.manifest = Manifest(options.manifest) if options.manifest else None
@@ -262,6 +263,11 @@ class Executor:
     def _touch(self, rel: str) -> None:
         self.touched.add(rel.rpartition("/")[0])
 
+    @property
+    def wrote(self) -> bool:
+        """Whether anything at the destination changed (a no-op run skips the flush)."""
+        return bool(self.touched) or self._meta_written
+
     def _retrying(self, rel: str, attempt_fn: Callable[[int], None]) -> bool:
         """Run attempt_fn(attempt) with backoff and jitter on retryable errors. True on success."""
         for attempt in range(self.o.retries + 1):
@@ -317,6 +323,7 @@ class Executor:
             assert a.src is not None
             self._skipped(a)
             self.dst.set_meta(a.rel, a.src, self.o.preserve)
+            self._meta_written = True
         elif op == Op.CHECK:
             assert a.src is not None
             self.progress.planned(1, a.src.size)
@@ -801,6 +808,7 @@ class Executor:
             self._skipped(a)
             if self.planner.meta_differs(s, d):
                 self.dst.set_meta(a.rel, s, self.o.preserve)
+                self._meta_written = True
             return
         a.op = Op.UPDATE
         self._whole_file(a)
@@ -859,6 +867,7 @@ class Executor:
             if d is None or rel in self.touched or self.planner.meta_differs(s, d):
                 try:
                     self.dst.set_meta(rel, s, self.o.preserve)
+                    self._meta_written = True
                 except Exception as exc:
                     self._fail(rel, as_ferry_error(exc, rel), counts_file=False)
 

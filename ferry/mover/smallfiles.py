@@ -14,15 +14,17 @@ parent.
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 from collections.abc import Callable
-from multiprocessing.pool import Pool
+from typing import TYPE_CHECKING
 
 from ferry.mover.backends.base import Backend, Entry, Reader
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Preserve
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
 
 VANISHED = "VANISHED"
 Item = tuple[str, str, Entry]  # (destination path, source path, source entry)
@@ -115,6 +117,8 @@ class SmallFilePool:
         preserve: Preserve,
         xattrs: bool,
     ) -> None:
+        import multiprocessing  # only when a run has many small files: it costs start-up time
+
         ctx = multiprocessing.get_context("fork")
         self.pool: Pool = ctx.Pool(
             workers, initializer=_init, initargs=(src, dst, hashing, preserve, xattrs)

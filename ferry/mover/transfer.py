@@ -167,7 +167,8 @@ def _run(
                     files=summary.files_copied + summary.files_updated,
                     bytes=summary.bytes_transferred,
                 )
-            if not cancel.is_set() and options.fsync != Fsync.NONE:
+            durable = options.fsync != Fsync.NONE
+            if not cancel.is_set() and durable and executor.wrote:
                 dst.flush()
             if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
                 if summary.error_count or cancel.is_set():
@@ -179,7 +180,7 @@ def _run(
                         attrs.update(files=summary.files_deleted)
             if not cancel.is_set():
                 executor.finish_dirs()
-                if options.fsync != Fsync.NONE:
+                if durable and executor.wrote:
                     dst.flush()
         finally:
             executor.close()
