@@ -104,6 +104,8 @@ def verify_trees(
             window = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
             perms = options.preserve.perms and src.caps.permissions and dst.caps.permissions
             times = options.preserve.times
+            # Object stores have no directories of their own: nothing holds a time or a mode.
+            dir_meta = times and src.caps.empty_dirs and dst.caps.empty_dirs
             pending: list[tuple[str, Future[tuple[str, str]], Entry]] = []
             with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
 
@@ -129,7 +131,8 @@ def verify_trees(
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue
                     if d is None:
-                        differ(Difference(rel, "missing", "not at the destination"))
+                        if s.type != EntryType.DIR or dst.caps.empty_dirs:
+                            differ(Difference(rel, "missing", "not at the destination"))
                         continue
                     if s.type != d.type:
                         differ(
@@ -150,10 +153,15 @@ def verify_trees(
                         if times and abs(s.mtime_ns - d.mtime_ns) >= window:
                             differ(Difference(rel, "mtime", f"{s.mtime_ns} != {d.mtime_ns} ns"))
                     elif (
-                        times and s.type == EntryType.DIR and abs(s.mtime_ns - d.mtime_ns) >= window
+                        dir_meta
+                        and s.type == EntryType.DIR
+                        and abs(s.mtime_ns - d.mtime_ns) >= window
                     ):
                         differ(Difference(rel, "mtime", f"{s.mtime_ns} != {d.mtime_ns} ns"))
-                    if perms and s.type != EntryType.SYMLINK and s.mode != d.mode:
+                    dir_ok = s.type != EntryType.DIR or (
+                        src.caps.empty_dirs and dst.caps.empty_dirs
+                    )
+                    if perms and dir_ok and s.type != EntryType.SYMLINK and s.mode != d.mode:
                         differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
                 progress.scan_complete = True
                 collect(0)
