@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks import datasets
 from benchmarks.datasets import DATA_DIR, MiB, Spec, human_bytes, tree_stats
@@ -669,7 +669,9 @@ def bench_dataset(
         noop_rows = {t.key: Row(spec.name, "noop", cache, t.key, note=t.note) for t in tools}
         finals: dict[str, Path] = {}
         for rep in range(repeat):
-            for t in tools:  # round-robin: background noise spreads over all tools
+            # Round-robin, rotated each repeat: background noise, and whatever the previous
+            # run left the filesystem doing (freeing blocks), spread over all tools.
+            for t in rotated(tools, rep):
                 dst = ws.fresh(f"{spec.dir_name}.{t.key}")
                 s = run_one(t, src, dst, cache)
                 row = copy_rows[t.key]
@@ -695,7 +697,7 @@ def bench_dataset(
                 else:
                     ws.discard(dst)
         for rep in range(repeat):
-            for t in tools:
+            for t in rotated(tools, rep):
                 dst = finals[t.key]
                 s = run_one(t, src, dst, cache, "noop")
                 row = noop_rows[t.key]
@@ -715,6 +717,14 @@ def bench_dataset(
         rows.extend(copy_rows.values())
         rows.extend(noop_rows.values())
     return rows
+
+
+T = TypeVar("T")
+
+
+def rotated(items: list[T], shift: int) -> list[T]:
+    k = shift % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
 def bench_scale(quick: bool, repeat: int, ws: Workspace) -> dict[str, Any]:

@@ -30,6 +30,12 @@ class Difference:
         return f"{self.what:<10} {self.path}" + (f"  ({self.detail})" if self.detail else "")
 
 
+def _included(filters: FilterSet, rel: str, e: Entry) -> bool:
+    if not filters:
+        return True
+    return filters.include_dir(rel) if e.type == EntryType.DIR else filters.include_file(rel)
+
+
 def _walk(
     src: Backend, dst: Backend, filters: FilterSet
 ) -> Iterator[tuple[str, Entry | None, Entry | None]]:
@@ -49,22 +55,14 @@ def _walk(
             for s in sorted(s_list, key=lambda e: e.name):
                 child = join(rel, s.name)
                 d = d_by.pop(s.name, None)
-                if filters and not (
-                    filters.include_dir(child)
-                    if s.type == EntryType.DIR
-                    else filters.include_file(child)
-                ):
+                if not _included(filters, child, s):
                     continue
                 yield child, s, d
                 if s.type == EntryType.DIR and d is not None and d.type == EntryType.DIR:
                     subdirs.append(child)
             for d in sorted(d_by.values(), key=lambda e: e.name):
                 child = join(rel, d.name)
-                if filters and not (
-                    filters.include_dir(child)
-                    if d.type == EntryType.DIR
-                    else filters.include_file(child)
-                ):
+                if not _included(filters, child, d):
                     continue
                 yield child, None, d
             for sub in subdirs:

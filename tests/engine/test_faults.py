@@ -29,6 +29,21 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def kill_once_journaled(proc: subprocess.Popen[bytes], journal: Path, chunks: int = 2) -> None:
+    """SIGKILL a running copy as soon as its journal records `chunks` finished chunks."""
+    try:
+        wait_for(
+            lambda: journal.exists() and len(journal.read_bytes().splitlines()) > chunks,
+            60,
+            "journaled chunks",
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def final_files_are_whole(src: Path, dst: Path) -> None:
     """Every file under a final name at dst is a complete copy of its source."""
     for p in dst.rglob("*"):
@@ -181,18 +196,7 @@ def test_kill_and_resume_mid_file(tmp_path: Path) -> None:
             "2",
         ]
     )
-    try:
-        # Wait until at least two chunks are journaled, then kill without warning.
-        wait_for(
-            lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 3,
-            60,
-            "journaled chunks",
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_once_journaled(proc, journal)
     assert not (dst / "big.bin").exists(), "a torn file appeared under the final name"
     assert (dst / ".~ferry.big.bin.part").exists()
     r = run_ferry("copy", src, dst, "--json", "--chunk-size", "4M")
@@ -225,17 +229,7 @@ def test_resume_discards_corrupted_chunks(tmp_path: Path) -> None:
         ]
     )
     journal = dst / ".~ferry.f.bin.journal"
-    try:
-        wait_for(
-            lambda: journal.exists() and len(journal.read_bytes().splitlines()) >= 3,
-            60,
-            "journaled chunks",
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_once_journaled(proc, journal)
     part = dst / ".~ferry.f.bin.part"
     with open(part, "r+b") as f:  # flip bytes inside the first journaled chunk
         f.seek(100)
