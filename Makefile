@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Everything else is a helper.
-.PHONY: demo test bootstrap lint bench bench-quick clean
+.PHONY: demo test bootstrap lint bench bench-quick bench-backends clean
 
 demo:
 	bash scripts/demo.sh
@@ -20,6 +20,10 @@ bench: bootstrap
 
 bench-quick: bootstrap
 	.venv/bin/python -m benchmarks.local --quick
+
+bench-backends: bootstrap
+	bash tests/servers/install.sh
+	.venv/bin/python -m benchmarks.backends
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache benchmarks/.data
