@@ -57,12 +57,7 @@ BATCH_BYTES = 4 << 20
 MAX_BACKOFF = 30.0
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 # Kinds that make every further file fail too: stop at once whatever the error policy.
-_STOP_ALL = {
-    ErrorKind.DESTINATION_FULL,
-    ErrorKind.AUTH_FAILED,
-    ErrorKind.INTERRUPTED,
-    ErrorKind.DESTINATION_NOT_FOUND,
-}
+_STOP_ALL = {ErrorKind.DESTINATION_FULL, ErrorKind.AUTH_FAILED, ErrorKind.INTERRUPTED}
 
 
 class RateLimiter:
@@ -294,6 +289,14 @@ class Executor:
     # ---- dispatch (planner thread) -------------------------------------------------------------
 
     def handle(self, a: Action) -> None:
+        """Dispatch one action. Directory and metadata work happens here, inline; a failure
+        of it is a failure of that entry, handled by the error policy like any other."""
+        try:
+            self._handle(a)
+        except Exception as exc:
+            self._fail(a.rel, as_ferry_error(exc, a.rel), counts_file=False)
+
+    def _handle(self, a: Action) -> None:
         op = a.op
         if op in (Op.COPY, Op.UPDATE):
             assert a.src is not None

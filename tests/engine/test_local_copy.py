@@ -374,3 +374,23 @@ def test_many_small_files_go_through_worker_processes(
     os.unlink(src / "d3/secret")  # the one file that could not be copied; keep d3's time as it was
     os.utime(src / "d3", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert_same_tree(src, dst)
+
+
+def test_directory_that_cannot_be_created_follows_the_error_policy(
+    trees: tuple[Path, Path],
+) -> None:
+    src, dst = trees
+    (src / "a").mkdir()
+    (src / "a/f").write_text("f")
+    (src / "b").write_text("b")
+    dst.mkdir()
+    os.chmod(dst, 0o555)  # nothing can be created at the top of the destination
+    try:
+        r = run_unprivileged(["copy", str(src), str(dst), "--json", "--error-policy", "skip"])
+    finally:
+        os.chmod(dst, 0o755)
+    assert r.rc == 1, r.stderr
+    reasons = {e["path"]: e["reason"] for e in r.summary["errors"]}
+    assert reasons.get("a") == "PermissionDenied" and reasons.get("b") == "PermissionDenied"
+    assert reasons.get("a/f") == "DestinationNotFound"  # a consequence, reported, not fatal
+    assert os.listdir(dst) == []
