@@ -18,7 +18,7 @@ from ferry.mover.options import Fsync, Mode, Options
 from ferry.mover.plan import Action, Op, Planner, check_roots
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
-from ferry.mover.scan import PairLister
+from ferry.mover.scan import PairLister, list_tree
 from ferry.mover.shard import BIG, path_shard
 
 log = logging.getLogger("ferry")
@@ -223,8 +223,13 @@ def _dry_run(
             summary.links_created += 1
         elif a.op == Op.DELETE:
             assert a.dst is not None
-            summary.files_deleted += 1
-            summary.bytes_deleted += a.dst.size
+            # A directory goes with everything in it: count what a sync would remove.
+            doomed = (
+                [e for _, e in list_tree(dst, a.rel)] if a.dst.type == EntryType.DIR else [a.dst]
+            )
+            files = [e for e in doomed if e.type != EntryType.DIR]
+            summary.files_deleted += len(files)
+            summary.bytes_deleted += sum(e.size for e in files)
         elif a.op == Op.ERROR:
             assert a.error is not None
             summary.add_error(a.error)

@@ -106,6 +106,8 @@ def test_sync_deletes_last_and_never_outside(trees: tuple[Path, Path], tmp_path:
     plan = run_ferry("plan", "--sync", src, dst)
     assert "delete   stale.txt" in plan.stdout and "delete   escape" in plan.stdout
     assert (dst / "stale.txt").exists(), "plan changed something"
+    planned = run_ferry("plan", "--sync", src, dst, "--json", "--quiet").summary
+    assert planned["filesDeleted"] == 4 and planned["bytesDeleted"] == 4  # "old" + "x" + 2 links
     s = run_ferry("sync", src, dst, "--json").summary
     assert s["filesDeleted"] == 4  # stale.txt, stale-dir/sub/x, and both links
     assert (outside / "precious").read_text() == "must survive"
