@@ -122,6 +122,7 @@ class Runtime:
             "root": str(cdir / "root"),
             "shadow": str(cdir / "shadow"),
             "tmp": str(cdir / "tmp"),
+            "runtime": protected_paths(),
             "mounts": [
                 {"source": m.source, "target": m.target, "readOnly": m.read_only, "file": m.file}
                 for m in launch.mounts

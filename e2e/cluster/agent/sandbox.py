@@ -89,6 +89,7 @@ class Root:
                 os.mkdir(dst)
                 os.chmod(dst, 0o1777)
                 bind(tmp, dst)
+                self.owned.add(dst)  # the pod's own /tmp: directories may be made in it
             else:
                 self._mirror(entry, dst)
             # Top-level host dirs are binds, not ours: creating inside them shadows first.
@@ -153,6 +154,11 @@ def setup(spec: dict[str, Any]) -> None:
     _check(_libc.sethostname(name, len(name)), "sethostname")
     root = Root(spec["root"], spec["shadow"])
     root.populate(spec["tmp"])
+    for path in spec.get("runtime", []):
+        # The "image" (venv, checkout) may itself live under /tmp, which the pod gets
+        # privately: bind it back at its own path so the container can still run.
+        if path == "/tmp" or path.startswith("/tmp/"):
+            bind(path, root.resolve(path, False))
     mounts = sorted(spec["mounts"], key=lambda m: len(PurePosixPath(m["target"]).parts))
     for m in mounts:
         bind(m["source"], root.resolve(m["target"], m["file"]), m["readOnly"])
