@@ -30,20 +30,11 @@ def venv_bin() -> str:
 def protected_paths() -> list[str]:
     """Host paths the container's "image" lives in (venv, base Python, this checkout).
 
-    A volume mounted at one of them or an ancestor would hide the Python that
-    runs the container, so such pods are refused with a clear reason.
+    A pod's private /tmp or a volume mounted at one of them or an ancestor would hide
+    the Python that runs the container; the sandbox binds them back on top.
     """
     repo = Path(__file__).resolve().parents[3]
     return sorted({sys.prefix, sys.base_prefix, str(repo)})
-
-
-def hides_runtime(mount_path: str) -> str | None:
-    """The protected path a mount at `mount_path` would hide, if any."""
-    target = os.path.normpath(mount_path)
-    for path in protected_paths():
-        if target == "/" or path == target or path.startswith(target.rstrip("/") + "/"):
-            return path
-    return None
 
 
 class Ipam:

@@ -147,6 +147,11 @@ class Root:
         return cur
 
 
+def _under(path: str, top: str) -> bool:
+    top = os.path.normpath(top)
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def setup(spec: dict[str, Any]) -> None:
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -154,14 +159,14 @@ def setup(spec: dict[str, Any]) -> None:
     _check(_libc.sethostname(name, len(name)), "sethostname")
     root = Root(spec["root"], spec["shadow"])
     root.populate(spec["tmp"])
-    for path in spec.get("runtime", []):
-        # The "image" (venv, checkout) may itself live under /tmp, which the pod gets
-        # privately: bind it back at its own path so the container can still run.
-        if path == "/tmp" or path.startswith("/tmp/"):
-            bind(path, root.resolve(path, False))
     mounts = sorted(spec["mounts"], key=lambda m: len(PurePosixPath(m["target"]).parts))
     for m in mounts:
         bind(m["source"], root.resolve(m["target"], m["file"]), m["readOnly"])
+    for path in spec.get("runtime", []):
+        # The "image" (venv, checkout, base Python) must stay visible: the pod's private
+        # /tmp or a volume mounted over one of its ancestors would hide it. Bind it back.
+        if _under(path, "/tmp") or any(_under(path, m["target"]) for m in mounts):
+            bind(path, root.resolve(path, False), read_only=True)
     workdir = root.resolve(spec.get("workingDir") or "/", False)
     os.chroot(root.root)
     rel = os.path.relpath(workdir, root.root)

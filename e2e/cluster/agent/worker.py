@@ -18,7 +18,7 @@ from ..fsutil import safe_rmtree
 from . import envvars
 from .kube import MERGE, Obj, get_or_none, now, raw
 from .podstatus import HOST_IP, ContainerState, image_repository, render
-from .runtime import Launch, Mount, Runtime, hides_runtime, signal_group
+from .runtime import Launch, Mount, Runtime, signal_group
 from .volumes import Unsupported, Volume, VolumeBuilder
 
 log = logging.getLogger(__name__)
@@ -250,12 +250,6 @@ class PodWorker(threading.Thread):
         argv = [envvars.expand(a, env) for a in command + (spec.get("args") or [])]
         mounts = []
         for vm in spec.get("volumeMounts", []):
-            hidden = hides_runtime(vm["mountPath"])
-            if hidden:
-                raise Unsupported(
-                    f"mountPath {vm['mountPath']} would hide {hidden}, where the local node "
-                    "agent's Python (the container image) lives; mount it elsewhere"
-                )
             vol = volumes.get(vm["name"])
             if vol is None:
                 raise Unsupported(f"volumeMount {vm['name']} has no volume")
