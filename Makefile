@@ -26,4 +26,4 @@ bench-backends: bootstrap
 	.venv/bin/python -m benchmarks.backends
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache benchmarks/.data
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,3 +116,26 @@ def need(binary: str) -> str:
         if p.exists():
             return str(p)
     raise ServerError(f"{binary} is not installed (run: bash tests/servers/install.sh)")
+
+
+class ServerProcess:
+    """What every test server shares: one process, a scratch dir, stop/restart/close."""
+
+    proc: subprocess.Popen | None
+    dir: Path
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_tree(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,7 +10,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tests.servers.common import ServerError, free_port, kill_tree, wait_until
+from tests.servers.common import ServerError, ServerProcess, free_port, wait_until
 
 REGION = "us-east-1"
 # The first requests are unauthenticated (they create the IAM user and its key);
@@ -19,7 +19,7 @@ _BOOTSTRAP_ACTIONS = 3
 _POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """One moto_server process. Data lives in its memory: a restart loses it."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -80,19 +80,6 @@ class MotoServer:
         key = iam.create_access_key(UserName="ferry")["AccessKey"]
         iam.put_user_policy(UserName="ferry", PolicyName="all", PolicyDocument=_POLICY)
         self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_tree(self.proc)
-            self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def client_env(self) -> dict[str, str]:
         """Environment for a client process: the standard AWS variables."""

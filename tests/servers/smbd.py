@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 from tests.servers.common import (
     PASSWORD,
     USER,
+    ServerProcess,
     ensure_user,
     free_port,
-    kill_tree,
     need,
     port_open,
     wait_until,
@@ -22,7 +21,7 @@ from tests.servers.common import (
 SHARE = "ferry"
 
 
-class SambaServer:
+class SambaServer(ServerProcess):
     """smbd --foreground on 127.0.0.1:port serving `root` as share `ferry`."""
 
     user = USER
@@ -112,19 +111,6 @@ class SambaServer:
             )
         wait_until(lambda: port_open(self.port), timeout, f"smbd on {self.port}", self.proc)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_tree(self.proc)
-            self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def uri(self, sub: str, **opts: str) -> str:
         q = {"password_file": str(self.password_file), **opts}

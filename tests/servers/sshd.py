@@ -12,16 +12,16 @@ from tests.servers.common import (
     PASSWORD,
     USER,
     ServerError,
+    ServerProcess,
     ensure_user,
     free_port,
-    kill_tree,
     need,
     port_open,
     wait_until,
 )
 
 
-class SSHServer:
+class SSHServer(ServerProcess):
     """sshd -D on 127.0.0.1:port. `root` is a directory the test user owns, for SFTP paths."""
 
     user = USER
@@ -96,19 +96,6 @@ class SSHServer:
             )
         wait_until(lambda: port_open(self.port), timeout, f"sshd on {self.port}", self.proc)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_tree(self.proc)
-            self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def uri(self, sub: str, **opts: str) -> str:
         """An sftp:// URI for an absolute path below `root`, with key auth and strict host keys."""
