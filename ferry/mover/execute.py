@@ -263,6 +263,10 @@ class Executor:
         """Whether anything at the destination changed (a no-op run skips the flush)."""
         return bool(self.touched) or self._meta_written
 
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter, capped."""
+        return min(MAX_BACKOFF, self.o.retry_base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+
     def _retrying(self, rel: str, attempt_fn: Callable[[int], None]) -> bool:
         """Run attempt_fn(attempt) with backoff and jitter on retryable errors. True on success."""
         for attempt in range(self.o.retries + 1):
@@ -277,9 +281,7 @@ class Executor:
                 if not err.kind.retryable or attempt == self.o.retries or self.cancel.is_set():
                     self._fail(rel, err)
                     return False
-                delay = min(MAX_BACKOFF, self.o.retry_base_delay * 2**attempt) * random.uniform(
-                    0.5, 1.5
-                )
+                delay = self._backoff(attempt)
                 log.warning("%s: %s; retrying in %.1fs", rel, err, delay)
                 if self.cancel.wait(delay):
                     self._fail(rel, FerryError(ErrorKind.INTERRUPTED, "transfer interrupted", rel))
@@ -751,9 +753,7 @@ class Executor:
                     if not err.kind.retryable or attempt == self.o.retries or self.cancel.is_set():
                         big.error = err
                         break
-                    delay = min(MAX_BACKOFF, self.o.retry_base_delay * 2**attempt) * random.uniform(
-                        0.5, 1.5
-                    )
+                    delay = self._backoff(attempt)
                     if self.cancel.wait(delay):
                         big.error = FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
                         break

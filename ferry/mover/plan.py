@@ -140,14 +140,14 @@ class Planner:
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
                     child = join(rel, d.name)
-                    if self._excluded(child, d) or not self._mine(child, d.size):
+                    if self.excluded(child, d) or not self._mine(child, d.size):
                         continue
                     yield Action(Op.DELETE, child, dst=d)
             for item in subdirs:
                 lister.request(*item)
             stack.extend(reversed(subdirs))
 
-    def _excluded(self, rel: str, e: Entry) -> bool:
+    def excluded(self, rel: str, e: Entry) -> bool:
         if not self.filters:
             return False
         if e.type == EntryType.DIR:
@@ -155,7 +155,7 @@ class Planner:
         return not self.filters.include_file(rel)
 
     def _decide(self, rel: str, s: Entry, d: Entry | None) -> Iterator[Action]:
-        if self._excluded(rel, s):
+        if self.excluded(rel, s):
             return
         read_rel = None
         if s.type == EntryType.SYMLINK and not self.links_ok:

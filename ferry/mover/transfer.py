@@ -56,7 +56,7 @@ def _prescan_shards(src: Backend, planner: Planner, options: Options) -> None:
         rel = stack.pop()
         for e in src.list_dir(rel):
             child = f"{rel}/{e.name}" if rel else e.name
-            if planner._excluded(child, e):
+            if planner.excluded(child, e):
                 continue
             if e.type == EntryType.DIR:
                 stack.append(child)

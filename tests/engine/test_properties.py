@@ -67,8 +67,8 @@ def build(root: bytes, entries: list[tuple[list[bytes], str, int, int]]) -> None
                         else (os.urandom(64 * 1024) * (size // (64 * 1024) + 1))[:size]
                     )
                 os.chmod(path, mode)
-        except (FileExistsError, NotADirectoryError):
-            continue  # a generated name collided with another entry's type: fine, keep going
+        except (FileExistsError, NotADirectoryError, FileNotFoundError):
+            continue  # a name collided with another entry (or sits under a dangling link): keep going
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -122,30 +122,22 @@ class VolumeBuilder:
             return Volume(path, False)
         if "persistentVolumeClaim" in vol:
             return self._pvc(vol["persistentVolumeClaim"])
-        if "secret" in vol:
-            src = vol["secret"]
-            path = self._dir(name)
-            _kv_files(
-                "secret",
-                self.lookup("secret", src["secretName"]),
-                src,
-                path,
-                src.get("defaultMode", 0o644),
-                src["secretName"],
-            )
-            return Volume(path, True)
-        if "configMap" in vol:
-            src = vol["configMap"]
-            path = self._dir(name)
-            _kv_files(
-                "configmap",
-                self.lookup("configmap", src["name"]),
-                src,
-                path,
-                src.get("defaultMode", 0o644),
-                src["name"],
-            )
-            return Volume(path, True)
+        for field, kind, name_key in (
+            ("secret", "secret", "secretName"),
+            ("configMap", "configmap", "name"),
+        ):
+            if field in vol:
+                src = vol[field]
+                path = self._dir(name)
+                _kv_files(
+                    kind,
+                    self.lookup(kind, src[name_key]),
+                    src,
+                    path,
+                    src.get("defaultMode", 0o644),
+                    src[name_key],
+                )
+                return Volume(path, True)
         if "downwardAPI" in vol:
             src = vol["downwardAPI"]
             path = self._dir(name)

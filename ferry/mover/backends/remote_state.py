@@ -63,6 +63,14 @@ class RemoteState:
                 self._timer.daemon = True
                 self._timer.start()
 
+    def chunks(self) -> dict[int, bytes]:
+        """Chunk index -> block digests, as recorded by a random-access writer (SFTP, SMB)."""
+        return {int(i): bytes.fromhex(h) for i, h in dict(self.data.get("chunks", {})).items()}
+
+    def add_chunk(self, index: int, block_digests: bytes) -> None:
+        hexd = block_digests.hex()
+        self.update(lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd))
+
     def _deferred(self) -> None:
         with self._lock:
             self._timer = None

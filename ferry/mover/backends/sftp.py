@@ -608,21 +608,12 @@ class SFTPWriter(Writer):
         )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
-        if self.state is None:
-            return {}
-        return {
-            int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()
-        }
+        return self.state.chunks() if self.state is not None else {}
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         if self.state is not None:
-            hexd = block_digests.hex()
             try:
-                self.state.update(
-                    lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd)
-                )
-            except FerryError:
-                raise
+                self.state.add_chunk(index, block_digests)
             except Exception as exc:
                 raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 

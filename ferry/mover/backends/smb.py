@@ -630,16 +630,11 @@ class SMBWriter(Writer):
         )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
-        if self.state is None:
-            return {}
-        return {
-            int(i): bytes.fromhex(h) for i, h in dict(self.state.data.get("chunks", {})).items()
-        }
+        return self.state.chunks() if self.state is not None else {}
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         if self.state is not None:
-            hexd = block_digests.hex()
-            self.state.update(lambda d: d.setdefault("chunks", {}).__setitem__(str(index), hexd))
+            self.state.add_chunk(index, block_digests)
 
     def read_back(self, offset: int, length: int) -> bytes:
         def rd(kw: dict[str, Any]) -> bytes:
