@@ -50,6 +50,7 @@ log = logging.getLogger("ferry")
 PIECE = BLOCK_SIZE  # files up to this size are read and written in one call...
 DIRECT_LOCAL = 64 * 1024  # ...or this size between local files (larger ones: kernel copy)
 PROCESS_THRESHOLD = 512  # small local files seen before worker processes are worth forking
+LONG_READ_MAX = 1 << 30  # chunk cap for read_streams sources: resume granularity
 STREAM_PIECE = 4 * BLOCK_SIZE  # larger ones stream through a per-worker buffer of this size
 SMALL = 256 * 1024
 BATCH_FILES = 128
@@ -173,6 +174,7 @@ class Executor:
             and (os.cpu_count() or 1) > 1
         )
         self._small_seen = 0
+        self.server_copy = dst.caps.server_side_copy and dst.same_service(src)
         planner.on_skipped = self._skipped_bulk
 
     def _skipped_bulk(self, files: int, nbytes: int) -> None:
@@ -303,7 +305,9 @@ class Executor:
         if op in (Op.COPY, Op.UPDATE):
             assert a.src is not None
             self.progress.planned(1, a.src.size)
-            if a.src.size < SMALL:
+            if self.server_copy:
+                self._submit(self._server_copy, a)
+            elif a.src.size < SMALL:
                 parent = a.rel.rpartition("/")[0]
                 if parent != self.batch_dir:
                     # One directory per batch: concurrent batches then create files in
@@ -453,6 +457,36 @@ class Executor:
 
         self._retrying(a.rel, attempt)
 
+    def _server_copy(self, a: Action) -> None:
+        """Copy within one service: no bytes through us, and no digest of ours (the service
+        checks its copy; a stored source digest is carried over)."""
+        s = a.src
+        assert s is not None
+
+        def attempt(n: int) -> None:
+            if n:
+                self._refresh(a)
+            self.dst.copy_from(self.src, a.read_rel or a.rel, s, a.rel, self.o.preserve)
+            self._count(a, None, counted=False)
+
+        self._retrying(a.rel, attempt)
+
+    def _meta_first(self, a: Action) -> None:
+        """Complete the source entry before the write starts, for destinations that fix
+        metadata then (S3 multipart; later it costs a server-side copy of the object): a
+        lazy listing's metadata costs a HEAD; a local file's digest, one more read from the
+        page cache (rclone does the same for its MD5)."""
+        s = a.src
+        assert s is not None
+        above = self.dst.caps.digest_first_above
+        if not above or s.size <= above or s.digest:
+            return
+        rel = a.read_rel or a.rel
+        if self.src.caps.lazy_meta:
+            self.src.fill_meta(rel.rpartition("/")[0], [s])
+        elif self.verify != Verify.NONE and self.src.fileno_capable:
+            s.digest = file_digest(self.src, rel, s)
+
     def _refresh(self, a: Action) -> None:
         fresh = self.src.stat(a.read_rel or a.rel)
         if fresh is None or fresh.type != EntryType.FILE:
@@ -482,6 +516,7 @@ class Executor:
             )
             self._count(a, digest, counted=False)
             return
+        self._meta_first(a)
         reader = self._open_reader(a)
         try:
             writer = self.dst.open_write(a.rel, s)
@@ -664,6 +699,9 @@ class Executor:
     def _chunk_size(self, size: int) -> int:
         caps = self.dst.caps
         chunk = max(self.o.chunk_size, caps.min_chunk_size)
+        streams = self.src.caps.read_streams
+        if streams:
+            chunk = max(chunk, min(-(-size // streams), LONG_READ_MAX))
         if caps.max_chunks:
             chunk = max(chunk, -(-size // caps.max_chunks))
         if caps.max_chunk_size:
@@ -678,6 +716,7 @@ class Executor:
             self._submit(self._whole_file, a)
             return
         try:
+            self._meta_first(a)
             reader = self._open_reader(a)
         except Vanished:
             log.warning("%s: vanished from the source during the transfer; skipped", a.rel)
@@ -814,7 +853,7 @@ class Executor:
                 self._meta_written = True
             return
         a.op = Op.UPDATE
-        self._whole_file(a)
+        (self._server_copy if self.server_copy else self._whole_file)(a)
 
     # ---- after the copies ----------------------------------------------------------------------
 

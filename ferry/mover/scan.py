@@ -6,14 +6,20 @@ both sides on a small thread pool, so listing latency (a syscall burst
 locally, a round trip remotely) overlaps with planning and copying. At most
 `window` directory pairs are listed ahead, so memory is bounded by the
 widest directory, never by the size of the tree.
+
+Backends with lazy metadata (S3: user metadata needs a HEAD per object) are
+completed here, once both listings of a directory are in, for just the files
+that will be compared: same name and size on both sides. A file only one side
+has needs nothing more (its reader completes it from the first GET).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ferry.mover.backends.base import Backend, Entry, check_name
+from ferry.mover.backends.base import Backend, Entry, EntryType, check_name
 from ferry.mover.errors import FerryError, as_ferry_error
 
 Listing = list[Entry] | FerryError
@@ -28,7 +34,8 @@ class PairLister:
         self.window = window
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ferry-list")
         self._queued: deque[tuple[str, bool]] = deque()
-        self._running: dict[str, tuple[Future[Listing], Future[Listing] | None]] = {}
+        self._running: dict[str, Future[tuple[Listing, Listing]]] = {}
+        self._lazy = src.caps.lazy_meta or bool(dst and dst.caps.lazy_meta)
 
     def _list(self, backend: Backend, rel: str) -> Listing:
         try:
@@ -47,9 +54,59 @@ class PairLister:
     def _fill(self) -> None:
         while self._queued and len(self._running) < self.window:
             rel, dst_exists = self._queued.popleft()
-            sf = self._pool.submit(self._list, self.src, rel)
-            df = self._pool.submit(self._list, self.dst, rel) if (self.dst and dst_exists) else None
-            self._running[rel] = (sf, df)
+            self._running[rel] = self._start(rel, bool(self.dst and dst_exists))
+
+    def _start(self, rel: str, with_dst: bool) -> Future[tuple[Listing, Listing]]:
+        """List both sides in parallel; complete lazy metadata once both are in."""
+        pair: Future[tuple[Listing, Listing]] = Future()
+        sf = self._pool.submit(self._list, self.src, rel)
+        df = self._pool.submit(self._list, self.dst, rel) if with_dst and self.dst else None
+        left = [1 if df is None else 2]
+        lock = threading.Lock()
+
+        def one_done(_: Future[Listing]) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            if sf.cancelled() or (df is not None and df.cancelled()):
+                pair.cancel()  # the lister was closed
+                return
+            s, d = sf.result(), (df.result() if df is not None else [])
+            if not (self._lazy and d):
+                pair.set_result((s, d))
+                return
+            try:
+                self._pool.submit(self._complete, rel, s, d, pair)
+            except RuntimeError:
+                pair.cancel()
+
+        sf.add_done_callback(one_done)
+        if df is not None:
+            df.add_done_callback(one_done)
+        return pair
+
+    def _complete(
+        self, rel: str, s: Listing, d: Listing, pair: Future[tuple[Listing, Listing]]
+    ) -> None:
+        try:
+            if isinstance(s, list) and isinstance(d, list):
+                by_name = {e.name: e for e in d if e.type == EntryType.FILE}
+                pairs = [
+                    (e, o)
+                    for e in s
+                    if e.type == EntryType.FILE
+                    and (o := by_name.get(e.name)) is not None
+                    and o.size == e.size
+                ]
+                if pairs:
+                    if self.src.caps.lazy_meta:
+                        self.src.fill_meta(rel, [e for e, _ in pairs])
+                    if self.dst is not None and self.dst.caps.lazy_meta:
+                        self.dst.fill_meta(rel, [o for _, o in pairs])
+        except Exception as exc:
+            s = as_ferry_error(exc, rel or "/")
+        pair.set_result((s, d))
 
     def get(self, rel: str) -> tuple[Listing, Listing]:
         while rel not in self._running:
@@ -60,9 +117,9 @@ class PairLister:
                 # The window is full of directories requested before this one; they were
                 # requested in walk order, so this only happens with out-of-order gets.
                 self.window += 1
-        sf, df = self._running.pop(rel)
+        pair = self._running.pop(rel)
         self._fill()
-        return sf.result(), (df.result() if df else [])
+        return pair.result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

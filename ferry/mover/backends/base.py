@@ -57,8 +57,14 @@ class Entry:
 class Capabilities:
     chunk_writer: bool = False  # Writer.write_at may be called concurrently at any offset
     resumable: bool = False  # Writer.done_chunks survives a killed process
-    server_side_copy: bool = False
+    server_side_copy: bool = False  # copy_from works for sources that same_service accepts
+    # Files above this size keep a digest only if it is known before writing starts
+    # (S3 multipart uploads fix metadata at creation); 0: the digest is taken at commit.
+    digest_first_above: int = 0
     stores_digest: bool = False  # Entry.digest is filled from stored metadata
+    # list_dir leaves some metadata out (S3 user metadata costs a HEAD per object): the
+    # lister asks fill_meta for the entries it compares, readers complete the others.
+    lazy_meta: bool = False
     mtime_precision_ns: int = 1
     atomic_rename: bool = True
     symlinks: bool = False
@@ -71,6 +77,9 @@ class Capabilities:
     max_chunk_size: int = 0  # 0: no limit of its own
     min_chunk_size: int = 0  # e.g. S3's 5 MiB minimum part
     max_chunks: int = 0  # e.g. S3's 10,000 parts; 0: no limit
+    # Each ranged read is a request with a fixed cost (and on some servers a cost in the
+    # object's size): big files are read in at most this many long ranges; 0: by chunk size.
+    read_streams: int = 0
 
 
 class Reader(ABC):
@@ -168,6 +177,10 @@ class Backend(ABC):
     def list_dir(self, rel: str) -> list[Entry]:
         """The entries of one directory, any order, internal names hidden."""
 
+    def fill_meta(self, rel: str, entries: list[Entry]) -> None:
+        """Complete entries of directory `rel` that a lazy listing left partial (lazy_meta)."""
+        return None
+
     @abstractmethod
     def stat(self, rel: str) -> Entry | None: ...
 
@@ -185,6 +198,16 @@ class Backend(ABC):
     @abstractmethod
     def remove(self, rel: str, entry: Entry) -> None:
         """Remove a file, a symlink or an empty directory."""
+
+    def same_service(self, other: Backend) -> bool:
+        """Whether copy_from can copy files of `other` without moving their bytes."""
+        return False
+
+    def copy_from(
+        self, src: Backend, src_rel: str, entry: Entry, rel: str, preserve: Preserve
+    ) -> None:
+        """Server-side copy of `src_rel` of `src` (same_service) to `rel`, atomically."""
+        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot copy server-side", rel)
 
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         """Apply entry's times/mode/owner to an existing entry (directories, metadata-only changes)."""

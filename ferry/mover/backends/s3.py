@@ -6,20 +6,25 @@ follows the widest directory, not the bucket. Empty directories cannot exist.
 
 Metadata: Ferry keeps the file's mtime (ns), mode and Ferry digest in user
 metadata (x-amz-meta-ferry-*), plus rclone's `mtime` for interoperability.
-ListObjectsV2 does not return user metadata, so listings HEAD every object
-(in parallel) unless `list_metadata=false`; the cost equals what rclone pays
-on a re-sync, where it HEADs each object whose size matches to read its mtime.
-With `list_metadata=false` mtimes are LastModified (upload time, 1 s), which
-only suits one-way copies compared by size.
+ListObjectsV2 does not return user metadata, so listings are lazy: the
+lister HEADs (in parallel) only objects that have a same-sized counterpart on
+the other side, which is what rclone pays on a re-sync, and a copied object's
+metadata comes with its first GET. `list_metadata=false` never reads it:
+mtimes are then LastModified (upload time, 1 s), which only suits one-way
+copies compared by size.
 
 Large files go up as multipart uploads written in parallel by the engine's
 chunk workers. Resume state (upload id, parts, chunk digests) lives in a small
 sidecar object beside the destination key, so another process finds it.
-The digest is only known after the last byte, but S3 metadata is fixed when an
-upload starts; after completing a multipart upload Ferry rewrites the metadata
-with an in-place server-side copy (objects up to 5 GiB; bigger objects keep
-mtime and mode but no stored digest) unless the source entry already carried
-its digest.
+S3 metadata is fixed when an upload starts, but a streamed digest is only
+known after the last byte: the engine hands the digest over first where that
+is cheap (a local file is hashed once more, as rclone does for its MD5; an S3
+source's stored digest costs a HEAD), and otherwise Ferry rewrites the
+metadata after completing the upload with an in-place server-side copy
+(CopyObject, or UploadPartCopy parts above CopyObject's 5 GiB limit).
+
+Between two S3 endpoints that are the same service and credentials, files are
+copied server-side (`copy_from`): no byte passes through Ferry.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ MAX_PART = 5 * GiB
 MAX_PARTS = 10_000
 PART_TARGET = 16 * MiB  # size of parts cut from a long sequential run
 SINGLE_PUT_MAX = 8 * MiB  # at or below: buffer and PUT once at commit
-COPY_MAX = 5 * GiB  # CopyObject limit for the in-place metadata rewrite
+COPY_MAX = 5 * GiB  # CopyObject's limit; larger objects are copied in UploadPartCopy parts
+COPY_PART = 1 * GiB  # part size of those multipart copies (more if 10,000 parts need it)
 META_DIGEST, META_MTIME, META_MODE, META_RCLONE_MTIME = (
     "ferry-digest",
     "ferry-mtime-ns",
@@ -197,6 +203,9 @@ class S3Backend(Backend):
         chunk_writer=True,
         resumable=True,
         stores_digest=True,
+        lazy_meta=True,
+        server_side_copy=True,
+        digest_first_above=SINGLE_PUT_MAX,
         mtime_precision_ns=1,
         atomic_rename=True,
         permissions=True,
@@ -204,6 +213,7 @@ class S3Backend(Backend):
         min_chunk_size=MIN_PART,
         max_chunk_size=MAX_PART,
         max_chunks=MAX_PARTS,
+        read_streams=4,  # rclone's --multi-thread-streams default
     )
 
     def __init__(self, ep: S3Endpoint, max_workers: int = 16) -> None:
@@ -384,12 +394,13 @@ class S3Backend(Backend):
             raise
         except Exception as exc:
             raise self.err(exc, rel) from None
-        if files and self.ep.list_metadata:
-            self._fill_meta(prefix, files)
         return dirs + files
 
-    def _fill_meta(self, prefix: str, files: list[Entry]) -> None:
+    def fill_meta(self, rel: str, entries: list[Entry]) -> None:
         """HEAD each object in parallel for Ferry's metadata (see the module docstring)."""
+        if not self.ep.list_metadata:
+            return
+        prefix = self._dir_prefix(rel)
 
         def one(e: Entry) -> None:
             h = self.head(prefix + e.name)
@@ -397,10 +408,10 @@ class S3Backend(Backend):
                 _apply_meta(e, h.get("Metadata", {}) or {})
 
         try:
-            for _ in self._pool.map(one, files):
+            for _ in self._pool.map(one, entries):
                 pass
         except Exception as exc:
-            raise self.err(exc, prefix) from None
+            raise self.err(exc, rel) from None
 
     def stat(self, rel: str) -> Entry | None:
         name = (
@@ -423,7 +434,15 @@ class S3Backend(Backend):
         return None
 
     def open_read(self, rel: str, entry: Entry) -> Reader:
-        return S3Reader(self, self.key(rel), rel, entry.size)
+        if entry.size == 0 and self.ep.list_metadata:
+            # Nothing to GET: the metadata a lazy listing left out needs its own HEAD.
+            try:
+                h = self.head(self.key(rel))
+            except Exception as exc:
+                raise self.err(exc, rel) from None
+            if h is not None and int(h.get("ContentLength", -1)) == 0:
+                _apply_meta(entry, h.get("Metadata", {}) or {})
+        return S3Reader(self, self.key(rel), rel, entry)
 
     def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
         if entry.size <= SINGLE_PUT_MAX:
@@ -449,29 +468,98 @@ class S3Backend(Backend):
         key = self.key(rel)
         try:
             h = self.head(key)
-            if h is None or int(h.get("ContentLength", 0)) > COPY_MAX:
+            if h is None:
                 return
             meta = dict(h.get("Metadata", {}) or {})
             meta.update(self.object_meta(entry, meta.get(META_DIGEST), preserve))
-            self.copy_in_place(key, meta)
+            self.copy_object(self.bucket, key, key, int(h.get("ContentLength", 0)), meta)
         except Exception as exc:
             raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
-    def copy_in_place(self, key: str, meta: dict[str, str]) -> None:
-        """Replace an object's metadata. The checksum algorithm is named again so the server
-        computes a whole-object checksum; a carried-over multipart (composite) checksum would
-        make checksum-validating readers (boto3, the AWS CLI) reject the copy."""
+    def copy_object(
+        self, src_bucket: str, src_key: str, key: str, size: int, meta: dict[str, str]
+    ) -> None:
+        """Server-side copy with replaced metadata (also in place, to rewrite metadata).
+
+        The checksum algorithm is named again so the server computes a checksum of the new
+        object; a carried-over multipart (composite) checksum would make checksum-validating
+        readers (boto3, the AWS CLI) reject the copy."""
         args = self.put_args()
         if self.checksum_alg:
             args["ChecksumAlgorithm"] = self.checksum_alg
-        self.client.copy_object(
-            Bucket=self.bucket,
-            Key=key,
-            CopySource={"Bucket": self.bucket, "Key": key},
-            Metadata=meta,
-            MetadataDirective="REPLACE",
-            **args,
+        source = {"Bucket": src_bucket, "Key": src_key}
+        c = self.client
+        if size <= COPY_MAX:
+            c.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource=source,
+                Metadata=meta,
+                MetadataDirective="REPLACE",
+                **args,
+            )
+            return
+        part = max(COPY_PART, -(-size // MAX_PARTS))
+        upload_id = c.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta, **args)[
+            "UploadId"
+        ]
+        try:
+
+            def one(i: int) -> dict[str, Any]:
+                lo = i * part
+                resp = c.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=i + 1,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={lo}-{min(lo + part, size) - 1}",
+                )["CopyPartResult"]
+                item = {"PartNumber": i + 1, "ETag": resp["ETag"]}
+                ck = f"Checksum{self.checksum_alg}" if self.checksum_alg else ""
+                if ck and resp.get(ck):
+                    item[ck] = resp[ck]
+                return item
+
+            parts = list(self._pool.map(one, range(-(-size // part))))
+            c.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:
+                c.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:
+                pass
+            raise
+
+    def same_service(self, other: Backend) -> bool:
+        """Whether objects of `other` can be server-side copied here with these credentials."""
+        if not isinstance(other, S3Backend):
+            return False
+        a, b = self.ep, other.ep
+        return (a.endpoint_url, a.region, a.profile, a.credentials_file) == (
+            b.endpoint_url,
+            b.region,
+            b.profile,
+            b.credentials_file,
         )
+
+    def copy_from(
+        self, src: Backend, src_rel: str, entry: Entry, rel: str, preserve: Preserve
+    ) -> None:
+        assert isinstance(src, S3Backend)
+        if not entry.digest and src.ep.list_metadata:
+            src.fill_meta(src_rel.rpartition("/")[0], [entry])  # the lazy listing's metadata
+        try:
+            self.copy_object(
+                src.bucket,
+                src.key(src_rel),
+                self.key(rel),
+                entry.size,
+                self.object_meta(entry, entry.digest, preserve),
+            )
+        except Exception as exc:
+            raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def prepare_destination(self) -> None:
         if not self.bucket_exists(ErrorKind.DESTINATION_NOT_FOUND):
@@ -508,10 +596,14 @@ def _apply_meta(e: Entry, meta: dict[str, str]) -> None:
 
 
 class S3Reader(Reader):
-    """Ranged GETs; the first response's ETag pins the version for the rest (If-Match)."""
+    """Ranged GETs; the first response's ETag pins the version for the rest (If-Match).
 
-    def __init__(self, be: S3Backend, key: str, rel: str, size: int) -> None:
-        self.be, self.key, self.rel, self.size = be, key, rel, size
+    The first response also completes the entry's metadata (mtime, mode, digest) that a
+    lazy listing left out, before anything is committed with it."""
+
+    def __init__(self, be: S3Backend, key: str, rel: str, entry: Entry) -> None:
+        self.be, self.key, self.rel, self.size = be, key, rel, entry.size
+        self.entry = entry
         self.etag: str | None = None
         self._changed: str | None = None
 
@@ -524,15 +616,16 @@ class S3Reader(Reader):
         if self.etag:
             args["IfMatch"] = self.etag
         resp = self.be.client.get_object(**args)
-        etag = resp.get("ETag")
-        if self.etag is None:
-            self.etag = etag
         total = str(resp.get("ContentRange", "")).rpartition("/")[2]
         if total.isdigit() and int(total) != self.size:
             self._changed = f"size changed from {self.size} to {total}"
             raise FerryError(
                 ErrorKind.SOURCE_CHANGED, f"{self.be.describe()}: object {self._changed}", self.rel
             )
+        if self.etag is None:
+            self.etag = resp.get("ETag")
+            if self.be.ep.list_metadata:
+                _apply_meta(self.entry, resp.get("Metadata", {}) or {})
         return resp
 
     def read_at(self, offset: int, length: int) -> bytes:
@@ -652,6 +745,7 @@ class MultipartWriter(Writer):
         self.meta_digest = entry.digest if is_digest(entry.digest) else None
         self.state: RemoteState | None = None
         self.upload_id = ""
+        self.created_meta: dict[str, str] | None = None  # as set when the upload was created
         try:
             if resume_key:
                 self.state = RemoteState(
@@ -705,6 +799,7 @@ class MultipartWriter(Writer):
             if server.get(pn) == (p["etag"], p["len"]):
                 self.parts[pn] = p
         self.upload_id = str(upload_id)
+        self.created_meta = data.get("meta")
         data["parts"] = {str(k): v for k, v in self.parts.items()}
 
     def _abort_stale(self) -> None:
@@ -723,6 +818,7 @@ class MultipartWriter(Writer):
         if self.be.checksum_alg:
             args["ChecksumAlgorithm"] = self.be.checksum_alg
         meta = self.be.object_meta(self.entry, self.meta_digest, None)
+        self.created_meta = meta
         resp = self.be.client.create_multipart_upload(
             Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args
         )
@@ -738,7 +834,7 @@ class MultipartWriter(Writer):
                     pass
 
             def init(d: dict[str, Any]) -> None:
-                d.update(upload_id=self.upload_id, parts={}, chunks={})
+                d.update(upload_id=self.upload_id, parts={}, chunks={}, meta=meta)
 
             self.state.update(init, force=True)
 
@@ -885,9 +981,8 @@ class MultipartWriter(Writer):
                 MultipartUpload={"Parts": listed},
             )
             meta = self.be.object_meta(entry, digest, preserve)
-            stored = self.be.object_meta(self.entry, self.meta_digest, None)
-            if meta != stored and self.size <= COPY_MAX:
-                self.be.copy_in_place(self.key, meta)
+            if meta != self.created_meta:
+                self.be.copy_object(self.be.bucket, self.key, self.key, self.size, meta)
             if self.state is not None:
                 c.delete_object(Bucket=self.be.bucket, Key=self.state_key)
         except FerryError:
