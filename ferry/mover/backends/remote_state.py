@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ferry.mover.journal import validate_chunks
+
 SAVE_INTERVAL = 0.5
 
 
@@ -66,6 +68,21 @@ class RemoteState:
     def chunks(self) -> dict[int, bytes]:
         """Chunk index -> block digests, as recorded by a random-access writer (SFTP, SMB)."""
         return {int(i): bytes.fromhex(h) for i, h in dict(self.data.get("chunks", {})).items()}
+
+    def valid_chunks(
+        self, chunk_size: int, size: int, read_back: Callable[[int, int], bytes | memoryview]
+    ) -> dict[int, bytes]:
+        """The recorded chunks whose bytes, read back from the partial, still hash as recorded
+        (a server that lost writes, or a partial someone touched, is not trusted on its word);
+        the others are forgotten so they are copied again."""
+        recorded = self.chunks()
+        if not recorded or not chunk_size:
+            return {}
+        good = validate_chunks(recorded, chunk_size, size, read_back)
+        if len(good) != len(recorded):
+            keep = {str(i): d.hex() for i, d in good.items()}
+            self.update(lambda d: d.__setitem__("chunks", keep), force=True)
+        return good
 
     def add_chunk(self, index: int, block_digests: bytes) -> None:
         hexd = block_digests.hex()

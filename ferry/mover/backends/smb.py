@@ -518,7 +518,7 @@ class SMBWriter(Writer):
     """Temp file beside the target, one handle per writing thread, rename with replace at commit."""
 
     def __init__(self, be: SMBBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
-        self.be, self.rel = be, rel
+        self.be, self.rel, self.size = be, rel, entry.size
         parent, _, name = rel.rpartition("/")
         if resume_key:
             tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
@@ -630,7 +630,9 @@ class SMBWriter(Writer):
         )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
-        return self.state.chunks() if self.state is not None else {}
+        if self.state is None:
+            return {}
+        return self.state.valid_chunks(chunk_size, self.size, self.read_back)
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         if self.state is not None:
