@@ -608,7 +608,9 @@ class SFTPWriter(Writer):
         )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
-        return self.state.chunks() if self.state is not None else {}
+        if self.state is None:
+            return {}
+        return self.state.valid_chunks(chunk_size, self.entry.size, self.read_back)
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         if self.state is not None:
