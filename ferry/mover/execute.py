@@ -530,7 +530,11 @@ class Executor:
                 finally:
                     self.progress.end(token)
                 digest = digest_from_blocks(s.size, blocks) if blocks is not None else None
-                self._finish(a, reader, writer, digest)
+                try:
+                    self._finish(a, reader, writer, digest)
+                except BaseException:
+                    self.progress.advance(-s.size)  # streamed, not committed: a retry recounts
+                    raise
             except BaseException:
                 writer.abort()
                 raise
@@ -620,29 +624,39 @@ class Executor:
             else [(offset, end, True)]
         )
         rfd, wfd = reader.fileno(), writer.fileno()
-        for seg_start, seg_end, is_data in segments:
-            if not is_data:
-                if hasher:
-                    hasher.update_zeros(seg_end - seg_start)
-                self.progress.advance(seg_end - seg_start)
-                continue
-            pos = seg_start
-            if self.kernel_copy and rfd is not None and wfd is not None:
-                pos = self._kernel_copy(rfd, wfd, seg_start, seg_end, big, hasher)
-                if pos == seg_end:
+        moved = [0]
+
+        def advance(n: int) -> None:
+            moved[0] += n
+            self.progress.advance(n)
+
+        try:
+            for seg_start, seg_end, is_data in segments:
+                if not is_data:
+                    if hasher:
+                        hasher.update_zeros(seg_end - seg_start)
+                    advance(seg_end - seg_start)
                     continue
-            for piece in reader.iter_range(pos, seg_end - pos, STREAM_PIECE):
-                if self.cancel.is_set() or (big is not None and big.error is not None):
-                    raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
-                if hasher:
-                    hasher.update(piece)
-                if self.limiter:
-                    self.limiter.take(len(piece), self.cancel)
-                writer.write_at(pos, piece)
-                pos += len(piece)
-                self.progress.advance(len(piece))
-            if pos != seg_end:
-                raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying")
+                pos = seg_start
+                if self.kernel_copy and rfd is not None and wfd is not None:
+                    pos = self._kernel_copy(rfd, wfd, seg_start, seg_end, big, hasher, advance)
+                    if pos == seg_end:
+                        continue
+                for piece in reader.iter_range(pos, seg_end - pos, STREAM_PIECE):
+                    if self.cancel.is_set() or (big is not None and big.error is not None):
+                        raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
+                    if hasher:
+                        hasher.update(piece)
+                    if self.limiter:
+                        self.limiter.take(len(piece), self.cancel)
+                    writer.write_at(pos, piece)
+                    pos += len(piece)
+                    advance(len(piece))
+                if pos != seg_end:
+                    raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying")
+        except BaseException:
+            self.progress.advance(-moved[0])  # a retry moves these bytes again
+            raise
         return hasher.block_digests() if hasher else None
 
     def _kernel_copy(
@@ -653,6 +667,7 @@ class Executor:
         end: int,
         big: BigFile | None,
         hasher: StreamHasher | None,
+        advance: Callable[[int], None],
     ) -> int:
         """Copy in the kernel (no bytes through user space); when hashing, hash the bytes as
         they now are at the destination, read back from the page cache. On this kind of
@@ -684,7 +699,7 @@ class Executor:
                     )
                 hasher.update(view[:n])
             pos += n
-            self.progress.advance(n)
+            advance(n)
         return pos
 
     def _buffer(self) -> memoryview:
@@ -822,6 +837,7 @@ class Executor:
                 self._finish(a, big.reader, big.writer, digest, big.resumed)
             except FerryError as err:
                 big.writer.abort(keep_partial=False)
+                self.progress.advance(-s.size)  # every chunk was counted, none committed
                 if err.kind.retryable:
                     big.reader.close()
                     self._whole_file(

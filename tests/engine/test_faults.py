@@ -16,6 +16,7 @@ import pytest
 from ferry.mover.backends.base import Entry
 from ferry.mover.backends.local import LocalBackend, LocalReader
 from ferry.mover.options import MiB, Options
+from ferry.mover.progress import Sink, Snapshot
 from ferry.mover.transfer import transfer_between
 from tests.conftest import FERRY, run_ferry
 from tests.engine.treeutil import assert_same_tree
@@ -146,13 +147,25 @@ def test_file_changing_while_read_is_retried(tmp_path: Path) -> None:
     src.mkdir()
     (src / "growing.log").write_bytes(os.urandom(3 * MiB))
     ChangingReader.changed_once = False
+    sink = LastSnapshot()
     summary = transfer_between(
-        lambda: (ChangingBackend(str(src)), LocalBackend(str(dst))), Options(retry_base_delay=0.01)
+        lambda: (ChangingBackend(str(src)), LocalBackend(str(dst))),
+        Options(retry_base_delay=0.01),
+        sink,
     )
     assert ChangingReader.changed_once
     assert summary.exit_code == 0, summary.errors
     assert (dst / "growing.log").read_bytes() == (src / "growing.log").read_bytes()
     assert (src / "growing.log").read_bytes().endswith(b"during the copy")
+    # The failed attempt's bytes are not counted twice.
+    assert sink.last is not None and sink.last.bytes_done == (src / "growing.log").stat().st_size
+
+
+class LastSnapshot(Sink):
+    last: Snapshot | None = None
+
+    def update(self, snap: Snapshot) -> None:
+        self.last = snap
 
 
 def test_file_that_keeps_changing_is_reported(tmp_path: Path) -> None:
