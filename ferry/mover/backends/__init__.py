@@ -1,6 +1,6 @@
 """Backends: one module per storage, opened from an endpoint.
 
-Heavy client libraries (boto3, paramiko, smbprotocol) load only when an
+Heavy client libraries (botocore, paramiko, smbprotocol) load only when an
 endpoint of that kind is used, so local copies start fast.
 """
 

@@ -1,4 +1,4 @@
-"""S3 (and S3-compatible) backend on boto3.
+"""S3 (and S3-compatible) backend on botocore (boto3's core).
 
 Objects map to files; "directories" are key prefixes listed one level at a
 time with Delimiter='/' (like rclone without --fast-list), so a run's memory
@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -198,6 +198,22 @@ def _ip_or_localhost(url: str) -> bool:
     return True
 
 
+class _S3Loader(botocore.loaders.Loader):
+    """botocore's model loader, minus its check of the service name against every installed
+    model directory (hundreds of listdirs, a noticeable part of each start): we load s3 only."""
+
+    def __init__(self, data_path: str | None) -> None:
+        paths = [
+            os.path.expanduser(os.path.expandvars(p))
+            for p in (data_path or "").split(os.pathsep)
+            if p
+        ]
+        super().__init__(extra_search_paths=paths)
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        return ["s3"]
+
+
 class S3Backend(Backend):
     caps = Capabilities(
         chunk_writer=True,
@@ -242,13 +258,13 @@ class S3Backend(Backend):
             if ep.profile and not ep.credentials_file
             else botocore.session.Session()
         )
-        session = boto3.Session(botocore_session=bs)
+        bs.register_component("data_loader", _S3Loader(bs.get_config_variable("data_path")))
         kwargs: dict[str, Any] = {}
         if ep.credentials_file:
             creds = _read_credentials(ep.credentials_file, ep.profile)
             kwargs = {k: v for k, v in creds.items()}
-        region = ep.region or session.region_name or "us-east-1"
-        self.client = session.client(
+        region = ep.region or bs.get_config_variable("region") or "us-east-1"
+        self.client = bs.create_client(
             "s3", endpoint_url=ep.endpoint_url, region_name=region, config=config, **kwargs
         )
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-head")
