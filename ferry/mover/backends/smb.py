@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -26,9 +27,22 @@ from typing import Any, TypeVar
 
 import smbclient
 from smbclient._io import SMBFileTransaction, SMBRawIO, set_info
+from smbclient._pool import get_smb_tree
 from smbprotocol import exceptions as smbexc
-from smbprotocol.file_info import FileBasicInformation, FileRenameInformation
-from smbprotocol.open import FilePipePrinterAccessMask
+from smbprotocol.file_info import (
+    FileBasicInformation,
+    FileEndOfFileInformation,
+    FileRenameInformation,
+)
+from smbprotocol.open import (
+    CreateDisposition,
+    CreateOptions,
+    FilePipePrinterAccessMask,
+    ImpersonationLevel,
+    Open,
+    ShareAccess,
+    SMB2SetInfoRequest,
+)
 from smbprotocol.structure import DateTimeField
 
 from ferry.mover.backends.base import (
@@ -51,7 +65,22 @@ IO_MAX = MiB  # per request
 DEPTH = 4  # requests in flight per handle
 CREDITS_WANTED = 512
 FILE_ATTRIBUTE_DIRECTORY = 0x10
+FILE_ATTRIBUTE_NORMAL = 0x80
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+SHARE_ALL = (
+    ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+)
+READ_ACCESS = (
+    FilePipePrinterAccessMask.FILE_READ_DATA | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
+)
+# Temp files are written, get their mtime and are renamed through the handle that wrote them.
+WRITE_ACCESS = (
+    FilePipePrinterAccessMask.FILE_READ_DATA
+    | FilePipePrinterAccessMask.FILE_WRITE_DATA
+    | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
+    | FilePipePrinterAccessMask.FILE_WRITE_ATTRIBUTES
+    | FilePipePrinterAccessMask.DELETE
+)
 
 
 def classify(
@@ -113,6 +142,44 @@ def classify(
     return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
 
 
+def _nodelay(conn: Any) -> None:
+    sock = getattr(conn.transport, "_sock", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _set_info(fd: Any, info: Any) -> tuple[Any, Callable[[Any], Any]]:
+    req = SMB2SetInfoRequest()
+    req["info_type"] = info.INFO_TYPE
+    req["file_info_class"] = info.INFO_CLASS
+    req["file_id"] = fd.file_id
+    req["buffer"] = info
+    return req, fd.connection.receive
+
+
+class _Handle:
+    """An open file on the share (smbprotocol's Open), with what the writer needs of a raw file."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: Any) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd.connected:
+            self.fd.close()
+
+    def truncate(self, size: int) -> None:
+        eof = FileEndOfFileInformation()
+        eof["end_of_file"] = size
+        req, recv = _set_info(self.fd, eof)
+        tree = self.fd.tree_connect
+        recv(self.fd.connection.send(req, tree.session.session_id, tree.tree_connect_id))
+
+
 def _ns(dt: datetime | None) -> int:
     if dt is None:
         return 0
@@ -141,6 +208,8 @@ class SMBBackend(Backend):
         self._lock = threading.Lock()
         self._password: str | None = None
         self._credits: threading.Semaphore | None = None
+        self._tree: tuple[Any, Any] | None = None  # (connection, tree connect or None on DFS)
+        self._prefix = [p for p in ep.path.split("/") if p]
         base = f"\\\\{ep.host}\\{ep.share}"
         self.base = base + ("\\" + ep.path.replace("/", "\\") if ep.path else "")
 
@@ -195,6 +264,7 @@ class SMBBackend(Backend):
                     require_signing=self.ep.require_signing,
                 )
                 conn = self._cache[key]
+                _nodelay(conn)
                 granted = conn.sequence_window["high"] - conn.sequence_window["low"]
                 if granted < CREDITS_WANTED:
                     try:
@@ -218,11 +288,47 @@ class SMBBackend(Backend):
         key = f"{self.ep.host.lower()}:{self.ep.port}"
         with self._lock:
             conn = self._cache.pop(key, None)
+            self._tree = None
         if conn is not None:
             try:
                 conn.disconnect(close=False)
             except Exception:
                 pass
+
+    def tree(self) -> Any | None:
+        """The share's tree connect for direct requests (compounds), or None on a DFS share,
+        where smbclient's path layer resolves referrals."""
+        kw = self.kw()
+        conn = self._cache.get(f"{self.ep.host.lower()}:{self.ep.port}")
+        cached = self._tree
+        if cached is not None and cached[0] is conn:
+            return cached[1]
+        try:
+            tree, _ = get_smb_tree(self.path(""), **kw)
+        except smbexc.SMBResponseException as exc:  # as smbclient reports it
+            raise smbexc.SMBOSError(exc.status, self.path("")) from None
+        self._tree = (conn, None if tree.is_dfs_share else tree)
+        return self._tree[1]
+
+    def share_rel(self, rel: str) -> str:
+        """rel as a path inside the share, as CREATE requests name files."""
+        return "\\".join([*self._prefix, *(p for p in rel.split("/") if p)])
+
+    @staticmethod
+    def exchange(tree: Any, actions: list[tuple[Any, Callable[[Any], Any]]]) -> list[Any]:
+        """Send related requests as one compound message (one round trip); every response is
+        received (smbprotocol needs that), failures come back as exceptions in the list."""
+        conn = tree.session.connection
+        sent = conn.send_compound(
+            [m for m, _ in actions], tree.session.session_id, tree.tree_connect_id, related=True
+        )
+        out: list[Any] = []
+        for request, (_, recv) in zip(sent, actions, strict=True):
+            try:
+                out.append(recv(request))
+            except smbexc.SMBResponseException as exc:
+                out.append(exc)
+        return out
 
     def credits(self) -> threading.Semaphore:
         assert self._credits is not None
@@ -309,12 +415,37 @@ class SMBBackend(Backend):
 
         def st(kw: dict[str, Any]) -> Entry | None:
             try:
+                tree = self.tree()
+                if tree is not None:
+                    return quick(tree)
                 s = smbclient.stat(self.path(rel), follow_symlinks=False, **kw)
             except smbexc.SMBOSError as exc:
                 if exc.errno == 2:
                     return None
                 raise
             return self._entry(name, s.st_file_attributes, s.st_size, s.st_mtime_ns // 1000 * 1000)
+
+        def quick(tree: Any) -> Entry | None:
+            # CREATE answers with attributes, size and times: CREATE+CLOSE in one round trip.
+            fd = Open(tree, self.share_rel(rel))
+            opened, _ = self.exchange(
+                tree,
+                [
+                    fd.create(
+                        ImpersonationLevel.Impersonation,
+                        FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
+                        0,
+                        SHARE_ALL,
+                        CreateDisposition.FILE_OPEN,
+                        CreateOptions.FILE_OPEN_REPARSE_POINT,
+                        send=False,
+                    ),
+                    fd.close(send=False),
+                ],
+            )
+            if isinstance(opened, smbexc.SMBResponseException):
+                raise smbexc.SMBOSError(opened.status, self.path(rel))
+            return self._entry(name, fd.file_attributes, fd.end_of_file, _ns(fd.last_write_time))
 
         return self.run(st, rel)
 
@@ -477,17 +608,53 @@ class SMBReader(Reader):
     def __init__(self, be: SMBBackend, rel: str, entry: Entry) -> None:
         self.be, self.rel, self.size = be, rel, entry.size
         self.mtime_ns = entry.mtime_ns
+        self._after: tuple[int, int] | None = None  # (size, mtime) when the whole-file read closed
 
     def changed(self) -> str | None:
-        """One stat after the copy: a file rewritten meanwhile must not be committed as copied."""
-        now = self.be.stat(self.rel)
-        if now is None:
-            return "file vanished while copying"
-        if now.size != self.size or (
-            self.mtime_ns and now.mtime_ns // 1000 != self.mtime_ns // 1000
-        ):
+        """One stat after the copy: a file rewritten meanwhile must not be committed as copied.
+        A whole file read in one compound already has it: its CLOSE asked for the attributes."""
+        if self._after is not None:
+            size, mtime_ns = self._after
+        else:
+            now = self.be.stat(self.rel)
+            if now is None:
+                return "file vanished while copying"
+            size, mtime_ns = now.size, now.mtime_ns
+        if size != self.size or (self.mtime_ns and mtime_ns // 1000 != self.mtime_ns // 1000):
             return "file changed while copying"
         return None
+
+    def _read_whole(self, tree: Any) -> bytes:
+        """CREATE + READ + CLOSE (with post-query attributes) in one round trip."""
+        fd = Open(tree, self.be.share_rel(self.rel))
+        actions = [
+            fd.create(
+                ImpersonationLevel.Impersonation,
+                READ_ACCESS,
+                FILE_ATTRIBUTE_NORMAL,
+                SHARE_ALL,
+                CreateDisposition.FILE_OPEN,
+                CreateOptions.FILE_NON_DIRECTORY_FILE,
+                send=False,
+            ),
+            fd.read(0, self.size, send=False),
+            fd.close(get_attributes=True, send=False),
+        ]
+        sem = self.be.credits() if self.size > 65536 else None
+        if sem is not None:
+            sem.acquire()
+        try:
+            opened, data, closed = self.be.exchange(tree, actions)
+        finally:
+            if sem is not None:
+                sem.release()
+        for res in (opened, data, closed):
+            if isinstance(res, smbexc.EndOfFile):
+                continue
+            if isinstance(res, smbexc.SMBResponseException):
+                raise smbexc.SMBOSError(res.status, self.be.path(self.rel))
+        self._after = (fd.end_of_file, _ns(fd.last_write_time))
+        return b"" if isinstance(data, smbexc.EndOfFile) else bytes(data)
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
         length = min(length, self.size - offset)
@@ -511,11 +678,20 @@ class SMBReader(Reader):
             raise self.be.err(exc, self.rel) from None
 
     def read_at(self, offset: int, length: int) -> bytes:
+        if offset == 0 and 0 < self.size <= length and self.size <= self.be.io_size():
+            tree = self.be.run(lambda kw: self.be.tree(), self.rel)
+            if tree is not None:
+                return self.be.run(lambda kw: self._read_whole(tree), self.rel)
         return b"".join(self.iter_range(offset, length, IO_MAX))
 
 
 class SMBWriter(Writer):
-    """Temp file beside the target, one handle per writing thread, rename with replace at commit."""
+    """Temp file beside the target, one handle per writing thread, rename with replace at commit.
+
+    Without resume state the temp file is created by the first write (CREATE and a first WRITE
+    of at most one request in one compound), and committed through that handle: SET_INFO
+    (mtime), SET_INFO (rename) and CLOSE in a second one. The rename goes out only once the
+    writes are known to have succeeded, so the final name never shows a partial file."""
 
     def __init__(self, be: SMBBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
         self.be, self.rel, self.size = be, rel, entry.size
@@ -535,24 +711,84 @@ class SMBWriter(Writer):
         self._tag = secrets.token_hex(4)
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self._created = False  # the temp file exists (created or truncated by this writer)
+        self._primary: _Handle | None = None  # the creating handle, which also commits
         self.final_share_rel = "\\".join(
             p for p in (be.ep.path.replace("/", "\\"), rel.replace("/", "\\")) if p
         )
-        resumed = bool(self.state and self.state.data.get("chunks"))
+        if self.state is None:
+            return  # created by the first write (or at commit, when empty)
+        resumed = bool(self.state.data.get("chunks"))
 
         def create(kw: dict[str, Any]) -> None:
             if resumed:
                 try:
                     smbclient.stat(self.tmp, **kw)
+                    self._created = True
                     return
                 except smbexc.SMBOSError:
                     assert self.state is not None
                     self.state.data["chunks"] = {}
             # Keep the creating handle: the thread that opened the writer usually writes it all.
-            raw = smbclient.open_file(self.tmp, mode="wb", buffering=0, share_access="rwd", **kw)
-            self._handles[threading.get_ident()] = raw
+            self._create(None, 0)
 
         be.run(create, rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def _open(
+        self, create: bool, data: bytes | memoryview | None, offset: int
+    ) -> tuple[Any, bool | BaseException]:
+        """A handle on the temp file (create: created or truncated); a first piece of data rides
+        along in the same compound. Returns (handle, True if data was written, False if there
+        was none to write, or the exception that failed the write)."""
+        tree = self.be.tree()
+        if tree is None:  # DFS: smbclient resolves the path
+            mode = "wb" if create else "r+b"
+            raw = smbclient.open_file(
+                self.tmp, mode=mode, buffering=0, share_access="rwd", **self.be.kw()
+            )
+            return raw, False
+        fd = Open(tree, self.be.share_rel(self.tmp_rel))
+        actions = [
+            fd.create(
+                ImpersonationLevel.Impersonation,
+                WRITE_ACCESS,
+                FILE_ATTRIBUTE_NORMAL,
+                SHARE_ALL,
+                CreateDisposition.FILE_OVERWRITE_IF if create else CreateDisposition.FILE_OPEN,
+                CreateOptions.FILE_NON_DIRECTORY_FILE,
+                send=False,
+            )
+        ]
+        if data is not None:
+            actions.append(fd.write(bytes(data), offset, send=False))
+        sem = self.be.credits() if data is not None and len(data) > 65536 else None
+        if sem is not None:
+            sem.acquire()
+        try:
+            results = self.be.exchange(tree, actions)
+        finally:
+            if sem is not None:
+                sem.release()
+        if isinstance(results[0], smbexc.SMBResponseException):
+            raise smbexc.SMBOSError(results[0].status, self.tmp)
+        if len(results) > 1 and isinstance(results[1], BaseException):
+            return _Handle(fd), results[1]
+        return _Handle(fd), data is not None
+
+    def _create(self, data: bytes | memoryview | None, offset: int) -> bool:
+        """Create the temp file with this thread's handle (self._lock held or not needed)."""
+        handle, wrote = self._open(True, data, offset)
+        self._created = True  # abort removes it, even when the write below failed
+        if isinstance(wrote, BaseException):
+            try:
+                handle.close()
+            except Exception:
+                pass
+            raise wrote
+        if isinstance(handle, _Handle):
+            self._primary = handle
+        self._handles[threading.get_ident()] = handle
+        return wrote
 
     def _load(self) -> bytes | None:
         assert self.journal is not None
@@ -595,21 +831,27 @@ class SMBWriter(Writer):
             except smbexc.SMBOSError:
                 pass
 
-    def _handle(self) -> Any:
+    def _handle(self, data: bytes | memoryview | None = None, offset: int = 0) -> tuple[Any, bool]:
+        """This thread's handle; the first one creates the temp file, with `data` written in the
+        same round trip when given. Returns (handle, whether data was written)."""
         tid = threading.get_ident()
         with self._lock:
             raw = self._handles.get(tid)
-        if raw is None:
-            raw = smbclient.open_file(
-                self.tmp, mode="r+b", buffering=0, share_access="rwd", **self.be.kw()
-            )
-            with self._lock:
-                self._handles[tid] = raw
-        return raw
+            if raw is not None:
+                return raw, False
+            if not self._created:  # other threads wait here until the file exists
+                wrote = self._create(data, offset)
+                return self._handles[tid], wrote
+        raw, _ = self._open(False, None, 0)
+        with self._lock:
+            self._handles[tid] = raw
+        return raw, False
 
     def _drop_handle(self) -> None:
         with self._lock:
             raw = self._handles.pop(threading.get_ident(), None)
+            if raw is self._primary:
+                self._primary = None
         if raw is not None:
             try:
                 raw.close()
@@ -618,7 +860,10 @@ class SMBWriter(Writer):
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         try:
-            self.be.pwrite(self._handle().fd, offset, data)
+            first = data if 0 < len(data) <= self.be.io_size() else None
+            raw, wrote = self._handle(first, offset)
+            if not wrote:
+                self.be.pwrite(raw.fd, offset, data)
         except Exception as exc:
             self._drop_handle()
             raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
@@ -626,7 +871,7 @@ class SMBWriter(Writer):
     def set_size(self, size: int) -> None:
         # Through our own handle: a fresh open without sharing would collide with it.
         self.be.run(
-            lambda kw: self._handle().truncate(size), self.rel, ErrorKind.DESTINATION_NOT_FOUND
+            lambda kw: self._handle()[0].truncate(size), self.rel, ErrorKind.DESTINATION_NOT_FOUND
         )
 
     def done_chunks(self, chunk_size: int = 0) -> dict[int, bytes]:
@@ -647,10 +892,14 @@ class SMBWriter(Writer):
 
         return self.be.run(rd, self.rel)
 
-    def _close_handles(self) -> None:
+    def _close_handles(self, keep: Any = None) -> None:
         with self._lock:
-            handles = list(self._handles.values())
+            handles = [h for h in self._handles.values() if h is not keep]
+            if keep is None and self._primary is not None and self._primary not in handles:
+                handles.append(self._primary)
             self._handles.clear()
+            if keep is None:
+                self._primary = None
         for raw in handles:
             try:
                 raw.close()
@@ -660,11 +909,22 @@ class SMBWriter(Writer):
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         if self.state is not None:
             self.state.close()  # no timer may resave the state after commit deletes it
-        self._close_handles()  # closing after writes moves mtime, so set it afterwards
+        primary = self._primary
+        # Closing after writes moves mtime, so set it afterwards (or on the last open handle).
+        self._close_handles(keep=primary)
 
         def fin(kw: dict[str, Any]) -> None:
             mtime = entry.mtime_ns if preserve.times and entry.mtime_ns else None
-            if not self._finish_compound(mtime, kw):
+            handle = primary
+            if not self._created:  # nothing was written: an empty file
+                self._create(None, 0)
+                handle = self._primary
+                self._close_handles(keep=handle)
+            if handle is not None:
+                done = self._finish_on_handle(handle, mtime)
+            else:
+                done = self._finish_compound(mtime, kw)
+            if not done:
                 if mtime is not None:
                     smbclient.utime(self.tmp, ns=(mtime, mtime), **kw)
                 self.be.replace(self.tmp, self.be.path(self.rel), kw)
@@ -672,6 +932,34 @@ class SMBWriter(Writer):
                 self._remove_journals(kw)
 
         self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def _finish_on_handle(self, handle: _Handle, mtime_ns: int | None) -> bool:
+        """SET_INFO (mtime), SET_INFO (rename with replace) and CLOSE on the handle that wrote
+        the file, in one round trip. The handle is closed afterwards in any case; False when
+        the server refused (Samba will not rename onto an existing file)."""
+        self._primary = None
+        fd = handle.fd
+        actions = []
+        if mtime_ns is not None:
+            basic = FileBasicInformation()
+            ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
+            basic["last_access_time"] = ft
+            basic["last_write_time"] = ft
+            actions.append(_set_info(fd, basic))
+        rename = FileRenameInformation()
+        rename["replace_if_exists"] = True
+        rename["file_name"] = self.final_share_rel
+        actions.append(_set_info(fd, rename))
+        actions.append(fd.close(send=False))
+        try:
+            results = self.be.exchange(fd.tree_connect, actions)
+        finally:
+            if fd.connected:  # the CLOSE failed or never went out
+                try:
+                    handle.close()
+                except Exception:
+                    pass
+        return not any(isinstance(r, BaseException) for r in results)
 
     def _finish_compound(self, mtime_ns: int | None, kw: dict[str, Any]) -> bool:
         """Set the mtime and rename into place in one round trip (create, set-info x2, close).
@@ -710,10 +998,11 @@ class SMBWriter(Writer):
                 return
 
             def rm(kw: dict[str, Any]) -> None:
-                try:
-                    smbclient.remove(self.tmp, **kw)
-                except smbexc.SMBOSError:
-                    pass
+                if self._created:
+                    try:
+                        smbclient.remove(self.tmp, **kw)
+                    except smbexc.SMBOSError:
+                        pass
                 if self.journal:
                     self._remove_journals(kw)
 
