@@ -330,6 +330,67 @@ class SMBBackend(Backend):
                 out.append(exc)
         return out
 
+    def open_handle(
+        self, tree: Any, rel: str, create: bool, data: bytes | memoryview | None, offset: int
+    ) -> tuple[_Handle, bool | BaseException]:
+        """Open rel for writing (create: created or truncated) with a first piece of data in
+        the same compound. Returns (handle, True if data was written, False if there was none,
+        or the exception that failed the write: the handle is open then)."""
+        fd = Open(tree, self.share_rel(rel))
+        actions = [
+            fd.create(
+                ImpersonationLevel.Impersonation,
+                WRITE_ACCESS,
+                FILE_ATTRIBUTE_NORMAL,
+                SHARE_ALL,
+                CreateDisposition.FILE_OVERWRITE_IF if create else CreateDisposition.FILE_OPEN,
+                CreateOptions.FILE_NON_DIRECTORY_FILE,
+                send=False,
+            )
+        ]
+        if data is not None:
+            actions.append(fd.write(bytes(data), offset, send=False))
+        sem = self.credits() if data is not None and len(data) > 65536 else None
+        if sem is not None:
+            sem.acquire()
+        try:
+            results = self.exchange(tree, actions)
+        finally:
+            if sem is not None:
+                sem.release()
+        if isinstance(results[0], smbexc.SMBResponseException):
+            raise smbexc.SMBOSError(results[0].status, self.path(rel))
+        if len(results) > 1 and isinstance(results[1], BaseException):
+            return _Handle(fd), results[1]
+        return _Handle(fd), data is not None
+
+    def finish_handle(self, handle: _Handle, mtime_ns: int | None, final_share_rel: str) -> bool:
+        """SET_INFO (mtime), SET_INFO (rename with replace) and CLOSE on the handle that wrote
+        the file, in one round trip. The handle is closed afterwards in any case; False when
+        the server refused."""
+        fd = handle.fd
+        actions = []
+        if mtime_ns is not None:
+            basic = FileBasicInformation()
+            ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
+            basic["last_access_time"] = ft
+            basic["last_write_time"] = ft
+            actions.append(_set_info(fd, basic))
+        rename = FileRenameInformation()
+        rename["replace_if_exists"] = True
+        rename["file_name"] = final_share_rel
+        actions.append(_set_info(fd, rename))
+        actions.append(fd.close(send=False))
+        try:
+            results = self.exchange(fd.tree_connect, actions)
+        finally:
+            if fd.connected:  # the CLOSE failed or never went out
+                try:
+                    handle.close()
+                except Exception:
+                    pass
+        return not any(isinstance(r, BaseException) for r in results)
+
     def credits(self) -> threading.Semaphore:
         assert self._credits is not None
         return self._credits
@@ -701,12 +762,13 @@ class SMBWriter(Writer):
             self.tmp_rel = (parent + "/" if parent else "") + _internal(name, f"{tag}.part")
             jrel = (parent + "/" if parent else "") + _internal(name, "journal")
             self.journal: str | None = be.path(jrel)
+            self._jrel: str | None = jrel
             self.state: RemoteState | None = RemoteState(resume_key, self._load, self._save)
         else:
             self.tmp_rel = (parent + "/" if parent else "") + _internal(
                 name, secrets.token_hex(6) + ".tmp"
             )
-            self.journal, self.state = None, None
+            self.journal, self.state, self._jrel = None, None, None
         self.tmp = be.path(self.tmp_rel)
         self._tag = secrets.token_hex(4)
         self._handles: dict[int, Any] = {}
@@ -747,33 +809,19 @@ class SMBWriter(Writer):
                 self.tmp, mode=mode, buffering=0, share_access="rwd", **self.be.kw()
             )
             return raw, False
-        fd = Open(tree, self.be.share_rel(self.tmp_rel))
-        actions = [
-            fd.create(
-                ImpersonationLevel.Impersonation,
-                WRITE_ACCESS,
-                FILE_ATTRIBUTE_NORMAL,
-                SHARE_ALL,
-                CreateDisposition.FILE_OVERWRITE_IF if create else CreateDisposition.FILE_OPEN,
-                CreateOptions.FILE_NON_DIRECTORY_FILE,
-                send=False,
-            )
-        ]
-        if data is not None:
-            actions.append(fd.write(bytes(data), offset, send=False))
-        sem = self.be.credits() if data is not None and len(data) > 65536 else None
-        if sem is not None:
-            sem.acquire()
-        try:
-            results = self.be.exchange(tree, actions)
-        finally:
-            if sem is not None:
-                sem.release()
-        if isinstance(results[0], smbexc.SMBResponseException):
-            raise smbexc.SMBOSError(results[0].status, self.tmp)
-        if len(results) > 1 and isinstance(results[1], BaseException):
-            return _Handle(fd), results[1]
-        return _Handle(fd), data is not None
+        return self.be.open_handle(tree, self.tmp_rel, create, data, offset)
+
+    def _save_compound(self, blob: bytes) -> bool:
+        """The journal through a fresh temp in two round trips: CREATE+WRITE, then rename over
+        the journal + CLOSE (the rename only once the write succeeded). False on DFS."""
+        tree = self.be.tree()
+        if tree is None or self._jrel is None or len(blob) > self.be.io_size():
+            return False
+        handle, wrote = self.be.open_handle(tree, f"{self._jrel}.{self._tag}.new", True, blob, 0)
+        if isinstance(wrote, BaseException):
+            handle.close()
+            raise wrote
+        return self.be.finish_handle(handle, None, self.be.share_rel(self._jrel))
 
     def _create(self, data: bytes | memoryview | None, offset: int) -> bool:
         """Create the temp file with this thread's handle (self._lock held or not needed)."""
@@ -810,6 +858,8 @@ class SMBWriter(Writer):
         def wr(kw: dict[str, Any]) -> None:
             # A per-writer temp name: a killed run can leave its temp open in a dead session
             # (smbd then refuses renames of it for a while), so never reuse one.
+            if self._save_compound(blob):
+                return
             tmp = f"{journal}.{self._tag}.new"
             with smbclient.open_file(tmp, mode="wb", share_access="rwd", **kw) as f:
                 f.write(blob)
@@ -934,32 +984,10 @@ class SMBWriter(Writer):
         self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
     def _finish_on_handle(self, handle: _Handle, mtime_ns: int | None) -> bool:
-        """SET_INFO (mtime), SET_INFO (rename with replace) and CLOSE on the handle that wrote
-        the file, in one round trip. The handle is closed afterwards in any case; False when
-        the server refused (Samba will not rename onto an existing file)."""
+        """Set the mtime and rename into place through the handle that wrote the file (one
+        round trip, see SMBBackend.finish_handle)."""
         self._primary = None
-        fd = handle.fd
-        actions = []
-        if mtime_ns is not None:
-            basic = FileBasicInformation()
-            ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
-            basic["last_access_time"] = ft
-            basic["last_write_time"] = ft
-            actions.append(_set_info(fd, basic))
-        rename = FileRenameInformation()
-        rename["replace_if_exists"] = True
-        rename["file_name"] = self.final_share_rel
-        actions.append(_set_info(fd, rename))
-        actions.append(fd.close(send=False))
-        try:
-            results = self.be.exchange(fd.tree_connect, actions)
-        finally:
-            if fd.connected:  # the CLOSE failed or never went out
-                try:
-                    handle.close()
-                except Exception:
-                    pass
-        return not any(isinstance(r, BaseException) for r in results)
+        return self.be.finish_handle(handle, mtime_ns, self.final_share_rel)
 
     def _finish_compound(self, mtime_ns: int | None, kw: dict[str, Any]) -> bool:
         """Set the mtime and rename into place in one round trip (create, set-info x2, close).
