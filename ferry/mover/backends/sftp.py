@@ -954,11 +954,21 @@ class SFTPWriter(Writer):
                 raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def read_back(self, offset: int, length: int) -> bytes:
-        def rd(sftp: paramiko.SFTPClient) -> bytes:
-            with sftp.open(self.tmp, "rb") as f:
-                return b"".join(f.readv([(offset, length)]))
+        """What the partial holds at [offset, offset+length); shorter where it ends early."""
 
-        return self.be.run(rd, self.rel)
+        def rd(s: _Session) -> bytes:
+            handle = s.open(self.tmp, _FXF_READ)
+            parts: list[bytes] = []
+            try:
+                parts.extend(s.read(handle, offset, length, MAX_REQUEST))
+            except FerryError as err:
+                if err.kind != ErrorKind.SOURCE_CHANGED:  # i.e. end of file: a short answer
+                    raise
+                return b"".join(parts)  # replies still due: the pool drops this session
+            s.close_handle(handle)
+            return b"".join(parts)
+
+        return self.be.run_session(rd, self.rel)
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         if self.state is not None:
