@@ -80,3 +80,28 @@ def test_writer_compound_commit_and_abort(smbd_server: SambaServer) -> None:
 def _owner(srv: SambaServer) -> tuple[int, int]:
     st = os.stat(srv.root)
     return st.st_uid, st.st_gid
+
+
+def test_copy_free_signature_matches_smbprotocol() -> None:
+    """The signing shortcut computes what smbprotocol's own method does, for every algorithm."""
+    import types
+
+    from smbprotocol import Dialects
+    from smbprotocol.connection import Connection, SigningAlgorithms
+    from smbprotocol.header import Commands
+
+    from ferry.mover.backends.smb import _signature
+
+    cases = [
+        (Dialects.SMB_3_1_1, SigningAlgorithms.AES_GMAC),
+        (Dialects.SMB_3_1_1, SigningAlgorithms.AES_CMAC),
+        (Dialects.SMB_3_0_2, None),
+        (Dialects.SMB_2_1_0, None),
+    ]
+    msg, key = os.urandom(70_000), os.urandom(16)
+    for dialect, algo in cases:
+        conn = types.SimpleNamespace(dialect=dialect, signing_algorithm_id=algo)
+        for response in (False, True):
+            for command in (Commands.SMB2_READ, Commands.SMB2_CANCEL):
+                own = Connection._generate_signature(conn, msg, key, 9, response, command)  # type: ignore[arg-type]
+                assert _signature(conn, msg, key, 9, response, command) == own
