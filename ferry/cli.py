@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
+    if args.command in ("copy", "sync", "plan", "verify", "run"):
+        from ferry.mover.malloc import tune_malloc
+
+        tune_malloc()
     try:
         if args.command in ("copy", "sync", "plan"):
             return _cmd_transfer(args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -225,3 +227,18 @@ def test_transfer_spec_names_bad_fields() -> None:
         with pytest.raises(ValidationError) as exc:
             TransferSpec.model_validate(doc)
         assert field in str(exc.value)
+
+
+def test_malloc_tuning_respects_the_environment() -> None:
+    """Applied in a plain process; left alone when MALLOC_* says otherwise (own processes,
+    so this test's interpreter keeps its heap settings)."""
+    code = "from ferry.mover.malloc import tune_malloc; print(tune_malloc())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    chosen = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "MALLOC_ARENA_MAX": "2"},
+        capture_output=True,
+        text=True,
+    )
+    assert (plain.stdout.strip(), chosen.stdout.strip()) == ("True", "False")

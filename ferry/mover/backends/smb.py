@@ -17,7 +17,6 @@ journal beside it, so an interrupted run resumes by offset.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import hmac
 import os
@@ -193,33 +192,6 @@ def _signature(
     return h.digest()[:16]
 
 
-def _tune_malloc() -> None:
-    """Keep 1 MiB buffers in the heap: smbprotocol makes several temporary copies of every
-    READ/WRITE message, and with glibc's defaults each is a fresh mmap (page faults and
-    zeroing on every request: a big upload spent more time in the kernel than in Python).
-    Process-wide, so only when nobody chose otherwise (MALLOC_* environment variables);
-    costs ~10 MB of resident memory. Belongs at the entry point for every backend."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):  # the option numbers are glibc's
-            return
-        libc.mallopt(M_MMAP_THRESHOLD, 4 * MiB)
-        libc.mallopt(M_TRIM_THRESHOLD, 32 * MiB)
-    except (OSError, AttributeError):
-        pass
-
-
-_malloc_tuned = False
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-
-
 def _fast_signing(conn: Any) -> None:
     """Sign and verify this connection's messages with `_signature`, once a probe shows it
     computes exactly what smbprotocol's own method does for the negotiated algorithm (a
@@ -291,7 +263,6 @@ class SMBBackend(Backend):
     )
 
     def __init__(self, ep: SMBEndpoint) -> None:
-        _tune_malloc()
         self.ep = ep
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
