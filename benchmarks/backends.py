@@ -92,6 +92,8 @@ class Bench:
         return self.tmp / "out" / uuid.uuid4().hex[:8]
 
     def record(self, backend: str, case: str, tool: str, fn: Callable[[], float]) -> None:
+        # Nobody pays for an earlier tool's write-back (Ferry's end-of-run flush would).
+        os.sync()
         try:
             secs = fn()
         except Exception as exc:
