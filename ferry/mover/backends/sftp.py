@@ -4,7 +4,7 @@ One SFTP channel serves one thread at a time (paramiko's response handling is
 not safe for concurrent synchronous requests), so the backend keeps a small
 pool of SSH connections and lends one per operation; a file's chunks are
 written at offsets from several connections at once. Bulk reads and writes
-frame their SFTP requests here (see _Session), pipelined, and writes are
+frame their SFTP requests themselves (sftp_wire.Session), pipelined, and writes are
 acknowledged before each call returns, so a recorded chunk is on the server.
 Sockets get TCP_NODELAY (paramiko leaves Nagle on, which stalls small
 pipelined requests) and SSH windows stay modest (huge windows make paramiko's
@@ -25,7 +25,6 @@ import queue
 import secrets
 import socket
 import stat
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -44,6 +43,15 @@ from ferry.mover.backends.base import (
     join,
 )
 from ferry.mover.backends.remote_state import RemoteState
+from ferry.mover.backends.sftp_wire import (
+    FXF_CREAT,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    MAX_REQUEST,
+    Session,
+    Stat,
+)
 from ferry.mover.endpoints import SFTPEndpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB, Preserve
@@ -56,11 +64,6 @@ WINDOW = 4 * MiB
 # Largest SSH packet the server may send us. sshd sends up to 256 KiB per packet when
 # allowed (paramiko's default is 32 KiB): 8x fewer packets to decrypt and parse in Python.
 MAX_PACKET = 256 * 1024
-FALLBACK_REQUEST = 128 * 1024  # read/write length for servers without limits@openssh.com
-MAX_REQUEST = 255 * 1024  # OpenSSH's sftp-server limit (256 KiB message minus headers)
-READ_DEPTH = 16  # READ requests in flight per stream (about WINDOW bytes)
-WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
-RECV = 8 * MiB  # channel reads take everything buffered (partial reads memmove the rest)
 CONNECT_TIMEOUT = 15.0
 # Bulk streams (a chunk's reads, a large write) at once per backend, whatever the engine's
 # --transfers: each stream keeps its connection busy, and more of them only share the
@@ -69,17 +72,6 @@ CONNECT_TIMEOUT = 15.0
 READ_STREAMS = 1
 WRITE_STREAMS = 2  # two, so one connection's CLOSE round trip overlaps the other's data
 BULK = 1 * MiB  # writes at least this large count as a stream
-
-# SFTP v3 packet types and flags (draft-ietf-secsh-filexfer-02)
-_OPEN, _CLOSE, _READ, _WRITE, _LSTAT, _SETSTAT, _EXTENDED = 3, 4, 5, 6, 7, 9, 200
-_STATUS, _HANDLE, _DATA, _ATTRS, _EXTENDED_REPLY = 101, 102, 103, 105, 201
-_FXF_READ, _FXF_WRITE, _FXF_CREAT, _FXF_TRUNC = 0x1, 0x2, 0x8, 0x10
-_ATTR_SIZE, _ATTR_UIDGID, _ATTR_PERMISSIONS, _ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
-_FX_OK, _FX_EOF, _FX_NO_SUCH_FILE, _FX_PERMISSION_DENIED = 0, 1, 2, 3
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_HEAD = struct.Struct(">IBI")  # length, type, request id
-_RANGE = struct.Struct(">QI")  # offset, length
 
 
 def classify(
@@ -127,298 +119,6 @@ def _read_secret(path: str) -> str:
         return f.read().rstrip("\r\n")
 
 
-def _string(b: bytes) -> bytes:
-    return _U32.pack(len(b)) + b
-
-
-def _path_bytes(path: str) -> bytes:
-    return path.encode("utf-8", "surrogateescape")
-
-
-class _Stat:
-    """The fields of an SFTP ATTRS reply that the backend uses."""
-
-    __slots__ = ("mtime", "size")
-
-    def __init__(self, body: bytes, at: int = 0) -> None:
-        flags = _U32.unpack_from(body, at)[0]
-        at += 4
-        self.size = self.mtime = None
-        if flags & _ATTR_SIZE:
-            self.size = _U64.unpack_from(body, at)[0]
-            at += 8
-        if flags & _ATTR_UIDGID:
-            at += 8
-        if flags & _ATTR_PERMISSIONS:
-            at += 4
-        if flags & _ATTR_ACMODTIME:
-            self.mtime = _U32.unpack_from(body, at + 4)[0]
-
-
-def _status_error(body: bytes) -> OSError:
-    code = _U32.unpack_from(body, 0)[0]
-    try:
-        n = _U32.unpack_from(body, 4)[0]
-        text = body[8 : 8 + n].decode("utf-8", "replace")
-    except struct.error:
-        text = ""
-    if code == _FX_NO_SUCH_FILE:
-        return FileNotFoundError(errno.ENOENT, text or "No such file")
-    if code == _FX_PERMISSION_DENIED:
-        return PermissionError(errno.EACCES, text or "Permission denied")
-    return OSError(f"SFTP status {code}: {text}")
-
-
-class _Session:
-    """One SSH connection with its SFTP channel, lent to one thread at a time.
-
-    Bulk data bypasses paramiko's SFTPFile: requests are framed here and written to
-    the channel, and replies are parsed from large channel reads. paramiko's per-reply
-    path (4-byte and n-byte channel reads that memmove the rest of the buffer, a Message
-    per reply, a prefetch thread per readv) cost more CPU than the cipher. Request ids
-    come from the SFTPClient's counter, and every reply is consumed before the session
-    goes back to the pool (`dirty` otherwise), so paramiko's own calls stay in step."""
-
-    __slots__ = ("buf", "chan", "dirty", "read_max", "sftp", "transport", "write_max")
-
-    def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
-        self.transport, self.sftp = transport, sftp
-        chan = sftp.get_channel()
-        assert chan is not None
-        self.chan: paramiko.Channel = chan
-        self.buf = bytearray()
-        self.dirty = False
-        self.read_max = self.write_max = FALLBACK_REQUEST
-
-    def close(self) -> None:
-        try:
-            self.sftp.close()
-        finally:
-            self.transport.close()
-
-    # -- framing ---------------------------------------------------------------------
-    def _send(self, kind: int, body: bytes, data: bytes | memoryview = b"") -> int:
-        rid = self.sftp.request_number
-        self.sftp.request_number = rid + 1
-        head = _HEAD.pack(5 + len(body) + len(data), kind, rid) + body
-        if data:
-            # Channel.sendall slices what it is given per SSH packet (32 KiB from sshd):
-            # a memoryview keeps that free of copies. paramiko takes any buffer here.
-            self.chan.sendall(memoryview(b"".join((head, data))))  # type: ignore[arg-type]
-        else:
-            self.chan.sendall(head)
-        return rid
-
-    def _recv(self) -> tuple[int, int, bytes]:
-        """The next reply: (type, request id, body); a DATA body is just the data."""
-        buf = self.buf
-        while True:
-            have = len(buf)
-            if have >= 4:
-                need = 4 + _U32.unpack_from(buf, 0)[0]
-                if have >= need:
-                    break
-            d = self.chan.recv(RECV)
-            if not d:
-                raise EOFError("SFTP channel closed")
-            buf += d
-        _, kind, rid = _HEAD.unpack_from(buf, 0)
-        with memoryview(buf) as mv:
-            if kind == _DATA:
-                n = _U32.unpack_from(buf, 9)[0]
-                body = bytes(mv[13 : 13 + n])
-            else:
-                body = bytes(mv[9:need])
-        del buf[:need]
-        return kind, rid, body
-
-    def reply(self, rid: int) -> tuple[int, bytes]:
-        kind, got, body = self._recv()
-        if got != rid:
-            raise paramiko.SSHException(f"SFTP reply to request {got}, expected {rid}")
-        if kind == _STATUS and _U32.unpack_from(body, 0)[0] != _FX_OK:
-            raise _status_error(body)
-        return kind, body
-
-    # -- requests ----------------------------------------------------------------------
-    def query_limits(self) -> None:
-        """Request sizes from limits@openssh.com where offered (OpenSSH: 255 KiB)."""
-        rid = self._send(_EXTENDED, _string(b"limits@openssh.com"))
-        try:
-            kind, body = self.reply(rid)
-        except OSError:
-            return
-        if kind == _EXTENDED_REPLY and len(body) >= 32:
-            _, rd, wr, _ = struct.unpack_from(">QQQQ", body, 0)
-            if rd:
-                self.read_max = min(rd, MAX_REQUEST)
-            if wr:
-                self.write_max = min(wr, MAX_REQUEST)
-
-    def open(self, path: str, flags: int) -> bytes:
-        rid = self._send(_OPEN, _string(_path_bytes(path)) + _U32.pack(flags) + _U32.pack(0))
-        kind, body = self.reply(rid)
-        if kind != _HANDLE:
-            raise paramiko.SSHException(f"SFTP open: unexpected reply {kind}")
-        return body[4 : 4 + _U32.unpack_from(body, 0)[0]]
-
-    def read(self, handle: bytes, offset: int, length: int, piece: int) -> Iterator[bytes]:
-        """Yield the bytes of [offset, offset+length) in order, READ_DEPTH requests ahead.
-
-        Short replies (a server with a smaller cap) are completed with a further request."""
-        self.dirty = True
-        size = max(1, min(self.read_max, piece))
-        hs = _string(handle)
-        end = offset + length
-        pending: dict[int, tuple[int, int]] = {}
-        early: dict[int, bytes] = {}
-        nxt = out = offset
-
-        def ask(at: int, n: int) -> None:
-            pending[self._send(_READ, hs + _RANGE.pack(at, n))] = (at, n)
-
-        while pending or nxt < end:
-            while nxt < end and len(pending) < READ_DEPTH:
-                n = min(size, end - nxt)
-                ask(nxt, n)
-                nxt += n
-            kind, rid, data = self._recv()
-            try:
-                at, n = pending.pop(rid)
-            except KeyError:
-                raise paramiko.SSHException(f"SFTP reply to unknown request {rid}") from None
-            if kind != _DATA:
-                if kind == _STATUS and _U32.unpack_from(data, 0)[0] == _FX_EOF:
-                    raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading")
-                raise (
-                    _status_error(data)
-                    if kind == _STATUS
-                    else paramiko.SSHException(f"SFTP read: unexpected reply {kind}")
-                )
-            if not data:
-                raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading")
-            if len(data) > n:
-                raise paramiko.SSHException("SFTP read: more data than asked for")
-            if len(data) < n:
-                ask(at + len(data), n - len(data))
-                size = min(size, len(data))
-            if at != out:
-                early[at] = data
-                continue
-            yield data
-            out += len(data)
-            while out in early:
-                data = early.pop(out)
-                yield data
-                out += len(data)
-        self.dirty = False
-
-    def close_handle(self, handle: bytes) -> None:
-        self.reply(self._send(_CLOSE, _string(handle)))
-
-    def read_small(self, path: str, size: int) -> tuple[bytes, _Stat | bool | None]:
-        """A whole small file in two round trips: OPEN, then READs + CLOSE + LSTAT at once.
-
-        Also returns the LSTAT taken after the reads: None if the file vanished, False if
-        it cannot tell (no size in the reply)."""
-        handle = self.open(path, _FXF_READ)
-        self.dirty = True
-        hs = _string(handle)
-        step = self.read_max
-        reads = [
-            self._send(_READ, hs + _RANGE.pack(o, min(step, size - o)))
-            for o in range(0, size, step)
-        ]
-        close = self._send(_CLOSE, hs)
-        lstat = self._send(_LSTAT, _string(_path_bytes(path)))
-        parts: list[bytes] = []
-        short = False  # parts after a short reply would land at the wrong offset
-        error: BaseException | None = None
-        for i, rid in enumerate(reads):
-            kind, got, data = self._recv()
-            if got != rid:
-                raise paramiko.SSHException(f"SFTP reply to request {got}, expected {rid}")
-            if kind == _DATA:
-                if not short:
-                    parts.append(data[: min(step, size - i * step)])
-                    short = len(data) < min(step, size - i * step)
-            elif error is None:
-                is_eof = kind == _STATUS and _U32.unpack_from(data, 0)[0] == _FX_EOF
-                error = (
-                    FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading")
-                    if is_eof
-                    else _status_error(data)
-                )
-        self.reply(close)
-        try:
-            kind, body = self.reply(lstat)
-        except FileNotFoundError:
-            kind, body = _STATUS, b""
-        self.dirty = False
-        if error is not None:
-            raise error
-        out = b"".join(parts) if len(parts) != 1 else parts[0]
-        if len(out) < size:
-            # a server that shortened a read: fetch the rest the slow way
-            rest = self.sftp.open(path, "rb")
-            try:
-                rest.seek(len(out))
-                out += rest.read(size - len(out))
-            finally:
-                rest.close()
-        st = _Stat(body) if kind == _ATTRS else None
-        return out, (False if st is not None and st.size is None else st)
-
-    def write(self, handle: bytes, offset: int, data: bytes | memoryview, close: bool) -> None:
-        """WRITE requests pipelined WRITE_DEPTH deep; returns when all are acknowledged.
-        With `close`, the CLOSE rides behind the last write."""
-        self.dirty = True
-        mv = memoryview(data).cast("B")
-        hs = _string(handle)
-        step = self.write_max
-        pending: list[int] = []
-        first = 0
-        pos, total = 0, len(mv)
-        error: BaseException | None = None
-
-        def ack() -> None:
-            nonlocal first, error
-            rid = pending[first]
-            first += 1
-            try:
-                self.reply(rid)
-            except OSError as exc:
-                if error is None:
-                    error = exc
-
-        while pos < total:
-            n = min(step, total - pos)
-            pending.append(self._send(_WRITE, hs + _RANGE.pack(offset + pos, n), mv[pos : pos + n]))
-            pos += n
-            while len(pending) - first >= WRITE_DEPTH:
-                ack()
-        if close:
-            pending.append(self._send(_CLOSE, hs))
-        while first < len(pending):
-            ack()
-        self.dirty = False
-        if error is not None:
-            raise error
-
-    def setstat(self, path: str, mode: int | None, mtime: int | None) -> int | None:
-        """Send one SETSTAT for mode and times; returns the request id (None if nothing)."""
-        flags, attrs = 0, b""
-        if mode is not None:
-            flags |= _ATTR_PERMISSIONS
-            attrs += _U32.pack(mode)
-        if mtime is not None:
-            flags |= _ATTR_ACMODTIME
-            attrs += _U32.pack(mtime) * 2
-        if not flags:
-            return None
-        return self._send(_SETSTAT, _string(_path_bytes(path)) + _U32.pack(flags) + attrs)
-
-
 class SFTPBackend(Backend):
     caps = Capabilities(
         chunk_writer=True,
@@ -433,11 +133,11 @@ class SFTPBackend(Backend):
     def __init__(self, ep: SFTPEndpoint) -> None:
         self.ep = ep
         self.root = ep.path.rstrip("/") or "/"
-        self._idle: queue.LifoQueue[_Session] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[Session] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(max(1, ep.sessions))
         self.read_streams = threading.BoundedSemaphore(max(1, min(READ_STREAMS, ep.sessions)))
         self.write_streams = threading.BoundedSemaphore(max(1, min(WRITE_STREAMS, ep.sessions)))
-        self._all: set[_Session] = set()
+        self._all: set[Session] = set()
         self._lock = threading.Lock()
         self._pkey: paramiko.PKey | None = None
         self._password: str | None = None
@@ -499,7 +199,7 @@ class SFTPBackend(Backend):
                 ErrorKind.AUTH_FAILED, f"{self.describe()}: host key does not match {path}"
             )
 
-    def _connect(self) -> _Session:
+    def _connect(self) -> Session:
         self._credentials()
         sock: socket.socket | None = None
         transport: paramiko.Transport | None = None
@@ -539,7 +239,7 @@ class SFTPBackend(Backend):
             channel = sftp.get_channel()
             if channel is not None:
                 channel.settimeout(120)
-            s = _Session(transport, sftp)
+            s = Session(transport, sftp)
             s.query_limits()
         except BaseException as exc:
             if transport is not None:
@@ -551,7 +251,7 @@ class SFTPBackend(Backend):
             self._all.add(s)
         return s
 
-    def acquire(self) -> _Session:
+    def acquire(self) -> Session:
         self._slots.acquire()
         try:
             while True:
@@ -566,7 +266,7 @@ class SFTPBackend(Backend):
             self._slots.release()
             raise
 
-    def release(self, s: _Session, broken: bool = False) -> None:
+    def release(self, s: Session, broken: bool = False) -> None:
         # A session with replies still on their way cannot serve anyone else.
         if broken or s.dirty or s.buf or not s.transport.is_active():
             self._drop(s)
@@ -574,7 +274,7 @@ class SFTPBackend(Backend):
             self._idle.put(s)
         self._slots.release()
 
-    def _drop(self, s: _Session) -> None:
+    def _drop(self, s: Session) -> None:
         with self._lock:
             self._all.discard(s)
         try:
@@ -593,7 +293,7 @@ class SFTPBackend(Backend):
 
     def run_session(
         self,
-        fn: Callable[[_Session], T],
+        fn: Callable[[Session], T],
         rel: str | None = None,
         missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
     ) -> T:
@@ -787,7 +487,7 @@ SMALL_READ = 4 * MiB  # whole-file reads up to this size go in one pipelined bat
 
 
 class SFTPReader(Reader):
-    """Pipelined READs on a handle per pooled session (see _Session)."""
+    """Pipelined READs on a handle per pooled session (see Session)."""
 
     def __init__(self, be: SFTPBackend, rel: str, entry: Entry) -> None:
         self.be, self.rel, self.size = be, rel, entry.size
@@ -795,7 +495,7 @@ class SFTPReader(Reader):
         self.mtime_ns = entry.mtime_ns
         # An LSTAT answered after a whole-file read_at (same batch, so after the reads):
         # it serves the next changed() instead of another round trip. None: vanished.
-        self._after: _Stat | bool | None = False
+        self._after: Stat | bool | None = False
 
     def changed(self) -> str | None:
         """One stat after the copy: a file rewritten meanwhile must not be committed as copied."""
@@ -821,7 +521,7 @@ class SFTPReader(Reader):
             s = self.be.acquire()
             broken = False
             try:
-                handle = s.open(self.path, _FXF_READ)
+                handle = s.open(self.path, FXF_READ)
                 yield from s.read(handle, offset, end - offset, piece)
                 s.close_handle(handle)
             except GeneratorExit:
@@ -837,7 +537,7 @@ class SFTPReader(Reader):
     def read_at(self, offset: int, length: int) -> bytes:
         if offset == 0 and length >= self.size and 0 < self.size <= SMALL_READ:
 
-            def whole(s: _Session) -> bytes:
+            def whole(s: Session) -> bytes:
                 data, self._after = s.read_small(self.path, self.size)
                 return data
 
@@ -918,8 +618,8 @@ class SFTPWriter(Writer):
         return save
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        def wr(s: _Session) -> None:
-            handle = s.open(self.tmp, _FXF_WRITE | _FXF_CREAT)
+        def wr(s: Session) -> None:
+            handle = s.open(self.tmp, FXF_WRITE | FXF_CREAT)
             self._created = True
             s.write(handle, offset, data, close=True)  # every write acknowledged on return
 
@@ -929,13 +629,13 @@ class SFTPWriter(Writer):
         with self.be.write_streams:
             self.be.run_session(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
-    def _create(self, s: _Session) -> None:
+    def _create(self, s: Session) -> None:
         if not self._created:
-            s.close_handle(s.open(self.tmp, _FXF_WRITE | _FXF_CREAT | _FXF_TRUNC))
+            s.close_handle(s.open(self.tmp, FXF_WRITE | FXF_CREAT | FXF_TRUNC))
             self._created = True
 
     def set_size(self, size: int) -> None:
-        def trunc(s: _Session) -> None:
+        def trunc(s: Session) -> None:
             self._create(s)
             s.sftp.truncate(self.tmp, size)
 
@@ -956,8 +656,8 @@ class SFTPWriter(Writer):
     def read_back(self, offset: int, length: int) -> bytes:
         """What the partial holds at [offset, offset+length); shorter where it ends early."""
 
-        def rd(s: _Session) -> bytes:
-            handle = s.open(self.tmp, _FXF_READ)
+        def rd(s: Session) -> bytes:
+            handle = s.open(self.tmp, FXF_READ)
             parts: list[bytes] = []
             try:
                 parts.extend(s.read(handle, offset, length, MAX_REQUEST))
@@ -974,7 +674,7 @@ class SFTPWriter(Writer):
         if self.state is not None:
             self.state.close()  # no timer may resave the state after commit deletes it
 
-        def fin(s: _Session) -> None:
+        def fin(s: Session) -> None:
             self._create(s)  # an empty file gets no write
             mode = entry.mode & 0o7777 if preserve.perms and entry.mode else None
             mtime = entry.mtime_ns // 10**9 if preserve.times and entry.mtime_ns else None
