@@ -90,7 +90,7 @@ def test_copy_free_signature_matches_smbprotocol() -> None:
     from smbprotocol.connection import Connection, SigningAlgorithms
     from smbprotocol.header import Commands
 
-    from ferry.mover.backends.smb import _signature
+    from ferry.mover.backends.smb_connection import signature
 
     cases = [
         (Dialects.SMB_3_1_1, SigningAlgorithms.AES_GMAC),
@@ -104,4 +104,4 @@ def test_copy_free_signature_matches_smbprotocol() -> None:
         for response in (False, True):
             for command in (Commands.SMB2_READ, Commands.SMB2_CANCEL):
                 own = Connection._generate_signature(conn, msg, key, 9, response, command)  # type: ignore[arg-type]
-                assert _signature(conn, msg, key, 9, response, command) == own
+                assert signature(conn, msg, key, 9, response, command) == own

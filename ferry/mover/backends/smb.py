@@ -18,30 +18,21 @@ journal beside it, so an interrupted run resumes by offset.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import os
 import secrets
-import socket
 import threading
-import types
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import smbclient
-from cryptography.hazmat.primitives import cmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from smbclient._io import SMBFileTransaction, SMBRawIO, set_info
 from smbclient._pool import get_smb_tree
-from smbprotocol import Dialects
 from smbprotocol import exceptions as smbexc
-from smbprotocol.connection import SigningAlgorithms
 from smbprotocol.file_info import (
     FileBasicInformation,
     FileEndOfFileInformation,
     FileRenameInformation,
 )
-from smbprotocol.header import Commands
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -64,6 +55,7 @@ from ferry.mover.backends.base import (
     check_name,
 )
 from ferry.mover.backends.remote_state import RemoteState
+from ferry.mover.backends.smb_connection import tune_connection
 from ferry.mover.endpoints import SMBEndpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB, Preserve
@@ -148,67 +140,6 @@ def classify(
             return FerryError(ErrorKind.TRANSIENT, f"{where}: {text}", path)
         return FerryError(ErrorKind.IO_ERROR, f"{where}: {text}", path)
     return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
-
-
-def _nodelay(conn: Any) -> None:
-    sock = getattr(conn.transport, "_sock", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
-def _signature(
-    conn: Any, b_header: bytes, key: bytes, message_id: int, response: bool, command: int
-) -> bytes:
-    """smbprotocol's Connection._generate_signature without copying the message: it builds
-    the zeroed-signature copy with slices and concatenation, three copies of every 1 MiB
-    READ/WRITE, which made up a third of the CPU of a big upload. Same MACs over the pieces."""
-    view = memoryview(b_header)
-    pieces = (view[:48], bytes(16), view[64:])
-    if conn.dialect >= Dialects.SMB_3_1_1 and conn.signing_algorithm_id is not None:
-        algo = conn.signing_algorithm_id
-    elif conn.dialect >= Dialects.SMB_3_0_0:
-        algo = SigningAlgorithms.AES_CMAC
-    else:
-        algo = SigningAlgorithms.HMAC_SHA256
-    if algo == SigningAlgorithms.AES_GMAC:
-        info = (1 if response else 0) | (2 if command == Commands.SMB2_CANCEL else 0)
-        nonce = message_id.to_bytes(8, "little") + info.to_bytes(4, "little")
-        enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
-        for piece in pieces:
-            enc.authenticate_additional_data(piece)
-        enc.finalize()
-        return bytes(enc.tag)
-    if algo == SigningAlgorithms.AES_CMAC:
-        mac = cmac.CMAC(algorithms.AES(key))
-        for piece in pieces:
-            mac.update(cast(bytes, piece))  # any buffer at run time; typed as bytes
-        return mac.finalize()
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    for piece in pieces:
-        h.update(piece)
-    return h.digest()[:16]
-
-
-def _fast_signing(conn: Any) -> None:
-    """Sign and verify this connection's messages with `_signature`, once a probe shows it
-    computes exactly what smbprotocol's own method does for the negotiated algorithm (a
-    changed smbprotocol keeps its own)."""
-    own = conn._generate_signature
-    fast = types.MethodType(_signature, conn)
-    key, msg = os.urandom(16), os.urandom(200)
-    try:
-        same = all(
-            fast(msg, key, 7, response, command) == own(msg, key, 7, response, command)
-            for response in (False, True)
-            for command in (Commands.SMB2_WRITE, Commands.SMB2_CANCEL)
-        )
-    except Exception:
-        same = False
-    if same:
-        conn._generate_signature = fast
 
 
 def _set_info(fd: Any, info: Any) -> tuple[Any, Callable[[Any], Any]]:
@@ -324,8 +255,7 @@ class SMBBackend(Backend):
                     require_signing=self.ep.require_signing,
                 )
                 conn = self._cache[key]
-                _nodelay(conn)
-                _fast_signing(conn)
+                tune_connection(conn)
                 granted = conn.sequence_window["high"] - conn.sequence_window["low"]
                 if granted < CREDITS_WANTED:
                     try:
