@@ -460,13 +460,12 @@ class Executor:
     def _server_copy(self, a: Action) -> None:
         """Copy within one service: no bytes through us, and no digest of ours (the service
         checks its copy; a stored source digest is carried over)."""
-        s = a.src
-        assert s is not None
 
         def attempt(n: int) -> None:
             if n:
-                self._refresh(a)
-            self.dst.copy_from(self.src, a.read_rel or a.rel, s, a.rel, self.o.preserve)
+                self._refresh(a)  # a new a.src
+            assert a.src is not None
+            self.dst.copy_from(self.src, a.read_rel or a.rel, a.src, a.rel, self.o.preserve)
             self._count(a, None, counted=False)
 
         self._retrying(a.rel, attempt)
