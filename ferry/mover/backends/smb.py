@@ -587,15 +587,7 @@ class SMBBackend(Backend):
                 while nxt < end and len(inflight) < DEPTH:
                     n = min(step, end - nxt)
                     req, recv = fd.read(nxt, n, send=False)
-                    sem.acquire()
-                    try:
-                        sent = fd.connection.send(
-                            req, fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
-                        )
-                    except BaseException:
-                        sem.release()
-                        raise
-                    inflight.append((sent, recv, n))
+                    inflight.append((self._send_credited(fd, req), recv, n))
                     nxt += n
                 request, recv, want = inflight.pop(0)
                 try:
@@ -617,6 +609,19 @@ class SMBBackend(Backend):
                 finally:
                     sem.release()
 
+    def _send_credited(self, fd: Any, req: Any) -> Any:
+        """Send one request on fd's connection once a credit is free; the caller releases the
+        credit after receiving the response (here only if the send itself fails)."""
+        sem = self.credits()
+        sem.acquire()
+        try:
+            return fd.connection.send(
+                req, fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+            )
+        except BaseException:
+            sem.release()
+            raise
+
     def pwrite(self, fd: Any, offset: int, data: bytes | memoryview) -> None:
         step = self.io_size()
         sem = self.credits()
@@ -631,15 +636,7 @@ class SMBBackend(Backend):
                     finally:
                         sem.release()
                 req, recv = fd.write(bytes(view[o : o + step]), offset + o, send=False)
-                sem.acquire()
-                try:
-                    sent = fd.connection.send(
-                        req, fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
-                    )
-                except BaseException:
-                    sem.release()
-                    raise
-                inflight.append((sent, recv))
+                inflight.append((self._send_credited(fd, req), recv))
             while inflight:
                 request, recv = inflight.pop(0)
                 try:
