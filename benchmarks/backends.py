@@ -1,15 +1,15 @@
 """Ferry's S3/SFTP/SMB backends against the clients people use today, same run, same server.
 
     .venv/bin/python -m benchmarks.backends [--big-mib 256] [--small 500] [--only s3,sftp,smb]
-                                            [--repeat N]
+                                            [--repeat N] [--s3-server versitygw|moto]
 
-Starts moto_server, sshd and smbd on loopback (tests/servers), then times one
+Starts versitygw (or moto), sshd and smbd on loopback (tests/servers), then times one
 large file and many small files up and down with Ferry, rclone (remotes
 configured through RCLONE_CONFIG_* environment variables: nothing with a
 secret is written to a config file), OpenSSH sftp/scp, smbclient, plain boto3
 upload_file/download_file and paramiko put/get. Prints MB/s (10^6 bytes/s)
-and files/s and Ferry's ratio to each. moto keeps objects in memory and is
-the bottleneck for S3: compare clients with each other, not with AWS.
+and files/s and Ferry's ratio to each. Both S3 servers share the machine's two
+cores with the clients: compare clients with each other, not with AWS.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.servers import MotoServer, SambaServer, SSHServer  # noqa: E402
+from tests.servers import MotoServer, SambaServer, SSHServer, VersityServer  # noqa: E402
+from tests.servers.s3api import S3ApiServer  # noqa: E402
 
 BUCKET = "bench"
 FERRY = [sys.executable, "-m", "ferry.cli"]
@@ -155,7 +156,9 @@ class Bench:
 
 
 def bench_s3(b: Bench) -> None:
-    srv = MotoServer().start()
+    server: type[S3ApiServer] = {"versitygw": VersityServer, "moto": MotoServer}[b.args.s3_server]
+    srv = server()
+    srv.start()
     try:
         srv.create_bucket(BUCKET)
         creds = srv.write_credentials(b.tmp / "aws-creds")
@@ -425,6 +428,12 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=500)
     ap.add_argument("--only", default="s3,sftp,smb")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the report shows medians")
+    ap.add_argument(
+        "--s3-server",
+        choices=("versitygw", "moto"),
+        default="versitygw",
+        help="versitygw: a real S3 server storing files on disk; moto: the in-memory emulator",
+    )
     args = ap.parse_args()
     b = Bench(args)
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import MotoServer, SambaServer, SSHServer
+from tests.servers import MotoServer, SambaServer, SSHServer, VersityServer
 
 BUCKET = "ferry-test"
 KINDS = ["local", "s3", "sftp", "smb"]
@@ -39,7 +39,17 @@ def _start(cls: type) -> Any:
 
 
 @pytest.fixture(scope="session")
+def versity_server() -> Iterator[VersityServer]:
+    """The S3 server of the "s3" kind: a real gateway storing objects as files."""
+    srv = _start(VersityServer)
+    srv.create_bucket(BUCKET)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
+    """The "s3-moto" kind: for what versitygw accepts but does not apply (SSE, storage class)."""
     srv = _start(MotoServer)
     srv.create_bucket(BUCKET)
     yield srv
@@ -97,6 +107,8 @@ class Remote:
             return self.base / sub
         if self.kind in ("sftp", "smb"):
             return Path(self.server.root) / sub
+        if isinstance(self.server, VersityServer):  # objects are files under bucket dirs
+            return self.server.data / BUCKET / sub
         return None
 
     @property
@@ -121,9 +133,9 @@ def make_remote(request: pytest.FixtureRequest, kind: str, workdir: Path) -> Rem
         base = workdir / "local"
         base.mkdir(exist_ok=True)
         return Remote("local", base=base)
-    if kind == "s3":
-        srv = request.getfixturevalue("moto_server")
-        creds = workdir / "aws-credentials"
+    if kind in ("s3", "s3-moto"):
+        srv = request.getfixturevalue("versity_server" if kind == "s3" else "moto_server")
+        creds = workdir / f"{kind}-credentials"
         if not creds.exists():
             srv.write_credentials(creds)
         return Remote("s3", server=srv, creds=creds)
@@ -146,5 +158,5 @@ def remote(request: pytest.FixtureRequest, workdir: Path) -> Remote:
 
 @pytest.fixture
 def remotes(request: pytest.FixtureRequest, workdir: Path):
-    """Factory: remotes('s3') for tests that pair backends."""
+    """Factory: remotes('s3') for tests that pair backends; remotes('s3-moto') for moto."""
     return lambda kind: make_remote(request, kind, workdir)

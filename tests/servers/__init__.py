@@ -1,4 +1,4 @@
-"""Real servers for the backend tests: moto_server (S3 API), OpenSSH sshd, Samba smbd.
+"""Real servers for the backend tests: versitygw and moto_server (S3 API), sshd, smbd.
 
 Each starter runs a private instance on a free loopback port with its own
 config under a temp dir, waits on a readiness condition with a deadline (no
@@ -10,6 +10,7 @@ from tests.servers.common import ServerError, free_port, wait_until
 from tests.servers.moto import MotoServer
 from tests.servers.smbd import SambaServer
 from tests.servers.sshd import SSHServer
+from tests.servers.versitygw import VersityServer
 
 TEST_USER = "ferrytest"
 
@@ -19,6 +20,7 @@ __all__ = [
     "SSHServer",
     "SambaServer",
     "ServerError",
+    "VersityServer",
     "free_port",
     "wait_until",
 ]

@@ -14,3 +14,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 mkdir -p /run/sshd
 # moto (the S3 API server) comes from the project's `dev` extra: pip install -e '.[dev]'
+
+# versitygw (a real S3 server, Go) from the Go module proxy, once per pin, into Ferry's cache
+# outside the work tree (as e2e/cluster/build.sh does for the control plane).
+VERSITYGW_VERSION=v1.8.0  # keep in sync with tests/servers/versitygw.py
+vgw_bin=${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}/versitygw-$VERSITYGW_VERSION/bin
+if [ ! -x "$vgw_bin/versitygw" ]; then
+  echo "install.sh: building versitygw $VERSITYGW_VERSION" >&2
+  GOBIN=$vgw_bin GOFLAGS=-trimpath go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
+fi

@@ -1,4 +1,4 @@
-"""moto_server: a real HTTP S3 API on loopback (no real S3 server is installable here)."""
+"""moto_server: an S3 emulator that, unlike versitygw, applies SSE and storage classes and stores any key."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tests.servers.common import ServerError, ServerProcess, free_port, wait_until
+from tests.servers.common import ServerError, free_port, wait_until
+from tests.servers.s3api import REGION, S3ApiServer
 
-REGION = "us-east-1"
 # The first requests are unauthenticated (they create the IAM user and its key);
 # everything after is signed and checked, so bad credentials fail for real.
 _BOOTSTRAP_ACTIONS = 3
 _POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 
 
-class MotoServer(ServerProcess):
+class MotoServer(S3ApiServer):
     """One moto_server process. Data lives in its memory: a restart loses it."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -29,10 +29,6 @@ class MotoServer(ServerProcess):
         self.log = self.dir / "moto.log"
         self.access_key = ""
         self.secret_key = ""
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def _binary(self) -> str:
         cand = Path(sys.executable).parent / "moto_server"
@@ -80,33 +76,3 @@ class MotoServer(ServerProcess):
         key = iam.create_access_key(UserName="ferry")["AccessKey"]
         iam.put_user_policy(UserName="ferry", PolicyName="all", PolicyDocument=_POLICY)
         self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
-
-    def client_env(self) -> dict[str, str]:
-        """Environment for a client process: the standard AWS variables."""
-        return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": REGION,
-        }
-
-    def write_credentials(self, path: Path, secret: str | None = None) -> Path:
-        """An AWS shared-credentials file, as a mounted Secret would provide it."""
-        access, secret = self.access_key, secret or self.secret_key
-        path.write_text(
-            f"[default]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n"
-        )
-        return path
-
-    def client(self):
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-        )
-
-    def create_bucket(self, name: str) -> None:
-        self.client().create_bucket(Bucket=name)

@@ -522,13 +522,26 @@ class S3Backend(Backend):
                 **args,
             )
             return
+        if not self._copy_in_parts(source, key, size, meta, args):
+            # The service gave no usable per-part checksum (versitygw 1.8 answers with the
+            # whole source's "-N" value), and an upload created with an algorithm cannot be
+            # completed without one: copy again without naming it.
+            args.pop("ChecksumAlgorithm", None)
+            self._copy_in_parts(source, key, size, meta, args)
+
+    def _copy_in_parts(
+        self, source: dict[str, str], key: str, size: int, meta: dict[str, str], args: dict
+    ) -> bool:
+        """A multipart UploadPartCopy; False (upload aborted) when a part checksum is missing."""
+        c = self.client
+        alg = args.get("ChecksumAlgorithm")
         part = max(COPY_PART, -(-size // MAX_PARTS))
         upload_id = c.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta, **args)[
             "UploadId"
         ]
         try:
 
-            def one(i: int) -> dict[str, Any]:
+            def one(i: int) -> dict[str, Any] | None:
                 lo = i * part
                 resp = c.upload_part_copy(
                     Bucket=self.bucket,
@@ -539,15 +552,21 @@ class S3Backend(Backend):
                     CopySourceRange=f"bytes={lo}-{min(lo + part, size) - 1}",
                 )["CopyPartResult"]
                 item = {"PartNumber": i + 1, "ETag": resp["ETag"]}
-                ck = f"Checksum{self.checksum_alg}" if self.checksum_alg else ""
-                if ck and resp.get(ck):
-                    item[ck] = resp[ck]
+                if alg:
+                    value = resp.get(f"Checksum{alg}") or "-"
+                    if "-" in value:
+                        return None
+                    item[f"Checksum{alg}"] = value
                 return item
 
             parts = list(self._pool.map(one, range(-(-size // part))))
+            if None in parts:
+                c.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                return False
             c.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
+            return True
         except BaseException:
             try:
                 c.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
