@@ -43,6 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+import botocore.credentials
+import botocore.httpsession
 import botocore.loaders
 import botocore.parsers
 import botocore.session
@@ -60,6 +62,7 @@ from ferry.mover.backends.base import (
     check_name,
 )
 from ferry.mover.backends.remote_state import RemoteState
+from ferry.mover.backends.s3_wire import PUT_HEADERS, Response, S3Wire
 from ferry.mover.endpoints import S3Endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import is_digest
@@ -256,6 +259,7 @@ class S3Backend(Backend):
             else "when_required",
             response_checksum_validation="when_required",
             parameter_validation=False,  # our calls are fixed; the server validates anyway
+            signature_version="s3v4",  # as requests are; presigned URLs too (s3_wire's probe)
         )
         bs = (
             botocore.session.Session(profile=ep.profile)
@@ -268,11 +272,25 @@ class S3Backend(Backend):
         )
         kwargs: dict[str, Any] = {}
         if ep.credentials_file:
-            creds = _read_credentials(ep.credentials_file, ep.profile)
-            kwargs = {k: v for k, v in creds.items()}
+            kwargs = dict(_read_credentials(ep.credentials_file, ep.profile))
+            credentials = botocore.credentials.Credentials(
+                kwargs["aws_access_key_id"],
+                kwargs["aws_secret_access_key"],
+                kwargs.get("aws_session_token"),
+            )
+        else:
+            credentials = bs.get_credentials()  # the session keeps it: the client uses it too
         region = ep.region or bs.get_config_variable("region") or "us-east-1"
         self.client = bs.create_client(
             "s3", endpoint_url=ep.endpoint_url, region_name=region, config=config, **kwargs
+        )
+        # The hot single-object calls (GET, HEAD, small PUTs) skip botocore's layers.
+        self.wire = S3Wire.probe(
+            self.client,
+            self.bucket,
+            credentials,
+            bs.get_config_variable("ca_bundle") or botocore.httpsession.get_cert_path(True),
+            timeout=120,
         )
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-head")
 
@@ -306,6 +324,18 @@ class S3Backend(Backend):
         return e
 
     def head(self, key: str) -> dict[str, Any] | None:
+        r = self.wire.request("HEAD", key) if self.wire else None
+        if r is not None and r.status == 404:
+            return None  # a HEAD's 404 says no more than this (no body, no code)
+        if r is not None and r.status == 200:
+            return {
+                "ContentLength": int(r.headers.get("content-length", 0)),
+                "LastModified": _parse_timestamp(r.headers["last-modified"])
+                if "last-modified" in r.headers
+                else None,
+                "ETag": r.headers.get("etag"),
+                "Metadata": r.meta(),
+            }
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=key))
         except ClientError as exc:
@@ -612,6 +642,8 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self.wire:
+            self.wire.close()
 
 
 def _parse_timestamp(text: str) -> datetime.datetime:
@@ -669,23 +701,40 @@ class S3Reader(Reader):
         if self.etag:
             args["IfMatch"] = self.etag
         resp = self.be.client.get_object(**args)
-        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+        self._seen(resp.get("ContentRange"), resp.get("ETag"), resp.get("Metadata"))
+        return resp
+
+    def _seen(self, content_range: str | None, etag: str | None, meta: dict | None) -> None:
+        """Check a response's object size; the first one pins the ETag and gives metadata."""
+        total = str(content_range or "").rpartition("/")[2]
         if total.isdigit() and int(total) != self.size:
             self._changed = f"size changed from {self.size} to {total}"
             raise FerryError(
                 ErrorKind.SOURCE_CHANGED, f"{self.be.describe()}: object {self._changed}", self.rel
             )
         if self.etag is None:
-            self.etag = resp.get("ETag")
+            self.etag = etag
             if self.be.ep.list_metadata:
-                _apply_meta(self.entry, resp.get("Metadata", {}) or {})
-        return resp
+                _apply_meta(self.entry, meta or {})
+
+    def _wire_get(self, offset: int, length: int) -> Response | None:
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        if self.etag:
+            headers["If-Match"] = self.etag
+        r = self.be.wire.request("GET", self.key, headers) if self.be.wire else None
+        if r is None or r.status != 206 or len(r.body) != length:
+            return None  # botocore asks again, and owns whatever went wrong
+        return r
 
     def read_at(self, offset: int, length: int) -> bytes:
         length = min(length, self.size - offset)
         if length <= 0:
             return b""
         try:
+            r = self._wire_get(offset, length)
+            if r is not None:
+                self._seen(r.headers.get("content-range"), r.headers.get("etag"), r.meta())
+                return r.body
             return bytes(self._get(offset, length)["Body"].read())
         except Exception as exc:
             raise self.be.err(exc, self.rel) from None
@@ -737,12 +786,21 @@ class SinglePutWriter(Writer):
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         body = bytes(self.buf)
         args = {**self.be.put_args(), **self.be.checksum_args(body)}
+        meta = self.be.object_meta(entry, digest, preserve)
+        key = self.be.key(self.rel)
+        if self.be.wire and all(a in PUT_HEADERS for a in args):
+            headers = {PUT_HEADERS[a]: str(v) for a, v in args.items()}
+            headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
+            r = self.be.wire.request("PUT", key, headers, body)
+            if r is not None and r.status == 200:
+                self.buf = bytearray()
+                return
         try:
             self.be.client.put_object(
                 Bucket=self.be.bucket,
-                Key=self.be.key(self.rel),
+                Key=key,
                 Body=body,
-                Metadata=self.be.object_meta(entry, digest, preserve),
+                Metadata=meta,
                 **args,
             )
         except Exception as exc:
@@ -814,6 +872,9 @@ class MultipartWriter(Writer):
 
     # -- state ------------------------------------------------------------------------
     def _load_state(self) -> bytes | None:
+        r = self.be.wire.request("GET", self.state_key) if self.be.wire else None
+        if r is not None and r.status in (200, 404):
+            return r.body if r.status == 200 else None
         try:
             return bytes(
                 self.be.client.get_object(Bucket=self.be.bucket, Key=self.state_key)["Body"].read()
@@ -824,7 +885,9 @@ class MultipartWriter(Writer):
             raise
 
     def _save_state(self, blob: bytes) -> None:
-        self.be.client.put_object(Bucket=self.be.bucket, Key=self.state_key, Body=blob)
+        r = self.be.wire.request("PUT", self.state_key, {}, blob) if self.be.wire else None
+        if r is None or r.status != 200:
+            self.be.client.put_object(Bucket=self.be.bucket, Key=self.state_key, Body=blob)
 
     def _resume(self) -> None:
         assert self.state is not None
