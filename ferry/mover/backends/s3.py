@@ -722,7 +722,7 @@ class S3Reader(Reader):
         if self.etag:
             headers["If-Match"] = self.etag
         r = self.be.wire.request("GET", self.key, headers) if self.be.wire else None
-        if r is None or r.status != 206 or len(r.body) != length:
+        if r is None or r.status not in (200, 206) or len(r.body) != length:
             return None  # botocore asks again, and owns whatever went wrong
         return r
 

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _PROBE_KEY = "ferry-probe"
+CONNECT_TIMEOUT = 10.0  # as the botocore client's config
 _SIGNING_ERRORS = (
     b"<Code>AuthorizationHeaderMalformed<",
     b"<Code>SignatureDoesNotMatch<",
@@ -168,10 +169,10 @@ class S3Wire:
         if c is None:
             if self.https:
                 c = http.client.HTTPSConnection(
-                    self.netloc, timeout=self.timeout, context=self._ssl
+                    self.netloc, timeout=CONNECT_TIMEOUT, context=self._ssl
                 )
             else:
-                c = http.client.HTTPConnection(self.netloc, timeout=self.timeout)
+                c = http.client.HTTPConnection(self.netloc, timeout=CONNECT_TIMEOUT)
             self._local.conn = c
             with self._lock:
                 self._conns.append(c)
@@ -193,6 +194,9 @@ class S3Wire:
             self._sign(method, path, "", hdrs, body)
             c, reused = self._conn()
             try:
+                if c.sock is None:
+                    c.connect()  # within botocore's connect timeout; answers get its read one
+                    c.sock.settimeout(self.timeout)  # type: ignore[attr-defined]
                 c.request(method, path, body=body or None, headers=hdrs)
                 r = c.getresponse()
                 data = r.read()
