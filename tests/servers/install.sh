@@ -21,5 +21,6 @@ VERSITYGW_VERSION=v1.8.0  # keep in sync with tests/servers/versitygw.py
 vgw_bin=${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}/versitygw-$VERSITYGW_VERSION/bin
 if [ ! -x "$vgw_bin/versitygw" ]; then
   echo "install.sh: building versitygw $VERSITYGW_VERSION" >&2
-  GOBIN=$vgw_bin GOFLAGS=-trimpath go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
+  go=$(command -v go || echo /usr/local/go/bin/go)  # where this machine kind installs Go
+  GOBIN=$vgw_bin GOFLAGS=-trimpath "$go" install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
 fi
