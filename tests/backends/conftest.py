@@ -156,6 +156,12 @@ def remote(request: pytest.FixtureRequest, workdir: Path) -> Remote:
     return make_remote(request, request.param, workdir)
 
 
+@pytest.fixture(params=["s3", "s3-moto"], ids=["versitygw", "moto"])
+def s3_kind(request: pytest.FixtureRequest) -> str:
+    """Both S3 servers, for the S3-specific tests."""
+    return str(request.param)
+
+
 @pytest.fixture
 def remotes(request: pytest.FixtureRequest, workdir: Path):
     """Factory: remotes('s3') for tests that pair backends; remotes('s3-moto') for moto."""

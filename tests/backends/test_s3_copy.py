@@ -24,11 +24,6 @@ from tests.backends.tree import MTIME, MiB, build, compare
 pytestmark = pytest.mark.servers
 
 
-@pytest.fixture(params=["s3", "s3-moto"], ids=["versitygw", "moto"])
-def s3_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def _forbid(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
     def boom(*_: Any, **__: Any) -> Any:
         raise AssertionError(f"{cls.__name__}.{name} must not be called here")

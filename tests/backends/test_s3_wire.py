@@ -24,11 +24,6 @@ from tests.servers.proxy import TCPRelay
 pytestmark = pytest.mark.servers
 
 
-@pytest.fixture(params=["s3", "s3-moto"], ids=["versitygw", "moto"])
-def s3_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def _watch(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[s3.S3Backend]]:
     """Record botocore's S3 calls and the backends made, in this process."""
     calls: list[str] = []
