@@ -38,22 +38,23 @@ def _start(cls: type) -> Any:
     return srv
 
 
-@pytest.fixture(scope="session")
-def versity_server() -> Iterator[VersityServer]:
-    """The S3 server of the "s3" kind: a real gateway storing objects as files."""
-    srv = _start(VersityServer)
+def _s3_server(cls: type) -> Iterator[Any]:
+    srv = _start(cls)
     srv.create_bucket(BUCKET)
     yield srv
     srv.close()
+
+
+@pytest.fixture(scope="session")
+def versity_server() -> Iterator[VersityServer]:
+    """The S3 server of the "s3" kind: a real gateway storing objects as files."""
+    yield from _s3_server(VersityServer)
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """The "s3-moto" kind: for what versitygw accepts but does not apply (SSE, storage class)."""
-    srv = _start(MotoServer)
-    srv.create_bucket(BUCKET)
-    yield srv
-    srv.close()
+    yield from _s3_server(MotoServer)
 
 
 @pytest.fixture(scope="session")
