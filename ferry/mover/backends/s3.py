@@ -323,8 +323,14 @@ class S3Backend(Backend):
         _apply_meta(e, meta)
         return e
 
+    def wire_request(
+        self, method: str, key: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> Response | None:
+        """A single-object call on the hand-signed path; None: ask botocore."""
+        return self.wire.request(method, key, headers, body) if self.wire else None
+
     def head(self, key: str) -> dict[str, Any] | None:
-        r = self.wire.request("HEAD", key) if self.wire else None
+        r = self.wire_request("HEAD", key)
         if r is not None and r.status == 404:
             return None  # a HEAD's 404 says no more than this (no body, no code)
         if r is not None and r.status == 200:
@@ -721,7 +727,7 @@ class S3Reader(Reader):
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if self.etag:
             headers["If-Match"] = self.etag
-        r = self.be.wire.request("GET", self.key, headers) if self.be.wire else None
+        r = self.be.wire_request("GET", self.key, headers)
         if r is None or r.status not in (200, 206) or len(r.body) != length:
             return None  # botocore asks again, and owns whatever went wrong
         return r
@@ -788,10 +794,10 @@ class SinglePutWriter(Writer):
         args = {**self.be.put_args(), **self.be.checksum_args(body)}
         meta = self.be.object_meta(entry, digest, preserve)
         key = self.be.key(self.rel)
-        if self.be.wire and all(a in PUT_HEADERS for a in args):
+        if all(a in PUT_HEADERS for a in args):
             headers = {PUT_HEADERS[a]: str(v) for a, v in args.items()}
             headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
-            r = self.be.wire.request("PUT", key, headers, body)
+            r = self.be.wire_request("PUT", key, headers, body)
             if r is not None and r.status == 200:
                 self.buf = bytearray()
                 return
@@ -872,7 +878,7 @@ class MultipartWriter(Writer):
 
     # -- state ------------------------------------------------------------------------
     def _load_state(self) -> bytes | None:
-        r = self.be.wire.request("GET", self.state_key) if self.be.wire else None
+        r = self.be.wire_request("GET", self.state_key)
         if r is not None and r.status in (200, 404):
             return r.body if r.status == 200 else None
         try:
@@ -885,7 +891,7 @@ class MultipartWriter(Writer):
             raise
 
     def _save_state(self, blob: bytes) -> None:
-        r = self.be.wire.request("PUT", self.state_key, {}, blob) if self.be.wire else None
+        r = self.be.wire_request("PUT", self.state_key, {}, blob)
         if r is None or r.status != 200:
             self.be.client.put_object(Bucket=self.be.bucket, Key=self.state_key, Body=blob)
 

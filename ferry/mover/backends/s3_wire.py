@@ -26,7 +26,6 @@ import urllib.request
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, urlsplit
 
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
 _SIGNING_ERRORS = (
@@ -118,17 +117,13 @@ class S3Wire:
             self._keys = {(secret, day): k}  # keys rotate: keep only the current one
         return k
 
-    def _sign(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
-    ) -> None:
+    def _sign(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         creds = self.credentials.get_frozen_credentials()
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = amz_date[:8]
         headers["x-amz-date"] = amz_date
         headers["x-amz-content-sha256"] = (
-            "UNSIGNED-PAYLOAD"
-            if self.https and body
-            else (hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256)
+            "UNSIGNED-PAYLOAD" if self.https and body else hashlib.sha256(body).hexdigest()
         )
         if creds.token:
             headers["x-amz-security-token"] = creds.token
@@ -141,7 +136,7 @@ class S3Wire:
             [
                 method,
                 path,
-                query,
+                "",  # no query string: single-object calls only
                 "".join(f"{n}:{signed[n]}\n" for n in names),
                 ";".join(names),
                 headers["x-amz-content-sha256"],
@@ -191,7 +186,7 @@ class S3Wire:
         path = self.prefix + quote(key, safe="/~")
         for _ in range(2):
             hdrs = dict(headers or {})
-            self._sign(method, path, "", hdrs, body)
+            self._sign(method, path, hdrs, body)
             c, reused = self._conn()
             try:
                 if c.sock is None:
