@@ -1,20 +1,24 @@
-"""The hand-signed single-object path (s3_wire) on both S3 servers.
+"""The hand-signed request path (s3_wire) on both S3 servers.
 
 Every failure on the wire falls back to botocore, so a signing mistake would
 only make runs slower, never wrong: these tests therefore assert that the wire
-carried the calls (botocore saw no GetObject, PutObject or HeadObject) and
-that nothing turned it off, on names that exercise the canonical URI.
+carried the calls (botocore saw no GetObject, PutObject, HeadObject or
+listing, or was never even built) and that nothing turned it off, on names
+that exercise the canonical URI and the listing's decoding.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ferry.mover.backends import s3
-from ferry.mover.backends.s3_wire import S3Wire
+from ferry.mover.backends import s3, s3_client
+from ferry.mover.backends.s3_wire import StaticCredentials
+from ferry.mover.endpoints import parse_endpoint
+from ferry.mover.options import Mode
 from tests.backends.conftest import BUCKET
 from tests.backends.helpers import ok, transfer
 from tests.backends.tree import CHUNK, build, compare
@@ -23,44 +27,106 @@ from tests.servers.proxy import TCPRelay
 pytestmark = pytest.mark.servers
 
 
-def _watch(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[s3.S3Backend]]:
-    """Record botocore's S3 calls and the backends made, in this process."""
-    calls: list[str] = []
-    made: list[s3.S3Backend] = []
-    init = s3.S3Backend.__init__
+class Watch:
+    """botocore's S3 calls, its clients and the backends made, in this process."""
 
-    def watched(self: s3.S3Backend, *a: Any, **k: Any) -> None:
-        init(self, *a, **k)
-        made.append(self)
-        self.client.meta.events.register(
-            "before-call.s3.*", lambda model, **_: calls.append(model.name)
-        )
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        self.clients: list[s3_client.Client] = []
+        self.made: list[s3.S3Backend] = []
+        init, make = s3.S3Backend.__init__, s3_client.make_client
 
-    monkeypatch.setattr(s3.S3Backend, "__init__", watched)
-    return calls, made
+        def watched_init(be: s3.S3Backend, *a: Any, **k: Any) -> None:
+            init(be, *a, **k)
+            self.made.append(be)
+
+        def watched_make(*a: Any, **k: Any) -> s3_client.Client:
+            c = make(*a, **k)
+            c.client.meta.events.register(
+                "before-call.s3.*", lambda model, **_: self.calls.append(model.name)
+            )
+            self.clients.append(c)
+            return c
+
+        monkeypatch.setattr(s3.S3Backend, "__init__", watched_init)
+        monkeypatch.setattr(s3_client, "make_client", watched_make)
+
+
+@pytest.fixture(params=["direct", "probe"])
+def wire_start(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """How the wire starts: without botocore (no AWS config file), or from the URL botocore
+    presigns (an AWS config file exists, so its region and CA bundle rules apply)."""
+    config = tmp_path / "aws-config"
+    if request.param == "probe":
+        config.write_text("[default]\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    return str(request.param)
 
 
 def test_small_objects_go_over_the_wire(
-    s3_kind: str, remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_kind: str, wire_start: str, remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Up, re-sync (HEADs) and down: botocore only lists and handles the multipart file
-    (its resume sidecar is a small object, so that goes over the wire too)."""
+    """Up, re-sync (HEADs) and down: botocore only handles the multipart file (its resume
+    sidecar is a small object, so that goes over the wire too)."""
     r = remotes(s3_kind)
     src = tmp_path / "src"
     build(src, big=False, posix_names=s3_kind == "s3-moto")
     sub = r.fresh("wire")
-    calls, made = _watch(monkeypatch)
+    w = Watch(monkeypatch)
     ok(transfer(str(src), r.uri(sub)))
     again = ok(transfer(str(src), r.uri(sub)))
     assert again.files_copied == again.files_updated == 0
     back = tmp_path / "back"
     ok(transfer(r.uri(sub), str(back)))
-    assert not {"PutObject", "HeadObject"} & set(calls), " ".join(calls)
+    assert not {"PutObject", "HeadObject", "ListObjectsV2", "HeadBucket"} & set(w.calls), w.calls
     # GETs through botocore: only the long ranges of the one file above the chunk size.
     big = [p for p in src.rglob("*") if p.is_file() and p.stat().st_size > CHUNK]
-    assert len(big) == 1 and calls.count("GetObject") <= s3.S3Backend.caps.read_streams
-    assert made and all(b.wire is not None and not b.wire.off for b in made)
+    assert len(big) == 1 and w.calls.count("GetObject") <= s3.S3Backend.caps.read_streams
+    assert w.made and all(b.wire is not None and not b.wire.off for b in w.made)
     assert compare(src, back, empty_dirs=False) == []
+
+
+def test_small_runs_never_build_botocore(
+    s3_kind: str, remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small objects up, re-synced, synced with deletes, and down, from keys in a file and a
+    plain endpoint: botocore's client (0.3 s of every start) is never built."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    r = remotes(s3_kind)
+    src = tmp_path / "src"
+    for name in ("a.txt", "dir/b c.bin", "dir/ü+%41.txt", "dir/deeper/empty"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(name.encode() * 100 if "empty" not in name else b"")
+    sub = r.fresh("nobotocore")
+    w = Watch(monkeypatch)
+    ok(transfer(str(src), r.uri(sub)))
+    (src / "a.txt").unlink()
+    synced = ok(transfer(str(src), r.uri(sub), Mode.SYNC))
+    assert synced.files_deleted == 1 and synced.files_copied == 0
+    back = tmp_path / "back"
+    ok(transfer(r.uri(sub), str(back)))
+    assert compare(src, back, empty_dirs=False) == []
+    assert w.clients == [] and w.made and all(b.wire and not b.wire.off for b in w.made)
+
+
+def test_listing_pages(s3_kind: str, remotes, tmp_path: Path) -> None:
+    """A directory of more keys than one ListObjectsV2 page (1,000) lists whole on the wire."""
+    r = remotes(s3_kind)
+    sub = r.fresh("pages")
+    be = s3.S3Backend(parse_endpoint(r.uri(sub)))
+    try:
+        assert be.wire is not None
+        names = {f"k{i:05d}" for i in range(1003)} | {"sub/x"}
+        with ThreadPoolExecutor(8) as pool:
+            puts = list(pool.map(lambda n: be.wire_request("PUT", be.key(n), {}, b""), names))
+        assert all(p is not None and p.status == 200 for p in puts)
+        listed = be.list_dir("")
+        assert be._client is None and not be.wire.off
+    finally:
+        be.close()
+    assert sorted(e.name for e in listed) == sorted({n.split("/")[0] for n in names})
 
 
 def test_rejected_signature_turns_the_wire_off(
@@ -68,25 +134,22 @@ def test_rejected_signature_turns_the_wire_off(
 ) -> None:
     """Requests the server refuses on the wire (signed with a wrong secret here) are asked
     again through botocore, which gets them right: the run succeeds, the wire stays off."""
-    from botocore.credentials import Credentials
-
     r = remotes(s3_kind)
     src = tmp_path / "src"
     build(src, big=False, posix_names=False)
     sub = r.fresh("offwire")
-    calls, made = _watch(monkeypatch)
-    probe = S3Wire.probe
+    w = Watch(monkeypatch)
+    init = s3.S3Backend.__init__
 
-    def wrong_secret(*a: Any, **k: Any) -> S3Wire | None:
-        w = probe(*a, **k)
-        assert w is not None
-        w.credentials = Credentials(r.server.access_key, "not-the-secret")
-        return w
+    def wrong_secret(be: s3.S3Backend, *a: Any, **k: Any) -> None:
+        init(be, *a, **k)
+        assert be.wire is not None
+        be.wire.credentials = StaticCredentials(r.server.access_key, "not-the-secret")
 
-    monkeypatch.setattr(S3Wire, "probe", wrong_secret)
+    monkeypatch.setattr(s3.S3Backend, "__init__", wrong_secret)
     ok(transfer(str(src), r.uri(sub)))
-    assert made[0].wire is not None and made[0].wire.off
-    assert "PutObject" in calls
+    assert w.made[0].wire is not None and w.made[0].wire.off
+    assert "PutObject" in w.calls
     back = tmp_path / "back"
     ok(transfer(r.uri(sub), str(back)))
     assert compare(src, back, empty_dirs=False) == []
@@ -99,8 +162,6 @@ def test_idle_connection_closed_by_the_server(remotes, tmp_path: Path) -> None:
     relay = TCPRelay(r.server.port).start()
     try:
         creds = r.server.write_credentials(tmp_path / "creds")
-        from ferry.mover.endpoints import parse_endpoint
-
         be = s3.S3Backend(
             parse_endpoint(
                 f"s3://{BUCKET}/?endpoint=http://127.0.0.1:{relay.port}&credentials_file={creds}"

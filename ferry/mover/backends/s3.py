@@ -1,4 +1,10 @@
-"""S3 (and S3-compatible) backend on botocore (boto3's core).
+"""S3 (and S3-compatible) backend: botocore (boto3's core) plus a lean request path.
+
+The calls a run of small objects is made of (GET, HEAD, small PUTs, listings,
+deletes) go over `s3_wire`; botocore's client (`s3_client`) does the rest and
+takes over whenever the wire gets an answer it does not expect. Where the wire
+can start without it (a path-style custom endpoint, keys from a file or the
+environment), botocore is only built if the run needs it.
 
 Objects map to files; "directories" are key prefixes listed one level at a
 time with Delimiter='/' (like rclone without --fast-list), so a run's memory
@@ -40,15 +46,9 @@ import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import botocore.credentials
-import botocore.httpsession
-import botocore.loaders
-import botocore.parsers
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ferry.mover.backends.base import (
@@ -62,11 +62,14 @@ from ferry.mover.backends.base import (
     check_name,
 )
 from ferry.mover.backends.remote_state import RemoteState
-from ferry.mover.backends.s3_wire import PUT_HEADERS, Response, S3Wire
+from ferry.mover.backends.s3_wire import PUT_HEADERS, Response, S3Wire, StaticCredentials
 from ferry.mover.endpoints import S3Endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import is_digest
 from ferry.mover.options import GiB, MiB, Preserve
+
+if TYPE_CHECKING:
+    from ferry.mover.backends.s3_client import Client
 
 MIN_PART = 5 * MiB
 MAX_PART = 5 * GiB
@@ -193,6 +196,17 @@ def _read_credentials(path: str, profile: str | None) -> dict[str, str]:
     return out
 
 
+def _env_keys() -> dict[str, str] | None:
+    """Keys from the environment: the first place botocore's credential chain looks."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (key and secret):
+        return None
+    keys = {"aws_access_key_id": key, "aws_secret_access_key": secret}
+    if os.environ.get("AWS_SESSION_TOKEN"):
+        keys["aws_session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return keys
+
+
 def _ip_or_localhost(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -202,22 +216,6 @@ def _ip_or_localhost(url: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class _S3Loader(botocore.loaders.Loader):
-    """botocore's model loader, minus its check of the service name against every installed
-    model directory (hundreds of listdirs, a noticeable part of each start): we load s3 only."""
-
-    def __init__(self, data_path: str | None) -> None:
-        paths = [
-            os.path.expanduser(os.path.expandvars(p))
-            for p in (data_path or "").split(os.pathsep)
-            if p
-        ]
-        super().__init__(extra_search_paths=paths)
-
-    def list_available_services(self, type_name: str) -> list[str]:
-        return ["s3"]
 
 
 class S3Backend(Backend):
@@ -242,57 +240,56 @@ class S3Backend(Backend):
         self.ep = ep
         self.bucket = ep.bucket
         self.prefix = ep.prefix.strip("/")
-        path_style = ep.path_style or bool(ep.endpoint_url and _ip_or_localhost(ep.endpoint_url))
+        self.path_style = ep.path_style or bool(
+            ep.endpoint_url and _ip_or_localhost(ep.endpoint_url)
+        )
         checksum = (ep.checksum or "crc32").lower()
         self.checksum_alg = None if checksum == "none" else checksum.upper()
-        config = Config(
-            s3={"addressing_style": "path" if path_style else "auto"},
-            max_pool_connections=64,
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=120,
-            tcp_keepalive=True,
-            # Checksums go in headers we compute (checksum_args); botocore's own would stream the
-            # body aws-chunked with a trailer, which S3-compatible servers handle slowly or not at all.
-            request_checksum_calculation="when_supported"
-            if self.checksum_alg == "CRC32C"
-            else "when_required",
-            response_checksum_validation="when_required",
-            parameter_validation=False,  # our calls are fixed; the server validates anyway
-            signature_version="s3v4",  # as requests are; presigned URLs too (s3_wire's probe)
+        self._keys = (
+            _read_credentials(ep.credentials_file, ep.profile) if ep.credentials_file else None
         )
-        bs = (
-            botocore.session.Session(profile=ep.profile)
-            if ep.profile and not ep.credentials_file
-            else botocore.session.Session()
-        )
-        bs.register_component("data_loader", _S3Loader(bs.get_config_variable("data_path")))
-        bs.get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=_parse_timestamp
-        )
-        kwargs: dict[str, Any] = {}
-        if ep.credentials_file:
-            kwargs = dict(_read_credentials(ep.credentials_file, ep.profile))
-            credentials = botocore.credentials.Credentials(
-                kwargs["aws_access_key_id"],
-                kwargs["aws_secret_access_key"],
-                kwargs.get("aws_session_token"),
-            )
-        else:
-            credentials = bs.get_credentials()  # the session keeps it: the client uses it too
-        region = ep.region or bs.get_config_variable("region") or "us-east-1"
-        self.client = bs.create_client(
-            "s3", endpoint_url=ep.endpoint_url, region_name=region, config=config, **kwargs
-        )
-        # The hot single-object calls (GET, HEAD, small PUTs) skip botocore's layers.
-        self.wire = S3Wire.probe(
-            self.client,
-            self.bucket,
-            credentials,
-            bs.get_config_variable("ca_bundle") or botocore.httpsession.get_cert_path(True),
-            timeout=120,
-        )
+        self._client: Client | None = None
+        self._client_lock = threading.Lock()
+        # The hot calls (GET, HEAD, small PUTs, listings) skip botocore's layers; where they
+        # can start without botocore, it is only imported if a run needs it.
+        self.wire = self._direct_wire()
+        if self.wire is None:
+            c = self._make_client()
+            self.wire = S3Wire.probe(c.client, self.bucket, c.credentials, c.ca_bundle, timeout=120)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-head")
+
+    def _direct_wire(self) -> S3Wire | None:
+        """The wire where botocore's rules are plain to follow: a path-style custom endpoint,
+        keys from a file or the environment, no AWS config file, and a CA bundle named
+        for HTTPS."""
+        ep = self.ep
+        config_file = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"))
+        if not (ep.endpoint_url and self.path_style) or os.path.exists(config_file):
+            return None
+        keys = self._keys or (None if ep.profile else _env_keys())
+        ca_bundle = os.environ.get("AWS_CA_BUNDLE")
+        if keys is None or (ep.endpoint_url.startswith("https:") and not ca_bundle):
+            return None
+        creds = StaticCredentials(
+            keys["aws_access_key_id"], keys["aws_secret_access_key"], keys.get("aws_session_token")
+        )
+        region = ep.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return S3Wire.direct(ep.endpoint_url, self.bucket, region, creds, ca_bundle, timeout=120)
+
+    def _make_client(self) -> Client:
+        with self._client_lock:
+            if self._client is None:
+                from ferry.mover.backends.s3_client import make_client
+
+                self._client = make_client(
+                    self.ep, self.path_style, self.checksum_alg, self._keys, _parse_timestamp
+                )
+            return self._client
+
+    @property
+    def client(self) -> Any:
+        """botocore's S3 client, built on first use."""
+        return (self._client or self._make_client()).client
 
     # -- naming ---------------------------------------------------------------------------
     def describe(self) -> str:
@@ -392,6 +389,9 @@ class S3Backend(Backend):
     # -- the interface --------------------------------------------------------------------
     def bucket_exists(self, missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> bool:
         """HEAD the bucket; a bodiless 403 is re-asked with a listing so bad keys read as AUTH_FAILED."""
+        r = self.wire_request("HEAD", "")
+        if r is not None and r.status in (200, 404):
+            return r.status == 200
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return True
@@ -420,39 +420,50 @@ class S3Backend(Backend):
         e = self.stat("")
         return e.type if e else None
 
+    def _list(
+        self, prefix: str, delimiter: str = "", max_keys: int = 0
+    ) -> tuple[list[str], list[tuple[str, int, int]]]:
+        """Common prefixes and objects (key, size, LastModified in ns) under `prefix`, every
+        page (the first only with `max_keys`): on the wire, else through botocore."""
+        got = self.wire.list_objects(prefix, delimiter, max_keys) if self.wire else None
+        if got is not None:
+            objs = [(k, n, _ts_ns(_parse_timestamp(t)) if t else 0) for k, n, t in got.objects]
+            return got.prefixes, objs
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        pages = (
+            [self.client.list_objects_v2(MaxKeys=max_keys, **args)]
+            if max_keys
+            else self.client.get_paginator("list_objects_v2").paginate(**args)
+        )
+        prefixes: list[str] = []
+        objects: list[tuple[str, int, int]] = []
+        for page in pages:
+            prefixes += [cp["Prefix"] for cp in page.get("CommonPrefixes", []) or []]
+            objects += [
+                (o["Key"], int(o["Size"]), _ts_ns(o.get("LastModified")))
+                for o in page.get("Contents", []) or []
+            ]
+        return prefixes, objects
+
     def list_dir(self, rel: str) -> list[Entry]:
         prefix = self._dir_prefix(rel)
         files: list[Entry] = []
         dirs: list[Entry] = []
         where = f"{self.describe()} key prefix {prefix!r}"
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
-            )
-            for page in pages:
-                for cp in page.get("CommonPrefixes", []) or []:
-                    name = cp["Prefix"][len(prefix) : -1]
-                    if name.startswith(INTERNAL_PREFIX):
-                        continue
-                    dirs.append(Entry(check_name(name, where), EntryType.DIR))
-                for obj in page.get("Contents", []) or []:
-                    name = obj["Key"][len(prefix) :]
-                    if name == "":
-                        continue  # the directory's own marker object
-                    if name.startswith(INTERNAL_PREFIX):
-                        continue
-                    files.append(
-                        Entry(
-                            check_name(name, where),
-                            EntryType.FILE,
-                            size=int(obj["Size"]),
-                            mtime_ns=_ts_ns(obj.get("LastModified")),
-                        )
-                    )
-        except FerryError:
-            raise
+            prefixes, objects = self._list(prefix, "/")
         except Exception as exc:
             raise self.err(exc, rel) from None
+        for p in prefixes:
+            name = p[len(prefix) : -1]
+            if not name.startswith(INTERNAL_PREFIX):
+                dirs.append(Entry(check_name(name, where), EntryType.DIR))
+        for key, size, mtime_ns in objects:
+            name = key[len(prefix) :]
+            if name and not name.startswith(INTERNAL_PREFIX):  # "": the directory's marker
+                files.append(Entry(check_name(name, where), EntryType.FILE, size, mtime_ns))
         return dirs + files
 
     def fill_meta(self, rel: str, entries: list[Entry]) -> None:
@@ -483,12 +494,10 @@ class S3Backend(Backend):
                 h = self.head(self.key(rel))
                 if h is not None:
                     return self._entry_from_head(name, h)
-            resp = self.client.list_objects_v2(
-                Bucket=self.bucket, Prefix=self._dir_prefix(rel), MaxKeys=1
-            )
+            prefixes, objects = self._list(self._dir_prefix(rel), max_keys=1)
         except Exception as exc:
             raise self.err(exc, rel) from None
-        if resp.get("KeyCount", 0) or not (rel or self.prefix):
+        if prefixes or objects or not (rel or self.prefix):
             return Entry(name, EntryType.DIR)
         return None
 
@@ -512,13 +521,17 @@ class S3Backend(Backend):
         return None  # prefixes exist implicitly; empty directories cannot be represented
 
     def remove(self, rel: str, entry: Entry) -> None:
-        key = self.key(rel) + ("/" if entry.type == EntryType.DIR else "")
+        # A directory can only be a console-made marker object ("dir/"); deleting a
+        # missing key succeeds, so virtual directories need nothing else.
         try:
-            # A directory can only be a console-made marker object ("dir/"); deleting a
-            # missing key succeeds, so virtual directories need nothing else.
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.delete(self.key(rel) + ("/" if entry.type == EntryType.DIR else ""))
         except Exception as exc:
             raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def delete(self, key: str) -> None:
+        r = self.wire_request("DELETE", key)
+        if r is None or r.status not in (200, 204):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         """Metadata-only change of an object: an in-place copy with replaced metadata."""
@@ -660,7 +673,9 @@ def _parse_timestamp(text: str) -> datetime.datetime:
             return datetime.datetime.fromisoformat(text)
         return email.utils.parsedate_to_datetime(text)
     except (ValueError, TypeError, IndexError):
-        return botocore.parsers.DEFAULT_TIMESTAMP_PARSER(text)
+        from ferry.mover.backends.s3_client import parse_timestamp
+
+        return parse_timestamp(text)
 
 
 def _ts_ns(ts: Any) -> int:
@@ -1094,9 +1109,8 @@ class MultipartWriter(Writer):
             if p.get("ck"):
                 item[f"Checksum{self.be.checksum_alg}"] = p["ck"]
             listed.append(item)
-        c = self.be.client
         try:
-            c.complete_multipart_upload(
+            self.be.client.complete_multipart_upload(
                 Bucket=self.be.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
@@ -1106,7 +1120,7 @@ class MultipartWriter(Writer):
             if meta != self.created_meta:
                 self.be.copy_object(self.be.bucket, self.key, self.key, self.size, meta)
             if self.state is not None:
-                c.delete_object(Bucket=self.be.bucket, Key=self.state_key)
+                self.be.delete(self.state_key)
         except FerryError:
             raise
         except Exception as exc:
@@ -1125,7 +1139,7 @@ class MultipartWriter(Writer):
                 Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id
             )
             if self.state is not None:
-                self.be.client.delete_object(Bucket=self.be.bucket, Key=self.state_key)
+                self.be.delete(self.state_key)
         except Exception:
             pass
 

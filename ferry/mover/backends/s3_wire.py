@@ -1,17 +1,21 @@
-"""Signed single-object S3 requests (GET, HEAD, PUT) straight on http.client, beside botocore.
+"""Signed S3 requests (GET, HEAD, PUT, DELETE, ListObjectsV2) straight on http.client,
+beside botocore.
 
 botocore spends ~1.6 ms of CPU on each request in its event, model and parser
-layers; a run of small objects is little else, so those calls come here
-(~0.35 ms each, measured on 500 GETs against versitygw). Only the happy path
-lives here: the caller gets every answer back, uses the ones it expects (2xx,
-a HEAD's 404), and repeats anything else through botocore, as it does after a
-connection error (`None`). Retries, redirects, error codes and their
-classification therefore stay botocore's.
+layers, and ~0.3 s importing and building its client; a run of small objects
+is little else, so those calls come here (~0.35 ms each, measured on 500 GETs
+against versitygw). Only the happy path lives here: the caller gets every
+answer back, uses the ones it expects (2xx, a HEAD's 404), and repeats
+anything else through botocore, as it does after a connection error (`None`).
+Retries, redirects, error codes and their classification therefore stay
+botocore's.
 
-Requests are SigV4-signed over `host` and the `x-amz-*` headers with the
-signing region and base URL botocore itself presigns for the bucket, so the
-endpoint rules (path or virtual-host style, regional hosts) stay botocore's
-too. Not used behind a proxy or without SigV4.
+Requests are SigV4-signed over `host` and the `x-amz-*` headers. The base URL
+and signing region are those botocore presigns for the bucket (`probe`), so
+the endpoint rules (path or virtual-host style, regional hosts) stay botocore's
+too; only for a path-style custom endpoint, where those rules are plain, are
+they followed without botocore (`direct`). Not used behind a proxy or without
+SigV4.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import ssl
 import threading
 import time
 import urllib.request
+import xml.etree.ElementTree as ET
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
 _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
@@ -53,6 +58,25 @@ class Response(NamedTuple):
     def meta(self) -> dict[str, str]:
         """User metadata, as botocore's `Metadata` (names without `x-amz-meta-`)."""
         return {k[11:]: v for k, v in self.headers.items() if k.startswith("x-amz-meta-")}
+
+
+class StaticCredentials(NamedTuple):
+    """Keys read without botocore, shaped as its frozen credentials."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+    def get_frozen_credentials(self) -> StaticCredentials:
+        return self
+
+
+class Listing(NamedTuple):
+    """ListObjectsV2 pages, as botocore would decode them (`EncodingType=url` undone)."""
+
+    prefixes: list[str]
+    objects: list[tuple[str, int, str]]  # key, size, LastModified (ISO 8601)
+    token: str | None = None  # of the next page
 
 
 class S3Wire:
@@ -107,6 +131,24 @@ class S3Wire:
         prefix = u.path[: -len(_PROBE_KEY)]
         return cls(u.scheme, u.netloc, prefix, scope[2], credentials, ca_bundle, timeout)
 
+    @classmethod
+    def direct(
+        cls,
+        endpoint_url: str,
+        bucket: str,
+        region: str,
+        credentials: StaticCredentials,
+        ca_bundle: str | None,
+        timeout: float,
+    ) -> S3Wire | None:
+        """The wire for a path-style `bucket` at `endpoint_url`, where botocore would send
+        `endpoint_url/bucket/key` signed for `region`: no client needed to find out."""
+        u = urlsplit(endpoint_url)
+        if u.scheme not in ("http", "https") or u.query or _proxied(u.scheme, u.hostname or ""):
+            return None
+        prefix = f"{u.path.rstrip('/')}/{quote(bucket, safe='')}/"
+        return cls(u.scheme, u.netloc, prefix, region, credentials, ca_bundle, timeout)
+
     # -- signing -----------------------------------------------------------------------------
     def _signing_key(self, secret: str, day: str) -> bytes:
         k = self._keys.get((secret, day))
@@ -117,7 +159,9 @@ class S3Wire:
             self._keys = {(secret, day): k}  # keys rotate: keep only the current one
         return k
 
-    def _sign(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _sign(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> None:
         creds = self.credentials.get_frozen_credentials()
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = amz_date[:8]
@@ -136,7 +180,7 @@ class S3Wire:
             [
                 method,
                 path,
-                "",  # no query string: single-object calls only
+                query,
                 "".join(f"{n}:{signed[n]}\n" for n in names),
                 ";".join(names),
                 headers["x-amz-content-sha256"],
@@ -179,20 +223,27 @@ class S3Wire:
         key: str,
         headers: dict[str, str] | None = None,
         body: bytes = b"",
+        query: dict[str, str] | None = None,
     ) -> Response | None:
-        """One signed request for `key`; None after a connection error (nothing is known)."""
+        """One signed request for `key` ("": the bucket); None after a connection error
+        (nothing is known)."""
         if self.off:
             return None
         path = self.prefix + quote(key, safe="/~")
+        qs = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+            for k, v in sorted((query or {}).items())
+        )
+        target = f"{path}?{qs}" if qs else path
         for _ in range(2):
             hdrs = dict(headers or {})
-            self._sign(method, path, hdrs, body)
+            self._sign(method, path, qs, hdrs, body)
             c, reused = self._conn()
             try:
                 if c.sock is None:
                     c.connect()  # within botocore's connect timeout; answers get its read one
                     c.sock.settimeout(self.timeout)  # type: ignore[attr-defined]
-                c.request(method, path, body=body or None, headers=hdrs)
+                c.request(method, target, body=body or None, headers=hdrs)
                 r = c.getresponse()
                 data = r.read()
             except (OSError, http.client.HTTPException):
@@ -207,6 +258,30 @@ class S3Wire:
             return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
         return None
 
+    def list_objects(self, prefix: str, delimiter: str = "", max_keys: int = 0) -> Listing | None:
+        """ListObjectsV2 under `prefix`, every page (only the first when `max_keys` is set);
+        None when any page is not a plain 200: botocore lists again."""
+        prefixes: list[str] = []
+        objects: list[tuple[str, int, str]] = []
+        query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        if delimiter:
+            query["delimiter"] = delimiter
+        if max_keys:
+            query["max-keys"] = str(max_keys)
+        while True:
+            r = self.request("GET", "", query=query)
+            if r is None or r.status != 200:
+                return None
+            try:
+                page = _parse_listing(r.body)
+            except (ET.ParseError, ValueError, KeyError):
+                return None
+            prefixes += page.prefixes
+            objects += page.objects
+            if max_keys or not page.token:
+                return Listing(prefixes, objects)
+            query["continuation-token"] = page.token
+
     def close(self) -> None:
         with self._lock:
             for c in self._conns:
@@ -216,3 +291,26 @@ class S3Wire:
 def _proxied(scheme: str, host: str) -> bool:
     proxies = urllib.request.getproxies()
     return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
+
+
+def _parse_listing(body: bytes) -> Listing:
+    prefixes: list[str] = []
+    objects: list[tuple[str, int, str]] = []
+    truncated, token, encoded = False, None, False
+    for el in ET.fromstring(body):
+        tag = el.tag.rpartition("}")[2]
+        if tag == "Contents":
+            f = {c.tag.rpartition("}")[2]: c.text or "" for c in el}
+            objects.append((f["Key"], int(f["Size"]), f.get("LastModified", "")))
+        elif tag == "CommonPrefixes":
+            prefixes += [c.text or "" for c in el if c.tag.endswith("Prefix")]
+        elif tag == "IsTruncated":
+            truncated = (el.text or "").strip() == "true"
+        elif tag == "NextContinuationToken":
+            token = el.text
+        elif tag == "EncodingType":
+            encoded = (el.text or "").strip() == "url"
+    if encoded:  # as botocore does for the encoding it asked for
+        prefixes = [unquote_plus(p) for p in prefixes]
+        objects = [(unquote_plus(k), n, t) for k, n, t in objects]
+    return Listing(prefixes, objects, token if truncated else None)
