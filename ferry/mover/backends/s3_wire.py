@@ -79,6 +79,21 @@ class Listing(NamedTuple):
     token: str | None = None  # of the next page
 
 
+class Body:
+    """A response body read straight from its connection into the caller's buffer."""
+
+    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
+        self._conn, self._resp = conn, resp
+
+    def readinto(self, view: memoryview) -> int:
+        return self._resp.readinto(view)
+
+    def close(self) -> None:
+        """Done with it: a body left unread means the connection cannot carry another request."""
+        if not self._resp.isclosed():
+            self._conn.close()
+
+
 class S3Wire:
     """One bucket's base URL and signing scope; one keep-alive connection per thread."""
 
@@ -227,6 +242,23 @@ class S3Wire:
     ) -> Response | None:
         """One signed request for `key` ("": the bucket); None after a connection error
         (nothing is known)."""
+        got = self._exchange(method, key, headers, body, query, stream=False)
+        return got[0] if got else None
+
+    def stream(self, key: str, headers: dict[str, str]) -> tuple[Response, Body] | None:
+        """A GET whose successful body is left on the connection for the caller to read into
+        its own buffer (no copy, no fresh memory per piece); other answers come whole."""
+        return self._exchange("GET", key, headers, b"", None, stream=True)
+
+    def _exchange(
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str] | None,
+        body: bytes,
+        query: dict[str, str] | None,
+        stream: bool,
+    ) -> tuple[Response, Body] | None:
         if self.off:
             return None
         path = self.prefix + quote(key, safe="/~")
@@ -245,17 +277,15 @@ class S3Wire:
                     c.sock.settimeout(self.timeout)  # type: ignore[attr-defined]
                 c.request(method, target, body=body or None, headers=hdrs)
                 r = c.getresponse()
-                data = r.read()
+                data = b"" if stream and r.status in (200, 206) else r.read()
             except (OSError, http.client.HTTPException):
                 c.close()
                 if reused:
                     continue  # the server had closed an idle keep-alive connection: once more
                 return None
-            if r.will_close:
-                c.close()
             if r.status in (400, 403) and any(code in data for code in _SIGNING_ERRORS):
                 self.off = True  # a signing scope botocore would have chosen differently
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data), Body(c, r)
         return None
 
     def list_objects(self, prefix: str, delimiter: str = "", max_keys: int = 0) -> Listing | None:
