@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks import compile_ferry  # noqa: E402
 from tests.servers import MotoServer, SambaServer, SSHServer, VersityServer  # noqa: E402
 from tests.servers.s3api import S3ApiServer  # noqa: E402
 
@@ -435,6 +436,7 @@ def main() -> None:
         help="versitygw: a real S3 server storing files on disk; moto: the in-memory emulator",
     )
     args = ap.parse_args()
+    compile_ferry()
     b = Bench(args)
     try:
         print(f"one file of {args.big_mib} MiB; {args.small} files of 8 KiB")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import datasets
+from benchmarks import compile_ferry, datasets
 from benchmarks.datasets import DATA_DIR, MiB, Spec, human_bytes, tree_stats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -893,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_check:
         return self_check()
 
+    compile_ferry()
     quick: bool = args.quick
     repeat: int = args.repeat or (1 if quick else 3)
     scale: bool = (not quick) if args.scale is None else args.scale
