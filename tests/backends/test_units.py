@@ -32,6 +32,30 @@ def test_part_numbers_stay_within_limit(size: int) -> None:
     assert (size - 1) // unit + 1 <= s3.MAX_PARTS
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_part_runs_cut_whole_buffers_and_keep_a_tail(seed: int) -> None:
+    """Writes of any size packed into pooled buffers come out in order; every cut holds at
+    least the target and leaves at least the minimum part behind."""
+    import random
+
+    rng = random.Random(seed)
+    pool = s3.BufferPool(64, keep=4)
+    run = s3._Run(1000)
+    data = rng.randbytes(5000)
+    out, pos = bytearray(), 0
+    while pos < len(data):
+        n = rng.randint(1, 150)
+        run.add(memoryview(data)[pos : pos + n], pool)
+        pos += n
+        while (head := run.cut(200, 90)) is not None:
+            cut = b"".join(bytes(b[:used]) for b, used in head)
+            assert len(cut) >= 200 and run.n >= 90 and run.start == 1000 + len(out) + len(cut)
+            out += cut
+            pool.give([b for b, _ in head])
+    out += b"".join(bytes(b[:used]) for b, used in run.bufs)
+    assert bytes(out) == data
+
+
 def test_covers() -> None:
     parts = [(0, 10), (10, 25), (30, 40)]
     assert s3._covers(parts, 0, 25)

@@ -62,7 +62,13 @@ from ferry.mover.backends.base import (
     check_name,
 )
 from ferry.mover.backends.remote_state import RemoteState
-from ferry.mover.backends.s3_wire import PUT_HEADERS, Response, S3Wire, StaticCredentials
+from ferry.mover.backends.s3_wire import (
+    PUT_HEADERS,
+    Pieces,
+    Response,
+    S3Wire,
+    StaticCredentials,
+)
 from ferry.mover.endpoints import S3Endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import is_digest
@@ -75,6 +81,7 @@ MIN_PART = 5 * MiB
 MAX_PART = 5 * GiB
 MAX_PARTS = 10_000
 PART_TARGET = 16 * MiB  # size of parts cut from a long sequential run
+PART_PIECE = 4 * MiB  # parts are buffered in pooled pieces of this size
 SINGLE_PUT_MAX = 8 * MiB  # at or below: buffer and PUT once at commit
 COPY_MAX = 5 * GiB  # CopyObject's limit; larger objects are copied in UploadPartCopy parts
 COPY_PART = 1 * GiB  # part size of those multipart copies (more if 10,000 parts need it)
@@ -251,6 +258,7 @@ class S3Backend(Backend):
         self._client: Client | None = None
         self._client_lock = threading.Lock()
         self._tls = threading.local()
+        self.part_buffers = BufferPool(PART_PIECE, keep=16)
         # The hot calls (GET, HEAD, small PUTs, listings) skip botocore's layers; where they
         # can start without botocore, it is only imported if a run needs it.
         self.wire = self._direct_wire()
@@ -330,10 +338,15 @@ class S3Backend(Backend):
         return memoryview(buf)
 
     def wire_request(
-        self, method: str, key: str, headers: dict[str, str] | None = None, body: bytes = b""
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | Pieces = b"",
+        query: dict[str, str] | None = None,
     ) -> Response | None:
-        """A single-object call on the hand-signed path; None: ask botocore."""
-        return self.wire.request(method, key, headers, body) if self.wire else None
+        """A call on the hand-signed path; None: ask botocore."""
+        return self.wire.request(method, key, headers, body, query) if self.wire else None
 
     def head(self, key: str) -> dict[str, Any] | None:
         r = self.wire_request("HEAD", key)
@@ -368,15 +381,21 @@ class S3Backend(Backend):
             meta[META_DIGEST] = digest
         return meta
 
-    def checksum_args(self, body: bytes) -> dict[str, Any]:
-        """The additional-checksum parameters for one upload of `body`."""
+    def checksum_args(self, body: Pieces) -> dict[str, Any]:
+        """The additional-checksum parameters for one upload of `body` (in pieces)."""
         alg = self.checksum_alg
         if alg is None:
             return {}
         if alg == "CRC32":
-            value = zlib.crc32(body).to_bytes(4, "big")
+            crc = 0
+            for p in body:
+                crc = zlib.crc32(p, crc)
+            value = crc.to_bytes(4, "big")
         elif alg in ("SHA1", "SHA256"):
-            value = hashlib.new(alg.lower(), body).digest()
+            h = hashlib.new(alg.lower())
+            for p in body:
+                h.update(p)
+            value = h.digest()
         else:
             return {"ChecksumAlgorithm": alg}  # botocore computes it (CRC32C needs awscrt)
         return {f"Checksum{alg}": base64.b64encode(value).decode()}
@@ -846,7 +865,7 @@ class SinglePutWriter(Writer):
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         body = bytes(self.buf)
-        args = {**self.be.put_args(), **self.be.checksum_args(body)}
+        args = {**self.be.put_args(), **self.be.checksum_args([body])}
         meta = self.be.object_meta(entry, digest, preserve)
         key = self.be.key(self.rel)
         if all(a in PUT_HEADERS for a in args):
@@ -875,18 +894,66 @@ class SinglePutWriter(Writer):
         return None
 
 
-class _Run:
-    """Contiguous bytes written but not yet uploaded, starting at `start`."""
+class BufferPool:
+    """Reused fixed-size buffers: fresh memory for every part costs a page fault per 4 KiB
+    (more in a VM), which was a large part of a big upload's system time."""
 
-    __slots__ = ("buf", "start")
+    def __init__(self, size: int, keep: int) -> None:
+        self.size, self.keep = size, keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def give(self, bufs: list[bytearray]) -> None:
+        with self._lock:
+            self._free += bufs[: self.keep - len(self._free)]
+
+
+class _Run:
+    """Contiguous bytes written but not yet uploaded, starting at `start`, packed into
+    pooled buffers (every one full but the last)."""
+
+    __slots__ = ("bufs", "n", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.buf = bytearray()
+        self.bufs: list[tuple[bytearray, int]] = []  # (buffer, bytes used)
+        self.n = 0
 
     @property
     def end(self) -> int:
-        return self.start + len(self.buf)
+        return self.start + self.n
+
+    def add(self, data: bytes | memoryview, pool: BufferPool) -> None:
+        mv = memoryview(data).cast("B")
+        self.n += len(mv)
+        while len(mv):
+            if not self.bufs or self.bufs[-1][1] == len(self.bufs[-1][0]):
+                self.bufs.append((pool.take(), 0))
+            buf, used = self.bufs[-1]
+            k = min(len(buf) - used, len(mv))
+            buf[used : used + k] = mv[:k]
+            self.bufs[-1] = (buf, used + k)
+            mv = mv[k:]
+
+    def cut(self, at_least: int, keep: int) -> list[tuple[bytearray, int]] | None:
+        """The leading whole buffers holding at least `at_least` bytes, if `keep` bytes
+        would remain; the run then starts after them."""
+        taken, k = 0, 0
+        while taken < at_least and k < len(self.bufs):
+            taken += self.bufs[k][1]
+            k += 1
+        if taken < at_least or self.n - taken < keep:
+            return None
+        head, self.bufs = self.bufs[:k], self.bufs[k:]
+        self.start += taken
+        self.n -= taken
+        return head
 
 
 class MultipartWriter(Writer):
@@ -1025,19 +1092,21 @@ class MultipartWriter(Writer):
         else:
             touched[0] = min(touched[0], offset)
             touched[1] = max(touched[1], offset + len(data))
-        uploads: list[tuple[int, bytes]] = []
+        uploads: list[tuple[int, list[tuple[bytearray, int]]]] = []
         with self._lock:
             run = next((r for r in self._runs.values() if r.end == offset), None)
             if run is None:
                 run = _Run(offset)
                 self._runs[offset] = run
-            run.buf += data
+            run.add(data, self.be.part_buffers)
             # Cut long runs, keeping a tail of at least min_part that may still grow.
-            while len(run.buf) >= self.target + self.min_part:
-                uploads.append((run.start, bytes(run.buf[: self.target])))
-                del run.buf[: self.target]
-                del self._runs[run.start]
-                run.start += self.target
+            while True:
+                start = run.start
+                head = run.cut(self.target, self.min_part)
+                if head is None:
+                    break
+                uploads.append((start, head))
+                del self._runs[start]
                 self._runs[run.start] = run
             uploads += self._take_complete_locked()
         for off, blob in uploads:
@@ -1046,19 +1115,25 @@ class MultipartWriter(Writer):
     def _starts_locked(self) -> set[int]:
         return set(self._runs) | {p["off"] for p in self.parts.values()} | {self.size}
 
-    def _take_complete_locked(self) -> list[tuple[int, bytes]]:
+    def _take_complete_locked(self) -> list[tuple[int, list[tuple[bytearray, int]]]]:
         starts = self._starts_locked()
         done = [r for r in self._runs.values() if r.end in starts]
         for r in done:
             del self._runs[r.start]
-        return [(r.start, bytes(r.buf)) for r in done]
+        return [(r.start, r.bufs) for r in done]
 
-    def _upload(self, off: int, blob: bytes) -> None:
-        if len(blob) < MIN_PART and off + len(blob) != self.size:
+    def _upload(self, off: int, bufs: list[tuple[bytearray, int]]) -> None:
+        try:
+            self._upload_part(off, [memoryview(b)[:n] for b, n in bufs])
+        finally:
+            self.be.part_buffers.give([b for b, _ in bufs])
+
+    def _upload_part(self, off: int, body: list[memoryview]) -> None:
+        size = sum(len(p) for p in body)
+        if size < MIN_PART and off + size != self.size:
             raise FerryError(
                 ErrorKind.USAGE,
-                f"S3 part of {len(blob)} bytes at {off} is below 5 MiB "
-                "(chunks must be at least 5 MiB)",
+                f"S3 part of {size} bytes at {off} is below 5 MiB (chunks must be at least 5 MiB)",
                 self.rel,
             )
         pn = off // self.unit + 1
@@ -1069,20 +1144,35 @@ class MultipartWriter(Writer):
                 "for S3's 10,000-part limit: raise the chunk size",
                 self.rel,
             )
-        args = self.be.checksum_args(blob)
-        try:
-            resp = self.be.client.upload_part(
-                Bucket=self.be.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=pn,
-                Body=blob,
-                **args,
+        args = self.be.checksum_args(body)
+        alg = self.be.checksum_alg
+        query = {"partNumber": str(pn), "uploadId": self.upload_id}
+        r = (
+            self.be.wire_request(
+                "PUT", self.key, {PUT_HEADERS[a]: v for a, v in args.items()}, body, query
             )
-        except Exception as exc:
-            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
-        ck = resp.get(f"Checksum{self.be.checksum_alg}") if self.be.checksum_alg else None
-        part = {"off": off, "len": len(blob), "etag": str(resp["ETag"]), "ck": ck}
+            if all(a in PUT_HEADERS for a in args)
+            else None
+        )
+        if r is not None and r.status == 200 and "etag" in r.headers:
+            etag, ck = (
+                r.headers["etag"],
+                r.headers.get(f"x-amz-checksum-{alg.lower()}") if alg else None,
+            )
+        else:
+            try:
+                resp = self.be.client.upload_part(
+                    Bucket=self.be.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    PartNumber=pn,
+                    Body=b"".join(body),
+                    **args,
+                )
+            except Exception as exc:
+                raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+            etag, ck = str(resp["ETag"]), resp.get(f"Checksum{alg}") if alg else None
+        part = {"off": off, "len": size, "etag": etag, "ck": ck}
         with self._lock:
             self.parts[pn] = part
         if self.state is not None:
@@ -1094,9 +1184,8 @@ class MultipartWriter(Writer):
             runs = [r for r in self._runs.values() if lo <= r.start and r.end <= hi]
             for r in runs:
                 del self._runs[r.start]
-            blobs = [(r.start, bytes(r.buf)) for r in runs]
-        for off, blob in blobs:
-            self._upload(off, blob)
+        for r in runs:
+            self._upload(r.start, r.bufs)
 
     def record_chunk(self, index: int, block_digests: bytes) -> None:
         touched = getattr(self._local, "touched", None)
@@ -1127,10 +1216,10 @@ class MultipartWriter(Writer):
         if self.state is not None:
             self.state.close()  # no timer may resave the state after commit deletes it
         with self._lock:
-            rest = [(r.start, bytes(r.buf)) for r in self._runs.values()]
+            rest = list(self._runs.values())
             self._runs.clear()
-        for off, blob in rest:
-            self._upload(off, blob)
+        for r in rest:
+            self._upload(r.start, r.bufs)
         parts = sorted(self.parts.items())
         pos = 0
         for _, p in parts:
@@ -1170,6 +1259,8 @@ class MultipartWriter(Writer):
         if self.state is not None:
             self.state.close()  # stops timed saves; a kept partial is flushed below
         with self._lock:
+            for r in self._runs.values():
+                self.be.part_buffers.give([b for b, _ in r.bufs])
             self._runs.clear()
         try:
             if keep_partial and self.state is not None:

@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
@@ -48,6 +49,9 @@ PUT_HEADERS = {
     "ChecksumSHA1": "x-amz-checksum-sha1",
     "ChecksumSHA256": "x-amz-checksum-sha256",
 }
+
+
+Pieces = Sequence[bytes | memoryview]  # a request body, in pieces
 
 
 class Response(NamedTuple):
@@ -79,7 +83,7 @@ class Listing(NamedTuple):
     token: str | None = None  # of the next page
 
 
-class Body:
+class StreamBody:
     """A response body read straight from its connection into the caller's buffer."""
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
@@ -175,15 +179,19 @@ class S3Wire:
         return k
 
     def _sign(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+        self, method: str, path: str, query: str, headers: dict[str, str], body: Pieces
     ) -> None:
         creds = self.credentials.get_frozen_credentials()
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = amz_date[:8]
         headers["x-amz-date"] = amz_date
-        headers["x-amz-content-sha256"] = (
-            "UNSIGNED-PAYLOAD" if self.https and body else hashlib.sha256(body).hexdigest()
-        )
+        if self.https and any(len(p) for p in body):
+            headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+        else:
+            sha = hashlib.sha256()
+            for p in body:
+                sha.update(p)
+            headers["x-amz-content-sha256"] = sha.hexdigest()
         if creds.token:
             headers["x-amz-security-token"] = creds.token
         signed = {"host": self.netloc}
@@ -237,28 +245,30 @@ class S3Wire:
         method: str,
         key: str,
         headers: dict[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | Sequence[bytes | memoryview] = b"",
         query: dict[str, str] | None = None,
     ) -> Response | None:
-        """One signed request for `key` ("": the bucket); None after a connection error
-        (nothing is known)."""
-        got = self._exchange(method, key, headers, body, query, stream=False)
+        """One signed request for `key` ("": the bucket), its body given whole or in pieces
+        (sent one after the other, never joined); None after a connection error (nothing is
+        known)."""
+        pieces = [body] if isinstance(body, bytes) else body
+        got = self._exchange(method, key, headers, pieces, query, stream=False)
         return got[0] if got else None
 
-    def stream(self, key: str, headers: dict[str, str]) -> tuple[Response, Body] | None:
+    def stream(self, key: str, headers: dict[str, str]) -> tuple[Response, StreamBody] | None:
         """A GET whose successful body is left on the connection for the caller to read into
         its own buffer (no copy, no fresh memory per piece); other answers come whole."""
-        return self._exchange("GET", key, headers, b"", None, stream=True)
+        return self._exchange("GET", key, headers, [], None, stream=True)
 
     def _exchange(
         self,
         method: str,
         key: str,
         headers: dict[str, str] | None,
-        body: bytes,
+        body: Pieces,
         query: dict[str, str] | None,
         stream: bool,
-    ) -> tuple[Response, Body] | None:
+    ) -> tuple[Response, StreamBody] | None:
         if self.off:
             return None
         path = self.prefix + quote(key, safe="/~")
@@ -267,15 +277,18 @@ class S3Wire:
             for k, v in sorted((query or {}).items())
         )
         target = f"{path}?{qs}" if qs else path
+        size = sum(len(p) for p in body)
         for _ in range(2):
             hdrs = dict(headers or {})
+            if size or method == "PUT":
+                hdrs["Content-Length"] = str(size)
             self._sign(method, path, qs, hdrs, body)
             c, reused = self._conn()
             try:
                 if c.sock is None:
                     c.connect()  # within botocore's connect timeout; answers get its read one
                     c.sock.settimeout(self.timeout)  # type: ignore[attr-defined]
-                c.request(method, target, body=body or None, headers=hdrs)
+                c.request(method, target, body=body if size else None, headers=hdrs)
                 r = c.getresponse()
                 data = b"" if stream and r.status in (200, 206) else r.read()
             except (OSError, http.client.HTTPException):
@@ -285,7 +298,9 @@ class S3Wire:
                 return None
             if r.status in (400, 403) and any(code in data for code in _SIGNING_ERRORS):
                 self.off = True  # a signing scope botocore would have chosen differently
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data), Body(c, r)
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data), StreamBody(
+                c, r
+            )
         return None
 
     def list_objects(self, prefix: str, delimiter: str = "", max_keys: int = 0) -> Listing | None:
