@@ -7,8 +7,9 @@ Starts versitygw (or moto), sshd and smbd on loopback (tests/servers), then time
 large file and many small files up and down with Ferry, rclone (remotes
 configured through RCLONE_CONFIG_* environment variables: nothing with a
 secret is written to a config file), OpenSSH sftp/scp, smbclient, plain boto3
-upload_file/download_file and paramiko put/get. Prints MB/s (10^6 bytes/s)
-and files/s and Ferry's ratio to each. Both S3 servers share the machine's two
+upload_file/download_file and paramiko put/get (benchmarks/libclients.py),
+every one timed as a process. Prints MB/s (10^6 bytes/s) and files/s and
+Ferry's ratio to each. Both S3 servers share the machine's two
 cores with the clients: compare clients with each other, not with AWS.
 """
 
@@ -36,6 +37,7 @@ from tests.servers.s3api import S3ApiServer  # noqa: E402
 
 BUCKET = "bench"
 FERRY = [sys.executable, "-m", "ferry.cli"]
+LIBCLIENT = [sys.executable, "-m", "benchmarks.libclients"]  # plain boto3 / paramiko
 
 
 def make_data(root: Path, big_mib: int, small: int) -> tuple[Path, Path]:
@@ -72,12 +74,6 @@ def run(cmd: list[str], env: dict[str, str] | None = None, input: str | None = N
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-800:]}")
     return dt
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 class Bench:
@@ -173,7 +169,6 @@ def bench_s3(b: Bench) -> None:
             "RCLONE_CONFIG_BS3_REGION": "us-east-1",
             "RCLONE_CONFIG_BS3_FORCE_PATH_STYLE": "true",
         }
-        client = srv.client()
 
         def furi(prefix: str) -> str:
             return f"s3://{BUCKET}/{prefix}?endpoint={ep}&credentials_file={creds}"
@@ -194,26 +189,17 @@ def bench_s3(b: Bench) -> None:
                 ["rclone", "copy", f"bs3:{BUCKET}/{dest}", str(out), "--transfers", "8"], renv
             )
 
+        benv = {
+            "AWS_ACCESS_KEY_ID": srv.access_key,
+            "AWS_SECRET_ACCESS_KEY": srv.secret_key,
+            "BENCH_S3_ENDPOINT": ep,
+        }
+
         def boto_up(src: Path, dest: str) -> float:
-            files = [p for p in src.rglob("*") if p.is_file()]
-            return timed(
-                lambda: [
-                    client.upload_file(str(p), BUCKET, f"{dest}/{p.relative_to(src)}")
-                    for p in files
-                ]
-            )
+            return run([*LIBCLIENT, "boto3", "up", str(src), BUCKET, dest], benv)
 
         def boto_down(dest: str, out: Path) -> float:
-            def go() -> None:
-                for page in client.get_paginator("list_objects_v2").paginate(
-                    Bucket=BUCKET, Prefix=dest + "/"
-                ):
-                    for o in page.get("Contents", []):
-                        p = out / o["Key"][len(dest) + 1 :]
-                        p.parent.mkdir(parents=True, exist_ok=True)
-                        client.download_file(BUCKET, o["Key"], str(p))
-
-            return timed(go)
+            return run([*LIBCLIENT, "boto3", "down", str(out), BUCKET, dest], benv)
 
         tools = {
             "ferry": (ferry_up, ferry_down),
@@ -229,8 +215,6 @@ def bench_s3(b: Bench) -> None:
 
 
 def bench_sftp(b: Bench) -> None:
-    import paramiko
-
     srv = SSHServer().start()
     try:
         ssh_opts = [
@@ -310,50 +294,19 @@ def bench_sftp(b: Bench) -> None:
                 ]
             )
 
-        def client() -> tuple[paramiko.SSHClient, paramiko.SFTPClient]:
-            c = paramiko.SSHClient()
-            c.load_host_keys(str(srv.known_hosts))
-            c.connect(
-                "127.0.0.1",
-                srv.port,
-                srv.user,
-                key_filename=str(srv.user_key),
-                allow_agent=False,
-                look_for_keys=False,
-            )
-            return c, c.open_sftp()
+        penv = {
+            "BENCH_SFTP_HOST": "127.0.0.1",
+            "BENCH_SFTP_PORT": str(srv.port),
+            "BENCH_SFTP_USER": srv.user,
+            "BENCH_SFTP_KEY": str(srv.user_key),
+            "BENCH_SFTP_KNOWN_HOSTS": str(srv.known_hosts),
+        }
 
         def pk_up(src: Path, dest: str) -> float:
-            def go() -> None:
-                c, s = client()
-                base = f"{root}/{dest}"
-                s.mkdir(base)
-                for p in sorted(src.rglob("*")):
-                    target = f"{base}/{p.relative_to(src)}"
-                    if p.is_dir():
-                        s.mkdir(target)
-                    else:
-                        s.put(str(p), target)
-                c.close()
-
-            return timed(go)
+            return run([*LIBCLIENT, "paramiko", "up", str(src), f"{root}/{dest}"], penv)
 
         def pk_down(dest: str, out: Path) -> float:
-            def go() -> None:
-                c, s = client()
-
-                def walk(remote: str, local: Path) -> None:
-                    local.mkdir(parents=True, exist_ok=True)
-                    for a in s.listdir_attr(remote):
-                        if (a.st_mode or 0) & 0o040000:
-                            walk(f"{remote}/{a.filename}", local / a.filename)
-                        else:
-                            s.get(f"{remote}/{a.filename}", str(local / a.filename))
-
-                walk(f"{root}/{dest}", out)
-                c.close()
-
-            return timed(go)
+            return run([*LIBCLIENT, "paramiko", "down", str(out), f"{root}/{dest}"], penv)
 
         tools = {
             "ferry": (ferry_up, ferry_down),
