@@ -1,8 +1,8 @@
 """S3 (and S3-compatible) backend: botocore (boto3's core) plus a lean request path.
 
-The calls a run of small objects is made of (GET, HEAD, small PUTs, listings,
-deletes) go over `s3_wire`; botocore's client (`s3_client`) does the rest and
-takes over whenever the wire gets an answer it does not expect. Where the wire
+The data path (GETs, HEADs, PUTs of small objects and of multipart parts,
+listings, deletes) goes over `s3_wire`; botocore's client (`s3_client`) does
+the rest and takes over whenever the wire gets an answer it does not expect. Where the wire
 can start without it (a path-style custom endpoint, keys from a file or the
 environment), botocore is only built if the run needs it.
 
@@ -259,8 +259,8 @@ class S3Backend(Backend):
         self._client_lock = threading.Lock()
         self._tls = threading.local()
         self.part_buffers = BufferPool(PART_PIECE, keep=16)
-        # The hot calls (GET, HEAD, small PUTs, listings) skip botocore's layers; where they
-        # can start without botocore, it is only imported if a run needs it.
+        # The data path skips botocore's layers; where it can start without botocore,
+        # botocore is only imported if the run needs it.
         self.wire = self._direct_wire()
         if self.wire is None:
             c = self._make_client()
