@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 
 import paramiko
 import pytest
@@ -54,6 +56,16 @@ def test_part_runs_cut_whole_buffers_and_keep_a_tail(seed: int) -> None:
             pool.give([b for b, _ in head])
     out += b"".join(bytes(b[:used]) for b, used in run.bufs)
     assert bytes(out) == data
+
+
+def test_sftp_backend_imports_paramiko_without_invoke() -> None:
+    """paramiko only needs invoke for ssh_config `Match exec`; loading it costs every run."""
+    code = (
+        "import sys; from ferry.mover.backends import import_paramiko; import_paramiko(); "
+        "import paramiko.config as c; assert c.invoke is None and 'invoke' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_covers() -> None:
