@@ -546,7 +546,10 @@ class SFTPReader(Reader):
 
 
 class SFTPWriter(Writer):
-    """A hidden temp file written at offsets from several sessions, renamed at commit."""
+    """A hidden temp file written at offsets from several sessions, renamed at commit.
+
+    A small file (below BULK, not resumable) is buffered and written at commit in two
+    round trips (`Session.write_small`) before the rename, instead of four."""
 
     def __init__(self, be: SFTPBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
         self.be, self.rel, self.entry = be, rel, entry
@@ -575,6 +578,10 @@ class SFTPWriter(Writer):
             )
             self.state, self.journal = None, None
         resumed = bool(self.state and self.state.data.get("chunks"))
+        # Buffered until commit (or a read back); None once written, or for large files.
+        self.buf: bytearray | None = (
+            bytearray() if self.state is None and entry.size < BULK else None
+        )
 
         def create(sftp: paramiko.SFTPClient) -> None:
             if resumed:
@@ -618,6 +625,13 @@ class SFTPWriter(Writer):
         return save
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        if self.buf is not None:
+            end = offset + len(data)
+            if end > len(self.buf):
+                self.buf.extend(bytes(end - len(self.buf)))
+            self.buf[offset:end] = data
+            return
+
         def wr(s: Session) -> None:
             handle = s.open(self.tmp, FXF_WRITE | FXF_CREAT)
             self._created = True
@@ -634,7 +648,23 @@ class SFTPWriter(Writer):
             s.close_handle(s.open(self.tmp, FXF_WRITE | FXF_CREAT | FXF_TRUNC))
             self._created = True
 
+    def _flush(self) -> None:
+        """Write out a buffered small file (as it is: mode and times come at commit)."""
+        if self.buf is not None:
+            data, self.buf = bytes(self.buf), None
+            self._created = True
+            self.be.run_session(
+                lambda s: s.write_small(self.tmp, data, None, None),
+                self.rel,
+                ErrorKind.DESTINATION_NOT_FOUND,
+            )
+
     def set_size(self, size: int) -> None:
+        if self.buf is not None:
+            del self.buf[size:]
+            self.buf.extend(bytes(size - len(self.buf)))
+            return
+
         def trunc(s: Session) -> None:
             self._create(s)
             s.sftp.truncate(self.tmp, size)
@@ -655,6 +685,7 @@ class SFTPWriter(Writer):
 
     def read_back(self, offset: int, length: int) -> bytes:
         """What the partial holds at [offset, offset+length); shorter where it ends early."""
+        self._flush()
 
         def rd(s: Session) -> bytes:
             handle = s.open(self.tmp, FXF_READ)
@@ -673,14 +704,19 @@ class SFTPWriter(Writer):
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         if self.state is not None:
             self.state.close()  # no timer may resave the state after commit deletes it
+        mode = entry.mode & 0o7777 if preserve.perms and entry.mode else None
+        mtime = entry.mtime_ns // 10**9 if preserve.times and entry.mtime_ns else None
+        data, self.buf = (bytes(self.buf), None) if self.buf is not None else (None, None)
 
         def fin(s: Session) -> None:
-            self._create(s)  # an empty file gets no write
-            mode = entry.mode & 0o7777 if preserve.perms and entry.mode else None
-            mtime = entry.mtime_ns // 10**9 if preserve.times and entry.mtime_ns else None
-            rid = s.setstat(self.tmp, mode, mtime)  # mode and times in one request
-            if rid is not None:
-                s.reply(rid)
+            if data is not None:
+                self._created = True
+                s.write_small(self.tmp, data, mode, mtime)
+            else:
+                self._create(s)  # an empty file gets no write
+                rid = s.setstat(self.tmp, mode, mtime)  # mode and times in one request
+                if rid is not None:
+                    s.reply(rid)
             self.be.rename_into_place(s.sftp, self.tmp, self.final)
             if self.journal:
                 try:
@@ -693,6 +729,9 @@ class SFTPWriter(Writer):
     def abort(self, keep_partial: bool = False) -> None:
         if self.state is not None:
             self.state.close()  # stops timed saves; a kept partial is flushed below
+        if self.buf is not None:
+            self.buf = None  # never written: nothing on the server to remove
+            return
         try:
             if keep_partial and self.state is not None:
                 self.state.flush()

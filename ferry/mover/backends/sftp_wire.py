@@ -26,7 +26,7 @@ WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
 RECV = 8 * MiB  # channel reads take everything buffered (partial reads memmove the rest)
 
 # SFTP v3 packet types and flags (draft-ietf-secsh-filexfer-02)
-OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, EXTENDED = 3, 4, 5, 6, 7, 9, 200
+OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, FSETSTAT, EXTENDED = 3, 4, 5, 6, 7, 9, 10, 200
 STATUS, HANDLE, DATA, ATTRS, EXTENDED_REPLY = 101, 102, 103, 105, 201
 FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x1, 0x2, 0x8, 0x10
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
@@ -107,11 +107,20 @@ class Session:
             self.transport.close()
 
     # -- framing ---------------------------------------------------------------------
-    def _send(self, kind: int, body: bytes, data: bytes | memoryview = b"") -> int:
+    def _send(
+        self,
+        kind: int,
+        body: bytes,
+        data: bytes | memoryview = b"",
+        batch: list[bytes | memoryview] | None = None,
+    ) -> int:
+        """Send one request (or add it to `batch`, sent later in one channel write)."""
         rid = self.sftp.request_number
         self.sftp.request_number = rid + 1
         head = HEAD.pack(5 + len(body) + len(data), kind, rid) + body
-        if data:
+        if batch is not None:
+            batch += (head, data) if data else (head,)
+        elif data:
             # Channel.sendall slices what it is given per SSH packet (32 KiB from sshd):
             # a memoryview keeps that free of copies. paramiko takes any buffer here.
             self.chan.sendall(memoryview(b"".join((head, data))))  # type: ignore[arg-type]
@@ -314,15 +323,56 @@ class Session:
         if error is not None:
             raise error
 
+    def write_small(
+        self, path: str, data: bytes | memoryview, mode: int | None, mtime: int | None
+    ) -> None:
+        """A whole small file in two round trips: OPEN (create, truncate), then its WRITEs, one
+        FSETSTAT for mode and times and the CLOSE in a single channel write; returns once
+        all are acknowledged (the first failure is raised)."""
+        handle = self.open(path, FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+        self.dirty = True
+        hs = sftp_string(handle)
+        mv = memoryview(data).cast("B")
+        batch: list[bytes | memoryview] = []
+        rids = [
+            self._send(
+                WRITE,
+                hs + RANGE.pack(o, min(self.write_max, len(mv) - o)),
+                mv[o : o + self.write_max],
+                batch,
+            )
+            for o in range(0, len(mv), self.write_max)
+        ]
+        attrs = _attrs(mode, mtime)
+        if attrs:
+            rids.append(self._send(FSETSTAT, hs + attrs, batch=batch))
+        rids.append(self._send(CLOSE, hs, batch=batch))
+        self.chan.sendall(memoryview(b"".join(batch)))  # type: ignore[arg-type]
+        error: OSError | None = None
+        for rid in rids:
+            try:
+                self.reply(rid)
+            except OSError as exc:
+                error = error or exc
+        self.dirty = False
+        if error is not None:
+            raise error
+
     def setstat(self, path: str, mode: int | None, mtime: int | None) -> int | None:
         """Send one SETSTAT for mode and times; returns the request id (None if nothing)."""
-        flags, attrs = 0, b""
-        if mode is not None:
-            flags |= ATTR_PERMISSIONS
-            attrs += U32.pack(mode)
-        if mtime is not None:
-            flags |= ATTR_ACMODTIME
-            attrs += U32.pack(mtime) * 2
-        if not flags:
+        attrs = _attrs(mode, mtime)
+        if not attrs:
             return None
-        return self._send(SETSTAT, sftp_string(path_bytes(path)) + U32.pack(flags) + attrs)
+        return self._send(SETSTAT, sftp_string(path_bytes(path)) + attrs)
+
+
+def _attrs(mode: int | None, mtime: int | None) -> bytes:
+    """An ATTRS block with the permissions and times given; empty when neither is."""
+    flags, attrs = 0, b""
+    if mode is not None:
+        flags |= ATTR_PERMISSIONS
+        attrs += U32.pack(mode)
+    if mtime is not None:
+        flags |= ATTR_ACMODTIME
+        attrs += U32.pack(mtime) * 2
+    return U32.pack(flags) + attrs if flags else b""
