@@ -2,7 +2,7 @@
 
 paramiko's SFTPFile path (a prefetch thread per readv, 4- and n-byte channel reads that
 memmove the rest of the buffered window, a Message object per reply) cost more CPU than
-the cipher on 2 cores, so `Session` writes READ/WRITE/OPEN/CLOSE/LSTAT/SETSTAT requests
+the cipher on 2 cores, so `Session` writes READ/WRITE/OPEN/CLOSE/LSTAT/(F)SETSTAT requests
 straight to paramiko's channel and parses the replies from large channel reads, with
 request ids from the SFTPClient's own counter (its own calls stay in step). Packet
 layout: draft-ietf-secsh-filexfer-02; request sizes: OpenSSH's limits@openssh.com.
