@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, Reader, Writer
+from ferry.mover.backends.base import Backend, Entry, EntryType, Reader, Writer, thread_buffer
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_from_blocks
 from ferry.mover.options import Mode, Options, Verify
@@ -673,7 +673,7 @@ class Executor:
         machine that is several times faster than read + write, and it checks the write.
         Returns how far it got: short of `end` only when the filesystem cannot do it."""
         step = STREAM_PIECE if (hasher is not None or self.limiter) else 64 << 20
-        view = self._buffer() if hasher is not None else None
+        view = thread_buffer(self._tls, STREAM_PIECE) if hasher is not None else None
         pos = start
         while pos < end:
             if self.cancel.is_set() or (big is not None and big.error is not None):
@@ -700,13 +700,6 @@ class Executor:
             pos += n
             advance(n)
         return pos
-
-    def _buffer(self) -> memoryview:
-        buf: memoryview | None = getattr(self._tls, "buf", None)
-        if buf is None:
-            buf = memoryview(bytearray(STREAM_PIECE))
-            self._tls.buf = buf
-        return buf
 
     # ---- large files in parallel chunks --------------------------------------------------------
 

@@ -14,6 +14,7 @@ they round-trip byte-exact on POSIX backends.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -244,3 +245,26 @@ def check_name(name: str, where: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\x00" in name:
         raise FerryError(ErrorKind.UNSAFE_PATH, f"unsafe name {name!r} in listing", where)
     return name
+
+
+def thread_buffer(tls: threading.local, size: int) -> memoryview:
+    """This thread's reusable buffer of at least `size` bytes: fresh memory for every piece
+    costs a page fault per 4 KiB (more in a VM)."""
+    buf: bytearray | None = getattr(tls, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = tls.buf = bytearray(size)
+    return memoryview(buf)
+
+
+def buffer_write(buf: bytearray, offset: int, data: bytes | memoryview) -> None:
+    """`write_at` for a writer that holds a small file in memory until commit."""
+    end = offset + len(data)
+    if end > len(buf):
+        buf.extend(bytes(end - len(buf)))
+    buf[offset:end] = data
+
+
+def buffer_resize(buf: bytearray, size: int) -> None:
+    """`set_size` for the same writers: truncate, or extend with zeros."""
+    del buf[size:]
+    buf.extend(bytes(size - len(buf)))

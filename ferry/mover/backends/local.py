@@ -30,6 +30,7 @@ from ferry.mover.backends.base import (
     Reader,
     Writer,
     check_name,
+    thread_buffer,
 )
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.journal import Journal, validate_chunks
@@ -138,11 +139,7 @@ class LocalReader(Reader):
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[memoryview]:
         if self._tls is None:
             self._tls = threading.local()
-        buf: bytearray | None = getattr(self._tls, "buf", None)
-        if buf is None or len(buf) < piece:
-            buf = bytearray(piece)
-            self._tls.buf = buf
-        view = memoryview(buf)
+        view = thread_buffer(self._tls, piece)
         end = offset + length
         while offset < end:
             n = os.preadv(self.fd, [view[: min(piece, end - offset)]], offset)

@@ -59,7 +59,10 @@ from ferry.mover.backends.base import (
     EntryType,
     Reader,
     Writer,
+    buffer_resize,
+    buffer_write,
     check_name,
+    thread_buffer,
 )
 from ferry.mover.backends.remote_state import RemoteState
 from ferry.mover.backends.s3_wire import (
@@ -257,7 +260,7 @@ class S3Backend(Backend):
         )
         self._client: Client | None = None
         self._client_lock = threading.Lock()
-        self._tls = threading.local()
+        self.tls = threading.local()  # per-thread streaming buffers
         self.part_buffers = BufferPool(PART_PIECE, keep=16)
         # The data path skips botocore's layers; where it can start without botocore,
         # botocore is only imported if the run needs it.
@@ -328,14 +331,6 @@ class S3Backend(Backend):
         e = Entry(name, EntryType.FILE, size=size, mtime_ns=_ts_ns(head.get("LastModified")))
         _apply_meta(e, meta)
         return e
-
-    def buffer(self, size: int) -> memoryview:
-        """This thread's streaming buffer: ranges are read into reused memory (fresh memory
-        for every piece costs a page fault per 4 KiB, and more in a VM)."""
-        buf: bytearray | None = getattr(self._tls, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = self._tls.buf = bytearray(size)
-        return memoryview(buf)
 
     def wire_request(
         self,
@@ -805,7 +800,7 @@ class S3Reader(Reader):
             if int(r.headers.get("content-length", -1)) != length:
                 raise FerryError(ErrorKind.TRANSIENT, f"{self.be.describe()}: bad range", self.rel)
             self._seen(r.headers.get("content-range"), r.headers.get("etag"), r.meta())
-            view = self.be.buffer(piece)
+            view = thread_buffer(self.be.tls, piece)
             done = 0
             while done < length:
                 n = body.readinto(view[: min(piece, length - done)])
@@ -852,16 +847,10 @@ class SinglePutWriter(Writer):
         self.size = entry.size
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        end = offset + len(data)
-        if end > len(self.buf):
-            self.buf.extend(b"\0" * (end - len(self.buf)))
-        self.buf[offset:end] = data
+        buffer_write(self.buf, offset, data)
 
     def set_size(self, size: int) -> None:
-        if size < len(self.buf):
-            del self.buf[size:]
-        elif size > len(self.buf):
-            self.buf.extend(b"\0" * (size - len(self.buf)))
+        buffer_resize(self.buf, size)
 
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         body = bytes(self.buf)

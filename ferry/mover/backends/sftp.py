@@ -39,6 +39,8 @@ from ferry.mover.backends.base import (
     EntryType,
     Reader,
     Writer,
+    buffer_resize,
+    buffer_write,
     check_name,
     join,
 )
@@ -626,10 +628,7 @@ class SFTPWriter(Writer):
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         if self.buf is not None:
-            end = offset + len(data)
-            if end > len(self.buf):
-                self.buf.extend(bytes(end - len(self.buf)))
-            self.buf[offset:end] = data
+            buffer_write(self.buf, offset, data)
             return
 
         def wr(s: Session) -> None:
@@ -661,8 +660,7 @@ class SFTPWriter(Writer):
 
     def set_size(self, size: int) -> None:
         if self.buf is not None:
-            del self.buf[size:]
-            self.buf.extend(bytes(size - len(self.buf)))
+            buffer_resize(self.buf, size)
             return
 
         def trunc(s: Session) -> None:
