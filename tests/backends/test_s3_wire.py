@@ -112,8 +112,11 @@ def test_small_runs_never_build_botocore(
     assert w.clients == [] and w.made and all(b.wire and not b.wire.off for b in w.made)
 
 
-def test_listing_pages(s3_kind: str, remotes, tmp_path: Path) -> None:
+def test_listing_pages(
+    s3_kind: str, remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A directory of more keys than one ListObjectsV2 page (1,000) lists whole on the wire."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     r = remotes(s3_kind)
     sub = r.fresh("pages")
     be = s3.S3Backend(parse_endpoint(r.uri(sub)))
@@ -156,9 +159,12 @@ def test_rejected_signature_turns_the_wire_off(
     assert compare(src, back, empty_dirs=False) == []
 
 
-def test_abandoned_stream_leaves_the_connection_usable(remotes, tmp_path: Path) -> None:
+def test_abandoned_stream_leaves_the_connection_usable(
+    remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A ranged read stopped half-way (an error or a cancel in the engine) must not leave its
     unread body on the thread's connection for the next request to trip over."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     r = remotes("s3")
     sub = r.fresh("abandon")
     be = s3.S3Backend(parse_endpoint(r.uri(sub)))

@@ -245,7 +245,7 @@ class S3Wire:
         method: str,
         key: str,
         headers: dict[str, str] | None = None,
-        body: bytes | Sequence[bytes | memoryview] = b"",
+        body: bytes | Pieces = b"",
         query: dict[str, str] | None = None,
     ) -> Response | None:
         """One signed request for `key` ("": the bucket), its body given whole or in pieces
@@ -298,9 +298,8 @@ class S3Wire:
                 return None
             if r.status in (400, 403) and any(code in data for code in _SIGNING_ERRORS):
                 self.off = True  # a signing scope botocore would have chosen differently
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data), StreamBody(
-                c, r
-            )
+            resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+            return resp, StreamBody(c, r)
         return None
 
     def list_objects(self, prefix: str, delimiter: str = "", max_keys: int = 0) -> Listing | None:
