@@ -27,7 +27,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, Reader, Writer, thread_buffer
+from ferry.mover.backends.base import (
+    Backend,
+    Entry,
+    EntryType,
+    Reader,
+    SmallFile,
+    Writer,
+    thread_buffer,
+)
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_from_blocks
 from ferry.mover.options import Mode, Options, Verify
@@ -43,6 +51,7 @@ from ferry.mover.smallfiles import (
     copy_small,
     open_source,
     outcome_error,
+    read_small,
 )
 
 log = logging.getLogger("ferry")
@@ -444,10 +453,48 @@ class Executor:
     # ---- small and medium files ----------------------------------------------------------------
 
     def _batch_task(self, batch: list[Action]) -> None:
+        if self.dst.caps.put_small and self.direct_max > 0 and not self.xattrs:
+            batch = self._put_batch(batch)
         for a in batch:
             if self.cancel.is_set():
                 return
             self._whole_file(a)
+
+    def _put_batch(self, batch: list[Action]) -> list[Action]:
+        """Read the batch's files and hand them to the destination at once (a few round trips
+        for all of them); return those that go the one-at-a-time way, with its retries and
+        its error reports."""
+        files: list[SmallFile] = []
+        sent: list[Action] = []
+        alone: list[Action] = []
+        for a in batch:
+            s = a.src
+            assert s is not None
+            if s.size > self.direct_max or self.cancel.is_set():
+                alone.append(a)
+                continue
+            try:
+                files.append(
+                    read_small(self.src, a.rel, a.read_rel or a.rel, s, self.verify != Verify.NONE)
+                )
+            except Exception:
+                alone.append(a)  # read again there, and reported if it fails again
+                continue
+            sent.append(a)
+        if not files or self.cancel.is_set():
+            return alone + sent
+        try:
+            outcomes = self.dst.put_small(files, self.o.preserve)
+        except Exception as exc:
+            log.debug("batch of %d files failed: %s", len(files), exc)
+            return alone + sent
+        for a, f, err in zip(sent, files, outcomes, strict=True):
+            if err is None:
+                self._count(a, f.digest, counted=False)
+            else:
+                log.debug("%s: batched write failed: %s", a.rel, err)
+                alone.append(a)
+        return alone
 
     def _whole_file(self, a: Action) -> None:
         def attempt(n: int) -> None:

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ferry.mover.backends.base import Backend, Entry, Reader
+from ferry.mover.backends.base import Backend, Entry, Reader, SmallFile
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Preserve
@@ -61,9 +61,7 @@ def copy_small(
     try:
         writer = dst.open_write(rel, entry)
         try:
-            data = reader.read_at(0, entry.size) if entry.size else b""
-            if len(data) != entry.size:
-                raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying", rel)
+            data = _read_whole(reader, entry, rel)
             digest = digest_bytes(data) if hashing else None
             if data:
                 writer.write_at(0, data)
@@ -81,6 +79,26 @@ def copy_small(
             raise
     finally:
         reader.close()
+
+
+def read_small(src: Backend, rel: str, read_rel: str, entry: Entry, hashing: bool) -> SmallFile:
+    """A whole small file in one read, with its digest, for a batch (`Backend.put_small`)."""
+    reader = open_source(src, read_rel, entry)
+    try:
+        data = bytes(_read_whole(reader, entry, rel))
+        why = reader.changed()
+        if why:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, why, rel)
+    finally:
+        reader.close()
+    return SmallFile(rel, entry, data, digest_bytes(data) if hashing else None)
+
+
+def _read_whole(reader: Reader, entry: Entry, rel: str) -> bytes | memoryview:
+    data = reader.read_at(0, entry.size) if entry.size else b""
+    if len(data) != entry.size:
+        raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying", rel)
+    return data
 
 
 def _init(src: Backend, dst: Backend, hashing: bool, preserve: Preserve, xattrs: bool) -> None:

@@ -1,21 +1,25 @@
 """SFTP small-file writes against a real sshd: buffered until commit, then OPEN and one
-channel write of WRITE + FSETSTAT + CLOSE, then the rename; a failure or an abort leaves
-nothing at the final name."""
+channel write of WRITE + FSETSTAT + CLOSE, then the rename; batches of them in three
+channel writes; a failure or an abort leaves nothing at the final name."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
 from ferry.mover.backends import sftp_wire
-from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType
+from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType, SmallFile
 from ferry.mover.backends.sftp import SFTPBackend
 from ferry.mover.endpoints import SFTPEndpoint, parse_endpoint
-from ferry.mover.errors import FerryError
-from ferry.mover.options import Preserve
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.options import ErrorPolicy, Preserve
+from tests.backends.helpers import transfer
 from tests.servers import SSHServer
 
 pytestmark = pytest.mark.servers
@@ -80,3 +84,120 @@ def test_small_file_written_in_one_batch(
         be.close()
     assert sorted(p.name for p in d.iterdir()) == ["empty", "over", "small"]
     assert not any(p.name.startswith(INTERNAL_PREFIX) for p in d.iterdir())
+
+
+def _leftovers(d: Path) -> list[str]:
+    return [str(p) for p in d.rglob(f"{INTERNAL_PREFIX}*")]
+
+
+def _put(be: SFTPBackend, files: dict[str, bytes]) -> list[FerryError | None]:
+    batch = [SmallFile(rel, _entry(rel, len(b)), b, None) for rel, b in files.items()]
+    return be.put_small(batch, Preserve())
+
+
+def _check(d: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        assert (d / rel).read_bytes() == data, rel
+        st = os.stat(d / rel)
+        assert st.st_mtime_ns == MTIME and st.st_mode & 0o7777 == 0o640, rel
+
+
+def test_batch_in_three_channel_writes(
+    sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    sendall = paramiko.Channel.sendall
+
+    def watched(self: paramiko.Channel, data: Any) -> None:
+        writes.append(len(data))
+        sendall(self, data)
+
+    sub = f"batch-{uuid.uuid4().hex[:8]}"
+    be = _backend(sshd_server, sub)
+    d = sshd_server.root / sub
+    files = {
+        "big": os.urandom(300_000),  # two WRITEs
+        "empty": b"",
+        "over": b"new",
+        "sub/\u00fc \u00f1 \u6587.txt": b"unicode",
+        "ro/f": b"permission denied",
+        "missing/f": b"no such directory",
+        "isdir": b"a directory is in the way",
+    }
+    try:
+        be.prepare_destination()
+        for sub_dir in ("sub", "ro", "isdir", "isdir/inside"):
+            be.mkdir(sub_dir)
+        (d / "over").write_bytes(b"old contents")
+        os.chmod(d / "ro", 0o555)
+        monkeypatch.setattr(paramiko.Channel, "sendall", watched)
+        outcomes = dict(zip(files, _put(be, files), strict=True))
+        monkeypatch.undo()
+    finally:
+        be.close()
+    assert len(writes) == 3  # the OPENs, the writes and closes, the renames and removes
+    kinds = {rel: outcomes.pop(rel) for rel in ("ro/f", "missing/f", "isdir")}
+    assert {rel: e.kind if e else None for rel, e in kinds.items()} == {
+        "ro/f": ErrorKind.PERMISSION,
+        "missing/f": ErrorKind.DESTINATION_NOT_FOUND,
+        "isdir": ErrorKind.IO_ERROR,
+    }
+    assert all(e is not None and e.path == rel for rel, e in kinds.items())
+    assert all(e is None for e in outcomes.values()), outcomes
+    _check(d, {rel: files[rel] for rel in outcomes})
+    assert not (d / "ro" / "f").exists() and not (d / "missing").exists()
+    assert (d / "isdir" / "inside").is_dir()
+    assert _leftovers(d) == []
+
+
+@pytest.fixture(scope="module")
+def sshd_without_posix_rename() -> Iterator[SSHServer]:
+    srv = SSHServer(sftp_options="-P posix-rename").start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_batch_on_a_server_without_posix_rename(sshd_without_posix_rename: SSHServer) -> None:
+    """Every rename in the batch is refused; each file is then put in place the plain way."""
+    srv = sshd_without_posix_rename
+    sub = f"plain-{uuid.uuid4().hex[:8]}"
+    be = _backend(srv, sub)
+    d = srv.root / sub
+    files = {f"f{i}": os.urandom(i * 100) for i in range(5)}
+    try:
+        be.prepare_destination()
+        (d / "f3").write_bytes(b"replaced")
+        assert _put(be, files) == [None] * 5
+    finally:
+        be.close()
+    _check(d, files)
+    assert _leftovers(d) == []
+
+
+def test_copy_reports_the_files_a_batch_could_not_write(
+    sshd_server: SSHServer, tmp_path: Path
+) -> None:
+    """Files that fail in a batch go again one by one: reported once each, the rest copied."""
+    src = tmp_path / "src"
+    for sub_dir in ("ok", "ro"):
+        (src / sub_dir).mkdir(parents=True)
+        for i in range(20):
+            (src / sub_dir / f"f{i}").write_bytes(os.urandom(1000 + i))
+    sub = f"engine-{uuid.uuid4().hex[:8]}"
+    d = sshd_server.root / sub
+    be = _backend(sshd_server, sub)
+    try:
+        be.prepare_destination()
+        be.mkdir("ro")
+    finally:
+        be.close()
+    os.chmod(d / "ro", 0o555)
+    summary = transfer(str(src), sshd_server.uri(sub), error_policy=ErrorPolicy.SKIP)
+    assert summary.files_copied == 20 and summary.files_failed == 20
+    assert sorted(e.path or "" for e in summary.errors) == sorted(f"ro/f{i}" for i in range(20))
+    assert {e.kind for e in summary.errors} == {ErrorKind.PERMISSION}
+    for i in range(20):
+        assert (d / "ok" / f"f{i}").read_bytes() == (src / "ok" / f"f{i}").read_bytes()
+    assert list((d / "ro").iterdir()) == []

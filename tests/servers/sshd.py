@@ -27,8 +27,10 @@ class SSHServer(ServerProcess):
     user = USER
     password = PASSWORD
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, sftp_options: str = "") -> None:
+        """`sftp_options` go to internal-sftp, e.g. `-P posix-rename` to deny a request."""
         self.port = port or free_port()
+        self.sftp_options = sftp_options
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-sshd-"))
         os.chmod(self.dir, 0o755)
         self.proc: subprocess.Popen | None = None
@@ -72,7 +74,7 @@ class SSHServer(ServerProcess):
                     "KbdInteractiveAuthentication no",
                     "PermitRootLogin no",
                     f"AllowUsers {self.user}",
-                    "Subsystem sftp internal-sftp",
+                    f"Subsystem sftp internal-sftp {self.sftp_options}".rstrip(),
                     "MaxSessions 64",
                     "MaxStartups 64:30:128",
                     "LogLevel ERROR",

@@ -81,6 +81,18 @@ class Capabilities:
     # Each ranged read is a request with a fixed cost (and on some servers a cost in the
     # object's size): big files are read in at most this many long ranges; 0: by chunk size.
     read_streams: int = 0
+    # put_small writes a batch of whole small files in a few round trips, not a few per file.
+    put_small: bool = False
+
+
+@dataclass(slots=True)
+class SmallFile:
+    """A whole small file for `Backend.put_small`: its bytes already read, its digest taken."""
+
+    rel: str
+    entry: Entry
+    data: bytes
+    digest: str | None
 
 
 class Reader(ABC):
@@ -209,6 +221,12 @@ class Backend(ABC):
     ) -> None:
         """Server-side copy of `src_rel` of `src` (same_service) to `rel`, atomically."""
         raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot copy server-side", rel)
+
+    def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
+        """Write whole small files, each published at its final name as `Writer.commit`
+        would (caps.put_small). One outcome per file, None for success; a failed file
+        leaves nothing at its final name, and the engine sends it again on its own."""
+        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot write files in batches")
 
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         """Apply entry's times/mode/owner to an existing entry (directories, metadata-only changes)."""

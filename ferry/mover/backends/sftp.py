@@ -38,6 +38,7 @@ from ferry.mover.backends.base import (
     Entry,
     EntryType,
     Reader,
+    SmallFile,
     Writer,
     buffer_resize,
     buffer_write,
@@ -51,6 +52,7 @@ from ferry.mover.backends.sftp_wire import (
     FXF_TRUNC,
     FXF_WRITE,
     MAX_REQUEST,
+    Put,
     Session,
     Stat,
 )
@@ -130,6 +132,7 @@ class SFTPBackend(Backend):
         symlinks=True,
         permissions=True,
         empty_dirs=True,
+        put_small=True,
     )
 
     def __init__(self, ep: SFTPEndpoint) -> None:
@@ -456,6 +459,34 @@ class SFTPBackend(Backend):
 
         self.run(ln, rel, ErrorKind.DESTINATION_NOT_FOUND)
 
+    def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
+        puts = [
+            Put(_temp_name(self.path(f.rel)), self.path(f.rel), f.data, *_meta(f.entry, preserve))
+            for f in files
+        ]
+
+        def put(s: Session) -> list[FerryError | None]:
+            out: list[FerryError | None] = []
+            for p, f, exc in zip(puts, files, s.put_many(puts), strict=True):
+                if exc is not None and p.written:
+                    exc = self._rename_or_remove(s.sftp, p.tmp, p.final)  # no posix-rename?
+                missing = ErrorKind.DESTINATION_NOT_FOUND
+                out.append(None if exc is None else self.err(exc, f.rel, missing))
+            return out
+
+        return self.run_session(put, None, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def _rename_or_remove(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> OSError | None:
+        try:
+            self.rename_into_place(sftp, tmp, final)
+            return None
+        except OSError as exc:
+            try:
+                sftp.remove(tmp)
+            except OSError:
+                pass
+            return exc
+
     def rename_into_place(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> None:
         try:
             sftp.posix_rename(tmp, final)
@@ -476,6 +507,19 @@ def apply_meta(sftp: paramiko.SFTPClient, path: str, entry: Entry, preserve: Pre
     if preserve.times and entry.mtime_ns:
         sec = entry.mtime_ns // 10**9
         sftp.utime(path, (sec, sec))
+
+
+def _temp_name(final: str) -> str:
+    """A fresh hidden temp name beside `final`, for a file written in one go."""
+    parent, _, name = final.rpartition("/")
+    return f"{parent}/{_internal(name, secrets.token_hex(6) + '.tmp')}"
+
+
+def _meta(entry: Entry, preserve: Preserve) -> tuple[int | None, int | None]:
+    """(mode, mtime in seconds) to set on a written file; None where not preserved."""
+    mode = entry.mode & 0o7777 if preserve.perms and entry.mode else None
+    mtime = entry.mtime_ns // 10**9 if preserve.times and entry.mtime_ns else None
+    return mode, mtime
 
 
 def _internal(name: str, suffix: str) -> str:
@@ -575,9 +619,7 @@ class SFTPWriter(Writer):
             )
             self.journal: str | None = journal
         else:
-            self.tmp = f"{parent}/{_internal(name, secrets.token_hex(6) + '.tmp')}".replace(
-                "//", "/"
-            )
+            self.tmp = _temp_name(self.final)
             self.state, self.journal = None, None
         resumed = bool(self.state and self.state.data.get("chunks"))
         # Buffered until commit (or a read back); None once written, or for large files.
@@ -702,8 +744,7 @@ class SFTPWriter(Writer):
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         if self.state is not None:
             self.state.close()  # no timer may resave the state after commit deletes it
-        mode = entry.mode & 0o7777 if preserve.perms and entry.mode else None
-        mtime = entry.mtime_ns // 10**9 if preserve.times and entry.mtime_ns else None
+        mode, mtime = _meta(entry, preserve)
         data, self.buf = (bytes(self.buf), None) if self.buf is not None else (None, None)
 
         def fin(s: Session) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import paramiko
 
@@ -26,7 +27,8 @@ WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
 RECV = 8 * MiB  # channel reads take everything buffered (partial reads memmove the rest)
 
 # SFTP v3 packet types and flags (draft-ietf-secsh-filexfer-02)
-OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, FSETSTAT, EXTENDED = 3, 4, 5, 6, 7, 9, 10, 200
+OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, FSETSTAT, REMOVE = 3, 4, 5, 6, 7, 9, 10, 13
+EXTENDED = 200
 STATUS, HANDLE, DATA, ATTRS, EXTENDED_REPLY = 101, 102, 103, 105, 201
 FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x1, 0x2, 0x8, 0x10
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
@@ -77,6 +79,18 @@ def status_error(body: bytes) -> OSError:
     if code == FX_PERMISSION_DENIED:
         return PermissionError(errno.EACCES, text or "Permission denied")
     return OSError(f"SFTP status {code}: {text}")
+
+
+@dataclass(slots=True)
+class Put:
+    """One small file for `Session.put_many`: written to `tmp`, renamed to `final`."""
+
+    tmp: str
+    final: str
+    data: bytes
+    mode: int | None
+    mtime: int | None
+    written: bool = False  # the temp is complete; a failed rename leaves it in place
 
 
 class Session:
@@ -357,6 +371,81 @@ class Session:
         self.dirty = False
         if error is not None:
             raise error
+
+    def put_many(self, files: list[Put]) -> list[OSError | None]:
+        """Several small files in three round trips however many they are: every OPEN, then
+        every file's WRITEs, FSETSTAT and CLOSE, then every posix-rename, each step in one
+        channel write. A file that fails drops out of the later steps, its temp removed in
+        the last one unless it was `written` (then only the rename failed); one outcome per
+        file. Replies may come in any order."""
+        self.dirty = True
+        errors: list[OSError | None] = [None] * len(files)
+        batch: list[bytes | memoryview] = []
+        flags = U32.pack(FXF_WRITE | FXF_CREAT | FXF_TRUNC) + U32.pack(0)
+        opens = [
+            self._send(OPEN, sftp_string(path_bytes(f.tmp)) + flags, batch=batch) for f in files
+        ]
+        handles: dict[int, bytes] = {}
+        for i, (kind, body) in enumerate(self._collect(batch, opens)):
+            if isinstance(body, OSError):
+                errors[i] = body
+            elif kind != HANDLE:
+                errors[i] = OSError(f"SFTP open: unexpected reply {kind}")
+            else:
+                handles[i] = body[4 : 4 + U32.unpack_from(body, 0)[0]]
+        owner: list[int] = []  # file index of each request of this step
+        rids: list[int] = []
+        for i, handle in handles.items():
+            f, hs = files[i], sftp_string(handle)
+            mv = memoryview(f.data).cast("B")
+            for o in range(0, len(mv), self.write_max):
+                n = min(self.write_max, len(mv) - o)
+                rids.append(self._send(WRITE, hs + RANGE.pack(o, n), mv[o : o + n], batch))
+                owner.append(i)
+            attrs = _attrs(f.mode, f.mtime)
+            if attrs:
+                rids.append(self._send(FSETSTAT, hs + attrs, batch=batch))
+                owner.append(i)
+            rids.append(self._send(CLOSE, hs, batch=batch))
+            owner.append(i)
+        for i, (_, body) in zip(owner, self._collect(batch, rids), strict=True):
+            if isinstance(body, OSError) and errors[i] is None:
+                errors[i] = body
+        owner, rids = [], []
+        rename = sftp_string(b"posix-rename@openssh.com")
+        for i in handles:
+            tmp = sftp_string(path_bytes(files[i].tmp))
+            if errors[i] is None:
+                files[i].written = True
+                body = rename + tmp + sftp_string(path_bytes(files[i].final))
+                rids.append(self._send(EXTENDED, body, batch=batch))
+                owner.append(i)
+            else:
+                rids.append(self._send(REMOVE, tmp, batch=batch))  # its outcome changes nothing
+                owner.append(-1)
+        for i, (_, body) in zip(owner, self._collect(batch, rids), strict=True):
+            if i >= 0 and isinstance(body, OSError):
+                errors[i] = body
+        self.dirty = False
+        return errors
+
+    def _collect(
+        self, batch: list[bytes | memoryview], rids: list[int]
+    ) -> list[tuple[int, bytes | OSError]]:
+        """Send `batch` in one channel write, then read one reply per request id: in the
+        order of `rids`, a failed status as the OSError it stands for."""
+        if batch:
+            self.chan.sendall(memoryview(b"".join(batch)))  # type: ignore[arg-type]
+            batch.clear()
+        got: dict[int, tuple[int, bytes | OSError]] = {}
+        want = set(rids)
+        while len(got) < len(rids):
+            kind, rid, body = self._recv()
+            if rid not in want or rid in got:
+                raise paramiko.SSHException(f"SFTP reply to unknown request {rid}")
+            failed = kind == STATUS and U32.unpack_from(body, 0)[0] != FX_OK
+            got[rid] = (kind, status_error(body) if failed else body)
+        return [got[r] for r in rids]
 
     def setstat(self, path: str, mode: int | None, mtime: int | None) -> int | None:
         """Send one SETSTAT for mode and times; returns the request id (None if nothing)."""
