@@ -68,6 +68,27 @@ def test_sftp_backend_imports_paramiko_without_invoke() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_s3_backend_loads_no_botocore_or_http_client() -> None:
+    """The wire carries small-object runs: botocore, http.client and the email package
+    (~40 ms of every start) load only when a run needs botocore."""
+    code = (
+        "import sys, ferry.mover.backends.s3, ferry.mover.transfer; "
+        "print(sorted(m for m in ('botocore', 'http.client', 'email') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Sun, 06 Nov 1994 08:49:37 GMT", "1994-11-06T08:49:37.000Z", "Sunday, 06-Nov-94 08:49:37 GMT"],
+)
+def test_s3_timestamps(text: str) -> None:
+    """Header dates are parsed without the email package; other forms go to botocore's parser."""
+    got = s3._parse_timestamp(text)
+    assert got.timestamp() == 784111777 and got.utcoffset() is not None
+
+
 def test_covers() -> None:
     parts = [(0, 10), (10, 25), (30, 40)]
     assert s3._covers(parts, 0, 25)
@@ -91,6 +112,7 @@ def test_covers() -> None:
     ],
 )
 def test_s3_classify(exc: Exception, kind: ErrorKind) -> None:
+    s3.Boto.load()  # as building a client does: nothing raises botocore's errors before
     err = s3.classify(exc, WHERE)
     assert err.kind == kind
     assert WHERE in str(err)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import configparser
 import datetime
-import email.utils
 import hashlib
 import ipaddress
 import os
@@ -48,8 +47,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
@@ -124,6 +121,27 @@ _MISSING_BUCKET = {"NoSuchBucket"}
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 
 
+class _NotLoaded(Exception):
+    """Stands for a botocore exception class until botocore is loaded: nothing raises it."""
+
+
+class Boto:
+    """botocore's exception classes, once a client is being built. Nothing can raise them
+    before, and runs that never build one (the wire carries their calls) skip botocore's
+    import (~20 ms of every run's start)."""
+
+    ClientError: type[Exception] = _NotLoaded
+    BotoCoreError: type[Exception] = _NotLoaded
+    NoCredentialsError: type[Exception] = _NotLoaded
+
+    @classmethod
+    def load(cls) -> None:
+        from botocore import exceptions as e
+
+        cls.ClientError, cls.BotoCoreError = e.ClientError, e.BotoCoreError
+        cls.NoCredentialsError = e.NoCredentialsError
+
+
 def classify(
     exc: BaseException,
     where: str,
@@ -133,12 +151,13 @@ def classify(
     """Map a boto3/botocore failure to a FerryError naming `where` (never a secret)."""
     if isinstance(exc, FerryError):
         return exc
-    if isinstance(exc, NoCredentialsError):
+    if isinstance(exc, Boto.NoCredentialsError):
         return FerryError(ErrorKind.AUTH_FAILED, f"{where}: no AWS credentials found", path)
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
+    if isinstance(exc, Boto.ClientError):
+        response: dict[str, Any] = getattr(exc, "response", {})
+        err = response.get("Error", {})
         code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         msg = f"{where}: {code or status} {err.get('Message', '')}".rstrip()
         if code in _AUTH_CODES:
             return FerryError(
@@ -159,14 +178,15 @@ def classify(
         if code in ("EntityTooLarge", "QuotaExceeded"):
             return FerryError(ErrorKind.DESTINATION_FULL, msg, path)
         return FerryError(ErrorKind.IO_ERROR, msg, path)
-    if isinstance(exc, (BotoCoreError, ConnectionError, TimeoutError, OSError)):
+    if isinstance(exc, (Boto.BotoCoreError, ConnectionError, TimeoutError, OSError)):
         # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, IncompleteRead ...
         return FerryError(ErrorKind.TRANSIENT, f"{where}: {type(exc).__name__}: {exc}", path)
     return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+def _code(exc: Exception) -> str:
+    """The error code of a botocore ClientError."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def part_unit(size: int) -> int:
@@ -291,6 +311,7 @@ class S3Backend(Backend):
     def _make_client(self) -> Client:
         with self._client_lock:
             if self._client is None:
+                Boto.load()
                 from ferry.mover.backends.s3_client import make_client
 
                 self._client = make_client(
@@ -358,7 +379,7 @@ class S3Backend(Backend):
             }
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=key))
-        except ClientError as exc:
+        except Boto.ClientError as exc:
             if _code(exc) in _MISSING_KEY:
                 return None
             raise
@@ -418,7 +439,7 @@ class S3Backend(Backend):
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return True
-        except ClientError as exc:
+        except Boto.ClientError as exc:
             if _code(exc) in _MISSING_BUCKET | _MISSING_KEY:
                 return False
             if _code(exc) not in ("403", "Forbidden"):
@@ -428,7 +449,7 @@ class S3Backend(Backend):
         try:
             self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
             return True
-        except ClientError as exc:
+        except Boto.ClientError as exc:
             if _code(exc) in _MISSING_BUCKET:
                 return False
             raise self.err(exc, None, missing) from None
@@ -688,14 +709,28 @@ class S3Backend(Backend):
             self.wire.close()
 
 
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    )
+}
+
+
 def _parse_timestamp(text: str) -> datetime.datetime:
     """S3's two timestamp forms without dateutil (botocore's default parser, which costs
     more than the rest of a listing entry): ISO 8601 in XML, RFC 1123 in headers."""
     try:
         if text[:1].isdigit():
             return datetime.datetime.fromisoformat(text)
-        return email.utils.parsedate_to_datetime(text)
-    except (ValueError, TypeError, IndexError):
+        _, day, month, year, hms, zone = text.split()  # "Sun, 06 Nov 1994 08:49:37 GMT"
+        h, m, sec = hms.split(":")
+        if zone != "GMT":
+            raise ValueError(text)
+        return datetime.datetime(
+            int(year), _MONTHS[month], int(day), int(h), int(m), int(sec), tzinfo=datetime.UTC
+        )
+    except (ValueError, TypeError, IndexError, KeyError):
         from ferry.mover.backends.s3_client import parse_timestamp
 
         return parse_timestamp(text)
@@ -996,7 +1031,7 @@ class MultipartWriter(Writer):
             return bytes(
                 self.be.client.get_object(Bucket=self.be.bucket, Key=self.state_key)["Body"].read()
             )
-        except ClientError as exc:
+        except Boto.ClientError as exc:
             if _code(exc) in _MISSING_KEY:
                 return None
             raise
@@ -1021,7 +1056,7 @@ class MultipartWriter(Writer):
             for page in pages:
                 for p in page.get("Parts", []) or []:
                     server[int(p["PartNumber"])] = (str(p["ETag"]), int(p["Size"]))
-        except ClientError as exc:
+        except Boto.ClientError as exc:
             if _code(exc) in ("NoSuchUpload", "404"):
                 self.state.data.clear()
                 self.state.data["key"] = self.state.key
@@ -1043,7 +1078,7 @@ class MultipartWriter(Writer):
                 self.be.client.abort_multipart_upload(
                     Bucket=self.be.bucket, Key=self.key, UploadId=old
                 )
-            except ClientError:
+            except Boto.ClientError:
                 pass
 
     def _create(self) -> None:
@@ -1063,7 +1098,7 @@ class MultipartWriter(Writer):
                     self.be.client.abort_multipart_upload(
                         Bucket=self.be.bucket, Key=self.key, UploadId=old
                     )
-                except ClientError:
+                except Boto.ClientError:
                     pass
 
             def init(d: dict[str, Any]) -> None:

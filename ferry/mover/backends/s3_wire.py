@@ -1,5 +1,5 @@
-"""Signed S3 requests (GET, HEAD, PUT, DELETE, ListObjectsV2) straight on http.client,
-beside botocore.
+"""Signed S3 requests (GET, HEAD, PUT, DELETE, ListObjectsV2) on our own HTTP/1.1
+connections (http_conn), beside botocore.
 
 botocore spends ~1.6 ms of CPU on each request in its event, model and parser
 layers, and ~0.3 s importing and building its client; a run of small objects
@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
+import os
 import ssl
 import threading
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
+
+from ferry.mover.backends.http_conn import Connection, Pieces
 
 _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
@@ -49,9 +49,6 @@ PUT_HEADERS = {
     "ChecksumSHA1": "x-amz-checksum-sha1",
     "ChecksumSHA256": "x-amz-checksum-sha256",
 }
-
-
-Pieces = Sequence[bytes | memoryview]  # a request body, in pieces
 
 
 class Response(NamedTuple):
@@ -86,15 +83,22 @@ class Listing(NamedTuple):
 class StreamBody:
     """A response body read straight from its connection into the caller's buffer."""
 
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
-        self._conn, self._resp = conn, resp
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
     def readinto(self, view: memoryview) -> int:
-        return self._resp.readinto(view)
+        """Fill `view`; less only where the body ends."""
+        got = 0
+        while got < len(view):
+            n = self._conn.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        return got
 
     def close(self) -> None:
         """Done with it: a body left unread means the connection cannot carry another request."""
-        if not self._resp.isclosed():
+        if not self._conn.done:
             self._conn.close()
 
 
@@ -119,7 +123,7 @@ class S3Wire:
         self.timeout = timeout
         self._ssl = ssl.create_default_context(cafile=ca_bundle) if self.https else None
         self._local = threading.local()
-        self._conns: list[http.client.HTTPConnection] = []
+        self._conns: list[Connection] = []
         self._lock = threading.Lock()
         self._keys: dict[tuple[str, str], bytes] = {}
         self.off = False  # set when the server rejects our signing: botocore does the rest
@@ -225,20 +229,14 @@ class S3Wire:
         )
 
     # -- requests ----------------------------------------------------------------------------
-    def _conn(self) -> tuple[http.client.HTTPConnection, bool]:
-        c = getattr(self._local, "conn", None)
-        reused = c is not None and c.sock is not None
+    def _conn(self) -> Connection:
+        c: Connection | None = getattr(self._local, "conn", None)
         if c is None:
-            if self.https:
-                c = http.client.HTTPSConnection(
-                    self.netloc, timeout=CONNECT_TIMEOUT, context=self._ssl
-                )
-            else:
-                c = http.client.HTTPConnection(self.netloc, timeout=CONNECT_TIMEOUT)
-            self._local.conn = c
+            # botocore's connect timeout; answers get its read timeout
+            c = self._local.conn = Connection(self.netloc, self._ssl, CONNECT_TIMEOUT, self.timeout)
             with self._lock:
                 self._conns.append(c)
-        return c, reused
+        return c
 
     def request(
         self,
@@ -283,23 +281,19 @@ class S3Wire:
             if size or method == "PUT":
                 hdrs["Content-Length"] = str(size)
             self._sign(method, path, qs, hdrs, body)
-            c, reused = self._conn()
+            c = self._conn()
+            reused = c.sock is not None
             try:
-                if c.sock is None:
-                    c.connect()  # within botocore's connect timeout; answers get its read one
-                    c.sock.settimeout(self.timeout)  # type: ignore[attr-defined]
-                c.request(method, target, body=body if size else None, headers=hdrs)
-                r = c.getresponse()
-                data = b"" if stream and r.status in (200, 206) else r.read()
-            except (OSError, http.client.HTTPException):
+                head = c.request(method, target, hdrs, body)
+                data = b"" if stream and head.status in (200, 206) else c.read_body()
+            except OSError:  # ProtocolError included
                 c.close()
                 if reused:
                     continue  # the server had closed an idle keep-alive connection: once more
                 return None
-            if r.status in (400, 403) and any(code in data for code in _SIGNING_ERRORS):
+            if head.status in (400, 403) and any(code in data for code in _SIGNING_ERRORS):
                 self.off = True  # a signing scope botocore would have chosen differently
-            resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
-            return resp, StreamBody(c, r)
+            return Response(head.status, head.headers, data), StreamBody(c)
         return None
 
     def list_objects(self, prefix: str, delimiter: str = "", max_keys: int = 0) -> Listing | None:
@@ -333,6 +327,10 @@ class S3Wire:
 
 
 def _proxied(scheme: str, host: str) -> bool:
+    if not any(k.lower().endswith("_proxy") for k in os.environ):
+        return False  # as urllib finds on POSIX, without importing it (and http.client)
+    import urllib.request
+
     proxies = urllib.request.getproxies()
     return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 

@@ -1,0 +1,147 @@
+"""The S3 wire's HTTP/1.1 connection against a socket server that answers with exact bytes:
+the framings S3 servers use, keep-alive and its end, and answers cut short."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from ferry.mover.backends.http_conn import Connection, ProtocolError
+
+# path -> the raw answer (the server closes the connection after answers marked so)
+ANSWERS: dict[str, tuple[bytes, bool]] = {
+    "/length": (b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "e"\r\n\r\nhello', False),
+    "/chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        False,
+    ),
+    "/interim": (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nX-Amz-Meta-A: 1\r\n"
+        b"X-Amz-Meta-A: 2\r\nX-Folded: one\r\n two\r\n\r\n",
+        False,
+    ),
+    "/until-close": (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", True),
+    "/close": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", True),
+    "/cut": (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", True),
+    "/garbage": (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", True),
+}
+
+
+class RawServer:
+    """Accepts connections and answers each request head with ANSWERS[path]."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[tuple[int, bytes]] = []  # (connection number, request head)
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = conn.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests.append((number, head))
+                line = head.split(b"\r\n")[0].decode()
+                method, path = line.split()[:2]
+                length = [
+                    int(h.split(b":")[1])
+                    for h in head.split(b"\r\n")
+                    if h.lower().startswith(b"content-length:")
+                ]
+                while len(buf) < (length[0] if length else 0):
+                    buf += conn.recv(65536)
+                buf = buf[length[0] if length else 0 :]
+                answer, close = ANSWERS[path]
+                if method == "HEAD":
+                    answer = answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+                conn.sendall(answer)
+                if close:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[RawServer]:
+    s = RawServer()
+    yield s
+    s.close()
+
+
+def _conn(server: RawServer) -> Connection:
+    return Connection(f"127.0.0.1:{server.port}", None, 5.0, 5.0)
+
+
+def test_framings_on_one_kept_alive_connection(server: RawServer) -> None:
+    c = _conn(server)
+    try:
+        head = c.request("GET", "/length", {"X-Amz-Date": "now"})
+        assert head.status == 200 and head.headers["etag"] == '"e"'
+        assert c.read_body() == b"hello"
+        assert c.request("GET", "/chunked", {}).status == 200
+        assert c.read_body() == b"hello, world"
+        head = c.request("GET", "/interim", {})
+        assert head.status == 204 and head.headers["x-amz-meta-a"] == "1, 2"
+        assert head.headers["x-folded"] == "one two"
+        assert c.read_body() == b""
+        head = c.request("HEAD", "/length", {})  # a length, and no body after it
+        assert head.headers["content-length"] == "5" and c.done
+        # a body streamed in small pieces, chunked
+        c.request("GET", "/chunked", {})
+        got, piece = b"", bytearray(3)
+        while n := c.readinto(memoryview(piece)):
+            got += piece[:n]
+        assert got == b"hello, world"
+        c.request("PUT", "/length", {"Content-Length": "6"}, [b"abc", memoryview(b"def")])
+        assert c.read_body() == b"hello"
+    finally:
+        c.close()
+    assert server.connections == 1
+    first = server.requests[0][1].decode()
+    assert first.startswith("GET /length HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{server.port}" in first and "X-Amz-Date: now" in first
+
+
+def test_answers_that_end_the_connection(server: RawServer) -> None:
+    c = _conn(server)
+    try:
+        c.request("GET", "/until-close", {})
+        assert c.read_body() == b"all of it" and c.sock is None
+        c.request("GET", "/close", {})
+        assert c.read_body() == b"ok" and c.sock is None
+        c.request("GET", "/length", {})  # a new connection, opened on its own
+        assert c.read_body() == b"hello"
+        c.request("GET", "/cut", {})
+        with pytest.raises(ProtocolError, match="closed in a response body"):
+            c.read_body()
+        c.close()
+        with pytest.raises(ProtocolError, match="not an HTTP"):
+            c.request("GET", "/garbage", {})
+        c.close()
+        # an answer left unread is not mistaken for the next one's
+        c.request("GET", "/chunked", {})
+        assert c.request("GET", "/length", {}).status == 200 and c.read_body() == b"hello"
+    finally:
+        c.close()
+    assert server.connections == 6
