@@ -24,6 +24,7 @@ from tests.backends.conftest import BUCKET
 from tests.backends.helpers import ok, transfer
 from tests.backends.tree import CHUNK, build, compare
 from tests.servers.proxy import TCPRelay
+from tests.servers.versitygw import VersityServer
 
 pytestmark = pytest.mark.servers
 
@@ -206,3 +207,32 @@ def test_idle_connection_closed_by_the_server(remotes, tmp_path: Path) -> None:
         assert got is not None and got.status == 200 and got.body == b"hello"
     finally:
         relay.stop()
+
+
+def test_https_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS on the wire: the named CA bundle is trusted and the data path stays on the wire;
+    without the bundle the self-signed server is refused, naming the endpoint."""
+    srv = VersityServer(tls=True).start()
+    try:
+        srv.create_bucket(BUCKET)
+        assert srv.ca_bundle is not None
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+        monkeypatch.setenv("AWS_CA_BUNDLE", srv.ca_bundle)
+        creds = srv.write_credentials(tmp_path / "creds")
+        uri = f"s3://{BUCKET}/tls?endpoint={srv.endpoint_url}&credentials_file={creds}"
+        src = tmp_path / "src"
+        build(src, big=False)
+        w = Watch(monkeypatch)
+        ok(transfer(str(src), uri))
+        back = tmp_path / "back"
+        ok(transfer(uri, str(back)))
+        assert compare(src, back, empty_dirs=False) == []
+        assert sorted(set(w.calls)) == ["CompleteMultipartUpload", "CreateMultipartUpload"]
+        assert w.made and all(b.wire is not None and b.wire.https for b in w.made)
+        monkeypatch.delenv("AWS_CA_BUNDLE")
+        refused = transfer(uri, str(tmp_path / "refused"), retries=0)
+        assert refused.exit_code != 0
+        text = str(refused.fatal) + " ".join(e.message for e in refused.errors)
+        assert srv.endpoint_url in text and "certificate" in text.lower(), text
+    finally:
+        srv.close()

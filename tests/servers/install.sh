@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing; runs `apt-get update` only then.
 set -euo pipefail
 need=()
-for pair in sshd:openssh-server smbd:samba smbclient:smbclient rclone:rclone rsync:rsync; do
+for pair in sshd:openssh-server smbd:samba smbclient:smbclient rclone:rclone rsync:rsync openssl:openssl; do
   bin=${pair%%:*}; pkg=${pair##*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then need+=("$pkg"); fi
 done

@@ -13,10 +13,11 @@ class S3ApiServer(ServerProcess):
     port: int
     access_key: str
     secret_key: str
+    ca_bundle: str | None = None  # the certificate to trust, for a server on HTTPS
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_bundle else 'http'}://127.0.0.1:{self.port}"
 
     def client_env(self) -> dict[str, str]:
         """Environment for a client process: the standard AWS variables."""
@@ -43,6 +44,7 @@ class S3ApiServer(ServerProcess):
             region_name=REGION,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
+            verify=self.ca_bundle,
         )
 
     def create_bucket(self, name: str) -> None:

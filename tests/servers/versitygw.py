@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.servers.common import ServerError, free_port, port_open, wait_until
+from tests.servers.common import ServerError, free_port, need, port_open, wait_until
 from tests.servers.s3api import REGION, S3ApiServer
 
 VERSION = "v1.8.0"  # keep in sync with tests/servers/install.sh
@@ -35,8 +35,10 @@ def binary() -> str:
 class VersityServer(S3ApiServer):
     """One versitygw process with a posix backend under a temp dir, single-account mode."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: bool = False) -> None:
+        """With `tls`, HTTPS with a fresh self-signed certificate for 127.0.0.1 (`ca_bundle`)."""
         self.port = port or free_port()
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-vgw-"))
         self.data = self.dir / "data"
@@ -52,6 +54,17 @@ class VersityServer(S3ApiServer):
             "ROOT_SECRET_ACCESS_KEY": self.secret_key,
         }
         cmd = [binary(), "--port", f"127.0.0.1:{self.port}", "--region", REGION]
+        if self.tls:
+            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+            subprocess.run(
+                [need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                check=True,
+                capture_output=True,
+            )  # fmt: skip
+            cmd += ["--cert", str(cert), "--key", str(key)]
+            self.ca_bundle = str(cert)
         cmd += ["--keep-alive", "--quiet", "posix", str(self.data)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -12,10 +12,12 @@ HEAD and 204/304 answers without a body; 1xx answers skipped; `Connection: close
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 Pieces = Sequence[bytes | memoryview]  # a request body, in pieces
 RECV = 64 * 1024

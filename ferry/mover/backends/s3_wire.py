@@ -23,14 +23,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
 from ferry.mover.backends.http_conn import Connection, Pieces
+
+if TYPE_CHECKING:
+    import ssl
 
 _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
@@ -121,7 +123,11 @@ class S3Wire:
         self.region = region
         self.credentials = credentials  # botocore Credentials (refreshable ones refresh)
         self.timeout = timeout
-        self._ssl = ssl.create_default_context(cafile=ca_bundle) if self.https else None
+        self._ssl: ssl.SSLContext | None = None
+        if self.https:
+            import ssl  # ~10 ms of start-up that plain-HTTP endpoints do without
+
+            self._ssl = ssl.create_default_context(cafile=ca_bundle)
         self._local = threading.local()
         self._conns: list[Connection] = []
         self._lock = threading.Lock()
