@@ -52,6 +52,7 @@ from ferry.mover.smallfiles import (
     open_source,
     outcome_error,
     read_small,
+    write_small,
 )
 
 log = logging.getLogger("ferry")
@@ -455,6 +456,8 @@ class Executor:
     def _batch_task(self, batch: list[Action]) -> None:
         if self.dst.caps.put_small and self.direct_max > 0 and not self.xattrs:
             batch = self._put_batch(batch)
+        elif self.src.caps.get_small and self.direct_max > 0 and not self.xattrs:
+            batch = self._get_batch(batch)
         for a in batch:
             if self.cancel.is_set():
                 return
@@ -494,6 +497,34 @@ class Executor:
             else:
                 log.debug("%s: batched write failed: %s", a.rel, err)
                 alone.append(a)
+        return alone
+
+    def _get_batch(self, batch: list[Action]) -> list[Action]:
+        """Read the batch's files from the source at once (a few round trips for all of them)
+        and write each; return those that go the one-at-a-time way."""
+        small = [a for a in batch if a.src is not None and a.src.size <= self.direct_max]
+        alone = [a for a in batch if a.src is not None and a.src.size > self.direct_max]
+        try:
+            got = self.src.get_small([(a.read_rel or a.rel, a.src) for a in small if a.src])
+        except Exception as exc:
+            log.debug("batch of %d files failed: %s", len(small), exc)
+            return batch
+        for a, data in zip(small, got, strict=True):
+            if data is None or self.cancel.is_set():
+                alone.append(a)
+                continue
+
+            def attempt(n: int, a: Action = a, data: bytes = data) -> None:
+                if n:  # a failed write: the one-at-a-time way, from a fresh read
+                    self._refresh(a)
+                    self._copy_whole(a)
+                    return
+                assert a.src is not None
+                hashing = self.verify != Verify.NONE
+                digest = write_small(self.dst, a.rel, a.src, data, hashing, self.o.preserve)
+                self._count(a, digest, counted=False)
+
+            self._retrying(a.rel, attempt)
         return alone
 
     def _whole_file(self, a: Action) -> None:

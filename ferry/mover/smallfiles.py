@@ -94,6 +94,22 @@ def read_small(src: Backend, rel: str, read_rel: str, entry: Entry, hashing: boo
     return SmallFile(rel, entry, data, digest_bytes(data) if hashing else None)
 
 
+def write_small(
+    dst: Backend, rel: str, entry: Entry, data: bytes, hashing: bool, preserve: Preserve
+) -> str | None:
+    """Write a small file already read (`Backend.get_small`); return its digest."""
+    digest = digest_bytes(data) if hashing else None
+    writer = dst.open_write(rel, entry)
+    try:
+        if data:
+            writer.write_at(0, data)
+        writer.commit(entry, digest, preserve)
+    except BaseException:
+        writer.abort()
+        raise
+    return digest
+
+
 def _read_whole(reader: Reader, entry: Entry, rel: str) -> bytes | memoryview:
     data = reader.read_at(0, entry.size) if entry.size else b""
     if len(data) != entry.size:

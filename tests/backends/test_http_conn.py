@@ -1,5 +1,6 @@
 """The S3 wire's HTTP/1.1 connection against a socket server that answers with exact bytes:
-the framings S3 servers use, keep-alive and its end, and answers cut short."""
+the framings S3 servers use, keep-alive and its end, answers cut short, and pipelined GETs
+on a server that closes connections part-way."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from ferry.mover.backends.http_conn import Connection, ProtocolError
+from ferry.mover.backends.s3_wire import S3Wire, StaticCredentials
 
 # path -> the raw answer (the server closes the connection after answers marked so)
 ANSWERS: dict[str, tuple[bytes, bool]] = {
@@ -28,13 +30,18 @@ ANSWERS: dict[str, tuple[bytes, bool]] = {
     "/close": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", True),
     "/cut": (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", True),
     "/garbage": (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", True),
+    **{
+        f"/b/k{i}": (b"HTTP/1.1 206 Partial Content\r\nContent-Length: 2\r\n\r\n%02d" % i, False)
+        for i in range(40)
+    },
 }
 
 
 class RawServer:
     """Accepts connections and answers each request head with ANSWERS[path]."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers_per_connection: int = 0) -> None:
+        self.limit = answers_per_connection  # then it closes the connection; 0: no limit
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.requests: list[tuple[int, bytes]] = []  # (connection number, request head)
@@ -75,7 +82,7 @@ class RawServer:
                 if method == "HEAD":
                     answer = answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
                 conn.sendall(answer)
-                if close:
+                if close or sum(n == number for n, _ in self.requests) == self.limit:
                     return
 
     def close(self) -> None:
@@ -145,3 +152,67 @@ def test_answers_that_end_the_connection(server: RawServer) -> None:
     finally:
         c.close()
     assert server.connections == 6
+
+
+@pytest.mark.parametrize("limit", [0, 7, 1])
+def test_pipelined_gets_across_closed_connections(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 GETs go out 16 at a time; a server that closes each connection after `limit`
+    answers (a keep-alive request limit) still answers them all, on fresh connections."""
+    server = RawServer(answers_per_connection=limit)
+    sends: list[int] = []
+    send = Connection.send
+
+    def watched(c: Connection, data: bytes) -> None:
+        sends.append(data.count(b"\r\n\r\n"))
+        send(c, data)
+
+    monkeypatch.setattr(Connection, "send", watched)
+    wire = S3Wire.direct(
+        f"http://127.0.0.1:{server.port}", "b", "us-east-1", StaticCredentials("a", "s"), None, 5
+    )
+    assert wire is not None
+    try:
+        got = wire.get_many([(f"k{i}", {"Range": "bytes=0-1"}) for i in range(40)])
+    finally:
+        wire.close()
+        server.close()
+    assert [r.body if r else None for r in got] == [b"%02d" % i for i in range(40)]
+    assert max(sends) == 16  # never more in flight than the pipeline's depth
+    assert server.connections == (1 if limit == 0 else -(-40 // limit))
+    heads = [h for _, h in server.requests]
+    assert all(b"Authorization: AWS4-HMAC-SHA256 Credential=a/" in h for h in heads)
+
+
+def test_pipeline_on_a_server_that_answers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections closed before any answer: no answers (asked again one at a time by the
+    caller), after one fresh connection, not a loop."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def refuse() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    wire = S3Wire.direct(
+        f"http://127.0.0.1:{server.getsockname()[1]}",
+        "b",
+        "us-east-1",
+        StaticCredentials("a", "s"),
+        None,
+        5,
+    )
+    assert wire is not None
+    try:
+        assert wire.get_many([(f"k{i}", {}) for i in range(5)]) == [None] * 5
+    finally:
+        wire.close()
+        server.close()
+    assert len(accepted) == 1

@@ -9,6 +9,7 @@ that exercise the canonical URI and the listing's decoding.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,38 @@ def test_https_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         assert srv.endpoint_url in text and "certificate" in text.lower(), text
     finally:
         srv.close()
+
+
+def test_small_objects_read_in_one_pipeline(
+    remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_small answers each object as a reader would (its stored mtime and mode applied),
+    and leaves to the one-at-a-time way what it cannot vouch for: an object that is not the
+    size listed, one that is gone, an empty one (its metadata needs a HEAD)."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    r = remotes("s3")
+    sub = r.fresh("getmany")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}").write_bytes(bytes([i]) * (100 + i))
+        os.utime(
+            src / f"f{i:02d}", ns=(1_600_000_000_123_456_789 + i, 1_600_000_000_123_456_789 + i)
+        )
+    (src / "empty").write_bytes(b"")
+    ok(transfer(str(src), r.uri(sub)))
+    be = s3.S3Backend(parse_endpoint(r.uri(sub)))
+    try:
+        listed = {e.name: e for e in be.list_dir("")}
+        be.remove("f03", listed["f03"])
+        listed["f05"].size += 1  # the listing is stale
+        names = sorted(listed)
+        got = dict(zip(names, be.get_small([(n, listed[n]) for n in names]), strict=True))
+    finally:
+        be.close()
+    assert got.pop("f03") is None and got.pop("f05") is None and got.pop("empty") is None
+    for name, data in got.items():
+        i = int(name[1:])
+        assert data == bytes([i]) * (100 + i)
+        assert listed[name].mtime_ns == 1_600_000_000_123_456_789 + i
+        assert listed[name].mode == 0o644

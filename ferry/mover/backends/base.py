@@ -81,8 +81,10 @@ class Capabilities:
     # Each ranged read is a request with a fixed cost (and on some servers a cost in the
     # object's size): big files are read in at most this many long ranges; 0: by chunk size.
     read_streams: int = 0
-    # put_small writes a batch of whole small files in a few round trips, not a few per file.
+    # put_small writes, and get_small reads, a batch of whole small files in a few round
+    # trips, not a few per file.
     put_small: bool = False
+    get_small: bool = False
 
 
 @dataclass(slots=True)
@@ -227,6 +229,12 @@ class Backend(ABC):
         would (caps.put_small). One outcome per file, None for success; a failed file
         leaves nothing at its final name, and the engine sends it again on its own."""
         raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot write files in batches")
+
+    def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
+        """Read whole small files (caps.get_small), completing their entries' metadata as a
+        reader would. One result per file; None where this way did not work, and the engine
+        reads that file on its own (which reports what is wrong)."""
+        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot read files in batches")
 
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         """Apply entry's times/mode/owner to an existing entry (directories, metadata-only changes)."""

@@ -79,19 +79,9 @@ class Connection:
 
     # -- requests ----------------------------------------------------------------------------
     def request(self, method: str, target: str, headers: dict[str, str], body: Pieces = ()) -> Head:
-        """Send a request (`Host` is the netloc, as signed) and read the answer's head."""
-        if self.sock is None or not self.done or self._buf:
-            self.close()  # an unread answer, or bytes nobody asked for: start afresh
-            self.connect()
-        sock = self.sock
-        assert sock is not None
-        head = "".join(
-            [
-                f"{method} {target} HTTP/1.1\r\nHost: {self.netloc}\r\n",
-                *(f"{k}: {v}\r\n" for k, v in headers.items()),
-                "\r\n",
-            ]
-        ).encode("latin-1")
+        """Send a request and read the answer's head."""
+        sock = self.ready()
+        head = self.head_bytes(method, target, headers)
         size = sum(len(p) for p in body)
         if size <= JOIN_BELOW:
             sock.sendall(b"".join([head, *body]) if size else head)
@@ -99,7 +89,33 @@ class Connection:
             sock.sendall(head)
             for p in body:
                 sock.sendall(p)
-        return self._read_head(method)
+        return self.response(method)
+
+    def ready(self) -> socket.socket:
+        """The socket, connected afresh unless it is idle and clean (an unread answer, or
+        bytes nobody asked for, mean starting again)."""
+        if self.sock is None or not self.done or self._buf:
+            self.close()
+            self.connect()
+        assert self.sock is not None
+        return self.sock
+
+    def head_bytes(self, method: str, target: str, headers: dict[str, str]) -> bytes:
+        """A request head; `Host` is the netloc, as signed."""
+        return "".join(
+            [
+                f"{method} {target} HTTP/1.1\r\nHost: {self.netloc}\r\n",
+                *(f"{k}: {v}\r\n" for k, v in headers.items()),
+                "\r\n",
+            ]
+        ).encode("latin-1")
+
+    def send(self, data: bytes) -> None:
+        """More pipelined requests (RFC 9112 9.3.2) after `ready`: their answers come in
+        order, each head read with `response` once the body before it has been read."""
+        if self.sock is None:
+            raise ProtocolError("the server closed a pipelined connection")
+        self.sock.sendall(data)
 
     def _fill(self) -> bool:
         assert self.sock is not None
@@ -120,7 +136,8 @@ class Connection:
         del buf[: end + 2]
         return line
 
-    def _read_head(self, method: str) -> Head:
+    def response(self, method: str) -> Head:
+        """The head of the next answer (to a `method` request); its body is read next."""
         buf = self._buf
         while True:
             end = buf.find(b"\r\n\r\n")

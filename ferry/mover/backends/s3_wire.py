@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
+# GETs in flight on one connection: their request heads (~1 KiB each) must fit the socket
+# buffers, since the server answers (and may stop reading) while we still send.
+PIPELINE = 16
 _SIGNING_ERRORS = (
     b"<Code>AuthorizationHeaderMalformed<",
     b"<Code>SignatureDoesNotMatch<",
@@ -263,6 +266,43 @@ class S3Wire:
         """A GET whose successful body is left on the connection for the caller to read into
         its own buffer (no copy, no fresh memory per piece); other answers come whole."""
         return self._exchange("GET", key, headers, [], None, stream=True)
+
+    def get_many(self, gets: list[tuple[str, dict[str, str]]]) -> list[Response | None]:
+        """GETs of (key, headers) pipelined on this thread's connection, PIPELINE deep: one
+        round trip and a few system calls for a batch of small objects instead of one each.
+        A connection the server closes part-way (a keep-alive request limit, say) is opened
+        again for the rest, while each new one answers something; answers that never came
+        are None, for the caller to ask one at a time."""
+        out: list[Response | None] = [None] * len(gets)
+        if self.off or not gets:
+            return out
+        c = self._conn()
+        heads = []
+        for key, headers in gets:
+            path = self.prefix + quote(key, safe="/~")
+            hdrs = dict(headers)
+            self._sign("GET", path, "", hdrs, [])
+            heads.append(c.head_bytes("GET", path, hdrs))
+        got = 0
+        while got < len(heads):
+            start, fresh = got, c.sock is None
+            try:
+                c.ready()
+                sent = min(len(heads), got + PIPELINE)
+                c.send(b"".join(heads[got:sent]))
+                while got < len(heads):
+                    if sent < len(heads) and sent - got <= PIPELINE // 2:
+                        more = min(len(heads), got + PIPELINE)
+                        c.send(b"".join(heads[sent:more]))
+                        sent = more
+                    head = c.response("GET")
+                    out[got] = Response(head.status, head.headers, c.read_body())
+                    got += 1
+            except OSError:  # ProtocolError included
+                c.close()
+                if fresh and got == start:
+                    break  # a new connection that answered nothing: ask one at a time
+        return out
 
     def _exchange(
         self,
