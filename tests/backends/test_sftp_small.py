@@ -201,3 +201,38 @@ def test_copy_reports_the_files_a_batch_could_not_write(
     for i in range(20):
         assert (d / "ok" / f"f{i}").read_bytes() == (src / "ok" / f"f{i}").read_bytes()
     assert list((d / "ro").iterdir()) == []
+
+
+def test_batch_read_in_two_channel_writes(
+    sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_small reads a batch with two channel writes; a file that is gone, or whose size or
+    mtime is not the listed one, is None (read again on its own)."""
+    writes: list[int] = []
+    sendall = paramiko.Channel.sendall
+
+    def watched(self: paramiko.Channel, data: Any) -> None:
+        writes.append(len(data))
+        sendall(self, data)
+
+    sub = f"read-{uuid.uuid4().hex[:8]}"
+    d = sshd_server.root / sub
+    d.mkdir()
+    files = {f"f{i}": os.urandom(i * 50_000) for i in range(8)}  # 0 to 350 KB: 0-2 READs
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    be = _backend(sshd_server, sub)
+    try:
+        listed = {e.name: e for e in be.list_dir("")}
+        (d / "f1").unlink()
+        (d / "f2").write_bytes(b"rewritten")
+        os.utime(d / "f3", (1, 1))
+        names = sorted(listed)
+        monkeypatch.setattr(paramiko.Channel, "sendall", watched)
+        got = dict(zip(names, be.get_small([(n, listed[n]) for n in names]), strict=True))
+        monkeypatch.undo()
+    finally:
+        be.close()
+    assert len(writes) == 2
+    assert {n for n, data in got.items() if data is None} == {"f1", "f2", "f3"}
+    assert all(got[n] == files[n] for n in files if n not in ("f1", "f2", "f3"))

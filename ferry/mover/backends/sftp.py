@@ -133,6 +133,7 @@ class SFTPBackend(Backend):
         permissions=True,
         empty_dirs=True,
         put_small=True,
+        get_small=True,
     )
 
     def __init__(self, ep: SFTPEndpoint) -> None:
@@ -475,6 +476,21 @@ class SFTPBackend(Backend):
             return out
 
         return self.run_session(put, None, ErrorKind.DESTINATION_NOT_FOUND)
+
+    def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
+        """One pipelined exchange; a file whose LSTAT after the reads is not the size and
+        mtime listed is None (read again on its own, which tells what changed)."""
+        try:
+            got = self.run_session(lambda s: s.get_many([(self.path(r), e.size) for r, e in files]))
+        except FerryError:
+            return [None] * len(files)
+        out: list[bytes | None] = []
+        for (_, e), r in zip(files, got, strict=True):
+            data, st = r if r is not None else (None, None)
+            if st is None or st.size != e.size or (e.mtime_ns and st.mtime != e.mtime_ns // 10**9):
+                data = None
+            out.append(data)
+        return out
 
     def _rename_or_remove(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> OSError | None:
         try:
