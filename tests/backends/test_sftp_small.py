@@ -236,3 +236,23 @@ def test_batch_read_in_two_channel_writes(
     assert len(writes) == 2
     assert {n for n, data in got.items() if data is None} == {"f1", "f2", "f3"}
     assert all(got[n] == files[n] for n in files if n not in ("f1", "f2", "f3"))
+
+
+def test_copy_reports_the_files_a_batch_could_not_read(
+    sshd_server: SSHServer, tmp_path: Path
+) -> None:
+    """A file the batched read could not get goes again on its own: reported once, with the
+    server's reason, and every other file copied."""
+    sub = f"unreadable-{uuid.uuid4().hex[:8]}"
+    d = sshd_server.root / sub
+    d.mkdir()
+    for i in range(30):
+        (d / f"f{i:02d}").write_bytes(os.urandom(500 + i))
+    os.chmod(d / "f07", 0)  # sshd serves as the test user, who may not read it now
+    summary = transfer(sshd_server.uri(sub), str(tmp_path / "out"), error_policy=ErrorPolicy.SKIP)
+    assert summary.files_copied == 29 and summary.files_failed == 1
+    assert [(e.path, e.kind) for e in summary.errors] == [("f07", ErrorKind.PERMISSION)]
+    for i in range(30):
+        if i != 7:
+            assert (tmp_path / "out" / f"f{i:02d}").read_bytes() == (d / f"f{i:02d}").read_bytes()
+    assert not (tmp_path / "out" / "f07").exists()
