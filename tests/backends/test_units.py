@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 import subprocess
 import sys
 
@@ -174,3 +175,23 @@ def test_credentials_directory(tmp_path) -> None:
     with pytest.raises(FerryError) as info:
         s3._read_credentials(str(bad), None)
     assert info.value.kind == ErrorKind.AUTH_FAILED and "s3cr3t" not in str(info.value)
+
+
+def test_sftp_socket_acknowledges_reads_at_once() -> None:
+    """paramiko reads through a wrapper that turns delayed ACKs off after every read (sshd's
+    Nagle waits for them: 40 ms per connection), and passes everything else through."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    try:
+        wrapped = sftp._quick_acks(client)
+        wrapped.settimeout(5.0)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)  # delayed ACKs, as idle
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 0
+        peer.sendall(b"hello")
+        assert wrapped.recv(5) == b"hello"
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        assert wrapped.gettimeout() == 5.0 and wrapped.fileno() == client.fileno()
+    finally:
+        for s in (client, peer, server):
+            s.close()
