@@ -102,9 +102,9 @@ def _check(d: Path, files: dict[str, bytes]) -> None:
         assert st.st_mtime_ns == MTIME and st.st_mode & 0o7777 == 0o640, rel
 
 
-def test_batch_in_three_channel_writes(
-    sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def channel_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the SSH channel writes made from here on (clear it to start counting)."""
     writes: list[int] = []
     sendall = paramiko.Channel.sendall
 
@@ -112,6 +112,11 @@ def test_batch_in_three_channel_writes(
         writes.append(len(data))
         sendall(self, data)
 
+    monkeypatch.setattr(paramiko.Channel, "sendall", watched)
+    return writes
+
+
+def test_batch_in_three_channel_writes(sshd_server: SSHServer, channel_writes: list[int]) -> None:
     sub = f"batch-{uuid.uuid4().hex[:8]}"
     be = _backend(sshd_server, sub)
     d = sshd_server.root / sub
@@ -130,12 +135,12 @@ def test_batch_in_three_channel_writes(
             be.mkdir(sub_dir)
         (d / "over").write_bytes(b"old contents")
         os.chmod(d / "ro", 0o555)
-        monkeypatch.setattr(paramiko.Channel, "sendall", watched)
+        channel_writes.clear()
         outcomes = dict(zip(files, _put(be, files), strict=True))
-        monkeypatch.undo()
+        writes = len(channel_writes)
     finally:
         be.close()
-    assert len(writes) == 3  # the OPENs, the writes and closes, the renames and removes
+    assert writes == 3  # the OPENs, the writes and closes, the renames and removes
     kinds = {rel: outcomes.pop(rel) for rel in ("ro/f", "missing/f", "isdir")}
     assert {rel: e.kind if e else None for rel, e in kinds.items()} == {
         "ro/f": ErrorKind.PERMISSION,
@@ -204,17 +209,10 @@ def test_copy_reports_the_files_a_batch_could_not_write(
 
 
 def test_batch_read_in_two_channel_writes(
-    sshd_server: SSHServer, monkeypatch: pytest.MonkeyPatch
+    sshd_server: SSHServer, channel_writes: list[int]
 ) -> None:
     """get_small reads a batch with two channel writes; a file that is gone, or whose size or
     mtime is not the listed one, is None (read again on its own)."""
-    writes: list[int] = []
-    sendall = paramiko.Channel.sendall
-
-    def watched(self: paramiko.Channel, data: Any) -> None:
-        writes.append(len(data))
-        sendall(self, data)
-
     sub = f"read-{uuid.uuid4().hex[:8]}"
     d = sshd_server.root / sub
     d.mkdir()
@@ -228,12 +226,12 @@ def test_batch_read_in_two_channel_writes(
         (d / "f2").write_bytes(b"rewritten")
         os.utime(d / "f3", (1, 1))
         names = sorted(listed)
-        monkeypatch.setattr(paramiko.Channel, "sendall", watched)
+        channel_writes.clear()
         got = dict(zip(names, be.get_small([(n, listed[n]) for n in names]), strict=True))
-        monkeypatch.undo()
+        writes = len(channel_writes)
     finally:
         be.close()
-    assert len(writes) == 2
+    assert writes == 2
     assert {n for n, data in got.items() if data is None} == {"f1", "f2", "f3"}
     assert all(got[n] == files[n] for n in files if n not in ("f1", "f2", "f3"))
 

@@ -123,30 +123,29 @@ class Connection:
         self._buf += d
         return bool(d)
 
-    def _line(self) -> bytes:
+    def _find(self, sep: bytes, what: str) -> int:
+        """Where `sep` starts in what was received, reading on until it is there."""
         buf = self._buf
-        end = buf.find(b"\r\n")
+        end = buf.find(sep)
         while end < 0:
             if len(buf) > MAX_HEAD:
-                raise ProtocolError("HTTP line too long")
+                raise ProtocolError(f"{what} too long")
             if not self._fill():
-                raise ProtocolError("connection closed in a response head")
-            end = buf.find(b"\r\n")
-        line = bytes(buf[:end])
-        del buf[: end + 2]
+                raise ProtocolError(f"connection closed in {what}")
+            end = buf.find(sep)
+        return end
+
+    def _line(self) -> bytes:
+        end = self._find(b"\r\n", "a chunk's framing")
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 2]
         return line
 
     def response(self, method: str) -> Head:
         """The head of the next answer (to a `method` request); its body is read next."""
         buf = self._buf
         while True:
-            end = buf.find(b"\r\n\r\n")
-            while end < 0:
-                if len(buf) > MAX_HEAD:
-                    raise ProtocolError("HTTP response head too long")
-                if not self._fill():
-                    raise ProtocolError("connection closed before a response")
-                end = buf.find(b"\r\n\r\n")
+            end = self._find(b"\r\n\r\n", "a response head")
             lines = bytes(buf[:end]).split(b"\r\n")
             del buf[: end + 4]
             version, _, rest = lines[0].partition(b" ")
