@@ -285,10 +285,11 @@ class S3Backend(Backend):
         self.part_buffers = BufferPool(PART_PIECE, keep=16)
         # The data path skips botocore's layers; where it can start without botocore,
         # botocore is only imported if the run needs it.
-        self.wire = self._direct_wire()
-        if self.wire is None:
+        wire = self._direct_wire()
+        if wire is None:
             c = self._make_client()
-            self.wire = S3Wire.probe(c.client, self.bucket, c.credentials, c.ca_bundle, timeout=120)
+            wire = S3Wire.probe(c.client, self.bucket, c.credentials, c.ca_bundle, timeout=120)
+        self.wire = wire or S3Wire.unused()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-head")
 
     def _direct_wire(self) -> S3Wire | None:
@@ -354,22 +355,11 @@ class S3Backend(Backend):
         _apply_meta(e, meta)
         return e
 
-    def wire_request(
-        self,
-        method: str,
-        key: str,
-        headers: dict[str, str] | None = None,
-        body: bytes | Pieces = b"",
-        query: dict[str, str] | None = None,
-    ) -> Response | None:
-        """A call on the hand-signed path; None: ask botocore."""
-        return self.wire.request(method, key, headers, body, query) if self.wire else None
-
     def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
         """Pipelined GETs on the wire; an answer that is not the whole object as listed is
         None (read again on its own, which tells what changed)."""
         gets = [(self.key(rel), {"Range": f"bytes=0-{e.size - 1}"}) for rel, e in files if e.size]
-        answers = iter(self.wire.get_many(gets) if self.wire else [None] * len(gets))
+        answers = iter(self.wire.get_many(gets))
         out: list[bytes | None] = []
         for _, e in files:
             if not e.size:  # its metadata needs a HEAD (open_read): on its own
@@ -395,7 +385,7 @@ class S3Backend(Backend):
         return out
 
     def head(self, key: str) -> dict[str, Any] | None:
-        r = self.wire_request("HEAD", key)
+        r = self.wire.request("HEAD", key)
         if r is not None and r.status == 404:
             return None  # a HEAD's 404 says no more than this (no body, no code)
         if r is not None and r.status == 200:
@@ -463,7 +453,7 @@ class S3Backend(Backend):
     # -- the interface --------------------------------------------------------------------
     def bucket_exists(self, missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND) -> bool:
         """HEAD the bucket; a bodiless 403 is re-asked with a listing so bad keys read as AUTH_FAILED."""
-        r = self.wire_request("HEAD", "")
+        r = self.wire.request("HEAD", "")
         if r is not None and r.status in (200, 404):
             return r.status == 200
         try:
@@ -499,7 +489,7 @@ class S3Backend(Backend):
     ) -> tuple[list[str], list[tuple[str, int, int]]]:
         """Common prefixes and objects (key, size, LastModified in ns) under `prefix`, every
         page (the first only with `max_keys`): on the wire, else through botocore."""
-        got = self.wire.list_objects(prefix, delimiter, max_keys) if self.wire else None
+        got = self.wire.list_objects(prefix, delimiter, max_keys)
         if got is not None:
             objs = [(k, n, _ts_ns(_parse_timestamp(t)) if t else 0) for k, n, t in got.objects]
             return got.prefixes, objs
@@ -603,7 +593,7 @@ class S3Backend(Backend):
             raise self.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def delete(self, key: str) -> None:
-        r = self.wire_request("DELETE", key)
+        r = self.wire.request("DELETE", key)
         if r is None or r.status not in (200, 204):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
@@ -735,8 +725,7 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
-        if self.wire:
-            self.wire.close()
+        self.wire.close()
 
 
 _MONTHS = {
@@ -830,7 +819,7 @@ class S3Reader(Reader):
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if self.etag:
             headers["If-Match"] = self.etag
-        r = self.be.wire_request("GET", self.key, headers)
+        r = self.be.wire.request("GET", self.key, headers)
         if r is None or r.status not in (200, 206) or len(r.body) != length:
             return None  # botocore asks again, and owns whatever went wrong
         return r
@@ -856,7 +845,7 @@ class S3Reader(Reader):
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if self.etag:
             headers["If-Match"] = self.etag
-        got = self.be.wire.stream(self.key, headers) if self.be.wire else None
+        got = self.be.wire.stream(self.key, headers)
         if got is None or got[0].status not in (200, 206):
             yield from self._iter_botocore(offset, length, piece)
             return
@@ -925,7 +914,7 @@ class SinglePutWriter(Writer):
         if all(a in PUT_HEADERS for a in args):
             headers = {PUT_HEADERS[a]: str(v) for a, v in args.items()}
             headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
-            r = self.be.wire_request("PUT", key, headers, body)
+            r = self.be.wire.request("PUT", key, headers, body)
             if r is not None and r.status == 200:
                 self.buf = bytearray()
                 return
@@ -1054,7 +1043,7 @@ class MultipartWriter(Writer):
 
     # -- state ------------------------------------------------------------------------
     def _load_state(self) -> bytes | None:
-        r = self.be.wire_request("GET", self.state_key)
+        r = self.be.wire.request("GET", self.state_key)
         if r is not None and r.status in (200, 404):
             return r.body if r.status == 200 else None
         try:
@@ -1067,7 +1056,7 @@ class MultipartWriter(Writer):
             raise
 
     def _save_state(self, blob: bytes) -> None:
-        r = self.be.wire_request("PUT", self.state_key, {}, blob)
+        r = self.be.wire.request("PUT", self.state_key, {}, blob)
         if r is None or r.status != 200:
             self.be.client.put_object(Bucket=self.be.bucket, Key=self.state_key, Body=blob)
 
@@ -1202,7 +1191,7 @@ class MultipartWriter(Writer):
         alg = self.be.checksum_alg
         query = {"partNumber": str(pn), "uploadId": self.upload_id}
         r = (
-            self.be.wire_request(
+            self.be.wire.request(
                 "PUT", self.key, {PUT_HEADERS[a]: v for a, v in args.items()}, body, query
             )
             if all(a in PUT_HEADERS for a in args)
