@@ -20,6 +20,7 @@ from ferry.mover.backends import s3, s3_client
 from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.backends.s3_wire import StaticCredentials
 from ferry.mover.endpoints import parse_endpoint
+from ferry.mover.errors import ErrorKind
 from ferry.mover.options import Mode
 from tests.backends.conftest import BUCKET
 from tests.backends.helpers import ok, transfer
@@ -272,3 +273,20 @@ def test_small_objects_read_in_one_pipeline(
         assert data == bytes([i]) * (100 + i)
         assert listed[name].mtime_ns == 1_600_000_000_123_456_789 + i
         assert listed[name].mode == 0o644
+
+
+def test_no_keys_anywhere(remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without keys there is nothing to sign with: the wire is off from the start, botocore
+    looks for keys along its chain, and the run fails as AuthFailed naming the endpoint."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    r = remotes("s3")
+    uri = f"s3://{BUCKET}/nokeys?endpoint={r.server.endpoint_url}"
+    w = Watch(monkeypatch)
+    summary = transfer(uri, str(tmp_path / "out"), retries=0)
+    assert w.made and all(b.wire.off for b in w.made)
+    assert summary.fatal is not None and summary.fatal.kind == ErrorKind.AUTH_FAILED
+    assert r.server.endpoint_url in str(summary.fatal)
