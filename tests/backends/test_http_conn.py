@@ -45,6 +45,7 @@ class RawServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.requests: list[tuple[int, bytes]] = []  # (connection number, request head)
+        self.bodies: list[bytes] = []
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -75,9 +76,11 @@ class RawServer:
                     for h in head.split(b"\r\n")
                     if h.lower().startswith(b"content-length:")
                 ]
-                while len(buf) < (length[0] if length else 0):
+                n = length[0] if length else 0
+                while len(buf) < n:
                     buf += conn.recv(65536)
-                buf = buf[length[0] if length else 0 :]
+                self.bodies.append(buf[:n])
+                buf = buf[n:]
                 answer, close = ANSWERS[path]
                 if method == "HEAD":
                     answer = answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
@@ -154,11 +157,12 @@ def test_answers_that_end_the_connection(server: RawServer) -> None:
     assert server.connections == 6
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT"])
 @pytest.mark.parametrize("limit", [0, 7, 1])
-def test_pipelined_gets_across_closed_connections(
-    limit: int, monkeypatch: pytest.MonkeyPatch
+def test_pipelined_requests_across_closed_connections(
+    limit: int, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """40 GETs go out 16 at a time; a server that closes each connection after `limit`
+    """40 GETs or PUTs go out 16 at a time; a server that closes each connection after `limit`
     answers (a keep-alive request limit) still answers them all, on fresh connections."""
     server = RawServer(answers_per_connection=limit)
     sends: list[int] = []
@@ -174,7 +178,8 @@ def test_pipelined_gets_across_closed_connections(
     )
     assert wire is not None
     try:
-        got = wire.get_many([(f"k{i}", {"Range": "bytes=0-1"}) for i in range(40)])
+        bodies = [b"body %d" % i if method == "PUT" else b"" for i in range(40)]
+        got = wire.pipeline(method, [(f"k{i}", {}, bodies[i]) for i in range(40)])
     finally:
         wire.close()
         server.close()
@@ -182,7 +187,11 @@ def test_pipelined_gets_across_closed_connections(
     assert max(sends) == 16  # never more in flight than the pipeline's depth
     assert server.connections == (1 if limit == 0 else -(-40 // limit))
     heads = [h for _, h in server.requests]
+    assert all(h.startswith(method.encode() + b" /b/k") for h in heads)
     assert all(b"Authorization: AWS4-HMAC-SHA256 Credential=a/" in h for h in heads)
+    assert sorted({int(h.split(b" ")[1][4:]) for h in heads}) == list(range(40))
+    if method == "PUT":  # every body arrived whole, framed by its Content-Length
+        assert sorted(set(server.bodies)) == sorted(bodies)
 
 
 def test_pipeline_on_a_server_that_answers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,7 +220,7 @@ def test_pipeline_on_a_server_that_answers_nothing(monkeypatch: pytest.MonkeyPat
     )
     assert wire is not None
     try:
-        assert wire.get_many([(f"k{i}", {}) for i in range(5)]) == [None] * 5
+        assert wire.pipeline("GET", [(f"k{i}", {}, b"") for i in range(5)]) == [None] * 5
     finally:
         wire.close()
         server.close()

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from ferry.mover.backends import s3, s3_client
-from ferry.mover.backends.base import Entry, EntryType
+from ferry.mover.backends.base import Entry, EntryType, SmallFile
 from ferry.mover.backends.s3_wire import StaticCredentials
 from ferry.mover.endpoints import parse_endpoint
 from ferry.mover.errors import ErrorKind
-from ferry.mover.options import Mode
+from ferry.mover.options import Mode, Preserve
 from tests.backends.conftest import BUCKET
 from tests.backends.helpers import ok, transfer
 from tests.backends.tree import CHUNK, build, compare
@@ -290,3 +290,38 @@ def test_no_keys_anywhere(remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert w.made and all(b.wire.off for b in w.made)
     assert summary.fatal is not None and summary.fatal.kind == ErrorKind.AUTH_FAILED
     assert r.server.endpoint_url in str(summary.fatal)
+
+
+def test_small_objects_written_in_one_pipeline(
+    remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """put_small writes each object as SinglePutWriter would (metadata, additional checksum),
+    and an object the server refuses is an error of its own, the others written."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    r = remotes("s3")
+    sub = r.fresh("putmany")
+    mtime = 1_600_000_000_123_456_789
+    files = [
+        SmallFile(
+            f"f{i:02d}",
+            Entry(f"f{i:02d}", EntryType.FILE, 50 + i, mtime, 0o640),
+            bytes([i]) * (50 + i),
+            None,
+        )
+        for i in range(20)
+    ]
+    files.insert(7, SmallFile("k" * 1100, Entry("k" * 1100, EntryType.FILE, 1, mtime), b"x", None))
+    be = s3.S3Backend(parse_endpoint(r.uri(sub)))
+    try:
+        outcomes = be.put_small(files, Preserve())
+        listed = {e.name: e for e in be.list_dir("")}
+    finally:
+        be.close()
+    assert [f.rel for f, err in zip(files, outcomes, strict=True) if err] == ["k" * 1100]
+    assert sorted(listed) == [f"f{i:02d}" for i in range(20)]
+    back = tmp_path / "back"
+    ok(transfer(r.uri(sub), str(back)))
+    for i in range(20):
+        p = back / f"f{i:02d}"
+        assert p.read_bytes() == bytes([i]) * (50 + i)
+        assert p.stat().st_mtime_ns == mtime and p.stat().st_mode & 0o7777 == 0o640

@@ -55,6 +55,7 @@ from ferry.mover.backends.base import (
     Entry,
     EntryType,
     Reader,
+    SmallFile,
     Writer,
     buffer_resize,
     buffer_write,
@@ -264,6 +265,7 @@ class S3Backend(Backend):
         max_chunk_size=MAX_PART,
         max_chunks=MAX_PARTS,
         read_streams=4,  # rclone's --multi-thread-streams default
+        put_small=True,
         get_small=True,
     )
 
@@ -355,11 +357,29 @@ class S3Backend(Backend):
         _apply_meta(e, meta)
         return e
 
+    def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
+        """Pipelined PUTs on the wire, each with all its metadata (as SinglePutWriter)."""
+        calls: list[tuple[str, dict[str, str], bytes]] = []
+        for f in files:
+            args = {**self.put_args(), **self.checksum_args([f.data])}
+            headers = put_headers(args, self.object_meta(f.entry, f.digest, preserve))
+            if headers is None:  # botocore's to send, one at a time
+                return [FerryError(ErrorKind.USAGE, "not for the wire", f.rel) for f in files]
+            calls.append((self.key(f.rel), headers, f.data))
+        return [
+            None
+            if r is not None and r.status == 200
+            else FerryError(
+                ErrorKind.TRANSIENT, f"{self.describe()}: not written in a batch", f.rel
+            )
+            for f, r in zip(files, self.wire.pipeline("PUT", calls), strict=True)
+        ]
+
     def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
         """Pipelined GETs on the wire; an answer that is not the whole object as listed is
         None (read again on its own, which tells what changed)."""
         gets = [(self.key(rel), {"Range": f"bytes=0-{e.size - 1}"}) for rel, e in files if e.size]
-        answers = iter(self.wire.get_many(gets))
+        answers = iter(self.wire.pipeline("GET", [(k, h, b"") for k, h in gets]))
         out: list[bytes | None] = []
         for _, e in files:
             if not e.size:  # its metadata needs a HEAD (open_read): on its own
@@ -892,6 +912,16 @@ class S3Reader(Reader):
         return self._changed
 
 
+def put_headers(args: dict[str, Any], meta: dict[str, str]) -> dict[str, str] | None:
+    """A PUT's botocore parameters and metadata as request headers; None where a parameter
+    has no plain header (botocore must send it)."""
+    if not all(a in PUT_HEADERS for a in args):
+        return None
+    headers = {PUT_HEADERS[a]: str(v) for a, v in args.items()}
+    headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
+    return headers
+
+
 class SinglePutWriter(Writer):
     """Small objects: buffer in memory, one PUT at commit with all metadata (digest included)."""
 
@@ -911,9 +941,8 @@ class SinglePutWriter(Writer):
         args = {**self.be.put_args(), **self.be.checksum_args([body])}
         meta = self.be.object_meta(entry, digest, preserve)
         key = self.be.key(self.rel)
-        if all(a in PUT_HEADERS for a in args):
-            headers = {PUT_HEADERS[a]: str(v) for a, v in args.items()}
-            headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
+        headers = put_headers(args, meta)
+        if headers is not None:
             r = self.be.wire.request("PUT", key, headers, body)
             if r is not None and r.status == 200:
                 self.buf = bytearray()

@@ -36,8 +36,7 @@ if TYPE_CHECKING:
 
 _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
-# GETs in flight on one connection: their request heads (~1 KiB each) must fit the socket
-# buffers, since the server answers (and may stop reading) while we still send.
+# Requests in flight on one connection (pipelined GETs or PUTs of small objects).
 PIPELINE = 16
 _SIGNING_ERRORS = (
     b"<Code>AuthorizationHeaderMalformed<",
@@ -275,35 +274,40 @@ class S3Wire:
         its own buffer (no copy, no fresh memory per piece); other answers come whole."""
         return self._exchange("GET", key, headers, [], None, stream=True)
 
-    def get_many(self, gets: list[tuple[str, dict[str, str]]]) -> list[Response | None]:
-        """GETs of (key, headers) pipelined on this thread's connection, PIPELINE deep: one
+    def pipeline(
+        self, method: str, calls: list[tuple[str, dict[str, str], bytes]]
+    ) -> list[Response | None]:
+        """Requests of (key, headers, body), all GETs or all PUTs (both idempotent, so RFC
+        9112 9.3.2 lets them be pipelined), PIPELINE deep on this thread's connection: one
         round trip and a few system calls for a batch of small objects instead of one each.
         A connection the server closes part-way (a keep-alive request limit, say) is opened
         again for the rest, while each new one answers something; answers that never came
         are None, for the caller to ask one at a time."""
-        out: list[Response | None] = [None] * len(gets)
-        if self.off or not gets:
+        out: list[Response | None] = [None] * len(calls)
+        if self.off or not calls:
             return out
         c = self._conn()
-        heads = []
-        for key, headers in gets:
+        requests = []
+        for key, headers, body in calls:
             path = self.prefix + quote(key, safe="/~")
             hdrs = dict(headers)
-            self._sign("GET", path, "", hdrs, [])
-            heads.append(c.head_bytes("GET", path, hdrs))
+            if body or method == "PUT":
+                hdrs["Content-Length"] = str(len(body))
+            self._sign(method, path, "", hdrs, [body])
+            requests.append(c.head_bytes(method, path, hdrs) + body)
         got = 0
-        while got < len(heads):
+        while got < len(requests):
             start, fresh = got, c.sock is None
             try:
                 c.ready()
-                sent = min(len(heads), got + PIPELINE)
-                c.send(b"".join(heads[got:sent]))
-                while got < len(heads):
-                    if sent < len(heads) and sent - got <= PIPELINE // 2:
-                        more = min(len(heads), got + PIPELINE)
-                        c.send(b"".join(heads[sent:more]))
+                sent = min(len(requests), got + PIPELINE)
+                c.send(b"".join(requests[got:sent]))
+                while got < len(requests):
+                    if sent < len(requests) and sent - got <= PIPELINE // 2:
+                        more = min(len(requests), got + PIPELINE)
+                        c.send(b"".join(requests[sent:more]))
                         sent = more
-                    head = c.response("GET")
+                    head = c.response(method)
                     out[got] = Response(head.status, head.headers, c.read_body())
                     got += 1
             except OSError:  # ProtocolError included
