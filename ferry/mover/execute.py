@@ -37,7 +37,7 @@ from ferry.mover.backends.base import (
     thread_buffer,
 )
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_from_blocks
+from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_bytes, digest_from_blocks
 from ferry.mover.options import Mode, Options, Verify
 from ferry.mover.plan import Action, Op, Planner
 from ferry.mover.progress import Progress
@@ -463,35 +463,55 @@ class Executor:
                 return
             self._whole_file(a)
 
-    def _put_batch(self, batch: list[Action]) -> list[Action]:
-        """Read the batch's files and hand them to the destination at once (a few round trips
-        for all of them); return those that go the one-at-a-time way, with its retries and
-        its error reports."""
-        files: list[SmallFile] = []
-        sent: list[Action] = []
-        alone: list[Action] = []
-        for a in batch:
-            s = a.src
-            assert s is not None
-            if s.size > self.direct_max or self.cancel.is_set():
-                alone.append(a)
-                continue
+    def _fetch(self, batch: list[Action]) -> tuple[list[tuple[Action, bytes]], list[Action]]:
+        """The batch's small files read whole: in one exchange where the source takes batches
+        (a few round trips for all of them), else one by one. Returns (action, bytes) pairs
+        and the actions that go the one-at-a-time way (which reads again, retries and
+        reports)."""
+        small = [a for a in batch if a.src is not None and a.src.size <= self.direct_max]
+        alone = [a for a in batch if a.src is not None and a.src.size > self.direct_max]
+        if self.cancel.is_set():
+            return [], batch
+        got: list[bytes | None] = []
+        if self.src.caps.get_small:
             try:
-                files.append(
-                    read_small(self.src, a.rel, a.read_rel or a.rel, s, self.verify != Verify.NONE)
-                )
-            except Exception:
-                alone.append(a)  # read again there, and reported if it fails again
-                continue
-            sent.append(a)
+                got = self.src.get_small([(a.read_rel or a.rel, a.src) for a in small if a.src])
+            except Exception as exc:
+                log.debug("batch of %d files failed: %s", len(small), exc)
+                return [], batch
+        else:
+            for a in small:
+                assert a.src is not None
+                try:
+                    got.append(read_small(self.src, a.rel, a.read_rel or a.rel, a.src))
+                except Exception:
+                    got.append(None)
+        pairs = []
+        for a, data in zip(small, got, strict=True):
+            if data is None:
+                alone.append(a)
+            else:
+                pairs.append((a, data))
+        return pairs, alone
+
+    def _put_batch(self, batch: list[Action]) -> list[Action]:
+        """Hand the batch's files to the destination at once; return those that go the
+        one-at-a-time way."""
+        pairs, alone = self._fetch(batch)
+        hashing = self.verify != Verify.NONE
+        files = [
+            SmallFile(a.rel, a.src, data, digest_bytes(data) if hashing else None)
+            for a, data in pairs
+            if a.src is not None
+        ]
         if not files or self.cancel.is_set():
-            return alone + sent
+            return alone + [a for a, _ in pairs]
         try:
             outcomes = self.dst.put_small(files, self.o.preserve)
         except Exception as exc:
             log.debug("batch of %d files failed: %s", len(files), exc)
-            return alone + sent
-        for a, f, err in zip(sent, files, outcomes, strict=True):
+            return alone + [a for a, _ in pairs]
+        for (a, _), f, err in zip(pairs, files, outcomes, strict=True):
             if err is None:
                 self._count(a, f.digest, counted=False)
             else:
@@ -500,17 +520,11 @@ class Executor:
         return alone
 
     def _get_batch(self, batch: list[Action]) -> list[Action]:
-        """Read the batch's files from the source at once (a few round trips for all of them)
-        and write each; return those that go the one-at-a-time way."""
-        small = [a for a in batch if a.src is not None and a.src.size <= self.direct_max]
-        alone = [a for a in batch if a.src is not None and a.src.size > self.direct_max]
-        try:
-            got = self.src.get_small([(a.read_rel or a.rel, a.src) for a in small if a.src])
-        except Exception as exc:
-            log.debug("batch of %d files failed: %s", len(small), exc)
-            return batch
-        for a, data in zip(small, got, strict=True):
-            if data is None or self.cancel.is_set():
+        """Read the batch's files from the source at once and write each; return those that
+        go the one-at-a-time way."""
+        pairs, alone = self._fetch(batch)
+        for a, data in pairs:
+            if self.cancel.is_set():
                 alone.append(a)
                 continue
 

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ferry.mover.backends.base import Backend, Entry, Reader, SmallFile
+from ferry.mover.backends.base import Backend, Entry, Reader
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Preserve
@@ -81,8 +81,9 @@ def copy_small(
         reader.close()
 
 
-def read_small(src: Backend, rel: str, read_rel: str, entry: Entry, hashing: bool) -> SmallFile:
-    """A whole small file in one read, with its digest, for a batch (`Backend.put_small`)."""
+def read_small(src: Backend, rel: str, read_rel: str, entry: Entry) -> bytes:
+    """A whole small file in one read, checked against changes while it was read, for a
+    batch (`Backend.put_small`)."""
     reader = open_source(src, read_rel, entry)
     try:
         data = bytes(_read_whole(reader, entry, rel))
@@ -91,7 +92,7 @@ def read_small(src: Backend, rel: str, read_rel: str, entry: Entry, hashing: boo
             raise FerryError(ErrorKind.SOURCE_CHANGED, why, rel)
     finally:
         reader.close()
-    return SmallFile(rel, entry, data, digest_bytes(data) if hashing else None)
+    return data
 
 
 def write_small(
