@@ -1,7 +1,9 @@
 """Parallel, chunked, bounded-memory execution of a plan.
 
 Small files travel in batches (one task per few dozen files, so per-file
-overhead is a handful of syscalls, not a thread hand-off). Large files are
+overhead is a handful of syscalls, not a thread hand-off); a remote backend
+that takes batches (`put_small`, `get_small`) gets a whole one in a single
+exchange, and a file that fails there goes again on its own. Large files are
 cut into chunks written at their offsets by several workers at once; each
 chunk's block digests go into the resume journal, and the last chunk to
 finish assembles the file digest and commits. Bytes pass through user space
@@ -454,10 +456,11 @@ class Executor:
     # ---- small and medium files ----------------------------------------------------------------
 
     def _batch_task(self, batch: list[Action]) -> None:
-        if self.dst.caps.put_small and self.direct_max > 0 and not self.xattrs:
-            batch = self._put_batch(batch)
-        elif self.src.caps.get_small and self.direct_max > 0 and not self.xattrs:
-            batch = self._get_batch(batch)
+        if self.direct_max > 0 and not self.xattrs:
+            if self.dst.caps.put_small:
+                batch = self._put_batch(batch)
+            elif self.src.caps.get_small:
+                batch = self._get_batch(batch)
         for a in batch:
             if self.cancel.is_set():
                 return

@@ -1,4 +1,5 @@
-"""Small files between two local trees, copied in worker processes.
+"""Small files: copied in worker processes between two local trees, and read or
+written whole for the batches remote backends take (`read_small`, `write_small`).
 
 A small local file costs about ten system calls and no bandwidth. Threads
 do not help with that in CPython: every call drops and retakes the GIL, and
