@@ -118,6 +118,9 @@ def classify(
     return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
 
 
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
+
+
 class _QuickAckSocket:
     """A socket that acknowledges what it reads at once (TCP_QUICKACK).
 
@@ -137,9 +140,6 @@ class _QuickAckSocket:
         data = self._sock.recv(n)
         self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # the flag does not stick
         return data
-
-
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
 
 
 def _quick_acks(sock: socket.socket) -> socket.socket:
