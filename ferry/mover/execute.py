@@ -526,6 +526,7 @@ class Executor:
         """Read the batch's files from the source at once and write each; return those that
         go the one-at-a-time way."""
         pairs, alone = self._fetch(batch)
+        hashing = self.verify != Verify.NONE
         for a, data in pairs:
             if self.cancel.is_set():
                 alone.append(a)
@@ -537,7 +538,6 @@ class Executor:
                     self._copy_whole(a)
                     return
                 assert a.src is not None
-                hashing = self.verify != Verify.NONE
                 digest = write_small(self.dst, a.rel, a.src, data, hashing, self.o.preserve)
                 self._count(a, digest, counted=False)
 

@@ -54,8 +54,8 @@ class VersityServer(S3ApiServer):
             "ROOT_SECRET_ACCESS_KEY": self.secret_key,
         }
         cmd = [binary(), "--port", f"127.0.0.1:{self.port}", "--region", REGION]
-        if self.tls:
-            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        if self.tls and not cert.exists():  # made once: a restart keeps what clients trust
             subprocess.run(
                 [need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
                  "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
@@ -63,6 +63,7 @@ class VersityServer(S3ApiServer):
                 check=True,
                 capture_output=True,
             )  # fmt: skip
+        if self.tls:
             cmd += ["--cert", str(cert), "--key", str(key)]
             self.ca_bundle = str(cert)
         cmd += ["--keep-alive", "--quiet", "posix", str(self.data)]

@@ -360,8 +360,9 @@ class S3Backend(Backend):
     def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
         """Pipelined PUTs on the wire, each with all its metadata (as SinglePutWriter)."""
         calls: list[tuple[str, dict[str, str], bytes]] = []
+        put_args = self.put_args()
         for f in files:
-            args = {**self.put_args(), **self.checksum_args([f.data])}
+            args = {**put_args, **self.checksum_args([f.data])}
             headers = put_headers(args, self.object_meta(f.entry, f.digest, preserve))
             if headers is None:  # botocore's to send, one at a time
                 return [FerryError(ErrorKind.USAGE, "not for the wire", f.rel) for f in files]

@@ -246,6 +246,20 @@ class S3Wire:
         )
 
     # -- requests ----------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        return self.prefix + quote(key, safe="/~")
+
+    def _signed(
+        self, method: str, path: str, qs: str, headers: dict[str, str], body: Pieces
+    ) -> dict[str, str]:
+        """A copy of `headers` with Content-Length (any body, and every PUT) and SigV4."""
+        hdrs = dict(headers)
+        size = sum(len(p) for p in body)
+        if size or method == "PUT":
+            hdrs["Content-Length"] = str(size)
+        self._sign(method, path, qs, hdrs, body)
+        return hdrs
+
     def _conn(self) -> Connection:
         c: Connection | None = getattr(self._local, "conn", None)
         if c is None:
@@ -290,11 +304,8 @@ class S3Wire:
         c = self._conn()
         requests = []
         for key, headers, body in calls:
-            path = self.prefix + quote(key, safe="/~")
-            hdrs = dict(headers)
-            if body or method == "PUT":
-                hdrs["Content-Length"] = str(len(body))
-            self._sign(method, path, "", hdrs, [body])
+            path = self._path(key)
+            hdrs = self._signed(method, path, "", headers, [body])
             requests.append(c.head_bytes(method, path, hdrs) + body)
         got = 0
         while got < len(requests):
@@ -328,18 +339,14 @@ class S3Wire:
     ) -> tuple[Response, StreamBody] | None:
         if self.off:
             return None
-        path = self.prefix + quote(key, safe="/~")
+        path = self._path(key)
         qs = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
             for k, v in sorted((query or {}).items())
         )
         target = f"{path}?{qs}" if qs else path
-        size = sum(len(p) for p in body)
         for _ in range(2):
-            hdrs = dict(headers or {})
-            if size or method == "PUT":
-                hdrs["Content-Length"] = str(size)
-            self._sign(method, path, qs, hdrs, body)
+            hdrs = self._signed(method, path, qs, headers or {}, body)
             c = self._conn()
             reused = c.sock is not None
             try:

@@ -189,11 +189,8 @@ class Session:
                 self.write_max = min(wr, MAX_REQUEST)
 
     def open(self, path: str, flags: int) -> bytes:
-        rid = self._send(OPEN, sftp_string(path_bytes(path)) + U32.pack(flags) + U32.pack(0))
-        kind, body = self.reply(rid)
-        if kind != HANDLE:
-            raise paramiko.SSHException(f"SFTP open: unexpected reply {kind}")
-        return body[4 : 4 + U32.unpack_from(body, 0)[0]]
+        rid = self._send(OPEN, _open_body(path, flags))
+        return _handle(*self.reply(rid))
 
     def read(self, handle: bytes, offset: int, length: int, piece: int) -> Iterator[bytes]:
         """Yield the bytes of [offset, offset+length) in order, READ_DEPTH requests ahead.
@@ -381,18 +378,13 @@ class Session:
         self.dirty = True
         errors: list[OSError | None] = [None] * len(files)
         batch: list[bytes | memoryview] = []
-        flags = U32.pack(FXF_WRITE | FXF_CREAT | FXF_TRUNC) + U32.pack(0)
-        opens = [
-            self._send(OPEN, sftp_string(path_bytes(f.tmp)) + flags, batch=batch) for f in files
-        ]
         handles: dict[int, bytes] = {}
-        for i, (kind, body) in enumerate(self._collect(batch, opens)):
-            if isinstance(body, OSError):
-                errors[i] = body
-            elif kind != HANDLE:
-                errors[i] = OSError(f"SFTP open: unexpected reply {kind}")
+        opened = self._open_many([f.tmp for f in files], FXF_WRITE | FXF_CREAT | FXF_TRUNC, batch)
+        for i, got in enumerate(opened):
+            if isinstance(got, bytes):
+                handles[i] = got
             else:
-                handles[i] = body[4 : 4 + U32.unpack_from(body, 0)[0]]
+                errors[i] = got
         owner: list[int] = []  # file index of each request of this step
         rids: list[int] = []
         for i, handle in handles.items():
@@ -436,15 +428,8 @@ class Session:
         self.dirty = True
         out: list[tuple[bytes, Stat] | None] = [None] * len(files)
         batch: list[bytes | memoryview] = []
-        flags = U32.pack(FXF_READ) + U32.pack(0)
-        opens = [
-            self._send(OPEN, sftp_string(path_bytes(p)) + flags, batch=batch) for p, _ in files
-        ]
-        handles = {
-            i: body[4 : 4 + U32.unpack_from(body, 0)[0]]
-            for i, (kind, body) in enumerate(self._collect(batch, opens))
-            if kind == HANDLE and isinstance(body, bytes)
-        }
+        opened = self._open_many([p for p, _ in files], FXF_READ, batch)
+        handles = {i: h for i, h in enumerate(opened) if isinstance(h, bytes)}
         owner: list[int] = []
         rids: list[int] = []
         for i, handle in handles.items():
@@ -471,6 +456,19 @@ class Session:
         self.dirty = False
         return out
 
+    def _open_many(
+        self, paths: list[str], flags: int, batch: list[bytes | memoryview]
+    ) -> list[bytes | OSError]:
+        """OPEN every path in one channel write: a handle, or the error, for each."""
+        rids = [self._send(OPEN, _open_body(p, flags), batch=batch) for p in paths]
+        out: list[bytes | OSError] = []
+        for kind, body in self._collect(batch, rids):
+            try:
+                out.append(body if isinstance(body, OSError) else _handle(kind, body))
+            except paramiko.SSHException as exc:
+                out.append(OSError(str(exc)))
+        return out
+
     def _collect(
         self, batch: list[bytes | memoryview], rids: list[int]
     ) -> list[tuple[int, bytes | OSError]]:
@@ -495,6 +493,17 @@ class Session:
         if not attrs:
             return None
         return self._send(SETSTAT, sftp_string(path_bytes(path)) + attrs)
+
+
+def _open_body(path: str, flags: int) -> bytes:
+    return sftp_string(path_bytes(path)) + U32.pack(flags) + U32.pack(0)
+
+
+def _handle(kind: int, body: bytes) -> bytes:
+    """The handle an OPEN's reply carries."""
+    if kind != HANDLE:
+        raise paramiko.SSHException(f"SFTP open: unexpected reply {kind}")
+    return body[4 : 4 + U32.unpack_from(body, 0)[0]]
 
 
 def _attrs(mode: int | None, mtime: int | None) -> bytes:
