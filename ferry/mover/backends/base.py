@@ -282,12 +282,20 @@ def thread_buffer(tls: threading.local, size: int) -> memoryview:
     return memoryview(buf)
 
 
+def copy_into(buf: bytearray, offset: int, data: bytes | memoryview) -> None:
+    """buf[offset:offset+len(data)] = data, without the temporary copy of `data` that slice
+    assignment into a bytearray makes (fresh memory, page faults and all, for every piece)."""
+    view = memoryview(data).cast("B")
+    with memoryview(buf) as dest:
+        dest[offset : offset + len(view)] = view
+
+
 def buffer_write(buf: bytearray, offset: int, data: bytes | memoryview) -> None:
     """`write_at` for a writer that holds a small file in memory until commit."""
     end = offset + len(data)
     if end > len(buf):
         buf.extend(bytes(end - len(buf)))
-    buf[offset:end] = data
+    copy_into(buf, offset, data)
 
 
 def buffer_resize(buf: bytearray, size: int) -> None:

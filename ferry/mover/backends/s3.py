@@ -60,6 +60,7 @@ from ferry.mover.backends.base import (
     buffer_resize,
     buffer_write,
     check_name,
+    copy_into,
     thread_buffer,
 )
 from ferry.mover.backends.remote_state import RemoteState
@@ -1005,7 +1006,7 @@ class _Run:
                 self.bufs.append((pool.take(), 0))
             buf, used = self.bufs[-1]
             k = min(len(buf) - used, len(mv))
-            buf[used : used + k] = mv[:k]
+            copy_into(buf, used, mv[:k])
             self.bufs[-1] = (buf, used + k)
             mv = mv[k:]
 
