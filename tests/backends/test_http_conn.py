@@ -13,6 +13,12 @@ import pytest
 from ferry.mover.backends.http_conn import Connection, ProtocolError
 from ferry.mover.backends.s3_wire import S3Wire, StaticCredentials
 
+
+def _ok(doc: bytes, spaces: bytes = b"") -> bytes:
+    body = spaces + b'<?xml version="1.0" encoding="UTF-8"?>' + doc
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
 # path -> the raw answer (the server closes the connection after answers marked so)
 ANSWERS: dict[str, tuple[bytes, bool]] = {
     "/length": (b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "e"\r\n\r\nhello', False),
@@ -30,6 +36,26 @@ ANSWERS: dict[str, tuple[bytes, bool]] = {
     "/close": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", True),
     "/cut": (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", True),
     "/garbage": (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", True),
+    # a multipart upload: created, completed, and failed after the 200 (spaces kept it open)
+    "/b/big?uploads=": (
+        _ok(
+            b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>big</Key>"
+            b"<UploadId>u-1</UploadId></InitiateMultipartUploadResult>"
+        ),
+        False,
+    ),
+    "/b/big?uploadId=u-1": (
+        _ok(
+            b'<CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"</CompleteMultipartUploadResult>",
+            b"  \n  ",
+        ),
+        False,
+    ),
+    "/b/big?uploadId=u-2": (
+        _ok(b"<Error><Code>InternalError</Code><Message>m</Message></Error>", b"  \n  "),
+        False,
+    ),
     **{
         f"/b/k{i}": (b"HTTP/1.1 206 Partial Content\r\nContent-Length: 2\r\n\r\n%02d" % i, False)
         for i in range(40)
@@ -225,3 +251,30 @@ def test_pipeline_on_a_server_that_answers_nothing(monkeypatch: pytest.MonkeyPat
         wire.close()
         server.close()
     assert len(accepted) == 1
+
+
+def test_multipart_upload_created_and_completed(server: RawServer) -> None:
+    """The upload id comes from the result document; a completion counts only when its 200
+    carries a result, not the error S3 may send after the 200 (spaces kept it open)."""
+    wire = S3Wire.direct(
+        f"http://127.0.0.1:{server.port}", "b", "us-east-1", StaticCredentials("a", "s"), None, 5
+    )
+    assert wire is not None
+    parts: list[tuple[int, str, str | None]] = [(1, '"e1"', "AAAAAA=="), (2, '"e&2"', None)]
+    try:
+        assert wire.create_upload("big", {"x-amz-meta-a": "1"}) == "u-1"
+        assert wire.complete_upload("big", "u-1", parts, "CRC32")
+        assert not wire.complete_upload("big", "u-2", parts, "CRC32")
+    finally:
+        wire.close()
+    create, complete = server.requests[0][1], server.requests[1][1]
+    assert create.startswith(b"POST /b/big?uploads= ") and b"x-amz-meta-a: 1" in create
+    assert complete.startswith(b"POST /b/big?uploadId=u-1 ")
+    assert server.bodies[1] == (
+        b"<CompleteMultipartUpload>"
+        b'<Part><PartNumber>1</PartNumber><ETag>"e1"</ETag><ChecksumCRC32>AAAAAA==</ChecksumCRC32>'
+        b"</Part>"
+        b'<Part><PartNumber>2</PartNumber><ETag>"e&amp;2"</ETag></Part>'
+        b"</CompleteMultipartUpload>"
+    )
+    assert len({n for n, _ in server.requests}) == 1  # all on one kept-alive connection

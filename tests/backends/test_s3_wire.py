@@ -72,7 +72,7 @@ def wire_start(
 def test_small_objects_go_over_the_wire(
     s3_kind: str, wire_start: str, remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Up (multipart parts and resume sidecar included), re-sync (HEADs) and down (long
+    """Up (multipart uploads and resume sidecar included), re-sync (HEADs) and down (long
     ranged reads included) all go over the wire."""
     r = remotes(s3_kind)
     src = tmp_path / "src"
@@ -84,10 +84,11 @@ def test_small_objects_go_over_the_wire(
     assert again.files_copied == again.files_updated == 0
     back = tmp_path / "back"
     ok(transfer(r.uri(sub), str(back)))
-    # botocore's part: creating and completing the multipart upload of the one file above
-    # the chunk size; its parts go over the wire.
+    # The one file above the chunk size went as a multipart upload, created and completed
+    # over the wire too: botocore made no call (and without an AWS config, no client).
     assert [p for p in src.rglob("*") if p.is_file() and p.stat().st_size > CHUNK]
-    assert sorted(set(w.calls)) == ["CompleteMultipartUpload", "CreateMultipartUpload"], w.calls
+    assert w.calls == []
+    assert w.clients == [] or wire_start == "probe"
     assert w.made and all(not b.wire.off for b in w.made)
     assert compare(src, back, empty_dirs=False) == []
 
@@ -229,7 +230,7 @@ def test_https_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         back = tmp_path / "back"
         ok(transfer(uri, str(back)))
         assert compare(src, back, empty_dirs=False) == []
-        assert sorted(set(w.calls)) == ["CompleteMultipartUpload", "CreateMultipartUpload"]
+        assert w.calls == w.clients == []
         assert w.made and all(not b.wire.off and b.wire.https for b in w.made)
         monkeypatch.delenv("AWS_CA_BUNDLE")
         refused = transfer(uri, str(tmp_path / "refused"), retries=0)

@@ -1128,14 +1128,21 @@ class MultipartWriter(Writer):
 
     def _create(self) -> None:
         args = self.be.put_args()
-        if self.be.checksum_alg:
-            args["ChecksumAlgorithm"] = self.be.checksum_alg
         meta = self.be.object_meta(self.entry, self.meta_digest, None)
         self.created_meta = meta
-        resp = self.be.client.create_multipart_upload(
-            Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args
-        )
-        self.upload_id = str(resp["UploadId"])
+        headers = put_headers(args, meta)
+        alg = self.be.checksum_alg
+        if headers is not None and alg:
+            headers["x-amz-checksum-algorithm"] = alg
+        upload_id = self.be.wire.create_upload(self.key, headers) if headers is not None else None
+        if upload_id is None:
+            if alg:
+                args["ChecksumAlgorithm"] = alg
+            resp = self.be.client.create_multipart_upload(
+                Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args
+            )
+            upload_id = str(resp["UploadId"])
+        self.upload_id = upload_id
         if self.state is not None:
             old = self.state.data.get("upload_id")
             if old and old != self.upload_id:
@@ -1301,19 +1308,23 @@ class MultipartWriter(Writer):
             raise FerryError(
                 ErrorKind.IO_ERROR, f"multipart upload holds {pos} of {self.size} bytes", self.rel
             )
-        listed = []
-        for pn, p in parts:
-            item: dict[str, Any] = {"PartNumber": pn, "ETag": p["etag"]}
-            if p.get("ck"):
-                item[f"Checksum{self.be.checksum_alg}"] = p["ck"]
-            listed.append(item)
+        alg = self.be.checksum_alg
         try:
-            self.be.client.complete_multipart_upload(
-                Bucket=self.be.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": listed},
-            )
+            if not self.be.wire.complete_upload(
+                self.key, self.upload_id, [(pn, p["etag"], p.get("ck")) for pn, p in parts], alg
+            ):
+                listed = []
+                for pn, p in parts:
+                    item: dict[str, Any] = {"PartNumber": pn, "ETag": p["etag"]}
+                    if p.get("ck"):
+                        item[f"Checksum{alg}"] = p["ck"]
+                    listed.append(item)
+                self.be.client.complete_multipart_upload(
+                    Bucket=self.be.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": listed},
+                )
             meta = self.be.object_meta(entry, digest, preserve)
             if meta != self.created_meta:
                 self.be.copy_object(self.be.bucket, self.key, self.key, self.size, meta)
