@@ -56,6 +56,11 @@ ANSWERS: dict[str, tuple[bytes, bool]] = {
         _ok(b"<Error><Code>InternalError</Code><Message>m</Message></Error>", b"  \n  "),
         False,
     ),
+    "/b/denied": (
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 59\r\n\r\n"
+        b"<Error><Code>SignatureDoesNotMatch</Code><Message/></Error>",
+        False,
+    ),
     **{
         f"/b/k{i}": (b"HTTP/1.1 206 Partial Content\r\nContent-Length: 2\r\n\r\n%02d" % i, False)
         for i in range(40)
@@ -278,3 +283,20 @@ def test_multipart_upload_created_and_completed(server: RawServer) -> None:
         b"</CompleteMultipartUpload>"
     )
     assert len({n for n, _ in server.requests}) == 1  # all on one kept-alive connection
+
+
+def test_pipelined_requests_refused_for_their_signature(server: RawServer) -> None:
+    """A signature the server refuses turns the wire off (botocore signs the rest), whether
+    the request went alone or in a pipeline."""
+    wire = S3Wire.direct(
+        f"http://127.0.0.1:{server.port}", "b", "us-east-1", StaticCredentials("a", "s"), None, 5
+    )
+    assert wire is not None
+    try:
+        got = wire.pipeline("GET", [("denied", {}, b"")] * 3)
+        assert [r.status if r else None for r in got] == [403] * 3
+        assert wire.off
+        assert wire.pipeline("GET", [("k1", {}, b"")]) == [None]  # off: nothing is sent
+    finally:
+        wire.close()
+    assert len(server.requests) == 3

@@ -320,7 +320,9 @@ class S3Wire:
                         c.send(b"".join(requests[sent:more]))
                         sent = more
                     head = c.response(method)
-                    out[got] = Response(head.status, head.headers, c.read_body())
+                    body = c.read_body()
+                    out[got] = Response(head.status, head.headers, body)
+                    self._check_signing(head.status, body)
                     got += 1
             except OSError:  # ProtocolError included
                 c.close()
@@ -357,10 +359,13 @@ class S3Wire:
                 if reused:
                     continue  # the server had closed an idle keep-alive connection: once more
                 return None
-            if head.status in (400, 403) and any(code in data for code in _SIGNING_ERRORS):
-                self.off = True  # a signing scope botocore would have chosen differently
+            self._check_signing(head.status, data)
             return Response(head.status, head.headers, data), StreamBody(c)
         return None
+
+    def _check_signing(self, status: int, body: bytes) -> None:
+        if status in (400, 403) and any(code in body for code in _SIGNING_ERRORS):
+            self.off = True  # a signing scope botocore would have chosen differently
 
     def list_objects(self, prefix: str, delimiter: str = "", max_keys: int = 0) -> Listing | None:
         """ListObjectsV2 under `prefix`, every page (only the first when `max_keys` is set);
