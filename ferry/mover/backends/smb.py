@@ -55,7 +55,7 @@ from ferry.mover.backends.base import (
     check_name,
 )
 from ferry.mover.backends.remote_state import RemoteState
-from ferry.mover.backends.smb_connection import tune_connection
+from ferry.mover.backends.smb_connection import light_headers, tune_connection
 from ferry.mover.endpoints import SMBEndpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB, Preserve
@@ -243,6 +243,7 @@ class SMBBackend(Backend):
             user = self.ep.user
             if user and self.ep.domain:
                 user = f"{self.ep.domain}\\{user}"
+            light_headers()
             try:
                 smbclient.register_session(
                     self.ep.host,
