@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType
 from ferry.mover.backends.smb import SMBBackend
@@ -155,3 +158,35 @@ def test_encrypted_session(smbd_server: SambaServer, tmp_path: Path) -> None:
         assert sessions and all(s.encrypt_data for s in sessions)
     finally:
         be.close()
+
+
+def test_symlink_stop_goes_through_smbclient(
+    smbd_server: SambaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server may stop a CREATE at a symlink on the path (STATUS_STOPPED_ON_SYMLINK) for
+    the client to follow. Samba follows them itself, so that answer is injected here (a
+    mock, for a reply this server does not give): reads and writes then go through
+    smbclient's open, which follows symlinks, and the files arrive whole."""
+    from smbprotocol import exceptions as smbexc
+    from smbprotocol.header import Commands
+
+    real = SMBBackend.exchange_bodies
+    stopped: list[int] = []
+
+    def stop_at_symlink(tree: Any, bodies: list[Any]) -> list[Any]:
+        if bodies[0].COMMAND == Commands.SMB2_CREATE:
+            stopped.append(len(bodies))
+            return [smbexc.StoppedOnSymlink() for _ in bodies]
+        return real(tree, bodies)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(1000 + i))
+    uri = smbd_server.uri(f"sym-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setattr(SMBBackend, "exchange_bodies", staticmethod(stop_at_symlink))
+    ok(transfer(str(src), uri))
+    back = tmp_path / "back"
+    ok(transfer(uri, str(back)))
+    assert compare(src, back, precision_ns=1000, modes=False) == []
+    assert len(stopped) >= 6  # each file's write and read met the symlink answer

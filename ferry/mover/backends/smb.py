@@ -44,6 +44,7 @@ from smbprotocol.open import (
 )
 from smbprotocol.structure import DateTimeField
 
+from ferry.mover.backends import smb_messages
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
     Backend,
@@ -152,23 +153,38 @@ def _set_info(fd: Any, info: Any) -> tuple[Any, Callable[[Any], Any]]:
 
 
 class _Handle:
-    """An open file on the share (smbprotocol's Open), with what the writer needs of a raw file."""
+    """A file this process opened for writing with a CREATE of its own (smb_messages): its
+    id on the tree, and smbprotocol's Open for it, made on first use (larger writes and
+    truncation go through smbprotocol)."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("_fd", "file_id", "is_open", "name", "tree")
 
-    def __init__(self, fd: Any) -> None:
-        self.fd = fd
+    def __init__(self, tree: Any, name: str, file_id: bytes) -> None:
+        self.tree, self.name, self.file_id = tree, name, file_id
+        self.is_open = True
+        self._fd: Any = None
+
+    @property
+    def fd(self) -> Any:
+        if self._fd is None:
+            self._fd = Open(self.tree, self.name)
+            self._fd.file_id = self.file_id
+        return self._fd
 
     def close(self) -> None:
-        if self.fd.connected:
-            self.fd.close()
+        if self.is_open:
+            (answer,) = SMBBackend.exchange_bodies(
+                self.tree, [smb_messages.close(self.file_id, attributes=False)]
+            )
+            self.is_open = False
+            if isinstance(answer, BaseException):
+                raise answer
 
     def truncate(self, size: int) -> None:
         eof = FileEndOfFileInformation()
         eof["end_of_file"] = size
         req, recv = _set_info(self.fd, eof)
-        tree = self.fd.tree_connect
-        recv(self.fd.connection.send(req, tree.session.session_id, tree.tree_connect_id))
+        recv(self.fd.connection.send(req, self.tree.session.session_id, self.tree.tree_connect_id))
 
 
 def _ns(dt: datetime | None) -> int:
@@ -322,61 +338,75 @@ class SMBBackend(Backend):
                 out.append(exc)
         return out
 
+    @staticmethod
+    def exchange_bodies(tree: Any, bodies: list[smb_messages.Body]) -> list[Any]:
+        """`exchange` for bodies packed by smb_messages: the answers' bodies (bytes), or the
+        exceptions of those that failed. A symlink on the path is an answer here
+        (StoppedOnSymlink), not followed."""
+        conn = tree.session.connection
+        sent = conn.send_compound(
+            bodies, tree.session.session_id, tree.tree_connect_id, related=True
+        )
+        out: list[Any] = []
+        for request in sent:
+            try:
+                out.append(conn.receive(request, resolve_symlinks=False)["data"].get_value())
+            except smbexc.SMBResponseException as exc:
+                out.append(exc)
+        return out
+
     def open_handle(
         self, tree: Any, rel: str, create: bool, data: bytes | memoryview | None, offset: int
-    ) -> tuple[_Handle, bool | BaseException]:
+    ) -> tuple[_Handle, bool | BaseException] | None:
         """Open rel for writing (create: created or truncated) with a first piece of data in
         the same compound. Returns (handle, True if data was written, False if there was none,
-        or the exception that failed the write: the handle is open then)."""
-        fd = Open(tree, self.share_rel(rel))
-        actions = [
-            fd.create(
-                ImpersonationLevel.Impersonation,
+        or the exception that failed the write: the handle is open then); None where the
+        server stops at a symlink on the path for the client to follow."""
+        name = self.share_rel(rel)
+        bodies = [
+            smb_messages.create(
+                name,
                 WRITE_ACCESS,
                 FILE_ATTRIBUTE_NORMAL,
                 SHARE_ALL,
                 CreateDisposition.FILE_OVERWRITE_IF if create else CreateDisposition.FILE_OPEN,
                 CreateOptions.FILE_NON_DIRECTORY_FILE,
-                send=False,
+                ImpersonationLevel.Impersonation,
             )
         ]
         if data is not None:
-            actions.append(fd.write(bytes(data), offset, send=False))
+            bodies.append(smb_messages.write(offset, data))
         sem = self.credits() if data is not None and len(data) > 65536 else None
         if sem is not None:
             sem.acquire()
         try:
-            results = self.exchange(tree, actions)
+            results = self.exchange_bodies(tree, bodies)
         finally:
             if sem is not None:
                 sem.release()
+        if isinstance(results[0], smbexc.StoppedOnSymlink):
+            return None
         if isinstance(results[0], smbexc.SMBResponseException):
             raise smbexc.SMBOSError(results[0].status, self.path(rel))
+        handle = _Handle(tree, name, smb_messages.created_file_id(results[0]))
         if len(results) > 1 and isinstance(results[1], BaseException):
-            return _Handle(fd), results[1]
-        return _Handle(fd), data is not None
+            return handle, results[1]
+        return handle, data is not None
 
     def finish_handle(self, handle: _Handle, mtime_ns: int | None, final_share_rel: str) -> bool:
         """SET_INFO (mtime), SET_INFO (rename with replace) and CLOSE on the handle that wrote
         the file, in one round trip. The handle is closed afterwards in any case; False when
         the server refused."""
-        fd = handle.fd
-        actions = []
-        if mtime_ns is not None:
-            basic = FileBasicInformation()
-            ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
-            basic["last_access_time"] = ft
-            basic["last_write_time"] = ft
-            actions.append(_set_info(fd, basic))
-        rename = FileRenameInformation()
-        rename["replace_if_exists"] = True
-        rename["file_name"] = final_share_rel
-        actions.append(_set_info(fd, rename))
-        actions.append(fd.close(send=False))
+        bodies = [smb_messages.set_mtime(handle.file_id, mtime_ns)] if mtime_ns is not None else []
+        bodies.append(smb_messages.set_rename(handle.file_id, final_share_rel))
+        bodies.append(smb_messages.close(handle.file_id, attributes=False))
+        results: list[Any] = []
         try:
-            results = self.exchange(fd.tree_connect, actions)
+            results = self.exchange_bodies(handle.tree, bodies)
         finally:
-            if fd.connected:  # the CLOSE failed or never went out
+            if results and not isinstance(results[-1], BaseException):
+                handle.is_open = False
+            else:  # the CLOSE failed or never went out
                 try:
                     handle.close()
                 except Exception:
@@ -674,37 +704,40 @@ class SMBReader(Reader):
             return "file changed while copying"
         return None
 
-    def _read_whole(self, tree: Any) -> bytes:
-        """CREATE + READ + CLOSE (with post-query attributes) in one round trip."""
-        fd = Open(tree, self.be.share_rel(self.rel))
-        actions = [
-            fd.create(
-                ImpersonationLevel.Impersonation,
+    def _read_whole(self, tree: Any) -> bytes | None:
+        """CREATE + READ + CLOSE (with post-query attributes) in one round trip; None where
+        the server stops at a symlink for the client to follow (smbclient's open does)."""
+        bodies = [
+            smb_messages.create(
+                self.be.share_rel(self.rel),
                 READ_ACCESS,
                 FILE_ATTRIBUTE_NORMAL,
                 SHARE_ALL,
                 CreateDisposition.FILE_OPEN,
                 CreateOptions.FILE_NON_DIRECTORY_FILE,
-                send=False,
+                ImpersonationLevel.Impersonation,
             ),
-            fd.read(0, self.size, send=False),
-            fd.close(get_attributes=True, send=False),
+            smb_messages.read(0, self.size),
+            smb_messages.close(),
         ]
         sem = self.be.credits() if self.size > 65536 else None
         if sem is not None:
             sem.acquire()
         try:
-            opened, data, closed = self.be.exchange(tree, actions)
+            opened, data, closed = self.be.exchange_bodies(tree, bodies)
         finally:
             if sem is not None:
                 sem.release()
+        if isinstance(opened, smbexc.StoppedOnSymlink):
+            return None
         for res in (opened, data, closed):
             if isinstance(res, smbexc.EndOfFile):
                 continue
             if isinstance(res, smbexc.SMBResponseException):
                 raise smbexc.SMBOSError(res.status, self.be.path(self.rel))
-        self._after = (fd.end_of_file, _ns(fd.last_write_time))
-        return b"" if isinstance(data, smbexc.EndOfFile) else bytes(data)
+        assert isinstance(closed, bytes)
+        self._after = smb_messages.closed_size_mtime(closed)
+        return smb_messages.read_data(data) if isinstance(data, bytes) else b""
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
         length = min(length, self.size - offset)
@@ -731,7 +764,9 @@ class SMBReader(Reader):
         if offset == 0 and 0 < self.size <= length and self.size <= self.be.io_size():
             tree = self.be.run(lambda kw: self.be.tree(), self.rel)
             if tree is not None:
-                return self.be.run(lambda kw: self._read_whole(tree), self.rel)
+                whole = self.be.run(lambda kw: self._read_whole(tree), self.rel)
+                if whole is not None:
+                    return whole
         return b"".join(self.iter_range(offset, length, IO_MAX))
 
 
@@ -792,21 +827,28 @@ class SMBWriter(Writer):
         along in the same compound. Returns (handle, True if data was written, False if there
         was none to write, or the exception that failed the write)."""
         tree = self.be.tree()
-        if tree is None:  # DFS: smbclient resolves the path
-            mode = "wb" if create else "r+b"
-            raw = smbclient.open_file(
-                self.tmp, mode=mode, buffering=0, share_access="rwd", **self.be.kw()
-            )
-            return raw, False
-        return self.be.open_handle(tree, self.tmp_rel, create, data, offset)
+        if tree is not None:
+            opened = self.be.open_handle(tree, self.tmp_rel, create, data, offset)
+            if opened is not None:
+                return opened
+        # DFS, or a symlink on the path: smbclient resolves the path
+        mode = "wb" if create else "r+b"
+        raw = smbclient.open_file(
+            self.tmp, mode=mode, buffering=0, share_access="rwd", **self.be.kw()
+        )
+        return raw, False
 
     def _save_compound(self, blob: bytes) -> bool:
         """The journal through a fresh temp in two round trips: CREATE+WRITE, then rename over
-        the journal + CLOSE (the rename only once the write succeeded). False on DFS."""
+        the journal + CLOSE (the rename only once the write succeeded). False on DFS, or
+        where a symlink is on the path."""
         tree = self.be.tree()
         if tree is None or self._jrel is None or len(blob) > self.be.io_size():
             return False
-        handle, wrote = self.be.open_handle(tree, f"{self._jrel}.{self._tag}.new", True, blob, 0)
+        opened = self.be.open_handle(tree, f"{self._jrel}.{self._tag}.new", True, blob, 0)
+        if opened is None:
+            return False
+        handle, wrote = opened
         if isinstance(wrote, BaseException):
             handle.close()
             raise wrote

@@ -1,0 +1,135 @@
+"""SMB2 request bodies for the small-file compounds, packed with struct, and their answers
+parsed the same way (MS-SMB2 2.2.13-2.2.20).
+
+smbprotocol builds and parses each message as a Structure of Field objects: ~1 ms of CPU
+for a CREATE + READ + CLOSE, most of a small file's cost. Its connection only needs a
+body's COMMAND, `pack()` and length (and, for a READ, the fields its credit charge comes
+from), so these bodies go through `Connection.send_compound` like its own. The tests
+compare their bytes with smbprotocol's Structures.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from smbprotocol.header import Commands
+
+RELATED = b"\xff" * 16  # the file id of a related compound's requests after its CREATE
+_CREATE = struct.Struct("<HBBIQQIIIIIHHII")  # 56 bytes; the name follows at offset 64 + 56
+_READ = struct.Struct("<HBBIQ16sIIIHHB")  # 49 bytes, the last one the empty buffer
+_CLOSE = struct.Struct("<HHI16s")
+_WRITE = struct.Struct("<HHIQ16sIIHHI")  # 48 bytes; the data follows at offset 64 + 48
+_SET_INFO = struct.Struct("<HBBIHHI16s")  # 32 bytes; the information follows at 64 + 32
+_BASIC = struct.Struct("<QQQQII")  # FileBasicInformation: times (0: unchanged), attributes
+_RENAME = struct.Struct("<B7xQI")  # FileRenameInformation for SMB2, before the name
+INFO_FILE = 1
+BASIC_INFORMATION = 4
+RENAME_INFORMATION = 10
+_CREATE_FILE_ID = 64  # offset of FileId in a CREATE response
+_READ_ANSWER = struct.Struct("<HBBI")  # StructureSize, DataOffset, Reserved, DataLength
+_CLOSE_ANSWER = struct.Struct("<HHIQQQQQQI")
+POSTQUERY_ATTRIB = 0x1
+FILETIME_EPOCH = 116_444_736_000_000_000  # 1601-01-01 to 1970-01-01 in 100 ns
+
+
+class _Value:
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def get_value(self) -> int:
+        return self.value
+
+
+class Body:
+    """A request body as smbprotocol's connection sends it."""
+
+    __slots__ = ("COMMAND", "data", "fields")
+
+    def __init__(self, command: int = 0, data: bytes = b"", **fields: int) -> None:
+        self.COMMAND = command
+        self.data = data
+        self.fields = fields  # what the credit charge reads (a READ's lengths)
+
+    def pack(self) -> bytes:
+        return self.data
+
+    def unpack(self, data: bytes) -> bytes:  # smbprotocol may rebuild a sent body from bytes
+        self.data = data
+        return b""
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: str) -> Any:
+        return _Value(self.fields[key])
+
+
+def create(
+    name: str,
+    access: int,
+    attributes: int,
+    share: int,
+    disposition: int,
+    options: int,
+    impersonation: int,
+) -> Body:
+    path = name.encode("utf-16-le")
+    head = _CREATE.pack(
+        57, 0, 0, impersonation, 0, 0, access, attributes, share, disposition, options,
+        64 + _CREATE.size, len(path), 0, 0,
+    )  # fmt: skip
+    return Body(Commands.SMB2_CREATE, head + path)
+
+
+def read(offset: int, length: int, file_id: bytes = RELATED) -> Body:
+    data = _READ.pack(49, 0x50, 0, length, offset, file_id, 0, 0, 0, 0, 0, 0)
+    return Body(Commands.SMB2_READ, data, length=length, read_channel_info_length=0)
+
+
+def write(offset: int, data: bytes | memoryview, file_id: bytes = RELATED) -> Body:
+    head = _WRITE.pack(49, 64 + _WRITE.size, len(data), offset, file_id, 0, 0, 0, 0, 0)
+    return Body(
+        Commands.SMB2_WRITE, b"".join((head, data)), length=len(data), write_channel_info_length=0
+    )
+
+
+def set_mtime(file_id: bytes, mtime_ns: int) -> Body:
+    """SET_INFO FileBasicInformation: last write and last access time, nothing else."""
+    ft = mtime_ns // 100 + FILETIME_EPOCH
+    return _set_info(file_id, BASIC_INFORMATION, _BASIC.pack(0, ft, ft, 0, 0, 0))
+
+
+def set_rename(file_id: bytes, share_rel: str) -> Body:
+    """SET_INFO FileRenameInformation: to `share_rel` on the same share, replacing it."""
+    name = share_rel.encode("utf-16-le")
+    return _set_info(file_id, RENAME_INFORMATION, _RENAME.pack(1, 0, len(name)) + name)
+
+
+def _set_info(file_id: bytes, info_class: int, info: bytes) -> Body:
+    head = _SET_INFO.pack(33, INFO_FILE, info_class, len(info), 64 + _SET_INFO.size, 0, 0, file_id)
+    return Body(Commands.SMB2_SET_INFO, head + info)
+
+
+def close(file_id: bytes = RELATED, attributes: bool = True) -> Body:
+    data = _CLOSE.pack(24, POSTQUERY_ATTRIB if attributes else 0, 0, file_id)
+    return Body(Commands.SMB2_CLOSE, data)
+
+
+def created_file_id(answer: bytes) -> bytes:
+    return answer[_CREATE_FILE_ID : _CREATE_FILE_ID + 16]
+
+
+def read_data(answer: bytes) -> bytes:
+    _, offset, _, length = _READ_ANSWER.unpack_from(answer, 0)
+    start = offset - 64  # DataOffset counts from the start of the SMB2 header
+    return answer[start : start + length]
+
+
+def closed_size_mtime(answer: bytes) -> tuple[int, int]:
+    """(EndOfFile, LastWriteTime in ns since the epoch) from a CLOSE with post-query
+    attributes."""
+    _, _, _, _, _, last_write, _, _, end_of_file, _ = _CLOSE_ANSWER.unpack_from(answer, 0)
+    return end_of_file, (last_write - FILETIME_EPOCH) * 100
