@@ -41,12 +41,13 @@ log = logging.getLogger("ferry")
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 _MAX_NAME = 255
-# Largest single pwrite. The page cache sizes its folios by the write: 4 MiB writes get 2 MiB
-# folios, 1 MiB writes 1 MiB ones. A VM with free page reporting hands whole free 2 MiB blocks
-# back to its host, so filling 2 MiB folios mostly waits on the host for fresh memory.
-# Downloading 256 MiB from S3 into a cold page cache spent 0.8-1.1 s in the kernel with 4 MiB
-# writes, 0.2-0.3 s with 1 MiB ones (rclone in the same runs: 0.3-0.5 s).
-WRITE_SLICE = 1 << 20
+# Largest single pwrite. The page cache sizes its folios by the write (a 4 MiB write gets 2 MiB
+# folios, a 128 KiB one 128 KiB folios), and a VM with free page reporting hands whole free
+# 2 MiB blocks back to its host: large folios come from those and wait on the host for every
+# page. Downloading 256 MiB from S3 spent 0.8-1.4 s in the kernel with 4 MiB or 1 MiB writes
+# once earlier downloads filled the page cache, 0.2-0.3 s with 32-256 KiB ones (rclone writes
+# 32 KiB: 0.3-0.4 s).
+WRITE_SLICE = 128 * 1024
 _warned_owner = False
 _PROC_FD: int | None = None
 _UMASK = os.umask(0o022)
