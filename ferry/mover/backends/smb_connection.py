@@ -23,6 +23,8 @@ from smbprotocol import Dialects
 from smbprotocol.connection import SigningAlgorithms
 from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderRequest, SMB2HeaderResponse
 
+from ferry.mover.backends.smb_messages import Field
+
 SMALL_MESSAGE = 64 * 1024  # signed whole (one copy); larger ones (READ/WRITE data) in pieces
 
 
@@ -133,30 +135,6 @@ _REQUEST_FIELDS = (
 )
 
 
-class _Value:
-    """A header field, read and set as smbprotocol's Field objects are."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def get_value(self) -> Any:
-        return self.value
-
-    def set_value(self, value: Any) -> None:
-        self.value = value
-
-    def has_flag(self, flag: int) -> bool:
-        return bool(self.value & flag == flag)
-
-    def set_flag(self, flag: int) -> None:
-        self.value |= flag
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-
 class _LightHeader:
     """An SMB2 header packed or parsed with one struct call. smbprotocol builds a Structure
     of 14-15 Field objects for each request and response (~50 us to set one up, ~100 us
@@ -164,9 +142,9 @@ class _LightHeader:
     and reads fields, and packs; so do the callers of a response."""
 
     __slots__ = ("_values",)
-    _values: dict[str, _Value]
+    _values: dict[str, Field]
 
-    def __getitem__(self, key: str) -> _Value:
+    def __getitem__(self, key: str) -> Field:
         return self._values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -191,10 +169,10 @@ class LightHeaderResponse(_LightHeader):
     def unpack(self, data: bytes) -> bytes:
         self._raw = data
         self._values = {
-            k: _Value(v)
+            k: Field(v)
             for k, v in zip(_RESPONSE_FIELDS, _RESPONSE.unpack_from(data, 0), strict=True)
         }
-        self._values["data"] = _Value(data[64:])
+        self._values["data"] = Field(data[64:])
         return b""
 
     def pack(self) -> bytes:
@@ -207,11 +185,11 @@ class LightHeaderRequest(_LightHeader):
     __slots__ = ()
 
     def __init__(self) -> None:
-        self._values = {k: _Value(0) for k in _REQUEST_FIELDS}
+        self._values = {k: Field(0) for k in _REQUEST_FIELDS}
         self._values["protocol_id"].value = b"\xfeSMB"
         self._values["structure_size"].value = 64
         self._values["signature"].value = bytes(16)
-        self._values["data"] = _Value(b"")
+        self._values["data"] = Field(b"")
 
     def pack(self) -> bytes:
         v = self._values

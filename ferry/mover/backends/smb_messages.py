@@ -33,14 +33,28 @@ POSTQUERY_ATTRIB = 0x1
 FILETIME_EPOCH = 116_444_736_000_000_000  # 1601-01-01 to 1970-01-01 in 100 ns
 
 
-class _Value:
+class Field:
+    """A value read and set as smbprotocol's Field objects are (for its connection code)."""
+
     __slots__ = ("value",)
 
-    def __init__(self, value: int) -> None:
+    def __init__(self, value: Any) -> None:
         self.value = value
 
-    def get_value(self) -> int:
+    def get_value(self) -> Any:
         return self.value
+
+    def set_value(self, value: Any) -> None:
+        self.value = value
+
+    def has_flag(self, flag: int) -> bool:
+        return bool(self.value & flag == flag)
+
+    def set_flag(self, flag: int) -> None:
+        self.value |= flag
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class Body:
@@ -63,8 +77,8 @@ class Body:
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, key: str) -> Any:
-        return _Value(self.fields[key])
+    def __getitem__(self, key: str) -> Field:
+        return Field(self.fields[key])
 
 
 def create(
