@@ -165,12 +165,12 @@ def test_symlink_stop_goes_through_smbclient(
 ) -> None:
     """A server may stop a CREATE at a symlink on the path (STATUS_STOPPED_ON_SYMLINK) for
     the client to follow. Samba follows them itself, so that answer is injected here (a
-    mock, for a reply this server does not give): reads and writes then go through
-    smbclient's open, which follows symlinks, and the files arrive whole."""
+    mock, for a reply this server does not give): reads, writes and stats then go through
+    smbclient, which follows symlinks, and the files arrive whole."""
     from smbprotocol import exceptions as smbexc
     from smbprotocol.header import Commands
 
-    real = SMBBackend.exchange_bodies
+    real = SMBBackend.exchange
     stopped: list[int] = []
 
     def stop_at_symlink(tree: Any, bodies: list[Any]) -> list[Any]:
@@ -184,7 +184,7 @@ def test_symlink_stop_goes_through_smbclient(
     for i in range(3):
         (src / f"f{i}").write_bytes(os.urandom(1000 + i))
     uri = smbd_server.uri(f"sym-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setattr(SMBBackend, "exchange_bodies", staticmethod(stop_at_symlink))
+    monkeypatch.setattr(SMBBackend, "exchange", staticmethod(stop_at_symlink))
     ok(transfer(str(src), uri))
     back = tmp_path / "back"
     ok(transfer(uri, str(back)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from smbprotocol.file_info import FileBasicInformation, FileRenameInformation
 from smbprotocol.open import (
     CloseFlags,
@@ -29,7 +30,8 @@ FILE_ID = bytes(range(16))
 NAME = "dir\\sub dir\\fä 😀.txt"
 
 
-def test_create() -> None:
+@pytest.mark.parametrize("name", [NAME, ""])
+def test_create(name: str) -> None:
     own = SMB2CreateRequest()
     own["impersonation_level"] = ImpersonationLevel.Impersonation
     own["desired_access"] = 0x120089
@@ -37,9 +39,9 @@ def test_create() -> None:
     own["share_access"] = 7
     own["create_disposition"] = CreateDisposition.FILE_OVERWRITE_IF
     own["create_options"] = CreateOptions.FILE_NON_DIRECTORY_FILE
-    own["buffer_path"] = NAME.encode("utf-16-le")
+    own["buffer_path"] = name.encode("utf-16-le") or b"\0\0"  # as smbprotocol's Open does
     mine = m.create(
-        NAME,
+        name,
         0x120089,
         FileAttributes.FILE_ATTRIBUTE_NORMAL,
         7,
@@ -96,7 +98,16 @@ def test_set_info() -> None:
 def test_answers() -> None:
     created = SMB2CreateResponse()
     created["file_id"] = FILE_ID
-    assert m.created_file_id(created.pack()) == FILE_ID
+    created["end_of_file"] = 4321
+    created["file_attributes"] = FileAttributes.FILE_ATTRIBUTE_ARCHIVE
+    raw = bytearray(created.pack())
+    raw[24:32] = (133_000_000_001_234_567).to_bytes(8, "little")  # LastWriteTime
+    assert m.created_file_id(bytes(raw)) == FILE_ID
+    assert m.created_attributes(bytes(raw)) == (
+        FileAttributes.FILE_ATTRIBUTE_ARCHIVE,
+        4321,
+        (133_000_000_001_234_567 - DateTimeField.EPOCH_FILETIME) * 100,
+    )
 
     data = os.urandom(3000)
     read = SMB2ReadResponse()

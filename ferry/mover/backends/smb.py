@@ -173,7 +173,7 @@ class _Handle:
 
     def close(self) -> None:
         if self.is_open:
-            (answer,) = SMBBackend.exchange_bodies(
+            (answer,) = SMBBackend.exchange(
                 self.tree, [smb_messages.close(self.file_id, attributes=False)]
             )
             self.is_open = False
@@ -323,25 +323,10 @@ class SMBBackend(Backend):
         return "\\".join([*self._prefix, *(p for p in rel.split("/") if p)])
 
     @staticmethod
-    def exchange(tree: Any, actions: list[tuple[Any, Callable[[Any], Any]]]) -> list[Any]:
-        """Send related requests as one compound message (one round trip); every response is
-        received (smbprotocol needs that), failures come back as exceptions in the list."""
-        conn = tree.session.connection
-        sent = conn.send_compound(
-            [m for m, _ in actions], tree.session.session_id, tree.tree_connect_id, related=True
-        )
-        out: list[Any] = []
-        for request, (_, recv) in zip(sent, actions, strict=True):
-            try:
-                out.append(recv(request))
-            except smbexc.SMBResponseException as exc:
-                out.append(exc)
-        return out
-
-    @staticmethod
-    def exchange_bodies(tree: Any, bodies: list[smb_messages.Body]) -> list[Any]:
-        """`exchange` for bodies packed by smb_messages: the answers' bodies (bytes), or the
-        exceptions of those that failed. A symlink on the path is an answer here
+    def exchange(tree: Any, bodies: list[smb_messages.Body]) -> list[Any]:
+        """Send related requests (bodies packed by smb_messages) as one compound message, one
+        round trip. Every answer is received (smbprotocol needs that): its body (bytes), or
+        the exception of a failed one. A symlink on the path is an answer here
         (StoppedOnSymlink), not followed."""
         conn = tree.session.connection
         sent = conn.send_compound(
@@ -380,7 +365,7 @@ class SMBBackend(Backend):
         if sem is not None:
             sem.acquire()
         try:
-            results = self.exchange_bodies(tree, bodies)
+            results = self.exchange(tree, bodies)
         finally:
             if sem is not None:
                 sem.release()
@@ -402,7 +387,7 @@ class SMBBackend(Backend):
         bodies.append(smb_messages.close(handle.file_id, attributes=False))
         results: list[Any] = []
         try:
-            results = self.exchange_bodies(handle.tree, bodies)
+            results = self.exchange(handle.tree, bodies)
         finally:
             if results and not isinstance(results[-1], BaseException):
                 handle.is_open = False
@@ -500,7 +485,9 @@ class SMBBackend(Backend):
             try:
                 tree = self.tree()
                 if tree is not None:
-                    return quick(tree)
+                    found = quick(tree)
+                    if found is not None:
+                        return found
                 s = smbclient.stat(self.path(rel), follow_symlinks=False, **kw)
             except smbexc.SMBOSError as exc:
                 if exc.errno == 2:
@@ -509,26 +496,29 @@ class SMBBackend(Backend):
             return self._entry(name, s.st_file_attributes, s.st_size, s.st_mtime_ns // 1000 * 1000)
 
         def quick(tree: Any) -> Entry | None:
-            # CREATE answers with attributes, size and times: CREATE+CLOSE in one round trip.
-            fd = Open(tree, self.share_rel(rel))
+            """CREATE answers with attributes, size and times: CREATE+CLOSE in one round trip;
+            None where a symlink on the path stops it (smbclient's stat follows it)."""
             opened, _ = self.exchange(
                 tree,
                 [
-                    fd.create(
-                        ImpersonationLevel.Impersonation,
+                    smb_messages.create(
+                        self.share_rel(rel),
                         FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
                         0,
                         SHARE_ALL,
                         CreateDisposition.FILE_OPEN,
                         CreateOptions.FILE_OPEN_REPARSE_POINT,
-                        send=False,
+                        ImpersonationLevel.Impersonation,
                     ),
-                    fd.close(send=False),
+                    smb_messages.close(attributes=False),
                 ],
             )
+            if isinstance(opened, smbexc.StoppedOnSymlink):
+                return None
             if isinstance(opened, smbexc.SMBResponseException):
                 raise smbexc.SMBOSError(opened.status, self.path(rel))
-            return self._entry(name, fd.file_attributes, fd.end_of_file, _ns(fd.last_write_time))
+            attrs, size, mtime_ns = smb_messages.created_attributes(opened)
+            return self._entry(name, attrs, size, mtime_ns // 1000 * 1000)
 
         return self.run(st, rel)
 
@@ -724,7 +714,7 @@ class SMBReader(Reader):
         if sem is not None:
             sem.acquire()
         try:
-            opened, data, closed = self.be.exchange_bodies(tree, bodies)
+            opened, data, closed = self.be.exchange(tree, bodies)
         finally:
             if sem is not None:
                 sem.release()

@@ -26,7 +26,7 @@ _RENAME = struct.Struct("<B7xQI")  # FileRenameInformation for SMB2, before the 
 INFO_FILE = 1
 BASIC_INFORMATION = 4
 RENAME_INFORMATION = 10
-_CREATE_FILE_ID = 64  # offset of FileId in a CREATE response
+_CREATE_ANSWER = struct.Struct("<HBBIQQQQQQII16s")  # up to FileId: times, sizes, attributes
 _READ_ANSWER = struct.Struct("<HBBI")  # StructureSize, DataOffset, Reserved, DataLength
 _CLOSE_ANSWER = struct.Struct("<HHIQQQQQQI")
 POSTQUERY_ATTRIB = 0x1
@@ -95,7 +95,7 @@ def create(
         57, 0, 0, impersonation, 0, 0, access, attributes, share, disposition, options,
         64 + _CREATE.size, len(path), 0, 0,
     )  # fmt: skip
-    return Body(Commands.SMB2_CREATE, head + path)
+    return Body(Commands.SMB2_CREATE, head + (path or b"\0\0"))  # the share's root: no name
 
 
 def read(offset: int, length: int, file_id: bytes = RELATED) -> Body:
@@ -133,7 +133,13 @@ def close(file_id: bytes = RELATED, attributes: bool = True) -> Body:
 
 
 def created_file_id(answer: bytes) -> bytes:
-    return answer[_CREATE_FILE_ID : _CREATE_FILE_ID + 16]
+    return _CREATE_ANSWER.unpack_from(answer, 0)[12]
+
+
+def created_attributes(answer: bytes) -> tuple[int, int, int]:
+    """(FileAttributes, EndOfFile, LastWriteTime in ns since the epoch) of a CREATE."""
+    f = _CREATE_ANSWER.unpack_from(answer, 0)
+    return f[10], f[9], (f[6] - FILETIME_EPOCH) * 100
 
 
 def read_data(answer: bytes) -> bytes:
