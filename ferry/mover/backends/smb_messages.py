@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from smbprotocol.header import Commands
+from smbprotocol.structure import DateTimeField
 
 RELATED = b"\xff" * 16  # the file id of a related compound's requests after its CREATE
 _CREATE = struct.Struct("<HBBIQQIIIIIHHII")  # 56 bytes; the name follows at offset 64 + 56
@@ -30,7 +31,6 @@ _CREATE_ANSWER = struct.Struct("<HBBIQQQQQQII16s")  # up to FileId: times, sizes
 _READ_ANSWER = struct.Struct("<HBBI")  # StructureSize, DataOffset, Reserved, DataLength
 _CLOSE_ANSWER = struct.Struct("<HHIQQQQQQI")
 POSTQUERY_ATTRIB = 0x1
-FILETIME_EPOCH = 116_444_736_000_000_000  # 1601-01-01 to 1970-01-01 in 100 ns
 
 
 class Field:
@@ -112,7 +112,7 @@ def write(offset: int, data: bytes | memoryview, file_id: bytes = RELATED) -> Bo
 
 def set_mtime(file_id: bytes, mtime_ns: int) -> Body:
     """SET_INFO FileBasicInformation: last write and last access time, nothing else."""
-    ft = mtime_ns // 100 + FILETIME_EPOCH
+    ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
     return _set_info(file_id, BASIC_INFORMATION, _BASIC.pack(0, ft, ft, 0, 0, 0))
 
 
@@ -139,7 +139,7 @@ def created_file_id(answer: bytes) -> bytes:
 def created_attributes(answer: bytes) -> tuple[int, int, int]:
     """(FileAttributes, EndOfFile, LastWriteTime in ns since the epoch) of a CREATE."""
     f = _CREATE_ANSWER.unpack_from(answer, 0)
-    return f[10], f[9], (f[6] - FILETIME_EPOCH) * 100
+    return f[10], f[9], _unix_ns(f[6])
 
 
 def read_data(answer: bytes) -> bytes:
@@ -152,4 +152,9 @@ def closed_size_mtime(answer: bytes) -> tuple[int, int]:
     """(EndOfFile, LastWriteTime in ns since the epoch) from a CLOSE with post-query
     attributes."""
     _, _, _, _, _, last_write, _, _, end_of_file, _ = _CLOSE_ANSWER.unpack_from(answer, 0)
-    return end_of_file, (last_write - FILETIME_EPOCH) * 100
+    return end_of_file, _unix_ns(last_write)
+
+
+def _unix_ns(filetime: int) -> int:
+    """A FILETIME (100 ns units since 1601) as ns since the Unix epoch."""
+    return (filetime - DateTimeField.EPOCH_FILETIME) * 100
