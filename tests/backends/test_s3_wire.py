@@ -212,6 +212,47 @@ def test_idle_connection_closed_by_the_server(remotes, tmp_path: Path) -> None:
         relay.stop()
 
 
+_GONE = b"<?xml version='1.0'?><Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"
+NO_SUCH_UPLOAD = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_GONE)}\r\n\r\n".encode()
+    + _GONE
+)
+
+
+@pytest.mark.parametrize("forgets", [False, True], ids=["repeat-succeeds", "upload-gone"])
+def test_completion_whose_answer_was_lost(
+    remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgets: bool
+) -> None:
+    """The server completes a multipart upload but the answer never arrives. Asked again,
+    these servers answer success; S3 may instead say the upload is gone (canned here, as no
+    server at hand does). Either way the object made of exactly our parts is the success:
+    not a failed file, not a second upload."""
+    r = remotes("s3")
+    relay = TCPRelay(r.server.port).start()
+    try:
+        creds = r.server.write_credentials(tmp_path / "creds")
+        sub = r.fresh("lostanswer")
+        src = tmp_path / "src"
+        src.mkdir()
+        data = os.urandom(12 << 20)  # above the single-PUT size: a multipart upload
+        (src / "big.bin").write_bytes(data)
+        complete = f"POST /{BUCKET}/{sub}/big.bin?uploadId=".encode()
+        relay.lose_answer_to(complete, then=NO_SUCH_UPLOAD if forgets else None)
+        w = Watch(monkeypatch)
+        url = f"http://127.0.0.1:{relay.port}"
+        s = ok(transfer(str(src), f"s3://{BUCKET}/{sub}?endpoint={url}&credentials_file={creds}"))
+    finally:
+        relay.stop()
+    assert relay.lost == 1 and s.files_copied == 1
+    assert "CreateMultipartUpload" not in w.calls
+    # The wire asks once more on a fresh connection; botocore only after a refusal.
+    assert w.calls.count("CompleteMultipartUpload") == (1 if forgets else 0)
+    back = tmp_path / "back"
+    ok(transfer(r.uri(sub), str(back)))
+    assert (back / "big.bin").read_bytes() == data
+
+
 def test_https_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """TLS on the wire: the named CA bundle is trusted and the data path stays on the wire;
     without the bundle the self-signed server is refused, naming the endpoint."""

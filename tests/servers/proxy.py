@@ -22,6 +22,17 @@ class TCPRelay:
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._lose: bytes | None = None
+        self._then: bytes | None = None
+        self.lost = 0  # answers lost so far
+
+    def lose_answer_to(self, request: bytes, then: bytes | None = None) -> None:
+        """The next request starting with `request` reaches the server, but its answer
+        never reaches the client: the relay drops it and closes the connection, as a
+        network failure after the server acted does. With `then`, later such requests are
+        answered `then` by the relay itself (a canned answer: a mock, for what the servers
+        here never say)."""
+        self._lose, self._then = request, then
 
     def start(self) -> TCPRelay:
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -45,12 +56,26 @@ class TCPRelay:
                 continue
             with self._lock:
                 self._socks |= {c, u}
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            lost = threading.Event()  # set once a request here has lost its answer
+            for x, y, requests in ((c, u, True), (u, c, False)):
+                threading.Thread(
+                    target=self._pump, args=(x, y, lost, requests), daemon=True
+                ).start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+    def _pump(
+        self, a: socket.socket, b: socket.socket, lost: threading.Event, requests: bool
+    ) -> None:
         try:
             while data := a.recv(1 << 16):
+                if requests and self._lose is not None and data.startswith(self._lose):
+                    if self.lost and self._then is not None:
+                        a.sendall(self._then)  # and the request goes nowhere
+                        return
+                    if not self.lost:
+                        self.lost += 1
+                        lost.set()
+                elif lost.is_set():  # the answer to the lost request: dropped, both ends closed
+                    return
                 b.sendall(data)
         except OSError:
             pass
@@ -68,13 +93,15 @@ class TCPRelay:
         with self._lock:
             socks, self._socks = self._socks, set()
         for s in socks:
-            with contextlib.suppress(OSError):
-                # RST, not FIN: what a crashed or restarted server's kernel sends.
-                s.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
-                s.close()
+            _reset(s)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with RST, not FIN: what a crashed or restarted server's kernel sends."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()

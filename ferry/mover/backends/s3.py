@@ -1308,23 +1308,8 @@ class MultipartWriter(Writer):
             raise FerryError(
                 ErrorKind.IO_ERROR, f"multipart upload holds {pos} of {self.size} bytes", self.rel
             )
-        alg = self.be.checksum_alg
         try:
-            if not self.be.wire.complete_upload(
-                self.key, self.upload_id, [(pn, p["etag"], p.get("ck")) for pn, p in parts], alg
-            ):
-                listed = []
-                for pn, p in parts:
-                    item: dict[str, Any] = {"PartNumber": pn, "ETag": p["etag"]}
-                    if p.get("ck"):
-                        item[f"Checksum{alg}"] = p["ck"]
-                    listed.append(item)
-                self.be.client.complete_multipart_upload(
-                    Bucket=self.be.bucket,
-                    Key=self.key,
-                    UploadId=self.upload_id,
-                    MultipartUpload={"Parts": listed},
-                )
+            self._complete(parts)
             meta = self.be.object_meta(entry, digest, preserve)
             if meta != self.created_meta:
                 self.be.copy_object(self.be.bucket, self.key, self.key, self.size, meta)
@@ -1334,6 +1319,44 @@ class MultipartWriter(Writer):
             raise
         except Exception as exc:
             raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+
+    def _complete(self, parts: list[tuple[int, dict[str, Any]]]) -> None:
+        alg = self.be.checksum_alg
+        if self.be.wire.complete_upload(
+            self.key, self.upload_id, [(pn, p["etag"], p.get("ck")) for pn, p in parts], alg
+        ):
+            return
+        listed = []
+        for pn, p in parts:
+            item: dict[str, Any] = {"PartNumber": pn, "ETag": p["etag"]}
+            if p.get("ck"):
+                item[f"Checksum{alg}"] = p["ck"]
+            listed.append(item)
+        try:
+            self.be.client.complete_multipart_upload(
+                Bucket=self.be.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": listed},
+            )
+        except Boto.ClientError as exc:
+            # An earlier completion whose answer was lost (a reset after the server acted)
+            # leaves the upload gone: the object made of exactly our parts is the success.
+            if _code(exc) != "NoSuchUpload" or not self._completed_as(parts):
+                raise
+
+    def _completed_as(self, parts: list[tuple[int, dict[str, Any]]]) -> bool:
+        """Whether the object now at our key is the one these parts make: S3's multipart
+        ETag is the MD5 of the parts' binary MD5 ETags, then "-" and the part count."""
+        head = self.be.head(self.key)
+        if head is None or int(head.get("ContentLength", -1)) != self.size:
+            return False
+        try:
+            joined = b"".join(bytes.fromhex(p["etag"].strip('"')) for _, p in parts)
+        except ValueError:
+            return False  # a server whose part ETags are not MD5s: no way to tell
+        expected = f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(parts)}"
+        return str(head.get("ETag") or "").strip('"') == expected
 
     def abort(self, keep_partial: bool = False) -> None:
         if self.state is not None:
