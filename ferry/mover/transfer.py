@@ -150,6 +150,7 @@ def _run(
         if not dst_exists:
             dst.prepare_destination()
         dst.fsync_each = options.fsync == Fsync.FILE
+        dst.direct_writes = options.fsync != Fsync.NONE
         executor = Executor(src, dst, options, planner, progress, summary, cancel)
         try:
             progress.phase = "transfer"

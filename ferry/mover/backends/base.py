@@ -177,6 +177,9 @@ class Backend(ABC):
     caps: Capabilities = Capabilities()
     # Set by the engine for --fsync file: Writer.commit makes the data durable before publishing.
     fsync_each: bool = False
+    # Set by the engine when the run flushes before success (--fsync end or file): a backend
+    # may then write big files straight to the device.
+    direct_writes: bool = False
     # Readers and writers expose local file descriptors (kernel copy, worker processes).
     fileno_capable: bool = False
 

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import stat
@@ -48,6 +49,19 @@ _MAX_NAME = 255
 # once earlier downloads filled the page cache, 0.2-0.3 s with 32-256 KiB ones (rclone writes
 # 32 KiB: 0.3-0.4 s).
 WRITE_SLICE = 128 * 1024
+# Files at least this large go straight to the disk (O_DIRECT) when the run flushes before it
+# reports success (--fsync end or file): the bytes must reach the disk before then anyway.
+# Written directly they stay out of the page cache, which a mover pod's memory limit counts
+# (dirty pages it cannot drop fast enough end in an OOM kill), and the final flush has
+# nothing left to write. On this project's VMs it also avoids growing the page cache (see
+# above): a 256 MiB SFTP download took 0.9-1.2 s instead of 1.1-1.7 s.
+DIRECT_MIN = 32 << 20
+# Only where the filesystem is on a local block device (ext2/3/4, XFS, btrfs): on NFS, for
+# one, O_DIRECT makes every write a synchronous round trip to the server.
+_DIRECT_FS = (0xEF53, 0x58465342, 0x9123683E)
+_ALIGN = 4096  # offsets, lengths and buffer addresses: covers 512-byte and 4 KiB sectors
+_DIRECT_PIECE = 4 << 20  # page-aligned staging buffer, one per writing thread
+_staging = threading.local()
 _warned_owner = False
 _PROC_FD: int | None = None
 _UMASK = os.umask(0o022)
@@ -194,6 +208,17 @@ class LocalReader(Reader):
             self.fd = -1
 
 
+def _direct_fs(fd: int) -> bool:
+    """Whether `fd` is on a filesystem where O_DIRECT writes are worth it (_DIRECT_FS)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+    try:
+        if ctypes.CDLL(None, use_errno=True).fstatfs(fd, buf) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return ctypes.c_long.from_buffer(buf).value in _DIRECT_FS
+
+
 class LocalWriter(Writer):
     """Writes `final` via an unnamed O_TMPFILE, a hidden temp name, or a resumable `.part`."""
 
@@ -204,6 +229,8 @@ class LocalWriter(Writer):
         self.tmp: str | None = None
         self.journal: Journal | None = None
         self.durable = backend.fsync_each
+        self.direct = backend.direct_writes
+        self.dfd = -1  # the same file opened O_DIRECT, for big files (see DIRECT_MIN)
         self._recorded: dict[int, bytes] = {}
         self._xattrs: dict[str, bytes] = {}
         self.fd = -1
@@ -260,10 +287,45 @@ class LocalWriter(Writer):
             self.journal.record(index, block_digests)
 
     def set_size(self, size: int) -> None:
+        """Size a fresh file that its chunks then fill at their offsets."""
         os.ftruncate(self.fd, size)
+        if self.direct and size >= DIRECT_MIN and self.dfd < 0 and _direct_fs(self.fd):
+            with contextlib.suppress(OSError):  # no O_DIRECT here: the page cache it is
+                self.dfd = os.open(
+                    f"/proc/self/fd/{self.fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC
+                )
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
+        if self.dfd >= 0 and len(view) >= 2 * _ALIGN:
+            # Whole aligned blocks go direct; the unaligned ends through the page cache.
+            # A block is then written one way only, so the two never hold different bytes.
+            head = -offset % _ALIGN
+            body = (len(view) - head) // _ALIGN * _ALIGN
+            self._write(offset, view[:head])
+            try:
+                self._write_direct(offset + head, view[head : head + body])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._close_direct()  # a stricter alignment than 4 KiB: stay buffered
+                self._write(offset + head, view[head : head + body])
+            offset += head + body
+            view = view[head + body :]
+        self._write(offset, view)
+
+    def _write_direct(self, offset: int, view: memoryview) -> None:
+        buf: memoryview | None = getattr(_staging, "buf", None)
+        if buf is None:
+            buf = _staging.buf = memoryview(mmap.mmap(-1, _DIRECT_PIECE))
+        while view:
+            n = min(len(view), _DIRECT_PIECE)
+            buf[:n] = view[:n]
+            n = os.pwrite(self.dfd, buf[:n], offset)
+            view = view[n:]
+            offset += n
+
+    def _write(self, offset: int, view: memoryview) -> None:
         while view:
             n = os.pwrite(self.fd, view[:WRITE_SLICE], offset)
             view = view[n:]
@@ -320,7 +382,13 @@ class LocalWriter(Writer):
                 os.unlink(self.tmp)
             self.tmp = None
 
+    def _close_direct(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+
     def _close(self) -> None:
+        self._close_direct()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -184,7 +184,9 @@ class Session:
         if kind == EXTENDED_REPLY and len(body) >= 32:
             _, rd, wr, _ = struct.unpack_from(">QQQQ", body, 0)
             if rd:
-                self.read_max = min(rd, MAX_REQUEST)
+                # Whole 4 KiB blocks: a download's pieces then land aligned, and a local
+                # destination writes them straight to the disk (local.DIRECT_MIN).
+                self.read_max = min(rd, MAX_REQUEST) // 4096 * 4096 or min(rd, MAX_REQUEST)
             if wr:
                 self.write_max = min(wr, MAX_REQUEST)
 
