@@ -71,9 +71,10 @@ def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
     )
     p.add_argument(
         "--chunk-size",
-        default="16M",
+        default=None,
         metavar="SIZE",
-        help="chunk size for large files (default 16M)",
+        help="chunk size for large files (default 16M; 8M to S3, whose uploads hold each "
+        "chunk in memory)",
     )
     p.add_argument(
         "--bwlimit", default=None, metavar="RATE", help="bandwidth limit in bytes/s, e.g. 50M"
@@ -224,7 +225,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         symlinks=SymlinkPolicy(args.links),
         filters=rules_from_cli(args.include, args.exclude, filter_lines),
         transfers=args.transfers,
-        chunk_size=parse_size(args.chunk_size, "--chunk-size"),
+        chunk_size=parse_size(args.chunk_size, "--chunk-size") if args.chunk_size else 0,
         bwlimit=parse_size(args.bwlimit, "--bwlimit") if args.bwlimit else 0,
         retries=args.retries,
         error_policy=ErrorPolicy(args.error_policy),

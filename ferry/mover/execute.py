@@ -40,7 +40,7 @@ from ferry.mover.backends.base import (
 )
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import BLOCK_SIZE, StreamHasher, digest_bytes, digest_from_blocks
-from ferry.mover.options import Mode, Options, Verify
+from ferry.mover.options import DEFAULT_CHUNK_SIZE, Mode, Options, Verify
 from ferry.mover.plan import Action, Op, Planner
 from ferry.mover.progress import Progress
 from ferry.mover.result import Summary
@@ -800,7 +800,8 @@ class Executor:
 
     def _chunk_size(self, size: int) -> int:
         caps = self.dst.caps
-        chunk = max(self.o.chunk_size, caps.min_chunk_size)
+        chunk = self.o.chunk_size or caps.default_chunk_size or DEFAULT_CHUNK_SIZE
+        chunk = max(chunk, caps.min_chunk_size)
         streams = self.src.caps.read_streams
         if streams:
             chunk = max(chunk, min(-(-size // streams), LONG_READ_MAX))

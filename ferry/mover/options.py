@@ -15,6 +15,7 @@ from ferry.mover.errors import ErrorKind, FerryError
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+DEFAULT_CHUNK_SIZE = 16 * MiB
 
 PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse")
 DEFAULT_PRESERVE = ("times", "perms", "links", "hardlinks", "sparse")
@@ -108,7 +109,7 @@ class Options:
     symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE
     filters: tuple[str, ...] = ()
     transfers: int = 8
-    chunk_size: int = 16 * MiB
+    chunk_size: int = 0  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE
     bwlimit: int = 0
     retries: int = 3
     retry_base_delay: float = 0.5
@@ -123,7 +124,7 @@ class Options:
     def __post_init__(self) -> None:
         if self.transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
-        if self.chunk_size < MiB or self.chunk_size % MiB:
+        if self.chunk_size and (self.chunk_size < MiB or self.chunk_size % MiB):
             raise FerryError(
                 ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)"
             )

@@ -91,7 +91,7 @@ class OptionsSpec(_Model):
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     filters: list[str] = Field(default_factory=list, max_length=1000)
     transfers: int = Field(default=8, ge=1, le=256)
-    chunk_size: str = "16M"
+    chunk_size: str | None = None  # the destination's default (16M; 8M to S3)
     bandwidth: str | None = None
     retries: int = Field(default=3, ge=0, le=100)
     error_policy: Literal["Abort", "Skip"] = "Abort"
@@ -143,7 +143,7 @@ class TransferSpec(_Model):
             symlinks=op.SymlinkPolicy(o.symlinks.lower()),
             filters=tuple(o.filters),
             transfers=o.transfers,
-            chunk_size=op.parse_size(o.chunk_size, "chunkSize"),
+            chunk_size=op.parse_size(o.chunk_size, "chunkSize") if o.chunk_size else 0,
             bwlimit=op.parse_size(o.bandwidth, "bandwidth") if o.bandwidth else 0,
             retries=o.retries,
             error_policy=op.ErrorPolicy(o.error_policy.lower()),

@@ -77,6 +77,9 @@ class Capabilities:
     empty_dirs: bool = True
     max_chunk_size: int = 0  # 0: no limit of its own
     min_chunk_size: int = 0  # e.g. S3's 5 MiB minimum part
+    # Chunk size when the run names none; 0: options.DEFAULT_CHUNK_SIZE. A writer that holds
+    # each chunk in memory until it is sent (S3's parts) wants smaller ones.
+    default_chunk_size: int = 0
     max_chunks: int = 0  # e.g. S3's 10,000 parts; 0: no limit
     # Each ranged read is a request with a fixed cost (and on some servers a cost in the
     # object's size): big files are read in at most this many long ranges; 0: by chunk size.
