@@ -224,6 +224,11 @@ class TransferJobSpec(Model):
     mode: Literal["Copy", "Sync"] = "Copy"
     compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
+    fsync: Literal["End", "File", "None"] = Field(
+        default="End",
+        description="End: one flush before deletes and success (big files then skip the page "
+        "cache); File: each file before it is published; None: write-back left to the kernel.",
+    )
     preserve: list[PreserveFlag] | None = Field(default=None, max_length=7)
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(

@@ -218,6 +218,7 @@ def _options(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> dict[
         "mode": spec.mode,
         "compare": spec.compare,
         "verify": spec.verify,
+        "fsync": spec.fsync,
         "symlinks": spec.symlinks,
         "filters": spec.filters or [],
         "retries": retry.per_file,

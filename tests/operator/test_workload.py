@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ferry.mover.options import Fsync
 from ferry.mover.spec import TransferSpec
 from ferry.operator import api, workload
 from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, transferjob
@@ -100,6 +101,7 @@ def test_sharding_builds_indexed_job_with_one_spec_per_shard():
     specs = [json.loads(w.config_map["data"][f"spec-{i}.json"]) for i in range(4)]
     assert [s["shard"] for s in specs] == [{"index": i, "count": 4} for i in range(4)]
     assert all(s["options"]["transfers"] == 3 for s in specs)
+    assert all(s["options"]["fsync"] == "End" for s in specs)  # the default, spelled out
     assert pod_spec(w)["containers"][0]["args"][-1].endswith("spec-$(JOB_COMPLETION_INDEX).json")
 
 
@@ -139,6 +141,18 @@ def test_pool_placement_merged_under_own_placement():
     assert ps["containers"][0]["resources"] == {"requests": {"cpu": "2"}}
     opts = json.loads(w.config_map["data"]["spec-0.json"])["options"]
     assert opts["transfers"] == 16 and opts["chunkSize"] == "64M"
+
+
+def test_fsync_reaches_the_mover_options():
+    """The mover's durability choice (which also decides whether big files skip the page
+    cache) is the TransferJob's, validated by the mover's own model."""
+    w = build({**PVC_TO_PVC, "fsync": "None"})
+    opts = json.loads(w.config_map["data"]["spec-0.json"])["options"]
+    assert opts["fsync"] == "None"
+    _, _, options = TransferSpec.model_validate(
+        json.loads(w.config_map["data"]["spec-0.json"])
+    ).to_engine()
+    assert options.fsync == Fsync.NONE
 
 
 def test_rwo_claim_in_use_pins_the_node():
