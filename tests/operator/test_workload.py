@@ -147,11 +147,9 @@ def test_fsync_reaches_the_mover_options():
     """The mover's durability choice (which also decides whether big files skip the page
     cache) is the TransferJob's, validated by the mover's own model."""
     w = build({**PVC_TO_PVC, "fsync": "None"})
-    opts = json.loads(w.config_map["data"]["spec-0.json"])["options"]
-    assert opts["fsync"] == "None"
-    _, _, options = TransferSpec.model_validate(
-        json.loads(w.config_map["data"]["spec-0.json"])
-    ).to_engine()
+    mover_spec = json.loads(w.config_map["data"]["spec-0.json"])
+    assert mover_spec["options"]["fsync"] == "None"
+    _, _, options = TransferSpec.model_validate(mover_spec).to_engine()
     assert options.fsync == Fsync.NONE
 
 

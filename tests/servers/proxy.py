@@ -74,7 +74,7 @@ class TCPRelay:
                     if not self.lost:
                         self.lost += 1
                         lost.set()
-                elif lost.is_set():  # the answer to the lost request: dropped, both ends closed
+                elif not requests and lost.is_set():  # the lost answer: dropped, both closed
                     return
                 b.sendall(data)
         except OSError:
@@ -93,15 +93,13 @@ class TCPRelay:
         with self._lock:
             socks, self._socks = self._socks, set()
         for s in socks:
-            _reset(s)
+            with contextlib.suppress(OSError):
+                # RST, not FIN: what a crashed or restarted server's kernel sends.
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                s.close()
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-def _reset(s: socket.socket) -> None:
-    """Close with RST, not FIN: what a crashed or restarted server's kernel sends."""
-    with contextlib.suppress(OSError):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        s.close()
