@@ -423,7 +423,7 @@ class S3Wire:
             tag = ET.fromstring(r.body.lstrip()).tag
         except ET.ParseError:
             return False
-        return tag.rpartition("}")[2] == "CompleteMultipartUploadResult"
+        return _xml_name(tag) == "CompleteMultipartUploadResult"
 
     def close(self) -> None:
         with self._lock:
@@ -445,9 +445,14 @@ def _xml_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _xml_name(tag: str) -> str:
+    """An element's name without its namespace."""
+    return tag.rpartition("}")[2]
+
+
 def _xml_fields(body: bytes) -> dict[str, str]:
     """The text of a result document's top-level elements, by name without namespace."""
-    return {el.tag.rpartition("}")[2]: el.text or "" for el in ET.fromstring(body)}
+    return {_xml_name(el.tag): el.text or "" for el in ET.fromstring(body)}
 
 
 def _parse_listing(body: bytes) -> Listing:
@@ -455,9 +460,9 @@ def _parse_listing(body: bytes) -> Listing:
     objects: list[tuple[str, int, str]] = []
     truncated, token, encoded = False, None, False
     for el in ET.fromstring(body):
-        tag = el.tag.rpartition("}")[2]
+        tag = _xml_name(el.tag)
         if tag == "Contents":
-            f = {c.tag.rpartition("}")[2]: c.text or "" for c in el}
+            f = {_xml_name(c.tag): c.text or "" for c in el}
             objects.append((f["Key"], int(f["Size"]), f.get("LastModified", "")))
         elif tag == "CommonPrefixes":
             prefixes += [c.text or "" for c in el if c.tag.endswith("Prefix")]

@@ -42,7 +42,6 @@ from smbprotocol.open import (
     ShareAccess,
     SMB2SetInfoRequest,
 )
-from smbprotocol.structure import DateTimeField
 
 from ferry.mover.backends import smb_messages
 from ferry.mover.backends.base import (
@@ -1025,7 +1024,7 @@ class SMBWriter(Writer):
             with SMBFileTransaction(raw) as tx:
                 if mtime_ns is not None:
                     basic = FileBasicInformation()
-                    ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
+                    ft = smb_messages.filetime(mtime_ns)
                     basic["last_access_time"] = ft
                     basic["last_write_time"] = ft
                     set_info(tx, basic)

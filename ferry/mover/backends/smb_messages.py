@@ -112,7 +112,7 @@ def write(offset: int, data: bytes | memoryview, file_id: bytes = RELATED) -> Bo
 
 def set_mtime(file_id: bytes, mtime_ns: int) -> Body:
     """SET_INFO FileBasicInformation: last write and last access time, nothing else."""
-    ft = mtime_ns // 100 + DateTimeField.EPOCH_FILETIME
+    ft = filetime(mtime_ns)
     return _set_info(file_id, BASIC_INFORMATION, _BASIC.pack(0, ft, ft, 0, 0, 0))
 
 
@@ -155,6 +155,11 @@ def closed_size_mtime(answer: bytes) -> tuple[int, int]:
     return end_of_file, _unix_ns(last_write)
 
 
-def _unix_ns(filetime: int) -> int:
+def filetime(unix_ns: int) -> int:
+    """ns since the Unix epoch as a FILETIME (100 ns units since 1601)."""
+    return unix_ns // 100 + DateTimeField.EPOCH_FILETIME
+
+
+def _unix_ns(ft: int) -> int:
     """A FILETIME (100 ns units since 1601) as ns since the Unix epoch."""
-    return (filetime - DateTimeField.EPOCH_FILETIME) * 100
+    return (ft - DateTimeField.EPOCH_FILETIME) * 100
