@@ -20,6 +20,12 @@ from tests.servers.common import (
     wait_until,
 )
 
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",  # Debian, Ubuntu
+    "/usr/libexec/openssh/sftp-server",  # Fedora, RHEL
+    "/usr/lib/ssh/sftp-server",  # Arch
+)
+
 
 class SSHServer(ServerProcess):
     """sshd -D on 127.0.0.1:port. `root` is a directory the test user owns, for SFTP paths."""
@@ -27,10 +33,16 @@ class SSHServer(ServerProcess):
     user = USER
     password = PASSWORD
 
-    def __init__(self, port: int | None = None, sftp_options: str = "") -> None:
-        """`sftp_options` go to internal-sftp, e.g. `-P posix-rename` to deny a request."""
+    def __init__(
+        self, port: int | None = None, sftp_options: str = "", sftp_log: bool = False
+    ) -> None:
+        """`sftp_options` go to the SFTP server, e.g. `-P posix-rename` to deny a request.
+        With `sftp_log`, the server is OpenSSH's sftp-server program instead of sshd's
+        internal one, and logs each request it serves (open, write, fsync, rename...) to
+        `sftp_log_file`."""
         self.port = port or free_port()
         self.sftp_options = sftp_options
+        self.sftp_log = sftp_log
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-sshd-"))
         os.chmod(self.dir, 0o755)
         self.proc: subprocess.Popen | None = None
@@ -41,6 +53,7 @@ class SSHServer(ServerProcess):
         self.password_file = self.dir / "password"
         self.config = self.dir / "sshd_config"
         self.log = self.dir / "sshd.log"
+        self.sftp_log_file = self.dir / "sftp.log"
         self._configured = False
 
     def _configure(self) -> None:
@@ -60,6 +73,15 @@ class SSHServer(ServerProcess):
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
         self.password_file.write_text(self.password + "\n")
         os.chmod(self.password_file, 0o600)
+        subsystem = f"internal-sftp {self.sftp_options}"
+        if self.sftp_log:
+            program = next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
+            if program is None:
+                raise ServerError(f"no sftp-server program in {', '.join(SFTP_SERVERS)}")
+            self.sftp_log_file.touch()
+            os.chown(self.sftp_log_file, pw.pw_uid, pw.pw_gid)
+            # sshd runs it through the user's shell, which appends its stderr to the log.
+            subsystem = f"{program} -e -l VERBOSE {self.sftp_options} 2>>{self.sftp_log_file}"
         self.config.write_text(
             "\n".join(
                 [
@@ -74,7 +96,7 @@ class SSHServer(ServerProcess):
                     "KbdInteractiveAuthentication no",
                     "PermitRootLogin no",
                     f"AllowUsers {self.user}",
-                    f"Subsystem sftp internal-sftp {self.sftp_options}".rstrip(),
+                    f"Subsystem sftp {subsystem}".rstrip(),
                     "MaxSessions 64",
                     "MaxStartups 64:30:128",
                     "LogLevel ERROR",

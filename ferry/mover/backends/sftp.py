@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import queue
 import secrets
@@ -61,6 +62,7 @@ from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB, Preserve
 
 T = TypeVar("T")
+log = logging.getLogger("ferry")
 # SSH window we grant the server (bytes in flight towards us). A bare read loop ran
 # faster with 2 MiB than 4 MiB on a local sshd, but whole ferry copies showed no
 # difference; paramiko's own reads collapse with huge windows.
@@ -496,7 +498,9 @@ class SFTPBackend(Backend):
 
         def put(s: Session) -> list[FerryError | None]:
             out: list[FerryError | None] = []
-            for p, f, exc in zip(puts, files, s.put_many(puts), strict=True):
+            outcomes = s.put_many(puts, self.fsync_each)
+            self.check_fsync(s)
+            for p, f, exc in zip(puts, files, outcomes, strict=True):
                 if exc is not None and p.written:
                     exc = self._rename_or_remove(s.sftp, p.tmp, p.final)  # no posix-rename?
                 missing = ErrorKind.DESTINATION_NOT_FOUND
@@ -519,6 +523,16 @@ class SFTPBackend(Backend):
                 data = None
             out.append(data)
         return out
+
+    def check_fsync(self, s: Session) -> None:
+        """--fsync file on a server that declines fsync@openssh.com: say so once, stop asking."""
+        if s.fsync_refused and self.fsync_each:
+            self.fsync_each = False
+            log.warning(
+                "%s: the server declines fsync@openssh.com; written files are not flushed "
+                "to its disk before they are renamed into place",
+                self.describe(),
+            )
 
     def _rename_or_remove(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> OSError | None:
         try:
@@ -794,12 +808,15 @@ class SFTPWriter(Writer):
         def fin(s: Session) -> None:
             if data is not None:
                 self._created = True
-                s.write_small(self.tmp, data, mode, mtime)
+                s.write_small(self.tmp, data, mode, mtime, self.be.fsync_each)
             else:
                 self._create(s)  # an empty file gets no write
                 rid = s.setstat(self.tmp, mode, mtime)  # mode and times in one request
                 if rid is not None:
                     s.reply(rid)
+                if self.be.fsync_each:
+                    s.sync_file(self.tmp)
+            self.be.check_fsync(s)
             self.be.rename_into_place(s.sftp, self.tmp, self.final)
             if self.journal:
                 try:

@@ -33,6 +33,7 @@ STATUS, HANDLE, DATA, ATTRS, EXTENDED_REPLY = 101, 102, 103, 105, 201
 FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x1, 0x2, 0x8, 0x10
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
 FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED = 0, 1, 2, 3
+FX_OP_UNSUPPORTED = 8
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 HEAD = struct.Struct(">IBI")  # length, type, request id
@@ -45,6 +46,9 @@ def sftp_string(b: bytes) -> bytes:
 
 def path_bytes(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
+
+
+FSYNC = sftp_string(b"fsync@openssh.com")  # then the handle: fsync(2) on the server
 
 
 class Stat:
@@ -78,6 +82,8 @@ def status_error(body: bytes) -> OSError:
         return FileNotFoundError(errno.ENOENT, text or "No such file")
     if code == FX_PERMISSION_DENIED:
         return PermissionError(errno.EACCES, text or "Permission denied")
+    if code == FX_OP_UNSUPPORTED:
+        return OSError(errno.EOPNOTSUPP, text or "Operation unsupported")
     return OSError(f"SFTP status {code}: {text}")
 
 
@@ -93,6 +99,12 @@ class Put:
     written: bool = False  # the temp is complete; a failed rename leaves it in place
 
 
+def refused(exc: BaseException) -> bool:
+    """A request the server declines as such: denied by its configuration (sftp-server -P)
+    or unknown to it."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EOPNOTSUPP)
+
+
 class Session:
     """One SSH connection with its SFTP channel, lent to one thread at a time.
 
@@ -101,9 +113,22 @@ class Session:
     path (4-byte and n-byte channel reads that memmove the rest of the buffer, a Message
     per reply, a prefetch thread per readv) cost more CPU than the cipher. Request ids
     come from the SFTPClient's counter, and every reply is consumed before the session
-    goes back to the pool (`dirty` otherwise), so paramiko's own calls stay in step."""
+    goes back to the pool (`dirty` otherwise), so paramiko's own calls stay in step.
 
-    __slots__ = ("buf", "chan", "dirty", "read_max", "sftp", "transport", "write_max")
+    Writes given `fsync` ask for fsync@openssh.com on the handle before its CLOSE, in the
+    same channel write; a server that declines it sets `fsync_refused` instead of failing
+    the file."""
+
+    __slots__ = (
+        "buf",
+        "chan",
+        "dirty",
+        "fsync_refused",
+        "read_max",
+        "sftp",
+        "transport",
+        "write_max",
+    )
 
     def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
         self.transport, self.sftp = transport, sftp
@@ -112,6 +137,7 @@ class Session:
         self.chan: paramiko.Channel = chan
         self.buf = bytearray()
         self.dirty = False
+        self.fsync_refused = False
         self.read_max = self.write_max = FALLBACK_REQUEST
 
     def close(self) -> None:
@@ -337,11 +363,16 @@ class Session:
             raise error
 
     def write_small(
-        self, path: str, data: bytes | memoryview, mode: int | None, mtime: int | None
+        self,
+        path: str,
+        data: bytes | memoryview,
+        mode: int | None,
+        mtime: int | None,
+        fsync: bool = False,
     ) -> None:
         """A whole small file in two round trips: OPEN (create, truncate), then its WRITEs, one
-        FSETSTAT for mode and times and the CLOSE in a single channel write; returns once
-        all are acknowledged (the first failure is raised)."""
+        FSETSTAT for mode and times (and the fsync) and the CLOSE in a single channel write;
+        returns once all are acknowledged (the first failure is raised)."""
         handle = self.open(path, FXF_WRITE | FXF_CREAT | FXF_TRUNC)
         self.dirty = True
         hs = sftp_string(handle)
@@ -359,21 +390,40 @@ class Session:
         attrs = _attrs(mode, mtime)
         if attrs:
             rids.append(self._send(FSETSTAT, hs + attrs, batch=batch))
+        sync = self._send(EXTENDED, FSYNC + hs, batch=batch) if fsync else None
+        if sync is not None:
+            rids.append(sync)
         rids.append(self._send(CLOSE, hs, batch=batch))
-        self.chan.sendall(memoryview(b"".join(batch)))  # type: ignore[arg-type]
         error: OSError | None = None
-        for rid in rids:
-            try:
-                self.reply(rid)
-            except OSError as exc:
-                error = error or exc
+        for rid, (_, body) in zip(rids, self._collect(batch, rids), strict=True):
+            if isinstance(body, OSError):
+                if rid == sync and refused(body):
+                    self.fsync_refused = True
+                else:
+                    error = error or body
         self.dirty = False
         if error is not None:
             raise error
 
-    def put_many(self, files: list[Put]) -> list[OSError | None]:
+    def sync_file(self, path: str) -> None:
+        """fsync@openssh.com on a file written through other handles (the chunks of a large
+        one): OPEN, then the fsync and the CLOSE in one channel write."""
+        hs = sftp_string(self.open(path, FXF_WRITE))
+        self.dirty = True
+        batch: list[bytes | memoryview] = []
+        rids = [self._send(EXTENDED, FSYNC + hs, batch=batch), self._send(CLOSE, hs, batch=batch)]
+        (_, synced), (_, closed) = self._collect(batch, rids)
+        self.dirty = False
+        if isinstance(synced, OSError):
+            if not refused(synced):
+                raise synced
+            self.fsync_refused = True
+        if isinstance(closed, OSError):
+            raise closed
+
+    def put_many(self, files: list[Put], fsync: bool = False) -> list[OSError | None]:
         """Several small files in three round trips however many they are: every OPEN, then
-        every file's WRITEs, FSETSTAT and CLOSE, then every posix-rename, each step in one
+        every file's WRITEs, FSETSTAT (fsync) and CLOSE, then every posix-rename, each step in one
         channel write. A file that fails drops out of the later steps, its temp removed in
         the last one unless it was `written` (then only the rename failed); one outcome per
         file. Replies may come in any order."""
@@ -389,6 +439,7 @@ class Session:
                 errors[i] = got
         owner: list[int] = []  # file index of each request of this step
         rids: list[int] = []
+        syncs: set[int] = set()
         for i, handle in handles.items():
             f, hs = files[i], sftp_string(handle)
             mv = memoryview(f.data).cast("B")
@@ -400,11 +451,19 @@ class Session:
             if attrs:
                 rids.append(self._send(FSETSTAT, hs + attrs, batch=batch))
                 owner.append(i)
+            if fsync:
+                rid = self._send(EXTENDED, FSYNC + hs, batch=batch)
+                syncs.add(rid)
+                rids.append(rid)
+                owner.append(i)
             rids.append(self._send(CLOSE, hs, batch=batch))
             owner.append(i)
-        for i, (_, body) in zip(owner, self._collect(batch, rids), strict=True):
+        for i, rid, (_, body) in zip(owner, rids, self._collect(batch, rids), strict=True):
             if isinstance(body, OSError) and errors[i] is None:
-                errors[i] = body
+                if rid in syncs and refused(body):
+                    self.fsync_refused = True
+                else:
+                    errors[i] = body
         owner, rids = [], []
         rename = sftp_string(b"posix-rename@openssh.com")
         for i in handles:
