@@ -17,6 +17,7 @@ from smbprotocol.open import (
     SMB2CloseResponse,
     SMB2CreateRequest,
     SMB2CreateResponse,
+    SMB2FlushRequest,
     SMB2ReadRequest,
     SMB2ReadResponse,
     SMB2SetInfoRequest,
@@ -52,7 +53,7 @@ def test_create(name: str) -> None:
     assert mine.pack() == own.pack() and len(mine) == len(own)
 
 
-def test_read_write_close() -> None:
+def test_read_write_flush_close() -> None:
     read = SMB2ReadRequest()
     read["length"], read["offset"], read["file_id"] = 70_000, 5, m.RELATED
     read["padding"] = b"\x50"
@@ -74,6 +75,10 @@ def test_read_write_close() -> None:
         if attributes:
             close["flags"] = CloseFlags.SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB
         assert m.close(FILE_ID, attributes).pack() == close.pack()
+
+    flush = SMB2FlushRequest()
+    flush["file_id"] = FILE_ID
+    assert m.flush(FILE_ID).pack() == flush.pack()
 
 
 def _set_info(info: FileBasicInformation | FileRenameInformation) -> bytes:

@@ -28,8 +28,10 @@ class SambaServer(ServerProcess):
     password = PASSWORD
     share = SHARE
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, audit: bool = False) -> None:
+        """With `audit`, the share logs (full_audit) every open, fsync and rename to `log`."""
         self.port = port or free_port()
+        self.audit = audit
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-smbd-"))
         os.chmod(self.dir, 0o755)
         self.root = self.dir / "share"
@@ -76,6 +78,17 @@ class SambaServer(ServerProcess):
                     "read only = no",
                     f"valid users = {self.user}",
                     "create mask = 0644",
+                    *(
+                        [
+                            "vfs objects = full_audit",
+                            "full_audit:syslog = no",
+                            "full_audit:prefix = audit",
+                            "full_audit:success = openat close fsync fsync_send renameat",
+                            "full_audit:failure = none",
+                        ]
+                        if self.audit
+                        else []
+                    ),
                     "",
                 ]
             )

@@ -377,11 +377,16 @@ class SMBBackend(Backend):
             return handle, results[1]
         return handle, data is not None
 
-    def finish_handle(self, handle: _Handle, mtime_ns: int | None, final_share_rel: str) -> bool:
-        """SET_INFO (mtime), SET_INFO (rename with replace) and CLOSE on the handle that wrote
-        the file, in one round trip. The handle is closed afterwards in any case; False when
-        the server refused."""
-        bodies = [smb_messages.set_mtime(handle.file_id, mtime_ns)] if mtime_ns is not None else []
+    def finish_handle(
+        self, handle: _Handle, mtime_ns: int | None, final_share_rel: str, flush: bool = False
+    ) -> bool:
+        """FLUSH (with `flush`), SET_INFO (mtime), SET_INFO (rename with replace) and CLOSE on
+        the handle that wrote the file, in one round trip. The handle is closed afterwards in
+        any case; False when the server refused the rename. A failed FLUSH raises: the file
+        is complete but not known to be on the server's disk."""
+        bodies = [smb_messages.flush(handle.file_id)] if flush else []
+        if mtime_ns is not None:
+            bodies.append(smb_messages.set_mtime(handle.file_id, mtime_ns))
         bodies.append(smb_messages.set_rename(handle.file_id, final_share_rel))
         bodies.append(smb_messages.close(handle.file_id, attributes=False))
         results: list[Any] = []
@@ -395,6 +400,8 @@ class SMBBackend(Backend):
                     handle.close()
                 except Exception:
                     pass
+        if flush and isinstance(results[0], smbexc.SMBResponseException):
+            raise smbexc.SMBOSError(results[0].status, final_share_rel)
         return not any(isinstance(r, BaseException) for r in results)
 
     def credits(self) -> threading.Semaphore:
@@ -993,6 +1000,9 @@ class SMBWriter(Writer):
             if handle is not None:
                 done = self._finish_on_handle(handle, mtime)
             else:
+                if self.be.fsync_each:
+                    with SMBRawIO(self.tmp, mode="r+", share_access="rwd", **kw) as raw:
+                        raw.fd.flush()
                 done = self._finish_compound(mtime, kw)
             if not done:
                 if mtime is not None:
@@ -1007,7 +1017,9 @@ class SMBWriter(Writer):
         """Set the mtime and rename into place through the handle that wrote the file (one
         round trip, see SMBBackend.finish_handle)."""
         self._primary = None
-        return self.be.finish_handle(handle, mtime_ns, self.final_share_rel)
+        return self.be.finish_handle(
+            handle, mtime_ns, self.final_share_rel, flush=self.be.fsync_each
+        )
 
     def _finish_compound(self, mtime_ns: int | None, kw: dict[str, Any]) -> bool:
         """Set the mtime and rename into place in one round trip (create, set-info x2, close).

@@ -20,6 +20,7 @@ RELATED = b"\xff" * 16  # the file id of a related compound's requests after its
 _CREATE = struct.Struct("<HBBIQQIIIIIHHII")  # 56 bytes; the name follows at offset 64 + 56
 _READ = struct.Struct("<HBBIQ16sIIIHHB")  # 49 bytes, the last one the empty buffer
 _CLOSE = struct.Struct("<HHI16s")
+_FLUSH = struct.Struct("<HHI16s")  # StructureSize, two reserved fields, FileId
 _WRITE = struct.Struct("<HHIQ16sIIHHI")  # 48 bytes; the data follows at offset 64 + 48
 _SET_INFO = struct.Struct("<HBBIHHI16s")  # 32 bytes; the information follows at 64 + 32
 _BASIC = struct.Struct("<QQQQII")  # FileBasicInformation: times (0: unchanged), attributes
@@ -125,6 +126,11 @@ def set_rename(file_id: bytes, share_rel: str) -> Body:
 def _set_info(file_id: bytes, info_class: int, info: bytes) -> Body:
     head = _SET_INFO.pack(33, INFO_FILE, info_class, len(info), 64 + _SET_INFO.size, 0, 0, file_id)
     return Body(Commands.SMB2_SET_INFO, head + info)
+
+
+def flush(file_id: bytes) -> Body:
+    """FLUSH: the server writes the file's data to its disk (smbd: fsync) before it answers."""
+    return Body(Commands.SMB2_FLUSH, _FLUSH.pack(24, 0, 0, file_id))
 
 
 def close(file_id: bytes = RELATED, attributes: bool = True) -> Body:
