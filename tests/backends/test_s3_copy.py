@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ferry.mover.backends import s3
+from ferry.mover.backends import s3, s3_multipart
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.execute import file_digest
 from ferry.mover.options import Mode
@@ -77,7 +77,7 @@ def test_local_upload_stores_digest_without_a_rewrite(
     """A multipart upload from local disk gets its digest at creation (the file is hashed
     first), so completing it needs no server-side copy of the object."""
     r = remotes(s3_kind)
-    p = _big(tmp_path / "src", 3 * s3.MIN_PART + MiB)
+    p = _big(tmp_path / "src", 3 * s3_multipart.MIN_PART + MiB)
     sub = r.fresh("prehash")
     with monkeypatch.context() as m:
         _forbid(m, s3.S3Backend, "copy_object")
@@ -98,9 +98,9 @@ def test_metadata_rewrite_above_copy_object_limit(
     MiB) get their metadata rewritten by a multipart UploadPartCopy, bytes intact, and are
     copied server-side the same way."""
     monkeypatch.setattr(s3, "COPY_MAX", 8 * MiB)
-    monkeypatch.setattr(s3, "COPY_PART", s3.MIN_PART)
+    monkeypatch.setattr(s3, "COPY_PART", s3_multipart.MIN_PART)
     r = remotes(s3_kind)
-    p = _big(tmp_path / "src", 3 * s3.MIN_PART + MiB)
+    p = _big(tmp_path / "src", 3 * s3_multipart.MIN_PART + MiB)
     sub = r.fresh("mpcopy")
     ok(transfer(str(p.parent), r.uri(sub)))
     os.chmod(p, 0o600)  # only the mode changes: a metadata-only update

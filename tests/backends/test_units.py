@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from smbprotocol import exceptions as smbexc
 
-from ferry.mover.backends import s3, sftp, smb
+from ferry.mover.backends import s3, s3_errors, s3_multipart, sftp, smb
 from ferry.mover.backends.base import check_name, copy_into
 from ferry.mover.endpoints import parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
@@ -32,9 +32,9 @@ def client_error(code: str, status: int) -> ClientError:
 
 @pytest.mark.parametrize("size", [1, 5 * MiB, 48 * GiB, 50 * GiB, 5 * 1024 * GiB])
 def test_part_numbers_stay_within_limit(size: int) -> None:
-    unit = s3.part_unit(size)
+    unit = s3_multipart.part_unit(size)
     assert unit % MiB == 0 and unit >= MiB
-    assert (size - 1) // unit + 1 <= s3.MAX_PARTS
+    assert (size - 1) // unit + 1 <= s3_multipart.MAX_PARTS
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -44,8 +44,8 @@ def test_part_runs_cut_whole_buffers_and_keep_a_tail(seed: int) -> None:
     import random
 
     rng = random.Random(seed)
-    pool = s3.BufferPool(64, keep=4)
-    run = s3._Run(1000)
+    pool = s3_multipart.BufferPool(64, keep=4)
+    run = s3_multipart._Run(1000)
     data = rng.randbytes(5000)
     out, pos = bytearray(), 0
     while pos < len(data):
@@ -110,10 +110,10 @@ def test_s3_timestamps(text: str) -> None:
 
 def test_covers() -> None:
     parts = [(0, 10), (10, 25), (30, 40)]
-    assert s3._covers(parts, 0, 25)
-    assert s3._covers(parts, 12, 20)
-    assert not s3._covers(parts, 20, 31)
-    assert s3._covers(parts, 30, 40)
+    assert s3_multipart._covers(parts, 0, 25)
+    assert s3_multipart._covers(parts, 12, 20)
+    assert not s3_multipart._covers(parts, 20, 31)
+    assert s3_multipart._covers(parts, 30, 40)
 
 
 @pytest.mark.parametrize(
@@ -131,8 +131,8 @@ def test_covers() -> None:
     ],
 )
 def test_s3_classify(exc: Exception, kind: ErrorKind) -> None:
-    s3.Boto.load()  # as building a client does: nothing raises botocore's errors before
-    err = s3.classify(exc, WHERE)
+    s3_errors.Boto.load()  # as building a client does: nothing raises botocore's errors before
+    err = s3_errors.classify(exc, WHERE)
     assert err.kind == kind
     assert WHERE in str(err)
 

@@ -56,6 +56,16 @@ PUT_HEADERS = {
 }
 
 
+def put_headers(args: dict[str, Any], meta: dict[str, str]) -> dict[str, str] | None:
+    """A PUT's botocore parameters and metadata as request headers; None where a parameter
+    has no plain header (botocore must send it)."""
+    if not all(a in PUT_HEADERS for a in args):
+        return None
+    headers = {PUT_HEADERS[a]: str(v) for a, v in args.items()}
+    headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
+    return headers
+
+
 class Response(NamedTuple):
     status: int
     headers: dict[str, str]  # names in lower case
