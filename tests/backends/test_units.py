@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from smbprotocol import exceptions as smbexc
 
-from ferry.mover.backends import s3, s3_errors, s3_multipart, sftp, smb
+from ferry.mover.backends import s3, s3_errors, s3_multipart, sftp, smb_errors
 from ferry.mover.backends.base import check_name, copy_into
 from ferry.mover.endpoints import parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
@@ -162,7 +162,7 @@ def test_sftp_classify(exc: BaseException, kind: ErrorKind) -> None:
     ],
 )
 def test_smb_classify(exc: BaseException, kind: ErrorKind) -> None:
-    assert smb.classify(exc, "smb://h:445/share").kind == kind
+    assert smb_errors.classify(exc, "smb://h:445/share").kind == kind
 
 
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "x\x00"])

@@ -1,0 +1,66 @@
+"""smbprotocol failures as Ferry's error kinds."""
+
+from __future__ import annotations
+
+from smbprotocol import exceptions as smbexc
+
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+
+
+def classify(
+    exc: BaseException,
+    where: str,
+    path: str | None = None,
+    missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+) -> FerryError:
+    """Map smbprotocol failures to FerryErrors that name the endpoint, never a secret."""
+    if isinstance(exc, FerryError):
+        return exc
+    if isinstance(
+        exc,
+        (
+            smbexc.LogonFailure,
+            smbexc.WrongPassword,
+            smbexc.PasswordExpired,
+            smbexc.SMBAuthenticationError,
+        ),
+    ):
+        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: authentication failed", path)
+    if isinstance(exc, smbexc.BadNetworkName):
+        return FerryError(missing, f"{where}: share does not exist", path)
+    if isinstance(exc, smbexc.SMBOSError):
+        err = as_ferry_error(exc, path)
+        if err.kind == ErrorKind.SOURCE_NOT_FOUND:
+            err.kind = missing
+        err.args = (f"{where}: {exc.strerror or exc}",)
+        return err
+    if isinstance(exc, smbexc.AccessDenied):
+        return FerryError(ErrorKind.PERMISSION, f"{where}: access denied", path)
+    if isinstance(exc, (smbexc.ObjectNameNotFound, smbexc.ObjectPathNotFound, smbexc.NoSuchFile)):
+        return FerryError(missing, f"{where}: no such file", path)
+    if isinstance(
+        exc,
+        (
+            smbexc.SMBConnectionClosed,
+            ConnectionError,
+            TimeoutError,
+            EOFError,
+            smbexc.InsufficientResources,
+            smbexc.IOTimeout,
+        ),
+    ):
+        return FerryError(
+            ErrorKind.TRANSIENT, f"{where}: connection lost ({type(exc).__name__})", path
+        )
+    if isinstance(exc, ValueError) and "Failed to connect" in str(exc):
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: cannot connect", path)
+    if isinstance(exc, OSError):
+        err = as_ferry_error(exc, path)
+        err.args = (f"{where}: {err.args[0]}",)
+        return err
+    if isinstance(exc, smbexc.SMBException):
+        text = str(exc)
+        if "credits" in text or "closed" in text.lower():
+            return FerryError(ErrorKind.TRANSIENT, f"{where}: {text}", path)
+        return FerryError(ErrorKind.IO_ERROR, f"{where}: {text}", path)
+    return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
