@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,8 @@ def test_bad_credentials(remote: Remote, tmp_path: Path) -> None:
     assert WRONG not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("remote", ["s3", "smb"], indirect=True)
 def test_missing_bucket_or_share(remote: Remote, tmp_path: Path) -> None:
-    if remote.kind == "sftp":
-        pytest.skip("an SFTP destination root is created; there is no bucket or share")
     src = _small_src(tmp_path)
     if remote.kind == "s3":
         uri = remote.uri("x").replace(f"s3://{BUCKET}/", "s3://no-such-bucket-ferry/")
@@ -82,6 +82,19 @@ def test_missing_bucket_or_share(remote: Remote, tmp_path: Path) -> None:
     assert "127.0.0.1" in str(s.fatal)
     s = transfer(uri, str(tmp_path / "out"), retries=0)
     assert s.fatal is not None and s.fatal.kind == ErrorKind.SOURCE_NOT_FOUND, s.to_json()
+
+
+@pytest.mark.parametrize("remote", ["sftp"], indirect=True)
+def test_missing_sftp_directories(remote: Remote, tmp_path: Path) -> None:
+    """SFTP has no bucket or share: a source directory that does not exist is fatal and
+    named; a destination's missing directories are created."""
+    sub = f"no-{uuid.uuid4().hex[:8]}/such/dir"
+    s = transfer(remote.uri(sub), str(tmp_path / "out"), retries=0)
+    assert s.fatal is not None and s.fatal.kind == ErrorKind.SOURCE_NOT_FOUND, s.to_json()
+    assert "127.0.0.1" in str(s.fatal)
+    assert not (tmp_path / "out").exists()
+    ok(transfer(str(_small_src(tmp_path)), remote.uri(sub), retries=0))
+    assert (remote.server.root / sub / "f.txt").read_text() == "hello"
 
 
 def test_unreachable_host(remote: Remote, tmp_path: Path) -> None:
