@@ -83,8 +83,6 @@ class Bench:
         self.big, self.many = make_data(self.tmp / "data", args.big_mib, args.small)
         self.big_bytes = args.big_mib << 20
         self.rows: list[tuple[str, str, str, float]] = []  # backend, case, tool, seconds
-        self.trash = self.tmp / "trash"
-        self.trash.mkdir()
 
     def out_dir(self) -> Path:
         return self.tmp / "out" / uuid.uuid4().hex[:8]
@@ -118,19 +116,28 @@ class Bench:
         self,
         backend: str,
         tools: Mapping[str, tuple[Callable[[Path, str], float], Callable[[str, Path], float]]],
-        remote_new: Callable[[], str],
+        stored: Callable[[str], Path | None],
     ) -> None:
         """For each tool: upload big, download big, upload many, download many (fresh remote
         dirs); `--repeat` rounds, the tool order rotated each round so no tool always runs
-        first (or right after the heaviest one)."""
+        first (or right after the heaviest one).
+
+        Each pair's download and the server's copy (`stored`: where the server keeps a
+        remote dir, all servers being local) are deleted before the next measurement, off
+        the clock: kept, they filled the page cache through the run (~27 GiB in five
+        rounds), and on this kind of VM buffered writes slow down as it grows, so later
+        measurements ran on a slower machine than earlier ones."""
         names = list(tools)
         for r in range(self.args.repeat):
             for tool in names[r % len(names) :] + names[: r % len(names)]:
                 up, down = tools[tool]
                 for label, src in (("big", self.big), ("many", self.many)):
-                    dest = remote_new()
+                    dest, out = uuid.uuid4().hex[:8], self.out_dir()
                     self.record(backend, f"{label}-up", tool, partial(up, src, dest))
-                    self.record(backend, f"{label}-down", tool, partial(down, dest, self.out_dir()))
+                    self.record(backend, f"{label}-down", tool, partial(down, dest, out))
+                    for done in (out, stored(dest)):
+                        if done is not None:
+                            shutil.rmtree(done, ignore_errors=True)
 
     def report(self) -> None:
         print(f"\nFerry vs others (median of {self.args.repeat}; ratio > 1: Ferry faster)")
@@ -206,7 +213,8 @@ def bench_s3(b: Bench) -> None:
             "rclone": (rclone_up, rclone_down),
             "boto3": (boto_up, boto_down),
         }
-        b.cases("s3", tools, lambda: uuid.uuid4().hex[:8])
+        data = srv.data / BUCKET if isinstance(srv, VersityServer) else None  # moto: in memory
+        b.cases("s3", tools, lambda dest: data / dest if data else None)
     finally:
         srv.close()
 
@@ -315,7 +323,7 @@ def bench_sftp(b: Bench) -> None:
             "scp": (scp_up, scp_down),
             "paramiko": (pk_up, pk_down),
         }
-        b.cases("sftp", tools, lambda: uuid.uuid4().hex[:8])
+        b.cases("sftp", tools, lambda dest: root / dest)
     finally:
         srv.close()
 
@@ -371,7 +379,7 @@ def bench_smb(b: Bench) -> None:
             "rclone": (rclone_up, rclone_down),
             "smbclient": (smbc_up, smbc_down),
         }
-        b.cases("smb", tools, lambda: uuid.uuid4().hex[:8])
+        b.cases("smb", tools, lambda dest: srv.root / dest)
     finally:
         srv.close()
 
