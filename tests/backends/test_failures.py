@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -95,6 +96,41 @@ def test_missing_sftp_directories(remote: Remote, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     ok(transfer(str(_small_src(tmp_path)), remote.uri(sub), retries=0))
     assert (remote.server.root / sub / "f.txt").read_text() == "hello"
+
+
+@pytest.mark.parametrize("remote", ["sftp", "smb"], indirect=True)
+def test_server_disk_full(remote: Remote, tmp_path: Path) -> None:
+    """The server's filesystem fills up (a real one: a small tmpfs mounted below the server's
+    root; CI runs as root). Each run ends DestinationFull naming the endpoint (SMB says so;
+    SFTP v3 answers a bare FAILURE, which Ferry checks with statvfs@openssh.com), with
+    whole files under final names and no temp or partial left taking space: small files
+    that run out of room after their OPEN (inside an SFTP batch), then a chunked file."""
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir()
+    big.mkdir()
+    for i in range(40):
+        (small / f"s{i:02d}").write_bytes(os.urandom(64 * 1024))
+    (big / "big").write_bytes(os.urandom(3 * CHUNK))
+    sub = f"full-{uuid.uuid4().hex[:8]}"
+    mnt = remote.server.root / sub
+    mnt.mkdir()
+    pw = pwd.getpwnam(remote.server.user)
+    opts = f"size=4m,uid={pw.pw_uid},gid={pw.pw_gid},mode=0755"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "filler").write_bytes(b"x" * 3 * MiB)  # 1 MiB left: about 15 small files
+        for src in (small, big):
+            s = transfer(str(src), remote.uri(f"{sub}/{src.name}"), retries=0)
+            assert s.exit_code == ErrorKind.DESTINATION_FULL.exit_code, s.to_json()
+            assert s.errors and {e.kind for e in s.errors} == {ErrorKind.DESTINATION_FULL}
+            assert all("127.0.0.1" in str(e) for e in s.errors)
+        kept = [p for p in mnt.rglob("*") if p.is_file() and p.name != "filler"]
+        assert kept, "no small file fitted: nothing shows what a full disk leaves"
+        for p in kept:
+            assert not p.name.startswith(".~ferry."), f"left {p.name} taking space"
+            assert p.read_bytes() == (tmp_path / p.relative_to(mnt)).read_bytes(), f"torn {p}"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_unreachable_host(remote: Remote, tmp_path: Path) -> None:

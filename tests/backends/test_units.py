@@ -159,6 +159,8 @@ def test_sftp_classify(exc: BaseException, kind: ErrorKind) -> None:
         (smbexc.SMBConnectionClosed(), ErrorKind.TRANSIENT),
         (ValueError("Failed to connect to '127.0.0.1:1': refused"), ErrorKind.TRANSIENT),
         (smbexc.SMBAuthenticationError("bad"), ErrorKind.AUTH_FAILED),
+        (smbexc.SMBOSError(0xC000007F, "f"), ErrorKind.DESTINATION_FULL),  # STATUS_DISK_FULL
+        (smbexc.SMBOSError(0xC0000044, "f"), ErrorKind.DESTINATION_FULL),  # quota exceeded
     ],
 )
 def test_smb_classify(exc: BaseException, kind: ErrorKind) -> None:

@@ -27,6 +27,7 @@ import secrets
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -71,6 +72,9 @@ WINDOW = 4 * MiB
 # allowed (paramiko's default is 32 KiB): 8x fewer packets to decrypt and parse in Python.
 MAX_PACKET = 256 * 1024
 CONNECT_TIMEOUT = 15.0
+# SFTP v3 has no "disk full" status (sftp-server answers a bare FAILURE), so a failed write
+# asks the server's filesystem: less than this left means full.
+FULL_BELOW = 1 * MiB
 # Bulk streams (a chunk's reads, a large write) at once per backend, whatever the engine's
 # --transfers: each stream keeps its connection busy, and more of them only share the
 # GIL. Measured on 2 cores against a local sshd, fewer streams used less CPU and ran
@@ -177,6 +181,7 @@ class SFTPBackend(Backend):
         self._lock = threading.Lock()
         self._pkey: paramiko.PKey | None = None
         self._password: str | None = None
+        self._full_until = 0.0
 
     # -- connections ------------------------------------------------------------------
     def describe(self) -> str:
@@ -187,8 +192,36 @@ class SFTPBackend(Backend):
         exc: BaseException,
         rel: str | None = None,
         missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+        s: Session | None = None,
     ) -> FerryError:
-        return classify(exc, self.describe(), rel, missing)
+        """`exc` as a FerryError. A destination's bare failure is checked, on the session `s`
+        that saw it, for a full filesystem (statvfs@openssh.com where offered)."""
+        err = classify(exc, self.describe(), rel, missing)
+        full = (
+            err.kind == ErrorKind.IO_ERROR
+            and missing == ErrorKind.DESTINATION_NOT_FOUND
+            and s is not None
+            and self._full(s, rel)
+        )
+        if full:
+            return FerryError(
+                ErrorKind.DESTINATION_FULL, f"{self.describe()}: no space left on the server", rel
+            )
+        return err
+
+    def _full(self, s: Session, rel: str | None) -> bool:
+        if time.monotonic() < self._full_until:
+            return True  # one check stands for the failures of the next seconds
+        if s.dirty:
+            return False
+        try:
+            free, inodes = s.statvfs(self.path(rel or "").rpartition("/")[0] or "/")
+        except Exception:
+            return False  # not offered, or the directory is gone: a plain failure
+        if free >= FULL_BELOW and inodes:
+            return False
+        self._full_until = time.monotonic() + 2.0
+        return True
 
     def _credentials(self) -> None:
         if self._pkey is None and self.ep.key_file:
@@ -337,7 +370,7 @@ class SFTPBackend(Backend):
         try:
             out = fn(s)
         except BaseException as exc:
-            err = self.err(exc, rel, missing)
+            err = self.err(exc, rel, missing, s)
             self.release(s, broken=err.kind == ErrorKind.TRANSIENT)
             raise err from None
         self.release(s)
@@ -504,7 +537,7 @@ class SFTPBackend(Backend):
                 if exc is not None and p.written:
                     exc = self._rename_or_remove(s.sftp, p.tmp, p.final)  # no posix-rename?
                 missing = ErrorKind.DESTINATION_NOT_FOUND
-                out.append(None if exc is None else self.err(exc, f.rel, missing))
+                out.append(None if exc is None else self.err(exc, f.rel, missing, s))
             return out
 
         return self.run_session(put, None, ErrorKind.DESTINATION_NOT_FOUND)

@@ -49,6 +49,7 @@ def path_bytes(path: str) -> bytes:
 
 
 FSYNC = sftp_string(b"fsync@openssh.com")  # then the handle: fsync(2) on the server
+STATVFS = sftp_string(b"statvfs@openssh.com")  # then a path: statvfs(2) on the server
 
 
 class Stat:
@@ -215,6 +216,14 @@ class Session:
                 self.read_max = min(rd, MAX_REQUEST) // 4096 * 4096 or min(rd, MAX_REQUEST)
             if wr:
                 self.write_max = min(wr, MAX_REQUEST)
+
+    def statvfs(self, path: str) -> tuple[int, int]:
+        """(bytes, inodes) this user may still take on the filesystem holding `path`."""
+        kind, body = self.reply(self._send(EXTENDED, STATVFS + sftp_string(path_bytes(path))))
+        if kind != EXTENDED_REPLY or len(body) < 64:
+            raise paramiko.SSHException(f"SFTP statvfs: unexpected reply {kind}")
+        bsize, frsize, _, _, bavail, _, _, favail = struct.unpack_from(">8Q", body, 0)
+        return bavail * (frsize or bsize), favail
 
     def open(self, path: str, flags: int) -> bytes:
         rid = self._send(OPEN, _open_body(path, flags))

@@ -6,6 +6,9 @@ from smbprotocol import exceptions as smbexc
 
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 
+# STATUS_DISK_FULL, STATUS_QUOTA_EXCEEDED: smbprotocol gives them no errno.
+FULL_STATUSES = {0xC000007F, 0xC0000044}
+
 
 def classify(
     exc: BaseException,
@@ -28,6 +31,8 @@ def classify(
         return FerryError(ErrorKind.AUTH_FAILED, f"{where}: authentication failed", path)
     if isinstance(exc, smbexc.BadNetworkName):
         return FerryError(missing, f"{where}: share does not exist", path)
+    if _status(exc) in FULL_STATUSES:
+        return FerryError(ErrorKind.DESTINATION_FULL, f"{where}: no space left on the share", path)
     if isinstance(exc, smbexc.SMBOSError):
         err = as_ferry_error(exc, path)
         if err.kind == ErrorKind.SOURCE_NOT_FOUND:
@@ -64,3 +69,11 @@ def classify(
             return FerryError(ErrorKind.TRANSIENT, f"{where}: {text}", path)
         return FerryError(ErrorKind.IO_ERROR, f"{where}: {text}", path)
     return FerryError(ErrorKind.IO_ERROR, f"{where}: {type(exc).__name__}: {exc}", path)
+
+
+def _status(exc: BaseException) -> int | None:
+    if isinstance(exc, smbexc.SMBOSError):
+        return int(exc.ntstatus)
+    if isinstance(exc, smbexc.SMBResponseException):
+        return int(exc.status)
+    return None
