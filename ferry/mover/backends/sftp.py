@@ -215,7 +215,7 @@ class SFTPBackend(Backend):
         if s.dirty:
             return False
         try:
-            free, inodes = s.statvfs(self.path(rel or "").rpartition("/")[0] or "/")
+            free, inodes = s.statvfs(self.path(rel).rpartition("/")[0] or "/" if rel else self.root)
         except Exception:
             return False  # not offered, or the directory is gone: a plain failure
         if free >= FULL_BELOW and inodes:

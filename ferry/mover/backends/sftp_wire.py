@@ -405,11 +405,7 @@ class Session:
         rids.append(self._send(CLOSE, hs, batch=batch))
         error: OSError | None = None
         for rid, (_, body) in zip(rids, self._collect(batch, rids), strict=True):
-            if isinstance(body, OSError):
-                if rid == sync and refused(body):
-                    self.fsync_refused = True
-                else:
-                    error = error or body
+            error = error or (self._fsync_error(body) if rid == sync else _error(body))
         self.dirty = False
         if error is not None:
             raise error
@@ -423,12 +419,17 @@ class Session:
         rids = [self._send(EXTENDED, FSYNC + hs, batch=batch), self._send(CLOSE, hs, batch=batch)]
         (_, synced), (_, closed) = self._collect(batch, rids)
         self.dirty = False
-        if isinstance(synced, OSError):
-            if not refused(synced):
-                raise synced
+        error = self._fsync_error(synced) or _error(closed)
+        if error is not None:
+            raise error
+
+    def _fsync_error(self, body: bytes | OSError) -> OSError | None:
+        """An fsync's failure; None where it succeeded or the server declines fsync (noted in
+        `fsync_refused`: the file is still written)."""
+        if isinstance(body, OSError) and refused(body):
             self.fsync_refused = True
-        if isinstance(closed, OSError):
-            raise closed
+            return None
+        return _error(body)
 
     def put_many(self, files: list[Put], fsync: bool = False) -> list[OSError | None]:
         """Several small files in three round trips however many they are: every OPEN, then
@@ -468,11 +469,7 @@ class Session:
             rids.append(self._send(CLOSE, hs, batch=batch))
             owner.append(i)
         for i, rid, (_, body) in zip(owner, rids, self._collect(batch, rids), strict=True):
-            if isinstance(body, OSError) and errors[i] is None:
-                if rid in syncs and refused(body):
-                    self.fsync_refused = True
-                else:
-                    errors[i] = body
+            errors[i] = errors[i] or (self._fsync_error(body) if rid in syncs else _error(body))
         owner, rids = [], []
         rename = sftp_string(b"posix-rename@openssh.com")
         for i in handles:
@@ -563,6 +560,10 @@ class Session:
         if not attrs:
             return None
         return self._send(SETSTAT, sftp_string(path_bytes(path)) + attrs)
+
+
+def _error(body: bytes | OSError) -> OSError | None:
+    return body if isinstance(body, OSError) else None
 
 
 def _open_body(path: str, flags: int) -> bytes:
