@@ -29,7 +29,8 @@ class SambaServer(ServerProcess):
     share = SHARE
 
     def __init__(self, port: int | None = None, audit: bool = False) -> None:
-        """With `audit`, the share logs (full_audit) every open, fsync and rename to `log`."""
+        """With `audit`, the share logs (full_audit) every open, close, fsync and rename to
+        `log`."""
         self.port = port or free_port()
         self.audit = audit
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-smbd-"))

@@ -194,6 +194,7 @@ class SMBBackend(Backend):
         """rel as a path inside the share, as CREATE requests name files."""
         return "\\".join([*self._prefix, *(p for p in rel.split("/") if p)])
 
+    # Compounds go through the backend, so tests can stand in for the server's answers.
     exchange = staticmethod(exchange)
 
     def open_handle(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 
 def internal_name(name: str, suffix: str) -> str:
+    """A hidden name beside `name` (temp, partial, journal); hashed where too long."""
     full = f"{INTERNAL_PREFIX}{name}.{suffix}"
     if len(full) <= 240:
         return full
