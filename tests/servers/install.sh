@@ -7,6 +7,11 @@ for pair in sshd:openssh-server smbd:samba smbclient:smbclient rclone:rclone rsy
   bin=${pair%%:*}; pkg=${pair##*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then need+=("$pkg"); fi
 done
+# The SMB fsync tests read smbd's request log from the full_audit VFS module, which Debian
+# ships apart from smbd (samba-vfs-modules, only recommended by samba).
+smbd=$(command -v smbd || echo /usr/sbin/smbd)
+modules=$({ [ -x "$smbd" ] && "$smbd" -b | awk '/MODULESDIR:/ {print $2}'; } || true)
+[ -n "$modules" ] && [ -f "$modules/vfs/full_audit.so" ] || need+=(samba-vfs-modules)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update

@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.servers.common import (
     PASSWORD,
     USER,
+    ServerError,
     ServerProcess,
     ensure_user,
     free_port,
@@ -110,6 +111,8 @@ class SambaServer(ServerProcess):
         if not self._configured:
             self._configure()
         smbd = need("smbd")
+        if self.audit:
+            self._check_module(smbd, "vfs/full_audit.so")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -125,6 +128,19 @@ class SambaServer(ServerProcess):
             )
         wait_until(lambda: port_open(self.port), timeout, f"smbd on {self.port}", self.proc)
         return self
+
+    @staticmethod
+    def _check_module(smbd: str, module: str) -> None:
+        """smbd serves a share whose VFS module is missing as a share with no files at all:
+        say what is missing instead."""
+        info = subprocess.run([smbd, "-b"], capture_output=True, text=True).stdout
+        dirs = [
+            line.split(":", 1)[1].strip() for line in info.splitlines() if "MODULESDIR:" in line
+        ]
+        if not any((Path(d) / module).is_file() for d in dirs):
+            raise ServerError(
+                f"smbd has no {module} (Debian: samba-vfs-modules; tests/servers/install.sh)"
+            )
 
     def uri(self, sub: str, **opts: str) -> str:
         q = {"password_file": str(self.password_file), **opts}
