@@ -420,9 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
     if args.command in ("copy", "sync", "plan", "verify", "run"):
-        from ferry.mover.malloc import tune_malloc
+        from ferry.mover.malloc import tune_gc, tune_malloc
 
         tune_malloc()
+        tune_gc()
     try:
         if args.command in ("copy", "sync", "plan"):
             return _cmd_transfer(args)

@@ -242,3 +242,13 @@ def test_malloc_tuning_respects_the_environment() -> None:
         text=True,
     )
     assert (plain.stdout.strip(), chosen.stdout.strip()) == ("True", "False")
+
+
+def test_gc_tuning_freezes_what_is_loaded() -> None:
+    """Own process, so this test's interpreter keeps its collector settings."""
+    code = (
+        "import gc; from ferry.mover.malloc import GC_YOUNG, tune_gc; tune_gc(); "
+        "print(gc.get_threshold()[0] == GC_YOUNG, gc.get_freeze_count() > 1000)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
