@@ -77,11 +77,18 @@ def test_copy_into_makes_no_temporary_copy() -> None:
     assert peak - before < 64 * 1024
 
 
-def test_sftp_backend_imports_paramiko_without_invoke() -> None:
-    """paramiko only needs invoke for ssh_config `Match exec`; loading it costs every run."""
+def test_sftp_backend_imports_paramiko_without_invoke_or_metadata() -> None:
+    """paramiko only needs invoke for ssh_config `Match exec`, and importlib.metadata for its
+    own version; loading them costs every run. Its version (in the SSH client id) is the
+    installed one all the same, and both modules can still be imported afterwards."""
     code = (
         "import sys; from ferry.mover.backends import import_paramiko; import_paramiko(); "
-        "import paramiko.config as c; assert c.invoke is None and 'invoke' not in sys.modules"
+        "import paramiko, paramiko.config as c; "
+        "assert c.invoke is None and 'invoke' not in sys.modules; "
+        "assert 'importlib.metadata' not in sys.modules, 'metadata'; "
+        "from importlib.metadata import version; "
+        "assert paramiko.__version__ == version('paramiko'), paramiko.__version__; "
+        "import invoke"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
