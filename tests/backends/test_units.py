@@ -222,3 +222,31 @@ def test_sftp_socket_acknowledges_reads_at_once() -> None:
     finally:
         for s in (client, peer, server):
             s.close()
+
+
+def test_lean_pipe_reads_like_paramikos() -> None:
+    """The SFTP channel's LeanPipe returns the same bytes as paramiko's BufferedPipe for
+    reads larger and smaller than what is buffered, across the pieces fed; and it keeps
+    the pieces themselves (no copy) where a read takes them whole."""
+    from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
+
+    from ferry.mover.backends.sftp_wire import LeanPipe
+
+    pieces = [b"abc", b"", b"defgh", b"i" * 10, b"jk"]
+    sizes = [2, 1, 4, 3, 100]  # the last takes the rest
+    lean, plain = LeanPipe(), BufferedPipe()
+    for p in pieces:
+        lean.feed(p)
+        plain.feed(p)
+    assert len(lean) == len(plain) == 20
+    got = [(lean.read(n, 0), plain.read(n, 0)) for n in sizes]
+    assert all(a == b for a, b in got), got
+    assert len(lean) == len(plain) == 0
+    with pytest.raises(PipeTimeout):
+        lean.read(1, 0)
+    whole = os.urandom(1000)
+    lean.feed(whole)
+    assert lean.read(4096) is whole
+    lean.feed(b"end")
+    lean.close()
+    assert (lean.read(10), lean.read(10)) == (b"end", b"")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paramiko
+from paramiko.buffered_pipe import BufferedPipe
 
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import MiB
@@ -38,6 +40,77 @@ U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 HEAD = struct.Struct(">IBI")  # length, type, request id
 RANGE = struct.Struct(">QI")  # offset, length
+
+
+class _Chunks:
+    """The bytes a channel received, kept as the objects paramiko decoded: BufferedPipe's
+    array.array copied every byte three times (extend, slice, tobytes) on its way to a
+    reader. Only the operations BufferedPipe uses on its buffer: len, append, the first
+    `limit` bytes, and deleting from the front."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: deque[bytes] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+
+    def head(self, limit: int | None) -> bytes:
+        n = self.size if limit is None else min(limit, self.size)
+        first = self.parts[0] if self.parts else b""
+        if len(first) >= n:
+            return first if len(first) == n else first[:n]
+        out, left = [], n
+        for part in self.parts:
+            out.append(part if len(part) <= left else part[:left])
+            left -= len(out[-1])
+            if not left:
+                break
+        return b"".join(out)
+
+    def __delitem__(self, key: slice) -> None:
+        n = self.size if key.stop is None else min(key.stop, self.size)
+        self.size -= n
+        parts = self.parts
+        while n:
+            if len(parts[0]) <= n:
+                n -= len(parts.popleft())
+            else:
+                parts[0] = parts[0][n:]
+                n = 0
+
+
+class LeanPipe(BufferedPipe):
+    """paramiko's channel buffer with the same locking, events and timeouts, holding what
+    arrives without copying it (`_Chunks`): a download's bytes are copied once here where
+    they were copied three times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = _Chunks()
+
+    def _buffer_frombytes(self, data: bytes) -> None:
+        self._buffer.append(data)
+
+    def _buffer_tobytes(self, limit: int | None = None) -> bytes:
+        return self._buffer.head(limit)
+
+
+def lean_channel(chan: paramiko.Channel) -> None:
+    """Swap the channel's receive buffer for a LeanPipe between requests (an SFTP server
+    sends nothing unasked), carrying over anything it holds."""
+    old, new = chan.in_buffer, LeanPipe()
+    if old._event is not None:
+        new.set_event(old._event)
+    chan.in_buffer = new
+    new.feed(old.empty())
 
 
 def sftp_string(b: bytes) -> bytes:
@@ -135,6 +208,7 @@ class Session:
         self.transport, self.sftp = transport, sftp
         chan = sftp.get_channel()
         assert chan is not None
+        lean_channel(chan)
         self.chan: paramiko.Channel = chan
         self.buf = bytearray()
         self.dirty = False
