@@ -10,8 +10,8 @@ only when nobody chose otherwise through MALLOC_* environment variables;
 costs ~10 MB of resident memory.
 
 With the cycle collector's defaults (a young-generation pass every 700
-container allocations) a plan of 50,000 entries ran 124 collections (33 ms),
-and every pass after start-up walked the modules imported so far again.
+container allocations) a plan of 50,000 entries ran 124 collections (33 ms);
+with the start-up modules frozen and a pass every 10,000, 28 (16-21 ms).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ GC_YOUNG = 10_000  # container allocations between young-generation passes (CPyt
 
 def tune_gc() -> None:
     """Freeze what is loaded so far (modules, classes: alive for the whole run, so no
-    full collection need walk them again) and collect the young generation less often.
+    older-generation collection walks them again) and collect the young generation less
+    often.
     Cycles are still collected; bulk data lives in bytes and buffers, which the
     collector does not track, so the threshold bounds how much cyclic garbage waits."""
     gc.freeze()

@@ -41,7 +41,7 @@ def import_paramiko() -> None:
     paramiko loads invoke only to run ssh_config's `Match exec` (Ferry reads no ssh_config),
     and invoke brings yaml, unittest.mock and more: 50-80 ms of every SFTP run. It loads
     importlib.metadata (the email package, zipfile...) only to look up its own version:
-    ~25 ms, where the name of its dist-info directory says the same. Anyone importing
+    ~11 ms, where the name of its dist-info directory says the same. Anyone importing
     either later still gets the real module."""
     if "paramiko" in sys.modules or "invoke" in sys.modules:
         return

@@ -44,7 +44,7 @@ RANGE = struct.Struct(">QI")  # offset, length
 
 class _Chunks:
     """The bytes a channel received, kept as the objects paramiko decoded: BufferedPipe's
-    array.array copied every byte three times (extend, slice, tobytes) on its way to a
+    array.array copied every byte three times (frombytes, slice, tobytes) on its way to a
     reader. Only the operations BufferedPipe uses on its buffer: len, append, the first
     `limit` bytes, and deleting from the front."""
 
@@ -107,8 +107,9 @@ def lean_channel(chan: paramiko.Channel) -> None:
     """Swap the channel's receive buffer for a LeanPipe between requests (an SFTP server
     sends nothing unasked), carrying over anything it holds."""
     old, new = chan.in_buffer, LeanPipe()
-    if old._event is not None:
-        new.set_event(old._event)
+    event = getattr(old, "_event", None)  # set by Channel.fileno(), for select()
+    if event is not None:
+        new.set_event(event)
     chan.in_buffer = new
     new.feed(old.empty())
 
