@@ -44,6 +44,8 @@ class SambaServer(ServerProcess):
         self._configured = False
 
     def _configure(self) -> None:
+        if self.audit:
+            self._check_module(need("smbd"), "vfs/full_audit.so")
         pw = ensure_user()
         self.root.mkdir(exist_ok=True)
         os.chown(self.root, pw.pw_uid, pw.pw_gid)
@@ -111,8 +113,6 @@ class SambaServer(ServerProcess):
         if not self._configured:
             self._configure()
         smbd = need("smbd")
-        if self.audit:
-            self._check_module(smbd, "vfs/full_audit.so")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [

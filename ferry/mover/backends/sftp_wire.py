@@ -43,10 +43,9 @@ RANGE = struct.Struct(">QI")  # offset, length
 
 
 class _Chunks:
-    """The bytes a channel received, kept as the objects paramiko decoded: BufferedPipe's
-    array.array copied every byte three times (frombytes, slice, tobytes) on its way to a
-    reader. Only the operations BufferedPipe uses on its buffer: len, append, the first
-    `limit` bytes, and deleting from the front."""
+    """LeanPipe's buffer: the payloads as paramiko decoded them. Only the operations
+    BufferedPipe uses on its buffer: len, append, the first `limit` bytes, and deleting
+    from the front."""
 
     __slots__ = ("parts", "size")
 
@@ -89,8 +88,9 @@ class _Chunks:
 
 class LeanPipe(BufferedPipe):
     """paramiko's channel buffer with the same locking, events and timeouts, holding what
-    arrives without copying it (`_Chunks`): a download's bytes are copied once here where
-    they were copied three times."""
+    arrives without copying it: BufferedPipe's array.array copied every byte three times
+    (frombytes, slice, tobytes) on its way to a reader; a read here hands over a whole
+    payload as it is, or joins the ones it spans."""
 
     def __init__(self) -> None:
         super().__init__()
