@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import compile_ferry  # noqa: E402
+from benchmarks.datasets import discard  # noqa: E402
 from tests.servers import MotoServer, SambaServer, SSHServer, VersityServer  # noqa: E402
 from tests.servers.s3api import S3ApiServer  # noqa: E402
 
@@ -82,6 +83,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
         self.big, self.many = make_data(self.tmp / "data", args.big_mib, args.small)
         self.big_bytes = args.big_mib << 20
+        self.trash = self.tmp / "trash"  # deleted with the rest of tmp, after the report
         self.rows: list[tuple[str, str, str, float]] = []  # backend, case, tool, seconds
 
     def out_dir(self) -> Path:
@@ -123,10 +125,11 @@ class Bench:
         first (or right after the heaviest one).
 
         Each pair's download and the server's copy (`stored`: where the server keeps a
-        remote dir, all servers being local) are deleted before the next measurement, off
-        the clock: kept, they filled the page cache through the run (~27 GiB in five
-        rounds), and on this kind of VM buffered writes slow down as it grows, so later
-        measurements ran on a slower machine than earlier ones."""
+        remote dir, all servers being local) are moved into the trash before the next
+        measurement, off the clock, their big files truncated: kept, they filled the page
+        cache through the run (~27 GiB in five rounds), and on this kind of VM buffered
+        writes slow down as it grows. They are not deleted until the end: the next tool's
+        file creates would pay for the freed inodes (datasets.discard)."""
         names = list(tools)
         for r in range(self.args.repeat):
             for tool in names[r % len(names) :] + names[: r % len(names)]:
@@ -137,7 +140,7 @@ class Bench:
                     self.record(backend, f"{label}-down", tool, partial(down, dest, out))
                     for done in (out, stored(dest)):
                         if done is not None:
-                            shutil.rmtree(done, ignore_errors=True)
+                            discard(done, self.trash)
 
     def report(self) -> None:
         print(f"\nFerry vs others (median of {self.args.repeat}; ratio > 1: Ferry faster)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -266,6 +267,33 @@ def is_complete(spec: Spec, data_dir: Path = DATA_DIR) -> bool:
         return False
     st = tree_stats(base / "src")
     return st.files == spec.files and st.bytes == spec.total_bytes and st.other == 0
+
+
+TRUNCATE_AT = 1 * MiB
+
+
+def discard(path: Path, trash: Path) -> None:
+    """Move a used tree into `trash` instead of deleting it, and give its big files' blocks
+    back now (truncation frees blocks and page cache, not inodes): on ext4 without a
+    journal, files created within ~60 s of a large delete are much slower to create, so a
+    delete right before a timed run would be measured as part of it (shared notes)."""
+    if not path.exists():
+        return
+    trash.mkdir(parents=True, exist_ok=True)
+    target = trash / f"{path.name}.{time.time_ns()}"
+    try:
+        path.rename(target)
+    except OSError:  # another filesystem: deleting is all that is left
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for dirpath, _dirs, files in os.walk(target):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            try:
+                if os.lstat(p).st_size >= TRUNCATE_AT:
+                    os.truncate(p, 0)
+            except OSError:
+                pass
 
 
 def ensure(

@@ -51,7 +51,6 @@ DELETE_STAMP = DATA_DIR / "last-delete"
 PENDING = DATA_DIR / "deleting"  # trash handed to the background deleter
 DELETER_PID = DATA_DIR / "deleter.pid"
 INODE_RECENCY_S = 65.0  # ext4 no-journal: freed inodes are skipped for 60 s (after sync)
-TRUNCATE_AT = 1 * MiB
 
 
 # --- tools -----------------------------------------------------------------
@@ -228,19 +227,7 @@ class Workspace:
         return self.work / f"{label}.{self.run_id}.{self._n:03d}"
 
     def discard(self, path: Path) -> None:
-        if not path.exists():
-            return
-        target = self.trash / path.name
-        path.rename(target)
-        # Give the blocks back now (truncation frees blocks, not inodes).
-        for dirpath, _dirs, files in os.walk(target):
-            for name in files:
-                p = os.path.join(dirpath, name)
-                try:
-                    if os.lstat(p).st_size >= TRUNCATE_AT:
-                        os.truncate(p, 0)
-                except OSError:
-                    pass
+        datasets.discard(path, self.trash)
 
     def finish(self, background: bool, log: Callable[[str], None]) -> None:
         """Delete the trash (this run's and any leftovers), after all timings.
