@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import subprocess
@@ -224,29 +225,47 @@ def test_sftp_socket_acknowledges_reads_at_once() -> None:
             s.close()
 
 
-def test_lean_pipe_reads_like_paramikos() -> None:
-    """The SFTP channel's LeanPipe returns the same bytes as paramiko's BufferedPipe for
-    reads larger and smaller than what is buffered, across the pieces fed; and it keeps
-    the pieces themselves (no copy) where a read takes them whole."""
-    from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
+def test_lean_pipe_hands_over_what_arrived() -> None:
+    """The SFTP channel's LeanPipe: every byte fed comes out once, in order, at most `nbytes`
+    a read, a whole payload as the very object fed (no copy); it times out, closes and
+    signals its event as paramiko's BufferedPipe does."""
+    import threading
+
+    from paramiko.buffered_pipe import PipeTimeout
 
     from ferry.mover.backends.sftp_wire import LeanPipe
 
-    pieces = [b"abc", b"", b"defgh", b"i" * 10, b"jk"]
-    sizes = [2, 1, 4, 3, 100]  # the last takes the rest
-    lean, plain = LeanPipe(), BufferedPipe()
+    pipe, event = LeanPipe(), threading.Event()
+    pipe.set_event(event)
+    assert not event.is_set()
+    pieces = [b"abc", b"", os.urandom(1000), b"i" * 10]
     for p in pieces:
-        lean.feed(p)
-        plain.feed(p)
-    assert len(lean) == len(plain) == 20
-    got = [(lean.read(n, 0), plain.read(n, 0)) for n in sizes]
-    assert all(a == b for a, b in got), got
-    assert len(lean) == len(plain) == 0
+        pipe.feed(p)
+    assert event.is_set() and len(pipe) == 1013
+    got = [pipe.read(2, 0), pipe.read(100, 0), pipe.read(4096, 0), pipe.read(4096, 0)]
+    assert b"".join(got) == b"".join(pieces)
+    assert [len(g) for g in got] == [2, 1, 1000, 10] and got[2] is pieces[2]
+    assert len(pipe) == 0 and not event.is_set()
     with pytest.raises(PipeTimeout):
-        lean.read(1, 0)
-    whole = os.urandom(1000)
-    lean.feed(whole)
-    assert lean.read(4096) is whole
-    lean.feed(b"end")
-    lean.close()
-    assert (lean.read(10), lean.read(10)) == (b"end", b"")
+        pipe.read(1, 0)
+    pipe.feed(b"end")
+    pipe.close()
+    assert (pipe.read(10), pipe.read(10)) == (b"end", b"")
+
+
+def test_sftp_replies_parsed_across_payloads() -> None:
+    """A reply split over several payloads, and several replies in one: the parser's buffer
+    gives each message whole, a view into its payload where it lies inside one."""
+    from ferry.mover.backends.sftp_wire import _Chunks
+
+    msgs = [os.urandom(n) for n in (5, 300, 7, 1)]  # at 0, 5, 305, 312
+    stream = b"".join(msgs)
+    bounds = [0, 3, 4, 200, 306, len(stream)]
+    payloads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    box = _Chunks()
+    for p in payloads:
+        box.add(p)
+    assert len(box) == len(stream) and box.peek(4) == stream[:4]
+    out = [box.take(len(m)) for m in msgs]
+    assert [bytes(o) for o in out] == msgs and len(box) == 0
+    assert out[3].obj is payloads[-1]  # inside one payload: a view, not a copy

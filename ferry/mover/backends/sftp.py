@@ -679,7 +679,7 @@ class SFTPReader(Reader):
                 return data
 
             return self.be.run_session(whole, self.rel)
-        return b"".join(bytes(d) for d in self.iter_range(offset, length, SMALL_READ))
+        return b"".join(self.iter_range(offset, length, SMALL_READ))
 
 
 class SFTPWriter(Writer):
@@ -820,7 +820,7 @@ class SFTPWriter(Writer):
 
         def rd(s: Session) -> bytes:
             handle = s.open(self.tmp, FXF_READ)
-            parts: list[bytes] = []
+            parts: list[bytes | memoryview] = []
             try:
                 parts.extend(s.read(handle, offset, length, MAX_REQUEST))
             except FerryError as err:

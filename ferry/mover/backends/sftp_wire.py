@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import errno
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paramiko
-from paramiko.buffered_pipe import BufferedPipe
+from paramiko.buffered_pipe import PipeTimeout
 
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import MiB
@@ -42,65 +43,119 @@ HEAD = struct.Struct(">IBI")  # length, type, request id
 RANGE = struct.Struct(">QI")  # offset, length
 
 
+Body = bytes | memoryview  # a reply's body: DATA bodies are views into what arrived
+
+
 class _Chunks:
-    """LeanPipe's buffer: the payloads as paramiko decoded them. Only the operations
-    BufferedPipe uses on its buffer: len, append, the first `limit` bytes, and deleting
-    from the front."""
+    """Received bytes, kept as the separate payloads they arrived in and consumed from the
+    front: what lies inside one payload is handed out as a view of it, without a copy."""
 
     __slots__ = ("parts", "size")
 
     def __init__(self) -> None:
-        self.parts: deque[bytes] = deque()
+        self.parts: deque[memoryview] = deque()
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def append(self, data: bytes) -> None:
+    def add(self, data: bytes) -> None:
         if data:
-            self.parts.append(data)
+            self.parts.append(memoryview(data))
             self.size += len(data)
 
-    def head(self, limit: int | None) -> bytes:
-        n = self.size if limit is None else min(limit, self.size)
-        first = self.parts[0] if self.parts else b""
+    def peek(self, n: int) -> bytes:
+        """The first n bytes (at most what is held), left in place."""
+        first = self.parts[0]
         if len(first) >= n:
-            return first if len(first) == n else first[:n]
-        out, left = [], n
-        for part in self.parts:
-            out.append(part if len(part) <= left else part[:left])
-            left -= len(out[-1])
-            if not left:
-                break
-        return b"".join(out)
+            return first[:n].tobytes()
+        return b"".join(self.parts)[:n]
 
-    def __delitem__(self, key: slice) -> None:
-        n = self.size if key.stop is None else min(key.stop, self.size)
+    def take(self, n: int) -> memoryview:
+        """The first n bytes (n <= len), removed: a view into one payload, or one joined
+        copy where they span several."""
         self.size -= n
-        parts = self.parts
-        while n:
-            if len(parts[0]) <= n:
-                n -= len(parts.popleft())
+        first = self.parts[0]
+        if len(first) >= n:
+            if len(first) == n:
+                self.parts.popleft()
             else:
-                parts[0] = parts[0][n:]
+                self.parts[0] = first[n:]
+            return first[:n]
+        pieces: list[memoryview] = []
+        while n:
+            part = self.parts[0]
+            if len(part) <= n:
+                pieces.append(self.parts.popleft())
+                n -= len(part)
+            else:
+                pieces.append(part[:n])
+                self.parts[0] = part[n:]
                 n = 0
+        return memoryview(b"".join(pieces))
 
 
-class LeanPipe(BufferedPipe):
-    """paramiko's channel buffer with the same locking, events and timeouts, holding what
-    arrives without copying it: BufferedPipe's array.array copied every byte three times
-    (frombytes, slice, tobytes) on its way to a reader; a read here hands over a whole
-    payload as it is, or joins the ones it spans."""
+class LeanPipe:
+    """What paramiko's Channel asks of its receive buffer (BufferedPipe: feed, read with a
+    timeout, read_ready, set_event, empty, close, len), without copying what arrives.
+    BufferedPipe copied every byte three times (array frombytes, slice, tobytes); a read
+    here returns one payload as it came (or its first `nbytes`), a short read as sockets
+    give, which paramiko's own readers loop over and Session parses across."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._buffer = _Chunks()
+        self._cv = threading.Condition()
+        self._buf = _Chunks()
+        self._event: threading.Event | None = None
+        self._closed = False
 
-    def _buffer_frombytes(self, data: bytes) -> None:
-        self._buffer.append(data)
+    def _signal(self) -> None:
+        if self._event is not None:
+            if self._closed or self._buf:
+                self._event.set()
+            else:
+                self._event.clear()
 
-    def _buffer_tobytes(self, limit: int | None = None) -> bytes:
-        return self._buffer.head(limit)
+    def set_event(self, event: threading.Event) -> None:
+        with self._cv:
+            self._event = event
+            self._signal()
+
+    def feed(self, data: bytes) -> None:
+        with self._cv:
+            self._buf.add(data)
+            self._signal()
+            self._cv.notify_all()
+
+    def read_ready(self) -> bool:
+        with self._cv:
+            return bool(self._buf)
+
+    def read(self, nbytes: int, timeout: float | None = None) -> bytes:
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._buf or self._closed, timeout):
+                raise PipeTimeout()
+            if not self._buf:
+                return b""  # closed
+            view = self._buf.take(min(nbytes, len(self._buf.parts[0])))
+            self._signal()
+        whole = isinstance(view.obj, bytes) and len(view) == len(view.obj)
+        return view.obj if whole else view.tobytes()  # type: ignore[return-value]
+
+    def empty(self) -> bytes:
+        with self._cv:
+            out = self._buf.take(len(self._buf)).tobytes() if self._buf else b""
+            self._signal()
+            return out
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._signal()
+            self._cv.notify_all()
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._buf)
 
 
 def lean_channel(chan: paramiko.Channel) -> None:
@@ -110,7 +165,7 @@ def lean_channel(chan: paramiko.Channel) -> None:
     event = getattr(old, "_event", None)  # set by Channel.fileno(), for select()
     if event is not None:
         new.set_event(event)
-    chan.in_buffer = new
+    chan.in_buffer = new  # type: ignore[assignment]
     new.feed(old.empty())
 
 
@@ -131,7 +186,7 @@ class Stat:
 
     __slots__ = ("mtime", "size")
 
-    def __init__(self, body: bytes, at: int = 0) -> None:
+    def __init__(self, body: Body, at: int = 0) -> None:
         flags = U32.unpack_from(body, at)[0]
         at += 4
         self.size = self.mtime = None
@@ -146,11 +201,11 @@ class Stat:
             self.mtime = U32.unpack_from(body, at + 4)[0]
 
 
-def status_error(body: bytes) -> OSError:
+def status_error(body: Body) -> OSError:
     code = U32.unpack_from(body, 0)[0]
     try:
         n = U32.unpack_from(body, 4)[0]
-        text = body[8 : 8 + n].decode("utf-8", "replace")
+        text = bytes(body[8 : 8 + n]).decode("utf-8", "replace")
     except struct.error:
         text = ""
     if code == FX_NO_SUCH_FILE:
@@ -211,7 +266,7 @@ class Session:
         assert chan is not None
         lean_channel(chan)
         self.chan: paramiko.Channel = chan
-        self.buf = bytearray()
+        self.buf = _Chunks()  # received, not yet parsed
         self.dirty = False
         self.fsync_refused = False
         self.read_max = self.write_max = FALLBACK_REQUEST
@@ -244,28 +299,24 @@ class Session:
             self.chan.sendall(head)
         return rid
 
-    def _recv(self) -> tuple[int, int, bytes]:
-        """The next reply: (type, request id, body); a DATA body is just the data."""
-        buf = self.buf
+    def _recv(self) -> tuple[int, int, Body]:
+        """The next reply: (type, request id, body); a DATA body is just the data, as a view
+        into the payload it arrived in where it lies inside one."""
+        inbox = self.buf
         while True:
-            have = len(buf)
-            if have >= 4:
-                need = 4 + U32.unpack_from(buf, 0)[0]
-                if have >= need:
+            if len(inbox) >= 4:
+                need = 4 + U32.unpack(inbox.peek(4))[0]
+                if len(inbox) >= need:
                     break
             d = self.chan.recv(RECV)
             if not d:
                 raise EOFError("SFTP channel closed")
-            buf += d
-        _, kind, rid = HEAD.unpack_from(buf, 0)
-        with memoryview(buf) as mv:
-            if kind == DATA:
-                n = U32.unpack_from(buf, 9)[0]
-                body = bytes(mv[13 : 13 + n])
-            else:
-                body = bytes(mv[9:need])
-        del buf[:need]
-        return kind, rid, body
+            inbox.add(d)
+        msg = inbox.take(need)
+        _, kind, rid = HEAD.unpack_from(msg, 0)
+        if kind == DATA:
+            return kind, rid, msg[13 : 13 + U32.unpack_from(msg, 9)[0]]
+        return kind, rid, msg[9:].tobytes()
 
     def reply(self, rid: int) -> tuple[int, bytes]:
         kind, got, body = self._recv()
@@ -273,7 +324,7 @@ class Session:
             raise paramiko.SSHException(f"SFTP reply to request {got}, expected {rid}")
         if kind == STATUS and U32.unpack_from(body, 0)[0] != FX_OK:
             raise status_error(body)
-        return kind, body
+        return kind, bytes(body)  # no copy: only DATA bodies are views
 
     # -- requests ----------------------------------------------------------------------
     def query_limits(self) -> None:
@@ -304,7 +355,7 @@ class Session:
         rid = self._send(OPEN, _open_body(path, flags))
         return _handle(*self.reply(rid))
 
-    def read(self, handle: bytes, offset: int, length: int, piece: int) -> Iterator[bytes]:
+    def read(self, handle: bytes, offset: int, length: int, piece: int) -> Iterator[Body]:
         """Yield the bytes of [offset, offset+length) in order, READ_DEPTH requests ahead.
 
         Short replies (a server with a smaller cap) are completed with a further request."""
@@ -313,7 +364,7 @@ class Session:
         hs = sftp_string(handle)
         end = offset + length
         pending: dict[int, tuple[int, int]] = {}
-        early: dict[int, bytes] = {}
+        early: dict[int, Body] = {}
         nxt = out = offset
 
         def ask(at: int, n: int) -> None:
@@ -372,7 +423,7 @@ class Session:
         ]
         close = self._send(CLOSE, hs)
         lstat = self._send(LSTAT, sftp_string(path_bytes(path)))
-        parts: list[bytes] = []
+        parts: list[Body] = []
         short = False  # parts after a short reply would land at the wrong offset
         error: BaseException | None = None
         for i, rid in enumerate(reads):
@@ -398,7 +449,7 @@ class Session:
         self.dirty = False
         if error is not None:
             raise error
-        out = b"".join(parts) if len(parts) != 1 else parts[0]
+        out = b"".join(parts) if len(parts) != 1 else bytes(parts[0])
         if len(out) < size:
             # a server that shortened a read: fetch the rest the slow way
             rest = self.sftp.open(path, "rb")
@@ -498,7 +549,7 @@ class Session:
         if error is not None:
             raise error
 
-    def _fsync_error(self, body: bytes | OSError) -> OSError | None:
+    def _fsync_error(self, body: Body | OSError) -> OSError | None:
         """An fsync's failure; None where it succeeded or the server declines fsync (noted in
         `fsync_refused`: the file is still written)."""
         if isinstance(body, OSError) and refused(body):
@@ -584,7 +635,7 @@ class Session:
             rids.append(self._send(CLOSE, hs, batch=batch))
             rids.append(self._send(LSTAT, sftp_string(path_bytes(path)), batch=batch))
             owner += (i, i)
-        parts: dict[int, list[bytes]] = {i: [] for i in handles}
+        parts: dict[int, list[Body]] = {i: [] for i in handles}
         failed: set[int] = set()
         for i, (kind, body) in zip(owner, self._collect(batch, rids), strict=True):
             if isinstance(body, OSError):
@@ -592,7 +643,7 @@ class Session:
             elif kind == DATA:
                 parts[i].append(body)
             elif kind == ATTRS and i not in failed:
-                data = b"".join(parts[i]) if len(parts[i]) != 1 else parts[i][0]
+                data = b"".join(parts[i]) if len(parts[i]) != 1 else bytes(parts[i][0])
                 if len(data) == files[i][1]:
                     out[i] = (data, Stat(body))
         self.dirty = False
@@ -613,13 +664,13 @@ class Session:
 
     def _collect(
         self, batch: list[bytes | memoryview], rids: list[int]
-    ) -> list[tuple[int, bytes | OSError]]:
+    ) -> list[tuple[int, Body | OSError]]:
         """Send `batch` in one channel write, then read one reply per request id: in the
         order of `rids`, a failed status as the OSError it stands for."""
         if batch:
             self.chan.sendall(memoryview(b"".join(batch)))  # type: ignore[arg-type]
             batch.clear()
-        got: dict[int, tuple[int, bytes | OSError]] = {}
+        got: dict[int, tuple[int, Body | OSError]] = {}
         want = set(rids)
         while len(got) < len(rids):
             kind, rid, body = self._recv()
@@ -637,7 +688,7 @@ class Session:
         return self._send(SETSTAT, sftp_string(path_bytes(path)) + attrs)
 
 
-def _error(body: bytes | OSError) -> OSError | None:
+def _error(body: Body | OSError) -> OSError | None:
     return body if isinstance(body, OSError) else None
 
 
@@ -645,11 +696,11 @@ def _open_body(path: str, flags: int) -> bytes:
     return sftp_string(path_bytes(path)) + U32.pack(flags) + U32.pack(0)
 
 
-def _handle(kind: int, body: bytes) -> bytes:
+def _handle(kind: int, body: Body) -> bytes:
     """The handle an OPEN's reply carries."""
     if kind != HANDLE:
         raise paramiko.SSHException(f"SFTP open: unexpected reply {kind}")
-    return body[4 : 4 + U32.unpack_from(body, 0)[0]]
+    return bytes(body[4 : 4 + U32.unpack_from(body, 0)[0]])
 
 
 def _attrs(mode: int | None, mtime: int | None) -> bytes:
