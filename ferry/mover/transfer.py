@@ -168,20 +168,20 @@ def _run(
                     files=summary.files_copied + summary.files_updated,
                     bytes=summary.bytes_transferred,
                 )
-            durable = options.fsync != Fsync.NONE
-            if not cancel.is_set() and durable and executor.wrote:
-                dst.flush()
+            durable = options.fsync != Fsync.NONE and executor.wrote
             if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
                 if summary.error_count or cancel.is_set():
                     log.warning("not deleting anything at the destination: the copy had errors")
                 else:
+                    if durable:
+                        dst.flush()  # what was copied is on disk before anything is deleted
                     progress.phase = "delete"
                     with sink.phase("delete") as attrs:
                         executor.run_deletes()
                         attrs.update(files=summary.files_deleted)
             if not cancel.is_set():
                 executor.finish_dirs()
-                if durable and executor.wrote:
+                if durable:
                     dst.flush()
         finally:
             executor.close()

@@ -273,3 +273,38 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     final_files_are_whole(src, dst)
     run_ferry("copy", src, dst)
     assert_same_tree(src, dst)
+
+
+class FlushLog(LocalBackend):
+    """A destination that notes its flushes and deletes, in order."""
+
+    def __init__(self, root: str, log: list[str]) -> None:
+        super().__init__(root)
+        self.log = log
+
+    def flush(self) -> None:
+        self.log.append("flush")
+        super().flush()
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        self.log.append(f"remove {rel}")
+        super().remove(rel, entry)
+
+
+def test_flushed_once_for_a_copy_and_before_deletes_for_a_sync(tmp_path: Path) -> None:
+    """One flush where nothing is deleted (after the directories' times); a sync's deletes
+    wait for a flush of what was copied, and the end flushes again."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for name in ("a", "b"):
+        (src / name).write_bytes(name.encode() * 100)
+    log: list[str] = []
+    summary = transfer_between(lambda: (LocalBackend(str(src)), FlushLog(str(dst), log)), Options())
+    assert summary.exit_code == 0 and log == ["flush"]
+    (dst / "extra").write_bytes(b"x")
+    (src / "c").write_bytes(b"c")
+    log.clear()
+    sync = Options(mode=Options().mode.SYNC)
+    summary = transfer_between(lambda: (LocalBackend(str(src)), FlushLog(str(dst), log)), sync)
+    assert summary.exit_code == 0 and summary.files_deleted == 1
+    assert log == ["flush", "remove extra", "flush"]
