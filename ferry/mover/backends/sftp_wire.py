@@ -3,9 +3,10 @@
 paramiko's SFTPFile path (a prefetch thread per readv, 4- and n-byte channel reads that
 memmove the rest of the buffered window, a Message object per reply) cost more CPU than
 the cipher on 2 cores, so `Session` writes READ/WRITE/OPEN/CLOSE/LSTAT/(F)SETSTAT requests
-straight to paramiko's channel and parses the replies from large channel reads, with
-request ids from the SFTPClient's own counter (its own calls stay in step). Packet
-layout: draft-ietf-secsh-filexfer-02; request sizes: OpenSSH's limits@openssh.com.
+straight to paramiko's channel and parses the replies from the payloads as they arrive
+(`LeanPipe`), with request ids from the SFTPClient's own counter (its own calls stay in
+step). Packet layout: draft-ietf-secsh-filexfer-02; request sizes: OpenSSH's
+limits@openssh.com.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FALLBACK_REQUEST = 128 * 1024  # read/write length for servers without limits@op
 MAX_REQUEST = 255 * 1024  # OpenSSH's sftp-server limit (256 KiB message minus headers)
 READ_DEPTH = 16  # READ requests in flight per stream (about WINDOW bytes)
 WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
-RECV = 8 * MiB  # channel reads take everything buffered (partial reads memmove the rest)
+RECV = 8 * MiB  # a cap only: a LeanPipe read returns one whole payload
 
 # SFTP v3 packet types and flags (draft-ietf-secsh-filexfer-02)
 OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, FSETSTAT, REMOVE = 3, 4, 5, 6, 7, 9, 10, 13
@@ -66,10 +67,12 @@ class _Chunks:
 
     def peek(self, n: int) -> bytes:
         """The first n bytes (at most what is held), left in place."""
-        first = self.parts[0]
-        if len(first) >= n:
-            return first[:n].tobytes()
-        return b"".join(self.parts)[:n]
+        out = b""
+        for part in self.parts:
+            out += part[: n - len(out)]
+            if len(out) == n:
+                break
+        return out
 
     def take(self, n: int) -> memoryview:
         """The first n bytes (n <= len), removed: a view into one payload, or one joined
@@ -239,7 +242,7 @@ class Session:
     """One SSH connection with its SFTP channel, lent to one thread at a time.
 
     Bulk data bypasses paramiko's SFTPFile: requests are framed here and written to
-    the channel, and replies are parsed from large channel reads. paramiko's per-reply
+    the channel, and replies are parsed from the channel's payloads. paramiko's per-reply
     path (4-byte and n-byte channel reads that memmove the rest of the buffer, a Message
     per reply, a prefetch thread per readv) cost more CPU than the cipher. Request ids
     come from the SFTPClient's counter, and every reply is consumed before the session
