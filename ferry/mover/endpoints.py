@@ -1,6 +1,6 @@
 """Parse and validate endpoint URIs: paths, `file:`, `s3://`, `sftp://`, `smb://`.
 
-Endpoints are plain frozen dataclasses so the command line never pays for
+Endpoints are NamedTuples so the command line never pays for
 importing pydantic; `spec.py` holds the validated pydantic boundary models and
 converts to these. Secrets never travel inside a URI: a password in the
 userinfo part is refused, credentials come from files, the environment or
@@ -10,24 +10,24 @@ the standard provider chains.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ferry.mover.errors import ErrorKind, FerryError
 
 
-@dataclass(frozen=True)
-class LocalEndpoint:
+class LocalEndpoint(NamedTuple):
     path: str
-    kind: str = field(default="local", init=False)
+
+    @property
+    def kind(self) -> str:
+        return "local"
 
     def describe(self) -> str:
         return self.path
 
 
-@dataclass(frozen=True)
-class S3Endpoint:
+class S3Endpoint(NamedTuple):
     bucket: str
     prefix: str = ""
     endpoint_url: str | None = None
@@ -42,15 +42,17 @@ class S3Endpoint:
     checksum: str | None = None
     # HEAD each listed object for Ferry's metadata (mtime, mode, digest); off trusts LastModified.
     list_metadata: bool = True
-    kind: str = field(default="s3", init=False)
+
+    @property
+    def kind(self) -> str:
+        return "s3"
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
 
-@dataclass(frozen=True)
-class SFTPEndpoint:
+class SFTPEndpoint(NamedTuple):
     host: str
     path: str = "."
     port: int = 22
@@ -60,15 +62,17 @@ class SFTPEndpoint:
     known_hosts_file: str | None = None
     insecure_ignore_host_key: bool = False
     sessions: int = 4  # SSH connections opened in parallel per transfer
-    kind: str = field(default="sftp", init=False)
+
+    @property
+    def kind(self) -> str:
+        return "sftp"
 
     def describe(self) -> str:
         who = f"{self.user}@" if self.user else ""
         return f"sftp://{who}{self.host}:{self.port}/{self.path.lstrip('/')}"
 
 
-@dataclass(frozen=True)
-class SMBEndpoint:
+class SMBEndpoint(NamedTuple):
     host: str
     share: str
     path: str = ""
@@ -78,7 +82,10 @@ class SMBEndpoint:
     domain: str | None = None
     encrypt: bool = False
     require_signing: bool = True
-    kind: str = field(default="smb", init=False)
+
+    @property
+    def kind(self) -> str:
+        return "smb"
 
     def describe(self) -> str:
         return f"smb://{self.host}:{self.port}/{self.share}/{self.path}".rstrip("/")
@@ -104,9 +111,14 @@ def _bad(uri: str, why: str) -> FerryError:
     return FerryError(ErrorKind.USAGE, f"invalid endpoint {_redact(uri)!r}: {why}")
 
 
-def _query(uri: str, raw: str, cls: type, renames: dict[str, str] | None = None) -> dict[str, Any]:
-    """Map `?a=b` options onto dataclass fields, converting bools and ints."""
-    allowed = {f.name: f for f in fields(cls) if f.init}
+def _query(
+    uri: str,
+    raw: str,
+    cls: type[S3Endpoint] | type[SFTPEndpoint] | type[SMBEndpoint],
+    renames: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Map `?a=b` options onto the endpoint's fields, as bools and ints where their defaults are."""
+    allowed = cls._field_defaults
     out: dict[str, Any] = {}
     for key, values in parse_qs(raw, keep_blank_values=True, strict_parsing=False).items():
         name = (renames or {}).get(key, key).replace("-", "_")
@@ -121,12 +133,12 @@ def _query(uri: str, raw: str, cls: type, renames: dict[str, str] | None = None)
         }:
             raise _bad(uri, f"unknown option {key!r}")
         value = values[-1]
-        ftype = str(allowed[name].type)
-        if ftype.startswith("bool"):
+        default = allowed[name]
+        if isinstance(default, bool):
             if value.lower() not in _TRUE | _FALSE:
                 raise _bad(uri, f"option {key!r} must be true or false, not {value!r}")
             out[name] = value.lower() in _TRUE
-        elif ftype.startswith("int"):
+        elif isinstance(default, int):
             if not value.isdigit() or int(value) < 1:
                 raise _bad(uri, f"option {key!r} must be a positive number, not {value!r}")
             out[name] = int(value)

@@ -10,7 +10,7 @@ matched, the path is excluded (an implicit `- **` at the end), as in rclone.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ferry.mover.errors import ErrorKind, FerryError
 
@@ -59,8 +59,7 @@ def _glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     include: bool
     pattern: str
     regex: re.Pattern[str]

@@ -1,14 +1,14 @@
 """The engine's own view of one transfer's options.
 
-Plain dataclasses: the command line builds them directly (no pydantic import
-on the hot start-up path); `spec.py` validates the same fields at the
-Kubernetes boundary and converts to these.
+Plain classes: the command line builds them directly (no pydantic, nor even
+dataclasses, on the hot start-up path); `spec.py` validates the same fields at
+the Kubernetes boundary and converts to these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from ferry.mover.errors import ErrorKind, FerryError
 
@@ -61,8 +61,7 @@ class SymlinkPolicy(StrEnum):
     SKIP = "skip"
 
 
-@dataclass(frozen=True)
-class Preserve:
+class Preserve(NamedTuple):
     times: bool = True
     perms: bool = True
     owners: bool = False
@@ -99,41 +98,74 @@ class Preserve:
         return [f for f in PRESERVE_FLAGS if getattr(self, f)]
 
 
-@dataclass(frozen=True)
-class Options:
-    mode: Mode = Mode.COPY
-    compare: Compare = Compare.SIZE_MTIME
-    verify: Verify = Verify.INLINE
-    fsync: Fsync = Fsync.END
-    preserve: Preserve = field(default_factory=Preserve)
-    symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE
-    filters: tuple[str, ...] = ()
-    transfers: int = 8
-    chunk_size: int = 0  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE
-    bwlimit: int = 0
-    retries: int = 3
-    retry_base_delay: float = 0.5
-    error_policy: ErrorPolicy = ErrorPolicy.ABORT
-    dry_run: bool = False
-    allow_empty_source: bool = False
-    max_in_flight_bytes: int = 128 * MiB
-    manifest: str | None = None
-    shard_index: int = 0
-    shard_count: int = 1
+_PRESERVE = Preserve()  # immutable: one serves as every Options' default
 
-    def __post_init__(self) -> None:
-        if self.transfers < 1:
+
+class Options:
+    __slots__ = (
+        "allow_empty_source",
+        "bwlimit",
+        "chunk_size",
+        "compare",
+        "dry_run",
+        "error_policy",
+        "filters",
+        "fsync",
+        "manifest",
+        "max_in_flight_bytes",
+        "mode",
+        "preserve",
+        "retries",
+        "retry_base_delay",
+        "shard_count",
+        "shard_index",
+        "symlinks",
+        "transfers",
+        "verify",
+    )
+
+    def __init__(
+        self,
+        *,
+        mode: Mode = Mode.COPY,
+        compare: Compare = Compare.SIZE_MTIME,
+        verify: Verify = Verify.INLINE,
+        fsync: Fsync = Fsync.END,
+        preserve: Preserve = _PRESERVE,
+        symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE,
+        filters: tuple[str, ...] = (),
+        transfers: int = 8,
+        chunk_size: int = 0,  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE
+        bwlimit: int = 0,
+        retries: int = 3,
+        retry_base_delay: float = 0.5,
+        error_policy: ErrorPolicy = ErrorPolicy.ABORT,
+        dry_run: bool = False,
+        allow_empty_source: bool = False,
+        max_in_flight_bytes: int = 128 * MiB,
+        manifest: str | None = None,
+        shard_index: int = 0,
+        shard_count: int = 1,
+    ) -> None:
+        if transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
-        if self.chunk_size and (self.chunk_size < MiB or self.chunk_size % MiB):
+        if chunk_size and (chunk_size < MiB or chunk_size % MiB):
             raise FerryError(
                 ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)"
             )
-        if self.retries < 0:
+        if retries < 0:
             raise FerryError(ErrorKind.USAGE, "retries must not be negative")
-        if self.bwlimit < 0:
+        if bwlimit < 0:
             raise FerryError(ErrorKind.USAGE, "bandwidth limit must not be negative")
-        if not 0 <= self.shard_index < self.shard_count:
+        if not 0 <= shard_index < shard_count:
             raise FerryError(ErrorKind.USAGE, "shard index must be in [0, shard count)")
+        self.mode, self.compare, self.verify, self.fsync = mode, compare, verify, fsync
+        self.preserve, self.symlinks, self.filters = preserve, symlinks, filters
+        self.transfers, self.chunk_size, self.bwlimit = transfers, chunk_size, bwlimit
+        self.retries, self.retry_base_delay = retries, retry_base_delay
+        self.error_policy, self.dry_run = error_policy, dry_run
+        self.allow_empty_source, self.max_in_flight_bytes = allow_empty_source, max_in_flight_bytes
+        self.manifest, self.shard_index, self.shard_count = manifest, shard_index, shard_count
 
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}

@@ -15,8 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ferry.mover.result import Summary
@@ -24,8 +23,7 @@ if TYPE_CHECKING:
 RATE_WINDOW_SECONDS = 5.0
 
 
-@dataclass
-class Snapshot:
+class Snapshot(NamedTuple):
     elapsed: float
     bytes_done: int
     bytes_total: int
@@ -37,23 +35,22 @@ class Snapshot:
     eta_seconds: float | None
     scan_complete: bool
     phase: str
-    current: list[str] = field(default_factory=list)
+    current: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
         return {
-            "bytesDone": d["bytes_done"],
-            "bytesTotal": d["bytes_total"],
-            "filesDone": d["files_done"],
-            "filesTotal": d["files_total"],
-            "bytesSkipped": d["bytes_skipped"],
-            "filesSkipped": d["files_skipped"],
-            "bytesPerSecond": round(d["bytes_per_second"]),
+            "bytesDone": self.bytes_done,
+            "bytesTotal": self.bytes_total,
+            "filesDone": self.files_done,
+            "filesTotal": self.files_total,
+            "bytesSkipped": self.bytes_skipped,
+            "filesSkipped": self.files_skipped,
+            "bytesPerSecond": round(self.bytes_per_second),
             "etaSeconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "scanComplete": self.scan_complete,
             "phase": self.phase,
             "elapsedSeconds": round(self.elapsed, 3),
-            "current": self.current,
+            "current": list(self.current),
         }
 
 

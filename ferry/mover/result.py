@@ -7,16 +7,14 @@ TransferJob's `status.result` are the same document.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ferry.mover.errors import ErrorKind, FerryError
 
 MAX_REPORTED_ERRORS = 20
 
 
-@dataclass
-class ErrorRecord:
+class ErrorRecord(NamedTuple):
     path: str | None
     kind: ErrorKind
     message: str
@@ -25,9 +23,9 @@ class ErrorRecord:
         return {"path": self.path, "reason": self.kind.reason, "message": self.message}
 
 
-@dataclass
 class Summary:
-    operation: str = "copy"
+    """A run's counters, filled in as it goes; the defaults below are the starting values."""
+
     files_copied: int = 0
     files_updated: int = 0
     files_skipped: int = 0
@@ -42,10 +40,16 @@ class Summary:
     files_verified: int = 0
     differences: int = 0
     elapsed_seconds: float = 0.0
-    errors: list[ErrorRecord] = field(default_factory=list)
     error_count: int = 0
     fatal: FerryError | None = None
-    dry_run: bool = False
+
+    def __init__(self, operation: str = "copy", *, dry_run: bool = False, **counts: float) -> None:
+        self.operation, self.dry_run = operation, dry_run
+        self.errors: list[ErrorRecord] = []
+        for name, value in counts.items():
+            if not isinstance(getattr(Summary, name, None), int | float):
+                raise TypeError(f"Summary has no counter {name!r}")
+            setattr(self, name, value)
 
     def add_error(self, err: FerryError) -> None:
         self.error_count += 1

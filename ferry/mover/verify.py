@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ferry.mover.backends import open_backend
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
@@ -20,8 +20,7 @@ from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister
 
 
-@dataclass(frozen=True)
-class Difference:
+class Difference(NamedTuple):
     path: str
     what: str  # missing | extra | type | size | content | mtime | mode | target | unreadable
     detail: str = ""

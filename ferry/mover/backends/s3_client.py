@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import botocore.credentials
 import botocore.httpsession
@@ -40,8 +39,7 @@ class _S3Loader(botocore.loaders.Loader):
         return ["s3"]
 
 
-@dataclass
-class Client:
+class Client(NamedTuple):
     client: Any  # botocore's S3 client
     credentials: Any  # botocore Credentials, or None when the chain found none
     ca_bundle: str | None
