@@ -16,7 +16,6 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import paramiko
 from paramiko.buffered_pipe import PipeTimeout
@@ -220,16 +219,16 @@ def status_error(body: Body) -> OSError:
     return OSError(f"SFTP status {code}: {text}")
 
 
-@dataclass(slots=True)
 class Put:
     """One small file for `Session.put_many`: written to `tmp`, renamed to `final`."""
 
-    tmp: str
-    final: str
-    data: bytes
-    mode: int | None
-    mtime: int | None
-    written: bool = False  # the temp is complete; a failed rename leaves it in place
+    __slots__ = ("data", "final", "mode", "mtime", "tmp", "written")
+
+    def __init__(
+        self, tmp: str, final: str, data: bytes, mode: int | None, mtime: int | None
+    ) -> None:
+        self.tmp, self.final, self.data, self.mode, self.mtime = tmp, final, data, mode, mtime
+        self.written = False  # the temp is complete; a failed rename leaves it in place
 
 
 def refused(exc: BaseException) -> bool:
