@@ -22,7 +22,6 @@ import errno
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -278,7 +277,10 @@ class Executor:
         return bool(self.touched) or self._meta_written
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter, capped."""
+        """Exponential backoff with jitter, capped. `random` is imported on the first retry:
+        most runs never retry, and it is ~1 ms of start-up."""
+        import random
+
         return min(MAX_BACKOFF, self.o.retry_base_delay * 2**attempt) * random.uniform(0.5, 1.5)
 
     def _retrying(self, rel: str, attempt_fn: Callable[[int], None]) -> bool:

@@ -58,7 +58,13 @@ class Connection:
         self._chunk_end = False  # a chunk's CRLF is due before the next size line
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        # An ASCII host goes to getaddrinfo as bytes: as str it is IDNA-encoded, whose codec
+        # import (~1 ms) would be the first request's.
+        host = self.host.encode() if self.host.isascii() else self.host
+        sock = socket.create_connection(
+            (host, self.port),  # type: ignore[arg-type]  # getaddrinfo takes bytes
+            timeout=self.connect_timeout,
+        )
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import mmap
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterator
@@ -265,7 +264,7 @@ class LocalWriter(Writer):
 
     def _open_named(self) -> int:
         name = os.path.basename(self.final)
-        self.tmp = os.path.join(self.dir, _internal_name(name, secrets.token_hex(4) + ".tmp"))
+        self.tmp = os.path.join(self.dir, _internal_name(name, os.urandom(4).hex() + ".tmp"))
         return os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def fileno(self) -> int:
@@ -354,7 +353,7 @@ class LocalWriter(Writer):
                     # Updating an existing file: name the inode, then rename over.
                     self.tmp = os.path.join(
                         self.dir,
-                        _internal_name(os.path.basename(self.final), secrets.token_hex(4) + ".tmp"),
+                        _internal_name(os.path.basename(self.final), os.urandom(4).hex() + ".tmp"),
                     )
                     _link_fd(self.fd, self.tmp)
                     os.replace(self.tmp, self.final)
@@ -523,7 +522,7 @@ class LocalBackend(Backend):
     def _replace_with(self, rel: str, make: object) -> None:
         final = self.path(rel)
         d, name = os.path.split(final)
-        tmp = os.path.join(d, _internal_name(name, secrets.token_hex(4) + ".tmp"))
+        tmp = os.path.join(d, _internal_name(name, os.urandom(4).hex() + ".tmp"))
         try:
             make(tmp)  # type: ignore[operator]
             os.replace(tmp, final)
