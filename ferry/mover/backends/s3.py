@@ -399,11 +399,19 @@ class S3Backend(Backend):
             raise self.err(exc, None, missing) from None
 
     def root_type(self) -> EntryType | None:
-        if not self.bucket_exists():
-            return None
+        """The root's type from its own HEAD and listing; the bucket is asked after only
+        when they find nothing or fail, to tell a missing bucket from a missing prefix (a
+        round trip fewer for every run that finds its root)."""
         if not self.prefix:
-            return EntryType.DIR
-        e = self.stat("")
+            return EntryType.DIR if self.bucket_exists() else None
+        try:
+            e = self.stat("")
+        except FerryError:
+            if not self.bucket_exists():
+                return None
+            raise
+        if e is None and not self.bucket_exists():
+            return None
         return e.type if e else None
 
     def _list(
