@@ -484,5 +484,22 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def run() -> None:
+    """The `ferry` script. A mover command's process ends with `os._exit` once its output
+    is flushed: by then its work is flushed to storage and its threads are idle, and
+    the interpreter's teardown (freeing every module and object) was ~4 ms of each run."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] and argv[0] in ("copy", "sync", "plan", "verify", "run"):
+        logging.shutdown()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # e.g. `ferry plan | head`: the reader has gone
+            code = code or 1
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
