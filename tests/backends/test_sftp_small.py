@@ -104,15 +104,21 @@ def _check(d: Path, files: dict[str, bytes]) -> None:
 
 @pytest.fixture
 def channel_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the SSH channel writes made from here on (clear it to start counting)."""
+    """The sizes of the SSH channel writes of sessions opened from here on (clear it to
+    start counting)."""
     writes: list[int] = []
-    sendall = paramiko.Channel.sendall
+    make = sftp_wire.channel_sender
 
-    def watched(self: paramiko.Channel, data: Any) -> None:
-        writes.append(len(data))
-        sendall(self, data)
+    def watched_sender(chan: paramiko.Channel) -> Any:
+        sendall = make(chan)
 
-    monkeypatch.setattr(paramiko.Channel, "sendall", watched)
+        def watched(parts: Any) -> None:
+            writes.append(sum(len(p) for p in parts))
+            sendall(parts)
+
+        return watched
+
+    monkeypatch.setattr(sftp_wire, "channel_sender", watched_sender)
     return writes
 
 

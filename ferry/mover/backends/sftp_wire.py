@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import paramiko
 from paramiko.buffered_pipe import PipeTimeout
 
+from ferry.mover.backends.ssh_send import channel_sender
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import MiB
 
@@ -257,6 +258,7 @@ class Session:
         "dirty",
         "fsync_refused",
         "read_max",
+        "sendall",
         "sftp",
         "transport",
         "write_max",
@@ -268,6 +270,7 @@ class Session:
         assert chan is not None
         lean_channel(chan)
         self.chan: paramiko.Channel = chan
+        self.sendall = channel_sender(chan)
         self.buf = _Chunks()  # received, not yet parsed
         self.dirty = False
         self.fsync_refused = False
@@ -293,12 +296,8 @@ class Session:
         head = HEAD.pack(5 + len(body) + len(data), kind, rid) + body
         if batch is not None:
             batch += (head, data) if data else (head,)
-        elif data:
-            # Channel.sendall slices what it is given per SSH packet (32 KiB from sshd):
-            # a memoryview keeps that free of copies. paramiko takes any buffer here.
-            self.chan.sendall(memoryview(b"".join((head, data))))  # type: ignore[arg-type]
         else:
-            self.chan.sendall(head)
+            self.sendall((head, data))
         return rid
 
     def _recv(self) -> tuple[int, int, Body]:
@@ -670,7 +669,7 @@ class Session:
         """Send `batch` in one channel write, then read one reply per request id: in the
         order of `rids`, a failed status as the OSError it stands for."""
         if batch:
-            self.chan.sendall(memoryview(b"".join(batch)))  # type: ignore[arg-type]
+            self.sendall(batch)
             batch.clear()
         got: dict[int, tuple[int, Body | OSError]] = {}
         want = set(rids)
