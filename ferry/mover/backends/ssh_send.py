@@ -30,6 +30,7 @@ MSG_CHANNEL_DATA = 94
 FRAME = struct.Struct(">IBBII")
 TAG = 16  # GCM's tag, after the ciphertext
 BLOCK = 16
+BATCH = 8  # packets sealed before one socket write: a 255 KiB SFTP WRITE at sshd's 32 KiB
 _P = "_Packetizer__"  # paramiko's Packetizer keeps its state in name-mangled attributes
 
 Buffer = bytes | bytearray | memoryview
@@ -42,9 +43,10 @@ class GcmSender:
         self.chan = chan
         self.transport: Any = chan.get_transport()
         self.pk: Any = self.transport.packetizer
-        most = FRAME.size + chan.out_max_packet_size + BLOCK + 4
-        self.plain = memoryview(bytearray(most))
-        self.sealed = memoryview(bytearray(most + TAG))
+        self.most = FRAME.size + chan.out_max_packet_size + BLOCK + TAG  # one sealed packet
+        self.plain = memoryview(bytearray(self.most))
+        self.sealed = memoryview(bytearray(self.most * BATCH))
+        self.views: list[memoryview] = []  # what sendall has still to frame
 
     @staticmethod
     def usable(chan: paramiko.Channel) -> bool:
@@ -59,79 +61,97 @@ class GcmSender:
         )
 
     def sendall(self, parts: Sequence[Buffer]) -> None:
-        """Send the parts, in order, as channel data."""
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
-        left = sum(len(v) for v in views)
-        i = 0
+        """Send the parts, in order, as channel data: up to BATCH packets a socket write."""
+        self.views = [memoryview(p).cast("B") for p in parts if len(p)]
+        left = sum(len(v) for v in self.views)
         while left:
-            n = self._window(left)
-            # payload: message number, channel, length, data; padded to a whole block
-            pad = 3 + BLOCK - ((9 + n + 4) % BLOCK)
-            length = 1 + 9 + n + pad
-            plain = self.plain
-            FRAME.pack_into(plain, 0, length, pad, MSG_CHANNEL_DATA, self.chan.remote_chanid, n)
-            at, want = FRAME.size, n
-            while want:
-                v = views[i]
-                k = min(len(v), want)
-                plain[at : at + k] = v[:k]
-                at += k
-                want -= k
-                if k == len(v):
-                    i += 1
-                else:
-                    views[i] = v[k:]
-            plain[at : at + pad] = bytes(pad)
-            left -= n
-            self._seal_and_write(4 + length)
+            n = self._window(left, wait=True)
+            self._enter()
+            try:
+                with getattr(self.pk, _P + "write_lock"):
+                    out = 0
+                    while True:
+                        out = self._seal(n, out)
+                        left -= n
+                        if not left or out + self.most > len(self.sealed):
+                            break
+                        n = self._window(left, wait=False)
+                        if not n:
+                            break
+                    self._write(out)
+            finally:
+                self.transport.clear_to_send_lock.release()
+        self.views = []
 
-    def _window(self, want: int) -> int:
-        """Bytes the peer's window and packet size allow now (waiting for a window adjust)."""
+    def _window(self, want: int, wait: bool) -> int:
+        """Bytes the peer's window and packet size allow: waiting for a window adjust, or
+        0 if there is no window left now."""
         chan: Any = self.chan
         with chan.lock:
             if chan.closed:
                 raise OSError("Socket is closed")
+            if not wait and chan.out_window_size == 0:
+                return 0
             n: int = chan._wait_for_send_window(want)
         if n <= 0:
             raise EOFError("SSH channel closed")
         return n
 
-    def _seal_and_write(self, total: int) -> None:
-        t, pk = self.transport, self.pk
+    def _enter(self) -> None:
+        """Take the transport's clear-to-send lock, as Transport._send_user_message does:
+        user data waits while keys are exchanged."""
+        t = self.transport
         start = time.time()
-        while True:  # as Transport._send_user_message: not during a key exchange
+        while True:
             t.clear_to_send.wait(0.1)
             if not t.active:
                 raise EOFError("SSH connection closed")
             t.clear_to_send_lock.acquire()
             if t.clear_to_send.is_set():
-                break
+                return
             t.clear_to_send_lock.release()
             if time.time() > start + t.clear_to_send_timeout:
                 raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
-        try:
-            with getattr(pk, _P + "write_lock"):
-                self._seal(total)
-        finally:
-            t.clear_to_send_lock.release()
 
-    def _seal(self, total: int) -> None:
-        """Encrypt and write one framed packet; paramiko's Packetizer.send_message, for GCM."""
-        pk = self.pk
+    def _seal(self, n: int, out: int) -> int:
+        """Frame the next `n` bytes of data as one packet and encrypt it into the sealed
+        buffer at `out`, as paramiko's Packetizer.send_message would; returns its end."""
+        pk, plain, views = self.pk, self.plain, self.views
+        # payload: message number, channel, length, data; padded to a whole block
+        pad = 3 + BLOCK - ((9 + n + 4) % BLOCK)
+        length = 1 + 9 + n + pad
+        FRAME.pack_into(plain, 0, length, pad, MSG_CHANNEL_DATA, self.chan.remote_chanid, n)
+        at = FRAME.size
+        while n:
+            v = views[0]
+            k = min(len(v), n)
+            plain[at : at + k] = v[:k]
+            at += k
+            n -= k
+            if k == len(v):
+                views.pop(0)
+            else:
+                views[0] = v[k:]
+        plain[at : at + pad] = bytes(pad)
+        end = out + 4 + length + TAG
         engine, iv = getattr(pk, _P + "block_engine_out"), getattr(pk, _P + "iv_out")
-        plain, sealed = self.plain, self.sealed
         # The packet length is the associated data: sent in clear, authenticated.
-        engine.encrypt_into(iv, plain[4:total], plain[:4], sealed[4 : total + TAG])
-        sealed[:4] = plain[:4]
+        engine.encrypt_into(iv, plain[4 : 4 + length], plain[:4], self.sealed[out + 4 : end])
+        self.sealed[out : out + 4] = plain[:4]
         setattr(pk, _P + "iv_out", iv[:4] + (int.from_bytes(iv[4:], "big") + 1).to_bytes(8, "big"))
         seq = getattr(pk, _P + "sequence_number_out")
         setattr(pk, _P + "sequence_number_out", (seq + 1) & 0xFFFFFFFF)
-        pk.write_all(sealed[: total + TAG])
-        sent = getattr(pk, _P + "sent_bytes") + total + TAG
-        packets = getattr(pk, _P + "sent_packets") + 1
+        setattr(pk, _P + "sent_packets", getattr(pk, _P + "sent_packets") + 1)
+        return end
+
+    def _write(self, out: int) -> None:
+        pk = self.pk
+        pk.write_all(self.sealed[:out])
+        sent = getattr(pk, _P + "sent_bytes") + out
         setattr(pk, _P + "sent_bytes", sent)
-        setattr(pk, _P + "sent_packets", packets)
-        if (sent >= pk.REKEY_BYTES or packets >= pk.REKEY_PACKETS) and not pk.need_rekey():
+        if (
+            sent >= pk.REKEY_BYTES or getattr(pk, _P + "sent_packets") >= pk.REKEY_PACKETS
+        ) and not pk.need_rekey():
             setattr(pk, _P + "received_bytes_overflow", 0)
             setattr(pk, _P + "received_packets_overflow", 0)
             pk._trigger_rekey()
