@@ -82,6 +82,7 @@ FULL_BELOW = 1 * MiB
 READ_STREAMS = 1
 WRITE_STREAMS = 2  # two, so one connection's CLOSE round trip overlaps the other's data
 BULK = 1 * MiB  # writes at least this large count as a stream
+PATIENCE = 0.5  # seconds SFTPBackend.acquire waits for a busy session before connecting
 
 
 def classify(
@@ -320,12 +321,22 @@ class SFTPBackend(Backend):
             self._all.add(s)
         return s
 
-    def acquire(self) -> Session:
+    def acquire(self, enough: int = 0) -> Session:
+        """A pooled session, else a new connection; but where `enough` sessions exist
+        already, first wait a while for a busy one to come back. Write streams (two at a
+        time) and journal saves (which run beside them) wait so: a save used to take the
+        session a stream had just released, and the next stream then connected anew, a
+        key exchange on both ends in the middle of the transfer."""
         self._slots.acquire()
         try:
             while True:
                 try:
-                    s = self._idle.get_nowait()
+                    wait = enough and len(self._all) >= enough
+                    s = self._idle.get(timeout=PATIENCE) if wait else None
+                except queue.Empty:
+                    s = None
+                try:
+                    s = s or self._idle.get_nowait()
                 except queue.Empty:
                     return self._connect()
                 if s.transport.is_active():
@@ -356,17 +367,19 @@ class SFTPBackend(Backend):
         fn: Callable[[paramiko.SFTPClient], T],
         rel: str | None = None,
         missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+        enough: int = 0,
     ) -> T:
         """Run fn on a pooled session; a failure that smells of a dead connection drops it."""
-        return self.run_session(lambda s: fn(s.sftp), rel, missing)
+        return self.run_session(lambda s: fn(s.sftp), rel, missing, enough)
 
     def run_session(
         self,
         fn: Callable[[Session], T],
         rel: str | None = None,
         missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
+        enough: int = 0,
     ) -> T:
-        s = self.acquire()
+        s = self.acquire(enough)
         try:
             out = fn(s)
         except BaseException as exc:
@@ -755,7 +768,7 @@ class SFTPWriter(Writer):
                     f.write(blob)
                 self.be.rename_into_place(sftp, path + ".new", path)
 
-            self.be.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+            self.be.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND, enough=1)
 
         return save
 
@@ -773,7 +786,7 @@ class SFTPWriter(Writer):
             self.be.run_session(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
             return
         with self.be.write_streams:
-            self.be.run_session(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+            self.be.run_session(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND, WRITE_STREAMS)
 
     def _create(self, s: Session) -> None:
         if not self._created:
