@@ -62,7 +62,11 @@ PIECE = BLOCK_SIZE  # files up to this size are read and written in one call...
 DIRECT_LOCAL = 64 * 1024  # ...or this size between local files (larger ones: kernel copy)
 PROCESS_THRESHOLD = 512  # small local files seen before worker processes are worth forking
 LONG_READ_MAX = 1 << 30  # chunk cap for read_streams sources: resume granularity
-STREAM_PIECE = 4 * BLOCK_SIZE  # larger ones stream through a per-worker buffer of this size
+# Larger ones stream through a per-worker buffer of this size. Each piece is read, hashed
+# and then sent or written, three passes over it: 2 MiB stays in a core's L2 cache (2 MiB
+# here) between them, 4 MiB did not (256 MiB SFTP upload -7%, SMB and local copies -3 to
+# -5%, S3 unchanged; alternated runs).
+STREAM_PIECE = 2 * BLOCK_SIZE
 SMALL = 256 * 1024
 BATCH_FILES = 128
 BATCH_BYTES = 4 << 20
