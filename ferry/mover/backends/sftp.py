@@ -274,7 +274,11 @@ class SFTPBackend(Backend):
         sock: socket.socket | None = None
         transport: paramiko.Transport | None = None
         try:
-            sock = socket.create_connection((self.ep.host, self.ep.port), timeout=CONNECT_TIMEOUT)
+            host = self.ep.host.encode() if self.ep.host.isascii() else self.ep.host
+            sock = socket.create_connection(
+                (host, self.ep.port),  # type: ignore[arg-type]  # as bytes: no IDNA codec import
+                timeout=CONNECT_TIMEOUT,
+            )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport = paramiko.Transport(
                 _quick_acks(sock), default_window_size=WINDOW, default_max_packet_size=MAX_PACKET
