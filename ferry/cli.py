@@ -489,6 +489,12 @@ def run() -> None:
     is flushed: by then its work is flushed to storage and its threads are idle, and
     the interpreter's teardown (freeing every module and object) was ~4 ms of each run."""
     argv = sys.argv[1:]
+    if argv[:1] in (["plan"], ["verify"]):
+        # Read-only listings end quietly when their reader goes (`ferry plan ... | head`),
+        # as `ls` does, instead of reporting the broken pipe as a transient failure.
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     code = main(argv)
     if argv[:1] and argv[0] in ("copy", "sync", "plan", "verify", "run"):
         logging.shutdown()

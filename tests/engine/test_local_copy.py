@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ferry
+from tests.conftest import FERRY, run_ferry
 from tests.engine.treeutil import assert_same_tree, snapshot
 
 MiB = 1 << 20
@@ -396,3 +398,22 @@ def test_directory_that_cannot_be_created_follows_the_error_policy(
     assert reasons.get("a") == "PermissionDenied" and reasons.get("b") == "PermissionDenied"
     assert reasons.get("a/f") == "DestinationNotFound"  # a consequence, reported, not fatal
     assert os.listdir(dst) == []
+
+
+def test_plan_piped_into_a_reader_that_stops_ends_quietly(trees: tuple[Path, Path]) -> None:
+    """`ferry plan SRC DST | head -1`: plan ends when head does, as `ls` would, with no
+    error message, instead of reporting the broken pipe as a transient failure (exit 11)."""
+    src, dst = trees
+    for i in range(6000):  # ~130 KB of plan: more than a pipe holds, so plan must wait
+        (src / f"f{i:04d}").write_bytes(b"x")
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [*FERRY, "plan", str(src), str(dst)], stdout=w, stderr=subprocess.PIPE, text=True
+    )
+    os.close(w)
+    with os.fdopen(r) as reader:
+        first = reader.readline()  # then the reader goes away
+    _, err = proc.communicate(timeout=60)
+    assert first.startswith(("copy", "mkdir")), first
+    assert proc.returncode == -signal.SIGPIPE, (proc.returncode, err)
+    assert "error" not in err, err
