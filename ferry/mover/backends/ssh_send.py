@@ -2,24 +2,25 @@
 
 paramiko sends each packet (at most 32 KiB under sshd) through a Message, its bytes, a
 framed copy, a copy with the padding, a slice for the cipher and the length glued back
-on: six copies and a dozen Python calls per packet. On two cores an upload is bound by
-CPU, and sshd needs what the client spends, so `GcmSender` frames each packet straight
-from the caller's buffers into one reused buffer and encrypts it into another
-(`AESGCM.encrypt_into`), then writes it.
+on: six copies, a dozen Python calls and a socket write per packet. On two cores an
+upload is bound by CPU, and sshd needs what the client spends, so `GcmSender` frames
+each packet straight from the caller's buffers into one reused buffer, encrypts it into
+another (`AESGCM.encrypt_into`), and writes up to BATCH packets at once.
 
 It keeps paramiko's own outbound state (nonce, sequence number, the byte and packet
 counts that trigger a rekey) under paramiko's locks, and waits out a key exchange the way
 paramiko's own sends do, so paramiko's messages (window adjusts, SFTP control requests)
 interleave as before. `GcmSender.usable` says whether a connection qualifies: an AES-GCM
-cipher without compression; others keep `Channel.sendall`. The private attributes read
-here are paramiko's (pinned in pyproject.toml); tests/backends/test_units.py checks them.
+cipher without compression; others keep `Channel.sendall`. The private attributes used
+here are paramiko's (pinned in pyproject.toml); tests/backends/test_sftp_send.py runs
+uploads through them against sshd, with key exchanges mid-file.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paramiko
@@ -69,6 +70,8 @@ class GcmSender:
             self._enter()
             try:
                 with getattr(self.pk, _P + "write_lock"):
+                    if not self.usable(self.chan):  # a key exchange chose another cipher
+                        raise paramiko.SSHException("SSH cipher changed mid-session")
                     out = 0
                     while True:
                         out = self._seal(n, out)
@@ -157,7 +160,7 @@ class GcmSender:
             pk._trigger_rekey()
 
 
-def channel_sender(chan: paramiko.Channel) -> Any:
+def channel_sender(chan: paramiko.Channel) -> Callable[[Sequence[Buffer]], None]:
     """A `sendall(parts)` for the channel: GcmSender's where it can, else paramiko's."""
     if GcmSender.usable(chan):
         return GcmSender(chan).sendall
