@@ -27,7 +27,7 @@ from ferry.mover.options import MiB
 FALLBACK_REQUEST = 128 * 1024  # read/write length for servers without limits@openssh.com
 MAX_REQUEST = 255 * 1024  # OpenSSH's sftp-server limit (256 KiB message minus headers)
 READ_DEPTH = 16  # READ requests in flight per stream (about WINDOW bytes)
-READ_REFILL = 4  # ...sent again this many at a time
+READ_REFILL = 8  # ...sent again this many at a time
 WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
 RECV = 8 * MiB  # a cap only: a LeanPipe read returns one whole payload
 
@@ -375,7 +375,7 @@ class Session:
             pending[self._send(READ, hs + RANGE.pack(at, n), batch=batch)] = (at, n)
 
         while pending or nxt < end:
-            # Refilled a quarter of the depth at a time, in one channel write: a packet
+            # Refilled half the depth at a time, in one channel write: a packet
             # (and a socket write, and an sshd read) per READ request cost more than that.
             if len(pending) <= READ_DEPTH - READ_REFILL:
                 while nxt < end and len(pending) < READ_DEPTH:
