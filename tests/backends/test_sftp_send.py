@@ -1,10 +1,11 @@
-"""Channel data sealed by Ferry's GcmSender against a real sshd: uploads take that path,
-arrive intact, and survive key exchanges in the middle of a file."""
+"""Uploads against a real sshd: channel data sealed by Ferry's GcmSender arrives intact and
+survives key exchanges mid-file; a big file's pieces share their sessions' open handles."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,10 @@ import paramiko
 import pytest
 
 from ferry.mover.backends import ssh_send
+from ferry.mover.execute import STREAM_PIECE
 from tests.backends.helpers import ok, transfer
+from tests.backends.test_remote_fsync import Logged
+from tests.backends.tree import CHUNK
 from tests.servers import SSHServer
 
 pytestmark = pytest.mark.servers
@@ -63,3 +67,34 @@ def test_key_exchanges_mid_upload(
     data, dest = _upload(sshd_server, tmp_path, 12 * 1024 * 1024)
     assert dest.read_bytes() == data
     assert len(rekeys) >= 4  # one per MiB sent on each connection, less what overlaps
+
+
+@pytest.fixture(scope="module")
+def logged_sftp() -> Iterator[Logged]:
+    srv = Logged("sftp")
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_write_handles_kept_between_pieces_and_closed_before_rename(
+    logged_sftp: Logged, tmp_path: Path
+) -> None:
+    """A big file's pieces reuse the write handle their session already has open for it
+    (an OPEN per piece was a round trip with nothing sent), and every handle is closed
+    before the rename."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3 * CHUNK + 1)
+    pieces = 3 * -(-CHUNK // STREAM_PIECE) + 1  # three whole chunks and one byte
+    (src / "f.bin").write_bytes(data)
+    sub = f"kept-{uuid.uuid4().hex[:8]}"
+    ok(transfer(str(src), logged_sftp.uri(sub)))
+    final = logged_sftp.root / sub / "f.bin"
+    assert final.read_bytes() == data
+    log = logged_sftp.requests()
+    at, tmp = next((i, old) for i, (k, old, new) in enumerate(log) if new == str(final))
+    mine = [k for k, path, _ in log[:at] if path == tmp]
+    assert 0 < mine.count("open") < pieces, (pieces, mine)
+    assert mine.count("open") == mine.count("close"), mine

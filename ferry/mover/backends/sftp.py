@@ -18,6 +18,7 @@ beside it records finished chunks, so a later run resumes by offset.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -352,11 +353,33 @@ class SFTPBackend(Backend):
 
     def release(self, s: Session, broken: bool = False) -> None:
         # A session with replies still on their way cannot serve anyone else.
+        if not (broken or s.dirty or s.buf or not s.transport.is_active()):
+            try:
+                s.close_handles(_finished)
+            except Exception:
+                broken = True
         if broken or s.dirty or s.buf or not s.transport.is_active():
             self._drop(s)
         else:
             self._idle.put(s)
         self._slots.release()
+
+    def close_finished_handles(self) -> None:
+        """Close finished writers' kept handles on the idle sessions now (busy ones do it
+        when they come back), so no open handle outlives its file for long."""
+        idle: list[Session] = []
+        try:
+            while True:
+                idle.append(self._idle.get_nowait())
+        except queue.Empty:
+            pass
+        for s in idle:
+            try:
+                s.close_handles(_finished)
+            except Exception:
+                self._drop(s)
+                continue
+            self._idle.put(s)
 
     def _drop(self, s: Session) -> None:
         with self._lock:
@@ -699,6 +722,10 @@ class SFTPReader(Reader):
         return b"".join(self.iter_range(offset, length, SMALL_READ))
 
 
+def _finished(owner: object) -> bool:
+    return bool(getattr(owner, "finished", True))
+
+
 class SFTPWriter(Writer):
     """A hidden temp file written at offsets from several sessions, renamed at commit.
 
@@ -707,6 +734,7 @@ class SFTPWriter(Writer):
 
     def __init__(self, be: SFTPBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
         self.be, self.rel, self.entry = be, rel, entry
+        self.finished = False  # committed or aborted: sessions close the handles they keep
         self.final = be.path(rel)
         parent, _, name = self.final.rpartition("/")
         parent = parent or "/"
@@ -782,9 +810,18 @@ class SFTPWriter(Writer):
             return
 
         def wr(s: Session) -> None:
-            handle = s.open(self.tmp, FXF_WRITE | FXF_CREAT)
+            handle = s.handles.get(self)
+            if handle is None:
+                handle = s.open(self.tmp, FXF_WRITE | FXF_CREAT)
+                s.keep_handle(self, handle)  # for this writer's next piece on this session
             self._created = True
-            s.write(handle, offset, data, close=True)  # every write acknowledged on return
+            try:
+                s.write(handle, offset, data, close=False)  # every write acknowledged on return
+            except BaseException:
+                if s.handles.pop(self, None) is not None and not s.dirty:
+                    with contextlib.suppress(Exception):  # the write's error is the one to report
+                        s.close_handle(handle)
+                raise
 
         if len(data) < BULK:
             self.be.run_session(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
@@ -854,8 +891,11 @@ class SFTPWriter(Writer):
             self.state.close()  # no timer may resave the state after commit deletes it
         mode, mtime = _meta(entry, preserve)
         data, self.buf = (bytes(self.buf), None) if self.buf is not None else (None, None)
+        self.finished = True
+        self.be.close_finished_handles()  # before the rename: the file is whole, let it go
 
         def fin(s: Session) -> None:
+            s.close_handles(_finished)
             if data is not None:
                 self._created = True
                 s.write_small(self.tmp, data, mode, mtime, self.be.fsync_each)
@@ -877,6 +917,8 @@ class SFTPWriter(Writer):
         self.be.run_session(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
     def abort(self, keep_partial: bool = False) -> None:
+        self.finished = True
+        self.be.close_finished_handles()
         if self.state is not None:
             self.state.close()  # stops timed saves; a kept partial is flushed below
         if self.buf is not None:
