@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,26 @@ def test_direct_writes_of_awkward_pieces(tmp_path: Path) -> None:
         w.write_at(off, memoryview(data)[off : off + n])
     w.commit(entry, None, Preserve())
     assert (tmp_path / "f.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("mode", [0, 0o644, 0o600, 0o755])
+def test_small_file_modes_set_at_creation_where_they_can_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    """A file without a mode of its own (from S3, say) gets the usual one, and a file whose
+    mode is the usual one gets it at creation: no fchmod for either (a syscall, and a GIL
+    handoff, per small file). Other modes are set before the file appears."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    usual = 0o666 & ~umask
+    calls: list[int] = []
+    fchmod = os.fchmod
+    monkeypatch.setattr(os, "fchmod", lambda fd, m: (calls.append(m), fchmod(fd, m)))
+    be = local.LocalBackend(str(tmp_path))
+    entry = Entry("f", EntryType.FILE, size=3, mtime_ns=1_600_000_000_000_000_000, mode=mode)
+    w = be.open_write("f", entry)
+    w.write_at(0, b"abc")
+    w.commit(entry, None, Preserve())
+    assert (tmp_path / "f").read_bytes() == b"abc"
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == (mode or usual)
+    assert len(calls) == (0 if mode in (0, usual) else 1), calls

@@ -119,13 +119,16 @@ def _internal_name(name: str, suffix: str) -> str:
     return f"{INTERNAL_PREFIX}{digest}.{suffix}"
 
 
-def _apply_meta_fd(fd: int, entry: Entry, preserve: Preserve) -> None:
-    if preserve.owners and entry.uid >= 0:
+def _apply_meta_fd(fd: int, entry: Entry, preserve: Preserve, created: int = -1) -> None:
+    """Owner, mode and times. `created`: the mode the file already has from its creation,
+    which then needs no fchmod (a syscall per small file, each a GIL handoff)."""
+    chowned = preserve.owners and entry.uid >= 0
+    if chowned:
         _chown(lambda: os.fchown(fd, entry.uid, entry.gid))
-    if preserve.perms and entry.mode:
-        os.fchmod(fd, entry.mode)
-    elif entry.type == EntryType.FILE:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+    mode = entry.mode if preserve.perms and entry.mode else 0o666 & ~_UMASK
+    settable = (preserve.perms and entry.mode) or entry.type == EntryType.FILE
+    if settable and (chowned or mode != created):  # a chown clears set-id bits
+        os.fchmod(fd, mode)
     if preserve.times:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
@@ -226,6 +229,7 @@ class LocalWriter(Writer):
         self.final = backend.path(rel)
         self.dir, name = os.path.split(self.final)
         self.tmp: str | None = None
+        self.created_mode = -1  # the mode the file was created with, where known
         self.journal: Journal | None = None
         self.durable = backend.fsync_each
         self.direct = backend.direct_writes
@@ -256,7 +260,11 @@ class LocalWriter(Writer):
     def _open_unnamed(self) -> int:
         if _O_TMPFILE:
             try:
-                return os.open(self.dir, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                # Nameless until linked, so created with the usual mode, which is then
+                # mostly the final one.
+                fd = os.open(self.dir, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o666)
+                self.created_mode = 0o666 & ~_UMASK
+                return fd
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
@@ -343,7 +351,7 @@ class LocalWriter(Writer):
                     os.setxattr(self.fd, k, v)
                 except OSError as exc:
                     log.warning("%s: cannot set xattr %s: %s", self.rel, k, exc.strerror)
-            _apply_meta_fd(self.fd, entry, preserve)
+            _apply_meta_fd(self.fd, entry, preserve, self.created_mode)
             if self.durable:
                 os.fdatasync(self.fd)
             if self.tmp is None:
