@@ -81,7 +81,7 @@ FULL_BELOW = 1 * MiB
 # GIL. Measured on 2 cores against a local sshd, fewer streams used less CPU and ran
 # faster; small-file requests, which wait on round trips, still use every session.
 READ_STREAMS = 1
-WRITE_STREAMS = 2  # two, so one connection's CLOSE round trip overlaps the other's data
+WRITE_STREAMS = 2  # two, so one connection's round trips (last acks, OPEN) overlap the other's data
 BULK = 1 * MiB  # writes at least this large count as a stream
 PATIENCE = 0.5  # seconds SFTPBackend.acquire waits for a busy session before connecting
 
@@ -353,15 +353,16 @@ class SFTPBackend(Backend):
 
     def release(self, s: Session, broken: bool = False) -> None:
         # A session with replies still on their way cannot serve anyone else.
-        if not (broken or s.dirty or s.buf or not s.transport.is_active()):
+        usable = not (broken or s.dirty or s.buf or not s.transport.is_active())
+        if usable:
             try:
                 s.close_handles(_finished)
             except Exception:
-                broken = True
-        if broken or s.dirty or s.buf or not s.transport.is_active():
-            self._drop(s)
-        else:
+                usable = False
+        if usable:
             self._idle.put(s)
+        else:
+            self._drop(s)
         self._slots.release()
 
     def close_finished_handles(self) -> None:
