@@ -168,12 +168,12 @@ def _run(
                     files=summary.files_copied + summary.files_updated,
                     bytes=summary.bytes_transferred,
                 )
-            durable = options.fsync != Fsync.NONE and executor.wrote
+            durable = options.fsync != Fsync.NONE
             if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
                 if summary.error_count or cancel.is_set():
                     log.warning("not deleting anything at the destination: the copy had errors")
                 else:
-                    if durable:
+                    if durable and executor.wrote:
                         dst.flush()  # what was copied is on disk before anything is deleted
                     progress.phase = "delete"
                     with sink.phase("delete") as attrs:
@@ -181,7 +181,7 @@ def _run(
                         attrs.update(files=summary.files_deleted)
             if not cancel.is_set():
                 executor.finish_dirs()
-                if durable:
+                if durable and executor.wrote:  # deletes and directory times count too
                     dst.flush()
         finally:
             executor.close()

@@ -293,7 +293,8 @@ class FlushLog(LocalBackend):
 
 def test_flushed_once_for_a_copy_and_before_deletes_for_a_sync(tmp_path: Path) -> None:
     """One flush where nothing is deleted (after the directories' times); a sync's deletes
-    wait for a flush of what was copied, and the end flushes again."""
+    wait for a flush of what was copied, and the end flushes again, deletes included even
+    when nothing was copied."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for name in ("a", "b"):
@@ -308,3 +309,8 @@ def test_flushed_once_for_a_copy_and_before_deletes_for_a_sync(tmp_path: Path) -
     summary = transfer_between(lambda: (LocalBackend(str(src)), FlushLog(str(dst), log)), sync)
     assert summary.exit_code == 0 and summary.files_deleted == 1
     assert log == ["flush", "remove extra", "flush"]
+    (dst / "extra2").write_bytes(b"x")  # a sync with nothing to copy, only a delete
+    log.clear()
+    summary = transfer_between(lambda: (LocalBackend(str(src)), FlushLog(str(dst), log)), sync)
+    assert summary.exit_code == 0 and summary.files_deleted == 1
+    assert log == ["remove extra2", "flush"]
