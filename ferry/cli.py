@@ -21,6 +21,7 @@ EXIT_CODES = "\n".join(
 )
 
 log = logging.getLogger("ferry")
+MOVER_COMMANDS = ("copy", "sync", "plan", "verify", "run")  # the ones that move or read data
 
 
 def _version() -> str:
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
-    if args.command in ("copy", "sync", "plan", "verify", "run"):
+    if args.command in MOVER_COMMANDS:
         from ferry.mover.malloc import tune_gc, tune_malloc
 
         tune_malloc()
@@ -496,7 +497,7 @@ def run() -> None:
 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     code = main(argv)
-    if argv[:1] and argv[0] in ("copy", "sync", "plan", "verify", "run"):
+    if argv[:1] and argv[0] in MOVER_COMMANDS:
         logging.shutdown()
         try:
             sys.stdout.flush()

@@ -50,7 +50,7 @@ class Snapshot(NamedTuple):
             "scanComplete": self.scan_complete,
             "phase": self.phase,
             "elapsedSeconds": round(self.elapsed, 3),
-            "current": list(self.current),
+            "current": self.current,
         }
 
 

@@ -40,7 +40,7 @@ class Entry:
 
     A plain class, not a dataclass, here and for the engine's other records: generating
     dataclass methods (and importing dataclasses, which imports inspect and ast) was
-    ~16 ms of every run's start-up, the bulk of a small copy's lead over rclone."""
+    ~16 ms of every run's start-up (a 500-file S3 download takes ~170 ms in all)."""
 
     __slots__ = (
         "blocks",

@@ -895,8 +895,7 @@ class SFTPWriter(Writer):
         self.finished = True
         self.be.close_finished_handles()  # before the rename: the file is whole, let it go
 
-        def fin(s: Session) -> None:
-            s.close_handles(_finished)
+        def fin(s: Session) -> None:  # s keeps none of ours: released or swept since
             if data is not None:
                 self._created = True
                 s.write_small(self.tmp, data, mode, mtime, self.be.fsync_each)

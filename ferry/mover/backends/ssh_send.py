@@ -70,8 +70,6 @@ class GcmSender:
             self._enter()
             try:
                 with getattr(self.pk, _P + "write_lock"):
-                    if not self.usable(self.chan):  # a key exchange chose another cipher
-                        raise paramiko.SSHException("SSH cipher changed mid-session")
                     out = 0
                     while True:
                         out = self._seal(n, out)
@@ -138,6 +136,8 @@ class GcmSender:
         plain[at : at + pad] = bytes(pad)
         end = out + 4 + length + TAG
         engine, iv = getattr(pk, _P + "block_engine_out"), getattr(pk, _P + "iv_out")
+        if not isinstance(engine, AESGCM):  # a key exchange chose another cipher
+            raise paramiko.SSHException("SSH cipher changed mid-session")
         # The packet length is the associated data: sent in clear, authenticated.
         engine.encrypt_into(iv, plain[4 : 4 + length], plain[:4], self.sealed[out + 4 : end])
         self.sealed[out : out + 4] = plain[:4]
