@@ -3,8 +3,8 @@
 By default they bring up the local control plane (building the pinned
 binaries on first use) in its own state dir and take it down at the end.
 With `FERRY_E2E_KUBECONFIG` set they start nothing and test that cluster
-(e.g. kind) instead. In CI (`CI=true`) a cluster that cannot start fails the
-run; elsewhere a machine that cannot build the binaries skips these tests.
+(e.g. kind) instead. A cluster that cannot be built or started fails the run
+(skip only with `FERRY_TESTS_PARTIAL=1`, see `tests/strict.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from kubernetes import client
 from e2e.cluster import binaries
 from e2e.cluster.layout import Layout, default_state_dir
 from e2e.support import Cluster, cluster_cli
+from tests.strict import unavailable
 
 
 def _claim_state_dir() -> tuple[Path, IO[bytes]]:
@@ -59,9 +60,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         bin_dir = binaries.ensure()
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot build the local control plane: {exc}")
-        pytest.skip(f"cannot build the local control plane here: {exc}")
+        unavailable(f"cannot build the local control plane here: {exc}")
     state, lock = _claim_state_dir()
     try:
         result = cluster_cli("up", state_dir=state)

@@ -22,6 +22,7 @@ from e2e.cluster import controlplane
 from e2e.cluster.layout import Layout
 from e2e.cluster.procs import marked
 from e2e.support import FERRY_IMAGE, Cluster, cluster_cli, wait_for
+from tests.strict import unavailable
 
 pytestmark = pytest.mark.cluster
 
@@ -206,7 +207,7 @@ def test_job_completes_with_exit_code_and_message(
 def test_ferry_version_job(cluster: Cluster, core: client.CoreV1Api, namespace: str) -> None:
     """The image's entrypoint is `ferry`: a pod with only args runs `ferry <args>`."""
     if cluster.local and not shutil.which("ferry", path=str(Path(sys.executable).parent)):
-        pytest.skip("the ferry console script is not installed in this venv yet")
+        unavailable("the ferry console script is not installed in this venv (run: make bootstrap)")
     pod = _pod("version", [], container={"args": ["--version"]})
     del pod["spec"]["containers"][0]["command"]
     _raw(core.create_namespaced_pod, namespace, pod)

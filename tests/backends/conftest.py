@@ -1,13 +1,12 @@
 """Session fixtures: the real servers, and one `Remote` per backend kind.
 
 Servers start once per session on free loopback ports. If one cannot start,
-the tests that need it are skipped locally but FAIL when `CI` is set: a
-missing server must never turn a CI run green.
+the tests that need it fail (skip only with `FERRY_TESTS_PARTIAL=1`, see
+`tests/strict.py`): a missing server must never turn a run green.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.servers import MotoServer, SambaServer, SSHServer, VersityServer
+from tests.strict import unavailable
 
 BUCKET = "ferry-test"
 KINDS = ["local", "s3", "sftp", "smb"]
@@ -31,10 +31,7 @@ def _start(cls: type) -> Any:
         srv.start()
     except Exception as exc:
         srv.close()
-        msg = f"{cls.__name__} could not start: {exc} (run: bash tests/servers/install.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        unavailable(f"{cls.__name__} could not start: {exc} (run: bash tests/servers/install.sh)")
     return srv
 
 

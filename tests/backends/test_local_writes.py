@@ -14,6 +14,7 @@ from ferry.mover.backends import local
 from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.options import Fsync, MiB, Preserve
 from tests.backends.helpers import ok, transfer
+from tests.strict import unavailable
 
 
 def cached_bytes(path: Path) -> int:
@@ -51,7 +52,7 @@ def test_big_files_skip_the_page_cache_when_the_run_flushes(
     """When the run flushes before success, big files go straight to the disk and leave the
     page cache as it was; with --fsync none they stay write-back, as cp's do."""
     if not on_block_fs(tmp_path):
-        pytest.skip("O_DIRECT is used on ext4, XFS and btrfs only; this tmp is elsewhere")
+        unavailable("O_DIRECT is used on ext4, XFS and btrfs only; this tmp is elsewhere")
     r = remotes("sftp")
     sub = r.fresh("direct")
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -72,7 +73,7 @@ def test_direct_writes_of_awkward_pieces(tmp_path: Path) -> None:
     """Pieces of any size at any offset, in any order: blocks they cover whole go direct,
     their unaligned ends through the page cache, and the file holds exactly the bytes."""
     if not on_block_fs(tmp_path):
-        pytest.skip("O_DIRECT is used on ext4, XFS and btrfs only; this tmp is elsewhere")
+        unavailable("O_DIRECT is used on ext4, XFS and btrfs only; this tmp is elsewhere")
     be = local.LocalBackend(str(tmp_path))
     be.direct_writes = True
     size = local.DIRECT_MIN + 3 * 261_120 + 11
