@@ -284,35 +284,57 @@ def test_resume_discards_corrupted_chunks(tmp_path: Path) -> None:
     journal = dst / ".~ferry.f.bin.journal"
     kill_once_journaled(proc, journal)
     part = dst / ".~ferry.f.bin.part"
-    with open(part, "r+b") as f:  # flip bytes inside the first journaled chunk
-        f.seek(100)
+    lines = journal.read_bytes().split(b"\n")[1:]  # after the header; a torn last line is no chunk
+    chunks = [int(line.split()[0]) for line in lines if len(line.split()) == 2]
+    assert chunks
+    with open(part, "r+b") as f:  # flip bytes inside one journaled chunk
+        f.seek(min(chunks) * 2 * MiB + 100)
         f.write(b"\xff" * 8)
     s = run_ferry("copy", src, dst, "--json", "--chunk-size", "2M").summary
     assert (dst / "f.bin").read_bytes() == payload
-    recorded = len(journal.read_bytes().splitlines()) - 1 if journal.exists() else None
-    assert recorded is None
-    assert s["bytesTransferred"] + s["bytesResumed"] == 16 * MiB
-    assert s["bytesTransferred"] >= 2 * MiB  # at least the corrupted chunk travelled again
+    assert not journal.exists() and not part.exists()
+    # Exactly the good chunks were kept: resume works, and the bad one travelled again.
+    assert s["bytesResumed"] == (len(chunks) - 1) * 2 * MiB, (chunks, s)
+    assert s["bytesTransferred"] == 16 * MiB - s["bytesResumed"]
 
 
-def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_cleanly_keeps_the_partial_and_resumes(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM (a pod's stop) and SIGINT (Ctrl-C) end with exit 130, no torn file under a
+    final name, and a big file's partial and journal kept, so the next run resumes it."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for i in range(3):
-        (src / f"f{i}").write_bytes(os.urandom(6 * MiB))
+        (src / f"f{i}").write_bytes(os.urandom(MiB))
+    payload = os.urandom(32 * MiB)  # >= 2 chunks of 4M: chunked and resumable
+    (src / "big.bin").write_bytes(payload)
+    journal = dst / ".~ferry.big.bin.journal"
+    args = ["--bwlimit", "8M", "--chunk-size", "4M", "--transfers", "2", "--json"]
     proc = subprocess.Popen(
-        [*FERRY, "copy", str(src), str(dst), "--bwlimit", "6M", "--json"],
-        stdout=subprocess.PIPE,
-        text=True,
+        [*FERRY, "copy", str(src), str(dst), *args], stdout=subprocess.PIPE, text=True
     )
-    wait_for(lambda: dst.exists() and any(dst.iterdir()), 30, "the copy to start")
-    proc.send_signal(signal.SIGTERM)
+    try:
+        wait_for(
+            lambda: journal.exists() and len(journal.read_bytes().splitlines()) > 2,
+            60,
+            "journaled chunks",
+        )
+    finally:
+        proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert json.loads(out.strip().splitlines()[-1])["reason"] == "Interrupted"
     final_files_are_whole(src, dst)
-    run_ferry("copy", src, dst)
+    assert not (dst / "big.bin").exists()
+    assert (dst / ".~ferry.big.bin.part").exists() and journal.exists()
+    s = run_ferry("copy", src, dst, "--json", "--chunk-size", "4M").summary
+    assert s["bytesResumed"] > 0 and s["bytesResumed"] % (4 * MiB) == 0, s
+    total = sum(f.stat().st_size for f in src.iterdir())
+    assert s["bytesTransferred"] + s["bytesResumed"] + s["bytesSkipped"] == total, s
     assert_same_tree(src, dst)
+    assert not list(dst.glob(".~ferry.*")), "resume state left behind after success"
 
 
 class FlushLog(LocalBackend):
