@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in rsync:rsync rclone:rclone sshd:openssh-server smbd:samba smbclient:smbclient \
-            hyperfine:hyperfine setfattr:attr; do
+            hyperfine:hyperfine setfattr:attr strace:strace; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -376,3 +376,35 @@ def test_flushed_once_for_a_copy_and_before_deletes_for_a_sync(tmp_path: Path) -
     summary = transfer_between(lambda: (LocalBackend(str(src)), FlushLog(str(dst), log)), sync)
     assert summary.exit_code == 0 and summary.files_deleted == 1
     assert log == ["remove extra2", "flush"]
+
+
+STRACE = ["strace", "-f", "-qq", "-e", "trace=syncfs,fsync,fdatasync", "-o"]
+
+
+@pytest.mark.parametrize(
+    ("fsync", "syncfs", "per_file"), [("end", 1, 0), ("file", None, 4), ("none", 0, 0)]
+)
+def test_flushes_reach_the_kernel(
+    tmp_path: Path, fsync: str, syncfs: int | None, per_file: int
+) -> None:
+    """The durability promise as the kernel sees it (strace, a fault-free probe): --fsync end
+    ends with one syncfs, --fsync file flushes every file before it gets its name, none
+    flushes nothing."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(per_file or 4):
+        (src / f"f{i}").write_bytes(os.urandom(64 * 1024 + i))
+    trace = tmp_path / "trace"
+    subprocess.run(
+        [*STRACE, str(trace), *FERRY, "copy", str(src), str(dst), "--fsync", fsync],
+        check=True,
+        timeout=120,
+    )
+    calls = [line.split(None, 1)[1].split("(")[0] for line in trace.read_text().splitlines()]
+    data_flushes = calls.count("fdatasync") + calls.count("fsync")
+    if syncfs is not None:
+        assert calls.count("syncfs") == syncfs, calls
+    assert data_flushes >= per_file, calls
+    if fsync == "none":
+        assert data_flushes == 0, calls
+    assert_same_tree(src, dst)
