@@ -108,9 +108,68 @@ def test_sharding_builds_indexed_job_with_one_spec_per_shard():
 def test_pod_failure_policy_fails_fast_on_terminal_codes_and_ignores_disruption():
     rules = build(PVC_TO_PVC).job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
-    codes = rules[1]["onExitCodes"]["values"]
-    assert 9 in codes and 3 in codes  # VerifyMismatch, SourceNotFound
-    assert 11 not in codes and 7 not in codes and 130 not in codes  # retryable kinds
+    assert rules[1]["action"] == "FailJob"
+    assert (
+        rules[1]["onExitCodes"]["containerName"]
+        == pod_spec(build(PVC_TO_PVC))["containers"][0]["name"]
+    )
+    assert rules[1]["onExitCodes"]["operator"] == "In"
+    # docs/cli.md's exit codes, spelled out: every one that retrying cannot mend fails the
+    # Job at once; Transient (11), SourceChanged (7) and Interrupted (130) retry.
+    assert rules[1]["onExitCodes"]["values"] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 13]
+
+
+SFTP_KEY = {
+    "host": "files.example",
+    "path": "/srv",
+    "user": "ferry",
+    "secretRef": {"name": "ssh"},
+    "knownHostsRef": {"name": "hosts", "key": "known_hosts"},
+}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "files"),
+    [
+        (
+            {"sftp": SFTP_KEY},
+            {
+                "keyFile": ("ssh", "ssh-privatekey"),
+                "knownHostsFile": ("hosts", "known_hosts"),
+            },
+        ),
+        (
+            {"sftp": {**SFTP_KEY, "secretRef": {"name": "pw", "passwordKey": "pass"}}},
+            {"passwordFile": ("pw", "pass"), "knownHostsFile": ("hosts", "known_hosts")},
+        ),
+        (
+            {"smb": {"host": "nas", "share": "data", "secretRef": {"name": "smb"}}},
+            {"passwordFile": ("smb", "password")},
+        ),
+    ],
+    ids=["sftp-key", "sftp-password", "smb"],
+)
+def test_credentials_are_mounted_read_only_for_the_owner_alone(
+    endpoint: dict, files: dict[str, tuple[str, str]]
+) -> None:
+    """Each credential is its own Secret key, mounted read-only with mode 0400, and the
+    mover's spec points at exactly that file."""
+    w = build({"source": {"pvc": {"claimName": "data"}}, "destination": endpoint})
+    ps = pod_spec(w)
+    volumes = {v["name"]: v for v in ps["volumes"] if "secret" in v}
+    mounts = {m["name"]: m for m in ps["containers"][0]["volumeMounts"]}
+    spec = json.loads(w.config_map["data"]["spec-0.json"])["destination"]
+    assert len(volumes) == len(files)
+    for field_name, (secret, key) in files.items():
+        path = spec[field_name]
+        (name,) = [n for n in volumes if path.startswith(mounts[n]["mountPath"] + "/")]
+        assert volumes[name]["secret"] == {
+            "secretName": secret,
+            "defaultMode": 0o400,
+            "items": [{"key": key, "path": key}],
+        }
+        assert mounts[name]["readOnly"] is True
+        assert path == f"{mounts[name]['mountPath']}/{key}"
 
 
 def test_owner_preservation_needs_the_namespace_annotation():
