@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -417,3 +418,47 @@ def test_plan_piped_into_a_reader_that_stops_ends_quietly(trees: tuple[Path, Pat
     assert first.startswith(("copy", "mkdir")), first
     assert proc.returncode == -signal.SIGPIPE, (proc.returncode, err)
     assert "error" not in err, err
+
+
+def test_verify_names_every_kind_of_difference(trees: tuple[Path, Path]) -> None:
+    """One difference of each kind `ferry verify` knows, each reported once under its
+    path, and nothing else (exit 1)."""
+    src, dst = trees
+    for name in ("missing", "extra", "type", "size", "mtime", "mode", "unreadable", "content"):
+        (src / name).write_bytes(b"same bytes")
+    (src / "dir").mkdir()
+    os.symlink("here", src / "target")
+    run_ferry("copy", src, dst)
+    assert run_ferry("verify", src, dst).rc == 0
+    (dst / "missing").unlink()
+    (dst / "extra.new").write_bytes(b"x")
+    (dst / "type").unlink()
+    (dst / "type").mkdir()
+    (dst / "size").write_bytes(b"more bytes than before")
+    os.utime(dst / "mtime", ns=(0, 1_000_000_000))
+    os.chmod(dst / "mode", 0o600 if (src / "mode").stat().st_mode & 0o777 != 0o600 else 0o640)
+    os.chmod(dst / "unreadable", 0)
+    st = (src / "content").stat()
+    (dst / "content").write_bytes(b"SAME BYTES")
+    os.utime(dst / "content", ns=(st.st_atime_ns, st.st_mtime_ns))
+    (dst / "target").unlink()
+    os.symlink("there", dst / "target")
+    os.utime(dst / "dir", ns=(0, 1_000_000_000))
+    r: Any = run_unprivileged(["verify", str(src), str(dst)])
+    assert r.rc == 1, (r.stdout, r.stderr)
+    found = sorted(tuple(line.split()[:2]) for line in r.stdout.splitlines() if line.strip())
+    assert found == sorted(
+        [
+            ("missing", "missing"),
+            ("extra", "extra.new"),
+            ("type", "type"),
+            ("size", "size"),
+            ("mtime", "mtime"),
+            ("mode", "mode"),
+            ("unreadable", "unreadable"),
+            ("mode", "unreadable"),  # chmod 0 is a mode difference too
+            ("content", "content"),
+            ("target", "target"),
+            ("mtime", "dir"),
+        ]
+    ), r.stdout
