@@ -325,7 +325,8 @@ def test_a_signal_stops_cleanly_keeps_the_partial_and_resumes(
         proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert json.loads(out.strip().splitlines()[-1])["reason"] == "Interrupted"
+    last = json.loads(out.strip().splitlines()[-1])
+    assert (last["reason"], last["exitCode"], last["retryable"]) == ("Interrupted", 130, True)
     final_files_are_whole(src, dst)
     assert not (dst / "big.bin").exists()
     assert (dst / ".~ferry.big.bin.part").exists() and journal.exists()

@@ -146,6 +146,50 @@ def test_sync_with_failed_copy_deletes_nothing(trees: tuple[Path, Path]) -> None
     assert (dst / "new").read_text() == "new"
 
 
+def test_sync_deletes_nothing_when_a_source_directory_cannot_be_listed(
+    trees: tuple[Path, Path],
+) -> None:
+    """An unlistable source directory looks empty: deleting its destination twin (or
+    anything else) on that evidence would lose data."""
+    src, dst = trees
+    (src / "locked").mkdir()
+    (src / "locked/f").write_text("f")
+    (src / "ok").write_text("ok")
+    run_ferry("copy", src, dst)
+    (dst / "extra").write_text("only at dst")
+    os.chmod(src / "locked", 0)
+    try:
+        r: Any = run_unprivileged(["sync", str(src), str(dst), "--json", "--error-policy", "skip"])
+    finally:
+        os.chmod(src / "locked", 0o755)
+    assert r.rc == 1, r.stderr
+    assert r.summary["filesDeleted"] == 0 and r.summary["errorCount"] == 1
+    assert [e["path"].rsplit("/", 1)[-1] for e in r.summary["errors"]] == ["locked"]
+    assert (dst / "extra").exists() and (dst / "locked/f").read_text() == "f"
+
+
+def test_sync_never_deletes_through_a_symlinked_parent(
+    trees: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A destination directory replaced by a link to elsewhere: sync replaces the link,
+    and what the link pointed at is left alone."""
+    src, dst = trees
+    (src / "sub").mkdir()
+    (src / "sub/a").write_text("a")
+    run_ferry("copy", src, dst)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("must survive")
+    (dst / "sub/a").unlink()
+    (dst / "sub").rmdir()
+    os.symlink(outside, dst / "sub")
+    run_ferry("sync", src, dst)
+    assert (outside / "precious").read_text() == "must survive"
+    assert not (outside / "a").exists()
+    assert not (dst / "sub").is_symlink()
+    assert_same_tree(src, dst)
+
+
 def test_filters(trees: tuple[Path, Path], tmp_path: Path) -> None:
     src, dst = trees
     for rel in ("a.py", "b.log", "build/out.py", "pkg/c.py", "pkg/d.txt", "pkg/cache/e.py"):
