@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import MiB
@@ -307,3 +309,38 @@ def test_server_restarted_mid_transfer(remote: Remote, tmp_path: Path) -> None:
     assert compare(src, back, modes=False, precision_ns=10**9) == []
     if relay is not None:
         relay.stop()
+
+
+@pytest.mark.parametrize("remote", ["sftp"], indirect=True)
+def test_sftp_host_keys_are_strict(remote: Remote, tmp_path: Path) -> None:
+    """An unknown host key and a changed one are both refused as AuthFailed with a hint,
+    before any file is read or written; only the explicit opt-out connects without one."""
+    src = _small_src(tmp_path)
+    srv = remote.server
+    unknown = tmp_path / "known_hosts.unknown"
+    unknown.write_text("[other.example]:22 " + _fresh_host_key() + "\n")
+    changed = tmp_path / "known_hosts.changed"
+    changed.write_text(f"[127.0.0.1]:{srv.port} " + _fresh_host_key() + "\n")
+    for hosts, words in ((unknown, "not in"), (changed, "does not match")):
+        sub = remote.fresh("hostkey")
+        s = transfer(str(src), remote.uri(sub, known_hosts=str(hosts)), retries=0)
+        assert s.fatal is not None and s.fatal.kind == ErrorKind.AUTH_FAILED, s.to_json()
+        assert words in str(s.fatal) and "127.0.0.1" in str(s.fatal)
+        if words == "not in":
+            assert "insecure_ignore_host_key" in str(s.fatal)  # the hint
+        assert not (Path(srv.root) / sub).exists()
+    sub = remote.fresh("hostkey")
+    ok(
+        transfer(
+            str(src), remote.uri(sub, known_hosts=str(unknown), insecure_ignore_host_key="true")
+        )
+    )
+    assert (Path(srv.root) / sub).is_dir()
+
+
+def _fresh_host_key() -> str:
+    """A new key of the test server's type (ed25519), as a known_hosts entry's key part."""
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
