@@ -200,12 +200,53 @@ def test_kill_and_resume(remote: Remote, direction: str, tmp_path: Path) -> None
     else:
         a, b = str(src), remote.uri(remote.fresh())
     _kill_midway(a, b)
-    summary = _rerun(a, b)
-    assert summary["bytesResumed"] > 0, summary
-    assert summary["bytesTransferred"] - summary["bytesResumed"] < size, summary
+    relay = TCPRelay(remote.server.port).start()
+    try:
+        if direction == "from":
+            summary = _rerun(_via(remote, relay, a, tmp_path), b)
+        else:
+            summary = _rerun(a, _via(remote, relay, b, tmp_path))
+    finally:
+        relay.stop()
+    resumed = summary["bytesResumed"]
+    assert resumed > 0 and summary["bytesTransferred"] == size - resumed, summary
+    # What crossed the wire proves the resume: the rest of the file, not all of it.
+    crossed = relay.received if direction == "from" else relay.sent
+    assert size - resumed <= crossed <= (size - resumed) * 1.05 + 2 * MiB, (crossed, summary)
     back = tmp_path / "back"
     ok(transfer(b, str(back)))
     assert file_digest(back / "big.bin") == file_digest(src / "big.bin")
+    _assert_no_resume_state(remote, b if direction == "to" else None, tmp_path / "dst")
+
+
+def _via(remote: Remote, relay: TCPRelay, uri: str, tmp_path: Path) -> str:
+    """The same location, reached through `relay` (which counts the bytes)."""
+    port = remote.server.port
+    if remote.kind == "sftp":  # the host key is known under the relay's port too
+        hosts = tmp_path / "known_hosts.relay"
+        text = Path(remote.server.known_hosts).read_text()
+        hosts.write_text(text + text.replace(f":{port} ", f":{relay.port} "))
+        uri = uri.replace(str(remote.server.known_hosts), str(hosts))
+    return uri.replace(f"127.0.0.1:{port}", f"127.0.0.1:{relay.port}")
+
+
+def _assert_no_resume_state(remote: Remote, uri: str | None, local_dst: Path) -> None:
+    """After success nothing of the resume machinery is left: no partial, journal or
+    state file, and (S3) no open multipart upload or state object."""
+    if uri is None:
+        assert not list(local_dst.rglob(".~ferry.*")), list(local_dst.rglob("*"))
+        return
+    sub = uri.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    if remote.kind == "s3":
+        client = remote.server.client()
+        uploads = client.list_multipart_uploads(Bucket=BUCKET, Prefix=sub).get("Uploads", [])
+        assert uploads == [], uploads
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=sub)["Contents"]]
+        assert keys == [f"{sub}/big.bin"], keys
+        return
+    disk = remote.disk(sub)
+    assert disk is not None
+    assert sorted(p.name for p in disk.rglob("*")) == ["big.bin"], list(disk.rglob("*"))
 
 
 def _kill_midway(a: str, b: str) -> None:

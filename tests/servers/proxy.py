@@ -25,6 +25,8 @@ class TCPRelay:
         self._lose: bytes | None = None
         self._then: bytes | None = None
         self.lost = 0  # answers lost so far
+        self.sent = 0  # bytes relayed from clients to the server
+        self.received = 0  # bytes relayed from the server to clients
 
     def lose_answer_to(self, request: bytes, then: bytes | None = None) -> None:
         """The next request starting with `request` reaches the server, but its answer
@@ -77,6 +79,11 @@ class TCPRelay:
                 elif not requests and lost.is_set():  # the lost answer: dropped, both closed
                     return
                 b.sendall(data)
+                with self._lock:
+                    if requests:
+                        self.sent += len(data)
+                    else:
+                        self.received += len(data)
         except OSError:
             pass
         finally:
