@@ -174,24 +174,27 @@ def _ep(srv: SambaServer, sub: str) -> SMBEndpoint:
 
 def test_backslash_name_is_refused_not_split(smbd_server: SambaServer, tmp_path: Path) -> None:
     """A local file `a\\b.txt` is one name; SMB would take the backslash as a separator and
-    write a/b.txt. It is reported as UnsafePath (with the other names SMB cannot hold) and
-    the rest is copied."""
+    write a/b.txt. It is reported as UnsafePath (as are a directory `d\\e` and the other
+    names SMB cannot hold) and the rest is copied."""
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "a\\b.txt").write_bytes(b"one name")
     (src / "a" / "other.txt").write_bytes(b"other")
     (src / "ok.txt").write_bytes(b"ok")
     (src / "q?.txt").write_bytes(b"q")
+    (src / "d\\e").mkdir()
+    (src / "d\\e" / "f.txt").write_bytes(b"f")
     sub, d = _share_dir(smbd_server, "bs")
-    (d / "a").mkdir()  # so that a split name would land in it
-    os.chown(d / "a", os.stat(d).st_uid, os.stat(d).st_gid)
+    for split in ("a", "d"):  # where a split name would land
+        (d / split).mkdir()
+        os.chown(d / split, os.stat(d).st_uid, os.stat(d).st_gid)
     summary = transfer(str(src), smbd_server.uri(sub), error_policy=ErrorPolicy.SKIP)
     assert summary.exit_code == ErrorKind.PARTIAL.exit_code, summary.to_json()
     errors = {e.path: e for e in summary.errors}
-    assert sorted(errors) == ["a\\b.txt", "q?.txt"]
+    assert sorted(errors) == ["a\\b.txt", "d\\e", "d\\e/f.txt", "q?.txt"]
     assert all(e.kind == ErrorKind.UNSAFE_PATH for e in errors.values())
     assert "backslash" in errors["a\\b.txt"].message
-    assert not (d / "a" / "b.txt").exists()
+    assert not (d / "a" / "b.txt").exists() and os.listdir(d / "d") == []
     assert (d / "ok.txt").read_bytes() == b"ok"
     assert (d / "a" / "other.txt").read_bytes() == b"other"
 
