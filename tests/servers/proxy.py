@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 from tests.servers.common import free_port
 
@@ -110,3 +111,40 @@ class TCPRelay:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class SMBAnswerRelay(TCPRelay):
+    """A TCPRelay that passes the server's answers message by message (SMB2 over TCP: a
+    4-byte length, then the message) and offers each to `tamper` until it changes one: a
+    man in the middle, a legitimate fault injector for the client's protection checks."""
+
+    def __init__(self, target_port: int, tamper: Callable[[bytes], bytes | None]) -> None:
+        super().__init__(target_port)
+        self.tamper = tamper
+        self.tampered = 0  # answers changed so far (at most one)
+
+    def _pump(
+        self, a: socket.socket, b: socket.socket, lost: threading.Event, requests: bool
+    ) -> None:
+        if requests:
+            super()._pump(a, b, lost, requests)
+            return
+        buf = b""
+        try:
+            while data := a.recv(1 << 16):
+                buf += data
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
+                    size = int.from_bytes(buf[1:4], "big")
+                    msg, buf = buf[4 : 4 + size], buf[4 + size :]
+                    if not self.tampered:
+                        changed = self.tamper(msg)
+                        if changed is not None:
+                            msg = changed
+                            self.tampered += 1
+                    b.sendall(b"\0" + len(msg).to_bytes(3, "big") + msg)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)

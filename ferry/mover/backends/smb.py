@@ -17,6 +17,7 @@ journal beside it, so an interrupted run resumes by offset (smb_files).
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -44,8 +45,8 @@ from ferry.mover.backends.base import (
     Writer,
     check_name,
 )
-from ferry.mover.backends.smb_connection import light_headers, tune_connection
-from ferry.mover.backends.smb_errors import classify
+from ferry.mover.backends.smb_connection import light_headers, strict_answers, tune_connection
+from ferry.mover.backends.smb_errors import UnprotectedAnswer, classify
 from ferry.mover.backends.smb_files import SMBReader, SMBWriter, internal_name
 from ferry.mover.backends.smb_handles import (
     CREDITS_WANTED,
@@ -64,6 +65,8 @@ from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
 
 T = TypeVar("T")
+# Characters no SMB name can hold; a backslash would act as a separator (see _checked).
+NOT_IN_SMB_NAMES = re.compile(r'[\\:*?"<>|\x00-\x1f]')
 
 
 def _ns(dt: datetime | None) -> int:
@@ -102,7 +105,7 @@ class SMBBackend(Backend):
         missing: ErrorKind = ErrorKind.SOURCE_NOT_FOUND,
     ) -> FerryError:
         err = classify(exc, self.describe(), rel, missing)
-        if err.kind == ErrorKind.TRANSIENT:
+        if err.kind == ErrorKind.TRANSIENT or isinstance(exc, UnprotectedAnswer):
             self._forget_connection()
         return err
 
@@ -132,6 +135,7 @@ class SMBBackend(Backend):
             if user and self.ep.domain:
                 user = f"{self.ep.domain}\\{user}"
             light_headers()
+            strict_answers()
             try:
                 smbclient.register_session(
                     self.ep.host,
@@ -192,7 +196,22 @@ class SMBBackend(Backend):
 
     def share_rel(self, rel: str) -> str:
         """rel as a path inside the share, as CREATE requests name files."""
-        return "\\".join([*self._prefix, *(p for p in rel.split("/") if p)])
+        return "\\".join([*self._prefix, *(p for p in self._checked(rel).split("/") if p)])
+
+    def _checked(self, rel: str) -> str:
+        """rel, refused if a name in it holds what SMB cannot store: a backslash is SMB's
+        separator (the server would split `a\\b` into a directory and a file), the others
+        are invalid in SMB names (MS-FSCC 2.1.5.2)."""
+        bad = NOT_IN_SMB_NAMES.search(rel)
+        if bad is not None:
+            char = bad.group()
+            what = "a backslash (SMB's path separator)" if char == "\\" else repr(char)
+            raise FerryError(
+                ErrorKind.UNSAFE_PATH,
+                f"{self.describe()}: the name holds {what}, which an SMB name cannot hold",
+                rel,
+            )
+        return rel
 
     # Compounds go through the backend, so tests can stand in for the server's answers.
     exchange = staticmethod(exchange)
@@ -287,7 +306,7 @@ class SMBBackend(Backend):
 
     # -- paths and listing ------------------------------------------------------------
     def path(self, rel: str) -> str:
-        return self.base + ("\\" + rel.replace("/", "\\") if rel else "")
+        return self.base + ("\\" + self._checked(rel).replace("/", "\\") if rel else "")
 
     def root_type(self) -> EntryType | None:
         e = self.stat("")
@@ -388,10 +407,10 @@ class SMBBackend(Backend):
 
     # -- data ----------------------------------------------------------------------------
     def open_read(self, rel: str, entry: Entry) -> Reader:
-        return SMBReader(self, rel, entry)
+        return SMBReader(self, self._checked(rel), entry)
 
     def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
-        return SMBWriter(self, rel, entry, resume_key)
+        return SMBWriter(self, self._checked(rel), entry, resume_key)
 
     def mkdir(self, rel: str) -> None:
         def mk(kw: dict[str, Any]) -> None:
@@ -461,22 +480,25 @@ class SMBBackend(Backend):
 
     # -- pipelined I/O on one handle --------------------------------------------------------
     def pread(self, fd: Any, offset: int, length: int) -> Iterator[bytes]:
-        """Yield [offset, offset+length) in io_size pieces, DEPTH requests in flight."""
+        """Yield [offset, offset+length) in io_size pieces, DEPTH requests in flight. The
+        answers are parsed by smb_messages.read_data (bounded: smbprotocol's parser ignores
+        DataOffset and trusts DataLength)."""
         step = self.io_size()
         sem = self.credits()
         end = offset + length
         nxt = offset
-        inflight: list[tuple[Any, Callable[..., bytes], int]] = []
+        inflight: list[tuple[Any, int]] = []
         try:
             while nxt < end or inflight:
                 while nxt < end and len(inflight) < DEPTH:
                     n = min(step, end - nxt)
-                    req, recv = fd.read(nxt, n, send=False)
-                    inflight.append((self._send_credited(fd, req), recv, n))
+                    req, _ = fd.read(nxt, n, send=False)
+                    inflight.append((self._send_credited(fd, req), n))
                     nxt += n
-                request, recv, want = inflight.pop(0)
+                request, want = inflight.pop(0)
                 try:
-                    data = recv(request)
+                    answer = fd.connection.receive(request)["data"].get_value()
+                    data = smb_messages.read_data(answer, want)
                 except smbexc.EndOfFile:
                     data = b""
                 finally:
@@ -486,9 +508,9 @@ class SMBBackend(Backend):
                 if len(data) < want:
                     return  # end of file
         finally:
-            for request, recv, _ in inflight:
+            for request, _ in inflight:
                 try:
-                    recv(request)
+                    fd.connection.receive(request)
                 except Exception:
                     pass
                 finally:

@@ -1,5 +1,7 @@
 """Tuning of smbprotocol: TCP_NODELAY and copy-free message signing on each connection the
 SMB backend opens, and (process-wide) message headers packed and parsed with one struct call.
+Hardening, process-wide too: answers on a signing or encrypting session must be signed or
+encrypted (smbprotocol takes an unsigned plaintext answer as it comes).
 
 Each replacement is installed only after a probe shows it computes exactly what
 smbprotocol's own code does, so a changed smbprotocol keeps its own.
@@ -7,8 +9,11 @@ smbprotocol's own code does, so a changed smbprotocol keeps its own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib.metadata
+import logging
 import os
 import socket
 import struct
@@ -21,8 +26,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from smbprotocol import Dialects
 from smbprotocol.connection import SigningAlgorithms
+from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderRequest, SMB2HeaderResponse
 
+from ferry.mover.backends.smb_errors import MalformedAnswer, UnprotectedAnswer
 from ferry.mover.backends.smb_messages import Field
 
 SMALL_MESSAGE = 64 * 1024  # signed whole (one copy); larger ones (READ/WRITE data) in pieces
@@ -167,6 +174,8 @@ class LightHeaderResponse(_LightHeader):
     __slots__ = ("_raw",)
 
     def unpack(self, data: bytes) -> bytes:
+        if len(data) < 64 or data[:4] != b"\xfeSMB":
+            raise MalformedAnswer(f"not an SMB2 header ({len(data)} bytes)")
         self._raw = data
         self._values = {
             k: Field(v)
@@ -276,3 +285,81 @@ def light_headers() -> bool:
         module.SMB2HeaderRequest = LightHeaderRequest
         module.SMB2HeaderResponse = LightHeaderResponse
     return same
+
+
+# -- answers must be protected as their requests were -----------------------------------------
+
+STRICT_TESTED = "1.17.0"  # the smbprotocol whose receive loop strict_answers was read against
+_ANY_MESSAGE = 0xFFFFFFFFFFFFFFFF  # an oplock break's MessageId: not an answer to a request
+_STATUS_PENDING = 0x00000103  # an interim answer: no data, the final one is checked
+log = logging.getLogger(__name__)
+
+
+def check_protected(conn: Any, header: Any, session_id: int) -> None:
+    """Refuse a plaintext answer that is not signed on a session whose requests go signed or
+    encrypted (MS-SMB2 3.2.5.1.3: such an answer is discarded). smbprotocol verifies a
+    signature only when the answer's SIGNED flag says there is one, so a man in the middle
+    could strip the flag and rewrite any answer; on an encrypting session it takes a
+    plaintext answer in place of the encrypted one. Called for plaintext answers only."""
+    session = conn.session_table.get(session_id)
+    if session is None:  # NEGOTIATE, or an echo outside any session: nothing is protected
+        return
+    command = header["command"].get_value()
+    if header["message_id"].get_value() == _ANY_MESSAGE or command == Commands.SMB2_SESSION_SETUP:
+        return  # smbprotocol checks the final SESSION_SETUP answer itself
+    tree = session.tree_connect_table.get(header["tree_id"].get_value())
+    if session.encrypt_data or (tree is not None and tree.encrypt_data):
+        raise UnprotectedAnswer(
+            f"server answer (command {command}) in plaintext on an encrypted session"
+        )
+    signed = header["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
+    pending = header["status"].get_value() == _STATUS_PENDING
+    if session.signing_required and session.signing_key and not signed and not pending:
+        raise UnprotectedAnswer(
+            f"server answer (command {command}) not signed on a session that requires signing"
+        )
+
+
+@functools.cache
+def _strict_supported() -> bool:
+    """Is the installed smbprotocol the one strict_answers was read against? (warns once)"""
+    try:
+        version = importlib.metadata.version("smbprotocol")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    if version != STRICT_TESTED:
+        log.warning(
+            "smbprotocol %s is not %s: unsigned answers on signing sessions are not refused",
+            version,
+            STRICT_TESTED,
+        )
+    return version == STRICT_TESTED
+
+
+def strict_answers() -> bool:
+    """Have smbprotocol's connections check every plaintext answer with check_protected
+    after their own signature check; return whether they do. Only on the smbprotocol
+    version whose receive loop was read (it calls verify_signature for each plaintext
+    answer and skips it for decrypted ones): another keeps the library's own checks, with
+    a warning."""
+    cls = smbprotocol.connection.Connection
+    if getattr(cls.verify_signature, "ferry_strict", False):
+        return True
+    if not _strict_supported():
+        return False
+    own = cls.verify_signature
+
+    def verify_signature(self: Any, header: Any, session_id: int, force: bool = False) -> None:
+        try:
+            own(self, header, session_id, force)  # a signed answer's signature is checked here
+        except SMBException:
+            command = header["command"].get_value()
+            raise UnprotectedAnswer(
+                f"server answer (command {command}) fails its signature check"
+            ) from None
+        if not force:
+            check_protected(self, header, session_id)
+
+    verify_signature.ferry_strict = True  # type: ignore[attr-defined]
+    cls.verify_signature = verify_signature
+    return True

@@ -10,6 +10,16 @@ from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 FULL_STATUSES = {0xC000007F, 0xC0000044}
 
 
+class MalformedAnswer(Exception):
+    """A server answer that breaks the protocol (an offset or length outside the message, a
+    wrong structure size): the connection is dropped and the operation may be retried."""
+
+
+class UnprotectedAnswer(Exception):
+    """An answer neither signed nor encrypted on a session whose requests are: tampered with
+    on the way, or a broken server. Nothing it says is used; the connection is dropped."""
+
+
 def classify(
     exc: BaseException,
     where: str,
@@ -19,6 +29,10 @@ def classify(
     """Map smbprotocol failures to FerryErrors that name the endpoint, never a secret."""
     if isinstance(exc, FerryError):
         return exc
+    if isinstance(exc, UnprotectedAnswer):
+        return FerryError(ErrorKind.AUTH_FAILED, f"{where}: {exc}; connection dropped", path)
+    if isinstance(exc, MalformedAnswer):
+        return FerryError(ErrorKind.TRANSIENT, f"{where}: malformed answer: {exc}", path)
     if isinstance(
         exc,
         (

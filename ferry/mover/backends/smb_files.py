@@ -98,7 +98,7 @@ class SMBReader(Reader):
                 raise smbexc.SMBOSError(res.status, self.be.path(self.rel))
         assert isinstance(closed, bytes)
         self._after = smb_messages.closed_size_mtime(closed)
-        return smb_messages.read_data(data) if isinstance(data, bytes) else b""
+        return smb_messages.read_data(data, self.size) if isinstance(data, bytes) else b""
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
         length = min(length, self.size - offset)

@@ -5,7 +5,8 @@ smbprotocol builds and parses each message as a Structure of Field objects: ~1 m
 for a CREATE + READ + CLOSE, most of a small file's cost. Its connection only needs a
 body's COMMAND, `pack()` and length (and, for a READ, the fields its credit charge comes
 from), so these bodies go through `Connection.send_compound` like its own. The tests
-compare their bytes with smbprotocol's Structures.
+compare their bytes with smbprotocol's Structures. The answers come from the server:
+every offset, length and size in them is checked before use (MalformedAnswer).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from smbprotocol.header import Commands
 from smbprotocol.structure import DateTimeField
+
+from ferry.mover.backends.smb_errors import MalformedAnswer
 
 RELATED = b"\xff" * 16  # the file id of a related compound's requests after its CREATE
 _CREATE = struct.Struct("<HBBIQQIIIIIHHII")  # 56 bytes; the name follows at offset 64 + 56
@@ -29,9 +32,10 @@ INFO_FILE = 1
 BASIC_INFORMATION = 4
 RENAME_INFORMATION = 10
 _CREATE_ANSWER = struct.Struct("<HBBIQQQQQQII16s")  # up to FileId: times, sizes, attributes
-_READ_ANSWER = struct.Struct("<HBBI")  # StructureSize, DataOffset, Reserved, DataLength
+_READ_ANSWER = struct.Struct("<HBBIII")  # StructureSize 17, DataOffset, DataLength, ...
 _CLOSE_ANSWER = struct.Struct("<HHIQQQQQQI")
 POSTQUERY_ATTRIB = 0x1
+MAX_INT64 = 2**63 - 1
 
 
 class Field:
@@ -138,27 +142,57 @@ def close(file_id: bytes = RELATED, attributes: bool = True) -> Body:
     return Body(Commands.SMB2_CLOSE, data)
 
 
+def _fields(answer: bytes, shape: struct.Struct, size: int, what: str) -> tuple[Any, ...]:
+    """The fixed part of an answer, checked to be there and to declare its StructureSize."""
+    if len(answer) < shape.size:
+        raise MalformedAnswer(f"{what} answer of {len(answer)} bytes, under {shape.size}")
+    fields = shape.unpack_from(answer, 0)
+    if fields[0] != size:
+        raise MalformedAnswer(f"{what} answer with StructureSize {fields[0]}, not {size}")
+    return fields
+
+
+def _signed64(value: int, what: str) -> int:
+    """FILETIMEs and sizes are signed 64-bit on the wire (MS-FSCC): above that is nonsense."""
+    if value > MAX_INT64:
+        raise MalformedAnswer(f"{what} {value} out of range")
+    return value
+
+
 def created_file_id(answer: bytes) -> bytes:
-    return _CREATE_ANSWER.unpack_from(answer, 0)[12]
+    return bytes(_fields(answer, _CREATE_ANSWER, 89, "CREATE")[12])
 
 
 def created_attributes(answer: bytes) -> tuple[int, int, int]:
     """(FileAttributes, EndOfFile, LastWriteTime in ns since the epoch) of a CREATE."""
-    f = _CREATE_ANSWER.unpack_from(answer, 0)
-    return f[10], f[9], _unix_ns(f[6])
+    f = _fields(answer, _CREATE_ANSWER, 89, "CREATE")
+    size = _signed64(f[9], "CREATE EndOfFile")
+    return f[10], size, _unix_ns(_signed64(f[6], "CREATE LastWriteTime"))
 
 
-def read_data(answer: bytes) -> bytes:
-    _, offset, _, length = _READ_ANSWER.unpack_from(answer, 0)
+def read_data(answer: bytes, limit: int) -> bytes:
+    """The data of a READ answer, at most `limit` bytes (what was asked for). DataOffset and
+    DataLength are the server's word: checked against the message before slicing."""
+    _, offset, _, length, _, _ = _fields(answer, _READ_ANSWER, 17, "READ")
+    if length > limit:
+        raise MalformedAnswer(f"READ answer with {length} bytes, {limit} asked for")
+    if length == 0:
+        return b""
     start = offset - 64  # DataOffset counts from the start of the SMB2 header
+    if start < _READ_ANSWER.size or start + length > len(answer):
+        raise MalformedAnswer(
+            f"READ answer's data ({length} bytes at offset {offset}) outside its "
+            f"{64 + len(answer)}-byte message"
+        )
     return answer[start : start + length]
 
 
 def closed_size_mtime(answer: bytes) -> tuple[int, int]:
     """(EndOfFile, LastWriteTime in ns since the epoch) from a CLOSE with post-query
     attributes."""
-    _, _, _, _, _, last_write, _, _, end_of_file, _ = _CLOSE_ANSWER.unpack_from(answer, 0)
-    return end_of_file, _unix_ns(last_write)
+    _, _, _, _, _, last_write, _, _, end_of_file, _ = _fields(answer, _CLOSE_ANSWER, 60, "CLOSE")
+    size = _signed64(end_of_file, "CLOSE EndOfFile")
+    return size, _unix_ns(_signed64(last_write, "CLOSE LastWriteTime"))
 
 
 def filetime(unix_ns: int) -> int:
