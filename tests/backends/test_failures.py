@@ -385,3 +385,36 @@ def _fresh_host_key() -> str:
     return key.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
+
+
+DOWNLOAD = [sys.executable, "-m", "ferry.cli", "copy", "--retries", "0", "--chunk-size", "5M"]
+DOWNLOAD += ["--transfers", "1", "--bwlimit", "8M", "--progress", "json"]
+
+
+@pytest.mark.parametrize("remote", ["s3"], indirect=True)
+def test_s3_object_replaced_during_download(remote: Remote, tmp_path: Path) -> None:
+    """An object overwritten while its ranges are being read is SourceChanged (exit 7): the
+    later ranges are pinned to the first answer's ETag, so old and new bytes never mix."""
+    size = 40 * MiB
+    src = _big_file(tmp_path, size)
+    sub = remote.fresh()
+    ok(transfer(str(src), remote.uri(sub)))
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen(
+        [*DOWNLOAD, remote.uri(sub), str(dst)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if line.startswith("{") and json.loads(line).get("bytesDone", 0) >= 5 * MiB:
+            break
+        assert time.monotonic() < deadline, "never saw progress"
+    remote.server.client().put_object(Bucket=BUCKET, Key=f"{sub}/big.bin", Body=os.urandom(size))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == ErrorKind.SOURCE_CHANGED.exit_code, err
+    assert "changed" in err
+    assert not (dst / "big.bin").exists()
