@@ -71,6 +71,8 @@ class Planner:
         self.window_ns = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
         self.hardlinks_ok = options.preserve.hardlinks and src.caps.hardlinks and dst.caps.hardlinks
+        # Read per entry only when kept on both sides: two syscalls or more per entry.
+        self.xattrs = options.preserve.xattrs and src.caps.xattrs and dst.caps.xattrs
         self._hardlinks: dict[tuple[int, int], tuple[str, int | None]] = {}
         self._followed: set[tuple[int, int]] = set()
         self.sharder = (
@@ -89,6 +91,7 @@ class Planner:
             and options.preserve.times
             and options.manifest is None
             and (dst.caps.permissions or not options.preserve.perms)
+            and not self.xattrs
         )
         self._warned_links = False
 
@@ -180,6 +183,8 @@ class Planner:
                     return
                 self._followed.add((s.dev, s.ino))
         self.source_entries += 1
+        if self.xattrs:
+            self._read_xattrs(rel, read_rel, s, d)
         if s.type == EntryType.DIR:
             if d is None:
                 yield Action(Op.MKDIR, rel, s, None)
@@ -228,6 +233,17 @@ class Planner:
             self._hardlinks[(s.dev, s.ino)] = (rel, d.ino if unchanged and d is not None else None)
         yield action
 
+    def _read_xattrs(self, rel: str, read_rel: str | None, s: Entry, d: Entry | None) -> None:
+        """Load the xattrs the comparison and set_meta need: both sides' where both exist, a
+        new directory's source ones (a new file's travel with its data, from its reader)."""
+        if s.type not in (EntryType.FILE, EntryType.DIR):
+            return
+        if d is not None and d.type == s.type:
+            s.xattrs = self.src.xattrs(read_rel or rel)
+            d.xattrs = self.dst.xattrs(rel)
+        elif s.type == EntryType.DIR:
+            s.xattrs = self.src.xattrs(read_rel or rel)
+
     def _compare_file(self, rel: str, s: Entry, d: Entry | None) -> Action:
         if d is None:
             return Action(Op.COPY, rel, s, None)
@@ -265,6 +281,8 @@ class Planner:
         ):
             return True
         if p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
+            return True
+        if self.xattrs and s.xattrs is not None and d.xattrs is not None and s.xattrs != d.xattrs:
             return True
         return bool(
             p.owners and self.dst.caps.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)
