@@ -15,7 +15,7 @@ from operator import attrgetter
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
-from ferry.mover.options import Compare, Mode, Options, SymlinkPolicy
+from ferry.mover.options import PRESERVE_FLAGS, Compare, Mode, Options, SymlinkPolicy
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
 
@@ -23,6 +23,16 @@ log = logging.getLogger("ferry")
 
 
 _by_name = attrgetter("name")
+
+# What becomes of a preserved property the destination cannot hold (warned once per kind).
+_NOT_KEPT = {
+    "owners": "owners; files keep the writer's owner",
+    "xattrs": "xattrs; they are not copied",
+    "perms": "permission bits; they are not kept",
+    "links": "symlinks; skipping them (use --links follow)",
+    "hardlinks": "hard links; each linked name is copied as a file of its own",
+    "sparse": "sparse files; holes are written out as zeros",
+}
 
 
 class Op(Enum):
@@ -93,7 +103,28 @@ class Planner:
             and (dst.caps.permissions or not options.preserve.perms)
             and not self.xattrs
         )
-        self._warned_links = False
+        # Preserved properties the destination does not keep: owners, xattrs and perms are
+        # known now; links, hard links and holes once an entry has them.
+        self.dropped: set[str] = set()
+        p, caps = options.preserve, dst.caps
+        for flag, held in (
+            ("owners", caps.owners),
+            ("xattrs", caps.xattrs),
+            ("perms", caps.permissions),
+        ):
+            if getattr(p, flag) and not held:
+                self.drop(flag)
+        self._holes_dropped = p.sparse and not caps.sparse and src.caps.sparse
+        self._links_dropped = p.hardlinks and src.caps.hardlinks and not caps.hardlinks
+
+    def drop(self, flag: str) -> None:
+        """Note (and warn, once per kind) that a preserved property is not kept."""
+        if flag not in self.dropped:
+            self.dropped.add(flag)
+            log.warning("%s cannot hold %s", self.dst.describe(), _NOT_KEPT[flag])
+
+    def dropped_flags(self) -> list[str]:
+        return [f for f in PRESERVE_FLAGS if f in self.dropped]
 
     def _mine(self, rel: str, size: int) -> bool:
         return self.sharder is None or self.sharder.owns(rel, size)
@@ -201,12 +232,7 @@ class Planner:
             return
         if s.type == EntryType.SYMLINK:
             if not self.dst.caps.symlinks:
-                if not self._warned_links:
-                    self._warned_links = True
-                    log.warning(
-                        "%s cannot hold symlinks; skipping them (use --links follow)",
-                        self.dst.describe(),
-                    )
+                self.drop("links")
                 return
             if d is not None and d.type == EntryType.DIR:
                 yield Action(Op.REPLACE, rel, s, d)
@@ -216,6 +242,10 @@ class Planner:
                 yield Action(Op.SYMLINK, rel, s, d)
             return
         # A regular file.
+        if s.nlink > 1 and self._links_dropped:
+            self.drop("hardlinks")
+        if self._holes_dropped and s.blocks >= 0 and s.size - s.blocks * 512 >= 4096:
+            self.drop("sparse")
         if self.hardlinks_ok and s.nlink > 1:
             key = (s.dev, s.ino)
             first = self._hardlinks.get(key)
