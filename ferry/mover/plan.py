@@ -115,7 +115,7 @@ class Planner:
             if getattr(p, flag) and not held:
                 self.drop(flag)
         self._holes_dropped = p.sparse and not caps.sparse and src.caps.sparse
-        self._links_dropped = p.hardlinks and src.caps.hardlinks and not caps.hardlinks
+        self._hardlinks_dropped = p.hardlinks and src.caps.hardlinks and not caps.hardlinks
 
     def drop(self, flag: str) -> None:
         """Note (and warn, once per kind) that a preserved property is not kept."""
@@ -242,7 +242,7 @@ class Planner:
                 yield Action(Op.SYMLINK, rel, s, d)
             return
         # A regular file.
-        if s.nlink > 1 and self._links_dropped:
+        if s.nlink > 1 and self._hardlinks_dropped:
             self.drop("hardlinks")
         if self._holes_dropped and s.blocks >= 0 and s.size - s.blocks * 512 >= 4096:
             self.drop("sparse")

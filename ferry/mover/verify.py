@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +20,13 @@ from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister
 
+log = logging.getLogger("ferry")
+
 
 class Difference(NamedTuple):
     path: str
-    what: (
-        str  # missing | extra | type | size | content | mtime | mode | target | xattrs | unreadable
-    )
+    # missing | extra | type | size | content | mtime | mode | target | xattrs | unreadable
+    what: str
     detail: str = ""
 
     def __str__(self) -> str:
@@ -120,6 +122,9 @@ def verify_trees(
             # Object stores have no directories of their own: nothing holds a time or a mode.
             dir_meta = times and src.caps.empty_dirs and dst.caps.empty_dirs
             xattrs = options.preserve.xattrs and src.caps.xattrs and dst.caps.xattrs
+            if options.preserve.xattrs and not xattrs:
+                lacking = src if not src.caps.xattrs else dst
+                log.warning("%s cannot hold xattrs; they are not compared", lacking.describe())
             pending: list[tuple[str, Future[tuple[str, str]], Entry]] = []
             with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
 
