@@ -391,6 +391,21 @@ def test_api_server_rejects_invalid_specs_naming_the_field(env: Env) -> None:
     assert "spec.schedule" in str(exc.value.body)
 
 
+def test_api_server_refuses_mover_pool_buffer_size(env: Env) -> None:
+    """tuning.bufferSize was never read: the API server refuses it by name (a schema
+    without it would prune it silently)."""
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "MoverPool",
+        "metadata": {"name": f"buffered-{env.ns}"},
+        "spec": {"tuning": {"streams": 4, "bufferSize": "8M"}},
+    }
+    with pytest.raises(ApiException) as exc:
+        _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", body, dry_run="All")
+    assert exc.value.status == 422
+    assert "bufferSize is not supported" in str(exc.value.body), exc.value.body
+
+
 def test_examples_are_accepted(env: Env) -> None:
     for path in sorted((REPO / "examples").glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())

@@ -66,15 +66,22 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
+# Flags by the commands that use them: a flag a command would ignore is refused by argparse
+# ("unrecognized arguments") instead of being accepted and ignored.
+_TRANSFER = ("copy", "sync")  # commands that write
+_COMPARE = ("copy", "sync", "plan")  # commands that decide what to copy
+
+
+def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("source", help="path, file://, s3://, sftp:// or smb:// URI")
     p.add_argument("destination", help="path, file://, s3://, sftp:// or smb:// URI")
-    p.add_argument(
-        "--checksum",
-        "-c",
-        action="store_true",
-        help="compare by content (digest) instead of size and mtime",
-    )
+    if command in _COMPARE:
+        p.add_argument(
+            "--checksum",
+            "-c",
+            action="store_true",
+            help="compare by content (digest) instead of size and mtime",
+        )
     p.add_argument(
         "--include",
         action="append",
@@ -92,66 +99,71 @@ def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
     p.add_argument(
         "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
     )
-    p.add_argument(
-        "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
-    )
-    p.add_argument(
-        "--chunk-size",
-        default=None,
-        metavar="SIZE",
-        help="chunk size for large files (default 16M; 8M to S3, whose uploads hold each "
-        "chunk in memory)",
-    )
-    p.add_argument(
-        "--bwlimit", default=None, metavar="RATE", help="bandwidth limit in bytes/s, e.g. 50M"
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=3,
-        metavar="N",
-        help="retries for transient errors (default 3)",
-    )
-    p.add_argument(
-        "--error-policy",
-        choices=["abort", "skip"],
-        default="abort",
-        help="stop at the first failed file, or skip it and go on",
-    )
+    if command in (*_TRANSFER, "verify"):
+        p.add_argument(
+            "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
+        )
+    if command in _TRANSFER:
+        p.add_argument(
+            "--chunk-size",
+            default=None,
+            metavar="SIZE",
+            help="chunk size for large files (default 16M; 8M to S3, whose uploads hold each "
+            "chunk in memory)",
+        )
+        p.add_argument(
+            "--bwlimit", default=None, metavar="RATE", help="bandwidth limit in bytes/s, e.g. 50M"
+        )
+        p.add_argument(
+            "--retries",
+            type=int,
+            default=3,
+            metavar="N",
+            help="retries for transient errors (default 3)",
+        )
+        p.add_argument(
+            "--error-policy",
+            choices=["abort", "skip"],
+            default="abort",
+            help="stop at the first failed file, or skip it and go on",
+        )
     p.add_argument(
         "--preserve",
         default=None,
         metavar="FLAGS",
         help="comma list of times,perms,owners,xattrs,links,hardlinks,sparse; +flag/-flag adjust the default "
-        "(times,perms,links,hardlinks,sparse); 'all' or 'none'",
+        "(times,perms,links,hardlinks,sparse); 'all' or 'none'"
+        + ("; verify compares what is preserved" if command == "verify" else ""),
     )
-    p.add_argument(
-        "--links",
-        choices=["preserve", "follow", "skip"],
-        default="preserve",
-        help="symlinks: copy as links (default), copy what they point at inside the tree, or skip",
-    )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="do not hash while copying (fastest; kernel copy when local)",
-    )
-    p.add_argument(
-        "--verify",
-        choices=["none", "inline", "full"],
-        default=None,
-        help="inline (default): digest from the one source read; full: also read the destination back",
-    )
-    p.add_argument(
-        "--fsync",
-        choices=["end", "file", "none"],
-        default="end",
-        help="durability: end (default) flushes once before deletes and success; file also syncs "
-        "each file before publishing it; none leaves write-back to the kernel, as cp and rsync do",
-    )
-    p.add_argument(
-        "--manifest", metavar="PATH", help="write JSON lines of path, size, mtime, digest"
-    )
+    if command in _COMPARE:
+        p.add_argument(
+            "--links",
+            choices=["preserve", "follow", "skip"],
+            default="preserve",
+            help="symlinks: copy as links (default), copy what they point at inside the tree, or skip",
+        )
+    if command in _TRANSFER:
+        p.add_argument(
+            "--no-verify",
+            action="store_true",
+            help="do not hash while copying (fastest; kernel copy when local)",
+        )
+        p.add_argument(
+            "--verify",
+            choices=["none", "inline", "full"],
+            default=None,
+            help="inline (default): digest from the one source read; full: also read the destination back",
+        )
+        p.add_argument(
+            "--fsync",
+            choices=["end", "file", "none"],
+            default="end",
+            help="durability: end (default) flushes once before deletes and success; file also syncs "
+            "each file before publishing it; none leaves write-back to the kernel, as cp and rsync do",
+        )
+        p.add_argument(
+            "--manifest", metavar="PATH", help="write JSON lines of path, size, mtime, digest"
+        )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument(
         "--progress",
@@ -159,13 +171,14 @@ def _transfer_args(p: argparse.ArgumentParser, *, plan: bool = False) -> None:
         default="auto",
         help="progress display (auto: a bar on a terminal)",
     )
-    p.add_argument(
-        "--allow-empty-source",
-        action="store_true",
-        help="let sync run from an empty source (deleting everything)",
-    )
+    if command in ("sync", "plan"):
+        p.add_argument(
+            "--allow-empty-source",
+            action="store_true",
+            help="let sync run from an empty source (deleting everything)",
+        )
     p.add_argument("-v", "--verbose", action="count", default=0)
-    if not plan:
+    if command in _TRANSFER:
         p.add_argument(
             "--dry-run",
             "-n",
@@ -203,7 +216,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         )
         if command not in (None, name):
             continue
-        _transfer_args(p, plan=name in ("plan", "verify"))
+        _transfer_args(p, name)
         if name == "plan":
             p.add_argument(
                 "--sync", action="store_true", help="plan a sync (with deletes) instead of a copy"
@@ -248,25 +261,35 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
             raise FerryError(
                 ErrorKind.USAGE, f"cannot read filter file: {exc.strerror}", args.filter_from
             ) from None
-    verify = (
-        Verify(args.verify) if args.verify else (Verify.NONE if args.no_verify else Verify.INLINE)
-    )
+    # Only the running command's flags exist in `args`; the others keep Options' defaults.
+    given = vars(args)
+    kw: dict[str, Any] = {}
+    if given.get("verify"):
+        kw["verify"] = Verify(given["verify"])
+    elif given.get("no_verify"):
+        kw["verify"] = Verify.NONE
+    if given.get("checksum"):
+        kw["compare"] = Compare.CHECKSUM
+    if "fsync" in given:
+        kw["fsync"] = Fsync(given["fsync"])
+    if "links" in given:
+        kw["symlinks"] = SymlinkPolicy(given["links"])
+    for name in ("transfers", "retries", "allow_empty_source", "manifest"):
+        if name in given:
+            kw[name] = given[name]
+    if "error_policy" in given:
+        kw["error_policy"] = ErrorPolicy(given["error_policy"])
+    # An empty size is refused like any other bad one, never read as "unlimited" or "default".
+    if given.get("chunk_size") is not None:
+        kw["chunk_size"] = parse_size(given["chunk_size"], "--chunk-size")
+    if given.get("bwlimit") is not None:
+        kw["bwlimit"] = parse_size(given["bwlimit"], "--bwlimit")
     return Options(
         mode=Mode(mode),
-        compare=Compare.CHECKSUM if args.checksum else Compare.SIZE_MTIME,
-        verify=verify,
-        fsync=Fsync(args.fsync),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
-        symlinks=SymlinkPolicy(args.links),
         filters=rules_from_cli(args.include, args.exclude, filter_lines),
-        transfers=args.transfers,
-        chunk_size=parse_size(args.chunk_size, "--chunk-size") if args.chunk_size else 0,
-        bwlimit=parse_size(args.bwlimit, "--bwlimit") if args.bwlimit else 0,
-        retries=args.retries,
-        error_policy=ErrorPolicy(args.error_policy),
         dry_run=dry_run,
-        allow_empty_source=args.allow_empty_source,
-        manifest=args.manifest,
+        **kw,
     )
 
 

@@ -74,7 +74,11 @@ class Preserve(NamedTuple):
     def parse(cls, text: str) -> Preserve:
         """`times,perms` sets exactly those; `+owners,-sparse` adjusts the defaults."""
         words = [w.strip() for w in text.split(",") if w.strip()]
-        if words in (["none"], []):
+        if not words:
+            raise FerryError(
+                ErrorKind.USAGE, f"--preserve {text!r} names no flag (say 'none' to keep nothing)"
+            )
+        if words == ["none"]:
             return cls(**dict.fromkeys(PRESERVE_FLAGS, False))
         if words == ["all"]:
             return cls(**dict.fromkeys(PRESERVE_FLAGS, True))

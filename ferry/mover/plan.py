@@ -15,7 +15,7 @@ from operator import attrgetter
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
-from ferry.mover.options import Compare, Mode, Options, SymlinkPolicy
+from ferry.mover.options import PRESERVE_FLAGS, Compare, Mode, Options, SymlinkPolicy
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
 
@@ -23,6 +23,16 @@ log = logging.getLogger("ferry")
 
 
 _by_name = attrgetter("name")
+
+# What becomes of a preserved property the destination cannot hold (warned once per kind).
+_NOT_KEPT = {
+    "owners": "owners; files keep the writer's owner",
+    "xattrs": "xattrs; they are not copied",
+    "perms": "permission bits; they are not kept",
+    "links": "symlinks; skipping them (use --links follow)",
+    "hardlinks": "hard links; each linked name is copied as a file of its own",
+    "sparse": "sparse files; holes are written out as zeros",
+}
 
 
 class Op(Enum):
@@ -71,6 +81,8 @@ class Planner:
         self.window_ns = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
         self.hardlinks_ok = options.preserve.hardlinks and src.caps.hardlinks and dst.caps.hardlinks
+        # Read per entry only when kept on both sides: two syscalls or more per entry.
+        self.xattrs = options.preserve.xattrs and src.caps.xattrs and dst.caps.xattrs
         self._hardlinks: dict[tuple[int, int], tuple[str, int | None]] = {}
         self._followed: set[tuple[int, int]] = set()
         self.sharder = (
@@ -89,8 +101,30 @@ class Planner:
             and options.preserve.times
             and options.manifest is None
             and (dst.caps.permissions or not options.preserve.perms)
+            and not self.xattrs
         )
-        self._warned_links = False
+        # Preserved properties the destination does not keep: owners, xattrs and perms are
+        # known now; links, hard links and holes once an entry has them.
+        self.dropped: set[str] = set()
+        p, caps = options.preserve, dst.caps
+        for flag, held in (
+            ("owners", caps.owners),
+            ("xattrs", caps.xattrs),
+            ("perms", caps.permissions),
+        ):
+            if getattr(p, flag) and not held:
+                self.drop(flag)
+        self._holes_dropped = p.sparse and not caps.sparse and src.caps.sparse
+        self._hardlinks_dropped = p.hardlinks and src.caps.hardlinks and not caps.hardlinks
+
+    def drop(self, flag: str) -> None:
+        """Note (and warn, once per kind) that a preserved property is not kept."""
+        if flag not in self.dropped:
+            self.dropped.add(flag)
+            log.warning("%s cannot hold %s", self.dst.describe(), _NOT_KEPT[flag])
+
+    def dropped_flags(self) -> list[str]:
+        return [f for f in PRESERVE_FLAGS if f in self.dropped]
 
     def _mine(self, rel: str, size: int) -> bool:
         return self.sharder is None or self.sharder.owns(rel, size)
@@ -180,6 +214,8 @@ class Planner:
                     return
                 self._followed.add((s.dev, s.ino))
         self.source_entries += 1
+        if self.xattrs:
+            self._read_xattrs(rel, read_rel, s, d)
         if s.type == EntryType.DIR:
             if d is None:
                 yield Action(Op.MKDIR, rel, s, None)
@@ -196,12 +232,7 @@ class Planner:
             return
         if s.type == EntryType.SYMLINK:
             if not self.dst.caps.symlinks:
-                if not self._warned_links:
-                    self._warned_links = True
-                    log.warning(
-                        "%s cannot hold symlinks; skipping them (use --links follow)",
-                        self.dst.describe(),
-                    )
+                self.drop("links")
                 return
             if d is not None and d.type == EntryType.DIR:
                 yield Action(Op.REPLACE, rel, s, d)
@@ -211,6 +242,10 @@ class Planner:
                 yield Action(Op.SYMLINK, rel, s, d)
             return
         # A regular file.
+        if s.nlink > 1 and self._hardlinks_dropped:
+            self.drop("hardlinks")
+        if self._holes_dropped and s.blocks >= 0 and s.size - s.blocks * 512 >= 4096:
+            self.drop("sparse")
         if self.hardlinks_ok and s.nlink > 1:
             key = (s.dev, s.ino)
             first = self._hardlinks.get(key)
@@ -227,6 +262,17 @@ class Planner:
             unchanged = action.op in (Op.SKIP, Op.META) and d is not None
             self._hardlinks[(s.dev, s.ino)] = (rel, d.ino if unchanged and d is not None else None)
         yield action
+
+    def _read_xattrs(self, rel: str, read_rel: str | None, s: Entry, d: Entry | None) -> None:
+        """Load the xattrs the comparison and set_meta need: both sides' where both exist, a
+        new directory's source ones (a new file's travel with its data, from its reader)."""
+        if s.type not in (EntryType.FILE, EntryType.DIR):
+            return
+        if d is not None and d.type == s.type:
+            s.xattrs = self.src.xattrs(read_rel or rel)
+            d.xattrs = self.dst.xattrs(rel)
+        elif s.type == EntryType.DIR:
+            s.xattrs = self.src.xattrs(read_rel or rel)
 
     def _compare_file(self, rel: str, s: Entry, d: Entry | None) -> Action:
         if d is None:
@@ -265,6 +311,8 @@ class Planner:
         ):
             return True
         if p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
+            return True
+        if self.xattrs and s.xattrs is not None and d.xattrs is not None and s.xattrs != d.xattrs:
             return True
         return bool(
             p.owners and self.dst.caps.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)

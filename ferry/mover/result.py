@@ -46,6 +46,8 @@ class Summary:
     def __init__(self, operation: str = "copy", *, dry_run: bool = False, **counts: float) -> None:
         self.operation, self.dry_run = operation, dry_run
         self.errors: list[ErrorRecord] = []
+        # Preserved properties (options.PRESERVE_FLAGS) the destination did not keep.
+        self.preserve_dropped: list[str] = []
         for name, value in counts.items():
             if not isinstance(getattr(Summary, name, None), int | float):
                 raise TypeError(f"Summary has no counter {name!r}")
@@ -100,6 +102,7 @@ class Summary:
             "bytesPerSecond": round(self.throughput),
             "errorCount": self.error_count,
             "errors": [e.to_json() for e in self.errors],
+            "preserveDropped": self.preserve_dropped,
         }
 
     def dumps(self) -> str:

@@ -188,6 +188,7 @@ def _run(
         if executor.fatal is not None and summary.fatal is None:
             summary.fatal = executor.fatal
     finally:
+        summary.preserve_dropped = planner.dropped_flags()
         lister.close()
         progress.scan_complete = True
         progress.phase = "done"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,13 @@ from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister
 
+log = logging.getLogger("ferry")
+
 
 class Difference(NamedTuple):
     path: str
-    what: str  # missing | extra | type | size | content | mtime | mode | target | unreadable
+    # missing | extra | type | size | content | mtime | mode | target | xattrs | unreadable
+    what: str
     detail: str = ""
 
     def __str__(self) -> str:
@@ -71,6 +75,20 @@ def _walk(
         lister.close()
 
 
+def _xattrs_differ(a: dict[str, bytes] | None, b: dict[str, bytes] | None) -> str:
+    """Which attribute names differ (never their values, which may be large or binary).
+    None (a filesystem without xattrs) holds none."""
+    a, b = a or {}, b or {}
+    names = sorted(n for n in a.keys() | b.keys() if a.get(n) != b.get(n))
+    if not names:
+        return ""
+    shown = ", ".join(
+        f"{n!r}" + (" missing" if n not in b else " extra" if n not in a else " differs")
+        for n in names[:5]
+    )
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def verify_trees(
     src_ep: Endpoint,
     dst_ep: Endpoint,
@@ -103,6 +121,10 @@ def verify_trees(
             times = options.preserve.times
             # Object stores have no directories of their own: nothing holds a time or a mode.
             dir_meta = times and src.caps.empty_dirs and dst.caps.empty_dirs
+            xattrs = options.preserve.xattrs and src.caps.xattrs and dst.caps.xattrs
+            if options.preserve.xattrs and not xattrs:
+                lacking = src if not src.caps.xattrs else dst
+                log.warning("%s cannot hold xattrs; they are not compared", lacking.describe())
             pending: list[tuple[str, Future[tuple[str, str]], Entry]] = []
             with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
 
@@ -160,6 +182,10 @@ def verify_trees(
                     )
                     if perms and dir_ok and s.type != EntryType.SYMLINK and s.mode != d.mode:
                         differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
+                    if xattrs and s.type in (EntryType.FILE, EntryType.DIR):
+                        why = _xattrs_differ(src.xattrs(rel), dst.xattrs(rel))
+                        if why:
+                            differ(Difference(rel, "xattrs", why))
                 progress.scan_complete = True
                 collect(0)
     except Exception as exc:

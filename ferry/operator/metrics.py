@@ -27,6 +27,7 @@ KNOWN_REASONS = frozenset(
         "DeadlineExceeded",
         "PrivilegeNotGranted",
         "PoolNotFound",
+        "PoolInvalid",
         "MoverCrashed",
     }
 )

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferry.mover.errors import ErrorKind
+from ferry.mover.options import PRESERVE_FLAGS
 from ferry.operator import api
 
 REASON_BY_EXIT_CODE = {k.exit_code: k.reason for k in ErrorKind}
@@ -186,8 +187,12 @@ def result(found: list[PodOutcome], shards: int) -> dict[str, Any] | None:
     failing = [s for s in summaries if int(s.get("exitCode") or 0) != 0]
     head = failing[0] if failing else summaries[0]
     errors: list[dict[str, Any]] = []
+    dropped: set[object] = set()
     for s in summaries:
         errors.extend(s.get("errors") or [])
+        names = s.get("preserveDropped")
+        if isinstance(names, list):
+            dropped.update(n for n in names[: len(PRESERVE_FLAGS)] if isinstance(n, str))
     out |= {
         "reason": head.get("reason"),
         "exitCode": int(head.get("exitCode") or 0),
@@ -196,6 +201,8 @@ def result(found: list[PodOutcome], shards: int) -> dict[str, Any] | None:
         "elapsedSeconds": round(elapsed, 3),
         "bytesPerSecond": round(out["bytesTransferred"] / elapsed) if elapsed > 0 else 0,
         "errors": errors[:20],
+        # A pod's word, so only names the engine knows (the status schema allows no others).
+        "preserveDropped": [f for f in PRESERVE_FLAGS if f in dropped],
         "shardsReported": len(summaries),
     }
     del shards
@@ -353,6 +360,17 @@ def compute(
         now,
         generation,
     )
+    if res is not None:
+        dropped = res["preserveDropped"]
+        conditions = set_condition(
+            conditions,
+            "PreserveDropped",
+            bool(dropped),
+            "DestinationCannotHold" if dropped else "AllKept",
+            f"not kept at the destination: {', '.join(dropped)}" if dropped else "",
+            now,
+            generation,
+        )
     stalled, stall_msg = _stalled(status, patch, spec, phase, now)
     conditions = set_condition(
         conditions,

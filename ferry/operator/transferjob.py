@@ -120,10 +120,8 @@ class TransferJobReconciler:
                     status.invalid(body, exc.field, str(exc).split(": ", 1)[-1], exc.reason, now),
                     (exc.reason, str(exc)),
                 )
-            except LookupError as exc:  # pool not found: wait for it
-                return Outcome(
-                    _pending(body, "PoolNotFound", str(exc), now), ("PoolNotFound", str(exc))
-                )
+            except PoolUnusable as exc:  # pool missing or invalid: wait for it to be fixed
+                return Outcome(_pending(body, exc.reason, str(exc), now), (exc.reason, str(exc)))
             for obj in built.objects():
                 if self.kube.create(obj):
                     created.append(f"{obj['kind']}/{obj['metadata']['name']}")
@@ -148,8 +146,14 @@ class TransferJobReconciler:
         if spec.placement and spec.placement.pool:
             raw = self.kube.get_pool(spec.placement.pool)
             if raw is None:
-                raise LookupError(f"MoverPool {spec.placement.pool!r} not found")
-            pool = api.MoverPoolSpec.model_validate(raw.get("spec") or {})
+                raise PoolUnusable("PoolNotFound", f"MoverPool {spec.placement.pool!r} not found")
+            try:
+                pool = api.MoverPoolSpec.model_validate(raw.get("spec") or {})
+            except ValueError as exc:
+                where, msg = status.pydantic_field(exc)
+                raise PoolUnusable(
+                    "PoolInvalid", f"MoverPool {spec.placement.pool!r}: {where}: {msg}"
+                ) from None
         annotations = self.kube.namespace_annotations(ns)
         privileged_ok = annotations.get(workload.NAMESPACE_PRIVILEGED_ANNOTATION) == "true"
         pin = None
@@ -187,6 +191,14 @@ class TransferJobReconciler:
             )
             seconds = (now - start).total_seconds() if start else None
             self.metrics.finished(str(phase), new.get("reason"), new.get("result"), seconds)
+
+
+class PoolUnusable(LookupError):
+    """The referenced MoverPool is missing or invalid; `reason` says which."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:

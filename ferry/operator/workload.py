@@ -329,7 +329,9 @@ def _security(privileged: bool, uid: int = MOVER_UID) -> tuple[dict[str, Any], d
 
 
 def needs_privilege(spec: api.TransferJobSpec) -> bool:
-    return "owners" in (spec.preserve or [])
+    """Root and chown capabilities only where they are used: owners kept on a volume. No other
+    destination holds owners (the mover names them as not kept)."""
+    return "owners" in (spec.preserve or []) and spec.destination.pvc is not None
 
 
 def _placement(spec: api.TransferJobSpec, ctx: Context) -> dict[str, Any]:

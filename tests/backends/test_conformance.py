@@ -122,6 +122,50 @@ def test_cli_verify_and_plan(remote: Remote, tmp_path: Path) -> None:
     assert code == 0 and summary["bytesTransferred"] == 0, (summary, err)
 
 
+# What each remote cannot hold of `--preserve all` (links: symlinks; S3 keeps modes).
+NOT_KEPT = {
+    "s3": ["owners", "xattrs", "links", "hardlinks", "sparse"],
+    "sftp": ["owners", "xattrs", "hardlinks", "sparse"],
+    "smb": ["perms", "owners", "xattrs", "links", "hardlinks", "sparse"],
+}
+
+
+def test_preserve_not_kept_is_reported(remote: Remote, tmp_path: Path) -> None:
+    """Owners, xattrs, hard links, holes (and symlinks, modes) a destination cannot hold are
+    named: a warning each, once, and `preserveDropped` in the summary; a plan says so too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_text("data")
+        os.link(src / f"f{i}", src / f"linked{i}")
+        os.setxattr(src / f"f{i}", "user.tag", b"x")
+    os.symlink("f0", src / "sym")
+    with open(src / "holes.img", "wb") as f:
+        f.truncate(8 << 20)
+        f.write(b"start")
+    expected = NOT_KEPT[remote.kind]
+    code, summary, err = cli("plan", str(src), remote.uri(remote.fresh()), "--preserve", "all")
+    assert code == 0 and summary["preserveDropped"] == expected, (summary, err)
+    dst = remote.uri(remote.fresh())
+    code, summary, err = cli("copy", str(src), dst, "--preserve", "all")
+    assert code == 0 and summary["preserveDropped"] == expected, (summary, err)
+    warnings = [line for line in err.splitlines() if "cannot hold" in line]
+    assert len(warnings) == len(expected), err
+    code, summary, err = cli("verify", str(src), dst, "--preserve", "all")
+    assert "cannot hold xattrs; they are not compared" in err, err
+    code, summary, err = cli("copy", str(src), remote.uri(remote.fresh()), "--preserve", "none")
+    assert code == 0 and summary["preserveDropped"] == [] and "cannot hold" not in err, err
+
+
+def test_local_destination_keeps_everything(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data")
+    os.link(src / "f", src / "g")
+    code, summary, err = cli("copy", str(src), str(tmp_path / "dst"), "--preserve", "all")
+    assert code == 0 and summary["preserveDropped"] == [] and "cannot hold" not in err, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", REMOTE_KINDS)
 def test_sparse_multi_gib(kind: str, remotes, tmp_path: Path) -> None:

@@ -324,6 +324,87 @@ def test_xattrs_and_owners_on_request(trees: tuple[Path, Path], tmp_path: Path) 
     assert "user.ferry-test" not in os.listxattr(dst2 / "tagged")
 
 
+def test_directory_xattrs_are_copied(trees: tuple[Path, Path]) -> None:
+    src, dst = trees
+    (src / "sub").mkdir()
+    (src / "sub/f").write_text("f")
+    os.setxattr(src / "sub", "user.dir-tag", b"on a directory")
+    run_ferry("copy", src, dst, "--preserve", "+xattrs")
+    assert os.getxattr(dst / "sub", "user.dir-tag") == b"on a directory"
+
+
+def test_changed_xattrs_are_resent_and_verified(trees: tuple[Path, Path]) -> None:
+    """A changed, added or removed xattr on an otherwise unchanged file or directory is a
+    metadata update (not a data copy), and `ferry verify` sees it until then."""
+    src, dst = trees
+    (src / "sub").mkdir()
+    f = src / "sub/f"
+    f.write_text("data")
+    os.setxattr(f, "user.a", b"1")
+    os.setxattr(f, "user.gone", b"x")
+    os.setxattr(src / "sub", "user.d", b"1")
+    run_ferry("copy", src, dst, "--preserve", "+xattrs")
+    assert run_ferry("verify", src, dst, "--preserve", "+xattrs").rc == 0
+    os.setxattr(f, "user.a", b"2")
+    os.removexattr(f, "user.gone")
+    os.setxattr(f, "user.new", b"n")
+    os.setxattr(src / "sub", "user.d", b"2")
+    v = run_ferry("verify", src, dst, "--preserve", "+xattrs", check_rc=1)
+    assert "xattrs" in v.stdout and "sub/f" in v.stdout, v.stdout
+    assert "'user.a' differs" in v.stdout and "'user.gone' extra" in v.stdout, v.stdout
+    assert "'user.new' missing" in v.stdout, v.stdout
+    assert sum(line.startswith("xattrs") for line in v.stdout.splitlines()) == 2, v.stdout
+    # Without xattrs in --preserve, verify does not compare them.
+    assert run_ferry("verify", src, dst).rc == 0
+    plan = run_ferry("plan", src, dst, "--preserve", "+xattrs")
+    assert "meta     sub/f" in plan.stdout, plan.stdout
+    again = run_ferry("copy", src, dst, "--preserve", "+xattrs", "--json").summary
+    assert again["bytesTransferred"] == 0 and again["filesUpdated"] == 0, again
+    got = {n: os.getxattr(dst / "sub/f", n) for n in os.listxattr(dst / "sub/f")}
+    assert got == {"user.a": b"2", "user.new": b"n"}
+    assert os.getxattr(dst / "sub", "user.d") == b"2"
+    assert run_ferry("verify", src, dst, "--preserve", "+xattrs").rc == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("verify", ["--bwlimit", "1M"]),
+        ("verify", ["--fsync", "none"]),
+        ("verify", ["--manifest", "m.jsonl"]),
+        ("verify", ["--chunk-size", "4M"]),
+        ("verify", ["--retries", "1"]),
+        ("verify", ["--error-policy", "skip"]),
+        ("verify", ["--no-verify"]),
+        ("verify", ["--checksum"]),
+        ("verify", ["--links", "follow"]),
+        ("verify", ["--allow-empty-source"]),
+        ("plan", ["--bwlimit", "1M"]),
+        ("plan", ["--fsync", "file"]),
+        ("plan", ["--manifest", "m.jsonl"]),
+        ("plan", ["--verify", "full"]),
+        ("plan", ["--transfers", "4"]),
+        ("copy", ["--allow-empty-source"]),
+    ],
+)
+def test_commands_refuse_flags_they_would_ignore(
+    trees: tuple[Path, Path], command: str, flag: list[str]
+) -> None:
+    src, _ = trees
+    (src / "f").write_text("f")
+    r = run_ferry(command, src, src, *flag, check_rc=2)
+    assert "unrecognized arguments" in r.stderr and flag[0] in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--bwlimit", "--chunk-size", "--preserve"])
+def test_empty_values_are_refused_naming_the_flag(trees: tuple[Path, Path], flag: str) -> None:
+    src, dst = trees
+    (src / "f").write_text("f")
+    r = run_ferry("copy", src, dst, f"{flag}=", check_rc=2)
+    assert f"{flag} ''" in r.stderr, r.stderr
+    assert not dst.exists(), "a refused run must not copy"
+
+
 def test_progress_json_lines(trees: tuple[Path, Path]) -> None:
     src, dst = trees
     (src / "f").write_bytes(os.urandom(MiB))

@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ferry.operator import workload
+from ferry.operator import api, crdgen, pools, workload
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer
 from ferry.operator.transferjob import TransferJobReconciler, needs_polling
@@ -173,3 +173,28 @@ def test_invalid_spec_is_terminal_until_edited():
     assert "spec.bandwidth" in out.status["message"] and kube.created == []
     body = transferjob(PVC_TO_PVC, status=out.status, generation=2)
     assert r.reconcile(body, NOW).status["phase"] == "Pending" and len(kube.created) == 5
+
+
+def test_pool_with_buffer_size_is_refused_by_name():
+    """tuning.bufferSize was accepted and never read: the pool now says so in its Accepted
+    condition, the CRD schema refuses it, and a TransferJob using the pool waits with the
+    reason instead of running without it."""
+    bad = {"spec": {"tuning": {"streams": 4, "bufferSize": "8M"}}}
+    pool_status = pools.reconcile({"metadata": {"generation": 1}, **bad}, NOW)
+    accepted = pool_status["conditions"][0]
+    assert accepted["type"] == "Accepted" and accepted["status"] == "False"
+    assert "spec.tuning.bufferSize" in accepted["message"], accepted
+    assert "not supported" in accepted["message"], accepted
+    tuning = crdgen.crd(api.MoverPoolKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]["properties"]["tuning"]
+    assert tuning["x-kubernetes-validations"][0]["rule"] == "!has(self.bufferSize)"
+    r, kube, _, _ = reconciler()
+    kube.pools["bulk"] = bad
+    body = transferjob({**PVC_TO_PVC, "placement": {"pool": "bulk"}})
+    out = r.reconcile(body, NOW)
+    assert out.status["phase"] == "Pending" and out.status["reason"] == "PoolInvalid"
+    assert "bufferSize" in out.status["message"] and ("Job", "ferry-copy-a") not in kube.objects
+    kube.pools["bulk"] = {"spec": {"tuning": {"streams": 4}}}
+    r.reconcile(body, NOW)
+    assert ("Job", "ferry-copy-a") in kube.objects

@@ -42,6 +42,25 @@ def test_succeeded_sums_shard_results():
     assert cond(p, "Complete")["status"] == "True"
 
 
+def test_preserve_not_kept_is_a_result_field_and_a_condition():
+    spec = {**PVC_TO_PVC, "parallelism": {"shards": 2}}
+    done = job([{"type": "Complete", "status": "True"}], succeeded=2)
+    pods = [
+        pod("p0", 0, "Succeeded", 0, summary(preserveDropped=["xattrs", "owners"])),
+        # A pod's termination message is untrusted: unknown names and non-strings go.
+        pod("p1", 1, "Succeeded", 0, summary(preserveDropped=["sparse", "evil", 7, "owners"])),
+    ]
+    p = compute(spec, done, pods)
+    assert p["result"]["preserveDropped"] == ["owners", "xattrs", "sparse"]
+    api.Result.model_validate(p["result"])  # what the status schema accepts
+    c = cond(p, "PreserveDropped")
+    assert c["status"] == "True" and c["reason"] == "DestinationCannotHold"
+    assert c["message"] == "not kept at the destination: owners, xattrs, sparse"
+    kept = compute(spec, done, [pod(f"p{i}", i, "Succeeded", 0, summary()) for i in range(2)])
+    assert kept["result"]["preserveDropped"] == []
+    assert cond(kept, "PreserveDropped")["status"] == "False"
+
+
 def test_failed_reason_comes_from_the_mover_summary():
     pods = [pod("p0", 0, "Failed", 9, summary(9, "VerifyMismatch", differences=1))]
     p = compute(

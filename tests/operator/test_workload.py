@@ -183,6 +183,18 @@ def test_owner_preservation_needs_the_namespace_annotation():
     assert "CHOWN" in pod_spec(w)["containers"][0]["securityContext"]["capabilities"]["add"]
 
 
+def test_owners_to_a_store_without_owners_asks_for_no_privilege():
+    """Only a volume holds owners: towards S3 the mover runs unprivileged (and reports owners
+    as not kept) instead of asking the namespace for root."""
+    spec = {**PVC_TO_S3, "preserve": ["times", "owners"]}
+    w = build(spec)
+    assert not w.privileged
+    assert pod_spec(w)["securityContext"]["runAsNonRoot"] is True
+    assert "add" not in pod_spec(w)["containers"][0]["securityContext"]["capabilities"]
+    opts = json.loads(w.config_map["data"]["spec-0.json"])["options"]
+    assert "owners" in opts["preserve"]  # still asked for, so the mover says it was not kept
+
+
 def test_pool_placement_merged_under_own_placement():
     pool = api.MoverPoolSpec.model_validate(
         {

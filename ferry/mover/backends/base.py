@@ -56,6 +56,7 @@ class Entry:
         "target",
         "type",
         "uid",
+        "xattrs",
     )
 
     def __init__(
@@ -77,6 +78,9 @@ class Entry:
         self.name, self.type, self.size, self.mtime_ns, self.mode = name, type, size, mtime_ns, mode
         self.uid, self.gid, self.nlink, self.ino, self.dev = uid, gid, nlink, ino, dev
         self.blocks, self.target, self.digest = blocks, target, digest
+        # Extended attributes, read only when they are preserved and compared (a listing
+        # leaves them None: reading them costs syscalls per entry).
+        self.xattrs: dict[str, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"Entry({self.name!r}, {self.type.name}, size={self.size}, mtime_ns={self.mtime_ns})"
@@ -268,8 +272,13 @@ class Backend(ABC):
         reads that file on its own (which reports what is wrong)."""
         raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot read files in batches")
 
+    def xattrs(self, rel: str) -> dict[str, bytes] | None:
+        """The extended attributes of a file or directory (caps.xattrs); None when unknown."""
+        return None
+
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
-        """Apply entry's times/mode/owner to an existing entry (directories, metadata-only changes)."""
+        """Apply entry's times/mode/owner (and, when preserved and read, its xattrs, exactly)
+        to an existing entry (directories, metadata-only changes)."""
         return None
 
     def symlink(self, rel: str, target: str) -> None:

@@ -143,6 +143,36 @@ def _chown(call: object) -> None:
             log.warning("cannot preserve owners without privilege; keeping the writer's owner")
 
 
+def _read_xattrs(target: int | str) -> dict[str, bytes] | None:
+    """All extended attributes of an open file or a path (not following a symlink); None
+    where the filesystem has none or they cannot be read."""
+    follow = isinstance(target, int)  # a descriptor takes no follow_symlinks=False
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+        return {n: os.getxattr(target, n, follow_symlinks=follow) for n in names}
+    except OSError:
+        return None
+
+
+def _sync_xattrs(path: str, wanted: dict[str, bytes], rel: str) -> None:
+    """Make path's extended attributes exactly `wanted`: set what differs, remove the rest."""
+    have = _read_xattrs(path)
+    if have is None:
+        log.warning("%s: cannot read xattrs to update them", rel)
+        return
+    for name in have.keys() - wanted.keys():
+        try:
+            os.removexattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            log.warning("%s: cannot remove xattr %s: %s", rel, name, exc.strerror)
+    for name, value in wanted.items():
+        if have.get(name) != value:
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError as exc:
+                log.warning("%s: cannot set xattr %s: %s", rel, name, exc.strerror)
+
+
 class LocalReader(Reader):
     def __init__(self, path: str, rel: str, entry: Entry) -> None:
         self.rel = rel
@@ -199,10 +229,7 @@ class LocalReader(Reader):
         return None
 
     def xattrs(self) -> dict[str, bytes] | None:
-        try:
-            return {n: os.getxattr(self.fd, n) for n in os.listxattr(self.fd)}
-        except OSError:
-            return None
+        return _read_xattrs(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -514,10 +541,15 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise as_ferry_error(exc, rel) from exc
 
+    def xattrs(self, rel: str) -> dict[str, bytes] | None:
+        return _read_xattrs(self.path(rel))
+
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         p = self.path(rel)
         try:
             is_link = entry.type == EntryType.SYMLINK
+            if preserve.xattrs and entry.xattrs is not None and not is_link:
+                _sync_xattrs(p, entry.xattrs, rel)
             if preserve.owners and entry.uid >= 0:
                 _chown(lambda: os.chown(p, entry.uid, entry.gid, follow_symlinks=False))
             if preserve.perms and entry.mode and not is_link:
