@@ -187,6 +187,20 @@ def test_spec_refuses_userinfo_without_echo(endpoint: dict[str, Any], field: str
     assert_clean(text, "the spec error")
 
 
+def test_transferjob_refuses_an_endpoint_with_userinfo() -> None:
+    """The CRD's own rule (and the operator's model): the refusal, in status and Events,
+    names the field, not the value."""
+    spec = {
+        "source": {"s3": {"bucket": "bkt", "endpoint": f"http://ak:{SECRET}@127.0.0.1:9000"}},
+        "destination": {"pvc": {"claimName": "backup"}},
+    }
+    with pytest.raises(ValueError) as info:
+        api.TransferJobSpec.model_validate(spec)
+    field, message = status.pydantic_field(info.value)
+    assert field == "spec.source.s3.endpoint"
+    assert_clean(field + message, "the operator's refusal")
+
+
 def test_span_of_a_failed_phase_quotes_no_chained_exception() -> None:
     """A span's exception event carries the FerryError's text, not a stack trace that
     quotes the library exception it was raised while handling."""
