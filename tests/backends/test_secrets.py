@@ -280,6 +280,14 @@ def _cases(request: pytest.FixtureRequest, name: str, tmp: Path) -> Case:
         query = f"endpoint={srv.endpoint_url}"
         if name == "s3-env":
             env = {"AWS_ACCESS_KEY_ID": srv.access_key, "AWS_SECRET_ACCESS_KEY": SECRET}
+        elif name.startswith("s3-profile"):  # botocore reads the shared file itself
+            shared = f"[p1]\naws_access_key_id = {srv.access_key}\n"
+            shared += (
+                f"{SECRET}\n" if name == "s3-profile-bad" else f"aws_secret_access_key = {SECRET}\n"
+            )
+            creds.write_text(shared)
+            env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds)}
+            spec["profile"], query = "p1", query + "&profile=p1"
         elif name == "s3-url":
             url = srv.endpoint_url.replace("://", f"://{srv.access_key}:{SECRET}@")
             spec["endpointUrl"], query = url, f"endpoint={url}"
@@ -351,6 +359,8 @@ CASES = [
     "s3-no-section",
     "s3-dir",
     "s3-env",
+    "s3-profile",
+    "s3-profile-bad",
     "s3-url",
     "sftp-password",
     "sftp-key",

@@ -246,9 +246,14 @@ class S3Backend(Backend):
                 Boto.load()
                 from ferry.mover.backends.s3_client import make_client
 
-                self._client = make_client(
-                    self.ep, self.path_style, self.checksum_alg, self._keys, _parse_timestamp
-                )
+                try:
+                    self._client = make_client(
+                        self.ep, self.path_style, self.checksum_alg, self._keys, _parse_timestamp
+                    )
+                except Boto.BotoCoreError as exc:  # an unknown profile, a broken AWS file
+                    raise FerryError(
+                        ErrorKind.AUTH_FAILED, f"{self.describe()}: {type(exc).__name__}: {exc}"
+                    ) from None
             return self._client
 
     @property
