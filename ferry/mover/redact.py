@@ -20,7 +20,7 @@ MIN_SECRET = 4  # shorter values would mask ordinary words; URL and parser rules
 
 # scheme://user:password@ ; the password runs to the last '@' of the token (it may hold
 # '/', '?', '#' or '@'). A port followed by a path (host:22/dir@x) is not a password.
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:@/?#]*):(?!\d+/)\S*@")
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:@/?#[]*):(?!\d+/)\S*@")
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()

@@ -62,6 +62,21 @@ def test_credentials_file_values_are_taken_as_written(tmp_path: Path) -> None:
     assert _read_credentials(str(creds), None)["aws_secret_access_key"] == GOOD
 
 
+def test_credentials_directory_as_secrets_are_keyed(tmp_path: Path) -> None:
+    for name, value in (
+        ("access-key-id", "AK"),
+        ("secret_access_key", GOOD),
+        ("AWS_SESSION_TOKEN", "T0k"),
+    ):
+        (tmp_path / name).write_text(value + "\n")
+    (tmp_path / "region").write_text("nowhere")
+    assert _read_credentials(str(tmp_path), None) == {
+        "aws_access_key_id": "AK",
+        "aws_secret_access_key": GOOD,
+        "aws_session_token": "T0k",
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "line"),
     [
