@@ -306,8 +306,12 @@ def _sinks(choice: str) -> Any:
 
 
 def _setup_logging(verbose: int) -> None:
+    from ferry.mover.redact import RedactingFormatter
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="ferry: %(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("ferry: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
@@ -432,7 +436,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ferry.mover.progress import JsonLinesSink, MultiSink, Sink
-    from ferry.mover.spec import TransferSpec
+    from ferry.mover.spec import TransferSpec, spec_errors
     from ferry.mover.transfer import run_transfer
 
     try:
@@ -440,8 +444,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spec = TransferSpec.model_validate(yaml.safe_load(f))
     except OSError as exc:
         raise FerryError(ErrorKind.USAGE, f"cannot read spec: {exc.strerror}", args.spec) from None
-    except (ValidationError, yaml.YAMLError) as exc:
-        raise FerryError(ErrorKind.USAGE, f"invalid spec: {exc}", args.spec) from None
+    except ValidationError as exc:
+        raise FerryError(ErrorKind.USAGE, f"invalid spec: {spec_errors(exc)}", args.spec) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)  # where, not what: the text may hold a secret
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FerryError(ErrorKind.USAGE, f"invalid YAML{where}", args.spec) from None
     src, dst, options = spec.to_engine()
     sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0)]
     if os.environ.get("FERRY_TRANSFERJOB"):

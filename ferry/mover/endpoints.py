@@ -10,10 +10,12 @@ the standard provider chains.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.redact import redact
 
 
 class LocalEndpoint(NamedTuple):
@@ -48,7 +50,7 @@ class S3Endpoint(NamedTuple):
         return "s3"
 
     def describe(self) -> str:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        where = f" at {redact(self.endpoint_url)}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
 
@@ -97,18 +99,35 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _redact(uri: str) -> str:
-    """Hide a password someone put in the userinfo part, so it reaches no log."""
-    _, sep, rest = uri.partition("://")
-    netloc = rest.split("/", 1)[0]
-    if sep and "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
-        user = netloc.rsplit("@", 1)[0].split(":", 1)[0]
-        return uri.replace(netloc.rsplit("@", 1)[0], f"{user}:***", 1)
-    return uri
-
-
 def _bad(uri: str, why: str) -> FerryError:
-    return FerryError(ErrorKind.USAGE, f"invalid endpoint {_redact(uri)!r}: {why}")
+    # FerryError masks a URL password; a URI refused for holding one is not quoted at all.
+    return FerryError(ErrorKind.USAGE, f"invalid endpoint {uri!r}: {why}")
+
+
+NO_PASSWORD = "passwords do not belong in URIs; use password_file= or a Secret"
+NO_URL_USERINFO = (
+    "an S3 endpoint URL takes no user or password; "
+    "give credentials_file=, a profile or the AWS environment variables"
+)
+
+
+def _has_password(rest: str, ends: str = "/?") -> bool:
+    """Whether `rest` (a URI after `scheme://`) carries `user:password@`, even a password
+    holding '/', '?' or '@': then the authority, cut at the first of `ends`, shows a ':'
+    followed by something that is no port, and an '@' comes later."""
+    netloc = re.split(f"[{re.escape(ends)}]", rest, maxsplit=1)[0]
+    if "@" in netloc:
+        return ":" in netloc.rsplit("@", 1)[0]
+    if "@" not in rest or netloc.startswith("[") or ":" not in netloc:
+        return False
+    return not netloc.rsplit(":", 1)[1].isdigit()
+
+
+def check_endpoint_url(url: str) -> str:
+    """An S3 endpoint URL, refused if it names a user (and so perhaps a password)."""
+    if "@" in url:
+        raise ValueError(NO_URL_USERINFO)
+    return url
 
 
 def _query(
@@ -160,7 +179,7 @@ def _split_netloc(uri: str, netloc: str) -> tuple[str | None, str, str | None]:
     if "@" in netloc:
         userinfo, netloc = netloc.rsplit("@", 1)
         if ":" in userinfo:
-            raise _bad(uri, "passwords do not belong in URIs; use password_file= or a Secret")
+            raise _bad(uri, NO_PASSWORD)
         user = unquote(userinfo) or None
     host, port = netloc, None
     if netloc.startswith("["):
@@ -194,6 +213,8 @@ def parse_endpoint(uri: str) -> Endpoint:
         )
     # urlsplit would mangle '%'-free paths with '#' or '?'; split the query ourselves.
     rest = uri[len(scheme) + 3 :]
+    if _has_password(rest):
+        raise FerryError(ErrorKind.USAGE, f"invalid {scheme}:// endpoint: {NO_PASSWORD}")
     rest, _, raw_query = rest.partition("?")
     netloc, _, path = rest.partition("/")
     path = unquote(path)
@@ -202,7 +223,13 @@ def parse_endpoint(uri: str) -> Endpoint:
             raise _bad(uri, "no bucket (s3://bucket/prefix)")
         if "@" in netloc or ":" in netloc:
             raise _bad(uri, "s3:// takes a bucket name; give the server with ?endpoint=URL")
+        # a user in endpoint=, also where a password's '/' or '&' split the URL
+        _, sep, url = raw_query.partition("://")
+        if sep and (re.search(r"://[^/?#]*@", raw_query) or _has_password(url, "/?&")):
+            raise FerryError(ErrorKind.USAGE, f"invalid s3:// endpoint: {NO_URL_USERINFO}")
         opts = _query(uri, raw_query, S3Endpoint, {"endpoint": "endpoint_url"})
+        if "@" in opts.get("endpoint_url", ""):
+            raise FerryError(ErrorKind.USAGE, f"invalid s3:// endpoint: {NO_URL_USERINFO}")
         return S3Endpoint(bucket=netloc, prefix=path.strip("/"), **opts)
     if scheme == "sftp":
         user, host, port = _split_netloc(uri, netloc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 from enum import Enum
 
+from ferry.mover.redact import redact
+
 
 class ErrorKind(Enum):
     """(exit code, condition reason, retryable)."""
@@ -43,16 +45,19 @@ class ErrorKind(Enum):
 
 
 class FerryError(Exception):
-    """An error with a kind and, where there is one, the path it concerns."""
+    """An error with a kind and, where there is one, the path it concerns.
+
+    Its text is finalised here, and only here, through `redact`: whatever a library or a
+    server put into the message, no URL password or loaded secret leaves as part of it."""
 
     def __init__(self, kind: ErrorKind, message: str, path: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.kind = kind
         self.path = path
 
     def __str__(self) -> str:
         msg = super().__str__()
-        return f"{self.path}: {msg}" if self.path and self.path not in msg else msg
+        return redact(f"{self.path}: {msg}" if self.path and self.path not in msg else msg)
 
 
 _TRANSIENT_ERRNOS = {

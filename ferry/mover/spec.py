@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from ferry.mover import endpoints as ep
@@ -42,13 +42,22 @@ class S3Spec(_Model):
     sse_kms_key_id: str | None = None
     storage_class: str | None = None
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_userinfo(cls, value: str | None) -> str | None:
+        return None if value is None else ep.check_endpoint_url(value)
+
     def to_endpoint(self) -> ep.Endpoint:
         return ep.S3Endpoint(**self.model_dump(exclude={"kind"}))
 
 
+# A host name or address: no user or password in front of it, no path after it.
+Host = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^@/\s]+$")]
+
+
 class SFTPSpec(_Model):
     kind: Literal["sftp"] = "sftp"
-    host: str = Field(min_length=1)
+    host: Host
     port: int = Field(default=22, ge=1, le=65535)
     path: str = "."
     user: str | None = None
@@ -63,7 +72,7 @@ class SFTPSpec(_Model):
 
 class SMBSpec(_Model):
     kind: Literal["smb"] = "smb"
-    host: str = Field(min_length=1)
+    host: Host
     port: int = Field(default=445, ge=1, le=65535)
     share: str = Field(min_length=1)
     path: str = ""
@@ -153,3 +162,13 @@ class TransferSpec(_Model):
             shard_count=shard.count,
         )
         return self.source.to_endpoint(), self.destination.to_endpoint(), options
+
+
+def spec_errors(exc: ValidationError) -> str:
+    """The fields a spec got wrong and why, without the values it held: a value in the
+    wrong place may be a secret (a password typed into a URL)."""
+    parts = []
+    for e in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        parts.append(f"{loc}: {e.get('msg', '')}" if loc else str(e.get("msg", "")))
+    return "; ".join(parts)

@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ferry.mover.progress import Sink
+from ferry.mover.redact import redact
 
 if TYPE_CHECKING:
     from ferry.mover.result import Summary
@@ -98,12 +99,22 @@ class TracingSink(Sink):
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[dict[str, Any]]:
         attrs: dict[str, Any] = {}
-        with self.tracer.start_as_current_span(f"ferry.{name}", context=self._ctx) as span:
+        with self.tracer.start_as_current_span(
+            f"ferry.{name}",
+            context=self._ctx,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             try:
                 yield attrs
             except BaseException as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                # Not the SDK's record_exception: its stack trace quotes the text of every
+                # chained exception, a library's (a parser quoting a secret) included.
+                text = redact(str(exc))
+                span.add_event(
+                    "exception", {"exception.type": type(exc).__name__, "exception.message": text}
+                )
+                span.set_status(Status(StatusCode.ERROR, text))
                 raise
             finally:
                 span.set_attributes({f"ferry.{k}": v for k, v in attrs.items() if _scalar(v)})

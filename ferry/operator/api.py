@@ -83,7 +83,9 @@ class S3SecretRef(Model):
 class S3Endpoint(Model):
     bucket: str = Field(min_length=3, max_length=63)
     prefix: RelPath = ""
-    endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    endpoint: str | None = Field(  # no user:password@: credentials come from secretRef
+        default=None, max_length=2048, pattern=r"^https?://[^@]*$"
+    )
     region: str | None = Field(default=None, max_length=64)
     path_style: bool = False
     storage_class: str | None = Field(default=None, max_length=64)

@@ -82,6 +82,7 @@ from ferry.mover.endpoints import S3Endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import is_digest
 from ferry.mover.options import GiB, MiB, Preserve
+from ferry.mover.redact import remember
 
 if TYPE_CHECKING:
     from ferry.mover.backends.s3_client import Client
@@ -101,40 +102,61 @@ META_DIGEST, META_MTIME, META_MODE, META_RCLONE_MTIME = (
 )
 
 
+_KEY_NAMES = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
 def _read_credentials(path: str, profile: str | None) -> dict[str, str]:
-    """Keys from an AWS credentials file, or from a directory of one-value files (a mounted Secret)."""
-    names = {
-        "aws_access_key_id": "aws_access_key_id",
-        "aws_secret_access_key": "aws_secret_access_key",
-        "aws_session_token": "aws_session_token",
-    }
+    """Keys from an AWS credentials file, or from a directory of one-value files (a mounted
+    Secret). Values are taken as written (no `%` interpolation) and every failure names the
+    file and a line number, never its text: that text is the secret."""
     out: dict[str, str] = {}
-    if os.path.isdir(path):
-        for fname in os.listdir(path):
-            key = fname.lower().replace("-", "_")
-            key = {
-                "access_key_id": "aws_access_key_id",
-                "secret_access_key": "aws_secret_access_key",
-                "session_token": "aws_session_token",
-            }.get(key, key)
-            if key in names:
-                with open(os.path.join(path, fname)) as f:
-                    out[key] = f.read().strip()
-    else:
-        cp = configparser.ConfigParser()
-        cp.read(path)
-        section = profile or "default"
-        if section not in cp:
-            raise FerryError(ErrorKind.AUTH_FAILED, f"credentials file has no [{section}] section")
-        out = {k: v for k, v in cp[section].items() if k in names}
+    try:
+        if os.path.isdir(path):
+            for fname in os.listdir(path):
+                key = fname.lower().replace("-", "_")
+                key = key if key.startswith("aws_") else f"aws_{key}"
+                if key in _KEY_NAMES:
+                    with open(os.path.join(path, fname), encoding="utf-8") as f:
+                        out[key] = f.read().strip()
+        else:
+            cp = configparser.ConfigParser(interpolation=None)
+            with open(path, encoding="utf-8") as f:
+                cp.read_file(f)
+            section = profile or "default"
+            if section not in cp:
+                raise FerryError(
+                    ErrorKind.AUTH_FAILED, f"credentials file {path} has no [{section}] section"
+                )
+            out = {k: v for k, v in cp[section].items() if k in _KEY_NAMES}
+    except OSError as exc:
+        raise FerryError(
+            ErrorKind.AUTH_FAILED, f"cannot read credentials file {path} ({exc.strerror})"
+        ) from None
+    except UnicodeDecodeError:
+        raise FerryError(
+            ErrorKind.AUTH_FAILED, f"credentials file {path} is not UTF-8 text"
+        ) from None
+    except configparser.Error as exc:
+        errors = getattr(exc, "errors", None)  # ParsingError: [(line number, line)]
+        line = errors[0][0] if errors else getattr(exc, "lineno", None)
+        at = f" at line {line}" if line else ""
+        raise FerryError(
+            ErrorKind.AUTH_FAILED, f"credentials file {path} is malformed{at}"
+        ) from None
+    remember(out.get("aws_secret_access_key"))
+    remember(out.get("aws_session_token"))
     if "aws_access_key_id" not in out or "aws_secret_access_key" not in out:
-        raise FerryError(ErrorKind.AUTH_FAILED, "credentials file lacks an access key id or secret")
+        raise FerryError(
+            ErrorKind.AUTH_FAILED, f"credentials file {path} lacks an access key id or secret"
+        )
     return out
 
 
 def _env_keys() -> dict[str, str] | None:
     """Keys from the environment: the first place botocore's credential chain looks."""
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    remember(secret)
+    remember(os.environ.get("AWS_SESSION_TOKEN"))
     if not (key and secret):
         return None
     keys = {"aws_access_key_id": key, "aws_secret_access_key": secret}
@@ -224,9 +246,14 @@ class S3Backend(Backend):
                 Boto.load()
                 from ferry.mover.backends.s3_client import make_client
 
-                self._client = make_client(
-                    self.ep, self.path_style, self.checksum_alg, self._keys, _parse_timestamp
-                )
+                try:
+                    self._client = make_client(
+                        self.ep, self.path_style, self.checksum_alg, self._keys, _parse_timestamp
+                    )
+                except Boto.BotoCoreError as exc:  # an unknown profile, a broken AWS file
+                    raise FerryError(
+                        ErrorKind.AUTH_FAILED, f"{self.describe()}: {type(exc).__name__}: {exc}"
+                    ) from None
             return self._client
 
     @property

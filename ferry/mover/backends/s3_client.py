@@ -21,6 +21,7 @@ import botocore.session
 from botocore.config import Config
 
 from ferry.mover.endpoints import S3Endpoint
+from ferry.mover.redact import remember
 
 
 class _S3Loader(botocore.loaders.Loader):
@@ -84,6 +85,9 @@ def make_client(
         )
     else:
         credentials = bs.get_credentials()  # the session keeps it: the client uses it too
+        if type(credentials) is botocore.credentials.Credentials:  # static: reading costs nothing
+            remember(credentials.secret_key)
+            remember(credentials.token)
     region = ep.region or bs.get_config_variable("region") or "us-east-1"
     client = bs.create_client(
         "s3", endpoint_url=ep.endpoint_url, region_name=region, config=config, **(keys or {})

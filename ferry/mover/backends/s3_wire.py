@@ -86,6 +86,9 @@ class StaticCredentials(NamedTuple):
     def get_frozen_credentials(self) -> StaticCredentials:
         return self
 
+    def __repr__(self) -> str:
+        return f"StaticCredentials(access_key={self.access_key!r}, secret_key=***, token=***)"
+
 
 class Listing(NamedTuple):
     """ListObjectsV2 pages, as botocore would decode them (`EncodingType=url` undone)."""

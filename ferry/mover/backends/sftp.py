@@ -62,6 +62,7 @@ from ferry.mover.backends.sftp_wire import (
 from ferry.mover.endpoints import SFTPEndpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB, Preserve
+from ferry.mover.redact import remember
 
 T = TypeVar("T")
 log = logging.getLogger("ferry")
@@ -156,7 +157,9 @@ def _quick_acks(sock: socket.socket) -> socket.socket:
 
 def _read_secret(path: str) -> str:
     with open(path) as f:
-        return f.read().rstrip("\r\n")
+        secret = f.read().rstrip("\r\n")
+    remember(secret)  # the server sees it, and may echo it into an error we report
+    return secret
 
 
 class SFTPBackend(Backend):
@@ -229,7 +232,12 @@ class SFTPBackend(Backend):
         if self._pkey is None and self.ep.key_file:
             try:
                 self._pkey = paramiko.PKey.from_path(self.ep.key_file)
-            except (OSError, paramiko.SSHException) as exc:
+            except TypeError:  # what paramiko and cryptography raise for an encrypted key
+                raise FerryError(
+                    ErrorKind.AUTH_FAILED,
+                    f"{self.describe()}: key file is passphrase-protected; give an unencrypted key",
+                ) from None
+            except (OSError, ValueError, paramiko.SSHException) as exc:  # never its text
                 raise FerryError(
                     ErrorKind.AUTH_FAILED,
                     f"{self.describe()}: cannot load key file ({type(exc).__name__})",

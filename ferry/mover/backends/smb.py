@@ -63,6 +63,7 @@ from ferry.mover.backends.smb_handles import (
 from ferry.mover.endpoints import SMBEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
+from ferry.mover.redact import remember
 
 T = TypeVar("T")
 # Characters no SMB name can hold; a backslash would act as a separator (see _checked).
@@ -126,6 +127,7 @@ class SMBBackend(Backend):
                 try:
                     with open(self.ep.password_file) as f:
                         self._password = f.read().rstrip("\r\n")
+                    remember(self._password)
                 except OSError as exc:
                     raise FerryError(
                         ErrorKind.AUTH_FAILED,
