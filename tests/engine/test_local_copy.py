@@ -324,6 +324,31 @@ def test_xattrs_and_owners_on_request(trees: tuple[Path, Path], tmp_path: Path) 
     assert "user.ferry-test" not in os.listxattr(dst2 / "tagged")
 
 
+N_OWNED = 3 * 512  # past PROCESS_THRESHOLD: forked workers copy most of them
+
+
+def test_owners_without_privilege_warn_once_and_go_on(trees: tuple[Path, Path]) -> None:
+    """A mover that may not chown keeps its own owner, says so once (forked workers for
+    small files included), and copies everything."""
+    src, dst = trees
+    for i in range(N_OWNED):
+        (src / f"f{i}").write_text(str(i))
+        os.chown(src / f"f{i}", 4321, 4321)
+    no_chown = ["setpriv", "--bounding-set=-chown", "--inh-caps=-all", "--"]
+    proc = subprocess.run(
+        [*no_chown, *FERRY, "copy", str(src), str(dst), "--preserve", "+owners", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("cannot preserve owners") == 1, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["filesCopied"] == N_OWNED
+    for i in range(N_OWNED):
+        assert (dst / f"f{i}").read_text() == str(i)
+        assert os.stat(dst / f"f{i}").st_uid == os.getuid()
+
+
 def test_directory_xattrs_are_copied(trees: tuple[Path, Path]) -> None:
     src, dst = trees
     (src / "sub").mkdir()
