@@ -724,7 +724,8 @@ def test_schedule_fires_on_time_in_its_zone(env: Env) -> None:
     assert kids[0]["metadata"]["annotations"]["ferry.dev/scheduled-at"] == target.strftime(
         "%Y-%m-%dT%H:%M:%SZ"
     )
-    assert target <= created + timedelta(seconds=1) and created - target < timedelta(seconds=10)
+    # Never early; late only by the operator's pace (generous: a wrong zone is hours off).
+    assert target <= created + timedelta(seconds=1) and created - target < timedelta(seconds=60)
     env.wait_phase(kids[0]["metadata"]["name"], "Succeeded", timeout=120)
     st = env.get("transferschedules", "once")["status"]
     wait_for(
