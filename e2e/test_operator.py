@@ -35,6 +35,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e.cluster import binaries
 from e2e.support import FERRY_IMAGE, Cluster, wait_for
+from tests.servers import VersityServer
 from tests.strict import unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -588,17 +589,14 @@ def test_cancel_and_delete_leave_nothing_behind(env: Env) -> None:
 
 
 def test_pvc_to_s3(env: Env) -> None:
+    """A PVC to a real S3 gateway (versitygw stores objects as files, as S3 keeps them)."""
+    s3srv = VersityServer().start()
     try:
-        from tests.servers.moto import MotoServer
-    except ImportError:  # pragma: no cover
-        pytest.fail("tests.servers.moto is missing")
-    moto = MotoServer().start()
-    try:
-        moto.create_bucket("backups")
+        s3srv.create_bucket("backups")
         src = env.pvc("src")
         files = {f"a/{i}.bin": 10_000 + i for i in range(10)} | {"big.bin": 6 * 1024 * 1024}
         want = seed(src, files)
-        creds = moto.write_credentials(Path(moto.dir) / "credentials").read_text()
+        creds = s3srv.write_credentials(Path(s3srv.dir) / "credentials").read_text()
         _raw(
             env.core.create_namespaced_secret,
             env.ns,
@@ -610,7 +608,7 @@ def test_pvc_to_s3(env: Env) -> None:
                 "s3": {
                     "bucket": "backups",
                     "prefix": "team/",
-                    "endpoint": moto.endpoint_url,
+                    "endpoint": s3srv.endpoint_url,
                     "region": "us-east-1",
                     "pathStyle": True,
                     "secretRef": {"name": "s3"},
@@ -619,7 +617,7 @@ def test_pvc_to_s3(env: Env) -> None:
         }
         env.create("transferjobs", "to-s3", spec)
         obj = env.wait_phase("to-s3", "Succeeded", timeout=180)
-        s3 = moto.client()
+        s3 = s3srv.client()
         got = {}
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket="backups", Prefix="team/"):
             for o in page.get("Contents", []):
@@ -628,7 +626,7 @@ def test_pvc_to_s3(env: Env) -> None:
         assert {k: v for k, v in got.items() if not k.startswith(".ferry")} == want
         assert obj["status"]["result"]["filesCopied"] == len(files)
     finally:
-        moto.close()
+        s3srv.close()
 
 
 # ---------------------------------------------------------------- RBAC
