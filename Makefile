@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Everything else is a helper.
-.PHONY: demo test bootstrap lint bench bench-quick bench-backends clean
+.PHONY: demo test bootstrap lint bench bench-quick bench-backends mutate clean
 
 demo:
 	bash scripts/demo.sh
@@ -25,5 +25,11 @@ bench-backends: bootstrap
 	bash tests/servers/install.sh
 	.venv/bin/python -m benchmarks.backends
 
+# Mutation testing of the engine's core (minutes to hours; not part of `make test`).
+mutate: bootstrap
+	.venv/bin/python -m pip install -q -e '.[mutate]' --config-settings editable_mode=compat
+	.venv/bin/mutmut run --max-children 2
+	.venv/bin/mutmut results
+
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache mutants
