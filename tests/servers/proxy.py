@@ -25,6 +25,7 @@ class TCPRelay:
         self._lose: bytes | None = None
         self._then: bytes | None = None
         self.lost = 0  # answers lost so far
+        self.seen = 0  # requests seen that start as `lose_answer_to`'s
 
     def lose_answer_to(self, request: bytes, then: bytes | None = None) -> None:
         """The next request starting with `request` reaches the server, but its answer
@@ -68,6 +69,7 @@ class TCPRelay:
         try:
             while data := a.recv(1 << 16):
                 if requests and self._lose is not None and data.startswith(self._lose):
+                    self.seen += 1
                     if self.lost and self._then is not None:
                         a.sendall(self._then)  # and the request goes nowhere
                         return
