@@ -4,12 +4,15 @@ on a server that closes connections part-way."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ferry.mover.backends.http_conn import (
     MAX_HEAD,
@@ -502,3 +505,106 @@ def test_post_after_the_server_closed_the_idle_connection(server: RawServer) -> 
         limited.close()
     assert [h.split(b" ")[0] for _, h in limited.requests] == [b"GET", b"POST"]
     assert limited.connections == 2
+
+
+class _Replay:
+    """A socket-like replay of `data` in pieces of the given sizes, then the end of the
+    connection: the parser's input without a server, so that hypothesis can feed it fast."""
+
+    def __init__(self, data: bytes, pieces: list[int]) -> None:
+        self.data, self.pieces, self.pos, self.reads = data, pieces or [1 << 16], 0, 0
+
+    def _take(self, n: int) -> bytes:
+        size = min(n, self.pieces[self.reads % len(self.pieces)])
+        self.reads += 1
+        out = self.data[self.pos : self.pos + size]
+        self.pos += len(out)
+        return out
+
+    def recv(self, n: int) -> bytes:
+        return self._take(n)
+
+    def recv_into(self, view: memoryview) -> int:
+        got = self._take(len(view))
+        view[: len(got)] = got
+        return len(got)
+
+    def close(self) -> None:
+        pass
+
+
+LIMIT = 4096  # the body bound the property tests read with
+VALID = [a for a, _ in ANSWERS.values()] + [
+    _head(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked", b"Content-Length: 5")
+    + b"5\r\nhello\r\n0\r\n\r\n"
+]
+TOKENS = [b"-", b"+", b"_", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\0", b";", b",", b":", b"0x"]
+TOKENS += [b"9" * 20, b"f" * 17, b"\r\n\r\n", b"Content-Length: 7\r\n", b"HTTP/1.1 100 C\r\n\r\n"]
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    """A valid answer (or two, pipelined) with a few bytes replaced, inserted or cut."""
+    data = bytearray(b"".join(draw(st.lists(st.sampled_from(VALID), min_size=1, max_size=2))))
+    for _ in range(draw(st.integers(1, 4))):
+        # mostly where a number or a line starts: a length, a chunk size, a header
+        starts = [m.end() for m in re.finditer(rb": |\r\n", data)]
+        at = draw(st.sampled_from(starts) if starts else st.integers(0, len(data)))
+        at = draw(st.sampled_from([at, draw(st.integers(0, len(data)))]))
+        how = draw(st.sampled_from(["replace", "insert", "cut"]))
+        if how == "cut":
+            del data[at : at + draw(st.integers(1, 8))]
+        else:
+            piece = draw(st.sampled_from(TOKENS) | st.binary(min_size=1, max_size=4))
+            data[at : at + (len(piece) if how == "replace" else 0)] = piece
+    return bytes(data)
+
+
+def _parse_all(data: bytes, pieces: list[int], method: str) -> None:
+    """Read every answer in `data` as a client would, stopping at the first error or when
+    the connection is closed or used up; asserts what must hold whatever the bytes."""
+    c = Connection("127.0.0.1:1", None, 1.0, 1.0)
+    replay = _Replay(data, pieces)
+    c.sock = replay  # type: ignore[assignment]
+    for _ in range(4):  # more answers than `data` can hold
+        try:
+            c.done = False
+            head = c.response(method)
+            framed = not c.done and not c._chunked and c._left is not None
+            body = c.read_body(LIMIT)
+        except ProtocolError:
+            assert c.sock is None  # a fault never leaves the connection to be reused
+            return
+        assert len(body) <= LIMIT
+        if framed:  # a body framed by its length: plain digits, and exactly that long
+            (length,) = {v.strip() for v in head.headers["content-length"].split(",")}
+            assert re.fullmatch("[0-9]+", length) and len(body) == int(length)
+        if c.sock is None or replay.pos >= len(data):
+            return
+        # what was received and not consumed is never more than a head and a read
+        assert len(c._buf) <= MAX_HEAD + (1 << 16)
+
+
+_PROPERTY = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_PROPERTY
+@given(
+    st.binary(max_size=2048),
+    st.lists(st.integers(1, 64), max_size=4),
+    st.sampled_from(["GET", "HEAD", "PUT"]),
+)
+def test_random_bytes_only_classified_errors(data: bytes, pieces: list[int], method: str) -> None:
+    """Any bytes at all: an answer, or a ProtocolError (a ConnectionError, so classified
+    transient); never another exception, a hang (the deadline) or a read past the bounds."""
+    _parse_all(b"HTTP/1.1 " + data if data[:1] == b"2" else data, pieces, method)
+
+
+@_PROPERTY
+@given(_mutated(), st.lists(st.integers(1, 64), max_size=4), st.sampled_from(["GET", "HEAD"]))
+def test_mutated_answers_only_classified_errors(
+    data: bytes, pieces: list[int], method: str
+) -> None:
+    """Valid answers with signs, underscores, line breaks, NULs, long numbers and stray
+    framing spliced in: parsed, or a ProtocolError, within the deadline and the bounds."""
+    _parse_all(data, pieces, method)
