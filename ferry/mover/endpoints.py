@@ -29,6 +29,11 @@ class LocalEndpoint(NamedTuple):
         return self.path
 
 
+# Values that end up in HTTP request heads (a region, a storage class, a KMS key id) or
+# URLs: a control character (CR, LF, NUL above all) would split the request, so none.
+HEADER_SAFE = r"^[^\x00-\x1f\x7f]*$"
+
+
 class S3Endpoint(NamedTuple):
     bucket: str
     prefix: str = ""
@@ -161,6 +166,8 @@ def _query(
             if not value.isdigit() or int(value) < 1:
                 raise _bad(uri, f"option {key!r} must be a positive number, not {value!r}")
             out[name] = int(value)
+        elif not re.fullmatch(HEADER_SAFE, value):
+            raise _bad(uri, f"option {key!r} holds a control character (CR, LF, NUL, ...)")
         else:
             out[name] = value
     return out
@@ -223,6 +230,8 @@ def parse_endpoint(uri: str) -> Endpoint:
             raise _bad(uri, "no bucket (s3://bucket/prefix)")
         if "@" in netloc or ":" in netloc:
             raise _bad(uri, "s3:// takes a bucket name; give the server with ?endpoint=URL")
+        if not re.fullmatch(HEADER_SAFE, netloc):
+            raise _bad(uri, "the bucket name holds a control character (CR, LF, NUL, ...)")
         # a user in endpoint=, also where a password's '/' or '&' split the URL
         _, sep, url = raw_query.partition("://")
         if sep and (re.search(r"://[^/?#]*@", raw_query) or _has_password(url, "/?&")):

@@ -29,18 +29,22 @@ class LocalSpec(_Model):
         return ep.LocalEndpoint(self.path)
 
 
+# What goes into request heads and URLs holds no control character (see ep.HEADER_SAFE).
+_Safe = Annotated[str, Field(pattern=ep.HEADER_SAFE)]
+
+
 class S3Spec(_Model):
     kind: Literal["s3"] = "s3"
-    bucket: str = Field(min_length=3, max_length=63)
+    bucket: _Safe = Field(min_length=3, max_length=63)
     prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: _Safe | None = None
+    region: _Safe | None = None
     path_style: bool = False
-    profile: str | None = None
+    profile: _Safe | None = None
     credentials_file: str | None = None
     sse: Literal["AES256", "aws:kms"] | None = None
-    sse_kms_key_id: str | None = None
-    storage_class: str | None = None
+    sse_kms_key_id: _Safe | None = None
+    storage_class: _Safe | None = None
 
     @field_validator("endpoint_url")
     @classmethod

@@ -17,6 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from ferry.mover.endpoints import HEADER_SAFE
+
 GROUP = "ferry.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -81,16 +83,19 @@ class S3SecretRef(Model):
 
 
 class S3Endpoint(Model):
-    bucket: str = Field(min_length=3, max_length=63)
+    # No control characters in what becomes a request header or URL (HEADER_SAFE).
+    bucket: str = Field(min_length=3, max_length=63, pattern=HEADER_SAFE)
     prefix: RelPath = ""
-    endpoint: str | None = Field(  # no user:password@: credentials come from secretRef
-        default=None, max_length=2048, pattern=r"^https?://[^@]*$"
+    endpoint: str | None = (
+        Field(  # no user:password@ (credentials come from secretRef), no controls
+            default=None, max_length=2048, pattern=r"^https?://[^@\x00-\x20\x7f]*$"
+        )
     )
-    region: str | None = Field(default=None, max_length=64)
+    region: str | None = Field(default=None, max_length=64, pattern=HEADER_SAFE)
     path_style: bool = False
-    storage_class: str | None = Field(default=None, max_length=64)
+    storage_class: str | None = Field(default=None, max_length=64, pattern=HEADER_SAFE)
     sse: Literal["AES256", "aws:kms"] | None = None
-    sse_kms_key_id: str | None = Field(default=None, max_length=2048)
+    sse_kms_key_id: str | None = Field(default=None, max_length=2048, pattern=HEADER_SAFE)
     secret_ref: S3SecretRef | None = None
 
 

@@ -227,7 +227,8 @@ def test_completion_whose_answer_was_lost(
     """The server completes a multipart upload but the answer never arrives. Asked again,
     these servers answer success; S3 may instead say the upload is gone (canned here, as no
     server at hand does). Either way the object made of exactly our parts is the success:
-    not a failed file, not a second upload."""
+    not a failed file, not a second upload. The wire does not send the POST again (the server
+    acted on it): botocore does, once, and a refusal is checked against the object."""
     r = remotes("s3")
     relay = TCPRelay(r.server.port).start()
     try:
@@ -246,11 +247,50 @@ def test_completion_whose_answer_was_lost(
         relay.stop()
     assert relay.lost == 1 and s.files_copied == 1
     assert "CreateMultipartUpload" not in w.calls
-    # The wire asks once more on a fresh connection; botocore only after a refusal.
-    assert w.calls.count("CompleteMultipartUpload") == (1 if forgets else 0)
+    assert w.calls.count("CompleteMultipartUpload") == 1
+    assert relay.seen == 2  # once on the wire, once by botocore
     back = tmp_path / "back"
     ok(transfer(r.uri(sub), str(back)))
     assert (back / "big.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("call", ["create", "complete"])
+def test_posts_are_not_sent_twice_by_the_wire(remotes, tmp_path: Path, call: str) -> None:
+    """A POST (creating or completing a multipart upload) written whole on a kept-alive
+    connection whose answer is lost (dropped after the server acted) is not sent again by
+    the wire, as a GET or PUT would be: it answers "unknown", for the caller's botocore
+    fallback and its checks (see test_completion_whose_answer_was_lost)."""
+    r = remotes("s3")
+    relay = TCPRelay(r.server.port).start()
+    try:
+        creds = r.server.write_credentials(tmp_path / "creds")
+        be = s3.S3Backend(
+            parse_endpoint(
+                f"s3://{BUCKET}/?endpoint=http://127.0.0.1:{relay.port}&credentials_file={creds}"
+            )
+        )
+        key = f"{r.fresh('post')}/big.bin"
+        try:
+            if call == "create":
+                assert be.bucket_exists()  # a HEAD: the connection is kept alive
+                relay.lose_answer_to(f"POST /{BUCKET}/{key}?uploads".encode())
+                assert be.wire.create_upload(key, {}) is None
+            else:
+                upload = be.wire.create_upload(key, {})
+                assert upload is not None
+                query = {"partNumber": "1", "uploadId": upload}
+                part = be.wire.request("PUT", key, {}, b"x" * 10, query)
+                assert part is not None and part.status == 200
+                relay.lose_answer_to(f"POST /{BUCKET}/{key}?uploadId=".encode())
+                assert not be.wire.complete_upload(
+                    key, upload, [(1, part.headers["etag"], None)], None
+                )
+            assert not be.wire.off
+        finally:
+            be.close()
+    finally:
+        relay.stop()
+    assert relay.lost == 1 and relay.seen == 1
 
 
 def test_https_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

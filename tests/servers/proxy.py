@@ -28,6 +28,7 @@ class TCPRelay:
         self.lost = 0  # answers lost so far
         self.sent = 0  # bytes relayed from clients to the server
         self.received = 0  # bytes relayed from the server to clients
+        self.seen = 0  # requests seen that start as `lose_answer_to`'s
 
     def lose_answer_to(self, request: bytes, then: bytes | None = None) -> None:
         """The next request starting with `request` reaches the server, but its answer
@@ -71,6 +72,7 @@ class TCPRelay:
         try:
             while data := a.recv(1 << 16):
                 if requests and self._lose is not None and data.startswith(self._lose):
+                    self.seen += 1
                     if self.lost and self._then is not None:
                         a.sendall(self._then)  # and the request goes nowhere
                         return

@@ -313,7 +313,8 @@ class S3Backend(Backend):
         """Pipelined GETs on the wire; an answer that is not the whole object as listed is
         None (read again on its own, which tells what changed)."""
         gets = [(self.key(rel), {"Range": f"bytes=0-{e.size - 1}"}) for rel, e in files if e.size]
-        answers = iter(self.wire.pipeline("GET", [(k, h, b"") for k, h in gets]))
+        biggest = max((e.size for _, e in files), default=0)
+        answers = iter(self.wire.pipeline("GET", [(k, h, b"") for k, h in gets], biggest))
         out: list[bytes | None] = []
         for _, e in files:
             if not e.size:  # its metadata needs a HEAD (open_read): on its own
@@ -776,7 +777,7 @@ class S3Reader(Reader):
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if self.etag:
             headers["If-Match"] = self.etag
-        r = self.be.wire.request("GET", self.key, headers)
+        r = self.be.wire.request("GET", self.key, headers, limit=length)
         if r is None or r.status not in (200, 206) or len(r.body) != length:
             return None  # botocore asks again, and owns whatever went wrong
         return r

@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
-from ferry.mover.backends.http_conn import Connection, Pieces
+from ferry.mover.backends.http_conn import IDEMPOTENT, MAX_BODY, Connection, NotSent, Pieces
 
 if TYPE_CHECKING:
     import ssl
@@ -39,6 +39,8 @@ _PROBE_KEY = "ferry-probe"
 CONNECT_TIMEOUT = 10.0  # as the botocore client's config
 # Requests in flight on one connection (pipelined GETs or PUTs of small objects).
 PIPELINE = 16
+# Room always left for an answer's body, whatever the caller expects: an error document.
+ERROR_BODY = 64 * 1024
 _SIGNING_ERRORS = (
     b"<Code>AuthorizationHeaderMalformed<",
     b"<Code>SignatureDoesNotMatch<",
@@ -289,12 +291,13 @@ class S3Wire:
         headers: dict[str, str] | None = None,
         body: bytes | Pieces = b"",
         query: dict[str, str] | None = None,
+        limit: int = MAX_BODY,
     ) -> Response | None:
         """One signed request for `key` ("": the bucket), its body given whole or in pieces
-        (sent one after the other, never joined); None after a connection error (nothing is
-        known)."""
+        (sent one after the other, never joined); None after a connection error or an
+        answer longer than `limit` (nothing is known)."""
         pieces = [body] if isinstance(body, bytes) else body
-        got = self._exchange(method, key, headers, pieces, query, stream=False)
+        got = self._exchange(method, key, headers, pieces, query, stream=False, limit=limit)
         return got[0] if got else None
 
     def stream(self, key: str, headers: dict[str, str]) -> tuple[Response, StreamBody] | None:
@@ -303,14 +306,20 @@ class S3Wire:
         return self._exchange("GET", key, headers, [], None, stream=True)
 
     def pipeline(
-        self, method: str, calls: list[tuple[str, dict[str, str], bytes]]
+        self, method: str, calls: list[tuple[str, dict[str, str], bytes]], limit: int = MAX_BODY
     ) -> list[Response | None]:
         """Requests of (key, headers, body), all GETs or all PUTs (both idempotent, so RFC
         9112 9.3.2 lets them be pipelined), PIPELINE deep on this thread's connection: one
         round trip and a few system calls for a batch of small objects instead of one each.
         A connection the server closes part-way (a keep-alive request limit, say) is opened
         again for the rest, while each new one answers something; answers that never came
-        are None, for the caller to ask one at a time."""
+        are None, for the caller to ask one at a time. An answer that ends its connection
+        (`Connection: close`) ends it for the requests behind it too: the server has not
+        acted on them (RFC 9112 9.6), so they go again on a fresh connection. Answers longer
+        than `limit` are None."""
+        if method not in ("GET", "PUT"):
+            raise ValueError(f"only GETs or PUTs are pipelined, not {method}")
+        limit = max(limit, ERROR_BODY)
         out: list[Response | None] = [None] * len(calls)
         if self.off or not calls:
             return out
@@ -333,10 +342,12 @@ class S3Wire:
                         c.send(b"".join(requests[sent:more]))
                         sent = more
                     head = c.response(method)
-                    body = c.read_body()
+                    body = c.read_body(limit)
                     out[got] = Response(head.status, head.headers, body)
                     self._check_signing(head.status, body)
                     got += 1
+                    if c.sock is None:  # that answer closed the connection
+                        break
             except OSError:  # ProtocolError included
                 c.close()
                 if fresh and got == start:
@@ -351,9 +362,15 @@ class S3Wire:
         body: Pieces,
         query: dict[str, str] | None,
         stream: bool,
+        limit: int = MAX_BODY,
     ) -> tuple[Response, StreamBody] | None:
+        """The exchange, repeated once on a fresh connection where a kept-alive one turned
+        out closed, but only if the request is idempotent or was not written whole: a POST
+        (creating or completing a multipart upload) the server may have acted on is not
+        sent again here; the caller's botocore fallback decides, with its checks."""
         if self.off:
             return None
+        limit = max(limit, ERROR_BODY)
         path = self._path(key)
         qs = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
@@ -366,10 +383,10 @@ class S3Wire:
             reused = c.sock is not None
             try:
                 head = c.request(method, target, hdrs, body)
-                data = b"" if stream and head.status in (200, 206) else c.read_body()
-            except OSError:  # ProtocolError included
+                data = b"" if stream and head.status in (200, 206) else c.read_body(limit)
+            except OSError as exc:  # ProtocolError included
                 c.close()
-                if reused:
+                if reused and (method in IDEMPOTENT or isinstance(exc, NotSent)):
                     continue  # the server had closed an idle keep-alive connection: once more
                 return None
             self._check_signing(head.status, data)
