@@ -62,6 +62,7 @@ from ferry.mover.backends.smb_handles import (
 from ferry.mover.endpoints import SMBEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
+from ferry.mover.roots import RootId, endpoint_root
 
 T = TypeVar("T")
 
@@ -94,6 +95,9 @@ class SMBBackend(Backend):
 
     def describe(self) -> str:
         return self.ep.describe()
+
+    def root_id(self) -> RootId:
+        return endpoint_root(self.ep)
 
     def err(
         self,
