@@ -173,3 +173,19 @@ def test_invalid_spec_is_terminal_until_edited():
     assert "spec.bandwidth" in out.status["message"] and kube.created == []
     body = transferjob(PVC_TO_PVC, status=out.status, generation=2)
     assert r.reconcile(body, NOW).status["phase"] == "Pending" and len(kube.created) == 5
+
+
+def test_overlapping_s3_prefixes_refused_before_any_object():
+    """A sync from x/inner into x of the same bucket would delete its own source: the
+    operator refuses it with InvalidSpec and creates nothing."""
+    r, kube, _, _ = reconciler()
+    s3 = {"bucket": "bkt", "endpoint": "http://10.0.0.5:9000"}
+    spec = {
+        "source": {"s3": {**s3, "prefix": "x/inner"}},
+        "destination": {"s3": {**s3, "prefix": "x"}},
+        "mode": "Sync",
+    }
+    out = r.reconcile(transferjob(spec), NOW)
+    assert out.status["phase"] == "Failed" and out.status["reason"] == "InvalidSpec"
+    assert "spec.destination.s3.prefix" in out.status["message"] and kube.created == []
+    assert out.warning is not None and out.warning[0] == "InvalidSpec"
