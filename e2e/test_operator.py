@@ -435,6 +435,23 @@ def test_operator_refuses_owner_preservation_without_admin_annotation(env: Env) 
     assert env.jobs("owners") == []
 
 
+def test_operator_refuses_overlapping_s3_prefixes(env: Env) -> None:
+    """A sync from x/inner into x of one bucket would delete its own source: refused with
+    InvalidSpec before any pod exists (no S3 server is needed to see it)."""
+    s3 = {"bucket": "bucket", "endpoint": "http://s3.invalid:9000"}
+    spec = {
+        "source": {"s3": {**s3, "prefix": "x/inner"}},
+        "destination": {"s3": {**s3, "prefix": "x"}},
+        "mode": "Sync",
+    }
+    env.create("transferjobs", "overlap", spec)
+    st = env.wait_phase("overlap", "Failed", timeout=60)["status"]
+    assert st["reason"] == "InvalidSpec"
+    accepted = next(c for c in st["conditions"] if c["type"] == "Accepted")
+    assert accepted["status"] == "False" and "spec.destination.s3.prefix" in accepted["message"]
+    assert env.jobs("overlap") == []
+
+
 # ---------------------------------------------------------------- transfers
 
 

@@ -16,6 +16,7 @@ from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
 from ferry.mover.options import PRESERVE_FLAGS, Compare, Mode, Options, SymlinkPolicy
+from ferry.mover.roots import Overlap, overlap
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
 
@@ -320,9 +321,12 @@ class Planner:
 
 
 def check_roots(src: Backend, dst: Backend, options: Options, operation: str) -> bool:
-    """Refuse what cannot end well before touching anything. Returns whether dst exists."""
-    from ferry.mover.backends.local import LocalBackend
+    """Refuse what cannot end well before touching anything. Returns whether dst exists.
 
+    Overlapping roots are refused on every backend (ferry.mover.roots): a destination inside
+    the source would copy into what is being read; a sync whose source is inside its
+    destination would delete the source. A copy out of a subdirectory into its parent is
+    allowed."""
     st = src.root_type()
     if st is None:
         raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", src.describe())
@@ -332,22 +336,14 @@ def check_roots(src: Backend, dst: Backend, options: Options, operation: str) ->
             "source must be a directory (copy its parent with a filter)",
             src.describe(),
         )
-    if isinstance(src, LocalBackend) and isinstance(dst, LocalBackend):
-        import os
-
-        a, b = os.path.realpath(src.root), os.path.realpath(dst.root)
-        if a == b:
-            raise FerryError(
-                ErrorKind.OVERLAP, "source and destination are the same directory", dst.root
-            )
-        if b.startswith(a.rstrip("/") + "/"):
-            raise FerryError(ErrorKind.OVERLAP, "destination is inside the source", dst.root)
-        if a.startswith(b.rstrip("/") + "/") and options.mode == Mode.SYNC:
-            raise FerryError(
-                ErrorKind.OVERLAP,
-                "source is inside the destination; sync would delete around it",
-                src.root,
-            )
+    a, b = src.root_id(), dst.root_id()
+    how = overlap(a, b) if a is not None and b is not None else None
+    if how is Overlap.SAME or how is Overlap.DST_IN_SRC:
+        raise FerryError(ErrorKind.OVERLAP, how.value, dst.describe())
+    if how is Overlap.SRC_IN_DST and options.mode == Mode.SYNC:
+        raise FerryError(
+            ErrorKind.OVERLAP, f"{how.value}; sync would delete around it", src.describe()
+        )
     dt = dst.root_type()
     if dt is not None and dt != EntryType.DIR:
         raise FerryError(

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ferry.mover import roots
 from ferry.mover import spec as mover_spec
 from ferry.mover.errors import ErrorKind
 from ferry.operator import api
@@ -476,6 +477,42 @@ class Workload:
         return [self.config_map, self.service_account, self.role, self.role_binding, self.job]
 
 
+_PATH_FIELD = {"pvc": "path", "s3": "prefix", "sftp": "path", "smb": "path"}
+_OVERLAP = {
+    roots.Overlap.SAME: "is the same location as the source",
+    roots.Overlap.DST_IN_SRC: "is inside the source",
+    roots.Overlap.SRC_IN_DST: "contains the source",
+}
+_SHARED = {"pvc": "claim", "s3": "server and bucket", "sftp": "server", "smb": "server and share"}
+
+
+def root_id(ep: api.Endpoint) -> roots.RootId:
+    """What an endpoint names, in the engine's terms (ferry.mover.roots); a claim is its
+    own namespace."""
+    if ep.pvc is not None:
+        return roots.RootId(("pvc", ep.pvc.claim_name), roots.path_parts(ep.pvc.path))
+    if ep.s3 is not None:
+        return roots.s3_root(ep.s3.endpoint, ep.s3.region, ep.s3.bucket, ep.s3.prefix)
+    if ep.sftp is not None:
+        return roots.sftp_root(ep.sftp.host, ep.sftp.port, ep.sftp.user, ep.sftp.path)
+    assert ep.smb is not None
+    return roots.smb_root(ep.smb.host, ep.smb.port, ep.smb.share, ep.smb.path)
+
+
+def check_overlap(spec: api.TransferJobSpec) -> None:
+    """Refuse endpoints that visibly overlap, whatever the mode, before any pod starts.
+
+    What only the mover can see (symlinks, an SFTP `~` path against an absolute one,
+    two names of one host) it refuses itself, with exit code 4, which fails the Job."""
+    how = roots.overlap(root_id(spec.source), root_id(spec.destination))
+    if how is not None:
+        kind = spec.destination.kind
+        raise InvalidSpec(
+            f"spec.destination.{kind}.{_PATH_FIELD[kind]}",
+            f"{_OVERLAP[how]} (the same {_SHARED[kind]})",
+        )
+
+
 def build(
     body: dict[str, Any], spec: api.TransferJobSpec, ctx: Context, settings: MoverSettings
 ) -> Workload:
@@ -488,14 +525,7 @@ def build(
             f"{NAMESPACE_PRIVILEGED_ANNOTATION}=true annotation an admin sets",
             reason="PrivilegeNotGranted",
         )
-    if spec.source.pvc and spec.destination.pvc:
-        s, d = spec.source.pvc, spec.destination.pvc
-        if s.claim_name == d.claim_name:
-            sp, dp = s.path.strip("/"), d.path.strip("/")
-            if sp == dp or dp.startswith(sp + "/") or sp.startswith(dp + "/") or not sp or not dp:
-                raise InvalidSpec(
-                    "spec.destination.pvc.path", "overlaps the source in the same claim"
-                )
+    check_overlap(spec)
     specs, mounts = transfer_specs(spec, ctx)
     return Workload(
         config_map=config_map(body, specs),

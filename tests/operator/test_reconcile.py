@@ -198,3 +198,19 @@ def test_pool_with_buffer_size_is_refused_by_name():
     kube.pools["bulk"] = {"spec": {"tuning": {"streams": 4}}}
     r.reconcile(body, NOW)
     assert ("Job", "ferry-copy-a") in kube.objects
+
+
+def test_overlapping_s3_prefixes_refused_before_any_object():
+    """A sync from x/inner into x of the same bucket would delete its own source: the
+    operator refuses it with InvalidSpec and creates nothing."""
+    r, kube, _, _ = reconciler()
+    s3 = {"bucket": "bkt", "endpoint": "http://10.0.0.5:9000"}
+    spec = {
+        "source": {"s3": {**s3, "prefix": "x/inner"}},
+        "destination": {"s3": {**s3, "prefix": "x"}},
+        "mode": "Sync",
+    }
+    out = r.reconcile(transferjob(spec), NOW)
+    assert out.status["phase"] == "Failed" and out.status["reason"] == "InvalidSpec"
+    assert "spec.destination.s3.prefix" in out.status["message"] and kube.created == []
+    assert out.warning is not None and out.warning[0] == "InvalidSpec"

@@ -259,6 +259,65 @@ def test_overlapping_paths_in_one_claim_rejected():
     assert build(ok).job["kind"] == "Job"
 
 
+S3 = {"bucket": "bkt", "endpoint": "http://10.0.0.5:9000", "secretRef": {"name": "s3"}}
+SFTP = {"host": "files.example", "user": "u", "path": "/srv/data"}
+SMB = {"host": "nas", "share": "Backup", "path": "Team"}
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "field", "text"),
+    [
+        # sync inner -> outer would delete the source; copy outer -> inner nests on each run
+        (
+            {"s3": {**S3, "prefix": "x/inner"}},
+            {"s3": {**S3, "prefix": "x/", "endpoint": "http://10.0.0.5:9000/"}},
+            "spec.destination.s3.prefix",
+            "contains the source (the same server and bucket)",
+        ),
+        ({"s3": {**S3, "prefix": "x"}}, {"s3": {**S3, "prefix": "x/in"}}, "s3.prefix", "inside"),
+        ({"s3": S3}, {"s3": {**S3, "pathStyle": True}}, "s3.prefix", "same location"),
+        (
+            {"sftp": SFTP},
+            {"sftp": {**SFTP, "host": "FILES.example", "path": "/srv/data/../data/in"}},
+            "spec.destination.sftp.path",
+            "inside the source (the same server)",
+        ),
+        (
+            {"smb": SMB},
+            {"smb": {**SMB, "share": "backup", "path": "team/sub"}},
+            "spec.destination.smb.path",
+            "inside the source (the same server and share)",
+        ),
+        (
+            {"pvc": {"claimName": "d", "path": "a/b"}},
+            {"pvc": {"claimName": "d"}},
+            "pvc.path",
+            "contains",
+        ),
+    ],
+)
+def test_overlapping_remote_endpoints_rejected(source, destination, field, text):
+    with pytest.raises(workload.InvalidSpec) as exc:
+        build({"source": source, "destination": destination, "mode": "Sync"})
+    assert exc.value.field.endswith(field) and text in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "destination"),
+    [
+        ({"s3": {**S3, "prefix": "x"}}, {"s3": {**S3, "prefix": "xy"}}),  # siblings
+        ({"s3": S3}, {"s3": {**S3, "endpoint": "http://10.0.0.5:9001"}}),  # another server
+        ({"s3": S3}, {"s3": {**S3, "bucket": "other"}}),
+        ({"sftp": SFTP}, {"sftp": {**SFTP, "port": 2222}}),
+        ({"sftp": SFTP}, {"sftp": {**SFTP, "path": "srv/data"}}),  # home-relative: unknown
+        ({"smb": SMB}, {"smb": {**SMB, "share": "Other"}}),
+        ({"pvc": {"claimName": "d"}}, {"s3": S3}),
+    ],
+)
+def test_separate_endpoints_accepted(source, destination):
+    assert build({"source": source, "destination": destination}).job["kind"] == "Job"
+
+
 def test_names_fit_dns_labels():
     long = "x" * 200
     name = workload.child_name(long)

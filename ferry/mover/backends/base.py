@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
+from ferry.mover.roots import RootId
 
 # Names the engine keeps beside destination files (partials, journals, temps).
 # Destination listings hide them; they are never compared, copied or deleted by Sync.
@@ -223,6 +224,11 @@ class Backend(ABC):
     @abstractmethod
     def root_type(self) -> EntryType | None:
         """What the endpoint root is, or None if it does not exist."""
+
+    def root_id(self) -> RootId | None:
+        """Which namespace and path the root is (ferry.mover.roots), for the overlap check;
+        None when the backend cannot tell."""
+        return None
 
     @abstractmethod
     def list_dir(self, rel: str) -> list[Entry]:

@@ -35,6 +35,7 @@ from ferry.mover.backends.base import (
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.journal import Journal, validate_chunks
 from ferry.mover.options import Preserve
+from ferry.mover.roots import RootId, path_parts
 
 log = logging.getLogger("ferry")
 
@@ -447,6 +448,10 @@ class LocalBackend(Backend):
 
     def describe(self) -> str:
         return self.root
+
+    def root_id(self) -> RootId:
+        """Symlinks resolved, so two names of one directory are one root."""
+        return RootId(("local",), path_parts(os.path.realpath(self.root)))
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root

@@ -83,6 +83,7 @@ from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import is_digest
 from ferry.mover.options import GiB, MiB, Preserve
 from ferry.mover.redact import remember
+from ferry.mover.roots import RootId, s3_root
 
 if TYPE_CHECKING:
     from ferry.mover.backends.s3_client import Client
@@ -264,6 +265,16 @@ class S3Backend(Backend):
     # -- naming ---------------------------------------------------------------------------
     def describe(self) -> str:
         return self.ep.describe()
+
+    def root_id(self) -> RootId:
+        """Without ?endpoint=, botocore takes one from the environment when it is set there."""
+        ep = self.ep
+        url = (
+            ep.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        return s3_root(url, ep.region, ep.bucket, ep.prefix)
 
     def key(self, rel: str) -> str:
         if not rel:

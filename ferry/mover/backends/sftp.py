@@ -63,6 +63,7 @@ from ferry.mover.endpoints import SFTPEndpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB, Preserve
 from ferry.mover.redact import remember
+from ferry.mover.roots import RootId, sftp_root
 
 T = TypeVar("T")
 log = logging.getLogger("ferry")
@@ -84,6 +85,7 @@ FULL_BELOW = 1 * MiB
 READ_STREAMS = 1
 WRITE_STREAMS = 2  # two, so one connection's round trips (last acks, OPEN) overlap the other's data
 BULK = 1 * MiB  # writes at least this large count as a stream
+MAX_REALPATH = 64 * 1024  # longest root path accepted from the server's realpath
 PATIENCE = 0.5  # seconds SFTPBackend.acquire waits for a busy session before connecting
 
 
@@ -469,6 +471,30 @@ class SFTPBackend(Backend):
     def root_type(self) -> EntryType | None:
         e = self.stat("")
         return e.type if e else None
+
+    def root_id(self) -> RootId:
+        """The root as the server resolves it (realpath: `~/` paths, `..`, symlinks), so a
+        relative and an absolute name of one directory are one root. A root that does not
+        exist yet is its deepest existing ancestor's real path plus the rest."""
+
+        def resolve(sftp: paramiko.SFTPClient) -> object:
+            path, rest = self.root, ""
+            while True:
+                try:
+                    return f"{sftp.normalize(path)}/{rest}"
+                except FileNotFoundError:
+                    head, _, tail = path.rpartition("/")
+                    if not tail or tail in (".", ".."):
+                        return None
+                    rest = f"{tail}/{rest}"
+                    path = head or ("/" if path.startswith("/") else ".")
+
+        real = self.run(resolve, None)
+        if not (isinstance(real, str) and real.startswith("/") and len(real) <= MAX_REALPATH):
+            # No usable answer (nothing resolvable, not an absolute path, too long): compare
+            # the root as written.
+            real = self.root
+        return sftp_root(self.ep.host, self.ep.port, self.ep.user, real)
 
     def prepare_destination(self) -> None:
         def mk(sftp: paramiko.SFTPClient) -> None:

@@ -64,6 +64,7 @@ from ferry.mover.endpoints import SMBEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
 from ferry.mover.redact import remember
+from ferry.mover.roots import RootId, endpoint_root
 
 T = TypeVar("T")
 # Characters no SMB name can hold; a backslash would act as a separator (see _checked).
@@ -98,6 +99,9 @@ class SMBBackend(Backend):
 
     def describe(self) -> str:
         return self.ep.describe()
+
+    def root_id(self) -> RootId:
+        return endpoint_root(self.ep)
 
     def err(
         self,
