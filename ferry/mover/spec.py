@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from ferry.mover import endpoints as ep
@@ -101,18 +101,19 @@ class OptionsSpec(_Model):
     min_free: str | None = None  # a size or a percentage; None: options.DEFAULT_MIN_FREE
     max_delete: int | None = Field(default=None, ge=0)
 
-    @model_validator(mode="after")
-    def _safety_fits_mode(self) -> OptionsSpec:
-        if self.max_delete is not None and self.mode != "Sync":
+    @field_validator("max_delete")
+    @classmethod
+    def _max_delete_for_sync(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("mode") != "Sync":
             raise ValueError("maxDelete applies only to mode Sync")
-        if self.min_free is not None and not self.preflight:
-            raise ValueError("minFree has no effect with preflight: false")
-        return self
+        return value
 
     @field_validator("min_free")
     @classmethod
-    def _min_free_parses(cls, value: str | None) -> str | None:
+    def _min_free_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
+            if info.data.get("preflight") is False:
+                raise ValueError("minFree has no effect with preflight: false")
             try:
                 op.MinFree.parse(value, "minFree")
             except FerryError as exc:

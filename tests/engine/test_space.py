@@ -288,3 +288,41 @@ def test_max_delete_zero_still_syncs_what_deletes_nothing(tmp_path: Path) -> Non
     (dst / "extra").write_bytes(b"x")
     run_ferry("sync", src, dst, "--json", "--max-delete", "0", check_rc=14)
     assert (dst / "extra").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"maxDelete": 2}, "maxDelete"),
+        ({"mode": "Sync", "maxDelete": -2}, "maxDelete"),
+        ({"minFree": "101%"}, "minFree"),
+        ({"preflight": False, "minFree": "1G"}, "minFree"),
+    ],
+)
+def test_mover_spec_names_the_field(options: dict[str, object], field: str) -> None:
+    from pydantic import ValidationError
+
+    from ferry.mover.spec import TransferSpec
+
+    doc = {
+        "source": {"kind": "local", "path": "/a"},
+        "destination": {"kind": "local", "path": "/b"},
+        "options": options,
+    }
+    with pytest.raises(ValidationError) as exc:
+        TransferSpec.model_validate(doc)
+    assert exc.value.errors()[0]["loc"] == ("options", field)
+
+
+def test_mover_spec_reaches_the_engine() -> None:
+    from ferry.mover.spec import TransferSpec
+
+    doc = {
+        "source": {"kind": "local", "path": "/a"},
+        "destination": {"kind": "local", "path": "/b"},
+        "options": {"mode": "Sync", "maxDelete": 7, "minFree": "2G"},
+    }
+    _, _, o = TransferSpec.model_validate(doc).to_engine()
+    assert (o.max_delete, o.min_free, o.preflight) == (7, MinFree(size=2 * GiB), True)
+    doc["options"] = {"preflight": False}
+    assert not TransferSpec.model_validate(doc).to_engine()[2].preflight

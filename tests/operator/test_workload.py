@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ferry.mover.options import Fsync
+from ferry.mover.options import DEFAULT_MIN_FREE, Fsync, MinFree
 from ferry.mover.spec import TransferSpec
 from ferry.operator import api, workload
 from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, transferjob
@@ -153,6 +153,34 @@ def test_fsync_reaches_the_mover_options():
     assert options.fsync == Fsync.NONE
 
 
+def test_space_check_and_delete_limit_reach_the_mover_options():
+    """preflight, minFree and maxDelete arrive in every shard's mover spec and in the
+    engine's options; the shards' delete limits add up to the TransferJob's."""
+    spec = {
+        **PVC_TO_PVC,
+        "mode": "Sync",
+        "minFree": "5%",
+        "maxDelete": 10,
+        "parallelism": {"shards": 3},
+    }
+    w = build(spec)
+    specs = [json.loads(w.config_map["data"][f"spec-{i}.json"]) for i in range(3)]
+    assert [s["options"]["maxDelete"] for s in specs] == [4, 3, 3]
+    for s in specs:
+        assert s["options"]["minFree"] == "5%" and s["options"]["preflight"] is True
+        _, _, options = TransferSpec.model_validate(s).to_engine()
+        assert options.min_free == MinFree(percent=5.0) and options.preflight
+        assert options.max_delete == s["options"]["maxDelete"]
+    s = json.loads(build({**PVC_TO_PVC, "preflight": False}).config_map["data"]["spec-0.json"])
+    assert s["options"]["preflight"] is False and "maxDelete" not in s["options"]
+    _, _, options = TransferSpec.model_validate(s).to_engine()
+    assert not options.preflight and options.max_delete is None
+    _, _, options = TransferSpec.model_validate(
+        json.loads(build(PVC_TO_PVC).config_map["data"]["spec-0.json"])
+    ).to_engine()
+    assert options.preflight and options.min_free == DEFAULT_MIN_FREE
+
+
 def test_rwo_claim_in_use_pins_the_node():
     pvcs = [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
     other = {
@@ -221,6 +249,11 @@ def test_suspend_deadline_and_traceparent_carried():
         ({**PVC_TO_PVC, "bandwidth": "fast"}, "bandwidth"),
         ({**PVC_TO_PVC, "parallelism": {"shards": 0}}, "parallelism.shards"),
         ({**PVC_TO_PVC, "mode": "Move"}, "mode"),
+        ({**PVC_TO_PVC, "maxDelete": 3}, "maxDelete"),  # a copy deletes nothing
+        ({**PVC_TO_PVC, "mode": "Sync", "maxDelete": -1}, "maxDelete"),
+        ({**PVC_TO_PVC, "minFree": "100%"}, "minFree"),
+        ({**PVC_TO_PVC, "minFree": "lots"}, "minFree"),
+        ({**PVC_TO_PVC, "preflight": False, "minFree": "1G"}, "minFree"),
         (
             {
                 "source": {"pvc": {"claimName": "a", "path": "../etc"}},
