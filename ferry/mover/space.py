@@ -17,10 +17,10 @@ from __future__ import annotations
 import heapq
 import logging
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, Space
+from ferry.mover.backends.base import Backend, Entry, EntryType, Space, check_name, join
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.execute import SMALL, chunk_size_for, resume_key_for
-from ferry.mover.options import Options, format_size
+from ferry.mover.options import Options, SymlinkPolicy, format_size
 from ferry.mover.plan import Action, Op
 
 log = logging.getLogger("ferry")
@@ -77,6 +77,34 @@ class SpaceNeed:
                 heapq.heappush(self._overlaps, overlap)
                 if len(self._overlaps) > self._parallel:
                     heapq.heappop(self._overlaps)
+
+
+def fits_whole_source(src: Backend, space: Space, options: Options) -> bool:
+    """Whether the destination has room even for all of the source, whatever the destination
+    holds: every file in full, every directory and link a unit. Then no plan can need more,
+    and the exact count (a walk of both trees, held up before the first byte) is not needed.
+    A scan of the source alone is a third of such a walk; it stops once past the room."""
+    if options.symlinks == SymlinkPolicy.FOLLOW:
+        return False  # a followed link may bring in a whole tree again
+    room = space.available - options.min_free.reserve(space.total)
+    block = max(1, space.block)
+    total = 0
+    stack = [""]
+    try:
+        while stack:
+            rel = stack.pop()
+            for e in src.list_dir(rel):
+                check_name(e.name, rel or "/")
+                if e.type == EntryType.DIR:
+                    stack.append(join(rel, e.name))
+                total += -(-e.size // block) * block if e.type == EntryType.FILE else block
+                if total > room:
+                    return False
+    except Exception:
+        log.debug("source scan for the space check failed", exc_info=True)
+        return False  # the walk that follows reports what is wrong
+    log.info("all of the source (%s) fits at the destination", format_size(total))
+    return True
 
 
 def check_space(need: SpaceNeed, space: Space, options: Options, where: str) -> None:

@@ -20,7 +20,7 @@ from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister, list_tree
 from ferry.mover.shard import BIG, path_shard
-from ferry.mover.space import SpaceNeed, check_space
+from ferry.mover.space import SpaceNeed, check_space, fits_whole_source
 
 log = logging.getLogger("ferry")
 
@@ -153,7 +153,13 @@ def _run(
                 check_space(need, space, options, dst.describe())
             return
         actions: Iterable[Action] = planner.walk(listers[0])
-        if need is not None and space is not None:
+        if (
+            need is not None
+            and space is not None
+            # A local source is scanned twice when it does not fit; a remote one would pay
+            # the listing's round trips twice, so it goes straight to the exact count.
+            and not (src.fileno_capable and fits_whole_source(src, space, options))
+        ):
             progress.phase = "preflight"
             with sink.phase("preflight") as attrs:
                 held = _count_need(actions, need, cancel)
@@ -219,9 +225,9 @@ def _run(
 
 
 # Actions the space check's walk keeps for the transfer, which then need not list both trees
-# again: ~0.3 KiB each (the action, its entries, its path), so at most ~30 MiB. A larger
-# plan is walked a second time.
-PREFLIGHT_HOLD = 100_000
+# again: ~0.55 KiB each (the action, its entries, its path; measured), so at most ~27 MiB.
+# A larger plan is walked a second time.
+PREFLIGHT_HOLD = 50_000
 
 
 def _count_need(

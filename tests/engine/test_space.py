@@ -27,6 +27,7 @@ from ferry.mover.options import (
     Verify,
     parse_size,
 )
+from ferry.mover.space import fits_whole_source
 from ferry.mover.transfer import run_transfer
 from tests.conftest import run_ferry
 from tests.engine.treeutil import assert_same_tree
@@ -166,13 +167,31 @@ def test_a_plan_too_big_to_hold_is_walked_again(tmp_path: Path, monkeypatch) -> 
     for j in range(5):
         (src / "d0" / f"new{j}").write_bytes(b"n" * j)
     monkeypatch.setattr(transfer_mod, "PREFLIGHT_HOLD", 3)
+    monkeypatch.setattr(transfer_mod, "fits_whole_source", lambda *_: False)  # count exactly
     s = run_transfer(LocalEndpoint(str(src)), LocalEndpoint(str(dst)), opts)
     assert s.exit_code == 0, s.to_json()
     assert (s.files_copied, s.files_skipped) == (5, 40)
     assert_same_tree(src, dst)
-    monkeypatch.undo()
+    monkeypatch.setattr(transfer_mod, "PREFLIGHT_HOLD", 1000)
+    (src / "d1" / "new").write_bytes(b"m")
     s = run_transfer(LocalEndpoint(str(src)), LocalEndpoint(str(dst)), opts)  # all held
-    assert (s.exit_code, s.files_copied, s.files_skipped) == (0, 0, 45)
+    assert (s.exit_code, s.files_copied, s.files_skipped) == (0, 1, 45)
+    assert_same_tree(src, dst)
+
+
+def test_a_source_that_fits_whole_is_not_counted_file_by_file(tmp_path: Path) -> None:
+    src = _files(tmp_path / "src", {"d/a": 4000, "b": 1})
+    room = Space(available=10 * MiB, total=20 * MiB, block=4096)
+    assert fits_whole_source(LocalBackend(str(src)), room, Options(min_free=MinFree(size=0)))
+    # 2 files and a directory, 3 units: a byte short of them is too little.
+    tight = Space(available=3 * 4096 - 1, total=20 * MiB, block=4096)
+    assert not fits_whole_source(LocalBackend(str(src)), tight, Options(min_free=MinFree()))
+    assert fits_whole_source(
+        LocalBackend(str(src)), tight._replace(available=3 * 4096), Options(min_free=MinFree())
+    )
+    assert not fits_whole_source(
+        LocalBackend(str(src)), room, Options(min_free=MinFree(size=15 * MiB))
+    )
 
 
 # ---- --min-free and friends: parsing --------------------------------------------------------
