@@ -22,6 +22,7 @@ from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.execute import SMALL, chunk_size_for, resume_key_for
 from ferry.mover.options import Options, SymlinkPolicy, format_size
 from ferry.mover.plan import Action, Op
+from ferry.mover.shard import Sharder
 
 log = logging.getLogger("ferry")
 
@@ -107,7 +108,19 @@ def fits_whole_source(src: Backend, space: Space, options: Options) -> bool:
     return True
 
 
-def check_space(need: SpaceNeed, space: Space, options: Options, where: str) -> None:
+def room_share(sharder: Sharder | None) -> float:
+    """The part of the room one shard may take: shards write to one destination at once,
+    each planning only its own files, so each gets a share in proportion to the source
+    bytes it carries (which every shard knows alike)."""
+    if sharder is None:
+        return 1.0
+    total = sum(sharder.loads)
+    return sharder.loads[sharder.index] / total if total else 1 / sharder.count
+
+
+def check_space(
+    need: SpaceNeed, space: Space, options: Options, where: str, share: float = 1.0
+) -> None:
     """Refuse (DestinationFull) a plan that would leave less than the reserve free."""
     reserve = options.min_free.reserve(space.total)
     n, free = need.total, space.available
@@ -119,14 +132,15 @@ def check_space(need: SpaceNeed, space: Space, options: Options, where: str) -> 
         format_size(reserve),
         options.min_free,
     )
-    if n <= free - reserve:
+    if n <= int((free - reserve) * share):
         return
+    part = f" (this shard's part of the room is {share:.0%})" if share < 1 else ""
     raise FerryError(
         ErrorKind.DESTINATION_FULL,
         f"not enough free space: the transfer needs about {format_size(n)} ({n} bytes), "
         f"{format_size(free)} ({free} bytes) is free and {format_size(reserve)} ({reserve} "
-        f"bytes) must stay free (--min-free / minFree {options.min_free}); nothing was "
-        "written. Make room, lower --min-free, or skip this check with --no-preflight "
+        f"bytes) must stay free (--min-free / minFree {options.min_free}){part}; nothing "
+        "was written. Make room, lower --min-free, or skip this check with --no-preflight "
         "(preflight: false)",
         where,
     )

@@ -20,7 +20,7 @@ from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister, list_tree
 from ferry.mover.shard import BIG, path_shard
-from ferry.mover.space import SpaceNeed, check_space, fits_whole_source
+from ferry.mover.space import SpaceNeed, check_space, fits_whole_source, room_share
 
 log = logging.getLogger("ferry")
 
@@ -150,7 +150,7 @@ def _run(
                 _dry_run(planner, listers[0], src, dst, summary, progress, on_action, need)
                 attrs.update(files=progress.files_total, bytes=progress.bytes_total)
             if need is not None and space is not None and not cancel.is_set():
-                check_space(need, space, options, dst.describe())
+                check_space(need, space, options, dst.describe(), room_share(planner.sharder))
             return
         actions: Iterable[Action] = planner.walk(listers[0])
         if (
@@ -166,7 +166,7 @@ def _run(
                 attrs.update(bytes=need.total)
             if cancel.is_set():
                 return
-            check_space(need, space, options, dst.describe())
+            check_space(need, space, options, dst.describe(), room_share(planner.sharder))
             if held is not None:
                 actions = held
             else:  # too many to hold: walk again, afresh, for the transfer

@@ -27,6 +27,7 @@ from ferry.mover.options import (
     Verify,
     parse_size,
 )
+from ferry.mover.shard import path_shard
 from ferry.mover.space import fits_whole_source
 from ferry.mover.transfer import run_transfer
 from tests.conftest import run_ferry
@@ -345,3 +346,21 @@ def test_mover_spec_reaches_the_engine() -> None:
     assert (o.max_delete, o.min_free, o.preflight) == (7, MinFree(size=2 * GiB), True)
     doc["options"] = {"preflight": False}
     assert not TransferSpec.model_validate(doc).to_engine()[2].preflight
+
+
+def test_each_shard_checks_its_part_against_its_share_of_the_room(tmp_path: Path, tmpfs) -> None:
+    """4 x 3 MiB on 8 MiB, in two shards: f0 in one (3 MiB), the rest in the other (9 MiB).
+    Either alone would fit; together they cannot, so each checks against its share of the
+    room (in proportion to the source bytes it carries: 2 and 6 MiB) and is refused."""
+    src = _files(tmp_path / "src", {f"f{i}": 3 * MiB for i in range(4)})
+    assert [path_shard(f"f{i}", 2) for i in range(4)] == [0, 1, 1, 1]
+    fs = tmpfs(8 * MiB)
+    for index, part in ((0, 25), (1, 75)):
+        opts = Options(min_free=MinFree(size=0), shard_index=index, shard_count=2)
+        s = run_transfer(LocalEndpoint(str(src)), LocalEndpoint(str(fs / "dst")), opts)
+        assert s.fatal is not None and s.fatal.kind == ErrorKind.DESTINATION_FULL, s.to_json()
+        assert f"part of the room is {part}%" in str(s.fatal)
+    assert list(fs.iterdir()) == []
+    opts = Options(min_free=MinFree(size=0), shard_index=0, shard_count=2)
+    s = run_transfer(LocalEndpoint(str(src)), LocalEndpoint(str(tmp_path / "big")), opts)
+    assert s.exit_code == 0 and s.files_copied == 1
