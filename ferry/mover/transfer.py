@@ -261,9 +261,9 @@ def _deletes_allowed(executor: Executor, options: Options, summary: Summary, dst
         return True
     summary.fatal = summary.fatal or FerryError(
         ErrorKind.DELETE_LIMIT,
-        f"sync would delete more than {limit} entries (--max-delete / maxDelete {limit}; "
-        f"counted {n} before stopping): nothing was deleted, the copies are done. Check "
-        "that the source is what you meant, or raise the limit",
+        f"sync would delete at least {n} entries, more than --max-delete / maxDelete "
+        f"{limit} allows: nothing was deleted; the copies are done. Check that the source "
+        "is what you meant, or raise the limit",
         dst.describe(),
     )
     return False
