@@ -187,6 +187,31 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         )
 
 
+def _safety_args(p: argparse.ArgumentParser, *, deletes: bool) -> None:
+    p.add_argument(
+        "--min-free",
+        default=None,
+        metavar="SIZE|PCT",
+        help="free space to leave at the destination: a size (2G) or a percentage of its "
+        "size (5%%); a plan that would leave less is refused before anything is written "
+        "(default 1%%; 0 for none)",
+    )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="do not compare the plan with the destination's free space before writing",
+    )
+    if deletes:
+        p.add_argument(
+            "--max-delete",
+            type=int,
+            default=None,
+            metavar="N",
+            help="sync: if more than N entries (files, directories, links) would be deleted, "
+            f"delete none and exit {ErrorKind.DELETE_LIMIT.exit_code}",
+        )
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with `command` only that command's options: adding the four
     transfer commands' ~100 arguments (each one a help formatter and gettext lookups) is
@@ -217,6 +242,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command not in (None, name):
             continue
         _transfer_args(p, name)
+        if name != "verify":
+            _safety_args(p, deletes=name in ("sync", "plan"))
         if name == "plan":
             p.add_argument(
                 "--sync", action="store_true", help="plan a sync (with deletes) instead of a copy"
@@ -244,6 +271,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         Compare,
         ErrorPolicy,
         Fsync,
+        MinFree,
         Mode,
         Options,
         Preserve,
@@ -284,6 +312,12 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["chunk_size"] = parse_size(given["chunk_size"], "--chunk-size")
     if given.get("bwlimit") is not None:
         kw["bwlimit"] = parse_size(given["bwlimit"], "--bwlimit")
+    if given.get("no_preflight"):
+        kw["preflight"] = False
+    if given.get("min_free") is not None:
+        kw["min_free"] = MinFree.parse(given["min_free"])
+    if given.get("max_delete") is not None:
+        kw["max_delete"] = given["max_delete"]
     return Options(
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
@@ -315,6 +349,8 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
+    from ferry.mover.options import format_size as _human
+
     if as_json:
         print(summary.dumps())
         return
@@ -352,14 +388,6 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             f"ferry: {summary.error_count} error(s); first: {summary.errors[0].message}",
             file=sys.stderr,
         )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ class ErrorKind(Enum):
     TRANSIENT = (11, "Transient", True)
     AUTH_FAILED = (12, "AuthFailed", False)
     DESTINATION_NOT_FOUND = (13, "DestinationNotFound", False)
+    DELETE_LIMIT = (14, "DeleteLimitExceeded", False)  # sync would delete more than maxDelete
     INTERRUPTED = (130, "Interrupted", True)
 
     @property

@@ -35,6 +35,7 @@ from ferry.mover.backends.base import (
     Reader,
     SmallFile,
     Writer,
+    check_name,
     thread_buffer,
 )
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
@@ -805,17 +806,7 @@ class Executor:
     # ---- large files in parallel chunks --------------------------------------------------------
 
     def _chunk_size(self, size: int) -> int:
-        caps = self.dst.caps
-        chunk = self.o.chunk_size or caps.default_chunk_size or DEFAULT_CHUNK_SIZE
-        chunk = max(chunk, caps.min_chunk_size)
-        streams = self.src.caps.read_streams
-        if streams:
-            chunk = max(chunk, min(-(-size // streams), LONG_READ_MAX))
-        if caps.max_chunks:
-            chunk = max(chunk, -(-size // caps.max_chunks))
-        if caps.max_chunk_size:
-            chunk = min(chunk, caps.max_chunk_size)
-        return -(-chunk // BLOCK_SIZE) * BLOCK_SIZE
+        return chunk_size_for(self.o, self.src, self.dst, size)
 
     def _start_file(self, a: Action) -> None:
         s = a.src
@@ -835,11 +826,7 @@ class Executor:
             return
         nchunks = -(-s.size // chunk)
         try:
-            key = (
-                f"v1:{s.size}:{s.mtime_ns}:{chunk}:{self.verify.value}"
-                if self.dst.caps.resumable
-                else None
-            )
+            key = resume_key_for(s, chunk, self.verify) if self.dst.caps.resumable else None
             writer = self.dst.open_write(a.rel, s, resume_key=key)
             done = writer.done_chunks(chunk) if key else {}
         except Exception as exc:
@@ -1000,6 +987,27 @@ class Executor:
                 self._submit(self._whole_file, a)
         self.drain()
 
+    def count_deletes(self, limit: int) -> int:
+        """Entries run_deletes would remove (a directory with everything in it), counted
+        until the count passes `limit`: a huge doomed tree is not listed to the end."""
+        n = 0
+        stack: list[str] = []
+        for a in self.deletes + self.replaces:
+            assert a.dst is not None
+            n += 1
+            if a.dst.type == EntryType.DIR:
+                stack.append(a.rel)
+            while stack and n <= limit:
+                rel = stack.pop()
+                for e in self.dst.list_dir(rel):
+                    check_name(e.name, rel)
+                    n += 1
+                    if e.type == EntryType.DIR:
+                        stack.append(f"{rel}/{e.name}")
+            if n > limit:
+                break
+        return n
+
     def _delete_entry(self, rel: str, e: Entry) -> None:
         if e.type == EntryType.DIR:
             for child_rel, child in list_tree(self.dst, rel):
@@ -1022,6 +1030,27 @@ class Executor:
                     self._meta_written = True
                 except Exception as exc:
                     self._fail(rel, as_ferry_error(exc, rel), counts_file=False)
+
+
+def chunk_size_for(o: Options, src: Backend, dst: Backend, size: int) -> int:
+    """The chunk size a file of `size` bytes is cut into between these two backends."""
+    caps = dst.caps
+    chunk = o.chunk_size or caps.default_chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = max(chunk, caps.min_chunk_size)
+    streams = src.caps.read_streams
+    if streams:
+        chunk = max(chunk, min(-(-size // streams), LONG_READ_MAX))
+    if caps.max_chunks:
+        chunk = max(chunk, -(-size // caps.max_chunks))
+    if caps.max_chunk_size:
+        chunk = min(chunk, caps.max_chunk_size)
+    return -(-chunk // BLOCK_SIZE) * BLOCK_SIZE
+
+
+def resume_key_for(s: Entry, chunk: int, verify: Verify) -> str:
+    """What a partial must have been written for to be resumed: this source version, cut
+    and hashed the same way."""
+    return f"v1:{s.size}:{s.mtime_ns}:{chunk}:{verify.value}"
 
 
 def _segments(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:

@@ -105,6 +105,44 @@ class Preserve(NamedTuple):
 _PRESERVE = Preserve()  # immutable: one serves as every Options' default
 
 
+class MinFree(NamedTuple):
+    """The free space a transfer leaves at the destination: a size, or a percentage of the
+    destination's total size."""
+
+    size: int = 0
+    percent: float = 0.0
+
+    def reserve(self, total: int) -> int:
+        """The reserve in bytes on a destination of `total` bytes."""
+        return self.size if not self.percent else int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else format_size(self.size)
+
+    @classmethod
+    def parse(cls, text: str, what: str = "--min-free") -> MinFree:
+        """`5%` or `0.5%` of the destination's size, or a size such as `2G`; `0` for none."""
+        t = text.strip()
+        if not t.endswith("%"):
+            return cls(size=parse_size(t, what))
+        try:
+            percent = float(t[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 <= percent < 100:
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"{what} {text!r} is not a percentage from 0% to below 100%, like 5%",
+            )
+        return cls(percent=percent)
+
+
+# 1% of the destination: it scales from a small PVC to a large share, covers what the
+# estimate leaves out (directories grown, filesystem metadata) and leaves an application
+# that shares the volume room for its logs and temp files. `--min-free 0` keeps none.
+DEFAULT_MIN_FREE = MinFree(percent=1.0)
+
+
 class Options:
     __slots__ = (
         "allow_empty_source",
@@ -116,8 +154,11 @@ class Options:
         "filters",
         "fsync",
         "manifest",
+        "max_delete",
         "max_in_flight_bytes",
+        "min_free",
         "mode",
+        "preflight",
         "preserve",
         "retries",
         "retry_base_delay",
@@ -150,6 +191,9 @@ class Options:
         manifest: str | None = None,
         shard_index: int = 0,
         shard_count: int = 1,
+        preflight: bool = True,
+        min_free: MinFree | None = None,  # None: DEFAULT_MIN_FREE
+        max_delete: int | None = None,
     ) -> None:
         if transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
@@ -163,6 +207,14 @@ class Options:
             raise FerryError(ErrorKind.USAGE, "bandwidth limit must not be negative")
         if not 0 <= shard_index < shard_count:
             raise FerryError(ErrorKind.USAGE, "shard index must be in [0, shard count)")
+        if max_delete is not None and max_delete < 0:
+            raise FerryError(ErrorKind.USAGE, "--max-delete must not be negative")
+        if max_delete is not None and mode != Mode.SYNC:
+            raise FerryError(ErrorKind.USAGE, "--max-delete applies only to sync (plan --sync)")
+        if not preflight and min_free is not None:
+            raise FerryError(
+                ErrorKind.USAGE, "--min-free has no effect with --no-preflight: pass one of them"
+            )
         self.mode, self.compare, self.verify, self.fsync = mode, compare, verify, fsync
         self.preserve, self.symlinks, self.filters = preserve, symlinks, filters
         self.transfers, self.chunk_size, self.bwlimit = transfers, chunk_size, bwlimit
@@ -170,6 +222,8 @@ class Options:
         self.error_policy, self.dry_run = error_policy, dry_run
         self.allow_empty_source, self.max_in_flight_bytes = allow_empty_source, max_in_flight_bytes
         self.manifest, self.shard_index, self.shard_count = manifest, shard_index, shard_count
+        self.preflight, self.max_delete = preflight, max_delete
+        self.min_free = DEFAULT_MIN_FREE if min_free is None else min_free
 
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
@@ -183,6 +237,15 @@ def parse_size(text: str, what: str = "size") -> int:
         value = float(t[: len(t) - len(unit)])
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or value < 0:
+    if unit not in _UNITS or not 0 <= value < float("inf"):  # NaN fails both
         raise FerryError(ErrorKind.USAGE, f"{what} {text!r} is not a size like 512K, 64M or 2G")
     return int(value * _UNITS[unit])
+
+
+def format_size(n: float) -> str:
+    """`1.5 GiB`, `512 B`: binary units, for messages."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)

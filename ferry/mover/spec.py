@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from ferry.mover import endpoints as ep
@@ -110,6 +110,28 @@ class OptionsSpec(_Model):
     error_policy: Literal["Abort", "Skip"] = "Abort"
     dry_run: bool = False
     allow_empty_source: bool = False
+    preflight: bool = True  # compare the plan with the destination's free space first
+    min_free: str | None = None  # a size or a percentage; None: options.DEFAULT_MIN_FREE
+    max_delete: int | None = Field(default=None, ge=0)
+
+    @field_validator("max_delete")
+    @classmethod
+    def _max_delete_for_sync(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("mode") != "Sync":
+            raise ValueError("maxDelete applies only to mode Sync")
+        return value
+
+    @field_validator("min_free")
+    @classmethod
+    def _min_free_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            if info.data.get("preflight") is False:
+                raise ValueError("minFree has no effect with preflight: false")
+            try:
+                op.MinFree.parse(value, "minFree")
+            except FerryError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("filters")
     @classmethod
@@ -162,6 +184,9 @@ class TransferSpec(_Model):
             error_policy=op.ErrorPolicy(o.error_policy.lower()),
             dry_run=o.dry_run,
             allow_empty_source=o.allow_empty_source,
+            preflight=o.preflight,
+            min_free=op.MinFree.parse(o.min_free, "minFree") if o.min_free else None,
+            max_delete=o.max_delete,
             shard_index=shard.index,
             shard_count=shard.count,
         )

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ferry.mover.backends import open_backend
 from ferry.mover.backends.base import Backend, EntryType
@@ -20,6 +20,7 @@ from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister, list_tree
 from ferry.mover.shard import BIG, path_shard
+from ferry.mover.space import SpaceNeed, check_space, fits_whole_source, room_share
 
 log = logging.getLogger("ferry")
 
@@ -140,22 +141,51 @@ def _run(
         )
     if planner.sharder is not None:
         _prescan_shards(src, planner, options)
-    lister = PairLister(src, dst, workers=4)
+    space = dst.free_space() if options.preflight else None
+    need = SpaceNeed(src, dst, options, space.block) if space is not None else None
+    listers = [PairLister(src, dst, workers=4)]
     try:
         if options.dry_run:
             with sink.phase("plan") as attrs:
-                _dry_run(planner, lister, src, dst, summary, progress, on_action)
+                _dry_run(planner, listers[0], src, dst, summary, progress, on_action, need)
                 attrs.update(files=progress.files_total, bytes=progress.bytes_total)
+            if need is not None and space is not None and not cancel.is_set():
+                check_space(need, space, options, dst.describe(), room_share(planner.sharder))
             return
+        actions: Iterable[Action] = planner.walk(listers[0])
+        if (
+            need is not None
+            and space is not None
+            # A local source is scanned twice when it does not fit; a remote one would pay
+            # the listing's round trips twice, so it goes straight to the exact count.
+            and not (src.fileno_capable and fits_whole_source(src, space, options))
+        ):
+            progress.phase = "preflight"
+            with sink.phase("preflight") as attrs:
+                held = _count_need(actions, need, cancel)
+                attrs.update(bytes=need.total)
+            if cancel.is_set():
+                return
+            check_space(need, space, options, dst.describe(), room_share(planner.sharder))
+            if held is not None:
+                actions = held
+            else:  # too many to hold: walk again, afresh, for the transfer
+                sharder = planner.sharder
+                planner = Planner(src, dst, options, dst_exists=dst_exists)
+                planner.sharder = sharder
+                listers.append(PairLister(src, dst, workers=4))
+                actions = planner.walk(listers[-1])
         if not dst_exists:
             dst.prepare_destination()
         dst.fsync_each = options.fsync == Fsync.FILE
         dst.direct_writes = options.fsync != Fsync.NONE
         executor = Executor(src, dst, options, planner, progress, summary, cancel)
+        if planner.skipped_files and planner.on_skipped is not None:
+            planner.on_skipped(planner.skipped_files, planner.skipped_bytes)  # the counting walk's
         try:
             progress.phase = "transfer"
             with sink.phase("transfer") as attrs:
-                for action in planner.walk(lister):
+                for action in actions:
                     if cancel.is_set():
                         break
                     if on_action:
@@ -172,7 +202,7 @@ def _run(
             if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
                 if summary.error_count or cancel.is_set():
                     log.warning("not deleting anything at the destination: the copy had errors")
-                else:
+                elif _deletes_allowed(executor, options, summary, dst):
                     if durable and executor.wrote:
                         dst.flush()  # what was copied is on disk before anything is deleted
                     progress.phase = "delete"
@@ -189,9 +219,55 @@ def _run(
             summary.fatal = executor.fatal
     finally:
         summary.preserve_dropped = planner.dropped_flags()
-        lister.close()
+        for lister in listers:
+            lister.close()
         progress.scan_complete = True
         progress.phase = "done"
+
+
+# Actions the space check's walk keeps for the transfer, which then need not list both trees
+# again: ~0.55 KiB each (the action, its entries, its path; measured), so at most ~27 MiB.
+# A larger plan is walked a second time.
+PREFLIGHT_HOLD = 50_000
+
+
+def _count_need(
+    actions: Iterable[Action], need: SpaceNeed, cancel: threading.Event
+) -> list[Action] | None:
+    """Walk the whole plan adding up its need; return its actions while they are few enough
+    to hold (None when there were more: the caller walks again)."""
+    held: list[Action] | None = []
+    for a in actions:
+        if cancel.is_set():
+            break
+        need.add(a)
+        if held is not None:
+            held.append(a)
+            if len(held) > PREFLIGHT_HOLD:
+                held = None
+    return held
+
+
+def _deletes_allowed(executor: Executor, options: Options, summary: Summary, dst: Backend) -> bool:
+    """--max-delete: when the deletes would remove more entries than allowed, none runs."""
+    limit = options.max_delete
+    if limit is None:
+        return True
+    try:
+        n = executor.count_deletes(limit)
+    except Exception as exc:
+        summary.fatal = summary.fatal or as_ferry_error(exc, dst.describe())
+        return False
+    if n <= limit:
+        return True
+    summary.fatal = summary.fatal or FerryError(
+        ErrorKind.DELETE_LIMIT,
+        f"sync would delete at least {n} entries, more than --max-delete / maxDelete "
+        f"{limit} allows: nothing was deleted; the copies are done. Check that the source "
+        "is what you meant, or raise the limit",
+        dst.describe(),
+    )
+    return False
 
 
 def _dry_run(
@@ -202,7 +278,9 @@ def _dry_run(
     summary: Summary,
     progress: Progress,
     on_action: Callable[[Action], None] | None,
+    need: SpaceNeed | None = None,
 ) -> None:
+    deletes = 0  # entries, for --max-delete: directories and links count too
     for a in planner.walk(lister):
         if a.op == Op.CHECK:
             assert a.src is not None and a.dst is not None
@@ -232,10 +310,23 @@ def _dry_run(
             files = [e for e in doomed if e.type != EntryType.DIR]
             summary.files_deleted += len(files)
             summary.bytes_deleted += sum(e.size for e in files)
+            deletes += len(doomed) + (a.dst.type == EntryType.DIR)
         elif a.op == Op.ERROR:
             assert a.error is not None
             summary.add_error(a.error)
+        elif a.op == Op.REPLACE and a.dst is not None and a.dst.type == EntryType.DIR:
+            deletes += 1 + len(list_tree(dst, a.rel))
+        if need is not None:
+            need.add(a)
         if on_action:
             on_action(a)
     summary.files_skipped += planner.skipped_files
     summary.bytes_skipped += planner.skipped_bytes
+    limit = planner.o.max_delete
+    if limit is not None and deletes > limit:
+        raise FerryError(
+            ErrorKind.DELETE_LIMIT,
+            f"sync would delete {deletes} entries, more than --max-delete / maxDelete {limit}: "
+            "it would delete nothing and stop after the copies",
+            dst.describe(),
+        )

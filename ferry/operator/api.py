@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from ferry.mover.endpoints import HEADER_SAFE
@@ -55,6 +62,8 @@ class StatusModel(BaseModel):
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
 SizeStr = Annotated[str, Field(max_length=32, pattern=SIZE_PATTERN)]
+# A size, or a percentage from 0 to below 100 (`ferry.mover.options.MinFree`).
+MIN_FREE_PATTERN = r"^(" + SIZE_PATTERN[1:-1] + r"|[0-9]{1,2}(\.[0-9]+)?%)$"
 RelPath = Annotated[str, Field(max_length=4096)]
 
 
@@ -225,7 +234,19 @@ class Retry(Model):
 PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
 
 
+MAX_DELETE_RULE = {
+    "rule": "!has(self.maxDelete) || (has(self.mode) && self.mode == 'Sync')",
+    "message": "maxDelete applies only to mode Sync",
+}
+MIN_FREE_RULE = {
+    "rule": "!has(self.minFree) || !has(self.preflight) || self.preflight",
+    "message": "minFree has no effect with preflight: false",
+}
+
+
 class TransferJobSpec(Model):
+    model_config = ConfigDict(json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE))
+
     source: Endpoint
     destination: Endpoint
     mode: Literal["Copy", "Sync"] = "Copy"
@@ -248,6 +269,24 @@ class TransferJobSpec(Model):
     retry: Retry | None = None
     error_policy: Literal["Abort", "Skip"] = "Abort"
     allow_empty_source: bool = False
+    preflight: bool = Field(
+        default=True,
+        description="Before writing, compare what the plan needs with the destination's free "
+        "space (PVC, SFTP, SMB) and fail DestinationFull if it would leave less than minFree.",
+    )
+    min_free: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=MIN_FREE_PATTERN,
+        description="Free space to leave at the destination: a size (2G) or a percentage of "
+        "its size (5%). Default 1%.",
+    )
+    max_delete: int | None = Field(
+        default=None,
+        ge=0,
+        description="Sync: if more than this many entries would be deleted, delete none and "
+        "fail DeleteLimitExceeded (after the copies). Shards share it.",
+    )
     dry_run: bool = False
     suspend: bool = False
     cancel: bool = Field(
@@ -262,6 +301,20 @@ class TransferJobSpec(Model):
 
     def shard_count(self) -> int:
         return self.parallelism.shards if self.parallelism else 1
+
+    @field_validator("max_delete")
+    @classmethod
+    def _max_delete_for_sync(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("mode") != "Sync":
+            raise ValueError(MAX_DELETE_RULE["message"])
+        return value
+
+    @field_validator("min_free")
+    @classmethod
+    def _min_free_with_preflight(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("preflight") is False:
+            raise ValueError(MIN_FREE_RULE["message"])
+        return value
 
 
 class Condition(StatusModel):

@@ -226,7 +226,10 @@ def _options(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> dict[
         "errorPolicy": spec.error_policy,
         "dryRun": spec.dry_run,
         "allowEmptySource": spec.allow_empty_source,
+        "preflight": spec.preflight,
     }
+    if spec.min_free is not None:
+        opts["minFree"] = spec.min_free
     if spec.preserve is not None:
         opts["preserve"] = list(spec.preserve)
     streams = par.streams or tuning.streams
@@ -250,6 +253,10 @@ def transfer_specs(spec: api.TransferJobSpec, ctx: Context) -> tuple[list[dict[s
     out = []
     for i in range(n):
         doc: dict[str, Any] = {"source": source, "destination": destination, "options": options}
+        if spec.max_delete is not None:
+            # Each shard deletes its own part: their shares add up to the limit, never past it.
+            share = spec.max_delete // n + (i < spec.max_delete % n)
+            doc["options"] = {**options, "maxDelete": share}
         if n > 1:
             doc["shard"] = {"index": i, "count": n}
         try:

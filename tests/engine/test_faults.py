@@ -71,7 +71,7 @@ def test_destination_full_fails_cleanly(tmp_path: Path, small_fs: Path) -> None:
         (src / f"f{i}.bin").write_bytes(os.urandom(3 * MiB))
     (src / "huge.bin").write_bytes(os.urandom(20 * MiB))
     dst = small_fs / "dst"
-    r = run_ferry("copy", src, dst, "--json", "--chunk-size", "2M", check_rc=6)
+    r = run_ferry("copy", src, dst, "--json", "--chunk-size", "2M", "--no-preflight", check_rc=6)
     assert r.summary["reason"] == "DestinationFull"
     assert "huge.bin" in r.stdout or any("No space" in e["message"] for e in r.summary["errors"])
     final_files_are_whole(src, dst)

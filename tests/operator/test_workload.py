@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ferry.mover.options import Fsync
+from ferry.mover.options import DEFAULT_MIN_FREE, Fsync, MinFree
 from ferry.mover.spec import TransferSpec
 from ferry.operator import api, workload
 from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, transferjob
@@ -116,7 +116,7 @@ def test_pod_failure_policy_fails_fast_on_terminal_codes_and_ignores_disruption(
     assert rules[1]["onExitCodes"]["operator"] == "In"
     # docs/cli.md's exit codes, spelled out: every one that retrying cannot mend fails the
     # Job at once; Transient (11), SourceChanged (7) and Interrupted (130) retry.
-    assert rules[1]["onExitCodes"]["values"] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 13]
+    assert rules[1]["onExitCodes"]["values"] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 13, 14]
 
 
 SFTP_KEY = {
@@ -222,6 +222,34 @@ def test_fsync_reaches_the_mover_options():
     assert mover_spec["options"]["fsync"] == "None"
     _, _, options = TransferSpec.model_validate(mover_spec).to_engine()
     assert options.fsync == Fsync.NONE
+
+
+def test_space_check_and_delete_limit_reach_the_mover_options():
+    """preflight, minFree and maxDelete arrive in every shard's mover spec and in the
+    engine's options; the shards' delete limits add up to the TransferJob's."""
+    spec = {
+        **PVC_TO_PVC,
+        "mode": "Sync",
+        "minFree": "5%",
+        "maxDelete": 10,
+        "parallelism": {"shards": 3},
+    }
+    w = build(spec)
+    specs = [json.loads(w.config_map["data"][f"spec-{i}.json"]) for i in range(3)]
+    assert [s["options"]["maxDelete"] for s in specs] == [4, 3, 3]
+    for s in specs:
+        assert s["options"]["minFree"] == "5%" and s["options"]["preflight"] is True
+        _, _, options = TransferSpec.model_validate(s).to_engine()
+        assert options.min_free == MinFree(percent=5.0) and options.preflight
+        assert options.max_delete == s["options"]["maxDelete"]
+    s = json.loads(build({**PVC_TO_PVC, "preflight": False}).config_map["data"]["spec-0.json"])
+    assert s["options"]["preflight"] is False and "maxDelete" not in s["options"]
+    _, _, options = TransferSpec.model_validate(s).to_engine()
+    assert not options.preflight and options.max_delete is None
+    _, _, options = TransferSpec.model_validate(
+        json.loads(build(PVC_TO_PVC).config_map["data"]["spec-0.json"])
+    ).to_engine()
+    assert options.preflight and options.min_free == DEFAULT_MIN_FREE
 
 
 def test_rwo_claim_in_use_pins_the_node():
@@ -351,6 +379,11 @@ def test_suspend_deadline_and_traceparent_carried():
         ({**PVC_TO_PVC, "bandwidth": "fast"}, "bandwidth"),
         ({**PVC_TO_PVC, "parallelism": {"shards": 0}}, "parallelism.shards"),
         ({**PVC_TO_PVC, "mode": "Move"}, "mode"),
+        ({**PVC_TO_PVC, "maxDelete": 3}, "maxDelete"),  # a copy deletes nothing
+        ({**PVC_TO_PVC, "mode": "Sync", "maxDelete": -1}, "maxDelete"),
+        ({**PVC_TO_PVC, "minFree": "100%"}, "minFree"),
+        ({**PVC_TO_PVC, "minFree": "lots"}, "minFree"),
+        ({**PVC_TO_PVC, "preflight": False, "minFree": "1G"}, "minFree"),
         (
             {
                 "source": {"pvc": {"claimName": "a", "path": "../etc"}},

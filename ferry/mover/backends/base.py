@@ -122,6 +122,22 @@ class Capabilities(NamedTuple):
     get_small: bool = False
 
 
+class Space(NamedTuple):
+    """Free space at a destination, as its storage reports it (statvfs and the like)."""
+
+    available: int  # bytes this user may still write
+    total: int  # the filesystem's (or share's) size in bytes
+    block: int = 4096  # allocation unit: every file takes whole ones
+
+    @classmethod
+    def checked(cls, available: int, total: int, block: int) -> Space | None:
+        """The reported numbers, or None where they cannot be right (a server's word is not
+        trusted: a nonsense answer means "unknown", never a refusal or a pass)."""
+        if not (0 < block <= 1 << 24 and 0 <= available <= total < 1 << 80):
+            return None
+        return cls(available, total, block)
+
+
 class SmallFile(NamedTuple):
     """A whole small file for `Backend.put_small`: its bytes already read, its digest taken."""
 
@@ -296,6 +312,16 @@ class Backend(ABC):
     def resolve_link(self, rel: str, entry: Entry) -> tuple[str, Entry] | None:
         """(real relative path, entry) a symlink points at, if inside the root (--links follow)."""
         return None
+
+    def free_space(self) -> Space | None:
+        """Free space where the destination root is (or would be created); None where the
+        storage cannot tell (S3), and then nothing is checked before writing."""
+        return None
+
+    def partial_bytes(self, rel: str, resume_key: str) -> int:
+        """Bytes a resumable partial of `rel` (open_write with `resume_key`) already holds at
+        the destination: a resumed write needs that much less new space."""
+        return 0
 
     def flush(self) -> None:
         """Make everything written so far durable (called once, before deletes and success)."""

@@ -28,6 +28,7 @@ from ferry.mover.backends.base import (
     Entry,
     EntryType,
     Reader,
+    Space,
     Writer,
     check_name,
     thread_buffer,
@@ -593,6 +594,31 @@ class LocalBackend(Backend):
         except OSError:
             return None
         return real[len(root) + 1 :], _entry(entry.name, st)
+
+    def free_space(self) -> Space | None:
+        """statvfs of the root, or of its nearest existing parent before it is created."""
+        path = self.root
+        while True:
+            try:
+                st = os.statvfs(path)
+                break
+            except FileNotFoundError:
+                if path == os.path.dirname(path):
+                    return None
+                path = os.path.dirname(path)
+            except OSError:
+                return None
+        unit = st.f_frsize or st.f_bsize
+        return Space.checked(st.f_bavail * unit, st.f_blocks * unit, unit)
+
+    def partial_bytes(self, rel: str, resume_key: str) -> int:
+        """The `.part` a resumable write reuses (or truncates, for another source version)."""
+        parent, name = os.path.split(self.path(rel))
+        try:
+            st = os.lstat(os.path.join(parent, _internal_name(name, "part")))
+        except OSError:
+            return 0
+        return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
 
     def flush(self) -> None:
         try:

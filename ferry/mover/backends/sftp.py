@@ -42,6 +42,7 @@ from ferry.mover.backends.base import (
     EntryType,
     Reader,
     SmallFile,
+    Space,
     Writer,
     buffer_resize,
     buffer_write,
@@ -229,6 +230,44 @@ class SFTPBackend(Backend):
             return False
         self._full_until = time.monotonic() + 2.0
         return True
+
+    def free_space(self) -> Space | None:
+        """statvfs@openssh.com on the root, or on its nearest existing parent before it is
+        created; None where the server does not offer it."""
+
+        def ask(s: Session) -> Space | None:
+            path = self.root
+            while True:
+                try:
+                    bsize, frsize, blocks, _, bavail, *_ = s.statvfs_fields(path)
+                    break
+                except FileNotFoundError:
+                    if path in (".", "/"):
+                        return None
+                    path = path.rpartition("/")[0] or ("/" if path.startswith("/") else ".")
+            unit = frsize or bsize
+            return Space.checked(bavail * unit, blocks * unit, unit)
+
+        try:
+            return self.run_session(ask)
+        except FerryError as err:
+            log.info("%s: free space unknown (%s); not checked", self.describe(), err)
+            return None
+
+    def partial_bytes(self, rel: str, resume_key: str) -> int:
+        """The size of the `.part` a resumable write of `rel` with this key continues."""
+        tmp = _partial_path(self.path(rel), resume_key)
+
+        def st(sftp: paramiko.SFTPClient) -> int:
+            try:
+                return int(sftp.lstat(tmp).st_size or 0)
+            except FileNotFoundError:
+                return 0
+
+        try:
+            return self.run(st)
+        except FerryError:
+            return 0
 
     def _credentials(self) -> None:
         if self._pkey is None and self.ep.key_file:
@@ -681,6 +720,15 @@ def _temp_name(final: str) -> str:
     return f"{parent}/{_internal(name, secrets.token_hex(6) + '.tmp')}"
 
 
+def _partial_path(final: str, resume_key: str) -> str:
+    """Where a resumable write of `final` keeps its partial: a name per source version."""
+    parent, _, name = final.rpartition("/")
+    parent = parent or "/"
+    tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
+    part = _internal(name, f"{tag}.part")
+    return join(parent, part) if parent != "/" else "/" + part
+
+
 def _meta(entry: Entry, preserve: Preserve) -> tuple[int | None, int | None]:
     """(mode, mtime in seconds) to set on a written file; None where not preserved."""
     mode = entry.mode & 0o7777 if preserve.perms and entry.mode else None
@@ -774,12 +822,7 @@ class SFTPWriter(Writer):
         parent, _, name = self.final.rpartition("/")
         parent = parent or "/"
         if resume_key:
-            tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
-            self.tmp = (
-                join(parent, _internal(name, f"{tag}.part"))
-                if parent != "/"
-                else "/" + _internal(name, f"{tag}.part")
-            )
+            self.tmp = _partial_path(self.final, resume_key)
             journal = (
                 join(parent, _internal(name, "journal"))
                 if parent != "/"

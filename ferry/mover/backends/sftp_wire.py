@@ -350,12 +350,17 @@ class Session:
             if wr:
                 self.write_max = min(wr, MAX_REQUEST)
 
-    def statvfs(self, path: str) -> tuple[int, int]:
-        """(bytes, inodes) this user may still take on the filesystem holding `path`."""
+    def statvfs_fields(self, path: str) -> tuple[int, ...]:
+        """statvfs(2) of the filesystem holding `path`, as the server answers it: bsize,
+        frsize, blocks, bfree, bavail, files, ffree, favail (unchecked)."""
         kind, body = self.reply(self._send(EXTENDED, STATVFS + sftp_string(path_bytes(path))))
         if kind != EXTENDED_REPLY or len(body) < 64:
             raise paramiko.SSHException(f"SFTP statvfs: unexpected reply {kind}")
-        bsize, frsize, _, _, bavail, _, _, favail = struct.unpack_from(">8Q", body, 0)
+        return struct.unpack_from(">8Q", body, 0)
+
+    def statvfs(self, path: str) -> tuple[int, int]:
+        """(bytes, inodes) this user may still take on the filesystem holding `path`."""
+        bsize, frsize, _, _, bavail, _, _, favail = self.statvfs_fields(path)
         return bavail * (frsize or bsize), favail
 
     def open(self, path: str, flags: int) -> bytes:

@@ -17,6 +17,7 @@ journal beside it, so an interrupted run resumes by offset (smb_files).
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import threading
@@ -25,8 +26,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import smbclient
+from smbclient._io import SMBFileTransaction, SMBRawIO, query_info
 from smbclient._pool import get_smb_tree
 from smbprotocol import exceptions as smbexc
+from smbprotocol.file_info import FileFsFullSizeInformation
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -42,12 +45,13 @@ from ferry.mover.backends.base import (
     Entry,
     EntryType,
     Reader,
+    Space,
     Writer,
     check_name,
 )
 from ferry.mover.backends.smb_connection import light_headers, strict_answers, tune_connection
 from ferry.mover.backends.smb_errors import UnprotectedAnswer, classify
-from ferry.mover.backends.smb_files import SMBReader, SMBWriter, internal_name
+from ferry.mover.backends.smb_files import SMBReader, SMBWriter, internal_name, partial_rel
 from ferry.mover.backends.smb_handles import (
     CREDITS_WANTED,
     DEPTH,
@@ -67,6 +71,7 @@ from ferry.mover.redact import remember
 from ferry.mover.roots import RootId, endpoint_root
 
 T = TypeVar("T")
+log = logging.getLogger("ferry")
 # Characters no SMB name can hold; a backslash would act as a separator (see _checked).
 NOT_IN_SMB_NAMES = re.compile(r'[\\:*?"<>|\x00-\x1f]')
 
@@ -309,6 +314,61 @@ class SMBBackend(Backend):
             smbclient.reset_connection_cache(connection_cache=self._cache)
         except Exception:
             pass
+
+    # -- space ------------------------------------------------------------------------
+    def free_space(self) -> Space | None:
+        """The volume's size as the server reports it for the root (FileFsFullSizeInformation,
+        what `dir` shows), or for its nearest existing parent before it is created."""
+
+        def ask(kw: dict[str, Any]) -> Space | None:
+            share = f"\\\\{self.ep.host}\\{self.ep.share}"
+            for n in range(len(self._prefix), -1, -1):
+                path = "\\".join([share, *self._prefix[:n]])
+                raw = SMBRawIO(
+                    path,
+                    mode="r",
+                    share_access="rwd",
+                    desired_access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
+                    **kw,
+                )
+                try:
+                    with SMBFileTransaction(raw) as t:
+                        query_info(t, FileFsFullSizeInformation)
+                except smbexc.SMBOSError as exc:
+                    if exc.errno == 2:  # not created yet: its parent's volume
+                        continue
+                    raise
+                info = t.results[0]
+                unit = info["sectors_per_unit"].get_value() * info["bytes_per_sector"].get_value()
+                return Space.checked(
+                    info["caller_available_units"].get_value() * unit,
+                    info["total_allocation_units"].get_value() * unit,
+                    unit,
+                )
+            return None
+
+        try:
+            return self.run(ask)
+        except FerryError as err:
+            log.info("%s: free space unknown (%s); not checked", self.describe(), err)
+            return None
+
+    def partial_bytes(self, rel: str, resume_key: str) -> int:
+        """The size of the `.part` a resumable write of `rel` with this key continues."""
+        path = self.path(partial_rel(rel, resume_key))
+
+        def st(kw: dict[str, Any]) -> int:
+            try:
+                return int(smbclient.stat(path, follow_symlinks=False, **kw).st_size)
+            except smbexc.SMBOSError as exc:
+                if exc.errno == 2:
+                    return 0
+                raise
+
+        try:
+            return self.run(st)
+        except FerryError:
+            return 0
 
     # -- paths and listing ------------------------------------------------------------
     def path(self, rel: str) -> str:

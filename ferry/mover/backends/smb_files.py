@@ -45,6 +45,13 @@ def internal_name(name: str, suffix: str) -> str:
     return f"{INTERNAL_PREFIX}{hashlib.blake2b(name.encode('utf-8', 'surrogateescape'), digest_size=16).hexdigest()}.{suffix}"
 
 
+def partial_rel(rel: str, resume_key: str) -> str:
+    """Where a resumable write of `rel` keeps its partial: a name per source version."""
+    parent, _, name = rel.rpartition("/")
+    tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
+    return (parent + "/" if parent else "") + internal_name(name, f"{tag}.part")
+
+
 class SMBReader(Reader):
     def __init__(self, be: SMBBackend, rel: str, entry: Entry) -> None:
         self.be, self.rel, self.size = be, rel, entry.size
@@ -143,8 +150,7 @@ class SMBWriter(Writer):
         self.be, self.rel, self.size = be, rel, entry.size
         parent, _, name = rel.rpartition("/")
         if resume_key:
-            tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
-            self.tmp_rel = (parent + "/" if parent else "") + internal_name(name, f"{tag}.part")
+            self.tmp_rel = partial_rel(rel, resume_key)
             jrel = (parent + "/" if parent else "") + internal_name(name, "journal")
             self.journal: str | None = be.path(jrel)
             self._jrel: str | None = jrel
