@@ -257,6 +257,71 @@ class TransferJobSpec(Model):
         return self.parallelism.shards if self.parallelism else 1
 
 
+# ---------------------------------------------------------------- edits
+
+# Spec fields that may change after creation: the operator acts on each of
+# them on every reconcile (suspend and the deadline are patched onto the Job,
+# cancel deletes it, the TTL and stall timeout are read live). Every other
+# field defines the transfer: the mover specs are built from it once.
+MUTABLE_SPEC_FIELDS = (
+    "suspend",
+    "cancel",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "stallTimeoutSeconds",
+)
+# The operator refused the spec before building anything (and so recorded no
+# `status.jobName`): only then may the transfer-defining fields still be edited.
+REFUSED_REASONS = ("InvalidSpec", "PrivilegeNotGranted", "NameConflict")
+
+
+def _fixed_fields() -> list[tuple[str, Any]]:
+    """(wire name, FieldInfo) of the transfer-defining TransferJob spec fields, in model order."""
+    named = ((f.alias or n, f) for n, f in TransferJobSpec.model_fields.items())
+    return [(wire, f) for wire, f in named if wire not in MUTABLE_SPEC_FIELDS]
+
+
+def fixed_spec_fields() -> tuple[str, ...]:
+    """Wire names of the transfer-defining TransferJob spec fields."""
+    return tuple(wire for wire, _ in _fixed_fields())
+
+
+def refused(status: dict[str, Any]) -> bool:
+    """The operator refused this spec and built nothing (the test the CEL rules make)."""
+    return not status.get("jobName") and status.get("reason") in REFUSED_REASONS
+
+
+def immutability_rules() -> tuple[dict[str, str], ...]:
+    """Root-level CEL transition rules, one per transfer-defining field so the message names it.
+
+    At the root because a rule under `spec` cannot see `status`. A field with a
+    default is always present after defaulting; an optional one may be added or
+    removed, which `has()` on both sides catches.
+    """
+    reasons = ", ".join(f"'{r}'" for r in REFUSED_REASONS)
+    editable = (
+        "(has(oldSelf.status) && !has(oldSelf.status.jobName) && has(oldSelf.status.reason)"
+        f" && oldSelf.status.reason in [{reasons}])"
+    )
+    rules = []
+    for wire, info in _fixed_fields():
+        new, old = f"self.spec.{wire}", f"oldSelf.spec.{wire}"
+        if info.is_required() or info.default is not None:
+            same = f"{new} == {old}"
+        else:
+            same = f"(has({new}) ? has({old}) && {new} == {old} : !has({old}))"
+        rules.append(
+            {
+                "rule": f"{editable} || {same}",
+                "message": f"spec.{wire} cannot change once the TransferJob exists (only while "
+                "the operator refuses the spec); create a new TransferJob instead",
+                "fieldPath": f".spec.{wire}",
+                "reason": "FieldValueForbidden",
+            }
+        )
+    return tuple(rules)
+
+
 class Condition(StatusModel):
     """Kubernetes API conventions (metav1.Condition)."""
 
@@ -475,6 +540,8 @@ class Kind:
     spec: ClassVar[type[BaseModel]]
     status: ClassVar[type[BaseModel]]
     printer_columns: ClassVar[tuple[dict[str, str], ...]]
+    # CEL rules on the whole object (they may compare spec with status and oldSelf).
+    validations: ClassVar[tuple[dict[str, str], ...]] = ()
 
 
 class TransferJobKind(Kind):
@@ -485,6 +552,7 @@ class TransferJobKind(Kind):
     namespaced = True
     spec = TransferJobSpec
     status = TransferJobStatus
+    validations = immutability_rules()
     printer_columns = (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
