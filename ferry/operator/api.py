@@ -270,9 +270,9 @@ MUTABLE_SPEC_FIELDS = (
     "ttlSecondsAfterFinished",
     "stallTimeoutSeconds",
 )
-# The operator refused the spec before building anything (and so recorded no
-# `status.jobName`): only then may the transfer-defining fields still be edited.
-REFUSED_REASONS = ("InvalidSpec", "PrivilegeNotGranted", "NameConflict")
+# Reasons the operator gives for having built nothing from the spec (so it
+# recorded no `status.jobName`): only then may transfer-defining fields change.
+NOT_BUILT_REASONS = ("InvalidSpec", "PrivilegeNotGranted", "NameConflict", "PoolNotFound")
 
 
 def _fixed_fields() -> list[tuple[str, Any]]:
@@ -286,9 +286,9 @@ def fixed_spec_fields() -> tuple[str, ...]:
     return tuple(wire for wire, _ in _fixed_fields())
 
 
-def refused(status: dict[str, Any]) -> bool:
-    """The operator refused this spec and built nothing (the test the CEL rules make)."""
-    return not status.get("jobName") and status.get("reason") in REFUSED_REASONS
+def editable(status: dict[str, Any]) -> bool:
+    """The operator built nothing from this spec yet, so it may change (as the CEL rules test)."""
+    return not status.get("jobName") and status.get("reason") in NOT_BUILT_REASONS
 
 
 def immutability_rules() -> tuple[dict[str, str], ...]:
@@ -298,7 +298,7 @@ def immutability_rules() -> tuple[dict[str, str], ...]:
     default is always present after defaulting; an optional one may be added or
     removed, which `has()` on both sides catches.
     """
-    reasons = ", ".join(f"'{r}'" for r in REFUSED_REASONS)
+    reasons = ", ".join(f"'{r}'" for r in NOT_BUILT_REASONS)
     editable = (
         "(has(oldSelf.status) && !has(oldSelf.status.jobName) && has(oldSelf.status.reason)"
         f" && oldSelf.status.reason in [{reasons}])"
@@ -314,7 +314,7 @@ def immutability_rules() -> tuple[dict[str, str], ...]:
             {
                 "rule": f"{editable} || {same}",
                 "message": f"spec.{wire} cannot change once the TransferJob exists (only while "
-                "the operator refuses the spec); create a new TransferJob instead",
+                "the operator has built nothing from it); create a new TransferJob instead",
                 "fieldPath": f".spec.{wire}",
                 "reason": "FieldValueForbidden",
             }

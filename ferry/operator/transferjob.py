@@ -96,7 +96,7 @@ class TransferJobReconciler:
         if old.get("phase") in status.TERMINAL_PHASES:
             edited = old.get("observedGeneration") != meta.get("generation")
             # A refused spec built nothing: an edit may fix it, so it may start.
-            if not (edited and api.refused(old)):
+            if not (edited and api.editable(old)):
                 return self._finished(body, spec, now)
 
         job = self.kube.get_job(ns, job_name)

@@ -116,7 +116,7 @@ def test_transfer_defining_fields_have_a_transition_rule_naming_them():
         # Editable only while the operator refused the spec and built no Job.
         assert rule["rule"].startswith(
             "(has(oldSelf.status) && !has(oldSelf.status.jobName) && has(oldSelf.status.reason)"
-            " && oldSelf.status.reason in ['InvalidSpec', 'PrivilegeNotGranted', 'NameConflict'])"
+            " && oldSelf.status.reason in ['InvalidSpec', 'PrivilegeNotGranted', 'NameConflict', 'PoolNotFound'])"
             " || "
         )
     assert rules[".spec.source"]["rule"].endswith("|| self.spec.source == oldSelf.spec.source")
@@ -129,11 +129,13 @@ def test_transfer_defining_fields_have_a_transition_rule_naming_them():
     assert all(f"spec.{m}" not in str(rules) for m in api.MUTABLE_SPEC_FIELDS)
 
 
-def test_refused_matches_the_cel_condition():
-    assert api.refused({"phase": "Failed", "reason": "InvalidSpec"})
-    assert not api.refused({"phase": "Failed", "reason": "InvalidSpec", "jobName": "ferry-x"})
-    assert not api.refused({"phase": "Failed", "reason": "AuthFailed"})
-    assert not api.refused({})
+def test_editable_matches_the_cel_condition():
+    assert api.editable({"phase": "Failed", "reason": "InvalidSpec"})
+    assert not api.editable({"phase": "Failed", "reason": "InvalidSpec", "jobName": "ferry-x"})
+    assert not api.editable({"phase": "Failed", "reason": "AuthFailed"})
+    assert api.editable({"phase": "Pending", "reason": "PoolNotFound"})
+    assert not api.editable({"phase": "Pending", "reason": "Waiting", "jobName": "ferry-x"})
+    assert not api.editable({})
 
 
 def test_schedule_templates_and_pools_stay_editable():
