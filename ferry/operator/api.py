@@ -299,7 +299,7 @@ def immutability_rules() -> tuple[dict[str, str], ...]:
     removed, which `has()` on both sides catches.
     """
     reasons = ", ".join(f"'{r}'" for r in NOT_BUILT_REASONS)
-    editable = (
+    not_built = (
         "(has(oldSelf.status) && !has(oldSelf.status.jobName) && has(oldSelf.status.reason)"
         f" && oldSelf.status.reason in [{reasons}])"
     )
@@ -312,7 +312,7 @@ def immutability_rules() -> tuple[dict[str, str], ...]:
             same = f"(has({new}) ? has({old}) && {new} == {old} : !has({old}))"
         rules.append(
             {
-                "rule": f"{editable} || {same}",
+                "rule": f"{not_built} || {same}",
                 "message": f"spec.{wire} cannot change once the TransferJob exists (only while "
                 "the operator has built nothing from it); create a new TransferJob instead",
                 "fieldPath": f".spec.{wire}",
