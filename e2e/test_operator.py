@@ -452,6 +452,35 @@ def test_operator_refuses_overlapping_s3_prefixes(env: Env) -> None:
     assert env.jobs("overlap") == []
 
 
+def test_refused_spec_runs_once_edited_then_is_fixed(env: Env) -> None:
+    """An edit fixes a refused spec; once the Job exists only the mutable fields change."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {"a.bin": 3000, "b/c.bin": 10})
+    env.create("transferjobs", "fixme", pvc_spec("src", "dst", preserve=["times", "owners"]))
+    env.wait_phase("fixme", "Failed", timeout=60)
+    env.patch_spec("transferjobs", "fixme", {"preserve": ["times"]})
+
+    def ran() -> Obj | None:
+        obj = env.tj("fixme")
+        st = obj.get("status") or {}
+        done = st.get("phase") == "Succeeded" and st.get("observedGeneration") == 2
+        return obj if done else None
+
+    obj = wait_for("the edited TransferJob to succeed", ran, timeout=120)
+    assert digests(dst) == want and obj["status"]["jobName"]
+    annotations = env.jobs("fixme")[0]["metadata"]["annotations"]
+    assert "source" in json.loads(annotations["ferry.dev/spec-digests"])
+    with pytest.raises(ApiException) as exc:
+        env.patch_spec("transferjobs", "fixme", {"source": {"pvc": {"claimName": "dst"}}})
+    assert exc.value.status == 422 and "spec.source cannot change" in str(exc.value.body)
+    env.patch_spec("transferjobs", "fixme", {"ttlSecondsAfterFinished": 3600})
+    wait_for(
+        "the TTL edit to be observed",
+        lambda: (env.tj("fixme").get("status") or {}).get("observedGeneration") == 3,
+        timeout=60,
+    )
+
+
 # ---------------------------------------------------------------- transfers
 
 

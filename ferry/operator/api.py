@@ -317,6 +317,77 @@ class TransferJobSpec(Model):
         return value
 
 
+# ---------------------------------------------------------------- edits
+
+# Spec fields that may change after creation: the operator acts on each of
+# them on every reconcile (suspend and the deadline are patched onto the Job,
+# cancel deletes it, the TTL and stall timeout are read live). Every other
+# field defines the transfer: the mover specs are built from it once.
+MUTABLE_SPEC_FIELDS = (
+    "suspend",
+    "cancel",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "stallTimeoutSeconds",
+)
+# Reasons the operator gives for having built nothing from the spec (so it
+# recorded no `status.jobName`): only then may transfer-defining fields change.
+NOT_BUILT_REASONS = (
+    "InvalidSpec",
+    "PrivilegeNotGranted",
+    "NameConflict",
+    "PoolNotFound",
+    "PoolInvalid",
+)
+
+
+def _fixed_fields() -> list[tuple[str, Any]]:
+    """(wire name, FieldInfo) of the transfer-defining TransferJob spec fields, in model order."""
+    named = ((f.alias or n, f) for n, f in TransferJobSpec.model_fields.items())
+    return [(wire, f) for wire, f in named if wire not in MUTABLE_SPEC_FIELDS]
+
+
+def fixed_spec_fields() -> tuple[str, ...]:
+    """Wire names of the transfer-defining TransferJob spec fields."""
+    return tuple(wire for wire, _ in _fixed_fields())
+
+
+def editable(status: dict[str, Any]) -> bool:
+    """The operator built nothing from this spec yet, so it may change (as the CEL rules test)."""
+    return not status.get("jobName") and status.get("reason") in NOT_BUILT_REASONS
+
+
+def immutability_rules() -> tuple[dict[str, str], ...]:
+    """Root-level CEL transition rules, one per transfer-defining field so the message names it.
+
+    At the root because a rule under `spec` cannot see `status`. A field with a
+    default is always present after defaulting; an optional one may be added or
+    removed, which `has()` on both sides catches.
+    """
+    reasons = ", ".join(f"'{r}'" for r in NOT_BUILT_REASONS)
+    not_built = (
+        "(has(oldSelf.status) && !has(oldSelf.status.jobName) && has(oldSelf.status.reason)"
+        f" && oldSelf.status.reason in [{reasons}])"
+    )
+    rules = []
+    for wire, info in _fixed_fields():
+        new, old = f"self.spec.{wire}", f"oldSelf.spec.{wire}"
+        if info.is_required() or info.default is not None:
+            same = f"{new} == {old}"
+        else:
+            same = f"(has({new}) ? has({old}) && {new} == {old} : !has({old}))"
+        rules.append(
+            {
+                "rule": f"{not_built} || {same}",
+                "message": f"spec.{wire} cannot change once the TransferJob exists (only while "
+                "the operator has built nothing from it); create a new TransferJob instead",
+                "fieldPath": f".spec.{wire}",
+                "reason": "FieldValueForbidden",
+            }
+        )
+    return tuple(rules)
+
+
 class Condition(StatusModel):
     """Kubernetes API conventions (metav1.Condition)."""
 
@@ -559,6 +630,8 @@ class Kind:
     spec: ClassVar[type[BaseModel]]
     status: ClassVar[type[BaseModel]]
     printer_columns: ClassVar[tuple[dict[str, str], ...]]
+    # CEL rules on the whole object (they may compare spec with status and oldSelf).
+    validations: ClassVar[tuple[dict[str, str], ...]] = ()
 
 
 class TransferJobKind(Kind):
@@ -569,6 +642,7 @@ class TransferJobKind(Kind):
     namespaced = True
     spec = TransferJobSpec
     status = TransferJobStatus
+    validations = immutability_rules()
     printer_columns = (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},

@@ -116,7 +116,7 @@ def crd(kind: type[api.Kind]) -> dict[str, Any]:
     status = model_schema(kind.status, status=True)
     spec.pop("description", None)
     status.pop("description", None)
-    root = {
+    root: dict[str, Any] = {
         "type": "object",
         "required": ["spec"],
         "properties": {
@@ -127,6 +127,8 @@ def crd(kind: type[api.Kind]) -> dict[str, Any]:
             "status": status,
         },
     }
+    if kind.validations:
+        root["x-kubernetes-validations"] = [dict(rule) for rule in kind.validations]
     columns = [
         {k: (int(v) if k == "priority" else v) for k, v in col.items()}
         for col in kind.printer_columns

@@ -24,8 +24,8 @@ from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
 
 log = logging.getLogger(__name__)
 
-# Reasons a new spec generation may fix: the job never ran, so it may start.
-RETRYABLE_AFTER_EDIT = {"InvalidSpec", "PrivilegeNotGranted", "NameConflict"}
+# Accepted=False reason when transfer-defining fields differ from the running Job's.
+FIXED_FIELD_CHANGED = "FixedFieldChanged"
 
 
 @dataclass
@@ -95,7 +95,8 @@ class TransferJobReconciler:
 
         if old.get("phase") in status.TERMINAL_PHASES:
             edited = old.get("observedGeneration") != meta.get("generation")
-            if not (edited and old.get("reason") in RETRYABLE_AFTER_EDIT):
+            # A refused spec built nothing: an edit may fix it, so it may start.
+            if not (edited and api.editable(old)):
                 return self._finished(body, spec, now)
 
         job = self.kube.get_job(ns, job_name)
@@ -106,10 +107,12 @@ class TransferJobReconciler:
                 ("NameConflict", msg),
             )
 
+        changed = workload.changed_fields(job, spec) if job is not None else []
         if spec.cancel:
             if job is not None:
                 self.kube.delete_job(ns, job_name)
-            return Outcome(status.compute(body, spec, None, [], now))
+            cancelled = Outcome(status.compute(body, spec, None, [], now))
+            return _unless_changed(body, cancelled, changed, now)
 
         created: list[str] = []
         if job is None:
@@ -126,8 +129,8 @@ class TransferJobReconciler:
                 if self.kube.create(obj):
                     created.append(f"{obj['kind']}/{obj['metadata']['name']}")
             job = self.kube.get_job(ns, job_name) or built.job
-        elif bool((job.get("spec") or {}).get("suspend")) != spec.suspend:
-            self.kube.patch_job(ns, job_name, {"spec": {"suspend": spec.suspend}})
+        elif drift := _job_drift(job, spec):
+            self.kube.patch_job(ns, job_name, {"spec": drift})
             job = self.kube.get_job(ns, job_name) or job
 
         pods = self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
@@ -136,7 +139,7 @@ class TransferJobReconciler:
         warning = None
         if new["phase"] == "Failed" and old.get("phase") != "Failed":
             warning = (str(new["reason"]), str(new.get("message") or ""))
-        return Outcome(new, warning, created=created)
+        return _unless_changed(body, Outcome(new, warning, created=created), changed, now)
 
     def _build(
         self, body: dict[str, Any], spec: api.TransferJobSpec, traceparent: str
@@ -179,7 +182,16 @@ class TransferJobReconciler:
         if ttl is not None and done is not None and (now - done).total_seconds() >= ttl:
             self.kube.delete_transferjob(body["metadata"]["namespace"], body["metadata"]["name"])
             return Outcome({}, deleted=True)
-        return Outcome({"observedGeneration": body["metadata"].get("generation")})
+        outcome = Outcome({"observedGeneration": body["metadata"].get("generation")})
+        if old.get("observedGeneration") == body["metadata"].get("generation"):
+            return outcome
+        # Edited after the end: claim the generation unless it changed what the Job ran.
+        job = self.kube.get_job(
+            body["metadata"]["namespace"], workload.child_name(body["metadata"]["name"])
+        )
+        owned = job is not None and _owned_by(job, body["metadata"]["uid"])
+        changed = workload.changed_fields(job, spec) if job is not None and owned else []
+        return _unless_changed(body, outcome, changed, now)
 
     def _account(self, body: dict[str, Any], new: dict[str, Any], now: datetime) -> None:
         old_phase = (body.get("status") or {}).get("phase")
@@ -199,6 +211,57 @@ class PoolUnusable(LookupError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _job_drift(job: dict[str, Any], spec: api.TransferJobSpec) -> dict[str, Any]:
+    """The Job spec fields that follow mutable TransferJob fields, where they differ."""
+    js = job.get("spec") or {}
+    drift: dict[str, Any] = {}
+    if bool(js.get("suspend")) != spec.suspend:
+        drift["suspend"] = spec.suspend
+    if js.get("activeDeadlineSeconds") != spec.active_deadline_seconds:
+        drift["activeDeadlineSeconds"] = spec.active_deadline_seconds  # None removes it
+    return drift
+
+
+def _unless_changed(
+    body: dict[str, Any], outcome: Outcome, changed: list[str], now: datetime
+) -> Outcome:
+    """Keep `outcome` from claiming a generation whose transfer-defining fields were not applied.
+
+    The CRD's CEL rules refuse such edits; this holds where they did not run
+    (a CRD older than the operator, or an edit racing the first Job creation
+    of a spec that was refused before). The run goes on with the spec it was
+    built from; status reports it under the generation it last acted on and
+    says, in the Accepted condition, which fields were not applied.
+    """
+    if not changed:
+        return outcome
+    old = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    seen = old.get("observedGeneration")
+    new = dict(outcome.status)
+    new.pop("observedGeneration", None)
+    if seen is not None:
+        new["observedGeneration"] = seen
+    fields = ", ".join(f"spec.{f}" for f in changed)
+    message = (
+        f"{fields} changed after the run started and is not applied; "
+        "create a new TransferJob to change it"
+    )
+    conditions = [
+        {**c, "observedGeneration": seen}
+        for c in new.get("conditions") or old.get("conditions") or []
+    ]
+    new["conditions"] = status.set_condition(
+        conditions, "Accepted", False, FIXED_FIELD_CHANGED, message, now, generation
+    )
+    accepted = (c for c in old.get("conditions") or [] if c.get("type") == "Accepted")
+    before: dict[str, Any] = next(accepted, {})
+    warning = outcome.warning
+    if before.get("reason") != FIXED_FIELD_CHANGED or before.get("message") != message:
+        warning = (FIXED_FIELD_CHANGED, message)
+    return Outcome(new, warning, outcome.deleted, outcome.created)
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:

@@ -29,6 +29,8 @@ LABEL_TRANSFERJOB = "ferry.dev/transferjob"
 LABEL_SCHEDULE = "ferry.dev/schedule"
 MANAGED_BY = "ferry-operator"
 ANNOTATION_TRACEPARENT = "ferry.dev/traceparent"
+# On the Job: a digest per transfer-defining spec field it was built from.
+ANNOTATION_SPEC_DIGESTS = "ferry.dev/spec-digests"
 # Admin-gated: only a namespace carrying this annotation may run movers as
 # root with the capabilities owner preservation needs (as VolSync does).
 NAMESPACE_PRIVILEGED_ANNOTATION = "ferry.dev/privileged-movers"
@@ -461,12 +463,42 @@ def job(
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    job_annotations = {**annotations, ANNOTATION_SPEC_DIGESTS: json.dumps(spec_digests(spec))}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {**_meta(body, name), "annotations": annotations},
+        "metadata": {**_meta(body, name), "annotations": job_annotations},
         "spec": job_spec,
     }
+
+
+def spec_digests(spec: api.TransferJobSpec) -> dict[str, str]:
+    """A short digest of each transfer-defining field, so a later reconcile can name what changed."""
+    data = spec.model_dump(mode="json", by_alias=True)
+    return {
+        name: hashlib.sha256(
+            json.dumps(data[name], sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()[:16]
+        for name in api.fixed_spec_fields()
+    }
+
+
+def changed_fields(job: dict[str, Any], spec: api.TransferJobSpec) -> list[str]:
+    """Transfer-defining fields of `spec` that differ from those `job` was built from.
+
+    Empty when the Job carries no readable record (built by an older operator):
+    what cannot be compared is not reported as changed.
+    """
+    raw = ((job.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_DIGESTS)
+    if not isinstance(raw, str) or len(raw) > 4096:
+        return []
+    try:
+        built = json.loads(raw)
+    except ValueError:
+        return []
+    if not isinstance(built, dict):
+        return []
+    return [f for f, d in spec_digests(spec).items() if f in built and built[f] != d]
 
 
 @dataclass

@@ -92,3 +92,53 @@ def test_cel_rules_enums_and_defaults_present():
     assert res["properties"]["requests"]["additionalProperties"] == {
         "x-kubernetes-int-or-string": True
     }
+
+
+def _root_rules(kind: type[api.Kind]) -> list[dict[str, str]]:
+    doc = yaml.safe_load(crdgen.render(kind))
+    rules: list[dict[str, str]] = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get(
+        "x-kubernetes-validations", []
+    )
+    return rules
+
+
+def test_transfer_defining_fields_have_a_transition_rule_naming_them():
+    rules = {r["fieldPath"]: r for r in _root_rules(api.TransferJobKind)}
+    spec = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    fields = set(spec["properties"]["spec"]["properties"])
+    # Every spec field is either mutable or guarded: a new field is fixed unless listed.
+    assert {f".spec.{f}" for f in fields - set(api.MUTABLE_SPEC_FIELDS)} == set(rules)
+    assert {"source", "destination", "mode", "filters", "parallelism", "dryRun"} <= fields
+    for path, rule in rules.items():
+        field = path.removeprefix(".")
+        assert rule["message"].startswith(f"{field} cannot change")
+        assert rule["reason"] == "FieldValueForbidden"
+        # Editable only while the operator refused the spec and built no Job.
+        assert rule["rule"].startswith(
+            "(has(oldSelf.status) && !has(oldSelf.status.jobName) && has(oldSelf.status.reason)"
+            " && oldSelf.status.reason in ['InvalidSpec', 'PrivilegeNotGranted', 'NameConflict',"
+            " 'PoolNotFound', 'PoolInvalid'])"
+            " || "
+        )
+    assert rules[".spec.source"]["rule"].endswith("|| self.spec.source == oldSelf.spec.source")
+    assert rules[".spec.mode"]["rule"].endswith("|| self.spec.mode == oldSelf.spec.mode")
+    # Optional fields: adding or removing one is a change too.
+    assert rules[".spec.filters"]["rule"].endswith(
+        "|| (has(self.spec.filters) ? has(oldSelf.spec.filters)"
+        " && self.spec.filters == oldSelf.spec.filters : !has(oldSelf.spec.filters))"
+    )
+    assert all(f"spec.{m}" not in str(rules) for m in api.MUTABLE_SPEC_FIELDS)
+
+
+def test_editable_matches_the_cel_condition():
+    assert api.editable({"phase": "Failed", "reason": "InvalidSpec"})
+    assert not api.editable({"phase": "Failed", "reason": "InvalidSpec", "jobName": "ferry-x"})
+    assert not api.editable({"phase": "Failed", "reason": "AuthFailed"})
+    assert api.editable({"phase": "Pending", "reason": "PoolNotFound"})
+    assert not api.editable({"phase": "Pending", "reason": "Waiting", "jobName": "ferry-x"})
+    assert not api.editable({})
+
+
+def test_schedule_templates_and_pools_stay_editable():
+    assert _root_rules(api.TransferScheduleKind) == [] and _root_rules(api.MoverPoolKind) == []
+    assert "oldSelf" not in crdgen.render(api.TransferScheduleKind)

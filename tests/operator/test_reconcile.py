@@ -7,6 +7,7 @@ cancel, name conflicts and missing pools.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -214,3 +215,79 @@ def test_overlapping_s3_prefixes_refused_before_any_object():
     assert out.status["phase"] == "Failed" and out.status["reason"] == "InvalidSpec"
     assert "spec.destination.s3.prefix" in out.status["message"] and kube.created == []
     assert out.warning is not None and out.warning[0] == "InvalidSpec"
+
+
+def _started(r: TransferJobReconciler, spec: dict[str, Any]) -> dict[str, Any]:
+    """A TransferJob at generation 1 whose Job the reconciler built."""
+    body = transferjob(spec)
+    body["status"] = r.reconcile(body, NOW).status
+    return body
+
+
+def test_mutable_field_edits_reach_the_job_and_claim_the_generation():
+    r, kube, _, _ = reconciler()
+    body = _started(r, {**PVC_TO_PVC, "activeDeadlineSeconds": 600})
+    body = transferjob(
+        {**PVC_TO_PVC, "activeDeadlineSeconds": 7200, "stallTimeoutSeconds": 60},
+        status=body["status"],
+        generation=2,
+    )
+    out = r.reconcile(body, NOW)
+    assert kube.objects[("Job", "ferry-copy-a")]["spec"]["activeDeadlineSeconds"] == 7200
+    assert out.status["observedGeneration"] == 2
+    assert all(c["observedGeneration"] == 2 for c in out.status["conditions"])
+
+
+def test_changed_transfer_field_is_reported_and_its_generation_not_claimed():
+    """Where the CRD's CEL rules did not run, status still never claims an edit it ignored."""
+    r, kube, _, _ = reconciler()
+    first = _started(r, PVC_TO_PVC)
+    job_before = json.dumps(kube.objects[("Job", "ferry-copy-a")], sort_keys=True)
+    edited = {**PVC_TO_PVC, "source": {"pvc": {"claimName": "other"}}, "mode": "Sync"}
+    body = transferjob(edited, status=first["status"], generation=2)
+    out = r.reconcile(body, NOW)
+    assert out.status["observedGeneration"] == 1
+    accepted = next(c for c in out.status["conditions"] if c["type"] == "Accepted")
+    assert accepted["status"] == "False" and accepted["reason"] == "FixedFieldChanged"
+    assert accepted["observedGeneration"] == 2
+    assert "spec.source, spec.mode" in accepted["message"]
+    assert out.warning is not None and "spec.source" in out.warning[1]
+    assert all(
+        c["observedGeneration"] == 1 for c in out.status["conditions"] if c["type"] != "Accepted"
+    )
+    assert json.dumps(kube.objects[("Job", "ferry-copy-a")], sort_keys=True) == job_before
+    # Reported once, not on every poll; a suspend in a later generation is still acted on.
+    body = transferjob({**edited, "suspend": True}, status=out.status, generation=3)
+    again = r.reconcile(body, NOW)
+    assert again.warning is None and again.status["observedGeneration"] == 1
+    assert kube.objects[("Job", "ferry-copy-a")]["spec"]["suspend"] is True
+
+
+def test_finished_job_claims_ttl_edits_but_not_transfer_edits():
+    r, kube, _, _ = reconciler()
+    first = _started(r, PVC_TO_PVC)
+    done = {**first["status"], "phase": "Succeeded", "reason": "Completed"}
+    done["completionTime"] = "2026-01-01T00:59:00Z"
+    ttl = r.reconcile(
+        transferjob({**PVC_TO_PVC, "ttlSecondsAfterFinished": 9999}, status=done, generation=2),
+        NOW,
+    )
+    assert ttl.status["observedGeneration"] == 2
+    moved = {**PVC_TO_PVC, "destination": {"pvc": {"claimName": "elsewhere"}}}
+    out = r.reconcile(transferjob(moved, status=done, generation=3), NOW)
+    assert out.status["observedGeneration"] == 1 and "spec.destination" in str(out.warning)
+    assert kube.created.count("Job/ferry-copy-a") == 1
+
+
+def test_mover_failure_named_invalid_spec_is_not_rerun_after_an_edit():
+    """Only a spec the operator refused before building a Job is retried when edited."""
+    r, kube, _, _ = reconciler()
+    ran = {
+        "phase": "Failed",
+        "reason": "InvalidSpec",
+        "jobName": "ferry-copy-a",
+        "observedGeneration": 1,
+        "completionTime": "2026-01-01T00:59:00Z",
+    }
+    out = r.reconcile(transferjob({**PVC_TO_PVC, "suspend": True}, status=ran, generation=2), NOW)
+    assert kube.created == [] and "phase" not in out.status
