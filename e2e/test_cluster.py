@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from e2e.cluster import controlplane
 from e2e.cluster.layout import Layout
 from e2e.cluster.procs import marked
-from e2e.support import FERRY_IMAGE, Cluster, cluster_cli, wait_for
+from e2e.support import FERRY_IMAGE, REPO, Cluster, cluster_cli, wait_for
 from tests.strict import unavailable
 
 pytestmark = pytest.mark.cluster
@@ -228,6 +228,12 @@ def test_delete_stops_process_within_grace(
     for body in pods.values():
         _raw(core.create_namespaced_pod, namespace, body)
     running = {name: _running_pid(core, namespace, name) for name in pods}
+    # Running is reported at spawn; the handler is in place once the script says so.
+    wait_for(
+        "stubborn's SIGTERM handler",
+        lambda: "up" in cluster.container_log(namespace, "stubborn", "main"),
+        60,
+    )
     for name in pods:
         t0 = time.monotonic()
         core.delete_namespaced_pod(name, namespace)
@@ -512,6 +518,46 @@ def test_run_as_user(core: client.CoreV1Api, namespace: str) -> None:
     _raw(core.create_namespaced_pod, namespace, pod)
     term = _terminated(core, namespace, "nonroot")
     assert (term["exitCode"], term.get("message")) == (0, "65532:65532")
+
+
+def test_fs_group_and_the_image_code(
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    """fsGroup as a kubelet applies it: a supplementary group of the process, group owner of
+    Secret files with group read added (0400 -> 0440). Locally the "image" code is the
+    checkout the agent runs from."""
+    _raw(
+        core.create_namespaced_secret,
+        namespace,
+        {"metadata": {"name": "key"}, "stringData": {"key": "k"}},
+    )
+    script = """
+import json, os, stat, ferry
+st = os.stat("/etc/key/key")
+out = {"groups": os.getgroups(), "mode": stat.S_IMODE(st.st_mode), "gid": st.st_gid,
+       "ferry": ferry.__file__}
+open("/dev/termination-log", "w").write(json.dumps(out))
+"""
+    pod = _pod(
+        "fsgroup",
+        ["python", "-c", script],
+        securityContext={
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 2000,
+            "supplementalGroups": [3000],
+        },
+        container={"volumeMounts": [{"name": "key", "mountPath": "/etc/key"}]},
+        volumes=[{"name": "key", "secret": {"secretName": "key", "defaultMode": 0o400}}],
+    )
+    _raw(core.create_namespaced_pod, namespace, pod)
+    term = _terminated(core, namespace, "fsgroup")
+    assert term["exitCode"] == 0, term
+    seen = json.loads(term["message"])
+    assert {2000, 3000} <= set(seen["groups"]), seen
+    assert (seen["mode"], seen["gid"]) == (0o440, 2000), seen
+    if cluster.local:
+        assert seen["ferry"] == str(REPO / "ferry" / "__init__.py"), seen
 
 
 def test_mount_over_the_agent_python_keeps_it_visible(

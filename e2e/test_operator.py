@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import threading
 import urllib.request
@@ -35,7 +37,8 @@ from kubernetes.client.rest import ApiException
 
 from e2e.cluster import binaries
 from e2e.support import FERRY_IMAGE, Cluster, wait_for
-from tests.servers import VersityServer
+from ferry.operator import workload
+from tests.servers import SambaServer, SSHServer, VersityServer
 from tests.strict import unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -361,6 +364,23 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def condition(obj: Obj, type_: str) -> Obj | None:
+    """The condition of `type_` that holds (status True), if any."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def exit_codes(pods: list[Obj]) -> list[int]:
+    return [
+        cs["state"]["terminated"]["exitCode"]
+        for p in pods
+        for cs in (p.get("status") or {}).get("containerStatuses") or []
+        if "terminated" in cs.get("state", {})
+    ]
+
+
 # ---------------------------------------------------------------- API validation
 
 
@@ -526,6 +546,27 @@ def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj) -> None:
     )
 
 
+def test_suspended_transfer_runs_when_resumed(env: Env) -> None:
+    """suspend: true makes a suspended Job (the Job controller starts no pod); false resumes it."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {"a/1": 1000, "b": 2000})
+    env.create("transferjobs", "later", pvc_spec("src", "dst", suspend=True))
+    env.wait_phase("later", "Suspended", timeout=60)
+    job = wait_for(
+        "the Job controller to hold the Job suspended",
+        lambda: next((j for j in env.jobs("later") if condition(j, "Suspended")), None),
+        timeout=60,
+    )
+    assert job["spec"]["suspend"] is True
+    assert not job["status"].get("active") and not job["status"].get("startTime")
+    assert env.pods("later") == []
+    env.patch_spec("transferjobs", "later", {"suspend": False})
+    obj = env.wait_phase("later", "Succeeded", timeout=120)
+    assert digests(dst) == want
+    assert obj["status"]["result"]["filesCopied"] == 2
+    assert len(env.jobs("later")) == 1 and len(env.pods("later")) == 1
+
+
 def test_progress_visible_while_throttled(env: Env) -> None:
     src, dst = env.pvc("src"), env.pvc("dst")
     want = seed(src, {f"f{i}": 1024 * 1024 for i in range(6)})
@@ -673,6 +714,107 @@ def test_pvc_to_s3(env: Env) -> None:
         assert obj["status"]["result"]["filesCopied"] == len(files)
     finally:
         s3srv.close()
+
+
+def _secret(env: Env, name: str, data: dict[str, str]) -> None:
+    _raw(
+        env.core.create_namespaced_secret,
+        env.ns,
+        {"metadata": {"name": name}, "stringData": data},
+    )
+
+
+def _readable_by(st: os.stat_result, uid: int, groups: set[int]) -> bool:
+    """Whether a process of `uid` with `groups` may read a file by its permission bits alone
+    (local pods keep CAP_DAC_READ_SEARCH, so their own reads cannot show this)."""
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def assert_secrets_mounted_read_only(
+    cluster: Cluster, pod: Obj, keys_by_volume: dict[str, list[str]]
+) -> None:
+    """The mover pod mounts only the named keys, read-only, owner-readable only (0400; with
+    fsGroup the kubelet adds group read: 0440), and its uid can read them. Checked on the
+    files the node agent materialised for this pod, as a kubelet would."""
+    assert cluster.layout is not None
+    spec = pod["spec"]
+    sc = spec["securityContext"]
+    uid = sc["runAsUser"]
+    groups = {sc["runAsGroup"], *([sc["fsGroup"]] if "fsGroup" in sc else [])}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for name, keys in keys_by_volume.items():
+        secret = volumes[name]["secret"]
+        assert secret["defaultMode"] == 0o400 and [i["key"] for i in secret["items"]] == keys
+        assert mounts[name]["readOnly"] is True
+        assert mounts[name]["mountPath"].startswith(workload.SECRETS_DIR + "/")
+        root = cluster.layout.pods / pod["metadata"]["uid"] / "volumes" / name
+        assert sorted(os.listdir(root)) == sorted(keys)  # only the named keys
+        for key in keys:
+            st = os.stat(root / key)
+            mode = stat.S_IMODE(st.st_mode)
+            want = 0o440 if "fsGroup" in sc else 0o400
+            assert mode == want, f"{name}/{key}: mode {mode:o}, want {want:o}"
+            assert st.st_uid == 0 and st.st_gid == sc.get("fsGroup", 0)
+            assert _readable_by(st, uid, groups), f"{name}/{key} unreadable by uid {uid}"
+
+
+def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
+    env: Env, cluster: Cluster
+) -> None:
+    """PVC to the real sshd (key auth, strict known_hosts) and to the real smbd (password),
+    each with nothing but the Secrets the TransferJob names."""
+    sshd, smbd = SSHServer(), SambaServer()
+    try:
+        sshd.start()
+        smbd.start()
+        src = env.pvc("src")
+        want = seed(src, {"a/1.bin": 10_000, "a/2.bin": 70_000, "b.txt": 12})
+        _secret(env, "sftp-key", {"ssh-privatekey": sshd.user_key.read_text()})
+        _secret(env, "sftp-hosts", {"known_hosts": sshd.known_hosts.read_text()})
+        _secret(env, "smb-password", {"password": smbd.password})
+        sftp = {
+            "host": "127.0.0.1",
+            "port": sshd.port,
+            "user": sshd.user,
+            "path": str(sshd.root / "in"),
+            "secretRef": {"name": "sftp-key"},
+            "knownHostsRef": {"name": "sftp-hosts", "key": "known_hosts"},
+        }
+        smb = {
+            "host": "127.0.0.1",
+            "port": smbd.port,
+            "share": smbd.share,
+            "path": "in",
+            "user": smbd.user,
+            "secretRef": {"name": "smb-password"},
+        }
+        source = {"pvc": {"claimName": "src"}}
+        env.create("transferjobs", "to-sftp", {"source": source, "destination": {"sftp": sftp}})
+        env.create("transferjobs", "to-smb", {"source": source, "destination": {"smb": smb}})
+        for tj in ("to-sftp", "to-smb"):
+            obj = env.wait_phase(tj, "Succeeded", timeout=180)
+            assert obj["status"]["result"]["filesCopied"] == len(want)
+        assert digests(sshd.root / "in") == want
+        assert digests(smbd.root / "in") == want
+        assert_secrets_mounted_read_only(
+            cluster,
+            env.pods("to-sftp")[0],
+            {
+                "destination-secret": ["ssh-privatekey"],
+                "destination-known-hosts-secret": ["known_hosts"],
+            },
+        )
+        assert_secrets_mounted_read_only(
+            cluster, env.pods("to-smb")[0], {"destination-secret": ["password"]}
+        )
+    finally:
+        sshd.close()
+        smbd.close()
 
 
 # ---------------------------------------------------------------- RBAC
@@ -882,7 +1024,88 @@ def test_unfixable_failure_is_terminal_without_retries(env: Env) -> None:
     assert st["reason"] == "SourceNotFound", st
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "SourceNotFound"
-    assert len(env.pods("missing")) == 1  # the pod failure policy failed the Job at once
+    # The Job controller applied the pod failure policy to the mover's real exit code 3:
+    # the Job failed at once, no second pod despite retry.limit 3.
+    assert exit_codes(env.pods("missing")) == [3]
+    job_failed = condition(env.jobs("missing")[0], "Failed")
+    assert job_failed is not None and job_failed["reason"] == "PodFailurePolicy", job_failed
+
+
+def test_transient_failure_gets_another_pod(env: Env) -> None:
+    """Exit 11 (Transient: an S3 endpoint that refuses connections) is retried by the Job
+    controller with a new pod, up to retry.limit, and then fails the transfer."""
+    src = env.pvc("src")
+    seed(src, {"a": 10})
+    _raw(
+        env.core.create_namespaced_secret,
+        env.ns,
+        {
+            "metadata": {"name": "s3"},
+            "stringData": {
+                "credentials": "[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n"
+            },
+        },
+    )
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound but never listening: every connect is refused
+        spec = {
+            "source": {"pvc": {"claimName": "src"}},
+            "destination": {
+                "s3": {
+                    "bucket": "unreachable",
+                    "endpoint": f"http://127.0.0.1:{closed.getsockname()[1]}",
+                    "region": "us-east-1",
+                    "pathStyle": True,
+                    "secretRef": {"name": "s3"},
+                }
+            },
+            "retry": {"limit": 1},
+        }
+        env.create("transferjobs", "refused", spec)
+        obj = env.wait_phase("refused", "Failed", timeout=180)
+    assert obj["status"]["reason"] == "Transient", obj["status"]
+    assert exit_codes(env.pods("refused")) == [11, 11]  # a second pod, and no third
+    job_failed = condition(env.jobs("refused")[0], "Failed")
+    assert job_failed is not None and job_failed["reason"] == "BackoffLimitExceeded", job_failed
+
+
+def test_evicted_mover_is_replaced_without_counting(env: Env) -> None:
+    """A pod evicted through the Eviction API carries DisruptionTarget: the pod failure policy
+    ignores it, so even with retry.limit 0 (backoffLimit 0) the Job makes a new pod."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {f"f{i}": 512 * 1024 for i in range(8)})
+    env.create(
+        "transferjobs", "evicted", pvc_spec("src", "dst", bandwidth="1M", retry={"limit": 0})
+    )
+
+    def started() -> Obj | None:
+        st = env.tj("evicted").get("status") or {}
+        return st if (st.get("progress") or {}).get("filesDone", 0) >= 2 else None
+
+    wait_for("two files done", started, timeout=90)
+    assert env.jobs("evicted")[0]["spec"]["backoffLimit"] == 0
+    first = env.pods("evicted")
+    assert len(first) == 1
+    name = first[0]["metadata"]["name"]
+    env.core.create_namespaced_pod_eviction(
+        name,
+        env.ns,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=env.ns)),
+    )
+
+    def disrupted() -> Obj | None:
+        pods = [p for p in env.pods("evicted") if p["metadata"]["name"] == name]
+        return next((c for p in pods if (c := condition(p, "DisruptionTarget"))), None)
+
+    cond = wait_for("the evicted pod marked DisruptionTarget", disrupted, timeout=30)
+    assert cond["reason"] == "EvictionByEvictionAPI", cond
+    obj = env.wait_phase("evicted", "Succeeded", timeout=180)
+    assert digests(dst) == want
+    names = [p["metadata"]["name"] for p in env.pods("evicted")]
+    assert name not in names and len(names) == 1, names  # replaced once
+    job = env.jobs("evicted")[0]
+    assert condition(job, "Complete") and not condition(job, "Failed")
+    assert obj["status"]["result"]["filesCopied"] + obj["status"]["result"]["filesSkipped"] == 8
 
 
 def test_active_deadline_fails_the_transfer(env: Env) -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes import client
@@ -27,14 +27,19 @@ def venv_bin() -> str:
     return str(Path(sys.executable).parent)
 
 
+def checkout() -> str:
+    """The checkout this agent runs from: the `ferry` package pods import (first on
+    PYTHONPATH), so a work tree's cluster runs that tree's code, not the venv's editable one."""
+    return str(Path(__file__).resolve().parents[3])
+
+
 def protected_paths() -> list[str]:
     """Host paths the container's "image" lives in (venv, base Python, this checkout).
 
     A pod's private /tmp or a volume mounted at one of them or an ancestor would hide
     the Python that runs the container; the sandbox binds them back on top.
     """
-    repo = Path(__file__).resolve().parents[3]
-    return sorted({sys.prefix, sys.base_prefix, str(repo)})
+    return sorted({sys.prefix, sys.base_prefix, checkout()})
 
 
 class Ipam:
@@ -81,6 +86,7 @@ class Launch:
     working_dir: str | None
     uid: int | None
     gid: int | None
+    groups: list[int] = field(default_factory=list)  # supplementary: fsGroup, supplementalGroups
 
 
 class Runtime:
@@ -123,6 +129,7 @@ class Runtime:
             "env": launch.env,
             "uid": launch.uid,
             "gid": launch.gid,
+            "groups": launch.groups,
         }
         spec_path = cdir / "sandbox.json"
         spec_path.write_text(json.dumps(spec))

@@ -171,8 +171,8 @@ def setup(spec: dict[str, Any]) -> None:
     os.chroot(root.root)
     rel = os.path.relpath(workdir, root.root)
     os.chdir("/" if rel == "." else "/" + rel)
-    if spec.get("uid") is not None or spec.get("gid") is not None:
-        drop_to(spec.get("uid"), spec.get("gid"))
+    if spec.get("uid") is not None or spec.get("gid") is not None or spec.get("groups"):
+        drop_to(spec.get("uid"), spec.get("gid"), spec.get("groups") or [])
 
 
 PR_SET_KEEPCAPS = 8
@@ -194,15 +194,16 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def drop_to(uid: int | None, gid: int | None) -> None:
-    """Become runAsUser/runAsGroup, keeping only CAP_DAC_READ_SEARCH (ambient).
+def drop_to(uid: int | None, gid: int | None, groups: list[int]) -> None:
+    """Become runAsUser/runAsGroup with the pod's supplementary `groups` (fsGroup first),
+    keeping only CAP_DAC_READ_SEARCH (ambient).
 
     The container's "image" is the host, whose Python may live below a 0700
     directory such as /root; a real image would be readable by any user. The
     one capability lets the process read and traverse it, nothing more.
     """
     _check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl keepcaps")
-    os.setgroups([])
+    os.setgroups([int(g) for g in groups])
     if gid is not None:
         os.setgid(int(gid))
     if uid is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,32 @@ from .kube import Obj
 
 TokenFn = Callable[[str, int], str]  # (audience or "", expirationSeconds) -> token
 Lookup = Callable[[str, str], Obj | None]  # (kind, name) -> Secret/ConfigMap/PVC/PV
+
+
+# The kubelet's fsGroup masks (pkg/volume/volume_linux.go): group read for read-only volumes,
+# read-write otherwise; directories also get group search and setgid.
+RO_MASK, RW_MASK, EXEC_MASK = 0o440, 0o660, 0o110
+
+
+def supplementary_groups(pod: Obj) -> list[int]:
+    """The groups a container runtime adds to every process of the pod: fsGroup, then
+    supplementalGroups."""
+    sc = pod["spec"].get("securityContext") or {}
+    fs = [sc["fsGroup"]] if sc.get("fsGroup") is not None else []
+    return list(dict.fromkeys(int(g) for g in [*fs, *(sc.get("supplementalGroups") or [])]))
+
+
+def own(root: Path, gid: int, read_only: bool) -> None:
+    """What the kubelet does to a volume it manages when the pod sets fsGroup: every entry
+    group-owned by `gid`, files OR'ed with the mask (a 0400 secret key becomes 0440, so a
+    non-root mover in that group reads it), directories also setgid and group-searchable."""
+    mask = RO_MASK if read_only else RW_MASK
+    for path in [root, *root.rglob("*")]:
+        os.lchown(path, -1, gid)
+        if path.is_symlink():
+            continue
+        extra = mask | (stat.S_ISGID | EXEC_MASK if path.is_dir() else 0)
+        path.chmod(stat.S_IMODE(path.stat().st_mode) | extra)
 
 
 class Unsupported(RuntimeError):
@@ -85,6 +112,11 @@ def _downward(pod: Obj, items: list[Obj], root: Path, mode: int, alloc: Mapping[
         _write(root, item["path"], value.encode(), item.get("mode", mode))
 
 
+# Volumes whose files the kubelet itself writes, and so re-owns for fsGroup (volumes of
+# storage, PVCs and hostPath, keep the ownership they have here).
+KUBELET_MANAGED = {"emptyDir", "secret", "configMap", "downwardAPI", "projected"}
+
+
 class VolumeBuilder:
     """Builds every volume of one pod below `pod_dir/volumes`."""
 
@@ -98,7 +130,13 @@ class VolumeBuilder:
         self.alloc = alloc
 
     def build(self) -> dict[str, Volume]:
-        return {v["name"]: self._one(v) for v in self.pod["spec"].get("volumes", [])}
+        fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        out = {}
+        for v in self.pod["spec"].get("volumes", []):
+            out[v["name"]] = vol = self._one(v)
+            if fs_group is not None and set(v) & KUBELET_MANAGED:
+                own(vol.path, int(fs_group), vol.read_only)
+        return out
 
     def _dir(self, name: str) -> Path:
         path = self.root / name

@@ -18,8 +18,8 @@ from ..fsutil import safe_rmtree
 from . import envvars
 from .kube import MERGE, Obj, get_or_none, now, raw
 from .podstatus import HOST_IP, ContainerState, image_repository, render
-from .runtime import Launch, Mount, Runtime, signal_group
-from .volumes import Unsupported, Volume, VolumeBuilder
+from .runtime import Launch, Mount, Runtime, checkout, signal_group
+from .volumes import Unsupported, Volume, VolumeBuilder, supplementary_groups
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,7 @@ class PodWorker(threading.Thread):
             "PATH": f"{self.rt.venv_bin}:{envvars.BASE_PATH}",
             "HOSTNAME": self.pod_name,
             "HOME": "/root",
+            "PYTHONPATH": checkout(),
             **envvars.service_env(self.rt.cfg.apiserver_port),
         }
         env = envvars.container_env(self.pod, spec, base, self._env_lookup, self.alloc)
@@ -295,6 +296,7 @@ class PodWorker(threading.Thread):
             working_dir=spec.get("workingDir"),
             uid=sc.get("runAsUser"),
             gid=sc.get("runAsGroup"),
+            groups=supplementary_groups(self.pod),
         )
 
     def _env_lookup(self, kind: str, name: str) -> Obj | None:
