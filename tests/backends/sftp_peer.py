@@ -11,6 +11,7 @@ one (its backend, session pool, wire framing and packet sealer).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import tempfile
@@ -184,3 +185,4 @@ class Peer:
         self._sock.close()
         for t in self._transports:
             t.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
