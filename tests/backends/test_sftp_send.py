@@ -1,9 +1,13 @@
 """Uploads against a real sshd: channel data sealed by Ferry's GcmSender arrives intact and
-survives key exchanges mid-file; a big file's pieces share their sessions' open handles."""
+survives key exchanges mid-file, or goes through paramiko's own send under library versions
+it was not tested with; its padding is random; a big file's pieces share their sessions'
+open handles."""
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +19,7 @@ import pytest
 from ferry.mover.backends import ssh_send
 from ferry.mover.execute import STREAM_PIECE
 from tests.backends.helpers import ok, transfer
+from tests.backends.sftp_peer import USER, Peer
 from tests.backends.test_remote_fsync import Logged
 from tests.backends.tree import CHUNK
 from tests.servers import SSHServer
@@ -98,3 +103,69 @@ def test_write_handles_kept_between_pieces_and_closed_before_rename(
     mine = [k for k, path, _ in log[:at] if path == tmp]
     assert 0 < mine.count("open") < pieces, (pieces, mine)
     assert mine.count("open") == mine.count("close"), mine
+
+
+@pytest.mark.parametrize("fault", ["paramiko-version", "aesgcm-call"])
+def test_untested_libraries_fall_back_to_paramikos_send(
+    sshd_server: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """GcmSender mirrors one paramiko release's private state and calls what that
+    cryptography offers: under anything else the upload goes through Channel.sendall. The
+    other releases are faked (they cannot be installed beside the pinned ones)."""
+    if fault == "paramiko-version":
+        monkeypatch.setattr(paramiko, "__version__", "5.1.1")
+    else:
+        monkeypatch.setattr(ssh_send, "AESGCM_CALLS", (*ssh_send.AESGCM_CALLS, "encrypt_fused"))
+    usable: list[bool] = []
+    check = ssh_send.GcmSender.usable
+    monkeypatch.setattr(
+        ssh_send.GcmSender, "usable", staticmethod(lambda c: usable.append(check(c)) or usable[-1])
+    )
+    sealed = _count(monkeypatch, ssh_send.GcmSender, "_seal")
+    sent = _count(monkeypatch, paramiko.Channel, "sendall")
+    data, dest = _upload(sshd_server, tmp_path, 3 * 1024 * 1024 + 123)
+    assert dest.read_bytes() == data
+    assert usable and not any(usable)
+    assert not sealed and sent
+
+
+def test_padding_is_random(tmp_path: Path) -> None:
+    """RFC 4253 section 6: padding is random. Two packets of the same size, decrypted with
+    the connection's own key, carry different padding."""
+    peer = Peer()
+    sock = socket.create_connection(("127.0.0.1", peer.port))
+    t = paramiko.Transport(sock)
+    try:
+        opts = t.get_security_options()
+        opts.ciphers = tuple(c for c in opts.ciphers if "gcm" in c)  # as Ferry prefers
+        t.start_client(timeout=10)
+        t.auth_password(USER, "x")
+        chan = t.open_session()
+        assert ssh_send.GcmSender.usable(chan)
+        sender = ssh_send.GcmSender(chan)
+        pk: Any = t.packetizer
+        writes: list[tuple[bytes, bytes]] = []  # what went out, the nonce after it
+        write_all = pk.write_all
+
+        def recorded(out: Any) -> None:
+            writes.append((bytes(out), getattr(pk, ssh_send._P + "iv_out")))
+            write_all(out)
+
+        pk.write_all = recorded
+        sender.sendall([b"a" * 1000])
+        sender.sendall([b"a" * 1000])
+        engine = getattr(pk, ssh_send._P + "block_engine_out")
+        paddings = []
+        for out, iv in writes:
+            length = struct.unpack_from(">I", out)[0]
+            assert len(out) == 4 + length + ssh_send.TAG  # one packet per write
+            nonce = iv[:4] + (int.from_bytes(iv[4:], "big") - 1).to_bytes(8, "big")
+            plain = engine.decrypt(nonce, out[4:], out[:4])
+            pad = plain[0]
+            assert plain[1 + 9 : -pad] == b"a" * 1000
+            paddings.append(plain[-pad:])
+        assert len(paddings) == 2 and len(paddings[0]) == len(paddings[1]) >= 4
+        assert paddings[0] != paddings[1]
+    finally:
+        t.close()
+        peer.close()

@@ -220,7 +220,7 @@ class SFTPBackend(Backend):
     def _full(self, s: Session, rel: str | None) -> bool:
         if time.monotonic() < self._full_until:
             return True  # one check stands for the failures of the next seconds
-        if s.dirty:
+        if s.dirty or s.broken:
             return False
         try:
             free, inodes = s.statvfs(self.path(rel).rpartition("/")[0] or "/" if rel else self.root)
@@ -401,8 +401,9 @@ class SFTPBackend(Backend):
             raise
 
     def release(self, s: Session, broken: bool = False) -> None:
-        # A session with replies still on their way cannot serve anyone else.
-        usable = not (broken or s.dirty or s.buf or not s.transport.is_active())
+        # A session with replies still on their way, or whose server broke the protocol,
+        # cannot serve anyone else.
+        usable = not (broken or s.broken or s.dirty or s.buf or not s.transport.is_active())
         if usable:
             try:
                 s.close_handles(_finished)

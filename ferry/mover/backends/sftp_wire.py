@@ -7,6 +7,11 @@ straight to paramiko's channel and parses the replies from the payloads as they 
 (`LeanPipe`), with request ids from the SFTPClient's own counter (its own calls stay in
 step). Packet layout: draft-ietf-secsh-filexfer-02; request sizes: OpenSSH's
 limits@openssh.com.
+
+Replies are untrusted: `next_reply` checks a reply's declared length against the protocol's
+maximum before buffering for it, and `parse_reply` every field against the reply's length.
+A reply that breaks the framing, or answers a request not asked, raises `ProtocolError`
+and marks the session `broken`: the pool closes it instead of lending it again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ READ_REFILL = 8  # ...sent again this many at a time
 WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
 KEPT_HANDLES = 2  # write handles a session keeps open between pieces
 RECV = 8 * MiB  # a cap only: a LeanPipe read returns one whole payload
+MAX_REPLY = 256 * 1024  # longest reply length a server may declare (OpenSSH's SFTP_MAX_MSG_LENGTH)
+MAX_HANDLE = 256  # draft-02: a handle is at most 256 bytes
+STATUS_TEXT = 200  # bytes of a server's status message that reach an error message
 
 # SFTP v3 packet types and flags (draft-ietf-secsh-filexfer-02)
 OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, FSETSTAT, REMOVE = 3, 4, 5, 6, 7, 9, 10, 13
@@ -38,6 +46,7 @@ EXTENDED = 200
 STATUS, HANDLE, DATA, ATTRS, EXTENDED_REPLY = 101, 102, 103, 105, 201
 FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x1, 0x2, 0x8, 0x10
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
+ATTR_FIELDS = ((ATTR_SIZE, 8), (ATTR_UIDGID, 8), (ATTR_PERMISSIONS, 4), (ATTR_ACMODTIME, 8))
 FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED = 0, 1, 2, 3
 FX_OP_UNSUPPORTED = 8
 U32 = struct.Struct(">I")
@@ -47,6 +56,13 @@ RANGE = struct.Struct(">QI")  # offset, length
 
 
 Body = bytes | memoryview  # a reply's body: DATA bodies are views into what arrived
+Reply = tuple[int, int, Body]  # type, request id, body
+
+
+class ProtocolError(paramiko.SSHException):
+    """A reply that breaks SFTP's framing or layout, or answers a request not asked: the
+    session is out of step with its server. Transient (sftp.classify): the work is retried
+    on a fresh session, and this one is closed."""
 
 
 class _Chunks:
@@ -186,8 +202,69 @@ FSYNC = sftp_string(b"fsync@openssh.com")  # then the handle: fsync(2) on the se
 STATVFS = sftp_string(b"statvfs@openssh.com")  # then a path: statvfs(2) on the server
 
 
+def attrs_size(body: Body, at: int = 0) -> int:
+    """The length of the fixed fields of the ATTRS block at `at` (its flags say which are
+    present; extended pairs, which Ferry does not read, are not counted)."""
+    if len(body) < at + 4:
+        raise ProtocolError("SFTP attributes shorter than their flags")
+    flags = U32.unpack_from(body, at)[0]
+    return 4 + sum(n for bit, n in ATTR_FIELDS if flags & bit)
+
+
+def parse_reply(msg: Body) -> Reply:
+    """One whole reply, its length field included, as (type, request id, body): a DATA body
+    is just the data (a view into `msg`), others are bytes. Each field a reply of its type
+    carries is checked against the reply's length: ProtocolError where one does not fit."""
+    if len(msg) < HEAD.size:
+        raise ProtocolError(f"SFTP reply shorter than its header ({len(msg)} bytes)")
+    length, kind, rid = HEAD.unpack_from(msg, 0)
+    if length != len(msg) - 4:
+        raise ProtocolError("SFTP reply length disagrees with its framing")
+    body = memoryview(msg)[HEAD.size :]
+    if kind == EXTENDED_REPLY:
+        return kind, rid, body.tobytes()  # free-form: its reader checks what it needs
+    if kind not in (STATUS, HANDLE, DATA, ATTRS):
+        raise ProtocolError(f"unexpected SFTP reply type {kind}")
+    if kind == ATTRS:
+        if len(body) < attrs_size(body):
+            raise ProtocolError("SFTP attributes shorter than their flags say")
+        return kind, rid, body.tobytes()
+    if len(body) < 4:
+        raise ProtocolError(f"SFTP reply of type {kind} too short ({len(body)} bytes)")
+    n = U32.unpack_from(body, 0)[0]
+    if kind == STATUS:
+        # the code, then (servers older than draft-02 stop here) a message and a language tag
+        if len(body) > 4 and (len(body) < 8 or U32.unpack_from(body, 4)[0] > len(body) - 8):
+            raise ProtocolError("SFTP status message longer than its reply")
+        return kind, rid, body.tobytes()
+    if n != len(body) - 4:
+        raise ProtocolError(f"SFTP reply of type {kind}: inner length disagrees with its reply's")
+    if kind == HANDLE:
+        if n > MAX_HANDLE:
+            raise ProtocolError(f"SFTP handle longer than {MAX_HANDLE} bytes")
+        return kind, rid, body[4:].tobytes()
+    return kind, rid, body[4:]
+
+
+def next_reply(inbox: _Chunks) -> Reply | None:
+    """The first whole reply in `inbox`, taken out; None until all of it has arrived. Its
+    declared length is checked first: a server cannot make the mover buffer more than
+    MAX_REPLY for one reply."""
+    if len(inbox) < 4:
+        return None
+    length = U32.unpack(inbox.peek(4))[0]
+    if length < HEAD.size - 4:
+        raise ProtocolError(f"SFTP reply shorter than its header ({length} bytes)")
+    if length > MAX_REPLY:
+        raise ProtocolError(f"SFTP reply longer than the protocol allows ({length} bytes)")
+    if len(inbox) < 4 + length:
+        return None
+    return parse_reply(inbox.take(4 + length))
+
+
 class Stat:
-    """The fields of an SFTP ATTRS reply that the backend uses."""
+    """The fields of an SFTP ATTRS reply that the backend uses (its layout checked by
+    parse_reply)."""
 
     __slots__ = ("mtime", "size")
 
@@ -207,12 +284,12 @@ class Stat:
 
 
 def status_error(body: Body) -> OSError:
+    """A STATUS reply's body (checked by parse_reply) as the OSError it stands for."""
     code = U32.unpack_from(body, 0)[0]
-    try:
-        n = U32.unpack_from(body, 4)[0]
-        text = bytes(body[8 : 8 + n]).decode("utf-8", "replace")
-    except struct.error:
-        text = ""
+    text = ""
+    if len(body) >= 8:
+        raw = bytes(body[8 : 8 + min(U32.unpack_from(body, 4)[0], STATUS_TEXT)])
+        text = "".join(c if c.isprintable() else "?" for c in raw.decode("utf-8", "replace"))
     if code == FX_NO_SUCH_FILE:
         return FileNotFoundError(errno.ENOENT, text or "No such file")
     if code == FX_PERMISSION_DENIED:
@@ -248,13 +325,15 @@ class Session:
     path (4-byte and n-byte channel reads that memmove the rest of the buffer, a Message
     per reply, a prefetch thread per readv) cost more CPU than the cipher. Request ids
     come from the SFTPClient's counter, and every reply is consumed before the session
-    goes back to the pool (`dirty` otherwise), so paramiko's own calls stay in step.
+    goes back to the pool (`dirty` otherwise), so paramiko's own calls stay in step. A
+    reply that breaks the protocol marks it `broken`: it never goes back.
 
     Writes given `fsync` ask for fsync@openssh.com on the handle before its CLOSE, in the
     same channel write; a server that declines it sets `fsync_refused` instead of failing
     the file."""
 
     __slots__ = (
+        "broken",
         "buf",
         "chan",
         "dirty",
@@ -276,6 +355,7 @@ class Session:
         self.sendall = channel_sender(chan)
         self.buf = _Chunks()  # received, not yet parsed
         self.dirty = False
+        self.broken = False  # a reply broke the protocol: close, never reuse
         self.fsync_refused = False
         # Write handles kept open between one writer's pieces, by writer: an OPEN per 2 MiB
         # piece was a round trip (~1 ms under load) in which the stream sent nothing.
@@ -306,29 +386,29 @@ class Session:
             self.sendall((head, data))
         return rid
 
-    def _recv(self) -> tuple[int, int, Body]:
+    def _recv(self) -> Reply:
         """The next reply: (type, request id, body); a DATA body is just the data, as a view
         into the payload it arrived in where it lies inside one."""
-        inbox = self.buf
-        while True:
-            if len(inbox) >= 4:
-                need = 4 + U32.unpack(inbox.peek(4))[0]
-                if len(inbox) >= need:
-                    break
-            d = self.chan.recv(RECV)
-            if not d:
-                raise EOFError("SFTP channel closed")
-            inbox.add(d)
-        msg = inbox.take(need)
-        _, kind, rid = HEAD.unpack_from(msg, 0)
-        if kind == DATA:
-            return kind, rid, msg[13 : 13 + U32.unpack_from(msg, 9)[0]]
-        return kind, rid, msg[9:].tobytes()
+        try:
+            while (got := next_reply(self.buf)) is None:
+                d = self.chan.recv(RECV)
+                if not d:
+                    raise EOFError("SFTP channel closed")
+                self.buf.add(d)
+        except ProtocolError:
+            self.broken = True
+            raise
+        return got
+
+    def _broken(self, text: str) -> ProtocolError:
+        """The error for a reply that breaks the protocol; this session is done."""
+        self.broken = True
+        return ProtocolError(text)
 
     def reply(self, rid: int) -> tuple[int, bytes]:
         kind, got, body = self._recv()
         if got != rid:
-            raise paramiko.SSHException(f"SFTP reply to request {got}, expected {rid}")
+            raise self._broken(f"SFTP reply to request {got}, expected {rid}")
         if kind == STATUS and U32.unpack_from(body, 0)[0] != FX_OK:
             raise status_error(body)
         return kind, bytes(body)  # no copy: only DATA bodies are views
@@ -355,7 +435,7 @@ class Session:
         frsize, blocks, bfree, bavail, files, ffree, favail (unchecked)."""
         kind, body = self.reply(self._send(EXTENDED, STATVFS + sftp_string(path_bytes(path))))
         if kind != EXTENDED_REPLY or len(body) < 64:
-            raise paramiko.SSHException(f"SFTP statvfs: unexpected reply {kind}")
+            raise self._broken(f"SFTP statvfs: unexpected reply {kind}")
         return struct.unpack_from(">8Q", body, 0)
 
     def statvfs(self, path: str) -> tuple[int, int]:
@@ -365,7 +445,13 @@ class Session:
 
     def open(self, path: str, flags: int) -> bytes:
         rid = self._send(OPEN, _open_body(path, flags))
-        return _handle(*self.reply(rid))
+        return self._handle(*self.reply(rid))
+
+    def _handle(self, kind: int, body: Body) -> bytes:
+        """The handle an OPEN's reply carries (its length checked by parse_reply)."""
+        if kind != HANDLE:
+            raise self._broken(f"SFTP open: unexpected reply {kind}")
+        return bytes(body)
 
     def read(self, handle: bytes, offset: int, length: int, piece: int) -> Iterator[Body]:
         """Yield the bytes of [offset, offset+length) in order, READ_DEPTH requests ahead.
@@ -399,19 +485,17 @@ class Session:
             try:
                 at, n = pending.pop(rid)
             except KeyError:
-                raise paramiko.SSHException(f"SFTP reply to unknown request {rid}") from None
+                raise self._broken(f"SFTP reply to unknown request {rid}") from None
             if kind != DATA:
-                if kind == STATUS and U32.unpack_from(data, 0)[0] == FX_EOF:
+                if kind != STATUS:
+                    raise self._broken(f"SFTP read: unexpected reply {kind}")
+                if U32.unpack_from(data, 0)[0] == FX_EOF:
                     raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading")
-                raise (
-                    status_error(data)
-                    if kind == STATUS
-                    else paramiko.SSHException(f"SFTP read: unexpected reply {kind}")
-                )
+                raise status_error(data)
             if not data:
                 raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while reading")
             if len(data) > n:
-                raise paramiko.SSHException("SFTP read: more data than asked for")
+                raise self._broken("SFTP read: more data than asked for")
             if len(data) < n:
                 ask(at + len(data), n - len(data))
                 size = min(size, len(data))
@@ -465,11 +549,16 @@ class Session:
         for i, rid in enumerate(reads):
             kind, got, data = self._recv()
             if got != rid:
-                raise paramiko.SSHException(f"SFTP reply to request {got}, expected {rid}")
+                raise self._broken(f"SFTP reply to request {got}, expected {rid}")
+            asked = min(step, size - i * step)
             if kind == DATA:
+                if len(data) > asked:
+                    raise self._broken("SFTP read: more data than asked for")
                 if not short:
-                    parts.append(data[: min(step, size - i * step)])
-                    short = len(data) < min(step, size - i * step)
+                    parts.append(data)
+                    short = len(data) < asked
+            elif kind != STATUS:
+                raise self._broken(f"SFTP read: unexpected reply {kind}")
             elif error is None:
                 is_eof = kind == STATUS and U32.unpack_from(data, 0)[0] == FX_EOF
                 error = (
@@ -690,13 +779,10 @@ class Session:
     ) -> list[bytes | OSError]:
         """OPEN every path in one channel write: a handle, or the error, for each."""
         rids = [self._send(OPEN, _open_body(p, flags), batch=batch) for p in paths]
-        out: list[bytes | OSError] = []
-        for kind, body in self._collect(batch, rids):
-            try:
-                out.append(body if isinstance(body, OSError) else _handle(kind, body))
-            except paramiko.SSHException as exc:
-                out.append(OSError(str(exc)))
-        return out
+        return [
+            body if isinstance(body, OSError) else self._handle(kind, body)
+            for kind, body in self._collect(batch, rids)
+        ]
 
     def _collect(
         self, batch: list[bytes | memoryview], rids: list[int]
@@ -711,7 +797,7 @@ class Session:
         while len(got) < len(rids):
             kind, rid, body = self._recv()
             if rid not in want or rid in got:
-                raise paramiko.SSHException(f"SFTP reply to unknown request {rid}")
+                raise self._broken(f"SFTP reply to unknown request {rid}")
             failed = kind == STATUS and U32.unpack_from(body, 0)[0] != FX_OK
             got[rid] = (kind, status_error(body) if failed else body)
         return [got[r] for r in rids]
@@ -730,13 +816,6 @@ def _error(body: Body | OSError) -> OSError | None:
 
 def _open_body(path: str, flags: int) -> bytes:
     return sftp_string(path_bytes(path)) + U32.pack(flags) + U32.pack(0)
-
-
-def _handle(kind: int, body: Body) -> bytes:
-    """The handle an OPEN's reply carries."""
-    if kind != HANDLE:
-        raise paramiko.SSHException(f"SFTP open: unexpected reply {kind}")
-    return bytes(body[4 : 4 + U32.unpack_from(body, 0)[0]])
 
 
 def _attrs(mode: int | None, mtime: int | None) -> bytes:

@@ -11,13 +11,19 @@ It keeps paramiko's own outbound state (nonce, sequence number, the byte and pac
 counts that trigger a rekey) under paramiko's locks, and waits out a key exchange the way
 paramiko's own sends do, so paramiko's messages (window adjusts, SFTP control requests)
 interleave as before. `GcmSender.usable` says whether a connection qualifies: an AES-GCM
-cipher without compression; others keep `Channel.sendall`. The private attributes used
-here are paramiko's (pinned in pyproject.toml); tests/backends/test_sftp_send.py runs
-uploads through them against sshd, with key exchanges mid-file.
+cipher without compression, under exactly the paramiko release this was written against
+(PARAMIKO_TESTED, pinned in pyproject.toml) and a `cryptography` whose AESGCM has what it
+calls; anything else keeps `Channel.sendall`. tests/backends/test_sftp_send.py runs uploads
+through it against sshd, with key exchanges mid-file, and through both fallbacks.
+
+What a server declares is bounded: packets are sized to its maximum packet size only up
+to MAX_PACKET (a server may declare 4 GiB, and the buffers are sized from it), and their
+padding is random, as RFC 4253 section 6 asks.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +38,11 @@ FRAME = struct.Struct(">IBBII")
 TAG = 16  # GCM's tag, after the ciphertext
 BLOCK = 16
 BATCH = 8  # packets sealed before one socket write: a 255 KiB SFTP WRITE at sshd's 32 KiB
+NOISE = 4096  # random padding drawn at once: an os.urandom call per packet cost ~0.6 us
+MAX_PACKET = 256 * 1024  # a server's maximum packet size is honoured up to this
+HEADROOM = 64  # what paramiko keeps below a maximum packet size for the headers
+PARAMIKO_TESTED = "5.1.0"  # the paramiko whose private state GcmSender keeps in step
+AESGCM_CALLS = ("encrypt_into",)  # what GcmSender calls on cryptography's AESGCM
 _P = "_Packetizer__"  # paramiko's Packetizer keeps its state in name-mangled attributes
 
 Buffer = bytes | bytearray | memoryview
@@ -44,17 +55,21 @@ class GcmSender:
         self.chan = chan
         self.transport: Any = chan.get_transport()
         self.pk: Any = self.transport.packetizer
-        self.most = FRAME.size + chan.out_max_packet_size + BLOCK + TAG  # one sealed packet
+        self.data_max = packet_data(chan.out_max_packet_size)
+        self.most = FRAME.size + self.data_max + 3 + BLOCK + TAG  # one sealed packet
         self.plain = memoryview(bytearray(self.most))
         self.sealed = memoryview(bytearray(self.most * BATCH))
         self.views: list[memoryview] = []  # what sendall has still to frame
+        self.noise, self.noise_at = b"", 0  # random bytes for padding, used from noise_at
 
     @staticmethod
     def usable(chan: paramiko.Channel) -> bool:
         t: Any = chan.get_transport()
         pk = t.packetizer if t is not None else None
         return (
-            pk is not None
+            paramiko.__version__ == PARAMIKO_TESTED
+            and all(callable(getattr(AESGCM, name, None)) for name in AESGCM_CALLS)
+            and pk is not None
             and isinstance(getattr(pk, _P + "block_engine_out", None), AESGCM)
             and getattr(pk, _P + "aead_out", False) is True
             and getattr(pk, _P + "compress_engine_out", 0) is None
@@ -66,7 +81,7 @@ class GcmSender:
         self.views = [memoryview(p).cast("B") for p in parts if len(p)]
         left = sum(len(v) for v in self.views)
         while left:
-            n = self._window(left, wait=True)
+            n = self._window(min(left, self.data_max), wait=True)
             self._enter()
             try:
                 with getattr(self.pk, _P + "write_lock"):
@@ -76,7 +91,7 @@ class GcmSender:
                         left -= n
                         if not left or out + self.most > len(self.sealed):
                             break
-                        n = self._window(left, wait=False)
+                        n = self._window(min(left, self.data_max), wait=False)
                         if not n:
                             break
                     self._write(out)
@@ -133,7 +148,10 @@ class GcmSender:
                 views.pop(0)
             else:
                 views[0] = v[k:]
-        plain[at : at + pad] = bytes(pad)
+        if self.noise_at + pad > len(self.noise):
+            self.noise, self.noise_at = os.urandom(NOISE), 0
+        plain[at : at + pad] = self.noise[self.noise_at : self.noise_at + pad]
+        self.noise_at += pad
         end = out + 4 + length + TAG
         engine, iv = getattr(pk, _P + "block_engine_out"), getattr(pk, _P + "iv_out")
         if not isinstance(engine, AESGCM):  # a key exchange chose another cipher
@@ -158,6 +176,12 @@ class GcmSender:
             setattr(pk, _P + "received_bytes_overflow", 0)
             setattr(pk, _P + "received_packets_overflow", 0)
             pk._trigger_rekey()
+
+
+def packet_data(declared: int) -> int:
+    """Channel data per packet for a peer's declared maximum packet size, capped at
+    MAX_PACKET: the buffers are sized from it."""
+    return min(declared, MAX_PACKET) - HEADROOM
 
 
 def channel_sender(chan: paramiko.Channel) -> Callable[[Sequence[Buffer]], None]:
