@@ -27,14 +27,22 @@ def venv_bin() -> str:
     return str(Path(sys.executable).parent)
 
 
+def checkout() -> str:
+    """The Ferry checkout this agent runs from: the "image" holds its code.
+
+    First on PYTHONPATH in pods, so they run this checkout even when the venv's editable
+    install points at another one (a git worktree sharing the venv).
+    """
+    return str(Path(__file__).resolve().parents[3])
+
+
 def protected_paths() -> list[str]:
     """Host paths the container's "image" lives in (venv, base Python, this checkout).
 
     A pod's private /tmp or a volume mounted at one of them or an ancestor would hide
     the Python that runs the container; the sandbox binds them back on top.
     """
-    repo = Path(__file__).resolve().parents[3]
-    return sorted({sys.prefix, sys.base_prefix, str(repo)})
+    return sorted({sys.prefix, sys.base_prefix, checkout()})
 
 
 class Ipam:

@@ -18,7 +18,7 @@ from ..fsutil import safe_rmtree
 from . import envvars
 from .kube import MERGE, Obj, get_or_none, now, raw
 from .podstatus import HOST_IP, ContainerState, image_repository, render
-from .runtime import Launch, Mount, Runtime, signal_group
+from .runtime import Launch, Mount, Runtime, checkout, signal_group
 from .volumes import Unsupported, Volume, VolumeBuilder
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ class PodWorker(threading.Thread):
         spec = run.spec
         base = {
             "PATH": f"{self.rt.venv_bin}:{envvars.BASE_PATH}",
+            "PYTHONPATH": checkout(),
             "HOSTNAME": self.pod_name,
             "HOME": "/root",
             **envvars.service_env(self.rt.cfg.apiserver_port),
