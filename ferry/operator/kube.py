@@ -36,6 +36,17 @@ def not_found(exc: ApiException) -> bool:
     return exc.status == 404
 
 
+def server_message(exc: ApiException, limit: int = 300) -> str:
+    """The API server's own words for a refusal (its Status `message`), bounded."""
+    try:
+        body = json.loads(exc.body or "")
+        text = str(body.get("message") or "") if isinstance(body, dict) else ""
+    except (TypeError, ValueError):
+        text = ""
+    text = " ".join((text or str(exc.reason or f"HTTP {exc.status}")).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Kube:
     """Thin typed wrappers; one instance per operator process."""
 
@@ -84,6 +95,22 @@ class Kube:
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
             return _json(self.batch.read_namespaced_job(name, ns, _preload_content=False))
+        except ApiException as exc:
+            if not_found(exc):
+                return None
+            raise
+
+    def read(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        """One namespaced child of a TransferJob by kind and name; None if absent."""
+        calls: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
+            "Job": self.batch.read_namespaced_job,
+        }
+        try:
+            return _json(calls[kind](name, ns, _preload_content=False))
         except ApiException as exc:
             if not_found(exc):
                 return None

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from ferry.operator import api, status, workload
-from ferry.operator.kube import Kube
+from ferry.operator.kube import Kube, server_message
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
 
@@ -68,7 +69,17 @@ class TransferJobReconciler:
         attrs = {"k8s.namespace.name": meta["namespace"], "ferry.transferjob": meta["name"]}
         self.metrics.reconciles.labels("TransferJob").inc()
         with self.tracer.reconcile("reconcile TransferJob", old.get("traceParent"), attrs) as span:
-            outcome = self._reconcile(body, now, traceparent_of(span))
+            try:
+                outcome = self._reconcile(body, now, traceparent_of(span))
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                # RBAC refused a call: say so in status and retry on the next poll (a raise
+                # would only be retried by kopf's backoff, invisible on the object).
+                self.metrics.reconcile_errors.labels("TransferJob").inc()
+                st = _forbidden(body, server_message(exc), now)
+                first = old.get("reason") != "Forbidden"
+                outcome = Outcome(st, ("Forbidden", st["message"]) if first else None)
             if not old.get("traceID"):
                 outcome.status["traceID"] = trace_id_of(span)
                 outcome.status["traceParent"] = traceparent_of(span)
@@ -126,8 +137,20 @@ class TransferJobReconciler:
             except PoolUnusable as exc:  # pool missing or invalid: wait for it to be fixed
                 return Outcome(_pending(body, exc.reason, str(exc), now), (exc.reason, str(exc)))
             for obj in built.objects():
+                kind, child = obj["kind"], obj["metadata"]["name"]
                 if self.kube.create(obj):
-                    created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                    created.append(f"{kind}/{child}")
+                    continue
+                # 409: ours from an earlier reconcile, or someone else's that must not be used
+                # (a foreign ConfigMap would be the mover's spec, a foreign Role its rights).
+                existing = self.kube.read(kind, ns, child)
+                if existing is not None and not _owned_by(existing, meta["uid"]):
+                    msg = f"{kind} {child} exists and is not owned by this TransferJob"
+                    return Outcome(
+                        status.invalid(body, "metadata.name", msg, "NameConflict", now),
+                        ("NameConflict", msg),
+                        created=created,
+                    )
             job = self.kube.get_job(ns, job_name) or built.job
         elif drift := _job_drift(job, spec):
             self.kube.patch_job(ns, job_name, {"spec": drift})
@@ -286,5 +309,27 @@ def _pending(body: dict[str, Any], reason: str, message: str, now: datetime) -> 
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def _forbidden(body: dict[str, Any], message: str, now: datetime) -> dict[str, Any]:
+    """Status while the operator's RBAC refuses a call it needs: the phase stays, the poll retries."""
+    old = body.get("status") or {}
+    ns = body["metadata"]["namespace"]
+    text = f"the operator's RBAC refused a call in namespace {ns}: {message}"
+    conditions = status.set_condition(
+        list(old.get("conditions") or []),
+        "Accepted",
+        False,
+        "Forbidden",
+        text,
+        now,
+        body["metadata"].get("generation"),
+    )
+    return {
+        "phase": old.get("phase") or "Pending",
+        "reason": "Forbidden",
+        "message": text,
         "conditions": conditions,
     }

@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -29,9 +30,15 @@ class FakeKube:
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.pools: dict[str, dict[str, Any]] = {}
+        self.forbidden: set[str] = set()  # kinds whose creation RBAC refuses (403)
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
+        if key[0] in self.forbidden:
+            body = {"kind": "Status", "message": f"{key[0].lower()}s is forbidden", "code": 403}
+            exc = ApiException(status=403, reason="Forbidden")
+            exc.body = json.dumps(body)
+            raise exc
         if key in self.objects:
             return False
         self.objects[key] = obj
@@ -40,6 +47,9 @@ class FakeKube:
 
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
         return self.objects.get(("Job", name))
+
+    def read(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
 
     def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
         return []
@@ -152,6 +162,46 @@ def test_foreign_job_with_our_name_is_a_conflict():
     }
     out = r.reconcile(transferjob(PVC_TO_PVC), NOW)
     assert out.status["reason"] == "NameConflict" and out.warning is not None
+
+
+def test_foreign_config_map_with_our_name_is_a_conflict_and_untouched():
+    """Adopting it would make someone else's ConfigMap the mover's spec."""
+    r, kube, _, _ = reconciler()
+    foreign = {"kind": "ConfigMap", "metadata": {"name": "ferry-copy-a"}, "data": {"x": "y"}}
+    kube.objects[("ConfigMap", "ferry-copy-a")] = foreign
+    out = r.reconcile(transferjob(PVC_TO_PVC), NOW)
+    assert out.status["reason"] == "NameConflict" and out.warning is not None
+    assert "ConfigMap ferry-copy-a" in out.status["message"]
+    assert ("Job", "ferry-copy-a") not in kube.objects
+    assert kube.objects[("ConfigMap", "ferry-copy-a")] == {
+        "kind": "ConfigMap",
+        "metadata": {"name": "ferry-copy-a"},
+        "data": {"x": "y"},
+    }
+
+
+def test_forbidden_call_is_a_condition_and_retried_on_the_next_poll():
+    r, kube, metrics, _ = reconciler()
+    kube.forbidden = {"Job"}
+    body = transferjob(PVC_TO_PVC)
+    out = r.reconcile(body, NOW)
+    st = out.status
+    assert st["phase"] == "Pending" and st["reason"] == "Forbidden"
+    assert "namespace team" in st["message"] and "jobs is forbidden" in st["message"]
+    accepted = next(c for c in st["conditions"] if c["type"] == "Accepted")
+    assert accepted["status"] == "False" and accepted["reason"] == "Forbidden"
+    assert out.warning is not None and out.warning[0] == "Forbidden"
+    assert (
+        metrics.registry.get_sample_value("ferry_reconcile_errors_total", {"kind": "TransferJob"})
+        == 1
+    )
+    body["status"] = st
+    assert r.reconcile(body, NOW).warning is None  # one Event, not one per poll
+    kube.forbidden = set()
+    body["status"] = r.reconcile(body, NOW).status
+    assert ("Job", "ferry-copy-a") in kube.objects
+    accepted = next(c for c in body["status"]["conditions"] if c["type"] == "Accepted")
+    assert accepted["status"] == "True"
 
 
 def test_missing_pool_waits_then_builds_with_it():
