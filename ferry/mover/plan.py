@@ -15,7 +15,15 @@ from operator import attrgetter
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
-from ferry.mover.options import PRESERVE_FLAGS, Compare, Mode, Options, SymlinkPolicy
+from ferry.mover.options import (
+    DEFAULT_PRESERVE,
+    PRESERVE_FLAGS,
+    Compare,
+    Mode,
+    Options,
+    Preserve,
+    SymlinkPolicy,
+)
 from ferry.mover.roots import Overlap, overlap
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
@@ -119,10 +127,13 @@ class Planner:
         self._hardlinks_dropped = p.hardlinks and src.caps.hardlinks and not caps.hardlinks
 
     def drop(self, flag: str) -> None:
-        """Note (and warn, once per kind) that a preserved property is not kept."""
+        """Note (and warn, once per kind) that a preserved property is not kept. A default
+        nobody asked for (perms towards SMB) is only noted: the summary still names it."""
         if flag not in self.dropped:
             self.dropped.add(flag)
-            log.warning("%s cannot hold %s", self.dst.describe(), _NOT_KEPT[flag])
+            asked = self.o.preserve != Preserve() or flag not in DEFAULT_PRESERVE
+            level = logging.WARNING if asked else logging.INFO
+            log.log(level, "%s cannot hold %s", self.dst.describe(), _NOT_KEPT[flag])
 
     def dropped_flags(self) -> list[str]:
         return [f for f in PRESERVE_FLAGS if f in self.dropped]

@@ -157,6 +157,22 @@ def test_preserve_not_kept_is_reported(remote: Remote, tmp_path: Path) -> None:
     assert code == 0 and summary["preserveDropped"] == [] and "cannot hold" not in err, err
 
 
+@pytest.mark.parametrize("remote", ["smb"], indirect=True)
+def test_defaults_a_destination_cannot_hold_are_named_not_warned(
+    remote: Remote, tmp_path: Path
+) -> None:
+    """Permission bits are kept by default; towards SMB, which has none, a plain copy names
+    them in the summary without warning on every run (a warning is for what was asked)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data")
+    code, summary, err = cli("copy", str(src), remote.uri(remote.fresh()))
+    assert code == 0 and summary["preserveDropped"] == ["perms"], (summary, err)
+    assert "cannot hold" not in err, err
+    code, summary, err = cli("copy", str(src), remote.uri(remote.fresh()), "--preserve", "+xattrs")
+    assert code == 0 and "cannot hold permission bits" in err, err
+
+
 def test_local_destination_keeps_everything(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
