@@ -675,6 +675,25 @@ def test_cancel_and_delete_leave_nothing_behind(env: Env) -> None:
     wait_for("ConfigMap and ServiceAccount garbage-collected", children_gone, timeout=90)
 
 
+def pvc_to_s3_spec(env: Env, s3srv: VersityServer, claim: str, prefix: str = "") -> Obj:
+    """A TransferJob spec from `claim` to bucket "backups", its credentials in Secret "s3"."""
+    creds = s3srv.write_credentials(Path(s3srv.dir) / "credentials").read_text()
+    _raw(
+        env.core.create_namespaced_secret,
+        env.ns,
+        {"metadata": {"name": "s3"}, "stringData": {"credentials": creds}},
+    )
+    s3 = {
+        "bucket": "backups",
+        "prefix": prefix,
+        "endpoint": s3srv.endpoint_url,
+        "region": "us-east-1",
+        "pathStyle": True,
+        "secretRef": {"name": "s3"},
+    }
+    return {"source": {"pvc": {"claimName": claim}}, "destination": {"s3": s3}}
+
+
 def test_pvc_to_s3(env: Env) -> None:
     """A PVC to a real S3 gateway (versitygw stores objects as files, as S3 keeps them)."""
     s3srv = VersityServer().start()
@@ -683,26 +702,7 @@ def test_pvc_to_s3(env: Env) -> None:
         src = env.pvc("src")
         files = {f"a/{i}.bin": 10_000 + i for i in range(10)} | {"big.bin": 6 * 1024 * 1024}
         want = seed(src, files)
-        creds = s3srv.write_credentials(Path(s3srv.dir) / "credentials").read_text()
-        _raw(
-            env.core.create_namespaced_secret,
-            env.ns,
-            {"metadata": {"name": "s3"}, "stringData": {"credentials": creds}},
-        )
-        spec = {
-            "source": {"pvc": {"claimName": "src"}},
-            "destination": {
-                "s3": {
-                    "bucket": "backups",
-                    "prefix": "team/",
-                    "endpoint": s3srv.endpoint_url,
-                    "region": "us-east-1",
-                    "pathStyle": True,
-                    "secretRef": {"name": "s3"},
-                }
-            },
-        }
-        env.create("transferjobs", "to-s3", spec)
+        env.create("transferjobs", "to-s3", pvc_to_s3_spec(env, s3srv, "src", prefix="team/"))
         obj = env.wait_phase("to-s3", "Succeeded", timeout=180)
         s3 = s3srv.client()
         got = {}

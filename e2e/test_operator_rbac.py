@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +39,7 @@ from e2e.test_operator import (  # noqa: F401  (fixtures are used by name)
     operator,
     otlp,
     pvc_spec,
+    pvc_to_s3_spec,
     scrape,
     seed,
 )
@@ -92,25 +92,7 @@ def test_operator_never_reads_secrets_yet_movers_use_them(env: Env, api: client.
         s3srv.create_bucket("backups")
         src = env.pvc("src")
         want = seed(src, {"a.bin": 5000, "d/b.bin": 7000})
-        creds = s3srv.write_credentials(Path(s3srv.dir) / "credentials").read_text()
-        _raw(
-            env.core.create_namespaced_secret,
-            env.ns,
-            {"metadata": {"name": "s3"}, "stringData": {"credentials": creds}},
-        )
-        spec = {
-            "source": {"pvc": {"claimName": "src"}},
-            "destination": {
-                "s3": {
-                    "bucket": "backups",
-                    "endpoint": s3srv.endpoint_url,
-                    "region": "us-east-1",
-                    "pathStyle": True,
-                    "secretRef": {"name": "s3"},
-                }
-            },
-        }
-        env.create("transferjobs", "with-secret", spec)
+        env.create("transferjobs", "with-secret", pvc_to_s3_spec(env, s3srv, "src"))
         env.wait_phase("with-secret", "Succeeded", timeout=180)
         s3 = s3srv.client()
         keys = {
