@@ -78,20 +78,19 @@ class Rule(NamedTuple):
             raise FerryError(ErrorKind.USAGE, f"filter rule {line!r}: empty pattern")
         dir_only = pattern.endswith("/")
         body = pattern.rstrip("/") if dir_only else pattern
+        # `dir/**` also matches `dir` itself, so it can prune it; `/**` is everything.
         dir_rule = dir_only or (body.endswith("/**") and len(body) > 3)
-        if body.endswith("/**"):
+        if body.endswith("/**") and len(body) > 3:
             body_re = _compile_body(line, body[:-3]) + "(?:/.*)?"
         else:
             body_re = _compile_body(line, body)
         anchored = body.startswith("/")
         prefix = "^" if anchored else "^(?:.*/)?"
-        return cls(
-            text[0] == "+",
-            pattern,
-            re.compile(prefix + body_re + "$", re.DOTALL),
-            dir_only,
-            dir_rule,
-        )
+        try:
+            regex = re.compile(prefix + body_re + "$", re.DOTALL)
+        except re.error as exc:  # e.g. `[]` or `[z-a]`
+            raise FerryError(ErrorKind.USAGE, f"filter rule {line!r}: {exc.msg}") from None
+        return cls(text[0] == "+", pattern, regex, dir_only, dir_rule)
 
 
 def _compile_body(line: str, body: str) -> str:

@@ -28,10 +28,6 @@ _ZEROS = bytes(BLOCK_SIZE)
 ZERO_BLOCK_DIGEST = blake3(_ZEROS).digest()
 
 
-_ZEROS = bytes(BLOCK_SIZE)
-ZERO_BLOCK_DIGEST = blake3(_ZEROS).digest()
-
-
 def block_digests(data: bytes | bytearray | memoryview) -> bytes:
     """Digests of the blocks of `data`, which must start on a block boundary."""
     view = memoryview(data)
