@@ -28,7 +28,8 @@ from ferry.mover.integrity import (
     is_digest,
 )
 from ferry.mover.journal import Journal, validate_chunks
-from ferry.mover.options import MiB, Options
+from ferry.mover.options import MiB, Mode, Options
+from ferry.mover.plan import check_roots
 from ferry.mover.transfer import transfer_between
 
 # -- the Ferry digest ---------------------------------------------------------------------
@@ -370,3 +371,49 @@ def test_bad_filter_rule_is_named(line: str, fragment: str) -> None:
         FilterSet.parse([line])
     assert exc.value.kind == ErrorKind.USAGE
     assert fragment in str(exc.value) and repr(line) in str(exc.value)
+
+
+# -- roots -----------------------------------------------------------------------------------
+
+
+def _check(src: Path, dst: Path, mode: Mode = Mode.COPY) -> bool:
+    return check_roots(LocalBackend(str(src)), LocalBackend(str(dst)), Options(mode=mode), "copy")
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "mode", "kind", "fragment"),
+    [
+        ("missing", "out", Mode.COPY, ErrorKind.SOURCE_NOT_FOUND, "source does not exist"),
+        ("file", "out", Mode.COPY, ErrorKind.USAGE, "source must be a directory"),
+        ("tree", "tree", Mode.COPY, ErrorKind.OVERLAP, "the same directory"),
+        ("tree", "tree/sub", Mode.COPY, ErrorKind.OVERLAP, "destination is inside the source"),
+        ("tree", "tree/sub", Mode.SYNC, ErrorKind.OVERLAP, "destination is inside the source"),
+        ("tree/sub", "tree", Mode.SYNC, ErrorKind.OVERLAP, "sync would delete around it"),
+        ("tree", "file", Mode.COPY, ErrorKind.USAGE, "destination exists and is not a directory"),
+    ],
+)
+def test_roots_refused_before_anything_is_written(
+    tmp_path: Path, src: str, dst: str, mode: Mode, kind: ErrorKind, fragment: str
+) -> None:
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "a").write_bytes(b"a")
+    (tmp_path / "file").write_bytes(b"f")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(FerryError) as exc:
+        _check(tmp_path / src, tmp_path / dst, mode)
+    assert exc.value.kind == kind and fragment in str(exc.value)
+    s = transfer_between(
+        lambda: (LocalBackend(str(tmp_path / src)), LocalBackend(str(tmp_path / dst))),
+        Options(mode=mode),
+    )
+    assert s.fatal is not None and s.fatal.kind == kind
+    assert s.exit_code == kind.exit_code
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_roots_allowed(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    assert _check(tmp_path / "tree" / "sub", tmp_path / "tree")  # copy up into the parent
+    assert _check(tmp_path / "tree", tmp_path / "other", Mode.SYNC)
+    assert not _check(tmp_path / "tree", tmp_path / "new")  # the destination does not exist yet
