@@ -85,7 +85,7 @@ class StreamHasher:
             self.size += whole * BLOCK_SIZE
             n -= whole * BLOCK_SIZE
         while n > 0:
-            take = min(n, BLOCK_SIZE - self._fill, len(_ZEROS))
+            take = min(n, len(_ZEROS))  # update() cuts at block boundaries
             self.update(_ZEROS[:take])
             n -= take
 

@@ -91,6 +91,7 @@ def test_digest_is_pinned() -> None:
         (5, BLOCK_SIZE),
         (5, 3 * BLOCK_SIZE),
         (BLOCK_SIZE, BLOCK_SIZE - 1),
+        (BLOCK_SIZE, 2 * BLOCK_SIZE),  # whole zero blocks after whole data blocks
     ],
 )
 def test_holes_hash_as_zeros(lead: int, zeros: int) -> None:
@@ -317,6 +318,28 @@ def test_filter_wildcards() -> None:
     assert literal.include_file("pxq")  # `.` is not a regex wildcard
 
 
+@pytest.mark.parametrize(
+    ("rule", "excluded", "kept"),
+    [
+        ("/**.py", ["x.py", "d/e/x.py"], ["xpy", "x.pyc"]),
+        ("/]x[ab]", ["]xa"], ["]xc", "xa"]),
+        ("/[ab]*[cd]", ["axyc", "bd"], ["c", "xc"]),
+        ("/[]ab]", ["]", "a"], ["c"]),  # `]` first in a class is a member
+        ("/[!]a]", ["b", "c"], ["]", "a"]),
+        ("/[^]a]", ["b"], ["]", "a"]),
+        ("/[\\a]", ["\\", "a"], ["b"]),  # a backslash in a class is a member
+        ("/{a,{b,c}}.x", ["a.x", "b.x", "c.x"], ["{b,c}.x", "d.x"]),
+        ("/a\\", ["a\\"], ["a"]),  # a trailing backslash is itself
+        ("/x\\*", ["x*"], ["xy"]),
+        ("/Xa", ["Xa"], ["a"]),
+    ],
+)
+def test_filter_pattern_syntax(rule: str, excluded: list[str], kept: list[str]) -> None:
+    f = _f("- " + rule)
+    assert [p for p in excluded if f.include_file(p)] == []
+    assert [p for p in kept if not f.include_file(p)] == []
+
+
 def test_filter_names_with_newlines() -> None:
     """File names may hold any byte but `/` and NUL; a newline must not escape a rule."""
     f = _f("- secret", "- /top/**")
@@ -339,6 +362,10 @@ def test_filter_directory_rules() -> None:
     assert _f("+ *.py", "- build/").include_dir("build")
     assert not _f("- build/", "+ *.py").include_dir("build")
     assert _f("+ keep/", "- *").include_dir("keep")
+    assert not _f("- /aX//").include_dir("aX")
+    short = _f("- a/**")  # the shortest directory tree rule
+    assert not short.include_dir("a") and not short.include_file("a/b")
+    assert short.include_dir("ab") and short.include_file("ab/c")
 
 
 def test_filter_rules_from_cli_order() -> None:
@@ -359,10 +386,12 @@ def test_filter_comments_and_blank_lines() -> None:
         ("+a", "expected '+ pattern'"),
         ("*  a", "expected '+ pattern'"),
         ("+ ", "expected '+ pattern'"),
+        ("X a", "expected '+ pattern'"),
+        ("+ [a/**", "unclosed '['"),
+        ("+ [!]", "unclosed '['"),
         ("+ [ab", "unclosed '['"),
         ("+ {a", "unclosed '{'"),
-        ("+ []", "filter rule"),
-        ("+ [!]", "filter rule"),
+        ("+ []", "unclosed '['"),
         ("- [z-a]", "filter rule"),
     ],
 )
