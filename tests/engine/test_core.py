@@ -187,6 +187,17 @@ def test_journal_torn_and_damaged_lines_are_ignored(tmp_path: Path) -> None:
 
 
 def test_journal_remove_leaves_nothing(tmp_path: Path) -> None:
+    fresh = _journal(tmp_path)
+    fresh.close()  # never started: nothing to close
+    fresh.remove()
+    with pytest.raises(OSError):
+        fresh.record(0, b"")  # never started: no file to write to
+    broken = _journal(tmp_path)
+    with pytest.raises(AttributeError):
+        broken.start({0: "not bytes"})  # type: ignore[dict-item]  # killed mid-rewrite
+    assert (tmp_path / "j.new").exists()
+    broken.remove()
+    assert list(tmp_path.iterdir()) == []
     j = _journal(tmp_path)
     j.start({0: b"a" * 32})
     (tmp_path / "j.new").write_bytes(b"left by a kill")
@@ -208,12 +219,12 @@ def _reader(data: bytes) -> Callable[[int, int], bytes]:
 def test_validate_chunks_rehashes_and_drops_bad_chunks() -> None:
     chunk = 2 * BLOCK_SIZE
     data = bytearray(os.urandom(3 * chunk + 100))  # the last chunk is short
-    recorded = {i: block_digests(bytes(data[i * chunk : (i + 1) * chunk])) for i in range(4)}
-    recorded[7] = b""  # beyond the end of the partial
-    recorded[-1] = recorded[0]  # a damaged journal: no such chunk
+    digests = {i: block_digests(bytes(data[i * chunk : (i + 1) * chunk])) for i in range(4)}
+    # Damaged lines first: one bad entry must not stop the check of the others.
+    recorded = {-1: digests[0], 7: b"", **digests}  # no such chunk; beyond the partial's end
     data[chunk + 5] ^= 0xFF  # chunk 1 changed on disk after it was journaled
     good = validate_chunks(recorded, chunk, len(data), _reader(bytes(data)))
-    assert good == {0: recorded[0], 2: recorded[2], 3: recorded[3]}
+    assert good == {0: digests[0], 2: digests[2], 3: digests[3]}
 
 
 def test_validate_chunks_drops_short_reads_and_empty_tails() -> None:
@@ -226,6 +237,10 @@ def test_validate_chunks_drops_short_reads_and_empty_tails() -> None:
     # A chunk starting exactly at the end holds no bytes: it is not "done", even if its
     # recorded digests (none) match the empty read.
     assert validate_chunks({2: b""}, chunk, 2 * chunk, lambda o, n: b"") == {}
+    # A last chunk of one byte is a chunk like any other.
+    one = data[: chunk + 1]
+    tail = {1: block_digests(one[chunk:])}
+    assert validate_chunks(tail, chunk, chunk + 1, _reader(one)) == tail
 
 
 def test_resume_keeps_good_chunks_and_recopies_the_rest(tmp_path: Path) -> None:
@@ -410,19 +425,26 @@ def _check(src: Path, dst: Path, mode: Mode = Mode.COPY) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("src", "dst", "mode", "kind", "fragment"),
+    ("src", "dst", "mode", "kind", "fragment", "named"),
     [
-        ("missing", "out", Mode.COPY, ErrorKind.SOURCE_NOT_FOUND, "source does not exist"),
-        ("file", "out", Mode.COPY, ErrorKind.USAGE, "source must be a directory"),
-        ("tree", "tree", Mode.COPY, ErrorKind.OVERLAP, "the same directory"),
-        ("tree", "tree/sub", Mode.COPY, ErrorKind.OVERLAP, "destination is inside the source"),
-        ("tree", "tree/sub", Mode.SYNC, ErrorKind.OVERLAP, "destination is inside the source"),
-        ("tree/sub", "tree", Mode.SYNC, ErrorKind.OVERLAP, "sync would delete around it"),
-        ("tree", "file", Mode.COPY, ErrorKind.USAGE, "destination exists and is not a directory"),
+        (
+            "missing",
+            "out",
+            Mode.COPY,
+            ErrorKind.SOURCE_NOT_FOUND,
+            "source does not exist",
+            "missing",
+        ),
+        ("file", "out", Mode.COPY, ErrorKind.USAGE, "(copy its parent with a filter)", "file"),
+        ("tree", "tree", Mode.COPY, ErrorKind.OVERLAP, "the same directory", "tree"),
+        ("tree", "tree/sub", Mode.COPY, ErrorKind.OVERLAP, "inside the source", "tree/sub"),
+        ("tree", "tree/sub", Mode.SYNC, ErrorKind.OVERLAP, "inside the source", "tree/sub"),
+        ("tree/sub", "tree", Mode.SYNC, ErrorKind.OVERLAP, "delete around it", "tree/sub"),
+        ("tree", "file", Mode.COPY, ErrorKind.USAGE, "exists and is not a directory", "file"),
     ],
 )
 def test_roots_refused_before_anything_is_written(
-    tmp_path: Path, src: str, dst: str, mode: Mode, kind: ErrorKind, fragment: str
+    tmp_path: Path, src: str, dst: str, mode: Mode, kind: ErrorKind, fragment: str, named: str
 ) -> None:
     (tmp_path / "tree" / "sub").mkdir(parents=True)
     (tmp_path / "tree" / "a").write_bytes(b"a")
@@ -430,7 +452,8 @@ def test_roots_refused_before_anything_is_written(
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(FerryError) as exc:
         _check(tmp_path / src, tmp_path / dst, mode)
-    assert exc.value.kind == kind and fragment in str(exc.value)
+    assert exc.value.kind == kind and exc.value.args[0].endswith(fragment)
+    assert exc.value.path == str(tmp_path / named)  # the root at fault is named
     s = transfer_between(
         lambda: (LocalBackend(str(tmp_path / src)), LocalBackend(str(tmp_path / dst))),
         Options(mode=mode),
@@ -446,3 +469,18 @@ def test_roots_allowed(tmp_path: Path) -> None:
     assert _check(tmp_path / "tree" / "sub", tmp_path / "tree")  # copy up into the parent
     assert _check(tmp_path / "tree", tmp_path / "other", Mode.SYNC)
     assert not _check(tmp_path / "tree", tmp_path / "new")  # the destination does not exist yet
+
+
+class UnknownRoot(LocalBackend):
+    """A backend that cannot say which namespace its root is in (root_id None)."""
+
+    def root_id(self) -> None:  # type: ignore[override]
+        return None
+
+
+def test_roots_that_cannot_be_known_are_not_guessed(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    tree, sub = str(tmp_path / "tree"), str(tmp_path / "tree" / "sub")
+    opts = Options()
+    assert check_roots(UnknownRoot(tree), LocalBackend(sub), opts, "copy")
+    assert check_roots(LocalBackend(tree), UnknownRoot(sub), opts, "copy")
