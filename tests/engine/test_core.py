@@ -339,10 +339,13 @@ def test_filter_wildcards() -> None:
         ("/**.py", ["x.py", "d/e/x.py"], ["xpy", "x.pyc"]),
         ("/]x[ab]", ["]xa"], ["]xc", "xa"]),
         ("/[ab]*[cd]", ["axyc", "bd"], ["c", "xc"]),
+        ("/[a]", ["a"], ["b", "[a]"]),
+        ("/[!a]", ["b"], ["a"]),
+        ("/x[!]a]", ["xb"], ["x]", "xa"]),
         ("/[]ab]", ["]", "a"], ["c"]),  # `]` first in a class is a member
         ("/[!]a]", ["b", "c"], ["]", "a"]),
         ("/[^]a]", ["b"], ["]", "a"]),
-        ("/[\\a]", ["\\", "a"], ["b"]),  # a backslash in a class is a member
+        ("/[\\a]", ["\\", "a"], ["b", "X"]),  # a backslash in a class is a member
         ("/{a,{b,c}}.x", ["a.x", "b.x", "c.x"], ["{b,c}.x", "d.x"]),
         ("/a\\", ["a\\"], ["a"]),  # a trailing backslash is itself
         ("/x\\*", ["x*"], ["xy"]),
