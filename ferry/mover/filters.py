@@ -1,7 +1,8 @@
 """Include/exclude rules in rclone's style: ordered `+ pattern` / `- pattern`, first match wins.
 
 Patterns: `*` matches within one path segment, `**` across segments, `?` one
-character, `[...]` a class, `{a,b}` alternatives. A leading `/` anchors the
+character, `[...]` a class (`[!...]` negated, a `]` first in it a member), `{a,b}`
+alternatives, `\\` escapes the next character. A leading `/` anchors the
 pattern at the transfer root; otherwise it matches at any depth. A trailing
 `/` matches directories only. When there are include rules and nothing
 matched, the path is excluded (an implicit `- **` at the end), as in rclone.
@@ -30,9 +31,8 @@ def _glob_to_regex(glob: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = glob.find(
-                "]", i + 2 if glob.startswith("[!", i) or glob.startswith("[^", i) else i + 1
-            )
+            first = i + 2 if glob.startswith(("[!", "[^"), i) else i + 1
+            j = glob.find("]", first + 1)  # a `]` first in the class is a member (fnmatch)
             if j < 0:
                 raise ValueError(f"unclosed '[' in {glob!r}")
             body = glob[i + 1 : j]
@@ -73,25 +73,22 @@ class Rule(NamedTuple):
             raise FerryError(
                 ErrorKind.USAGE, f"filter rule {line!r}: expected '+ pattern' or '- pattern'"
             )
-        pattern = text[2:].strip()
-        if not pattern:
-            raise FerryError(ErrorKind.USAGE, f"filter rule {line!r}: empty pattern")
+        pattern = text[2:].strip()  # not empty: `text` is stripped and has 3 characters
         dir_only = pattern.endswith("/")
-        body = pattern.rstrip("/") if dir_only else pattern
+        body = pattern.rstrip("/")
+        # `dir/**` also matches `dir` itself, so it can prune it; `/**` is everything.
         dir_rule = dir_only or (body.endswith("/**") and len(body) > 3)
-        if body.endswith("/**"):
+        if body.endswith("/**") and len(body) > 3:
             body_re = _compile_body(line, body[:-3]) + "(?:/.*)?"
         else:
             body_re = _compile_body(line, body)
         anchored = body.startswith("/")
         prefix = "^" if anchored else "^(?:.*/)?"
-        return cls(
-            text[0] == "+",
-            pattern,
-            re.compile(prefix + body_re + "$", re.DOTALL),
-            dir_only,
-            dir_rule,
-        )
+        try:
+            regex = re.compile(prefix + body_re + "$", re.DOTALL)
+        except re.error as exc:  # e.g. `[]` or `[z-a]`
+            raise FerryError(ErrorKind.USAGE, f"filter rule {line!r}: {exc.msg}") from None
+        return cls(text[0] == "+", pattern, regex, dir_only, dir_rule)
 
 
 def _compile_body(line: str, body: str) -> str:

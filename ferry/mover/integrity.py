@@ -28,10 +28,6 @@ _ZEROS = bytes(BLOCK_SIZE)
 ZERO_BLOCK_DIGEST = blake3(_ZEROS).digest()
 
 
-_ZEROS = bytes(BLOCK_SIZE)
-ZERO_BLOCK_DIGEST = blake3(_ZEROS).digest()
-
-
 def block_digests(data: bytes | bytearray | memoryview) -> bytes:
     """Digests of the blocks of `data`, which must start on a block boundary."""
     view = memoryview(data)
@@ -89,7 +85,7 @@ class StreamHasher:
             self.size += whole * BLOCK_SIZE
             n -= whole * BLOCK_SIZE
         while n > 0:
-            take = min(n, BLOCK_SIZE - self._fill, len(_ZEROS))
+            take = min(n, len(_ZEROS))  # update() cuts at block boundaries
             self.update(_ZEROS[:take])
             n -= take
 

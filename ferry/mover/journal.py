@@ -25,7 +25,6 @@ class Journal:
         self.path = path
         self.key = key
         self._lock = threading.Lock()
-        self._chunks: dict[int, bytes] = {}
         self._fd = -1
 
     def load(self) -> dict[int, bytes]:
@@ -39,7 +38,7 @@ class Journal:
             header = json.loads(lines[0])
         except ValueError:
             return {}
-        if header.get("key") != self.key:
+        if not isinstance(header, dict) or header.get("key") != self.key:
             return {}
         chunks: dict[int, bytes] = {}
         for line in lines[1:]:
@@ -48,8 +47,7 @@ class Journal:
                 chunks[int(index)] = bytes.fromhex(hexd.decode())
             except ValueError:
                 continue  # a torn last line after a kill
-        self._chunks = chunks
-        return dict(chunks)
+        return chunks
 
     def start(self, keep: dict[int, bytes]) -> None:
         """Rewrite the journal with just the chunks that survived validation."""
@@ -89,8 +87,8 @@ def validate_chunks(
     for index, digests in recorded.items():
         offset = index * chunk_size
         length = min(chunk_size, size - offset)
-        if length <= 0:
-            continue
+        if offset < 0 or length <= 0:
+            continue  # a damaged journal's line, or a chunk past the partial's end
         data = read_at(offset, length)
         if len(data) == length and block_digests(data) == digests:
             good[index] = digests
