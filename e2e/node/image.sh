@@ -139,11 +139,19 @@ key() {
     } | sha256sum | cut -c1-12
 }
 
+take_lock() {
+    # One build at a time; a second caller waits, then reuses it.
+    if [[ -z ${locked:-} ]]; then
+        mkdir -p "$cache"
+        exec 9>"$cache/.lock"
+        flock 9
+        locked=1
+    fi
+}
+
 build() {
     [[ -f "$lockfile" ]] || die "no $lockfile (bash e2e/node/image.sh lock)"
-    mkdir -p "$cache"
-    exec 9>"$cache/.lock"
-    flock 9   # one build at a time; a second caller waits, then reuses it
+    take_lock
     local archive; archive="$cache/ferry-$(key).oci.tar"
     if [[ -s "$archive" ]]; then
         log "cached: $archive"
@@ -174,13 +182,15 @@ build() {
 rootfs() {
     # The archive imported into a buildah container (kept, one per archive), for runc to run
     # with a read-only root: the tests get a rootfs without copying 500 MB each time.
+    take_lock
     local archive; archive=$(build | tail -n1)
     local name; name="ferry-rootfs-$(basename "$archive" .oci.tar | cut -d- -f2)"
     if ! bah inspect --type container "$name" >/dev/null 2>&1; then
         local old
         for old in $(bah containers --noheading --format '{{.ContainerName}}'); do
-            [[ $old == ferry-rootfs-* ]] && bah rm "$old" >/dev/null
+            if [[ $old == ferry-rootfs-* ]]; then bah rm "$old" >/dev/null; fi
         done
+        bah rmi --prune >/dev/null 2>&1 || true
         log "importing $archive as $name"
         bah from --quiet --name "$name" "oci-archive:$archive" >/dev/null
     fi
