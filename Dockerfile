@@ -15,8 +15,10 @@ RUN python3.11 -m venv /opt/ferry \
  && /opt/ferry/bin/pip install --no-compile "$@" -r requirements/image.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY ferry ./ferry
-# setuptools comes pinned from the lock, so the build needs no index.
+# setuptools comes pinned from the lock, so the build needs no index. `pip check` fails the
+# build when pyproject.toml's pins and the lock disagree (regenerate: e2e/node/image.sh lock).
 RUN /opt/ferry/bin/pip install --no-compile --no-deps --no-build-isolation . \
+ && /opt/ferry/bin/pip check \
  && /opt/ferry/bin/python -m compileall -q /opt/ferry/lib
 
 FROM ${BASE}
