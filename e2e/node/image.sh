@@ -167,7 +167,7 @@ build() {
     cp -r "$wheels" "$ctx/requirements/wheels"
     local bstart=$SECONDS
     log "buildah bud (BASE=$base, --network none) -> $IMAGE_NAME"
-    bah bud --quiet --pull=never --network none --build-arg "BASE=$base" \
+    bah bud --pull=never --network none --build-arg "BASE=$base" \
         -t "$IMAGE_NAME" -f "$ctx/Dockerfile" "$ctx" >&2
     log "built in $((SECONDS - bstart))s"
     bah push --quiet "$IMAGE_NAME" "oci-archive:$archive.tmp:$IMAGE_NAME" >&2
