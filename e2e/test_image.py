@@ -1,0 +1,150 @@
+"""The image built from the Dockerfile (`e2e/node/image.sh`) honours its runtime contract.
+
+The OCI archive the script prints (what containerd will import), imported by buildah, is run
+by runc the way the operator's pod specs run it: uid 65532,
+read-only root filesystem, /tmp a tmpfs, no network. Needs root (apt, mmdebstrap, runc);
+the first build takes ~4 min, later runs reuse the cached archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.strict import unavailable
+
+pytestmark = [pytest.mark.image, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+UID = 65532
+
+
+@dataclass
+class Image:
+    rootfs: Path
+    config: dict[str, Any]  # the OCI image config's "config" (Env, Entrypoint, User, ...)
+
+
+def _blob(tar: tarfile.TarFile, digest: str) -> Any:
+    f = tar.extractfile("blobs/" + digest.replace(":", "/"))
+    assert f is not None, digest
+    return json.load(f)
+
+
+def _image_config(archive: Path) -> dict[str, Any]:
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        manifest = _blob(tar, index["manifests"][0]["digest"])
+        return dict(_blob(tar, manifest["config"]["digest"])["config"])
+
+
+def _script(*args: str) -> str:
+    """Last stdout line of e2e/node/image.sh; its log tail on failure."""
+    done = subprocess.run(
+        ["bash", str(REPO / "e2e/node/image.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"e2e/node/image.sh {' '.join(args)} failed:\n{done.stderr[-4000:]}", pytrace=False
+        )
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    if os.geteuid() != 0:
+        unavailable("building and running the image needs root (mmdebstrap, runc)")
+    archive = Path(_script("build"))
+    # The archive imported by buildah (cached per archive); runc mounts it read-only and
+    # creates no mount point in it (the tests bind to /srv and /mnt, which Debian ships).
+    rootfs = Path(_script("rootfs"))
+    assert (rootfs / "opt/ferry/bin/ferry").is_file(), rootfs
+    return Image(rootfs, _image_config(archive))
+
+
+def runc(image: Image, tmp: Path, args: list[str], mounts: list[dict[str, Any]]) -> str:
+    """Run `args` in the image as the pods do; returns stdout, fails on a non-zero exit."""
+    bundle = tmp / f"bundle-{uuid.uuid4().hex[:8]}"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["root"] = {"path": str(image.rootfs), "readonly": True}
+    spec["process"].update(
+        terminal=False,
+        args=args,
+        env=[*image.config["Env"], "HOME=/tmp"],
+        cwd="/tmp",
+        user={"uid": UID, "gid": UID},
+    )
+    spec["mounts"].append(
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+    )
+    spec["mounts"] += mounts
+    (bundle / "config.json").write_text(json.dumps(spec))
+    state = tmp / "runc-state"
+    result = subprocess.run(
+        ["runc", "--root", str(state), "run", "--bundle", str(bundle), bundle.name],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def test_config_is_the_runtime_contract(image: Image) -> None:
+    assert image.config.get("Entrypoint") == ["ferry"]
+    assert image.config.get("User") == f"{UID}:{UID}"
+
+
+def test_version_as_non_root_on_a_read_only_root(image: Image, tmp_path: Path) -> None:
+    out = runc(image, tmp_path, [*image.config["Entrypoint"], "--version"], [])
+    assert "0.1.0" in out
+    # Not root; the root filesystem refuses writes (EROFS), /tmp takes them; tzdata zones load.
+    code = (
+        "import os, zoneinfo\n"
+        "print(os.getuid())\n"
+        "try:\n    open('/opt/ferry/x', 'w')\nexcept OSError as e:\n    print(e.errno)\n"
+        "open('/tmp/x', 'w').write('ok')\n"
+        "print(zoneinfo.ZoneInfo('Europe/Berlin').key)\n"
+    )
+    out = runc(image, tmp_path, ["/opt/ferry/bin/python", "-c", code], [])
+    assert out.split() == [str(UID), "30", "Europe/Berlin"]
+
+
+def test_copy_between_bind_mounted_dirs(image: Image, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_bytes(b"hello from the image\n")
+    (src / "b.bin").write_bytes(os.urandom(300_000))
+    dst.mkdir()
+    os.chown(dst, UID, UID)  # a fresh volume the mover may write (the chart sets fsGroup)
+
+    def bind(host: Path, path: str, *opts: str) -> dict[str, Any]:
+        return {
+            "destination": path,
+            "type": "bind",
+            "source": str(host),
+            "options": ["rbind", *opts],
+        }
+
+    runc(
+        image,
+        tmp_path,
+        [*image.config["Entrypoint"], "copy", "/srv", "/mnt"],
+        [bind(src, "/srv", "ro"), bind(dst, "/mnt", "rw")],
+    )
+    assert (dst / "sub" / "a.txt").read_bytes() == b"hello from the image\n"
+    assert (dst / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
+    assert (dst / "b.bin").stat().st_uid == UID
