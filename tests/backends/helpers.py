@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,22 @@ from ferry.mover.transfer import run_transfer
 from tests.backends.tree import CHUNK
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def server_tmpfs(server: Any, prefix: str, size: str = "4m") -> Iterator[tuple[str, Path]]:
+    """A small tmpfs below an SFTP/SMB server's root, owned by the server's user, so the
+    server's own disk fills up for real: (sub, mount point)."""
+    sub = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    mnt = Path(server.root) / sub
+    mnt.mkdir()
+    pw = pwd.getpwnam(server.user)
+    opts = f"size={size},uid={pw.pw_uid},gid={pw.pw_gid},mode=0755"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], check=True)
+    try:
+        yield sub, mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def transfer(src: str, dst: str, mode: Mode = Mode.COPY, **kw: Any) -> Summary:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import MiB
 from tests.backends.conftest import BUCKET, Remote
-from tests.backends.helpers import REPO, ok, transfer
+from tests.backends.helpers import REPO, ok, server_tmpfs, transfer
 from tests.backends.tree import CHUNK, compare, file_digest
 from tests.servers.common import free_port
 from tests.servers.proxy import TCPRelay
@@ -113,13 +112,7 @@ def test_server_disk_full(remote: Remote, tmp_path: Path) -> None:
     for i in range(40):
         (small / f"s{i:02d}").write_bytes(os.urandom(64 * 1024))
     (big / "big").write_bytes(os.urandom(3 * CHUNK))
-    sub = f"full-{uuid.uuid4().hex[:8]}"
-    mnt = remote.server.root / sub
-    mnt.mkdir()
-    pw = pwd.getpwnam(remote.server.user)
-    opts = f"size=4m,uid={pw.pw_uid},gid={pw.pw_gid},mode=0755"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], check=True)
-    try:
+    with server_tmpfs(remote.server, "full") as (sub, mnt):
         (mnt / "filler").write_bytes(b"x" * 3 * MiB)  # 1 MiB left: about 15 small files
         for src in (small, big):
             # Past the check before writing, which would refuse it: the server's answers.
@@ -132,8 +125,6 @@ def test_server_disk_full(remote: Remote, tmp_path: Path) -> None:
         for p in kept:
             assert not p.name.startswith(".~ferry."), f"left {p.name} taking space"
             assert p.read_bytes() == (tmp_path / p.relative_to(mnt)).read_bytes(), f"torn {p}"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_unreachable_host(remote: Remote, tmp_path: Path) -> None:

@@ -186,18 +186,20 @@ def test_abandoned_stream_leaves_the_connection_usable(
         be.close()
 
 
+def _through(r: Any, relay: TCPRelay, tmp_path: Path) -> s3.S3Backend:
+    """An S3 backend on the test bucket whose connections go through `relay`."""
+    creds = r.server.write_credentials(tmp_path / "creds")
+    uri = f"s3://{BUCKET}/?endpoint=http://127.0.0.1:{relay.port}&credentials_file={creds}"
+    return s3.S3Backend(parse_endpoint(uri))
+
+
 def test_idle_connection_closed_by_the_server(remotes, tmp_path: Path) -> None:
     """A keep-alive connection the server dropped is reopened once, not reported or handed
     to botocore."""
     r = remotes("s3")
     relay = TCPRelay(r.server.port).start()
     try:
-        creds = r.server.write_credentials(tmp_path / "creds")
-        be = s3.S3Backend(
-            parse_endpoint(
-                f"s3://{BUCKET}/?endpoint=http://127.0.0.1:{relay.port}&credentials_file={creds}"
-            )
-        )
+        be = _through(r, relay, tmp_path)
         assert not be.wire.off
         key = f"{r.fresh('idle')}/k.txt"
         put = be.wire.request("PUT", key, {}, b"hello")
@@ -263,12 +265,7 @@ def test_posts_are_not_sent_twice_by_the_wire(remotes, tmp_path: Path, call: str
     r = remotes("s3")
     relay = TCPRelay(r.server.port).start()
     try:
-        creds = r.server.write_credentials(tmp_path / "creds")
-        be = s3.S3Backend(
-            parse_endpoint(
-                f"s3://{BUCKET}/?endpoint=http://127.0.0.1:{relay.port}&credentials_file={creds}"
-            )
-        )
+        be = _through(r, relay, tmp_path)
         key = f"{r.fresh('post')}/big.bin"
         try:
             if call == "create":

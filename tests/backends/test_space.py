@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from ferry.mover.endpoints import parse_endpoint
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import MiB, MinFree, Mode
 from tests.backends.conftest import Remote
-from tests.backends.helpers import ok, transfer
+from tests.backends.helpers import ok, server_tmpfs, transfer
 
 pytestmark = pytest.mark.servers
 
@@ -36,16 +34,8 @@ def _backend(remote: Remote, sub: str) -> Iterator[Backend]:
 @pytest.fixture
 def small_share(remote: Remote) -> Iterator[tuple[str, Path]]:
     """A 4 MiB tmpfs below the server's root, owned by the server's user: (sub, mount)."""
-    sub = f"small-{uuid.uuid4().hex[:8]}"
-    mnt = remote.server.root / sub
-    mnt.mkdir()
-    pw = pwd.getpwnam(remote.server.user)
-    opts = f"size=4m,uid={pw.pw_uid},gid={pw.pw_gid},mode=0755"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], check=True)
-    try:
-        yield sub, mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with server_tmpfs(remote.server, "small") as share:
+        yield share
 
 
 @pytest.mark.parametrize("remote", ["sftp", "smb"], indirect=True)
