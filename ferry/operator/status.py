@@ -100,6 +100,8 @@ class PodOutcome:
     exit_code: int
     summary: dict[str, Any] | None
     finished_at: str
+    #: The kubelet's word for how the container ended (`OOMKilled`, `Error`, ...).
+    killed_by: str = ""
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -142,6 +144,7 @@ def outcomes(pods: list[dict[str, Any]]) -> list[PodOutcome]:
                 exit_code=int(term.get("exitCode", -1)),
                 summary=summary,
                 finished_at=str(term.get("finishedAt") or ""),
+                killed_by=str(term.get("reason") or ""),
             )
         )
     return out
@@ -163,6 +166,12 @@ def failure_reason(found: list[PodOutcome]) -> tuple[str, str]:
     if not failed:
         return "Failed", "mover failed without a termination message"
     last = max(failed, key=lambda o: o.finished_at)
+    if last.killed_by == "OOMKilled":
+        # The kernel killed it: no summary was written, and the fix is the limit, not the data.
+        return "OOMKilled", (
+            f"shard {last.index} pod {last.name} was killed for exceeding its memory limit; "
+            "raise spec.placement.resources.limits.memory (or the pool's)"
+        )
     if last.summary:
         reason = str(
             last.summary.get("reason") or REASON_BY_EXIT_CODE.get(last.exit_code, "Failed")

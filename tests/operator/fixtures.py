@@ -85,11 +85,17 @@ def pod(
     exit_code: int | None = None,
     message: str = "",
     finished: str = "2026-01-01T00:01:00Z",
+    reason: str = "",
 ) -> dict[str, Any]:
     cs: dict[str, Any] = {"name": "mover", "state": {"running": {}}}
     if exit_code is not None:
         cs["state"] = {
-            "terminated": {"exitCode": exit_code, "message": message, "finishedAt": finished}
+            "terminated": {
+                "exitCode": exit_code,
+                "message": message,
+                "finishedAt": finished,
+                **({"reason": reason} if reason else {}),
+            }
         }
     return {
         "metadata": {

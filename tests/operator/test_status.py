@@ -81,6 +81,23 @@ def test_failed_without_message_classified_by_exit_code():
     assert p["reason"] == "AuthFailed"
 
 
+def test_out_of_memory_is_named_with_the_field_to_raise():
+    pods = [pod("p0", 0, "Failed", 137, "", reason="OOMKilled")]
+    p = compute(
+        j=job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=1),
+        pods=pods,
+    )
+    assert (p["phase"], p["reason"]) == ("Failed", "OOMKilled")
+    assert cond(p, "Failed")["reason"] == "OOMKilled"
+    assert "memory limit" in p["message"] and "resources.limits.memory" in p["message"]
+    # Killed by a signal for another reason: still the generic classification.
+    other = compute(
+        j=job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=1),
+        pods=[pod("p0", 0, "Failed", 137, "", reason="Error")],
+    )
+    assert other["reason"] == "MoverCrashed"
+
+
 def test_deadline_exceeded():
     p = compute(
         j=job(
