@@ -26,15 +26,17 @@ from e2e.support import Cluster, cluster_cli
 from tests.strict import unavailable
 
 
-def _claim_state_dir() -> tuple[Path, IO[bytes]]:
+def _claim_state_dir(
+    name: str = "cluster-e2e", var: str = "FERRY_E2E_CLUSTER_DIR"
+) -> tuple[Path, IO[bytes]]:
     """A state dir no other live test session uses, locked for this session.
 
-    `$FERRY_E2E_CLUSTER_DIR` is waited for; otherwise the first free one of
-    `~/.cache/ferry/cluster-e2e`, `cluster-e2e-1`, ... is taken, so concurrent
-    sessions on one machine never tear down each other's cluster.
+    `$<var>` is waited for; otherwise the first free one of `~/.cache/ferry/<name>`,
+    `<name>-1`, ... is taken, so concurrent sessions on one machine never tear down
+    each other's cluster.
     """
-    env = os.environ.get("FERRY_E2E_CLUSTER_DIR")
-    base = Path(env).resolve() if env else default_state_dir().with_name("cluster-e2e")
+    env = os.environ.get(var)
+    base = Path(env).resolve() if env else default_state_dir().with_name(name)
     candidates = (
         [base] if env else [base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 16))]
     )
@@ -66,6 +68,28 @@ def cluster() -> Iterator[Cluster]:
         result = cluster_cli("up", state_dir=state)
         if result.returncode != 0:
             pytest.fail(f"local cluster did not start:\n{result.stderr[-4000:]}")
+        yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
+        if not os.environ.get("FERRY_E2E_KEEP"):
+            cluster_cli("down", state_dir=state)
+    finally:
+        lock.close()
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[Cluster]:
+    """A local cluster on real nodes: kubelet, containerd and runc run the built image.
+
+    Its own state dir (`~/.cache/ferry/cluster-node`, or `$FERRY_E2E_NODE_CLUSTER_DIR`).
+    """
+    try:
+        bin_dir = binaries.ensure()
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        unavailable(f"cannot build the local control plane here: {exc}")
+    state, lock = _claim_state_dir("cluster-node", "FERRY_E2E_NODE_CLUSTER_DIR")
+    try:
+        result = cluster_cli("up", "--runtime", "kubelet", state_dir=state, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"local cluster on real nodes did not start:\n{result.stderr[-4000:]}")
         yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
         if not os.environ.get("FERRY_E2E_KEEP"):
             cluster_cli("down", state_dir=state)

@@ -8,6 +8,7 @@ start=$(date +%s)
 bash scripts/bootstrap.sh
 bash tests/servers/install.sh
 bash e2e/cluster/build.sh >/dev/null
+bash e2e/node/build.sh >/dev/null
 bash e2e/node/image.sh >/dev/null
 
 echo "== lint and types"

@@ -28,13 +28,22 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON list of nodes (name, labels, taints, allocatable); "
         "default: $FERRY_CLUSTER_NODES or two nodes, pools general and bulk",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=controlplane.RUNTIMES,
+        default=None,
+        help="how pods run: kubelet (containerd + runc, the built image) or agent "
+        "(local processes); default: $FERRY_CLUSTER_RUNTIME or agent",
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     layout = Layout((args.state_dir or default_state_dir()).resolve())
 
     if args.command == "up":
         try:
-            facts = controlplane.up(layout, nodes.load(args.nodes), timeout=args.timeout)
+            facts = controlplane.up(
+                layout, nodes.load(args.nodes), timeout=args.timeout, runtime=args.runtime
+            )
         except NotReady as exc:
             print(f"cluster did not come up: {exc}; logs in {layout.logs}", file=sys.stderr)
             controlplane.down(layout)

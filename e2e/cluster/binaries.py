@@ -7,7 +7,16 @@ import subprocess
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
-NEEDED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm")
+NEEDED = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+    "helm",
+)
 
 
 def ensure() -> Path:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build (once) the pinned upstream control plane for Ferry's local e2e cluster.
 #
-# Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
-# (from the Go module in e2e/cluster/go) and helm (go install at HELM_VERSION).
+# Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and the
+# node's kubelet and kube-proxy (from the Go module in e2e/cluster/go), helm (go install at
+# HELM_VERSION).
 # They land in a cache OUTSIDE the work tree, keyed by the pins, so every clone on
 # this machine reuses them and a pin change builds a fresh set:
 #   ${FERRY_CACHE:-~/.cache/ferry}/k8s-<version>-<hash>/bin
@@ -61,7 +62,7 @@ main() {
     local go; go=$(find_go) || { log "Go not found (need Go >= 1.26 at /usr/local/go/bin/go or on PATH)"; exit 1; }
     local dest="$cache_root/k8s-$K8S_VERSION-$(key)"
     local bin="$dest/bin"
-    local want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+    local want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy helm)
     mkdir -p "$cache_root"
     exec 9>"$cache_root/.build.lock"
     flock 9   # one build at a time; a second caller waits and then reuses it

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import binaries, bootstrap, fsutil, kubeconfig, procs
+from . import binaries, bootstrap, fsutil, kubeconfig, procs, realnode
 from .agent.config import AgentConfig, AgentNode
 from .health import wait_http_ok
 from .layout import Layout
 from .nodes import NodeSpec
 from .pki import APISERVER_DNS, CertAuthority, Pair, service_account_keys
+from .podnet import PodNetwork
 
 K8S_VERSION = "v1.37.0"
 SERVICE_CIDR = "10.0.0.0/24"  # allocated by the apiserver, never contacted
@@ -30,6 +31,23 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 #: The checkout holding this package; the agent runs as `python -m e2e.cluster.agent` from it.
 REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+#: How pods run: `kubelet` (containerd, runc, CNI: real containers of the built image) or
+#: `agent` (the Python stand-in: local processes of this checkout's venv).
+RUNTIMES = ("agent", "kubelet")
+
+
+def default_runtime() -> str:
+    runtime = os.environ.get("FERRY_CLUSTER_RUNTIME", "agent")
+    if runtime not in RUNTIMES:
+        raise ValueError(
+            f"FERRY_CLUSTER_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}"
+        )
+    return runtime
+
+
+def cgroup_name(layout: Layout) -> str:
+    """The cluster's cgroup subtree, named after its state dir (one per cluster)."""
+    return f"ferry-{PodNetwork.tag(layout.root)}"
 
 
 def free_port() -> int:
@@ -69,11 +87,15 @@ def _alive(rec: procs.Record) -> Callable[[], bool]:
     return lambda: procs.alive(rec)
 
 
+def _all_alive(recs: list[procs.Record]) -> Callable[[], bool]:
+    return lambda: all(procs.alive(r) for r in recs)
+
+
 def _venv_python() -> str:
     return sys.executable
 
 
-def _pki(layout: Layout, nodes: list[NodeSpec]) -> dict[str, Pair]:
+def _pki(layout: Layout, nodes: list[NodeSpec], extra_ips: tuple[str, ...] = ()) -> dict[str, Pair]:
     ca = CertAuthority(layout.pki)
     front_proxy = CertAuthority(layout.pki / "front-proxy")
     pairs = {
@@ -83,9 +105,15 @@ def _pki(layout: Layout, nodes: list[NodeSpec]) -> dict[str, Pair]:
             "kube-apiserver",
             server=True,
             dns=APISERVER_DNS,
-            ips=("127.0.0.1", "10.0.0.1"),
+            ips=("127.0.0.1", "10.0.0.1", *extra_ips),
         ),
         "admin": ca.issue("admin", "kubernetes-admin", ("system:masters",)),
+        # The API server's identity towards kubelets (logs, exec, port-forward), as kubeadm's.
+        "apiserver-kubelet-client": ca.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
+        ),
+        # Bound to system:node-proxier by the default RBAC policy.
+        "kube-proxy": ca.issue("kube-proxy", "system:kube-proxy"),
         # Client identity and loopback serving certificate in one, so /healthz verifies.
         "controller-manager": ca.issue(
             "controller-manager",
@@ -116,6 +144,7 @@ def _reset(layout: Layout) -> None:
     """Fresh cluster state; a previous run's logs move to logs.prev for post-mortems."""
     for d in (
         layout.etcd_data,
+        layout.nodes,
         layout.pods,
         layout.volumes,
         layout.run,
@@ -140,19 +169,31 @@ def _reset(layout: Layout) -> None:
     layout.root.chmod(0o700)
 
 
-def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[str, Any]:
+def up(
+    layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0, runtime: str | None = None
+) -> dict[str, Any]:
     """Start everything and wait until the cluster can run pods; returns cluster facts."""
-    t0 = time.monotonic()
+    runtime = runtime or default_runtime()
     if running(layout) and healthy(layout):
         current: dict[str, Any] = json.loads(layout.cluster_json.read_text())
-        return current
+        if current.get("runtime", "agent") == runtime:
+            return current
     down(layout)
     bin_dir = binaries.ensure()
+    art = realnode.Artifacts.ensure(bin_dir) if runtime == "kubelet" else None
+    t0 = time.monotonic()  # builds (minutes, once) are not part of the start-up budget
     _reset(layout)
     ports = Ports.pick()
-    pairs = _pki(layout, nodes)
+    net = None
+    if art is not None:
+        net = PodNetwork.plan(layout.root)
+        net.save(layout.podnet)
+        net.create(len(nodes))
+    pairs = _pki(layout, nodes, (net.host_ip,) if net else ())
     ca = pairs["ca"].cert
     server = f"https://127.0.0.1:{ports.apiserver}"
+    # Kubelets and pods live in the pod network's namespace: they reach the host there.
+    node_server = f"https://{net.host_ip}:{ports.apiserver}" if net else server
     kc = {
         name: kubeconfig.write(layout.pki / f"{name}.kubeconfig", server, ca, pairs[name], user)
         for name, user in (
@@ -190,15 +231,24 @@ def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[st
     wait_http_ok("etcd", f"{etcd_url}/health", left(), alive=_alive(rec))
 
     pki = layout.pki
+    if net is None:
+        # loopback may not be published as the kubernetes Service endpoint; nothing uses it.
+        serving = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+        serving.append("--endpoint-reconciler-type=none")
+    else:
+        # Pods reach the `kubernetes` Service (kube-proxy) at the host's end of their link.
+        serving = ["--bind-address=0.0.0.0", f"--advertise-address={net.host_ip}"]
+        serving += [
+            f"--kubelet-client-certificate={pairs['apiserver-kubelet-client'].cert}",
+            f"--kubelet-client-key={pairs['apiserver-kubelet-client'].key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
     rec = launch(
         "kube-apiserver",
         [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            # loopback may not be published as the kubernetes Service endpoint; nothing uses it.
-            "--endpoint-reconciler-type=none",
+            *serving,
             f"--secure-port={ports.apiserver}",
             f"--tls-cert-file={pairs['apiserver'].cert}",
             f"--tls-private-key-file={pairs['apiserver'].key}",
@@ -265,6 +315,16 @@ def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[st
     )
     bootstrap.storage_class(admin_kc)
 
+    node_kubeconfigs = {
+        n.name: kubeconfig.write(
+            layout.pki / f"node-{n.name}.kubeconfig",
+            node_server,
+            ca,
+            pairs[f"node-{n.name}"],
+            f"system:node:{n.name}",
+        )
+        for n in nodes
+    }
     agent_cfg = AgentConfig(
         state_dir=str(layout.root),
         apiserver_port=ports.apiserver,
@@ -272,21 +332,8 @@ def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[st
         admin_kubeconfig=str(admin_kc),
         kubelet_version=K8S_VERSION,
         marker=str(layout.root),
-        nodes=[
-            AgentNode(
-                n,
-                str(
-                    kubeconfig.write(
-                        layout.pki / f"node-{n.name}.kubeconfig",
-                        server,
-                        ca,
-                        pairs[f"node-{n.name}"],
-                        f"system:node:{n.name}",
-                    )
-                ),
-            )
-            for n in nodes
-        ],
+        # With real nodes the agent is only the volume provisioner.
+        nodes=[] if art else [AgentNode(n, str(node_kubeconfigs[n.name])) for n in nodes],
     )
     agent_cfg.save(layout.agent_config)
     agent = launch(
@@ -309,10 +356,36 @@ def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[st
         admin,
         alive=_alive(sched),
     )
-    bootstrap.wait_ready(admin_kc, [n.name for n in nodes], left(), alive=_alive(agent))
+    components = list(COMPONENTS)
+    if art is not None and net is not None:
+        launcher = realnode.Launcher(
+            layout=layout,
+            env=env,
+            net=net,
+            art=art,
+            ca_file=ca,
+            node_kubeconfigs=node_kubeconfigs,
+            proxy_kubeconfig=kubeconfig.write(
+                layout.pki / "kube-proxy.kubeconfig",
+                node_server,
+                ca,
+                pairs["kube-proxy"],
+                "system:kube-proxy",
+            ),
+            cgroup_name=cgroup_name(layout),
+        )
+        recs = launcher.start(nodes, deadline)
+        components += [r.name for r in recs]
+        alive = _all_alive([agent, *recs])
+    else:
+        alive = _alive(agent)
+    bootstrap.wait_ready(admin_kc, [n.name for n in nodes], left(), alive=alive)
 
     facts: dict[str, Any] = {
         "kubernetesVersion": K8S_VERSION,
+        "runtime": runtime,
+        "components": components,
+        **({"podNetwork": net.cidr, "hostIP": net.host_ip} if net else {}),
         "server": server,
         "kubeconfig": str(layout.kubeconfig),
         "binDir": str(bin_dir),
@@ -333,11 +406,13 @@ def running(layout: Layout) -> list[procs.Record]:
 def healthy(layout: Layout) -> bool:
     """True when every component runs and the apiserver answers /readyz."""
     names = {r.name for r in running(layout)}
-    if not set(COMPONENTS) <= names or not layout.cluster_json.exists():
+    if not layout.cluster_json.exists():
+        return False
+    facts = json.loads(layout.cluster_json.read_text())
+    if not set(facts.get("components", COMPONENTS)) <= names:
         return False
     from .health import get
 
-    facts = json.loads(layout.cluster_json.read_text())
     pki = layout.pki
     try:
         status, _ = get(
@@ -349,17 +424,29 @@ def healthy(layout: Layout) -> bool:
 
 
 def down(layout: Layout) -> list[str]:
-    """Stop every process this state dir started, agent first (it stops its containers)."""
+    """Stop every process this state dir started, nodes first (they stop their containers).
+
+    Real nodes: kubelets, kube-proxy and containerd stop, then what they leave (container
+    processes, mounts, cgroups, the pod network's namespace) is removed.
+    """
     stopped = []
     order = {name: i for i, name in enumerate(reversed(COMPONENTS))}
-    for rec in sorted(procs.records(layout.run), key=lambda r: order.get(r.name, -1)):
+    # Kubelets before containerd before the control plane: newest first.
+    for rec in sorted(
+        procs.records(layout.run), key=lambda r: (order.get(r.name, -1), -r.start_ticks)
+    ):
         if procs.alive(rec):
             stopped.append(rec.name)
         procs.stop(rec, grace=15.0 if rec.name == "node-agent" else 5.0)
         (layout.run / f"{rec.name}.json").unlink(missing_ok=True)
-    leftovers = procs.sweep(str(layout.root))
+    leftovers = procs.sweep(str(layout.root))  # containerd's shims among them
+    net = PodNetwork.load(layout.podnet) if layout.podnet.exists() else None
+    left = realnode.stop(layout, cgroup_name(layout), net)
     if leftovers:
         stopped.append(f"{len(leftovers)} stray process(es)")
+    if left:
+        stopped.append(f"left behind: {', '.join(left)}")
+    layout.podnet.unlink(missing_ok=True)
     layout.cluster_json.unlink(missing_ok=True)
     return stopped
 

@@ -56,6 +56,16 @@ class Layout:
         return self.root / "run"
 
     @property
+    def podnet(self) -> Path:
+        """The pod network's names and addresses (real nodes only), for `down`."""
+        return self.root / "podnet.json"
+
+    @property
+    def nodes(self) -> Path:
+        """Real nodes' state: `nodes/<name>/` (containerd, kubelet, CNI)."""
+        return self.root / "nodes"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
 
