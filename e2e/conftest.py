@@ -65,31 +65,9 @@ def cluster() -> Iterator[Cluster]:
         unavailable(f"cannot build the local control plane here: {exc}")
     state, lock = _claim_state_dir()
     try:
-        result = cluster_cli("up", state_dir=state)
+        result = cluster_cli("up", state_dir=state, timeout=1800)
         if result.returncode != 0:
             pytest.fail(f"local cluster did not start:\n{result.stderr[-4000:]}")
-        yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
-        if not os.environ.get("FERRY_E2E_KEEP"):
-            cluster_cli("down", state_dir=state)
-    finally:
-        lock.close()
-
-
-@pytest.fixture(scope="session")
-def node_cluster() -> Iterator[Cluster]:
-    """A local cluster on real nodes: kubelet, containerd and runc run the built image.
-
-    Its own state dir (`~/.cache/ferry/cluster-node`, or `$FERRY_E2E_NODE_CLUSTER_DIR`).
-    """
-    try:
-        bin_dir = binaries.ensure()
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        unavailable(f"cannot build the local control plane here: {exc}")
-    state, lock = _claim_state_dir("cluster-node", "FERRY_E2E_NODE_CLUSTER_DIR")
-    try:
-        result = cluster_cli("up", "--runtime", "kubelet", state_dir=state, timeout=900)
-        if result.returncode != 0:
-            pytest.fail(f"local cluster on real nodes did not start:\n{result.stderr[-4000:]}")
         yield Cluster(state / "kubeconfig", Layout(state), bin_dir)
         if not os.environ.get("FERRY_E2E_KEEP"):
             cluster_cli("down", state_dir=state)

@@ -16,6 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e.cluster.layout import Layout
+from tests.servers.common import LOOPBACK
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,15 @@ class Cluster:
     def local(self) -> bool:
         return self.layout is not None
 
+    @property
+    def host_ip(self) -> str:
+        """Where pods reach this machine's test servers: the host's end of the local
+        cluster's pod network (loopback for an external cluster, e.g. kind: its pods
+        cannot reach this machine's test servers at all)."""
+        if self.layout is None or not self.layout.cluster_json.exists():
+            return LOOPBACK
+        return str(json.loads(self.layout.cluster_json.read_text()).get("hostIP", LOOPBACK))
+
     def api(self) -> client.ApiClient:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
@@ -87,10 +97,7 @@ class Cluster:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
     def container_log(self, namespace: str, pod: str, container: str) -> str:
-        """Container output: the agent's log file locally, the log API elsewhere."""
-        if self.layout is not None:
-            path = self.layout.container_log(namespace, pod, container)
-            return path.read_text() if path.exists() else ""
+        """Container output, through the log API (the API server asks the kubelet)."""
         with self.api() as api:
             text: str = client.CoreV1Api(api).read_namespaced_pod_log(
                 pod, namespace, container=container

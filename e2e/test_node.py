@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from e2e.cluster import cgroups, controlplane
+from e2e.cluster import controlplane
 from e2e.cluster.podnet import PodNetwork
-from e2e.support import FERRY_IMAGE, REPO, Cluster, cluster_cli, wait_for
+from e2e.support import FERRY_IMAGE, Cluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
@@ -36,20 +33,6 @@ RESTRICTED = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-
-
-@pytest.fixture(scope="module")
-def core(node_cluster: Cluster) -> Iterator[client.CoreV1Api]:
-    with node_cluster.api() as api:
-        yield client.CoreV1Api(api)
-
-
-@pytest.fixture
-def ns(core: client.CoreV1Api) -> Iterator[str]:
-    name = f"node-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})  # type: ignore[arg-type]
-    yield name
-    core.delete_namespace(name)
 
 
 def _facts(cluster: Cluster) -> Obj:
@@ -94,12 +77,12 @@ def _pod(
     }
 
 
-def _finished(core: client.CoreV1Api, ns: str, name: str, timeout: float = 180) -> Obj:
+def _finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float = 180) -> Obj:
     def probe() -> Obj | None:
-        pod = core.read_namespaced_pod(name, ns).to_dict()
+        pod = core.read_namespaced_pod(name, namespace).to_dict()
         return pod if pod["status"]["phase"] in ("Succeeded", "Failed") else None
 
-    return wait_for(f"pod {ns}/{name} to finish", probe, timeout=timeout)
+    return wait_for(f"pod {namespace}/{name} to finish", probe, timeout=timeout)
 
 
 def _terminated(pod: Obj) -> Obj:
@@ -107,13 +90,13 @@ def _terminated(pod: Obj) -> Obj:
     return state
 
 
-def _logs(cluster: Cluster, ns: str, name: str) -> str:
-    return cluster.kubectl("logs", "-n", ns, name).stdout
+def _logs(cluster: Cluster, namespace: str, name: str) -> str:
+    return cluster.kubectl("logs", "-n", namespace, name).stdout
 
 
-def _pvc(core: client.CoreV1Api, ns: str, name: str) -> Path:
+def _pvc(core: client.CoreV1Api, namespace: str, name: str) -> Path:
     core.create_namespaced_persistent_volume_claim(
-        ns,
+        namespace,
         {  # type: ignore[arg-type]
             "metadata": {"name": name},
             "spec": {
@@ -125,22 +108,22 @@ def _pvc(core: client.CoreV1Api, ns: str, name: str) -> Path:
     )
 
     def bound() -> str | None:
-        pvc = core.read_namespaced_persistent_volume_claim(name, ns).to_dict()
+        pvc = core.read_namespaced_persistent_volume_claim(name, namespace).to_dict()
         return pvc["spec"]["volume_name"] if pvc["status"]["phase"] == "Bound" else None
 
     pv = core.read_persistent_volume(wait_for(f"claim {name} bound", bound, timeout=60)).to_dict()
     return Path(pv["spec"]["host_path"]["path"])
 
 
-def test_nodes_are_kubelets_on_containerd(node_cluster: Cluster) -> None:
-    wide = node_cluster.kubectl("get", "nodes", "-o", "wide").stdout
+def test_nodes_are_kubelets_on_containerd(cluster: Cluster) -> None:
+    wide = cluster.kubectl("get", "nodes", "-o", "wide").stdout
     rows = [line.split() for line in wide.splitlines()[1:]]
     assert {r[0] for r in rows} == {"ferry-node-0", "ferry-node-1"}, wide
     for row in rows:
         assert row[1] == "Ready" and row[4] == controlplane.K8S_VERSION, wide
         assert any(col.startswith("containerd://2.") for col in row), wide
-    net = PodNetwork.load(node_cluster.layout.podnet)  # type: ignore[union-attr]
-    nodes = {n["metadata"]["name"]: n for n in node_cluster.kubectl_json("get", "nodes")["items"]}
+    net = PodNetwork.load(cluster.layout.podnet)  # type: ignore[union-attr]
+    nodes = {n["metadata"]["name"]: n for n in cluster.kubectl_json("get", "nodes")["items"]}
     bulk = nodes["ferry-node-1"]
     assert bulk["metadata"]["labels"]["ferry.dev/pool"] == "bulk"
     assert {"key": "ferry.dev/pool", "value": "bulk", "effect": "NoSchedule"} in bulk["spec"][
@@ -174,16 +157,16 @@ print(json.dumps(out))
 
 
 def test_image_runtime_contract_in_a_real_container(
-    node_cluster: Cluster, core: client.CoreV1Api, ns: str
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_pod(ns, _pod("version", args=["--version"]))  # type: ignore[arg-type]
-    core.create_namespaced_pod(ns, _pod("contract", ["python3.11", "-c", CONTRACT]))  # type: ignore[arg-type]
-    done = _finished(core, ns, "version")
+    core.create_namespaced_pod(namespace, _pod("version", args=["--version"]))  # type: ignore[arg-type]
+    core.create_namespaced_pod(namespace, _pod("contract", ["python3.11", "-c", CONTRACT]))  # type: ignore[arg-type]
+    done = _finished(core, namespace, "version")
     assert done["status"]["phase"] == "Succeeded", done["status"]
-    assert _logs(node_cluster, ns, "version").startswith("ferry "), "entrypoint is not `ferry`"
-    done = _finished(core, ns, "contract")
-    assert done["status"]["phase"] == "Succeeded", _logs(node_cluster, ns, "contract")
-    seen = json.loads(_logs(node_cluster, ns, "contract").strip().splitlines()[-1])
+    assert _logs(cluster, namespace, "version").startswith("ferry "), "entrypoint is not `ferry`"
+    done = _finished(core, namespace, "contract")
+    assert done["status"]["phase"] == "Succeeded", _logs(cluster, namespace, "contract")
+    seen = json.loads(_logs(cluster, namespace, "contract").strip().splitlines()[-1])
     assert (seen["uid"], seen["gid"]) == (NONROOT, NONROOT)
     assert NONROOT in seen["groups"]
     assert seen["root"] == "Read-only file system"
@@ -195,9 +178,9 @@ def test_image_runtime_contract_in_a_real_container(
 
 
 def test_non_root_mover_copies_into_a_fresh_claim(
-    node_cluster: Cluster, core: client.CoreV1Api, ns: str
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
-    src, dst = _pvc(core, ns, "src"), _pvc(core, ns, "dst")
+    src, dst = _pvc(core, namespace, "src"), _pvc(core, namespace, "dst")
     want = {f"d{i}/f{i}.bin": os.urandom(1000 * (i + 1)) for i in range(5)}
     for rel, data in want.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -214,9 +197,9 @@ def test_non_root_mover_copies_into_a_fresh_claim(
             {"name": "dst", "mountPath": "/dst"},
         ],
     )
-    core.create_namespaced_pod(ns, pod)  # type: ignore[arg-type]
-    done = _finished(core, ns, "copy")
-    log = _logs(node_cluster, ns, "copy")
+    core.create_namespaced_pod(namespace, pod)  # type: ignore[arg-type]
+    done = _finished(core, namespace, "copy")
+    log = _logs(cluster, namespace, "copy")
     assert done["status"]["phase"] == "Succeeded", log
     assert json.loads(log)["filesCopied"] == len(want)
     for rel, data in want.items():
@@ -225,30 +208,30 @@ def test_non_root_mover_copies_into_a_fresh_claim(
         assert path.stat().st_uid == NONROOT  # written by the container's user, really
 
 
-def test_memory_limit_reports_oomkilled(core: client.CoreV1Api, ns: str) -> None:
+def test_memory_limit_reports_oomkilled(core: client.CoreV1Api, namespace: str) -> None:
     hog = "b = bytearray(512 * 1024 * 1024); print(len(b))"
     pod = _pod(
         "hog",
         ["python3.11", "-c", hog],
         resources={"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}},
     )
-    core.create_namespaced_pod(ns, pod)  # type: ignore[arg-type]
-    term = _terminated(_finished(core, ns, "hog"))
+    core.create_namespaced_pod(namespace, pod)  # type: ignore[arg-type]
+    term = _terminated(_finished(core, namespace, "hog"))
     assert term["reason"] == "OOMKilled" and term["exit_code"] == 137, term
 
 
 def test_exec_and_the_kubernetes_service_from_a_pod(
-    node_cluster: Cluster, core: client.CoreV1Api, ns: str
+    cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
     """`kubectl exec` works, and a pod reaches the API server through the Service IP."""
-    core.create_namespaced_pod(ns, _pod("idle", ["sleep", "600"]))  # type: ignore[arg-type]
+    core.create_namespaced_pod(namespace, _pod("idle", ["sleep", "600"]))  # type: ignore[arg-type]
 
     def running() -> Obj | None:
-        pod = core.read_namespaced_pod("idle", ns).to_dict()
+        pod = core.read_namespaced_pod("idle", namespace).to_dict()
         return pod if pod["status"]["phase"] == "Running" else None
 
     pod = wait_for("pod idle to run", running, timeout=120)
-    net = PodNetwork.load(node_cluster.layout.podnet)  # type: ignore[union-attr]
+    net = PodNetwork.load(cluster.layout.podnet)  # type: ignore[union-attr]
     assert pod["status"]["pod_ip"].startswith(net.cidr.split(".0.0/")[0] + ".")
     probe = (
         "import os, ssl, urllib.request;"
@@ -258,149 +241,7 @@ def test_exec_and_the_kubernetes_service_from_a_pod(
         " os.environ['KUBERNETES_SERVICE_PORT']);"
         "print(urllib.request.urlopen(url, context=ctx, timeout=10).read().decode())"
     )
-    out = node_cluster.kubectl("exec", "-n", ns, "idle", "--", "python3.11", "-c", probe).stdout
+    out = cluster.kubectl("exec", "-n", namespace, "idle", "--", "python3.11", "-c", probe).stdout
     assert json.loads(out)["gitVersion"] == controlplane.K8S_VERSION
-    hostname = node_cluster.kubectl("exec", "-n", ns, "idle", "--", "hostname").stdout
+    hostname = cluster.kubectl("exec", "-n", namespace, "idle", "--", "hostname").stdout
     assert hostname.strip() == "idle"
-
-
-@pytest.fixture(scope="module")
-def operator(node_cluster: Cluster) -> Iterator[None]:
-    """CRDs and the chart, on the image built from the Dockerfile (never pulled)."""
-    node_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    node_cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    repo, _, tag = FERRY_IMAGE.rpartition(":")
-    assert node_cluster.bin_dir is not None
-    helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
-    done = subprocess.run(
-        [
-            *helm,
-            "upgrade",
-            "--install",
-            "ferry",
-            str(REPO / "charts" / "ferry"),
-            "--namespace",
-            "ferry-system",
-            "--create-namespace",
-            "--skip-crds",
-            "--wait",
-            "--timeout",
-            "180s",
-            "--set",
-            f"image.repository={repo}",
-            "--set",
-            f"image.tag={tag}",
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            "pollInterval=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, f"helm install failed: {done.stderr}"
-    yield
-    subprocess.run(
-        [*helm, "uninstall", "ferry", "--namespace", "ferry-system"],
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def _transferjob(cluster: Cluster, ns: str, name: str, spec: Obj) -> None:
-    with cluster.api() as api:
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "ferry.dev",
-            "v1alpha1",
-            ns,
-            "transferjobs",
-            {
-                "apiVersion": "ferry.dev/v1alpha1",
-                "kind": "TransferJob",
-                "metadata": {"name": name},
-                "spec": spec,
-            },
-        )
-
-
-def _finished_tj(cluster: Cluster, ns: str, name: str) -> Obj:
-    def probe() -> Obj | None:
-        with cluster.api() as api:
-            tj = client.CustomObjectsApi(api).get_namespaced_custom_object(
-                "ferry.dev", "v1alpha1", ns, "transferjobs", name
-            )
-        assert isinstance(tj, dict)
-        return tj if tj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    return wait_for(f"TransferJob {ns}/{name} to finish", probe, timeout=240)
-
-
-def test_operator_from_the_chart_runs_a_transfer(
-    node_cluster: Cluster, core: client.CoreV1Api, ns: str, operator: None
-) -> None:
-    src, dst = _pvc(core, ns, "src"), _pvc(core, ns, "dst")
-    want = {f"f{i}.bin": os.urandom(4096 * (i + 1)) for i in range(6)}
-    for rel, data in want.items():
-        (src / rel).write_bytes(data)
-    spec = {
-        "source": {"pvc": {"claimName": "src"}},
-        "destination": {"pvc": {"claimName": "dst", "path": "out"}},
-    }
-    _transferjob(node_cluster, ns, "copy", spec)
-    tj = _finished_tj(node_cluster, ns, "copy")
-    assert tj["status"]["phase"] == "Succeeded", tj["status"]
-    assert tj["status"]["result"]["filesCopied"] == len(want)
-    for rel, data in want.items():
-        assert (dst / "out" / rel).read_bytes() == data
-        assert (dst / "out" / rel).stat().st_uid == NONROOT
-    pods = node_cluster.kubectl_json("get", "pods", "-n", ns, "-l", "ferry.dev/transferjob=copy")
-    assert pods["items"], "no mover pod"
-    mover = pods["items"][0]["metadata"]["name"]
-    log = node_cluster.kubectl("logs", "-n", ns, mover).stdout
-    assert log.strip(), "kubectl logs shows nothing of the mover"
-    op = node_cluster.kubectl_json(
-        "get", "pods", "-n", "ferry-system", "-l", "app.kubernetes.io/name=ferry-operator"
-    )["items"][0]
-    assert [c["image"] for c in op["spec"]["containers"]] == [FERRY_IMAGE]
-    assert op["status"]["containerStatuses"][0]["ready"]
-
-
-def test_mover_out_of_memory_is_reported(
-    node_cluster: Cluster, core: client.CoreV1Api, ns: str, operator: None
-) -> None:
-    src = _pvc(core, ns, "src")
-    _pvc(core, ns, "dst")
-    (src / "a.bin").write_bytes(b"a" * 1000)
-    spec = {
-        "source": {"pvc": {"claimName": "src"}},
-        "destination": {"pvc": {"claimName": "dst"}},
-        "retry": {"limit": 0},
-        # Below what the interpreter and the mover's imports take (~19 MiB at least): killed early.
-        "placement": {"resources": {"limits": {"memory": "16Mi"}, "requests": {"memory": "16Mi"}}},
-    }
-    _transferjob(node_cluster, ns, "tight", spec)
-    tj = _finished_tj(node_cluster, ns, "tight")
-    st = tj["status"]
-    assert (st["phase"], st["reason"]) == ("Failed", "OOMKilled"), st
-    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "OOMKilled" and "memory limit" in failed["message"]
-
-
-def test_zz_down_leaves_nothing_behind(node_cluster: Cluster) -> None:
-    """Runs last in this module: takes the real-node cluster down and looks for leftovers."""
-    layout = node_cluster.layout
-    assert layout is not None
-    net = PodNetwork.load(layout.podnet)
-    name = controlplane.cgroup_name(layout)
-    assert any((h / name).is_dir() for h in cgroups.hierarchies())
-    result = cluster_cli("down", state_dir=layout.root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "left behind" not in result.stdout, result.stdout
-    assert net.leftovers() == []
-    assert not any((h / name).exists() for h in cgroups.hierarchies())
-    assert controlplane.mounts_under(layout.root) == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(layout.root) not in ps
-    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    assert "KUBE-SERVICES" not in rules  # kube-proxy's rules lived in the pod network's namespace

@@ -2,12 +2,12 @@
 
 The chart's CRDs are applied and the chart is installed into `ferry-system`;
 the operator then runs as a pod under the chart's ServiceAccount and RBAC
-(on the local cluster the node agent runs it, and every mover pod, as a local
-process). Data is seeded into and checked in the PVCs' host directories, so
+(on the local cluster's real nodes: a container of the image built from the
+Dockerfile). Data is seeded into and checked in the PVCs' host directories, so
 these tests need a cluster whose volumes live on this machine (the local
 control plane); elsewhere they skip.
 
-An in-process OTLP/HTTP receiver on loopback collects the spans of both the
+An in-process OTLP/HTTP receiver (on the host's end of the pod network) collects the spans of both the
 operator and the movers (OTEL_* variables set through the chart and passed on
 to movers by the operator).
 """
@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import threading
 import urllib.request
@@ -104,7 +103,7 @@ class SpanStore:
 
 
 @pytest.fixture(scope="session")
-def otlp() -> Iterator[tuple[str, SpanStore]]:
+def otlp(cluster: Cluster) -> Iterator[tuple[str, SpanStore]]:
     store = SpanStore()
 
     class Handler(BaseHTTPRequestHandler):
@@ -119,9 +118,9 @@ def otlp() -> Iterator[tuple[str, SpanStore]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((cluster.host_ip, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", store
+    yield f"http://{cluster.host_ip}:{server.server_port}", store
     server.shutdown()
     server.server_close()
 
@@ -504,7 +503,7 @@ def test_refused_spec_runs_once_edited_then_is_fixed(env: Env) -> None:
 # ---------------------------------------------------------------- transfers
 
 
-def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj) -> None:
+def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj, cluster: Cluster) -> None:
     before = scrape(operator)
     src, dst = env.pvc("src"), env.pvc("dst")
     files = {f"dir{i % 3}/file{i}.bin": 1000 * (i + 1) for i in range(12)} | {"empty.txt": 0}
@@ -522,6 +521,10 @@ def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj) -> None:
     assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     pod = env.pods("copy")[0]
     assert pod["spec"]["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    # A non-root mover in a real container wrote the files, and `kubectl logs` shows it ran.
+    assert {(dst / "out" / rel).stat().st_uid for rel in files} == {workload.MOVER_UID}
+    assert _kubectl(cluster, "logs", "-n", env.ns, pod["metadata"]["name"]).stdout.strip()
+    assert [c["image"] for c in operator["spec"]["containers"]] == [FERRY_IMAGE]
 
     def counted() -> str | None:
         text = scrape(operator)
@@ -544,6 +547,24 @@ def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj) -> None:
     assert metric(after, "ferry_reconciles_total", kind="TransferJob") > metric(
         before, "ferry_reconciles_total", kind="TransferJob"
     )
+
+
+def test_mover_out_of_memory_is_reported(env: Env) -> None:
+    """A mover over its memory limit is killed by the kernel; the TransferJob says so."""
+    seed(env.pvc("src"), {"a.bin": 1000})
+    env.pvc("dst")
+    # Below what the interpreter and the mover's imports take (~19 MiB at least): killed early.
+    tight = {"limits": {"memory": "16Mi"}, "requests": {"memory": "16Mi"}}
+    env.create(
+        "transferjobs",
+        "tight",
+        pvc_spec("src", "dst", retry={"limit": 0}, placement={"resources": tight}),
+    )
+    st = env.wait_phase("tight", "Failed", timeout=180)["status"]
+    assert st["reason"] == "OOMKilled", st
+    failed = condition(env.tj("tight"), "Failed")
+    assert failed is not None and failed["reason"] == "OOMKilled"
+    assert "memory limit" in failed["message"]
 
 
 def test_suspended_transfer_runs_when_resumed(env: Env) -> None:
@@ -694,9 +715,9 @@ def pvc_to_s3_spec(env: Env, s3srv: VersityServer, claim: str, prefix: str = "")
     return {"source": {"pvc": {"claimName": claim}}, "destination": {"s3": s3}}
 
 
-def test_pvc_to_s3(env: Env) -> None:
+def test_pvc_to_s3(env: Env, cluster: Cluster) -> None:
     """A PVC to a real S3 gateway (versitygw stores objects as files, as S3 keeps them)."""
-    s3srv = VersityServer().start()
+    s3srv = VersityServer(host=cluster.host_ip).start()
     try:
         s3srv.create_bucket("backups")
         src = env.pvc("src")
@@ -724,43 +745,22 @@ def _secret(env: Env, name: str, data: dict[str, str]) -> None:
     )
 
 
-def _readable_by(st: os.stat_result, uid: int, groups: set[int]) -> bool:
-    """Whether a process of `uid` with `groups` may read a file by its permission bits alone
-    (local pods keep CAP_DAC_READ_SEARCH, so their own reads cannot show this)."""
-    if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IRUSR)
-    if st.st_gid in groups:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
-
-
-def assert_secrets_mounted_read_only(
-    cluster: Cluster, pod: Obj, keys_by_volume: dict[str, list[str]]
-) -> None:
+def assert_secrets_mounted_read_only(pod: Obj, keys_by_volume: dict[str, list[str]]) -> None:
     """The mover pod mounts only the named keys, read-only, owner-readable only (0400; with
-    fsGroup the kubelet adds group read: 0440), and its uid can read them. Checked on the
-    files the node agent materialised for this pod, as a kubelet would."""
-    assert cluster.layout is not None
+    fsGroup the kubelet adds group read: 0440, see test_cluster's fsGroup test). That the
+    mover, uid 65532 with every capability dropped, used them proves it could read them."""
     spec = pod["spec"]
     sc = spec["securityContext"]
-    uid = sc["runAsUser"]
-    groups = {sc["runAsGroup"], *([sc["fsGroup"]] if "fsGroup" in sc else [])}
+    assert sc["runAsUser"] == workload.MOVER_UID and sc["runAsNonRoot"] is True
+    container = spec["containers"][0]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
     for name, keys in keys_by_volume.items():
         secret = volumes[name]["secret"]
         assert secret["defaultMode"] == 0o400 and [i["key"] for i in secret["items"]] == keys
         assert mounts[name]["readOnly"] is True
         assert mounts[name]["mountPath"].startswith(workload.SECRETS_DIR + "/")
-        root = cluster.layout.pods / pod["metadata"]["uid"] / "volumes" / name
-        assert sorted(os.listdir(root)) == sorted(keys)  # only the named keys
-        for key in keys:
-            st = os.stat(root / key)
-            mode = stat.S_IMODE(st.st_mode)
-            want = 0o440 if "fsGroup" in sc else 0o400
-            assert mode == want, f"{name}/{key}: mode {mode:o}, want {want:o}"
-            assert st.st_uid == 0 and st.st_gid == sc.get("fsGroup", 0)
-            assert _readable_by(st, uid, groups), f"{name}/{key} unreadable by uid {uid}"
 
 
 def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
@@ -768,7 +768,7 @@ def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
 ) -> None:
     """PVC to the real sshd (key auth, strict known_hosts) and to the real smbd (password),
     each with nothing but the Secrets the TransferJob names."""
-    sshd, smbd = SSHServer(), SambaServer()
+    sshd, smbd = SSHServer(host=cluster.host_ip), SambaServer(host=cluster.host_ip)
     try:
         sshd.start()
         smbd.start()
@@ -778,7 +778,7 @@ def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
         _secret(env, "sftp-hosts", {"known_hosts": sshd.known_hosts.read_text()})
         _secret(env, "smb-password", {"password": smbd.password})
         sftp = {
-            "host": "127.0.0.1",
+            "host": sshd.host,
             "port": sshd.port,
             "user": sshd.user,
             "path": str(sshd.root / "in"),
@@ -786,7 +786,7 @@ def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
             "knownHostsRef": {"name": "sftp-hosts", "key": "known_hosts"},
         }
         smb = {
-            "host": "127.0.0.1",
+            "host": smbd.host,
             "port": smbd.port,
             "share": smbd.share,
             "path": "in",
@@ -802,7 +802,6 @@ def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
         assert digests(sshd.root / "in") == want
         assert digests(smbd.root / "in") == want
         assert_secrets_mounted_read_only(
-            cluster,
             env.pods("to-sftp")[0],
             {
                 "destination-secret": ["ssh-privatekey"],
@@ -810,7 +809,7 @@ def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(
             },
         )
         assert_secrets_mounted_read_only(
-            cluster, env.pods("to-smb")[0], {"destination-secret": ["password"]}
+            env.pods("to-smb")[0], {"destination-secret": ["password"]}
         )
     finally:
         sshd.close()
@@ -1031,7 +1030,7 @@ def test_unfixable_failure_is_terminal_without_retries(env: Env) -> None:
     assert job_failed is not None and job_failed["reason"] == "PodFailurePolicy", job_failed
 
 
-def test_transient_failure_gets_another_pod(env: Env) -> None:
+def test_transient_failure_gets_another_pod(env: Env, cluster: Cluster) -> None:
     """Exit 11 (Transient: an S3 endpoint that refuses connections) is retried by the Job
     controller with a new pod, up to retry.limit, and then fails the transfer."""
     src = env.pvc("src")
@@ -1047,13 +1046,13 @@ def test_transient_failure_gets_another_pod(env: Env) -> None:
         },
     )
     with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))  # bound but never listening: every connect is refused
+        closed.bind((cluster.host_ip, 0))  # bound but never listening: every connect is refused
         spec = {
             "source": {"pvc": {"claimName": "src"}},
             "destination": {
                 "s3": {
                     "bucket": "unreachable",
-                    "endpoint": f"http://127.0.0.1:{closed.getsockname()[1]}",
+                    "endpoint": f"http://{cluster.host_ip}:{closed.getsockname()[1]}",
                     "region": "us-east-1",
                     "pathStyle": True,
                     "secretRef": {"name": "s3"},

@@ -81,13 +81,15 @@ def condition(obj: Obj, type_: str) -> Obj:
 # ---------------------------------------------------------------- Secrets
 
 
-def test_operator_never_reads_secrets_yet_movers_use_them(env: Env, api: client.ApiClient) -> None:
+def test_operator_never_reads_secrets_yet_movers_use_them(
+    env: Env, api: client.ApiClient, cluster: Cluster
+) -> None:
     for verb in ("get", "list", "watch"):
         assert not can(api, OPERATOR_SA, verb, "secrets", env.ns), verb
         assert not can(api, OPERATOR_SA, verb, "secrets", ""), f"{verb} cluster-wide"
     assert can(api, OPERATOR_SA, "create", "jobs", env.ns, "batch")
 
-    s3srv = VersityServer().start()
+    s3srv = VersityServer(host=cluster.host_ip).start()
     try:
         s3srv.create_bucket("backups")
         src = env.pvc("src")

@@ -54,8 +54,10 @@ $ferry sync "$src" "$dst" --json | .venv/bin/python -m json.tool
 $ferry verify "$src" "$dst"
 
 if [ "${FERRY_DEMO_CLUSTER:-1}" != "0" ]; then
-  say "the same engine on Kubernetes: the local control plane (built once from upstream modules)"
+  say "the same engine on Kubernetes: a local cluster with real nodes (built once: upstream modules, the image from the Dockerfile)"
   bash e2e/cluster/build.sh >/dev/null
+  bash e2e/node/build.sh >/dev/null
+  bash e2e/node/image.sh >/dev/null
   .venv/bin/python -m e2e.cluster up
   say "a TransferJob applied with kubectl, the operator running under its chart's RBAC"
   set +e

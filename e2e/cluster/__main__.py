@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,15 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         "--nodes",
         type=Path,
         default=None,
-        help="JSON list of nodes (name, labels, taints, allocatable); "
+        help="JSON list of nodes (name, labels, taints); "
         "default: $FERRY_CLUSTER_NODES or two nodes, pools general and bulk",
-    )
-    parser.add_argument(
-        "--runtime",
-        choices=controlplane.RUNTIMES,
-        default=None,
-        help="how pods run: kubelet (containerd + runc, the built image) or agent "
-        "(local processes); default: $FERRY_CLUSTER_RUNTIME or agent",
     )
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
@@ -41,10 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "up":
         try:
-            facts = controlplane.up(
-                layout, nodes.load(args.nodes), timeout=args.timeout, runtime=args.runtime
-            )
-        except NotReady as exc:
+            facts = controlplane.up(layout, nodes.load(args.nodes), timeout=args.timeout)
+        except (NotReady, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+            # Whatever failed, nothing half-started may stay behind: processes, network, cgroups.
             print(f"cluster did not come up: {exc}; logs in {layout.logs}", file=sys.stderr)
             controlplane.down(layout)
             return 1
@@ -55,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         stopped = controlplane.down(layout)
         left = controlplane.mounts_under(layout.root)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-        if left:
+        if left or any(s.startswith("left behind") for s in stopped):
             print(f"mounts left behind: {left}", file=sys.stderr)
             return 1
         return 0

@@ -9,9 +9,9 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from .agent.config import PROVISIONER, STORAGE_CLASS
-from .agent.kube import Obj, raw
 from .health import NotReady
+from .provisioner import PROVISIONER, STORAGE_CLASS
+from .provisioner.kube import Obj, raw
 
 
 def api(kubeconfig: Path) -> client.ApiClient:
@@ -20,7 +20,7 @@ def api(kubeconfig: Path) -> client.ApiClient:
 
 
 def storage_class(kubeconfig: Path) -> None:
-    """The default StorageClass `ferry-local`, served by the agent's provisioner."""
+    """The default StorageClass `ferry-local`, served by `provisioner`."""
     body = {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
@@ -61,7 +61,7 @@ def wait_ready(
         core = client.CoreV1Api(c)
         while time.monotonic() < deadline:
             if not alive():
-                raise NotReady("node agent exited (see logs/node-agent.log)")
+                raise NotReady("a node component or the provisioner exited (see logs/)")
             found = {n["metadata"]["name"]: n for n in raw(core.list_node)["items"]}
             missing = [n for n in nodes if n not in found or not node_ready(found[n])]
             if "default" not in _names(raw(core.list_namespaced_service_account, "default")):

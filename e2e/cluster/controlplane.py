@@ -1,8 +1,10 @@
 """Bring the local cluster up, take it down, report its state.
 
-etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the node
-agent run as detached processes on 127.0.0.1 with free ports; `down` stops
-them all (process groups, then a /proc sweep for the marker variable).
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the volume
+provisioner run as detached processes with free ports (the API server on every
+address, so the nodes' network reaches it), then the real nodes (`realnode`);
+`down` stops them all (process groups, then a /proc sweep for the marker
+variable) and removes what the nodes left.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from . import binaries, bootstrap, fsutil, kubeconfig, procs, realnode
-from .agent.config import AgentConfig, AgentNode
 from .health import wait_http_ok
 from .layout import Layout
 from .nodes import NodeSpec
@@ -28,21 +29,9 @@ from .podnet import PodNetwork
 K8S_VERSION = "v1.37.0"
 SERVICE_CIDR = "10.0.0.0/24"  # allocated by the apiserver, never contacted
 ISSUER = "https://kubernetes.default.svc.cluster.local"
-#: The checkout holding this package; the agent runs as `python -m e2e.cluster.agent` from it.
+#: The checkout holding this package; the provisioner runs as `python -m e2e.cluster.provisioner`.
 REPO = Path(__file__).resolve().parents[2]
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
-#: How pods run: `kubelet` (containerd, runc, CNI: real containers of the built image) or
-#: `agent` (the Python stand-in: local processes of this checkout's venv).
-RUNTIMES = ("agent", "kubelet")
-
-
-def default_runtime() -> str:
-    runtime = os.environ.get("FERRY_CLUSTER_RUNTIME", "agent")
-    if runtime not in RUNTIMES:
-        raise ValueError(
-            f"FERRY_CLUSTER_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}"
-        )
-    return runtime
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "provisioner")
 
 
 def cgroup_name(layout: Layout) -> str:
@@ -145,11 +134,9 @@ def _reset(layout: Layout) -> None:
     for d in (
         layout.etcd_data,
         layout.nodes,
-        layout.pods,
         layout.volumes,
         layout.run,
         layout.pki,
-        layout.pod_logs,
     ):
         fsutil.safe_rmtree(d)
     prev = layout.root / "logs.prev"
@@ -161,39 +148,31 @@ def _reset(layout: Layout) -> None:
         layout.pki,
         layout.logs,
         layout.run,
-        layout.pods,
         layout.volumes,
-        layout.pod_logs,
     ):
         d.mkdir(parents=True, exist_ok=True)
     layout.root.chmod(0o700)
 
 
-def up(
-    layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0, runtime: str | None = None
-) -> dict[str, Any]:
+def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[str, Any]:
     """Start everything and wait until the cluster can run pods; returns cluster facts."""
-    runtime = runtime or default_runtime()
     if running(layout) and healthy(layout):
         current: dict[str, Any] = json.loads(layout.cluster_json.read_text())
-        if current.get("runtime", "agent") == runtime:
-            return current
+        return current
     down(layout)
     bin_dir = binaries.ensure()
-    art = realnode.Artifacts.ensure(bin_dir) if runtime == "kubelet" else None
+    art = realnode.Artifacts.ensure(bin_dir)
     t0 = time.monotonic()  # builds (minutes, once) are not part of the start-up budget
     _reset(layout)
     ports = Ports.pick()
-    net = None
-    if art is not None:
-        net = PodNetwork.plan(layout.root)
-        net.save(layout.podnet)
-        net.create(len(nodes))
-    pairs = _pki(layout, nodes, (net.host_ip,) if net else ())
+    net = PodNetwork.plan(layout.root)
+    net.save(layout.podnet)
+    net.create(len(nodes))
+    pairs = _pki(layout, nodes, (net.host_ip,))
     ca = pairs["ca"].cert
     server = f"https://127.0.0.1:{ports.apiserver}"
     # Kubelets and pods live in the pod network's namespace: they reach the host there.
-    node_server = f"https://{net.host_ip}:{ports.apiserver}" if net else server
+    node_server = f"https://{net.host_ip}:{ports.apiserver}"
     kc = {
         name: kubeconfig.write(layout.pki / f"{name}.kubeconfig", server, ca, pairs[name], user)
         for name, user in (
@@ -231,24 +210,17 @@ def up(
     wait_http_ok("etcd", f"{etcd_url}/health", left(), alive=_alive(rec))
 
     pki = layout.pki
-    if net is None:
-        # loopback may not be published as the kubernetes Service endpoint; nothing uses it.
-        serving = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
-        serving.append("--endpoint-reconciler-type=none")
-    else:
-        # Pods reach the `kubernetes` Service (kube-proxy) at the host's end of their link.
-        serving = ["--bind-address=0.0.0.0", f"--advertise-address={net.host_ip}"]
-        serving += [
-            f"--kubelet-client-certificate={pairs['apiserver-kubelet-client'].cert}",
-            f"--kubelet-client-key={pairs['apiserver-kubelet-client'].key}",
-            "--kubelet-preferred-address-types=InternalIP",
-        ]
     rec = launch(
         "kube-apiserver",
         [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            *serving,
+            # Pods reach the `kubernetes` Service (kube-proxy) at the host's end of their link.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={net.host_ip}",
+            f"--kubelet-client-certificate={pairs['apiserver-kubelet-client'].cert}",
+            f"--kubelet-client-key={pairs['apiserver-kubelet-client'].key}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--secure-port={ports.apiserver}",
             f"--tls-cert-file={pairs['apiserver'].cert}",
             f"--tls-private-key-file={pairs['apiserver'].key}",
@@ -325,19 +297,9 @@ def up(
         )
         for n in nodes
     }
-    agent_cfg = AgentConfig(
-        state_dir=str(layout.root),
-        apiserver_port=ports.apiserver,
-        ca_file=str(ca),
-        admin_kubeconfig=str(admin_kc),
-        kubelet_version=K8S_VERSION,
-        marker=str(layout.root),
-        # With real nodes the agent is only the volume provisioner.
-        nodes=[] if art else [AgentNode(n, str(node_kubeconfigs[n.name])) for n in nodes],
-    )
-    agent_cfg.save(layout.agent_config)
-    agent = launch(
-        "node-agent", [_venv_python(), "-m", "e2e.cluster.agent", str(layout.agent_config)]
+    provisioner = launch(
+        "provisioner",
+        [_venv_python(), "-m", "e2e.cluster.provisioner", str(admin_kc), str(layout.volumes)],
     )
 
     wait_http_ok(
@@ -356,36 +318,32 @@ def up(
         admin,
         alive=_alive(sched),
     )
-    components = list(COMPONENTS)
-    if art is not None and net is not None:
-        launcher = realnode.Launcher(
-            layout=layout,
-            env=env,
-            net=net,
-            art=art,
-            ca_file=ca,
-            node_kubeconfigs=node_kubeconfigs,
-            proxy_kubeconfig=kubeconfig.write(
-                layout.pki / "kube-proxy.kubeconfig",
-                node_server,
-                ca,
-                pairs["kube-proxy"],
-                "system:kube-proxy",
-            ),
-            cgroup_name=cgroup_name(layout),
-        )
-        recs = launcher.start(nodes, deadline)
-        components += [r.name for r in recs]
-        alive = _all_alive([agent, *recs])
-    else:
-        alive = _alive(agent)
+    launcher = realnode.Launcher(
+        layout=layout,
+        env=env,
+        net=net,
+        art=art,
+        ca_file=ca,
+        node_kubeconfigs=node_kubeconfigs,
+        proxy_kubeconfig=kubeconfig.write(
+            layout.pki / "kube-proxy.kubeconfig",
+            node_server,
+            ca,
+            pairs["kube-proxy"],
+            "system:kube-proxy",
+        ),
+        cgroup_name=cgroup_name(layout),
+    )
+    recs = launcher.start(nodes, deadline)
+    components = [*COMPONENTS, *(r.name for r in recs)]
+    alive = _all_alive([provisioner, *recs])
     bootstrap.wait_ready(admin_kc, [n.name for n in nodes], left(), alive=alive)
 
     facts: dict[str, Any] = {
         "kubernetesVersion": K8S_VERSION,
-        "runtime": runtime,
         "components": components,
-        **({"podNetwork": net.cidr, "hostIP": net.host_ip} if net else {}),
+        "podNetwork": net.cidr,
+        "hostIP": net.host_ip,
         "server": server,
         "kubeconfig": str(layout.kubeconfig),
         "binDir": str(bin_dir),
@@ -437,7 +395,7 @@ def down(layout: Layout) -> list[str]:
     ):
         if procs.alive(rec):
             stopped.append(rec.name)
-        procs.stop(rec, grace=15.0 if rec.name == "node-agent" else 5.0)
+        procs.stop(rec, grace=15.0 if rec.name.startswith("kubelet") else 5.0)
         (layout.run / f"{rec.name}.json").unlink(missing_ok=True)
     leftovers = procs.sweep(str(layout.root))  # containerd's shims among them
     net = PodNetwork.load(layout.podnet) if layout.podnet.exists() else None

@@ -36,16 +36,6 @@ class Layout:
         return self.root / "logs"
 
     @property
-    def pod_logs(self) -> Path:
-        """Container logs: `pod-logs/<namespace>/<pod>/<container>.log`."""
-        return self.root / "pod-logs"
-
-    @property
-    def pods(self) -> Path:
-        """Per-pod working state (volumes, sandbox roots); removed with the pod."""
-        return self.root / "pods"
-
-    @property
     def volumes(self) -> Path:
         """Data root of the `ferry-local` provisioner: one directory per PV."""
         return self.root / "volumes"
@@ -73,10 +63,3 @@ class Layout:
     def cluster_json(self) -> Path:
         """Facts about the running cluster (ports, versions) for `status` and tests."""
         return self.root / "cluster.json"
-
-    @property
-    def agent_config(self) -> Path:
-        return self.root / "agent.json"
-
-    def container_log(self, namespace: str, pod: str, container: str) -> Path:
-        return self.pod_logs / namespace / pod / f"{container}.log"

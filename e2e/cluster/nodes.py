@@ -1,4 +1,4 @@
-"""Which Node objects the agent registers: names, labels, taints, allocatable.
+"""Which nodes the cluster runs: names, labels, taints (one kubelet each).
 
 Configured as JSON (a list of objects with those keys) through `--nodes FILE`
 or `$FERRY_CLUSTER_NODES`, so tests can model node pools.
@@ -12,27 +12,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ALLOCATABLE = {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node the agent pretends to be."""
+    """One node: a kubelet and its containerd."""
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[dict[str, str]] = field(default_factory=list)
-    allocatable: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALLOCATABLE))
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> NodeSpec:
-        alloc = dict(DEFAULT_ALLOCATABLE)
-        alloc.update({k: str(v) for k, v in raw.get("allocatable", {}).items()})
+        unknown = set(raw) - {"name", "labels", "taints"}
+        if unknown:
+            # A kubelet reports what the machine has: nothing else is configurable here.
+            raise ValueError(f"node {raw.get('name')!r}: unknown keys {sorted(unknown)}")
         return cls(
             name=str(raw["name"]),
             labels={str(k): str(v) for k, v in raw.get("labels", {}).items()},
             taints=[{str(k): str(v) for k, v in t.items()} for t in raw.get("taints", [])],
-            allocatable=alloc,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Every process `up` starts runs in its own session (so a whole process group can
 be signalled) and carries the marker variable `FERRY_LOCAL_CLUSTER=<state dir>`
-in its environment, which the node agent passes on to container processes.
+in its environment (containerd passes it on to its shims).
 `down` signals the recorded groups, then sweeps /proc for any process still
 carrying the marker.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -63,9 +64,13 @@ class Artifacts:
 
 @dataclass(frozen=True)
 class NodePaths:
-    """Everything one node keeps, under `<state>/nodes/<name>/`."""
+    """Everything one node keeps: images, configuration and logs under
+    `<state>/nodes/<name>/`; what holds Unix sockets (containerd's state, kubelet's root
+    directory) under `/var/lib/ferry-<id>/<name>/`, since a socket's path must stay within
+    107 bytes, which a state dir in a test's tmp dir would not."""
 
     root: Path
+    short: Path
 
     @property
     def containerd_root(self) -> Path:
@@ -73,7 +78,7 @@ class NodePaths:
 
     @property
     def containerd_state(self) -> Path:
-        return self.root / "containerd-state"
+        return self.short / "containerd"
 
     @property
     def socket(self) -> Path:
@@ -93,15 +98,20 @@ class NodePaths:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.root / "kubelet"
+        return self.short / "kubelet"
 
     @property
     def pod_logs(self) -> Path:
         return self.root / "pod-logs"
 
 
+def short_dir(layout: Layout) -> Path:
+    """The cluster's directory with short paths (for Unix sockets), named after its state dir."""
+    return Path("/var/lib") / f"ferry-{PodNetwork.tag(layout.root)}"
+
+
 def node_paths(layout: Layout, name: str) -> NodePaths:
-    return NodePaths(layout.nodes / name)
+    return NodePaths(layout.nodes / name, short_dir(layout) / name)
 
 
 def containerd_config(paths: NodePaths) -> str:
@@ -346,7 +356,9 @@ def unmount_under(root: Path) -> list[str]:
 def stop(layout: Layout, cgroup_name: str, net: PodNetwork | None) -> list[str]:
     """After the processes: containers, mounts, cgroups, network. Returns what is left."""
     left = cgroups.remove(cgroup_name)
-    left += unmount_under(layout.nodes)
+    left += unmount_under(layout.nodes) + unmount_under(short_dir(layout))
+    if not left:
+        shutil.rmtree(short_dir(layout), ignore_errors=True)
     if net is not None:
         net.delete()
         left += net.leftovers()

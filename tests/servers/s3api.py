@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.servers.common import ServerProcess
+from tests.servers.common import LOOPBACK, ServerProcess
 
 REGION = "us-east-1"
 
 
 class S3ApiServer(ServerProcess):
     port: int
+    host: str = LOOPBACK  # the address it listens on and clients use
     access_key: str
     secret_key: str
     ca_bundle: str | None = None  # the certificate to trust, for a server on HTTPS
 
     @property
     def endpoint_url(self) -> str:
-        return f"{'https' if self.ca_bundle else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_bundle else 'http'}://{self.host}:{self.port}"
 
     def client_env(self) -> dict[str, str]:
         """Environment for a client process: the standard AWS variables."""

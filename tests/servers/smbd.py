@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from tests.servers.common import (
+    LOOPBACK,
     PASSWORD,
     USER,
     ServerError,
@@ -23,16 +24,17 @@ SHARE = "ferry"
 
 
 class SambaServer(ServerProcess):
-    """smbd --foreground on 127.0.0.1:port serving `root` as share `ferry`."""
+    """smbd --foreground on host:port (127.0.0.1 unless told) serving `root` as share `ferry`."""
 
     user = USER
     password = PASSWORD
     share = SHARE
 
-    def __init__(self, port: int | None = None, audit: bool = False) -> None:
+    def __init__(self, port: int | None = None, audit: bool = False, host: str = LOOPBACK) -> None:
         """With `audit`, the share logs (full_audit) every open, close, fsync and rename to
-        `log`."""
-        self.port = port or free_port()
+        `log`. `host`: the address to listen on (pods on real nodes reach the host at another)."""
+        self.host = host
+        self.port = port or free_port(host)
         self.audit = audit
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-smbd-"))
         os.chmod(self.dir, 0o755)
@@ -57,7 +59,7 @@ class SambaServer(ServerProcess):
                 [
                     "[global]",
                     f"smb ports = {self.port}",
-                    "interfaces = lo",
+                    f"interfaces = {'lo' if self.host == LOOPBACK else self.host + '/32'}",
                     "bind interfaces only = yes",
                     f"private dir = {dirs['private']}",
                     f"lock directory = {dirs['lock']}",
@@ -126,7 +128,9 @@ class SambaServer(ServerProcess):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(lambda: port_open(self.port), timeout, f"smbd on {self.port}", self.proc)
+        wait_until(
+            lambda: port_open(self.port, self.host), timeout, f"smbd on {self.port}", self.proc
+        )
         return self
 
     @staticmethod
@@ -145,4 +149,4 @@ class SambaServer(ServerProcess):
     def uri(self, sub: str, **opts: str) -> str:
         q = {"password_file": str(self.password_file), **opts}
         query = "&".join(f"{k}={v}" for k, v in q.items())
-        return f"smb://{self.user}@127.0.0.1:{self.port}/{SHARE}/{sub.lstrip('/')}?{query}"
+        return f"smb://{self.user}@{self.host}:{self.port}/{SHARE}/{sub.lstrip('/')}?{query}"

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from tests.servers.common import (
+    LOOPBACK,
     PASSWORD,
     USER,
     ServerError,
@@ -28,19 +29,24 @@ SFTP_SERVERS = (
 
 
 class SSHServer(ServerProcess):
-    """sshd -D on 127.0.0.1:port. `root` is a directory the test user owns, for SFTP paths."""
+    """sshd -D on host:port (127.0.0.1 unless told). `root`: a directory the test user owns."""
 
     user = USER
     password = PASSWORD
 
     def __init__(
-        self, port: int | None = None, sftp_options: str = "", sftp_log: bool = False
+        self,
+        port: int | None = None,
+        sftp_options: str = "",
+        sftp_log: bool = False,
+        host: str = LOOPBACK,
     ) -> None:
         """`sftp_options` go to the SFTP server, e.g. `-P posix-rename` to deny a request.
         With `sftp_log`, the server is OpenSSH's sftp-server program instead of sshd's
         internal one, and logs each request it serves (open, write, fsync, rename...) to
         `sftp_log_file`."""
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.sftp_options = sftp_options
         self.sftp_log = sftp_log
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-sshd-"))
@@ -70,7 +76,7 @@ class SSHServer(ServerProcess):
         self.root.mkdir(exist_ok=True)
         os.chown(self.root, pw.pw_uid, pw.pw_gid)
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
         self.password_file.write_text(self.password + "\n")
         os.chmod(self.password_file, 0o600)
         subsystem = f"internal-sftp {self.sftp_options}"
@@ -86,7 +92,7 @@ class SSHServer(ServerProcess):
             "\n".join(
                 [
                     f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {self.host}",
                     f"HostKey {self.host_key}",
                     f"PidFile {self.dir / 'sshd.pid'}",
                     f"AuthorizedKeysFile {auth}",
@@ -118,14 +124,16 @@ class SSHServer(ServerProcess):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(lambda: port_open(self.port), timeout, f"sshd on {self.port}", self.proc)
+        wait_until(
+            lambda: port_open(self.port, self.host), timeout, f"sshd on {self.port}", self.proc
+        )
         return self
 
     def uri(self, sub: str, **opts: str) -> str:
         """An sftp:// URI for an absolute path below `root`, with key auth and strict host keys."""
         q = {"key_file": str(self.user_key), "known_hosts": str(self.known_hosts), **opts}
         query = "&".join(f"{k}={v}" for k, v in q.items())
-        return f"sftp://{self.user}@127.0.0.1:{self.port}{self.root}/{sub.lstrip('/')}?{query}"
+        return f"sftp://{self.user}@{self.host}:{self.port}{self.root}/{sub.lstrip('/')}?{query}"
 
     def check(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

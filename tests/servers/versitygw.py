@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.servers.common import ServerError, free_port, need, port_open, wait_until
+from tests.servers.common import LOOPBACK, ServerError, free_port, need, port_open, wait_until
 from tests.servers.s3api import REGION, S3ApiServer
 
 VERSION = "v1.8.0"  # keep in sync with tests/servers/install.sh
@@ -35,9 +35,11 @@ def binary() -> str:
 class VersityServer(S3ApiServer):
     """One versitygw process with a posix backend under a temp dir, single-account mode."""
 
-    def __init__(self, port: int | None = None, tls: bool = False) -> None:
-        """With `tls`, HTTPS with a fresh self-signed certificate for 127.0.0.1 (`ca_bundle`)."""
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, tls: bool = False, host: str = LOOPBACK) -> None:
+        """With `tls`, HTTPS with a fresh self-signed certificate for `host` (`ca_bundle`).
+        `host`: the address to listen on (pods on real nodes reach the host at another)."""
+        self.host = host
+        self.port = port or free_port(host)
         self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-vgw-"))
@@ -53,13 +55,13 @@ class VersityServer(S3ApiServer):
             "ROOT_ACCESS_KEY_ID": self.access_key,
             "ROOT_SECRET_ACCESS_KEY": self.secret_key,
         }
-        cmd = [binary(), "--port", f"127.0.0.1:{self.port}", "--region", REGION]
+        cmd = [binary(), "--port", f"{self.host}:{self.port}", "--region", REGION]
         cert, key = self.dir / "cert.pem", self.dir / "key.pem"
         if self.tls and not cert.exists():  # made once: a restart keeps what clients trust
             subprocess.run(
                 [need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                 "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", f"/CN={self.host}",
+                 "-addext", f"subjectAltName=IP:{self.host}", "-keyout", str(key), "-out", str(cert)],
                 check=True,
                 capture_output=True,
             )  # fmt: skip
@@ -71,5 +73,7 @@ class VersityServer(S3ApiServer):
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        wait_until(lambda: port_open(self.port), timeout, f"versitygw on {self.port}", self.proc)
+        wait_until(
+            lambda: port_open(self.port, self.host), timeout, f"versitygw on {self.port}", self.proc
+        )
         return self

@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..fsutil import safe_rmtree
-from .config import PROVISIONER, STORAGE_CLASS
+from . import PROVISIONER, STORAGE_CLASS
 from .kube import Obj, informer, raw, start_thread
 
 log = logging.getLogger(__name__)

@@ -1,25 +1,19 @@
-"""Thin helpers over the kubernetes client that speak plain API-shaped dicts.
-
-The agent works on JSON as the API serves it (camelCase keys), which keeps
-status construction literal and free of model round-trips.
-"""
+"""Thin helpers over the kubernetes client that speak plain API-shaped dicts (camelCase
+keys, as the API serves them): a client per identity, raw calls, a list-then-watch loop."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-MERGE = "application/merge-patch+json"
 
 
 def api_client(kubeconfig: str) -> client.ApiClient:
@@ -32,16 +26,6 @@ def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
     resp = call(*args, _preload_content=False, **kwargs)
     data: Obj = json.loads(resp.data)
     return data
-
-
-def get_or_none(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
-    """GET returning None on 404."""
-    try:
-        return raw(call, *args, **kwargs)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def informer(
@@ -90,14 +74,3 @@ def start_thread(name: str, target: Callable[[], None]) -> threading.Thread:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
     return t
-
-
-def now() -> str:
-    """RFC 3339 UTC timestamp at second precision, as the API stores them."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def micro_now() -> str:
-    """MicroTime for leases."""
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
