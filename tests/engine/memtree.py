@@ -4,6 +4,8 @@ the capabilities of each side, with no filesystem in the way."""
 
 from __future__ import annotations
 
+import errno
+
 from ferry.mover.backends.base import Backend, Capabilities, Entry, EntryType, Reader, Writer
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.errors import ErrorKind, FerryError
@@ -100,7 +102,7 @@ class Tree(Backend):
 
     def open_read(self, rel: str, entry: Entry) -> Reader:
         if rel not in self.data:
-            raise FerryError(ErrorKind.PERMISSION, "cannot read", rel)
+            raise OSError(errno.EACCES, "Permission denied")
         return BytesReader(self.data[rel])
 
     def stat(self, rel: str) -> Entry | None:

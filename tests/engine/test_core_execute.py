@@ -8,10 +8,15 @@ Real local trees under tmp_path, run in the test process (`transfer_between`), s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +24,7 @@ from ferry.mover.backends.base import Entry, Reader
 from ferry.mover.backends.local import LocalBackend, LocalWriter
 from ferry.mover.errors import ErrorKind
 from ferry.mover.integrity import digest_bytes
-from ferry.mover.options import ErrorPolicy, MiB, Mode, Options, Verify
+from ferry.mover.options import ErrorPolicy, Fsync, MiB, Mode, Options, Preserve, Verify
 from ferry.mover.progress import Sink, Snapshot
 from ferry.mover.result import Summary
 from ferry.mover.transfer import transfer_between
@@ -266,7 +271,9 @@ def test_copy_never_removes_a_directory_for_a_file(tmp_path: Path, policy: Error
     s = run(src, dst, error_policy=policy)
     assert (dst / "p" / "inner").read_bytes() == b"i"
     assert [(e.path, e.kind) for e in s.errors] == [("p", ErrorKind.USAGE)]
-    assert "use sync to replace it" in s.errors[0].message
+    assert s.errors[0].message == (
+        "destination has a directory where the source has a file; use sync to replace it"
+    )
     assert s.files_failed == 1
     if policy == ErrorPolicy.SKIP:
         assert s.exit_code == 1
@@ -293,7 +300,11 @@ def test_max_delete_counts_entries_and_refuses_past_it(tmp_path: Path, dry_run: 
     if dry_run:
         assert after == before
     else:
-        assert "nothing was deleted; the copies are done" in str(s.fatal)
+        assert str(s.fatal) == (
+            f"{dst}: sync would delete at least 7 entries, more than --max-delete / maxDelete "
+            "6 allows: nothing was deleted; the copies are done. Check that the source is "
+            "what you meant, or raise the limit"
+        )
         assert s.files_copied == 2 and s.files_deleted == 0
         assert (dst / "a").exists() and (dst / "x").exists() and (dst / "d" / "e" / "b").exists()
     s = run(src, dst, mode=SYNC, max_delete=7, dry_run=dry_run)
@@ -325,13 +336,41 @@ def test_max_delete_does_not_list_a_doomed_tree_to_the_end(tmp_path: Path) -> No
     assert [r for r in rec.listed if r.startswith("big")] == ["big"]
 
 
+def test_a_directory_counts_with_what_is_in_it(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src, {"a": b"a"})
+    write(dst, {"d/1": b"1", "d/2": b"2"})
+    for limit in (1, 2):
+        s = run(src, dst, mode=SYNC, max_delete=limit)
+        assert s.exit_code == 14 and (dst / "d" / "1").exists(), limit
+    s = run(src, dst, mode=SYNC, max_delete=3)
+    assert s.exit_code == 0 and not (dst / "d").exists()
+
+
 def test_deletes_that_cannot_be_counted_do_not_run(tmp_path: Path) -> None:
-    src, dst, _ = _doomed_tree(tmp_path)
-    rec = Recorder(str(dst), fail_list="d")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src, {"a": b"a"})
+    write(dst, {"b_file": b"b", "z_dir/f": b"f"})
+    rec = Recorder(str(dst), fail_list="z_dir")
     s = run(src, rec, mode=SYNC, max_delete=100)
     assert s.fatal is not None and s.exit_code == 5
-    assert s.fatal.kind == ErrorKind.PERMISSION
-    assert rec.removed == [] and (dst / "x").exists() and (dst / "a").exists()
+    assert (s.fatal.kind, s.fatal.path) == (ErrorKind.PERMISSION, str(dst))
+    assert rec.removed == [] and (dst / "b_file").exists() and (dst / "a").exists()
+
+
+def test_xattrs_are_copied_on_request_only(tmp_path: Path) -> None:
+    """--preserve +xattrs copies a file's extended attributes; by default none are."""
+    src = tmp_path / "src"
+    write(src, {"f": os.urandom(300 * 1024), "small": b"s"})
+    for name in ("f", "small"):
+        os.setxattr(src / name, "user.ferry", b"kept")
+    s = run(src, tmp_path / "plain")
+    assert s.exit_code == 0, s.errors
+    assert [os.listxattr(tmp_path / "plain" / n) for n in ("f", "small")] == [[], []]
+    s = run(src, tmp_path / "kept", preserve=Preserve(xattrs=True))
+    assert s.exit_code == 0, s.errors
+    for name in ("f", "small"):
+        assert os.getxattr(tmp_path / "kept" / name, "user.ferry") == b"kept"
 
 
 # -- when the delete phase runs at all ---------------------------------------------------------
@@ -356,13 +395,19 @@ class Unreadable(LocalBackend):
 
 
 @pytest.mark.parametrize("bad", ["sub/f", "sub"], ids=["copy-failed", "listing-failed"])
-def test_sync_deletes_nothing_after_an_error(tmp_path: Path, bad: str) -> None:
+def test_sync_deletes_nothing_after_an_error(
+    tmp_path: Path, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A file that failed to copy, or a source directory that could not be listed (whose
     entries would all look deleted): nothing is deleted, everything else is copied."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     write(src, {"a": b"a", "sub/f": b"f" * 300_000, "sub/g": b"g"})
     write(dst, {"extra": b"x", "sub/g": b"old", "sub/h": b"h"})
-    s = run(Unreadable(str(src), bad), dst, mode=SYNC, error_policy=ErrorPolicy.SKIP)
+    with caplog.at_level(logging.WARNING, logger="ferry"):
+        s = run(Unreadable(str(src), bad), dst, mode=SYNC, error_policy=ErrorPolicy.SKIP)
+    assert "not deleting anything at the destination: the copy had errors" in [
+        r.getMessage() for r in caplog.records
+    ]
     assert s.exit_code == 1 and s.files_deleted == 0
     assert [e.path for e in s.errors] == [bad]
     assert (dst / "extra").exists() and (dst / "sub" / "h").exists()
@@ -375,9 +420,98 @@ def test_sync_of_an_empty_source_is_refused_unless_meant(tmp_path: Path) -> None
     write(dst, {"a": b"a", "d/b": b"b"})
     s = run(src, dst, mode=SYNC)
     assert s.fatal is not None and s.fatal.kind == ErrorKind.USAGE and s.exit_code == 2
-    assert "source is empty: refusing to sync" in str(s.fatal)
+    assert str(s.fatal) == (
+        f"{src}: source is empty: refusing to sync, which would delete everything at the "
+        "destination (pass --allow-empty-source if that is what you want)"
+    )
     assert (dst / "a").exists() and (dst / "d" / "b").exists()
     assert run(src, dst).exit_code == 0  # a copy of nothing is fine
     s = run(src, dst, mode=SYNC, allow_empty_source=True)
     assert s.exit_code == 0 and list(dst.iterdir()) == []
     assert (s.files_deleted, s.bytes_deleted) == (2, 2)
+
+
+class Phases(Sink):
+    """Notes the phases a run goes through and what each reported."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[dict[str, Any]]:
+        attrs: dict[str, Any] = {}
+        yield attrs
+        self.seen.append((name, attrs))
+
+
+class FlushLog(LocalBackend):
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.log: list[str] = []
+
+    def flush(self) -> None:
+        self.log.append("flush")
+        super().flush()
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        self.log.append(f"remove {rel}")
+        super().remove(rel, entry)
+
+
+def test_the_delete_phase_is_flushed_first_and_reported(tmp_path: Path) -> None:
+    """What was copied is flushed before anything is deleted (--fsync end), and the
+    deletes again at the end; a sync with nothing to delete has no delete phase and one
+    flush; --fsync none flushes nothing."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src, {"a": b"a"})
+    write(dst, {"extra": b"x" * 3})
+    d, phases = FlushLog(str(dst)), Phases()
+    s = run(src, d, phases, mode=SYNC)
+    assert s.exit_code == 0 and s.files_deleted == 1
+    assert d.log == ["flush", "remove extra", "flush"]
+    assert phases.seen == [
+        ("transfer", {"files": 1, "bytes": 1}),
+        ("delete", {"files": 1}),
+    ]
+    write(src, {"b": b"b"})
+    d, phases = FlushLog(str(dst)), Phases()
+    s = run(src, d, phases, mode=SYNC)
+    assert s.exit_code == 0 and s.files_copied == 1 and d.log == ["flush"]
+    assert [name for name, _ in phases.seen] == ["transfer"]
+    write(dst, {"extra": b"x"})
+    write(src, {"c": b"c"})
+    d = FlushLog(str(dst))
+    s = run(src, d, mode=SYNC, fsync=Fsync.NONE)
+    assert s.exit_code == 0 and d.log == ["remove extra"]
+
+
+class DeletePhaseWatch(Sink):
+    """Progress as `--progress json` sees it, often: notes when the phase is "delete"."""
+
+    interval = 0.005
+
+    def __init__(self) -> None:
+        self.deleting = threading.Event()
+
+    def update(self, snap: Snapshot) -> None:
+        if snap.phase == "delete":
+            self.deleting.set()
+
+
+class WaitsForTheDeletePhase(LocalBackend):
+    def __init__(self, root: str, watch: DeletePhaseWatch) -> None:
+        super().__init__(root)
+        self.watch = watch
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        assert self.watch.deleting.wait(10), "progress never showed the delete phase"
+        super().remove(rel, entry)
+
+
+def test_progress_shows_the_delete_phase(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src, {"a": b"a"})
+    write(dst, {"extra": b"x"})
+    watch = DeletePhaseWatch()
+    s = run(src, WaitsForTheDeletePhase(str(dst), watch), watch, mode=SYNC)
+    assert s.exit_code == 0 and s.files_deleted == 1 and watch.deleting.is_set()

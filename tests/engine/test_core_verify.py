@@ -17,14 +17,31 @@ from ferry.mover.endpoints import Endpoint, LocalEndpoint
 from ferry.mover.errors import ErrorKind
 from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Options, Preserve
+from ferry.mover.progress import Sink, Snapshot
 from ferry.mover.result import Summary
 from tests.engine.memtree import LOCAL, PLAIN, SECOND, D, F, L, T, Tree
 
 SAME = b"0123456789"
 
 
+class Last(Sink):
+    last: Snapshot | None = None
+    finished: Summary | None = None
+
+    def update(self, snap: Snapshot) -> None:
+        self.last = snap
+
+    def finish(self, summary: Summary) -> None:
+        self.finished = summary
+
+
 def run(
-    src: Tree, dst: Tree, monkeypatch: pytest.MonkeyPatch, **opts: object
+    src: Tree,
+    dst: Tree,
+    monkeypatch: pytest.MonkeyPatch,
+    sink: Sink | None = None,
+    fatal: bool = False,
+    **opts: object,
 ) -> tuple[list[tuple[str, str, str]], Summary]:
     trees = {"src": src, "dst": dst}
 
@@ -39,8 +56,11 @@ def run(
         LocalEndpoint("dst"),
         Options(**opts),  # type: ignore[arg-type]
         found.append,
+        sink,
     )
     assert summary.differences == len(found)
+    assert (summary.fatal is not None) == fatal, summary.fatal
+    assert 0 < summary.elapsed_seconds < 60
     return sorted((d.what, d.path, d.detail) for d in found), summary
 
 
@@ -50,11 +70,15 @@ def files(entries: dict[str, Entry], data: dict[str, bytes]) -> dict[str, bytes]
 
 
 def test_identical_trees_have_no_difference(monkeypatch: pytest.MonkeyPatch) -> None:
-    tree = {"a": F(), "d": D(), "d/b": F(), "l": L("a")}
-    found, summary = run(
-        Tree(tree, data=files(tree, {})), Tree(dict(tree), data=files(tree, {})), monkeypatch
-    )
+    tree = {"a": F(), "d": D(), "d/b": F(size=3), "l": L("a")}
+    data = files(tree, {"d/b": b"abc"})
+    sink = Last()
+    found, summary = run(Tree(tree, data=data), Tree(dict(tree), data=data), monkeypatch, sink)
     assert found == []
+    assert sink.finished is summary
+    assert sink.last is not None and sink.last.scan_complete
+    assert (sink.last.files_done, sink.last.files_total) == (2, 2)
+    assert (sink.last.bytes_done, sink.last.bytes_total) == (13, 13)
     assert (summary.exit_code, summary.files_verified, summary.fatal) == (0, 2, None)
     assert summary.operation == "verify"
 
@@ -82,6 +106,7 @@ def test_every_kind_of_difference_is_named(monkeypatch: pytest.MonkeyPatch) -> N
     }
     dst = {
         "b_extra": F(),
+        "b_extra2": D(),
         "c_type": D(),
         "d_size": F(size=11, mtime=T + 1),  # a size difference is reported alone
         "e_content": F(),
@@ -108,6 +133,7 @@ def test_every_kind_of_difference_is_named(monkeypatch: pytest.MonkeyPatch) -> N
         [
             ("missing", "a_missing", "not at the destination"),
             ("extra", "b_extra", "only at the destination"),
+            ("extra", "b_extra2", "only at the destination"),
             ("type", "c_type", "file != dir"),
             ("size", "d_size", "10 != 11"),
             ("content", "e_content", f"{h[:17]}... != {other[:17]}..."),
@@ -115,7 +141,7 @@ def test_every_kind_of_difference_is_named(monkeypatch: pytest.MonkeyPatch) -> N
             ("mtime", "f_older", f"{T} != {T - 1} ns"),
             ("mode", "g_mode", "600 != 644"),
             ("target", "h_target", "'here' != 'there'"),
-            ("unreadable", "i_unreadable", "i_unreadable: cannot read"),
+            ("unreadable", "i_unreadable", "i_unreadable: Permission denied (errno 13)"),
             ("mtime", "j_dir", f"{T} != {T + SECOND} ns"),
             ("mode", "k_dirmode", "700 != 755"),
             ("missing", "n_missing_dir", "not at the destination"),
@@ -174,6 +200,17 @@ def test_within_the_coarser_precision_times_are_the_same(monkeypatch: pytest.Mon
         assert [(w, p) for w, p, _ in found] == [("mtime", "b"), ("mtime", "c"), ("mtime", "e")]
 
 
+def test_times_are_compared_to_the_nanosecond_without_a_precision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    zero = LOCAL._replace(mtime_precision_ns=0)
+    src = {"a": F(), "b": F()}
+    dst = {"a": F(), "b": F(mtime=T + 1)}
+    data = files(src, {})
+    found, _ = run(Tree(src, zero, data=data), Tree(dst, zero, data=data), monkeypatch)
+    assert [(w, p) for w, p, _ in found] == [("mtime", "b")]
+
+
 def test_what_is_not_kept_is_not_compared(monkeypatch: pytest.MonkeyPatch) -> None:
     src = {"a": F(mode=0o600), "d": D(mode=0o700), "new": D(), "f": D(), "f/x": F()}
     dst = {"a": F(mtime=T + 1), "d": D(mtime=T + 1), "f": D()}
@@ -209,14 +246,17 @@ def test_what_is_not_kept_is_not_compared(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_filters_limit_what_is_compared(monkeypatch: pytest.MonkeyPatch) -> None:
     src = {"a.tmp": F(), "b": F(), "skip": D(), "skip/x": F(), "sub": D(), "sub/c.tmp": F()}
-    dst = {"extra.tmp": F(), "skip": D(), "sub": D()}
+    dst = {"extra.tmp": F(), "skip": D(), "sub": D(), "zz": F()}
     found, _ = run(
         Tree(src, data=files(src, {})),
         Tree(dst),
         monkeypatch,
         filters=("- *.tmp", "- /skip/"),
     )
-    assert found == [("missing", "b", "not at the destination")]
+    assert found == [
+        ("extra", "zz", "only at the destination"),
+        ("missing", "b", "not at the destination"),
+    ]
 
 
 def test_xattrs_are_compared_when_kept(
@@ -238,10 +278,15 @@ def test_xattrs_are_compared_when_kept(
         ("xattrs", "a", "'user.a' differs, 'user.b' missing, 'user.c' extra"),
         ("xattrs", "d", "'user.d' missing"),
     ]
-    found, _ = run(
-        Tree(src, xattrs=sx, data=data), Tree(dict(src), xattrs=dx, data=data), monkeypatch
-    )
-    assert found == []  # not asked for
+    for sc in (LOCAL, PLAIN):  # not asked for: not compared, nothing to warn about
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ferry"):
+            found, _ = run(
+                Tree(src, sc, xattrs=sx, data=data),
+                Tree(dict(src), xattrs=dx, data=data),
+                monkeypatch,
+            )
+        assert found == [] and caplog.records == []
     for sc, dc, lacking in ((PLAIN, LOCAL, "src"), (LOCAL, PLAIN, "dst")):
         s = Tree(src, sc, xattrs=sx, data=data, name="src")
         d = Tree(dict(src), dc, xattrs=dx, data=data, name="dst")
@@ -265,6 +310,7 @@ def test_xattr_differences_are_summarised() -> None:
         "'n0' missing, 'n1' missing, 'n2' missing, 'n3' missing, 'n4' missing and 2 more"
     )
     assert verify._xattrs_differ(dict(list(many.items())[:5]), {}).endswith("'n4' missing")
+    assert verify._xattrs_differ(dict(list(many.items())[:6]), {}).endswith("missing and 1 more")
 
 
 def test_a_difference_prints_as_one_line() -> None:
@@ -280,8 +326,9 @@ def test_a_missing_root_is_fatal(
     monkeypatch: pytest.MonkeyPatch, side: str, kind: ErrorKind
 ) -> None:
     trees = {s: Tree({"a": F()}, exists=s != side, name=s) for s in ("src", "dst")}
-    found, summary = run(trees["src"], trees["dst"], monkeypatch)
+    found, summary = run(trees["src"], trees["dst"], monkeypatch, fatal=True)
     assert found == []
+    assert str(summary.fatal) == f"{side}: does not exist or is not a directory"
     assert summary.fatal is not None and summary.fatal.kind == kind
     assert summary.fatal.path == side
     assert summary.exit_code == kind.exit_code
@@ -290,6 +337,8 @@ def test_a_missing_root_is_fatal(
 def test_a_directory_that_cannot_be_listed_is_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     tree = {"d": D(), "d/x": F()}
     for s, d in ((("d",), ()), ((), ("d",))):
-        _, summary = run(Tree(tree, unlistable=s), Tree(tree, unlistable=d), monkeypatch)
+        _, summary = run(
+            Tree(tree, unlistable=s), Tree(tree, unlistable=d), monkeypatch, fatal=True
+        )
         assert summary.fatal is not None and summary.fatal.kind == ErrorKind.PERMISSION
         assert summary.fatal.path == "d" and summary.exit_code == 5
