@@ -442,6 +442,33 @@ def test_examples_are_accepted(env: Env) -> None:
             )
 
 
+def test_examples_run_to_succeeded(env: Env, cluster: Cluster) -> None:
+    """The examples a local cluster can run, applied with kubectl as a user would: the
+    PVC-to-PVC copy (2 shards) and the bulk MoverPool (its movers land on the tainted pool).
+    The S3, SFTP and SMB examples name servers and Secrets of the user's; the same transfers
+    run against real servers in the tests above. The nightly schedule fires at 02:00."""
+    src, dst = env.pvc("data"), env.pvc("data-copy")
+    want = seed(src, {f"d{i % 4}/f{i}.bin": 3000 + 700 * i for i in range(16)})
+    _kubectl(
+        cluster, "apply", "-n", env.ns, "-f", str(REPO / "examples/transferjob-pvc-to-pvc.yaml")
+    )
+    _kubectl(cluster, "apply", "-f", str(REPO / "examples/moverpool-bulk.yaml"))
+    try:
+        env.pvc("bulk-src")
+        env.create(
+            "transferjobs", "pooled", pvc_spec("data", "bulk-src", placement={"pool": "bulk"})
+        )
+        obj = env.wait_phase("copy-data", "Succeeded", timeout=180)
+        assert digests(dst / "snapshot") == want
+        assert obj["status"]["result"]["shardsReported"] == 2
+        env.wait_phase("pooled", "Succeeded", timeout=180)
+        nodes = {p["spec"]["nodeName"] for p in env.pods("pooled")}
+        labels = [_raw(env.core.read_node, n)["metadata"]["labels"] for n in nodes]
+        assert all(lab.get("ferry.dev/pool") == "bulk" for lab in labels), nodes
+    finally:
+        _kubectl(cluster, "delete", "-f", str(REPO / "examples/moverpool-bulk.yaml"), check=False)
+
+
 def test_operator_refuses_owner_preservation_without_admin_annotation(env: Env) -> None:
     env.pvc("src")
     env.pvc("dst")
@@ -469,6 +496,28 @@ def test_operator_refuses_overlapping_s3_prefixes(env: Env) -> None:
     accepted = next(c for c in st["conditions"] if c["type"] == "Accepted")
     assert accepted["status"] == "False" and "spec.destination.s3.prefix" in accepted["message"]
     assert env.jobs("overlap") == []
+
+
+def test_owner_preservation_runs_privileged_where_the_namespace_allows_it(env: Env) -> None:
+    """In a namespace an admin annotated, owners are kept: the mover runs as root with only
+    the capabilities it needs (CHOWN, FOWNER, ...), in a real container."""
+    env.core.patch_namespace(
+        env.ns, {"metadata": {"annotations": {workload.NAMESPACE_PRIVILEGED_ANNOTATION: "true"}}}
+    )
+    src, dst = env.pvc("src"), env.pvc("dst")
+    owners = {"a.bin": (1234, 5678), "d/b.bin": (4321, 8765), "d/c.bin": (0, 0)}
+    want = seed(src, {rel: 1000 + i for i, rel in enumerate(owners)})
+    for rel, (uid, gid) in owners.items():
+        os.chown(src / rel, uid, gid)
+    env.create("transferjobs", "owners", pvc_spec("src", "dst", preserve=["times", "owners"]))
+    env.wait_phase("owners", "Succeeded", timeout=120)
+    assert digests(dst) == want
+    for rel, ids in owners.items():
+        st = os.stat(dst / rel)
+        assert (st.st_uid, st.st_gid) == ids, rel
+    container = env.pods("owners")[0]["spec"]["containers"][0]["securityContext"]
+    assert set(container["capabilities"]["add"]) == set(workload.PRIVILEGED_CAPABILITIES)
+    assert container["capabilities"]["drop"] == ["ALL"]
 
 
 def test_refused_spec_runs_once_edited_then_is_fixed(env: Env) -> None:

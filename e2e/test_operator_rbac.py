@@ -4,6 +4,7 @@
 The first tests use the release the `operator` fixture installs (cluster-wide). The last
 ones, sharing the module-scoped `scoped` release, stop that operator while they run: they
 must stay at the end of this file (pytest keeps file order) so the others find it running.
+The very last cuts the scoped operator off the API server to see the kubelet's probes act.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from e2e.cluster.podnet import PodNetwork
 from e2e.support import FERRY_IMAGE, Cluster, wait_for
 from e2e.test_operator import (  # noqa: F401  (fixtures are used by name)
     RELEASE,
@@ -347,6 +349,14 @@ def scoped(cluster: Cluster, api: client.ApiClient, operator: Obj) -> Iterator[S
             "pollInterval=1",
             "progressInterval=1",
             f"watchNamespaces={{{s.a},{s.c}}}",
+            # Probes tight enough for a test to see them act: a live watch re-lists every
+            # 5 s, so only a dead one goes 20 s without an event (the probe test below).
+            "liveness.watchTimeoutSeconds=5",
+            "liveness.staleSeconds=20",
+            "liveness.probe.initialDelaySeconds=5",
+            "liveness.probe.periodSeconds=5",
+            "liveness.probe.failureThreshold=2",
+            "liveness.readinessProbe.periodSeconds=2",
         ]
         if ROOT_PODS:
             values += [
@@ -472,3 +482,51 @@ def test_rbac_refusal_is_a_condition_counted_without_crashing(
     now = _scoped_pod(core, scoped.release_ns)
     assert now["metadata"]["uid"] == pod["metadata"]["uid"]  # the same process throughout
     assert all(s.get("restartCount", 0) == 0 for s in now["status"]["containerStatuses"])
+
+
+def test_operator_cut_off_from_the_api_server_turns_unready_and_is_restarted(
+    cluster: Cluster, scoped: Scoped, api: client.ApiClient
+) -> None:
+    """The chart's probes, run by the kubelet: with its watches dead (every packet from its
+    pod dropped in the pod network), the operator turns unready, then the kubelet restarts
+    it; once the network is back, it is ready again. (The previous test saw it run, watch
+    and reconcile for minutes without a restart: a live watch keeps the probes green.)"""
+    assert cluster.layout is not None
+    core = client.CoreV1Api(api)
+    Env(api, scoped.a).create(
+        "transferjobs", "idle", pvc_spec("src", "dst", suspend=True)
+    )  # an object watched: the probe's staleness rule applies
+    pod = _scoped_pod(core, scoped.release_ns)
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+
+    def status() -> Obj:
+        st: Obj = _raw(core.read_namespaced_pod, name, scoped.release_ns)["status"]
+        return st
+
+    def ready() -> bool:
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in status()["conditions"])
+
+    wait_for("the operator ready", ready, timeout=60)
+    restarts = status()["containerStatuses"][0]["restartCount"]
+    net = PodNetwork.load(cluster.layout.podnet)
+    rule = ["FORWARD", "-s", ip, "-j", "DROP"]
+    subprocess.run([*net.enter(), "iptables", "-I", *rule], check=True)
+    try:
+        wait_for("the operator unready", lambda: not ready(), timeout=90)
+        wait_for(
+            "the kubelet to restart the operator",
+            lambda: status()["containerStatuses"][0]["restartCount"] > restarts,
+            timeout=120,
+        )
+    finally:
+        subprocess.run([*net.enter(), "iptables", "-D", *rule], check=True)
+    wait_for("the operator ready again", ready, timeout=120)
+    assert status()["containerStatuses"][0]["lastState"]["terminated"]
+    events = _raw(
+        core.list_namespaced_event,
+        scoped.release_ns,
+        field_selector=f"involvedObject.name={name}",
+    )["items"]
+    messages = " ".join(e.get("message", "") for e in events)
+    assert "Readiness probe failed" in messages and "Liveness probe failed" in messages, messages
+    assert "failed liveness probe, will be restarted" in messages, messages
