@@ -454,9 +454,12 @@ def test_examples_run_to_succeeded(env: Env, cluster: Cluster) -> None:
     )
     _kubectl(cluster, "apply", "-f", str(REPO / "examples/moverpool-bulk.yaml"))
     try:
-        env.pvc("bulk-src")
+        # Claims of its own: sharing `data` (RWO, in use on the general pool's node) would pin
+        # this mover there, which the pool's node selector forbids.
+        seed(env.pvc("pool-src"), {"p.bin": 5000})
+        env.pvc("pool-dst")
         env.create(
-            "transferjobs", "pooled", pvc_spec("data", "bulk-src", placement={"pool": "bulk"})
+            "transferjobs", "pooled", pvc_spec("pool-src", "pool-dst", placement={"pool": "bulk"})
         )
         obj = env.wait_phase("copy-data", "Succeeded", timeout=180)
         assert digests(dst / "snapshot") == want
