@@ -20,13 +20,7 @@ cache_root=${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}
 
 log() { printf '[build.sh] %s\n' "$*" >&2; }
 
-find_go() {
-    local g
-    for g in "$(command -v go || true)" /usr/local/go/bin/go /usr/lib/go/bin/go; do
-        if [[ -n "$g" && -x "$g" ]]; then echo "$g"; return 0; fi
-    done
-    return 1
-}
+source "$here/find-go.sh"
 
 ensure_apt() {
     # Runtime tools the cluster and node agent use (util-linux: unshare, mount, umount).
@@ -59,7 +53,7 @@ ldflags_k8s() {
 
 main() {
     ensure_apt
-    local go; go=$(find_go) || { log "Go not found (need Go >= 1.26 at /usr/local/go/bin/go or on PATH)"; exit 1; }
+    local go; go=$(find_go) || exit 1
     local dest="$cache_root/k8s-$K8S_VERSION-$(key)"
     local bin="$dest/bin"
     local want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy helm)

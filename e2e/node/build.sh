@@ -23,13 +23,7 @@ cache_root=${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}
 log() { printf '[node/build.sh] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-find_go() {
-    local g
-    for g in "$(command -v go || true)" /usr/local/go/bin/go /usr/lib/go/bin/go; do
-        if [[ -n "$g" && -x "$g" ]]; then echo "$g"; return 0; fi
-    done
-    return 1
-}
+source "$here/../cluster/find-go.sh"
 
 ensure_apt() {
     local missing=() p
@@ -70,7 +64,7 @@ pause_image() {
 
 main() {
     ensure_apt
-    go=$(find_go) || die "Go not found (need Go >= 1.26 at /usr/local/go/bin/go or on PATH)"
+    go=$(find_go) || exit 1
     local dest; dest="$cache_root/node-$CONTAINERD_VERSION-$(key)"
     mkdir -p "$cache_root"
     exec 9>"$cache_root/.node-build.lock"

@@ -99,26 +99,6 @@ def test_copies_and_updates_are_counted_and_listed(tmp_path: Path, verify: Verif
             assert line["digest"] == digest_bytes(p.read_bytes())
 
 
-def test_a_source_that_changes_is_named_with_its_path(tmp_path: Path) -> None:
-    from ferry.mover.backends.local import LocalReader
-
-    class Always(LocalReader):
-        def changed(self) -> str:
-            return "modified while copying"
-
-    class AlwaysBackend(LocalBackend):
-        def open_read(self, rel: str, entry: Entry) -> LocalReader:
-            return Always(self.path(rel), rel, entry)
-
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    write(src, {"hot": os.urandom(300 * 1024)})
-    s = run(AlwaysBackend(str(src)), dst, retries=0)
-    assert s.fatal is not None and s.exit_code == 7
-    assert (s.fatal.kind, s.fatal.path) == (ErrorKind.SOURCE_CHANGED, "hot")
-    assert str(s.fatal) == "hot: modified while copying"
-    assert not (dst / "hot").exists()
-
-
 # -- --verify full ---------------------------------------------------------------------------
 
 

@@ -185,6 +185,7 @@ def test_file_that_keeps_changing_is_reported(tmp_path: Path) -> None:
         Options(retries=2, retry_base_delay=0.01),
     )
     assert summary.fatal is not None and summary.fatal.kind.reason == "SourceChanged"
+    assert (summary.fatal.path, str(summary.fatal)) == ("hot", "hot: modified while copying")
     assert summary.exit_code == 7
     assert not (dst / "hot").exists()
 
