@@ -28,7 +28,7 @@ from ferry.mover.options import ErrorPolicy, Fsync, MiB, Mode, Options, Preserve
 from ferry.mover.progress import Sink, Snapshot
 from ferry.mover.result import Summary
 from ferry.mover.transfer import transfer_between
-from tests.engine.treeutil import assert_same_tree
+from tests.engine.treeutil import FlushLog, assert_same_tree
 
 SYNC = Mode.SYNC
 
@@ -422,20 +422,6 @@ class Phases(Sink):
         attrs: dict[str, Any] = {}
         yield attrs
         self.seen.append((name, attrs))
-
-
-class FlushLog(LocalBackend):
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.log: list[str] = []
-
-    def flush(self) -> None:
-        self.log.append("flush")
-        super().flush()
-
-    def remove(self, rel: str, entry: Entry) -> None:
-        self.log.append(f"remove {rel}")
-        super().remove(rel, entry)
 
 
 def test_the_delete_phase_is_flushed_first_and_reported(tmp_path: Path) -> None:

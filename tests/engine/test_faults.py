@@ -19,7 +19,7 @@ from ferry.mover.options import MiB, Options, Verify
 from ferry.mover.progress import Sink, Snapshot
 from ferry.mover.transfer import transfer_between
 from tests.conftest import FERRY, run_ferry
-from tests.engine.treeutil import assert_same_tree
+from tests.engine.treeutil import FlushLog, assert_same_tree
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -337,22 +337,6 @@ def test_a_signal_stops_cleanly_keeps_the_partial_and_resumes(
     assert s["bytesTransferred"] + s["bytesResumed"] + s["bytesSkipped"] == total, s
     assert_same_tree(src, dst)
     assert not list(dst.glob(".~ferry.*")), "resume state left behind after success"
-
-
-class FlushLog(LocalBackend):
-    """A destination that notes its flushes and deletes, in order."""
-
-    def __init__(self, root: str, log: list[str]) -> None:
-        super().__init__(root)
-        self.log = log
-
-    def flush(self) -> None:
-        self.log.append("flush")
-        super().flush()
-
-    def remove(self, rel: str, entry: Entry) -> None:
-        self.log.append(f"remove {rel}")
-        super().remove(rel, entry)
 
 
 def test_flushed_once_for_a_copy_and_before_deletes_for_a_sync(tmp_path: Path) -> None:

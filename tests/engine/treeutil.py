@@ -7,6 +7,9 @@ import os
 import stat
 from typing import Any
 
+from ferry.mover.backends.base import Entry
+from ferry.mover.backends.local import LocalBackend
+
 
 def snapshot(
     root: str | bytes, times: bool = True, dir_times: bool = True
@@ -60,3 +63,19 @@ def assert_same_tree(src: str | bytes, dst: str | bytes, **kw: Any) -> None:
         raise AssertionError(
             f"trees differ: only in src {only_a}, only in dst {only_b}, differing {details}"
         )
+
+
+class FlushLog(LocalBackend):
+    """A destination that notes its flushes and deletes, in order (in `log`)."""
+
+    def __init__(self, root: str, log: list[str] | None = None) -> None:
+        super().__init__(root)
+        self.log = [] if log is None else log
+
+    def flush(self) -> None:
+        self.log.append("flush")
+        super().flush()
+
+    def remove(self, rel: str, entry: Entry) -> None:
+        self.log.append(f"remove {rel}")
+        super().remove(rel, entry)
