@@ -7,6 +7,7 @@ imported, nothing is pulled. Each test asserts what a user's cluster would show.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -35,10 +36,11 @@ RESTRICTED = {
 }
 
 
-def _facts(cluster: Cluster) -> Obj:
-    assert cluster.layout is not None
-    facts: Obj = json.loads(cluster.layout.cluster_json.read_text())
-    return facts
+def _local_net(cluster: Cluster) -> PodNetwork:
+    """The local cluster's pod network; other clusters (kind) skip what needs it."""
+    if cluster.layout is None:
+        pytest.skip("inspects the local cluster's nodes, network and volume directories")
+    return PodNetwork.load(cluster.layout.podnet)
 
 
 def _pod(
@@ -116,13 +118,13 @@ def _pvc(core: client.CoreV1Api, namespace: str, name: str) -> Path:
 
 
 def test_nodes_are_kubelets_on_containerd(cluster: Cluster) -> None:
+    net = _local_net(cluster)
     wide = cluster.kubectl("get", "nodes", "-o", "wide").stdout
     rows = [line.split() for line in wide.splitlines()[1:]]
     assert {r[0] for r in rows} == {"ferry-node-0", "ferry-node-1"}, wide
     for row in rows:
         assert row[1] == "Ready" and row[4] == controlplane.K8S_VERSION, wide
         assert any(col.startswith("containerd://2.") for col in row), wide
-    net = PodNetwork.load(cluster.layout.podnet)  # type: ignore[union-attr]
     nodes = {n["metadata"]["name"]: n for n in cluster.kubectl_json("get", "nodes")["items"]}
     bulk = nodes["ferry-node-1"]
     assert bulk["metadata"]["labels"]["ferry.dev/pool"] == "bulk"
@@ -180,6 +182,7 @@ def test_image_runtime_contract_in_a_real_container(
 def test_non_root_mover_copies_into_a_fresh_claim(
     cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
+    _local_net(cluster)  # seeds and reads the claims' directories on this machine
     src, dst = _pvc(core, namespace, "src"), _pvc(core, namespace, "dst")
     want = {f"d{i}/f{i}.bin": os.urandom(1000 * (i + 1)) for i in range(5)}
     for rel, data in want.items():
@@ -231,8 +234,9 @@ def test_exec_and_the_kubernetes_service_from_a_pod(
         return pod if pod["status"]["phase"] == "Running" else None
 
     pod = wait_for("pod idle to run", running, timeout=120)
-    net = PodNetwork.load(cluster.layout.podnet)  # type: ignore[union-attr]
-    assert pod["status"]["pod_ip"].startswith(net.cidr.split(".0.0/")[0] + ".")
+    if cluster.layout is not None:
+        net = PodNetwork.load(cluster.layout.podnet)
+        assert ipaddress.ip_address(pod["status"]["pod_ip"]) in ipaddress.ip_network(net.cidr)
     probe = (
         "import os, ssl, urllib.request;"
         "sa = '/var/run/secrets/kubernetes.io/serviceaccount';"

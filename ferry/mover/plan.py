@@ -97,8 +97,6 @@ class Planner:
         self.sharder = (
             Sharder(options.shard_index, options.shard_count) if options.shard_count > 1 else None
         )
-        self.source_entries = 0
-        self.listing_errors = 0
         self.skipped_files = 0
         self.skipped_bytes = 0
         self.on_skipped: Callable[[int, int], None] | None = None
@@ -148,11 +146,9 @@ class Planner:
             rel, _ = stack.pop()
             src_list, dst_list = lister.get(rel)
             if isinstance(src_list, FerryError):
-                self.listing_errors += 1
                 yield Action(Op.ERROR, rel, error=src_list)
                 continue
             if isinstance(dst_list, FerryError):
-                self.listing_errors += 1
                 yield Action(Op.ERROR, rel, error=dst_list)
                 continue
             dst_by_name = {e.name: e for e in dst_list}
@@ -225,7 +221,6 @@ class Planner:
                     log.warning("%s: symlinked directory already copied; skipped (loop?)", rel)
                     return
                 self._followed.add((s.dev, s.ino))
-        self.source_entries += 1
         if self.xattrs:
             self._read_xattrs(rel, read_rel, s, d)
         if s.type == EntryType.DIR:
