@@ -25,7 +25,6 @@ from .podnet import PodNetwork
 HERE = Path(__file__).resolve().parent
 NODE_BUILD = HERE.parent / "node" / "build.sh"
 IMAGE_BUILD = HERE.parent / "node" / "image.sh"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"  # keep in sync with e2e/node/build.sh
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI
 
 
@@ -48,7 +47,8 @@ class Artifacts:
         image = Path(
             os.environ.get("FERRY_IMAGE_ARCHIVE") or _last_line(["bash", str(IMAGE_BUILD)])
         )
-        for p in (k8s_bin / "kubelet", k8s_bin / "kube-proxy", node_dir / "bin" / "containerd"):
+        needed = (k8s_bin / "kubelet", k8s_bin / "kube-proxy", node_dir / "bin" / "containerd")
+        for p in (*needed, node_dir / "pause.ref"):
             if not p.is_file():
                 raise FileNotFoundError(p)
         return cls(k8s_bin, node_dir, image)
@@ -56,6 +56,11 @@ class Artifacts:
     @property
     def bin(self) -> Path:
         return self.node_dir / "bin"
+
+    @property
+    def pause_image(self) -> str:
+        """The pause image's name, as e2e/node/build.sh tagged it."""
+        return (self.node_dir / "pause.ref").read_text().strip()
 
     @property
     def pause_archive(self) -> Path:
@@ -114,7 +119,7 @@ def node_paths(layout: Layout, name: str) -> NodePaths:
     return NodePaths(layout.nodes / name, short_dir(layout) / name)
 
 
-def containerd_config(paths: NodePaths) -> str:
+def containerd_config(paths: NodePaths, pause_image: str) -> str:
     """containerd's config (version 4) for one node; JSON strings are valid TOML strings."""
     q = json.dumps
     return f"""version = 4
@@ -133,7 +138,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = {q(PAUSE_IMAGE)}
+    sandbox = {q(pause_image)}
 
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
@@ -283,7 +288,9 @@ class Launcher:
             paths = node_paths(self.layout, node.name)
             for d in (paths.containerd_root, paths.containerd_state, paths.cni_conf, paths.ipam):
                 d.mkdir(parents=True, exist_ok=True)
-            (paths.root / "containerd.toml").write_text(containerd_config(paths))
+            (paths.root / "containerd.toml").write_text(
+                containerd_config(paths, self.art.pause_image)
+            )
             (paths.cni_conf / "10-ferry.conflist").write_text(
                 json.dumps(self.net.cni_config(i, paths.ipam), indent=2)
             )

@@ -9,7 +9,7 @@
 #
 # Cached in ${FERRY_CACHE:-~/.cache/ferry}/node-<containerd>-<hash of the pins>/, keyed by this
 # script and the control plane's go.sum. Idempotent; prints the directory as the last line of
-# stdout (bin/ and pause.oci.tar inside). Logs go to stderr. Needs root for apt-get.
+# stdout (bin/, pause.oci.tar and its name in pause.ref inside). Logs go to stderr. Needs root for apt-get.
 set -euo pipefail
 
 CONTAINERD_VERSION=v2.4.2
@@ -59,6 +59,7 @@ pause_image() {
     bah config --entrypoint '["/pause"]' --user 65535:65535 "$ctr" >&2
     bah commit --quiet --rm "$ctr" "$name" >&2
     bah push --quiet "$name" "oci-archive:$out/pause.oci.tar:$name" >&2
+    echo "$name" > "$out/pause.ref"   # the name containerd's config pins as the sandbox image
     rm -rf "$store"
 }
 
