@@ -26,17 +26,15 @@ from e2e.support import Cluster, cluster_cli
 from tests.strict import unavailable
 
 
-def _claim_state_dir(
-    name: str = "cluster-e2e", var: str = "FERRY_E2E_CLUSTER_DIR"
-) -> tuple[Path, IO[bytes]]:
+def _claim_state_dir() -> tuple[Path, IO[bytes]]:
     """A state dir no other live test session uses, locked for this session.
 
-    `$<var>` is waited for; otherwise the first free one of `~/.cache/ferry/<name>`,
-    `<name>-1`, ... is taken, so concurrent sessions on one machine never tear down
-    each other's cluster.
+    `$FERRY_E2E_CLUSTER_DIR` is waited for; otherwise the first free one of
+    `~/.cache/ferry/cluster-e2e`, `cluster-e2e-1`, ... is taken, so concurrent
+    sessions on one machine never tear down each other's cluster.
     """
-    env = os.environ.get(var)
-    base = Path(env).resolve() if env else default_state_dir().with_name(name)
+    env = os.environ.get("FERRY_E2E_CLUSTER_DIR")
+    base = Path(env).resolve() if env else default_state_dir().with_name("cluster-e2e")
     candidates = (
         [base] if env else [base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 16))]
     )

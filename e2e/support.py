@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e.cluster.layout import Layout
 from tests.servers.common import LOOPBACK
+from tests.strict import unavailable
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +46,36 @@ def wait_for(
             last_exc = exc
         time.sleep(every)
     raise Timeout(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc})")
+
+
+def local_claim(
+    core: client.CoreV1Api, ns: str, name: str, modes: tuple[str, ...] = ("ReadWriteOnce",)
+) -> Path:
+    """A claim of the local StorageClass; returns its directory on this machine once bound
+    (an external cluster's volumes are elsewhere: the test skips there)."""
+    body = {
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": list(modes),
+            "storageClassName": "ferry-local",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    core.create_namespaced_persistent_volume_claim(ns, body)  # type: ignore[arg-type]
+
+    def bound() -> str | None:
+        pvc = core.read_namespaced_persistent_volume_claim(name, ns).to_dict()
+        return pvc["spec"]["volume_name"] if pvc["status"]["phase"] == "Bound" else None
+
+    pv = core.read_persistent_volume(wait_for(f"claim {name} bound", bound, timeout=60)).to_dict()
+    source = pv["spec"].get("host_path") or pv["spec"].get("local") or {}
+    path = Path(source.get("path") or "/nonexistent")
+    if not path.is_dir():
+        msg = "the cluster's volumes are not directories on this machine"
+        if os.environ.get("FERRY_E2E_KUBECONFIG"):
+            pytest.skip(msg)  # an external cluster was asked for: its volumes are elsewhere
+        unavailable(msg)
+    return path
 
 
 def cluster_cli(

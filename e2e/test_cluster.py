@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.cluster import cgroups, controlplane, realnode
+from e2e.cluster import cgroups, fsutil, realnode
 from e2e.cluster.layout import Layout
 from e2e.cluster.podnet import PodNetwork
 from e2e.cluster.procs import marked
@@ -137,15 +137,15 @@ def _cold_and_warm(state: Path) -> None:
         assert facts["server"].startswith("https://127.0.0.1:")
         layout = Layout(state)
         net = PodNetwork.load(layout.podnet)
-        cgroup = controlplane.cgroup_name(layout)
+        cgroup = realnode.cgroup_name(layout)
         assert any((h / cgroup).is_dir() for h in cgroups.hierarchies())
         down = cluster_cli("down", state_dir=state)
         assert down.returncode == 0, down.stderr
         assert "kube-apiserver" in down.stdout and "kubelet-ferry-node-0" in down.stdout
         assert "left behind" not in down.stdout, down.stdout
         assert marked(str(state)) == [], "processes survived down"
-        assert controlplane.mounts_under(state) == []
-        assert controlplane.mounts_under(realnode.short_dir(layout)) == []
+        assert fsutil.mounts_below(state) == []
+        assert fsutil.mounts_below(realnode.short_dir(layout)) == []
         assert not realnode.short_dir(layout).exists()
         assert net.leftovers() == [], "network namespace or link survived down"
         assert not any((h / cgroup).exists() for h in cgroups.hierarchies())

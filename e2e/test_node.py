@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from kubernetes import client
 
 from e2e.cluster import controlplane
 from e2e.cluster.podnet import PodNetwork
-from e2e.support import FERRY_IMAGE, Cluster, wait_for
+from e2e.support import FERRY_IMAGE, Cluster, local_claim, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
@@ -96,27 +95,6 @@ def _logs(cluster: Cluster, namespace: str, name: str) -> str:
     return cluster.kubectl("logs", "-n", namespace, name).stdout
 
 
-def _pvc(core: client.CoreV1Api, namespace: str, name: str) -> Path:
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {  # type: ignore[arg-type]
-            "metadata": {"name": name},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "ferry-local",
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-
-    def bound() -> str | None:
-        pvc = core.read_namespaced_persistent_volume_claim(name, namespace).to_dict()
-        return pvc["spec"]["volume_name"] if pvc["status"]["phase"] == "Bound" else None
-
-    pv = core.read_persistent_volume(wait_for(f"claim {name} bound", bound, timeout=60)).to_dict()
-    return Path(pv["spec"]["host_path"]["path"])
-
-
 def test_nodes_are_kubelets_on_containerd(cluster: Cluster) -> None:
     net = _local_net(cluster)
     wide = cluster.kubectl("get", "nodes", "-o", "wide").stdout
@@ -183,7 +161,7 @@ def test_non_root_mover_copies_into_a_fresh_claim(
     cluster: Cluster, core: client.CoreV1Api, namespace: str
 ) -> None:
     _local_net(cluster)  # seeds and reads the claims' directories on this machine
-    src, dst = _pvc(core, namespace, "src"), _pvc(core, namespace, "dst")
+    src, dst = local_claim(core, namespace, "src"), local_claim(core, namespace, "dst")
     want = {f"d{i}/f{i}.bin": os.urandom(1000 * (i + 1)) for i in range(5)}
     for rel, data in want.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)

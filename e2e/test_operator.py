@@ -35,10 +35,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.cluster import binaries
-from e2e.support import FERRY_IMAGE, Cluster, wait_for
+from e2e.support import FERRY_IMAGE, Cluster, local_claim, wait_for
 from ferry.operator import workload
 from tests.servers import SambaServer, SSHServer, VersityServer
-from tests.strict import unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -228,42 +227,7 @@ class Env:
         self.custom = client.CustomObjectsApi(api)
 
     def pvc(self, name: str, modes: tuple[str, ...] = ("ReadWriteOnce",)) -> Path:
-        """A claim of the local StorageClass; returns its directory on this machine once bound."""
-        _raw(
-            self.core.create_namespaced_persistent_volume_claim,
-            self.ns,
-            {
-                "metadata": {"name": name},
-                "spec": {
-                    "accessModes": list(modes),
-                    "storageClassName": "ferry-local",
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        )
-
-        def bound() -> str | None:
-            pvc = _raw(self.core.read_namespaced_persistent_volume_claim, name, self.ns)
-            return (
-                pvc["spec"].get("volumeName")
-                if pvc.get("status", {}).get("phase") == "Bound"
-                else None
-            )
-
-        pv = _raw(
-            self.core.read_persistent_volume, wait_for(f"claim {name} bound", bound, timeout=60)
-        )
-        path = Path(
-            (pv["spec"].get("hostPath") or pv["spec"].get("local") or {}).get(
-                "path", "/nonexistent"
-            )
-        )
-        if not path.is_dir():
-            msg = "the cluster's volumes are not directories on this machine"
-            if os.environ.get("FERRY_E2E_KUBECONFIG"):
-                pytest.skip(msg)  # an external cluster was asked for: its volumes are elsewhere
-            unavailable(msg)
-        return path
+        return local_claim(self.core, self.ns, name, modes)
 
     def create(self, plural: str, name: str, spec: Obj, **meta: Any) -> Obj:
         kind = {"transferjobs": "TransferJob", "transferschedules": "TransferSchedule"}[plural]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import controlplane, nodes
+from . import controlplane, fsutil, nodes
 from .health import NotReady
 from .layout import Layout, default_state_dir
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "down":
         stopped = controlplane.down(layout)
-        left = controlplane.mounts_under(layout.root)
+        left = fsutil.mounts_below(layout.root)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         if left or any(s.startswith("left behind") for s in stopped):
             print(f"mounts left behind: {left}", file=sys.stderr)

@@ -34,11 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "provisioner")
 
 
-def cgroup_name(layout: Layout) -> str:
-    """The cluster's cgroup subtree, named after its state dir (one per cluster)."""
-    return f"ferry-{PodNetwork.tag(layout.root)}"
-
-
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -332,7 +327,6 @@ def up(layout: Layout, nodes: list[NodeSpec], timeout: float = 120.0) -> dict[st
             pairs["kube-proxy"],
             "system:kube-proxy",
         ),
-        cgroup_name=cgroup_name(layout),
     )
     recs = launcher.start(nodes, deadline)
     components = [*COMPONENTS, *(r.name for r in recs)]
@@ -399,7 +393,7 @@ def down(layout: Layout) -> list[str]:
         (layout.run / f"{rec.name}.json").unlink(missing_ok=True)
     leftovers = procs.sweep(str(layout.root))  # containerd's shims among them
     net = PodNetwork.load(layout.podnet) if layout.podnet.exists() else None
-    left = realnode.stop(layout, cgroup_name(layout), net)
+    left = realnode.stop(layout, net)
     if leftovers:
         stopped.append(f"{len(leftovers)} stray process(es)")
     if left:
@@ -407,14 +401,3 @@ def down(layout: Layout) -> list[str]:
     layout.podnet.unlink(missing_ok=True)
     layout.cluster_json.unlink(missing_ok=True)
     return stopped
-
-
-def mounts_under(root: Path) -> list[str]:
-    """Mount points below `root` visible in this (the host's) mount namespace."""
-    prefix = str(root)
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(point)
-    return found

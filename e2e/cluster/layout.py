@@ -47,7 +47,7 @@ class Layout:
 
     @property
     def podnet(self) -> Path:
-        """The pod network's names and addresses (real nodes only), for `down`."""
+        """The pod network's names and addresses, for `down`."""
         return self.root / "podnet.json"
 
     @property

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cgroups, procs
+from . import cgroups, fsutil, procs
 from .layout import Layout
 from .nodes import NodeSpec
 from .podnet import PodNetwork
@@ -108,6 +107,11 @@ class NodePaths:
     @property
     def pod_logs(self) -> Path:
         return self.root / "pod-logs"
+
+
+def cgroup_name(layout: Layout) -> str:
+    """The cluster's cgroup subtree, named after its state dir (one per cluster)."""
+    return f"ferry-{PodNetwork.tag(layout.root)}"
 
 
 def short_dir(layout: Layout) -> Path:
@@ -269,21 +273,17 @@ class Launcher:
     ca_file: Path
     node_kubeconfigs: dict[str, Path]
     proxy_kubeconfig: Path
-    cgroup_name: str
 
-    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> procs.Record:
+    def _start(self, name: str, argv: list[str]) -> procs.Record:
+        """In the pod network, with containerd's shim (and runc) on PATH."""
+        env = {**self.env, "PATH": f"{self.art.bin}:{self.env.get('PATH', '')}"}
         return procs.start(
-            self.layout.run,
-            name,
-            [*self.net.enter(), *argv],
-            self.layout.logs / f"{name}.log",
-            env or self.env,
+            self.layout.run, name, [*self.net.enter(), *argv], self.layout.logs / f"{name}.log", env
         )
 
     def start(self, nodes: list[NodeSpec], deadline: float) -> list[procs.Record]:
         recs = []
-        path_env = {**self.env, "PATH": f"{self.art.bin}:{self.env.get('PATH', '')}"}
-        cgroup_root = cgroups.create(self.cgroup_name, [n.name for n in nodes])
+        cgroup_root = cgroups.create(cgroup_name(self.layout), [n.name for n in nodes])
         for i, node in enumerate(nodes):
             paths = node_paths(self.layout, node.name)
             for d in (paths.containerd_root, paths.containerd_state, paths.cni_conf, paths.ipam):
@@ -297,7 +297,6 @@ class Launcher:
             rec = self._start(
                 f"containerd-{node.name}",
                 [str(self.art.bin / "containerd"), "--config", str(paths.root / "containerd.toml")],
-                path_env,
             )
             recs.append(rec)
             _wait_socket(paths.socket, rec, deadline)
@@ -325,7 +324,6 @@ class Launcher:
                         *([f"--node-labels={labels}"] if labels else []),
                         "--v=1",
                     ],
-                    path_env,
                 )
             )
         proxy_cfg = self.layout.root / "kube-proxy.json"
@@ -336,36 +334,25 @@ class Launcher:
             self._start(
                 "kube-proxy",
                 [str(self.art.k8s_bin / "kube-proxy"), f"--config={proxy_cfg}", "--v=1"],
-                path_env,
             )
         )
         return recs
 
 
 def unmount_under(root: Path) -> list[str]:
-    """Unmount everything below `root`, deepest first; returns what stayed mounted."""
-    prefix = str(root)
-
-    def points() -> list[str]:
-        found = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix + "/"):
-                found.append(point)
-        return sorted(set(found), key=lambda p: -p.count("/"))
-
-    for point in points():
+    """Unmount everything at or below `root`, deepest first; returns what stayed mounted."""
+    for point in sorted(set(fsutil.mounts_below(root)), key=lambda p: -p.count("/")):
         if subprocess.run(["umount", point], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", point], capture_output=True)
-    return points()
+    return fsutil.mounts_below(root)
 
 
-def stop(layout: Layout, cgroup_name: str, net: PodNetwork | None) -> list[str]:
+def stop(layout: Layout, net: PodNetwork | None) -> list[str]:
     """After the processes: containers, mounts, cgroups, network. Returns what is left."""
-    left = cgroups.remove(cgroup_name)
+    left = cgroups.remove(cgroup_name(layout))
     left += unmount_under(layout.nodes) + unmount_under(short_dir(layout))
     if not left:
-        shutil.rmtree(short_dir(layout), ignore_errors=True)
+        fsutil.safe_rmtree(short_dir(layout))
     if net is not None:
         net.delete()
         left += net.leftovers()
