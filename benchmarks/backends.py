@@ -142,6 +142,22 @@ class Bench:
                         if done is not None:
                             discard(done, self.trash)
 
+    def ferry_pair(
+        self, uri: Callable[[str], str], base: bool = False
+    ) -> tuple[Callable[[Path, str], float], Callable[[str, Path], float]]:
+        """Upload and download with `ferry copy`; with `base`, the checkout given by
+        `--baseline` (first on the path; -P keeps the working directory off it)."""
+        cmd = [sys.executable, "-P", "-m", "ferry.cli"] if base else FERRY
+        env = {"PYTHONPATH": str(self.args.baseline)} if base else None
+
+        def up(src: Path, dest: str) -> float:
+            return run([*cmd, "copy", str(src), uri(dest), "--progress", "none"], env)
+
+        def down(dest: str, out: Path) -> float:
+            return run([*cmd, "copy", uri(dest), str(out), "--progress", "none"], env)
+
+        return up, down
+
     def report(self) -> None:
         print(f"\nFerry vs others (median of {self.args.repeat}; ratio > 1: Ferry faster)")
         samples: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -183,11 +199,8 @@ def bench_s3(b: Bench) -> None:
         def furi(prefix: str) -> str:
             return f"s3://{BUCKET}/{prefix}?endpoint={ep}&credentials_file={creds}"
 
-        def ferry_up(src: Path, dest: str) -> float:
-            return run([*FERRY, "copy", str(src), furi(dest), "--progress", "none"])
-
-        def ferry_down(dest: str, out: Path) -> float:
-            return run([*FERRY, "copy", furi(dest), str(out), "--progress", "none"])
+        ferry_up, ferry_down = b.ferry_pair(furi)
+        base_pair = b.ferry_pair(furi, base=True)
 
         def rclone_up(src: Path, dest: str) -> float:
             return run(
@@ -213,6 +226,7 @@ def bench_s3(b: Bench) -> None:
 
         tools = {
             "ferry": (ferry_up, ferry_down),
+            **({"ferry@base": base_pair} if b.args.baseline else {}),
             "rclone": (rclone_up, rclone_down),
             "boto3": (boto_up, boto_down),
         }
@@ -248,11 +262,8 @@ def bench_sftp(b: Bench) -> None:
         }
         root = srv.root
 
-        def ferry_up(src: Path, dest: str) -> float:
-            return run([*FERRY, "copy", str(src), srv.uri(dest), "--progress", "none"])
-
-        def ferry_down(dest: str, out: Path) -> float:
-            return run([*FERRY, "copy", srv.uri(dest), str(out), "--progress", "none"])
+        ferry_up, ferry_down = b.ferry_pair(srv.uri)
+        base_pair = b.ferry_pair(srv.uri, base=True)
 
         def rclone_up(src: Path, dest: str) -> float:
             return run(
@@ -321,6 +332,7 @@ def bench_sftp(b: Bench) -> None:
 
         tools = {
             "ferry": (ferry_up, ferry_down),
+            **({"ferry@base": base_pair} if b.args.baseline else {}),
             "rclone": (rclone_up, rclone_down),
             "openssh-sftp": (sftp_up, sftp_down),
             "scp": (scp_up, scp_down),
@@ -352,11 +364,8 @@ def bench_smb(b: Bench) -> None:
         os.chmod(auth, 0o600)
         smbc = ["smbclient", f"//127.0.0.1/{srv.share}", "-p", str(srv.port), "-A", str(auth)]
 
-        def ferry_up(src: Path, dest: str) -> float:
-            return run([*FERRY, "copy", str(src), srv.uri(dest), "--progress", "none"])
-
-        def ferry_down(dest: str, out: Path) -> float:
-            return run([*FERRY, "copy", srv.uri(dest), str(out), "--progress", "none"])
+        ferry_up, ferry_down = b.ferry_pair(srv.uri)
+        base_pair = b.ferry_pair(srv.uri, base=True)
 
         def rclone_up(src: Path, dest: str) -> float:
             return run(
@@ -379,6 +388,7 @@ def bench_smb(b: Bench) -> None:
 
         tools = {
             "ferry": (ferry_up, ferry_down),
+            **({"ferry@base": base_pair} if b.args.baseline else {}),
             "rclone": (rclone_up, rclone_down),
             "smbclient": (smbc_up, smbc_down),
         }
@@ -399,8 +409,20 @@ def main() -> None:
         default="versitygw",
         help="versitygw: a real S3 server storing files on disk; moto: the in-memory emulator",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run ferry from the checkout at DIR (ferry@base): a refactor against the code "
+        "it replaced, same run",
+    )
     args = ap.parse_args()
     compile_ferry()
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "ferry" / "cli.py").is_file():
+            ap.error(f"--baseline {args.baseline}: not a Ferry checkout (no ferry/cli.py)")
+        compile_ferry(args.baseline)
     b = Bench(args)
     try:
         print(f"one file of {args.big_mib} MiB; {args.small} files of 8 KiB")

@@ -124,6 +124,20 @@ TOOLS: dict[str, Tool] = {
 }
 
 
+TOOLS_DEFAULT = tuple(TOOLS)
+
+
+def baseline_tools(tree: Path) -> list[Tool]:
+    """`ferry` and `ferry --no-verify` run from another checkout (`--baseline DIR`): the same
+    console script with that tree first on the path, so a refactor is timed against the code
+    it replaced in the same run, on the same data."""
+    env = {"PYTHONPATH": str(tree)}
+    return [
+        Tool(f"{t.key}@base", f"{t.label} @base", t.argv, t.binary, env=env, ferry=True)
+        for t in (TOOLS["ferry"], TOOLS["ferry-nv"])
+    ]
+
+
 def tool_version(t: Tool) -> str:
     argv = [t.binary, "--version"]
     try:
@@ -573,13 +587,18 @@ def ratio_lines(
                 t,
                 t.kind,
             )
-        # The brief's standing ratios, where no target names them.
+        # The brief's standing ratios, where no target names them (and, with --baseline,
+        # this tree against the other one).
         for a, b in (
             ("ferry", "rsync"),
             ("ferry-nv", "cp"),
             ("ferry", "rclone"),
             ("ferry-nv", "rclone"),
+            ("ferry", "ferry@base"),
+            ("ferry-nv", "ferry-nv@base"),
         ):
+            if b not in TOOLS:
+                continue
             if (a, b) in targeted:
                 continue
             if phase == "noop" and "cp" in (a, b):
@@ -842,7 +861,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="mixed,small,huge",
         help="comma list of mixed, small, huge (default: all three)",
     )
-    ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
+    ap.add_argument(
+        "--tools", default=",".join(TOOLS_DEFAULT), help=f"comma list of {', '.join(TOOLS)}"
+    )
     ap.add_argument(
         "--repeat", type=int, default=None, help="runs per tool (default 3; 1 with --quick)"
     )
@@ -875,12 +896,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=True,
         help="wait for a previous run's background delete before timing (default: wait)",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run ferry from the checkout at DIR (tools ferry@base, ferry-nv@base) and "
+        "print this tree's times over that one's",
+    )
     ap.add_argument("--self-check", action="store_true", help="check the harness itself and exit")
     args = ap.parse_args(argv)
     if args.self_check:
         return self_check()
 
     compile_ferry()
+    if args.baseline is not None:
+        if not (args.baseline / "ferry" / "cli.py").is_file():
+            ap.error(f"--baseline {args.baseline}: not a Ferry checkout (no ferry/cli.py)")
+        compile_ferry(args.baseline.resolve())
+        for t in baseline_tools(args.baseline.resolve()):
+            TOOLS[t.key] = t
+        if args.tools == ",".join(TOOLS_DEFAULT):
+            args.tools += ",ferry@base,ferry-nv@base"
     quick: bool = args.quick
     repeat: int = args.repeat or (1 if quick else 3)
     scale: bool = (not quick) if args.scale is None else args.scale
