@@ -915,8 +915,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         compile_ferry(args.baseline.resolve())
         for t in baseline_tools(args.baseline.resolve()):
             TOOLS[t.key] = t
-        if args.tools == ",".join(TOOLS_DEFAULT):
-            args.tools += ",ferry@base,ferry-nv@base"
+        wanted = args.tools.split(",")
+        args.tools = ",".join(wanted + [f"{k}@base" for k in wanted if f"{k}@base" in TOOLS])
     quick: bool = args.quick
     repeat: int = args.repeat or (1 if quick else 3)
     scale: bool = (not quick) if args.scale is None else args.scale
