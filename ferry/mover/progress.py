@@ -3,7 +3,7 @@
 Workers only add to counters under one lock; a reporter thread turns them
 into snapshots at each sink's own pace, so a slow sink (a terminal, the
 Kubernetes API) never slows the copy. The sink that patches a TransferJob's
-status lives in ferry.operator and is plugged in by `ferry run`.
+status lives in ferry.pod and is plugged in by `ferry run`.
 """
 
 from __future__ import annotations
