@@ -46,3 +46,26 @@ def test_result_model_and_sums_come_from_the_summary():
     ints = [f.name for f in fields(Summary) if f.type == "int"]
     assert list(COUNTERS) == ints and "elapsed_seconds" not in COUNTERS
     api.Result.model_validate(doc)
+
+
+def test_mover_spec_endpoints_are_the_engine_endpoints_fields():
+    """spec.py validates a subset of each engine endpoint's fields (the rest are URI-only
+    tuning), under the same names and with the same defaults: `to_endpoint` passes them on."""
+    from dataclasses import MISSING
+
+    from ferry.mover import endpoints as ep
+    from ferry.mover import spec as ms
+
+    for model, endpoint in (
+        (ms.LocalSpec, ep.LocalEndpoint),
+        (ms.S3Spec, ep.S3Endpoint),
+        (ms.SFTPSpec, ep.SFTPEndpoint),
+        (ms.SMBSpec, ep.SMBEndpoint),
+    ):
+        engine = {f.name: f.default for f in fields(endpoint)}
+        for name, info in model.model_fields.items():
+            if name == "kind":
+                continue
+            assert name in engine, (model.__name__, name)
+            if engine[name] is not MISSING and not info.is_required():
+                assert info.default == engine[name], (model.__name__, name)
