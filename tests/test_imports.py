@@ -84,9 +84,13 @@ def imports_of(path: Path, root: Path, modules: set[str]) -> Iterator[Edge]:
             subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
             names = len(subs) < len(node.names)
             targets = [*subs, base] if names else subs
+        typing = id(node) in typing_only
         for target in targets:
-            for dep in _with_packages(target, modules, own=name):
-                yield Edge(name, dep, rel, getattr(node, "lineno", 0), id(node) in typing_only)
+            # A TYPE_CHECKING import never runs, so it runs no package __init__ either: it
+            # depends on the module it names only.
+            deps = [target] if typing else _with_packages(target, modules, own=name)
+            for dep in deps:
+                yield Edge(name, dep, rel, getattr(node, "lineno", 0), typing)
 
 
 def _with_packages(target: str, modules: set[str], own: str) -> Iterable[str]:
@@ -245,7 +249,8 @@ def test_checker_finds_function_level_and_package_init_cycles(tmp_path: Path) ->
             "pkg/x.py": "y = 1\n",
             "c.py": "from ferry.pkg.x import y\n",
             "pkg/z.py": "from ferry.c import q\nfrom ferry.pkg import x\n",
-            "d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ferry.e import t\n",
+            "d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ferry.e import t\n"
+            "    from ferry.pkg.x import y\n",
             "e.py": "from ferry.d import s\n",
         },
     )
@@ -256,6 +261,10 @@ def test_checker_finds_function_level_and_package_init_cycles(tmp_path: Path) ->
     assert ("ferry.c", "ferry.pkg") in pairs and ("ferry.c", "ferry.pkg.x") in pairs
     assert ("ferry.pkg.z", "ferry.pkg") not in pairs and ("ferry.pkg.z", "ferry.pkg.x") in pairs
     assert ("ferry.pkg", "ferry.pkg.x") in pairs
+    # a TYPE_CHECKING import names one module and runs no package __init__
+    typed = {(e.importer, e.target) for e in graph(root) if e.typing_only}
+    assert typed == {("ferry.d", "ferry.e"), ("ferry.d", "ferry.pkg.x")}
+    assert cycles(graph(root)) == [["ferry.a", "ferry.b"], ["ferry.d", "ferry.e"]]
     # a cycle through a package __init__ is found
     (root / "pkg" / "x.py").write_text("from ferry.c import q\n")
     assert ["ferry.c", "ferry.pkg", "ferry.pkg.x"] in cycles(graph(root))
