@@ -36,7 +36,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e.cluster import binaries
 from e2e.support import FERRY_IMAGE, Cluster, local_claim, wait_for
-from ferry.operator import workload
+from ferry.operator import moverspec, workload
 from tests.servers import SambaServer, SSHServer, VersityServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -776,7 +776,7 @@ def assert_secrets_mounted_read_only(pod: Obj, keys_by_volume: dict[str, list[st
         secret = volumes[name]["secret"]
         assert secret["defaultMode"] == 0o400 and [i["key"] for i in secret["items"]] == keys
         assert mounts[name]["readOnly"] is True
-        assert mounts[name]["mountPath"].startswith(workload.SECRETS_DIR + "/")
+        assert mounts[name]["mountPath"].startswith(moverspec.SECRETS_DIR + "/")
 
 
 def test_sftp_and_smb_credentials_are_mounted_read_only_and_used(

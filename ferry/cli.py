@@ -458,52 +458,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return int(summary.exit_code)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    """Inside a mover pod: progress to stderr (and the TransferJob), summary to the termination log."""
-    import yaml
-    from pydantic import ValidationError
-
-    from ferry.mover.progress import JsonLinesSink, MultiSink, Sink
-    from ferry.mover.spec import TransferSpec, spec_errors
-    from ferry.mover.transfer import run_transfer
-
-    try:
-        with open(args.spec, encoding="utf-8") as f:
-            spec = TransferSpec.model_validate(yaml.safe_load(f))
-    except OSError as exc:
-        raise FerryError(ErrorKind.USAGE, f"cannot read spec: {exc.strerror}", args.spec) from None
-    except ValidationError as exc:
-        raise FerryError(ErrorKind.USAGE, f"invalid spec: {spec_errors(exc)}", args.spec) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)  # where, not what: the text may hold a secret
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise FerryError(ErrorKind.USAGE, f"invalid YAML{where}", args.spec) from None
-    src, dst, options = spec.to_engine()
-    sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0)]
-    if os.environ.get("FERRY_TRANSFERJOB"):
-        from ferry.operator.status_sink import TransferJobStatusSink
-
-        sinks.append(TransferJobStatusSink.from_env())
-    if os.environ.get("TRACEPARENT"):
-        from ferry.mover.tracing import TracingSink
-
-        sinks.append(TracingSink.from_env())
-    summary = run_transfer(src, dst, options, sink=MultiSink(sinks))
-    _print_summary(summary, True)
-    _write_termination_message(summary.dumps())
-    return int(summary.exit_code)
-
-
-def _write_termination_message(text: str) -> None:
-    path = os.environ.get("FERRY_TERMINATION_LOG", "/dev/termination-log")
-    if path and (os.path.exists(path) or "FERRY_TERMINATION_LOG" in os.environ):
-        try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text[:4000])  # the kubelet keeps at most 4096 bytes
-        except OSError as exc:
-            log.warning("cannot write termination message to %s: %s", path, exc.strerror)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["operator"]:
@@ -524,19 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             return _cmd_verify(args)
         if args.command == "run":
-            return _cmd_run(args)
+            from ferry.pod.run import run_pod
+
+            return run_pod(args.spec)
     except FerryError as err:
         print(f"ferry: error: {err}", file=sys.stderr)
-        if getattr(args, "json", False) or args.command == "run":
-            payload: dict[str, Any] = {
-                "status": "failed",
-                "reason": err.kind.reason,
-                "exitCode": err.kind.exit_code,
-                "message": str(err),
-            }
-            print(json.dumps(payload))
-            if args.command == "run":
-                _write_termination_message(json.dumps(payload))
+        if getattr(args, "json", False):
+            print(json.dumps(err.to_json()))
         return err.kind.exit_code
     except KeyboardInterrupt:
         return ErrorKind.INTERRUPTED.exit_code

@@ -1,8 +1,8 @@
 """Parse and validate endpoint URIs: paths, `file:`, `s3://`, `sftp://`, `smb://`.
 
-Endpoints are NamedTuples so the command line never pays for
+Endpoints are frozen dataclasses so the command line never pays for
 importing pydantic; `spec.py` holds the validated pydantic boundary models and
-converts to these. Secrets never travel inside a URI: a password in the
+converts to these (one `to_endpoint` per kind). Secrets never travel inside a URI: a password in the
 userinfo part is refused, credentials come from files, the environment or
 the standard provider chains.
 """
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, NamedTuple
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.redact import redact
 
 
-class LocalEndpoint(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class LocalEndpoint:
     path: str
 
     @property
@@ -34,7 +36,8 @@ class LocalEndpoint(NamedTuple):
 HEADER_SAFE = r"^[^\x00-\x1f\x7f]*$"
 
 
-class S3Endpoint(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class S3Endpoint:
     bucket: str
     prefix: str = ""
     endpoint_url: str | None = None
@@ -59,7 +62,8 @@ class S3Endpoint(NamedTuple):
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
 
-class SFTPEndpoint(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SFTPEndpoint:
     host: str
     path: str = "."
     port: int = 22
@@ -79,7 +83,8 @@ class SFTPEndpoint(NamedTuple):
         return f"sftp://{who}{self.host}:{self.port}/{self.path.lstrip('/')}"
 
 
-class SMBEndpoint(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SMBEndpoint:
     host: str
     share: str
     path: str = ""
@@ -142,7 +147,7 @@ def _query(
     renames: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Map `?a=b` options onto the endpoint's fields, as bools and ints where their defaults are."""
-    allowed = cls._field_defaults
+    allowed = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
     out: dict[str, Any] = {}
     for key, values in parse_qs(raw, keep_blank_values=True, strict_parsing=False).items():
         name = (renames or {}).get(key, key).replace("-", "_")

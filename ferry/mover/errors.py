@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 from enum import Enum
+from typing import Any
 
 from ferry.mover.redact import redact
 
@@ -59,6 +60,16 @@ class FerryError(Exception):
     def __str__(self) -> str:
         msg = super().__str__()
         return redact(f"{self.path}: {msg}" if self.path and self.path not in msg else msg)
+
+    def to_json(self) -> dict[str, Any]:
+        """The document a run that failed before it had a summary prints (`--json`) and a
+        mover pod leaves as its termination message: the summary's status keys only."""
+        return {
+            "status": "failed",
+            "reason": self.kind.reason,
+            "exitCode": self.kind.exit_code,
+            "message": str(self),
+        }
 
 
 _TRANSIENT_ERRNOS = {

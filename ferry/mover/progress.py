@@ -3,7 +3,7 @@
 Workers only add to counters under one lock; a reporter thread turns them
 into snapshots at each sink's own pace, so a slow sink (a terminal, the
 Kubernetes API) never slows the copy. The sink that patches a TransferJob's
-status lives in ferry.operator and is plugged in by `ferry run`.
+status lives in ferry.pod and is plugged in by `ferry run`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ferry.mover.result import Summary
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 RATE_WINDOW_SECONDS = 5.0
 
 
-class Snapshot(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Snapshot:
     elapsed: float
     bytes_done: int
     bytes_total: int
@@ -38,6 +40,7 @@ class Snapshot(NamedTuple):
     current: list[str]
 
     def to_json(self) -> dict[str, Any]:
+        """The wire shape, `SNAPSHOT_FIELDS` in that order."""
         return {
             "bytesDone": self.bytes_done,
             "bytesTotal": self.bytes_total,
@@ -52,6 +55,26 @@ class Snapshot(NamedTuple):
             "elapsedSeconds": round(self.elapsed, 3),
             "current": self.current,
         }
+
+
+# A snapshot on the wire: each JSON field and its type (None allowed where a value may be
+# missing). JSON lines carry all of them; a TransferJob's `status.progress.shards[i]` all but
+# `current` (the status sink sends them, the CRD's ShardProgress is built from this table).
+SNAPSHOT_FIELDS: dict[str, type] = {
+    "bytesDone": int,
+    "bytesTotal": int,
+    "filesDone": int,
+    "filesTotal": int,
+    "bytesSkipped": int,
+    "filesSkipped": int,
+    "bytesPerSecond": int,
+    "etaSeconds": float,
+    "scanComplete": bool,
+    "phase": str,
+    "elapsedSeconds": float,
+    "current": list,
+}
+SHARD_PROGRESS_FIELDS = tuple(k for k in SNAPSHOT_FIELDS if k != "current")
 
 
 class Sink:

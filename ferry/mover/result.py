@@ -1,20 +1,24 @@
 """The final summary of one transfer, as the CLI prints it and the operator stores it.
 
 camelCase keys so `ferry copy --json`, the mover's termination message and a
-TransferJob's `status.result` are the same document.
+TransferJob's `status.result` are the same document. The counters are declared
+once, here: the operator sums every `int` field of `Summary` over its shards
+(`COUNTERS`) and builds the CRD's result model from `NUMBERS`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from dataclasses import KW_ONLY, dataclass, field, fields
+from typing import Any
 
 from ferry.mover.errors import ErrorKind, FerryError
 
 MAX_REPORTED_ERRORS = 20
 
 
-class ErrorRecord(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
     path: str | None
     kind: ErrorKind
     message: str
@@ -23,9 +27,16 @@ class ErrorRecord(NamedTuple):
         return {"path": self.path, "reason": self.kind.reason, "message": self.message}
 
 
+@dataclass(slots=True)
 class Summary:
-    """A run's counters, filled in as it goes; the defaults below are the starting values."""
+    """A run's counters, filled in as it goes; the defaults are the starting values.
 
+    The numbers are declared in the order of the JSON document. Every `int` is a counter
+    that adds up over shards; `elapsed_seconds` does not (shards run side by side)."""
+
+    operation: str = "copy"
+    _: KW_ONLY
+    dry_run: bool = False
     files_copied: int = 0
     files_updated: int = 0
     files_skipped: int = 0
@@ -33,25 +44,18 @@ class Summary:
     files_failed: int = 0
     dirs_created: int = 0
     links_created: int = 0
-    bytes_transferred: int = 0
-    bytes_skipped: int = 0
-    bytes_deleted: int = 0
-    bytes_resumed: int = 0
     files_verified: int = 0
     differences: int = 0
+    bytes_transferred: int = 0
+    bytes_skipped: int = 0
+    bytes_resumed: int = 0
+    bytes_deleted: int = 0
     elapsed_seconds: float = 0.0
     error_count: int = 0
     fatal: FerryError | None = None
-
-    def __init__(self, operation: str = "copy", *, dry_run: bool = False, **counts: float) -> None:
-        self.operation, self.dry_run = operation, dry_run
-        self.errors: list[ErrorRecord] = []
-        # Preserved properties (options.PRESERVE_FLAGS) the destination did not keep.
-        self.preserve_dropped: list[str] = []
-        for name, value in counts.items():
-            if not isinstance(getattr(Summary, name, None), int | float):
-                raise TypeError(f"Summary has no counter {name!r}")
-            setattr(self, name, value)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    # Preserved properties (options.PRESERVE_FLAGS) the destination did not keep.
+    preserve_dropped: list[str] = field(default_factory=list)
 
     def add_error(self, err: FerryError) -> None:
         self.error_count += 1
@@ -77,7 +81,7 @@ class Summary:
         return "PartialFailure" if self.exit_code else "Completed"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "operation": self.operation,
             "status": "ok" if self.exit_code == 0 else "failed",
             "reason": self.reason,
@@ -85,25 +89,27 @@ class Summary:
             "retryable": self.fatal.kind.retryable if self.fatal else False,
             "message": str(self.fatal) if self.fatal else None,
             "dryRun": self.dry_run,
-            "filesCopied": self.files_copied,
-            "filesUpdated": self.files_updated,
-            "filesSkipped": self.files_skipped,
-            "filesDeleted": self.files_deleted,
-            "filesFailed": self.files_failed,
-            "dirsCreated": self.dirs_created,
-            "linksCreated": self.links_created,
-            "filesVerified": self.files_verified,
-            "differences": self.differences,
-            "bytesTransferred": self.bytes_transferred,
-            "bytesSkipped": self.bytes_skipped,
-            "bytesResumed": self.bytes_resumed,
-            "bytesDeleted": self.bytes_deleted,
-            "elapsedSeconds": round(self.elapsed_seconds, 3),
-            "bytesPerSecond": round(self.throughput),
-            "errorCount": self.error_count,
-            "errors": [e.to_json() for e in self.errors],
-            "preserveDropped": self.preserve_dropped,
         }
+        for name in NUMBERS:
+            if name == "elapsed_seconds":
+                out["elapsedSeconds"] = round(self.elapsed_seconds, 3)
+                out["bytesPerSecond"] = round(self.throughput)  # derived, after the time
+            else:
+                out[wire_name(name)] = getattr(self, name)
+        out["errors"] = [e.to_json() for e in self.errors]
+        out["preserveDropped"] = self.preserve_dropped
+        return out
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), separators=(",", ":"))
+
+
+def wire_name(name: str) -> str:
+    """files_copied -> filesCopied: a field's name in the JSON document."""
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+# `from __future__ import annotations` leaves each field's type as its source text.
+NUMBERS: tuple[str, ...] = tuple(f.name for f in fields(Summary) if f.type in ("int", "float"))
+COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(Summary) if f.type == "int")

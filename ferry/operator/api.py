@@ -19,12 +19,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from ferry.mover.endpoints import HEADER_SAFE
+from ferry.mover.progress import SHARD_PROGRESS_FIELDS, SNAPSHOT_FIELDS
+from ferry.mover.result import NUMBERS
 
 GROUP = "ferry.dev"
 VERSION = "v1alpha1"
@@ -399,20 +402,25 @@ class Condition(StatusModel):
     observed_generation: int | None = None
 
 
-class ShardProgress(StatusModel):
+def _snapshot_fields() -> dict[str, Any]:
+    """A mover's progress snapshot as the status declares it (`ferry.mover.progress` defines
+    it once): counts start at 0, flags at false, the rest may be missing."""
+    out: dict[str, Any] = {}
+    for wire in SHARD_PROGRESS_FIELDS:
+        kind = SNAPSHOT_FIELDS[wire]
+        default = 0 if kind is int else False if kind is bool else None
+        out[to_snake(wire)] = (kind if default is not None else kind | None, default)
+    return out
+
+
+_SnapshotStatus: type[StatusModel] = create_model(
+    "_SnapshotStatus", __base__=StatusModel, **_snapshot_fields()
+)
+
+
+class ShardProgress(_SnapshotStatus):  # type: ignore[misc,valid-type]  # the snapshot's fields
     """What one mover pod reports about itself (merge-patched by the mover)."""
 
-    bytes_done: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    files_total: int = 0
-    bytes_skipped: int = 0
-    files_skipped: int = 0
-    bytes_per_second: int = 0
-    eta_seconds: float | None = None
-    scan_complete: bool = False
-    phase: str | None = None
-    elapsed_seconds: float | None = None
     update_time: str | None = None
     last_progress_time: str | None = None
     pod: str | None = None
@@ -444,29 +452,33 @@ class ErrorEntry(StatusModel):
     message: str = ""
 
 
-class Result(StatusModel):
+def _summary_numbers() -> dict[str, Any]:
+    """The engine summary's numbers as the status declares them (`Summary` defines them once):
+    each counter an int, the time a float followed by the rate the operator derives from it."""
+    out: dict[str, Any] = {}
+    for name in NUMBERS:
+        if name == "elapsed_seconds":
+            out[name] = (float, 0.0)
+            out["bytes_per_second"] = (int, 0)
+        else:
+            out[name] = (int, 0)
+    return out
+
+
+_ResultBase: type[StatusModel] = create_model(
+    "_ResultBase",
+    __base__=StatusModel,
+    reason=(str | None, None),
+    exit_code=(int | None, None),
+    message=(str | None, None),
+    dry_run=(bool, False),
+    **_summary_numbers(),
+)
+
+
+class Result(_ResultBase):  # type: ignore[misc,valid-type]  # fields from the engine's Summary
     """The movers' termination messages, summed (`ferry.mover.result.Summary.to_json`)."""
 
-    reason: str | None = None
-    exit_code: int | None = None
-    message: str | None = None
-    dry_run: bool = False
-    files_copied: int = 0
-    files_updated: int = 0
-    files_skipped: int = 0
-    files_deleted: int = 0
-    files_failed: int = 0
-    dirs_created: int = 0
-    links_created: int = 0
-    files_verified: int = 0
-    differences: int = 0
-    bytes_transferred: int = 0
-    bytes_skipped: int = 0
-    bytes_resumed: int = 0
-    bytes_deleted: int = 0
-    elapsed_seconds: float = 0.0
-    bytes_per_second: int = 0
-    error_count: int = 0
     errors: list[ErrorEntry] | None = None
     preserve_dropped: list[PreserveFlag] | None = Field(
         default=None, description="Preserved properties the destination did not keep."

@@ -16,26 +16,13 @@ from typing import Any
 
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import PRESERVE_FLAGS
+from ferry.mover.result import COUNTERS, wire_name
 from ferry.operator import api
 
 REASON_BY_EXIT_CODE = {k.exit_code: k.reason for k in ErrorKind}
 TERMINAL_PHASES = ("Succeeded", "Failed")
-_RESULT_SUMS = (
-    "filesCopied",
-    "filesUpdated",
-    "filesSkipped",
-    "filesDeleted",
-    "filesFailed",
-    "dirsCreated",
-    "linksCreated",
-    "filesVerified",
-    "differences",
-    "bytesTransferred",
-    "bytesSkipped",
-    "bytesResumed",
-    "bytesDeleted",
-    "errorCount",
-)
+# The summary's counters that add up over shards, as the termination messages spell them.
+_RESULT_SUMS = tuple(wire_name(c) for c in COUNTERS)
 
 
 def now_utc() -> datetime:

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from ferry.operator import api, status, workload
+from ferry.operator import api, moverspec, status, workload
 from ferry.operator.kube import Kube, server_message
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
@@ -129,7 +129,7 @@ class TransferJobReconciler:
         if job is None:
             try:
                 built = self._build(body, spec, traceparent)
-            except workload.InvalidSpec as exc:
+            except moverspec.InvalidSpec as exc:
                 return Outcome(
                     status.invalid(body, exc.field, str(exc).split(": ", 1)[-1], exc.reason, now),
                     (exc.reason, str(exc)),

@@ -1,6 +1,7 @@
-"""TransferJob -> the objects that run it: ConfigMap, ServiceAccount, Role, RoleBinding, Job.
+"""Typed mover specs -> the objects that run them: ConfigMap, ServiceAccount, Role, RoleBinding, Job.
 
-Pure builders: plain dicts in, plain dicts out, no API calls, so every rule
+Pure builders: typed specs in (`moverspec.py` translates the TransferJob),
+plain Kubernetes dicts out, no API calls, so every rule
 (secure defaults, secret references, placement, sharding, retries) is unit
 tested without a cluster. Names are derived from the TransferJob's name and
 every object carries the TransferJob's labels and a controller owner
@@ -18,10 +19,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferry.mover import roots
-from ferry.mover import spec as mover_spec
 from ferry.mover.errors import ErrorKind
+from ferry.mover.spec import TransferSpec
 from ferry.operator import api
+from ferry.operator.moverspec import ClaimMount, InvalidSpec, Mount, check_overlap, mover_specs
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -37,8 +38,6 @@ NAMESPACE_PRIVILEGED_ANNOTATION = "ferry.dev/privileged-movers"
 
 CONTAINER = "mover"
 SPEC_DIR = "/etc/ferry/spec"
-DATA_DIR = "/data"
-SECRETS_DIR = "/var/run/ferry/secrets"
 MOVER_UID = 65532
 PRIVILEGED_CAPABILITIES = ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID", "SETFCAP"]
 
@@ -65,15 +64,6 @@ class Context:
     pool: api.MoverPoolSpec | None = None
     pin_node: str | None = None  # node holding an RWO claim we must share
     traceparent: str | None = None
-
-
-class InvalidSpec(ValueError):
-    """A spec the operator refuses; `field` names the offending field."""
-
-    def __init__(self, field_path: str, message: str, reason: str = "InvalidSpec") -> None:
-        super().__init__(f"{field_path}: {message}")
-        self.field = field_path
-        self.reason = reason
 
 
 def child_name(tj_name: str, prefix: str = "ferry-") -> str:
@@ -114,171 +104,38 @@ def _meta(body: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- transfer spec
+# ---------------------------------------------------------------- mounts
 
 
-@dataclass
-class _Mounts:
-    volumes: list[dict[str, Any]] = field(default_factory=list)
-    mounts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _secret_volume(mounts: _Mounts, side: str, secret: str, keys: list[str]) -> str:
-    """Mount only the named keys of `secret`; return the directory."""
-    vol = f"{side}-secret"
-    path = f"{SECRETS_DIR}/{side}"
-    mounts.volumes.append(
-        {
-            "name": vol,
-            "secret": {
-                "secretName": secret,
-                "defaultMode": 0o400,
-                "items": [{"key": k, "path": k} for k in dict.fromkeys(keys)],
-            },
-        }
-    )
-    mounts.mounts.append({"name": vol, "mountPath": path, "readOnly": True})
-    return path
-
-
-def _endpoint(ep: api.Endpoint, side: str, mounts: _Mounts) -> dict[str, Any]:
-    """The mover's endpoint spec for one side, adding the volumes it needs."""
-    if ep.pvc is not None:
-        vol = f"{side}-data"
-        mount = f"{DATA_DIR}/{side}"
-        mounts.volumes.append(
-            {
-                "name": vol,
-                "persistentVolumeClaim": {
-                    "claimName": ep.pvc.claim_name,
-                    "readOnly": side == "source",
-                },
-            }
-        )
-        mounts.mounts.append({"name": vol, "mountPath": mount, "readOnly": side == "source"})
-        path = mount + ("/" + ep.pvc.path.strip("/") if ep.pvc.path.strip("/") else "")
-        return {"kind": "local", "path": path}
-    if ep.s3 is not None:
-        s3 = ep.s3
-        out: dict[str, Any] = {
-            "kind": "s3",
-            "bucket": s3.bucket,
-            "prefix": s3.prefix,
-            "endpointUrl": s3.endpoint,
-            "region": s3.region,
-            "pathStyle": s3.path_style,
-            "sse": s3.sse,
-            "sseKmsKeyId": s3.sse_kms_key_id,
-            "storageClass": s3.storage_class,
-        }
-        if s3.secret_ref is not None:
-            d = _secret_volume(mounts, side, s3.secret_ref.name, [s3.secret_ref.key])
-            out["credentialsFile"] = f"{d}/{s3.secret_ref.key}"
-        return {k: v for k, v in out.items() if v is not None}
-    if ep.sftp is not None:
-        sftp = ep.sftp
-        out = {
-            "kind": "sftp",
-            "host": sftp.host,
-            "port": sftp.port,
-            "path": sftp.path,
-            "user": sftp.user,
-            "insecureIgnoreHostKey": sftp.insecure_ignore_host_key,
-        }
-        if sftp.secret_ref is not None:
-            ref = sftp.secret_ref
-            key = ref.password_key or ref.private_key_key
-            d = _secret_volume(mounts, side, ref.name, [key])
-            out["passwordFile" if ref.password_key else "keyFile"] = f"{d}/{key}"
-        if sftp.known_hosts_ref is not None:
-            kh = sftp.known_hosts_ref
-            d = _secret_volume(mounts, f"{side}-known-hosts", kh.name, [kh.key])
-            out["knownHostsFile"] = f"{d}/{kh.key}"
-        return {k: v for k, v in out.items() if v is not None}
-    assert ep.smb is not None
-    smb = ep.smb
-    out = {
-        "kind": "smb",
-        "host": smb.host,
-        "port": smb.port,
-        "share": smb.share,
-        "path": smb.path,
-        "user": smb.user,
-        "domain": smb.domain,
-        "encrypt": smb.encrypt,
-    }
-    if smb.secret_ref is not None:
-        d = _secret_volume(mounts, side, smb.secret_ref.name, [smb.secret_ref.password_key])
-        out["passwordFile"] = f"{d}/{smb.secret_ref.password_key}"
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _options(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> dict[str, Any]:
-    tuning = pool.tuning if pool and pool.tuning else api.Tuning()
-    par = spec.parallelism or api.Parallelism()
-    retry = spec.retry or api.Retry()
-    opts: dict[str, Any] = {
-        "mode": spec.mode,
-        "compare": spec.compare,
-        "verify": spec.verify,
-        "fsync": spec.fsync,
-        "symlinks": spec.symlinks,
-        "filters": spec.filters or [],
-        "retries": retry.per_file,
-        "errorPolicy": spec.error_policy,
-        "dryRun": spec.dry_run,
-        "allowEmptySource": spec.allow_empty_source,
-        "preflight": spec.preflight,
-    }
-    if spec.min_free is not None:
-        opts["minFree"] = spec.min_free
-    if spec.preserve is not None:
-        opts["preserve"] = list(spec.preserve)
-    streams = par.streams or tuning.streams
-    if streams:
-        opts["transfers"] = streams
-    chunk = par.chunk_size or tuning.chunk_size
-    if chunk:
-        opts["chunkSize"] = chunk
-    if spec.bandwidth:
-        opts["bandwidth"] = spec.bandwidth
-    return opts
-
-
-def transfer_specs(spec: api.TransferJobSpec, ctx: Context) -> tuple[list[dict[str, Any]], _Mounts]:
-    """One mover TransferSpec (as JSON-ready dicts) per shard, validated by the mover's own model."""
-    mounts = _Mounts()
-    source = _endpoint(spec.source, "source", mounts)
-    destination = _endpoint(spec.destination, "destination", mounts)
-    options = _options(spec, ctx.pool)
-    n = spec.shard_count()
-    out = []
-    for i in range(n):
-        doc: dict[str, Any] = {"source": source, "destination": destination, "options": options}
-        if spec.max_delete is not None:
-            # Each shard deletes its own part: their shares add up to the limit, never past it.
-            share = spec.max_delete // n + (i < spec.max_delete % n)
-            doc["options"] = {**options, "maxDelete": share}
-        if n > 1:
-            doc["shard"] = {"index": i, "count": n}
-        try:
-            parsed = mover_spec.TransferSpec.model_validate(doc)
-        except ValueError as exc:
-            raise InvalidSpec("spec", str(exc).splitlines()[-1].strip()) from exc
-        out.append(parsed.model_dump(mode="json", by_alias=True, exclude_none=True))
-    return out, mounts
+def volumes(mounts: list[Mount]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container volumeMounts) for what the mover specs point into."""
+    vols: list[dict[str, Any]] = []
+    into: list[dict[str, Any]] = []
+    for m in mounts:
+        if isinstance(m, ClaimMount):
+            claim = {"claimName": m.claim_name, "readOnly": m.read_only}
+            vols.append({"name": m.volume, "persistentVolumeClaim": claim})
+            into.append({"name": m.volume, "mountPath": m.path, "readOnly": m.read_only})
+        else:
+            items = [{"key": k, "path": k} for k in dict.fromkeys(m.keys)]
+            secret = {"secretName": m.secret_name, "defaultMode": 0o400, "items": items}
+            vols.append({"name": m.volume, "secret": secret})
+            into.append({"name": m.volume, "mountPath": m.path, "readOnly": True})
+    return vols, into
 
 
 # ---------------------------------------------------------------- objects
 
 
-def config_map(body: dict[str, Any], specs: list[dict[str, Any]]) -> dict[str, Any]:
+def config_map(body: dict[str, Any], specs: list[TransferSpec]) -> dict[str, Any]:
+    """The mover specs, one file per shard (`spec-<JOB_COMPLETION_INDEX>.json`)."""
+    docs = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in specs]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(body, child_name(body["metadata"]["name"])),
         "data": {
-            f"spec-{i}.json": json.dumps(s, indent=2, sort_keys=True) for i, s in enumerate(specs)
+            f"spec-{i}.json": json.dumps(d, indent=2, sort_keys=True) for i, d in enumerate(docs)
         },
     }
 
@@ -389,10 +246,11 @@ def job(
     spec: api.TransferJobSpec,
     ctx: Context,
     settings: MoverSettings,
-    mounts: _Mounts,
+    mounts: list[Mount],
 ) -> dict[str, Any]:
     """The batch/v1 Job: an Indexed Job with one pod per shard."""
     meta = body["metadata"]
+    data_volumes, data_mounts = volumes(mounts)
     name = child_name(meta["name"])
     shards = spec.shard_count()
     retry = spec.retry or api.Retry()
@@ -418,7 +276,7 @@ def job(
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
-            *mounts.mounts,
+            *data_mounts,
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -431,7 +289,7 @@ def job(
         "volumes": [
             {"name": "spec", "configMap": {"name": name}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-            *mounts.volumes,
+            *data_volumes,
         ],
         **_placement(spec, ctx),
     }
@@ -516,42 +374,6 @@ class Workload:
         return [self.config_map, self.service_account, self.role, self.role_binding, self.job]
 
 
-_PATH_FIELD = {"pvc": "path", "s3": "prefix", "sftp": "path", "smb": "path"}
-_OVERLAP = {
-    roots.Overlap.SAME: "is the same location as the source",
-    roots.Overlap.DST_IN_SRC: "is inside the source",
-    roots.Overlap.SRC_IN_DST: "contains the source",
-}
-_SHARED = {"pvc": "claim", "s3": "server and bucket", "sftp": "server", "smb": "server and share"}
-
-
-def root_id(ep: api.Endpoint) -> roots.RootId:
-    """What an endpoint names, in the engine's terms (ferry.mover.roots); a claim is its
-    own namespace."""
-    if ep.pvc is not None:
-        return roots.RootId(("pvc", ep.pvc.claim_name), roots.path_parts(ep.pvc.path))
-    if ep.s3 is not None:
-        return roots.s3_root(ep.s3.endpoint, ep.s3.region, ep.s3.bucket, ep.s3.prefix)
-    if ep.sftp is not None:
-        return roots.sftp_root(ep.sftp.host, ep.sftp.port, ep.sftp.user, ep.sftp.path)
-    assert ep.smb is not None
-    return roots.smb_root(ep.smb.host, ep.smb.port, ep.smb.share, ep.smb.path)
-
-
-def check_overlap(spec: api.TransferJobSpec) -> None:
-    """Refuse endpoints that visibly overlap, whatever the mode, before any pod starts.
-
-    What only the mover can see (symlinks, an SFTP `~` path against an absolute one,
-    two names of one host) it refuses itself, with exit code 4, which fails the Job."""
-    how = roots.overlap(root_id(spec.source), root_id(spec.destination))
-    if how is not None:
-        kind = spec.destination.kind
-        raise InvalidSpec(
-            f"spec.destination.{kind}.{_PATH_FIELD[kind]}",
-            f"{_OVERLAP[how]} (the same {_SHARED[kind]})",
-        )
-
-
 def build(
     body: dict[str, Any], spec: api.TransferJobSpec, ctx: Context, settings: MoverSettings
 ) -> Workload:
@@ -565,13 +387,13 @@ def build(
             reason="PrivilegeNotGranted",
         )
     check_overlap(spec)
-    specs, mounts = transfer_specs(spec, ctx)
+    specs = mover_specs(spec, ctx.pool)
     return Workload(
-        config_map=config_map(body, specs),
+        config_map=config_map(body, specs.shards),
         service_account=service_account(body),
         role=role(body),
         role_binding=role_binding(body),
-        job=job(body, spec, ctx, settings, mounts),
+        job=job(body, spec, ctx, settings, specs.mounts),
         privileged=privileged,
     )
 

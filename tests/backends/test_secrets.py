@@ -28,8 +28,9 @@ from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.redact import RedactingFormatter, remember
 from ferry.mover.result import Summary
 from ferry.mover.spec import TransferSpec, spec_errors
-from ferry.mover.tracing import TracingSink, make_provider
+from ferry.mover.tracing import make_provider
 from ferry.operator import api, status
+from ferry.pod.tracing import TracingSink
 from tests.backends.helpers import REPO
 from tests.operator.fixtures import PVC_TO_PVC, job, pod, transferjob
 from tests.servers import VersityServer

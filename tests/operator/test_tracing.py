@@ -6,8 +6,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ferry.mover.result import Summary
-from ferry.mover.tracing import TracingSink, exporter_from_env
+from ferry.mover.tracing import exporter_from_env
 from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
+from ferry.pod.tracing import TracingSink
 
 
 def test_mover_spans_are_children_of_the_operator_reconcile(monkeypatch):

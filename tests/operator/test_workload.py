@@ -8,7 +8,7 @@ import pytest
 
 from ferry.mover.options import DEFAULT_MIN_FREE, Fsync, MinFree
 from ferry.mover.spec import TransferSpec
-from ferry.operator import api, workload
+from ferry.operator import api, moverspec, workload
 from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, transferjob
 
 SETTINGS = workload.MoverSettings(
@@ -174,7 +174,7 @@ def test_credentials_are_mounted_read_only_for_the_owner_alone(
 
 def test_owner_preservation_needs_the_namespace_annotation():
     spec = {**PVC_TO_PVC, "preserve": ["times", "owners"]}
-    with pytest.raises(workload.InvalidSpec) as exc:
+    with pytest.raises(moverspec.InvalidSpec) as exc:
         build(spec)
     assert exc.value.field == "spec.preserve" and exc.value.reason == "PrivilegeNotGranted"
     w = build(spec, workload.Context(namespace_privileged=True))
@@ -277,7 +277,7 @@ def test_overlapping_paths_in_one_claim_rejected():
         "source": {"pvc": {"claimName": "d", "path": "a"}},
         "destination": {"pvc": {"claimName": "d", "path": "a/b"}},
     }
-    with pytest.raises(workload.InvalidSpec) as exc:
+    with pytest.raises(moverspec.InvalidSpec) as exc:
         build(spec)
     assert exc.value.field == "spec.destination.pvc.path"
     ok = {
@@ -325,7 +325,7 @@ SMB = {"host": "nas", "share": "Backup", "path": "Team"}
     ],
 )
 def test_overlapping_remote_endpoints_rejected(source, destination, field, text):
-    with pytest.raises(workload.InvalidSpec) as exc:
+    with pytest.raises(moverspec.InvalidSpec) as exc:
         build({"source": source, "destination": destination, "mode": "Sync"})
     assert exc.value.field.endswith(field) and text in str(exc.value)
 

@@ -10,7 +10,7 @@ import pytest
 
 from ferry.mover.progress import Snapshot
 from ferry.mover.result import Summary
-from ferry.operator.status_sink import TransferJobStatusSink
+from ferry.pod.status_sink import TransferJobStatusSink
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -24,7 +24,7 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ferry.mover.progress import Sink, Snapshot
+from ferry.mover.progress import SHARD_PROGRESS_FIELDS, Sink, Snapshot
 
 if TYPE_CHECKING:
     from ferry.mover.result import Summary
@@ -33,19 +33,6 @@ log = logging.getLogger(__name__)
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_INTERVAL = 2.0
-_FIELDS = (
-    "bytesDone",
-    "bytesTotal",
-    "filesDone",
-    "filesTotal",
-    "bytesSkipped",
-    "filesSkipped",
-    "bytesPerSecond",
-    "etaSeconds",
-    "scanComplete",
-    "phase",
-    "elapsedSeconds",
-)
 
 
 def _now() -> str:
@@ -137,7 +124,7 @@ class TransferJobStatusSink(Sink):
     # ------------------------------------------------------------ internals
 
     def _entry(self, snap: dict[str, Any]) -> dict[str, Any]:
-        entry = {k: snap.get(k) for k in _FIELDS}
+        entry = {k: snap.get(k) for k in SHARD_PROGRESS_FIELDS}
         done = int(snap.get("bytesDone") or 0) + int(snap.get("filesDone") or 0)
         stamp = _now()
         if done != self._last_bytes:

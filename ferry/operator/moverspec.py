@@ -1,0 +1,229 @@
+"""TransferJob (+ its MoverPool) -> the typed mover spec of each shard, and what to mount.
+
+The one translation between the operator's resource and the engine's boundary
+(`ferry.mover.spec.TransferSpec`, what `ferry run --spec` reads). Paths in the
+spec point where `workload.py` mounts volumes and Secrets; what must be mounted
+is returned as typed records, so this module knows no Kubernetes object shapes
+and `workload.py` knows no mover fields. Credentials reach the mover only as
+files of Secrets the kubelet mounts: the operator never reads a Secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ferry.mover import roots
+from ferry.mover import spec as ms
+from ferry.operator import api
+
+DATA_DIR = "/data"
+SECRETS_DIR = "/var/run/ferry/secrets"
+
+
+class InvalidSpec(ValueError):
+    """A spec the operator refuses; `field` names the offending field."""
+
+    def __init__(self, field_path: str, message: str, reason: str = "InvalidSpec") -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field = field_path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMount:
+    """A PersistentVolumeClaim mounted at `path`; a source's read-only."""
+
+    volume: str
+    claim_name: str
+    path: str
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMount:
+    """Only `keys` of a Secret, mounted read-only at `path`, one file per key."""
+
+    volume: str
+    secret_name: str
+    keys: tuple[str, ...]
+    path: str
+
+
+Mount = ClaimMount | SecretMount
+
+
+@dataclass(slots=True)
+class MoverSpecs:
+    """One validated mover spec per shard, and the mounts their paths point into."""
+
+    shards: list[ms.TransferSpec]
+    mounts: list[Mount] = field(default_factory=list)
+
+
+def _secret(mounts: list[Mount], side: str, secret: str, key: str) -> str:
+    """Mount `key` of `secret` for `side`; the file's path."""
+    path = f"{SECRETS_DIR}/{side}"
+    mounts.append(SecretMount(f"{side}-secret", secret, (key,), path))
+    return f"{path}/{key}"
+
+
+def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpec:
+    """The mover's endpoint for one side, adding what it needs mounted to `mounts`."""
+    if ep.pvc is not None:
+        mount = f"{DATA_DIR}/{side}"
+        mounts.append(ClaimMount(f"{side}-data", ep.pvc.claim_name, mount, side == "source"))
+        sub = ep.pvc.path.strip("/")
+        return ms.LocalSpec(path=mount + ("/" + sub if sub else ""))
+    if ep.s3 is not None:
+        s3 = ep.s3
+        ref = s3.secret_ref
+        return ms.S3Spec(
+            bucket=s3.bucket,
+            prefix=s3.prefix,
+            endpoint_url=s3.endpoint,
+            region=s3.region,
+            path_style=s3.path_style,
+            sse=s3.sse,
+            sse_kms_key_id=s3.sse_kms_key_id,
+            storage_class=s3.storage_class,
+            credentials_file=_secret(mounts, side, ref.name, ref.key) if ref else None,
+        )
+    if ep.sftp is not None:
+        sftp = ep.sftp
+        key_file = password_file = None
+        if sftp.secret_ref is not None:
+            sref = sftp.secret_ref
+            file = _secret(mounts, side, sref.name, sref.password_key or sref.private_key_key)
+            if sref.password_key:
+                password_file = file
+            else:
+                key_file = file
+        kh = sftp.known_hosts_ref
+        return ms.SFTPSpec(
+            host=sftp.host,
+            port=sftp.port,
+            path=sftp.path,
+            user=sftp.user,
+            key_file=key_file,
+            password_file=password_file,
+            known_hosts_file=_secret(mounts, f"{side}-known-hosts", kh.name, kh.key)
+            if kh
+            else None,
+            insecure_ignore_host_key=sftp.insecure_ignore_host_key,
+        )
+    assert ep.smb is not None
+    smb = ep.smb
+    pref = smb.secret_ref
+    return ms.SMBSpec(
+        host=smb.host,
+        port=smb.port,
+        share=smb.share,
+        path=smb.path,
+        user=smb.user,
+        domain=smb.domain,
+        encrypt=smb.encrypt,
+        password_file=_secret(mounts, side, pref.name, pref.password_key) if pref else None,
+    )
+
+
+def options(
+    spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None, max_delete: int | None
+) -> ms.OptionsSpec:
+    """The mover's options: the TransferJob's, with the pool's tuning under its own."""
+    tuning = pool.tuning if pool and pool.tuning else api.Tuning()
+    par = spec.parallelism or api.Parallelism()
+    retry = spec.retry or api.Retry()
+    # Left out when unset, so the mover's own default applies.
+    given: dict[str, Any] = {}
+    if spec.preserve is not None:
+        given["preserve"] = list(spec.preserve)
+    streams = par.streams or tuning.streams
+    if streams:
+        given["transfers"] = streams
+    return ms.OptionsSpec(
+        mode=spec.mode,
+        compare=spec.compare,
+        verify=spec.verify,
+        fsync=spec.fsync,
+        symlinks=spec.symlinks,
+        filters=spec.filters or [],
+        retries=retry.per_file,
+        error_policy=spec.error_policy,
+        dry_run=spec.dry_run,
+        allow_empty_source=spec.allow_empty_source,
+        preflight=spec.preflight,
+        min_free=spec.min_free,
+        chunk_size=par.chunk_size or tuning.chunk_size or None,
+        bandwidth=spec.bandwidth or None,
+        max_delete=max_delete,
+        **given,
+    )
+
+
+def delete_share(max_delete: int | None, index: int, shards: int) -> int | None:
+    """Each shard deletes its own part: their shares add up to the limit, never past it."""
+    if max_delete is None:
+        return None
+    return max_delete // shards + (index < max_delete % shards)
+
+
+def mover_specs(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> MoverSpecs:
+    """One mover TransferSpec per shard, validated by the mover's own models."""
+    mounts: list[Mount] = []
+    n = spec.shard_count()
+    try:
+        source = endpoint(spec.source, "source", mounts)
+        destination = endpoint(spec.destination, "destination", mounts)
+        shards = [
+            ms.TransferSpec(
+                source=source,
+                destination=destination,
+                options=options(spec, pool, delete_share(spec.max_delete, i, n)),
+                shard=ms.ShardSpec(index=i, count=n) if n > 1 else None,
+            )
+            for i in range(n)
+        ]
+    except ValidationError as exc:
+        raise InvalidSpec("spec", ms.spec_errors(exc)) from exc
+    return MoverSpecs(shards, mounts)
+
+
+# ---------------------------------------------------------------- overlap
+
+_PATH_FIELD = {"pvc": "path", "s3": "prefix", "sftp": "path", "smb": "path"}
+_OVERLAP = {
+    roots.Overlap.SAME: "is the same location as the source",
+    roots.Overlap.DST_IN_SRC: "is inside the source",
+    roots.Overlap.SRC_IN_DST: "contains the source",
+}
+_SHARED = {"pvc": "claim", "s3": "server and bucket", "sftp": "server", "smb": "server and share"}
+
+
+def root_id(ep: api.Endpoint) -> roots.RootId:
+    """What an endpoint names, in the engine's terms (ferry.mover.roots); a claim is its
+    own namespace."""
+    if ep.pvc is not None:
+        return roots.RootId(("pvc", ep.pvc.claim_name), roots.path_parts(ep.pvc.path))
+    if ep.s3 is not None:
+        return roots.s3_root(ep.s3.endpoint, ep.s3.region, ep.s3.bucket, ep.s3.prefix)
+    if ep.sftp is not None:
+        return roots.sftp_root(ep.sftp.host, ep.sftp.port, ep.sftp.user, ep.sftp.path)
+    assert ep.smb is not None
+    return roots.smb_root(ep.smb.host, ep.smb.port, ep.smb.share, ep.smb.path)
+
+
+def check_overlap(spec: api.TransferJobSpec) -> None:
+    """Refuse endpoints that visibly overlap, whatever the mode, before any pod starts.
+
+    What only the mover can see (symlinks, an SFTP `~` path against an absolute one,
+    two names of one host) it refuses itself, with exit code 4, which fails the Job."""
+    how = roots.overlap(root_id(spec.source), root_id(spec.destination))
+    if how is not None:
+        kind = spec.destination.kind
+        raise InvalidSpec(
+            f"spec.destination.{kind}.{_PATH_FIELD[kind]}",
+            f"{_OVERLAP[how]} (the same {_SHARED[kind]})",
+        )

@@ -1,0 +1,94 @@
+"""`ferry run`: one transfer inside a mover pod, from a TransferSpec file to a termination message.
+
+Progress goes to stderr as JSON lines and, when the operator set
+`FERRY_TRANSFERJOB`, into the TransferJob's status; spans go below the
+operator's trace when it set `TRACEPARENT`. The final summary (or, when the
+run could not start, the error) is printed on stdout and written to the
+container's termination message, which the operator sums into `status.result`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.progress import JsonLinesSink, MultiSink, Sink
+from ferry.mover.spec import TransferSpec
+
+log = logging.getLogger("ferry")
+
+# The kubelet keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4000
+
+
+def run_pod(spec_path: str) -> int:
+    """Run the transfer `spec_path` describes; the exit code tells the Job what happened."""
+    try:
+        return _run(spec_path)
+    except FerryError as err:
+        print(f"ferry: error: {err}", file=sys.stderr)
+        payload = json.dumps(err.to_json())
+        print(payload)
+        write_termination_message(payload)
+        return err.kind.exit_code
+
+
+def load_spec(path: str) -> TransferSpec:
+    """The TransferSpec in `path` (JSON or YAML), or a USAGE error naming what is wrong —
+    never quoting the text, which may hold a secret typed in the wrong place."""
+    import yaml
+    from pydantic import ValidationError
+
+    from ferry.mover.spec import spec_errors
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return TransferSpec.model_validate(yaml.safe_load(f))
+    except OSError as exc:
+        raise FerryError(ErrorKind.USAGE, f"cannot read spec: {exc.strerror}", path) from None
+    except ValidationError as exc:
+        raise FerryError(ErrorKind.USAGE, f"invalid spec: {spec_errors(exc)}", path) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)  # where, not what: the text may hold a secret
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FerryError(ErrorKind.USAGE, f"invalid YAML{where}", path) from None
+
+
+def pod_sinks() -> list[Sink]:
+    """Progress to stderr, plus the TransferJob's status and the trace when the operator asked."""
+    sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0)]
+    if os.environ.get("FERRY_TRANSFERJOB"):
+        from ferry.pod.status_sink import TransferJobStatusSink
+
+        sinks.append(TransferJobStatusSink.from_env())
+    if os.environ.get("TRACEPARENT"):
+        from ferry.pod.tracing import TracingSink
+
+        sinks.append(TracingSink.from_env())
+    return sinks
+
+
+def _run(spec_path: str) -> int:
+    from ferry.mover.transfer import run_transfer
+
+    src, dst, options = load_spec(spec_path).to_engine()
+    summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
+    text = summary.dumps()
+    print(text)
+    write_termination_message(text)
+    return int(summary.exit_code)
+
+
+def write_termination_message(text: str) -> None:
+    """Leave `text` where the kubelet reads the container's termination message; a failure
+    to write it is logged, never raised (the exit code still tells the Job the outcome)."""
+    path = os.environ.get("FERRY_TERMINATION_LOG", "/dev/termination-log")
+    if path and (os.path.exists(path) or "FERRY_TERMINATION_LOG" in os.environ):
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text[:TERMINATION_MESSAGE_LIMIT])
+        except OSError as exc:
+            log.warning("cannot write termination message to %s: %s", path, exc.strerror)

@@ -1,0 +1,47 @@
+"""TransferJob -> typed mover specs: one per shard, the mounts their paths point into."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferry.mover import spec as ms
+from ferry.operator import api, moverspec
+from tests.operator.fixtures import PVC_TO_S3
+
+
+def test_specs_are_typed_and_paths_point_into_the_mounts():
+    spec = api.TransferJobSpec.model_validate(
+        {**PVC_TO_S3, "mode": "Sync", "maxDelete": 5, "parallelism": {"shards": 2}}
+    )
+    out = moverspec.mover_specs(spec, None)
+    assert [type(s) for s in out.shards] == [ms.TransferSpec, ms.TransferSpec]
+    assert [s.shard for s in out.shards] == [
+        ms.ShardSpec(index=0, count=2),
+        ms.ShardSpec(index=1, count=2),
+    ]
+    assert [s.options.max_delete for s in out.shards] == [3, 2]
+    src, dst = out.shards[0].source, out.shards[0].destination
+    assert isinstance(src, ms.LocalSpec) and isinstance(dst, ms.S3Spec)
+    claim, secret = out.mounts
+    assert isinstance(claim, moverspec.ClaimMount) and claim.read_only
+    assert src.path.startswith(claim.path)
+    assert isinstance(secret, moverspec.SecretMount)
+    assert dst.credentials_file == f"{secret.path}/{secret.keys[0]}"
+    assert secret.path.startswith(moverspec.SECRETS_DIR + "/")
+
+
+def test_delete_shares_add_up_to_the_limit():
+    for limit in range(0, 20):
+        for n in range(1, 7):
+            shares = [moverspec.delete_share(limit, i, n) for i in range(n)]
+            assert sum(s or 0 for s in shares) == limit and max(shares) - min(shares) <= 1
+    assert moverspec.delete_share(None, 0, 3) is None
+
+
+def test_what_the_mover_model_refuses_is_an_invalid_spec_naming_the_field():
+    spec = api.TransferJobSpec.model_validate(PVC_TO_S3)
+    bad = spec.model_copy(update={"source": api.Endpoint.model_construct(pvc=None, s3=None)})
+    bad.source.smb = api.SMBEndpoint.model_construct(host="", port=445, share="s", path="")
+    with pytest.raises(moverspec.InvalidSpec) as exc:
+        moverspec.mover_specs(bad, None)
+    assert exc.value.field == "spec" and "host" in str(exc.value)
