@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from ferry.mover.backends import open_backend
 from ferry.mover.backends.base import Backend, EntryType
 from ferry.mover.endpoints import Endpoint
+from ferry.mover.engine.executor import Executor
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.execute import Executor, file_digest
+from ferry.mover.integrity import file_digest
 from ferry.mover.options import Fsync, Mode, Options
 from ferry.mover.plan import Action, Op, Planner, check_roots
 from ferry.mover.progress import Progress, Reporter, Sink
@@ -199,7 +200,7 @@ def _run(
                     bytes=summary.bytes_transferred,
                 )
             durable = options.fsync != Fsync.NONE
-            if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
+            if options.mode == Mode.SYNC and executor.deferred.has_deletes:
                 if summary.error_count or cancel.is_set():
                     log.warning("not deleting anything at the destination: the copy had errors")
                 elif _deletes_allowed(executor, options, summary, dst):

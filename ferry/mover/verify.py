@@ -13,8 +13,8 @@ from ferry.mover.backends import open_backend
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.execute import file_digest
 from ferry.mover.filters import FilterSet
+from ferry.mover.integrity import file_digest
 from ferry.mover.options import Options
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
