@@ -1,5 +1,5 @@
 """In-process tests of the executor's commit and delete paths (ferry/mover/engine/: the
-ledger, commit, wholefile, chunks, batches, deferred; and the delete phase of
+ledger, commit, wholefile, chunks, batches, deferred, dryrun; and the delete phase of
 ferry/mover/transfer.py): what a committed file is booked as, full
 verification, sync's deletes and type replacements, and --max-delete.
 

@@ -1,7 +1,9 @@
 """The ledger: what a run did, booked in one place — the summary's counters, progress,
 the manifest and the error policy.
 
-Every worker books what it did through it, under one lock where counters are shared.
+A real run and a dry run (`ferry plan`, `--dry-run`) book through the same methods, so
+their numbers cannot drift apart. A dry run moves no progress (nothing is done) and
+never stops on an error (a plan lists every problem it finds).
 """
 
 from __future__ import annotations
@@ -53,12 +55,14 @@ class Ledger:
         error_policy: ErrorPolicy,
         cancel: threading.Event,
         manifest: Manifest | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.summary = summary
         self.progress = progress
         self.error_policy = error_policy
         self.cancel = cancel
         self.manifest = manifest
+        self.live = not dry_run  # a real run: progress moves and errors may stop it
         self.fatal: FerryError | None = None
         self.touched: set[str] = set()  # directories whose contents changed
         self.meta_written = False
@@ -89,7 +93,7 @@ class Ledger:
             if counts_file:
                 self.summary.files_failed += 1
             self.summary.add_error(err)
-        if err.kind == ErrorKind.INTERRUPTED and self.cancel.is_set():
+        if not self.live or (err.kind == ErrorKind.INTERRUPTED and self.cancel.is_set()):
             return
         log.error("%s", err)
         if self.error_policy == ErrorPolicy.ABORT or err.kind in _STOP_ALL:
@@ -118,7 +122,8 @@ class Ledger:
             self.summary.bytes_transferred += s.size - resumed
             if digest is not None:
                 self.summary.files_verified += 1
-        self.progress.advance(0 if counted else s.size, 1)
+        if self.live:
+            self.progress.advance(0 if counted else s.size, 1)
         self.touch(a.rel)
         if self.manifest:
             self.manifest.add(a.rel, s, digest)
@@ -126,7 +131,8 @@ class Ledger:
     def resumed(self, nbytes: int) -> None:
         """Bytes a partial from an earlier run already holds: done without moving them."""
         self.summary.bytes_resumed += nbytes
-        self.progress.advance(nbytes)
+        if self.live:
+            self.progress.advance(nbytes)
 
     def skipped(self, a: Action) -> None:
         """Book an entry that needs no copy (not a directory)."""
@@ -134,7 +140,8 @@ class Ledger:
         assert s is not None
         self.summary.files_skipped += 1
         self.summary.bytes_skipped += s.size
-        self.progress.skipped(1, s.size)
+        if self.live:
+            self.progress.skipped(1, s.size)
         if self.manifest and s.type == EntryType.FILE:
             self.manifest.add(a.rel, s, s.digest if a.dst and s.digest == a.dst.digest else None)
 
@@ -142,7 +149,8 @@ class Ledger:
         """Unchanged files the planner counted without an action each."""
         self.summary.files_skipped += files
         self.summary.bytes_skipped += nbytes
-        self.progress.skipped(files, nbytes)
+        if self.live:
+            self.progress.skipped(files, nbytes)
 
     def dir_created(self, rel: str) -> None:
         self.summary.dirs_created += 1
