@@ -62,8 +62,6 @@ def digest_bytes(data: bytes | bytearray | memoryview) -> str:
 class StreamHasher:
     """The digest of bytes fed in order, in pieces of any size."""
 
-    __slots__ = ("_blocks", "_cur", "_fill", "size")
-
     def __init__(self) -> None:
         self._blocks = bytearray()
         self._cur = blake3()
