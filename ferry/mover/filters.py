@@ -11,7 +11,7 @@ matched, the path is excluded (an implicit `- **` at the end), as in rclone.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ferry.mover.errors import ErrorKind, FerryError
 
@@ -59,7 +59,8 @@ def _glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
-class Rule(NamedTuple):
+@dataclass(slots=True, frozen=True)
+class Rule:
     include: bool
     pattern: str
     regex: re.Pattern[str]

@@ -15,8 +15,14 @@ at the source to finish its digest.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from blake3 import blake3
+
+from ferry.mover.errors import ErrorKind, FerryError
+
+if TYPE_CHECKING:
+    from ferry.mover.backends.base import Backend, Entry
 
 BLOCK_SIZE = 1 << 20
 DIGEST_LEN = 32
@@ -55,8 +61,6 @@ def digest_bytes(data: bytes | bytearray | memoryview) -> str:
 
 class StreamHasher:
     """The digest of bytes fed in order, in pieces of any size."""
-
-    __slots__ = ("_blocks", "_cur", "_fill", "size")
 
     def __init__(self) -> None:
         self._blocks = bytearray()
@@ -101,3 +105,19 @@ def is_digest(text: str | None) -> bool:
     return (
         text is not None and text.startswith(PREFIX) and len(text) == len(PREFIX) + 2 * DIGEST_LEN
     )
+
+
+def file_digest(backend: Backend, rel: str, e: Entry) -> str:
+    """The Ferry digest of a file as stored: the backend's kept digest, or a full read."""
+    if e.digest:
+        return e.digest
+    reader = backend.open_read(rel, e)
+    try:
+        hasher = StreamHasher()
+        for piece in reader.iter_range(0, e.size, 4 * BLOCK_SIZE):
+            hasher.update(piece)
+        if hasher.size != e.size:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "size changed while reading", rel)
+        return hasher.hexdigest()
+    finally:
+        reader.close()

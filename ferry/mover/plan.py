@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
 
@@ -58,21 +59,17 @@ class Op(Enum):
     ERROR = "error"
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Action:
-    __slots__ = ("dst", "error", "link_to", "op", "read_rel", "rel", "src")
+    """One decision of the planner. The executor reads it and never changes it."""
 
-    def __init__(
-        self,
-        op: Op,
-        rel: str,
-        src: Entry | None = None,
-        dst: Entry | None = None,
-        read_rel: str | None = None,  # where to read when it differs from rel (followed symlinks)
-        link_to: str | None = None,  # hard link target (destination-relative)
-        error: FerryError | None = None,
-    ) -> None:
-        self.op, self.rel, self.src, self.dst = op, rel, src, dst
-        self.read_rel, self.link_to, self.error = read_rel, link_to, error
+    op: Op
+    rel: str
+    src: Entry | None = None
+    dst: Entry | None = None
+    read_rel: str | None = None  # where to read when it differs from rel (followed symlinks)
+    link_to: str | None = None  # hard link target (destination-relative)
+    error: FerryError | None = None
 
     def __repr__(self) -> str:
         return f"Action({self.op.name}, {self.rel!r})"

@@ -18,8 +18,9 @@ import heapq
 import logging
 
 from ferry.mover.backends.base import Backend, Entry, EntryType, Space, check_name, join
+from ferry.mover.engine.batches import SMALL
+from ferry.mover.engine.chunks import chunk_size_for, resume_key_for
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.execute import SMALL, chunk_size_for, resume_key_for
 from ferry.mover.options import Options, SymlinkPolicy, format_size
 from ferry.mover.plan import Action, Op
 from ferry.mover.shard import Sharder

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterable, Iterator
 from ferry.mover.backends import open_backend
 from ferry.mover.backends.base import Backend, EntryType
 from ferry.mover.endpoints import Endpoint
+from ferry.mover.engine.dryrun import DryRun
+from ferry.mover.engine.executor import Executor
+from ferry.mover.engine.ledger import Ledger
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.execute import Executor, file_digest
 from ferry.mover.options import Fsync, Mode, Options
-from ferry.mover.plan import Action, Op, Planner, check_roots
+from ferry.mover.plan import Action, Planner, check_roots
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
-from ferry.mover.scan import PairLister, list_tree
+from ferry.mover.scan import PairLister
 from ferry.mover.shard import BIG, path_shard
 from ferry.mover.space import SpaceNeed, check_space, fits_whole_source, room_share
 
@@ -147,7 +149,8 @@ def _run(
     try:
         if options.dry_run:
             with sink.phase("plan") as attrs:
-                _dry_run(planner, listers[0], src, dst, summary, progress, on_action, need)
+                ledger = Ledger(summary, progress, options.error_policy, cancel, dry_run=True)
+                _dry_run(planner, listers[0], src, dst, ledger, on_action, need)
                 attrs.update(files=progress.files_total, bytes=progress.bytes_total)
             if need is not None and space is not None and not cancel.is_set():
                 check_space(need, space, options, dst.describe(), room_share(planner.sharder))
@@ -199,7 +202,7 @@ def _run(
                     bytes=summary.bytes_transferred,
                 )
             durable = options.fsync != Fsync.NONE
-            if options.mode == Mode.SYNC and (executor.deletes or executor.replaces):
+            if options.mode == Mode.SYNC and executor.deferred.has_deletes:
                 if summary.error_count or cancel.is_set():
                     log.warning("not deleting anything at the destination: the copy had errors")
                 elif _deletes_allowed(executor, options, summary, dst):
@@ -275,58 +278,24 @@ def _dry_run(
     lister: PairLister,
     src: Backend,
     dst: Backend,
-    summary: Summary,
-    progress: Progress,
+    ledger: Ledger,
     on_action: Callable[[Action], None] | None,
     need: SpaceNeed | None = None,
 ) -> None:
-    deletes = 0  # entries, for --max-delete: directories and links count too
+    """Book the plan in `ledger` as a copy would, and refuse a sync past --max-delete."""
+    dry = DryRun(src, dst, planner.o, ledger)
+    planner.on_skipped = ledger.skipped_bulk
     for a in planner.walk(lister):
-        if a.op == Op.CHECK:
-            assert a.src is not None and a.dst is not None
-            same = file_digest(src, a.read_rel or a.rel, a.src) == file_digest(dst, a.rel, a.dst)
-            a.op = Op.SKIP if same else Op.UPDATE
-        size = a.src.size if a.src is not None and a.src.type == EntryType.FILE else 0
-        if a.op in (Op.COPY, Op.UPDATE):
-            progress.planned(1, size)
-            if a.op == Op.COPY:
-                summary.files_copied += 1
-            else:
-                summary.files_updated += 1
-            summary.bytes_transferred += size
-        elif a.op in (Op.SKIP, Op.META) and a.src is not None and a.src.type != EntryType.DIR:
-            summary.files_skipped += 1
-            summary.bytes_skipped += size
-        elif a.op == Op.MKDIR:
-            summary.dirs_created += 1
-        elif a.op in (Op.SYMLINK, Op.HARDLINK):
-            summary.links_created += 1
-        elif a.op == Op.DELETE:
-            assert a.dst is not None
-            # A directory goes with everything in it: count what a sync would remove.
-            doomed = (
-                [e for _, e in list_tree(dst, a.rel)] if a.dst.type == EntryType.DIR else [a.dst]
-            )
-            files = [e for e in doomed if e.type != EntryType.DIR]
-            summary.files_deleted += len(files)
-            summary.bytes_deleted += sum(e.size for e in files)
-            deletes += len(doomed) + (a.dst.type == EntryType.DIR)
-        elif a.op == Op.ERROR:
-            assert a.error is not None
-            summary.add_error(a.error)
-        elif a.op == Op.REPLACE and a.dst is not None and a.dst.type == EntryType.DIR:
-            deletes += 1 + len(list_tree(dst, a.rel))
+        resolved = dry.handle(a)
         if need is not None:
-            need.add(a)
+            need.add(resolved)
         if on_action:
-            on_action(a)
-    summary.files_skipped += planner.skipped_files
-    summary.bytes_skipped += planner.skipped_bytes
+            on_action(resolved)
     limit = planner.o.max_delete
-    if limit is not None and deletes > limit:
+    if limit is not None and dry.deletes > limit:
         raise FerryError(
             ErrorKind.DELETE_LIMIT,
-            f"sync would delete {deletes} entries, more than --max-delete / maxDelete {limit}: "
-            "it would delete nothing and stop after the copies",
+            f"sync would delete {dry.deletes} entries, more than --max-delete / maxDelete "
+            f"{limit}: it would delete nothing and stop after the copies",
             dst.describe(),
         )

@@ -7,14 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ferry.mover.backends import open_backend
 from ferry.mover.backends.base import Backend, Entry, EntryType, join
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.execute import file_digest
 from ferry.mover.filters import FilterSet
+from ferry.mover.integrity import file_digest
 from ferry.mover.options import Options
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
@@ -23,7 +23,8 @@ from ferry.mover.scan import PairLister
 log = logging.getLogger("ferry")
 
 
-class Difference(NamedTuple):
+@dataclass(slots=True, frozen=True)
+class Difference:
     path: str
     # missing | extra | type | size | content | mtime | mode | target | xattrs | unreadable
     what: str

@@ -15,7 +15,7 @@ import pytest
 
 from ferry.mover.backends import s3, s3_multipart
 from ferry.mover.backends.local import LocalBackend
-from ferry.mover.execute import file_digest
+from ferry.mover.integrity import file_digest
 from ferry.mover.options import Mode
 from tests.backends.conftest import BUCKET
 from tests.backends.helpers import ok, transfer

@@ -17,7 +17,7 @@ import paramiko
 import pytest
 
 from ferry.mover.backends import ssh_send
-from ferry.mover.execute import STREAM_PIECE
+from ferry.mover.engine.stream import STREAM_PIECE
 from tests.backends.helpers import ok, transfer
 from tests.backends.sftp_peer import USER, Peer
 from tests.backends.test_remote_fsync import Logged

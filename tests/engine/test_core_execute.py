@@ -1,5 +1,6 @@
-"""In-process tests of the executor's commit and delete paths (ferry/mover/execute.py and the
-delete phase of ferry/mover/transfer.py): what a committed file is booked as, full
+"""In-process tests of the executor's commit and delete paths (ferry/mover/engine/: the
+ledger, commit, wholefile, chunks, batches, deferred, dryrun; and the delete phase of
+ferry/mover/transfer.py): what a committed file is booked as, full
 verification, sync's deletes and type replacements, and --max-delete.
 
 Real local trees under tmp_path, run in the test process (`transfer_between`), so that
@@ -24,7 +25,8 @@ from ferry.mover.backends.base import Entry, Reader
 from ferry.mover.backends.local import LocalBackend, LocalWriter
 from ferry.mover.errors import ErrorKind
 from ferry.mover.integrity import digest_bytes
-from ferry.mover.options import ErrorPolicy, Fsync, MiB, Mode, Options, Preserve, Verify
+from ferry.mover.options import Compare, ErrorPolicy, Fsync, MiB, Mode, Options, Preserve, Verify
+from ferry.mover.plan import Action
 from ferry.mover.progress import Sink, Snapshot
 from ferry.mover.result import Summary
 from ferry.mover.transfer import transfer_between
@@ -97,6 +99,36 @@ def test_copies_and_updates_are_counted_and_listed(tmp_path: Path, verify: Verif
             assert line["digest"] is None
         else:
             assert line["digest"] == digest_bytes(p.read_bytes())
+
+
+def test_the_executor_leaves_the_actions_as_planned(tmp_path: Path) -> None:
+    """A checked file that differs, a replaced directory, a source completed before the
+    write (a destination that wants the digest first): booked as updates, and the
+    Actions keep their op and their entries."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src, {"same_size": b"A" * 50, "big": os.urandom(2 * MiB + 5), "p": b"p" * 300})
+    write(dst, {"same_size": b"B" * 50, "p/inner": b"i"})
+
+    class DigestFirst(LocalBackend):
+        caps = LocalBackend.caps._replace(digest_first_above=1)
+
+    s, d = LocalBackend(str(src)), DigestFirst(str(dst))
+    actions: list[Action] = []
+    seen: list[tuple[Action, object, object, object, object]] = []
+
+    def note(a: Action) -> None:
+        actions.append(a)
+        seen.append((a, a.op, a.src, a.dst, a.src.digest if a.src else None))
+
+    done = transfer_between(
+        lambda: (s, d),
+        Options(chunk_size=MiB, mode=SYNC, compare=Compare.CHECKSUM),
+        on_action=note,
+    )
+    assert done.exit_code == 0, done.errors
+    assert_same_tree(src, dst)
+    assert (done.files_copied, done.files_updated) == (1, 2)
+    assert [(a, a.op, a.src, a.dst, a.src.digest if a.src else None) for a in actions] == seen
 
 
 # -- --verify full ---------------------------------------------------------------------------

@@ -488,7 +488,7 @@ def test_many_small_files_go_through_worker_processes(
 ) -> None:
     """Past the threshold, small local files are copied by forked workers: same results,
     same accounting, same error reporting as the threaded path."""
-    from ferry.mover.execute import PROCESS_THRESHOLD
+    from ferry.mover.engine.batches import PROCESS_THRESHOLD
 
     src, dst = trees
     count = PROCESS_THRESHOLD * 2 + 37

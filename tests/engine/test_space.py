@@ -14,8 +14,8 @@ from ferry.mover import transfer as transfer_mod
 from ferry.mover.backends.base import Entry, EntryType, Space
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.endpoints import LocalEndpoint
+from ferry.mover.engine.chunks import resume_key_for
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.execute import resume_key_for
 from ferry.mover.integrity import block_digests
 from ferry.mover.options import (
     DEFAULT_MIN_FREE,

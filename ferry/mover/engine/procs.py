@@ -1,5 +1,4 @@
-"""Small files: copied in worker processes between two local trees, and read or
-written whole for the batches remote backends take (`read_small`, `write_small`).
+"""Small files copied between two local trees in forked worker processes.
 
 A small local file costs about ten system calls and no bandwidth. Threads
 do not help with that in CPython: every call drops and retakes the GIL, and
@@ -19,9 +18,10 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ferry.mover.backends.base import Backend, Entry, Reader
+from ferry.mover.backends.base import Backend, Entry
+from ferry.mover.engine.tasks import Vanished
+from ferry.mover.engine.wholefile import copy_small
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Preserve
 
 if TYPE_CHECKING:
@@ -32,91 +32,6 @@ Item = tuple[str, str, Entry]  # (destination path, source path, source entry)
 Outcome = tuple[str | None, str | None, str | None]  # (digest, error kind name, message)
 
 _worker: tuple[Backend, Backend, bool, Preserve, bool] | None = None
-
-
-class Vanished(Exception):
-    """The source file disappeared between the scan and the copy (not an error, as in rsync)."""
-
-
-def open_source(src: Backend, rel: str, entry: Entry) -> Reader:
-    try:
-        return src.open_read(rel, entry)
-    except FerryError as err:
-        if err.kind == ErrorKind.SOURCE_NOT_FOUND:
-            raise Vanished() from err
-        raise
-
-
-def copy_small(
-    src: Backend,
-    dst: Backend,
-    rel: str,
-    read_rel: str,
-    entry: Entry,
-    hashing: bool,
-    preserve: Preserve,
-    xattrs: bool,
-) -> str | None:
-    """Copy one file in a single read and write; return its digest (None when not hashing)."""
-    reader = open_source(src, read_rel, entry)
-    try:
-        writer = dst.open_write(rel, entry)
-        try:
-            data = _read_whole(reader, entry, rel)
-            digest = digest_bytes(data) if hashing else None
-            if data:
-                writer.write_at(0, data)
-            why = reader.changed()
-            if why:
-                raise FerryError(ErrorKind.SOURCE_CHANGED, why, rel)
-            if xattrs:
-                attrs = reader.xattrs()
-                if attrs:
-                    writer.set_xattrs(attrs)
-            writer.commit(entry, digest, preserve)
-            return digest
-        except BaseException:
-            writer.abort()
-            raise
-    finally:
-        reader.close()
-
-
-def read_small(src: Backend, rel: str, read_rel: str, entry: Entry) -> bytes:
-    """A whole small file in one read, checked against changes while it was read, for a
-    batch (`Backend.put_small`)."""
-    reader = open_source(src, read_rel, entry)
-    try:
-        data = bytes(_read_whole(reader, entry, rel))
-        why = reader.changed()
-        if why:
-            raise FerryError(ErrorKind.SOURCE_CHANGED, why, rel)
-    finally:
-        reader.close()
-    return data
-
-
-def write_small(
-    dst: Backend, rel: str, entry: Entry, data: bytes, hashing: bool, preserve: Preserve
-) -> str | None:
-    """Write a small file already read (`Backend.get_small`); return its digest."""
-    digest = digest_bytes(data) if hashing else None
-    writer = dst.open_write(rel, entry)
-    try:
-        if data:
-            writer.write_at(0, data)
-        writer.commit(entry, digest, preserve)
-    except BaseException:
-        writer.abort()
-        raise
-    return digest
-
-
-def _read_whole(reader: Reader, entry: Entry, rel: str) -> bytes | memoryview:
-    data = reader.read_at(0, entry.size) if entry.size else b""
-    if len(data) != entry.size:
-        raise FerryError(ErrorKind.SOURCE_CHANGED, "file shrank while copying", rel)
-    return data
 
 
 def _init(src: Backend, dst: Backend, hashing: bool, preserve: Preserve, xattrs: bool) -> None:
