@@ -32,8 +32,15 @@ from ferry.mover.backends.base import (
     Backend,
     Entry,
     EntryType,
+    GetSmall,
+    Hardlinks,
+    LazyMeta,
+    PutSmall,
     Reader,
+    Resumable,
+    ServerSideCopy,
     SmallFile,
+    Symlinks,
     Writer,
     check_name,
     thread_buffer,
@@ -173,8 +180,8 @@ class Executor:
         self.verify = options.verify
         self.kernel_copy = hasattr(os, "copy_file_range")
         self._tls = threading.local()
-        self.sparse = options.preserve.sparse and dst.caps.sparse
-        self.xattrs = options.preserve.xattrs and dst.caps.xattrs
+        self.sparse = options.preserve.sparse and dst.holds.sparse
+        self.xattrs = options.preserve.xattrs and dst.holds.xattrs
         local_pair = src.fileno_capable and dst.fileno_capable
         # One read and one write per file up to this size (larger local ones: kernel copy).
         self.direct_max = (
@@ -190,7 +197,7 @@ class Executor:
             and (os.cpu_count() or 1) > 1
         )
         self._small_seen = 0
-        self.server_copy = dst.caps.server_side_copy and dst.same_service(src)
+        self.server_copy = isinstance(dst, ServerSideCopy) and dst.same_service(src)
         planner.on_skipped = self._skipped_bulk
 
     def _skipped_bulk(self, files: int, nbytes: int) -> None:
@@ -384,6 +391,10 @@ class Executor:
     def _make_symlink(self, a: Action) -> None:
         assert a.src is not None and a.src.target is not None
         try:
+            if not isinstance(self.dst, Symlinks):
+                raise FerryError(
+                    ErrorKind.USAGE, f"{self.dst.describe()} cannot hold symlinks", a.rel
+                )
             self.dst.symlink(a.rel, a.src.target)
             self.dst.set_meta(a.rel, a.src, self.o.preserve)
             self.summary.links_created += 1
@@ -464,9 +475,9 @@ class Executor:
 
     def _batch_task(self, batch: list[Action]) -> None:
         if self.direct_max > 0 and not self.xattrs:
-            if self.dst.caps.put_small:
+            if isinstance(self.dst, PutSmall):
                 batch = self._put_batch(batch)
-            elif self.src.caps.get_small:
+            elif isinstance(self.src, GetSmall):
                 batch = self._get_batch(batch)
         for a in batch:
             if self.cancel.is_set():
@@ -483,7 +494,7 @@ class Executor:
         if self.cancel.is_set():
             return [], batch
         got: list[bytes | None] = []
-        if self.src.caps.get_small:
+        if isinstance(self.src, GetSmall):
             try:
                 got = self.src.get_small([(a.read_rel or a.rel, a.src) for a in small if a.src])
             except Exception as exc:
@@ -516,6 +527,7 @@ class Executor:
         ]
         if not files or self.cancel.is_set():
             return alone + [a for a, _ in pairs]
+        assert isinstance(self.dst, PutSmall)  # _batch_task sends batches only there
         try:
             outcomes = self.dst.put_small(files, self.o.preserve)
         except Exception as exc:
@@ -566,7 +578,7 @@ class Executor:
         def attempt(n: int) -> None:
             if n:
                 self._refresh(a)  # a new a.src
-            assert a.src is not None
+            assert a.src is not None and isinstance(self.dst, ServerSideCopy)  # server_copy
             self.dst.copy_from(self.src, a.read_rel or a.rel, a.src, a.rel, self.o.preserve)
             self._count(a, None, counted=False)
 
@@ -579,11 +591,11 @@ class Executor:
         page cache (rclone does the same for its MD5)."""
         s = a.src
         assert s is not None
-        above = self.dst.caps.digest_first_above
+        above = self.dst.limits.digest_first_above
         if not above or s.size <= above or s.digest:
             return
         rel = a.read_rel or a.rel
-        if self.src.caps.lazy_meta:
+        if isinstance(self.src, LazyMeta):
             self.src.fill_meta(rel.rpartition("/")[0], [s])
         elif self.verify != Verify.NONE and self.src.fileno_capable:
             s.digest = file_digest(self.src, rel, s)
@@ -657,7 +669,7 @@ class Executor:
         why = reader.changed()
         if why:
             raise FerryError(ErrorKind.SOURCE_CHANGED, why, a.rel)
-        if self.o.preserve.xattrs and self.dst.caps.xattrs:
+        if self.o.preserve.xattrs and self.dst.holds.xattrs:
             attrs = reader.xattrs()
             if attrs:
                 writer.set_xattrs(attrs)
@@ -812,7 +824,7 @@ class Executor:
         s = a.src
         assert s is not None
         chunk = self._chunk_size(s.size)
-        if s.size < 2 * chunk or not self.dst.caps.chunk_writer:
+        if s.size < 2 * chunk or not self.dst.limits.chunk_writer:
             self._submit(self._whole_file, a)
             return
         try:
@@ -826,7 +838,7 @@ class Executor:
             return
         nchunks = -(-s.size // chunk)
         try:
-            key = resume_key_for(s, chunk, self.verify) if self.dst.caps.resumable else None
+            key = resume_key_for(s, chunk, self.verify) if isinstance(self.dst, Resumable) else None
             writer = self.dst.open_write(a.rel, s, resume_key=key)
             done = writer.done_chunks(chunk) if key else {}
         except Exception as exc:
@@ -960,6 +972,10 @@ class Executor:
                 return
             try:
                 assert a.link_to is not None
+                if not isinstance(self.dst, Hardlinks):
+                    raise FerryError(
+                        ErrorKind.USAGE, f"{self.dst.describe()} cannot hold hard links", a.rel
+                    )
                 self.dst.hardlink(a.rel, a.link_to)
                 self.summary.links_created += 1
                 self._touch(a.rel)
@@ -1034,16 +1050,16 @@ class Executor:
 
 def chunk_size_for(o: Options, src: Backend, dst: Backend, size: int) -> int:
     """The chunk size a file of `size` bytes is cut into between these two backends."""
-    caps = dst.caps
-    chunk = o.chunk_size or caps.default_chunk_size or DEFAULT_CHUNK_SIZE
-    chunk = max(chunk, caps.min_chunk_size)
-    streams = src.caps.read_streams
+    limits = dst.limits
+    chunk = o.chunk_size or limits.default_chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = max(chunk, limits.min_chunk_size)
+    streams = src.limits.read_streams
     if streams:
         chunk = max(chunk, min(-(-size // streams), LONG_READ_MAX))
-    if caps.max_chunks:
-        chunk = max(chunk, -(-size // caps.max_chunks))
-    if caps.max_chunk_size:
-        chunk = min(chunk, caps.max_chunk_size)
+    if limits.max_chunks:
+        chunk = max(chunk, -(-size // limits.max_chunks))
+    if limits.max_chunk_size:
+        chunk = min(chunk, limits.max_chunk_size)
     return -(-chunk // BLOCK_SIZE) * BLOCK_SIZE
 
 

@@ -29,8 +29,8 @@ from smbprotocol.connection import SigningAlgorithms
 from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderRequest, SMB2HeaderResponse
 
-from ferry.mover.backends.smb_errors import MalformedAnswer, UnprotectedAnswer
-from ferry.mover.backends.smb_messages import Field
+from ferry.mover.backends.smb.errors import MalformedAnswer, UnprotectedAnswer
+from ferry.mover.backends.smb.wire.messages import Field
 
 SMALL_MESSAGE = 64 * 1024  # signed whole (one copy); larger ones (READ/WRITE data) in pieces
 

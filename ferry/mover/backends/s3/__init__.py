@@ -1,0 +1,3 @@
+"""S3 and S3-compatible storage: `backend` (the Backend), `session` (what readers and writers
+share), `files` and `multipart` (readers and writers), `client` (botocore), `errors`, and
+`wire/` (the hand-written HTTP data path, with botocore as its fallback)."""
