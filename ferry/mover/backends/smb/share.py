@@ -25,7 +25,12 @@ from ferry.mover.backends.base import Durability, Entry, EntryType
 from ferry.mover.backends.smb.errors import UnprotectedAnswer, classify
 from ferry.mover.backends.smb.names import internal_name
 from ferry.mover.backends.smb.wire import messages
-from ferry.mover.backends.smb.wire.connection import light_headers, strict_answers, tune_connection
+from ferry.mover.backends.smb.wire.connection import (
+    library_headers,
+    light_headers,
+    strict_answers,
+    tune_connection,
+)
 from ferry.mover.backends.smb.wire.handles import (
     CREDITS_WANTED,
     DEPTH,
@@ -62,7 +67,7 @@ class Share:
         self._credits: threading.Semaphore | None = None
         self._tree: tuple[Any, Any] | None = None  # (connection, tree connect or None on DFS)
         self.prefix = [p for p in ep.path.split("/") if p]
-        base = f"\\{ep.host}\\{ep.share}"
+        base = f"\\\\{ep.host}\\{ep.share}"
         self.base = base + ("\\" + ep.path.replace("/", "\\") if ep.path else "")
 
     def describe(self) -> str:
@@ -106,6 +111,8 @@ class Share:
                 user = f"{self.ep.domain}\\{user}"
             if self.accelerators:
                 light_headers()
+            else:
+                library_headers()
             strict_answers()  # hardening, not speed: on either way
             try:
                 smbclient.register_session(
