@@ -20,6 +20,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
@@ -28,11 +29,16 @@ from ferry.mover.backends.base import (
     Durability,
     Entry,
     EntryType,
+    Hardlinks,
     Holds,
     Limits,
     Reader,
+    ResolvesLinks,
+    Resumable,
     Space,
+    Symlinks,
     Writer,
+    Xattrs,
     check_name,
     thread_buffer,
 )
@@ -639,3 +645,11 @@ class LocalBackend(Backend):
             os.sync()
         finally:
             os.close(fd)
+
+
+# The optional capabilities LocalBackend has, checked by mypy here (rclone's "check the interfaces
+# are satisfied" block) and at run time by tests/backends/test_capabilities.py.
+if TYPE_CHECKING:
+
+    def _has(b: LocalBackend) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable]:
+        return b, b, b, b, b

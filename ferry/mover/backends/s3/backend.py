@@ -36,7 +36,7 @@ copied server-side (`copy_from`): no byte passes through Ferry.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
@@ -45,9 +45,14 @@ from ferry.mover.backends.base import (
     Durability,
     Entry,
     EntryType,
+    GetSmall,
     Holds,
+    LazyMeta,
     Limits,
+    PutSmall,
     Reader,
+    Resumable,
+    ServerSideCopy,
     SmallFile,
     Writer,
     check_name,
@@ -389,3 +394,11 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self.session.close()
+
+
+# The optional capabilities S3Backend has, checked by mypy here (rclone's "check the interfaces
+# are satisfied" block) and at run time by tests/backends/test_capabilities.py.
+if TYPE_CHECKING:
+
+    def _has(b: S3Backend) -> tuple[ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta]:
+        return b, b, b, b, b

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -30,11 +31,15 @@ from ferry.mover.backends.base import (
     Durability,
     Entry,
     EntryType,
+    GetSmall,
     Holds,
     Limits,
+    PutSmall,
     Reader,
+    Resumable,
     SmallFile,
     Space,
+    Symlinks,
     Writer,
     check_name,
 )
@@ -282,3 +287,11 @@ class SFTPBackend(Backend):
                 data = None
             out.append(data)
         return out
+
+
+# The optional capabilities SFTPBackend has, checked by mypy here (rclone's "check the interfaces
+# are satisfied" block) and at run time by tests/backends/test_capabilities.py.
+if TYPE_CHECKING:
+
+    def _has(b: SFTPBackend) -> tuple[Symlinks, PutSmall, GetSmall, Resumable]:
+        return b, b, b, b

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import smbclient
 from smbclient._io import SMBFileTransaction, SMBRawIO, query_info
@@ -39,6 +39,7 @@ from ferry.mover.backends.base import (
     Holds,
     Limits,
     Reader,
+    Resumable,
     Space,
     Writer,
     check_name,
@@ -235,3 +236,11 @@ class SMBBackend(Backend):
                 rel,
                 ErrorKind.DESTINATION_NOT_FOUND,
             )
+
+
+# The optional capabilities SMBBackend has, checked by mypy here (rclone's "check the interfaces
+# are satisfied" block) and at run time by tests/backends/test_capabilities.py.
+if TYPE_CHECKING:
+
+    def _has(b: SMBBackend) -> Resumable:
+        return b

@@ -287,6 +287,14 @@ def light_headers() -> bool:
     return same
 
 
+def library_headers() -> None:
+    """Give smbprotocol its own header classes back (accelerators off): light_headers is
+    process-wide, so a run without accelerators undoes what an earlier one installed."""
+    module = smbprotocol.connection
+    module.SMB2HeaderRequest = SMB2HeaderRequest
+    module.SMB2HeaderResponse = SMB2HeaderResponse
+
+
 # -- answers must be protected as their requests were -----------------------------------------
 
 STRICT_TESTED = "1.17.0"  # the smbprotocol whose receive loop strict_answers was read against
