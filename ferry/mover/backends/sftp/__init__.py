@@ -1,5 +1,6 @@
-"""SFTP over paramiko: `backend` (the Backend), `files` (reader and writer), `wire/` (the
-hand-written SFTP framing and SSH packet sealing that carry the data path).
+"""SFTP over paramiko: `backend` (the Backend), `connections` (the session pool its readers and
+writers take), `files` (reader and writer), `wire/` (the hand-written SFTP framing and SSH
+packet sealing that carry the data path).
 
 Importing this package imports paramiko the fast way (`import_paramiko`), before any of its
 modules imports paramiko the ordinary way.

@@ -373,7 +373,7 @@ class SMBWriter(Writer):
 
     def _finish_on_handle(self, handle: Handle, mtime_ns: int | None) -> bool:
         """Set the mtime and rename into place through the handle that wrote the file (one
-        round trip, see SMBBackend.finish_handle)."""
+        round trip, see Share.finish_handle)."""
         self._primary = None
         return self.share.finish_handle(
             handle, mtime_ns, self.final_share_rel, flush=self.share.fsync_each
