@@ -26,7 +26,7 @@ bench-backends: bootstrap
 	.venv/bin/python -m benchmarks.backends
 
 # Mutation testing of the engine's core (minutes to hours; not part of `make test`).
-# Restrict it with mutant globs: make mutate MUTANTS='ferry.mover.journal.*'
+# Restrict it with mutant globs: make mutate MUTANTS='ferry.mover.backends.resume.journal.*'
 mutate: bootstrap
 	.venv/bin/python -m pip install -q -e '.[mutate]' --config-settings editable_mode=compat
 	.venv/bin/mutmut run --max-children 2 $(MUTANTS)

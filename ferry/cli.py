@@ -164,6 +164,13 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument(
             "--manifest", metavar="PATH", help="write JSON lines of path, size, mtime, digest"
         )
+    p.add_argument(
+        "--accelerators",
+        choices=["on", "off"],
+        default="on",
+        help="on (default): hand-written protocol paths where measured faster; off: each "
+        "backend's library only (botocore, paramiko, smbprotocol). FERRY_ACCELERATORS=off also turns them off",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument(
         "--progress",
@@ -298,6 +305,8 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["verify"] = Verify.NONE
     if given.get("checksum"):
         kw["compare"] = Compare.CHECKSUM
+    if "accelerators" in given:
+        kw["accelerators"] = given["accelerators"] == "on"
     if "fsync" in given:
         kw["fsync"] = Fsync(given["fsync"])
     if "links" in given:

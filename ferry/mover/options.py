@@ -145,6 +145,7 @@ DEFAULT_MIN_FREE = MinFree(percent=1.0)
 
 class Options:
     __slots__ = (
+        "accelerators",
         "allow_empty_source",
         "bwlimit",
         "chunk_size",
@@ -194,6 +195,9 @@ class Options:
         preflight: bool = True,
         min_free: MinFree | None = None,  # None: DEFAULT_MIN_FREE
         max_delete: int | None = None,
+        # False: every backend on its library path, no hand-written wire/ code (and so does
+        # FERRY_ACCELERATORS=off in the environment: ferry.mover.backends.accelerators_on).
+        accelerators: bool = True,
     ) -> None:
         if transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
@@ -223,6 +227,7 @@ class Options:
         self.allow_empty_source, self.max_in_flight_bytes = allow_empty_source, max_in_flight_bytes
         self.manifest, self.shard_index, self.shard_count = manifest, shard_index, shard_count
         self.preflight, self.max_delete = preflight, max_delete
+        self.accelerators = accelerators
         self.min_free = DEFAULT_MIN_FREE if min_free is None else min_free
 
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, join
+from ferry.mover.backends.base import (
+    Backend,
+    Entry,
+    EntryType,
+    ResolvesLinks,
+    join,
+    read_xattrs,
+)
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
 from ferry.mover.options import (
@@ -84,11 +91,13 @@ class Planner:
         self.o = options
         self.filters = FilterSet.parse(options.filters)
         self.dst_exists = dst_exists
-        self.window_ns = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
+        self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
-        self.hardlinks_ok = options.preserve.hardlinks and src.caps.hardlinks and dst.caps.hardlinks
+        self.hardlinks_ok = (
+            options.preserve.hardlinks and src.holds.hardlinks and dst.holds.hardlinks
+        )
         # Read per entry only when kept on both sides: two syscalls or more per entry.
-        self.xattrs = options.preserve.xattrs and src.caps.xattrs and dst.caps.xattrs
+        self.xattrs = options.preserve.xattrs and src.holds.xattrs and dst.holds.xattrs
         self._hardlinks: dict[tuple[int, int], tuple[str, int | None]] = {}
         self._followed: set[tuple[int, int]] = set()
         self.sharder = (
@@ -104,22 +113,22 @@ class Planner:
             and options.compare == Compare.SIZE_MTIME
             and options.preserve.times
             and options.manifest is None
-            and (dst.caps.permissions or not options.preserve.perms)
+            and (dst.holds.permissions or not options.preserve.perms)
             and not self.xattrs
         )
         # Preserved properties the destination does not keep: owners, xattrs and perms are
         # known now; links, hard links and holes once an entry has them.
         self.dropped: set[str] = set()
-        p, caps = options.preserve, dst.caps
+        p, holds = options.preserve, dst.holds
         for flag, held in (
-            ("owners", caps.owners),
-            ("xattrs", caps.xattrs),
-            ("perms", caps.permissions),
+            ("owners", holds.owners),
+            ("xattrs", holds.xattrs),
+            ("perms", holds.permissions),
         ):
             if getattr(p, flag) and not held:
                 self.drop(flag)
-        self._holes_dropped = p.sparse and not caps.sparse and src.caps.sparse
-        self._hardlinks_dropped = p.hardlinks and src.caps.hardlinks and not caps.hardlinks
+        self._holes_dropped = p.sparse and not holds.sparse and src.holds.sparse
+        self._hardlinks_dropped = p.hardlinks and src.holds.hardlinks and not holds.hardlinks
 
     def drop(self, flag: str) -> None:
         """Note (and warn, once per kind) that a preserved property is not kept. A default
@@ -208,7 +217,9 @@ class Planner:
         if s.type == EntryType.SYMLINK and not self.links_ok:
             if self.o.symlinks != SymlinkPolicy.FOLLOW:
                 return
-            resolved = self.src.resolve_link(rel, s)
+            resolved = (
+                self.src.resolve_link(rel, s) if isinstance(self.src, ResolvesLinks) else None
+            )
             if resolved is None:
                 log.warning("%s: symlink is dangling or points outside the source; skipped", rel)
                 return
@@ -235,7 +246,7 @@ class Planner:
         if not self._mine(rel, s.size):
             return
         if s.type == EntryType.SYMLINK:
-            if not self.dst.caps.symlinks:
+            if not self.dst.holds.symlinks:
                 self.drop("links")
                 return
             if d is not None and d.type == EntryType.DIR:
@@ -273,10 +284,10 @@ class Planner:
         if s.type not in (EntryType.FILE, EntryType.DIR):
             return
         if d is not None and d.type == s.type:
-            s.xattrs = self.src.xattrs(read_rel or rel)
-            d.xattrs = self.dst.xattrs(rel)
+            s.xattrs = read_xattrs(self.src, read_rel or rel)
+            d.xattrs = read_xattrs(self.dst, rel)
         elif s.type == EntryType.DIR:
-            s.xattrs = self.src.xattrs(read_rel or rel)
+            s.xattrs = read_xattrs(self.src, read_rel or rel)
 
     def _compare_file(self, rel: str, s: Entry, d: Entry | None) -> Action:
         if d is None:
@@ -308,7 +319,7 @@ class Planner:
         p = self.o.preserve
         if (
             p.perms
-            and self.dst.caps.permissions
+            and self.dst.holds.permissions
             and s.mode
             and s.type != EntryType.SYMLINK
             and s.mode != d.mode
@@ -319,7 +330,7 @@ class Planner:
         if self.xattrs and s.xattrs is not None and d.xattrs is not None and s.xattrs != d.xattrs:
             return True
         return bool(
-            p.owners and self.dst.caps.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)
+            p.owners and self.dst.holds.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)
         )
 
 

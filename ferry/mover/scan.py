@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, check_name
+from ferry.mover.backends.base import Backend, Entry, EntryType, LazyMeta, check_name
 from ferry.mover.errors import FerryError, as_ferry_error
 
 Listing = list[Entry] | FerryError
@@ -35,7 +35,7 @@ class PairLister:
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ferry-list")
         self._queued: deque[tuple[str, bool]] = deque()
         self._running: dict[str, Future[tuple[Listing, Listing]]] = {}
-        self._lazy = src.caps.lazy_meta or bool(dst and dst.caps.lazy_meta)
+        self._lazy = isinstance(src, LazyMeta) or isinstance(dst, LazyMeta)
 
     def _list(self, backend: Backend, rel: str) -> Listing:
         try:
@@ -100,9 +100,9 @@ class PairLister:
                     and o.size == e.size
                 ]
                 if pairs:
-                    if self.src.caps.lazy_meta:
+                    if isinstance(self.src, LazyMeta):
                         self.src.fill_meta(rel, [e for e, _ in pairs])
-                    if self.dst is not None and self.dst.caps.lazy_meta:
+                    if isinstance(self.dst, LazyMeta):
                         self.dst.fill_meta(rel, [o for _, o in pairs])
         except Exception as exc:
             s = as_ferry_error(exc, rel or "/")

@@ -17,7 +17,15 @@ from __future__ import annotations
 import heapq
 import logging
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, Space, check_name, join
+from ferry.mover.backends.base import (
+    Backend,
+    Entry,
+    EntryType,
+    Resumable,
+    Space,
+    check_name,
+    join,
+)
 from ferry.mover.engine.batches import SMALL
 from ferry.mover.engine.chunks import chunk_size_for, resume_key_for
 from ferry.mover.errors import ErrorKind, FerryError
@@ -34,8 +42,8 @@ class SpaceNeed:
     def __init__(self, src: Backend, dst: Backend, options: Options, block: int) -> None:
         self.src, self.dst, self.o = src, dst, options
         self.block = max(1, block)
-        self.sparse = options.preserve.sparse and dst.caps.sparse
-        self.resumable = dst.caps.resumable and dst.caps.chunk_writer
+        self.sparse = options.preserve.sparse and dst.holds.sparse
+        self.resumable = isinstance(dst, Resumable) and dst.limits.chunk_writer
         self.growth = 0  # what stays taken once the transfer is done
         self._overlaps: list[int] = []  # min-heap: the largest old copies held while in flight
         self._parallel = options.transfers
@@ -57,6 +65,7 @@ class SpaceNeed:
         chunk = chunk_size_for(self.o, self.src, self.dst, s.size)
         if s.size < 2 * chunk:
             return 0
+        assert isinstance(self.dst, Resumable)  # self.resumable
         held = self.dst.partial_bytes(a.rel, resume_key_for(s, chunk, self.o.verify))
         self.resumed += held
         return held

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from ferry.mover.backends import open_backend
-from ferry.mover.backends.base import Backend, EntryType
+from ferry.mover.backends.base import Backend, Durability, EntryType
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.engine.dryrun import DryRun
 from ferry.mover.engine.executor import Executor
@@ -83,8 +83,11 @@ def run_transfer(
     opened: list[Backend] = []
 
     def open_both() -> tuple[Backend, Backend]:
-        opened.append(open_backend(src_ep))
-        opened.append(open_backend(dst_ep))
+        durability = Durability(
+            fsync_each=options.fsync == Fsync.FILE, direct_writes=options.fsync != Fsync.NONE
+        )
+        opened.append(open_backend(src_ep, accelerators=options.accelerators))
+        opened.append(open_backend(dst_ep, durability, options.accelerators))
         return opened[0], opened[1]
 
     try:
@@ -180,8 +183,6 @@ def _run(
                 actions = planner.walk(listers[-1])
         if not dst_exists:
             dst.prepare_destination()
-        dst.fsync_each = options.fsync == Fsync.FILE
-        dst.direct_writes = options.fsync != Fsync.NONE
         executor = Executor(src, dst, options, planner, progress, summary, cancel)
         if planner.skipped_files and planner.on_skipped is not None:
             planner.on_skipped(planner.skipped_files, planner.skipped_bytes)  # the counting walk's

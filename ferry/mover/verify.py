@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ferry.mover.backends import open_backend
-from ferry.mover.backends.base import Backend, Entry, EntryType, join
+from ferry.mover.backends.base import Backend, Entry, EntryType, join, read_xattrs
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.filters import FilterSet
@@ -110,21 +110,22 @@ def verify_trees(
 
     try:
         with Reporter(progress, sink):
-            src, dst = open_backend(src_ep), open_backend(dst_ep)
+            src = open_backend(src_ep, accelerators=options.accelerators)
+            dst = open_backend(dst_ep, accelerators=options.accelerators)
             for b, kind in (
                 (src, ErrorKind.SOURCE_NOT_FOUND),
                 (dst, ErrorKind.DESTINATION_NOT_FOUND),
             ):
                 if b.root_type() != EntryType.DIR:
                     raise FerryError(kind, "does not exist or is not a directory", b.describe())
-            window = max(src.caps.mtime_precision_ns, dst.caps.mtime_precision_ns, 1)
-            perms = options.preserve.perms and src.caps.permissions and dst.caps.permissions
+            window = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
+            perms = options.preserve.perms and src.holds.permissions and dst.holds.permissions
             times = options.preserve.times
             # Object stores have no directories of their own: nothing holds a time or a mode.
-            dir_meta = times and src.caps.empty_dirs and dst.caps.empty_dirs
-            xattrs = options.preserve.xattrs and src.caps.xattrs and dst.caps.xattrs
+            dir_meta = times and src.holds.empty_dirs and dst.holds.empty_dirs
+            xattrs = options.preserve.xattrs and src.holds.xattrs and dst.holds.xattrs
             if options.preserve.xattrs and not xattrs:
-                lacking = src if not src.caps.xattrs else dst
+                lacking = src if not src.holds.xattrs else dst
                 log.warning("%s cannot hold xattrs; they are not compared", lacking.describe())
             pending: list[tuple[str, Future[tuple[str, str]], Entry]] = []
             with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
@@ -151,7 +152,7 @@ def verify_trees(
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue
                     if d is None:
-                        if s.type != EntryType.DIR or dst.caps.empty_dirs:
+                        if s.type != EntryType.DIR or dst.holds.empty_dirs:
                             differ(Difference(rel, "missing", "not at the destination"))
                         continue
                     if s.type != d.type:
@@ -179,12 +180,12 @@ def verify_trees(
                     ):
                         differ(Difference(rel, "mtime", f"{s.mtime_ns} != {d.mtime_ns} ns"))
                     dir_ok = s.type != EntryType.DIR or (
-                        src.caps.empty_dirs and dst.caps.empty_dirs
+                        src.holds.empty_dirs and dst.holds.empty_dirs
                     )
                     if perms and dir_ok and s.type != EntryType.SYMLINK and s.mode != d.mode:
                         differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
                     if xattrs and s.type in (EntryType.FILE, EntryType.DIR):
-                        why = _xattrs_differ(src.xattrs(rel), dst.xattrs(rel))
+                        why = _xattrs_differ(read_xattrs(src, rel), read_xattrs(dst, rel))
                         if why:
                             differ(Difference(rel, "xattrs", why))
                 progress.scan_complete = True

@@ -3,6 +3,8 @@
 Like rclone's backend tests: a tricky tree goes out and comes back byte-exact
 with the metadata each backend can hold; a second run moves nothing; sync
 deletes; resume after a kill; bad credentials and dead servers fail clearly.
+Every test runs twice: with the hand-written wire/ accelerators, and on each backend's
+library alone (FERRY_ACCELERATORS=off).
 """
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from ferry.mover.backends import ACCELERATORS_ENV
 from ferry.mover.options import Mode, Verify
 from tests.backends.conftest import BUCKET, REMOTE_KINDS, Remote
 from tests.backends.helpers import cli, ok, transfer
 from tests.backends.tree import MTIME, build, compare, file_digest
 
 pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(autouse=True, params=["on", "off"], ids=["wire", "library"])
+def accelerators(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both paths for every test: the environment reaches in-process transfers and the CLI."""
+    monkeypatch.setenv(ACCELERATORS_ENV, str(request.param))
+    return str(request.param)
 
 
 def _round_trip(src_tree: Path, hops: list[Remote], back: Path) -> None:

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ferry.mover.backends.http_conn import (
+from ferry.mover.backends.s3.wire.api import S3Wire, StaticCredentials
+from ferry.mover.backends.s3.wire.http import (
     MAX_HEAD,
     Connection,
     ProtocolError,
     UnsafeRequest,
 )
-from ferry.mover.backends.s3_wire import S3Wire, StaticCredentials
 from ferry.mover.errors import ErrorKind
 
 

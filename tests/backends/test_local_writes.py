@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ferry.mover.backends import local
-from ferry.mover.backends.base import Entry, EntryType
+from ferry.mover.backends.base import Durability, Entry, EntryType
 from ferry.mover.options import Fsync, MiB, Preserve
 from tests.backends.helpers import ok, transfer
 from tests.strict import unavailable
@@ -74,8 +74,7 @@ def test_direct_writes_of_awkward_pieces(tmp_path: Path) -> None:
     their unaligned ends through the page cache, and the file holds exactly the bytes."""
     if not on_block_fs(tmp_path):
         unavailable("O_DIRECT is used on ext4, XFS and btrfs only; this tmp is elsewhere")
-    be = local.LocalBackend(str(tmp_path))
-    be.direct_writes = True
+    be = local.LocalBackend(str(tmp_path), Durability(direct_writes=True))
     size = local.DIRECT_MIN + 3 * 261_120 + 11
     data = os.urandom(size)
     entry = Entry("f.bin", EntryType.FILE, size=size, mtime_ns=1_600_000_000_000_000_000)

@@ -100,7 +100,7 @@ def test_sftp_server_resolves_the_root(remotes, tmp_path: Path) -> None:
     absolute = f"{srv.root}/{outer}/inner"
     be = open_backend(parse_endpoint(remote.uri("")))
     try:
-        login_dir = be.run(lambda sftp: sftp.normalize("."))  # type: ignore[attr-defined]
+        login_dir = be.conns.run(lambda sftp: sftp.normalize("."))  # type: ignore[attr-defined]
     finally:
         be.close()
     tilde = remote.uri(outer + "/inner").replace(

@@ -170,16 +170,16 @@ def test_smb_flush_through_smbclient(
     from smbprotocol import exceptions as smbexc
     from smbprotocol.header import Commands
 
-    from ferry.mover.backends.smb import SMBBackend
+    from ferry.mover.backends.smb.share import Share
 
-    real = SMBBackend.exchange
+    real = Share.exchange
 
     def stop_at_symlink(tree: Any, bodies: list[Any]) -> list[Any]:
         if bodies[0].COMMAND == Commands.SMB2_CREATE:
             return [smbexc.StoppedOnSymlink() for _ in bodies]
         return real(tree, bodies)
 
-    monkeypatch.setattr(SMBBackend, "exchange", staticmethod(stop_at_symlink))
+    monkeypatch.setattr(Share, "exchange", staticmethod(stop_at_symlink))
     files = {rel: os.urandom(size) for rel, size in (("one", 1000), ("two", 3 << 20))}
     for rel, data in files.items():
         (tmp_path / rel).write_bytes(data)

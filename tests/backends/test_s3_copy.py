@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from ferry.mover.backends import s3, s3_multipart
 from ferry.mover.backends.local import LocalBackend
+from ferry.mover.backends.s3 import backend as s3
+from ferry.mover.backends.s3 import files as s3_files
+from ferry.mover.backends.s3 import multipart as s3_multipart
+from ferry.mover.backends.s3 import session as s3_session
 from ferry.mover.integrity import file_digest
 from ferry.mover.options import Mode
 from tests.backends.conftest import BUCKET
@@ -53,8 +56,8 @@ def test_server_side_copy_within_one_endpoint(
     a, b = r.fresh("ssc-a"), r.fresh("ssc-b")
     ok(transfer(str(src), r.uri(a)))
     with monkeypatch.context() as m:
-        _forbid(m, s3.S3Reader, "read_at")
-        _forbid(m, s3.S3Reader, "iter_range")
+        _forbid(m, s3_files.S3Reader, "read_at")
+        _forbid(m, s3_files.S3Reader, "iter_range")
         first = ok(transfer(r.uri(a), r.uri(b)))
         assert first.files_copied > 10
         again = ok(transfer(r.uri(a), r.uri(b)))
@@ -80,7 +83,7 @@ def test_local_upload_stores_digest_without_a_rewrite(
     p = _big(tmp_path / "src", 3 * s3_multipart.MIN_PART + MiB)
     sub = r.fresh("prehash")
     with monkeypatch.context() as m:
-        _forbid(m, s3.S3Backend, "copy_object")
+        _forbid(m, s3_session.S3Session, "copy_object")
         ok(transfer(str(p.parent), r.uri(sub)))
     head = r.server.client().head_object(Bucket=BUCKET, Key=f"{sub}/big.bin")
     assert head["ContentLength"] == p.stat().st_size
@@ -97,8 +100,8 @@ def test_metadata_rewrite_above_copy_object_limit(
     """Objects above CopyObject's limit (5 GiB on S3; lowered here so the test moves a few
     MiB) get their metadata rewritten by a multipart UploadPartCopy, bytes intact, and are
     copied server-side the same way."""
-    monkeypatch.setattr(s3, "COPY_MAX", 8 * MiB)
-    monkeypatch.setattr(s3, "COPY_PART", s3_multipart.MIN_PART)
+    monkeypatch.setattr(s3_session, "COPY_MAX", 8 * MiB)
+    monkeypatch.setattr(s3_session, "COPY_PART", s3_multipart.MIN_PART)
     r = remotes(s3_kind)
     p = _big(tmp_path / "src", 3 * s3_multipart.MIN_PART + MiB)
     sub = r.fresh("mpcopy")
@@ -109,7 +112,7 @@ def test_metadata_rewrite_above_copy_object_limit(
 
     def watched(self: s3.S3Backend, *a: Any, **k: Any) -> None:
         init(self, *a, **k)
-        self.client.meta.events.register(
+        self.session.client.meta.events.register(
             "before-call.s3.*", lambda model, **_: calls.append(model.name)
         )
 
@@ -142,13 +145,13 @@ def test_listing_heads_only_what_it_compares(
     sub = r.fresh("lazy")
     ok(transfer(str(src), r.uri(sub)))
     heads: list[str] = []
-    real = s3.S3Backend.head
+    real = s3_session.S3Session.head
 
-    def counting(self: s3.S3Backend, key: str) -> Any:
+    def counting(self: s3_session.S3Session, key: str) -> Any:
         heads.append(key)
         return real(self, key)
 
-    monkeypatch.setattr(s3.S3Backend, "head", counting)
+    monkeypatch.setattr(s3_session.S3Session, "head", counting)
     back = tmp_path / "back"
     first = ok(transfer(r.uri(sub), str(back)))
     assert first.files_copied > 10

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from ferry.mover.backends import s3, s3_client
 from ferry.mover.backends.base import Entry, EntryType, SmallFile
-from ferry.mover.backends.s3_wire import StaticCredentials
+from ferry.mover.backends.s3 import backend as s3
+from ferry.mover.backends.s3 import client as s3_client
+from ferry.mover.backends.s3.wire.api import StaticCredentials
 from ferry.mover.endpoints import parse_endpoint
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import Mode, Preserve
@@ -89,7 +90,7 @@ def test_small_objects_go_over_the_wire(
     assert [p for p in src.rglob("*") if p.is_file() and p.stat().st_size > CHUNK]
     assert w.calls == []
     assert w.clients == [] or wire_start == "probe"
-    assert w.made and all(not b.wire.off for b in w.made)
+    assert w.made and all(not b.session.wire.off for b in w.made)
     assert compare(src, back, empty_dirs=False) == []
 
 
@@ -113,7 +114,7 @@ def test_small_runs_never_build_botocore(
     back = tmp_path / "back"
     ok(transfer(r.uri(sub), str(back)))
     assert compare(src, back, empty_dirs=False) == []
-    assert w.clients == [] and w.made and all(not b.wire.off for b in w.made)
+    assert w.clients == [] and w.made and all(not b.session.wire.off for b in w.made)
 
 
 def test_listing_pages(
@@ -125,13 +126,17 @@ def test_listing_pages(
     sub = r.fresh("pages")
     be = s3.S3Backend(parse_endpoint(r.uri(sub)))
     try:
-        assert not be.wire.off
+        assert not be.session.wire.off
         names = {f"k{i:05d}" for i in range(1003)} | {"sub/x"}
         with ThreadPoolExecutor(8) as pool:
-            puts = list(pool.map(lambda n: be.wire.request("PUT", be.key(n), {}, b""), names))
+            puts = list(
+                pool.map(
+                    lambda n: be.session.wire.request("PUT", be.session.key(n), {}, b""), names
+                )
+            )
         assert all(p is not None and p.status == 200 for p in puts)
         listed = be.list_dir("")
-        assert be._client is None and not be.wire.off
+        assert be.session._client is None and not be.session.wire.off
     finally:
         be.close()
     assert sorted(e.name for e in listed) == sorted({n.split("/")[0] for n in names})
@@ -151,12 +156,12 @@ def test_rejected_signature_turns_the_wire_off(
 
     def wrong_secret(be: s3.S3Backend, *a: Any, **k: Any) -> None:
         init(be, *a, **k)
-        assert not be.wire.off
-        be.wire.credentials = StaticCredentials(r.server.access_key, "not-the-secret")
+        assert not be.session.wire.off
+        be.session.wire.credentials = StaticCredentials(r.server.access_key, "not-the-secret")
 
     monkeypatch.setattr(s3.S3Backend, "__init__", wrong_secret)
     ok(transfer(str(src), r.uri(sub)))
-    assert w.made[0].wire.off
+    assert w.made[0].session.wire.off
     assert {"PutObject", "UploadPart"} <= set(w.calls)
     back = tmp_path / "back"
     ok(transfer(r.uri(sub), str(back)))
@@ -174,14 +179,14 @@ def test_abandoned_stream_leaves_the_connection_usable(
     be = s3.S3Backend(parse_endpoint(r.uri(sub)))
     try:
         data = bytes(range(256)) * 4096  # 1 MiB
-        assert be.wire.request("PUT", be.key("one"), {}, data) is not None
+        assert be.session.wire.request("PUT", be.session.key("one"), {}, data) is not None
         reader = be.open_read("one", Entry("one", EntryType.FILE, size=len(data)))
         pieces = reader.iter_range(0, len(data), 64 * 1024)
         assert bytes(next(pieces)) == data[: 64 * 1024]
         pieces.close()
         assert reader.read_at(100, 10) == data[100:110]
         assert b"".join(bytes(p) for p in reader.iter_range(0, len(data), 1 << 20)) == data
-        assert be._client is None  # all of it on the wire
+        assert be.session._client is None  # all of it on the wire
     finally:
         be.close()
 
@@ -200,13 +205,13 @@ def test_idle_connection_closed_by_the_server(remotes, tmp_path: Path) -> None:
     relay = TCPRelay(r.server.port).start()
     try:
         be = _through(r, relay, tmp_path)
-        assert not be.wire.off
+        assert not be.session.wire.off
         key = f"{r.fresh('idle')}/k.txt"
-        put = be.wire.request("PUT", key, {}, b"hello")
+        put = be.session.wire.request("PUT", key, {}, b"hello")
         assert put is not None and put.status == 200
         relay.restart()  # resets every open connection, as a server restart would
         try:
-            got = be.wire.request("GET", key)
+            got = be.session.wire.request("GET", key)
         finally:
             be.close()
         assert got is not None and got.status == 200 and got.body == b"hello"
@@ -271,18 +276,18 @@ def test_posts_are_not_sent_twice_by_the_wire(remotes, tmp_path: Path, call: str
             if call == "create":
                 assert be.bucket_exists()  # a HEAD: the connection is kept alive
                 relay.lose_answer_to(f"POST /{BUCKET}/{key}?uploads".encode())
-                assert be.wire.create_upload(key, {}) is None
+                assert be.session.wire.create_upload(key, {}) is None
             else:
-                upload = be.wire.create_upload(key, {})
+                upload = be.session.wire.create_upload(key, {})
                 assert upload is not None
                 query = {"partNumber": "1", "uploadId": upload}
-                part = be.wire.request("PUT", key, {}, b"x" * 10, query)
+                part = be.session.wire.request("PUT", key, {}, b"x" * 10, query)
                 assert part is not None and part.status == 200
                 relay.lose_answer_to(f"POST /{BUCKET}/{key}?uploadId=".encode())
-                assert not be.wire.complete_upload(
+                assert not be.session.wire.complete_upload(
                     key, upload, [(1, part.headers["etag"], None)], None
                 )
-            assert not be.wire.off
+            assert not be.session.wire.off
         finally:
             be.close()
     finally:
@@ -309,7 +314,7 @@ def test_https_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         ok(transfer(uri, str(back)))
         assert compare(src, back, empty_dirs=False) == []
         assert w.calls == w.clients == []
-        assert w.made and all(not b.wire.off and b.wire.https for b in w.made)
+        assert w.made and all(not b.session.wire.off and b.session.wire.https for b in w.made)
         monkeypatch.delenv("AWS_CA_BUNDLE")
         refused = transfer(uri, str(tmp_path / "refused"), retries=0)
         assert refused.exit_code != 0
@@ -366,7 +371,7 @@ def test_no_keys_anywhere(remotes, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     uri = f"s3://{BUCKET}/nokeys?endpoint={r.server.endpoint_url}"
     w = Watch(monkeypatch)
     summary = transfer(uri, str(tmp_path / "out"), retries=0)
-    assert w.made and all(b.wire.off for b in w.made)
+    assert w.made and all(b.session.wire.off for b in w.made)
     assert summary.fatal is not None and summary.fatal.kind == ErrorKind.AUTH_FAILED
     assert r.server.endpoint_url in str(summary.fatal)
 

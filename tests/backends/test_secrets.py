@@ -21,8 +21,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ferry.mover import redact
-from ferry.mover.backends.s3 import _read_credentials
-from ferry.mover.backends.s3_wire import StaticCredentials
+from ferry.mover.backends.s3.credentials import read_credentials
+from ferry.mover.backends.s3.wire.api import StaticCredentials
 from ferry.mover.endpoints import S3Endpoint, parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.redact import RedactingFormatter, remember
@@ -61,7 +61,7 @@ def test_credentials_file_values_are_taken_as_written(tmp_path: Path) -> None:
     """No '%' interpolation: '%' and '%%' in a secret reach the signer as written."""
     creds = tmp_path / "credentials"
     creds.write_text(f"[default]\naws_access_key_id = AK\naws_secret_access_key = {GOOD}\n")
-    assert _read_credentials(str(creds), None)["aws_secret_access_key"] == GOOD
+    assert read_credentials(str(creds), None)["aws_secret_access_key"] == GOOD
 
 
 def test_credentials_directory_as_secrets_are_keyed(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_credentials_directory_as_secrets_are_keyed(tmp_path: Path) -> None:
     ):
         (tmp_path / name).write_text(value + "\n")
     (tmp_path / "region").write_text("nowhere")
-    assert _read_credentials(str(tmp_path), None) == {
+    assert read_credentials(str(tmp_path), None) == {
         "aws_access_key_id": "AK",
         "aws_secret_access_key": GOOD,
         "aws_session_token": "T0k",
@@ -95,7 +95,7 @@ def test_credentials_file_errors_name_the_file_and_line_only(
     creds = tmp_path / "credentials"
     creds.write_text(text)
     with pytest.raises(FerryError) as info:
-        _read_credentials(str(creds), None)
+        read_credentials(str(creds), None)
     assert info.value.kind == ErrorKind.AUTH_FAILED
     assert str(info.value) == f"credentials file {creds} is malformed at line {line}"
     assert info.value.__cause__ is None and info.value.__suppress_context__
@@ -104,11 +104,11 @@ def test_credentials_file_errors_name_the_file_and_line_only(
 def test_credentials_file_unreadable_or_not_text(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(FerryError, match=f"cannot read credentials file {missing}"):
-        _read_credentials(str(missing), None)
+        read_credentials(str(missing), None)
     binary = tmp_path / "binary"
     binary.write_bytes(b"[default]\naws_secret_access_key = \xff" + SECRET.encode() + b"\n")
     with pytest.raises(FerryError) as info:
-        _read_credentials(str(binary), None)
+        read_credentials(str(binary), None)
     assert str(info.value) == f"credentials file {binary} is not UTF-8 text"
 
 
@@ -471,7 +471,7 @@ def test_secret_reaches_no_output(
 
 @pytest.mark.parametrize("content", ["encrypted", f"-----BEGIN RSA PRIVATE KEY-----\n{SECRET}\n"])
 def test_unusable_key_files_are_auth_failures(tmp_path: Path, content: str) -> None:
-    from ferry.mover.backends.sftp import SFTPBackend
+    from ferry.mover.backends.sftp.backend import SFTPBackend
     from ferry.mover.endpoints import SFTPEndpoint
 
     key = tmp_path / "id"
@@ -482,7 +482,7 @@ def test_unusable_key_files_are_auth_failures(tmp_path: Path, content: str) -> N
         key.write_text(content)
     backend = SFTPBackend(SFTPEndpoint(host="127.0.0.1", port=1, key_file=str(key)))
     with pytest.raises(FerryError) as info:
-        backend._credentials()
+        backend.conns._credentials()
     assert info.value.kind == ErrorKind.AUTH_FAILED
     assert ("passphrase" in str(info.value)) == (content == "encrypted")
     assert_clean(str(info.value), "the error")

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ferry.mover.backends import sftp_wire as w
 from ferry.mover.backends.base import Entry, EntryType
-from ferry.mover.backends.sftp import SFTPBackend, classify
-from ferry.mover.backends.ssh_send import BATCH, MAX_PACKET, GcmSender
+from ferry.mover.backends.sftp.backend import SFTPBackend
+from ferry.mover.backends.sftp.connections import classify
+from ferry.mover.backends.sftp.wire import session as w
+from ferry.mover.backends.sftp.wire.ssh_send import BATCH, MAX_PACKET, GcmSender
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
 from tests.backends.helpers import ok, transfer
@@ -243,8 +244,8 @@ def test_a_broken_reply_fails_transient_and_the_session_is_not_reused(
     be = SFTPBackend(peer.endpoint(sub))
     try:
         entry = be.stat("f")  # connects: one session, back in the pool
-        assert entry is not None and be._idle.qsize() == 1
-        first = next(iter(be._all))
+        assert entry is not None and be.conns._idle.qsize() == 1
+        first = next(iter(be.conns._all))
         connections = peer.connections
         kind, bad, says = CASES[case]
         peer.tamper = once(kind, bad)
@@ -253,12 +254,12 @@ def test_a_broken_reply_fails_transient_and_the_session_is_not_reused(
         assert err.value.kind == ErrorKind.TRANSIENT, err.value
         assert says in str(err.value)
         assert "sftp://" in str(err.value)  # names the endpoint
-        assert be._idle.qsize() == 0 and not be._all  # closed, not pooled
+        assert be.conns._idle.qsize() == 0 and not be.conns._all  # closed, not pooled
         assert not first.transport.is_active()
         peer.tamper = None
         assert be.open_read("f", entry).read_at(0, entry.size) == data  # a fresh session
         assert peer.connections == connections + 1
-        assert be._idle.qsize() == 1 and next(iter(be._all)) is not first
+        assert be.conns._idle.qsize() == 1 and next(iter(be.conns._all)) is not first
     finally:
         peer.tamper = None
         be.close()
@@ -270,7 +271,7 @@ def test_a_broken_write_reply_drops_the_session(peer: Peer) -> None:
     be = SFTPBackend(peer.endpoint("hostile-write"))
     try:
         assert be.stat("") is not None  # connects: one session, back in the pool
-        first = next(iter(be._all))
+        first = next(iter(be.conns._all))
         entry = Entry("w.bin", EntryType.FILE, size=7, mtime_ns=10**18, mode=0o644)
         writer = be.open_write("w.bin", entry)
         writer.write_at(0, b"payload")  # buffered: written with the commit
@@ -279,8 +280,8 @@ def test_a_broken_write_reply_drops_the_session(peer: Peer) -> None:
             writer.commit(entry, None, Preserve())
         assert err.value.kind == ErrorKind.TRANSIENT, err.value
         assert "too short" in str(err.value)
-        assert first not in be._all and not first.transport.is_active()
-        assert be._idle.qsize() == 0
+        assert first not in be.conns._all and not first.transport.is_active()
+        assert be.conns._idle.qsize() == 0
     finally:
         peer.tamper = None
         be.close()
@@ -294,7 +295,7 @@ def test_sealer_buffers_are_capped_whatever_the_server_declares(tmp_path: Path) 
         be = SFTPBackend(huge.endpoint("up"))
         try:
             assert be.stat("") is not None
-            s = next(iter(be._all))
+            s = next(iter(be.conns._all))
             assert s.chan.out_max_packet_size == 16 * 1024 * 1024  # as the server declared
             sender = getattr(s.sendall, "__self__", None)
             assert isinstance(sender, GcmSender)  # the server negotiated AES-GCM

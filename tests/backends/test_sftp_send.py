@@ -16,7 +16,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from ferry.mover.backends import ssh_send
+from ferry.mover.backends.sftp.wire import ssh_send
 from ferry.mover.engine.stream import STREAM_PIECE
 from tests.backends.helpers import ok, transfer
 from tests.backends.sftp_peer import USER, Peer

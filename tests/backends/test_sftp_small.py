@@ -13,9 +13,9 @@ from typing import Any
 import paramiko
 import pytest
 
-from ferry.mover.backends import sftp_wire
 from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType, SmallFile
-from ferry.mover.backends.sftp import SFTPBackend
+from ferry.mover.backends.sftp.backend import SFTPBackend
+from ferry.mover.backends.sftp.wire import session as sftp_wire
 from ferry.mover.endpoints import SFTPEndpoint, parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import ErrorPolicy, Preserve

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType
-from ferry.mover.backends.smb import SMBBackend
+from ferry.mover.backends.smb.backend import SMBBackend
+from ferry.mover.backends.smb.share import Share
 from ferry.mover.endpoints import SMBEndpoint, parse_endpoint
 from ferry.mover.options import Preserve
 from tests.backends.helpers import ok, transfer
@@ -96,7 +97,7 @@ def test_copy_free_signature_matches_smbprotocol() -> None:
     from smbprotocol.connection import Connection, SigningAlgorithms
     from smbprotocol.header import Commands
 
-    from ferry.mover.backends.smb_connection import signature
+    from ferry.mover.backends.smb.wire.connection import signature
 
     cases = [
         (Dialects.SMB_3_1_1, SigningAlgorithms.AES_GMAC),
@@ -120,7 +121,7 @@ def test_light_headers_in_use(smbd_server: SambaServer) -> None:
     errors still come back as the right exceptions through them."""
     import smbprotocol.connection
 
-    from ferry.mover.backends.smb_connection import (
+    from ferry.mover.backends.smb.wire.connection import (
         LightHeaderRequest,
         LightHeaderResponse,
         _same_headers,
@@ -154,7 +155,7 @@ def test_encrypted_session(smbd_server: SambaServer, tmp_path: Path) -> None:
     be = SMBBackend(ep)
     try:
         assert be.stat("small.txt") is not None
-        sessions = [s for c in be._cache.values() for s in c.session_table.values()]
+        sessions = [s for c in be.share._cache.values() for s in c.session_table.values()]
         assert sessions and all(s.encrypt_data for s in sessions)
     finally:
         be.close()
@@ -170,7 +171,7 @@ def test_symlink_stop_goes_through_smbclient(
     from smbprotocol import exceptions as smbexc
     from smbprotocol.header import Commands
 
-    real = SMBBackend.exchange
+    real = Share.exchange
     stopped: list[int] = []
 
     def stop_at_symlink(tree: Any, bodies: list[Any]) -> list[Any]:
@@ -184,7 +185,7 @@ def test_symlink_stop_goes_through_smbclient(
     for i in range(3):
         (src / f"f{i}").write_bytes(os.urandom(1000 + i))
     uri = smbd_server.uri(f"sym-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setattr(SMBBackend, "exchange", staticmethod(stop_at_symlink))
+    monkeypatch.setattr(Share, "exchange", staticmethod(stop_at_symlink))
     ok(transfer(str(src), uri))
     back = tmp_path / "back"
     ok(transfer(uri, str(back)))

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from smbprotocol.connection import Ciphers, Connection
 from smbprotocol.header import Commands
 
-from ferry.mover.backends.smb import SMBBackend
+from ferry.mover.backends.smb.backend import SMBBackend
 from ferry.mover.endpoints import SMBEndpoint, parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import ErrorPolicy, MiB
@@ -118,7 +118,7 @@ def test_plaintext_answer_on_encrypted_session(smbd_server: SambaServer) -> None
     try:
         entry = be.stat("f.txt")
         assert entry is not None
-        (conn,) = be._cache.values()
+        (conn,) = be.share._cache.values()
         assert conn.cipher_id in (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM)
         (session,) = conn.session_table.values()
         assert session.encrypt_data
@@ -128,7 +128,7 @@ def test_plaintext_answer_on_encrypted_session(smbd_server: SambaServer) -> None
         assert relay.tampered == 1
         assert caught.value.kind == ErrorKind.AUTH_FAILED
         assert "plaintext on an encrypted session" in str(caught.value)
-        assert not be._cache  # dropped, not reused
+        assert not be.share._cache  # dropped, not reused
         assert be.open_read("f.txt", entry).read_at(0, entry.size) == DATA
     finally:
         be.close()
@@ -203,20 +203,20 @@ def test_backslash_name_is_refused_not_split(smbd_server: SambaServer, tmp_path:
 def test_names_smb_cannot_hold(char: str) -> None:
     be = SMBBackend(parse_endpoint("smb://u@127.0.0.1:1/share/dir"))  # type: ignore[arg-type]
     calls: list[Callable[[], Any]] = [
-        lambda: be.path(f"d/x{char}y"),
-        lambda: be.share_rel(f"x{char}y"),
+        lambda: be.share.path(f"d/x{char}y"),
+        lambda: be.share.share_rel(f"x{char}y"),
     ]
     for call in calls:
         with pytest.raises(FerryError) as caught:
             call()
         assert caught.value.kind == ErrorKind.UNSAFE_PATH and caught.value.path
-    assert be.share_rel("d/ünï ☃.txt") == "dir\\d\\ünï ☃.txt"
+    assert be.share.share_rel("d/ünï ☃.txt") == "dir\\d\\ünï ☃.txt"
 
 
 def test_strict_answers_in_use(smbd_server: SambaServer) -> None:
     """The check is installed on the smbprotocol it was written against (pyproject pins it):
     an upgrade fails here instead of silently dropping to the library's own checks."""
-    from ferry.mover.backends.smb_connection import STRICT_TESTED, strict_answers
+    from ferry.mover.backends.smb.wire.connection import STRICT_TESTED, strict_answers
 
     be = SMBBackend(_ep(smbd_server, ""))
     try:

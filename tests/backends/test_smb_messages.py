@@ -28,9 +28,9 @@ from smbprotocol.open import (
 )
 from smbprotocol.structure import DateTimeField
 
-from ferry.mover.backends import smb_messages as m
-from ferry.mover.backends.smb_connection import LightHeaderResponse
-from ferry.mover.backends.smb_errors import MalformedAnswer, classify
+from ferry.mover.backends.smb.errors import MalformedAnswer, classify
+from ferry.mover.backends.smb.wire import messages as m
+from ferry.mover.backends.smb.wire.connection import LightHeaderResponse
 from ferry.mover.errors import ErrorKind
 
 FILE_ID = bytes(range(16))

@@ -15,8 +15,13 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from smbprotocol import exceptions as smbexc
 
-from ferry.mover.backends import s3, s3_errors, s3_multipart, sftp, smb_errors
 from ferry.mover.backends.base import check_name, copy_into
+from ferry.mover.backends.s3 import credentials as s3_credentials
+from ferry.mover.backends.s3 import errors as s3_errors
+from ferry.mover.backends.s3 import meta as s3_meta
+from ferry.mover.backends.s3 import multipart as s3_multipart
+from ferry.mover.backends.sftp import connections as sftp
+from ferry.mover.backends.smb import errors as smb_errors
 from ferry.mover.endpoints import parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import GiB, MiB
@@ -83,7 +88,7 @@ def test_sftp_backend_imports_paramiko_without_invoke_or_metadata() -> None:
     own version; loading them costs every run. Its version (in the SSH client id) is the
     installed one all the same, and both modules can still be imported afterwards."""
     code = (
-        "import sys; from ferry.mover.backends import import_paramiko; import_paramiko(); "
+        "import sys; from ferry.mover.backends.sftp import import_paramiko; import_paramiko(); "
         "import paramiko, paramiko.config as c; "
         "assert c.invoke is None and 'invoke' not in sys.modules; "
         "assert 'importlib.metadata' not in sys.modules, 'metadata'; "
@@ -99,7 +104,7 @@ def test_s3_backend_loads_no_botocore_or_http_client() -> None:
     """The wire carries small-object runs: botocore, http.client and the email package
     (~40 ms of every start) load only when a run needs botocore."""
     code = (
-        "import sys, ferry.mover.backends.s3, ferry.mover.transfer; "
+        "import sys, ferry.mover.backends.s3.backend, ferry.mover.transfer; "
         "print(sorted(m for m in ('botocore', 'http.client', 'email') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -112,7 +117,7 @@ def test_s3_backend_loads_no_botocore_or_http_client() -> None:
 )
 def test_s3_timestamps(text: str) -> None:
     """Header dates are parsed without the email package; other forms go to botocore's parser."""
-    got = s3._parse_timestamp(text)
+    got = s3_meta.parse_timestamp(text)
     assert got.timestamp() == 784111777 and got.utcoffset() is not None
 
 
@@ -196,12 +201,12 @@ def test_endpoint_options() -> None:
 def test_credentials_directory(tmp_path) -> None:
     (tmp_path / "access-key-id").write_text("AKIA1\n")
     (tmp_path / "secret-access-key").write_text("s3cr3t\n")
-    creds = s3._read_credentials(str(tmp_path), None)
+    creds = s3_credentials.read_credentials(str(tmp_path), None)
     assert creds == {"aws_access_key_id": "AKIA1", "aws_secret_access_key": "s3cr3t"}
     bad = tmp_path / "file"
     bad.write_text("[other]\naws_access_key_id = x\n")
     with pytest.raises(FerryError) as info:
-        s3._read_credentials(str(bad), None)
+        s3_credentials.read_credentials(str(bad), None)
     assert info.value.kind == ErrorKind.AUTH_FAILED and "s3cr3t" not in str(info.value)
 
 
@@ -233,7 +238,7 @@ def test_lean_pipe_hands_over_what_arrived() -> None:
 
     from paramiko.buffered_pipe import PipeTimeout
 
-    from ferry.mover.backends.sftp_wire import LeanPipe
+    from ferry.mover.backends.sftp.wire.session import LeanPipe
 
     pipe, event = LeanPipe(), threading.Event()
     pipe.set_event(event)
@@ -256,7 +261,7 @@ def test_lean_pipe_hands_over_what_arrived() -> None:
 def test_sftp_replies_parsed_across_payloads() -> None:
     """A reply split over several payloads, and several replies in one: the parser's buffer
     gives each message whole, a view into its payload where it lies inside one."""
-    from ferry.mover.backends.sftp_wire import _Chunks
+    from ferry.mover.backends.sftp.wire.session import _Chunks
 
     msgs = [os.urandom(n) for n in (5, 300, 7, 1)]  # at 0, 5, 305, 312
     stream = b"".join(msgs)

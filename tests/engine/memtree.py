@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import errno
 
-from ferry.mover.backends.base import Backend, Capabilities, Entry, EntryType, Reader, Writer
+from ferry.mover.backends.base import Backend, Entry, EntryType, Holds, Reader, Writer
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.errors import ErrorKind, FerryError
 
 T = 1_700_000_000_000_000_000  # a modification time, ns
 SECOND = 1_000_000_000
-LOCAL = LocalBackend.caps
-PLAIN = Capabilities()  # an object store's: no links, modes, owners, xattrs or holes
+LOCAL = LocalBackend.holds
+PLAIN = Holds()  # an object store's: no links, modes, owners, xattrs or holes
 
 
 def F(size: int = 10, mtime: int = T, mode: int = 0o644, **kw: object) -> Entry:
@@ -52,7 +52,7 @@ class Tree(Backend):
     def __init__(
         self,
         entries: dict[str, Entry],
-        caps: Capabilities = LOCAL,
+        caps: Holds = LOCAL,
         xattrs: dict[str, dict[str, bytes]] | None = None,
         follow: dict[str, str] | None = None,
         unlistable: tuple[str, ...] = (),
@@ -62,7 +62,7 @@ class Tree(Backend):
     ) -> None:
         self.entries = entries
         self.name = name
-        self.caps = caps
+        self.holds = caps
         self._xattrs = xattrs or {}
         self.follow = follow or {}  # symlink -> what it resolves to (--links follow)
         self.unlistable = unlistable

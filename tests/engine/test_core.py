@@ -16,6 +16,7 @@ import pytest
 from blake3 import blake3
 
 from ferry.mover.backends.local import LocalBackend
+from ferry.mover.backends.resume.journal import Journal, validate_chunks
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet, Rule, rules_from_cli
 from ferry.mover.integrity import (
@@ -27,7 +28,6 @@ from ferry.mover.integrity import (
     digest_from_blocks,
     is_digest,
 )
-from ferry.mover.journal import Journal, validate_chunks
 from ferry.mover.options import MiB, Mode, Options
 from ferry.mover.plan import check_roots
 from ferry.mover.transfer import transfer_between

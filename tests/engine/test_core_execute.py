@@ -110,7 +110,7 @@ def test_the_executor_leaves_the_actions_as_planned(tmp_path: Path) -> None:
     write(dst, {"same_size": b"B" * 50, "p/inner": b"i"})
 
     class DigestFirst(LocalBackend):
-        caps = LocalBackend.caps._replace(digest_first_above=1)
+        limits = LocalBackend.limits._replace(digest_first_above=1)
 
     s, d = LocalBackend(str(src)), DigestFirst(str(dst))
     actions: list[Action] = []

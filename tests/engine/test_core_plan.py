@@ -12,7 +12,7 @@ import logging
 
 import pytest
 
-from ferry.mover.backends.base import Capabilities, Entry, EntryType
+from ferry.mover.backends.base import Entry, EntryType, Holds
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import Compare, Mode, Options, Preserve, SymlinkPolicy
 from ferry.mover.plan import Action, Op, Planner
@@ -299,8 +299,8 @@ def _meta(
     s: Entry,
     d: Entry,
     preserve: Preserve = DEFAULT,
-    dst_caps: Capabilities = LOCAL,
-    src_caps: Capabilities = LOCAL,
+    dst_caps: Holds = LOCAL,
+    src_caps: Holds = LOCAL,
 ) -> bool:
     planner = Planner(Tree({}, src_caps), Tree({}, dst_caps), Options(preserve=preserve))
     return planner.meta_differs(s, d)

@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from ferry.mover import verify
-from ferry.mover.backends.base import Backend, Capabilities, Entry, EntryType
+from ferry.mover.backends.base import Backend, Entry, EntryType, Holds
 from ferry.mover.endpoints import Endpoint, LocalEndpoint
 from ferry.mover.errors import ErrorKind
 from ferry.mover.integrity import digest_bytes
@@ -45,7 +45,7 @@ def run(
 ) -> tuple[list[tuple[str, str, str]], Summary]:
     trees = {"src": src, "dst": dst}
 
-    def open_backend(ep: Endpoint) -> Backend:
+    def open_backend(ep: Endpoint, **_: object) -> Backend:  # accelerators=
         assert isinstance(ep, LocalEndpoint)
         return trees[ep.path]
 
@@ -216,7 +216,7 @@ def test_what_is_not_kept_is_not_compared(monkeypatch: pytest.MonkeyPatch) -> No
     dst = {"a": F(mtime=T + 1), "d": D(mtime=T + 1), "f": D()}
     data = files(src, {})
 
-    def kinds(src_caps: Capabilities, dst_caps: Capabilities, **opts: object) -> list[tuple]:
+    def kinds(src_caps: Holds, dst_caps: Holds, **opts: object) -> list[tuple]:
         found, _ = run(
             Tree(src, src_caps, data=data), Tree(dst, dst_caps, data=data), monkeypatch, **opts
         )

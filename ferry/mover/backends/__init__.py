@@ -1,4 +1,4 @@
-"""Backends: one module per storage, opened from an endpoint.
+"""Backends: one package per storage (local is one module), opened from an endpoint.
 
 Heavy client libraries (botocore, paramiko, smbprotocol) load only when an
 endpoint of that kind is used, so local copies start fast.
@@ -7,79 +7,40 @@ endpoint of that kind is used, so local copies start fast.
 from __future__ import annotations
 
 import os
-import sys
-import types
 
-from ferry.mover.backends.base import Backend
+from ferry.mover.backends.base import KERNEL_WRITE_BACK, Backend, Durability
 from ferry.mover.endpoints import Endpoint, LocalEndpoint, S3Endpoint, SFTPEndpoint, SMBEndpoint
 
+# FERRY_ACCELERATORS=off: every backend on its library path, whatever the options say.
+ACCELERATORS_ENV = "FERRY_ACCELERATORS"
 
-def open_backend(endpoint: Endpoint) -> Backend:
+
+def accelerators_on(wanted: bool = True) -> bool:
+    """Whether hand-written wire/ paths may be used: the option, unless the environment
+    turns them off (a mover pod's environment can, without a new spec)."""
+    return wanted and os.environ.get(ACCELERATORS_ENV, "on").strip().lower() != "off"
+
+
+def open_backend(
+    endpoint: Endpoint, durability: Durability = KERNEL_WRITE_BACK, accelerators: bool = True
+) -> Backend:
+    """The backend of an endpoint. `durability`: how a destination makes writes durable
+    (the run's --fsync); `accelerators`: False keeps every backend on its library path."""
+    wire = accelerators_on(accelerators)
     if isinstance(endpoint, LocalEndpoint):
         from ferry.mover.backends.local import LocalBackend
 
-        return LocalBackend(endpoint.path)
+        return LocalBackend(endpoint.path, durability)
     if isinstance(endpoint, S3Endpoint):
-        from ferry.mover.backends.s3 import S3Backend
+        from ferry.mover.backends.s3.backend import S3Backend
 
-        return S3Backend(endpoint)
+        return S3Backend(endpoint, durability, accelerators=wire)
     if isinstance(endpoint, SFTPEndpoint):
-        import_paramiko()
-        from ferry.mover.backends.sftp import SFTPBackend
+        from ferry.mover.backends.sftp.backend import SFTPBackend
 
-        return SFTPBackend(endpoint)
+        return SFTPBackend(endpoint, durability, accelerators=wire)
     if isinstance(endpoint, SMBEndpoint):
-        from ferry.mover.backends.smb import SMBBackend
+        from ferry.mover.backends.smb.backend import SMBBackend
 
-        return SMBBackend(endpoint)
+        return SMBBackend(endpoint, durability, accelerators=wire)
     raise TypeError(f"no backend for {endpoint!r}")
-
-
-def import_paramiko() -> None:
-    """Import paramiko without invoke and importlib.metadata.
-
-    paramiko loads invoke only to run ssh_config's `Match exec` (Ferry reads no ssh_config),
-    and invoke brings yaml, unittest.mock and more: 50-80 ms of every SFTP run. It loads
-    importlib.metadata (the email package, zipfile...) only to look up its own version:
-    ~11 ms, where the name of its dist-info directory says the same. Anyone importing
-    either later still gets the real module."""
-    if "paramiko" in sys.modules or "invoke" in sys.modules:
-        return
-    stubs: dict[str, types.ModuleType | None] = {"invoke": None}  # `import invoke` fails
-    if "importlib.metadata" not in sys.modules:
-        stubs["importlib.metadata"] = _metadata_stub()
-    sys.modules.update(stubs)  # type: ignore[arg-type]
-    try:
-        import paramiko  # noqa: F401
-    finally:
-        for name, stub in stubs.items():
-            if name in sys.modules and sys.modules[name] is stub:
-                del sys.modules[name]
-
-
-def _metadata_stub() -> types.ModuleType:
-    """An importlib.metadata whose version() reads the version from the dist-info directory
-    beside the package being imported, and asks the real module where there is none."""
-
-    def version(name: str) -> str:
-        module = sys.modules.get(name)
-        site = os.path.dirname(os.path.dirname(getattr(module, "__file__", None) or "."))
-        prefix = name.replace("-", "_").lower() + "-"
-        try:
-            found = [
-                d[len(prefix) : -len(".dist-info")]
-                for d in os.listdir(site)
-                if d.lower().startswith(prefix) and d.endswith(".dist-info")
-            ]
-        except OSError:
-            found = []
-        if len(found) == 1:
-            return found[0]
-        del sys.modules["importlib.metadata"]  # the real one takes its place
-        from importlib.metadata import version as real
-
-        return real(name)
-
-    stub = types.ModuleType("importlib.metadata")
-    stub.version = version  # type: ignore[attr-defined]
-    return stub

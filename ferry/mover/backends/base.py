@@ -1,10 +1,13 @@
-"""The backend interface: a small mandatory core plus declared capabilities.
+"""The backend interface: a small mandatory core plus optional capabilities.
 
-Modelled on rclone's backends. Every storage lists one directory at a time,
-stats, reads by range, writes through a `Writer` that makes nothing visible
-at the final name until `commit`, removes, and sets metadata. What a storage
-can do beyond that (parallel offset writes, stored digests, symlinks, ...)
-is declared in `Capabilities`, and the engine adapts instead of guessing.
+Modelled on rclone's backends (fs/features.go). Every storage lists one directory at a time,
+stats, reads by range, writes through a `Writer` that makes nothing visible at the final
+name until `commit`, removes, and sets metadata: that is `Backend`. An operation only some
+storages have (server-side copy, batches of small files, links, extended attributes,
+resumable partials, lazy listings) is a small Protocol below, implemented only by the
+backends that have it and checked with `isinstance`, so no backend carries a method that
+only raises. What a storage can hold (`Holds`) and its limits (`Limits`) are plain values the
+engine adapts to instead of guessing.
 
 Paths are relative to the endpoint root, `/`-separated, never starting with
 `/` and never containing `.` or `..` components; `""` is the root. Names that
@@ -17,8 +20,9 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
@@ -36,77 +40,55 @@ class EntryType(IntEnum):
     OTHER = 3
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Entry:
-    """One directory entry as a backend sees it; small, because listings hold many.
+    """One directory entry as a backend sees it. Listings hold them by the hundred thousand:
+    slotted (no per-instance dict), and compared by identity as before (eq=False)."""
 
-    A plain class, not a dataclass, here and for the engine's other records: generating
-    dataclass methods (and importing dataclasses, which imports inspect and ast) was
-    ~16 ms of every run's start-up (a 500-file S3 download takes ~170 ms in all)."""
-
-    __slots__ = (
-        "blocks",
-        "dev",
-        "digest",
-        "gid",
-        "ino",
-        "mode",
-        "mtime_ns",
-        "name",
-        "nlink",
-        "size",
-        "target",
-        "type",
-        "uid",
-        "xattrs",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        type: EntryType,
-        size: int = 0,
-        mtime_ns: int = 0,
-        mode: int = 0,  # permission bits (0 when the backend has none)
-        uid: int = -1,
-        gid: int = -1,
-        nlink: int = 1,
-        ino: int = 0,
-        dev: int = 0,
-        blocks: int = -1,  # 512-byte blocks allocated; -1 when unknown (sparse detection)
-        target: str | None = None,  # symlink target, verbatim
-        digest: str | None = None,  # Ferry digest kept by the backend (e.g. object metadata)
-    ) -> None:
-        self.name, self.type, self.size, self.mtime_ns, self.mode = name, type, size, mtime_ns, mode
-        self.uid, self.gid, self.nlink, self.ino, self.dev = uid, gid, nlink, ino, dev
-        self.blocks, self.target, self.digest = blocks, target, digest
-        # Extended attributes, read only when they are preserved and compared (a listing
-        # leaves them None: reading them costs syscalls per entry).
-        self.xattrs: dict[str, bytes] | None = None
+    name: str
+    type: EntryType
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0  # permission bits (0 when the backend has none)
+    uid: int = -1
+    gid: int = -1
+    nlink: int = 1
+    ino: int = 0
+    dev: int = 0
+    blocks: int = -1  # 512-byte blocks allocated; -1 when unknown (sparse detection)
+    target: str | None = None  # symlink target, verbatim
+    digest: str | None = None  # Ferry digest kept by the backend (e.g. object metadata)
+    # Extended attributes, read only when they are preserved and compared (a listing
+    # leaves them None: reading them costs syscalls per entry).
+    xattrs: dict[str, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"Entry({self.name!r}, {self.type.name}, size={self.size}, mtime_ns={self.mtime_ns})"
 
 
-class Capabilities(NamedTuple):
+class Holds(NamedTuple):
+    """What the storage can hold, so what a run may preserve and compare there. An immutable
+    value (tests derive variants with `_replace`)."""
+
+    mtime_precision_ns: int = 1
+    atomic_rename: bool = True
+    symlinks: bool = False  # the backend then also implements `Symlinks`
+    hardlinks: bool = False  # listings report links (nlink, ino); `Hardlinks` makes them
+    permissions: bool = False
+    owners: bool = False
+    xattrs: bool = False  # the backend then also implements `Xattrs`
+    sparse: bool = False
+    empty_dirs: bool = True
+    stores_digest: bool = False  # Entry.digest is filled from stored metadata
+
+
+class Limits(NamedTuple):
+    """How the storage wants to be written and read: chunking and streams."""
+
     chunk_writer: bool = False  # Writer.write_at may be called concurrently at any offset
-    resumable: bool = False  # Writer.done_chunks survives a killed process
-    server_side_copy: bool = False  # copy_from works for sources that same_service accepts
     # Files above this size keep a digest only if it is known before writing starts
     # (S3 multipart uploads fix metadata at creation); 0: the digest is taken at commit.
     digest_first_above: int = 0
-    stores_digest: bool = False  # Entry.digest is filled from stored metadata
-    # list_dir leaves some metadata out (S3 user metadata costs a HEAD per object): the
-    # lister asks fill_meta for the entries it compares, readers complete the others.
-    lazy_meta: bool = False
-    mtime_precision_ns: int = 1
-    atomic_rename: bool = True
-    symlinks: bool = False
-    hardlinks: bool = False
-    permissions: bool = False
-    owners: bool = False
-    xattrs: bool = False
-    sparse: bool = False
-    empty_dirs: bool = True
     max_chunk_size: int = 0  # 0: no limit of its own
     min_chunk_size: int = 0  # e.g. S3's 5 MiB minimum part
     # Chunk size when the run names none; 0: options.DEFAULT_CHUNK_SIZE. A writer that holds
@@ -116,14 +98,26 @@ class Capabilities(NamedTuple):
     # Each ranged read is a request with a fixed cost (and on some servers a cost in the
     # object's size): big files are read in at most this many long ranges; 0: by chunk size.
     read_streams: int = 0
-    # put_small writes, and get_small reads, a batch of whole small files in a few round
-    # trips, not a few per file.
-    put_small: bool = False
-    get_small: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """How a destination makes writes durable, fixed when it is opened (the run's --fsync).
+
+    fsync_each: Writer.commit (and put_small) make each file's data durable before
+    publishing it (--fsync file). direct_writes: the run flushes before it reports success
+    (--fsync end or file), so big files may go straight to the device."""
+
+    fsync_each: bool = False
+    direct_writes: bool = False
+
+
+KERNEL_WRITE_BACK = Durability()  # the default: durable only when the engine flushes
 
 
 class Space(NamedTuple):
-    """Free space at a destination, as its storage reports it (statvfs and the like)."""
+    """Free space at a destination, as its storage reports it (statvfs and the like). An
+    immutable value, like Holds (tests derive variants with `_replace`)."""
 
     available: int  # bytes this user may still write
     total: int  # the filesystem's (or share's) size in bytes
@@ -138,8 +132,9 @@ class Space(NamedTuple):
         return cls(available, total, block)
 
 
-class SmallFile(NamedTuple):
-    """A whole small file for `Backend.put_small`: its bytes already read, its digest taken."""
+@dataclass(frozen=True, slots=True)
+class SmallFile:
+    """A whole small file for `PutSmall.put_small`: its bytes already read, its digest taken."""
 
     rel: str
     entry: Entry
@@ -224,12 +219,11 @@ class Writer(ABC):
 
 
 class Backend(ABC):
-    caps: Capabilities = Capabilities()
-    # Set by the engine for --fsync file: Writer.commit makes the data durable before publishing.
-    fsync_each: bool = False
-    # Set by the engine when the run flushes before success (--fsync end or file): a backend
-    # may then write big files straight to the device.
-    direct_writes: bool = False
+    """The mandatory core every storage has. Optional operations are the Protocols below."""
+
+    holds: Holds = Holds()
+    limits: Limits = Limits()
+    durability: Durability = KERNEL_WRITE_BACK
     # Readers and writers expose local file descriptors (kernel copy, worker processes).
     fileno_capable: bool = False
 
@@ -250,10 +244,6 @@ class Backend(ABC):
     def list_dir(self, rel: str) -> list[Entry]:
         """The entries of one directory, any order, internal names hidden."""
 
-    def fill_meta(self, rel: str, entries: list[Entry]) -> None:
-        """Complete entries of directory `rel` that a lazy listing left partial (lazy_meta)."""
-        return None
-
     @abstractmethod
     def stat(self, rel: str) -> Entry | None: ...
 
@@ -262,7 +252,8 @@ class Backend(ABC):
 
     @abstractmethod
     def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
-        """Start writing `rel`. With a resume_key, partial state whose key matches is kept."""
+        """Start writing `rel`. With a resume_key, partial state whose key matches is kept
+        (where the backend is `Resumable`)."""
 
     @abstractmethod
     def mkdir(self, rel: str) -> None:
@@ -272,56 +263,15 @@ class Backend(ABC):
     def remove(self, rel: str, entry: Entry) -> None:
         """Remove a file, a symlink or an empty directory."""
 
-    def same_service(self, other: Backend) -> bool:
-        """Whether copy_from can copy files of `other` without moving their bytes."""
-        return False
-
-    def copy_from(
-        self, src: Backend, src_rel: str, entry: Entry, rel: str, preserve: Preserve
-    ) -> None:
-        """Server-side copy of `src_rel` of `src` (same_service) to `rel`, atomically."""
-        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot copy server-side", rel)
-
-    def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
-        """Write whole small files, each published at its final name as `Writer.commit`
-        would (caps.put_small). One outcome per file, None for success; a failed file
-        leaves nothing at its final name, and the engine sends it again on its own."""
-        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot write files in batches")
-
-    def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
-        """Read whole small files (caps.get_small), completing their entries' metadata as a
-        reader would. One result per file; None where this way did not work, and the engine
-        reads that file on its own (which reports what is wrong)."""
-        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot read files in batches")
-
-    def xattrs(self, rel: str) -> dict[str, bytes] | None:
-        """The extended attributes of a file or directory (caps.xattrs); None when unknown."""
-        return None
-
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         """Apply entry's times/mode/owner (and, when preserved and read, its xattrs, exactly)
         to an existing entry (directories, metadata-only changes)."""
-        return None
-
-    def symlink(self, rel: str, target: str) -> None:
-        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot hold symlinks", rel)
-
-    def hardlink(self, rel: str, existing: str) -> None:
-        raise FerryError(ErrorKind.USAGE, f"{self.describe()} cannot hold hard links", rel)
-
-    def resolve_link(self, rel: str, entry: Entry) -> tuple[str, Entry] | None:
-        """(real relative path, entry) a symlink points at, if inside the root (--links follow)."""
         return None
 
     def free_space(self) -> Space | None:
         """Free space where the destination root is (or would be created); None where the
         storage cannot tell (S3), and then nothing is checked before writing."""
         return None
-
-    def partial_bytes(self, rel: str, resume_key: str) -> int:
-        """Bytes a resumable partial of `rel` (open_write with `resume_key`) already holds at
-        the destination: a resumed write needs that much less new space."""
-        return 0
 
     def flush(self) -> None:
         """Make everything written so far durable (called once, before deletes and success)."""
@@ -333,6 +283,95 @@ class Backend(ABC):
 
     def close(self) -> None:
         return None
+
+
+# -- optional capabilities: a backend has one by implementing its method ---------------------
+
+
+@runtime_checkable
+class ServerSideCopy(Protocol):
+    """Copies files of another backend of the same service without moving their bytes."""
+
+    def same_service(self, other: Backend) -> bool:
+        """Whether copy_from can copy files of `other`."""
+
+    def copy_from(
+        self, src: Backend, src_rel: str, entry: Entry, rel: str, preserve: Preserve
+    ) -> None:
+        """Server-side copy of `src_rel` of `src` (same_service) to `rel`, atomically."""
+
+
+@runtime_checkable
+class PutSmall(Protocol):
+    """Writes a batch of whole small files in a few round trips, not a few per file."""
+
+    def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
+        """Each file published at its final name as `Writer.commit` would. One outcome per
+        file, None for success; a failed file leaves nothing at its final name, and the
+        engine sends it again on its own."""
+
+
+@runtime_checkable
+class GetSmall(Protocol):
+    """Reads a batch of whole small files in a few round trips."""
+
+    def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
+        """Completing the entries' metadata as a reader would. One result per file; None
+        where this way did not work, and the engine reads that file on its own (which
+        reports what is wrong)."""
+
+
+@runtime_checkable
+class Symlinks(Protocol):
+    """Makes symbolic links (`Holds.symlinks`)."""
+
+    def symlink(self, rel: str, target: str) -> None: ...
+
+
+@runtime_checkable
+class Hardlinks(Protocol):
+    """Makes hard links (`Holds.hardlinks`)."""
+
+    def hardlink(self, rel: str, existing: str) -> None: ...
+
+
+@runtime_checkable
+class ResolvesLinks(Protocol):
+    """Follows symlinks inside the root (--links follow)."""
+
+    def resolve_link(self, rel: str, entry: Entry) -> tuple[str, Entry] | None:
+        """(real relative path, entry) a symlink points at, if inside the root."""
+
+
+@runtime_checkable
+class Xattrs(Protocol):
+    """Reads extended attributes of a path (`Holds.xattrs`); writers set them."""
+
+    def xattrs(self, rel: str) -> dict[str, bytes] | None:
+        """The extended attributes of a file or directory; None when unknown."""
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """Partial writes survive a killed process (`Writer.done_chunks`)."""
+
+    def partial_bytes(self, rel: str, resume_key: str) -> int:
+        """Bytes a resumable partial of `rel` (open_write with `resume_key`) already holds at
+        the destination: a resumed write needs that much less new space."""
+
+
+@runtime_checkable
+class LazyMeta(Protocol):
+    """list_dir leaves some metadata out (S3 user metadata costs a HEAD per object): the
+    lister asks fill_meta for the entries it compares, readers complete the others."""
+
+    def fill_meta(self, rel: str, entries: list[Entry]) -> None:
+        """Complete entries of directory `rel` that the listing left partial."""
+
+
+def read_xattrs(backend: Backend, rel: str) -> dict[str, bytes] | None:
+    """The extended attributes of `rel` where the backend reads them, else None."""
+    return backend.xattrs(rel) if isinstance(backend, Xattrs) else None
 
 
 def join(parent: str, name: str) -> str:

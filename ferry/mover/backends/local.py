@@ -20,21 +20,30 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
+    KERNEL_WRITE_BACK,
     Backend,
-    Capabilities,
+    Durability,
     Entry,
     EntryType,
+    Hardlinks,
+    Holds,
+    Limits,
     Reader,
+    ResolvesLinks,
+    Resumable,
     Space,
+    Symlinks,
     Writer,
+    Xattrs,
     check_name,
     thread_buffer,
 )
+from ferry.mover.backends.resume.journal import Journal, validate_chunks
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.journal import Journal, validate_chunks
 from ferry.mover.options import Preserve
 from ferry.mover.roots import RootId, path_parts
 
@@ -260,8 +269,8 @@ class LocalWriter(Writer):
         self.tmp: str | None = None
         self.created_mode = -1  # the mode the file was created with, where known
         self.journal: Journal | None = None
-        self.durable = backend.fsync_each
-        self.direct = backend.direct_writes
+        self.durable = backend.durability.fsync_each
+        self.direct = backend.durability.direct_writes
         self.dfd = -1  # the same file opened O_DIRECT, for big files (see DIRECT_MIN)
         self._recorded: dict[int, bytes] = {}
         self._xattrs: dict[str, bytes] = {}
@@ -431,9 +440,10 @@ class LocalWriter(Writer):
 
 
 class LocalBackend(Backend):
-    caps = Capabilities(
-        chunk_writer=True,
-        resumable=True,
+    """Has every optional capability but batches and server-side copies (ServerSideCopy,
+    PutSmall, GetSmall): a local file is a syscall away already."""
+
+    holds = Holds(
         symlinks=True,
         hardlinks=True,
         permissions=True,
@@ -442,10 +452,12 @@ class LocalBackend(Backend):
         sparse=True,
         mtime_precision_ns=1,
     )
+    limits = Limits(chunk_writer=True)
     fileno_capable = True
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, durability: Durability = KERNEL_WRITE_BACK) -> None:
         self.root = os.path.abspath(root)
+        self.durability = durability
 
     def describe(self) -> str:
         return self.root
@@ -633,3 +645,11 @@ class LocalBackend(Backend):
             os.sync()
         finally:
             os.close(fd)
+
+
+# The optional capabilities LocalBackend has, checked by mypy here (rclone's "check the interfaces
+# are satisfied" block) and at run time by tests/backends/test_capabilities.py.
+if TYPE_CHECKING:
+
+    def _has(b: LocalBackend) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable]:
+        return b, b, b, b, b

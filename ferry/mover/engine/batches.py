@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ferry.mover.backends.base import Backend, Entry, SmallFile
+from ferry.mover.backends.base import Backend, Entry, GetSmall, PutSmall, SmallFile
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.procs import VANISHED, Outcome, SmallFilePool, outcome_error
 from ferry.mover.engine.wholefile import (
@@ -125,9 +125,9 @@ class Batcher:
 
 def batch_task(ctx: Context, batch: list[Action]) -> None:
     if ctx.direct_max > 0 and not ctx.xattrs:
-        if ctx.dst.caps.put_small:
+        if isinstance(ctx.dst, PutSmall):
             batch = put_batch(ctx, batch)
-        elif ctx.src.caps.get_small:
+        elif isinstance(ctx.src, GetSmall):
             batch = get_batch(ctx, batch)
     for a in batch:
         if ctx.cancel.is_set():
@@ -175,7 +175,7 @@ def fetch(ctx: Context, batch: list[Action]) -> tuple[list[tuple[Action, bytes]]
     if ctx.cancel.is_set():
         return [], batch
     got: list[bytes | None] = []
-    if ctx.src.caps.get_small:
+    if isinstance(ctx.src, GetSmall):
         try:
             got = ctx.src.get_small([(a.read_rel or a.rel, a.src) for a in small if a.src])
         except Exception as exc:
@@ -208,6 +208,7 @@ def put_batch(ctx: Context, batch: list[Action]) -> list[Action]:
     ]
     if not files or ctx.cancel.is_set():
         return alone + [a for a, _ in pairs]
+    assert isinstance(ctx.dst, PutSmall)  # batch_task sends batches only there
     try:
         outcomes = ctx.dst.put_small(files, ctx.options.preserve)
     except Exception as exc:

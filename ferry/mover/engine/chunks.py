@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from ferry.mover.backends.base import Backend, Entry, Reader, Writer
+from ferry.mover.backends.base import Backend, Entry, Reader, Resumable, Writer
 from ferry.mover.engine.commit import commit
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.tasks import Vanished
@@ -29,16 +29,16 @@ LONG_READ_MAX = 1 << 30  # chunk cap for read_streams sources: resume granularit
 
 def chunk_size_for(o: Options, src: Backend, dst: Backend, size: int) -> int:
     """The chunk size a file of `size` bytes is cut into between these two backends."""
-    caps = dst.caps
-    chunk = o.chunk_size or caps.default_chunk_size or DEFAULT_CHUNK_SIZE
-    chunk = max(chunk, caps.min_chunk_size)
-    streams = src.caps.read_streams
+    limits = dst.limits
+    chunk = o.chunk_size or limits.default_chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = max(chunk, limits.min_chunk_size)
+    streams = src.limits.read_streams
     if streams:
         chunk = max(chunk, min(-(-size // streams), LONG_READ_MAX))
-    if caps.max_chunks:
-        chunk = max(chunk, -(-size // caps.max_chunks))
-    if caps.max_chunk_size:
-        chunk = min(chunk, caps.max_chunk_size)
+    if limits.max_chunks:
+        chunk = max(chunk, -(-size // limits.max_chunks))
+    if limits.max_chunk_size:
+        chunk = min(chunk, limits.max_chunk_size)
     return -(-chunk // BLOCK_SIZE) * BLOCK_SIZE
 
 
@@ -83,7 +83,9 @@ def start(ctx: Context, a: Action, chunk: int) -> None:
         return
     nchunks = -(-s.size // chunk)
     try:
-        key = resume_key_for(s, chunk, ctx.options.verify) if ctx.dst.caps.resumable else None
+        key = (
+            resume_key_for(s, chunk, ctx.options.verify) if isinstance(ctx.dst, Resumable) else None
+        )
         writer = ctx.dst.open_write(a.rel, s, resume_key=key)
         done = writer.done_chunks(chunk) if key else {}
     except Exception as exc:

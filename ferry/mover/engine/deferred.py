@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, check_name
+from ferry.mover.backends.base import Backend, Entry, EntryType, Hardlinks, check_name
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.wholefile import make_symlink, whole_file
+from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.plan import Action
 from ferry.mover.scan import list_tree
 
@@ -42,6 +43,10 @@ class Deferred:
                 return
             try:
                 assert a.link_to is not None
+                if not isinstance(ctx.dst, Hardlinks):
+                    raise FerryError(
+                        ErrorKind.USAGE, f"{ctx.dst.describe()} cannot hold hard links", a.rel
+                    )
                 ctx.dst.hardlink(a.rel, a.link_to)
                 ctx.ledger.link_created(a.rel)
             except Exception as exc:

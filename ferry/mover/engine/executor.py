@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from ferry.mover.backends.base import Backend, EntryType
+from ferry.mover.backends.base import Backend, EntryType, ServerSideCopy
 from ferry.mover.engine import chunks, wholefile
 from ferry.mover.engine.batches import SMALL, Batcher
 from ferry.mover.engine.context import Context
@@ -54,9 +54,9 @@ class Executor:
             streamer=Streamer(progress, cancel, hashing, limiter),
             meta_differs=planner.meta_differs,
             hashing=hashing,
-            sparse=options.preserve.sparse and dst.caps.sparse,
-            xattrs=options.preserve.xattrs and dst.caps.xattrs,
-            server_copy=dst.caps.server_side_copy and dst.same_service(src),
+            sparse=options.preserve.sparse and dst.holds.sparse,
+            xattrs=options.preserve.xattrs and dst.holds.xattrs,
+            server_copy=isinstance(dst, ServerSideCopy) and dst.same_service(src),
             direct_max=wholefile.direct_max_for(options, src, dst),
         )
         self.batches = Batcher(self.ctx)
@@ -91,7 +91,7 @@ class Executor:
                 self.batches.add(a)
             else:
                 chunk = chunks.chunk_size_for(ctx.options, ctx.src, ctx.dst, s.size)
-                if s.size < 2 * chunk or not ctx.dst.caps.chunk_writer:
+                if s.size < 2 * chunk or not ctx.dst.limits.chunk_writer:
                     ctx.tasks.submit(wholefile.whole_file, ctx, a)
                 else:
                     chunks.start(ctx, a, chunk)

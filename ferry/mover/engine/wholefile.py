@@ -11,7 +11,15 @@ from __future__ import annotations
 import copy
 import logging
 
-from ferry.mover.backends.base import Backend, Entry, EntryType, Reader
+from ferry.mover.backends.base import (
+    Backend,
+    Entry,
+    EntryType,
+    LazyMeta,
+    Reader,
+    ServerSideCopy,
+    Symlinks,
+)
 from ferry.mover.engine.commit import commit
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.tasks import Vanished
@@ -101,11 +109,11 @@ def meta_first(ctx: Context, a: Action, s: Entry) -> Entry:
     metadata then (S3 multipart; later it costs a server-side copy of the object): a
     lazy listing's metadata costs a HEAD; a local file's digest, one more read from the
     page cache (rclone does the same for its MD5). Returns the completed copy of `s`."""
-    above = ctx.dst.caps.digest_first_above
+    above = ctx.dst.limits.digest_first_above
     if not above or s.size <= above or s.digest:
         return s
     rel = a.read_rel or a.rel
-    if ctx.src.caps.lazy_meta:
+    if isinstance(ctx.src, LazyMeta):
         s = copy.copy(s)
         ctx.src.fill_meta(rel.rpartition("/")[0], [s])
     elif ctx.hashing and ctx.src.fileno_capable:
@@ -180,6 +188,7 @@ def server_copy(ctx: Context, a: Action, s: Entry | None = None) -> None:
         assert entry is not None
         if n:
             entry = current[0] = refresh(ctx, a, entry)
+        assert isinstance(ctx.dst, ServerSideCopy)  # ctx.server_copy
         ctx.dst.copy_from(ctx.src, a.read_rel or a.rel, entry, a.rel, ctx.options.preserve)
         ctx.ledger.committed(a, entry, None, counted=False)
 
@@ -214,6 +223,8 @@ def check(ctx: Context, a: Action) -> None:
 def make_symlink(ctx: Context, a: Action) -> None:
     assert a.src is not None and a.src.target is not None
     try:
+        if not isinstance(ctx.dst, Symlinks):
+            raise FerryError(ErrorKind.USAGE, f"{ctx.dst.describe()} cannot hold symlinks", a.rel)
         ctx.dst.symlink(a.rel, a.src.target)
         ctx.dst.set_meta(a.rel, a.src, ctx.options.preserve)
         ctx.ledger.link_created(a.rel)

@@ -3,11 +3,10 @@ handle per writing thread, renamed over the target at commit (see SMBWriter)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import smbclient
 from smbclient._io import SMBFileTransaction, SMBRawIO, set_info
@@ -20,10 +19,12 @@ from smbprotocol.open import (
     ImpersonationLevel,
 )
 
-from ferry.mover.backends import smb_messages
-from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, Reader, Writer
-from ferry.mover.backends.remote_state import RemoteState
-from ferry.mover.backends.smb_handles import (
+from ferry.mover.backends.base import Entry, Reader, Writer
+from ferry.mover.backends.resume.remote import RemoteState
+from ferry.mover.backends.smb.names import internal_name, partial_rel
+from ferry.mover.backends.smb.share import Share
+from ferry.mover.backends.smb.wire import messages
+from ferry.mover.backends.smb.wire.handles import (
     FILE_ATTRIBUTE_NORMAL,
     IO_MAX,
     READ_ACCESS,
@@ -33,28 +34,10 @@ from ferry.mover.backends.smb_handles import (
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
 
-if TYPE_CHECKING:
-    from ferry.mover.backends.smb import SMBBackend
-
-
-def internal_name(name: str, suffix: str) -> str:
-    """A hidden name beside `name` (temp, partial, journal); hashed where too long."""
-    full = f"{INTERNAL_PREFIX}{name}.{suffix}"
-    if len(full) <= 240:
-        return full
-    return f"{INTERNAL_PREFIX}{hashlib.blake2b(name.encode('utf-8', 'surrogateescape'), digest_size=16).hexdigest()}.{suffix}"
-
-
-def partial_rel(rel: str, resume_key: str) -> str:
-    """Where a resumable write of `rel` keeps its partial: a name per source version."""
-    parent, _, name = rel.rpartition("/")
-    tag = hashlib.blake2b(resume_key.encode(), digest_size=8).hexdigest()
-    return (parent + "/" if parent else "") + internal_name(name, f"{tag}.part")
-
 
 class SMBReader(Reader):
-    def __init__(self, be: SMBBackend, rel: str, entry: Entry) -> None:
-        self.be, self.rel, self.size = be, rel, entry.size
+    def __init__(self, share: Share, rel: str, entry: Entry) -> None:
+        self.share, self.rel, self.size = share, rel, entry.size
         self.mtime_ns = entry.mtime_ns
         self._after: tuple[int, int] | None = None  # (size, mtime) when the whole-file read closed
 
@@ -64,7 +47,7 @@ class SMBReader(Reader):
         if self._after is not None:
             size, mtime_ns = self._after
         else:
-            now = self.be.stat(self.rel)
+            now = self.share.stat(self.rel)
             if now is None:
                 return "file vanished while copying"
             size, mtime_ns = now.size, now.mtime_ns
@@ -76,8 +59,8 @@ class SMBReader(Reader):
         """CREATE + READ + CLOSE (with post-query attributes) in one round trip; None where
         the server stops at a symlink for the client to follow (smbclient's open does)."""
         bodies = [
-            smb_messages.create(
-                self.be.share_rel(self.rel),
+            messages.create(
+                self.share.share_rel(self.rel),
                 READ_ACCESS,
                 FILE_ATTRIBUTE_NORMAL,
                 SHARE_ALL,
@@ -85,14 +68,14 @@ class SMBReader(Reader):
                 CreateOptions.FILE_NON_DIRECTORY_FILE,
                 ImpersonationLevel.Impersonation,
             ),
-            smb_messages.read(0, self.size),
-            smb_messages.close(),
+            messages.read(0, self.size),
+            messages.close(),
         ]
-        sem = self.be.credits() if self.size > 65536 else None
+        sem = self.share.credits() if self.size > 65536 else None
         if sem is not None:
             sem.acquire()
         try:
-            opened, data, closed = self.be.exchange(tree, bodies)
+            opened, data, closed = self.share.exchange(tree, bodies)
         finally:
             if sem is not None:
                 sem.release()
@@ -102,10 +85,10 @@ class SMBReader(Reader):
             if isinstance(res, smbexc.EndOfFile):
                 continue
             if isinstance(res, smbexc.SMBResponseException):
-                raise smbexc.SMBOSError(res.status, self.be.path(self.rel))
+                raise smbexc.SMBOSError(res.status, self.share.path(self.rel))
         assert isinstance(closed, bytes)
-        self._after = smb_messages.closed_size_mtime(closed)
-        return smb_messages.read_data(data, self.size) if isinstance(data, bytes) else b""
+        self._after = messages.closed_size_mtime(closed)
+        return messages.read_data(data, self.size) if isinstance(data, bytes) else b""
 
     def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
         length = min(length, self.size - offset)
@@ -113,10 +96,14 @@ class SMBReader(Reader):
             return
         try:
             with smbclient.open_file(
-                self.be.path(self.rel), mode="rb", buffering=0, share_access="rwd", **self.be.kw()
+                self.share.path(self.rel),
+                mode="rb",
+                buffering=0,
+                share_access="rwd",
+                **self.share.kw(),
             ) as raw:
                 got = 0
-                for data in self.be.pread(raw.fd, offset, length):
+                for data in self.share.pread(raw.fd, offset, length):
                     got += len(data)
                     yield data
                 if got < length:
@@ -126,13 +113,13 @@ class SMBReader(Reader):
         except FerryError:
             raise
         except Exception as exc:
-            raise self.be.err(exc, self.rel) from None
+            raise self.share.err(exc, self.rel) from None
 
     def read_at(self, offset: int, length: int) -> bytes:
-        if offset == 0 and 0 < self.size <= length and self.size <= self.be.io_size():
-            tree = self.be.run(lambda kw: self.be.tree(), self.rel)
+        if offset == 0 and 0 < self.size <= length and self.size <= self.share.io_size():
+            tree = self.share.run(lambda kw: self.share.tree(), self.rel)
             if tree is not None:
-                whole = self.be.run(lambda kw: self._read_whole(tree), self.rel)
+                whole = self.share.run(lambda kw: self._read_whole(tree), self.rel)
                 if whole is not None:
                     return whole
         return b"".join(self.iter_range(offset, length, IO_MAX))
@@ -146,13 +133,13 @@ class SMBWriter(Writer):
     (mtime), SET_INFO (rename) and CLOSE in a second one. The rename goes out only once the
     writes are known to have succeeded, so the final name never shows a partial file."""
 
-    def __init__(self, be: SMBBackend, rel: str, entry: Entry, resume_key: str | None) -> None:
-        self.be, self.rel, self.size = be, rel, entry.size
+    def __init__(self, share: Share, rel: str, entry: Entry, resume_key: str | None) -> None:
+        self.share, self.rel, self.size = share, rel, entry.size
         parent, _, name = rel.rpartition("/")
         if resume_key:
             self.tmp_rel = partial_rel(rel, resume_key)
             jrel = (parent + "/" if parent else "") + internal_name(name, "journal")
-            self.journal: str | None = be.path(jrel)
+            self.journal: str | None = share.path(jrel)
             self._jrel: str | None = jrel
             self.state: RemoteState | None = RemoteState(resume_key, self._load, self._save)
         else:
@@ -160,14 +147,14 @@ class SMBWriter(Writer):
                 name, secrets.token_hex(6) + ".tmp"
             )
             self.journal, self.state, self._jrel = None, None, None
-        self.tmp = be.path(self.tmp_rel)
+        self.tmp = share.path(self.tmp_rel)
         self._tag = secrets.token_hex(4)
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._created = False  # the temp file exists (created or truncated by this writer)
         self._primary: Handle | None = None  # the creating handle, which also commits
         self.final_share_rel = "\\".join(
-            p for p in (be.ep.path.replace("/", "\\"), rel.replace("/", "\\")) if p
+            p for p in (share.ep.path.replace("/", "\\"), rel.replace("/", "\\")) if p
         )
         if self.state is None:
             return  # created by the first write (or at commit, when empty)
@@ -185,7 +172,7 @@ class SMBWriter(Writer):
             # Keep the creating handle: the thread that opened the writer usually writes it all.
             self._create(None, 0)
 
-        be.run(create, rel, ErrorKind.DESTINATION_NOT_FOUND)
+        share.run(create, rel, ErrorKind.DESTINATION_NOT_FOUND)
 
     def _open(
         self, create: bool, data: bytes | memoryview | None, offset: int
@@ -193,15 +180,15 @@ class SMBWriter(Writer):
         """A handle on the temp file (create: created or truncated); a first piece of data rides
         along in the same compound. Returns (handle, True if data was written, False if there
         was none to write, or the exception that failed the write)."""
-        tree = self.be.tree()
+        tree = self.share.tree()
         if tree is not None:
-            opened = self.be.open_handle(tree, self.tmp_rel, create, data, offset)
+            opened = self.share.open_handle(tree, self.tmp_rel, create, data, offset)
             if opened is not None:
                 return opened
         # DFS, or a symlink on the path: smbclient resolves the path
         mode = "wb" if create else "r+b"
         raw = smbclient.open_file(
-            self.tmp, mode=mode, buffering=0, share_access="rwd", **self.be.kw()
+            self.tmp, mode=mode, buffering=0, share_access="rwd", **self.share.kw()
         )
         return raw, False
 
@@ -209,17 +196,17 @@ class SMBWriter(Writer):
         """The journal through a fresh temp in two round trips: CREATE+WRITE, then rename over
         the journal + CLOSE (the rename only once the write succeeded). False on DFS, or
         where a symlink is on the path."""
-        tree = self.be.tree()
-        if tree is None or self._jrel is None or len(blob) > self.be.io_size():
+        tree = self.share.tree()
+        if tree is None or self._jrel is None or len(blob) > self.share.io_size():
             return False
-        opened = self.be.open_handle(tree, f"{self._jrel}.{self._tag}.new", True, blob, 0)
+        opened = self.share.open_handle(tree, f"{self._jrel}.{self._tag}.new", True, blob, 0)
         if opened is None:
             return False
         handle, wrote = opened
         if isinstance(wrote, BaseException):
             handle.close()
             raise wrote
-        return self.be.finish_handle(handle, None, self.be.share_rel(self._jrel))
+        return self.share.finish_handle(handle, None, self.share.share_rel(self._jrel))
 
     def _create(self, data: bytes | memoryview | None, offset: int) -> bool:
         """Create the temp file with this thread's handle (self._lock held or not needed)."""
@@ -247,7 +234,7 @@ class SMBWriter(Writer):
             except smbexc.SMBOSError:
                 return None
 
-        return self.be.run(rd)
+        return self.share.run(rd)
 
     def _save(self, blob: bytes) -> None:
         assert self.journal is not None
@@ -261,9 +248,9 @@ class SMBWriter(Writer):
             tmp = f"{journal}.{self._tag}.new"
             with smbclient.open_file(tmp, mode="wb", share_access="rwd", **kw) as f:
                 f.write(blob)
-            self.be.replace(tmp, journal, kw)
+            self.share.replace(tmp, journal, kw)
 
-        self.be.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+        self.share.run(wr, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
     def _remove_journals(self, kw: dict[str, Any]) -> None:
         """The journal and any temp copies killed runs left beside it."""
@@ -308,17 +295,17 @@ class SMBWriter(Writer):
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         try:
-            first = data if 0 < len(data) <= self.be.io_size() else None
+            first = data if 0 < len(data) <= self.share.io_size() else None
             raw, wrote = self._handle(first, offset)
             if not wrote:
-                self.be.pwrite(raw.fd, offset, data)
+                self.share.pwrite(raw.fd, offset, data)
         except Exception as exc:
             self._drop_handle()
-            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+            raise self.share.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def set_size(self, size: int) -> None:
         # Through our own handle: a fresh open without sharing would collide with it.
-        self.be.run(
+        self.share.run(
             lambda kw: self._handle()[0].truncate(size), self.rel, ErrorKind.DESTINATION_NOT_FOUND
         )
 
@@ -336,9 +323,9 @@ class SMBWriter(Writer):
             with smbclient.open_file(
                 self.tmp, mode="rb", buffering=0, share_access="rwd", **kw
             ) as raw:
-                return b"".join(self.be.pread(raw.fd, offset, length))
+                return b"".join(self.share.pread(raw.fd, offset, length))
 
-        return self.be.run(rd, self.rel)
+        return self.share.run(rd, self.rel)
 
     def _close_handles(self, keep: Any = None) -> None:
         with self._lock:
@@ -371,25 +358,25 @@ class SMBWriter(Writer):
             if handle is not None:
                 done = self._finish_on_handle(handle, mtime)
             else:
-                if self.be.fsync_each:
+                if self.share.fsync_each:
                     with SMBRawIO(self.tmp, mode="r+", share_access="rwd", **kw) as raw:
                         raw.fd.flush()
                 done = self._finish_compound(mtime, kw)
             if not done:
                 if mtime is not None:
                     smbclient.utime(self.tmp, ns=(mtime, mtime), **kw)
-                self.be.replace(self.tmp, self.be.path(self.rel), kw)
+                self.share.replace(self.tmp, self.share.path(self.rel), kw)
             if self.journal:
                 self._remove_journals(kw)
 
-        self.be.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
+        self.share.run(fin, self.rel, ErrorKind.DESTINATION_NOT_FOUND)
 
     def _finish_on_handle(self, handle: Handle, mtime_ns: int | None) -> bool:
         """Set the mtime and rename into place through the handle that wrote the file (one
-        round trip, see SMBBackend.finish_handle)."""
+        round trip, see Share.finish_handle)."""
         self._primary = None
-        return self.be.finish_handle(
-            handle, mtime_ns, self.final_share_rel, flush=self.be.fsync_each
+        return self.share.finish_handle(
+            handle, mtime_ns, self.final_share_rel, flush=self.share.fsync_each
         )
 
     def _finish_compound(self, mtime_ns: int | None, kw: dict[str, Any]) -> bool:
@@ -407,7 +394,7 @@ class SMBWriter(Writer):
             with SMBFileTransaction(raw) as tx:
                 if mtime_ns is not None:
                     basic = FileBasicInformation()
-                    ft = smb_messages.filetime(mtime_ns)
+                    ft = messages.filetime(mtime_ns)
                     basic["last_access_time"] = ft
                     basic["last_write_time"] = ft
                     set_info(tx, basic)
@@ -437,6 +424,6 @@ class SMBWriter(Writer):
                 if self.journal:
                     self._remove_journals(kw)
 
-            self.be.run(rm, self.rel)
+            self.share.run(rm, self.rel)
         except Exception:
             pass

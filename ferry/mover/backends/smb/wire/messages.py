@@ -17,7 +17,7 @@ from typing import Any
 from smbprotocol.header import Commands
 from smbprotocol.structure import DateTimeField
 
-from ferry.mover.backends.smb_errors import MalformedAnswer
+from ferry.mover.backends.smb.errors import MalformedAnswer
 
 RELATED = b"\xff" * 16  # the file id of a related compound's requests after its CREATE
 _CREATE = struct.Struct("<HBBIQQIIIIIHHII")  # 56 bytes; the name follows at offset 64 + 56

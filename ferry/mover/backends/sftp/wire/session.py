@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import paramiko
 from paramiko.buffered_pipe import PipeTimeout
 
-from ferry.mover.backends.ssh_send import channel_sender
+from ferry.mover.backends.sftp.wire.ssh_send import channel_sender, library_sender
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import MiB
 
@@ -346,13 +346,17 @@ class Session:
         "write_max",
     )
 
-    def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
+    def __init__(
+        self, transport: paramiko.Transport, sftp: paramiko.SFTPClient, accelerators: bool = True
+    ) -> None:
+        """accelerators=False keeps paramiko's own receive buffer and packet sender."""
         self.transport, self.sftp = transport, sftp
         chan = sftp.get_channel()
         assert chan is not None
-        lean_channel(chan)
+        if accelerators:
+            lean_channel(chan)
         self.chan: paramiko.Channel = chan
-        self.sendall = channel_sender(chan)
+        self.sendall = channel_sender(chan) if accelerators else library_sender(chan)
         self.buf = _Chunks()  # received, not yet parsed
         self.dirty = False
         self.broken = False  # a reply broke the protocol: close, never reuse

@@ -2,7 +2,7 @@
 
 Importing botocore and building an S3 client costs ~0.3 s, as long as a run of
 small objects takes on its own; `S3Backend` builds it on the first call that
-the hand-signed path (`s3_wire`) does not make: multipart uploads, copies,
+the hand-signed path (`wire.api`) does not make: multipart uploads, copies,
 errors, and the whole run where that path cannot start without botocore's
 endpoint and credential rules.
 """
@@ -68,7 +68,7 @@ def make_client(
         else "when_required",
         response_checksum_validation="when_required",
         parameter_validation=False,  # our calls are fixed; the server validates anyway
-        signature_version="s3v4",  # as requests are; presigned URLs too (s3_wire's probe)
+        signature_version="s3v4",  # as requests are; presigned URLs too (wire.api's probe)
     )
     bs = (
         botocore.session.Session(profile=ep.profile)

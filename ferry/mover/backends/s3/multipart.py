@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, Writer, copy_into
-from ferry.mover.backends.remote_state import RemoteState
-from ferry.mover.backends.s3_errors import MISSING_KEY, Boto, error_code
-from ferry.mover.backends.s3_wire import PUT_HEADERS, put_headers
+from ferry.mover.backends.resume.remote import RemoteState
+from ferry.mover.backends.s3.errors import MISSING_KEY, Boto, error_code
+from ferry.mover.backends.s3.meta import object_meta
+from ferry.mover.backends.s3.session import MAX_PARTS, MIN_PART, S3Session
+from ferry.mover.backends.s3.wire.api import PUT_HEADERS, put_headers
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import is_digest
-from ferry.mover.options import GiB, MiB, Preserve
+from ferry.mover.options import MiB, Preserve
 
-if TYPE_CHECKING:
-    from ferry.mover.backends.s3 import S3Backend
-
-MIN_PART = 5 * MiB
-MAX_PART = 5 * GiB
-MAX_PARTS = 10_000
 PART_TARGET = 16 * MiB  # size of parts cut from a long sequential run
 PART_PIECE = 4 * MiB  # parts are buffered in pooled pieces of this size
 
@@ -104,10 +100,17 @@ class MultipartWriter(Writer):
     within 10,000 whatever the chunking, and a resumed run numbers alike.
     """
 
-    def __init__(self, be: S3Backend, rel: str, entry: Entry, resume_key: str | None) -> None:
-        self.be, self.rel, self.entry = be, rel, entry
+    def __init__(
+        self,
+        s: S3Session,
+        buffers: BufferPool,
+        rel: str,
+        entry: Entry,
+        resume_key: str | None,
+    ) -> None:
+        self.s, self.buffers, self.rel, self.entry = s, buffers, rel, entry
         self.size = entry.size
-        self.key = be.key(rel)
+        self.key = s.key(rel)
         self.unit = part_unit(self.size)
         self.min_part = max(MIN_PART, self.unit)
         self.target = max(PART_TARGET, self.min_part)
@@ -134,16 +137,16 @@ class MultipartWriter(Writer):
         except FerryError:
             raise
         except Exception as exc:
-            raise be.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+            raise s.err(exc, rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     # -- state ------------------------------------------------------------------------
     def _load_state(self) -> bytes | None:
-        r = self.be.wire.request("GET", self.state_key)
+        r = self.s.wire.request("GET", self.state_key)
         if r is not None and r.status in (200, 404):
             return r.body if r.status == 200 else None
         try:
             return bytes(
-                self.be.client.get_object(Bucket=self.be.bucket, Key=self.state_key)["Body"].read()
+                self.s.client.get_object(Bucket=self.s.bucket, Key=self.state_key)["Body"].read()
             )
         except Boto.ClientError as exc:
             if error_code(exc) in MISSING_KEY:
@@ -151,9 +154,9 @@ class MultipartWriter(Writer):
             raise
 
     def _save_state(self, blob: bytes) -> None:
-        r = self.be.wire.request("PUT", self.state_key, {}, blob)
+        r = self.s.wire.request("PUT", self.state_key, {}, blob)
         if r is None or r.status != 200:
-            self.be.client.put_object(Bucket=self.be.bucket, Key=self.state_key, Body=blob)
+            self.s.client.put_object(Bucket=self.s.bucket, Key=self.state_key, Body=blob)
 
     def _resume(self) -> None:
         assert self.state is not None
@@ -164,8 +167,8 @@ class MultipartWriter(Writer):
             return
         server: dict[int, tuple[str, int]] = {}
         try:
-            pages = self.be.client.get_paginator("list_parts").paginate(
-                Bucket=self.be.bucket, Key=self.key, UploadId=upload_id
+            pages = self.s.client.get_paginator("list_parts").paginate(
+                Bucket=self.s.bucket, Key=self.key, UploadId=upload_id
             )
             for page in pages:
                 for p in page.get("Parts", []) or []:
@@ -189,26 +192,26 @@ class MultipartWriter(Writer):
         old = (self.state.previous or {}).get("upload_id") if self.state else None
         if old:
             try:
-                self.be.client.abort_multipart_upload(
-                    Bucket=self.be.bucket, Key=self.key, UploadId=old
+                self.s.client.abort_multipart_upload(
+                    Bucket=self.s.bucket, Key=self.key, UploadId=old
                 )
             except Boto.ClientError:
                 pass
 
     def _create(self) -> None:
-        args = self.be.put_args()
-        meta = self.be.object_meta(self.entry, self.meta_digest, None)
+        args = self.s.put_args()
+        meta = object_meta(self.entry, self.meta_digest, None)
         self.created_meta = meta
         headers = put_headers(args, meta)
-        alg = self.be.checksum_alg
+        alg = self.s.checksum_alg
         if headers is not None and alg:
             headers["x-amz-checksum-algorithm"] = alg
-        upload_id = self.be.wire.create_upload(self.key, headers) if headers is not None else None
+        upload_id = self.s.wire.create_upload(self.key, headers) if headers is not None else None
         if upload_id is None:
             if alg:
                 args["ChecksumAlgorithm"] = alg
-            resp = self.be.client.create_multipart_upload(
-                Bucket=self.be.bucket, Key=self.key, Metadata=meta, **args
+            resp = self.s.client.create_multipart_upload(
+                Bucket=self.s.bucket, Key=self.key, Metadata=meta, **args
             )
             upload_id = str(resp["UploadId"])
         self.upload_id = upload_id
@@ -216,8 +219,8 @@ class MultipartWriter(Writer):
             old = self.state.data.get("upload_id")
             if old and old != self.upload_id:
                 try:
-                    self.be.client.abort_multipart_upload(
-                        Bucket=self.be.bucket, Key=self.key, UploadId=old
+                    self.s.client.abort_multipart_upload(
+                        Bucket=self.s.bucket, Key=self.key, UploadId=old
                     )
                 except Boto.ClientError:
                     pass
@@ -243,7 +246,7 @@ class MultipartWriter(Writer):
             if run is None:
                 run = _Run(offset)
                 self._runs[offset] = run
-            run.add(data, self.be.part_buffers)
+            run.add(data, self.buffers)
             # Cut long runs, keeping a tail of at least min_part that may still grow.
             while True:
                 start = run.start
@@ -271,7 +274,7 @@ class MultipartWriter(Writer):
         try:
             self._upload_part(off, [memoryview(b)[:n] for b, n in bufs])
         finally:
-            self.be.part_buffers.give([b for b, _ in bufs])
+            self.buffers.give([b for b, _ in bufs])
 
     def _upload_part(self, off: int, body: list[memoryview]) -> None:
         size = sum(len(p) for p in body)
@@ -289,11 +292,11 @@ class MultipartWriter(Writer):
                 "for S3's 10,000-part limit: raise the chunk size",
                 self.rel,
             )
-        args = self.be.checksum_args(body)
-        alg = self.be.checksum_alg
+        args = self.s.checksum_args(body)
+        alg = self.s.checksum_alg
         query = {"partNumber": str(pn), "uploadId": self.upload_id}
         r = (
-            self.be.wire.request(
+            self.s.wire.request(
                 "PUT", self.key, {PUT_HEADERS[a]: v for a, v in args.items()}, body, query
             )
             if all(a in PUT_HEADERS for a in args)
@@ -306,8 +309,8 @@ class MultipartWriter(Writer):
             )
         else:
             try:
-                resp = self.be.client.upload_part(
-                    Bucket=self.be.bucket,
+                resp = self.s.client.upload_part(
+                    Bucket=self.s.bucket,
                     Key=self.key,
                     UploadId=self.upload_id,
                     PartNumber=pn,
@@ -315,7 +318,7 @@ class MultipartWriter(Writer):
                     **args,
                 )
             except Exception as exc:
-                raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+                raise self.s.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
             etag, ck = str(resp["ETag"]), resp.get(f"Checksum{alg}") if alg else None
         part = {"off": off, "len": size, "etag": etag, "ck": ck}
         with self._lock:
@@ -379,19 +382,19 @@ class MultipartWriter(Writer):
             )
         try:
             self._complete(parts)
-            meta = self.be.object_meta(entry, digest, preserve)
+            meta = object_meta(entry, digest, preserve)
             if meta != self.created_meta:
-                self.be.copy_object(self.be.bucket, self.key, self.key, self.size, meta)
+                self.s.copy_object(self.s.bucket, self.key, self.key, self.size, meta)
             if self.state is not None:
-                self.be.delete(self.state_key)
+                self.s.delete(self.state_key)
         except FerryError:
             raise
         except Exception as exc:
-            raise self.be.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
+            raise self.s.err(exc, self.rel, ErrorKind.DESTINATION_NOT_FOUND) from None
 
     def _complete(self, parts: list[tuple[int, dict[str, Any]]]) -> None:
-        alg = self.be.checksum_alg
-        if self.be.wire.complete_upload(
+        alg = self.s.checksum_alg
+        if self.s.wire.complete_upload(
             self.key, self.upload_id, [(pn, p["etag"], p.get("ck")) for pn, p in parts], alg
         ):
             return
@@ -402,8 +405,8 @@ class MultipartWriter(Writer):
                 item[f"Checksum{alg}"] = p["ck"]
             listed.append(item)
         try:
-            self.be.client.complete_multipart_upload(
-                Bucket=self.be.bucket,
+            self.s.client.complete_multipart_upload(
+                Bucket=self.s.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": listed},
@@ -417,7 +420,7 @@ class MultipartWriter(Writer):
     def _completed_as(self, parts: list[tuple[int, dict[str, Any]]]) -> bool:
         """Whether the object now at our key is the one these parts make: S3's multipart
         ETag is the MD5 of the parts' binary MD5 ETags, then "-" and the part count."""
-        head = self.be.head(self.key)
+        head = self.s.head(self.key)
         if head is None or int(head.get("ContentLength", -1)) != self.size:
             return False
         try:
@@ -432,17 +435,17 @@ class MultipartWriter(Writer):
             self.state.close()  # stops timed saves; a kept partial is flushed below
         with self._lock:
             for r in self._runs.values():
-                self.be.part_buffers.give([b for b, _ in r.bufs])
+                self.buffers.give([b for b, _ in r.bufs])
             self._runs.clear()
         try:
             if keep_partial and self.state is not None:
                 self.state.flush()
                 return
-            self.be.client.abort_multipart_upload(
-                Bucket=self.be.bucket, Key=self.key, UploadId=self.upload_id
+            self.s.client.abort_multipart_upload(
+                Bucket=self.s.bucket, Key=self.key, UploadId=self.upload_id
             )
             if self.state is not None:
-                self.be.delete(self.state_key)
+                self.s.delete(self.state_key)
         except Exception:
             pass
 

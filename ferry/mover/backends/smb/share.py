@@ -1,35 +1,19 @@
-"""SMB 2/3 backend on smbprotocol.
-
-Each backend has its own connection cache (so credentials of one endpoint
-never leak into another's session) and passes `port=` on every call (the
-cache is keyed by server:port). Signing is required by default, encryption
-on request. Reads and writes go out as requests of at most 1 MiB and at most
-the negotiated maximum, a few in flight per handle, with a credit budget:
-smbprotocol raises instead of waiting when a request needs more credits
-than the server granted, so the backend asks for more credits once (an echo
-with a credit request) and keeps a semaphore of what is outstanding.
-
-Files are written to a hidden temp name with one handle per writing thread,
-then get their mtime and are renamed over the target (SMB2 rename with
-replace). A large file's temp name derives from the resume key, with a JSON
-journal beside it, so an interrupted run resumes by offset (smb_files).
-"""
+"""An SMB endpoint's share: its connection (a cache of its own, so one endpoint's credentials
+never serve another), the tree connect, credits, and the requests readers and writers
+share (compounds on a handle, pipelined reads and writes, rename over). The backend, its
+readers and its writers all take this object."""
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any, TypeVar
 
 import smbclient
-from smbclient._io import SMBFileTransaction, SMBRawIO, query_info
 from smbclient._pool import get_smb_tree
 from smbprotocol import exceptions as smbexc
-from smbprotocol.file_info import FileFsFullSizeInformation
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -37,22 +21,17 @@ from smbprotocol.open import (
     ImpersonationLevel,
 )
 
-from ferry.mover.backends import smb_messages
-from ferry.mover.backends.base import (
-    INTERNAL_PREFIX,
-    Backend,
-    Capabilities,
-    Entry,
-    EntryType,
-    Reader,
-    Space,
-    Writer,
-    check_name,
+from ferry.mover.backends.base import Durability, Entry, EntryType
+from ferry.mover.backends.smb.errors import UnprotectedAnswer, classify
+from ferry.mover.backends.smb.names import internal_name
+from ferry.mover.backends.smb.wire import messages
+from ferry.mover.backends.smb.wire.connection import (
+    library_headers,
+    light_headers,
+    strict_answers,
+    tune_connection,
 )
-from ferry.mover.backends.smb_connection import light_headers, strict_answers, tune_connection
-from ferry.mover.backends.smb_errors import UnprotectedAnswer, classify
-from ferry.mover.backends.smb_files import SMBReader, SMBWriter, internal_name, partial_rel
-from ferry.mover.backends.smb_handles import (
+from ferry.mover.backends.smb.wire.handles import (
     CREDITS_WANTED,
     DEPTH,
     FILE_ATTRIBUTE_DIRECTORY,
@@ -66,47 +45,33 @@ from ferry.mover.backends.smb_handles import (
 )
 from ferry.mover.endpoints import SMBEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.options import Preserve
 from ferry.mover.redact import remember
-from ferry.mover.roots import RootId, endpoint_root
 
 T = TypeVar("T")
-log = logging.getLogger("ferry")
-# Characters no SMB name can hold; a backslash would act as a separator (see _checked).
+# Characters no SMB name can hold; a backslash would act as a separator (see checked).
 NOT_IN_SMB_NAMES = re.compile(r'[\\:*?"<>|\x00-\x1f]')
 
 
-def _ns(dt: datetime | None) -> int:
-    if dt is None:
-        return 0
-    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+class Share:
+    """See the module docstring."""
 
-
-class SMBBackend(Backend):
-    caps = Capabilities(
-        chunk_writer=True,
-        resumable=True,
-        mtime_precision_ns=1000,  # FILETIME is 100 ns; smbclient reports microseconds
-        atomic_rename=True,
-        empty_dirs=True,
-    )
-
-    def __init__(self, ep: SMBEndpoint) -> None:
+    def __init__(self, ep: SMBEndpoint, durability: Durability, accelerators: bool = True) -> None:
         self.ep = ep
+        # False: no compounds (tree() is None, as on a DFS share), no pipelined reads and
+        # writes, no tuned connection: smbclient's and smbprotocol's own calls.
+        self.accelerators = accelerators
+        self.fsync_each = durability.fsync_each
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._password: str | None = None
         self._credits: threading.Semaphore | None = None
         self._tree: tuple[Any, Any] | None = None  # (connection, tree connect or None on DFS)
-        self._prefix = [p for p in ep.path.split("/") if p]
+        self.prefix = [p for p in ep.path.split("/") if p]
         base = f"\\\\{ep.host}\\{ep.share}"
         self.base = base + ("\\" + ep.path.replace("/", "\\") if ep.path else "")
 
     def describe(self) -> str:
         return self.ep.describe()
-
-    def root_id(self) -> RootId:
-        return endpoint_root(self.ep)
 
     def err(
         self,
@@ -119,7 +84,6 @@ class SMBBackend(Backend):
             self._forget_connection()
         return err
 
-    # -- connection -------------------------------------------------------------------
     def kw(self) -> dict[str, Any]:
         self._session()
         return {"port": self.ep.port, "connection_cache": self._cache}
@@ -145,8 +109,11 @@ class SMBBackend(Backend):
             user = self.ep.user
             if user and self.ep.domain:
                 user = f"{self.ep.domain}\\{user}"
-            light_headers()
-            strict_answers()
+            if self.accelerators:
+                light_headers()
+            else:
+                library_headers()
+            strict_answers()  # hardening, not speed: on either way
             try:
                 smbclient.register_session(
                     self.ep.host,
@@ -159,7 +126,8 @@ class SMBBackend(Backend):
                     require_signing=self.ep.require_signing,
                 )
                 conn = self._cache[key]
-                tune_connection(conn)
+                if self.accelerators:
+                    tune_connection(conn)
                 granted = conn.sequence_window["high"] - conn.sequence_window["low"]
                 if granted < CREDITS_WANTED:
                     try:
@@ -194,6 +162,8 @@ class SMBBackend(Backend):
         """The share's tree connect for direct requests (compounds), or None on a DFS share,
         where smbclient's path layer resolves referrals."""
         kw = self.kw()
+        if not self.accelerators:
+            return None  # the path layer for everything, as on a DFS share
         conn = self._cache.get(f"{self.ep.host.lower()}:{self.ep.port}")
         cached = self._tree
         if cached is not None and cached[0] is conn:
@@ -207,9 +177,9 @@ class SMBBackend(Backend):
 
     def share_rel(self, rel: str) -> str:
         """rel as a path inside the share, as CREATE requests name files."""
-        return "\\".join([*self._prefix, *(p for p in self._checked(rel).split("/") if p)])
+        return "\\".join([*self.prefix, *(p for p in self.checked(rel).split("/") if p)])
 
-    def _checked(self, rel: str) -> str:
+    def checked(self, rel: str) -> str:
         """rel, refused if a name in it holds what SMB cannot store: a backslash is SMB's
         separator (the server would split `a\\b` into a directory and a file), the others
         are invalid in SMB names (MS-FSCC 2.1.5.2)."""
@@ -224,7 +194,7 @@ class SMBBackend(Backend):
             )
         return rel
 
-    # Compounds go through the backend, so tests can stand in for the server's answers.
+    # Compounds go through here, so tests can stand in for the server's answers.
     exchange = staticmethod(exchange)
 
     def open_handle(
@@ -236,7 +206,7 @@ class SMBBackend(Backend):
         server stops at a symlink on the path for the client to follow."""
         name = self.share_rel(rel)
         bodies = [
-            smb_messages.create(
+            messages.create(
                 name,
                 WRITE_ACCESS,
                 FILE_ATTRIBUTE_NORMAL,
@@ -247,7 +217,7 @@ class SMBBackend(Backend):
             )
         ]
         if data is not None:
-            bodies.append(smb_messages.write(offset, data))
+            bodies.append(messages.write(offset, data))
         sem = self.credits() if data is not None and len(data) > 65536 else None
         if sem is not None:
             sem.acquire()
@@ -260,7 +230,7 @@ class SMBBackend(Backend):
             return None
         if isinstance(results[0], smbexc.SMBResponseException):
             raise smbexc.SMBOSError(results[0].status, self.path(rel))
-        handle = Handle(tree, name, smb_messages.created_file_id(results[0]))
+        handle = Handle(tree, name, messages.created_file_id(results[0]))
         if len(results) > 1 and isinstance(results[1], BaseException):
             return handle, results[1]
         return handle, data is not None
@@ -272,11 +242,11 @@ class SMBBackend(Backend):
         the handle that wrote the file, in one round trip. The handle is closed afterwards in
         any case; False when the server refused the rename. A failed FLUSH raises: the file
         is complete but not known to be on the server's disk."""
-        bodies = [smb_messages.flush(handle.file_id)] if flush else []
+        bodies = [messages.flush(handle.file_id)] if flush else []
         if mtime_ns is not None:
-            bodies.append(smb_messages.set_mtime(handle.file_id, mtime_ns))
-        bodies.append(smb_messages.set_rename(handle.file_id, final_share_rel))
-        bodies.append(smb_messages.close(handle.file_id, attributes=False))
+            bodies.append(messages.set_mtime(handle.file_id, mtime_ns))
+        bodies.append(messages.set_rename(handle.file_id, final_share_rel))
+        bodies.append(messages.close(handle.file_id, attributes=False))
         results: list[Any] = []
         try:
             results = self.exchange(handle.tree, bodies)
@@ -315,110 +285,10 @@ class SMBBackend(Backend):
         except Exception:
             pass
 
-    # -- space ------------------------------------------------------------------------
-    def free_space(self) -> Space | None:
-        """The volume's size as the server reports it for the root (FileFsFullSizeInformation,
-        what `dir` shows), or for its nearest existing parent before it is created."""
-
-        def ask(kw: dict[str, Any]) -> Space | None:
-            share = f"\\\\{self.ep.host}\\{self.ep.share}"
-            for n in range(len(self._prefix), -1, -1):
-                path = "\\".join([share, *self._prefix[:n]])
-                raw = SMBRawIO(
-                    path,
-                    mode="r",
-                    share_access="rwd",
-                    desired_access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
-                    **kw,
-                )
-                try:
-                    with SMBFileTransaction(raw) as t:
-                        query_info(t, FileFsFullSizeInformation)
-                except smbexc.SMBOSError as exc:
-                    if exc.errno == 2:  # not created yet: its parent's volume
-                        continue
-                    raise
-                info = t.results[0]
-                unit = info["sectors_per_unit"].get_value() * info["bytes_per_sector"].get_value()
-                return Space.checked(
-                    info["caller_available_units"].get_value() * unit,
-                    info["total_allocation_units"].get_value() * unit,
-                    unit,
-                )
-            return None
-
-        try:
-            return self.run(ask)
-        except FerryError as err:
-            log.info("%s: free space unknown (%s); not checked", self.describe(), err)
-            return None
-
-    def partial_bytes(self, rel: str, resume_key: str) -> int:
-        """The size of the `.part` a resumable write of `rel` with this key continues."""
-        path = self.path(partial_rel(rel, resume_key))
-
-        def st(kw: dict[str, Any]) -> int:
-            try:
-                return int(smbclient.stat(path, follow_symlinks=False, **kw).st_size)
-            except smbexc.SMBOSError as exc:
-                if exc.errno == 2:
-                    return 0
-                raise
-
-        try:
-            return self.run(st)
-        except FerryError:
-            return 0
-
-    # -- paths and listing ------------------------------------------------------------
     def path(self, rel: str) -> str:
-        return self.base + ("\\" + self._checked(rel).replace("/", "\\") if rel else "")
+        return self.base + ("\\" + self.checked(rel).replace("/", "\\") if rel else "")
 
-    def root_type(self) -> EntryType | None:
-        e = self.stat("")
-        return e.type if e else None
-
-    def prepare_destination(self) -> None:
-        def mk(kw: dict[str, Any]) -> None:
-            cur = f"\\\\{self.ep.host}\\{self.ep.share}"
-            try:
-                smbclient.stat(cur, **kw)
-            except smbexc.SMBOSError:
-                pass
-            for part in [p for p in self.ep.path.split("/") if p]:
-                cur = f"{cur}\\{part}"
-                try:
-                    smbclient.mkdir(cur, **kw)
-                except OSError:
-                    st = smbclient.stat(cur, **kw)
-                    if not st.st_file_attributes & FILE_ATTRIBUTE_DIRECTORY:
-                        raise
-
-        self.run(mk, None, ErrorKind.DESTINATION_NOT_FOUND)
-
-    def list_dir(self, rel: str) -> list[Entry]:
-        where = f"{self.describe()}/{rel}"
-
-        def ls(kw: dict[str, Any]) -> list[Entry]:
-            out = []
-            for d in smbclient.scandir(self.path(rel), **kw):
-                name = d.name
-                if name in (".", "..") or name.startswith(INTERNAL_PREFIX):
-                    continue
-                info = d.smb_info
-                out.append(
-                    self._entry(
-                        check_name(name, where),
-                        info.file_attributes,
-                        info.end_of_file,
-                        _ns(info.last_write_time),
-                    )
-                )
-            return out
-
-        return self.run(ls, rel)
-
-    def _entry(self, name: str, attrs: int, size: int, mtime_ns: int) -> Entry:
+    def entry(self, name: str, attrs: int, size: int, mtime_ns: int) -> Entry:
         if attrs & FILE_ATTRIBUTE_REPARSE_POINT:
             kind = EntryType.OTHER
         elif attrs & FILE_ATTRIBUTE_DIRECTORY:
@@ -442,7 +312,7 @@ class SMBBackend(Backend):
                 if exc.errno == 2:
                     return None
                 raise
-            return self._entry(name, s.st_file_attributes, s.st_size, s.st_mtime_ns // 1000 * 1000)
+            return self.entry(name, s.st_file_attributes, s.st_size, s.st_mtime_ns // 1000 * 1000)
 
         def quick(tree: Any) -> Entry | None:
             """CREATE answers with attributes, size and times: CREATE+CLOSE in one round trip;
@@ -450,7 +320,7 @@ class SMBBackend(Backend):
             opened, _ = self.exchange(
                 tree,
                 [
-                    smb_messages.create(
+                    messages.create(
                         self.share_rel(rel),
                         FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
                         0,
@@ -459,60 +329,17 @@ class SMBBackend(Backend):
                         CreateOptions.FILE_OPEN_REPARSE_POINT,
                         ImpersonationLevel.Impersonation,
                     ),
-                    smb_messages.close(attributes=False),
+                    messages.close(attributes=False),
                 ],
             )
             if isinstance(opened, smbexc.StoppedOnSymlink):
                 return None
             if isinstance(opened, smbexc.SMBResponseException):
                 raise smbexc.SMBOSError(opened.status, self.path(rel))
-            attrs, size, mtime_ns = smb_messages.created_attributes(opened)
-            return self._entry(name, attrs, size, mtime_ns // 1000 * 1000)
+            attrs, size, mtime_ns = messages.created_attributes(opened)
+            return self.entry(name, attrs, size, mtime_ns // 1000 * 1000)
 
         return self.run(st, rel)
-
-    # -- data ----------------------------------------------------------------------------
-    def open_read(self, rel: str, entry: Entry) -> Reader:
-        return SMBReader(self, self._checked(rel), entry)
-
-    def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
-        return SMBWriter(self, self._checked(rel), entry, resume_key)
-
-    def mkdir(self, rel: str) -> None:
-        def mk(kw: dict[str, Any]) -> None:
-            try:
-                smbclient.mkdir(self.path(rel), **kw)
-            except OSError:
-                if (
-                    not smbclient.stat(self.path(rel), **kw).st_file_attributes
-                    & FILE_ATTRIBUTE_DIRECTORY
-                ):
-                    raise
-
-        self.run(mk, rel, ErrorKind.DESTINATION_NOT_FOUND)
-
-    def remove(self, rel: str, entry: Entry) -> None:
-        def rm(kw: dict[str, Any]) -> None:
-            try:
-                if entry.type == EntryType.DIR:
-                    smbclient.rmdir(self.path(rel), **kw)
-                else:
-                    smbclient.remove(self.path(rel), **kw)
-            except smbexc.SMBOSError as exc:
-                if exc.errno != 2:
-                    raise
-
-        self.run(rm, rel, ErrorKind.DESTINATION_NOT_FOUND)
-
-    def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
-        if preserve.times and entry.mtime_ns and entry.type in (EntryType.FILE, EntryType.DIR):
-            self.run(
-                lambda kw: smbclient.utime(
-                    self.path(rel), ns=(entry.mtime_ns, entry.mtime_ns), **kw
-                ),
-                rel,
-                ErrorKind.DESTINATION_NOT_FOUND,
-            )
 
     def replace(self, src: str, dst: str, kw: dict[str, Any]) -> None:
         """Rename src over dst. Samba refuses SMB2 rename-with-replace onto an existing file
@@ -544,11 +371,13 @@ class SMBBackend(Backend):
             except smbexc.SMBOSError:
                 pass
 
-    # -- pipelined I/O on one handle --------------------------------------------------------
     def pread(self, fd: Any, offset: int, length: int) -> Iterator[bytes]:
         """Yield [offset, offset+length) in io_size pieces, DEPTH requests in flight. The
-        answers are parsed by smb_messages.read_data (bounded: smbprotocol's parser ignores
+        answers are parsed by messages.read_data (bounded: smbprotocol's parser ignores
         DataOffset and trusts DataLength)."""
+        if not self.accelerators:
+            yield from self._read_plain(fd, offset, length)
+            return
         step = self.io_size()
         sem = self.credits()
         end = offset + length
@@ -564,7 +393,7 @@ class SMBBackend(Backend):
                 request, want = inflight.pop(0)
                 try:
                     answer = fd.connection.receive(request)["data"].get_value()
-                    data = smb_messages.read_data(answer, want)
+                    data = messages.read_data(answer, want)
                 except smbexc.EndOfFile:
                     data = b""
                 finally:
@@ -581,6 +410,23 @@ class SMBBackend(Backend):
                     pass
                 finally:
                     sem.release()
+
+    def _read_plain(self, fd: Any, offset: int, length: int) -> Iterator[bytes]:
+        """pread on smbprotocol's own READ: one request at a time, parsed by the library."""
+        step = self.io_size()
+        end = offset + length
+        while offset < end:
+            want = min(step, end - offset)
+            try:
+                with self.credits():
+                    data = fd.read(offset, want)
+            except smbexc.EndOfFile:
+                return
+            if data:
+                yield data
+            if len(data) < want:
+                return  # end of file
+            offset += len(data)
 
     def _send_credited(self, fd: Any, req: Any) -> Any:
         """Send one request on fd's connection once a credit is free; the caller releases the
@@ -599,6 +445,11 @@ class SMBBackend(Backend):
         step = self.io_size()
         sem = self.credits()
         view = memoryview(data)
+        if not self.accelerators:  # smbprotocol's own WRITE, one request at a time
+            for o in range(0, len(view), step):
+                with sem:
+                    fd.write(bytes(view[o : o + step]), offset + o)
+            return
         inflight: list[tuple[Any, Callable[..., Any]]] = []
         try:
             for o in range(0, len(view), step):

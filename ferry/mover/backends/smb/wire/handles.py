@@ -1,4 +1,4 @@
-"""What the SMB backend's own CREATEs (smb_messages) need: access masks and attributes,
+"""What the SMB backend's own CREATEs (wire.messages) need: access masks and attributes,
 compounds of related requests in one round trip, and the handle such a CREATE returns."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from smbprotocol.open import (
     SMB2SetInfoRequest,
 )
 
-from ferry.mover.backends import smb_messages
+from ferry.mover.backends.smb.wire import messages
 from ferry.mover.options import MiB
 
 IO_MAX = MiB  # per request
@@ -40,8 +40,8 @@ WRITE_ACCESS = (
 )
 
 
-def exchange(tree: Any, bodies: list[smb_messages.Body]) -> list[Any]:
-    """Send related requests (bodies packed by smb_messages) as one compound message, one
+def exchange(tree: Any, bodies: list[messages.Body]) -> list[Any]:
+    """Send related requests (bodies packed by wire.messages) as one compound message, one
     round trip. Every answer is received (smbprotocol needs that): its body (bytes), or
     the exception of a failed one. A symlink on the path is an answer here
     (StoppedOnSymlink), not followed."""
@@ -66,7 +66,7 @@ def _set_info_request(fd: Any, info: Any) -> tuple[Any, Callable[[Any], Any]]:
 
 
 class Handle:
-    """A file this process opened for writing with a CREATE of its own (smb_messages): its
+    """A file this process opened for writing with a CREATE of its own (wire.messages): its
     id on the tree, and smbprotocol's Open for it, made on first use (larger writes and
     truncation go through smbprotocol)."""
 
@@ -86,7 +86,7 @@ class Handle:
 
     def close(self) -> None:
         if self.is_open:
-            (answer,) = exchange(self.tree, [smb_messages.close(self.file_id, attributes=False)])
+            (answer,) = exchange(self.tree, [messages.close(self.file_id, attributes=False)])
             self.is_open = False
             if isinstance(answer, BaseException):
                 raise answer

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ferry.mover.journal import validate_chunks
+from ferry.mover.backends.resume.journal import validate_chunks
 
 SAVE_INTERVAL = 0.5
 

@@ -1,5 +1,5 @@
 """Signed S3 requests (GET, HEAD, PUT, DELETE, ListObjectsV2, creating and completing
-multipart uploads) on our own HTTP/1.1 connections (http_conn), beside botocore.
+multipart uploads) on our own HTTP/1.1 connections (wire.http), beside botocore.
 
 botocore spends ~1.6 ms of CPU on each request in its event, model and parser
 layers, and ~0.3 s importing and building its client; a run of small objects
@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
-from ferry.mover.backends.http_conn import IDEMPOTENT, MAX_BODY, Connection, NotSent, Pieces
+from ferry.mover.backends.s3.wire.http import IDEMPOTENT, MAX_BODY, Connection, NotSent, Pieces
 
 if TYPE_CHECKING:
     import ssl

@@ -188,6 +188,11 @@ def channel_sender(chan: paramiko.Channel) -> Callable[[Sequence[Buffer]], None]
     """A `sendall(parts)` for the channel: GcmSender's where it can, else paramiko's."""
     if GcmSender.usable(chan):
         return GcmSender(chan).sendall
+    return library_sender(chan)
+
+
+def library_sender(chan: paramiko.Channel) -> Callable[[Sequence[Buffer]], None]:
+    """paramiko's own `Channel.sendall`, taking parts (the accelerators-off path)."""
 
     def sendall(parts: Sequence[Buffer]) -> None:
         # Channel.sendall slices what it is given per packet: a view keeps that copy-free.

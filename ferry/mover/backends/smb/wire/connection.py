@@ -29,8 +29,8 @@ from smbprotocol.connection import SigningAlgorithms
 from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderRequest, SMB2HeaderResponse
 
-from ferry.mover.backends.smb_errors import MalformedAnswer, UnprotectedAnswer
-from ferry.mover.backends.smb_messages import Field
+from ferry.mover.backends.smb.errors import MalformedAnswer, UnprotectedAnswer
+from ferry.mover.backends.smb.wire.messages import Field
 
 SMALL_MESSAGE = 64 * 1024  # signed whole (one copy); larger ones (READ/WRITE data) in pieces
 
@@ -285,6 +285,14 @@ def light_headers() -> bool:
         module.SMB2HeaderRequest = LightHeaderRequest
         module.SMB2HeaderResponse = LightHeaderResponse
     return same
+
+
+def library_headers() -> None:
+    """Give smbprotocol its own header classes back (accelerators off): light_headers is
+    process-wide, so a run without accelerators undoes what an earlier one installed."""
+    module = smbprotocol.connection
+    module.SMB2HeaderRequest = SMB2HeaderRequest
+    module.SMB2HeaderResponse = SMB2HeaderResponse
 
 
 # -- answers must be protected as their requests were -----------------------------------------
