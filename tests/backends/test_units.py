@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -274,3 +275,21 @@ def test_sftp_replies_parsed_across_payloads() -> None:
     out = [box.take(len(m)) for m in msgs]
     assert [bytes(o) for o in out] == msgs and len(box) == 0
     assert out[3].obj is payloads[-1]  # inside one payload: a view, not a copy
+
+
+def test_a_misspelt_accelerator_switch_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FERRY_ACCELERATORS takes on or off; "false" is not silently "on", and nothing is written."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"x")
+    env = {**os.environ, "FERRY_ACCELERATORS": "false"}
+    p = subprocess.run(
+        [sys.executable, "-m", "ferry.cli", "copy", str(tmp_path / "src"), str(tmp_path / "dst")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2, p.stderr
+    assert "FERRY_ACCELERATORS='false': must be on or off" in p.stderr
+    assert not (tmp_path / "dst").exists()

@@ -10,6 +10,7 @@ import os
 
 from ferry.mover.backends.base import KERNEL_WRITE_BACK, Backend, Durability
 from ferry.mover.endpoints import Endpoint, LocalEndpoint, S3Endpoint, SFTPEndpoint, SMBEndpoint
+from ferry.mover.errors import ErrorKind, FerryError
 
 # FERRY_ACCELERATORS=off: every backend on its library path, whatever the options say.
 ACCELERATORS_ENV = "FERRY_ACCELERATORS"
@@ -17,8 +18,14 @@ ACCELERATORS_ENV = "FERRY_ACCELERATORS"
 
 def accelerators_on(wanted: bool = True) -> bool:
     """Whether hand-written wire/ paths may be used: the option, unless the environment
-    turns them off (a mover pod's environment can, without a new spec)."""
-    return wanted and os.environ.get(ACCELERATORS_ENV, "on").strip().lower() != "off"
+    turns them off (a mover pod's environment can, without a new spec). Any other value
+    than on or off is refused: a misspelt "false" must not leave them on unnoticed."""
+    value = os.environ.get(ACCELERATORS_ENV, "on").strip().lower()
+    if value not in ("on", "off"):
+        raise FerryError(
+            ErrorKind.USAGE, f"{ACCELERATORS_ENV}={value!r}: must be on or off (default on)"
+        )
+    return wanted and value == "on"
 
 
 def open_backend(
