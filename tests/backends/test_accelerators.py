@@ -2,11 +2,15 @@
 
 A deliberate fault: each wire/ entry point is wrapped so that, with FERRY_ACCELERATORS=off, a
 call raises (and the transfer fails), and with the accelerators on it is counted (so the
-test also shows the wrapped entry points are the ones the data path uses)."""
+test also shows the wrapped entry points are the ones the data path uses). For SFTP these are
+the wire Session's constructor and its request sender (every request it frames goes through
+`_send`), besides the channel buffer and the packet sealer."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +38,8 @@ WIRE: dict[str, list[tuple[Any, str, str]]] = {
         (s3_http.Connection, "__init__", "function"),
     ],
     "sftp": [
+        (sftp_session.Session, "__init__", "function"),
+        (sftp_session.Session, "_send", "function"),
         (sftp_session, "lean_channel", "function"),
         (ssh_send.GcmSender, "__init__", "function"),
     ],
@@ -46,7 +52,7 @@ WIRE: dict[str, list[tuple[Any, str, str]]] = {
 }
 USED_WHEN_ON = {
     "s3": "Connection.__init__",
-    "sftp": "session.lean_channel",
+    "sftp": "Session._send",
     "smb": "Share.exchange",
 }
 
@@ -98,6 +104,47 @@ def test_switch_keeps_backends_off_the_wire(
         assert not calls
     else:
         assert calls[USED_WHEN_ON[remote.kind]] > 0, calls
+
+
+# Run in a fresh interpreter: copies a tree out to SFTP and back, prints the wire modules loaded.
+_NO_WIRE = """
+import os, sys
+from ferry.mover.options import Options
+from ferry.mover.endpoints import parse_endpoint
+from ferry.mover.transfer import run_transfer
+src, dst, back = sys.argv[1:4]
+for a, b in ((src, dst), (dst, back)):
+    s = run_transfer(parse_endpoint(a), parse_endpoint(b), Options(chunk_size=1024 * 1024))
+    assert s.exit_code == 0, s.to_json()
+print(sorted(m for m in sys.modules if m.startswith("ferry.mover.backends.sftp.wire")))
+"""
+
+
+@pytest.mark.parametrize("remote", ["sftp"], indirect=True)
+def test_sftp_library_path_imports_no_wire(remote: Remote, tmp_path: Path) -> None:
+    """With the accelerators off, SFTP never imports its wire/ package (a process of its own:
+    this test module imports it)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"small": os.urandom(300), "big": os.urandom(3 * 1024 * 1024 + 5)}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    env = {
+        **os.environ,
+        ACCELERATORS_ENV: "off",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    dst, back = remote.uri(remote.fresh("nowire")), tmp_path / "back"
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_WIRE, str(src), dst, str(back)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
+    assert {rel: (back / rel).read_bytes() for rel in files} == files
 
 
 def test_environment_turns_the_option_off(monkeypatch: pytest.MonkeyPatch) -> None:

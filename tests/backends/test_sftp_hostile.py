@@ -107,7 +107,7 @@ def _check(msg: bytes) -> None:
         assert isinstance(w.status_error(body), OSError)
         assert len(str(w.status_error(body))) < w.STATUS_TEXT + 50
     elif kind == w.ATTRS:
-        w.Stat(body)
+        w.parse_attrs(body)
     elif kind == w.HANDLE:
         assert len(body) <= w.MAX_HANDLE
 

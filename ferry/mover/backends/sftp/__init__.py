@@ -1,6 +1,7 @@
 """SFTP over paramiko: `backend` (the Backend), `connections` (the session pool its readers and
-writers take), `files` (reader and writer), `wire/` (the hand-written SFTP framing and SSH
-packet sealing that carry the data path).
+writers take), `files` (reader and writer), `session` (what they ask of a pooled session),
+and its two implementations: `wire/` (the hand-written SFTP framing and SSH packet sealing
+that carry the data path) and `library` (paramiko's SFTPClient alone, accelerators off).
 
 Importing this package imports paramiko the fast way (`import_paramiko`), before any of its
 modules imports paramiko the ordinary way.

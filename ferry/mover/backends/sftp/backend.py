@@ -4,8 +4,9 @@ One SFTP channel serves one thread at a time (paramiko's response handling is
 not safe for concurrent synchronous requests), so the backend keeps a small
 pool of SSH connections and lends one per operation; a file's chunks are
 written at offsets from several connections at once. Bulk reads and writes
-frame their SFTP requests themselves (wire.session.Session), pipelined, and writes are
-acknowledged before each call returns, so a recorded chunk is on the server.
+are pipelined on a `session.Session`: the wire's (Ferry frames the SFTP requests itself)
+or, with the accelerators off, paramiko's SFTPFile (`library.LibrarySession`); either way
+writes are acknowledged before each call returns, so a recorded chunk is on the server.
 Sockets get TCP_NODELAY (paramiko leaves Nagle on, which stalls small
 pipelined requests) and SSH windows stay modest (huge windows make paramiko's
 reads collapse).
@@ -52,7 +53,7 @@ from ferry.mover.backends.sftp.files import (
     partial_path,
     temp_name,
 )
-from ferry.mover.backends.sftp.wire.session import Put, Session
+from ferry.mover.backends.sftp.session import Put, Session
 from ferry.mover.endpoints import SFTPEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve

@@ -1,6 +1,10 @@
 """An SFTP endpoint's connections: a pool of SSH sessions (each with its SFTP channel) lent to
 one thread at a time, with the endpoint's credentials, host-key check and error mapping.
-The backend, its readers and its writers all take this object."""
+The backend, its readers and its writers all take this object.
+
+Which `Session` a new connection gets is chosen once, here: the wire's (accelerators on) or
+paramiko's library path (`library.LibrarySession`); with the accelerators off, wire/ is not
+imported."""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from typing import TypeVar
 import paramiko
 
 from ferry.mover.backends.base import Durability, Entry, EntryType
-from ferry.mover.backends.sftp.wire.session import Session
+from ferry.mover.backends.sftp.library import LibrarySession
+from ferry.mover.backends.sftp.session import Session
 from ferry.mover.endpoints import SFTPEndpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import MiB
@@ -131,7 +136,14 @@ class Connections:
     def __init__(self, ep: SFTPEndpoint, durability: Durability, accelerators: bool = True) -> None:
         self.ep = ep
         self.root = ep.path.rstrip("/") or "/"
-        self.accelerators = accelerators  # False: paramiko's channel buffers and sends
+        self.accelerators = accelerators  # False: paramiko's SFTPClient for everything
+        self._session: Callable[[paramiko.Transport, paramiko.SFTPClient], Session]
+        if accelerators:
+            from ferry.mover.backends.sftp.wire.session import open_session
+
+            self._session = open_session
+        else:
+            self._session = LibrarySession
         # --fsync file: turned off (with a warning) where the server declines fsync@openssh.com.
         self.fsync_each = durability.fsync_each
         self._idle: queue.LifoQueue[Session] = queue.LifoQueue()
@@ -172,7 +184,7 @@ class Connections:
     def _full(self, s: Session, rel: str | None) -> bool:
         if time.monotonic() < self._full_until:
             return True  # one check stands for the failures of the next seconds
-        if s.dirty or s.broken:
+        if not s.reusable():
             return False
         try:
             free, inodes = s.statvfs(self.path(rel).rpartition("/")[0] or "/" if rel else self.root)
@@ -282,8 +294,7 @@ class Connections:
             channel = sftp.get_channel()
             if channel is not None:
                 channel.settimeout(120)
-            s = Session(transport, sftp, self.accelerators)
-            s.query_limits()
+            s = self._session(transport, sftp)
         except BaseException as exc:
             if transport is not None:
                 transport.close()
@@ -322,7 +333,7 @@ class Connections:
     def release(self, s: Session, broken: bool = False) -> None:
         # A session with replies still on their way, or whose server broke the protocol,
         # cannot serve anyone else.
-        usable = not (broken or s.broken or s.dirty or s.buf or not s.transport.is_active())
+        usable = not broken and s.reusable() and s.transport.is_active()
         if usable:
             try:
                 s.close_handles(_finished)
@@ -438,10 +449,14 @@ class Connections:
         """--fsync file on a server that declines fsync@openssh.com: say so once, stop asking."""
         if s.fsync_refused and self.fsync_each:
             self.fsync_each = False
+            who = (
+                "the server declines" if self.accelerators else "paramiko (accelerators off) has no"
+            )
             log.warning(
-                "%s: the server declines fsync@openssh.com; written files are not flushed "
+                "%s: %s fsync@openssh.com; written files are not flushed "
                 "to its disk before they are renamed into place",
                 self.describe(),
+                who,
             )
 
     def rename_or_remove(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> OSError | None:

@@ -1,5 +1,6 @@
-"""SFTP readers and writers: pipelined READs and WRITEs on sessions lent by `Connections`, a
-hidden temp (or resumable `.part`) file renamed into place at commit."""
+"""SFTP readers and writers: pipelined READs and WRITEs on sessions lent by `Connections` (either
+`Session`: the wire's or the library's), a hidden temp (or resumable `.part`) file renamed
+into place at commit."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ferry.mover.backends.base import (
 )
 from ferry.mover.backends.resume.remote import RemoteState
 from ferry.mover.backends.sftp.connections import WRITE_STREAMS, Connections
-from ferry.mover.backends.sftp.wire.session import (
+from ferry.mover.backends.sftp.session import (
     FXF_CREAT,
     FXF_READ,
     FXF_TRUNC,
@@ -77,7 +78,7 @@ SMALL_READ = 4 * MiB  # whole-file reads up to this size go in one pipelined bat
 
 
 class SFTPReader(Reader):
-    """Pipelined READs on a handle per pooled session (see Session)."""
+    """Pipelined READs on a handle per pooled session (see session.Session)."""
 
     def __init__(self, c: Connections, rel: str, entry: Entry) -> None:
         self.c, self.rel, self.size = c, rel, entry.size
@@ -304,9 +305,7 @@ class SFTPWriter(Writer):
                 s.write_small(self.tmp, data, mode, mtime, self.c.fsync_each)
             else:
                 self._create(s)  # an empty file gets no write
-                rid = s.setstat(self.tmp, mode, mtime)  # mode and times in one request
-                if rid is not None:
-                    s.reply(rid)
+                s.set_meta(self.tmp, mode, mtime)
                 if self.c.fsync_each:
                     s.sync_file(self.tmp)
             self.c.check_fsync(s)

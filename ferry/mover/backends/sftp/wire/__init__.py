@@ -1,2 +1,3 @@
-"""SFTP's hand-written protocol code: `session` (SFTP framing and pipelining over a paramiko
-channel) and `ssh_send` (AES-GCM packet sealing in batches, paramiko-version-guarded)."""
+"""SFTP's hand-written protocol code, used only with the accelerators on: `session` (SFTP
+framing and pipelining over a paramiko channel; a `sftp.session.Session`) and `ssh_send`
+(AES-GCM packet sealing in batches, paramiko-version-guarded)."""

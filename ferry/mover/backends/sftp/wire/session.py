@@ -25,16 +25,25 @@ from collections.abc import Callable, Iterator
 import paramiko
 from paramiko.buffered_pipe import PipeTimeout
 
-from ferry.mover.backends.sftp.wire.ssh_send import channel_sender, library_sender
+from ferry.mover.backends.sftp.session import (
+    FXF_CREAT,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    KEPT_HANDLES,
+    MAX_REQUEST,
+    Handle,
+    Put,
+    Stat,
+)
+from ferry.mover.backends.sftp.wire.ssh_send import channel_sender
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import MiB
 
 FALLBACK_REQUEST = 128 * 1024  # read/write length for servers without limits@openssh.com
-MAX_REQUEST = 255 * 1024  # OpenSSH's sftp-server limit (256 KiB message minus headers)
 READ_DEPTH = 16  # READ requests in flight per stream (about WINDOW bytes)
 READ_REFILL = 8  # ...sent again this many at a time
 WRITE_DEPTH = 16  # unacknowledged WRITE requests per stream
-KEPT_HANDLES = 2  # write handles a session keeps open between pieces
 RECV = 8 * MiB  # a cap only: a LeanPipe read returns one whole payload
 MAX_REPLY = 256 * 1024  # longest reply length a server may declare (OpenSSH's SFTP_MAX_MSG_LENGTH)
 MAX_HANDLE = 256  # draft-02: a handle is at most 256 bytes
@@ -44,7 +53,6 @@ STATUS_TEXT = 200  # bytes of a server's status message that reach an error mess
 OPEN, CLOSE, READ, WRITE, LSTAT, SETSTAT, FSETSTAT, REMOVE = 3, 4, 5, 6, 7, 9, 10, 13
 EXTENDED = 200
 STATUS, HANDLE, DATA, ATTRS, EXTENDED_REPLY = 101, 102, 103, 105, 201
-FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x1, 0x2, 0x8, 0x10
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
 ATTR_FIELDS = ((ATTR_SIZE, 8), (ATTR_UIDGID, 8), (ATTR_PERMISSIONS, 4), (ATTR_ACMODTIME, 8))
 FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED = 0, 1, 2, 3
@@ -262,25 +270,22 @@ def next_reply(inbox: _Chunks) -> Reply | None:
     return parse_reply(inbox.take(4 + length))
 
 
-class Stat:
+def parse_attrs(body: Body, at: int = 0) -> Stat:
     """The fields of an SFTP ATTRS reply that the backend uses (its layout checked by
     parse_reply)."""
-
-    __slots__ = ("mtime", "size")
-
-    def __init__(self, body: Body, at: int = 0) -> None:
-        flags = U32.unpack_from(body, at)[0]
+    flags = U32.unpack_from(body, at)[0]
+    at += 4
+    size = mtime = None
+    if flags & ATTR_SIZE:
+        size = U64.unpack_from(body, at)[0]
+        at += 8
+    if flags & ATTR_UIDGID:
+        at += 8
+    if flags & ATTR_PERMISSIONS:
         at += 4
-        self.size = self.mtime = None
-        if flags & ATTR_SIZE:
-            self.size = U64.unpack_from(body, at)[0]
-            at += 8
-        if flags & ATTR_UIDGID:
-            at += 8
-        if flags & ATTR_PERMISSIONS:
-            at += 4
-        if flags & ATTR_ACMODTIME:
-            self.mtime = U32.unpack_from(body, at + 4)[0]
+    if flags & ATTR_ACMODTIME:
+        mtime = U32.unpack_from(body, at + 4)[0]
+    return Stat(size, mtime)
 
 
 def status_error(body: Body) -> OSError:
@@ -297,18 +302,6 @@ def status_error(body: Body) -> OSError:
     if code == FX_OP_UNSUPPORTED:
         return OSError(errno.EOPNOTSUPP, text or "Operation unsupported")
     return OSError(f"SFTP status {code}: {text}")
-
-
-class Put:
-    """One small file for `Session.put_many`: written to `tmp`, renamed to `final`."""
-
-    __slots__ = ("data", "final", "mode", "mtime", "tmp", "written")
-
-    def __init__(
-        self, tmp: str, final: str, data: bytes, mode: int | None, mtime: int | None
-    ) -> None:
-        self.tmp, self.final, self.data, self.mode, self.mtime = tmp, final, data, mode, mtime
-        self.written = False  # the temp is complete; a failed rename leaves it in place
 
 
 def refused(exc: BaseException) -> bool:
@@ -346,25 +339,24 @@ class Session:
         "write_max",
     )
 
-    def __init__(
-        self, transport: paramiko.Transport, sftp: paramiko.SFTPClient, accelerators: bool = True
-    ) -> None:
-        """accelerators=False keeps paramiko's own receive buffer and packet sender."""
+    def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> None:
         self.transport, self.sftp = transport, sftp
         chan = sftp.get_channel()
         assert chan is not None
-        if accelerators:
-            lean_channel(chan)
+        lean_channel(chan)
         self.chan: paramiko.Channel = chan
-        self.sendall = channel_sender(chan) if accelerators else library_sender(chan)
+        self.sendall = channel_sender(chan)
         self.buf = _Chunks()  # received, not yet parsed
         self.dirty = False
         self.broken = False  # a reply broke the protocol: close, never reuse
         self.fsync_refused = False
         # Write handles kept open between one writer's pieces, by writer: an OPEN per 2 MiB
         # piece was a round trip (~1 ms under load) in which the stream sent nothing.
-        self.handles: dict[object, bytes] = {}
+        self.handles: dict[object, Handle] = {}
         self.read_max = self.write_max = FALLBACK_REQUEST
+
+    def reusable(self) -> bool:
+        return not (self.broken or self.dirty or self.buf)
 
     def close(self) -> None:
         try:
@@ -587,7 +579,7 @@ class Session:
                 out += rest.read(size - len(out))
             finally:
                 rest.close()
-        st = Stat(body) if kind == ATTRS else None
+        st = parse_attrs(body) if kind == ATTRS else None
         return out, (False if st is not None and st.size is None else st)
 
     def write(self, handle: bytes, offset: int, data: bytes | memoryview, close: bool) -> None:
@@ -774,7 +766,7 @@ class Session:
             elif kind == ATTRS and i not in failed:
                 data = b"".join(parts[i]) if len(parts[i]) != 1 else bytes(parts[i][0])
                 if len(data) == files[i][1]:
-                    out[i] = (data, Stat(body))
+                    out[i] = (data, parse_attrs(body))
         self.dirty = False
         return out
 
@@ -806,12 +798,18 @@ class Session:
             got[rid] = (kind, status_error(body) if failed else body)
         return [got[r] for r in rids]
 
-    def setstat(self, path: str, mode: int | None, mtime: int | None) -> int | None:
-        """Send one SETSTAT for mode and times; returns the request id (None if nothing)."""
+    def set_meta(self, path: str, mode: int | None, mtime: int | None) -> None:
+        """One SETSTAT for mode and times (none where neither is given)."""
         attrs = _attrs(mode, mtime)
-        if not attrs:
-            return None
-        return self._send(SETSTAT, sftp_string(path_bytes(path)) + attrs)
+        if attrs:
+            self.reply(self._send(SETSTAT, sftp_string(path_bytes(path)) + attrs))
+
+
+def open_session(transport: paramiko.Transport, sftp: paramiko.SFTPClient) -> Session:
+    """A wire Session on a new connection, its request sizes asked of the server."""
+    s = Session(transport, sftp)
+    s.query_limits()
+    return s
 
 
 def _error(body: Body | OSError) -> OSError | None:

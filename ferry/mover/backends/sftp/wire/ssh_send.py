@@ -192,7 +192,7 @@ def channel_sender(chan: paramiko.Channel) -> Callable[[Sequence[Buffer]], None]
 
 
 def library_sender(chan: paramiko.Channel) -> Callable[[Sequence[Buffer]], None]:
-    """paramiko's own `Channel.sendall`, taking parts (the accelerators-off path)."""
+    """paramiko's own `Channel.sendall`, taking parts (where GcmSender cannot send)."""
 
     def sendall(parts: Sequence[Buffer]) -> None:
         # Channel.sendall slices what it is given per packet: a view keeps that copy-free.
