@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 from ferry.mover.backends.base import (
     Backend,
@@ -122,8 +123,11 @@ def meta_first(ctx: Context, a: Action, s: Entry) -> Entry:
     return s
 
 
-def whole_file(ctx: Context, a: Action, s: Entry | None = None) -> None:
-    """Copy one file whole, with retries (`s`: the source entry, when not `a.src`)."""
+def with_retries(
+    ctx: Context, a: Action, s: Entry | None, once: Callable[[Context, Action, Entry], None]
+) -> None:
+    """Run `once` with retries; each retry first reads the source entry again (it may have
+    changed, or vanished). `s`: the source entry, when not `a.src`."""
     current = [s or a.src]
 
     def attempt(n: int) -> None:
@@ -131,9 +135,14 @@ def whole_file(ctx: Context, a: Action, s: Entry | None = None) -> None:
         assert entry is not None
         if n:
             entry = current[0] = refresh(ctx, a, entry)
-        copy_whole(ctx, a, entry)
+        once(ctx, a, entry)
 
     ctx.retry.run(a.rel, attempt, ctx.ledger.fail)
+
+
+def whole_file(ctx: Context, a: Action, s: Entry | None = None) -> None:
+    """Copy one file whole, with retries."""
+    with_retries(ctx, a, s, copy_whole)
 
 
 def copy_whole(ctx: Context, a: Action, s: Entry) -> None:
@@ -181,18 +190,14 @@ def copy_whole(ctx: Context, a: Action, s: Entry) -> None:
 def server_copy(ctx: Context, a: Action, s: Entry | None = None) -> None:
     """Copy within one service: no bytes through us, and no digest of ours (the service
     checks its copy; a stored source digest is carried over)."""
-    current = [s or a.src]
+    with_retries(ctx, a, s, copy_server_side)
 
-    def attempt(n: int) -> None:
-        entry = current[0]
-        assert entry is not None
-        if n:
-            entry = current[0] = refresh(ctx, a, entry)
-        assert isinstance(ctx.dst, ServerSideCopy)  # ctx.server_copy
-        ctx.dst.copy_from(ctx.src, a.read_rel or a.rel, entry, a.rel, ctx.options.preserve)
-        ctx.ledger.committed(a, entry, None, counted=False)
 
-    ctx.retry.run(a.rel, attempt, ctx.ledger.fail)
+def copy_server_side(ctx: Context, a: Action, s: Entry) -> None:
+    """One attempt of `server_copy`."""
+    assert isinstance(ctx.dst, ServerSideCopy)  # ctx.server_copy
+    ctx.dst.copy_from(ctx.src, a.read_rel or a.rel, s, a.rel, ctx.options.preserve)
+    ctx.ledger.committed(a, s, None, counted=False)
 
 
 def same_content(src: Backend, dst: Backend, a: Action) -> bool:
