@@ -7,6 +7,7 @@ the Kubernetes boundary and converts to these.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -143,92 +144,58 @@ class MinFree(NamedTuple):
 DEFAULT_MIN_FREE = MinFree(percent=1.0)
 
 
+@dataclass(slots=True, kw_only=True)
 class Options:
-    __slots__ = (
-        "accelerators",
-        "allow_empty_source",
-        "bwlimit",
-        "chunk_size",
-        "compare",
-        "dry_run",
-        "error_policy",
-        "filters",
-        "fsync",
-        "manifest",
-        "max_delete",
-        "max_in_flight_bytes",
-        "min_free",
-        "mode",
-        "preflight",
-        "preserve",
-        "retries",
-        "retry_base_delay",
-        "shard_count",
-        "shard_index",
-        "symlinks",
-        "transfers",
-        "verify",
-    )
+    """One transfer's options, checked when built (the CLI and the mover spec build them)."""
 
-    def __init__(
-        self,
-        *,
-        mode: Mode = Mode.COPY,
-        compare: Compare = Compare.SIZE_MTIME,
-        verify: Verify = Verify.INLINE,
-        fsync: Fsync = Fsync.END,
-        preserve: Preserve = _PRESERVE,
-        symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE,
-        filters: tuple[str, ...] = (),
-        transfers: int = 8,
-        chunk_size: int = 0,  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE
-        bwlimit: int = 0,
-        retries: int = 3,
-        retry_base_delay: float = 0.5,
-        error_policy: ErrorPolicy = ErrorPolicy.ABORT,
-        dry_run: bool = False,
-        allow_empty_source: bool = False,
-        max_in_flight_bytes: int = 128 * MiB,
-        manifest: str | None = None,
-        shard_index: int = 0,
-        shard_count: int = 1,
-        preflight: bool = True,
-        min_free: MinFree | None = None,  # None: DEFAULT_MIN_FREE
-        max_delete: int | None = None,
-        # False: every backend on its library path, no hand-written wire/ code (and so does
-        # FERRY_ACCELERATORS=off in the environment: ferry.mover.backends.accelerators_on).
-        accelerators: bool = True,
-    ) -> None:
-        if transfers < 1:
+    mode: Mode = Mode.COPY
+    compare: Compare = Compare.SIZE_MTIME
+    verify: Verify = Verify.INLINE
+    fsync: Fsync = Fsync.END
+    preserve: Preserve = _PRESERVE
+    symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE
+    filters: tuple[str, ...] = ()
+    transfers: int = 8
+    chunk_size: int = 0  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE
+    bwlimit: int = 0
+    retries: int = 3
+    retry_base_delay: float = 0.5
+    error_policy: ErrorPolicy = ErrorPolicy.ABORT
+    dry_run: bool = False
+    allow_empty_source: bool = False
+    max_in_flight_bytes: int = 128 * MiB
+    manifest: str | None = None
+    shard_index: int = 0
+    shard_count: int = 1
+    preflight: bool = True
+    # Anything but the default object itself counts as asked for (refused with --no-preflight).
+    min_free: MinFree = DEFAULT_MIN_FREE
+    max_delete: int | None = None
+    # False: every backend on its library path, no hand-written wire/ code (and so does
+    # FERRY_ACCELERATORS=off in the environment: ferry.mover.backends.accelerators_on).
+    accelerators: bool = True
+
+    def __post_init__(self) -> None:
+        if self.transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
-        if chunk_size and (chunk_size < MiB or chunk_size % MiB):
+        if self.chunk_size and (self.chunk_size < MiB or self.chunk_size % MiB):
             raise FerryError(
                 ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)"
             )
-        if retries < 0:
+        if self.retries < 0:
             raise FerryError(ErrorKind.USAGE, "retries must not be negative")
-        if bwlimit < 0:
+        if self.bwlimit < 0:
             raise FerryError(ErrorKind.USAGE, "bandwidth limit must not be negative")
-        if not 0 <= shard_index < shard_count:
+        if not 0 <= self.shard_index < self.shard_count:
             raise FerryError(ErrorKind.USAGE, "shard index must be in [0, shard count)")
-        if max_delete is not None and max_delete < 0:
+        if self.max_delete is not None and self.max_delete < 0:
             raise FerryError(ErrorKind.USAGE, "--max-delete must not be negative")
-        if max_delete is not None and mode != Mode.SYNC:
+        if self.max_delete is not None and self.mode != Mode.SYNC:
             raise FerryError(ErrorKind.USAGE, "--max-delete applies only to sync (plan --sync)")
-        if not preflight and min_free is not None:
+        if not self.preflight and self.min_free is not DEFAULT_MIN_FREE:
             raise FerryError(
                 ErrorKind.USAGE, "--min-free has no effect with --no-preflight: pass one of them"
             )
-        self.mode, self.compare, self.verify, self.fsync = mode, compare, verify, fsync
-        self.preserve, self.symlinks, self.filters = preserve, symlinks, filters
-        self.transfers, self.chunk_size, self.bwlimit = transfers, chunk_size, bwlimit
-        self.retries, self.retry_base_delay = retries, retry_base_delay
-        self.error_policy, self.dry_run = error_policy, dry_run
-        self.allow_empty_source, self.max_in_flight_bytes = allow_empty_source, max_in_flight_bytes
-        self.manifest, self.shard_index, self.shard_count = manifest, shard_index, shard_count
-        self.preflight, self.max_delete = preflight, max_delete
-        self.accelerators = accelerators
-        self.min_free = DEFAULT_MIN_FREE if min_free is None else min_free
 
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}

@@ -185,7 +185,7 @@ class TransferSpec(_Model):
             dry_run=o.dry_run,
             allow_empty_source=o.allow_empty_source,
             preflight=o.preflight,
-            min_free=op.MinFree.parse(o.min_free, "minFree") if o.min_free else None,
+            min_free=op.MinFree.parse(o.min_free, "minFree") if o.min_free else op.DEFAULT_MIN_FREE,
             max_delete=o.max_delete,
             shard_index=shard.index,
             shard_count=shard.count,
