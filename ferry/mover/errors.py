@@ -31,6 +31,7 @@ class ErrorKind(Enum):
     AUTH_FAILED = (12, "AuthFailed", False)
     DESTINATION_NOT_FOUND = (13, "DestinationNotFound", False)
     DELETE_LIMIT = (14, "DeleteLimitExceeded", False)  # sync would delete more than maxDelete
+    PROTOCOL = (15, "ProtocolError", False)  # a peer sent malformed or out-of-bounds data
     INTERRUPTED = (130, "Interrupted", True)
 
     @property
