@@ -1,8 +1,8 @@
 """The engine's own view of one transfer's options.
 
-Plain classes: the command line builds them directly (no pydantic, nor even
-dataclasses, on the hot start-up path); `spec.py` validates the same fields at
-the Kubernetes boundary and converts to these.
+Dataclasses: the command line builds them directly (no pydantic on the start-up
+path); `spec.py` validates the same fields at the Kubernetes boundary and converts
+to these.
 """
 
 from __future__ import annotations
