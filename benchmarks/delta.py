@@ -111,18 +111,23 @@ def run_ferry(basis: Path, new: Path, out: Path) -> dict[str, float]:
         sig = delta.compute(read_basis, bsize)
         t1 = time.perf_counter()
         source = StreamHasher()
-        chunks = list(delta.encode_ops(delta.diff(sig, read_new, nsize, source.update)))
+        ops = delta.diff(sig, read_new, nsize, source.update)
+        chunks = list(
+            delta.encode_ops(
+                ops, block_size=sig.block_size, basis_size=bsize, digest=source.hexdigest
+            )
+        )
         t2 = time.perf_counter()
         encoded = sum(len(c) for c in chunks)
         ofd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            limits = delta.DeltaLimits(sig.block_size, bsize, nsize)
             t3 = time.perf_counter()
+            stream = delta.open_delta(chunks, bsize, nsize)
             size, digest = delta.apply(
                 read_basis,
                 bsize,
                 sig.block_size,
-                delta.decode(chunks, limits),
+                stream,
                 lambda off, data: write(ofd, data, off),
             )
             t4 = time.perf_counter()
@@ -131,7 +136,7 @@ def run_ferry(basis: Path, new: Path, out: Path) -> dict[str, float]:
     finally:
         os.close(bfd)
         os.close(nfd)
-    if size != nsize or digest != source.hexdigest():
+    if size != nsize or digest != source.hexdigest() or digest != stream.digest:
         sys.exit("ferry: the rebuilt file differs from the new file")
     return {
         "block_size": sig.block_size,

@@ -19,7 +19,7 @@ from ferry.mover import delta
 from ferry.mover.delta import format as fmt
 from ferry.mover.delta import match, signature
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.integrity import digest_bytes
+from ferry.mover.integrity import StreamHasher, digest_bytes
 
 MiB = 1 << 20
 
@@ -31,9 +31,14 @@ def reader(data: bytes):
 def encoded_delta(basis: bytes, new: bytes, block_size: int | None = None) -> list[bytes]:
     sig = delta.compute(reader(basis), len(basis), block_size)
     sig = delta.decode_signature(delta.encode_signature(sig), 64 * MiB)
-    seen = bytearray()
-    chunks = list(delta.encode_ops(delta.diff(sig, reader(new), len(new), seen.extend)))
-    assert bytes(seen) == new  # observe saw every byte once, in order
+    seen = StreamHasher()
+    ops = delta.diff(sig, reader(new), len(new), seen.update)
+    chunks = list(
+        delta.encode_ops(
+            ops, block_size=sig.block_size, basis_size=len(basis), digest=seen.hexdigest
+        )
+    )
+    assert seen.size == len(new)  # observe saw every byte once, in order
     return chunks
 
 
@@ -44,11 +49,11 @@ def rebuild(basis: bytes, new_size: int, block_size: int, chunks: list[bytes]) -
         assert off == len(out)
         out.extend(data)
 
-    limits = delta.DeltaLimits(block_size, len(basis), new_size)
-    size, digest = delta.apply(
-        reader(basis), len(basis), block_size, delta.decode(chunks, limits), write_at
-    )
+    stream = delta.open_delta(chunks, len(basis), new_size)
+    assert stream.block_size == block_size
+    size, digest = delta.apply(reader(basis), len(basis), block_size, stream, write_at)
     assert size == len(out)
+    assert stream.digest == digest_bytes(bytes(out))  # the sender's digest, from the end mark
     return bytes(out), digest
 
 
@@ -182,11 +187,16 @@ def test_basis_changed_after_signature_gives_another_digest():
     chunks = encoded_delta(basis, new, 1024)
     changed = bytearray(basis)
     changed[150_000] ^= 1
-    _, digest = rebuild(bytes(changed), len(new), 1024, chunks)
-    assert digest != digest_bytes(new)
+    stream = delta.open_delta(chunks, len(basis), len(new))
+    out = bytearray()
+    _, digest = delta.apply(
+        reader(bytes(changed)), len(basis), 1024, stream, lambda off, d: out.extend(d)
+    )
+    assert digest != stream.digest == digest_bytes(new)
     with pytest.raises(FerryError) as err:
         rebuild(basis[:100_000], len(new), 1024, chunks)
-    assert err.value.kind in (ErrorKind.SOURCE_CHANGED, ErrorKind.PROTOCOL)
+    assert err.value.kind == ErrorKind.SOURCE_CHANGED  # retryable: a new signature is taken
+    assert "basis changed since its signature" in str(err.value)
 
 
 # -- hostile input -----------------------------------------------------------------------------
@@ -270,12 +280,16 @@ def test_fuzzed_delta_is_refused_cleanly(data):
     try:
         ops = list(delta.decode(pieces, limits))
     except FerryError as err:
-        assert err.kind == ErrorKind.PROTOCOL
+        # SOURCE_CHANGED: the header names another basis size (retried with a new signature)
+        assert err.kind in (ErrorKind.PROTOCOL, ErrorKind.SOURCE_CHANGED)
     else:
         total = sum(
             limits.copy_len(op) if isinstance(op, delta.Copy) else len(op.data) for op in ops
         )
         assert total == limits.size
+
+
+HDR = struct.pack("<4sB3xIQ", b"FDLT", 1, 1024, 10_000)
 
 
 def endless(head: bytes, filler: bytes) -> Iterator[bytes]:
@@ -288,16 +302,18 @@ def endless(head: bytes, filler: bytes) -> Iterator[bytes]:
     "head,filler,words",
     [
         # a literal longer than the cap: refused before its bytes are read
-        (b"FDLT\x01\0\0\0" + struct.pack("<BI", 2, 0xFFFFFFFF), b"\0" * 65536, "literal of"),
+        (HDR + struct.pack("<BI", 2, 0xFFFFFFFF), b"\0" * 65536, "literal of"),
         # literals without end: refused once past the expected size
-        (b"FDLT\x01\0\0\0", struct.pack("<BI", 2, 4096) + b"x" * 4096, "exceeds the expected"),
+        (HDR, struct.pack("<BI", 2, 4096) + b"x" * 4096, "exceeds the expected"),
         # copies without end
-        (b"FDLT\x01\0\0\0", struct.pack("<BII", 1, 0, 1) * 100, "exceeds the expected"),
-        (b"FDLT\x01\0\0\0", struct.pack("<BII", 1, 99, 1), "copies blocks 99..99"),
-        (b"FDLT\x01\0\0\0", struct.pack("<BII", 1, 0, 0), "copies blocks 0..-1"),
-        (b"FDLT\x01\0\0\0", b"\x07", "unknown delta instruction 7"),
-        (b"XDLT\x01\0\0\0", b"", "wrong magic"),
-        (b"FDLT\x09\0\0\0", b"", "version 9"),
+        (HDR, struct.pack("<BII", 1, 0, 1) * 100, "exceeds the expected"),
+        (HDR, struct.pack("<BII", 1, 99, 1), "copies blocks 99..99"),
+        (HDR, struct.pack("<BII", 1, 0, 0), "copies blocks 0..-1"),
+        (HDR, b"\x07", "unknown delta instruction 7"),
+        (HDR[:8] + struct.pack("<IQ", 100, 10_000), b"", "block size 100"),
+        (HDR[:8] + struct.pack("<IQ", 1024, 9_999), b"", "basis changed since its signature"),
+        (b"XDLT" + HDR[4:], b"", "wrong magic"),
+        (b"FDLT\x09" + HDR[5:], b"", "version 9"),
     ],
 )
 def test_hostile_delta_streams_are_bounded(head, filler, words):
@@ -310,7 +326,7 @@ def test_hostile_delta_streams_are_bounded(head, filler, words):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert err.value.kind == ErrorKind.PROTOCOL
+    assert err.value.kind in (ErrorKind.PROTOCOL, ErrorKind.SOURCE_CHANGED)
     assert words in str(err.value)
     assert peak < 2 * MiB
 
@@ -325,7 +341,9 @@ def test_delta_end_checks():
     with pytest.raises(FerryError, match="expected"):
         list(delta.decode([blob], fmt.DeltaLimits(1024, limits.basis_size, limits.size + 1)))
     with pytest.raises(FerryError, match="end mark says"):
-        list(delta.decode([blob[:-8] + struct.pack("<Q", 1)], limits))
+        list(delta.decode([blob[:-40] + struct.pack("<Q", 1) + blob[-32:]], limits))
+    with pytest.raises(FerryError, match="signature had 2048"):
+        list(delta.decode([blob], fmt.DeltaLimits(2048, limits.basis_size, limits.size)))
 
 
 def test_literals_are_cut_to_the_cap():

@@ -19,7 +19,14 @@ imports this package.
 """
 
 from ferry.mover.delta.apply import apply
-from ferry.mover.delta.format import MAX_LITERAL, DeltaLimits, decode, encode_ops
+from ferry.mover.delta.format import (
+    MAX_LITERAL,
+    DeltaLimits,
+    DeltaStream,
+    decode,
+    encode_ops,
+    open_delta,
+)
 from ferry.mover.delta.match import diff
 from ferry.mover.delta.ops import Copy, Literal, Op
 from ferry.mover.delta.signature import (
@@ -35,6 +42,7 @@ __all__ = [
     "MAX_LITERAL",
     "Copy",
     "DeltaLimits",
+    "DeltaStream",
     "Literal",
     "Op",
     "Signature",
@@ -47,4 +55,5 @@ __all__ = [
     "encode_ops",
     "encode_signature",
     "encoded_size",
+    "open_delta",
 ]
