@@ -87,7 +87,7 @@ def warm(path: Path) -> None:
             pass
 
 
-def write(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
+def write(fd: int, data: bytes | memoryview, off: int) -> None:
     while data:
         n = os.pwrite(fd, data, off)
         data, off = memoryview(data)[n:], off + n

@@ -45,7 +45,7 @@ def encoded_delta(basis: bytes, new: bytes, block_size: int | None = None) -> li
 def rebuild(basis: bytes, new_size: int, block_size: int, chunks: list[bytes]) -> tuple[bytes, str]:
     out = bytearray()
 
-    def write_at(off: int, data: bytes | bytearray | memoryview) -> None:
+    def write_at(off: int, data: bytes | memoryview) -> None:
         assert off == len(out)
         out.extend(data)
 

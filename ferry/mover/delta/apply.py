@@ -11,7 +11,7 @@ from ferry.mover.integrity import StreamHasher
 
 COPY_PIECE = 4 << 20
 
-WriteAt = Callable[[int, bytes | bytearray | memoryview], None]
+WriteAt = Callable[[int, bytes | memoryview], None]
 
 
 def apply(
@@ -40,8 +40,9 @@ def apply(
                     raise FerryError(
                         ErrorKind.SOURCE_CHANGED, "the delta's basis shrank while rebuilding"
                     )
-                write_at(out, data)
-                hasher.update(data)
+                view = memoryview(data)
+                write_at(out, view)
+                hasher.update(view)
                 out += want
             if on_copy is not None:
                 on_copy(end - start)

@@ -145,6 +145,11 @@ def encoded_size(size: int, block_size: int) -> int:
     return HEADER_LEN + block_count(size, block_size) * (4 + STRONG_LEN)
 
 
+def max_encoded_size(size: int) -> int:
+    """The largest signature a basis of `size` bytes can have (in the smallest blocks)."""
+    return HEADER_LEN + min(MAX_BLOCKS, block_count(size, MIN_BLOCK_SIZE)) * (4 + STRONG_LEN)
+
+
 def decode(data: bytes | bytearray | memoryview, max_size: int) -> Signature:
     """A signature from a peer, checked: anything that does not add up is a PROTOCOL error."""
     if len(data) > max_size:
