@@ -31,7 +31,7 @@ DEFAULT_MAX_BLOCK = 1 << 20
 MAX_BLOCK_SIZE = 16 << 20
 MAX_BLOCKS = 1 << 20  # 20 MiB of signature at most (weak + strong)
 MAX_FILE_SIZE = MAX_BLOCK_SIZE * MAX_BLOCKS
-READ_PIECE = 4 << 20
+READ_PIECE = 1 << 20  # below the 4 MiB past which `ferry` has malloc map memory afresh
 
 MAGIC = b"FSIG"
 VERSION = 1
@@ -105,7 +105,7 @@ def block_weak(blocks: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def compute(read_at: ReadAt, size: int, block_size: int | None = None) -> Signature:
     """The signature of `size` bytes read through `read_at(offset, length)`, in pieces of
-    about 4 MiB (memory: one piece plus 20 bytes per block)."""
+    about 1 MiB (memory: one piece plus 20 bytes per block)."""
     bs = block_size or block_size_for(size)
     check_block_size(bs, size)
     n = block_count(size, bs)
