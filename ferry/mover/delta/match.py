@@ -30,7 +30,8 @@ MAX_LITERAL = 1 << 20  # literal pieces emitted (format.MAX_LITERAL accepts them
 READ_PIECE = 1 << 20  # below the 4 MiB past which `ferry` has malloc map memory afresh
 MIN_SPAN = 16 << 10
 MAX_SPAN = 512 << 10  # its NumPy temporaries (4 bytes an offset) stay below 4 MiB too
-PROBE = 8  # blocks tried ahead in the old alignment before a span search
+PROBE = 8  # blocks tried ahead in the old alignment before a span search...
+PROBE_BYTES = 4 << 20  # ...within this many bytes (the window holds them)
 _FIB = np.uint32(0x9E3779B1)  # Fibonacci hashing: the filter slot from all 32 bits
 _BIT = (1 << np.arange(8)).astype(np.uint8)
 
@@ -146,7 +147,7 @@ def _strong(data: memoryview) -> bytes:
 def _probe(win: _Window, sig: Signature, pos: int, hint: int, keep: int) -> int:
     """The first k in 1..PROBE for which block hint+k is at pos + k*L, else 0."""
     L = sig.block_size
-    last = min(PROBE, sig.file_size // L - 1 - hint, (win.size - pos) // L - 1)
+    last = min(PROBE, PROBE_BYTES // L, sig.file_size // L - 1 - hint, (win.size - pos) // L - 1)
     if last < 1:
         return 0
     win.ensure(pos + (last + 1) * L, keep)
