@@ -1,11 +1,12 @@
 """Delta benchmark: Ferry's block delta against rsync's (and librsync's `rdiff`), one run.
 
-    .venv/bin/python -m benchmarks.delta [--size MiB] [--json OUT]
+    .venv/bin/python -m benchmarks.delta [--size MiB] [--repeat N] [--json OUT] [--no-rdiff]
 
 A basis of seeded incompressible bytes (`--size`, default 1024 MiB) and a new version
 with 5 % of its bytes overwritten in scattered 64 KiB regions plus 1 MiB inserted in the
 middle are generated under `benchmarks/.data/delta/` (not timed; reused when present).
-Both files are read once first (warm cache). Then:
+Both files are read once first (warm cache), and `sync` runs before each timed run (so no
+run is throttled by the dirty pages of the one before). Then:
 
 - Ferry, in this process, on one core: the basis's signature (`delta.compute`), the match
   and encoding (`delta.diff` + `delta.encode_ops`: the encoded bytes are what would cross),
@@ -17,7 +18,8 @@ Both files are read once first (warm cache). Then:
   `rsync --no-whole-file --ignore-times --stats NEW DEST` (wall time; "Literal data").
 - rdiff, when installed: signature, delta and patch (wall time; delta file size).
 
-Ratios printed (issue 22): Ferry's encoded delta / rsync's literal data (target <= 1.15),
+Ferry, ferry copy and rsync run round-robin `--repeat` times (default 3); medians are
+printed. Ratios printed (issue 22): Ferry's encoded delta / rsync's literal data (target <= 1.15),
 Ferry time / rsync time (<= 1.0; sig + match, and with the rebuild), signature + match
 throughput in MB/s of the new file (>= 300).
 """
@@ -32,6 +34,7 @@ import random
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -111,6 +114,7 @@ def run_ferry(basis: Path, new: Path, out: Path) -> dict[str, float]:
         def read_new(off: int, n: int) -> bytes:
             return os.pread(nfd, n, off)
 
+        os.sync()  # no earlier run's dirty pages to throttle this one's writes
         t0, c0 = time.perf_counter(), time.process_time()
         sig = delta.compute(read_basis, bsize)
         t1, c1 = time.perf_counter(), time.process_time()
@@ -169,6 +173,7 @@ def run_ferry_cli(basis: Path, new: Path, where: Path) -> dict[str, float]:
     os.link(new, src / "new")
     shutil.copyfile(basis, dest / "new")
     warm(dest / "new")
+    os.sync()  # no earlier run's dirty pages to throttle this one's writes
     cmd = [sys.executable, "-m", "ferry.cli", "copy", str(src), str(dest), "--delta", "on"]
     cmd += ["--fsync", "none", "--json", "--progress", "none"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -198,6 +203,7 @@ def run_rsync(basis: Path, new: Path, where: Path) -> dict[str, float] | None:
     dest.mkdir()
     shutil.copyfile(basis, dest / "new")
     warm(dest / "new")
+    os.sync()  # no earlier run's dirty pages to throttle this one's writes
     cmd = ["rsync", "--no-whole-file", "--ignore-times", "--stats", str(new), str(dest / "new")]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -232,6 +238,7 @@ def run_rdiff(basis: Path, new: Path, where: Path) -> dict[str, float] | None:
         ["rdiff", "delta", str(sig), str(new), str(dlt)],
         ["rdiff", "patch", str(basis), str(dlt), str(out)],
     ):
+        os.sync()
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         times.append(time.perf_counter() - t0)
@@ -247,11 +254,17 @@ def run_rdiff(basis: Path, new: Path, where: Path) -> dict[str, float] | None:
     return result
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each number's median over the runs (sizes are the same in every run)."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", type=int, default=1024, help="basis size in MiB (default 1024)")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     ap.add_argument("--no-rdiff", action="store_true", help="skip librsync's rdiff")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each (default 3)")
     args = ap.parse_args(argv)
     size = args.size * MiB
     where = DATA_DIR / "delta" / f"{args.size}m"
@@ -261,11 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     warm(new)
     new_size = new.stat().st_size
     rebuilt = where / "ferry.out"
-    ferry = run_ferry(basis, new, rebuilt)
-    rebuilt.unlink()
-    cli = run_ferry_cli(basis, new, where)
-    rsync = run_rsync(basis, new, where)
+    runs: dict[str, list[dict[str, float]]] = {"ferry": [], "cli": [], "rsync": []}
+    for _ in range(args.repeat):  # round-robin, so background load spreads over all three
+        runs["ferry"].append(run_ferry(basis, new, rebuilt))
+        rebuilt.unlink()
+        runs["cli"].append(run_ferry_cli(basis, new, where))
+        done = run_rsync(basis, new, where)
+        if done:
+            runs["rsync"].append(done)
+    ferry, cli = median_run(runs["ferry"]), median_run(runs["cli"])
+    rsync = median_run(runs["rsync"]) if runs["rsync"] else None
     rdiff = None if args.no_rdiff else run_rdiff(basis, new, where)
+    if args.repeat > 1:
+        print(f"\nmedians of {args.repeat} runs, each number on its own")
 
     sig_match = ferry["signature_s"] + ferry["match_s"]
     total = sig_match + ferry["apply_s"]
@@ -312,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         doc = {"size_mib": args.size, "ferry": ferry, "ferry_copy": cli, "rsync": rsync}
+        doc["runs"] = runs
         doc["rdiff"] = rdiff
         args.json.write_text(json.dumps(doc | {"ratios": ratios}, indent=2))
     return 0
