@@ -46,7 +46,8 @@ class _Index:
         weak = sig.weak[: self.full]
         self.order = np.argsort(weak, kind="stable")
         self.sorted = weak[self.order]
-        bits = min(max(self.full.bit_length() + 6, 16), 22)  # <= 1/64 false hits to 64K blocks
+        # <= 1/64 false hits to 64K blocks (512 KiB); bigger signatures get up to 4 MiB
+        bits = min(max(self.full.bit_length() + 6, 16), max(22, self.full.bit_length() + 4), 25)
         self.shift = np.uint32(32 - bits)
         table = np.zeros(1 << bits, dtype=bool)
         table[self._slot(weak)] = True
