@@ -172,6 +172,23 @@ def test_long_literal_runs_are_flushed_and_matching_resumes():
     assert roundtrip(basis, new) < 3 * MiB + 2 * sig.block_size + 1000
 
 
+def test_matcher_memory_is_bounded_whatever_the_file_size():
+    """A 48 MiB file that matches nothing: the window, one search span's NumPy temporaries
+    and the pending literal, never the file."""
+    basis = random.Random(12).randbytes(MiB)
+    sig = delta.compute(reader(basis), len(basis))
+    tracemalloc.start()
+    try:
+        ops = 0
+        for _ in delta.diff(sig, lambda off, n: random.Random(off).randbytes(n), 48 * MiB):
+            ops += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ops == 48
+    assert peak < 32 * MiB
+
+
 def test_moved_blocks_are_found_at_any_offset():
     rnd = random.Random(4)
     basis = rnd.randbytes(2 * MiB)
