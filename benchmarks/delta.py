@@ -12,8 +12,10 @@ run is throttled by the dirty pages of the one before). Then:
   and encoding (`delta.diff` + `delta.encode_ops`: the encoded bytes are what would cross),
   and the rebuild into a new file (`delta.apply` through the decoder), each timed; the
   rebuilt file's digest is checked against the new file's (not timed).
-- `ferry copy --delta on --fsync none`: the whole engine in a process of its own (start-up,
-  plan, signature, match, rebuild, commit), onto a copy of the basis (not timed).
+- `ferry copy --delta on`: the whole engine in a process of its own (start-up, plan,
+  signature, match, rebuild, commit), onto a copy of the basis (not timed); twice: with
+  the default `--fsync end` (the rebuilt file goes to the disk with O_DIRECT and is flushed
+  before success) and with `--fsync none` (left to the kernel's write-back, as rsync does).
 - rsync: the basis copied to a destination (not timed), then
   `rsync --no-whole-file --ignore-times --stats NEW DEST` (wall time; "Literal data").
 - rdiff, when installed: signature, delta and patch (wall time; delta file size).
@@ -163,9 +165,9 @@ def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_ferry_cli(basis: Path, new: Path, where: Path) -> dict[str, float]:
-    """`ferry copy --delta on` of the new file onto a copy of the basis: the whole engine
-    (start-up, plan, signature, match, rebuild, commit), without fsync, as rsync runs."""
+def run_ferry_cli(basis: Path, new: Path, where: Path, fsync: str) -> dict[str, float]:
+    """`ferry copy --delta on --fsync FSYNC` of the new file onto a copy of the basis: the
+    whole engine (start-up, plan, signature, match, rebuild, commit)."""
     src, dest = where / "ferry-src", where / "ferry-dest"
     for d in (src, dest):
         shutil.rmtree(d, ignore_errors=True)
@@ -175,7 +177,7 @@ def run_ferry_cli(basis: Path, new: Path, where: Path) -> dict[str, float]:
     warm(dest / "new")
     os.sync()  # no earlier run's dirty pages to throttle this one's writes
     cmd = [sys.executable, "-m", "ferry.cli", "copy", str(src), str(dest), "--delta", "on"]
-    cmd += ["--fsync", "none", "--json", "--progress", "none"]
+    cmd += ["--fsync", fsync, "--json", "--progress", "none"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -274,15 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     warm(new)
     new_size = new.stat().st_size
     rebuilt = where / "ferry.out"
-    runs: dict[str, list[dict[str, float]]] = {"ferry": [], "cli": [], "rsync": []}
+    runs: dict[str, list[dict[str, float]]] = {"ferry": [], "cli": [], "cli_none": [], "rsync": []}
     for _ in range(args.repeat):  # round-robin, so background load spreads over all three
         runs["ferry"].append(run_ferry(basis, new, rebuilt))
         rebuilt.unlink()
-        runs["cli"].append(run_ferry_cli(basis, new, where))
+        runs["cli"].append(run_ferry_cli(basis, new, where, "end"))
+        runs["cli_none"].append(run_ferry_cli(basis, new, where, "none"))
         done = run_rsync(basis, new, where)
         if done:
             runs["rsync"].append(done)
     ferry, cli = median_run(runs["ferry"]), median_run(runs["cli"])
+    cli_none = median_run(runs["cli_none"])
     rsync = median_run(runs["rsync"]) if runs["rsync"] else None
     rdiff = None if args.no_rdiff else run_rdiff(basis, new, where)
     if args.repeat > 1:
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{new_size / cpu / 1e6:.0f} MB/s of CPU (target >= 300, one core)"
     )
     print(
-        f"ferry copy --delta on: {cli['time_s']:.2f} s (CPU {cli['cpu_s']:.2f} s), "
+        f"ferry copy --delta on: {cli['time_s']:.2f} s (CPU {cli['cpu_s']:.2f} s; --fsync none "
+        f"{cli_none['time_s']:.2f} s, CPU {cli_none['cpu_s']:.2f} s), "
         f"bytesTransferred {cli['bytes_transferred']:,}, bytesMatched {cli['bytes_matched']:,}"
     )
     ratios: dict[str, float] = {"sig_match_mb_s": new_size / sig_match / 1e6}
@@ -319,12 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         ratios["sig_match_vs_rsync_time"] = sig_match / rsync["time_s"]
         ratios["with_rebuild_vs_rsync_time"] = total / rsync["time_s"]
         ratios["ferry_copy_vs_rsync_time"] = cli["time_s"] / rsync["time_s"]
+        ratios["ferry_copy_fsync_none_vs_rsync_time"] = cli_none["time_s"] / rsync["time_s"]
         print(
             f"ratios: encoded delta / rsync literal {ratios['delta_vs_rsync_literal']:.3f} "
             f"(target <= 1.15); ferry sig+match / rsync time "
             f"{ratios['sig_match_vs_rsync_time']:.2f}, with rebuild "
             f"{ratios['with_rebuild_vs_rsync_time']:.2f}, ferry copy / rsync "
-            f"{ratios['ferry_copy_vs_rsync_time']:.2f} (target <= 1.0)"
+            f"{ratios['ferry_copy_vs_rsync_time']:.2f} (--fsync none "
+            f"{ratios['ferry_copy_fsync_none_vs_rsync_time']:.2f}) (target <= 1.0)"
         )
     if rdiff:
         print(
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         doc = {"size_mib": args.size, "ferry": ferry, "ferry_copy": cli, "rsync": rsync}
+        doc["ferry_copy_fsync_none"] = cli_none
         doc["runs"] = runs
         doc["rdiff"] = rdiff
         args.json.write_text(json.dumps(doc | {"ratios": ratios}, indent=2))
