@@ -79,11 +79,12 @@ class _Ahead:
 
 def wanted(ctx: Context, a: Action) -> bool:
     """Whether `a` goes as a delta: an update of a regular file of at least DELTA_MIN by a
-    regular file, on a run that sends deltas to this destination (`Context.delta`)."""
+    regular file (or, with `--checksum`, one whose content may differ: CHECK), on a run
+    that sends deltas to this destination (`Context.delta`)."""
     s, d = a.src, a.dst
     return (
         ctx.delta
-        and a.op == Op.UPDATE
+        and a.op in (Op.UPDATE, Op.CHECK)
         and s is not None
         and d is not None
         and d.type == EntryType.FILE
