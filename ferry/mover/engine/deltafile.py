@@ -107,7 +107,6 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
         copy_whole(ctx, a, s)
         return
     from ferry.mover import delta  # NumPy: loaded only when a delta runs
-    from ferry.mover.delta import signature
 
     reader = open_source(ctx.src, a.read_rel or a.rel, s)
     try:
@@ -115,7 +114,7 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
             copy_whole(ctx, a, s)  # a rebuild would write the holes out as data
             return
         sig = delta.decode_signature(
-            dst.signature(a.rel, basis, None), signature.max_encoded_size(basis.size)
+            dst.signature(a.rel, basis, None), delta.max_encoded_size(basis.size)
         )
         if ctx.xattrs:
             s = copy.copy(s)
