@@ -654,7 +654,13 @@ class LocalBackend(Backend):
         from ferry.mover.delta import apply, open_delta
 
         try:
-            bfd = os.open(self.path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # The basis is opened without following any symlink on the way (a peer's delta
+            # must not copy blocks of a file outside the root into one inside it).
+            dfd, name = self._parent_fd(rel)
+            try:
+                bfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            finally:
+                os.close(dfd)
         except FileNotFoundError:
             raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis vanished", rel) from None
         except OSError as exc:
