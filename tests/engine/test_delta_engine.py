@@ -282,9 +282,10 @@ def test_random_edits_through_the_engine(tmp_path_factory, seed, edits):
     assert s.bytes_matched + s.bytes_transferred >= len(new)  # every byte came from somewhere
 
 
-def test_apply_delta_does_not_follow_a_symlinked_directory_to_its_basis(tmp_path):
-    """A delta's copies read the basis only inside the root: a directory symlinked out of it
-    is not followed, so no block from outside can land in a file inside."""
+def test_the_basis_is_not_read_through_a_symlinked_directory(tmp_path):
+    """Signatures and a delta's copies read the basis only inside the root: a directory
+    symlinked out of it is not followed, so no block from outside can land in a file inside,
+    and no signature of an outside file is given."""
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = random.Random(13).randbytes(200_000)
@@ -307,4 +308,6 @@ def test_apply_delta_does_not_follow_a_symlinked_directory_to_its_basis(tmp_path
     assert entry is not None
     with pytest.raises(FerryError, match="Not a directory"):  # O_NOFOLLOW on "link"
         backend.apply_delta("link/f", entry, chunks, "", Options().preserve)
+    with pytest.raises(FerryError, match="Not a directory"):
+        backend.signature("link/f", entry, None)
     assert (outside / "f").read_bytes() == secret
