@@ -32,6 +32,7 @@ from ferry.mover.delta.format import (
 from ferry.mover.delta.match import diff
 from ferry.mover.delta.ops import Copy, Literal, Op
 from ferry.mover.delta.signature import (
+    MAX_FILE_SIZE,
     Signature,
     block_size_for,
     compute,
@@ -42,6 +43,7 @@ from ferry.mover.delta.signature import decode as decode_signature
 from ferry.mover.delta.signature import encode as encode_signature
 
 __all__ = [
+    "MAX_FILE_SIZE",
     "MAX_LITERAL",
     "Copy",
     "DeltaLimits",
