@@ -246,9 +246,18 @@ MIN_FREE_RULE = {
     "message": "minFree has no effect with preflight: false",
 }
 
+# Object stores and file servers cannot rebuild a file where it is stored (the mover refuses
+# `--delta on` there too; transfer.check_delta); said at admission instead of in a pod.
+DELTA_ON_RULE = {
+    "rule": "!has(self.delta) || self.delta != 'On' || !(has(self.destination.s3) || "
+    "has(self.destination.sftp) || has(self.destination.smb))",
+    "message": "delta On needs a destination that rebuilds files where they are stored (a "
+    "pvc); use Auto or Off for s3, sftp and smb",
+}
+
 
 class TransferJobSpec(Model):
-    model_config = ConfigDict(json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE))
+    model_config = ConfigDict(json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE, DELTA_ON_RULE))
 
     source: Endpoint
     destination: Endpoint
@@ -262,6 +271,13 @@ class TransferJobSpec(Model):
     )
     preserve: list[PreserveFlag] | None = Field(default=None, max_length=7)
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
+    delta: Literal["Auto", "On", "Off"] = Field(
+        default="Auto",
+        description="Send updated files of 64 KiB or more as block deltas (only changed blocks "
+        "cross): Auto where the destination says it pays (a ferry endpoint), On wherever the "
+        "destination can rebuild files (a volume, a ferry endpoint; refused for S3, SFTP and "
+        "SMB), Off never.",
+    )
     filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, max_length=256
     )
@@ -317,6 +333,14 @@ class TransferJobSpec(Model):
     def _min_free_with_preflight(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("preflight") is False:
             raise ValueError(MIN_FREE_RULE["message"])
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_on_rebuilds_there(cls, value: str, info: ValidationInfo) -> str:
+        dst = info.data.get("destination")
+        if value == "On" and dst is not None and dst.kind in ("s3", "sftp", "smb"):
+            raise ValueError(DELTA_ON_RULE["message"])
         return value
 
 

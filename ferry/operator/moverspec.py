@@ -149,6 +149,7 @@ def options(
         verify=spec.verify,
         fsync=spec.fsync,
         symlinks=spec.symlinks,
+        delta=spec.delta,
         filters=spec.filters or [],
         retries=retry.per_file,
         error_policy=spec.error_policy,

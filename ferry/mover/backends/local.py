@@ -19,13 +19,14 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
     KERNEL_WRITE_BACK,
     Backend,
+    DeltaBasis,
     Durability,
     Entry,
     EntryType,
@@ -632,6 +633,78 @@ class LocalBackend(Backend):
             return 0
         return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
 
+    # -- DeltaBasis: the delta package (and NumPy) load only when a delta runs ----------------
+
+    def signature(self, rel: str, entry: Entry, block_size: int | None) -> bytes:
+        from ferry.mover.delta import signature
+
+        bfd = self._open_basis(rel)
+        try:
+            sig = signature.compute(lambda off, n: os.pread(bfd, n, off), entry.size, block_size)
+            st = os.fstat(bfd)
+        finally:
+            os.close(bfd)
+        if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+            raise FerryError(
+                ErrorKind.SOURCE_CHANGED, "the delta's basis changed while it was read", rel
+            )
+        return signature.encode(sig)
+
+    def _open_basis(self, rel: str) -> int:
+        """The basis of a delta, opened without following any symlink on the way: a peer
+        must get no signature of, and no delta copies from, a file outside the root."""
+        try:
+            dfd, name = self._parent_fd(rel)
+            try:
+                bfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except FileNotFoundError:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis vanished", rel) from None
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+        if not stat.S_ISREG(os.fstat(bfd).st_mode):
+            os.close(bfd)
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis is no longer a file", rel)
+        return bfd
+
+    def apply_delta(
+        self, rel: str, entry: Entry, delta: Iterable[bytes], digest: str, preserve: Preserve
+    ) -> int:
+        from ferry.mover.delta import apply, open_delta
+
+        bfd = self._open_basis(rel)
+        try:
+            st = os.fstat(bfd)
+            stream = open_delta(delta, st.st_size, entry.size)
+            writer = self.open_write(rel, entry)
+            try:
+                reused = [0]
+                _, got = apply(
+                    lambda off, n: os.pread(bfd, n, off),
+                    st.st_size,
+                    stream.block_size,
+                    stream,
+                    writer.write_at,
+                    lambda n: reused.__setitem__(0, reused[0] + n),
+                )
+                if got != stream.digest or (digest and got != digest):
+                    raise FerryError(
+                        ErrorKind.SOURCE_CHANGED,
+                        "the file rebuilt from the delta has another digest than the source "
+                        "(the basis changed while rebuilding)",
+                        rel,
+                    )
+                if preserve.xattrs and entry.xattrs:
+                    writer.set_xattrs(entry.xattrs)
+                writer.commit(entry, got, preserve)
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            os.close(bfd)
+        return reused[0]
+
     def flush(self) -> None:
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -651,5 +724,7 @@ class LocalBackend(Backend):
 # are satisfied" block) and at run time by tests/backends/test_capabilities.py.
 if TYPE_CHECKING:
 
-    def _has(b: LocalBackend) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable]:
-        return b, b, b, b, b
+    def _has(
+        b: LocalBackend,
+    ) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable, DeltaBasis]:
+        return b, b, b, b, b, b
