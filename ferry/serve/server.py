@@ -1,0 +1,282 @@
+"""The HTTP side of `ferry serve`: TLS handshakes, request bounds, routing, lifecycle.
+
+A connection is accepted, handed to its own thread, and must complete a mutual TLS 1.3
+handshake with a certificate from the CA before a single byte of HTTP is read. Requests
+then have bounded bodies (Content-Length required, at most MAX_JSON for JSON and
+MAX_BODY for data; no chunked bodies), and every failure is a 4xx/5xx with a JSON
+`{"reason", "message"}`: one bad request never stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ferry.mover.backends.ferry.errors import error_document, status_of
+from ferry.mover.backends.ferry.protocol import (
+    API,
+    H_DIGEST,
+    H_ENCODING,
+    H_HANDLE,
+    H_OFFSET,
+    H_RAW,
+    IDENTITY,
+    MAX_BODY,
+    MAX_JSON,
+    MAX_PIECE,
+    ZSTD,
+    Codec,
+    as_int,
+    decode_piece,
+    dumps,
+    loads,
+    protocol_error,
+)
+from ferry.mover.backends.local import LocalBackend
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
+from ferry.mover.integrity import digest_bytes
+from ferry.serve.ops import Service
+from ferry.serve.paths import Root
+from ferry.serve.tls import server_context
+
+log = logging.getLogger("ferry")
+
+HANDSHAKE_TIMEOUT = 15.0
+IDLE_TIMEOUT = 600.0
+MAX_CONNECTIONS = 64
+JSON_ROUTES = {
+    "stat",
+    "list",
+    "partial",
+    "space",
+    "open",
+    "size",
+    "done",
+    "record",
+    "commit",
+    "abort",
+    "mkdir",
+    "remove",
+    "meta",
+    "symlink",
+    "hardlink",
+    "flush",
+}
+_codecs = threading.local()
+
+
+def codec() -> Codec:
+    c: Codec | None = getattr(_codecs, "codec", None)
+    if c is None:
+        c = _codecs.codec = Codec()
+    return c
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FerryServer
+    timeout = IDLE_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def _dispatch(self, method: str) -> None:
+        try:
+            route = self.path[len(API) :] if self.path.startswith(API) else None
+            if method == "GET" and route == "hello":
+                self._json(self.server.service.hello())
+            elif method == "GET" and route == "stats":
+                self._json(self.server.service.stats.doc())
+            elif method != "POST" or route is None:
+                self.close_connection = True
+                raise FerryError(ErrorKind.PROTOCOL, f"no route {method} {self.path[:100]!r}")
+            elif route == "write":
+                self._write()
+            elif route == "read":
+                self._read()
+            elif route == "readback":
+                data = self.server.service.readback(loads(self._body(MAX_JSON), "readback"))
+                self._data(data, {H_RAW: str(len(data)), H_ENCODING: IDENTITY})
+            elif route in JSON_ROUTES:
+                doc = loads(self._body(MAX_JSON), route)
+                self._json(getattr(self.server.service, route)(doc))
+            else:
+                raise FerryError(ErrorKind.PROTOCOL, f"no route {route[:100]!r}")
+        except Exception as exc:
+            err = as_ferry_error(exc)
+            if err.kind in (ErrorKind.IO_ERROR,) and not isinstance(exc, (FerryError, OSError)):
+                log.exception("%s: %s failed", self.client_address[0], self.path[:100])
+            else:
+                log.info("%s: %s refused: %s", self.client_address[0], self.path[:100], err)
+            try:
+                self._send(status_of(err.kind), error_document(err), "application/json")
+            except OSError:
+                self.close_connection = True
+
+    def _body(self, limit: int) -> bytes:
+        """The request body, bounded: Content-Length required, no chunked encoding."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise protocol_error("chunked request bodies are not accepted; send Content-Length")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True
+            raise protocol_error("Content-Length is required")
+        n = int(length)
+        if n > limit:
+            self.close_connection = True  # the unread body would be taken for a request
+            raise protocol_error(f"request body of {n} bytes is over the limit of {limit}")
+        data = self.rfile.read(n)
+        if len(data) != n:
+            self.close_connection = True
+            raise protocol_error(f"request body ended after {len(data)} of {n} bytes")
+        return data
+
+    def _write(self) -> None:
+        handle = self.headers.get(H_HANDLE) or ""
+        offset_text = self.headers.get(H_OFFSET) or ""
+        body = self._body(MAX_BODY)
+        if not offset_text.isdigit():
+            raise protocol_error(f"{H_OFFSET} header missing or not a number")
+        offset = as_int(int(offset_text), H_OFFSET)
+        enc = self.headers.get(H_ENCODING)
+        data = decode_piece(codec, body, enc, self.headers.get(H_RAW), MAX_PIECE)
+        st = self.server.service.stats
+        st.wire_in += len(body)
+        st.raw_in += len(data)
+        st.zstd_in += enc == ZSTD
+        self.server.service.write(handle, offset, data)
+        self._json({})
+
+    def _read(self) -> None:
+        doc = loads(self._body(MAX_JSON), "read")
+        data, whole = self.server.service.read(doc)
+        headers = {H_RAW: str(len(data)), H_ENCODING: IDENTITY}
+        body: bytes = data
+        if doc.get("z") is True and self.server.service.zstd and len(data) >= 64:
+            packed = codec().compress(data)
+            if packed is not None:
+                body, headers[H_ENCODING] = packed, ZSTD
+        if whole:
+            headers[H_DIGEST] = digest_bytes(data)
+        st = self.server.service.stats
+        st.wire_out += len(body)
+        st.raw_out += len(data)
+        st.zstd_out += body is not data
+        self._data(body, headers)
+
+    def _json(self, doc: object) -> None:
+        self._send(200, dumps(doc), "application/json")
+
+    def _data(self, body: bytes, headers: dict[str, str]) -> None:
+        self._send(200, body, "application/octet-stream", headers)
+
+    def _send(
+        self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class FerryServer(ThreadingHTTPServer):
+    """Each accepted connection: TLS handshake in its own thread, then HTTP requests."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], service: Service, ctx: ssl.SSLContext) -> None:
+        self.service = service
+        self.ctx = ctx
+        self._active = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._active.acquire(blocking=False):
+            log.warning("%s: over %d connections; refused", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._active.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._active.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            tls = self.ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.service.stats.refused += 1
+            why = str(exc.reason) if isinstance(exc, ssl.SSLError) else type(exc).__name__
+            log.warning("%s: TLS handshake refused (%s)", client_address[0], why)
+            return
+        try:
+            tls.settimeout(IDLE_TIMEOUT)
+            Handler(tls, client_address, self)
+        finally:
+            tls.close()
+
+    def service_actions(self) -> None:
+        self.service.uploads.expire()
+
+
+def serve(root: str, listen: str, cert: str, key: str, ca: str) -> int:
+    """Run until SIGTERM or SIGINT. Prints `listening on HOST:PORT` once it accepts."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise FerryError(ErrorKind.USAGE, f"--listen {listen!r}: give HOST:PORT (port 0: any free)")
+    ctx = server_context(cert, key, ca)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise as_ferry_error(exc, root) from exc
+    if not os.path.isdir(root):
+        raise FerryError(ErrorKind.USAGE, f"ROOT {root!r} is not a directory")
+    service = Service(Root(root), LocalBackend(root))
+    try:
+        server = FerryServer((host.strip("[]") or "0.0.0.0", int(port_text)), service, ctx)
+    except OSError as exc:
+        raise FerryError(ErrorKind.USAGE, f"--listen {listen!r}: {exc.strerror}") from None
+    bound_host, bound_port = server.socket.getsockname()[:2]
+    print(f"ferry serve: listening on {bound_host}:{bound_port}, root {root}", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever(poll_interval=1.0)
+    finally:
+        server.server_close()
+        service.uploads.close()
+    return 0
