@@ -232,12 +232,14 @@ class FerryServer(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(HANDSHAKE_TIMEOUT)
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = self.ctx.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         try:
-            tls = self.ctx.wrap_socket(request, server_side=True)
+            tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             self.service.stats.refused += 1
             why = str(exc.reason) if isinstance(exc, ssl.SSLError) else type(exc).__name__
             log.warning("%s: TLS handshake refused (%s)", client_address[0], why)
+            _linger(tls)
             return
         try:
             tls.settimeout(IDLE_TIMEOUT)
@@ -247,6 +249,25 @@ class FerryServer(ThreadingHTTPServer):
 
     def service_actions(self) -> None:
         self.service.uploads.expire()
+
+
+def _linger(tls: ssl.SSLSocket) -> None:
+    """Close a refused connection gently: a close with the client's first request still
+    unread would reset it, and the reset would drop the TLS alert that says why it was
+    refused (TLS 1.3 clients send their request before they hear the verdict)."""
+    try:
+        tls.shutdown(socket.SHUT_WR)  # the alert is out; plain TCP from here
+        tls.settimeout(1.0)
+        left = 1 << 20
+        while left > 0:
+            got = socket.socket.recv(tls, 65536)
+            if not got:
+                break
+            left -= len(got)
+    except OSError:
+        pass
+    finally:
+        tls.close()
 
 
 def serve(root: str, listen: str, cert: str, key: str, ca: str) -> int:
