@@ -82,6 +82,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FerryServer
     timeout = IDLE_TIMEOUT
+    _body_read = False  # whether the current request's body was consumed
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
@@ -95,7 +96,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line, an unknown method,
+        oversize headers) as Ferry errors too, and the connection closed."""
+        self.close_connection = True
+        err = FerryError(ErrorKind.PROTOCOL, f"HTTP {code}: {message or 'bad request'}")
+        log.info("%s: refused: %s", self.client_address[0], err)
+        try:
+            self._send(code, error_document(err), "application/json")
+        except OSError:
+            pass
+
     def _dispatch(self, method: str) -> None:
+        self._body_read = False
         try:
             route = self.path[len(API) :] if self.path.startswith(API) else None
             if method == "GET" and route == "hello":
@@ -123,6 +136,8 @@ class Handler(BaseHTTPRequestHandler):
                 log.exception("%s: %s failed", self.client_address[0], self.path[:100])
             else:
                 log.info("%s: %s refused: %s", self.client_address[0], self.path[:100], err)
+            if not self._body_read:
+                self.close_connection = True  # its unread body would be taken for a request
             try:
                 self._send(status_of(err.kind), error_document(err), "application/json")
             except OSError:
@@ -142,6 +157,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the unread body would be taken for a request
             raise protocol_error(f"request body of {n} bytes is over the limit of {limit}")
         data = self.rfile.read(n)
+        self._body_read = True
         if len(data) != n:
             self.close_connection = True
             raise protocol_error(f"request body ended after {len(data)} of {n} bytes")
