@@ -113,6 +113,7 @@ class OptionsSpec(_Model):
     preflight: bool = True  # compare the plan with the destination's free space first
     min_free: str | None = None  # a size or a percentage; None: options.DEFAULT_MIN_FREE
     max_delete: int | None = Field(default=None, ge=0)
+    compression: Literal["Auto", "On", "Off"] = "Auto"  # zstd on a ferry:// wire
 
     @field_validator("max_delete")
     @classmethod
@@ -187,6 +188,7 @@ class TransferSpec(_Model):
             preflight=o.preflight,
             min_free=op.MinFree.parse(o.min_free, "minFree") if o.min_free else op.DEFAULT_MIN_FREE,
             max_delete=o.max_delete,
+            compress=op.Compress(o.compression.lower()),
             shard_index=shard.index,
             shard_count=shard.count,
         )

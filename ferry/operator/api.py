@@ -261,6 +261,12 @@ class TransferJobSpec(Model):
         "cache); File: each file before it is published; None: write-back left to the kernel.",
     )
     preserve: list[PreserveFlag] | None = Field(default=None, max_length=7)
+    compression: Literal["Auto", "On", "Off"] = Field(
+        default="Auto",
+        description="zstd per chunk on a ferry:// wire (--compress). Auto: stop trying for a "
+        "file whose first chunks do not shrink; On: try every chunk (needs a ferry endpoint); "
+        "Off: never. A chunk crosses compressed only when that makes it smaller.",
+    )
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, max_length=256

@@ -148,6 +148,7 @@ def options(
         compare=spec.compare,
         verify=spec.verify,
         fsync=spec.fsync,
+        compression=spec.compression,
         symlinks=spec.symlinks,
         filters=spec.filters or [],
         retries=retry.per_file,

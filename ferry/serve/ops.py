@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +47,16 @@ class Stats:
     raw_out: int = 0
     zstd_out: int = 0
     refused: int = 0  # TLS handshakes refused
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for k, n in counts.items():
+                setattr(self, k, getattr(self, k) + n)
 
     def doc(self) -> Doc:
-        return {k: getattr(self, k) for k in self.__slots__}
+        with self.lock:
+            return {k: getattr(self, k) for k in self.__slots__ if k != "lock"}
 
 
 @dataclass(slots=True)

@@ -172,10 +172,7 @@ class Handler(BaseHTTPRequestHandler):
         offset = as_int(int(offset_text), H_OFFSET)
         enc = self.headers.get(H_ENCODING)
         data = decode_piece(codec, body, enc, self.headers.get(H_RAW), MAX_PIECE)
-        st = self.server.service.stats
-        st.wire_in += len(body)
-        st.raw_in += len(data)
-        st.zstd_in += enc == ZSTD
+        self.server.service.stats.add(wire_in=len(body), raw_in=len(data), zstd_in=int(enc == ZSTD))
         self.server.service.write(handle, offset, data)
         self._json({})
 
@@ -190,10 +187,9 @@ class Handler(BaseHTTPRequestHandler):
                 body, headers[H_ENCODING] = packed, ZSTD
         if whole:
             headers[H_DIGEST] = digest_bytes(data)
-        st = self.server.service.stats
-        st.wire_out += len(body)
-        st.raw_out += len(data)
-        st.zstd_out += body is not data
+        self.server.service.stats.add(
+            wire_out=len(body), raw_out=len(data), zstd_out=int(body is not data)
+        )
         self._data(body, headers)
 
     def _json(self, doc: object) -> None:
@@ -252,7 +248,7 @@ class FerryServer(ThreadingHTTPServer):
         try:
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
-            self.service.stats.refused += 1
+            self.service.stats.add(refused=1)
             why = str(exc.reason) if isinstance(exc, ssl.SSLError) else type(exc).__name__
             log.warning("%s: TLS handshake refused (%s)", client_address[0], why)
             _linger(tls)
