@@ -16,6 +16,7 @@ from typing import Any
 from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_ZSTD,
+    MAX_BATCH,
     MAX_PIECE,
     MAX_TARGET,
     VERSION,
@@ -28,7 +29,7 @@ from ferry.mover.backends.ferry.protocol import (
 )
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.integrity import DIGEST_LEN, is_digest
+from ferry.mover.integrity import DIGEST_LEN, digest_bytes, is_digest
 from ferry.serve.paths import Root
 from ferry.serve.uploads import Upload, Uploads
 
@@ -279,3 +280,92 @@ class Service:
     def flush(self, doc: Doc) -> Doc:
         self.local.flush()
         return {}
+
+
+# -- batches of small files ----------------------------------------------------------------------
+
+MAX_SMALL = 1 << 20  # a file get_small sends whole; larger ones the client reads on its own
+
+
+def put_small(
+    svc: Service, header: Doc, files: list[Any], payload: memoryview, decode: Any
+) -> list[Doc | None]:
+    """Each file written and published as open/write/commit would, its digest checked; one
+    outcome per file (None, or the error document of its failure)."""
+    preserve = preserve_from_json(header.get("preserve"))
+    fsync = header.get("fsync") is True
+    out: list[Doc | None] = []
+    pos = 0
+    for f in files:
+        if f is None:
+            raise protocol_error("put_small: a file cannot be null")
+        n = f["len"]
+        body, pos = payload[pos : pos + n], pos + n
+        try:
+            entry = entry_from_json(f.get("entry"))
+            raw = as_int(f.get("raw"), "raw", 0, MAX_PIECE)
+            enc = f.get("enc")
+            data = decode(bytes(body), enc if isinstance(enc, str) else None, str(raw))
+            digest = f.get("digest")
+            if digest is not None and not (isinstance(digest, str) and is_digest(digest)):
+                raise protocol_error("digest must be a Ferry digest or null")
+            written = digest_bytes(data)
+            if digest is not None and digest != written:
+                raise FerryError(ErrorKind.VERIFY_MISMATCH, "bytes received do not match digest")
+            with svc.root.lock.shared():
+                rel = svc.root.check(f.get("path"))
+                if not rel:
+                    raise FerryError(ErrorKind.UNSAFE_PATH, "cannot write the root itself")
+                writer = svc.local.open_write(rel, entry)
+                writer.durable = fsync
+                try:
+                    if data:
+                        writer.write_at(0, data)
+                    writer.commit(entry, written, preserve)
+                except BaseException:
+                    writer.abort()
+                    raise
+            svc.stats.add(wire_in=n, raw_in=len(data), zstd_in=int(enc == "zstd"))
+            out.append(None)
+        except Exception as exc:
+            err = as_ferry_error(exc)
+            out.append({"reason": err.kind.name, "message": str(err)})
+    return out
+
+
+def get_small(svc: Service, doc: Doc, budget: int) -> list[tuple[Entry, bytes] | None]:
+    """Whole small files with their entries as stat'ed after the read (the client compares
+    them with its listing); None for what cannot be sent this way, or past `budget` bytes."""
+    files = doc.get("files")
+    if not isinstance(files, list) or len(files) > MAX_BATCH:
+        raise protocol_error(f"get_small: files must be an array of at most {MAX_BATCH}")
+    out: list[tuple[Entry, bytes] | None] = []
+    for f in files:
+        if not isinstance(f, str):
+            raise protocol_error("get_small: each file is a path")
+        try:
+            with svc.root.lock.shared():
+                rel = svc.root.check(f, follow_final=True)
+                reader = svc.local.open_read(rel, Entry(rel, EntryType.FILE))
+            try:
+                st = os.fstat(reader.fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > min(MAX_SMALL, budget):
+                    out.append(None)
+                    continue
+                data = reader.read_at(0, st.st_size + 1)
+                after = os.fstat(reader.fd)
+            finally:
+                reader.close()
+            if len(data) != after.st_size or after.st_mtime_ns != st.st_mtime_ns:
+                out.append(None)
+                continue
+            e = Entry(rel.rpartition("/")[2], EntryType.FILE, after.st_size, after.st_mtime_ns)
+            budget -= len(data)
+            out.append((e, data))
+        except FerryError as err:
+            if err.kind in (ErrorKind.UNSAFE_PATH, ErrorKind.PROTOCOL):
+                raise
+            out.append(None)
+        except OSError:
+            out.append(None)
+    return out

@@ -35,13 +35,16 @@ from ferry.mover.backends.ferry.protocol import (
     as_int,
     decode_piece,
     dumps,
+    entry_to_json,
     loads,
+    pack_batch,
     protocol_error,
+    unpack_batch,
 )
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import digest_bytes
-from ferry.serve.ops import Service
+from ferry.serve.ops import Service, get_small, put_small
 from ferry.serve.paths import Root
 from ferry.serve.tls import server_context
 
@@ -122,6 +125,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._write()
             elif route == "read":
                 self._read()
+            elif route == "put_small":
+                self._put_small()
+            elif route == "get_small":
+                self._get_small()
             elif route == "readback":
                 data = self.server.service.readback(loads(self._body(MAX_JSON), "readback"))
                 self._data(data, {H_RAW: str(len(data)), H_ENCODING: IDENTITY})
@@ -191,6 +198,47 @@ class Handler(BaseHTTPRequestHandler):
             wire_out=len(body), raw_out=len(data), zstd_out=int(body is not data)
         )
         self._data(body, headers)
+
+    def _put_small(self) -> None:
+        header, files, payload = unpack_batch(self._body(MAX_BODY), "put_small")
+
+        def decode(body: bytes, enc: str | None, raw: str) -> bytes:
+            return decode_piece(codec, body, enc, raw, MAX_PIECE)
+
+        self._json({"outcomes": put_small(self.server.service, header, files, payload, decode)})
+
+    def _get_small(self) -> None:
+        doc = loads(self._body(MAX_JSON), "get_small")
+        z = doc.get("z") is True and self.server.service.zstd
+        got = get_small(self.server.service, doc, MAX_PIECE)
+        meta: list[dict[str, object] | None] = []
+        payloads: list[bytes] = []
+        wire = raw = packed_n = 0
+        for item in got:
+            if item is None:
+                meta.append(None)
+                continue
+            entry, data = item
+            body, enc = data, IDENTITY
+            if z and len(data) >= 64:
+                packed = codec().compress(data)
+                if packed is not None:
+                    body, enc = packed, ZSTD
+                    packed_n += 1
+            meta.append(
+                {
+                    "entry": entry_to_json(entry),
+                    "len": len(body),
+                    "raw": len(data),
+                    "enc": enc,
+                    "digest": digest_bytes(data),
+                }
+            )
+            payloads.append(body)
+            wire += len(body)
+            raw += len(data)
+        self.server.service.stats.add(wire_out=wire, raw_out=raw, zstd_out=packed_n)
+        self._data(pack_batch({"files": meta}, payloads), {})
 
     def _json(self, doc: object) -> None:
         self._send(200, dumps(doc), "application/json")

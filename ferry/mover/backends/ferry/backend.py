@@ -16,11 +16,14 @@ from ferry.mover.backends.base import (
     Durability,
     Entry,
     EntryType,
+    GetSmall,
     Hardlinks,
     Holds,
     Limits,
+    PutSmall,
     Reader,
     Resumable,
+    SmallFile,
     Space,
     Symlinks,
     Writer,
@@ -28,25 +31,37 @@ from ferry.mover.backends.base import (
     join,
 )
 from ferry.mover.backends.ferry.connections import Connections
-from ferry.mover.backends.ferry.files import FerryReader, FerryWriter
+from ferry.mover.backends.ferry.errors import error_in_batch
+from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, codec, encode
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_ZSTD,
+    MAX_BATCH,
+    MAX_BODY,
+    MAX_JSON,
+    MAX_PIECE,
     VERSION,
     as_int,
+    decode_piece,
     dumps,
     entry_from_json,
+    entry_to_json,
     loads,
+    pack_batch,
     preserve_to_json,
     protocol_error,
+    unpack_batch,
 )
 from ferry.mover.endpoints import FerryEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Compress, Preserve
 from ferry.mover.roots import RootId, ferry_root
 
 
 class FerryBackend(Backend):
-    """Optional capabilities: Symlinks, Hardlinks, Resumable."""
+    """Optional capabilities: Symlinks, Hardlinks, Resumable, PutSmall and GetSmall (batches
+    of small files in one request each: per-file round trips were most of a small file's
+    cost)."""
 
     holds = Holds(
         symlinks=True,
@@ -147,8 +162,6 @@ class FerryBackend(Backend):
         self._call("remove", rel, path=self.path(rel), dir=entry.type == EntryType.DIR)
 
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
-        from ferry.mover.backends.ferry.protocol import entry_to_json
-
         self._call(
             "meta",
             rel,
@@ -177,6 +190,79 @@ class FerryBackend(Backend):
             as_int(doc.get("block"), "block", 1),
         )
 
+    def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
+        """Batches of files in one request each (as many as fit MAX_PIECE of encoded bytes)."""
+        out: list[FerryError | None] = []
+        start = 0
+        while start < len(files):
+            metas: list[dict[str, Any]] = []
+            payloads: list[bytes | memoryview] = []
+            size = 0
+            end = start
+            while end < len(files) and len(metas) < MAX_BATCH:
+                f = files[end]
+                body, enc = encode(f.data, Squeeze(self.compress))
+                if metas and size + len(body) > MAX_PIECE:
+                    break
+                metas.append(
+                    {
+                        "path": self.path(f.rel),
+                        "entry": entry_to_json(f.entry),
+                        "digest": f.digest,
+                        "enc": enc,
+                        "raw": len(f.data),
+                        "len": len(body),
+                    }
+                )
+                payloads.append(body)
+                size += len(body)
+                end += 1
+            header = {
+                "files": metas,
+                "preserve": preserve_to_json(preserve),
+                "fsync": self.durability.fsync_each,
+            }
+            reply = self.c.request("put_small", pack_batch(header, payloads))
+            outcomes = loads(reply.body, "put_small").get("outcomes")
+            if not isinstance(outcomes, list) or len(outcomes) != len(metas):
+                raise protocol_error("put_small: one outcome per file expected")
+            for f, o in zip(files[start:end], outcomes, strict=True):
+                out.append(None if o is None else error_in_batch(o, f.rel, self.describe()))
+            start = end
+        return out
+
+    def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
+        """One request per batch; a file whose size or mtime at the server is not the
+        listed one is None (the engine reads it on its own, which says what changed)."""
+        req = {"files": [self.path(r) for r, _ in files], "z": self.compress != Compress.OFF}
+        reply = self.c.request("get_small", dumps(req), limit=MAX_BODY + MAX_JSON)
+        _, metas, payload = unpack_batch(reply.body, "get_small")
+        if len(metas) != len(files):
+            raise protocol_error("get_small: one answer per file expected")
+        out: list[bytes | None] = []
+        pos = 0
+        for (rel, listed), m in zip(files, metas, strict=True):
+            if m is None:
+                out.append(None)
+                continue
+            n = m["len"]
+            body, pos = payload[pos : pos + n], pos + n
+            e = entry_from_json(m.get("entry"))
+            raw = as_int(m.get("raw"), "raw", 0, MAX_PIECE)
+            enc = m.get("enc")
+            data = decode_piece(codec, bytes(body), enc if isinstance(enc, str) else None, str(raw))
+            if m.get("digest") != digest_bytes(data):
+                raise FerryError(
+                    ErrorKind.VERIFY_MISMATCH,
+                    "the data received does not match the digest the server computed",
+                    rel,
+                )
+            if e.size != listed.size or (listed.mtime_ns and e.mtime_ns != listed.mtime_ns):
+                out.append(None)
+                continue
+            out.append(data)
+        return out
+
     def flush(self) -> None:
         self._call("flush")
 
@@ -188,5 +274,5 @@ class FerryBackend(Backend):
 # interfaces are satisfied" block) and at run time by tests/backends/test_capabilities.py.
 if TYPE_CHECKING:
 
-    def _has(b: FerryBackend) -> tuple[Symlinks, Hardlinks, Resumable]:
-        return b, b, b
+    def _has(b: FerryBackend) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall]:
+        return b, b, b, b, b

@@ -64,6 +64,15 @@ def error_from_reply(status: int, body: bytes, where: str, path: str | None = No
     return FerryError(kind, f"{where}: {message[:1000]}", None)
 
 
+def error_in_batch(doc: object, rel: str, where: str) -> FerryError:
+    """One file's failure inside a batch reply."""
+    if isinstance(doc, dict):
+        reason, message = doc.get("reason"), doc.get("message")
+        if isinstance(reason, str) and reason in ErrorKind.__members__ and isinstance(message, str):
+            return FerryError(ErrorKind[reason], f"{where}: {message[:1000]}", rel)
+    return FerryError(ErrorKind.PROTOCOL, f"{where}: a malformed outcome in a batch reply", rel)
+
+
 def transport_error(exc: BaseException, where: str, path: str | None = None) -> FerryError:
     """A failure of the connection itself: a refused certificate is AUTH_FAILED (retrying
     cannot help), a dropped or reset connection TRANSIENT (the engine retries, and a rerun

@@ -11,6 +11,7 @@ a wrong type, an out-of-range number or a path that could leave the root is a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType
@@ -253,3 +254,40 @@ def decode_piece(
         raise protocol_error(f"unknown {H_ENCODING} {encoding!r}")
     codec: Codec = codec_for()
     return codec.decompress(body, raw_len)
+
+
+# -- batches: a JSON header and the files' bytes in one body ---------------------------------
+
+_HEADER_LEN = 4
+
+
+def pack_batch(header: dict[str, Any], payloads: Sequence[bytes | memoryview]) -> bytes:
+    """A 4-byte big-endian header length, the JSON header, then the payloads back to back
+    (their lengths are in the header, one "len" per file, in order)."""
+    head = dumps(header)
+    return b"".join([len(head).to_bytes(_HEADER_LEN, "big"), head, *payloads])
+
+
+def unpack_batch(body: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, Any]], memoryview]:
+    """(header, its "files" list, the payload area), checked: the header within MAX_JSON,
+    at most MAX_BATCH files, and their declared lengths exactly filling the rest."""
+    if len(body) < _HEADER_LEN:
+        raise protocol_error(f"{what}: body too short for a batch header")
+    n = int.from_bytes(body[:_HEADER_LEN], "big")
+    if n > MAX_JSON or _HEADER_LEN + n > len(body):
+        raise protocol_error(f"{what}: batch header length {n} is out of bounds")
+    header = loads(body[_HEADER_LEN : _HEADER_LEN + n], what)
+    files = header.get("files")
+    if not isinstance(files, list) or len(files) > MAX_BATCH:
+        raise protocol_error(f"{what}: files must be an array of at most {MAX_BATCH}")
+    rest = memoryview(body)[_HEADER_LEN + n :]
+    total = 0
+    for f in files:
+        if f is None:
+            continue
+        if not isinstance(f, dict):
+            raise protocol_error(f"{what}: each file must be an object or null")
+        total += as_int(f.get("len"), f"{what}: len", 0, MAX_BODY)
+    if total != len(rest):
+        raise protocol_error(f"{what}: files declare {total} bytes, the body holds {len(rest)}")
+    return header, files, rest
