@@ -15,6 +15,7 @@ from typing import Any
 
 from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.backends.ferry.protocol import (
+    FEATURE_BATCH,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_PIECE,
@@ -71,7 +72,10 @@ class Service:
     # -- reads ----------------------------------------------------------------------------
 
     def hello(self) -> Doc:
-        return {"version": VERSION, "features": [FEATURE_ZSTD] if self.zstd else []}
+        return {
+            "version": VERSION,
+            "features": [FEATURE_BATCH, *([FEATURE_ZSTD] if self.zstd else [])],
+        }
 
     def stat(self, doc: Doc) -> Doc:
         with self.root.lock.shared():

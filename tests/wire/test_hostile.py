@@ -266,6 +266,43 @@ def test_a_wrong_digest_publishes_nothing(server: Server, around: Path) -> None:
     assert not list(server.root.iterdir())
 
 
+def test_batches_refuse_escapes_and_lying_lengths(server: Server, around: Path) -> None:
+    from ferry.mover.backends.ferry.protocol import pack_batch
+
+    peer = Peer(server)
+    ok = {"path": "ok", "entry": FILE_ENTRY, "digest": None, "enc": "identity", "raw": 5, "len": 5}
+    bad = {**ok, "path": "../outside/planted"}
+    status, reply = peer.send(
+        "put_small", pack_batch({"files": [bad, ok], "preserve": []}, [b"evil!", b"hello"])
+    )
+    assert status == 200 and isinstance(reply, dict)
+    first, second = reply["outcomes"]
+    assert first["reason"] == "UNSAFE_PATH" and second is None
+    assert (server.root / "ok").read_bytes() == b"hello"
+    for files, payload in (
+        ([{**ok, "len": 6}], [b"hello"]),  # declares more than the body holds
+        ([{**ok, "len": -1}], [b""]),
+        ([ok] * 300, [b"hello"] * 300),  # over MAX_BATCH
+    ):
+        refused(
+            *peer.send("put_small", pack_batch({"files": files, "preserve": []}, payload)),
+            ErrorKind.PROTOCOL,
+        )
+    refused(*peer.send("put_small", b"\xff\xff\xff\xff{}"), ErrorKind.PROTOCOL)
+    lie = {**ok, "raw": 100, "enc": "zstd", "len": 9}
+    status, reply = peer.send(
+        "put_small",
+        pack_batch(
+            {"files": [lie], "preserve": []}, [zstandard.ZstdCompressor().compress(bytes(1000))[:9]]
+        ),
+    )
+    assert status == 200 and isinstance(reply, dict)
+    assert reply["outcomes"][0]["reason"] == "PROTOCOL"
+    refused(*peer.json("get_small", {"files": ["../outside/secret.txt"]}), ErrorKind.UNSAFE_PATH)
+    os.symlink(str(around / "secret.txt"), server.root / "peek")
+    refused(*peer.json("get_small", {"files": ["peek"]}), ErrorKind.UNSAFE_PATH)
+
+
 _names = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from("./\\\x00~"),
     max_size=40,
@@ -342,7 +379,8 @@ def test_fuzzed_requests_get_clear_errors(
 ) -> None:
     peer = getattr(server, "_peer", None) or Peer(server)
     server._peer = peer  # type: ignore[attr-defined]
-    payload: bytes | dict[str, Any] = body if route == "write" else {"path": path, **extra}
+    raw_body = route in ("write", "put_small")
+    payload: bytes | dict[str, Any] = body if raw_body else {"path": path, **extra}
     status, reply = peer.send(route, payload, headers)
     if status != 200:
         assert isinstance(reply, dict) and reply["reason"] in ErrorKind.__members__, reply

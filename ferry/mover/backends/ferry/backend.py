@@ -34,6 +34,7 @@ from ferry.mover.backends.ferry.connections import Connections
 from ferry.mover.backends.ferry.errors import error_in_batch
 from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, codec, encode
 from ferry.mover.backends.ferry.protocol import (
+    FEATURE_BATCH,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_BODY,
@@ -192,6 +193,7 @@ class FerryBackend(Backend):
 
     def put_small(self, files: list[SmallFile], preserve: Preserve) -> list[FerryError | None]:
         """Batches of files in one request each (as many as fit MAX_PIECE of encoded bytes)."""
+        self._batches()
         out: list[FerryError | None] = []
         start = 0
         while start < len(files):
@@ -234,6 +236,7 @@ class FerryBackend(Backend):
     def get_small(self, files: list[tuple[str, Entry]]) -> list[bytes | None]:
         """One request per batch; a file whose size or mtime at the server is not the
         listed one is None (the engine reads it on its own, which says what changed)."""
+        self._batches()
         req = {"files": [self.path(r) for r, _ in files], "z": self.compress != Compress.OFF}
         reply = self.c.request("get_small", dumps(req), limit=MAX_BODY + MAX_JSON)
         _, metas, payload = unpack_batch(reply.body, "get_small")
@@ -262,6 +265,11 @@ class FerryBackend(Backend):
                 continue
             out.append(data)
         return out
+
+    def _batches(self) -> None:
+        """A server without batches: the engine then sends each file on its own."""
+        if FEATURE_BATCH not in self.features:
+            raise FerryError(ErrorKind.USAGE, f"{self.describe()} does not take batches")
 
     def flush(self) -> None:
         self._call("flush")

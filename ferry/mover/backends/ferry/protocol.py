@@ -21,6 +21,7 @@ from ferry.mover.options import MiB, Preserve
 API = "/v1/"
 VERSION = 1
 FEATURE_ZSTD = "zstd"
+FEATURE_BATCH = "batch"  # put_small / get_small
 
 # Limits both sides enforce on what the other sends.
 MAX_PIECE = 8 * MiB  # raw bytes of one read or write request
