@@ -122,6 +122,14 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             help="retries for transient errors (default 3)",
         )
         p.add_argument(
+            "--delta",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="send updated files of 64K or more as block deltas: auto where the destination "
+            "says it pays (ferry://), on wherever it can rebuild files (local, ferry://), off "
+            "never (default auto)",
+        )
+        p.add_argument(
             "--error-policy",
             choices=["abort", "skip"],
             default="abort",
@@ -304,6 +312,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     from ferry.mover.options import (
         Compare,
         Compress,
+        Delta,
         ErrorPolicy,
         Fsync,
         MinFree,
@@ -346,6 +355,8 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
             kw[name] = given[name]
     if "error_policy" in given:
         kw["error_policy"] = ErrorPolicy(given["error_policy"])
+    if "delta" in given:
+        kw["delta"] = Delta(given["delta"])
     # An empty size is refused like any other bad one, never read as "unlimited" or "default".
     if given.get("chunk_size") is not None:
         kw["chunk_size"] = parse_size(given["chunk_size"], "--chunk-size")

@@ -66,6 +66,21 @@ class Compress(StrEnum):
     OFF = "off"
 
 
+class Delta(StrEnum):
+    """How an updated regular file is sent. auto: as a block delta where the destination
+    says it pays (`Limits.delta_pays`: across the ferry:// wire), else whole; on: as a
+    delta wherever the destination can rebuild files from one (`DeltaBasis`), for files of
+    at least DELTA_MIN; off: always whole."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+# Smaller updated files go whole: a signature and a round trip cost more than they save.
+DELTA_MIN = 64 * 1024
+
+
 class SymlinkPolicy(StrEnum):
     PRESERVE = "preserve"
     FOLLOW = "follow"
@@ -164,6 +179,7 @@ class Options:
     fsync: Fsync = Fsync.END
     preserve: Preserve = _PRESERVE
     symlinks: SymlinkPolicy = SymlinkPolicy.PRESERVE
+    delta: Delta = Delta.AUTO
     filters: tuple[str, ...] = ()
     transfers: int = 8
     chunk_size: int = 0  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE

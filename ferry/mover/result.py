@@ -46,7 +46,10 @@ class Summary:
     links_created: int = 0
     files_verified: int = 0
     differences: int = 0
+    # What crossed: whole files' bytes, and a delta-sent file's encoded delta (literal data
+    # plus instructions); bytes_matched: what delta-sent files reused from the basis.
     bytes_transferred: int = 0
+    bytes_matched: int = 0
     bytes_skipped: int = 0
     bytes_resumed: int = 0
     bytes_deleted: int = 0

@@ -102,6 +102,7 @@ class OptionsSpec(_Model):
         default_factory=lambda: cast(list[PreserveFlag], list(op.DEFAULT_PRESERVE))
     )
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
+    delta: Literal["Auto", "On", "Off"] = "Auto"
     filters: list[str] = Field(default_factory=list, max_length=1000)
     transfers: int = Field(default=8, ge=1, le=256)
     chunk_size: str | None = None  # the destination's default (16M; 8M to S3)
@@ -177,6 +178,7 @@ class TransferSpec(_Model):
             fsync=op.Fsync(o.fsync.lower()),
             preserve=op.Preserve(**{f: f in o.preserve for f in op.PRESERVE_FLAGS}),
             symlinks=op.SymlinkPolicy(o.symlinks.lower()),
+            delta=op.Delta(o.delta.lower()),
             filters=tuple(o.filters),
             transfers=o.transfers,
             chunk_size=op.parse_size(o.chunk_size, "chunkSize") if o.chunk_size else 0,

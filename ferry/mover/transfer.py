@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from ferry.mover.backends import check_compress, open_backend
-from ferry.mover.backends.base import Backend, Durability, EntryType
+from ferry.mover.backends.base import Backend, DeltaBasis, Durability, EntryType
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.engine.dryrun import DryRun
 from ferry.mover.engine.executor import Executor
 from ferry.mover.engine.ledger import Ledger
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.options import Fsync, Mode, Options
+from ferry.mover.options import Delta, Fsync, Mode, Options
 from ferry.mover.plan import Action, Planner, check_roots
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
@@ -69,6 +69,18 @@ def _prescan_shards(src: Backend, planner: Planner, options: Options) -> None:
                 else:
                     small[path_shard(child, options.shard_count)] += e.size
     planner.sharder.balance(small, big)
+
+
+def check_delta(options: Options, dst: Backend) -> None:
+    """`--delta on` needs a destination that rebuilds files where they are stored; elsewhere
+    the basis of every delta would have to be downloaded first."""
+    if options.delta == Delta.ON and not isinstance(dst, DeltaBasis):
+        raise FerryError(
+            ErrorKind.USAGE,
+            f"--delta on (spec.delta On): {dst.describe()} cannot rebuild files from a delta "
+            "where they are stored (each basis would be downloaded first); use --delta auto "
+            "or off",
+        )
 
 
 def run_transfer(
@@ -138,6 +150,7 @@ def _run(
     sink: Sink,
     on_action: Callable[[Action], None] | None,
 ) -> None:
+    check_delta(options, dst)
     dst_exists = check_roots(src, dst, options, summary.operation)
     planner = Planner(src, dst, options, dst_exists=dst_exists)
     if options.mode == Mode.SYNC and not options.allow_empty_source and not src.list_dir(""):

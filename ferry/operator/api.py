@@ -268,6 +268,13 @@ class TransferJobSpec(Model):
         "Off: never. A chunk crosses compressed only when that makes it smaller.",
     )
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
+    delta: Literal["Auto", "On", "Off"] = Field(
+        default="Auto",
+        description="Send updated files of 64 KiB or more as block deltas (only changed blocks "
+        "cross): Auto where the destination says it pays (a ferry endpoint), On wherever the "
+        "destination can rebuild files (a volume, a ferry endpoint; refused for S3, SFTP and "
+        "SMB), Off never.",
+    )
     filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, max_length=256
     )

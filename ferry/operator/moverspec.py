@@ -150,6 +150,7 @@ def options(
         fsync=spec.fsync,
         compression=spec.compression,
         symlinks=spec.symlinks,
+        delta=spec.delta,
         filters=spec.filters or [],
         retries=retry.per_file,
         error_policy=spec.error_policy,

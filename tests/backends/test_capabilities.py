@@ -8,6 +8,7 @@ import pytest
 from ferry.mover.backends import base
 from ferry.mover.backends.base import (
     Backend,
+    DeltaBasis,
     GetSmall,
     Hardlinks,
     LazyMeta,
@@ -34,9 +35,10 @@ OPTIONAL: tuple[type, ...] = (
     Xattrs,
     Resumable,
     LazyMeta,
+    DeltaBasis,
 )
 CLAIMED: dict[type[Backend], set[type]] = {
-    LocalBackend: {Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable},
+    LocalBackend: {Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable, DeltaBasis},
     S3Backend: {ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta},
     SFTPBackend: {Symlinks, PutSmall, GetSmall, Resumable},
     SMBBackend: {Resumable},
@@ -73,3 +75,5 @@ def test_what_it_holds_agrees_with_what_it_can_do(cls: type[Backend]) -> None:
     assert holds.xattrs == issubclass(cls, Xattrs)
     # Resume writes chunks at offsets: a resumable backend takes concurrent chunk writes.
     assert not issubclass(cls, Resumable) or cls.limits.chunk_writer
+    # `--delta auto` sends deltas only where the destination can rebuild from them.
+    assert not cls.limits.delta_pays or issubclass(cls, DeltaBasis)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -98,6 +98,9 @@ class Limits(NamedTuple):
     # Each ranged read is a request with a fixed cost (and on some servers a cost in the
     # object's size): big files are read in at most this many long ranges; 0: by chunk size.
     read_streams: int = 0
+    # `--delta auto` sends updated files as block deltas here (where the destination is a
+    # DeltaBasis): writing there costs more than reading the basis where it lives.
+    delta_pays: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +361,27 @@ class Resumable(Protocol):
     def partial_bytes(self, rel: str, resume_key: str) -> int:
         """Bytes a resumable partial of `rel` (open_write with `resume_key`) already holds at
         the destination: a resumed write needs that much less new space."""
+
+
+@runtime_checkable
+class DeltaBasis(Protocol):
+    """Computes a basis file's signature where the file lives and rebuilds a file from a
+    delta there (only deltas cross)."""
+
+    def signature(self, rel: str, entry: Entry, block_size: int | None) -> bytes:
+        """The encoded signature (`delta.signature.encode`) of the destination's current
+        file `rel` (`entry`: as listed), in blocks of `block_size` (None: chosen from its
+        size)."""
+
+    def apply_delta(
+        self, rel: str, entry: Entry, delta: Iterable[bytes], digest: str, preserve: Preserve
+    ) -> int:
+        """Rebuild `rel` from its current file and `delta` (the encoded delta stream's
+        pieces) under a temporary name, check the result against `digest` (the source's
+        Ferry digest; "" when the caller learns it only from the stream's end mark, which
+        is checked always), set `entry`'s metadata as `Writer.commit` does and rename.
+        Returns the basis bytes reused. A basis that changed since its signature is a
+        retryable SOURCE_CHANGED error, and nothing is published."""
 
 
 @runtime_checkable

@@ -19,13 +19,14 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
     KERNEL_WRITE_BACK,
     Backend,
+    DeltaBasis,
     Durability,
     Entry,
     EntryType,
@@ -632,6 +633,67 @@ class LocalBackend(Backend):
             return 0
         return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
 
+    # -- DeltaBasis: the delta package (and NumPy) load only when a delta runs ----------------
+
+    def signature(self, rel: str, entry: Entry, block_size: int | None) -> bytes:
+        from ferry.mover.delta import signature
+
+        reader = self.open_read(rel, entry)
+        try:
+            sig = signature.compute(reader.read_at, entry.size, block_size)
+            why = reader.changed()
+            if why:
+                raise FerryError(ErrorKind.SOURCE_CHANGED, f"the delta's basis {why}", rel)
+        finally:
+            reader.close()
+        return signature.encode(sig)
+
+    def apply_delta(
+        self, rel: str, entry: Entry, delta: Iterable[bytes], digest: str, preserve: Preserve
+    ) -> int:
+        from ferry.mover.delta import apply, open_delta
+
+        try:
+            bfd = os.open(self.path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis vanished", rel) from None
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+        try:
+            st = os.fstat(bfd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FerryError(
+                    ErrorKind.SOURCE_CHANGED, "the delta's basis is no longer a file", rel
+                )
+            stream = open_delta(delta, st.st_size, entry.size)
+            writer = self.open_write(rel, entry)
+            try:
+                reused = [0]
+                _, got = apply(
+                    lambda off, n: os.pread(bfd, n, off),
+                    st.st_size,
+                    stream.block_size,
+                    stream,
+                    writer.write_at,
+                    lambda n: reused.__setitem__(0, reused[0] + n),
+                )
+                if got != stream.digest or (digest and got != digest):
+                    raise FerryError(
+                        ErrorKind.SOURCE_CHANGED,
+                        "the file rebuilt from the delta has another digest than the source "
+                        "(the basis changed while rebuilding)",
+                        rel,
+                    )
+                if preserve.xattrs and entry.xattrs:
+                    writer.set_xattrs(entry.xattrs)
+                writer.commit(entry, got, preserve)
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            os.close(bfd)
+        return reused[0]
+
     def flush(self) -> None:
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -651,5 +713,7 @@ class LocalBackend(Backend):
 # are satisfied" block) and at run time by tests/backends/test_capabilities.py.
 if TYPE_CHECKING:
 
-    def _has(b: LocalBackend) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable]:
-        return b, b, b, b, b
+    def _has(
+        b: LocalBackend,
+    ) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable, DeltaBasis]:
+        return b, b, b, b, b, b

@@ -28,5 +28,6 @@ class Context:
     sparse: bool  # holes are kept at the destination
     xattrs: bool  # extended attributes are copied with the data
     server_copy: bool  # the destination copies from the source itself
+    delta: bool  # updated files go as block deltas (deltafile.py) where they qualify
     # Files up to this size go in one read and one write (-1: none do).
     direct_max: int

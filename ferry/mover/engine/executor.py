@@ -1,7 +1,7 @@
 """The executor: each action of a plan goes to the module that carries it out.
 
-Small files go in batches (batches.py), large ones in parallel chunks (chunks.py), the
-rest whole (wholefile.py); directories, metadata and symlinks are done here, inline, on
+Small files go in batches (batches.py), large ones in parallel chunks (chunks.py), updated
+ones as block deltas where the run sends them (deltafile.py), the rest whole (wholefile.py); directories, metadata and symlinks are done here, inline, on
 the planner's thread. Hard links, deletes, type replacements and directory metadata wait
 until every copy has finished (deferred.py); deletes run only if nothing failed. The
 planner blocks when the task queue is full (tasks.py): that is the bound on memory.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import threading
 
-from ferry.mover.backends.base import Backend, EntryType, ServerSideCopy
-from ferry.mover.engine import chunks, wholefile
+from ferry.mover.backends.base import Backend, DeltaBasis, EntryType, ServerSideCopy
+from ferry.mover.engine import chunks, deltafile, wholefile
 from ferry.mover.engine.batches import SMALL, Batcher
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.deferred import Deferred
@@ -22,10 +22,18 @@ from ferry.mover.engine.ledger import Ledger, Manifest
 from ferry.mover.engine.stream import RateLimiter, Streamer
 from ferry.mover.engine.tasks import Retry, TaskQueue
 from ferry.mover.errors import FerryError
-from ferry.mover.options import Options, Verify
+from ferry.mover.options import Delta, Options, Verify
 from ferry.mover.plan import Action, Op, Planner
 from ferry.mover.progress import Progress
 from ferry.mover.result import Summary
+
+
+def sends_deltas(options: Options, dst: Backend) -> bool:
+    """Whether updated files go to `dst` as deltas: `--delta on` (transfer.py refused it
+    where `dst` is no DeltaBasis), or `auto` where the destination says a delta pays."""
+    if not isinstance(dst, DeltaBasis):
+        return False
+    return options.delta == Delta.ON or (options.delta == Delta.AUTO and dst.limits.delta_pays)
 
 
 class Executor:
@@ -57,6 +65,7 @@ class Executor:
             sparse=options.preserve.sparse and dst.holds.sparse,
             xattrs=options.preserve.xattrs and dst.holds.xattrs,
             server_copy=isinstance(dst, ServerSideCopy) and dst.same_service(src),
+            delta=sends_deltas(options, dst),
             direct_max=wholefile.direct_max_for(options, src, dst),
         )
         self.batches = Batcher(self.ctx)
@@ -87,6 +96,8 @@ class Executor:
             ctx.ledger.planned(1, s.size)
             if ctx.server_copy:
                 ctx.tasks.submit(wholefile.server_copy, ctx, a)
+            elif deltafile.wanted(ctx, a):
+                ctx.tasks.submit(deltafile.delta_file, ctx, a)
             elif s.size < SMALL:
                 self.batches.add(a)
             else:

@@ -111,15 +111,21 @@ class Ledger:
         digest: str | None,
         resumed: int = 0,
         counted: bool = True,
+        transferred: int | None = None,
+        matched: int = 0,
     ) -> None:
         """Book a committed file `s` (the source entry it was copied from): summary,
-        progress (its bytes unless the stream `counted` them already), manifest."""
+        progress (its bytes unless the stream `counted` them already), manifest. A file sent
+        as a delta says what crossed (`transferred`) and what the basis gave (`matched`)."""
         with self._lock:
             if a.op == Op.COPY:
                 self.summary.files_copied += 1
             else:
                 self.summary.files_updated += 1
-            self.summary.bytes_transferred += s.size - resumed
+            self.summary.bytes_transferred += (
+                s.size - resumed if transferred is None else transferred
+            )
+            self.summary.bytes_matched += matched
             if digest is not None:
                 self.summary.files_verified += 1
         if self.live:
