@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_BATCH,
+    FEATURE_DELTA,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_PIECE,
@@ -74,7 +76,7 @@ class Service:
     def hello(self) -> Doc:
         return {
             "version": VERSION,
-            "features": [FEATURE_BATCH, *([FEATURE_ZSTD] if self.zstd else [])],
+            "features": [FEATURE_BATCH, FEATURE_DELTA, *([FEATURE_ZSTD] if self.zstd else [])],
         }
 
     def stat(self, doc: Doc) -> Doc:
@@ -373,3 +375,34 @@ def get_small(svc: Service, doc: Doc, budget: int) -> list[tuple[Entry, bytes] |
         except OSError:
             out.append(None)
     return out
+
+
+# -- deltas: the signature of a basis here, and a file rebuilt from a streamed delta ------------
+
+
+def signature(svc: Service, doc: Doc) -> bytes:
+    entry = entry_from_json(doc.get("entry"))
+    block = doc.get("block_size")
+    block_size = None if block is None else as_int(block, "block_size", 1, 1 << 30)
+    with svc.root.lock.shared():
+        rel = svc.root.check(doc.get("path"), follow_final=True)
+        if not rel:
+            raise FerryError(ErrorKind.UNSAFE_PATH, "the root is no file")
+        return svc.local.signature(rel, entry, block_size)
+
+
+def apply_delta(svc: Service, doc: Doc, pieces: Iterator[bytes]) -> Doc:
+    """Rebuild a file from the delta's pieces (LocalBackend.apply_delta bounds and checks
+    the stream, and the digest of the result)."""
+    entry = entry_from_json(doc.get("entry"))
+    preserve = preserve_from_json(doc.get("preserve"))
+    digest = doc.get("digest")
+    if digest is not None and not (isinstance(digest, str) and is_digest(digest)):
+        raise protocol_error("digest must be a Ferry digest (b3m1:...) or null")
+    entry.xattrs = None  # not carried on this wire
+    with svc.root.lock.shared():
+        rel = svc.root.check(doc.get("path"), follow_final=True)
+        if not rel:
+            raise FerryError(ErrorKind.UNSAFE_PATH, "the root is no file")
+        reused = svc.local.apply_delta(rel, entry, pieces, digest or "", preserve)
+    return {"reused": reused}

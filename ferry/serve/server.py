@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -28,8 +29,10 @@ from ferry.mover.backends.ferry.protocol import (
     H_RAW,
     IDENTITY,
     MAX_BODY,
+    MAX_CHUNK_LINE,
     MAX_JSON,
     MAX_PIECE,
+    MAX_TRAILERS,
     ZSTD,
     Codec,
     as_int,
@@ -44,7 +47,7 @@ from ferry.mover.backends.ferry.protocol import (
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import digest_bytes
-from ferry.serve.ops import Service, get_small, put_small
+from ferry.serve.ops import Service, apply_delta, get_small, put_small, signature
 from ferry.serve.paths import Root
 from ferry.serve.tls import server_context
 
@@ -125,6 +128,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._write()
             elif route == "read":
                 self._read()
+            elif route == "signature":
+                sig = signature(self.server.service, loads(self._body(MAX_JSON), "signature"))
+                self._data(sig, {})
+            elif route == "delta":
+                self._delta()
             elif route == "put_small":
                 self._put_small()
             elif route == "get_small":
@@ -198,6 +206,57 @@ class Handler(BaseHTTPRequestHandler):
             wire_out=len(body), raw_out=len(data), zstd_out=int(body is not data)
         )
         self._data(body, headers)
+
+    def _chunks(self) -> Iterator[bytes]:
+        """A chunked request body, chunk by chunk, each bounded by MAX_BODY (the one body
+        without a Content-Length: a delta's length is known only at its end)."""
+        if (self.headers.get("Transfer-Encoding") or "").strip().lower() != "chunked":
+            self.close_connection = True
+            raise protocol_error("this route takes a chunked body (Transfer-Encoding: chunked)")
+        if self.headers.get("Content-Length") is not None:
+            self.close_connection = True
+            raise protocol_error("Content-Length and chunked encoding together")
+        while True:
+            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\r\n"):
+                self.close_connection = True
+                raise protocol_error("a chunk's size line is too long or cut off")
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                size = -1
+            if not 0 <= size <= MAX_BODY:
+                self.close_connection = True
+                raise protocol_error(f"chunk size {size_text[:20]!r} is not 0..{MAX_BODY}")
+            if size == 0:
+                for _ in range(MAX_TRAILERS):
+                    if self.rfile.readline(MAX_CHUNK_LINE + 1) in (b"\r\n", b"\n", b""):
+                        self._body_read = True
+                        return
+                self.close_connection = True
+                raise protocol_error("too many trailer lines")
+            data = self.rfile.read(size)
+            if len(data) != size or self.rfile.read(2) != b"\r\n":
+                self.close_connection = True
+                raise protocol_error("a chunk ended early or without CRLF")
+            self.server.service.stats.add(wire_in=size, raw_in=size)
+            yield data
+
+    def _delta(self) -> None:
+        chunks = self._chunks()
+        head = next(chunks, None)
+        if head is None or len(head) > MAX_JSON:
+            raise protocol_error("delta: the first chunk must be the JSON header")
+        doc = loads(head, "delta")
+        try:
+            reply = apply_delta(self.server.service, doc, chunks)
+            if next(chunks, None) is not None:  # past the delta's end mark: not ours to read
+                self.close_connection = True
+        finally:
+            if not self._body_read:
+                self.close_connection = True  # a refused delta's rest is not read
+        self._json(reply)
 
     def _put_small(self) -> None:
         header, files, payload = unpack_batch(self._body(MAX_BODY), "put_small")

@@ -42,7 +42,7 @@ CLAIMED: dict[type[Backend], set[type]] = {
     S3Backend: {ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta},
     SFTPBackend: {Symlinks, PutSmall, GetSmall, Resumable},
     SMBBackend: {Resumable},
-    FerryBackend: {Symlinks, Hardlinks, Resumable, PutSmall, GetSmall},
+    FerryBackend: {Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis},
 }
 
 

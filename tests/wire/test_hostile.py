@@ -303,6 +303,61 @@ def test_batches_refuse_escapes_and_lying_lengths(server: Server, around: Path) 
     refused(*peer.json("get_small", {"files": ["peek"]}), ErrorKind.UNSAFE_PATH)
 
 
+def _chunked(server: Server, body: bytes) -> tuple[int, dict[str, Any]]:
+    conn = server.connect()
+    try:
+        conn.putrequest("POST", "/v1/delta")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_delta_route_bounds(server: Server, around: Path) -> None:
+    peer = Peer(server)
+    (server.root / "basis").write_bytes(os.urandom(200_000))
+    head = json.dumps({"path": "basis", "entry": FILE_ENTRY, "digest": None, "preserve": []})
+    for body, kind in (
+        (b"zz\r\n", ErrorKind.PROTOCOL),  # not a hex size
+        (b"%x\r\n" % (MAX_BODY + 1), ErrorKind.PROTOCOL),  # a chunk over the cap
+        (b"5" * 2000 + b"\r\n", ErrorKind.PROTOCOL),  # an endless size line
+        (_chunk(b"{not json") + b"0\r\n\r\n", ErrorKind.PROTOCOL),
+        (
+            _chunk(head.encode()) + _chunk(b"garbage, not a delta") + b"0\r\n\r\n",
+            ErrorKind.PROTOCOL,
+        ),
+        (
+            _chunk(head.replace("basis", "../outside/secret.txt").encode()) + b"0\r\n\r\n",
+            ErrorKind.UNSAFE_PATH,
+        ),
+    ):
+        status, reply = _chunked(server, body)
+        refused(status, reply, kind)
+    refused(*peer.send("delta", head), ErrorKind.PROTOCOL)  # a Content-Length body
+    refused(
+        *peer.json(
+            "signature", {"path": "../outside/secret.txt", "entry": FILE_ENTRY, "block_size": None}
+        ),
+        ErrorKind.UNSAFE_PATH,
+    )
+    os.symlink(str(around / "secret.txt"), server.root / "sig-link")
+    refused(
+        *peer.json("signature", {"path": "sig-link", "entry": FILE_ENTRY, "block_size": None}),
+        ErrorKind.UNSAFE_PATH,
+    )
+    st = (server.root / "basis").stat()
+    basis = ["basis", 0, st.st_size, st.st_mtime_ns, 0o644, -1, -1, 1, 0, 0, -1, None, None]
+    status, sig = peer.send("signature", {"path": "basis", "entry": basis, "block_size": 4096})
+    assert status == 200 and isinstance(sig, bytes) and len(sig) > 0
+    assert peer.json("stat", {"path": "basis"})[0] == 200
+
+
 _names = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from("./\\\x00~"),
     max_size=40,

@@ -8,11 +8,13 @@ input (protocol.py): names that could escape the root, malformed numbers, oversi
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ferry.mover.backends.base import (
     KERNEL_WRITE_BACK,
     Backend,
+    DeltaBasis,
     Durability,
     Entry,
     EntryType,
@@ -35,6 +37,7 @@ from ferry.mover.backends.ferry.errors import error_in_batch
 from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, codec, encode
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_BATCH,
+    FEATURE_DELTA,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_BODY,
@@ -62,7 +65,7 @@ from ferry.mover.roots import RootId, ferry_root
 class FerryBackend(Backend):
     """Optional capabilities: Symlinks, Hardlinks, Resumable, PutSmall and GetSmall (batches
     of small files in one request each: per-file round trips were most of a small file's
-    cost)."""
+    cost), DeltaBasis (signatures and rebuilds at the server: only deltas cross)."""
 
     holds = Holds(
         symlinks=True,
@@ -71,7 +74,9 @@ class FerryBackend(Backend):
         owners=True,
         mtime_precision_ns=1,
     )
-    limits = Limits(chunk_writer=True)
+    # A delta costs reading the basis at the server and the source here, but only what
+    # changed crosses the wire.
+    limits = Limits(chunk_writer=True, delta_pays=True)
 
     def __init__(
         self,
@@ -266,6 +271,48 @@ class FerryBackend(Backend):
             out.append(data)
         return out
 
+    # -- DeltaBasis: the signature is computed and the file rebuilt at the server --------
+
+    def signature(self, rel: str, entry: Entry, block_size: int | None) -> bytes:
+        from ferry.mover.delta.signature import max_encoded_size
+
+        self._delta()
+        req = {"path": self.path(rel), "entry": entry_to_json(entry), "block_size": block_size}
+        limit = max_encoded_size(entry.size) + 1024
+        return self.c.request("signature", dumps(req), path=rel, limit=limit).body
+
+    def apply_delta(
+        self, rel: str, entry: Entry, delta: Iterable[bytes], digest: str, preserve: Preserve
+    ) -> int:
+        """The delta streamed in one request (chunked: its length is known only at its end),
+        after a first chunk holding the file's JSON header."""
+        self._delta()
+        head = dumps(
+            {
+                "path": self.path(rel),
+                "entry": entry_to_json(entry),
+                "digest": digest or None,
+                "preserve": preserve_to_json(preserve),
+                "fsync": self.durability.fsync_each,
+            }
+        )
+
+        def chunks() -> Iterator[bytes]:
+            yield head
+            for piece in delta:
+                if piece:
+                    yield bytes(piece)
+
+        reply = self.c.request("delta", path=rel, stream=chunks())
+        return as_int(loads(reply.body, "delta").get("reused"), "reused bytes")
+
+    def _delta(self) -> None:
+        if FEATURE_DELTA not in self.features:
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"{self.describe()} does not rebuild files from deltas (--delta off)",
+            )
+
     def _batches(self) -> None:
         """A server without batches: the engine then sends each file on its own."""
         if FEATURE_BATCH not in self.features:
@@ -282,5 +329,7 @@ class FerryBackend(Backend):
 # interfaces are satisfied" block) and at run time by tests/backends/test_capabilities.py.
 if TYPE_CHECKING:
 
-    def _has(b: FerryBackend) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall]:
-        return b, b, b, b, b
+    def _has(
+        b: FerryBackend,
+    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis]:
+        return b, b, b, b, b, b

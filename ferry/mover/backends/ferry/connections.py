@@ -13,7 +13,7 @@ import queue
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -116,16 +116,24 @@ class Connections:
         path: str | None = None,
         limit: int = MAX_REPLY_JSON,
         method: str = "POST",
+        stream: Iterable[bytes] | None = None,
     ) -> Reply:
         """One request; a non-200 reply raised as the FerryError it carries, a lost
-        connection as TRANSIENT. The reply body is read only up to `limit` bytes."""
-        hdrs = {"Content-Length": str(len(body))}
+        connection as TRANSIENT. The reply body is read only up to `limit` bytes. With
+        `stream`, the body is those pieces, sent with chunked transfer encoding (and never
+        sent twice: a generator is spent)."""
+        hdrs = {"Content-Length": str(len(body))} if stream is None else {}
         if headers:
             hdrs.update(headers)
-        for attempt in range(2):
+        for attempt in range(1 if stream is not None else 2):
             try:
                 with self.lend() as (conn, reused):
-                    conn.request(method, API + route, body=body, headers=hdrs)
+                    if stream is None:
+                        conn.request(method, API + route, body=body, headers=hdrs)
+                    else:
+                        conn.request(
+                            method, API + route, body=stream, headers=hdrs, encode_chunked=True
+                        )
                     resp = conn.getresponse()
                     length = resp.getheader("Content-Length")
                     if length is None or not length.isdigit():
@@ -144,7 +152,7 @@ class Connections:
                 reply = c.reply
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 # A kept-alive connection the server closed meanwhile: once more on a fresh one.
-                if attempt == 0 and reused:
+                if attempt == 0 and reused and stream is None:
                     continue
                 raise transport_error(exc, self.where, path) from None
             except FerryError:

@@ -22,6 +22,9 @@ API = "/v1/"
 VERSION = 1
 FEATURE_ZSTD = "zstd"
 FEATURE_BATCH = "batch"  # put_small / get_small
+FEATURE_DELTA = "delta"  # signature / delta (DeltaBasis)
+MAX_CHUNK_LINE = 1024  # a chunked body's size line (with extensions)
+MAX_TRAILERS = 16
 
 # Limits both sides enforce on what the other sends.
 MAX_PIECE = 8 * MiB  # raw bytes of one read or write request
