@@ -47,7 +47,9 @@ class CA:
         path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         return path
 
-    def issue(self, where: Path, cn: str, expired: bool = False) -> Pair:
+    def issue(
+        self, where: Path, cn: str, expired: bool = False, ips: tuple[str, ...] = ("127.0.0.1",)
+    ) -> Pair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         start, end = (now - 3 * DAY, now - 2 * DAY) if expired else (now - DAY, now + DAY)
@@ -61,7 +63,10 @@ class CA:
             .not_valid_after(end)
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [
+                        x509.DNSName("localhost"),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                    ]
                 ),
                 critical=False,
             )
@@ -89,12 +94,12 @@ class Certs:
     expired_client: Pair
 
 
-def make_certs(where: Path) -> Certs:
+def make_certs(where: Path, server_ips: tuple[str, ...] = ("127.0.0.1",)) -> Certs:
     where.mkdir(parents=True, exist_ok=True)
     ca, other = CA("ferry-test-ca"), CA("some-other-ca")
     return Certs(
         ca=ca.write(where / "ca.pem"),
-        server=ca.issue(where, "server"),
+        server=ca.issue(where, "server", ips=server_ips),
         client=ca.issue(where, "client"),
         other_ca_client=other.issue(where, "intruder"),
         expired_client=ca.issue(where, "expired", expired=True),
