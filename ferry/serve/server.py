@@ -415,7 +415,7 @@ def serve(root: str, listen: str, cert: str, key: str, ca: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        server.serve_forever(poll_interval=1.0)
+        server.serve_forever(poll_interval=0.25)
     finally:
         server.server_close()
         service.uploads.close()

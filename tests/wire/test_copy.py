@@ -111,3 +111,20 @@ def test_bad_endpoints_are_refused_by_name(tmp_path: Path, server: Server) -> No
     assert "inside the server's root" in r.stderr
     r = run_ferry("copy", tmp_path, tmp_path / "o", "--compress", "on", check_rc=2)
     assert "--compress on" in r.stderr
+
+
+def test_verify_full_fsync_file_and_ferry_to_ferry(tmp_path: Path, server: Server) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    r = run_ferry(
+        "copy", src, server.url("full"), "--verify", "full", "--fsync", "file", "--json"
+    ).summary
+    assert r["filesVerified"] == 6 and r["filesFailed"] == 0, r
+    same_tree(src, server.root / "full")
+    # one server to itself, another path: both ends are ferry://
+    r = run_ferry("copy", server.url("full"), server.url("again"), "--json").summary
+    assert r["filesCopied"] == 6 and r["filesFailed"] == 0, r
+    same_tree(src, server.root / "again")
+    # the same path on both sides is refused as an overlap
+    r = run_ferry("copy", server.url("full"), server.url("full/sub"), check_rc=4)
+    assert "inside the source" in r.stderr
