@@ -117,6 +117,8 @@ class Handler(BaseHTTPRequestHandler):
         self._body_read = False
         try:
             route = self.path[len(API) :] if self.path.startswith(API) else None
+            if method == "GET" and (self.headers.get("Content-Length") or "0") != "0":
+                self.close_connection = True  # a GET's body is never read
             if method == "GET" and route == "hello":
                 self._json(self.server.service.hello())
             elif method == "GET" and route == "stats":

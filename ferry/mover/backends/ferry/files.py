@@ -23,6 +23,7 @@ from ferry.mover.backends.ferry.protocol import (
     as_str,
     decode_piece,
     dumps,
+    entry_from_json,
     entry_to_json,
     loads,
     preserve_to_json,
@@ -92,7 +93,7 @@ class FerryReader(Reader):
                 break
             offset += len(piece)
             length -= len(piece)
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)  # b"" for nothing asked
 
     def _read(self, offset: int, length: int) -> bytes:
         req = {"path": self.path, "offset": offset, "length": length, "z": self.squeeze.trying()}
@@ -115,8 +116,6 @@ class FerryReader(Reader):
         now = doc.get("entry")
         if now is None:
             return "file vanished while copying"
-        from ferry.mover.backends.ferry.protocol import entry_from_json
-
         e = entry_from_json(now)
         if e.size != self.entry.size:
             return f"size changed from {self.entry.size} to {e.size} while copying"
