@@ -246,9 +246,18 @@ MIN_FREE_RULE = {
     "message": "minFree has no effect with preflight: false",
 }
 
+# Object stores and file servers cannot rebuild a file where it is stored (the mover refuses
+# `--delta on` there too; transfer.check_delta); said at admission instead of in a pod.
+DELTA_ON_RULE = {
+    "rule": "!has(self.delta) || self.delta != 'On' || !(has(self.destination.s3) || "
+    "has(self.destination.sftp) || has(self.destination.smb))",
+    "message": "delta On needs a destination that rebuilds files where they are stored (a "
+    "pvc); use Auto or Off for s3, sftp and smb",
+}
+
 
 class TransferJobSpec(Model):
-    model_config = ConfigDict(json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE))
+    model_config = ConfigDict(json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE, DELTA_ON_RULE))
 
     source: Endpoint
     destination: Endpoint
@@ -330,6 +339,14 @@ class TransferJobSpec(Model):
     def _min_free_with_preflight(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("preflight") is False:
             raise ValueError(MIN_FREE_RULE["message"])
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_on_rebuilds_there(cls, value: str, info: ValidationInfo) -> str:
+        dst = info.data.get("destination")
+        if value == "On" and dst is not None and dst.kind in ("s3", "sftp", "smb"):
+            raise ValueError(DELTA_ON_RULE["message"])
         return value
 
 

@@ -144,6 +144,52 @@ def test_1mib_insertion_in_32mib_costs_about_1mib():
     assert roundtrip(basis, new) < 1.2 * MiB
 
 
+def test_overwrites_between_single_unchanged_blocks():
+    """The probe ahead in the old alignment stops at the first block that matches: here
+    blocks 1-2 and 4 changed, so block 3 is copied and block 4 sent."""
+    rnd = random.Random(11)
+    bs = 1024
+    basis = rnd.randbytes(8 * bs)
+    new = bytearray(basis)
+    for block in (1, 2, 4, 6):
+        new[block * bs + 100 : block * bs + 900] = rnd.randbytes(800)
+    sig = delta.compute(reader(basis), len(basis), bs)
+    ops = list(delta.diff(sig, reader(bytes(new)), len(new)))
+    copies = [op for op in ops if isinstance(op, delta.Copy)]
+    assert copies == [delta.Copy(0, 1), delta.Copy(3, 1), delta.Copy(5, 1), delta.Copy(7, 1)]
+    assert roundtrip(basis, bytes(new), bs) < 4 * bs + 200
+
+
+def test_long_literal_runs_are_flushed_and_matching_resumes():
+    rnd = random.Random(10)
+    basis = rnd.randbytes(256 * 1024)
+    new = basis[:100_000] + rnd.randbytes(3 * MiB + 17) + basis[100_000:]
+    sig = delta.compute(reader(basis), len(basis))
+    ops = list(delta.diff(sig, reader(new), len(new)))
+    literals = [len(op.data) for op in ops if isinstance(op, delta.Literal)]
+    assert max(literals) <= fmt.MAX_LITERAL
+    assert sum(literals) < 3 * MiB + 17 + 2 * sig.block_size
+    assert roundtrip(basis, new) < 3 * MiB + 2 * sig.block_size + 1000
+
+
+def test_matcher_memory_is_bounded_whatever_the_file_size():
+    """A 48 MiB file that matches nothing: the window, one search span's NumPy temporaries
+    and the pending literal, never the file."""
+    basis = random.Random(12).randbytes(MiB)
+    sig = delta.compute(reader(basis), len(basis))
+    tracemalloc.start()
+    try:
+        literal = 0
+        for op in delta.diff(sig, lambda off, n: random.Random(off).randbytes(n), 48 * MiB):
+            assert isinstance(op, delta.Literal)
+            literal += len(op.data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert literal == 48 * MiB
+    assert peak < 32 * MiB
+
+
 def test_moved_blocks_are_found_at_any_offset():
     rnd = random.Random(4)
     basis = rnd.randbytes(2 * MiB)

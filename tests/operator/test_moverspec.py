@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ferry.mover import spec as ms
-from ferry.operator import api, moverspec
-from tests.operator.fixtures import PVC_TO_S3
+from ferry.operator import api, crdgen, moverspec
+from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3
 
 
 def test_specs_are_typed_and_paths_point_into_the_mounts():
@@ -45,3 +45,21 @@ def test_what_the_mover_model_refuses_is_an_invalid_spec_naming_the_field():
     with pytest.raises(moverspec.InvalidSpec) as exc:
         moverspec.mover_specs(bad, None)
     assert exc.value.field == "spec" and "host" in str(exc.value)
+
+
+def test_delta_reaches_the_mover_and_on_is_refused_where_nothing_rebuilds():
+    spec = api.TransferJobSpec.model_validate({**PVC_TO_PVC, "delta": "On"})
+    out = moverspec.mover_specs(spec, None)
+    assert out.shards[0].options.delta == "On"
+    assert out.shards[0].to_engine()[2].delta == "on"
+    assert (
+        moverspec.mover_specs(api.TransferJobSpec.model_validate(PVC_TO_S3), None)
+        .shards[0]
+        .options.delta
+        == "Auto"
+    )
+    with pytest.raises(ValueError, match="delta On needs a destination"):
+        api.TransferJobSpec.model_validate({**PVC_TO_S3, "delta": "On"})
+    doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = doc["properties"]["spec"]["x-kubernetes-validations"]
+    assert api.DELTA_ON_RULE in rules

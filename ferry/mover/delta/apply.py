@@ -9,7 +9,7 @@ from ferry.mover.delta.signature import ReadAt
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import StreamHasher
 
-COPY_PIECE = 4 << 20
+COPY_PIECE = 1 << 20  # below the 4 MiB past which `ferry` has malloc map memory afresh
 
 WriteAt = Callable[[int, bytes | memoryview], None]
 

@@ -6,12 +6,12 @@ A greedy walk like rsync's, with no per-byte Python loop. Two modes:
 - probe: where continuation fails, blocks j+2.. are tried in the old alignment (an overwrite
   ends there); only the offsets before the one found are searched;
 - search: where that fails too, the weak sum of every offset of a span (16 KiB, doubling
-  to 4 MiB while nothing matches) is computed at once with NumPy from two prefix sums
+  to 512 KiB while nothing matches) is computed at once with NumPy from two prefix sums
   (`a_k = P1[k+L] - P1[k]`, `b_k = (k+L)·a_k - (P2[k+L] - P2[k])`, P2 the prefix sum of
   i·x_i, all mod 2^32), looked up through a bit filter and then exactly
   (searchsorted on the sorted signature sums), and only those candidates are confirmed with
   the strong hash, in order; the first confirmed one ends the search.
-The new file is read once, in 4 MiB pieces, in order (so the caller can hash it on the way:
+The new file is read once, in 1 MiB pieces, in order (so the caller can hash it on the way:
 `observe`); memory is the pending literal (flushed at 1 MiB) plus one span and one piece.
 """
 
@@ -27,10 +27,11 @@ from ferry.mover.delta.signature import STRONG_LEN, ReadAt, Signature
 from ferry.mover.errors import ErrorKind, FerryError
 
 MAX_LITERAL = 1 << 20  # literal pieces emitted (format.MAX_LITERAL accepts them)
-READ_PIECE = 4 << 20
+READ_PIECE = 1 << 20  # below the 4 MiB past which `ferry` has malloc map memory afresh
 MIN_SPAN = 16 << 10
-MAX_SPAN = 4 << 20
-PROBE = 8  # blocks tried ahead in the old alignment before a span search
+MAX_SPAN = 512 << 10  # its NumPy temporaries (4 bytes an offset) stay below 4 MiB too
+PROBE = 8  # blocks tried ahead in the old alignment before a span search...
+PROBE_BYTES = 4 << 20  # ...within this many bytes (the window holds them)
 _FIB = np.uint32(0x9E3779B1)  # Fibonacci hashing: the filter slot from all 32 bits
 _BIT = (1 << np.arange(8)).astype(np.uint8)
 
@@ -45,7 +46,8 @@ class _Index:
         weak = sig.weak[: self.full]
         self.order = np.argsort(weak, kind="stable")
         self.sorted = weak[self.order]
-        bits = min(max(self.full.bit_length() + 6, 16), 22)  # <= 1/64 false hits to 64K blocks
+        # <= 1/64 false hits to 64K blocks (512 KiB); bigger signatures get up to 4 MiB
+        bits = min(max(self.full.bit_length() + 6, 16), max(22, self.full.bit_length() + 4), 25)
         self.shift = np.uint32(32 - bits)
         table = np.zeros(1 << bits, dtype=bool)
         table[self._slot(weak)] = True
@@ -146,7 +148,7 @@ def _strong(data: memoryview) -> bytes:
 def _probe(win: _Window, sig: Signature, pos: int, hint: int, keep: int) -> int:
     """The first k in 1..PROBE for which block hint+k is at pos + k*L, else 0."""
     L = sig.block_size
-    last = min(PROBE, sig.file_size // L - 1 - hint, (win.size - pos) // L - 1)
+    last = min(PROBE, PROBE_BYTES // L, sig.file_size // L - 1 - hint, (win.size - pos) // L - 1)
     if last < 1:
         return 0
     win.ensure(pos + (last + 1) * L, keep)

@@ -31,7 +31,7 @@ DEFAULT_MAX_BLOCK = 1 << 20
 MAX_BLOCK_SIZE = 16 << 20
 MAX_BLOCKS = 1 << 20  # 20 MiB of signature at most (weak + strong)
 MAX_FILE_SIZE = MAX_BLOCK_SIZE * MAX_BLOCKS
-READ_PIECE = 4 << 20
+READ_PIECE = 1 << 20  # below the 4 MiB past which `ferry` has malloc map memory afresh
 
 MAGIC = b"FSIG"
 VERSION = 1
@@ -65,9 +65,12 @@ def block_size_for(size: int) -> int:
     """~sqrt(size) as a power of two (rsync's choice: signature and literal overhead balance),
     clamped to 2 KiB..1 MiB, and larger only when the file would need over MAX_BLOCKS blocks.
 
-    Measured (benchmarks/delta.py, 5 % scattered 64 KiB overwrites + 1 MiB insertion): at
-    1 GiB, 32 KiB blocks give the same literal data as rsync (which picks 32 KiB too) while
-    32768 blocks keep the per-block Python work to ~0.1 s."""
+    Measured (benchmarks/delta.py's case: 5 % overwritten in scattered 64 KiB regions + a
+    1 MiB insertion; CPU of signature + match, signature + encoded delta):
+      1 GiB:   8 KiB 2.27 s 64.1 MB | 16 KiB 1.18 s 69.5 MB | 32 KiB 1.08 s 82.3 MB | 64 KiB 1.13 s 108.8 MB
+      256 MiB: 8 KiB 0.48 s 16.8 MB | 16 KiB 0.29 s 18.2 MB | 32 KiB 0.29 s 21.4 MB
+    sqrt(size) (32 KiB at 1 GiB, rsync's choice too: the same literal data) keeps the time
+    at rsync's; half of it would send 7-16 % fewer bytes for 10-65 % more CPU."""
     bs = 1 << round(math.log2(max(math.isqrt(size), 1)))
     bs = min(max(bs, DEFAULT_MIN_BLOCK), DEFAULT_MAX_BLOCK)
     while block_count(size, bs) > MAX_BLOCKS and bs < MAX_BLOCK_SIZE:
@@ -105,7 +108,7 @@ def block_weak(blocks: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def compute(read_at: ReadAt, size: int, block_size: int | None = None) -> Signature:
     """The signature of `size` bytes read through `read_at(offset, length)`, in pieces of
-    about 4 MiB (memory: one piece plus 20 bytes per block)."""
+    about 1 MiB (memory: one piece plus 20 bytes per block)."""
     bs = block_size or block_size_for(size)
     check_block_size(bs, size)
     n = block_count(size, bs)

@@ -13,6 +13,8 @@ sends the whole file); no attempt publishes a file whose digest is not the sourc
 from __future__ import annotations
 
 import copy
+import queue
+import threading
 from collections.abc import Iterator
 
 from ferry.mover.backends.base import DeltaBasis, Entry, EntryType
@@ -22,6 +24,57 @@ from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import StreamHasher, file_digest
 from ferry.mover.options import DELTA_MIN, Verify
 from ferry.mover.plan import Action, Op
+
+AHEAD = 8  # encoded pieces (a literal piece is at most 1 MiB) the source side may run ahead
+
+
+class _Ahead:
+    """Runs the source side (read, match, hash, encode) in a thread of its own, at most
+    AHEAD pieces ahead of the basis side that consumes them (the rebuild, or the wire):
+    the two overlap. NumPy, BLAKE3 and the file reads release the GIL. An error on the
+    source side is raised where the pieces are consumed; `close` stops the source side."""
+
+    _END = object()
+
+    def __init__(self, produce: Iterator[bytes]) -> None:
+        self._q: queue.Queue[object] = queue.Queue(maxsize=AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(produce,), name="ferry-delta", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)  # wakes to see `close`
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, produce: Iterator[bytes]) -> None:
+        try:
+            for piece in produce:
+                if not self._put(piece):
+                    return
+            self._put(self._END)
+        except BaseException as exc:
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def wanted(ctx: Context, a: Action) -> bool:
@@ -94,12 +147,15 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
                 yield chunk
 
         token = progress.begin(a.rel)
+        ahead = _Ahead(pieces())
         try:
-            reused = dst.apply_delta(a.rel, s, pieces(), s.digest or "", ctx.options.preserve)
+            reused = dst.apply_delta(a.rel, s, ahead, s.digest or "", ctx.options.preserve)
         except BaseException:
+            ahead.close()
             progress.advance(-hasher.size)  # a retry reads these bytes again
             raise
         finally:
+            ahead.close()
             progress.end(token)
     finally:
         reader.close()
