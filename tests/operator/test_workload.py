@@ -116,7 +116,7 @@ def test_pod_failure_policy_fails_fast_on_terminal_codes_and_ignores_disruption(
     assert rules[1]["onExitCodes"]["operator"] == "In"
     # docs/cli.md's exit codes, spelled out: every one that retrying cannot mend fails the
     # Job at once; Transient (11), SourceChanged (7) and Interrupted (130) retry.
-    assert rules[1]["onExitCodes"]["values"] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 13, 14]
+    assert rules[1]["onExitCodes"]["values"] == [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15]
 
 
 SFTP_KEY = {
