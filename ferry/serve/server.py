@@ -331,6 +331,8 @@ class FerryServer(ThreadingHTTPServer):
         self.service = service
         self.ctx = ctx
         self._active = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -409,7 +411,8 @@ def serve(root: str, listen: str, cert: str, key: str, ca: str) -> int:
     except OSError as exc:
         raise FerryError(ErrorKind.USAGE, f"--listen {listen!r}: {exc.strerror}") from None
     bound_host, bound_port = server.socket.getsockname()[:2]
-    print(f"ferry serve: listening on {bound_host}:{bound_port}, root {root}", flush=True)
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"ferry serve: listening on {shown}:{bound_port}, root {root}", flush=True)
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
