@@ -89,8 +89,35 @@ class SMBSpec(_Model):
         return ep.SMBEndpoint(**self.model_dump(exclude={"kind"}))
 
 
+class FerrySpec(_Model):
+    """Another Ferry's `ferry serve` (what a sender pod connects to): mutual TLS with the
+    certificate, key and CA files mounted from the job's Secret."""
+
+    kind: Literal["ferry"] = "ferry"
+    host: Host
+    port: int = Field(ge=1, le=65535)
+    path: str = ""
+    tls_cert: str = Field(min_length=1)
+    tls_key: str = Field(min_length=1)
+    tls_ca: str = Field(min_length=1)
+    streams: int = Field(default=8, ge=1, le=64)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_root(cls, value: str) -> str:
+        names = [n for n in value.split("/") if n]
+        if any(n in (".", "..") for n in names) or "\x00" in value:
+            raise ValueError("path must stay inside the server's root (no . or .. parts)")
+        return "/".join(names)
+
+    def to_endpoint(self) -> ep.Endpoint:
+        return ep.FerryEndpoint(**self.model_dump(exclude={"kind"}))
+
+
 PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
-EndpointSpec = Annotated[LocalSpec | S3Spec | SFTPSpec | SMBSpec, Field(discriminator="kind")]
+EndpointSpec = Annotated[
+    LocalSpec | S3Spec | SFTPSpec | SMBSpec | FerrySpec, Field(discriminator="kind")
+]
 
 
 class OptionsSpec(_Model):

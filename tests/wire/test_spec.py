@@ -32,3 +32,25 @@ def test_a_transferjob_passes_auto_and_off_and_refuses_on() -> None:
         api.TransferJobSpec.model_validate({**PVC_TO_PVC, "compression": "On"})
     doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert api.COMPRESSION_ON_RULE in doc["properties"]["spec"]["x-kubernetes-validations"]
+
+
+def test_a_mover_spec_names_a_ferry_endpoint() -> None:
+    doc = {
+        "source": {"kind": "local", "path": "/a"},
+        "destination": {
+            "kind": "ferry",
+            "host": "receiver.ns.svc",
+            "port": 7443,
+            "path": "/x//y/",
+            "tlsCert": "/certs/tls.crt",
+            "tlsKey": "/certs/tls.key",
+            "tlsCa": "/certs/ca.crt",
+        },
+    }
+    _, dst, _ = ms.TransferSpec.model_validate(doc).to_engine()
+    assert dst == ms.ep.FerryEndpoint(
+        "receiver.ns.svc", 7443, "x/y", "/certs/tls.crt", "/certs/tls.key", "/certs/ca.crt"
+    )
+    for bad in ({"path": "a/../b"}, {"tlsKey": ""}, {"port": 0}, {"host": "u@h"}):
+        with pytest.raises(ValueError):
+            ms.TransferSpec.model_validate({**doc, "destination": {**doc["destination"], **bad}})
