@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ferry.mover.backends.base import Entry
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.errors import ErrorKind
-from ferry.mover.options import Delta, Options, Verify
+from ferry.mover.options import Compare, Delta, Options, Verify
 from ferry.mover.result import Summary
 from ferry.mover.transfer import transfer_between
 from tests.engine.memtree import D, Tree
@@ -110,6 +110,19 @@ def test_small_and_new_files_go_whole_with_delta_on(tmp_path):
     assert d.signatures == 1  # "big" only
     assert (dst / "small").read_bytes() == b"s" * 1000
     assert (dst / "fresh").read_bytes() == (src / "fresh").read_bytes()
+
+
+def test_checksum_compare_sends_a_same_size_change_as_a_delta(tmp_path):
+    src, dst, _ = trees(tmp_path)
+    same_size = bytearray((dst / "big").read_bytes())
+    same_size[123_456] ^= 0x55
+    (src / "big").write_bytes(bytes(same_size))
+    os.utime(src / "big", (T0, T0))  # same size and mtime: only --checksum sees it
+    d = CountingBasis(dst)
+    s = run(src, d, delta=Delta.ON, compare=Compare.CHECKSUM)
+    assert s.exit_code == 0, s.errors
+    assert (dst / "big").read_bytes() == bytes(same_size)
+    assert d.signatures == 1 and s.files_updated == 1 and s.bytes_transferred < 64 * 1024
 
 
 def test_plan_computes_no_delta(tmp_path):

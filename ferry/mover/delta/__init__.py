@@ -36,6 +36,7 @@ from ferry.mover.delta.signature import (
     block_size_for,
     compute,
     encoded_size,
+    max_encoded_size,
 )
 from ferry.mover.delta.signature import decode as decode_signature
 from ferry.mover.delta.signature import encode as encode_signature
@@ -57,5 +58,6 @@ __all__ = [
     "encode_ops",
     "encode_signature",
     "encoded_size",
+    "max_encoded_size",
     "open_delta",
 ]

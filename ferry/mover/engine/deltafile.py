@@ -79,11 +79,12 @@ class _Ahead:
 
 def wanted(ctx: Context, a: Action) -> bool:
     """Whether `a` goes as a delta: an update of a regular file of at least DELTA_MIN by a
-    regular file, on a run that sends deltas to this destination (`Context.delta`)."""
+    regular file (or, with `--checksum`, one whose content may differ: CHECK), on a run
+    that sends deltas to this destination (`Context.delta`)."""
     s, d = a.src, a.dst
     return (
         ctx.delta
-        and a.op == Op.UPDATE
+        and a.op in (Op.UPDATE, Op.CHECK)
         and s is not None
         and d is not None
         and d.type == EntryType.FILE
@@ -106,7 +107,6 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
         copy_whole(ctx, a, s)
         return
     from ferry.mover import delta  # NumPy: loaded only when a delta runs
-    from ferry.mover.delta import signature
 
     reader = open_source(ctx.src, a.read_rel or a.rel, s)
     try:
@@ -114,7 +114,7 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
             copy_whole(ctx, a, s)  # a rebuild would write the holes out as data
             return
         sig = delta.decode_signature(
-            dst.signature(a.rel, basis, None), signature.max_encoded_size(basis.size)
+            dst.signature(a.rel, basis, None), delta.max_encoded_size(basis.size)
         )
         if ctx.xattrs:
             s = copy.copy(s)

@@ -121,7 +121,8 @@ class Executor:
         elif op == Op.CHECK:
             assert a.src is not None
             ctx.ledger.planned(1, a.src.size)
-            ctx.tasks.submit(wholefile.check, ctx, a)
+            send = deltafile.delta_file if deltafile.wanted(ctx, a) else None
+            ctx.tasks.submit(wholefile.check, ctx, a, send)
         elif op == Op.SYMLINK:
             wholefile.make_symlink(ctx, a)
         elif op == Op.HARDLINK:

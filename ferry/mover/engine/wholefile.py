@@ -206,8 +206,9 @@ def same_content(src: Backend, dst: Backend, a: Action) -> bool:
     return file_digest(src, a.read_rel or a.rel, a.src) == file_digest(dst, a.rel, a.dst)
 
 
-def check(ctx: Context, a: Action) -> None:
-    """A CHECK action's task: compare digests, then skip (fixing metadata) or copy."""
+def check(ctx: Context, a: Action, send: Callable[[Context, Action], None] | None = None) -> None:
+    """A CHECK action's task: compare digests, then skip (fixing metadata) or copy (with
+    `send` when given: deltafile's, for a destination that takes deltas)."""
     s, d = a.src, a.dst
     assert s is not None and d is not None
     try:
@@ -222,7 +223,7 @@ def check(ctx: Context, a: Action) -> None:
             ctx.dst.set_meta(a.rel, s, ctx.options.preserve)
             ctx.ledger.meta_written = True
         return
-    (server_copy if ctx.server_copy else whole_file)(ctx, a)
+    (send or (server_copy if ctx.server_copy else whole_file))(ctx, a)
 
 
 def make_symlink(ctx: Context, a: Action) -> None:
