@@ -274,7 +274,7 @@ class FerryBackend(Backend):
     # -- DeltaBasis: the signature is computed and the file rebuilt at the server --------
 
     def signature(self, rel: str, entry: Entry, block_size: int | None) -> bytes:
-        from ferry.mover.delta.signature import max_encoded_size
+        from ferry.mover.delta import max_encoded_size
 
         self._delta()
         req = {"path": self.path(rel), "entry": entry_to_json(entry), "block_size": block_size}
