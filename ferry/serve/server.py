@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -253,11 +254,18 @@ class Handler(BaseHTTPRequestHandler):
         doc = loads(head, "delta")
         try:
             reply = apply_delta(self.server.service, doc, chunks)
-            if next(chunks, None) is not None:  # past the delta's end mark: not ours to read
-                self.close_connection = True
-        finally:
-            if not self._body_read:
-                self.close_connection = True  # a refused delta's rest is not read
+        except Exception as exc:
+            # The client reads the answer only once it has sent its whole body: answer now,
+            # then read (and drop) the rest for a while, so it learns why (a full disk, a
+            # damaged delta) instead of seeing its connection reset.
+            err = as_ferry_error(exc)
+            log.info("%s: delta refused: %s", self.client_address[0], err)
+            self.close_connection = True
+            self._send(status_of(err.kind), error_document(err), "application/json")
+            _drain(chunks, DRAIN_SECONDS)
+            return
+        if next(chunks, None) is not None:  # past the delta's end mark: not ours to read
+            self.close_connection = True
         self._json(reply)
 
     def _put_small(self) -> None:
@@ -372,6 +380,20 @@ class FerryServer(ThreadingHTTPServer):
 
     def service_actions(self) -> None:
         self.service.uploads.expire()
+
+
+DRAIN_SECONDS = 30.0
+
+
+def _drain(chunks: Iterator[bytes], seconds: float) -> None:
+    """Read and drop what is left of a refused chunked body, for at most `seconds`."""
+    end = time.monotonic() + seconds
+    try:
+        for _ in chunks:
+            if time.monotonic() > end:
+                return
+    except (FerryError, OSError):
+        return
 
 
 def _linger(tls: ssl.SSLSocket) -> None:

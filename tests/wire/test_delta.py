@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_ferry
 from tests.wire.conftest import Server
 
@@ -55,3 +57,26 @@ def test_a_delta_against_a_basis_that_is_a_symlink_is_refused(
     assert (server.root / "dst" / "f.bin").read_bytes() == (src / "f.bin").read_bytes()
     assert outside.read_bytes()[-10:] != b"0123456789"
     assert r.rc == 0, r.stderr
+
+
+def test_a_delta_refused_mid_stream_reports_why(tmp_path: Path, server: Server) -> None:
+    """The server answers a damaged delta at once and reads the rest of the stream away, so
+    the client gets the real error (ProtocolError), not a reset connection (Transient)."""
+    from ferry.mover.backends.base import Entry, EntryType
+    from ferry.mover.backends.ferry.backend import FerryBackend
+    from ferry.mover.endpoints import FerryEndpoint, parse_endpoint
+    from ferry.mover.errors import ErrorKind, FerryError
+    from ferry.mover.options import Preserve
+
+    (server.root / "f.bin").write_bytes(os.urandom(MiB))
+    ep = parse_endpoint(server.url(""))
+    assert isinstance(ep, FerryEndpoint)
+    backend = FerryBackend(ep)
+    try:
+        entry = Entry("f.bin", EntryType.FILE, 40 * MiB, 1)
+        garbage = (b"not a delta" if i == 0 else bytes(MiB) for i in range(40))
+        with pytest.raises(FerryError) as info:
+            backend.apply_delta("f.bin", entry, garbage, "", Preserve())
+        assert info.value.kind == ErrorKind.PROTOCOL, info.value
+    finally:
+        backend.close()
