@@ -150,7 +150,12 @@ class Connections:
                         raise _Close(Reply(resp.status, resp.headers, data))
             except _Close as c:
                 reply = c.reply
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+                ConnectionResetError,
+                ssl.SSLEOFError,
+            ) as exc:
                 # A kept-alive connection the server closed meanwhile: once more on a fresh one.
                 if attempt == 0 and reused and stream is None:
                     continue
