@@ -30,7 +30,7 @@ from ferry.mover.backends.ferry.protocol import (
     preserve_from_json,
     protocol_error,
 )
-from ferry.mover.backends.local import LocalBackend
+from ferry.mover.backends.local import LocalBackend, LocalReader
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.integrity import DIGEST_LEN, digest_bytes, is_digest
 from ferry.serve.paths import Root
@@ -38,6 +38,7 @@ from ferry.serve.uploads import Upload, Uploads
 
 Doc = dict[str, Any]
 MAX_CHUNK = 1 << 40  # a resume chunk size a peer may name
+MAX_RANGE = 1 << 30  # a streamed read's range (the engine's chunks are far smaller)
 
 
 @dataclass(slots=True)
@@ -108,6 +109,22 @@ class Service:
         finally:
             reader.close()
         return data, whole
+
+    def open_range(self, doc: Doc) -> tuple[LocalReader, int]:
+        """An open file and how many bytes of the range asked for it holds now."""
+        offset = as_int(doc.get("offset"), "offset")
+        length = as_int(doc.get("length"), "length", 0, MAX_RANGE)
+        with self.root.lock.shared():
+            rel = self.root.check(doc.get("path"), follow_final=True)
+            reader = self.local.open_read(rel, Entry(rel, EntryType.FILE))
+        try:
+            st = os.fstat(reader.fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FerryError(ErrorKind.UNSAFE_PATH, "not a regular file", rel)
+        except BaseException:
+            reader.close()
+            raise
+        return reader, max(0, min(length, st.st_size - offset))
 
     def partial(self, doc: Doc) -> Doc:
         key = as_str(doc.get("resume_key"), "resume_key", 256)

@@ -55,6 +55,7 @@ from ferry.serve.tls import server_context
 log = logging.getLogger("ferry")
 
 HANDSHAKE_TIMEOUT = 15.0
+STREAM_PIECE = 1 << 20  # a streamed range is read and sent in pieces of this size
 IDLE_TIMEOUT = 600.0
 MAX_CONNECTIONS = 64
 JSON_ROUTES = {
@@ -196,6 +197,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read(self) -> None:
         doc = loads(self._body(MAX_JSON), "read")
+        if doc.get("stream") is True:
+            self._read_stream(doc)
+            return
         data, whole = self.server.service.read(doc)
         headers = {H_RAW: str(len(data)), H_ENCODING: IDENTITY}
         body: bytes = data
@@ -308,6 +312,34 @@ class Handler(BaseHTTPRequestHandler):
             raw += len(data)
         self.server.service.stats.add(wire_out=wire, raw_out=raw, zstd_out=packed_n)
         self._data(pack_batch({"files": meta}, payloads), {})
+
+    def _read_stream(self, doc: dict[str, object]) -> None:
+        """A long range, raw, in one reply: its Content-Length is what the file holds of the
+        range when the read starts; a file that shrinks meanwhile ends the connection early
+        (the client sees a short reply and retries)."""
+        reader, n = self.server.service.open_range(doc)
+        try:
+            offset = as_int(doc.get("offset"), "offset")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            left = n
+            try:
+                while left:
+                    data = reader.read_at(offset, min(STREAM_PIECE, left))
+                    if not data:
+                        break
+                    self.wfile.write(data)
+                    offset += len(data)
+                    left -= len(data)
+            except OSError as exc:
+                log.info("%s: streamed read ended: %s", self.client_address[0], exc)
+            if left:  # the headers are out: only a short reply can say it failed
+                self.close_connection = True
+            self.server.service.stats.add(wire_out=n - left, raw_out=n - left)
+        finally:
+            reader.close()
 
     def _json(self, doc: object) -> None:
         self._send(200, dumps(doc), "application/json")

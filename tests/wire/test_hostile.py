@@ -303,6 +303,38 @@ def test_batches_refuse_escapes_and_lying_lengths(server: Server, around: Path) 
     refused(*peer.json("get_small", {"files": ["peek"]}), ErrorKind.UNSAFE_PATH)
 
 
+def test_streamed_reads_are_bounded(server: Server, around: Path) -> None:
+    peer = Peer(server)
+    data = os.urandom(3 << 20)
+    (server.root / "r").write_bytes(data)
+    status, body = peer.send(
+        "read", {"path": "r", "offset": 1000, "length": 4 << 20, "stream": True}
+    )
+    assert status == 200 and body == data[1000:], "the file's part of the range, no more"
+    status, body = peer.send("read", {"path": "r", "offset": 5 << 20, "length": 10, "stream": True})
+    assert status == 200 and body == b""
+    refused(
+        *peer.json("read", {"path": "r", "offset": 0, "length": 1 << 31, "stream": True}),
+        ErrorKind.PROTOCOL,
+    )
+    refused(
+        *peer.json(
+            "read", {"path": "../outside/secret.txt", "offset": 0, "length": 10, "stream": True}
+        ),
+        ErrorKind.UNSAFE_PATH,
+    )
+    os.symlink(str(around / "secret.txt"), server.root / "s")
+    refused(
+        *peer.json("read", {"path": "s", "offset": 0, "length": 10, "stream": True}),
+        ErrorKind.UNSAFE_PATH,
+    )
+    (server.root / "d").mkdir()
+    refused(
+        *peer.json("read", {"path": "d", "offset": 0, "length": 10, "stream": True}),
+        ErrorKind.UNSAFE_PATH,
+    )
+
+
 def _chunked(server: Server, body: bytes) -> tuple[int, dict[str, Any]]:
     conn = server.connect()
     try:

@@ -126,8 +126,10 @@ class Connections:
         if headers:
             hdrs.update(headers)
         for attempt in range(1 if stream is not None else 2):
+            reused = False
             try:
-                with self.lend() as (conn, reused):
+                with self.lend() as (conn, was_idle):
+                    reused = was_idle
                     if stream is None:
                         conn.request(method, API + route, body=body, headers=hdrs)
                     else:
@@ -170,6 +172,43 @@ class Connections:
                 raise error_from_reply(reply.status, reply.body, self.where, path)
             return reply
         raise AssertionError("unreachable")
+
+    def read_stream(
+        self, route: str, body: bytes, length: int, piece: int, path: str | None = None
+    ) -> Iterator[bytes]:
+        """A reply body of exactly `length` bytes (the server says how many in its
+        Content-Length, at most `length`), yielded in pieces as it arrives: one request for a
+        long range instead of one per piece. A connection left before the end is closed."""
+        with self.lend() as (conn, _):
+            try:
+                conn.request(
+                    "POST", API + route, body=body, headers={"Content-Length": str(len(body))}
+                )
+                resp = conn.getresponse()
+                size = resp.getheader("Content-Length")
+                if size is None or not size.isdigit():
+                    raise protocol_error(f"{self.where} sent a reply without Content-Length")
+                n = int(size)
+                if resp.status != 200:
+                    data = resp.read(min(n, 65536))
+                    raise error_from_reply(resp.status, data, self.where, path)
+                if n > length:
+                    raise protocol_error(f"{self.where} sent {n} bytes for a {length}-byte range")
+                left = n
+                while left:
+                    data = resp.read(min(piece, left))
+                    if not data:
+                        raise http.client.IncompleteRead(b"", left)
+                    left -= len(data)
+                    yield data
+                if resp.will_close:
+                    conn.close()  # lent again, it connects afresh
+            except GeneratorExit:
+                raise  # lend() closes a connection left mid-reply
+            except FerryError:
+                raise
+            except Exception as exc:
+                raise transport_error(exc, self.where, path) from None
 
     def close(self) -> None:
         self._closed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ferry.mover.backends.base import Entry, Reader, Writer
@@ -94,6 +95,15 @@ class FerryReader(Reader):
             offset += len(piece)
             length -= len(piece)
         return out[0] if len(out) == 1 else b"".join(out)  # b"" for nothing asked
+
+    def iter_range(self, offset: int, length: int, piece: int) -> Iterator[bytes | memoryview]:
+        """One streamed request for the range, unless pieces are still being tried for
+        compression (each compressed piece is a request of its own)."""
+        if self.squeeze.trying() or length <= piece:
+            yield from super().iter_range(offset, length, piece)
+            return
+        req = {"path": self.path, "offset": offset, "length": length, "stream": True}
+        yield from self.c.read_stream("read", dumps(req), length, piece, self.rel)
 
     def _read(self, offset: int, length: int) -> bytes:
         req = {"path": self.path, "offset": offset, "length": length, "z": self.squeeze.trying()}
