@@ -43,6 +43,7 @@ from ferry.mover.backends.ferry.protocol import (
     loads,
     pack_batch,
     protocol_error,
+    unframe_piece,
     unpack_batch,
 )
 from ferry.mover.backends.local import LocalBackend
@@ -247,7 +248,7 @@ class Handler(BaseHTTPRequestHandler):
             if len(data) != size or self.rfile.read(2) != b"\r\n":
                 self.close_connection = True
                 raise protocol_error("a chunk ended early or without CRLF")
-            self.server.service.stats.add(wire_in=size, raw_in=size)
+            self.server.service.stats.add(wire_in=size)
             yield data
 
     def _delta(self) -> None:
@@ -256,8 +257,16 @@ class Handler(BaseHTTPRequestHandler):
         if head is None or len(head) > MAX_JSON:
             raise protocol_error("delta: the first chunk must be the JSON header")
         doc = loads(head, "delta")
+        stats = self.server.service.stats
+
+        def pieces() -> Iterator[bytes]:
+            for chunk in chunks:
+                data, packed = unframe_piece(codec, chunk)
+                stats.add(raw_in=len(data), zstd_in=int(packed))
+                yield data
+
         try:
-            reply = apply_delta(self.server.service, doc, chunks)
+            reply = apply_delta(self.server.service, doc, pieces())
         except Exception as exc:
             # The client reads the answer only once it has sent its whole body: answer now,
             # then read (and drop) the rest for a while, so it learns why (a full disk, a

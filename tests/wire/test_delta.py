@@ -80,3 +80,24 @@ def test_a_delta_refused_mid_stream_reports_why(tmp_path: Path, server: Server) 
         assert info.value.kind == ErrorKind.PROTOCOL, info.value
     finally:
         backend.close()
+
+
+def test_delta_literals_cross_compressed(tmp_path: Path, server: Server) -> None:
+    """New text in a changed file is literal data of the delta: zstd'd like any piece."""
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(8 * MiB)
+    (src / "mixed.bin").write_bytes(old)
+    run_ferry("copy", src, server.url("dst"))
+    text = b"".join(b"line %d of a log that compresses well\n" % i for i in range(60_000))
+    new = old[: 4 * MiB] + text + old[4 * MiB :]
+    (src / "mixed.bin").write_bytes(new)
+    before = server.stats()
+    r = run_ferry("copy", src, server.url("dst"), "--json").summary
+    after = server.stats()
+    assert r["bytesMatched"] >= 7 * MiB, r
+    assert after["zstd_in"] > before["zstd_in"]
+    assert after["wire_in"] - before["wire_in"] < len(text) / 3
+    assert (server.root / "dst" / "mixed.bin").read_bytes() == new
+    off = run_ferry("copy", src, server.url("dst2"), "--compress", "off", "--json").summary
+    assert off["filesFailed"] == 0

@@ -49,6 +49,7 @@ from ferry.mover.backends.ferry.protocol import (
     dumps,
     entry_from_json,
     entry_to_json,
+    frame_piece,
     loads,
     pack_batch,
     preserve_to_json,
@@ -297,11 +298,14 @@ class FerryBackend(Backend):
             }
         )
 
+        squeeze = Squeeze(self.compress)
+
         def chunks() -> Iterator[bytes]:
             yield head
             for piece in delta:
                 if piece:
-                    yield bytes(piece)
+                    body, enc = encode(piece, squeeze)
+                    yield frame_piece(body, enc, len(piece))
 
         reply = self.c.request("delta", path=rel, stream=chunks())
         return as_int(loads(reply.body, "delta").get("reused"), "reused bytes")

@@ -260,6 +260,32 @@ def decode_piece(
     return codec.decompress(body, raw_len)
 
 
+# -- delta streams: after the JSON header, each HTTP chunk one piece, raw or zstd --------------
+
+RAW_PIECE = b"r"  # then the bytes
+ZSTD_PIECE = b"z"  # then the raw length (4 bytes, big-endian) and a zstd frame
+
+
+def frame_piece(body: bytes | memoryview, encoding: str, raw_len: int) -> bytes:
+    """One piece of a delta stream as its own chunk of the chunked body."""
+    if encoding == ZSTD:
+        return b"".join([ZSTD_PIECE, raw_len.to_bytes(4, "big"), body])
+    return b"".join([RAW_PIECE, body])
+
+
+def unframe_piece(codec_for: Any, chunk: bytes) -> tuple[bytes, bool]:
+    """(raw bytes, whether it came compressed) of one framed piece, bounded by MAX_PIECE."""
+    flag = chunk[:1]
+    if flag == RAW_PIECE:
+        if len(chunk) - 1 > MAX_PIECE:
+            raise protocol_error(f"a delta piece over {MAX_PIECE} bytes")
+        return chunk[1:], False
+    if flag == ZSTD_PIECE and len(chunk) >= 5:
+        raw = int.from_bytes(chunk[1:5], "big")
+        return decode_piece(codec_for, chunk[5:], ZSTD, str(raw)), True
+    raise protocol_error("a delta piece must start with 'r' or 'z'")
+
+
 # -- batches: a JSON header and the files' bytes in one body ---------------------------------
 
 _HEADER_LEN = 4
