@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ferry.mover.backends.base import Entry
 from ferry.mover.backends.local import LocalBackend
-from ferry.mover.errors import ErrorKind
+from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Compare, Delta, Options, Verify
 from ferry.mover.result import Summary
 from ferry.mover.transfer import transfer_between
@@ -279,3 +280,34 @@ def test_random_edits_through_the_engine(tmp_path_factory, seed, edits):
     assert s.exit_code == 0, s.errors
     assert (root / "dst" / "f").read_bytes() == new
     assert s.bytes_matched + s.bytes_transferred >= len(new)  # every byte came from somewhere
+
+
+def test_the_basis_is_not_read_through_a_symlinked_directory(tmp_path):
+    """Signatures and a delta's copies read the basis only inside the root: a directory
+    symlinked out of it is not followed, so no block from outside can land in a file inside,
+    and no signature of an outside file is given."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = random.Random(13).randbytes(200_000)
+    (outside / "f").write_bytes(secret)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    from ferry.mover import delta
+    from ferry.mover.integrity import digest_bytes
+
+    sig = delta.compute(lambda off, n: secret[off : off + n], len(secret))
+    chunks = delta.encode_ops(
+        [delta.Copy(0, sig.count)],
+        block_size=sig.block_size,
+        basis_size=len(secret),
+        digest=lambda: digest_bytes(secret),
+    )
+    backend = LocalBackend(str(root))
+    entry = backend.stat("link/f")
+    assert entry is not None
+    with pytest.raises(FerryError, match="Not a directory"):  # O_NOFOLLOW on "link"
+        backend.apply_delta("link/f", entry, chunks, "", Options().preserve)
+    with pytest.raises(FerryError, match="Not a directory"):
+        backend.signature("link/f", entry, None)
+    assert (outside / "f").read_bytes() == secret

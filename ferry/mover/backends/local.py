@@ -638,33 +638,44 @@ class LocalBackend(Backend):
     def signature(self, rel: str, entry: Entry, block_size: int | None) -> bytes:
         from ferry.mover.delta import signature
 
-        reader = self.open_read(rel, entry)
+        bfd = self._open_basis(rel)
         try:
-            sig = signature.compute(reader.read_at, entry.size, block_size)
-            why = reader.changed()
-            if why:
-                raise FerryError(ErrorKind.SOURCE_CHANGED, f"the delta's basis {why}", rel)
+            sig = signature.compute(lambda off, n: os.pread(bfd, n, off), entry.size, block_size)
+            st = os.fstat(bfd)
         finally:
-            reader.close()
+            os.close(bfd)
+        if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+            raise FerryError(
+                ErrorKind.SOURCE_CHANGED, "the delta's basis changed while it was read", rel
+            )
         return signature.encode(sig)
+
+    def _open_basis(self, rel: str) -> int:
+        """The basis of a delta, opened without following any symlink on the way: a peer
+        must get no signature of, and no delta copies from, a file outside the root."""
+        try:
+            dfd, name = self._parent_fd(rel)
+            try:
+                bfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except FileNotFoundError:
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis vanished", rel) from None
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+        if not stat.S_ISREG(os.fstat(bfd).st_mode):
+            os.close(bfd)
+            raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis is no longer a file", rel)
+        return bfd
 
     def apply_delta(
         self, rel: str, entry: Entry, delta: Iterable[bytes], digest: str, preserve: Preserve
     ) -> int:
         from ferry.mover.delta import apply, open_delta
 
-        try:
-            bfd = os.open(self.path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise FerryError(ErrorKind.SOURCE_CHANGED, "the delta's basis vanished", rel) from None
-        except OSError as exc:
-            raise as_ferry_error(exc, rel) from exc
+        bfd = self._open_basis(rel)
         try:
             st = os.fstat(bfd)
-            if not stat.S_ISREG(st.st_mode):
-                raise FerryError(
-                    ErrorKind.SOURCE_CHANGED, "the delta's basis is no longer a file", rel
-                )
             stream = open_delta(delta, st.st_size, entry.size)
             writer = self.open_write(rel, entry)
             try:

@@ -108,6 +108,10 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
         return
     from ferry.mover import delta  # NumPy: loaded only when a delta runs
 
+    if basis.size > delta.MAX_FILE_SIZE:  # 16 TiB: more blocks than a signature may hold
+        copy_whole(ctx, a, s)
+        return
+
     reader = open_source(ctx.src, a.read_rel or a.rel, s)
     try:
         if ctx.sparse and reader.data_ranges(s.size) is not None:
