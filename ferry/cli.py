@@ -73,8 +73,8 @@ _COMPARE = ("copy", "sync", "plan")  # commands that decide what to copy
 
 
 def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
-    p.add_argument("source", help="path, file://, s3://, sftp:// or smb:// URI")
-    p.add_argument("destination", help="path, file://, s3://, sftp:// or smb:// URI")
+    p.add_argument("source", help="path, file://, s3://, sftp://, smb:// or ferry:// URI")
+    p.add_argument("destination", help="path, file://, s3://, sftp://, smb:// or ferry:// URI")
     if command in _COMPARE:
         p.add_argument(
             "--checksum",
@@ -179,6 +179,14 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         help="on (default): hand-written protocol paths where measured faster; off: each "
         "backend's library only (botocore, paramiko, smbprotocol). FERRY_ACCELERATORS=off also turns them off",
     )
+    p.add_argument(
+        "--compress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="zstd per chunk on a ferry:// wire: auto (default) stops trying for a file whose "
+        "first chunks do not shrink, on tries every chunk, off never; a chunk crosses "
+        "compressed only when that makes it smaller. on needs a ferry:// endpoint",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument(
         "--progress",
@@ -266,6 +274,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.add_argument(
                 "--quiet", "-q", action="store_true", help="only the totals, not every entry"
             )
+    serve = sub.add_parser(
+        "serve",
+        help="serve ROOT to ferry:// clients over mutual TLS (receive and send)",
+        description="Serve ROOT to ferry:// clients: copy, sync, plan and verify to and from "
+        "it. Clients must present a certificate signed by --tls-ca; nothing outside ROOT is "
+        "ever read or written.",
+        formatter_class=_Formatter,
+    )
+    if command in (None, "serve"):
+        serve.add_argument("root", metavar="ROOT", help="the directory served (created if missing)")
+        serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
+        serve.add_argument(
+            "--tls-cert", required=True, metavar="FILE", help="server certificate (PEM)"
+        )
+        serve.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
+        serve.add_argument(
+            "--tls-ca", required=True, metavar="FILE", help="CA that signs client certificates"
+        )
+        serve.add_argument("-v", "--verbose", action="count", default=0)
     run = sub.add_parser(
         "run",
         help="run one transfer from a TransferSpec file (what mover pods do)",
@@ -284,6 +311,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     from ferry.mover.filters import rules_from_cli
     from ferry.mover.options import (
         Compare,
+        Compress,
         Delta,
         ErrorPolicy,
         Fsync,
@@ -318,6 +346,8 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["accelerators"] = given["accelerators"] == "on"
     if "fsync" in given:
         kw["fsync"] = Fsync(given["fsync"])
+    if "compress" in given:
+        kw["compress"] = Compress(given["compress"])
     if "links" in given:
         kw["symlinks"] = SymlinkPolicy(given["links"])
     for name in ("transfers", "retries", "allow_empty_source", "manifest"):
@@ -497,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_transfer(args)
         if args.command == "verify":
             return _cmd_verify(args)
+        if args.command == "serve":
+            from ferry.serve.server import serve
+
+            return serve(args.root, args.listen, args.tls_cert, args.tls_key, args.tls_ca)
         if args.command == "run":
             from ferry.pod.run import run_pod
 

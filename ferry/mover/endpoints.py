@@ -1,4 +1,4 @@
-"""Parse and validate endpoint URIs: paths, `file:`, `s3://`, `sftp://`, `smb://`.
+"""Parse and validate endpoint URIs: paths, `file:`, `s3://`, `sftp://`, `smb://`, `ferry://`.
 
 Endpoints are frozen dataclasses so the command line never pays for
 importing pydantic; `spec.py` holds the validated pydantic boundary models and
@@ -103,7 +103,27 @@ class SMBEndpoint:
         return f"smb://{self.host}:{self.port}/{self.share}/{self.path}".rstrip("/")
 
 
-Endpoint = LocalEndpoint | S3Endpoint | SFTPEndpoint | SMBEndpoint
+@dataclass(frozen=True, slots=True)
+class FerryEndpoint:
+    """Another Ferry's `ferry serve`, over mutual TLS: `path` is relative to its root."""
+
+    host: str
+    port: int
+    path: str = ""
+    tls_cert: str | None = None  # this side's certificate (PEM)
+    tls_key: str | None = None  # its private key (PEM)
+    tls_ca: str | None = None  # the CA both sides' certificates are signed by
+    streams: int = 8  # TLS connections opened in parallel per transfer
+
+    @property
+    def kind(self) -> str:
+        return "ferry"
+
+    def describe(self) -> str:
+        return f"ferry://{self.host}:{self.port}/{self.path}"
+
+
+Endpoint = LocalEndpoint | S3Endpoint | SFTPEndpoint | SMBEndpoint | FerryEndpoint
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -143,7 +163,7 @@ def check_endpoint_url(url: str) -> str:
 def _query(
     uri: str,
     raw: str,
-    cls: type[S3Endpoint] | type[SFTPEndpoint] | type[SMBEndpoint],
+    cls: type[S3Endpoint] | type[SFTPEndpoint] | type[SMBEndpoint] | type[FerryEndpoint],
     renames: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Map `?a=b` options onto the endpoint's fields, as bools and ints where their defaults are."""
@@ -221,7 +241,8 @@ def parse_endpoint(uri: str) -> Endpoint:
         return LocalEndpoint(os.path.abspath(unquote(parts.path) or "/"))
     if scheme not in {"s3", "sftp", "smb", "ferry"}:
         raise _bad(
-            uri, f"unknown scheme {scheme!r} (use a path, file://, s3://, sftp:// or smb://)"
+            uri,
+            f"unknown scheme {scheme!r} (use a path, file://, s3://, sftp://, smb:// or ferry://)",
         )
     # urlsplit would mangle '%'-free paths with '#' or '?'; split the query ourselves.
     rest = uri[len(scheme) + 3 :]
@@ -266,4 +287,18 @@ def parse_endpoint(uri: str) -> Endpoint:
             user=user,
             **opts,
         )
-    raise _bad(uri, "ferry:// (Ferry-to-Ferry delta transfers) is reserved and not implemented yet")
+    user, host, port = _split_netloc(uri, netloc)
+    if user is not None:
+        raise _bad(
+            uri, "ferry:// takes no user: the client's certificate (tls_cert=) identifies it"
+        )
+    if not port:
+        raise _bad(uri, "ferry:// needs a port (ferry://HOST:PORT/PATH)")
+    opts = _query(uri, raw_query, FerryEndpoint)
+    missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if not opts.get(k)]
+    if missing:
+        raise _bad(uri, f"ferry:// needs {', '.join(f'{k}=FILE' for k in missing)}")
+    names = [n for n in path.split("/") if n]
+    if any(n in (".", "..") for n in names) or "\x00" in path:
+        raise _bad(uri, "the path must stay inside the server's root (no . or .. parts)")
+    return FerryEndpoint(host=host, port=_port(uri, port, 0), path="/".join(names), **opts)

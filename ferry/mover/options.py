@@ -56,6 +56,16 @@ class Fsync(StrEnum):
     NONE = "none"
 
 
+class Compress(StrEnum):
+    """zstd per chunk on a ferry:// wire. auto: try each file's first chunks and stop when
+    they do not shrink; on: try every chunk; off: never. A chunk crosses compressed only
+    when that makes it smaller (see backends/ferry/protocol.SHRINK)."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class Delta(StrEnum):
     """How an updated regular file is sent. auto: as a block delta where the destination
     says it pays (`Limits.delta_pays`: across the ferry:// wire), else whole; on: as a
@@ -190,6 +200,7 @@ class Options:
     # False: every backend on its library path, no hand-written wire/ code (and so does
     # FERRY_ACCELERATORS=off in the environment: ferry.mover.backends.accelerators_on).
     accelerators: bool = True
+    compress: Compress = Compress.AUTO  # ferry:// endpoints only
 
     def __post_init__(self) -> None:
         if self.transfers < 1:

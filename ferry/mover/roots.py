@@ -19,7 +19,7 @@ from enum import Enum
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ferry.mover.endpoints import Endpoint, LocalEndpoint, S3Endpoint, SFTPEndpoint
+from ferry.mover.endpoints import Endpoint, LocalEndpoint, S3Endpoint, SFTPEndpoint, SMBEndpoint
 
 
 class RootId(NamedTuple):
@@ -121,4 +121,11 @@ def endpoint_root(ep: Endpoint) -> RootId:
         return s3_root(ep.endpoint_url, ep.region, ep.bucket, ep.prefix)
     if isinstance(ep, SFTPEndpoint):
         return sftp_root(ep.host, ep.port, ep.user, ep.path)
-    return smb_root(ep.host, ep.port, ep.share, ep.path)
+    if isinstance(ep, SMBEndpoint):
+        return smb_root(ep.host, ep.port, ep.share, ep.path)
+    return ferry_root(ep.host, ep.port, ep.path)
+
+
+def ferry_root(host: str, port: int, path: str) -> RootId:
+    """A `ferry serve` root: the server and the path below its ROOT."""
+    return RootId(("ferry", host_id(host), str(port)), path_parts(path))

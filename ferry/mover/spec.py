@@ -89,8 +89,35 @@ class SMBSpec(_Model):
         return ep.SMBEndpoint(**self.model_dump(exclude={"kind"}))
 
 
+class FerrySpec(_Model):
+    """Another Ferry's `ferry serve` (what a sender pod connects to): mutual TLS with the
+    certificate, key and CA files mounted from the job's Secret."""
+
+    kind: Literal["ferry"] = "ferry"
+    host: Host
+    port: int = Field(ge=1, le=65535)
+    path: str = ""
+    tls_cert: str = Field(min_length=1)
+    tls_key: str = Field(min_length=1)
+    tls_ca: str = Field(min_length=1)
+    streams: int = Field(default=8, ge=1, le=64)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_root(cls, value: str) -> str:
+        names = [n for n in value.split("/") if n]
+        if any(n in (".", "..") for n in names) or "\x00" in value:
+            raise ValueError("path must stay inside the server's root (no . or .. parts)")
+        return "/".join(names)
+
+    def to_endpoint(self) -> ep.Endpoint:
+        return ep.FerryEndpoint(**self.model_dump(exclude={"kind"}))
+
+
 PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
-EndpointSpec = Annotated[LocalSpec | S3Spec | SFTPSpec | SMBSpec, Field(discriminator="kind")]
+EndpointSpec = Annotated[
+    LocalSpec | S3Spec | SFTPSpec | SMBSpec | FerrySpec, Field(discriminator="kind")
+]
 
 
 class OptionsSpec(_Model):
@@ -114,6 +141,7 @@ class OptionsSpec(_Model):
     preflight: bool = True  # compare the plan with the destination's free space first
     min_free: str | None = None  # a size or a percentage; None: options.DEFAULT_MIN_FREE
     max_delete: int | None = Field(default=None, ge=0)
+    compression: Literal["Auto", "On", "Off"] = "Auto"  # zstd on a ferry:// wire
 
     @field_validator("max_delete")
     @classmethod
@@ -189,6 +217,7 @@ class TransferSpec(_Model):
             preflight=o.preflight,
             min_free=op.MinFree.parse(o.min_free, "minFree") if o.min_free else op.DEFAULT_MIN_FREE,
             max_delete=o.max_delete,
+            compress=op.Compress(o.compression.lower()),
             shard_index=shard.index,
             shard_count=shard.count,
         )

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from ferry.mover.backends import open_backend
+from ferry.mover.backends import check_compress, open_backend
 from ferry.mover.backends.base import Backend, DeltaBasis, Durability, EntryType
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.engine.dryrun import DryRun
@@ -98,8 +98,11 @@ def run_transfer(
         durability = Durability(
             fsync_each=options.fsync == Fsync.FILE, direct_writes=options.fsync != Fsync.NONE
         )
-        opened.append(open_backend(src_ep, accelerators=options.accelerators))
-        opened.append(open_backend(dst_ep, durability, options.accelerators))
+        check_compress(options.compress, src_ep, dst_ep)
+        opened.append(
+            open_backend(src_ep, accelerators=options.accelerators, compress=options.compress)
+        )
+        opened.append(open_backend(dst_ep, durability, options.accelerators, options.compress))
         return opened[0], opened[1]
 
     try:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ferry.mover.backends import open_backend
+from ferry.mover.backends import check_compress, open_backend
 from ferry.mover.backends.base import Backend, Entry, EntryType, join, read_xattrs
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
@@ -110,8 +110,9 @@ def verify_trees(
 
     try:
         with Reporter(progress, sink):
-            src = open_backend(src_ep, accelerators=options.accelerators)
-            dst = open_backend(dst_ep, accelerators=options.accelerators)
+            check_compress(options.compress, src_ep, dst_ep)
+            src = open_backend(src_ep, accelerators=options.accelerators, compress=options.compress)
+            dst = open_backend(dst_ep, accelerators=options.accelerators, compress=options.compress)
             for b, kind in (
                 (src, ErrorKind.SOURCE_NOT_FOUND),
                 (dst, ErrorKind.DESTINATION_NOT_FOUND),

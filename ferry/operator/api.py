@@ -255,9 +255,19 @@ DELTA_ON_RULE = {
     "pvc); use Auto or Off for s3, sftp and smb",
 }
 
+# zstd crosses only a ferry:// wire, and a TransferJob has no ferry endpoint yet (the
+# sender/receiver pods are to come): On would be refused by the mover in its pod.
+COMPRESSION_ON_RULE = {
+    "rule": "!has(self.compression) || self.compression != 'On'",
+    "message": "compression On needs a ferry:// wire, which TransferJob endpoints do not have "
+    "yet; use Auto or Off",
+}
+
 
 class TransferJobSpec(Model):
-    model_config = ConfigDict(json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE, DELTA_ON_RULE))
+    model_config = ConfigDict(
+        json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE, DELTA_ON_RULE, COMPRESSION_ON_RULE)
+    )
 
     source: Endpoint
     destination: Endpoint
@@ -270,6 +280,12 @@ class TransferJobSpec(Model):
         "cache); File: each file before it is published; None: write-back left to the kernel.",
     )
     preserve: list[PreserveFlag] | None = Field(default=None, max_length=7)
+    compression: Literal["Auto", "On", "Off"] = Field(
+        default="Auto",
+        description="zstd per chunk on a ferry:// wire (--compress). Auto: stop trying for a "
+        "file whose first chunks do not shrink; On: try every chunk (needs a ferry endpoint); "
+        "Off: never. A chunk crosses compressed only when that makes it smaller.",
+    )
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     delta: Literal["Auto", "On", "Off"] = Field(
         default="Auto",
@@ -333,6 +349,13 @@ class TransferJobSpec(Model):
     def _min_free_with_preflight(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("preflight") is False:
             raise ValueError(MIN_FREE_RULE["message"])
+        return value
+
+    @field_validator("compression")
+    @classmethod
+    def _compression_on_needs_a_wire(cls, value: str) -> str:
+        if value == "On":
+            raise ValueError(COMPRESSION_ON_RULE["message"])
         return value
 
     @field_validator("delta")

@@ -148,6 +148,7 @@ def options(
         compare=spec.compare,
         verify=spec.verify,
         fsync=spec.fsync,
+        compression=spec.compression,
         symlinks=spec.symlinks,
         delta=spec.delta,
         filters=spec.filters or [],

@@ -19,6 +19,7 @@ from ferry.mover.backends.base import (
     Symlinks,
     Xattrs,
 )
+from ferry.mover.backends.ferry.backend import FerryBackend
 from ferry.mover.backends.local import LocalBackend
 from ferry.mover.backends.s3.backend import S3Backend
 from ferry.mover.backends.sftp.backend import SFTPBackend
@@ -41,6 +42,7 @@ CLAIMED: dict[type[Backend], set[type]] = {
     S3Backend: {ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta},
     SFTPBackend: {Symlinks, PutSmall, GetSmall, Resumable},
     SMBBackend: {Resumable},
+    FerryBackend: {Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis},
 }
 
 

@@ -61,6 +61,7 @@ def test_mover_spec_endpoints_are_the_engine_endpoints_fields():
         (ms.S3Spec, ep.S3Endpoint),
         (ms.SFTPSpec, ep.SFTPEndpoint),
         (ms.SMBSpec, ep.SMBEndpoint),
+        (ms.FerrySpec, ep.FerryEndpoint),
     ):
         engine = {f.name: f.default for f in fields(endpoint)}
         for name, info in model.model_fields.items():

@@ -9,8 +9,16 @@ from __future__ import annotations
 import os
 
 from ferry.mover.backends.base import KERNEL_WRITE_BACK, Backend, Durability
-from ferry.mover.endpoints import Endpoint, LocalEndpoint, S3Endpoint, SFTPEndpoint, SMBEndpoint
+from ferry.mover.endpoints import (
+    Endpoint,
+    FerryEndpoint,
+    LocalEndpoint,
+    S3Endpoint,
+    SFTPEndpoint,
+    SMBEndpoint,
+)
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.options import Compress
 
 # FERRY_ACCELERATORS=off: every backend on its library path, whatever the options say.
 ACCELERATORS_ENV = "FERRY_ACCELERATORS"
@@ -29,10 +37,14 @@ def accelerators_on(wanted: bool = True) -> bool:
 
 
 def open_backend(
-    endpoint: Endpoint, durability: Durability = KERNEL_WRITE_BACK, accelerators: bool = True
+    endpoint: Endpoint,
+    durability: Durability = KERNEL_WRITE_BACK,
+    accelerators: bool = True,
+    compress: Compress = Compress.AUTO,
 ) -> Backend:
     """The backend of an endpoint. `durability`: how a destination makes writes durable
-    (the run's --fsync); `accelerators`: False keeps every backend on its library path."""
+    (the run's --fsync); `accelerators`: False keeps every backend on its library path;
+    `compress`: zstd on a ferry:// wire (--compress)."""
     wire = accelerators_on(accelerators)
     if isinstance(endpoint, LocalEndpoint):
         from ferry.mover.backends.local import LocalBackend
@@ -50,4 +62,18 @@ def open_backend(
         from ferry.mover.backends.smb.backend import SMBBackend
 
         return SMBBackend(endpoint, durability, accelerators=wire)
+    if isinstance(endpoint, FerryEndpoint):
+        from ferry.mover.backends.ferry.backend import FerryBackend
+
+        return FerryBackend(endpoint, durability, compress)
     raise TypeError(f"no backend for {endpoint!r}")
+
+
+def check_compress(compress: Compress, *endpoints: Endpoint) -> None:
+    """--compress on asks for zstd on a ferry:// wire: refused when there is none."""
+    if compress == Compress.ON and not any(isinstance(e, FerryEndpoint) for e in endpoints):
+        raise FerryError(
+            ErrorKind.USAGE,
+            "--compress on (spec.compression) needs a ferry:// source or destination: "
+            "other endpoints do not compress",
+        )

@@ -1,0 +1,163 @@
+"""Untrusted input the other way round: a server with a valid certificate that answers
+nonsense. The client refuses it with a clear error and writes nothing outside its
+destination."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from ferry.mover.backends.ferry.protocol import H_DIGEST, H_ENCODING, H_RAW
+from tests.conftest import run_ferry
+from tests.wire.certs import Certs
+
+DIR = ["", 1, 0, 1_600_000_000_000_000_000, 0o755, -1, -1, 2, 0, 0, -1, None, None]
+
+
+def file_entry(name: str, size: int) -> list[Any]:
+    return [name, 0, size, 1_600_000_000_000_000_000, 0o644, -1, -1, 1, 0, 0, -1, None, None]
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+class Fake:
+    def __init__(self, certs: Certs, answer: Callable[[str, bytes], Reply]) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(certs.ca))
+        ctx.load_cert_chain(str(certs.server.cert), str(certs.server.key))
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def _any(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n)
+                status, headers, data = outer.answer(self.path.removeprefix("/v1/"), body)
+                self.send_response(status)
+                headers = {"Content-Length": str(len(data)), **headers}
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _any
+
+        self.answer = answer
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.socket.getsockname()[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, certs: Certs) -> str:
+        c = certs.client
+        return (
+            f"ferry://127.0.0.1:{self.port}/x?tls_cert={c.cert}&tls_key={c.key}&tls_ca={certs.ca}"
+        )
+
+
+def js(doc: object) -> Reply:
+    return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
+
+
+def base(route: str, body: bytes) -> Reply | None:
+    if route == "hello":
+        return js({"version": 1, "features": ["zstd", "batch"]})
+    if route == "stat":
+        return js({"entry": DIR})
+    return None
+
+
+@pytest.fixture
+def fake(certs: Certs) -> Iterator[Callable[[Callable[[str, bytes], Reply | None]], Fake]]:
+    made: list[Fake] = []
+
+    def make(extra: Callable[[str, bytes], Reply | None]) -> Fake:
+        def answer(route: str, body: bytes) -> Reply:
+            got = extra(route, body) or base(route, body)
+            return got or (500, {}, b"")
+
+        f = Fake(certs, answer)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.httpd.shutdown()
+
+
+def listing(*entries: list[Any]) -> Callable[[str, bytes], Reply | None]:
+    def extra(route: str, body: bytes) -> Reply | None:
+        return js({"entries": list(entries)}) if route == "list" else None
+
+    return extra
+
+
+@pytest.mark.parametrize("name", ["..", "a/../../b", "", ".", "x\x00y"])
+def test_escaping_names_in_a_listing(tmp_path: Path, certs: Certs, fake: Any, name: str) -> None:
+    f = fake(listing(file_entry(name, 3)))
+    dst = tmp_path / "inner" / "dst"
+    r = run_ferry("copy", f.url(certs), dst, "--json", check_rc=None)
+    assert r.rc in (8, 15), r.stdout + r.stderr  # UnsafePath or ProtocolError
+    assert r.summary["reason"] in ("UnsafePath", "ProtocolError")
+    assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["dst", "inner"], ["inner"])
+
+
+def test_malformed_entries_and_replies(tmp_path: Path, certs: Certs, fake: Any) -> None:
+    for extra in (
+        listing(["f", 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, None, None]),
+        listing("not an entry"),
+        lambda route, body: (
+            (200, {"Content-Type": "application/json"}, b"{broken") if route == "list" else None
+        ),
+        lambda route, body: (
+            (200, {"Content-Length": str(1 << 40)}, b"") if route == "list" else None
+        ),
+    ):
+        r = run_ferry("copy", fake(extra).url(certs), tmp_path / "d", "--json", check_rc=15)
+        assert r.summary["reason"] == "ProtocolError"
+
+
+def test_reads_that_lie(tmp_path: Path, certs: Certs, fake: Any) -> None:
+    """A whole-file read whose digest does not match, and a zstd piece that decompresses to
+    more than it declares: refused, and no file is published."""
+    data = b"x" * 5000
+    bomb = zstandard.ZstdCompressor().compress(bytes(50 << 20))
+
+    def wrong_digest(route: str, body: bytes) -> Reply | None:
+        if route == "list":
+            return js({"entries": [file_entry("f", len(data))]})
+        if route == "read":
+            h = {H_RAW: str(len(data)), H_ENCODING: "identity", H_DIGEST: "b3m1:" + "0" * 64}
+            return 200, h, data
+        return None
+
+    def zstd_bomb(route: str, body: bytes) -> Reply | None:
+        if route == "list":
+            return js({"entries": [file_entry("f", len(data))]})
+        if route in ("read", "get_small"):
+            return 200, {H_RAW: str(len(data)), H_ENCODING: "zstd"}, bomb
+        return None
+
+    for extra, reason in ((wrong_digest, "VerifyMismatch"), (zstd_bomb, "ProtocolError")):
+        dst = tmp_path / reason
+        r = run_ferry(
+            "copy", fake(extra).url(certs), dst, "--json", "--retries", "0", check_rc=None
+        )
+        assert r.rc != 0
+        text = r.stdout + r.stderr
+        assert reason in text, text
+        assert not (dst / "f").exists()
