@@ -69,6 +69,8 @@ class Kube:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
             "Job": self.batch.create_namespaced_job,
+            "Secret": self.core.create_namespaced_secret,  # the wire's certificates (created only)
+            "Service": self.core.create_namespaced_service,
         }
         try:
             if kind in calls:
@@ -108,6 +110,7 @@ class Kube:
             "Role": self.rbac.read_namespaced_role,
             "RoleBinding": self.rbac.read_namespaced_role_binding,
             "Job": self.batch.read_namespaced_job,
+            "Service": self.core.read_namespaced_service,
         }
         try:
             return _json(calls[kind](name, ns, _preload_content=False))
@@ -140,6 +143,14 @@ class Kube:
                 if not not_found(exc):
                     raise
         return out
+
+    def get_pv(self, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self.core.read_persistent_volume(name, _preload_content=False))
+        except ApiException as exc:
+            if not_found(exc):
+                return None
+            raise
 
     def namespace_annotations(self, ns: str) -> dict[str, str]:
         body = _json(self.core.read_namespace(ns, _preload_content=False))

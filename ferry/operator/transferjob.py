@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from ferry.operator import api, moverspec, status, workload
+from ferry.operator import api, moverspec, status, wirepair, workload
 from ferry.operator.kube import Kube, server_message
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
@@ -120,6 +120,7 @@ class TransferJobReconciler:
 
         changed = workload.changed_fields(job, spec) if job is not None else []
         if spec.cancel:
+            wirepair.stop_receiver(self.kube, ns, job)
             if job is not None:
                 self.kube.delete_job(ns, job_name)
             cancelled = Outcome(status.compute(body, spec, None, [], now))
@@ -143,7 +144,11 @@ class TransferJobReconciler:
                     continue
                 # 409: ours from an earlier reconcile, or someone else's that must not be used
                 # (a foreign ConfigMap would be the mover's spec, a foreign Role its rights).
-                existing = self.kube.read(kind, ns, child)
+                existing = (
+                    wirepair.adopt_secret(built, obj)  # never read: users' Secrets stay unread
+                    if kind == "Secret"
+                    else self.kube.read(kind, ns, child)
+                )
                 if existing is not None and not _owned_by(existing, meta["uid"]):
                     msg = f"{kind} {child} exists and is not owned by this TransferJob"
                     return Outcome(
@@ -159,6 +164,8 @@ class TransferJobReconciler:
         pods = self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
         new = status.compute(body, spec, job, pods, now)
         new["jobName"] = job_name
+        if new["phase"] in status.TERMINAL_PHASES:
+            wirepair.stop_receiver(self.kube, ns, job)
         warning = None
         if new["phase"] == "Failed" and old.get("phase") != "Failed":
             warning = (str(new["reason"]), str(new.get("message") or ""))
@@ -182,19 +189,19 @@ class TransferJobReconciler:
                 ) from None
         annotations = self.kube.namespace_annotations(ns)
         privileged_ok = annotations.get(workload.NAMESPACE_PRIVILEGED_ANNOTATION) == "true"
-        pin = None
+        pin = pair = None
         claim_names = workload.claims(spec)
         if claim_names:
             pvcs = self.kube.get_pvcs(ns, claim_names)
-            pin = workload.rwo_pin(
-                claim_names,
-                pvcs,
-                self.kube.list_all_pods(ns),
-                workload.child_name(body["metadata"]["name"]),
-            )
+            pods = self.kube.list_all_pods(ns)
+            own = workload.child_name(body["metadata"]["name"])
+            pin = workload.rwo_pin(claim_names, pvcs, pods, own)
+            pair = wirepair.plan(spec, pvcs, pods, own, lambda pv: self.kube.get_pv(pv))
         ctx = workload.Context(
             namespace_privileged=privileged_ok, pool=pool, pin_node=pin, traceparent=traceparent
         )
+        if pair is not None:  # claims on two nodes: a sender/receiver pair over the wire
+            return wirepair.build(self.kube, body, spec, ctx, self.settings, pair)
         return workload.build(body, spec, ctx, self.settings)
 
     def _finished(self, body: dict[str, Any], spec: api.TransferJobSpec, now: datetime) -> Outcome:

@@ -1,0 +1,393 @@
+"""A sender/receiver pair for two claims no single pod can mount, and its objects.
+
+Two ReadWriteOnce claims held on different nodes (or whose volumes are bound to
+different nodes, as local volumes are) cannot be mounted by one mover pod. The
+operator then runs a receiver (`ferry serve` on the destination's node) and the
+usual mover Job as sender on the source's node, whose destination is the
+receiver's `ferry://` endpoint. Progress, result and the trace come from the
+sender exactly as for a single mover; the receiver is a server and reports nothing.
+
+The receiver is reached through a ClusterIP Service: its address is known as soon as
+the Service exists (before any pod runs), so the server certificate, the sender's
+spec and the Service are all built in one reconcile; it survives a receiver pod being
+replaced; and it needs no cluster DNS (the certificate holds the IP and the DNS names).
+The Service routes only to a receiver whose readiness probe sees it listening, and the
+sender's init container waits for that, so the sender never starts against nothing.
+
+When the sender's Job ends the operator deletes the receiver's Job (see
+`stop_receiver`): only the operator knows the sender has finished for good (a
+failed sender pod is retried and resumes against the same receiver), and deleting
+frees the destination claim at once; an idle timeout in `ferry serve` would be a guess.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ferry.mover import spec as ms
+from ferry.operator import api, certs, moverspec, workload
+
+WIRE_PORT = 7443
+WIRE_DIR = "/var/run/ferry/wire"
+SERVER_KEYS = ("ca.crt", "tls.crt", "tls.key")
+CLIENT_KEYS = ("ca.crt", "client.crt", "client.key")
+LABEL_RECEIVER_OF = "ferry.dev/receiver-of"
+# On the sender's Job: the receiver Job to stop when it ends.
+ANNOTATION_RECEIVER = "ferry.dev/wire-receiver"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+WAIT_SECONDS = 600  # how long the sender's init container waits for the receiver
+
+# The sender's init container: wait until the receiver's Service accepts a connection
+# (it has a ready endpoint), with a deadline. Runs with the image's Python.
+WAIT_SCRIPT = """\
+import socket, sys, time
+host, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + limit
+while True:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        break
+    except OSError as exc:
+        if time.monotonic() > end:
+            sys.exit(f"receiver {host}:{port} not reachable after {limit:.0f}s: {exc}")
+        time.sleep(1)
+"""
+
+
+def wire_name(tj_name: str) -> str:
+    """The Secret and the Service of the pair."""
+    return workload.child_name(tj_name) + "-wire"
+
+
+def receiver_name(tj_name: str) -> str:
+    return workload.child_name(tj_name) + "-recv"
+
+
+# ---------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """Where each side must run: the node of a pod holding its claim, if one does (a
+    volume bound to a node by its PV needs no pin: the scheduler follows the PV)."""
+
+    source_node: str | None
+    destination_node: str | None
+
+
+def _rwo_only(pvc: dict[str, Any]) -> bool:
+    modes = set((pvc.get("spec") or {}).get("accessModes") or [])
+    return "ReadWriteOnce" in modes and not {"ReadWriteMany", "ReadOnlyMany"} & modes
+
+
+def _held_on(claim: str, pods: list[dict[str, Any]], own_job: str) -> str | None:
+    """The node of a running pod (not our own sender's) that mounts `claim`."""
+    for pod in pods:
+        if (pod.get("metadata", {}).get("labels") or {}).get("job-name") == own_job:
+            continue
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for vol in pod["spec"].get("volumes") or []:
+            if (vol.get("persistentVolumeClaim") or {}).get("claimName") == claim:
+                return str(node)
+    return None
+
+
+def pv_node(pv: dict[str, Any] | None) -> str | None:
+    """The one node a PV's required node affinity allows (local volumes), if exactly one."""
+    required = (((pv or {}).get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}
+    terms = required.get("nodeSelectorTerms") or []
+    if len(terms) != 1:
+        return None
+    nodes: set[str] = set()
+    for expr in terms[0].get("matchExpressions") or []:
+        if expr.get("key") == HOSTNAME_LABEL and expr.get("operator") == "In":
+            nodes.update(expr.get("values") or [])
+    return nodes.pop() if len(nodes) == 1 else None
+
+
+def plan(
+    spec: api.TransferJobSpec,
+    pvcs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    own_job: str,
+    get_pv: Callable[[str], dict[str, Any] | None],
+) -> Pair | None:
+    """A Pair when source and destination are ReadWriteOnce claims that must be mounted on
+    different nodes; None when one mover pod can mount both (or nothing says otherwise)."""
+    src, dst = spec.source.pvc, spec.destination.pvc
+    if src is None or dst is None or src.claim_name == dst.claim_name:
+        return None
+    by_name = {p["metadata"]["name"]: p for p in pvcs}
+    claims = [by_name.get(src.claim_name), by_name.get(dst.claim_name)]
+    if not all(c is not None and _rwo_only(c) for c in claims):
+        return None
+    held = [_held_on(c, pods, own_job) for c in (src.claim_name, dst.claim_name)]
+    where = []
+    for pvc, node in zip(claims, held, strict=True):
+        assert pvc is not None
+        volume = (pvc.get("spec") or {}).get("volumeName")
+        where.append(node or (pv_node(get_pv(volume)) if volume else None))
+    if where[0] is None or where[1] is None or where[0] == where[1]:
+        return None
+    return Pair(source_node=held[0], destination_node=held[1])
+
+
+# ---------------------------------------------------------------- the objects
+
+
+@dataclass
+class PairWorkload(workload.Workload):
+    """A mover Job as sender plus the receiver's Secret, Service and Job."""
+
+    secret: dict[str, Any] | None = None
+    service: dict[str, Any] | None = None
+    receiver: dict[str, Any] | None = None
+    # The Service existed, ours, before this build: an earlier reconcile of this
+    # TransferJob got that far and may have created the Secret, which is then adopted
+    # without being read (the operator never reads Secrets).
+    service_was_ours: bool = False
+
+    def objects(self) -> list[dict[str, Any]]:
+        pair = [o for o in (self.secret, self.service, self.receiver) if o is not None]
+        return [*pair, *super().objects()]
+
+
+def service(body: dict[str, Any]) -> dict[str, Any]:
+    tj = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": workload._meta(body, wire_name(tj)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": receiver_labels(tj),
+            "ports": [{"name": "ferry", "port": WIRE_PORT, "targetPort": WIRE_PORT}],
+        },
+    }
+
+
+def receiver_labels(tj_name: str) -> dict[str, str]:
+    """Not the mover's labels: status reads progress from the sender's pods only."""
+    return {
+        workload.LABEL_NAME: "ferry-receiver",
+        workload.LABEL_MANAGED_BY: workload.MANAGED_BY,
+        LABEL_RECEIVER_OF: tj_name,
+    }
+
+
+def server_names(body: dict[str, Any], cluster_ip: str) -> list[str]:
+    svc, ns = wire_name(body["metadata"]["name"]), body["metadata"]["namespace"]
+    return [cluster_ip, svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local"]
+
+
+def secret(body: dict[str, Any], wire: certs.WireCerts) -> dict[str, Any]:
+    data = {
+        "ca.crt": wire.ca_cert,
+        "tls.crt": wire.server_cert,
+        "tls.key": wire.server_key,
+        "client.crt": wire.client_cert,
+        "client.key": wire.client_key,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": workload._meta(body, wire_name(body["metadata"]["name"])),
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
+def receiver_root(spec: api.TransferJobSpec) -> str:
+    assert spec.destination.pvc is not None
+    sub = spec.destination.pvc.path.strip("/")
+    return f"{moverspec.DATA_DIR}/destination" + (f"/{sub}" if sub else "")
+
+
+def receiver_job(
+    body: dict[str, Any],
+    spec: api.TransferJobSpec,
+    ctx: workload.Context,
+    settings: workload.MoverSettings,
+) -> dict[str, Any]:
+    """`ferry serve` on the destination's claim: a Job whose pod restarts in place."""
+    assert spec.destination.pvc is not None
+    tj = body["metadata"]["name"]
+    mounts: list[moverspec.Mount] = [
+        moverspec.ClaimMount(
+            "destination-data",
+            spec.destination.pvc.claim_name,
+            f"{moverspec.DATA_DIR}/destination",
+            False,
+        ),
+        moverspec.SecretMount("wire", wire_name(tj), SERVER_KEYS, WIRE_DIR),
+    ]
+    vols, into = workload.volumes(mounts)
+    pod_security, container_security = workload._security(
+        workload.needs_privilege(spec), settings.run_as_user
+    )
+    env = [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
+    if ctx.traceparent:
+        env.append({"name": "TRACEPARENT", "value": ctx.traceparent})
+    container = {
+        "name": "receiver",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": [
+            "serve",
+            receiver_root(spec),
+            "--listen",
+            f"0.0.0.0:{WIRE_PORT}",
+            "--tls-cert",
+            f"{WIRE_DIR}/tls.crt",
+            "--tls-key",
+            f"{WIRE_DIR}/tls.key",
+            "--tls-ca",
+            f"{WIRE_DIR}/ca.crt",
+        ],
+        "env": env,
+        "ports": [{"name": "ferry", "containerPort": WIRE_PORT}],
+        "readinessProbe": {"tcpSocket": {"port": WIRE_PORT}, "periodSeconds": 1},
+        "resources": workload._resources(spec, ctx),
+        "securityContext": container_security,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *into],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "OnFailure",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, *vols],
+        **workload._placement(spec, ctx),
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": (spec.retry or api.Retry()).limit,
+        "template": {"metadata": {"labels": receiver_labels(tj)}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    meta = workload._meta(body, receiver_name(tj))
+    meta["labels"] = receiver_labels(tj)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def sender(
+    body: dict[str, Any],
+    spec: api.TransferJobSpec,
+    ctx: workload.Context,
+    settings: workload.MoverSettings,
+    cluster_ip: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ConfigMap, Job) of the mover whose destination is the receiver's ferry:// endpoint."""
+    tj = body["metadata"]["name"]
+    specs = moverspec.mover_specs(spec, ctx.pool)
+    wire = ms.FerrySpec(
+        host=cluster_ip,
+        port=WIRE_PORT,
+        path="",
+        tls_cert=f"{WIRE_DIR}/client.crt",
+        tls_key=f"{WIRE_DIR}/client.key",
+        tls_ca=f"{WIRE_DIR}/ca.crt",
+    )
+    shards = [s.model_copy(update={"destination": wire}) for s in specs.shards]
+    mounts: list[moverspec.Mount] = [m for m in specs.mounts if m.volume != "destination-data"]
+    mounts.append(moverspec.SecretMount("wire", wire_name(tj), CLIENT_KEYS, WIRE_DIR))
+    job = workload.job(body, spec, ctx, settings, mounts)
+    job["metadata"]["annotations"][ANNOTATION_RECEIVER] = receiver_name(tj)
+    pod = job["spec"]["template"]["spec"]
+    mover = pod["containers"][0]
+    pod["initContainers"] = [
+        {
+            "name": "wait-receiver",
+            "image": settings.image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": ["python", "-c", WAIT_SCRIPT, cluster_ip, str(WIRE_PORT), str(WAIT_SECONDS)],
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "32Mi"},
+                "limits": {"memory": "64Mi"},
+            },
+            "securityContext": mover["securityContext"],
+        }
+    ]
+    return workload.config_map(body, shards), job
+
+
+def build(
+    kube: Any,
+    body: dict[str, Any],
+    spec: api.TransferJobSpec,
+    ctx: workload.Context,
+    settings: workload.MoverSettings,
+    pair: Pair,
+) -> PairWorkload:
+    """Create (or adopt) the receiver's Service, whose address the certificate and the
+    sender's spec need; build every other object of the pair."""
+    meta = body["metadata"]
+    base = workload.build(body, spec, ctx, settings)  # the same checks as a single mover
+    svc = service(body)
+    created = kube.create(svc)
+    existing = kube.read("Service", meta["namespace"], wire_name(meta["name"]))
+    if existing is None or not _owned_by(existing, meta["uid"]):
+        raise moverspec.InvalidSpec(
+            "metadata.name",
+            f"Service {wire_name(meta['name'])} exists and is not owned by this TransferJob",
+            reason="NameConflict",
+        )
+    cluster_ip = str((existing.get("spec") or {}).get("clusterIP") or "")
+    if not cluster_ip or cluster_ip == "None":
+        raise moverspec.InvalidSpec(
+            "metadata.name", f"Service {wire_name(meta['name'])} has no cluster IP"
+        )
+    send_ctx = workload.Context(
+        namespace_privileged=ctx.namespace_privileged,
+        pool=ctx.pool,
+        pin_node=pair.source_node,
+        traceparent=ctx.traceparent,
+    )
+    recv_ctx = workload.Context(
+        namespace_privileged=ctx.namespace_privileged,
+        pool=ctx.pool,
+        pin_node=pair.destination_node,
+        traceparent=ctx.traceparent,
+    )
+    config_map, job = sender(body, spec, send_ctx, settings, cluster_ip)
+    wire = certs.issue(f"{meta['namespace']}/{meta['name']}", server_names(body, cluster_ip))
+    return PairWorkload(
+        config_map=config_map,
+        service_account=base.service_account,
+        role=base.role,
+        role_binding=base.role_binding,
+        job=job,
+        privileged=base.privileged,
+        secret=secret(body, wire),
+        service=svc,
+        receiver=receiver_job(body, spec, recv_ctx, settings),
+        service_was_ours=not created,
+    )
+
+
+def adopt_secret(built: workload.Workload, obj: dict[str, Any]) -> dict[str, Any]:
+    """What stands for an existing Secret when its creation conflicted, without reading it:
+    ours (`obj`) if an earlier reconcile of this TransferJob created our Service, else an
+    object owned by nobody (a conflict)."""
+    return obj if isinstance(built, PairWorkload) and built.service_was_ours else {}
+
+
+def stop_receiver(kube: Any, ns: str, job: dict[str, Any] | None) -> None:
+    """Delete the receiver of a sender Job that has ended (no call for a single mover)."""
+    annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
+    name = annotations.get(ANNOTATION_RECEIVER)
+    if isinstance(name, str) and name:
+        kube.delete_job(ns, name)
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
