@@ -1,0 +1,146 @@
+# ruff: noqa: F811  (fixtures imported from test_operator are parameters here)
+"""Two ReadWriteOnce claims held on the two nodes of the cluster: the operator runs a
+sender/receiver pair over the wire (`ferry serve` + a `ferry://` destination) with
+per-job certificates, and garbage-collects them with the TransferJob."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from e2e.support import FERRY_IMAGE, Cluster, wait_for
+from e2e.test_operator import (  # noqa: F401  (fixtures are used by name)
+    ROOT_PODS,
+    Env,
+    _raw,
+    digests,
+    env,
+    operator,
+    otlp,
+    pvc_spec,
+    seed,
+)
+from ferry.operator import wirepair, workload
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _holder(env: Env, claim: str, node: str) -> str:
+    """A running pod on `node` that mounts `claim`: what pins an RWO claim to a node."""
+    uid = 0 if ROOT_PODS else workload.MOVER_UID
+    name = f"hold-{claim}"
+    body: dict[str, Any] = {
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsUser": uid,
+                "runAsGroup": uid,
+                "runAsNonRoot": uid != 0,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "hold",
+                    "image": FERRY_IMAGE,
+                    "command": ["python", "-c", "import signal; signal.pause()"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+                }
+            ],
+            "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}],
+            "terminationGracePeriodSeconds": 1,
+        },
+    }
+    env.core.create_namespaced_pod(env.ns, body)  # type: ignore[arg-type]
+
+    def running() -> bool:
+        pod = _raw(env.core.read_namespaced_pod, name, env.ns)
+        return (pod.get("status") or {}).get("phase") == "Running"
+
+    wait_for(f"pod {name} running on {node}", running, timeout=90)
+    return name
+
+
+def _gone(read: Any, *args: Any) -> bool:
+    try:
+        read(*args, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def test_rwo_claims_on_two_nodes_sync_through_a_wire_pair(env: Env, cluster: Cluster) -> None:
+    nodes = sorted(n["metadata"]["name"] for n in _raw(env.core.list_node)["items"])
+    if len(nodes) < 2:
+        pytest.skip("needs a cluster of two nodes")
+    src, dst = env.pvc("src"), env.pvc("dst")
+    files = {f"d{i % 2}/f{i}.bin": 3000 * (i + 1) for i in range(8)} | {"big.bin": 4 << 20}
+    want = seed(src, files)
+    _holder(env, "src", nodes[0])
+    _holder(env, "dst", nodes[1])
+
+    env.create("transferjobs", "wire", pvc_spec("src", "dst", "out"))
+    obj = env.wait_phase("wire", "Succeeded", timeout=240)
+    assert digests(dst / "out") == want
+    st = obj["status"]
+    assert st["result"]["filesCopied"] == len(files)
+    assert st["result"]["bytesTransferred"] >= sum(files.values()) // 2  # zstd may shrink some
+    assert st["progress"]["percent"] == "100%"
+    assert len(st["traceID"]) == 32
+
+    # The sender ran on the source's node and sent to the receiver's ferry:// endpoint.
+    child = workload.child_name("wire")
+    spec = json.loads(
+        _raw(env.core.read_namespaced_config_map, child, env.ns)["data"]["spec-0.json"]
+    )
+    assert spec["destination"]["kind"] == "ferry"
+    assert {p["spec"]["nodeName"] for p in env.pods("wire")} == {nodes[0]}
+    # The receiver is stopped once the sender's Job has ended.
+    recv, wire = wirepair.receiver_name("wire"), wirepair.wire_name("wire")
+    wait_for(
+        "the receiver's Job deleted",
+        lambda: _gone(env.batch.read_namespaced_job, recv, env.ns),
+        timeout=60,
+    )
+    secret = _raw(env.core.read_namespaced_secret, wire, env.ns)
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"}
+
+    # A 64 KiB change in the middle of the large file: delta (Auto) sends about that much.
+    with open(src / "big.bin", "r+b") as f:
+        f.seek(2 << 20)
+        f.write(os.urandom(64 << 10))
+    want = digests(src)
+    env.create("transferjobs", "wire-delta", pvc_spec("src", "dst", "out"))
+    again = env.wait_phase("wire-delta", "Succeeded", timeout=240)["status"]["result"]
+    assert digests(dst / "out") == want
+    assert again["filesUpdated"] == 1
+    assert again["bytesMatched"] >= (4 << 20) - (256 << 10)
+    assert again["bytesTransferred"] < 1 << 20
+
+    # Deleting the TransferJob garbage-collects the certificates' Secret and the Service.
+    for name in ("wire", "wire-delta"):
+        env.custom.delete_namespaced_custom_object(
+            "ferry.dev", "v1alpha1", env.ns, "transferjobs", name, propagation_policy="Background"
+        )
+    wait_for(
+        "the wire Secret garbage-collected",
+        lambda: _gone(env.core.read_namespaced_secret, wire, env.ns),
+        timeout=90,
+    )
+    wait_for(
+        "the wire Service garbage-collected",
+        lambda: _gone(env.core.read_namespaced_service, wire, env.ns),
+        timeout=90,
+    )
