@@ -11,8 +11,9 @@ The receiver is reached through a ClusterIP Service: its address is known as soo
 the Service exists (before any pod runs), so the server certificate, the sender's
 spec and the Service are all built in one reconcile; it survives a receiver pod being
 replaced; and it needs no cluster DNS (the certificate holds the IP and the DNS names).
-The Service routes only to a receiver whose readiness probe sees it listening, and the
-sender's init container waits for that, so the sender never starts against nothing.
+The sender's init container waits until the receiver completes a mutual TLS handshake
+through the Service, so the sender never starts against nothing (no readiness probe: a
+bare TCP probe would log a refused handshake every period).
 
 When the sender's Job ends the operator deletes the receiver's Job (see
 `stop_receiver`): only the operator knows the sender has finished for good (a
@@ -40,15 +41,21 @@ ANNOTATION_RECEIVER = "ferry.dev/wire-receiver"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 WAIT_SECONDS = 600  # how long the sender's init container waits for the receiver
 
-# The sender's init container: wait until the receiver's Service accepts a connection
-# (it has a ready endpoint), with a deadline. Runs with the image's Python.
+# The sender's init container: wait, with a deadline, until the receiver completes a
+# mutual TLS handshake through its Service (it has an endpoint and listens; the
+# certificates fit). Runs with the image's Python: argv is host, port, seconds, cert dir.
 WAIT_SCRIPT = """\
-import socket, sys, time
-host, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+import socket, ssl, sys, time
+host, port, limit, d = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_verify_locations(d + "/ca.crt")
+ctx.load_cert_chain(d + "/client.crt", d + "/client.key")
 end = time.monotonic() + limit
 while True:
     try:
-        socket.create_connection((host, port), timeout=5).close()
+        with socket.create_connection((host, port), timeout=5) as raw:
+            ctx.wrap_socket(raw, server_hostname=host).close()
         break
     except OSError as exc:
         if time.monotonic() > end:
@@ -251,7 +258,6 @@ def receiver_job(
         ],
         "env": env,
         "ports": [{"name": "ferry", "containerPort": WIRE_PORT}],
-        "readinessProbe": {"tcpSocket": {"port": WIRE_PORT}, "periodSeconds": 1},
         "resources": workload._resources(spec, ctx),
         "securityContext": container_security,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -307,7 +313,16 @@ def sender(
             "name": "wait-receiver",
             "image": settings.image,
             "imagePullPolicy": settings.image_pull_policy,
-            "command": ["python", "-c", WAIT_SCRIPT, cluster_ip, str(WIRE_PORT), str(WAIT_SECONDS)],
+            "command": [
+                "python",
+                "-c",
+                WAIT_SCRIPT,
+                cluster_ip,
+                str(WIRE_PORT),
+                str(WAIT_SECONDS),
+                WIRE_DIR,
+            ],
+            "volumeMounts": [m for m in mover["volumeMounts"] if m["mountPath"] == WIRE_DIR],
             "resources": {
                 "requests": {"cpu": "10m", "memory": "32Mi"},
                 "limits": {"memory": "64Mi"},

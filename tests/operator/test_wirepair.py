@@ -9,9 +9,14 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
+import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from ferry.mover.endpoints import FerryEndpoint
 from ferry.mover.spec import TransferSpec
 from ferry.operator import api, certs, wirepair, workload
 from ferry.serve.tls import server_context
+from tests.conftest import FERRY
 from tests.operator.fixtures import PVC_TO_PVC, transferjob
 from tests.operator.test_reconcile import FakeKube, reconciler
 
@@ -275,7 +281,9 @@ def test_reconcile_builds_the_pair_and_the_sender_sends_over_the_wire():
     ]
     node_terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert node_terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n1"]
-    assert pod["initContainers"][0]["command"][-3:] == ["10.96.0.7", str(wirepair.WIRE_PORT), "600"]
+    init = pod["initContainers"][0]
+    assert init["command"][-4:] == ["10.96.0.7", str(wirepair.WIRE_PORT), "600", wirepair.WIRE_DIR]
+    assert [m["mountPath"] for m in init["volumeMounts"]] == [wirepair.WIRE_DIR]
     env = {e["name"] for e in pod["containers"][0]["env"]}
     assert "TRACEPARENT" in env  # the one trace goes on through the sender, as for one mover
     assert job["metadata"]["annotations"][wirepair.ANNOTATION_RECEIVER] == recv
@@ -384,3 +392,99 @@ def test_single_mover_end_deletes_nothing_else():
     _finish(kube, "Complete")
     _reconciled(kube, transferjob(PVC_TO_PVC, status=first))
     assert kube.deleted == []
+
+
+# ---------------------------------------------------------------- the pods' commands, for real
+
+
+def _secret_files(tmp_path: Path, host: str) -> Path:
+    """The pair's Secret as the kubelet mounts it: one file per key."""
+    body = transferjob(PVC_TO_PVC)
+    obj = wirepair.secret(body, certs.issue("team/copy-a", [host]))
+    d = tmp_path / "wire"
+    d.mkdir()
+    for key, value in obj["data"].items():
+        (d / key).write_bytes(base64.b64decode(value))
+    return d
+
+
+def _wait_script(host: str, port: int, limit: float, d: Path) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", wirepair.WAIT_SCRIPT, host, str(port), str(limit), str(d)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_receiver_command_serves_the_senders_spec_with_the_secrets_files(tmp_path: Path):
+    """`ferry serve` with the receiver's args and the sender's `ferry run --spec` with its
+    spec, both on loopback with the Secret's files: the files arrive, the wait passes."""
+    d = _secret_files(tmp_path, "127.0.0.1")
+    src, root = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(300_000))
+    (src / "sub").mkdir()
+    (src / "sub" / "b.txt").write_text("hello\n")
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [
+            *FERRY,
+            "serve",
+            str(root),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            str(d / "tls.crt"),
+            "--tls-key",
+            str(d / "tls.key"),
+            "--tls-ca",
+            str(d / "ca.crt"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None:
+            assert server.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
+            m = re.search(r"listening on [\d.]+:(\d+)", (tmp_path / "serve.log").read_text())
+            port = int(m.group(1)) if m else None
+            if port is None:
+                time.sleep(0.05)
+        assert _wait_script("127.0.0.1", port, 30, d).returncode == 0
+
+        spec = {
+            "source": {"kind": "local", "path": str(src)},
+            "destination": {
+                "kind": "ferry",
+                "host": "127.0.0.1",
+                "port": port,
+                "tlsCert": str(d / "client.crt"),
+                "tlsKey": str(d / "client.key"),
+                "tlsCa": str(d / "ca.crt"),
+            },
+        }
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        run = subprocess.run(
+            [*FERRY, "run", "--spec", str(tmp_path / "spec.json")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        assert (root / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
+        assert (root / "sub" / "b.txt").read_text() == "hello\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_wait_script_gives_up_at_its_deadline_naming_the_receiver(tmp_path: Path):
+    d = _secret_files(tmp_path, "127.0.0.1")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = _wait_script("127.0.0.1", port, 1, d)
+    assert done.returncode == 1
+    assert f"receiver 127.0.0.1:{port} not reachable after 1s" in done.stderr
