@@ -28,6 +28,9 @@ from ferry.operator import wirepair, workload
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
+# The local cluster's second node is tainted (pool `bulk`): whatever is pinned there tolerates it.
+TOLERATE_ALL = {"operator": "Exists", "effect": "NoSchedule"}
+
 
 def _holder(env: Env, claim: str, node: str) -> str:
     """A running pod on `node` that mounts `claim`: what pins an RWO claim to a node."""
@@ -58,6 +61,7 @@ def _holder(env: Env, claim: str, node: str) -> str:
             ],
             "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}],
             "terminationGracePeriodSeconds": 1,
+            "tolerations": [TOLERATE_ALL],
         },
     }
     env.core.create_namespaced_pod(env.ns, body)  # type: ignore[arg-type]
@@ -90,7 +94,8 @@ def test_rwo_claims_on_two_nodes_sync_through_a_wire_pair(env: Env, cluster: Clu
     _holder(env, "src", nodes[0])
     _holder(env, "dst", nodes[1])
 
-    env.create("transferjobs", "wire", pvc_spec("src", "dst", "out"))
+    placement = {"tolerations": [TOLERATE_ALL]}
+    env.create("transferjobs", "wire", pvc_spec("src", "dst", "out", placement=placement))
     obj = env.wait_phase("wire", "Succeeded", timeout=240)
     assert digests(dst / "out") == want
     st = obj["status"]
@@ -122,7 +127,7 @@ def test_rwo_claims_on_two_nodes_sync_through_a_wire_pair(env: Env, cluster: Clu
         f.seek(2 << 20)
         f.write(os.urandom(64 << 10))
     want = digests(src)
-    env.create("transferjobs", "wire-delta", pvc_spec("src", "dst", "out"))
+    env.create("transferjobs", "wire-delta", pvc_spec("src", "dst", "out", placement=placement))
     again = env.wait_phase("wire-delta", "Succeeded", timeout=240)["status"]["result"]
     assert digests(dst / "out") == want
     assert again["filesUpdated"] == 1
