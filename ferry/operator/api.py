@@ -38,10 +38,11 @@ SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGTP]i?)?B?$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
-ENDPOINT_KINDS = ("pvc", "s3", "sftp", "smb")
+ENDPOINT_KINDS = ("pvc", "s3", "sftp", "smb", "ferry")
 EXACTLY_ONE_ENDPOINT = {
-    "rule": "[has(self.pvc), has(self.s3), has(self.sftp), has(self.smb)].filter(x, x).size() == 1",
-    "message": "exactly one of pvc, s3, sftp, smb must be set",
+    "rule": "[has(self.pvc), has(self.s3), has(self.sftp), has(self.smb), has(self.ferry)]"
+    ".filter(x, x).size() == 1",
+    "message": "exactly one of pvc, s3, sftp, smb, ferry must be set",
 }
 
 
@@ -152,6 +153,29 @@ class SMBEndpoint(Model):
     secret_ref: SMBSecretRef | None = None
 
 
+class FerryTLSSecretRef(Model):
+    """Secret with this side's certificate and key (`tls.crt`, `tls.key`: the
+    kubernetes.io/tls layout) and the CA the server's certificate is signed by (`ca.crt`)."""
+
+    name: Name
+
+
+class FerryEndpoint(Model):
+    """Another Ferry's `ferry serve` (in another cluster, say), over mutual TLS 1.3."""
+
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[^@/\s]+$")
+    port: int = Field(ge=1, le=65535)
+    path: RelPath = Field(default="", description="Directory below the server's root.")
+    tls_secret_ref: FerryTLSSecretRef
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..'")
+        return value
+
+
 class Endpoint(Model):
     """Exactly one storage kind."""
 
@@ -161,6 +185,7 @@ class Endpoint(Model):
     s3: S3Endpoint | None = None
     sftp: SFTPEndpoint | None = None
     smb: SMBEndpoint | None = None
+    ferry: FerryEndpoint | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Endpoint:
@@ -255,12 +280,14 @@ DELTA_ON_RULE = {
     "pvc); use Auto or Off for s3, sftp and smb",
 }
 
-# zstd crosses only a ferry:// wire, and a TransferJob has no ferry endpoint yet (the
-# sender/receiver pods are to come): On would be refused by the mover in its pod.
+# zstd crosses only a ferry:// wire: On is refused by the mover without one, so it is
+# refused at admission unless an endpoint is a `ferry` one (a sender/receiver pair the
+# operator builds for two claims is its own choice, unknown at admission: Auto applies there).
 COMPRESSION_ON_RULE = {
-    "rule": "!has(self.compression) || self.compression != 'On'",
-    "message": "compression On needs a ferry:// wire, which TransferJob endpoints do not have "
-    "yet; use Auto or Off",
+    "rule": "!has(self.compression) || self.compression != 'On' || has(self.source.ferry) || "
+    "has(self.destination.ferry)",
+    "message": "compression On needs a ferry endpoint (the wire) as source or destination; "
+    "use Auto or Off",
 }
 
 
@@ -353,8 +380,9 @@ class TransferJobSpec(Model):
 
     @field_validator("compression")
     @classmethod
-    def _compression_on_needs_a_wire(cls, value: str) -> str:
-        if value == "On":
+    def _compression_on_needs_a_wire(cls, value: str, info: ValidationInfo) -> str:
+        ends = (info.data.get("source"), info.data.get("destination"))
+        if value == "On" and not any(e is not None and e.ferry is not None for e in ends):
             raise ValueError(COMPRESSION_ON_RULE["message"])
         return value
 

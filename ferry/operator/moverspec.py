@@ -21,6 +21,7 @@ from ferry.operator import api
 
 DATA_DIR = "/data"
 SECRETS_DIR = "/var/run/ferry/secrets"
+FERRY_TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")  # of a ferry endpoint's tlsSecretRef
 
 
 class InvalidSpec(ValueError):
@@ -114,6 +115,18 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
             else None,
             insecure_ignore_host_key=sftp.insecure_ignore_host_key,
         )
+    if ep.ferry is not None:
+        fe = ep.ferry
+        path = f"{SECRETS_DIR}/{side}"
+        mounts.append(SecretMount(f"{side}-secret", fe.tls_secret_ref.name, FERRY_TLS_KEYS, path))
+        return ms.FerrySpec(
+            host=fe.host,
+            port=fe.port,
+            path=fe.path,
+            tls_cert=f"{path}/tls.crt",
+            tls_key=f"{path}/tls.key",
+            tls_ca=f"{path}/ca.crt",
+        )
     assert ep.smb is not None
     smb = ep.smb
     pref = smb.secret_ref
@@ -195,13 +208,19 @@ def mover_specs(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> Mo
 
 # ---------------------------------------------------------------- overlap
 
-_PATH_FIELD = {"pvc": "path", "s3": "prefix", "sftp": "path", "smb": "path"}
+_PATH_FIELD = {"pvc": "path", "s3": "prefix", "sftp": "path", "smb": "path", "ferry": "path"}
 _OVERLAP = {
     roots.Overlap.SAME: "is the same location as the source",
     roots.Overlap.DST_IN_SRC: "is inside the source",
     roots.Overlap.SRC_IN_DST: "contains the source",
 }
-_SHARED = {"pvc": "claim", "s3": "server and bucket", "sftp": "server", "smb": "server and share"}
+_SHARED = {
+    "pvc": "claim",
+    "s3": "server and bucket",
+    "sftp": "server",
+    "smb": "server and share",
+    "ferry": "server",
+}
 
 
 def root_id(ep: api.Endpoint) -> roots.RootId:
@@ -213,6 +232,8 @@ def root_id(ep: api.Endpoint) -> roots.RootId:
         return roots.s3_root(ep.s3.endpoint, ep.s3.region, ep.s3.bucket, ep.s3.prefix)
     if ep.sftp is not None:
         return roots.sftp_root(ep.sftp.host, ep.sftp.port, ep.sftp.user, ep.sftp.path)
+    if ep.ferry is not None:
+        return roots.ferry_root(ep.ferry.host, ep.ferry.port, ep.ferry.path)
     assert ep.smb is not None
     return roots.smb_root(ep.smb.host, ep.smb.port, ep.smb.share, ep.smb.path)
 
