@@ -149,3 +149,45 @@ def test_rwo_claims_on_two_nodes_sync_through_a_wire_pair(env: Env, cluster: Clu
         lambda: _gone(env.core.read_namespaced_service, wire, env.ns),
         timeout=90,
     )
+
+
+def test_api_server_takes_a_ferry_endpoint_and_compression_on_only_with_it(env: Env) -> None:
+    """The CRD's schema and CEL rules on the real API server (dry run: nothing is stored)."""
+    ferry = {"host": "ferry.dr.example", "port": 7443, "tlsSecretRef": {"name": "dr-wire"}}
+
+    def create(spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "TransferJob",
+            "metadata": {"name": "dry"},
+            "spec": spec,
+        }
+        env.custom.create_namespaced_custom_object(
+            "ferry.dev", "v1alpha1", env.ns, "transferjobs", body, dry_run="All"
+        )
+
+    create(
+        {
+            "source": {"pvc": {"claimName": "a"}},
+            "destination": {"ferry": ferry},
+            "compression": "On",
+        }
+    )
+    create({"source": {"ferry": ferry}, "destination": {"pvc": {"claimName": "a"}}})
+    for spec, says in [
+        (pvc_spec("a", "b", compression="On"), "compression On needs a ferry endpoint"),
+        (
+            {"source": {"pvc": {"claimName": "a"}}, "destination": {"ferry": {**ferry, "port": 0}}},
+            "spec.destination.ferry.port",
+        ),
+        (
+            {
+                "source": {"pvc": {"claimName": "a"}},
+                "destination": {"ferry": {k: v for k, v in ferry.items() if k != "tlsSecretRef"}},
+            },
+            "tlsSecretRef",
+        ),
+    ]:
+        with pytest.raises(ApiException) as exc:
+            create(spec)
+        assert exc.value.status == 422 and says in str(exc.value.body), exc.value.body
