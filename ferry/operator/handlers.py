@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from ferry.operator import api, pools
+from ferry.operator import api, pools, status
 from ferry.operator.metrics import Metrics
 from ferry.operator.schedule import ScheduleReconciler
 from ferry.operator.transferjob import TransferJobReconciler, needs_polling
@@ -82,9 +82,11 @@ class Deps:
     watch_timeout: int
 
 
-def _apply(patch: kopf.Patch, new_status: dict[str, Any]) -> None:
-    if new_status:
-        patch.setdefault("status", {}).update(new_status)
+def _apply(patch: kopf.Patch, old: Any, new_status: dict[str, Any]) -> None:
+    """Patch only what differs from the object's current status (nothing if nothing does)."""
+    diff = status.changes(plain(old or {}), new_status)
+    if diff:
+        patch.setdefault("status", {}).update(diff)
 
 
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
@@ -126,7 +128,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         if outcome.deleted:
             deps.metrics.observe_phase(obj["metadata"]["uid"], None)
             return
-        _apply(patch, outcome.status)
+        _apply(patch, obj.get("status"), outcome.changes)
         if outcome.warning:
             kopf.warn(body, reason=outcome.warning[0], message=outcome.warning[1][:1024])
         for what in outcome.created:
@@ -156,7 +158,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
 
     def reconcile_ts(body: kopf.Body, patch: kopf.Patch) -> None:
         try:
-            _apply(patch, deps.schedules.reconcile(plain(body)))
+            _apply(patch, body.get("status"), deps.schedules.reconcile(plain(body)))
         except Exception:
             deps.metrics.reconcile_errors.labels("TransferSchedule").inc()
             raise
@@ -183,7 +185,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     @kopf.on.create(G, V, MP, registry=registry)
     @kopf.on.update(G, V, MP, field="spec", registry=registry)
     def pool_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _apply(patch, pools.reconcile(plain(body)))
+        _apply(patch, body.get("status"), pools.reconcile(plain(body)))
 
     # ------------------------------------------------------------ health
 

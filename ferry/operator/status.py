@@ -39,6 +39,27 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The part of the merge patch `new` that would change `old`; empty when applying it is a no-op.
+
+    Reconciles recompute the whole status on every pass; writing it back
+    unchanged costs an API request and a watch event per object per pass. Maps
+    are compared key by key (a merge patch leaves keys it does not name, e.g. the
+    movers' `progress.shards`), anything else as a whole; a None value deletes,
+    so it equals an absent key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = changes(before, value)
+            if sub:
+                out[key] = sub
+        elif value != before:
+            out[key] = value
+    return out
+
+
 def human_rate(bps: float) -> str:
     units = ("B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s")
     value, unit = float(bps), 0

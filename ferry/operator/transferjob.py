@@ -31,12 +31,17 @@ FIXED_FIELD_CHANGED = "FixedFieldChanged"
 
 @dataclass
 class Outcome:
-    """What a reconcile decided: the status patch, and a warning worth an Event."""
+    """What a reconcile decided: the status patch, and a warning worth an Event.
+
+    `status` is the whole computed status; `changes` only what differs from the
+    object's current status (what gets written: nothing when it is empty).
+    """
 
     status: dict[str, Any]
     warning: tuple[str, str] | None = None
     deleted: bool = False
     created: list[str] = field(default_factory=list)
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
@@ -84,6 +89,7 @@ class TransferJobReconciler:
                 outcome.status["traceID"] = trace_id_of(span)
                 outcome.status["traceParent"] = traceparent_of(span)
             span.set_attribute("ferry.phase", str(outcome.status.get("phase")))
+        outcome.changes = status.changes(old, outcome.status)
         self._account(body, outcome.status, now)
         return outcome
 

@@ -15,10 +15,11 @@ from kubernetes.client.exceptions import ApiException
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ferry.operator import api, crdgen, pools, workload
+from ferry.operator import api, crdgen, pools, status, workload
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer
 from ferry.operator.transferjob import TransferJobReconciler, needs_polling
+from tests.operator import fixtures
 from tests.operator.fixtures import PVC_TO_PVC, transferjob
 
 NOW = datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
@@ -31,6 +32,7 @@ class FakeKube:
         self.deleted: list[str] = []
         self.pools: dict[str, dict[str, Any]] = {}
         self.forbidden: set[str] = set()  # kinds whose creation RBAC refuses (403)
+        self.pods: list[dict[str, Any]] = []
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
@@ -52,7 +54,7 @@ class FakeKube:
         return self.objects.get((kind, name))
 
     def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
-        return []
+        return self.pods
 
     def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
         return []
@@ -341,3 +343,48 @@ def test_mover_failure_named_invalid_spec_is_not_rerun_after_an_edit():
     }
     out = r.reconcile(transferjob({**PVC_TO_PVC, "suspend": True}, status=ran, generation=2), NOW)
     assert kube.created == [] and "phase" not in out.status
+
+
+def _merged(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`old` with a JSON merge patch applied, as the API server would."""
+    out = dict(old)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merged(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def test_unchanged_running_job_writes_no_status():
+    r, kube, _, _ = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    first = r.reconcile(body, NOW)
+    assert first.changes == first.status  # from nothing: everything is new
+    job = kube.objects[("Job", "ferry-copy-a")]
+    job["status"] = {"active": 1, "startTime": "2026-01-01T00:00:05Z"}
+    kube.pods = [fixtures.pod("ferry-copy-a-0", 0, "Running")]
+    # the movers' progress, patched by them: a merge patch leaves it in place
+    shard = {"bytesDone": 10, "bytesTotal": 100, "lastProgressTime": "2026-01-01T00:59:30Z"}
+    body["status"] = _merged(first.status, {"progress": {"shards": {"0": shard}}})
+    running = r.reconcile(body, NOW + timedelta(seconds=2))
+    assert running.status["phase"] == "Running"
+    assert running.changes["phase"] == "Running" and "traceID" not in running.changes
+    body["status"] = _merged(body["status"], running.changes)
+    again = r.reconcile(body, NOW + timedelta(seconds=4))
+    assert again.status["phase"] == "Running" and again.changes == {}
+    # progress moved: only the progress totals change, nothing else is rewritten
+    body["status"]["progress"]["shards"]["0"] = {**shard, "bytesDone": 50}
+    moved = r.reconcile(body, NOW + timedelta(seconds=6))
+    assert set(moved.changes) == {"progress"} and moved.changes["progress"]["bytesDone"] == 50
+    assert "shards" not in moved.changes["progress"]
+
+
+def test_status_changes_is_a_minimal_merge_patch():
+    old = {"phase": "Running", "progress": {"shards": {"0": {}}, "bytesDone": 1}, "x": None}
+    assert status.changes(old, {"phase": "Running", "progress": {"bytesDone": 1}}) == {}
+    assert status.changes(old, {"phase": "Running", "missing": None}) == {}
+    assert status.changes(old, {"progress": {"bytesDone": 2}}) == {"progress": {"bytesDone": 2}}
+    assert status.changes(old, {"conditions": []}) == {"conditions": []}
