@@ -48,14 +48,55 @@ def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
     return api.TransferJobSpec.model_validate(body.get("spec") or {})
 
 
-def needs_polling(body: dict[str, Any]) -> bool:
-    """Whether the periodic poll has anything to do for this object."""
+# Status reasons that wait for something no watched object announces: retried on a timer.
+RETRY_REASONS = ("Forbidden",)
+# Status reasons that wait for a MoverPool: retried when that pool changes.
+POOL_REASONS = ("PoolNotFound", "PoolInvalid")
+_DEFAULT_STALL = api.TransferJobSpec.model_fields["stall_timeout_seconds"].default
+
+
+def follows(body: dict[str, Any]) -> bool:
+    """Whether this TransferJob needs a follower (a kopf daemon) at all.
+
+    Not when nothing can change without an edit (edits have their own
+    handler): a suspended Job with no mover left, or a finished TransferJob
+    with no TTL to wait for. Those cost nothing at rest.
+    """
     st = body.get("status") or {}
-    if st.get("phase") not in status.TERMINAL_PHASES:
-        return True
-    if st.get("observedGeneration") != body.get("metadata", {}).get("generation"):
-        return True
-    return bool((body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None)
+    spec = body.get("spec") or {}
+    if st.get("phase") in status.TERMINAL_PHASES:
+        return spec.get("ttlSecondsAfterFinished") is not None
+    return not (st.get("phase") == "Suspended" and st.get("reason") == "Suspended")
+
+
+def wake_after(body: dict[str, Any], now: datetime, resync: float, retry: float) -> float:
+    """Seconds until time itself is a reason to reconcile: TTL, stall timeout, retry, resync.
+
+    Everything else (the Job and pods changing, progress, edits) wakes the
+    follower by an event; `resync` is the safety net for a missed one.
+    """
+    st = body.get("status") or {}
+    spec = body.get("spec") or {}
+    due = [resync]
+    if st.get("phase") in status.TERMINAL_PHASES:
+        done = status.parse_time(st.get("completionTime"))
+        ttl = spec.get("ttlSecondsAfterFinished")
+        if done is not None and isinstance(ttl, int):
+            due.append((done - now).total_seconds() + ttl)
+    elif st.get("reason") in RETRY_REASONS:
+        due.append(retry)
+    elif st.get("phase") == "Running":
+        last = status.parse_time((st.get("progress") or {}).get("lastProgressTime")) or (
+            status.parse_time(st.get("startTime"))
+        )
+        stall = spec.get("stallTimeoutSeconds", _DEFAULT_STALL)
+        if last is not None and isinstance(stall, int):
+            # Just past the moment the stall detector would say so (it needs idle > timeout);
+            # once past, the reconcile that saw it has reported it.
+            stall_due = (last - now).total_seconds() + stall + 1
+            if stall_due > 0:
+                due.append(stall_due)
+    return max(0.0, min(due))
 
 
 class TransferJobReconciler:

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ferry.operator import api, crdgen, pools, status, workload
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer
-from ferry.operator.transferjob import TransferJobReconciler, needs_polling
+from ferry.operator.transferjob import TransferJobReconciler, follows
 from tests.operator import fixtures
 from tests.operator.fixtures import PVC_TO_PVC, transferjob
 
@@ -126,12 +126,12 @@ def test_terminal_job_is_not_recreated_and_ttl_deletes_it():
     r, kube, metrics, _ = reconciler()
     done = {"phase": "Succeeded", "completionTime": "2026-01-01T00:59:00Z", "observedGeneration": 1}
     body = transferjob({**PVC_TO_PVC, "ttlSecondsAfterFinished": 120}, status=done)
-    assert needs_polling(body)
+    assert follows(body)  # it waits for its TTL
     out = r.reconcile(body, NOW)
     assert kube.created == [] and not out.deleted
     out = r.reconcile(body, NOW + timedelta(minutes=2))
     assert out.deleted and kube.deleted == ["TransferJob/copy-a"]
-    assert not needs_polling(transferjob(PVC_TO_PVC, status=done))
+    assert not follows(transferjob(PVC_TO_PVC, status=done))  # nothing left to wait for
     assert (
         metrics.registry.get_sample_value(
             "ferry_transferjob_runs_total", {"result": "Succeeded", "reason": "Completed"}
