@@ -142,6 +142,16 @@ def _inputs(obj: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _claims(obj: dict[str, Any]) -> list[str]:
+    spec = obj.get("spec") or {}
+    out = []
+    for end in ("source", "destination"):
+        claim = ((spec.get(end) or {}).get("pvc") or {}).get("claimName")
+        if claim:
+            out.append(str(claim))
+    return out
+
+
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     G, V = api.GROUP, api.VERSION
     TJ, TS, MP = (
@@ -176,9 +186,18 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         """A custom registry gets no default login: use the client's in-cluster or kubeconfig auth."""
         return kopf.login_via_client(**kwargs)
 
+    # ------------------------------------------------------------ pods by claim (RWO placement)
+
+    @kopf.index("", "v1", "pods", registry=registry, id="pod_claims")
+    def pod_claims(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
+        """(namespace, claim) -> where a running pod mounts it; read when a Job is built."""
+        return {(namespace, u.claim): u for u in workload.claim_uses(plain(body))}
+
     # ------------------------------------------------------------ TransferJob
 
-    async def reconcile_tj(body: kopf.Body, logger: Logger, write: bool) -> Outcome | None:
+    async def reconcile_tj(
+        body: kopf.Body, logger: Logger, write: bool, claims_index: Mapping[Any, Any]
+    ) -> Outcome | None:
         """Reconcile one TransferJob (serialised per object); with `write`, patch its status here
         (a follower has no kopf patch), else the caller hands `changes` to kopf."""
         obj = plain(body)
@@ -186,8 +205,11 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         sig = deps.wakeups.signal(key)
         async with sig.lock:
             sig.children = False  # read now: an event from here on means read again
+            uses = [
+                use for claim in _claims(obj) for use in list(claims_index.get((key[0], claim), ()))
+            ]
             try:
-                outcome = await _in_pool(deps, _reconcile_and_write, obj, write)
+                outcome = await _in_pool(deps, _reconcile_and_write, obj, write, uses)
             except Stopping:
                 logger.info("operator stopping: left for the next operator process")
                 return None
@@ -210,8 +232,10 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             )
         return outcome
 
-    def _reconcile_and_write(obj: dict[str, Any], write: bool) -> Outcome:
-        outcome = deps.transferjobs.reconcile(obj)
+    def _reconcile_and_write(
+        obj: dict[str, Any], write: bool, uses: list[workload.ClaimUse]
+    ) -> Outcome:
+        outcome = deps.transferjobs.reconcile(obj, claim_uses=uses)
         if write and outcome.changes and not outcome.deleted:
             ns, name = _key(obj)
             deps.kube.patch_status(ns, name, outcome.changes)
@@ -220,8 +244,8 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     @kopf.on.resume(G, V, TJ, registry=registry)
     @kopf.on.create(G, V, TJ, registry=registry)
     @kopf.on.update(G, V, TJ, field="spec", registry=registry)
-    async def tj_changed(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
-        outcome = await reconcile_tj(body, logger, write=False)
+    async def tj_changed(body: kopf.Body, patch: kopf.Patch, logger: Logger, **kw: Any) -> None:
+        outcome = await reconcile_tj(body, logger, False, kw["pod_claims"])
         if outcome is not None and not outcome.deleted and outcome.changes:
             patch.setdefault("status", {}).update(outcome.changes)
 
@@ -236,7 +260,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         cancellation_timeout=1.0,
         when=lambda body, **_: follows(plain(body)),
     )
-    async def tj_follow(body: kopf.Body, logger: Logger, **_: Any) -> None:
+    async def tj_follow(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
         """Reconcile on each wake: a child's event, a change of the object's own inputs, a
         deadline, or the resync."""
         sig = deps.wakeups.signal(_key(body))
@@ -259,7 +283,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
                 continue  # e.g. our own status write coming back
             seen = now_seen
             try:
-                await reconcile_tj(body, logger, write=True)
+                await reconcile_tj(body, logger, True, kwargs["pod_claims"])
             except Exception as exc:  # an API error: read everything again after a pause
                 logger.warning("reconcile failed, retrying in %gs: %s", deps.retry_interval, exc)
                 sig.children = True

@@ -135,9 +135,6 @@ class Kube:
         )["items"]
         return items
 
-    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
-        return self.list_pods(ns, "")
-
     def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
         out = []
         for name in dict.fromkeys(names):

@@ -108,7 +108,14 @@ class TransferJobReconciler:
         self.metrics = metrics
         self.tracer = tracer
 
-    def reconcile(self, body: dict[str, Any], now: datetime | None = None) -> Outcome:
+    def reconcile(
+        self,
+        body: dict[str, Any],
+        now: datetime | None = None,
+        claim_uses: list[workload.ClaimUse] | None = None,
+    ) -> Outcome:
+        """`claim_uses`: the pods mounting this TransferJob's claims (from the operator's pod
+        index), for RWO placement; only read when a Job is built."""
         now = now or status.now_utc()
         meta = body["metadata"]
         old = body.get("status") or {}
@@ -116,7 +123,7 @@ class TransferJobReconciler:
         self.metrics.reconciles.labels("TransferJob").inc()
         with self.tracer.reconcile("reconcile TransferJob", old.get("traceParent"), attrs) as span:
             try:
-                outcome = self._reconcile(body, now, traceparent_of(span))
+                outcome = self._reconcile(body, now, traceparent_of(span), claim_uses or [])
             except ApiException as exc:
                 if exc.status != 403:
                     raise
@@ -136,7 +143,13 @@ class TransferJobReconciler:
 
     # ------------------------------------------------------------ steps
 
-    def _reconcile(self, body: dict[str, Any], now: datetime, traceparent: str) -> Outcome:
+    def _reconcile(
+        self,
+        body: dict[str, Any],
+        now: datetime,
+        traceparent: str,
+        claim_uses: list[workload.ClaimUse],
+    ) -> Outcome:
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         old = body.get("status") or {}
@@ -175,7 +188,7 @@ class TransferJobReconciler:
         created: list[str] = []
         if job is None:
             try:
-                built = self._build(body, spec, traceparent)
+                built = self._build(body, spec, traceparent, claim_uses)
             except moverspec.InvalidSpec as exc:
                 return Outcome(
                     status.invalid(body, exc.field, str(exc).split(": ", 1)[-1], exc.reason, now),
@@ -212,7 +225,11 @@ class TransferJobReconciler:
         return _unless_changed(body, Outcome(new, warning, created=created), changed, now)
 
     def _build(
-        self, body: dict[str, Any], spec: api.TransferJobSpec, traceparent: str
+        self,
+        body: dict[str, Any],
+        spec: api.TransferJobSpec,
+        traceparent: str,
+        claim_uses: list[workload.ClaimUse],
     ) -> workload.Workload:
         ns = body["metadata"]["namespace"]
         pool = None
@@ -234,10 +251,7 @@ class TransferJobReconciler:
         if claim_names:
             pvcs = self.kube.get_pvcs(ns, claim_names)
             pin = workload.rwo_pin(
-                claim_names,
-                pvcs,
-                self.kube.list_all_pods(ns),
-                workload.child_name(body["metadata"]["name"]),
+                claim_names, pvcs, claim_uses, workload.child_name(body["metadata"]["name"])
             )
         ctx = workload.Context(
             namespace_privileged=privileged_ok, pool=pool, pin_node=pin, traceparent=traceparent

@@ -33,6 +33,7 @@ class FakeKube:
         self.pools: dict[str, dict[str, Any]] = {}
         self.forbidden: set[str] = set()  # kinds whose creation RBAC refuses (403)
         self.pods: list[dict[str, Any]] = []
+        self.pvcs: list[dict[str, Any]] = []
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
@@ -56,11 +57,8 @@ class FakeKube:
     def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
         return self.pods
 
-    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
-        return []
-
     def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
-        return []
+        return [p for p in self.pvcs if p["metadata"]["name"] in names]
 
     def namespace_annotations(self, ns: str) -> dict[str, str]:
         return {}
@@ -388,3 +386,20 @@ def test_status_changes_is_a_minimal_merge_patch():
     assert status.changes(old, {"phase": "Running", "missing": None}) == {}
     assert status.changes(old, {"progress": {"bytesDone": 2}}) == {"progress": {"bytesDone": 2}}
     assert status.changes(old, {"conditions": []}) == {"conditions": []}
+
+
+def test_rwo_claim_held_elsewhere_pins_the_mover_from_the_index():
+    r, kube, _, _ = reconciler()
+    kube.pvcs = [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
+    app = {
+        "metadata": {"labels": {"app": "db"}},
+        "spec": {
+            "nodeName": "node-7",
+            "volumes": [{"persistentVolumeClaim": {"claimName": "data"}}],
+        },
+        "status": {"phase": "Running"},
+    }
+    r.reconcile(transferjob(PVC_TO_PVC), NOW, claim_uses=workload.claim_uses(app))
+    affinity = kube.objects[("Job", "ferry-copy-a")]["spec"]["template"]["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-7"]
