@@ -26,7 +26,19 @@ class RoutineToDebug(logging.Filter):
         return True
 
 
+class NotKopfsSignals(logging.Filter):
+    """kopf runs in a thread (see shutdown.py) and warns that it ignores OS signals: by design,
+    the main thread takes them. Said at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("OS signals are ignored"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure(verbose: bool = False) -> None:
     # kopf's own set-up: a root handler with its object-prefixing formatter (a str format works).
     kopf.configure(verbose=verbose, log_format=FORMAT, log_prefix=True)  # type: ignore[arg-type]
     logging.getLogger("kopf.objects").addFilter(RoutineToDebug())
+    logging.getLogger("kopf._core.reactor.running").addFilter(NotKopfsSignals())

@@ -17,7 +17,7 @@ from ferry.operator.handlers import Deps, WatchHealth, register
 from ferry.operator.kube import Kube, load_config
 from ferry.operator.metrics import Metrics
 from ferry.operator.schedule import ScheduleReconciler
-from ferry.operator.shutdown import Shutdown, register_shutdown
+from ferry.operator.shutdown import Shutdown
 from ferry.operator.tracing import Tracer
 from ferry.operator.transferjob import TransferJobReconciler
 
@@ -158,15 +158,16 @@ def run_operator(argv: list[str]) -> int:
     registry = kopf.OperatorRegistry()
     register(registry, deps)
     stop = Shutdown(kube, args.shutdown_timeout)
-    register_shutdown(registry, stop)
     try:
-        kopf.run(
-            registry=registry,
-            standalone=True,
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            liveness_endpoint=None if args.liveness == "off" else args.liveness,
-            stop_flag=stop.flag,
+        stop.run(
+            lambda: kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=not args.namespace,
+                namespaces=args.namespace,
+                liveness_endpoint=None if args.liveness == "off" else args.liveness,
+                stop_flag=stop.flag,
+            )
         )
     finally:
         tracer.shutdown()

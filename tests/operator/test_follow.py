@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -94,15 +95,27 @@ def test_wakes_are_kept_until_taken_and_pools_wake_their_waiters():
     asyncio.run(run())
 
 
-def test_stop_signal_closes_creation_at_once_and_bounds_the_exit():
+def test_sigterm_closes_creation_at_once_stops_the_loop_and_bounds_the_exit():
     kube = Kube()
     exited = threading.Event()
-    stop = Shutdown(kube, timeout=0.2, exit_now=lambda code: exited.set())
-    stop.begin(signal.SIGTERM)
-    assert stop.flag.is_set() and kube.stopping.is_set()
-    with pytest.raises(Stopping):
-        kube.create({"kind": "Job", "metadata": {"name": "j", "namespace": "team"}})
-    assert exited.wait(5)  # something still hanging: the process ends anyway
+    stop = Shutdown(kube, timeout=0.5, exit_now=lambda code: exited.set())
+    seen: list[bool] = []
+
+    async def operator() -> None:  # stands in for kopf.operator(stop_flag=stop.flag)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await stop.flag.wait()
+        seen.append(kube.stopping.is_set())
+        with pytest.raises(Stopping):
+            kube.create({"kind": "Job", "metadata": {"name": "j", "namespace": "team"}})
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.run(operator)  # returns once the loop has stopped on the signal
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert seen == [True]
+    assert exited.wait(5)  # were anything still hanging, the process would end anyway
 
 
 def test_routine_success_lines_are_debug_and_object_lines_name_the_object():
