@@ -202,9 +202,12 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         (a follower has no kopf patch), else the caller hands `changes` to kopf."""
         obj = plain(body)
         key = _key(obj)
+        uid = str(obj["metadata"].get("uid"))
         sig = deps.wakeups.signal(key)
         async with sig.lock:
             sig.children = False  # read now: an event from here on means read again
+            if sig.last is not None and sig.last[0] == uid:
+                obj["status"] = status.overlay(obj.get("status") or {}, sig.last[1])
             uses = [
                 use for claim in _claims(obj) for use in list(claims_index.get((key[0], claim), ()))
             ]
@@ -214,8 +217,14 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
                 logger.info("operator stopping: left for the next operator process")
                 return None
             except Exception:
+                sig.last = None  # whatever was written, the watched copy is the truth again
                 deps.metrics.reconcile_errors.labels("TransferJob").inc()
                 raise
+            sig.last = (
+                None
+                if outcome.deleted
+                else (uid, status.merged(obj.get("status") or {}, outcome.changes))
+            )
         pool = ((obj.get("spec") or {}).get("placement") or {}).get("pool")
         sig.pool = str(pool) if pool and outcome.status.get("reason") in POOL_REASONS else None
         if outcome.deleted:

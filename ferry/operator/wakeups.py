@@ -33,6 +33,8 @@ class Signal:
     pool: str | None = None
     #: Serialises reconciles of one TransferJob (follower and change handlers).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The status our last reconcile left (uid, status), for a watched copy that lags it.
+    last: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass

@@ -343,19 +343,6 @@ def test_mover_failure_named_invalid_spec_is_not_rerun_after_an_edit():
     assert kube.created == [] and "phase" not in out.status
 
 
-def _merged(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """`old` with a JSON merge patch applied, as the API server would."""
-    out = dict(old)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merged(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def test_unchanged_running_job_writes_no_status():
     r, kube, _, _ = reconciler()
     body = transferjob(PVC_TO_PVC)
@@ -366,11 +353,11 @@ def test_unchanged_running_job_writes_no_status():
     kube.pods = [fixtures.pod("ferry-copy-a-0", 0, "Running")]
     # the movers' progress, patched by them: a merge patch leaves it in place
     shard = {"bytesDone": 10, "bytesTotal": 100, "lastProgressTime": "2026-01-01T00:59:30Z"}
-    body["status"] = _merged(first.status, {"progress": {"shards": {"0": shard}}})
+    body["status"] = status.merged(first.status, {"progress": {"shards": {"0": shard}}})
     running = r.reconcile(body, NOW + timedelta(seconds=2))
     assert running.status["phase"] == "Running"
     assert running.changes["phase"] == "Running" and "traceID" not in running.changes
-    body["status"] = _merged(body["status"], running.changes)
+    body["status"] = status.merged(body["status"], running.changes)
     again = r.reconcile(body, NOW + timedelta(seconds=4))
     assert again.status["phase"] == "Running" and again.changes == {}
     # progress moved: only the progress totals change, nothing else is rewritten
@@ -403,3 +390,14 @@ def test_rwo_claim_held_elsewhere_pins_the_mover_from_the_index():
     affinity = kube.objects[("Job", "ferry-copy-a")]["spec"]["template"]["spec"]["affinity"]
     terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-7"]
+
+
+def test_overlay_keeps_our_last_write_and_the_movers_shards():
+    seen = {"phase": "Pending", "progress": {"shards": {"0": {"bytesDone": 5}}, "bytesDone": 1}}
+    ours = {"phase": "Running", "traceID": "t1", "progress": {"bytesDone": 3, "shards": {}}}
+    view = status.overlay(seen, ours)
+    assert view["phase"] == "Running" and view["traceID"] == "t1"
+    assert view["progress"] == {"shards": {"0": {"bytesDone": 5}}, "bytesDone": 3}
+    assert status.merged({"a": 1, "b": {"c": 1}}, {"a": None, "b": {"d": 2}}) == {
+        "b": {"c": 1, "d": 2}
+    }
