@@ -356,14 +356,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # 3. at rest
         running = {n for n, r in names if r}
 
-        def settled() -> bool:
+        def settled() -> dict[str, str] | None:
             ph = load.phases()
-            return all(ph.get(n) == "Succeeded" for n in running) and all(
+            done = all(ph.get(n) in ("Succeeded", "Failed") for n in running) and all(
                 p == "Suspended" for n, p in ph.items() if n not in running
             )
+            return ph if done else None
 
-        wait("the running ones Succeeded, the rest Suspended", settled, 1800, every=2)
+        final = wait("the running ones finished, the rest Suspended", settled, 1800, every=2)
         report("burst: all final (Succeeded/Suspended)", time.monotonic() - start, "s")
+        report("burst: running ones Succeeded", sum(final[n] == "Succeeded" for n in running))
         time.sleep(args.settle)  # let the last events drain before measuring rest
         pid = operator_pid()
         total0, ours0 = api_requests(cluster)

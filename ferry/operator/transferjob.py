@@ -211,12 +211,19 @@ class TransferJobReconciler:
                         ("NameConflict", msg),
                         created=created,
                     )
-            job = self.kube.get_job(ns, job_name) or built.job
+            # Created just now: it has no status and no pod yet (their events wake the follower).
+            # Adopted: read what is there.
+            fresh = f"Job/{job_name}" in created
+            job = built.job if fresh else (self.kube.get_job(ns, job_name) or built.job)
         elif drift := _job_drift(job, spec):
             self.kube.patch_job(ns, job_name, {"spec": drift})
             job = self.kube.get_job(ns, job_name) or job
 
-        pods = self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
+        pods = (
+            []
+            if f"Job/{job_name}" in created
+            else self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
+        )
         new = status.compute(body, spec, job, pods, now)
         new["jobName"] = job_name
         warning = None
