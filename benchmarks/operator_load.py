@@ -19,10 +19,10 @@ first), and then, in one namespace:
    the operator's CPU (share of one core) and RSS from `/proc` of its process;
 4. **delete-all**: deletes all N at once; time until every TransferJob is gone, and the
    slowest tail (p50/p99/max per object);
-5. **restart mid-burst**: a new burst of `--restart-n` suspended TransferJobs, the
-   operator pod deleted once a fifth have their Job; then: duplicate Jobs (one per
-   TransferJob expected), Jobs created after the old process's SIGTERM and before its
-   successor started (none expected), and every TransferJob in its final phase.
+5. **restart mid-burst**: a new burst of `--restart-n` suspended TransferJobs; once a
+   fifth have their Job the operator is scaled to 0 (SIGTERM; no successor meanwhile,
+   so any Job created after it is the old process's: none expected), then back to 1;
+   then duplicate Jobs (none expected) and every TransferJob in its final phase.
 
 Prints one line per number and, with `--json`, writes them all. The cluster is kept
 for the next run unless `--down`. Needs root (the local cluster does).
@@ -416,38 +416,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             300,
             every=0.05,
         )
-        old = operator_pod(core)
+        # Scaled to 0 rather than the pod deleted: no successor runs meanwhile, so every Job
+        # created in that window is the old process's.
+        apps = client.AppsV1Api(api)
+        old = operator_pod(core)["metadata"]["name"]
         killed_at = datetime.now(UTC)
-        core.delete_namespaced_pod(old["metadata"]["name"], RELEASE_NS)
-        creator.join()
-        new = operator_pod(core, not_named=old["metadata"]["name"])
-        started = min(
-            _ts(cs["state"]["running"]["startedAt"])
-            for cs in new["status"]["containerStatuses"]
-            if "running" in cs.get("state", {})
+        apps.patch_namespaced_deployment_scale(
+            f"{RELEASE}-operator", RELEASE_NS, {"spec": {"replicas": 0}}
         )
+
+        def old_gone() -> bool:
+            pods = _raw(core.list_namespaced_pod, RELEASE_NS)["items"]
+            return all(p["metadata"]["name"] != old for p in pods)
+
+        wait("the old operator pod gone", old_gone, 300, every=0.1)
+        exited = (datetime.now(UTC) - killed_at).total_seconds()
+        creator.join()
+        made = load.jobs()
+        # SIGTERM follows the scale-down within a moment; creationTimestamp has 1 s resolution.
+        after = killed_at.replace(microsecond=0) + timedelta(seconds=2)
+        by_old = [j for j in made if _ts(j["metadata"]["creationTimestamp"]) > after]
+        report("restart: Jobs before the stop", len(made) - len(by_old))
+        report("restart: Jobs by the old process after SIGTERM", len(by_old))
+        report("restart: old operator gone after SIGTERM", exited, "s")
+        apps.patch_namespaced_deployment_scale(
+            f"{RELEASE}-operator", RELEASE_NS, {"spec": {"replicas": 1}}
+        )
+        operator_pod(core, not_named=old)
 
         def finished() -> bool:
             ph = load.phases()
             return len(ph) == len(burst) and all(p == "Suspended" for p in ph.values())
 
         wait("every restart-burst TransferJob Suspended", finished, 900, every=1)
-        jobs = load.jobs()
         per: dict[str, int] = {}
-        for j in jobs:
+        for j in load.jobs():
             tj = j["metadata"]["labels"]["ferry.dev/transferjob"]
             per[tj] = per.get(tj, 0) + 1
-        # SIGTERM follows the deletion within a moment; creationTimestamp has 1 s resolution.
-        after = killed_at.replace(microsecond=0) + timedelta(seconds=2)
-        by_old = [
-            j["metadata"]["name"]
-            for j in jobs
-            if after < _ts(j["metadata"]["creationTimestamp"]) < started
-        ]
-        report("restart: TransferJobs", len(per))
+        report("restart: TransferJobs with a Job", len(per))
         report("restart: duplicate Jobs", sum(c - 1 for c in per.values()))
-        report("restart: Jobs by the old process after SIGTERM", len(by_old))
-        report("restart: successor started after deletion", (started - killed_at).total_seconds())
         report("restart: all final", finished())
     finally:
         core.delete_namespace(ns)

@@ -40,5 +40,8 @@ class NotKopfsSignals(logging.Filter):
 def configure(verbose: bool = False) -> None:
     # kopf's own set-up: a root handler with its object-prefixing formatter (a str format works).
     kopf.configure(verbose=verbose, log_format=FORMAT, log_prefix=True)  # type: ignore[arg-type]
-    logging.getLogger("kopf.objects").addFilter(RoutineToDebug())
+    for name in ("kopf.objects", "kopf.activities.probe"):  # per call / per probe
+        logging.getLogger(name).addFilter(RoutineToDebug())
+    # One access line per liveness and readiness probe: DEBUG too.
+    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("kopf._core.reactor.running").addFilter(NotKopfsSignals())
