@@ -117,8 +117,8 @@ def bring_up(state: Path) -> Cluster:
 def import_image(cluster: Cluster, archive: Path) -> None:
     """Another build's image into every node's containerd (the nodes pull nothing)."""
     assert cluster.layout is not None and cluster.bin_dir is not None
+    os.environ["FERRY_IMAGE_ARCHIVE"] = str(archive)  # not the one this checkout would build
     art = Artifacts.ensure(cluster.bin_dir)
-    art = Artifacts(art.k8s_bin, art.node_dir, archive)
     for node in cluster.kubectl_json("get", "nodes")["items"]:
         import_images(art, node_paths(cluster.layout, node["metadata"]["name"]))
 
