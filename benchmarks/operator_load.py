@@ -324,6 +324,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     core = client.CoreV1Api(api)
     op = operator_pod(core)
     report("operator image", op["spec"]["containers"][0]["image"])
+
+    def earlier_runs_gone() -> bool:
+        spaces = _raw(core.list_namespace)["items"]
+        return not [n for n in spaces if n["metadata"]["name"].startswith("bench-")]
+
+    wait("an earlier run's namespace gone", earlier_runs_gone, 900, every=1)
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
     load = Load(api, ns)
