@@ -371,5 +371,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
                 deps.wakeups.pool_changed(str(meta.get("name")))
 
     @kopf.on.probe(id="watch", registry=registry)
-    def watch_probe(**_: Any) -> dict[str, Any]:
+    async def watch_probe(**_: Any) -> dict[str, Any]:
+        """On the loop, never queued behind reconciles waiting for a pool thread: a busy
+        operator must not look dead to its liveness probe."""
         return deps.health.check()
