@@ -290,13 +290,20 @@ class Load:
         )["items"]
         return items
 
-    def jobs(self) -> list[Obj]:
+    def jobs(self, prefix: str = "") -> list[Obj]:
+        """Our Jobs (of TransferJobs named `prefix`...): those of deleted TransferJobs linger
+        until the garbage collector gets to them."""
         items: list[Obj] = _raw(
             self.batch.list_namespaced_job,
             self.ns,
             label_selector="app.kubernetes.io/managed-by=ferry-operator",
         )["items"]
-        return items
+        return [
+            j
+            for j in items
+            if j["metadata"]["labels"].get("ferry.dev/transferjob", "").startswith(prefix)
+            and not j["metadata"].get("deletionTimestamp")
+        ]
 
     def job_of(self, name: str) -> Obj | None:
         try:
@@ -346,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         created = time.monotonic() - start
         report("burst: all created (client side)", created, "s")
         # Listing every Job is itself load on the API server: not too often.
-        wait("every TransferJob's Job", lambda: len(load.jobs()) >= args.n, 1200, every=3)
+        wait("every TransferJob's Job", lambda: len(load.jobs("tj-")) >= args.n, 1200, every=3)
         report("burst: every one has its Job", time.monotonic() - start, "s")
 
         # 2. latency at load
@@ -419,7 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         creator.start()
         wait(
             "a fifth of the restart burst's Jobs",
-            lambda: len(load.jobs()) >= args.restart_n // 5,
+            lambda: len(load.jobs("rs-")) >= args.restart_n // 5,
             300,
             every=0.05,
         )
@@ -439,7 +446,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait("the old operator pod gone", old_gone, 300, every=0.1)
         exited = (datetime.now(UTC) - killed_at).total_seconds()
         creator.join()
-        made = load.jobs()
+        made = load.jobs("rs-")
         # SIGTERM follows the scale-down within a moment; creationTimestamp has 1 s resolution.
         after = killed_at.replace(microsecond=0) + timedelta(seconds=2)
         by_old = [j for j in made if _ts(j["metadata"]["creationTimestamp"]) > after]
@@ -457,7 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         wait("every restart-burst TransferJob Suspended", finished, 900, every=1)
         per: dict[str, int] = {}
-        for j in load.jobs():
+        for j in load.jobs("rs-"):
             tj = j["metadata"]["labels"]["ferry.dev/transferjob"]
             per[tj] = per.get(tj, 0) + 1
         report("restart: TransferJobs with a Job", len(per))
