@@ -107,11 +107,18 @@ class Report:
 
 def bring_up(state: Path) -> Cluster:
     bin_dir = binaries.ensure()
-    if cluster_cli("status", state_dir=state).returncode != 0:
-        done = cluster_cli("up", state_dir=state, timeout=1800)
-        if done.returncode != 0:
-            raise SystemExit(f"the local cluster did not start:\n{done.stderr[-3000:]}")
-    return Cluster(state / "kubeconfig", Layout(state), bin_dir)
+    cluster = Cluster(state / "kubeconfig", Layout(state), bin_dir)
+    # A running cluster (e.g. one an e2e session kept) is used as it is: `up` on a cluster it
+    # judges unhealthy (a busy one, say) would restart it under whoever else uses it.
+    if (
+        cluster.kubeconfig.exists()
+        and cluster.kubectl("get", "--raw=/readyz", check=False).returncode == 0
+    ):
+        return cluster
+    done = cluster_cli("up", state_dir=state, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"the local cluster did not start:\n{done.stderr[-3000:]}")
+    return cluster
 
 
 def import_image(cluster: Cluster, archive: Path) -> None:
