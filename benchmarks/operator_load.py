@@ -50,7 +50,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import binaries
 from e2e.cluster.layout import Layout, default_state_dir
-from e2e.cluster.realnode import Artifacts, import_images, node_paths
+from e2e.cluster.realnode import Artifacts, cgroup_name, import_images, node_paths
 from e2e.support import FERRY_IMAGE, Cluster, cluster_cli, local_claim
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,9 +203,12 @@ def operator_pod(core: client.CoreV1Api, not_named: str | None = None) -> Obj:
     return pod
 
 
-def operator_pid() -> int:
+def operator_pid(cluster: Cluster) -> int:
     """The operator's process on this machine (the local cluster's containers are processes
-    here): the one running `ferry operator` with a `--mover-image` argument."""
+    here): the one running `ferry operator` with a `--mover-image` argument, in this
+    cluster's cgroups (another local cluster may run one too)."""
+    assert cluster.layout is not None
+    ours = f"/{cgroup_name(cluster.layout)}/"
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -215,7 +218,11 @@ def operator_pid() -> int:
         except OSError:
             continue
         if b"operator" in argv and any(a.startswith(b"--mover-image=") for a in argv):
-            found.append(int(entry.name))
+            try:
+                if ours in (entry / "cgroup").read_text():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
     if len(found) != 1:
         raise RuntimeError(f"expected one operator process, found {found}")
     return found[0]
@@ -388,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report("burst: all final (Succeeded/Suspended)", time.monotonic() - start, "s")
         report("burst: running ones Succeeded", sum(final[n] == "Succeeded" for n in running))
         time.sleep(args.settle)  # let the last events drain before measuring rest
-        pid = operator_pid()
+        pid = operator_pid(cluster)
         total0, ours0 = api_requests(cluster)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(args.rest_seconds)
