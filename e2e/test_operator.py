@@ -50,6 +50,7 @@ Obj = dict[str, Any]
 # nodes cannot run the image as the chart's non-root uid; by default the chart's
 # secure settings are what is tested.
 ROOT_PODS = os.environ.get("FERRY_E2E_ROOT_PODS") == "1"
+RESYNC_SECONDS = 3600
 
 
 def _raw(call: Any, *args: Any, **kwargs: Any) -> Obj:
@@ -148,6 +149,8 @@ def operator(cluster: Cluster, api: client.ApiClient, otlp: tuple[str, SpanStore
         f"image.tag={tag}",
         "pollInterval=1",
         "progressInterval=1",
+        # Nothing here may wait for the safety-net resync: every change must arrive by event.
+        f"resyncSeconds={RESYNC_SECONDS}",
         f"env.OTEL_EXPORTER_OTLP_ENDPOINT={otlp[0]}",
         "env.OTEL_BSP_SCHEDULE_DELAY=200",
     ]
@@ -1206,3 +1209,131 @@ def test_mover_pool_places_the_mover(env: Env) -> None:
         wait_for("pool accepted", accepted, timeout=30)
     finally:
         env.custom.delete_cluster_custom_object(G, V, "moverpools", pool)
+
+
+# ---------------------------------------------------------------- events, shutdown, deletion
+
+
+def _operator_args(api: client.ApiClient) -> list[str]:
+    dep = _raw(client.AppsV1Api(api).read_namespaced_deployment, f"{RELEASE}-operator", RELEASE_NS)
+    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_job_completion_reaches_status_without_a_poll(env: Env, api: client.ApiClient) -> None:
+    """The Job's Complete condition is in status.phase within seconds; the resync is an hour."""
+    assert f"--resync-interval={RESYNC_SECONDS}" in _operator_args(api)
+    src, _ = env.pvc("src"), env.pvc("dst")
+    seed(src, {"a": 1000})
+    env.create("transferjobs", "quick", pvc_spec("src", "dst"))
+    job = wait_for(
+        "the Job Complete",
+        lambda: next((j for j in env.jobs("quick") if condition(j, "Complete")), None),
+        timeout=120,
+        every=0.1,
+    )
+    seen = datetime.now(UTC)
+    env.wait_phase("quick", "Succeeded", timeout=15)
+    lag = (datetime.now(UTC) - seen).total_seconds()
+    assert lag < 10, f"status followed the Job's completion after {lag:.1f}s"
+    assert condition(job, "Complete") is not None
+
+
+def test_stopped_operator_creates_nothing_after_sigterm(env: Env, api: client.ApiClient) -> None:
+    """Stop the operator mid-burst of creations: no Job is created after its SIGTERM, and the
+    next operator finishes the burst with one Job per TransferJob.
+
+    Scaling to 0 (rather than deleting the pod) leaves no successor running meanwhile, so
+    every Job created in that window would be the old process's.
+    """
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    names = [f"burst-{i:03d}" for i in range(80)]
+
+    def create_all() -> None:
+        for name in names:
+            env.create("transferjobs", name, pvc_spec("src", "dst", suspend=True))
+
+    creator = threading.Thread(target=create_all)
+    creator.start()
+    sel = f"{workload.LABEL_MANAGED_BY}={workload.MANAGED_BY}"
+
+    def jobs() -> list[Obj]:
+        items: list[Obj] = _raw(env.batch.list_namespaced_job, env.ns, label_selector=sel)["items"]
+        return items
+
+    old = _operator_pod(core)["metadata"]["name"]
+    try:
+        wait_for("the first Jobs of the burst", lambda: len(jobs()) >= 5, timeout=60, every=0.05)
+        stopped_at = datetime.now(UTC)
+        apps.patch_namespaced_deployment_scale(
+            f"{RELEASE}-operator", RELEASE_NS, {"spec": {"replicas": 0}}
+        )
+        creator.join(timeout=120)
+
+        def gone() -> bool:
+            pods = _raw(core.list_namespaced_pod, RELEASE_NS)["items"]
+            return all(p["metadata"]["name"] != old for p in pods)
+
+        wait_for("the old operator pod gone", gone, timeout=60, every=0.1)
+        took = (datetime.now(UTC) - stopped_at).total_seconds()
+        made = jobs()
+        # creationTimestamp has 1 s resolution; the kubelet delivers SIGTERM shortly after
+        # the deletion: allow 2 s for both.
+        limit = stopped_at.replace(microsecond=0) + timedelta(seconds=2)
+        late = [
+            j["metadata"]["name"] for j in made if _ts(j["metadata"]["creationTimestamp"]) > limit
+        ]
+        assert not late, f"created after SIGTERM ({stopped_at.isoformat()}): {late}"
+        assert len(made) < len(names), "the burst was not cut: nothing was tested"
+        assert took < 20, f"the old operator took {took:.0f}s to exit (grace period 15 s)"
+    finally:
+        creator.join(timeout=120)
+        apps.patch_namespaced_deployment_scale(
+            f"{RELEASE}-operator", RELEASE_NS, {"spec": {"replicas": 1}}
+        )
+        _operator_pod(core, not_named=old)
+
+    def all_suspended() -> bool:
+        items = _raw(env.custom.list_namespaced_custom_object, G, V, env.ns, "transferjobs")
+        phases = [(o.get("status") or {}).get("phase") for o in items["items"]]
+        return len(phases) == len(names) and all(p == "Suspended" for p in phases)
+
+    wait_for("every TransferJob Suspended", all_suspended, timeout=180)
+    per_tj: dict[str, int] = {}
+    for j in jobs():
+        tj = j["metadata"]["labels"][workload.LABEL_TRANSFERJOB]
+        per_tj[tj] = per_tj.get(tj, 0) + 1
+    assert per_tj == dict.fromkeys(names, 1)
+
+
+def test_deleted_while_being_reconciled_goes_within_seconds(env: Env) -> None:
+    """Deleted right after creation (create handlers in flight) or while followed (pods that
+    cannot schedule keep sending events): every TransferJob is gone within seconds, not
+    after kopf's one-minute cancellation polling."""
+    nowhere = {"nodeSelector": {"ferry.dev/e2e-no-such-node": "x"}}
+    early = [f"early-{i:02d}" for i in range(20)]
+    followed = [f"followed-{i:02d}" for i in range(20)]
+    for name in followed:
+        env.create("transferjobs", name, pvc_spec("src", "dst", placement=nowhere))
+    wait_for(
+        "a pending mover pod for each",
+        lambda: all(len(env.pods(n)) == 1 for n in followed),
+        timeout=120,
+    )
+    for name in early:
+        env.create("transferjobs", name, pvc_spec("src", "dst", placement=nowhere))
+    start = datetime.now(UTC)
+    for name in [*early, *followed]:
+        env.custom.delete_namespaced_custom_object(G, V, env.ns, "transferjobs", name)
+
+    def remaining() -> int:
+        items = _raw(env.custom.list_namespaced_custom_object, G, V, env.ns, "transferjobs")
+        return len(items["items"])
+
+    wait_for("every TransferJob gone", lambda: remaining() == 0, timeout=60, every=0.1)
+    took = (datetime.now(UTC) - start).total_seconds()
+    assert took < 10, f"deleting 40 TransferJobs took {took:.1f}s"

@@ -1,26 +1,43 @@
 """kopf wiring: which events call which reconciler, and the operator-wide settings.
 
-Kept apart from the reconcilers so those stay plain, testable classes. All
-handlers are idempotent reconciles registered on create, update (spec only),
-resume, and a periodic timer; the timer is what follows a running Job, so a
-missed watch event costs at most one poll interval.
+Kept apart from the reconcilers so those stay plain, testable classes. A
+TransferJob is reconciled on create, spec update and resume, and then by its
+follower: a kopf daemon, one per unfinished TransferJob, woken by the watch
+events of its own Job and mover pods (and of itself: the movers' progress),
+by time where time is the trigger (TTL, the stall timeout, a retry) and by a
+slow resync as the safety net for a missed event. Suspended and finished
+TransferJobs have no follower: they cost nothing at rest. All reconciles of
+one TransferJob are serialised and run in one bounded thread pool.
+
+TransferSchedules keep a timer: time is what fires them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
-from ferry.operator import api, pools
+from ferry.operator import api, pools, status, workload
+from ferry.operator.kube import Kube, Stopping
 from ferry.operator.metrics import Metrics
 from ferry.operator.schedule import ScheduleReconciler
-from ferry.operator.transferjob import TransferJobReconciler, needs_polling
+from ferry.operator.transferjob import (
+    POOL_REASONS,
+    Outcome,
+    TransferJobReconciler,
+    follows,
+    wake_after,
+)
+from ferry.operator.wakeups import Key, Wakeups, owner_key
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +91,65 @@ class WatchHealth:
 
 @dataclass
 class Deps:
+    kube: Kube
     transferjobs: TransferJobReconciler
     schedules: ScheduleReconciler
     metrics: Metrics
     health: WatchHealth
-    poll_interval: float
+    poll_interval: float  # TransferSchedules' timer
     watch_timeout: int
+    resync_interval: float = 300.0
+    retry_interval: float = 10.0
+    workers: int = 8
+    executor: ThreadPoolExecutor = field(init=False)
+    wakeups: Wakeups = field(default_factory=Wakeups)
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="reconcile")
 
 
-def _apply(patch: kopf.Patch, new_status: dict[str, Any]) -> None:
-    if new_status:
-        patch.setdefault("status", {}).update(new_status)
+T = TypeVar("T")
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+async def _in_pool(deps: Deps, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(
+        deps.executor, functools.partial(fn, *args)
+    )
+
+
+def _apply(patch: kopf.Patch, old: Any, new_status: dict[str, Any]) -> None:
+    """Patch only what differs from the object's current status (nothing if nothing does)."""
+    diff = status.changes(plain(old or {}), new_status)
+    if diff:
+        patch.setdefault("status", {}).update(diff)
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body["metadata"]
+    return str(meta["namespace"]), str(meta["name"])
+
+
+def _inputs(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a TransferJob itself a reconcile reads: an event changing none of it (e.g. our
+    own status write coming back) needs no reconcile."""
+    meta = obj.get("metadata") or {}
+    st = obj.get("status") or {}
+    return (
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        (st.get("progress") or {}).get("shards"),
+    )
+
+
+def _claims(obj: dict[str, Any]) -> list[str]:
+    spec = obj.get("spec") or {}
+    out = []
+    for end in ("source", "destination"):
+        claim = ((spec.get(end) or {}).get("pvc") or {}).get("claimName")
+        if claim:
+            out.append(str(claim))
+    return out
 
 
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
@@ -94,6 +159,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         api.TransferScheduleKind.plural,
         api.MoverPoolKind.plural,
     )
+    ours = {workload.LABEL_MANAGED_BY: workload.MANAGED_BY}
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -107,56 +173,153 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         settings.watching.server_timeout = deps.watch_timeout
         settings.watching.client_timeout = deps.watch_timeout + 30
         settings.watching.connect_timeout = 30
-        settings.execution.max_workers = 8
+        # One pool for kopf's sync handlers and the followers' reconciles.
+        settings.execution.executor = deps.executor
+        # A timer (schedules) still running when its object is deleted: look again every
+        # second, not kopf's default minute, before releasing the finalizer.
+        settings.background.cancellation_polling = 1.0
+        # On exit, give the per-object queues no time to start more work.
+        settings.queueing.exit_timeout = 0.5
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """A custom registry gets no default login: use the client's in-cluster or kubeconfig auth."""
         return kopf.login_via_client(**kwargs)
 
+    # ------------------------------------------------------------ pods by claim (RWO placement)
+
+    @kopf.index("", "v1", "pods", registry=registry, id="pod_claims")
+    def pod_claims(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
+        """(namespace, claim) -> where a running pod mounts it; read when a Job is built."""
+        return {(namespace, u.claim): u for u in workload.claim_uses(plain(body))}
+
     # ------------------------------------------------------------ TransferJob
 
-    def reconcile_tj(body: kopf.Body, patch: kopf.Patch) -> None:
+    async def reconcile_tj(
+        body: kopf.Body, logger: Logger, write: bool, claims_index: Mapping[Any, Any]
+    ) -> Outcome | None:
+        """Reconcile one TransferJob (serialised per object); with `write`, patch its status here
+        (a follower has no kopf patch), else the caller hands `changes` to kopf."""
         obj = plain(body)
-        try:
-            outcome = deps.transferjobs.reconcile(obj)
-        except Exception:
-            deps.metrics.reconcile_errors.labels("TransferJob").inc()
-            raise
+        key = _key(obj)
+        uid = str(obj["metadata"].get("uid"))
+        sig = deps.wakeups.signal(key)
+        async with sig.lock:
+            sig.children = False  # read now: an event from here on means read again
+            if sig.last is not None and sig.last[0] == uid:
+                obj["status"] = status.overlay(obj.get("status") or {}, sig.last[1])
+            uses = [
+                use for claim in _claims(obj) for use in list(claims_index.get((key[0], claim), ()))
+            ]
+            try:
+                outcome = await _in_pool(deps, _reconcile_and_write, obj, write, uses)
+            except Stopping:
+                logger.info("operator stopping: left for the next operator process")
+                return None
+            except Exception:
+                sig.last = None  # whatever was written, the watched copy is the truth again
+                deps.metrics.reconcile_errors.labels("TransferJob").inc()
+                raise
+            sig.last = (
+                None
+                if outcome.deleted
+                else (uid, status.merged(obj.get("status") or {}, outcome.changes))
+            )
+        pool = ((obj.get("spec") or {}).get("placement") or {}).get("pool")
+        sig.pool = str(pool) if pool and outcome.status.get("reason") in POOL_REASONS else None
         if outcome.deleted:
             deps.metrics.observe_phase(obj["metadata"]["uid"], None)
-            return
-        _apply(patch, outcome.status)
+            logger.info("deleted: ttlSecondsAfterFinished passed")
+            return outcome
         if outcome.warning:
             kopf.warn(body, reason=outcome.warning[0], message=outcome.warning[1][:1024])
         for what in outcome.created:
-            log.info(
-                "created %s for %s/%s", what, obj["metadata"]["namespace"], obj["metadata"]["name"]
+            logger.info("created %s", what)
+        if outcome.changes.get("phase"):
+            logger.info(
+                "phase %s (%s)", outcome.changes["phase"], outcome.status.get("reason") or ""
             )
+        return outcome
+
+    def _reconcile_and_write(
+        obj: dict[str, Any], write: bool, uses: list[workload.ClaimUse]
+    ) -> Outcome:
+        outcome = deps.transferjobs.reconcile(obj, claim_uses=uses)
+        if write and outcome.changes and not outcome.deleted:
+            ns, name = _key(obj)
+            deps.kube.patch_status(ns, name, outcome.changes)
+        return outcome
 
     @kopf.on.resume(G, V, TJ, registry=registry)
     @kopf.on.create(G, V, TJ, registry=registry)
     @kopf.on.update(G, V, TJ, field="spec", registry=registry)
-    def tj_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconcile_tj(body, patch)
+    async def tj_changed(body: kopf.Body, patch: kopf.Patch, logger: Logger, **kw: Any) -> None:
+        outcome = await reconcile_tj(body, logger, False, kw["pod_claims"])
+        if outcome is not None and not outcome.deleted and outcome.changes:
+            patch.setdefault("status", {}).update(outcome.changes)
 
-    @kopf.timer(
+    @kopf.daemon(
         G,
         V,
         TJ,
-        interval=deps.poll_interval,
-        initial_delay=deps.poll_interval,
         registry=registry,
-        when=lambda body, **_: needs_polling(plain(body)),
+        id="follow",
+        # Cancel at once when the object goes or the operator stops: a reconcile still running
+        # in the pool finishes on its own; nothing waits for it.
+        cancellation_timeout=1.0,
+        when=lambda body, **_: follows(plain(body)),
     )
-    def tj_poll(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconcile_tj(body, patch)
+    async def tj_follow(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
+        """Reconcile on each wake: a child's event, a change of the object's own inputs, a
+        deadline, or the resync."""
+        sig = deps.wakeups.signal(_key(body))
+        seen = _inputs(plain(body))
+        timed = False
+        while True:
+            delay = wake_after(
+                plain(body), status.now_utc(), deps.resync_interval, deps.retry_interval
+            )
+            if timed and delay <= 0:  # overdue again right after acting on it: retry, not spin
+                delay = deps.retry_interval
+            try:
+                await asyncio.wait_for(sig.event.wait(), timeout=delay)
+                timed = False
+            except TimeoutError:
+                timed = True
+            sig.event.clear()
+            now_seen = _inputs(plain(body))
+            if not (timed or sig.children or now_seen != seen):
+                continue  # e.g. our own status write coming back
+            seen = now_seen
+            try:
+                await reconcile_tj(body, logger, True, kwargs["pod_claims"])
+            except Exception as exc:  # an API error: read everything again after a pause
+                logger.warning("reconcile failed, retrying in %gs: %s", deps.retry_interval, exc)
+                sig.children = True
+                await asyncio.sleep(deps.retry_interval)
+                sig.event.set()
+
+    # ------------------------------------------------------------ children: wake the owner
+
+    @kopf.on.event("batch", "v1", "jobs", labels=ours, registry=registry, id="wake-by-job")
+    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+        key = owner_key(event.get("object") or {})
+        if key is not None:
+            deps.wakeups.child_changed(key)
+
+    @kopf.on.event("", "v1", "pods", labels=ours, registry=registry, id="wake-by-pod")
+    async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+        key = owner_key(event.get("object") or {})
+        if key is not None:
+            deps.wakeups.child_changed(key)
 
     # ------------------------------------------------------------ TransferSchedule
 
     def reconcile_ts(body: kopf.Body, patch: kopf.Patch) -> None:
         try:
-            _apply(patch, deps.schedules.reconcile(plain(body)))
+            _apply(patch, body.get("status"), deps.schedules.reconcile(plain(body)))
+        except Stopping:
+            return
         except Exception:
             deps.metrics.reconcile_errors.labels("TransferSchedule").inc()
             raise
@@ -183,21 +346,32 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     @kopf.on.create(G, V, MP, registry=registry)
     @kopf.on.update(G, V, MP, field="spec", registry=registry)
     def pool_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _apply(patch, pools.reconcile(plain(body)))
+        _apply(patch, body.get("status"), pools.reconcile(plain(body)))
 
-    # ------------------------------------------------------------ health
+    # ------------------------------------------------------------ health, and own-object wakes
 
     for plural in (TJ, TS, MP):
 
         @kopf.on.event(G, V, plural, registry=registry, id=f"watch-{plural}")
-        def seen(event: kopf.RawEvent, **_: Any) -> None:
+        async def seen(event: kopf.RawEvent, **_: Any) -> None:
             obj = event.get("object") or {}
-            uid = str((obj.get("metadata") or {}).get("uid", ""))
+            meta = obj.get("metadata") or {}
+            uid = str(meta.get("uid", ""))
             deleted = event.get("type") == "DELETED"
             deps.health.seen(uid, deleted)
-            if deleted and (obj.get("kind") == api.TransferJobKind.kind):
-                deps.metrics.observe_phase(uid, None)
+            kind = obj.get("kind")
+            if kind == api.TransferJobKind.kind and meta.get("namespace"):
+                key = (str(meta["namespace"]), str(meta.get("name")))
+                if deleted:
+                    deps.metrics.observe_phase(uid, None)
+                    deps.wakeups.forget(key)
+                else:
+                    deps.wakeups.object_changed(key)
+            elif kind == api.MoverPoolKind.kind and not deleted:
+                deps.wakeups.pool_changed(str(meta.get("name")))
 
     @kopf.on.probe(id="watch", registry=registry)
-    def watch_probe(**_: Any) -> dict[str, Any]:
+    async def watch_probe(**_: Any) -> dict[str, Any]:
+        """On the loop, never queued behind reconciles waiting for a pool thread: a busy
+        operator must not look dead to its liveness probe."""
         return deps.health.check()

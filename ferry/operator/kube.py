@@ -10,6 +10,7 @@ deterministic names. No Secret is ever read.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -47,10 +48,20 @@ def server_message(exc: ApiException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class Stopping(RuntimeError):
+    """The operator is shutting down: it creates nothing more (the next process will)."""
+
+
 class Kube:
-    """Thin typed wrappers; one instance per operator process."""
+    """Thin typed wrappers; one instance per operator process.
+
+    `stopping` is set the moment the operator is told to stop: from then on
+    `create` refuses, so a reconcile still running in a worker thread cannot
+    leave a child behind that the next operator process did not decide on.
+    """
 
     def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
+        self.stopping = threading.Event()
         self.client = client or kubernetes.client.ApiClient()
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
@@ -60,7 +71,9 @@ class Kube:
     # ------------------------------------------------------------ generic
 
     def create(self, obj: dict[str, Any]) -> bool:
-        """Create `obj`; False if it already existed (adopted by name)."""
+        """Create `obj`; False if it already existed (adopted by name). Refused once stopping."""
+        if self.stopping.is_set():
+            raise Stopping(f"operator stopping: not creating {obj['kind']}")
         ns = obj["metadata"].get("namespace")
         kind = obj["kind"]
         calls: dict[str, Callable[..., Any]] = {
@@ -125,9 +138,6 @@ class Kube:
         )["items"]
         return items
 
-    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
-        return self.list_pods(ns, "")
-
     def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
         out = []
         for name in dict.fromkeys(names):
@@ -182,6 +192,22 @@ class Kube:
         return items
 
     # ------------------------------------------------------------ writes
+
+    def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a TransferJob's status subresource (a 404 means it is gone: nothing to do)."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                ns,
+                api.TransferJobKind.plural,
+                name,
+                {"status": status},
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if not not_found(exc):
+                raise
 
     def patch_job(self, ns: str, name: str, patch: dict[str, Any]) -> None:
         self.batch.patch_namespaced_job(name, ns, patch, _preload_content=False)

@@ -8,20 +8,30 @@ strategy), the liveness endpoint on, failing when the watches went quiet.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 import kopf
 
-from ferry.operator import workload
+from ferry.operator import logs, workload
 from ferry.operator.handlers import Deps, WatchHealth, register
 from ferry.operator.kube import Kube, load_config
 from ferry.operator.metrics import Metrics
 from ferry.operator.schedule import ScheduleReconciler
+from ferry.operator.shutdown import Shutdown
 from ferry.operator.tracing import Tracer
 from ferry.operator.transferjob import TransferJobReconciler
 
 PASSTHROUGH_ENV_PREFIXES = ("OTEL_",)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,9 +70,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--poll-interval",
-        type=float,
+        type=_positive,
         default=float(os.environ.get("FERRY_POLL_INTERVAL", "2")),
-        help="seconds between status polls of active TransferJobs and schedules",
+        help="seconds between checks of each TransferSchedule (time is what fires them)",
+    )
+    p.add_argument(
+        "--resync-interval",
+        type=_positive,
+        default=300.0,
+        help="seconds between reconciles of an unfinished TransferJob when no event woke it "
+        "(the safety net for a missed watch event)",
+    )
+    p.add_argument(
+        "--retry-interval",
+        type=_positive,
+        default=10.0,
+        help="seconds between retries of a TransferJob the operator's RBAC refused",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_positive,
+        default=10.0,
+        help="after SIGTERM, exit within this many seconds even if a call is still in flight "
+        "(keep it below the pod's terminationGracePeriodSeconds)",
     )
     p.add_argument(
         "--mover-image", default=os.environ.get("FERRY_IMAGE", workload.MoverSettings.image)
@@ -93,10 +123,7 @@ def run_operator(argv: list[str]) -> int:
     # kopf derives its identity from getpass.getuser(), which raises for a uid
     # without a passwd entry (any `runAsUser` the image does not know).
     os.environ.setdefault("USER", "ferry-operator")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(verbose=args.verbose)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)
@@ -118,25 +145,33 @@ def run_operator(argv: list[str]) -> int:
     )
     kube = Kube()
     deps = Deps(
+        kube=kube,
         transferjobs=TransferJobReconciler(kube, settings, metrics, tracer),
         schedules=ScheduleReconciler(kube, metrics, tracer),
         metrics=metrics,
         health=WatchHealth(stale_after=args.liveness_stale_seconds),
         poll_interval=args.poll_interval,
         watch_timeout=args.watch_timeout,
+        resync_interval=args.resync_interval,
+        retry_interval=args.retry_interval,
     )
     registry = kopf.OperatorRegistry()
     register(registry, deps)
+    stop = Shutdown(kube, args.shutdown_timeout)
     try:
-        kopf.run(
-            registry=registry,
-            standalone=True,
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            liveness_endpoint=None if args.liveness == "off" else args.liveness,
+        stop.run(
+            lambda: kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=not args.namespace,
+                namespaces=args.namespace,
+                liveness_endpoint=None if args.liveness == "off" else args.liveness,
+                stop_flag=stop.flag,
+            )
         )
     finally:
         tracer.shutdown()
+        deps.executor.shutdown(wait=False, cancel_futures=True)
     return 0
 
 

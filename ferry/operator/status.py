@@ -39,6 +39,56 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The part of the merge patch `new` that would change `old`; empty when applying it is a no-op.
+
+    Reconciles recompute the whole status on every pass; writing it back
+    unchanged costs an API request and a watch event per object per pass. Maps
+    are compared key by key (a merge patch leaves keys it does not name, e.g. the
+    movers' `progress.shards`), anything else as a whole; a None value deletes,
+    so it equals an absent key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = changes(before, value)
+            if sub:
+                out[key] = sub
+        elif value != before:
+            out[key] = value
+    return out
+
+
+def merged(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the JSON merge patch `patch` applied, as the API server applies it."""
+    out = dict(old)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def overlay(seen: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The status as it is once our own last write has landed, whatever `seen` still shows.
+
+    Only the operator writes status fields other than the movers'
+    `progress.shards`, so its own last result is never older than a watched
+    copy for those; `progress.shards` comes from `seen`. Reconciling from a
+    copy that predates our last write would recompute, and rewrite, what we
+    already wrote — or start a second trace.
+    """
+    out = merged(seen, {k: v for k, v in ours.items() if k != "progress"})
+    progress = {k: v for k, v in (ours.get("progress") or {}).items() if k != "shards"}
+    if progress:
+        out["progress"] = merged(seen.get("progress") or {}, progress)
+    return out
+
+
 def human_rate(bps: float) -> str:
     units = ("B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s")
     value, unit = float(bps), 0

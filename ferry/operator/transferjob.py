@@ -31,26 +31,72 @@ FIXED_FIELD_CHANGED = "FixedFieldChanged"
 
 @dataclass
 class Outcome:
-    """What a reconcile decided: the status patch, and a warning worth an Event."""
+    """What a reconcile decided: the status patch, and a warning worth an Event.
+
+    `status` is the whole computed status; `changes` only what differs from the
+    object's current status (what gets written: nothing when it is empty).
+    """
 
     status: dict[str, Any]
     warning: tuple[str, str] | None = None
     deleted: bool = False
     created: list[str] = field(default_factory=list)
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
     return api.TransferJobSpec.model_validate(body.get("spec") or {})
 
 
-def needs_polling(body: dict[str, Any]) -> bool:
-    """Whether the periodic poll has anything to do for this object."""
+# Status reasons that wait for something no watched object announces: retried on a timer.
+RETRY_REASONS = ("Forbidden",)
+# Status reasons that wait for a MoverPool: retried when that pool changes.
+POOL_REASONS = ("PoolNotFound", "PoolInvalid")
+_DEFAULT_STALL = api.TransferJobSpec.model_fields["stall_timeout_seconds"].default
+
+
+def follows(body: dict[str, Any]) -> bool:
+    """Whether this TransferJob needs a follower (a kopf daemon) at all.
+
+    Not when nothing can change without an edit (edits have their own
+    handler): a suspended Job with no mover left, or a finished TransferJob
+    with no TTL to wait for. Those cost nothing at rest.
+    """
     st = body.get("status") or {}
-    if st.get("phase") not in status.TERMINAL_PHASES:
-        return True
-    if st.get("observedGeneration") != body.get("metadata", {}).get("generation"):
-        return True
-    return bool((body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None)
+    spec = body.get("spec") or {}
+    if st.get("phase") in status.TERMINAL_PHASES:
+        return spec.get("ttlSecondsAfterFinished") is not None
+    return not (st.get("phase") == "Suspended" and st.get("reason") == "Suspended")
+
+
+def wake_after(body: dict[str, Any], now: datetime, resync: float, retry: float) -> float:
+    """Seconds until time itself is a reason to reconcile: TTL, stall timeout, retry, resync.
+
+    Everything else (the Job and pods changing, progress, edits) wakes the
+    follower by an event; `resync` is the safety net for a missed one.
+    """
+    st = body.get("status") or {}
+    spec = body.get("spec") or {}
+    due = [resync]
+    if st.get("phase") in status.TERMINAL_PHASES:
+        done = status.parse_time(st.get("completionTime"))
+        ttl = spec.get("ttlSecondsAfterFinished")
+        if done is not None and isinstance(ttl, int):
+            due.append((done - now).total_seconds() + ttl)
+    elif st.get("reason") in RETRY_REASONS:
+        due.append(retry)
+    elif st.get("phase") == "Running":
+        last = status.parse_time((st.get("progress") or {}).get("lastProgressTime")) or (
+            status.parse_time(st.get("startTime"))
+        )
+        stall = spec.get("stallTimeoutSeconds", _DEFAULT_STALL)
+        if last is not None and isinstance(stall, int):
+            # Just past the moment the stall detector would say so (it needs idle > timeout);
+            # once past, the reconcile that saw it has reported it.
+            stall_due = (last - now).total_seconds() + stall + 1
+            if stall_due > 0:
+                due.append(stall_due)
+    return max(0.0, min(due))
 
 
 class TransferJobReconciler:
@@ -62,7 +108,14 @@ class TransferJobReconciler:
         self.metrics = metrics
         self.tracer = tracer
 
-    def reconcile(self, body: dict[str, Any], now: datetime | None = None) -> Outcome:
+    def reconcile(
+        self,
+        body: dict[str, Any],
+        now: datetime | None = None,
+        claim_uses: list[workload.ClaimUse] | None = None,
+    ) -> Outcome:
+        """`claim_uses`: the pods mounting this TransferJob's claims (from the operator's pod
+        index), for RWO placement; only read when a Job is built."""
         now = now or status.now_utc()
         meta = body["metadata"]
         old = body.get("status") or {}
@@ -70,7 +123,7 @@ class TransferJobReconciler:
         self.metrics.reconciles.labels("TransferJob").inc()
         with self.tracer.reconcile("reconcile TransferJob", old.get("traceParent"), attrs) as span:
             try:
-                outcome = self._reconcile(body, now, traceparent_of(span))
+                outcome = self._reconcile(body, now, traceparent_of(span), claim_uses or [])
             except ApiException as exc:
                 if exc.status != 403:
                     raise
@@ -84,12 +137,19 @@ class TransferJobReconciler:
                 outcome.status["traceID"] = trace_id_of(span)
                 outcome.status["traceParent"] = traceparent_of(span)
             span.set_attribute("ferry.phase", str(outcome.status.get("phase")))
+        outcome.changes = status.changes(old, outcome.status)
         self._account(body, outcome.status, now)
         return outcome
 
     # ------------------------------------------------------------ steps
 
-    def _reconcile(self, body: dict[str, Any], now: datetime, traceparent: str) -> Outcome:
+    def _reconcile(
+        self,
+        body: dict[str, Any],
+        now: datetime,
+        traceparent: str,
+        claim_uses: list[workload.ClaimUse],
+    ) -> Outcome:
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         old = body.get("status") or {}
@@ -129,7 +189,7 @@ class TransferJobReconciler:
         created: list[str] = []
         if job is None:
             try:
-                built = self._build(body, spec, traceparent)
+                built = self._build(body, spec, traceparent, claim_uses)
             except moverspec.InvalidSpec as exc:
                 return Outcome(
                     status.invalid(body, exc.field, str(exc).split(": ", 1)[-1], exc.reason, now),
@@ -156,12 +216,19 @@ class TransferJobReconciler:
                         ("NameConflict", msg),
                         created=created,
                     )
-            job = self.kube.get_job(ns, job_name) or built.job
+            # Created just now: it has no status and no pod yet (their events wake the follower).
+            # Adopted: read what is there.
+            fresh = f"Job/{job_name}" in created
+            job = built.job if fresh else (self.kube.get_job(ns, job_name) or built.job)
         elif drift := _job_drift(job, spec):
             self.kube.patch_job(ns, job_name, {"spec": drift})
             job = self.kube.get_job(ns, job_name) or job
 
-        pods = self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
+        pods = (
+            []
+            if f"Job/{job_name}" in created
+            else self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
+        )
         new = status.compute(body, spec, job, pods, now)
         new["jobName"] = job_name
         if new["phase"] in status.TERMINAL_PHASES:
@@ -172,7 +239,11 @@ class TransferJobReconciler:
         return _unless_changed(body, Outcome(new, warning, created=created), changed, now)
 
     def _build(
-        self, body: dict[str, Any], spec: api.TransferJobSpec, traceparent: str
+        self,
+        body: dict[str, Any],
+        spec: api.TransferJobSpec,
+        traceparent: str,
+        claim_uses: list[workload.ClaimUse],
     ) -> workload.Workload:
         ns = body["metadata"]["namespace"]
         pool = None
@@ -193,10 +264,9 @@ class TransferJobReconciler:
         claim_names = workload.claims(spec)
         if claim_names:
             pvcs = self.kube.get_pvcs(ns, claim_names)
-            pods = self.kube.list_all_pods(ns)
             own = workload.child_name(body["metadata"]["name"])
-            pin = workload.rwo_pin(claim_names, pvcs, pods, own)
-            pair = wirepair.plan(spec, pvcs, pods, own, lambda pv: self.kube.get_pv(pv))
+            pin = workload.rwo_pin(claim_names, pvcs, claim_uses, own)
+            pair = wirepair.plan(spec, pvcs, claim_uses, own, lambda pv: self.kube.get_pv(pv))
         ctx = workload.Context(
             namespace_privileged=privileged_ok, pool=pool, pin_node=pin, traceparent=traceparent
         )

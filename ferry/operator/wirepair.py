@@ -90,17 +90,11 @@ def _rwo_only(pvc: dict[str, Any]) -> bool:
     return "ReadWriteOnce" in modes and not {"ReadWriteMany", "ReadOnlyMany"} & modes
 
 
-def _held_on(claim: str, pods: list[dict[str, Any]], own_job: str) -> str | None:
+def _held_on(claim: str, uses: list[workload.ClaimUse], own_job: str) -> str | None:
     """The node of a running pod (not our own sender's) that mounts `claim`."""
-    for pod in pods:
-        if (pod.get("metadata", {}).get("labels") or {}).get("job-name") == own_job:
-            continue
-        node = (pod.get("spec") or {}).get("nodeName")
-        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        for vol in pod["spec"].get("volumes") or []:
-            if (vol.get("persistentVolumeClaim") or {}).get("claimName") == claim:
-                return str(node)
+    for use in uses:
+        if use.claim == claim and use.job != own_job:
+            return use.node
     return None
 
 
@@ -120,7 +114,7 @@ def pv_node(pv: dict[str, Any] | None) -> str | None:
 def plan(
     spec: api.TransferJobSpec,
     pvcs: list[dict[str, Any]],
-    pods: list[dict[str, Any]],
+    uses: list[workload.ClaimUse],
     own_job: str,
     get_pv: Callable[[str], dict[str, Any] | None],
 ) -> Pair | None:
@@ -133,7 +127,7 @@ def plan(
     claims = [by_name.get(src.claim_name), by_name.get(dst.claim_name)]
     if not all(c is not None and _rwo_only(c) for c in claims):
         return None
-    held = [_held_on(c, pods, own_job) for c in (src.claim_name, dst.claim_name)]
+    held = [_held_on(c, uses, own_job) for c in (src.claim_name, dst.claim_name)]
     where = []
     for pvc, node in zip(claims, held, strict=True):
         assert pvc is not None

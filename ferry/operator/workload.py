@@ -402,13 +402,38 @@ def claims(spec: api.TransferJobSpec) -> list[str]:
     return [ep.pvc.claim_name for ep in (spec.source, spec.destination) if ep.pvc is not None]
 
 
+@dataclass(frozen=True)
+class ClaimUse:
+    """A scheduled, unfinished pod mounting a claim: on which node, for which Job (if any)."""
+
+    claim: str
+    node: str
+    job: str = ""
+
+
+def claim_uses(pod: dict[str, Any]) -> list[ClaimUse]:
+    """The claims `pod` holds mounted (what the operator's pod index keeps per claim)."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return []
+    job = str(((pod.get("metadata") or {}).get("labels") or {}).get("job-name") or "")
+    names = {
+        str(claim)
+        for vol in spec.get("volumes") or []
+        if (claim := (vol.get("persistentVolumeClaim") or {}).get("claimName"))
+    }
+    return [ClaimUse(claim=c, node=str(node), job=job) for c in sorted(names)]
+
+
 def rwo_pin(
-    claim_names: list[str], pvcs: list[dict[str, Any]], pods: list[dict[str, Any]], own_job: str
+    claim_names: list[str], pvcs: list[dict[str, Any]], uses: list[ClaimUse], own_job: str
 ) -> str | None:
     """The node of a running pod that already mounts one of our ReadWriteOnce claims.
 
     An RWO volume can be mounted by many pods on one node only: a mover that
-    lands elsewhere would hang in ContainerCreating.
+    lands elsewhere would hang in ContainerCreating. `uses` comes from the pod
+    index (by claim), not from listing the namespace's pods.
     """
     rwo = {
         p["metadata"]["name"]
@@ -417,15 +442,7 @@ def rwo_pin(
         and "ReadWriteOnce" in (p.get("spec", {}).get("accessModes") or [])
         and not {"ReadWriteMany", "ReadOnlyMany"} & set(p["spec"].get("accessModes") or [])
     }
-    if not rwo:
-        return None
-    for pod in pods:
-        if (pod.get("metadata", {}).get("labels") or {}).get("job-name") == own_job:
-            continue
-        node = pod.get("spec", {}).get("nodeName")
-        if not node or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        for vol in pod["spec"].get("volumes") or []:
-            if (vol.get("persistentVolumeClaim") or {}).get("claimName") in rwo:
-                return str(node)
+    for use in uses:
+        if use.claim in rwo and use.job != own_job:
+            return use.node
     return None

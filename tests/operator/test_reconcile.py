@@ -15,10 +15,11 @@ from kubernetes.client.exceptions import ApiException
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ferry.operator import api, crdgen, pools, workload
+from ferry.operator import api, crdgen, pools, status, workload
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer
-from ferry.operator.transferjob import TransferJobReconciler, needs_polling
+from ferry.operator.transferjob import TransferJobReconciler, follows
+from tests.operator import fixtures
 from tests.operator.fixtures import PVC_TO_PVC, transferjob
 
 NOW = datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
@@ -31,6 +32,8 @@ class FakeKube:
         self.deleted: list[str] = []
         self.pools: dict[str, dict[str, Any]] = {}
         self.forbidden: set[str] = set()  # kinds whose creation RBAC refuses (403)
+        self.pods: list[dict[str, Any]] = []
+        self.pvcs: list[dict[str, Any]] = []
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
@@ -52,13 +55,10 @@ class FakeKube:
         return self.objects.get((kind, name))
 
     def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
-        return []
-
-    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
-        return []
+        return self.pods
 
     def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
-        return []
+        return [p for p in self.pvcs if p["metadata"]["name"] in names]
 
     def namespace_annotations(self, ns: str) -> dict[str, str]:
         return {}
@@ -124,12 +124,12 @@ def test_terminal_job_is_not_recreated_and_ttl_deletes_it():
     r, kube, metrics, _ = reconciler()
     done = {"phase": "Succeeded", "completionTime": "2026-01-01T00:59:00Z", "observedGeneration": 1}
     body = transferjob({**PVC_TO_PVC, "ttlSecondsAfterFinished": 120}, status=done)
-    assert needs_polling(body)
+    assert follows(body)  # it waits for its TTL
     out = r.reconcile(body, NOW)
     assert kube.created == [] and not out.deleted
     out = r.reconcile(body, NOW + timedelta(minutes=2))
     assert out.deleted and kube.deleted == ["TransferJob/copy-a"]
-    assert not needs_polling(transferjob(PVC_TO_PVC, status=done))
+    assert not follows(transferjob(PVC_TO_PVC, status=done))  # nothing left to wait for
     assert (
         metrics.registry.get_sample_value(
             "ferry_transferjob_runs_total", {"result": "Succeeded", "reason": "Completed"}
@@ -341,3 +341,63 @@ def test_mover_failure_named_invalid_spec_is_not_rerun_after_an_edit():
     }
     out = r.reconcile(transferjob({**PVC_TO_PVC, "suspend": True}, status=ran, generation=2), NOW)
     assert kube.created == [] and "phase" not in out.status
+
+
+def test_unchanged_running_job_writes_no_status():
+    r, kube, _, _ = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    first = r.reconcile(body, NOW)
+    assert first.changes == first.status  # from nothing: everything is new
+    job = kube.objects[("Job", "ferry-copy-a")]
+    job["status"] = {"active": 1, "startTime": "2026-01-01T00:00:05Z"}
+    kube.pods = [fixtures.pod("ferry-copy-a-0", 0, "Running")]
+    # the movers' progress, patched by them: a merge patch leaves it in place
+    shard = {"bytesDone": 10, "bytesTotal": 100, "lastProgressTime": "2026-01-01T00:59:30Z"}
+    body["status"] = status.merged(first.status, {"progress": {"shards": {"0": shard}}})
+    running = r.reconcile(body, NOW + timedelta(seconds=2))
+    assert running.status["phase"] == "Running"
+    assert running.changes["phase"] == "Running" and "traceID" not in running.changes
+    body["status"] = status.merged(body["status"], running.changes)
+    again = r.reconcile(body, NOW + timedelta(seconds=4))
+    assert again.status["phase"] == "Running" and again.changes == {}
+    # progress moved: only the progress totals change, nothing else is rewritten
+    body["status"]["progress"]["shards"]["0"] = {**shard, "bytesDone": 50}
+    moved = r.reconcile(body, NOW + timedelta(seconds=6))
+    assert set(moved.changes) == {"progress"} and moved.changes["progress"]["bytesDone"] == 50
+    assert "shards" not in moved.changes["progress"]
+
+
+def test_status_changes_is_a_minimal_merge_patch():
+    old = {"phase": "Running", "progress": {"shards": {"0": {}}, "bytesDone": 1}, "x": None}
+    assert status.changes(old, {"phase": "Running", "progress": {"bytesDone": 1}}) == {}
+    assert status.changes(old, {"phase": "Running", "missing": None}) == {}
+    assert status.changes(old, {"progress": {"bytesDone": 2}}) == {"progress": {"bytesDone": 2}}
+    assert status.changes(old, {"conditions": []}) == {"conditions": []}
+
+
+def test_rwo_claim_held_elsewhere_pins_the_mover_from_the_index():
+    r, kube, _, _ = reconciler()
+    kube.pvcs = [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]
+    app = {
+        "metadata": {"labels": {"app": "db"}},
+        "spec": {
+            "nodeName": "node-7",
+            "volumes": [{"persistentVolumeClaim": {"claimName": "data"}}],
+        },
+        "status": {"phase": "Running"},
+    }
+    r.reconcile(transferjob(PVC_TO_PVC), NOW, claim_uses=workload.claim_uses(app))
+    affinity = kube.objects[("Job", "ferry-copy-a")]["spec"]["template"]["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-7"]
+
+
+def test_overlay_keeps_our_last_write_and_the_movers_shards():
+    seen = {"phase": "Pending", "progress": {"shards": {"0": {"bytesDone": 5}}, "bytesDone": 1}}
+    ours = {"phase": "Running", "traceID": "t1", "progress": {"bytesDone": 3, "shards": {}}}
+    view = status.overlay(seen, ours)
+    assert view["phase"] == "Running" and view["traceID"] == "t1"
+    assert view["progress"] == {"shards": {"0": {"bytesDone": 5}}, "bytesDone": 3}
+    assert status.merged({"a": 1, "b": {"c": 1}}, {"a": None, "b": {"d": 2}}) == {
+        "b": {"c": 1, "d": 2}
+    }

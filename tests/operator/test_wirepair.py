@@ -47,6 +47,11 @@ def holder(claim: str, node: str, phase: str = "Running", job: str = "") -> dict
     }
 
 
+def uses(pods: list[dict[str, Any]]) -> list[workload.ClaimUse]:
+    """What the operator's pod index holds for these pods."""
+    return [u for pod in pods for u in workload.claim_uses(pod)]
+
+
 def local_pv(node: str) -> dict[str, Any]:
     expr = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
     return {
@@ -69,17 +74,17 @@ def no_pv(name: str) -> dict[str, Any] | None:
 
 def test_rwo_claims_held_on_two_nodes_need_a_pair_pinned_to_each():
     pods = [holder("data", "node-a"), holder("backup", "node-b")]
-    pair = wirepair.plan(SPEC, [pvc("data"), pvc("backup")], pods, OWN, no_pv)
+    pair = wirepair.plan(SPEC, [pvc("data"), pvc("backup")], uses(pods), OWN, no_pv)
     assert pair == wirepair.Pair(source_node="node-a", destination_node="node-b")
 
 
 def test_local_volumes_on_two_nodes_need_a_pair_without_pins():
     pvs = {"pv-a": local_pv("node-a"), "pv-b": local_pv("node-b")}
     claims = [pvc("data", volume="pv-a"), pvc("backup", volume="pv-b")]
-    pair = wirepair.plan(SPEC, claims, [], OWN, pvs.get)
+    pair = wirepair.plan(SPEC, claims, uses([]), OWN, pvs.get)
     assert pair == wirepair.Pair(source_node=None, destination_node=None)
     # One held by a pod, the other's volume bound elsewhere: still two nodes.
-    pair = wirepair.plan(SPEC, claims, [holder("data", "node-a")], OWN, pvs.get)
+    pair = wirepair.plan(SPEC, claims, uses([holder("data", "node-a")]), OWN, pvs.get)
     assert pair == wirepair.Pair(source_node="node-a", destination_node=None)
 
 
@@ -114,7 +119,7 @@ def test_local_volumes_on_two_nodes_need_a_pair_without_pins():
     ],
 )
 def test_one_mover_suffices(claims: Any, pods: Any, pvs: dict[str, Any]) -> None:
-    assert wirepair.plan(SPEC, claims, pods, OWN, pvs.get) is None
+    assert wirepair.plan(SPEC, claims, uses(pods), OWN, pvs.get) is None
 
 
 def test_not_two_claims_is_never_a_pair():
@@ -122,7 +127,7 @@ def test_not_two_claims_is_never_a_pair():
         {"source": PVC_TO_PVC["source"], "destination": {"s3": {"bucket": "bkt"}}}
     )
     pods = [holder("data", "n1"), holder("backup", "n2")]
-    assert wirepair.plan(s3, [pvc("data"), pvc("backup")], pods, OWN, no_pv) is None
+    assert wirepair.plan(s3, [pvc("data"), pvc("backup")], uses(pods), OWN, no_pv) is None
 
 
 # ---------------------------------------------------------------- certificates
@@ -225,9 +230,6 @@ class PairKube(FakeKube):
     def get_pvcs(self, ns: str, names: list[str]) -> list[dict[str, Any]]:
         return [pvc(n) for n in names]
 
-    def list_all_pods(self, ns: str) -> list[dict[str, Any]]:
-        return self.pods
-
     def get_pv(self, name: str) -> dict[str, Any] | None:
         return None
 
@@ -235,7 +237,8 @@ class PairKube(FakeKube):
 def _reconciled(kube: FakeKube, body: dict[str, Any]) -> dict[str, Any]:
     r, _, _, _ = reconciler()
     r.kube = kube  # type: ignore[assignment]
-    return r.reconcile(body).status
+    pods = getattr(kube, "pods", [])
+    return r.reconcile(body, claim_uses=uses(pods)).status
 
 
 def test_reconcile_builds_the_pair_and_the_sender_sends_over_the_wire():

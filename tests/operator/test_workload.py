@@ -262,9 +262,16 @@ def test_rwo_claim_in_use_pins_the_node():
         },
         "status": {"phase": "Running"},
     }
-    assert workload.rwo_pin(["data"], pvcs, [other], "ferry-copy-a") == "node-2"
+    uses = workload.claim_uses(other)
+    assert uses == [workload.ClaimUse("data", "node-2", "")]
+    assert workload.rwo_pin(["data"], pvcs, uses, "ferry-copy-a") == "node-2"
     rwx = [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteMany"]}}]
-    assert workload.rwo_pin(["data"], rwx, [other], "ferry-copy-a") is None
+    assert workload.rwo_pin(["data"], rwx, uses, "ferry-copy-a") is None
+    # our own mover's pod does not pin us; an unscheduled or finished pod holds nothing
+    own = {**other, "metadata": {"labels": {"job-name": "ferry-copy-a"}}}
+    assert workload.rwo_pin(["data"], pvcs, workload.claim_uses(own), "ferry-copy-a") is None
+    assert workload.claim_uses({**other, "spec": {**other["spec"], "nodeName": None}}) == []
+    assert workload.claim_uses({**other, "status": {"phase": "Succeeded"}}) == []
     w = build(PVC_TO_PVC, workload.Context(pin_node="node-2"))
     term = pod_spec(w)["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"
