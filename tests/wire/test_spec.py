@@ -28,7 +28,7 @@ def test_a_transferjob_passes_auto_and_off_and_refuses_on() -> None:
     out = moverspec.mover_specs(spec, None)
     assert out.shards[0].options.compression == "Off"
     assert out.shards[0].to_engine()[2].compress == op.Compress.OFF
-    with pytest.raises(ValueError, match="compression On needs a ferry:// wire"):
+    with pytest.raises(ValueError, match="compression On needs a ferry endpoint"):
         api.TransferJobSpec.model_validate({**PVC_TO_PVC, "compression": "On"})
     doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert api.COMPRESSION_ON_RULE in doc["properties"]["spec"]["x-kubernetes-validations"]
