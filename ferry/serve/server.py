@@ -35,8 +35,8 @@ from ferry.mover.backends.ferry.protocol import (
     MAX_PIECE,
     MAX_TRAILERS,
     ZSTD,
-    Codec,
     as_int,
+    codec,
     decode_piece,
     dumps,
     entry_to_json,
@@ -77,14 +77,6 @@ JSON_ROUTES = {
     "hardlink",
     "flush",
 }
-_codecs = threading.local()
-
-
-def codec() -> Codec:
-    c: Codec | None = getattr(_codecs, "codec", None)
-    if c is None:
-        c = _codecs.codec = Codec()
-    return c
 
 
 class Handler(BaseHTTPRequestHandler):

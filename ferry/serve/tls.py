@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 
+from ferry.mover.backends.ferry.protocol import tls_reason
 from ferry.mover.errors import ErrorKind, FerryError
 
 
@@ -16,22 +17,13 @@ def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise FerryError(
-            ErrorKind.USAGE, f"--tls-ca {ca!r}: cannot load it ({_why(exc)})"
+            ErrorKind.USAGE, f"--tls-ca {ca!r}: cannot load it ({tls_reason(exc)})"
         ) from None
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise FerryError(
             ErrorKind.USAGE,
-            f"--tls-cert {cert!r} / --tls-key {key!r}: cannot load them ({_why(exc)})",
+            f"--tls-cert {cert!r} / --tls-key {key!r}: cannot load them ({tls_reason(exc)})",
         ) from None
     return ctx
-
-
-def _why(exc: BaseException) -> str:
-    """The reason, never the file's contents."""
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or "not a PEM certificate or key")
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return type(exc).__name__

@@ -34,7 +34,7 @@ from ferry.mover.backends.base import (
 )
 from ferry.mover.backends.ferry.connections import Connections
 from ferry.mover.backends.ferry.errors import error_in_batch
-from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, codec, encode
+from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, encode
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_BATCH,
     FEATURE_DELTA,
@@ -45,6 +45,7 @@ from ferry.mover.backends.ferry.protocol import (
     MAX_PIECE,
     VERSION,
     as_int,
+    codec,
     decode_piece,
     dumps,
     entry_from_json,

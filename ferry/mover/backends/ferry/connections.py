@@ -18,7 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ferry.mover.backends.ferry.errors import error_from_reply, transport_error
-from ferry.mover.backends.ferry.protocol import API, MAX_REPLY_JSON, protocol_error
+from ferry.mover.backends.ferry.protocol import (
+    API,
+    MAX_REPLY_JSON,
+    protocol_error,
+    tls_reason,
+)
 from ferry.mover.endpoints import FerryEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
 
@@ -37,25 +42,16 @@ def client_context(ep: FerryEndpoint) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=ep.tls_ca)
     except (OSError, ssl.SSLError) as exc:
         raise FerryError(
-            ErrorKind.USAGE, f"cannot load tls_ca {ep.tls_ca!r}: {_why(exc)}"
+            ErrorKind.USAGE, f"cannot load tls_ca {ep.tls_ca!r}: {tls_reason(exc)}"
         ) from None
     try:
         ctx.load_cert_chain(str(ep.tls_cert), str(ep.tls_key))
     except (OSError, ssl.SSLError) as exc:
         raise FerryError(
             ErrorKind.USAGE,
-            f"cannot load tls_cert {ep.tls_cert!r} with tls_key {ep.tls_key!r}: {_why(exc)}",
+            f"cannot load tls_cert {ep.tls_cert!r} with tls_key {ep.tls_key!r}: {tls_reason(exc)}",
         ) from None
     return ctx
-
-
-def _why(exc: BaseException) -> str:
-    """An OSError's strerror or an SSLError's reason: never the file's contents."""
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or "not a PEM certificate or key")
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return type(exc).__name__
 
 
 @dataclass(slots=True)

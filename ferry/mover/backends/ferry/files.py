@@ -4,7 +4,6 @@ request on a pooled connection, zstd-compressed when that pays (`Squeeze`)."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,9 +18,9 @@ from ferry.mover.backends.ferry.protocol import (
     IDENTITY,
     MAX_PIECE,
     ZSTD,
-    Codec,
     as_int,
     as_str,
+    codec,
     decode_piece,
     dumps,
     entry_from_json,
@@ -36,15 +35,6 @@ from ferry.mover.options import Compress, Preserve
 
 # --compress auto: a file whose first this many pieces did not shrink is sent raw from then on.
 AUTO_TRIES = 2
-_codecs = threading.local()
-
-
-def codec() -> Codec:
-    """This thread's zstd codec (zstandard's objects are not thread-safe)."""
-    c: Codec | None = getattr(_codecs, "codec", None)
-    if c is None:
-        c = _codecs.codec = Codec()
-    return c
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ a wrong type, an out-of-range number or a path that could leave the root is a
 from __future__ import annotations
 
 import json
+import ssl
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -240,6 +242,17 @@ class Codec:
         return out
 
 
+_codecs = threading.local()
+
+
+def codec() -> Codec:
+    """This thread's zstd codec (zstandard's objects are not thread-safe)."""
+    c: Codec | None = getattr(_codecs, "codec", None)
+    if c is None:
+        c = _codecs.codec = Codec()
+    return c
+
+
 def decode_piece(
     codec_for: Any, body: bytes, encoding: str | None, raw: str | None, limit: int = MAX_PIECE
 ) -> bytes:
@@ -321,3 +334,13 @@ def unpack_batch(body: bytes, what: str) -> tuple[dict[str, Any], list[dict[str,
     if total != len(rest):
         raise protocol_error(f"{what}: files declare {total} bytes, the body holds {len(rest)}")
     return header, files, rest
+
+
+def tls_reason(exc: BaseException) -> str:
+    """Why a certificate, key or CA file did not load: an OSError's strerror or an
+    SSLError's reason, never the file's contents."""
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or "not a PEM certificate or key")
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
