@@ -157,7 +157,7 @@ def install(cluster: Cluster, chart: Path, image: str, extra: list[str]) -> None
         f"image.tag={tag}",
     ]
     for kv in extra:
-        cmd += ["--set", kv]
+        cmd += ["--set-string" if kv.startswith("env.") else "--set", kv]  # env values are strings
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     if done.returncode != 0:
         raise SystemExit(f"helm install failed: {done.stderr}")
