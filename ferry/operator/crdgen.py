@@ -225,7 +225,7 @@ def values_schema(text: str) -> str:
     node = json.dumps(_values_node(model_schema(api.MoverPod, status=False)))
     new, count = _MOVER_POD_LINE.subn(lambda _: f'    "moverPod": {node},', text)
     if count != 1:
-        raise SchemaError(f'{VALUES_SCHEMA} needs one line starting \'    "moverPod": \'')
+        raise SchemaError(f"{VALUES_SCHEMA} needs one line starting '    \"moverPod\": '")
     return new
 
 

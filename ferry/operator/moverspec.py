@@ -11,7 +11,7 @@ files of Secrets the kubelet mounts: the operator never reads a Secret.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -23,6 +23,13 @@ DATA_DIR = "/data"
 # URI options (`ferry.mover.endpoints.uri_options`) a TransferJob gives another way: a file
 # from a Secret it references, or a field under another name. Every other option is the
 # endpoint's field of the same name (tests/operator/test_uri_options.py holds this).
+CHECKSUMS: dict[str, Literal["crc32", "crc32c", "sha1", "sha256", "none"]] = {
+    "CRC32": "crc32",
+    "CRC32C": "crc32c",
+    "SHA1": "sha1",
+    "SHA256": "sha256",
+    "None": "none",
+}
 URI_OPTIONS_ELSEWHERE = {
     "s3": {"credentials_file": "secretRef", "endpoint_url": "endpoint"},
     "sftp": {
@@ -104,7 +111,7 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
             sse_kms_key_id=s3.sse_kms_key_id,
             storage_class=s3.storage_class,
             profile=s3.profile,
-            checksum=s3.checksum.lower() if s3.checksum else None,
+            checksum=CHECKSUMS[s3.checksum] if s3.checksum else None,
             list_metadata=s3.list_metadata,
             credentials_file=_secret(mounts, side, ref.name, ref.key) if ref else None,
         )

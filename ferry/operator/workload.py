@@ -232,10 +232,13 @@ def check_pod(spec: api.TransferJobSpec, ctx: Context) -> None:
                 reason="PrivilegeNotGranted",
             )
     if needs_privilege(spec):
-        for name, value in (("runAsUser", own.run_as_user), ("runAsGroup", own.run_as_group)):
-            if value not in (None, 0):
+        for field_name, given in (
+            ("runAsUser", own.run_as_user),
+            ("runAsGroup", own.run_as_group),
+        ):
+            if given not in (None, 0):
                 raise InvalidSpec(
-                    f"spec.pod.securityContext.{name}",
+                    f"spec.pod.securityContext.{field_name}",
                     "preserving owners (spec.preserve) runs the mover as root; leave it unset",
                 )
 
