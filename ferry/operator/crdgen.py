@@ -217,6 +217,9 @@ def _values_node(node: Any) -> Any:
     }
     if "properties" in out:
         out["additionalProperties"] = False
+    if api.NOT_OPERATOR_KEYS in node.get("x-kubernetes-validations", []):
+        prefix = {"pattern": "^" + re.escape(api.OPERATOR_KEY_PREFIX)}
+        out["propertyNames"] = {"not": {"anyOf": [prefix, {"enum": list(api.OPERATOR_LABELS)}]}}
     return out
 
 
