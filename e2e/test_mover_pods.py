@@ -37,7 +37,8 @@ from e2e.test_operator import (  # noqa: F401  (fixtures are used by name)
 )
 from e2e.test_operator import V as VERSION
 from e2e.test_operator_rbac import can
-from ferry.operator import workload
+from e2e.test_operator_wire import TOLERATE_ALL, _holder
+from ferry.operator import wirepair, workload
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -59,15 +60,13 @@ def test_mover_reads_app_owned_files_as_their_uid_with_its_labels_and_account(
     for rel, gid in (("fsgroup.bin", FS_GROUP), ("extra.bin", EXTRA_GROUP)):
         os.chown(src / rel, 0, gid)
         os.chmod(src / rel, 0o640)
-    env.core.create_namespaced_service_account(
-        env.ns,
-        {
-            "metadata": {
-                "name": "backup-sa",
-                "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/ferry"},
-            }
-        },
-    )
+    account: Obj = {
+        "metadata": {
+            "name": "backup-sa",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/ferry"},
+        }
+    }
+    env.core.create_namespaced_service_account(env.ns, account)  # type: ignore[arg-type]
     pod = {
         "securityContext": {
             "runAsUser": APP_UID,
@@ -108,6 +107,57 @@ def test_mover_reads_app_owned_files_as_their_uid_with_its_labels_and_account(
         for s in _raw(env.core.list_namespaced_service_account, env.ns)["items"]
     ]
     assert workload.child_name("as-app") not in names
+
+
+def _adapted(pod: Obj, want: Obj) -> None:
+    """`pod` carries what spec.pod `want` asked for."""
+    meta, spec = pod["metadata"], pod["spec"]
+    assert spec["serviceAccountName"] == want["serviceAccountName"]
+    assert want["labels"].items() <= meta["labels"].items()
+    assert want["annotations"].items() <= meta["annotations"].items()
+    assert want["securityContext"].items() <= spec["securityContext"].items()
+
+
+def test_wire_pair_sender_and_receiver_are_adapted_too(env: Env) -> None:
+    """Two RWO claims held on two nodes: the receiver (`ferry serve`) writes as the app's
+    uid, and both pods carry the user's labels, annotations and account."""
+    nodes = sorted(n["metadata"]["name"] for n in _raw(env.core.list_node)["items"])
+    if len(nodes) < 2:
+        pytest.skip("needs a cluster of two nodes")
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {"app/a.bin": 5000, "app/b.bin": 70000})
+    for rel in ("app", "app/a.bin", "app/b.bin"):
+        os.chown(src / rel, APP_UID, APP_UID)
+        os.chmod(src / rel, 0o700 if rel == "app" else 0o600)
+    _holder(env, "src", nodes[0])
+    _holder(env, "dst", nodes[1])
+    account: Obj = {"metadata": {"name": "wire-sa"}}
+    env.core.create_namespaced_service_account(env.ns, account)  # type: ignore[arg-type]
+    pod = {
+        "securityContext": {"runAsUser": APP_UID, "runAsGroup": APP_UID},
+        "serviceAccountName": "wire-sa",
+        "labels": {"team": "apps"},
+        "annotations": {"linkerd.io/inject": "disabled"},
+    }
+    spec = pvc_spec("src", "dst", placement={"tolerations": [TOLERATE_ALL]}, pod=pod)
+    env.create("transferjobs", "wire", {**spec, "suspend": True})
+
+    def receiver() -> Obj | None:
+        pods = _raw(
+            env.core.list_namespaced_pod,
+            env.ns,
+            label_selector=f"{wirepair.LABEL_RECEIVER_OF}=wire",
+        )["items"]
+        return next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+
+    _adapted(wait_for("the receiver running", receiver, timeout=120), pod)
+    env.patch_spec("transferjobs", "wire", {"suspend": False})
+    env.wait_phase("wire", "Succeeded", timeout=240)
+    assert digests(dst) == want
+    assert all(os.stat(dst / rel).st_uid == APP_UID for rel in want)  # the receiver wrote them
+    (sender,) = env.pods("wire")
+    assert sender["spec"]["nodeName"] == nodes[0]
+    _adapted(sender, pod)
 
 
 def test_transferjob_asking_for_root_is_refused_naming_the_field(env: Env) -> None:
@@ -154,20 +204,16 @@ def test_namespace_editors_create_and_viewers_read_transferjobs(
 ) -> None:
     rbac = client.RbacAuthorizationV1Api(api)
     for user, role in (("alice", "edit"), ("bob", "view")):
-        rbac.create_namespaced_role_binding(
-            env.ns,
-            {
-                "metadata": {"name": f"{user}-{role}"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": role,
-                },
-                "subjects": [
-                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
-                ],
+        binding: Obj = {
+            "metadata": {"name": f"{user}-{role}"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role,
             },
-        )
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+        rbac.create_namespaced_role_binding(env.ns, binding)  # type: ignore[arg-type]
 
     def aggregated() -> bool:
         return _user_can(api, "alice", "create", "transferjobs", env.ns)
