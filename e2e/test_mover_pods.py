@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
+import socketserver
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,12 +36,14 @@ from e2e.test_operator import (  # noqa: F401  (fixtures are used by name)
     operator,
     otlp,
     pvc_spec,
+    pvc_to_s3_spec,
     seed,
 )
 from e2e.test_operator import V as VERSION
 from e2e.test_operator_rbac import can
 from e2e.test_operator_wire import TOLERATE_ALL, _holder
 from ferry.operator import wirepair, workload
+from tests.servers import VersityServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -158,6 +163,95 @@ def test_wire_pair_sender_and_receiver_are_adapted_too(env: Env) -> None:
     (sender,) = env.pods("wire")
     assert sender["spec"]["nodeName"] == nodes[0]
     _adapted(sender, pod)
+
+
+class ConnectProxy:
+    """A real HTTP CONNECT proxy on the host's pod-network address, recording each target."""
+
+    def __init__(self, host: str) -> None:
+        self.server = socketserver.ThreadingTCPServer((host, 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.targets: list[str] = []
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.StreamRequestHandler]:
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(8192).decode("latin-1").split()
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass  # the request's headers
+                if len(line) < 2 or line[0] != "CONNECT":
+                    self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                    return
+                proxy.targets.append(line[1])
+                host, _, port = line[1].rpartition(":")
+                with socket.create_connection((host, int(port)), timeout=10) as up:
+                    self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    self.wfile.flush()
+                    pump = threading.Thread(target=_pump, args=(up, self.connection), daemon=True)
+                    pump.start()
+                    _pump(self.connection, up)
+                    pump.join(timeout=10)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(1 << 16):
+            b.sendall(data)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def test_https_s3_through_a_proxy_trusting_the_ca_bundle(env: Env, cluster: Cluster) -> None:
+    """S3 on HTTPS with a self-signed certificate, reachable for the test through a CONNECT
+    proxy: the mover trusts the ConfigMap's CA and goes through spec.pod.proxy (and its status
+    patches to the API server do not: the proxy sees S3 only)."""
+    s3srv = VersityServer(host=cluster.host_ip, tls=True).start()
+    proxy = ConnectProxy(cluster.host_ip)
+    try:
+        s3srv.create_bucket("backups")
+        assert s3srv.ca_bundle
+        config_map: Obj = {
+            "metadata": {"name": "s3-ca"},
+            "data": {"bundle.pem": Path(s3srv.ca_bundle).read_text()},
+        }
+        env.core.create_namespaced_config_map(env.ns, config_map)  # type: ignore[arg-type]
+        src = env.pvc("src")
+        want = seed(src, {"a.bin": 20_000, "b/c.bin": 3 << 20})
+        spec = pvc_to_s3_spec(env, s3srv, "src", prefix="tls/")
+        assert spec["destination"]["s3"]["endpoint"].startswith("https://")
+        no_retry = {"retry": {"limit": 0, "perFile": 0}}
+        # The control: without the CA the server's certificate is not trusted.
+        env.create("transferjobs", "untrusted", {**spec, **no_retry})
+        refused = env.wait_phase("untrusted", "Failed", timeout=120)["status"]
+        assert "CERTIFICATE_VERIFY_FAILED" in (refused.get("message") or ""), refused
+        pod = {
+            "caBundle": {"name": "s3-ca", "key": "bundle.pem"},
+            "proxy": {"httpsProxy": proxy.url, "noProxy": "example.invalid"},
+        }
+        proxy.targets.clear()
+        env.create("transferjobs", "trusted", {**spec, **no_retry, "pod": pod})
+        done = env.wait_phase("trusted", "Succeeded", timeout=180)
+        assert done["status"]["result"]["filesCopied"] == len(want)
+        s3 = s3srv.client()
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="backups", Prefix="tls/")["Contents"]}
+        assert {f"tls/{k}" for k in want} <= keys
+        assert (done["status"].get("progress") or {}).get("shards")  # status patches arrived
+        s3_target = f"{cluster.host_ip}:{s3srv.port}"
+        assert proxy.targets and set(proxy.targets) == {s3_target}, proxy.targets
+    finally:
+        proxy.close()
+        s3srv.close()
 
 
 def test_transferjob_asking_for_root_is_refused_naming_the_field(env: Env) -> None:
