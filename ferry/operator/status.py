@@ -485,19 +485,31 @@ def compute(
     idle, idle_msg = _stalled(status, patch, spec, phase, now)
     state = Health.stalled("NoProgress", idle_msg) if idle else job_health(phase, reason, message)
     conditions = set_health(conditions, state, now, generation)
-    ttl = gitops.ttl_conflict(body["metadata"], spec)
-    if ttl is not None or any(c.get("type") == gitops.TTL_CONDITION for c in conditions):
-        conditions = set_condition(
-            conditions,
-            gitops.TTL_CONDITION,
-            ttl is not None,
-            gitops.TTL_REASON if ttl is not None else "NoConflict",
-            ttl or "",
-            now,
-            generation,
-        )
-    patch["conditions"] = conditions
+    patch["conditions"] = with_ttl_conflict(conditions, body["metadata"], spec, now, generation)
     return patch
+
+
+def with_ttl_conflict(
+    conditions: list[dict[str, Any]],
+    meta: dict[str, Any],
+    spec: api.TransferJobSpec,
+    now: datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """`TTLConflict` set while a TTL meets a GitOps tool's mark (`gitops`); once set, kept
+    and turned False when that ends; never added to a TransferJob it never concerned."""
+    ttl = gitops.ttl_conflict(meta, spec)
+    if ttl is None and not any(c.get("type") == gitops.TTL_CONDITION for c in conditions):
+        return conditions
+    return set_condition(
+        conditions,
+        gitops.TTL_CONDITION,
+        ttl is not None,
+        gitops.TTL_REASON if ttl is not None else "NoConflict",
+        ttl or "",
+        now,
+        generation,
+    )
 
 
 def _stalled(

@@ -293,6 +293,18 @@ class TransferJobReconciler:
         )
         owned = job is not None and _owned_by(job, body["metadata"]["uid"])
         changed = workload.changed_fields(job, spec) if job is not None and owned else []
+        if not changed:
+            # The conditions still hold for the new generation (only mutable fields changed);
+            # say so, and look at the TTL again: the edit may have added or removed one.
+            generation = body["metadata"].get("generation")
+            conditions = [
+                {**c, "observedGeneration": generation} for c in old.get("conditions") or []
+            ]
+            outcome.status["conditions"] = status.with_ttl_conflict(
+                conditions, body["metadata"], spec, now, generation
+            )
+            if ttl_msg := _newly_true(old, outcome.status, gitops.TTL_CONDITION):
+                outcome.warning = (gitops.TTL_CONDITION, ttl_msg)
         return _unless_changed(body, outcome, changed, now)
 
     def _account(self, body: dict[str, Any], new: dict[str, Any], now: datetime) -> None:

@@ -253,3 +253,26 @@ def test_ttl_conflict_marks(labels, annotations, ttl, flagged):
         assert message is not None and flagged in message
     body = computed({**PVC_TO_PVC, "ttlSecondsAfterFinished": ttl})
     assert gitops.TTL_CONDITION not in conds(body)  # nothing to say: no condition at all
+
+
+def test_a_ttl_added_after_the_end_is_flagged_and_the_generation_claimed():
+    """A finished TransferJob in Git, then a commit adds a TTL: the edit is claimed (every
+    condition says generation 2; kstatus still reads it Current) and the conflict flagged."""
+    r, kube, _, _ = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    body["metadata"]["labels"] = {"kustomize.toolkit.fluxcd.io/name": "apps"}
+    body["status"] = r.reconcile(body, NOW).status
+    job_ = kube.objects[("Job", "ferry-copy-a")]
+    job_["status"] = job(COMPLETE, succeeded=1)["status"]
+    kube.pods = [pod("p0", 0, "Succeeded", 0, summary())]
+    body["status"] = r.reconcile(body, NOW).status
+    assert body["status"]["phase"] == "Succeeded" and gitops.TTL_CONDITION not in conds(body)
+    body["spec"] = {**PVC_TO_PVC, "ttlSecondsAfterFinished": 3600}
+    body["metadata"]["generation"] = 2
+    out = r.reconcile(body, NOW + timedelta(seconds=30))
+    body["status"] = status.merged(body["status"], out.changes)
+    assert conds(body)[gitops.TTL_CONDITION]["status"] == "True"
+    assert out.warning is not None and out.warning[0] == gitops.TTL_CONDITION
+    assert {c["observedGeneration"] for c in body["status"]["conditions"]} == {2}
+    assert kstatus.compute(body)[0] == "Current" and body["status"]["observedGeneration"] == 2
+    assert not out.deleted and kube.objects[("Job", "ferry-copy-a")] is job_  # not re-run
