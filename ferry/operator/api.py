@@ -787,7 +787,19 @@ class ObjectRef(StatusModel):
     uid: str | None = None
 
 
+class LastRun(StatusModel):
+    """The latest finished run of a schedule, copied from that TransferJob's status."""
+
+    name: str
+    phase: Phase
+    reason: str | None = None
+    message: str | None = None
+    bytes_transferred: int = 0
+    completion_time: str | None = None
+
+
 class TransferScheduleStatus(StatusModel):
+    last_run: LastRun | None = None
     last_schedule_time: str | None = None
     last_handled_time: str | None = Field(
         default=None, description="Latest scheduled time acted on (run or counted missed)."
@@ -863,6 +875,11 @@ class Kind:
     validations: ClassVar[tuple[dict[str, str], ...]] = ()
 
 
+# The Ready condition's status and reason as printer columns read them.
+READY_STATUS = '.status.conditions[?(@.type=="Ready")].status'
+READY_REASON = '.status.conditions[?(@.type=="Ready")].reason'
+
+
 class TransferJobKind(Kind):
     kind = "TransferJob"
     plural = "transferjobs"
@@ -874,6 +891,7 @@ class TransferJobKind(Kind):
     validations = immutability_rules()
     printer_columns = (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "string", "jsonPath": READY_STATUS},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
         {"name": "Rate", "type": "string", "jsonPath": ".status.progress.rate"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": "1"},
@@ -892,8 +910,18 @@ class TransferScheduleKind(Kind):
     printer_columns = (
         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
         {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+        {"name": "Ready", "type": "string", "jsonPath": READY_STATUS},
+        {"name": "Last Result", "type": "string", "jsonPath": ".status.lastRun.phase"},
         {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
         {"name": "Next", "type": "string", "jsonPath": ".status.nextScheduleTime"},
+        {"name": "Reason", "type": "string", "jsonPath": READY_REASON, "priority": "1"},
+        {"name": "Last Run", "type": "string", "jsonPath": ".status.lastRun.name", "priority": "1"},
+        {
+            "name": "Last Bytes",
+            "type": "integer",
+            "jsonPath": ".status.lastRun.bytesTransferred",
+            "priority": "1",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
 
