@@ -32,9 +32,10 @@ from ferry.mover.options import (
     Preserve,
     SymlinkPolicy,
 )
-from ferry.mover.roots import Overlap, overlap
+from ferry.mover.roots import Overlap, RootId, overlap
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
+from ferry.mover.single import UNASKED, Asked, OneFile
 
 log = logging.getLogger("ferry")
 
@@ -84,11 +85,17 @@ class Action:
 
 class Planner:
     def __init__(
-        self, src: Backend, dst: Backend, options: Options, dst_exists: bool = True
+        self,
+        src: Backend,
+        dst: Backend,
+        options: Options,
+        dst_exists: bool = True,
+        one: OneFile | None = None,
     ) -> None:
         self.src = src
         self.dst = dst
         self.o = options
+        self.one = one  # a single file as the source: one action, no walk
         self.filters = FilterSet.parse(options.filters)
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
@@ -146,6 +153,9 @@ class Planner:
         return self.sharder is None or self.sharder.owns(rel, size)
 
     def walk(self, lister: PairLister) -> Iterator[Action]:
+        if self.one is not None:
+            yield from self._single(self.one)
+            return
         lister.request("", self.dst_exists)
         stack: list[tuple[str, bool]] = [("", self.dst_exists)]
         while stack:
@@ -203,6 +213,14 @@ class Planner:
                 lister.request(*item)
             stack.extend(reversed(subdirs))
 
+    def _single(self, one: OneFile) -> Iterator[Action]:
+        """The one action of a file source: its name read, the destination's name written."""
+        s = self.src.stat(one.read)
+        if s is None:
+            raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", one.read)
+        d = self.dst.stat(one.write) if self.dst_exists else None
+        yield from self._decide(one.write, s, d, one.read)
+
     def excluded(self, rel: str, e: Entry) -> bool:
         if not self.filters:
             return False
@@ -210,15 +228,18 @@ class Planner:
             return not self.filters.include_dir(rel)
         return not self.filters.include_file(rel)
 
-    def _decide(self, rel: str, s: Entry, d: Entry | None) -> Iterator[Action]:
+    def _decide(
+        self, rel: str, s: Entry, d: Entry | None, read_rel: str | None = None
+    ) -> Iterator[Action]:
         if self.excluded(rel, s):
             return
-        read_rel = None
         if s.type == EntryType.SYMLINK and not self.links_ok:
             if self.o.symlinks != SymlinkPolicy.FOLLOW:
                 return
             resolved = (
-                self.src.resolve_link(rel, s) if isinstance(self.src, ResolvesLinks) else None
+                self.src.resolve_link(read_rel or rel, s)
+                if isinstance(self.src, ResolvesLinks)
+                else None
             )
             if resolved is None:
                 log.warning("%s: symlink is dangling or points outside the source; skipped", rel)
@@ -334,23 +355,37 @@ class Planner:
         )
 
 
-def check_roots(src: Backend, dst: Backend, options: Options, operation: str) -> bool:
+def check_roots(
+    src: Backend,
+    dst: Backend,
+    options: Options,
+    operation: str,
+    one: OneFile | None = None,
+    src_type: EntryType | Asked | None = UNASKED,
+) -> bool:
     """Refuse what cannot end well before touching anything. Returns whether dst exists.
 
     Overlapping roots are refused on every backend (ferry.mover.roots): a destination inside
     the source would copy into what is being read; a sync whose source is inside its
     destination would delete the source. A copy out of a subdirectory into its parent is
-    allowed."""
-    st = src.root_type()
+    allowed. With a single file (`one`, the roots being directories around it) only the
+    file onto itself is refused. `src_type`: the source root's type when already known."""
+    st = src.root_type() if isinstance(src_type, Asked) else src_type
     if st is None:
         raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", src.describe())
-    if st != EntryType.DIR:
+    if st == EntryType.FILE and one is None:
         raise FerryError(
             ErrorKind.USAGE,
-            "source must be a directory (copy its parent with a filter)",
+            "source is a single file, opened as a root (give it as an endpoint instead)",
             src.describe(),
         )
+    if st != EntryType.DIR:
+        raise FerryError(
+            ErrorKind.USAGE, "source must be a directory or a regular file", src.describe()
+        )
     a, b = src.root_id(), dst.root_id()
+    if one is not None:
+        return _check_one(src, dst, one, a, b)
     how = overlap(a, b) if a is not None and b is not None else None
     if how is Overlap.SAME or how is Overlap.DST_IN_SRC:
         raise FerryError(ErrorKind.OVERLAP, how.value, dst.describe())
@@ -362,5 +397,24 @@ def check_roots(src: Backend, dst: Backend, options: Options, operation: str) ->
     if dt is not None and dt != EntryType.DIR:
         raise FerryError(
             ErrorKind.USAGE, "destination exists and is not a directory", dst.describe()
+        )
+    return dt is not None
+
+
+def _check_one(
+    src: Backend, dst: Backend, one: OneFile, a: RootId | None, b: RootId | None
+) -> bool:
+    """A single file: refused onto itself; the destination's directory is one or is new."""
+    if a is not None and b is not None:
+        read = RootId(a.space, a.parts + tuple(one.read.split("/")))
+        write = RootId(b.space, b.parts + tuple(one.write.split("/")))
+        if overlap(read, write) is Overlap.SAME:
+            raise FerryError(
+                ErrorKind.OVERLAP, "source and destination are the same file", dst.describe()
+            )
+    dt = dst.root_type()
+    if dt is not None and dt != EntryType.DIR:
+        raise FerryError(
+            ErrorKind.USAGE, "the destination's directory is not a directory", dst.describe()
         )
     return dt is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from ferry.mover.options import Options
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister
+from ferry.mover.single import UNASKED, Asked, OneFile, open_pair
 
 log = logging.getLogger("ferry")
 
@@ -41,8 +43,14 @@ def _included(filters: FilterSet, rel: str, e: Entry) -> bool:
 
 
 def _walk(
-    src: Backend, dst: Backend, filters: FilterSet
+    src: Backend, dst: Backend, filters: FilterSet, one: OneFile | None = None
 ) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+    if one is not None:  # a single file: its pair, by the destination's name
+        s = src.stat(one.read)
+        if s is None:
+            raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", one.read)
+        yield one.write, s, dst.stat(one.write)
+        return
     lister = PairLister(src, dst)
     try:
         lister.request("", True)
@@ -102,6 +110,7 @@ def verify_trees(
     progress = Progress()
     started = time.monotonic()
     lock = threading.Lock()
+    opened: list[Backend] = []
 
     def differ(d: Difference) -> None:
         with lock:
@@ -111,14 +120,25 @@ def verify_trees(
     try:
         with Reporter(progress, sink):
             check_compress(options.compress, src_ep, dst_ep)
-            src = open_backend(src_ep, accelerators=options.accelerators, compress=options.compress)
-            dst = open_backend(dst_ep, accelerators=options.accelerators, compress=options.compress)
-            for b, kind in (
-                (src, ErrorKind.SOURCE_NOT_FOUND),
-                (dst, ErrorKind.DESTINATION_NOT_FOUND),
+
+            def opener(ep: Endpoint) -> Backend:
+                return open_backend(
+                    ep, accelerators=options.accelerators, compress=options.compress
+                )
+
+            pair = open_pair(src_ep, dst_ep, opener, opener, opened, options)
+            src, dst, one = pair.src, pair.dst, pair.one
+            for b, kind, known in (
+                (src, ErrorKind.SOURCE_NOT_FOUND, pair.src_type),
+                (dst, ErrorKind.DESTINATION_NOT_FOUND, UNASKED),
             ):
-                if b.root_type() != EntryType.DIR:
+                found = b.root_type() if isinstance(known, Asked) else known
+                if found != EntryType.DIR:
                     raise FerryError(kind, "does not exist or is not a directory", b.describe())
+
+            def read(rel: str) -> str:
+                return one.read if one is not None and rel == one.write else rel
+
             window = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
             perms = options.preserve.perms and src.holds.permissions and dst.holds.permissions
             times = options.preserve.times
@@ -132,7 +152,7 @@ def verify_trees(
             with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
 
                 def digest_pair(rel: str, s: Entry, d: Entry) -> tuple[str, str]:
-                    a, b = file_digest(src, rel, s), file_digest(dst, rel, d)
+                    a, b = file_digest(src, read(rel), s), file_digest(dst, rel, d)
                     progress.advance(s.size, 1)
                     return a, b
 
@@ -148,7 +168,7 @@ def verify_trees(
                         if a != b:
                             differ(Difference(rel, "content", f"{a[:17]}... != {b[:17]}..."))
 
-                for rel, s, d in _walk(src, dst, FilterSet.parse(options.filters)):
+                for rel, s, d in _walk(src, dst, FilterSet.parse(options.filters), one):
                     if s is None:
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue
@@ -186,13 +206,17 @@ def verify_trees(
                     if perms and dir_ok and s.type != EntryType.SYMLINK and s.mode != d.mode:
                         differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
                     if xattrs and s.type in (EntryType.FILE, EntryType.DIR):
-                        why = _xattrs_differ(read_xattrs(src, rel), read_xattrs(dst, rel))
+                        why = _xattrs_differ(read_xattrs(src, read(rel)), read_xattrs(dst, rel))
                         if why:
                             differ(Difference(rel, "xattrs", why))
                 progress.scan_complete = True
                 collect(0)
     except Exception as exc:
         summary.fatal = as_ferry_error(exc)
+    finally:
+        for b in opened:
+            with contextlib.suppress(Exception):
+                b.close()
     summary.elapsed_seconds = time.monotonic() - started
     sink.finish(summary)
     return summary
