@@ -32,6 +32,7 @@ from ferry.mover.options import (
     Preserve,
     SymlinkPolicy,
 )
+from ferry.mover.rename import Renamer
 from ferry.mover.roots import Overlap, RootId, overlap
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
@@ -96,6 +97,7 @@ class Planner:
         self.dst = dst
         self.o = options
         self.one = one  # a single file as the source: one action, no walk
+        self.rename = Renamer(options.rename)
         self.filters = FilterSet.parse(options.filters)
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
@@ -157,24 +159,33 @@ class Planner:
             yield from self._single(self.one)
             return
         lister.request("", self.dst_exists)
-        stack: list[tuple[str, bool]] = [("", self.dst_exists)]
+        # (source path, destination path): they differ below a renamed directory.
+        stack: list[tuple[str, str]] = [("", "")]
+        rename = self.rename if self.rename else None
         while stack:
-            rel, _ = stack.pop()
+            rel, dst_rel = stack.pop()
             src_list, dst_list = lister.get(rel)
             if isinstance(src_list, FerryError):
-                yield Action(Op.ERROR, rel, error=src_list)
+                yield Action(Op.ERROR, dst_rel, error=src_list)
                 continue
             if isinstance(dst_list, FerryError):
-                yield Action(Op.ERROR, rel, error=dst_list)
+                yield Action(Op.ERROR, dst_rel, error=dst_list)
                 continue
+            names: dict[str, str] | None = None
+            if rename is not None:
+                try:
+                    names = self.renamed(rel, src_list)
+                except FerryError as err:
+                    yield Action(Op.ERROR, dst_rel, error=err)
+                    continue
             dst_by_name = {e.name: e for e in dst_list}
-            subdirs: list[tuple[str, bool]] = []
+            subdirs: list[tuple[str, bool, str]] = []
             src_list.sort(key=_by_name)
             skipped_files = skipped_bytes = 0
             fast = self._fast_skip
             window = self.window_ns
             for s in src_list:
-                d = dst_by_name.pop(s.name, None)
+                d = dst_by_name.pop(s.name if names is None else names[s.name], None)
                 if (
                     fast
                     and d is not None
@@ -190,13 +201,15 @@ class Planner:
                     skipped_bytes += s.size
                     continue
                 child = f"{rel}/{s.name}" if rel else s.name
-                for action in self._decide(child, s, d):
+                dst_child = child if names is None else join(dst_rel, names[s.name])
+                read_rel = child if dst_child != child else None
+                for action in self._decide(dst_child, s, d, read_rel):
                     if (
                         action.op in (Op.MKDIR, Op.SKIP)
                         and action.src is not None
                         and action.src.type == EntryType.DIR
                     ):
-                        subdirs.append((child, action.op == Op.SKIP))
+                        subdirs.append((child, action.op == Op.SKIP, dst_child))
                     yield action
             if skipped_files:
                 self.skipped_files += skipped_files
@@ -205,13 +218,35 @@ class Planner:
                     self.on_skipped(skipped_files, skipped_bytes)
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
-                    child = join(rel, d.name)
+                    child = join(dst_rel, d.name)
                     if self.excluded(child, d) or not self._mine(child, d.size):
                         continue
                     yield Action(Op.DELETE, child, dst=d)
-            for item in subdirs:
-                lister.request(*item)
-            stack.extend(reversed(subdirs))
+            for src_sub, exists, dst_sub in subdirs:
+                lister.request(src_sub, exists, dst_sub)
+            stack.extend((src_sub, dst_sub) for src_sub, _, dst_sub in reversed(subdirs))
+
+    def renamed(self, rel: str, listing: list[Entry]) -> dict[str, str]:
+        """Each source name of a directory -> its destination name, refusing two that the
+        rules make one (entries the filters leave out take no name)."""
+        kept = [e.name for e in listing if not self.excluded(join(rel, e.name), e)]
+        where = self.src.describe()
+        self.rename.check_listing(kept, f"{where.rstrip('/')}/{rel}" if rel else where)
+        return {e.name: self.rename(e.name) for e in listing}
+
+    def check_renames(self) -> None:
+        """Walk the source's listings once before anything is written, so a rename
+        collision (or a name the rules make unusable) stops the run with nothing done."""
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            listing = self.src.list_dir(rel)
+            self.renamed(rel, listing)
+            stack.extend(
+                join(rel, e.name)
+                for e in listing
+                if e.type == EntryType.DIR and not self.excluded(join(rel, e.name), e)
+            )
 
     def _single(self, one: OneFile) -> Iterator[Action]:
         """The one action of a file source: its name read, the destination's name written."""
@@ -231,7 +266,9 @@ class Planner:
     def _decide(
         self, rel: str, s: Entry, d: Entry | None, read_rel: str | None = None
     ) -> Iterator[Action]:
-        if self.excluded(rel, s):
+        """`rel` is the destination's path; `read_rel` the source's where it differs."""
+        src_rel = read_rel or rel
+        if self.excluded(src_rel, s):
             return
         if s.type == EntryType.SYMLINK and not self.links_ok:
             if self.o.symlinks != SymlinkPolicy.FOLLOW:
@@ -264,7 +301,7 @@ class Planner:
         if s.type == EntryType.OTHER:
             log.warning("%s: not a regular file, directory or symlink; skipped", rel)
             return
-        if not self._mine(rel, s.size):
+        if not self._mine(src_rel, s.size):
             return
         if s.type == EntryType.SYMLINK:
             if not self.dst.holds.symlinks:

@@ -28,6 +28,7 @@ from ferry.mover.endpoints import (
 )
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Options
+from ferry.mover.rename import Renamer
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ def open_pair(
     _close(src, opened)
     src = open_src(parent)
     opened.append(src)
+    if options.rename:
+        name = Renamer(options.rename)(name)
     target = None if names_directory(dst_ep) else split_endpoint(dst_ep)
     if target is None:  # into the directory named (or a root: a bucket, a share, '/')
         dst = open_dst(plain(dst_ep))
@@ -136,4 +139,11 @@ def open_pair(
             _close(dst, opened)
             return Opened(src, probe, OneFile(read, name), EntryType.DIR)
         _close(probe, opened)
+    if options.rename:
+        raise FerryError(
+            ErrorKind.USAGE,
+            "--rename (spec rename) does not apply when the destination names the file "
+            "(end it with '/' to copy into a directory)",
+            dst.describe(),
+        )
     return Opened(src, dst, OneFile(read, dst_name), EntryType.DIR)

@@ -175,9 +175,12 @@ def _run(
         )
     if planner.sharder is not None:
         _prescan_shards(src, planner, options)
+    if planner.rename and one is None:
+        planner.check_renames()  # a collision stops the run before anything is written
     space = dst.free_space() if options.preflight else None
     need = SpaceNeed(src, dst, options, space.block) if space is not None else None
-    listers = [PairLister(src, dst, workers=4)]
+    rename = planner.rename if planner.rename else None
+    listers = [PairLister(src, dst, workers=4, rename=rename)]
     try:
         if options.dry_run:
             with sink.phase("plan") as attrs:
@@ -208,7 +211,7 @@ def _run(
                 sharder = planner.sharder
                 planner = Planner(src, dst, options, dst_exists=dst_exists, one=one)
                 planner.sharder = sharder
-                listers.append(PairLister(src, dst, workers=4))
+                listers.append(PairLister(src, dst, workers=4, rename=rename))
                 actions = planner.walk(listers[-1])
         if not dst_exists:
             dst.prepare_destination()
