@@ -120,25 +120,12 @@ def open_pair(
     opened.append(src)
     if options.rename:
         name = Renamer(options.rename)(name)
-    target = None if names_directory(dst_ep) else split_endpoint(dst_ep)
-    if target is None:  # into the directory named (or a root: a bucket, a share, '/')
-        dst = open_dst(plain(dst_ep))
-        opened.append(dst)
-        return Opened(src, dst, OneFile(read, name), EntryType.DIR)
-    dst_parent, dst_name = target
-    dst = open_dst(dst_parent)
+    dst = open_dst(plain(dst_ep))
     opened.append(dst)
-    there = dst.stat(dst_name)
-    if there is not None and there.type == EntryType.DIR:
-        return Opened(src, dst, OneFile(read, f"{dst_name}/{name}"), EntryType.DIR)
-    if there is not None and there.type == EntryType.SYMLINK:
-        # A link to a directory receives the file, as in rsync and cp.
-        probe = open_dst(plain(dst_ep))
-        opened.append(probe)
-        if probe.root_type() == EntryType.DIR:
-            _close(dst, opened)
-            return Opened(src, probe, OneFile(read, name), EntryType.DIR)
-        _close(probe, opened)
+    target = None if names_directory(dst_ep) else split_endpoint(dst_ep)
+    if target is None or dst.root_type() == EntryType.DIR:
+        # Into the directory named (a link to one included), or a root: a bucket, a share.
+        return Opened(src, dst, OneFile(read, name), EntryType.DIR)
     if options.rename:
         raise FerryError(
             ErrorKind.USAGE,
@@ -146,4 +133,8 @@ def open_pair(
             "(end it with '/' to copy into a directory)",
             dst.describe(),
         )
+    _close(dst, opened)
+    dst_parent, dst_name = target
+    dst = open_dst(dst_parent)
+    opened.append(dst)
     return Opened(src, dst, OneFile(read, dst_name), EntryType.DIR)
