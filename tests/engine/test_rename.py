@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ferry.mover.endpoints import LocalEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
@@ -192,3 +194,32 @@ def test_single_file_into_a_directory_is_renamed(tmp_path: Path, src: Path) -> N
     assert r.summary["filesSkipped"] == 1
     r = run_ferry("copy", src / "a.txt", dst / "n.txt", "--rename", "s/a/z/", check_rc=2)
     assert "--rename (spec rename) does not apply when the destination names the file" in r.stderr
+
+
+# -- untrusted text: any rule either parses or is refused as usage; any name renames or is refused
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(min_size=1, max_size=60))
+def test_any_rule_text_and_name_end_in_a_rule_or_a_usage_error(rule: str, name: str) -> None:
+    try:
+        renamer = Renamer([rule])
+    except FerryError as exc:
+        assert exc.kind == ErrorKind.USAGE and repr(rule) in str(exc)
+        return
+    try:
+        out = renamer(name)
+    except FerryError as exc:
+        assert exc.kind == ErrorKind.USAGE
+        return
+    assert out == name or (out and "/" not in out and out not in (".", ".."))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from("/|#,:"), st.text(alphabet="ab/|#,:\\.", max_size=12))
+def test_an_escaped_delimiter_is_literal(delim: str, text: str) -> None:
+    escaped = text.replace("\\", "").replace(delim, "\\" + delim)
+    if not escaped:
+        return
+    rule = Rule.parse(f"s{delim}{escaped}{delim}X{delim}")
+    assert rule.pattern.pattern == text.replace("\\", "")
