@@ -231,8 +231,8 @@ class Planner:
         rules make one (entries the filters leave out take no name)."""
         kept = [e.name for e in listing if not self.excluded(join(rel, e.name), e)]
         where = self.src.describe()
-        self.rename.check_listing(kept, f"{where.rstrip('/')}/{rel}" if rel else where)
-        return {e.name: self.rename(e.name) for e in listing}
+        where = f"{where.rstrip('/')}/{rel}" if rel else where
+        return self.rename.listing((e.name for e in listing), kept, where)
 
     def check_renames(self) -> None:
         """Walk the source's listings once before anything is written, so a rename

@@ -116,12 +116,22 @@ class Renamer:
             )
         return out
 
-    def check_listing(self, names: Iterable[str], where: str) -> None:
-        """Refuse two names of one directory that the rules make one (or a renamed name
-        that another entry already has)."""
+    def listing(self, names: Iterable[str], kept: list[str], where: str) -> dict[str, str]:
+        """Each name of one directory -> its new name, refusing two `kept` names (those
+        the transfer will write) that the rules make one."""
+        kept = sorted(kept)
+        writes = set(kept)
+        out: dict[str, str] = {}
+        for name in names:
+            try:
+                out[name] = self(name)
+            except FerryError:
+                if name in writes:
+                    raise
+                out[name] = name  # left out by the filters: never written, never refused
         seen: dict[str, str] = {}
-        for name in sorted(names):
-            new = self(name)
+        for name in kept:
+            new = out[name]
             other = seen.get(new)
             if other is not None:
                 raise FerryError(
@@ -130,3 +140,4 @@ class Renamer:
                     where,
                 )
             seen[new] = name
+        return out

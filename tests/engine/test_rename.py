@@ -223,3 +223,12 @@ def test_an_escaped_delimiter_is_literal(delim: str, text: str) -> None:
         return
     rule = Rule.parse(f"s{delim}{escaped}{delim}X{delim}")
     assert rule.pattern.pattern == text.replace("\\", "")
+
+
+def test_an_excluded_name_the_rules_would_break_is_not_refused(tmp_path: Path, src: Path) -> None:
+    dst = tmp_path / "dst"
+    s = run(src, dst, "s/^keep\\.bin$//", filters=("- /keep.bin",))
+    assert s.exit_code == 0 and "keep.bin" not in files(dst) and "a.txt" in files(dst)
+    s = run(src, tmp_path / "other", "s/^keep\\.bin$//")
+    assert s.fatal is not None and "not a name a directory can hold" in str(s.fatal)
+    assert not (tmp_path / "other").exists()
