@@ -109,7 +109,7 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument(
         "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
     )
-    if command in _COMPARE:
+    if command in (*_COMPARE, "verify"):
         p.add_argument(
             "--rename",
             action="append",

@@ -232,3 +232,19 @@ def test_an_excluded_name_the_rules_would_break_is_not_refused(tmp_path: Path, s
     s = run(src, tmp_path / "other", "s/^keep\\.bin$//")
     assert s.fatal is not None and "not a name a directory can hold" in str(s.fatal)
     assert not (tmp_path / "other").exists()
+
+
+def test_verify_compares_by_renamed_names(tmp_path: Path, src: Path) -> None:
+    dst = tmp_path / "dst"
+    rules = ("s/\\.txt$/.md/",)
+    assert run(src, dst, *rules).exit_code == 0
+    r = run_ferry("verify", src, dst, "--rename", rules[0])
+    assert "5 files compared by content; identical" in r.stderr
+    (dst / "notes.txt.d" / "c.md").write_text("C")
+    (dst / "notes.txt.d" / "stray").write_text("s")
+    r = run_ferry("verify", src, dst, "--rename", rules[0], check_rc=1)
+    got = sorted(line.split()[:2] for line in r.stdout.splitlines() if "mtime" not in line)
+    assert got == [["content", "notes.txt.d/c.md"], ["extra", "notes.txt.d/stray"]]
+    # without the rules every renamed file is missing and its new name extra
+    r = run_ferry("verify", src, dst, check_rc=1)
+    assert "missing    a.txt" in r.stdout and "extra      a.md" in r.stdout
