@@ -109,6 +109,16 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument(
         "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
     )
+    if command in (*_COMPARE, "verify"):
+        p.add_argument(
+            "--rename",
+            action="append",
+            default=[],
+            metavar="'s/REGEX/REPL/'",
+            help="rename at the destination: Python re, sed's s syntax (flags g, i), applied in "
+            "order to each name (file, directory or link), never across '/'; two names made "
+            "one are refused before anything is written (repeatable)",
+        )
     if command in (*_TRANSFER, "verify"):
         p.add_argument(
             "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
@@ -260,8 +270,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (
-        ("copy", "copy new and changed entries from SOURCE to DESTINATION"),
-        ("sync", "copy, then delete what DESTINATION has and SOURCE does not (deletes run last)"),
+        (
+            "copy",
+            "copy new and changed entries from SOURCE to DESTINATION. SOURCE may be one file: "
+            "it goes into DESTINATION if that is a directory or ends with '/', else to that "
+            "name",
+        ),
+        (
+            "sync",
+            "copy, then delete what DESTINATION has and SOURCE does not (deletes run last). "
+            "A single file as SOURCE is copied, as by copy: nothing is deleted",
+        ),
         ("plan", "dry run: what copy/sync would copy, update, skip and delete"),
         ("verify", "compare both trees by content and metadata; exit 1 on any difference"),
     ):
@@ -378,6 +397,8 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["min_free"] = MinFree.parse(given["min_free"])
     if given.get("max_delete") is not None:
         kw["max_delete"] = given["max_delete"]
+    if given.get("rename"):
+        kw["rename"] = tuple(given["rename"])
     return Options(
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),

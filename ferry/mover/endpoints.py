@@ -10,8 +10,9 @@ the standard provider chains.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -239,14 +240,14 @@ def parse_endpoint(uri: str) -> Endpoint:
     scheme, sep, _ = uri.partition("://")
     if not sep:
         if uri.startswith("file:"):
-            return LocalEndpoint(os.path.abspath(unquote(uri[5:]) or "."))
-        return LocalEndpoint(os.path.abspath(uri))
+            return LocalEndpoint(_local(unquote(uri[5:]) or "."))
+        return LocalEndpoint(_local(uri))
     scheme = scheme.lower()
     if scheme == "file":
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise _bad(uri, "file:// URIs name a local path (file:///abs/path)")
-        return LocalEndpoint(os.path.abspath(unquote(parts.path) or "/"))
+        return LocalEndpoint(_local(unquote(parts.path) or "/"))
     if scheme not in {"s3", "sftp", "smb", "ferry"}:
         raise _bad(
             uri,
@@ -273,7 +274,7 @@ def parse_endpoint(uri: str) -> Endpoint:
         opts = _query(uri, raw_query, S3Endpoint, {"endpoint": "endpoint_url"})
         if "@" in opts.get("endpoint_url", ""):
             raise FerryError(ErrorKind.USAGE, f"invalid s3:// endpoint: {NO_URL_USERINFO}")
-        return S3Endpoint(bucket=netloc, prefix=path.strip("/"), **opts)
+        return S3Endpoint(bucket=netloc, prefix=path.lstrip("/"), **opts)
     if scheme == "sftp":
         user, host, port = _split_netloc(uri, netloc)
         opts = _query(uri, raw_query, SFTPEndpoint, {"known_hosts": "known_hosts_file"})
@@ -291,7 +292,7 @@ def parse_endpoint(uri: str) -> Endpoint:
             host=host,
             port=_port(uri, port, 445),
             share=share,
-            path=sub.strip("/"),
+            path=sub.lstrip("/"),
             user=user,
             **opts,
         )
@@ -309,4 +310,60 @@ def parse_endpoint(uri: str) -> Endpoint:
     names = [n for n in path.split("/") if n]
     if any(n in (".", "..") for n in names) or "\x00" in path:
         raise _bad(uri, "the path must stay inside the server's root (no . or .. parts)")
-    return FerryEndpoint(host=host, port=_port(uri, port, 0), path="/".join(names), **opts)
+    slash = "/" if names and path.endswith("/") else ""
+    return FerryEndpoint(host=host, port=_port(uri, port, 0), path="/".join(names) + slash, **opts)
+
+
+def _local(path: str) -> str:
+    """An absolute path; a trailing '/' stays (see names_directory)."""
+    full = os.path.abspath(path)
+    return full + "/" if path.endswith("/") and full != "/" else full
+
+
+# ---------------------------------------------------------------- parent and name
+#
+# A file given as an endpoint is reached through its parent directory: the engine opens
+# backends at directories and addresses files by their path below one. Each kind's
+# "parent + name" split is defined here, once.
+
+
+def _where(ep: Endpoint) -> str:
+    return ep.prefix if isinstance(ep, S3Endpoint) else ep.path
+
+
+def names_directory(ep: Endpoint) -> bool:
+    """Whether the endpoint was written with a trailing '/': rsync's "into this directory",
+    so a single file goes below it under its own name, whether or not it exists yet."""
+    where = _where(ep)
+    return where.endswith("/") and where.strip("/") != ""
+
+
+def plain(ep: Endpoint) -> Endpoint:
+    """The endpoint without a trailing '/' (what backends are opened at)."""
+    where = _where(ep)
+    if not where.endswith("/") or where in ("/",):
+        return ep
+    trimmed = where.rstrip("/") or ("/" if where.startswith("/") else "")
+    if isinstance(ep, S3Endpoint):
+        return replace(ep, prefix=trimmed)
+    return replace(ep, path=trimmed)
+
+
+def split_endpoint(ep: Endpoint) -> tuple[Endpoint, str] | None:
+    """The endpoint's parent directory and its last name; None where nothing is above it
+    (a bucket, a share, a server's root, `/`, an SFTP login directory)."""
+    where = _where(plain(ep))
+    if isinstance(ep, LocalEndpoint):
+        parent, name = os.path.split(where)
+        return (LocalEndpoint(parent or "/"), name) if name else None
+    if isinstance(ep, SFTPEndpoint):
+        parent, name = posixpath.split(where)
+        if name in ("", ".", ".."):
+            return None
+        return replace(ep, path=parent or "."), name
+    parent, _, name = where.strip("/").rpartition("/")
+    if not name:
+        return None
+    if isinstance(ep, S3Endpoint):
+        return replace(ep, prefix=parent), name
+    return replace(ep, path=parent), name

@@ -201,6 +201,7 @@ class Options:
     # FERRY_ACCELERATORS=off in the environment: ferry.mover.backends.accelerators_on).
     accelerators: bool = True
     compress: Compress = Compress.AUTO  # ferry:// endpoints only
+    rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
 
     def __post_init__(self) -> None:
         if self.transfers < 1:
@@ -219,6 +220,10 @@ class Options:
             raise FerryError(ErrorKind.USAGE, "--max-delete must not be negative")
         if self.max_delete is not None and self.mode != Mode.SYNC:
             raise FerryError(ErrorKind.USAGE, "--max-delete applies only to sync (plan --sync)")
+        if self.rename:
+            from ferry.mover.rename import Renamer
+
+            Renamer(self.rename)  # a malformed rule is refused here, naming it
         if not self.preflight and self.min_free is not DEFAULT_MIN_FREE:
             raise FerryError(
                 ErrorKind.USAGE, "--min-free has no effect with --no-preflight: pass one of them"

@@ -32,9 +32,11 @@ from ferry.mover.options import (
     Preserve,
     SymlinkPolicy,
 )
-from ferry.mover.roots import Overlap, overlap
+from ferry.mover.rename import Renamer
+from ferry.mover.roots import Overlap, RootId, overlap
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import Sharder
+from ferry.mover.single import UNASKED, Asked, OneFile
 
 log = logging.getLogger("ferry")
 
@@ -84,11 +86,18 @@ class Action:
 
 class Planner:
     def __init__(
-        self, src: Backend, dst: Backend, options: Options, dst_exists: bool = True
+        self,
+        src: Backend,
+        dst: Backend,
+        options: Options,
+        dst_exists: bool = True,
+        one: OneFile | None = None,
     ) -> None:
         self.src = src
         self.dst = dst
         self.o = options
+        self.one = one  # a single file as the source: one action, no walk
+        self.rename = Renamer(options.rename)
         self.filters = FilterSet.parse(options.filters)
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
@@ -146,25 +155,37 @@ class Planner:
         return self.sharder is None or self.sharder.owns(rel, size)
 
     def walk(self, lister: PairLister) -> Iterator[Action]:
+        if self.one is not None:
+            yield from self._single(self.one)
+            return
         lister.request("", self.dst_exists)
-        stack: list[tuple[str, bool]] = [("", self.dst_exists)]
+        # (source path, destination path): they differ below a renamed directory.
+        stack: list[tuple[str, str]] = [("", "")]
+        rename = self.rename if self.rename else None
         while stack:
-            rel, _ = stack.pop()
+            rel, dst_rel = stack.pop()
             src_list, dst_list = lister.get(rel)
             if isinstance(src_list, FerryError):
-                yield Action(Op.ERROR, rel, error=src_list)
+                yield Action(Op.ERROR, dst_rel, error=src_list)
                 continue
             if isinstance(dst_list, FerryError):
-                yield Action(Op.ERROR, rel, error=dst_list)
+                yield Action(Op.ERROR, dst_rel, error=dst_list)
                 continue
+            names: dict[str, str] | None = None
+            if rename is not None:
+                try:
+                    names = self.renamed(rel, src_list)
+                except FerryError as err:
+                    yield Action(Op.ERROR, dst_rel, error=err)
+                    continue
             dst_by_name = {e.name: e for e in dst_list}
-            subdirs: list[tuple[str, bool]] = []
+            subdirs: list[tuple[str, bool, str]] = []
             src_list.sort(key=_by_name)
             skipped_files = skipped_bytes = 0
             fast = self._fast_skip
             window = self.window_ns
             for s in src_list:
-                d = dst_by_name.pop(s.name, None)
+                d = dst_by_name.pop(s.name if names is None else names[s.name], None)
                 if (
                     fast
                     and d is not None
@@ -180,13 +201,15 @@ class Planner:
                     skipped_bytes += s.size
                     continue
                 child = f"{rel}/{s.name}" if rel else s.name
-                for action in self._decide(child, s, d):
+                dst_child = child if names is None else join(dst_rel, names[s.name])
+                read_rel = child if dst_child != child else None
+                for action in self._decide(dst_child, s, d, read_rel):
                     if (
                         action.op in (Op.MKDIR, Op.SKIP)
                         and action.src is not None
                         and action.src.type == EntryType.DIR
                     ):
-                        subdirs.append((child, action.op == Op.SKIP))
+                        subdirs.append((child, action.op == Op.SKIP, dst_child))
                     yield action
             if skipped_files:
                 self.skipped_files += skipped_files
@@ -195,13 +218,43 @@ class Planner:
                     self.on_skipped(skipped_files, skipped_bytes)
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
-                    child = join(rel, d.name)
+                    child = join(dst_rel, d.name)
                     if self.excluded(child, d) or not self._mine(child, d.size):
                         continue
                     yield Action(Op.DELETE, child, dst=d)
-            for item in subdirs:
-                lister.request(*item)
-            stack.extend(reversed(subdirs))
+            for src_sub, exists, dst_sub in subdirs:
+                lister.request(src_sub, exists, dst_sub)
+            stack.extend((src_sub, dst_sub) for src_sub, _, dst_sub in reversed(subdirs))
+
+    def renamed(self, rel: str, listing: list[Entry]) -> dict[str, str]:
+        """Each source name of a directory -> its destination name, refusing two that the
+        rules make one (entries the filters leave out take no name)."""
+        kept = [e.name for e in listing if not self.excluded(join(rel, e.name), e)]
+        where = self.src.describe()
+        where = f"{where.rstrip('/')}/{rel}" if rel else where
+        return self.rename.listing((e.name for e in listing), kept, where)
+
+    def check_renames(self) -> None:
+        """Walk the source's listings once before anything is written, so a rename
+        collision (or a name the rules make unusable) stops the run with nothing done."""
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            listing = self.src.list_dir(rel)
+            self.renamed(rel, listing)
+            stack.extend(
+                join(rel, e.name)
+                for e in listing
+                if e.type == EntryType.DIR and not self.excluded(join(rel, e.name), e)
+            )
+
+    def _single(self, one: OneFile) -> Iterator[Action]:
+        """The one action of a file source: its name read, the destination's name written."""
+        s = self.src.stat(one.read)
+        if s is None:
+            raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", one.read)
+        d = self.dst.stat(one.write) if self.dst_exists else None
+        yield from self._decide(one.write, s, d, one.read)
 
     def excluded(self, rel: str, e: Entry) -> bool:
         if not self.filters:
@@ -210,15 +263,20 @@ class Planner:
             return not self.filters.include_dir(rel)
         return not self.filters.include_file(rel)
 
-    def _decide(self, rel: str, s: Entry, d: Entry | None) -> Iterator[Action]:
-        if self.excluded(rel, s):
+    def _decide(
+        self, rel: str, s: Entry, d: Entry | None, read_rel: str | None = None
+    ) -> Iterator[Action]:
+        """`rel` is the destination's path; `read_rel` the source's where it differs."""
+        src_rel = read_rel or rel
+        if self.excluded(src_rel, s):
             return
-        read_rel = None
         if s.type == EntryType.SYMLINK and not self.links_ok:
             if self.o.symlinks != SymlinkPolicy.FOLLOW:
                 return
             resolved = (
-                self.src.resolve_link(rel, s) if isinstance(self.src, ResolvesLinks) else None
+                self.src.resolve_link(read_rel or rel, s)
+                if isinstance(self.src, ResolvesLinks)
+                else None
             )
             if resolved is None:
                 log.warning("%s: symlink is dangling or points outside the source; skipped", rel)
@@ -243,7 +301,7 @@ class Planner:
         if s.type == EntryType.OTHER:
             log.warning("%s: not a regular file, directory or symlink; skipped", rel)
             return
-        if not self._mine(rel, s.size):
+        if not self._mine(src_rel, s.size):
             return
         if s.type == EntryType.SYMLINK:
             if not self.dst.holds.symlinks:
@@ -334,23 +392,37 @@ class Planner:
         )
 
 
-def check_roots(src: Backend, dst: Backend, options: Options, operation: str) -> bool:
+def check_roots(
+    src: Backend,
+    dst: Backend,
+    options: Options,
+    operation: str,
+    one: OneFile | None = None,
+    src_type: EntryType | Asked | None = UNASKED,
+) -> bool:
     """Refuse what cannot end well before touching anything. Returns whether dst exists.
 
     Overlapping roots are refused on every backend (ferry.mover.roots): a destination inside
     the source would copy into what is being read; a sync whose source is inside its
     destination would delete the source. A copy out of a subdirectory into its parent is
-    allowed."""
-    st = src.root_type()
+    allowed. With a single file (`one`, the roots being directories around it) only the
+    file onto itself is refused. `src_type`: the source root's type when already known."""
+    st = src.root_type() if isinstance(src_type, Asked) else src_type
     if st is None:
         raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", src.describe())
-    if st != EntryType.DIR:
+    if st == EntryType.FILE and one is None:
         raise FerryError(
             ErrorKind.USAGE,
-            "source must be a directory (copy its parent with a filter)",
+            "source is a single file, opened as a root (give it as an endpoint instead)",
             src.describe(),
         )
+    if st != EntryType.DIR:
+        raise FerryError(
+            ErrorKind.USAGE, "source must be a directory or a regular file", src.describe()
+        )
     a, b = src.root_id(), dst.root_id()
+    if one is not None:
+        return _check_one(src, dst, one, a, b)
     how = overlap(a, b) if a is not None and b is not None else None
     if how is Overlap.SAME or how is Overlap.DST_IN_SRC:
         raise FerryError(ErrorKind.OVERLAP, how.value, dst.describe())
@@ -362,5 +434,24 @@ def check_roots(src: Backend, dst: Backend, options: Options, operation: str) ->
     if dt is not None and dt != EntryType.DIR:
         raise FerryError(
             ErrorKind.USAGE, "destination exists and is not a directory", dst.describe()
+        )
+    return dt is not None
+
+
+def _check_one(
+    src: Backend, dst: Backend, one: OneFile, a: RootId | None, b: RootId | None
+) -> bool:
+    """A single file: refused onto itself; the destination's directory is one or is new."""
+    if a is not None and b is not None:
+        read = RootId(a.space, a.parts + tuple(one.read.split("/")))
+        write = RootId(b.space, b.parts + tuple(one.write.split("/")))
+        if overlap(read, write) is Overlap.SAME:
+            raise FerryError(
+                ErrorKind.OVERLAP, "source and destination are the same file", dst.describe()
+            )
+    dt = dst.root_type()
+    if dt is not None and dt != EntryType.DIR:
+        raise FerryError(
+            ErrorKind.USAGE, "the destination's directory is not a directory", dst.describe()
         )
     return dt is not None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ferry.mover.backends.base import Backend, Entry, EntryType, LazyMeta, check_name
@@ -27,13 +28,19 @@ Listing = list[Entry] | FerryError
 
 class PairLister:
     def __init__(
-        self, src: Backend, dst: Backend | None, workers: int = 4, window: int = 64
+        self,
+        src: Backend,
+        dst: Backend | None,
+        workers: int = 4,
+        window: int = 64,
+        rename: Callable[[str], str] | None = None,
     ) -> None:
         self.src = src
         self.dst = dst
         self.window = window
+        self.rename = rename  # a source name -> its destination name (--rename)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ferry-list")
-        self._queued: deque[tuple[str, bool]] = deque()
+        self._queued: deque[tuple[str, bool, str]] = deque()
         self._running: dict[str, Future[tuple[Listing, Listing]]] = {}
         self._lazy = isinstance(src, LazyMeta) or isinstance(dst, LazyMeta)
 
@@ -46,21 +53,22 @@ class PairLister:
         except Exception as exc:
             return as_ferry_error(exc, rel or backend.describe())
 
-    def request(self, rel: str, dst_exists: bool) -> None:
-        """Queue a directory; listings start in request order, up to `window` ahead."""
-        self._queued.append((rel, dst_exists))
+    def request(self, rel: str, dst_exists: bool, dst_rel: str | None = None) -> None:
+        """Queue a directory (`dst_rel`: its destination path, when renamed); listings start
+        in request order, up to `window` ahead."""
+        self._queued.append((rel, dst_exists, rel if dst_rel is None else dst_rel))
         self._fill()
 
     def _fill(self) -> None:
         while self._queued and len(self._running) < self.window:
-            rel, dst_exists = self._queued.popleft()
-            self._running[rel] = self._start(rel, bool(self.dst and dst_exists))
+            rel, dst_exists, dst_rel = self._queued.popleft()
+            self._running[rel] = self._start(rel, bool(self.dst and dst_exists), dst_rel)
 
-    def _start(self, rel: str, with_dst: bool) -> Future[tuple[Listing, Listing]]:
+    def _start(self, rel: str, with_dst: bool, dst_rel: str) -> Future[tuple[Listing, Listing]]:
         """List both sides in parallel; complete lazy metadata once both are in."""
         pair: Future[tuple[Listing, Listing]] = Future()
         sf = self._pool.submit(self._list, self.src, rel)
-        df = self._pool.submit(self._list, self.dst, rel) if with_dst and self.dst else None
+        df = self._pool.submit(self._list, self.dst, dst_rel) if with_dst and self.dst else None
         left = [1 if df is None else 2]
         lock = threading.Lock()
 
@@ -77,7 +85,7 @@ class PairLister:
                 pair.set_result((s, d))
                 return
             try:
-                self._pool.submit(self._complete, rel, s, d, pair)
+                self._pool.submit(self._complete, rel, dst_rel, s, d, pair)
             except RuntimeError:
                 pair.cancel()
 
@@ -87,23 +95,29 @@ class PairLister:
         return pair
 
     def _complete(
-        self, rel: str, s: Listing, d: Listing, pair: Future[tuple[Listing, Listing]]
+        self,
+        rel: str,
+        dst_rel: str,
+        s: Listing,
+        d: Listing,
+        pair: Future[tuple[Listing, Listing]],
     ) -> None:
         try:
             if isinstance(s, list) and isinstance(d, list):
                 by_name = {e.name: e for e in d if e.type == EntryType.FILE}
+                rename = self.rename or str
                 pairs = [
                     (e, o)
                     for e in s
                     if e.type == EntryType.FILE
-                    and (o := by_name.get(e.name)) is not None
+                    and (o := by_name.get(rename(e.name))) is not None
                     and o.size == e.size
                 ]
                 if pairs:
                     if isinstance(self.src, LazyMeta):
                         self.src.fill_meta(rel, [e for e, _ in pairs])
                     if isinstance(self.dst, LazyMeta):
-                        self.dst.fill_meta(rel, [o for _, o in pairs])
+                        self.dst.fill_meta(dst_rel, [o for _, o in pairs])
         except Exception as exc:
             s = as_ferry_error(exc, rel or "/")
         pair.set_result((s, d))

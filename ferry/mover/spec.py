@@ -146,6 +146,8 @@ class OptionsSpec(_Model):
     min_free: str | None = None  # a size or a percentage; None: options.DEFAULT_MIN_FREE
     max_delete: int | None = Field(default=None, ge=0)
     compression: Literal["Auto", "On", "Off"] = "Auto"  # zstd on a ferry:// wire
+    # 's/REGEX/REPLACEMENT/' rules for destination names, in order (ferry.mover.rename)
+    rename: list[str] = Field(default_factory=list, max_length=100)
 
     @field_validator("max_delete")
     @classmethod
@@ -175,6 +177,17 @@ class OptionsSpec(_Model):
             FilterSet.parse(value)
         except FerryError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("rename")
+    @classmethod
+    def _rename_parses(cls, value: list[str]) -> list[str]:
+        from ferry.mover.rename import Renamer
+
+        try:
+            Renamer(value)
+        except FerryError as exc:
+            raise ValueError(str(exc).replace("--rename", "rule", 1)) from None
         return value
 
     @field_validator("chunk_size", "bandwidth")
@@ -222,6 +235,7 @@ class TransferSpec(_Model):
             min_free=op.MinFree.parse(o.min_free, "minFree") if o.min_free else op.DEFAULT_MIN_FREE,
             max_delete=o.max_delete,
             compress=op.Compress(o.compression.lower()),
+            rename=tuple(o.rename),
             shard_index=shard.index,
             shard_count=shard.count,
         )

@@ -22,6 +22,7 @@ from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister
 from ferry.mover.shard import BIG, path_shard
+from ferry.mover.single import Opened, open_pair
 from ferry.mover.space import SpaceNeed, check_space, fits_whole_source, room_share
 
 log = logging.getLogger("ferry")
@@ -94,16 +95,21 @@ def run_transfer(
     they are in the returned Summary, whose exit_code the CLI returns."""
     opened: list[Backend] = []
 
-    def open_both() -> tuple[Backend, Backend]:
+    def open_both() -> Opened:
         durability = Durability(
             fsync_each=options.fsync == Fsync.FILE, direct_writes=options.fsync != Fsync.NONE
         )
         check_compress(options.compress, src_ep, dst_ep)
-        opened.append(
-            open_backend(src_ep, accelerators=options.accelerators, compress=options.compress)
+        return open_pair(
+            src_ep,
+            dst_ep,
+            lambda ep: open_backend(
+                ep, accelerators=options.accelerators, compress=options.compress
+            ),
+            lambda ep: open_backend(ep, durability, options.accelerators, options.compress),
+            opened,
+            options,
         )
-        opened.append(open_backend(dst_ep, durability, options.accelerators, options.compress))
-        return opened[0], opened[1]
 
     try:
         return transfer_between(open_both, options, sink, on_action)
@@ -114,12 +120,13 @@ def run_transfer(
 
 
 def transfer_between(
-    backends: Callable[[], tuple[Backend, Backend]],
+    backends: Callable[[], tuple[Backend, Backend] | Opened],
     options: Options,
     sink: Sink | None = None,
     on_action: Callable[[Action], None] | None = None,
 ) -> Summary:
-    """The transfer between two backends made by `backends()` (tests pass wrapped ones)."""
+    """The transfer between two backends made by `backends()` (tests pass wrapped ones;
+    run_transfer passes what `single.open_pair` found, a file source included)."""
     operation = options.mode.value if not options.dry_run else "plan"
     summary = Summary(operation=operation, dry_run=options.dry_run)
     sink = sink or Sink()
@@ -128,8 +135,9 @@ def transfer_between(
     started = time.monotonic()
     try:
         with _interruptible(cancel, summary), Reporter(progress, sink):
-            src, dst = backends()
-            _run(src, dst, options, summary, progress, cancel, sink, on_action)
+            got = backends()
+            pair = got if isinstance(got, Opened) else Opened(*got)
+            _run(pair, options, summary, progress, cancel, sink, on_action)
     except FerryError as err:
         summary.fatal = summary.fatal or err
     except Exception as exc:
@@ -141,8 +149,7 @@ def transfer_between(
 
 
 def _run(
-    src: Backend,
-    dst: Backend,
+    pair: Opened,
     options: Options,
     summary: Summary,
     progress: Progress,
@@ -150,10 +157,16 @@ def _run(
     sink: Sink,
     on_action: Callable[[Action], None] | None,
 ) -> None:
+    src, dst, one = pair.src, pair.dst, pair.one
     check_delta(options, dst)
-    dst_exists = check_roots(src, dst, options, summary.operation)
-    planner = Planner(src, dst, options, dst_exists=dst_exists)
-    if options.mode == Mode.SYNC and not options.allow_empty_source and not src.list_dir(""):
+    dst_exists = check_roots(src, dst, options, summary.operation, one, pair.src_type)
+    planner = Planner(src, dst, options, dst_exists=dst_exists, one=one)
+    if (
+        options.mode == Mode.SYNC
+        and one is None
+        and not options.allow_empty_source
+        and not src.list_dir("")
+    ):
         raise FerryError(
             ErrorKind.USAGE,
             "source is empty: refusing to sync, which would delete everything at the destination "
@@ -162,9 +175,12 @@ def _run(
         )
     if planner.sharder is not None:
         _prescan_shards(src, planner, options)
+    if planner.rename and one is None:
+        planner.check_renames()  # a collision stops the run before anything is written
     space = dst.free_space() if options.preflight else None
     need = SpaceNeed(src, dst, options, space.block) if space is not None else None
-    listers = [PairLister(src, dst, workers=4)]
+    rename = planner.rename if planner.rename else None
+    listers = [PairLister(src, dst, workers=4, rename=rename)]
     try:
         if options.dry_run:
             with sink.phase("plan") as attrs:
@@ -180,7 +196,7 @@ def _run(
             and space is not None
             # A local source is scanned twice when it does not fit; a remote one would pay
             # the listing's round trips twice, so it goes straight to the exact count.
-            and not (src.fileno_capable and fits_whole_source(src, space, options))
+            and not (one is None and src.fileno_capable and fits_whole_source(src, space, options))
         ):
             progress.phase = "preflight"
             with sink.phase("preflight") as attrs:
@@ -193,9 +209,9 @@ def _run(
                 actions = held
             else:  # too many to hold: walk again, afresh, for the transfer
                 sharder = planner.sharder
-                planner = Planner(src, dst, options, dst_exists=dst_exists)
+                planner = Planner(src, dst, options, dst_exists=dst_exists, one=one)
                 planner.sharder = sharder
-                listers.append(PairLister(src, dst, workers=4))
+                listers.append(PairLister(src, dst, workers=4, rename=rename))
                 actions = planner.walk(listers[-1])
         if not dst_exists:
             dst.prepare_destination()

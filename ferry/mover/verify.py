@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,8 +18,10 @@ from ferry.mover.filters import FilterSet
 from ferry.mover.integrity import file_digest
 from ferry.mover.options import Options
 from ferry.mover.progress import Progress, Reporter, Sink
+from ferry.mover.rename import Renamer
 from ferry.mover.result import Summary
 from ferry.mover.scan import PairLister
+from ferry.mover.single import UNASKED, Asked, OneFile, open_pair
 
 log = logging.getLogger("ferry")
 
@@ -41,36 +44,55 @@ def _included(filters: FilterSet, rel: str, e: Entry) -> bool:
 
 
 def _walk(
-    src: Backend, dst: Backend, filters: FilterSet
-) -> Iterator[tuple[str, Entry | None, Entry | None]]:
-    lister = PairLister(src, dst)
+    src: Backend,
+    dst: Backend,
+    filters: FilterSet,
+    one: OneFile | None = None,
+    rename: Renamer | None = None,
+) -> Iterator[tuple[str, str, Entry | None, Entry | None]]:
+    """(destination path, source path, source entry, destination entry) of every pair, by
+    the destination's names (`rename` maps a source name to its destination name)."""
+    if one is not None:  # a single file: its pair, by the destination's name
+        s = src.stat(one.read)
+        if s is None:
+            raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", one.read)
+        yield one.write, one.read, s, dst.stat(one.write)
+        return
+    lister = PairLister(src, dst, rename=rename)
     try:
         lister.request("", True)
-        stack = [""]
+        stack = [("", "")]
         while stack:
-            rel = stack.pop()
+            rel, dst_rel = stack.pop()
             s_list, d_list = lister.get(rel)
             if isinstance(s_list, FerryError) or isinstance(d_list, FerryError):
                 err = s_list if isinstance(s_list, FerryError) else d_list
                 assert isinstance(err, FerryError)
                 raise err
+            names: dict[str, str] | None = None
+            if rename:
+                kept = [e.name for e in s_list if _included(filters, join(rel, e.name), e)]
+                where = f"{src.describe().rstrip('/')}/{rel}" if rel else src.describe()
+                names = rename.listing((e.name for e in s_list), kept, where)
             d_by = {e.name: e for e in d_list}
             subdirs = []
             for s in sorted(s_list, key=lambda e: e.name):
                 child = join(rel, s.name)
-                d = d_by.pop(s.name, None)
+                new = s.name if names is None else names[s.name]
+                d = d_by.pop(new, None)
                 if not _included(filters, child, s):
                     continue
-                yield child, s, d
+                dst_child = join(dst_rel, new)
+                yield dst_child, child, s, d
                 if s.type == EntryType.DIR and d is not None and d.type == EntryType.DIR:
-                    subdirs.append(child)
+                    subdirs.append((child, dst_child))
             for d in sorted(d_by.values(), key=lambda e: e.name):
-                child = join(rel, d.name)
-                if not _included(filters, child, d):
+                dst_child = join(dst_rel, d.name)
+                if not _included(filters, dst_child, d):
                     continue
-                yield child, None, d
-            for sub in subdirs:
-                lister.request(sub, True)
+                yield dst_child, dst_child, None, d
+            for sub, dst_sub in subdirs:
+                lister.request(sub, True, dst_sub)
             stack.extend(reversed(subdirs))
     finally:
         lister.close()
@@ -102,6 +124,7 @@ def verify_trees(
     progress = Progress()
     started = time.monotonic()
     lock = threading.Lock()
+    opened: list[Backend] = []
 
     def differ(d: Difference) -> None:
         with lock:
@@ -111,14 +134,22 @@ def verify_trees(
     try:
         with Reporter(progress, sink):
             check_compress(options.compress, src_ep, dst_ep)
-            src = open_backend(src_ep, accelerators=options.accelerators, compress=options.compress)
-            dst = open_backend(dst_ep, accelerators=options.accelerators, compress=options.compress)
-            for b, kind in (
-                (src, ErrorKind.SOURCE_NOT_FOUND),
-                (dst, ErrorKind.DESTINATION_NOT_FOUND),
+
+            def opener(ep: Endpoint) -> Backend:
+                return open_backend(
+                    ep, accelerators=options.accelerators, compress=options.compress
+                )
+
+            pair = open_pair(src_ep, dst_ep, opener, opener, opened, options)
+            src, dst, one = pair.src, pair.dst, pair.one
+            for b, kind, known in (
+                (src, ErrorKind.SOURCE_NOT_FOUND, pair.src_type),
+                (dst, ErrorKind.DESTINATION_NOT_FOUND, UNASKED),
             ):
-                if b.root_type() != EntryType.DIR:
+                found = b.root_type() if isinstance(known, Asked) else known
+                if found != EntryType.DIR:
                     raise FerryError(kind, "does not exist or is not a directory", b.describe())
+
             window = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
             perms = options.preserve.perms and src.holds.permissions and dst.holds.permissions
             times = options.preserve.times
@@ -131,8 +162,8 @@ def verify_trees(
             pending: list[tuple[str, Future[tuple[str, str]], Entry]] = []
             with ThreadPoolExecutor(options.transfers, thread_name_prefix="ferry-verify") as pool:
 
-                def digest_pair(rel: str, s: Entry, d: Entry) -> tuple[str, str]:
-                    a, b = file_digest(src, rel, s), file_digest(dst, rel, d)
+                def digest_pair(rel: str, read: str, s: Entry, d: Entry) -> tuple[str, str]:
+                    a, b = file_digest(src, read, s), file_digest(dst, rel, d)
                     progress.advance(s.size, 1)
                     return a, b
 
@@ -148,7 +179,9 @@ def verify_trees(
                         if a != b:
                             differ(Difference(rel, "content", f"{a[:17]}... != {b[:17]}..."))
 
-                for rel, s, d in _walk(src, dst, FilterSet.parse(options.filters)):
+                rename = Renamer(options.rename) if options.rename and one is None else None
+                filters = FilterSet.parse(options.filters)
+                for rel, read, s, d in _walk(src, dst, filters, one, rename):
                     if s is None:
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue
@@ -170,7 +203,7 @@ def verify_trees(
                         if s.size != d.size:
                             differ(Difference(rel, "size", f"{s.size} != {d.size}"))
                             continue
-                        pending.append((rel, pool.submit(digest_pair, rel, s, d), s))
+                        pending.append((rel, pool.submit(digest_pair, rel, read, s, d), s))
                         collect(options.transfers * 4)
                         if times and abs(s.mtime_ns - d.mtime_ns) >= window:
                             differ(Difference(rel, "mtime", f"{s.mtime_ns} != {d.mtime_ns} ns"))
@@ -186,13 +219,17 @@ def verify_trees(
                     if perms and dir_ok and s.type != EntryType.SYMLINK and s.mode != d.mode:
                         differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
                     if xattrs and s.type in (EntryType.FILE, EntryType.DIR):
-                        why = _xattrs_differ(read_xattrs(src, rel), read_xattrs(dst, rel))
+                        why = _xattrs_differ(read_xattrs(src, read), read_xattrs(dst, rel))
                         if why:
                             differ(Difference(rel, "xattrs", why))
                 progress.scan_complete = True
                 collect(0)
     except Exception as exc:
         summary.fatal = as_ferry_error(exc)
+    finally:
+        for b in opened:
+            with contextlib.suppress(Exception):
+                b.close()
     summary.elapsed_seconds = time.monotonic() - started
     sink.finish(summary)
     return summary

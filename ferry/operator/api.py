@@ -79,7 +79,11 @@ class PVCEndpoint(Model):
     """A PersistentVolumeClaim in the TransferJob's namespace, mounted into the mover."""
 
     claim_name: Name
-    path: RelPath = Field(default="", description="Directory inside the volume.")
+    path: RelPath = Field(
+        default="",
+        description="Directory or file inside the volume. A file as the source goes into a "
+        "destination directory (existing, or whose path ends with '/') or to the name given.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -464,6 +468,13 @@ class TransferJobSpec(Model):
     bandwidth: SizeStr | None = Field(
         default=None, description="Bytes per second per pod, e.g. 50M."
     )
+    rename: list[Annotated[str, Field(min_length=4, max_length=1024)]] | None = Field(
+        default=None,
+        max_length=100,
+        description="Rules 's/REGEX/REPLACEMENT/' (Python re; flags g, i) applied in order to "
+        "each destination name (--rename); two names made one fail the job before anything "
+        "is written.",
+    )
     parallelism: Parallelism | None = None
     retry: Retry | None = None
     error_policy: Literal["Abort", "Skip"] = "Abort"
@@ -511,6 +522,18 @@ class TransferJobSpec(Model):
     def _max_delete_for_sync(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and info.data.get("mode") != "Sync":
             raise ValueError(MAX_DELETE_RULE["message"])
+        return value
+
+    @field_validator("rename")
+    @classmethod
+    def _rename_parses(cls, value: list[str] | None) -> list[str] | None:
+        from ferry.mover.errors import FerryError
+        from ferry.mover.rename import Renamer
+
+        try:
+            Renamer(value or ())
+        except FerryError as exc:
+            raise ValueError(str(exc).replace("--rename", "rule", 1)) from None
         return value
 
     @field_validator("min_free")

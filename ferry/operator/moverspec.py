@@ -97,7 +97,9 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
         mount = f"{DATA_DIR}/{side}"
         mounts.append(ClaimMount(f"{side}-data", ep.pvc.claim_name, mount, side == "source"))
         sub = ep.pvc.path.strip("/")
-        return ms.LocalSpec(path=mount + ("/" + sub if sub else ""))
+        # A trailing '/' stays: it names a directory (a single file source goes into it).
+        slash = "/" if sub and ep.pvc.path.endswith("/") else ""
+        return ms.LocalSpec(path=mount + ("/" + sub + slash if sub else ""))
     if ep.s3 is not None:
         s3 = ep.s3
         ref = s3.secret_ref
@@ -191,6 +193,7 @@ def options(
         symlinks=spec.symlinks,
         delta=spec.delta,
         filters=spec.filters or [],
+        rename=spec.rename or [],
         retries=retry.per_file,
         error_policy=spec.error_policy,
         dry_run=spec.dry_run,

@@ -438,7 +438,7 @@ def _check(src: Path, dst: Path, mode: Mode = Mode.COPY) -> bool:
             "source does not exist",
             "missing",
         ),
-        ("file", "out", Mode.COPY, ErrorKind.USAGE, "(copy its parent with a filter)", "file"),
+        ("file", "out", Mode.COPY, ErrorKind.USAGE, "(give it as an endpoint instead)", "file"),
         ("tree", "tree", Mode.COPY, ErrorKind.OVERLAP, "the same directory", "tree"),
         ("tree", "tree/sub", Mode.COPY, ErrorKind.OVERLAP, "inside the source", "tree/sub"),
         ("tree", "tree/sub", Mode.SYNC, ErrorKind.OVERLAP, "inside the source", "tree/sub"),

@@ -41,7 +41,7 @@ def test_endpoint_forms() -> None:
     assert isinstance(s3, S3Endpoint)
     assert (s3.bucket, s3.prefix, s3.endpoint_url, s3.region, s3.path_style) == (
         "bkt",
-        "some/prefix",
+        "some/prefix/",  # the trailing '/' stays: it names a directory (names_directory)
         "http://127.0.0.1:9000",
         "eu-west-1",
         True,

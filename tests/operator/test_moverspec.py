@@ -322,3 +322,34 @@ def test_a_field_given_its_default_changes_no_spec_digest():
     job = workload.build(_body(PVC_TO_S3), plain, workload.Context(), workload.MoverSettings()).job
     assert workload.changed_fields(job, explicit) == []
     assert workload.changed_fields(job, changed) == ["destination"]
+
+
+def test_a_file_path_and_rename_rules_reach_the_mover():
+    """A claim path may name a file; a trailing '/' on the destination names a directory;
+    rename rules go to the mover as they are, and a malformed one is refused at admission."""
+    from pydantic import ValidationError
+
+    from ferry.mover.endpoints import LocalEndpoint, names_directory, split_endpoint
+
+    job = {
+        "source": {"pvc": {"claimName": "data", "path": "isos/big.iso"}},
+        "destination": {"pvc": {"claimName": "backup", "path": "isos/"}},
+        "rename": ["s/\\.iso$/.img/"],
+    }
+    out = moverspec.mover_specs(api.TransferJobSpec.model_validate(job), None)
+    shard = out.shards[0]
+    assert shard.source == ms.LocalSpec(path=f"{moverspec.DATA_DIR}/source/isos/big.iso")
+    assert shard.destination == ms.LocalSpec(path=f"{moverspec.DATA_DIR}/destination/isos/")
+    assert shard.options.rename == ["s/\\.iso$/.img/"]
+    src, dst, options = ms.TransferSpec.model_validate_json(shard.model_dump_json()).to_engine()
+    assert split_endpoint(src) == (LocalEndpoint(f"{moverspec.DATA_DIR}/source/isos"), "big.iso")
+    assert names_directory(dst) and options.rename == ("s/\\.iso$/.img/",)
+    named = {**job, "destination": {"pvc": {"claimName": "backup", "path": "isos/new.img"}}}
+    spec = moverspec.mover_specs(api.TransferJobSpec.model_validate(named), None).shards[0]
+    assert not names_directory(spec.to_engine()[1])
+    with pytest.raises(ValidationError) as exc:
+        api.TransferJobSpec.model_validate({**job, "rename": ["s/(/x/"]})
+    assert "rename" in str(exc.value) and "invalid regular expression" in str(exc.value)
+    with pytest.raises(ValidationError) as exc:
+        ms.OptionsSpec.model_validate({"rename": ["s/a/b"]})
+    assert "unterminated" in str(exc.value)

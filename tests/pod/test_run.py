@@ -39,6 +39,25 @@ def test_run_copies_and_leaves_the_summary_as_termination_message(tmp_path: Path
     assert any(json.loads(line).get("event") == "progress" for line in r.stderr.splitlines())
 
 
+def test_run_copies_a_single_file_into_a_directory_with_renames(tmp_path: Path) -> None:
+    """What a TransferJob naming a file runs: the pod's spec, a file, a '/' directory."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.iso").write_bytes(b"iso" * 1000)
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "source": {"kind": "local", "path": str(tmp_path / "src" / "big.iso")},
+                "destination": {"kind": "local", "path": f"{tmp_path}/out/"},
+                "options": {"mode": "Sync", "rename": ["s/\\.iso$/.img/"]},
+            }
+        )
+    )
+    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "log"))
+    assert r.summary["filesCopied"] == 1 and r.summary["filesDeleted"] == 0
+    assert (tmp_path / "out" / "big.img").read_bytes() == b"iso" * 1000
+
+
 def test_a_bad_spec_is_a_usage_error_in_both_places(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("source: {kind: local, path: /x}\ndestination: {kind: nowhere}\n")
