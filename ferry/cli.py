@@ -429,6 +429,17 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
+# Counters any started work moves: all zero means the run stopped before it began.
+_WORK_DONE = (
+    "filesCopied",
+    "filesUpdated",
+    "filesSkipped",
+    "filesDeleted",
+    "filesFailed",
+    "bytesTransferred",
+)
+
+
 def _print_summary(summary: Any, as_json: bool) -> None:
     from ferry.mover.options import format_size as _human
 
@@ -436,6 +447,10 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         print(summary.dumps())
         return
     d = summary.to_json()
+    if summary.fatal and not any(d[k] for k in _WORK_DONE):
+        # Refused before any work: the error alone, not a line of zeros above it.
+        print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
+        return
     verbs = (
         ("to copy", "to update", "unchanged", "to delete")
         if summary.dry_run
@@ -456,10 +471,9 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             file=sys.stderr,
         )
     else:
-        rate = d["bytesPerSecond"] / 1e6
         print(
             f"{summary.operation}: {', '.join(parts)}; {_human(d['bytesTransferred'])} in {d['elapsedSeconds']:.2f}s"
-            f" ({rate:.1f} MB/s); {d['filesVerified']} verified",
+            f" ({_human(d['bytesPerSecond'])}/s); {d['filesVerified']} verified",
             file=sys.stderr,
         )
     if summary.fatal:

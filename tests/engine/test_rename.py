@@ -248,3 +248,17 @@ def test_verify_compares_by_renamed_names(tmp_path: Path, src: Path) -> None:
     # without the rules every renamed file is missing and its new name extra
     r = run_ferry("verify", src, dst, check_rc=1)
     assert "missing    a.txt" in r.stdout and "extra      a.md" in r.stdout
+
+
+def test_an_error_before_any_work_prints_the_error_alone(tmp_path: Path) -> None:
+    """Refused before anything was written: no line of zeros above the error."""
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "f").write_bytes(b"1")
+    (src / "g").write_bytes(b"2")
+    r = run_ferry("copy", src, tmp_path / "d", "--rename", "s/f/g/", check_rc=2)
+    assert r.stderr.startswith("ferry: error: ") and "copied" not in r.stderr
+    r = run_ferry("copy", tmp_path / "missing", tmp_path / "d", check_rc=3)
+    assert r.stderr.startswith("ferry: error: ") and "copied" not in r.stderr
+    r = run_ferry("copy", src, tmp_path / "d")
+    assert "copy: 2 copied" in r.stderr and "B/s)" in r.stderr  # binary units, as sizes
