@@ -12,6 +12,8 @@ import os
 
 import kopf
 
+from ferry import version
+from ferry.mover.jsonlog import ENV, FORMATS, choose
 from ferry.operator import logs, workload
 from ferry.operator.handlers import Deps, WatchHealth, register
 from ferry.operator.kube import Kube, load_config
@@ -115,6 +117,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=None,
+        help="log lines as text, or one JSON object a line, movers too "
+        "(default: $FERRY_LOG_FORMAT, else text)",
+    )
     return p
 
 
@@ -123,12 +132,16 @@ def run_operator(argv: list[str]) -> int:
     # kopf derives its identity from getpass.getuser(), which raises for a uid
     # without a passwd entry (any `runAsUser` the image does not know).
     os.environ.setdefault("USER", "ferry-operator")
-    logs.configure(verbose=args.verbose)
+    try:
+        log_format = choose(args.log_format)
+    except ValueError as exc:
+        parser().error(str(exc))
+    logs.configure(verbose=args.verbose, log_format=log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)
 
-    metrics = Metrics()
+    metrics = Metrics(version=version())
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     tracer = Tracer()
@@ -139,7 +152,8 @@ def run_operator(argv: list[str]) -> int:
             k: v
             for k, v in os.environ.items()
             if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"
-        },
+        }
+        | ({ENV: "json"} if log_format == "json" else {}),
         progress_interval_seconds=args.progress_interval,
         run_as_user=args.mover_run_as_user,
     )

@@ -156,7 +156,7 @@ def plan(
     known = [t for t in [*successes, status.parse_time(old.get("lastSuccessfulTime"))] if t]
     out.last_success = max(known) if known else None
     nxt = c.next_after(max(now, cursor))
-    out.interval_seconds = (c.next_after(nxt) - nxt).total_seconds()
+    out.interval_seconds = c.longest_gap(nxt)
     out.status = {
         "lastHandledTime": status.iso(cursor),
         "lastScheduleTime": last_schedule,
@@ -242,6 +242,10 @@ class ScheduleReconciler:
                 self.metrics.schedule_interval.labels(ns, name).set(p.interval_seconds)
             if p.last_success:
                 self.metrics.schedule_last_success.labels(ns, name).set(p.last_success.timestamp())
+            created = status.parse_time(meta.get("creationTimestamp"))
+            if created is not None:
+                self.metrics.schedule_created.labels(ns, name).set(created.timestamp())
+            self.metrics.schedule_suspended.labels(ns, name).set(1 if spec.suspend else 0)
             p.status["conditions"] = status.set_condition(
                 list((body.get("status") or {}).get("conditions") or []),
                 "Accepted",
