@@ -148,6 +148,14 @@ class Metrics:
         self._moved: dict[str, _Moved] = {}
         for p in PHASES:
             self.jobs.labels(p).set(0)
+        # Every bounded series exists from the start at 0: `increase()` does not count the
+        # first sample of a series, so a first failure would not fire an alert otherwise.
+        for result in ("Succeeded", "Failed"):
+            for reason in (*sorted(KNOWN_REASONS), "Other"):
+                self.runs.labels(result, reason)
+        for kind in ("TransferJob", "TransferSchedule"):
+            self.reconciles.labels(kind)
+            self.reconcile_errors.labels(kind)
 
     def observe_phase(self, uid: str, phase: str | None, stalled: bool = False) -> None:
         """Track the phase of one TransferJob (None: deleted) and refresh the gauges."""

@@ -236,8 +236,8 @@ class ScheduleReconciler:
                 self.kube.delete_transferjob(ns, victim)
             for child in p.create:
                 self.kube.create(child)
-            if p.missed:
-                self.metrics.schedule_missed.labels(ns, name).inc(p.missed)
+            # At 0 from the first reconcile, so `increase()` sees the first missed run.
+            self.metrics.schedule_missed.labels(ns, name).inc(p.missed)
             if p.interval_seconds:
                 self.metrics.schedule_interval.labels(ns, name).set(p.interval_seconds)
             if p.last_success:
