@@ -394,7 +394,9 @@ def _sinks(choice: str) -> Any:
     if choice == "bar":
         return BarSink()
     if choice == "json":
-        return JsonLinesSink(sys.stderr)
+        from ferry.mover.jsonlog import progress_fields
+
+        return JsonLinesSink(sys.stderr, fields=progress_fields())
     return Sink()
 
 

@@ -108,6 +108,15 @@ def enabled() -> bool:
     return _json
 
 
+def progress_fields() -> dict[str, Any]:
+    """What a JSON progress line adds in JSON mode, so it is a log line too."""
+    if not _json:
+        return {}
+    doc = document("info", "progress", _object)
+    doc.pop("time")  # a progress line has its own clock (elapsedSeconds)
+    return doc
+
+
 def say(text: str, level: str = "info", stream: IO[str] | None = None) -> None:
     """A line of the CLI's own on stderr: as given, or as a JSON log line in JSON mode
     (without the `ferry: error: ` prefix, which the level says)."""

@@ -44,8 +44,9 @@ def configure(verbose: bool = False, log_format: str = "text") -> None:
     reference), written by Ferry's one JSON formatter, which the movers use too and which
     redacts every string (kopf's own prints `severity`, and quotes messages unfiltered)."""
     if log_format == "json":
+        before = set(logging.getLogger().handlers)
         kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
-        for handler in logging.getLogger().handlers:
+        for handler in set(logging.getLogger().handlers) - before:  # the one kopf added
             handler.setFormatter(JsonFormatter())
     else:
         # kopf's own set-up: a root handler with its object-prefixing formatter (a str format works).

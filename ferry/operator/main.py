@@ -127,6 +127,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def mover_settings(args: argparse.Namespace, log_format: str) -> workload.MoverSettings:
+    """What the movers get from the operator's command line and environment: OTEL_* passed
+    on, and the log format when it is JSON (so one pipeline parses both)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"
+    }
+    if log_format == "json":
+        env[ENV] = "json"
+    return workload.MoverSettings(
+        image=args.mover_image,
+        image_pull_policy=args.mover_image_pull_policy,
+        env=env,
+        progress_interval_seconds=args.progress_interval,
+        run_as_user=args.mover_run_as_user,
+    )
+
+
 def run_operator(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     # kopf derives its identity from getpass.getuser(), which raises for a uid
@@ -145,18 +164,7 @@ def run_operator(argv: list[str]) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     tracer = Tracer()
-    settings = workload.MoverSettings(
-        image=args.mover_image,
-        image_pull_policy=args.mover_image_pull_policy,
-        env={
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"
-        }
-        | ({ENV: "json"} if log_format == "json" else {}),
-        progress_interval_seconds=args.progress_interval,
-        run_as_user=args.mover_run_as_user,
-    )
+    settings = mover_settings(args, log_format)
     kube = Kube()
     deps = Deps(
         kube=kube,

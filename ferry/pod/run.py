@@ -62,10 +62,7 @@ def load_spec(path: str) -> TransferSpec:
 def pod_sinks() -> list[Sink]:
     """Progress to stderr, plus the TransferJob's status and the trace when the operator asked."""
     # In JSON log mode a progress line is a log line too: level, message and object.
-    fields = (
-        jsonlog.document("info", "progress", jsonlog.object_from_env()) if jsonlog.enabled() else {}
-    )
-    fields.pop("time", None)  # stamped per line below
+    fields = jsonlog.progress_fields()
     sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0, fields=fields)]
     if os.environ.get("FERRY_TRANSFERJOB"):
         from ferry.pod.status_sink import TransferJobStatusSink
