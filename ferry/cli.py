@@ -11,9 +11,12 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferry.mover.errors import ErrorKind, FerryError
+
+if TYPE_CHECKING:
+    from enum import StrEnum
 
 EXIT_CODES = "\n".join(
     ["exit codes:", "  0    success"]
@@ -69,7 +72,14 @@ _TRANSFER = ("copy", "sync")  # commands that write
 _COMPARE = ("copy", "sync", "plan")  # commands that decide what to copy
 
 
+def _choices(values: type[StrEnum]) -> list[str]:
+    """A flag's choices are its option enum's values: defined once, in `mover/options.py`."""
+    return [v.value for v in values]
+
+
 def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
+    from ferry.mover.options import Compress, Delta, ErrorPolicy, Fsync, SymlinkPolicy, Verify
+
     p.add_argument("source", help="path, file://, s3://, sftp://, smb:// or ferry:// URI")
     p.add_argument("destination", help="path, file://, s3://, sftp://, smb:// or ferry:// URI")
     if command in _COMPARE:
@@ -120,16 +130,16 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         )
         p.add_argument(
             "--delta",
-            choices=["auto", "on", "off"],
-            default="auto",
+            choices=_choices(Delta),
+            default=Delta.AUTO.value,
             help="send updated files of 64K or more as block deltas: auto where the destination "
             "says it pays (ferry://), on wherever it can rebuild files (local, ferry://), off "
             "never (default auto)",
         )
         p.add_argument(
             "--error-policy",
-            choices=["abort", "skip"],
-            default="abort",
+            choices=_choices(ErrorPolicy),
+            default=ErrorPolicy.ABORT.value,
             help="stop at the first failed file, or skip it and go on",
         )
     p.add_argument(
@@ -143,8 +153,8 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     if command in _COMPARE:
         p.add_argument(
             "--links",
-            choices=["preserve", "follow", "skip"],
-            default="preserve",
+            choices=_choices(SymlinkPolicy),
+            default=SymlinkPolicy.PRESERVE.value,
             help="symlinks: copy as links (default), copy what they point at inside the tree, or skip",
         )
     if command in _TRANSFER:
@@ -155,14 +165,14 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         )
         p.add_argument(
             "--verify",
-            choices=["none", "inline", "full"],
+            choices=_choices(Verify),
             default=None,
             help="inline (default): digest from the one source read; full: also read the destination back",
         )
         p.add_argument(
             "--fsync",
-            choices=["end", "file", "none"],
-            default="end",
+            choices=_choices(Fsync),
+            default=Fsync.END.value,
             help="durability: end (default) flushes once before deletes and success; file also syncs "
             "each file before publishing it; none leaves write-back to the kernel, as cp and rsync do",
         )
@@ -178,8 +188,8 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     )
     p.add_argument(
         "--compress",
-        choices=["auto", "on", "off"],
-        default="auto",
+        choices=_choices(Compress),
+        default=Compress.AUTO.value,
         help="zstd per chunk on a ferry:// wire: auto (default) stops trying for a file whose "
         "first chunks do not shrink, on tries every chunk, off never; a chunk crosses "
         "compressed only when that makes it smaller. on needs a ferry:// endpoint",

@@ -160,6 +160,22 @@ def check_endpoint_url(url: str) -> str:
     return url
 
 
+# Fields a URI gives in its authority and path, never as `?name=` options.
+_URI_PARTS = frozenset({"host", "bucket", "share", "path", "prefix", "user", "port"})
+
+
+def uri_options(
+    cls: type[S3Endpoint] | type[SFTPEndpoint] | type[SMBEndpoint] | type[FerryEndpoint],
+) -> dict[str, Any]:
+    """The `?name=value` options a URI of this kind takes (field name -> default): every field
+    with a default but those the authority and path give."""
+    return {
+        f.name: f.default
+        for f in fields(cls)
+        if f.default is not MISSING and f.name not in _URI_PARTS
+    }
+
+
 def _query(
     uri: str,
     raw: str,
@@ -167,19 +183,11 @@ def _query(
     renames: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Map `?a=b` options onto the endpoint's fields, as bools and ints where their defaults are."""
-    allowed = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    allowed = uri_options(cls)
     out: dict[str, Any] = {}
     for key, values in parse_qs(raw, keep_blank_values=True, strict_parsing=False).items():
         name = (renames or {}).get(key, key).replace("-", "_")
-        if name not in allowed or name in {
-            "host",
-            "bucket",
-            "share",
-            "path",
-            "prefix",
-            "user",
-            "port",
-        }:
+        if name not in allowed:
             raise _bad(uri, f"unknown option {key!r}")
         value = values[-1]
         default = allowed[name]

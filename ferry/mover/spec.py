@@ -45,6 +45,8 @@ class S3Spec(_Model):
     sse: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: _Safe | None = None
     storage_class: _Safe | None = None
+    checksum: Literal["crc32", "crc32c", "sha1", "sha256", "none"] | None = None
+    list_metadata: bool = True
 
     @field_validator("endpoint_url")
     @classmethod
@@ -69,6 +71,7 @@ class SFTPSpec(_Model):
     password_file: str | None = None
     known_hosts_file: str | None = None
     insecure_ignore_host_key: bool = False
+    sessions: int = Field(default=4, ge=1, le=64)
 
     def to_endpoint(self) -> ep.Endpoint:
         return ep.SFTPEndpoint(**self.model_dump(exclude={"kind"}))
@@ -84,6 +87,7 @@ class SMBSpec(_Model):
     password_file: str | None = None
     domain: str | None = None
     encrypt: bool = False
+    require_signing: bool = True
 
     def to_endpoint(self) -> ep.Endpoint:
         return ep.SMBEndpoint(**self.model_dump(exclude={"kind"}))

@@ -12,6 +12,7 @@ Field names are camelCase on the wire, snake_case in Python.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -110,6 +111,22 @@ class S3Endpoint(Model):
     sse: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: str | None = Field(default=None, max_length=2048, pattern=HEADER_SAFE)
     secret_ref: S3SecretRef | None = None
+    profile: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=HEADER_SAFE,
+        description="Profile to read from the credentials file in secretRef.",
+    )
+    checksum: Literal["CRC32", "CRC32C", "SHA1", "SHA256", "None"] | None = Field(
+        default=None,
+        description="Additional checksum the server checks on every upload (default CRC32); "
+        "None sends none (for stores that refuse them).",
+    )
+    list_metadata: bool = Field(
+        default=True,
+        description="Read each listed object's Ferry metadata (mtime, mode, digest); false "
+        "trusts LastModified and saves a request per object.",
+    )
 
 
 class SFTPSecretRef(Model):
@@ -135,6 +152,9 @@ class SFTPEndpoint(Model):
         default=None, description="Secret key holding an OpenSSH known_hosts file."
     )
     insecure_ignore_host_key: bool = False
+    sessions: int = Field(
+        default=4, ge=1, le=64, description="SSH connections opened in parallel per mover."
+    )
 
 
 class SMBSecretRef(Model):
@@ -150,6 +170,9 @@ class SMBEndpoint(Model):
     user: str | None = Field(default=None, max_length=256)
     domain: str | None = Field(default=None, max_length=256)
     encrypt: bool = False
+    require_signing: bool = Field(
+        default=True, description="Refuse a server that does not sign its messages."
+    )
     secret_ref: SMBSecretRef | None = None
 
 
@@ -167,6 +190,9 @@ class FerryEndpoint(Model):
     port: int = Field(ge=1, le=65535)
     path: RelPath = Field(default="", description="Directory below the server's root.")
     tls_secret_ref: FerryTLSSecretRef
+    streams: int = Field(
+        default=8, ge=1, le=64, description="TLS connections opened in parallel per mover."
+    )
 
     @field_validator("path")
     @classmethod
@@ -239,6 +265,117 @@ class Placement(Model):
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     resources: Resources | None = None
     priority_class_name: Name | None = None
+
+
+# ---------------------------------------------------------------- mover pods
+
+# Label and annotation keys under this prefix are the operator's (selectors, the trace, the spec
+# digests, the privilege gate): a user's pod labels and annotations may not set them.
+OPERATOR_KEY_PREFIX = "ferry.dev/"
+# Labels the operator's own selectors and watches read on mover pods.
+OPERATOR_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/managed-by")
+# A qualified name (`prefix/name`), as the API server checks label and annotation keys.
+QUALIFIED_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+NOT_OPERATOR_KEYS = {
+    "rule": f"self.all(k, !k.startsWith('{OPERATOR_KEY_PREFIX}') && !(k in "
+    + str(list(OPERATOR_LABELS)).replace('"', "'")
+    + "))",
+    "message": f"keys under {OPERATOR_KEY_PREFIX} and {', '.join(OPERATOR_LABELS)} are set by "
+    "the operator",
+}
+PodId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+# A proxy URL: scheme, host, port; no user:password@ (an env value is no place for a secret).
+PROXY_URL = r"^https?://[^@\s/]+/?$"
+
+
+class PodSecurity(Model):
+    """The mover's identity on its volumes: run as the uid that owns the data (a 0600 file
+    is read by its owner only), with the groups that may read it. uid and gid 0 need the
+    namespace an admin annotated for privileged movers."""
+
+    run_as_user: PodId | None = None
+    run_as_group: PodId | None = None
+    fs_group: PodId | None = Field(
+        default=None, description="Group the kubelet gives the volumes (see fsGroupChangePolicy)."
+    )
+    supplemental_groups: list[PodId] | None = Field(default=None, max_length=32)
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = Field(
+        default=None,
+        description="Default OnRootMismatch: the kubelet changes the volume's group only when "
+        "its root directory does not already have it (Always walks every file at each start).",
+    )
+
+    def ids(self) -> list[tuple[str, int]]:
+        """(field, id) of every uid and gid given."""
+        named = [
+            ("runAsUser", self.run_as_user),
+            ("runAsGroup", self.run_as_group),
+            ("fsGroup", self.fs_group),
+        ]
+        out = [(f, v) for f, v in named if v is not None]
+        return out + [("supplementalGroups", g) for g in self.supplemental_groups or []]
+
+
+class LocalObjectRef(Model):
+    name: Name
+
+
+class ConfigMapKeyRef(Model):
+    name: Name
+    key: SecretKey = "ca.crt"
+
+
+class Proxy(Model):
+    """The mover's HTTP(S)_PROXY and NO_PROXY (S3 and OpenTelemetry traffic; SFTP, SMB and the
+    ferry:// wire are not HTTP and do not use them)."""
+
+    http_proxy: str | None = Field(default=None, max_length=2048, pattern=PROXY_URL)
+    https_proxy: str | None = Field(default=None, max_length=2048, pattern=PROXY_URL)
+    no_proxy: str | None = Field(default=None, max_length=4096, pattern=r"^[^\s@]*$")
+
+
+def _keys_not_operators(value: dict[str, str] | None) -> dict[str, str] | None:
+    for key in value or {}:
+        if key.startswith(OPERATOR_KEY_PREFIX) or key in OPERATOR_LABELS:
+            raise ValueError(f"{key!r}: {NOT_OPERATOR_KEYS['message']}")
+        if len(key) > 317 or not re.fullmatch(QUALIFIED_KEY, key) or len(key.rsplit("/")[-1]) > 63:
+            raise ValueError(f"{key!r} is not a valid key (prefix/name, name up to 63 characters)")
+    return value
+
+
+class MoverPod(Model):
+    """What a user adapts in every pod the operator makes for a TransferJob (movers, shards,
+    a wire pair's sender and receiver). The chart's `moverPod` value has this shape and
+    gives the defaults; a TransferJob's fields replace them (labels and annotations merge,
+    the TransferJob's value winning per key; securityContext and proxy per field)."""
+
+    security_context: PodSecurity | None = None
+    service_account_name: Name | None = Field(
+        default=None,
+        description="Run the movers as this existing ServiceAccount (IRSA, Workload Identity) "
+        "instead of one the operator makes per TransferJob; the operator binds it the Role "
+        "that lets the mover patch this TransferJob's status.",
+    )
+    labels: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = Field(
+        default=None, max_length=64, json_schema_extra=_cel(NOT_OPERATOR_KEYS)
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=64, json_schema_extra=_cel(NOT_OPERATOR_KEYS)
+    )
+    image_pull_secrets: list[LocalObjectRef] | None = Field(default=None, max_length=16)
+    ca_bundle: ConfigMapKeyRef | None = Field(
+        default=None,
+        description="A ConfigMap key holding PEM CA certificates the mover trusts for HTTPS "
+        "(SSL_CERT_FILE, AWS_CA_BUNDLE, REQUESTS_CA_BUNDLE point at it). It replaces the "
+        "image's public CAs: include them if the mover also needs those.",
+    )
+    proxy: Proxy | None = None
+
+    _labels = field_validator("labels", "annotations")(_keys_not_operators)
 
 
 # ---------------------------------------------------------------- transfer job
@@ -355,6 +492,11 @@ class TransferJobSpec(Model):
         default=False, description="Stop the transfer for good; the job ends Failed/Cancelled."
     )
     placement: Placement | None = None
+    pod: MoverPod | None = Field(
+        default=None,
+        description="Security context, service account, labels, annotations, pull secrets, "
+        "CA bundle and proxy of the mover pods (over the chart's moverPod defaults).",
+    )
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     stall_timeout_seconds: int = Field(
@@ -645,7 +787,19 @@ class ObjectRef(StatusModel):
     uid: str | None = None
 
 
+class LastRun(StatusModel):
+    """The latest finished run of a schedule, copied from that TransferJob's status."""
+
+    name: str
+    phase: Phase
+    reason: str | None = None
+    message: str | None = None
+    bytes_transferred: int = 0
+    completion_time: str | None = None
+
+
 class TransferScheduleStatus(StatusModel):
+    last_run: LastRun | None = None
     last_schedule_time: str | None = None
     last_handled_time: str | None = Field(
         default=None, description="Latest scheduled time acted on (run or counted missed)."
@@ -721,6 +875,11 @@ class Kind:
     validations: ClassVar[tuple[dict[str, str], ...]] = ()
 
 
+# The Ready condition's status and reason as printer columns read them.
+READY_STATUS = '.status.conditions[?(@.type=="Ready")].status'
+READY_REASON = '.status.conditions[?(@.type=="Ready")].reason'
+
+
 class TransferJobKind(Kind):
     kind = "TransferJob"
     plural = "transferjobs"
@@ -732,6 +891,7 @@ class TransferJobKind(Kind):
     validations = immutability_rules()
     printer_columns = (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "string", "jsonPath": READY_STATUS},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
         {"name": "Rate", "type": "string", "jsonPath": ".status.progress.rate"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": "1"},
@@ -750,8 +910,18 @@ class TransferScheduleKind(Kind):
     printer_columns = (
         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
         {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+        {"name": "Ready", "type": "string", "jsonPath": READY_STATUS},
+        {"name": "Last Result", "type": "string", "jsonPath": ".status.lastRun.phase"},
         {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
         {"name": "Next", "type": "string", "jsonPath": ".status.nextScheduleTime"},
+        {"name": "Reason", "type": "string", "jsonPath": READY_REASON, "priority": "1"},
+        {"name": "Last Run", "type": "string", "jsonPath": ".status.lastRun.name", "priority": "1"},
+        {
+            "name": "Last Bytes",
+            "type": "integer",
+            "jsonPath": ".status.lastRun.bytesTransferred",
+            "priority": "1",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
 

@@ -14,6 +14,8 @@ the checked-in YAML differs (the unit tests do the same).
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -181,13 +183,53 @@ def filename(kind: type[api.Kind]) -> str:
 
 
 def expected_files(root: Path = REPO_ROOT) -> dict[Path, str]:
-    return {root / d / filename(kind): render(kind) for d in OUTPUT_DIRS for kind in api.KINDS}
+    out = {root / d / filename(kind): render(kind) for d in OUTPUT_DIRS for kind in api.KINDS}
+    values = root / VALUES_SCHEMA
+    if values.exists():  # a bare --root (a test's tmp dir) has no chart
+        out[values] = values_schema(values.read_text())
+    return out
 
 
 def stale_files(root: Path = REPO_ROOT) -> list[Path]:
     return [
         p for p, text in expected_files(root).items() if not p.exists() or p.read_text() != text
     ]
+
+
+# The chart's `moverPod` value is a TransferJob's spec.pod (the operator validates both with
+# `api.MoverPod`); its JSON Schema in the chart's values schema is written from the model too,
+# on its one line, so `helm install` refuses what the operator would.
+VALUES_SCHEMA = Path("charts/ferry/values.schema.json")
+_MOVER_POD_LINE = re.compile(r'^    "moverPod": .*$', re.MULTILINE)
+
+
+def _values_node(node: Any) -> Any:
+    """A structural schema node as plain JSON Schema: Kubernetes-only keys dropped, unknown
+    fields refused (the operator refuses them; Helm should say so first)."""
+    if isinstance(node, list):
+        return [_values_node(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: _values_node(v)
+        for k, v in node.items()
+        if not k.startswith("x-kubernetes-") and k not in ("format", "description")
+    }
+    if "properties" in out:
+        out["additionalProperties"] = False
+    if api.NOT_OPERATOR_KEYS in node.get("x-kubernetes-validations", []):
+        prefix = {"pattern": "^" + re.escape(api.OPERATOR_KEY_PREFIX)}
+        out["propertyNames"] = {"not": {"anyOf": [prefix, {"enum": list(api.OPERATOR_LABELS)}]}}
+    return out
+
+
+def values_schema(text: str) -> str:
+    """`text` (the chart's values schema) with its moverPod line written from the model."""
+    node = json.dumps(_values_node(model_schema(api.MoverPod, status=False)))
+    new, count = _MOVER_POD_LINE.subn(lambda _: f'    "moverPod": {node},', text)
+    if count != 1:
+        raise SchemaError(f"{VALUES_SCHEMA} needs one line starting '    \"moverPod\": '")
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,12 @@ import argparse
 import os
 
 import kopf
+from pydantic import ValidationError
 
 from ferry import version
 from ferry.mover.jsonlog import ENV, FORMATS, choose
-from ferry.operator import logs, workload
+from ferry.mover.spec import spec_errors
+from ferry.operator import api, logs, workload
 from ferry.operator.handlers import Deps, WatchHealth, register
 from ferry.operator.kube import Kube, load_config
 from ferry.operator.metrics import Metrics
@@ -34,6 +36,14 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _mover_pod(text: str) -> api.MoverPod:
+    """The chart's `moverPod` value (JSON), validated by the model a TransferJob's spec.pod uses."""
+    try:
+        return api.MoverPod.model_validate_json(text or "{}")
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(spec_errors(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,6 +125,14 @@ def parser() -> argparse.ArgumentParser:
         default=workload.MOVER_UID,
         help="uid (and gid, fsGroup) of unprivileged mover pods",
     )
+    p.add_argument(
+        "--mover-pod-defaults",
+        type=_mover_pod,
+        default=api.MoverPod(),
+        metavar="JSON",
+        help="defaults of every TransferJob's spec.pod (security context, service account, "
+        "labels, annotations, pull secrets, CA bundle, proxy), which each TransferJob overrides",
+    )
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument(
@@ -143,6 +161,7 @@ def mover_settings(args: argparse.Namespace, log_format: str) -> workload.MoverS
         env=env,
         progress_interval_seconds=args.progress_interval,
         run_as_user=args.mover_run_as_user,
+        pod=args.mover_pod_defaults,
     )
 
 

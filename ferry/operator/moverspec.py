@@ -11,7 +11,7 @@ files of Secrets the kubelet mounts: the operator never reads a Secret.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -20,6 +20,26 @@ from ferry.mover import spec as ms
 from ferry.operator import api
 
 DATA_DIR = "/data"
+# URI options (`ferry.mover.endpoints.uri_options`) a TransferJob gives another way: a file
+# from a Secret it references, or a field under another name. Every other option is the
+# endpoint's field of the same name (tests/operator/test_uri_options.py holds this).
+CHECKSUMS: dict[str, Literal["crc32", "crc32c", "sha1", "sha256", "none"]] = {
+    "CRC32": "crc32",
+    "CRC32C": "crc32c",
+    "SHA1": "sha1",
+    "SHA256": "sha256",
+    "None": "none",
+}
+URI_OPTIONS_ELSEWHERE = {
+    "s3": {"credentials_file": "secretRef", "endpoint_url": "endpoint"},
+    "sftp": {
+        "key_file": "secretRef",
+        "password_file": "secretRef.passwordKey",
+        "known_hosts_file": "knownHostsRef",
+    },
+    "smb": {"password_file": "secretRef"},
+    "ferry": {"tls_cert": "tlsSecretRef", "tls_key": "tlsSecretRef", "tls_ca": "tlsSecretRef"},
+}
 SECRETS_DIR = "/var/run/ferry/secrets"
 FERRY_TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")  # of a ferry endpoint's tlsSecretRef
 
@@ -90,6 +110,9 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
             sse=s3.sse,
             sse_kms_key_id=s3.sse_kms_key_id,
             storage_class=s3.storage_class,
+            profile=s3.profile,
+            checksum=CHECKSUMS[s3.checksum] if s3.checksum else None,
+            list_metadata=s3.list_metadata,
             credentials_file=_secret(mounts, side, ref.name, ref.key) if ref else None,
         )
     if ep.sftp is not None:
@@ -114,6 +137,7 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
             if kh
             else None,
             insecure_ignore_host_key=sftp.insecure_ignore_host_key,
+            sessions=sftp.sessions,
         )
     if ep.ferry is not None:
         fe = ep.ferry
@@ -126,6 +150,7 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
             tls_cert=f"{path}/tls.crt",
             tls_key=f"{path}/tls.key",
             tls_ca=f"{path}/ca.crt",
+            streams=fe.streams,
         )
     assert ep.smb is not None
     smb = ep.smb
@@ -138,6 +163,7 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
         user=smb.user,
         domain=smb.domain,
         encrypt=smb.encrypt,
+        require_signing=smb.require_signing,
         password_file=_secret(mounts, side, pref.name, pref.password_key) if pref else None,
     )
 

@@ -157,7 +157,9 @@ def plan(
     out.last_success = max(known) if known else None
     nxt = c.next_after(max(now, cursor))
     out.interval_seconds = c.longest_gap(nxt)
+    run = last_run(children, old.get("lastRun"))
     out.status = {
+        "lastRun": run,
         "lastHandledTime": status.iso(cursor),
         "lastScheduleTime": last_schedule,
         "lastSuccessfulTime": status.iso(out.last_success) if out.last_success else None,
@@ -169,6 +171,54 @@ def plan(
         "observedGeneration": meta.get("generation"),
     }
     return out
+
+
+def last_run(
+    children: list[dict[str, Any]], before: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The latest finished run: from the children, or as recorded (a run the history limits
+    deleted is remembered until a later one finishes)."""
+    finished = [
+        ch
+        for ch in children
+        if (ch.get("status") or {}).get("phase") in status.TERMINAL_PHASES
+        and (ch.get("status") or {}).get("completionTime")
+    ]
+    if not finished:
+        return before
+    latest = max(finished, key=lambda ch: (ch["status"]["completionTime"], ch["metadata"]["name"]))
+    st = latest["status"]
+    if before and (before.get("completionTime") or "") > st["completionTime"]:
+        return before
+    return {
+        "name": latest["metadata"]["name"],
+        "phase": st["phase"],
+        "reason": st.get("reason"),
+        "message": str(st.get("message") or "")[:1024] or None,
+        "bytesTransferred": int((st.get("result") or {}).get("bytesTransferred") or 0),
+        "completionTime": st["completionTime"],
+    }
+
+
+def health(spec: api.TransferScheduleSpec, plan_status: dict[str, Any]) -> status.Health:
+    """Ready while its runs succeed (or none has finished yet); Stalled, with the run's
+    reason, once the latest finished run failed, until a later one succeeds. A suspended
+    schedule is Ready: nothing is asked of it (kstatus reads a suspended CronJob so too)."""
+    run = plan_status.get("lastRun")
+    if run and run.get("phase") == "Failed":
+        why = f": {run['message']}" if run.get("message") else ""
+        return status.Health.stalled(
+            str(run.get("reason") or "Failed"),
+            f"the last run, {run['name']}, failed ({run.get('reason')}){why}",
+        )
+    if spec.suspend:
+        return status.Health.done("Suspended", "suspended by spec.suspend: no runs are scheduled")
+    nxt = f"; next run at {plan_status['nextScheduleTime']}"
+    if run:
+        return status.Health.done(
+            "LastRunSucceeded", f"the last run, {run['name']}, succeeded{nxt}"
+        )
+    return status.Health.done("Scheduled", f"no run has finished yet{nxt}")
 
 
 def _latest_before(c: cron.Cron, since: datetime, due: datetime) -> datetime:
@@ -229,6 +279,12 @@ class ScheduleReconciler:
                     now,
                     meta.get("generation"),
                 )
+                conditions = status.set_health(
+                    conditions,
+                    status.Health.stalled("InvalidSpec", f"{where}: {msg}"),
+                    now,
+                    meta.get("generation"),
+                )
                 return {"conditions": conditions, "observedGeneration": meta.get("generation")}
             children = self.kube.list_transferjobs(ns, f"{workload.LABEL_SCHEDULE}={name}")
             p = plan(body, spec, children, now)
@@ -246,7 +302,7 @@ class ScheduleReconciler:
             if created is not None:
                 self.metrics.schedule_created.labels(ns, name).set(created.timestamp())
             self.metrics.schedule_suspended.labels(ns, name).set(1 if spec.suspend else 0)
-            p.status["conditions"] = status.set_condition(
+            conditions = status.set_condition(
                 list((body.get("status") or {}).get("conditions") or []),
                 "Accepted",
                 True,
@@ -254,5 +310,8 @@ class ScheduleReconciler:
                 "",
                 now,
                 meta.get("generation"),
+            )
+            p.status["conditions"] = status.set_health(
+                conditions, health(spec, p.status), now, meta.get("generation")
             )
             return p.status

@@ -17,7 +17,7 @@ from typing import Any
 from ferry.mover.errors import ErrorKind
 from ferry.mover.options import PRESERVE_FLAGS
 from ferry.mover.result import COUNTERS, wire_name
-from ferry.operator import api
+from ferry.operator import api, gitops
 
 REASON_BY_EXIT_CODE = {k.exit_code: k.reason for k in ErrorKind}
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -123,6 +123,71 @@ def set_condition(
         }
     )
     return sorted(out, key=lambda c: c["type"])
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass(frozen=True)
+class Health:
+    """The three conditions kstatus reads (sigs.k8s.io/cli-utils/pkg/kstatus), and so Flux,
+    `kubectl wait` and Ferry's Argo CD check (docs/argocd/).
+
+    kstatus: a status.observedGeneration other than metadata.generation is InProgress;
+    then `Reconciling=True` is InProgress and `Stalled=True` is Failed (the first of the
+    two in the list; never both True here); then `Ready=True` is Current, `Ready=False`
+    InProgress. One reason and message for all three: the object's own.
+    """
+
+    ready: bool
+    reconciling: bool
+    is_stalled: bool
+    reason: str
+    message: str
+
+    @classmethod
+    def stalled(cls, reason: str, message: str) -> Health:
+        """Failed, or unable to go on without someone's change: kstatus's Failed."""
+        return cls(False, False, True, reason, message)
+
+    @classmethod
+    def working(cls, reason: str, message: str) -> Health:
+        return cls(False, True, False, reason, message)
+
+    @classmethod
+    def done(cls, reason: str, message: str) -> Health:
+        return cls(True, False, False, reason, message)
+
+
+# Pending reasons that wait for someone to act (a pool to create or fix, RBAC to grant).
+WAITING_ON_A_FIX = ("PoolNotFound", "PoolInvalid", "Forbidden")
+
+
+def job_health(phase: str, reason: str, message: str) -> Health:
+    """A TransferJob's health by phase: Succeeded is Ready, Failed is Stalled, a suspension
+    that has stopped the movers is Ready (what was asked for is done, as kstatus reads a
+    suspended Job: Current), anything else is Reconciling."""
+    if phase == "Succeeded":
+        return Health.done(reason, message or "the transfer finished")
+    if phase == "Failed" or reason in WAITING_ON_A_FIX:
+        return Health.stalled(reason, message)
+    if phase == "Suspended" and reason == "Suspended":
+        return Health.done(reason, message)
+    return Health.working(reason, message)
+
+
+def set_health(
+    conditions: list[dict[str, Any]], health: Health, now: datetime, generation: int | None
+) -> list[dict[str, Any]]:
+    for type_, value in (
+        ("Ready", health.ready),
+        ("Reconciling", health.reconciling),
+        ("Stalled", health.is_stalled),
+    ):
+        conditions = set_condition(
+            conditions, type_, value, health.reason, health.message, now, generation
+        )
+    return conditions
 
 
 # ---------------------------------------------------------------- pods
@@ -417,18 +482,34 @@ def compute(
             now,
             generation,
         )
-    stalled, stall_msg = _stalled(status, patch, spec, phase, now)
-    conditions = set_condition(
+    idle, idle_msg = _stalled(status, patch, spec, phase, now)
+    state = Health.stalled("NoProgress", idle_msg) if idle else job_health(phase, reason, message)
+    conditions = set_health(conditions, state, now, generation)
+    patch["conditions"] = with_ttl_conflict(conditions, body["metadata"], spec, now, generation)
+    return patch
+
+
+def with_ttl_conflict(
+    conditions: list[dict[str, Any]],
+    meta: dict[str, Any],
+    spec: api.TransferJobSpec,
+    now: datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """`TTLConflict` set while a TTL meets a GitOps tool's mark (`gitops`); once set, kept
+    and turned False when that ends; never added to a TransferJob it never concerned."""
+    ttl = gitops.ttl_conflict(meta, spec)
+    if ttl is None and not any(c.get("type") == gitops.TTL_CONDITION for c in conditions):
+        return conditions
+    return set_condition(
         conditions,
-        "Stalled",
-        stalled,
-        "NoProgress" if stalled else "Progressing",
-        stall_msg,
+        gitops.TTL_CONDITION,
+        ttl is not None,
+        gitops.TTL_REASON if ttl is not None else "NoConflict",
+        ttl or "",
         now,
         generation,
     )
-    patch["conditions"] = conditions
-    return patch
 
 
 def _stalled(
@@ -471,6 +552,9 @@ def invalid(
     )
     conditions = set_condition(
         conditions, "Failed", True, reason, f"{field}: {message}", now, generation
+    )
+    conditions = set_health(
+        conditions, Health.stalled(reason, f"{field}: {message}"), now, generation
     )
     return {
         "phase": "Failed",

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from ferry.operator import api, moverspec, status, wirepair, workload
+from ferry.operator import api, gitops, moverspec, status, wirepair, workload
 from ferry.operator.kube import Kube, server_message
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer, trace_id_of, traceparent_of
@@ -236,6 +236,8 @@ class TransferJobReconciler:
         warning = None
         if new["phase"] == "Failed" and old.get("phase") != "Failed":
             warning = (str(new["reason"]), str(new.get("message") or ""))
+        elif ttl := _newly_true(old, new, gitops.TTL_CONDITION):
+            warning = (gitops.TTL_CONDITION, ttl)
         return _unless_changed(body, Outcome(new, warning, created=created), changed, now)
 
     def _build(
@@ -291,6 +293,18 @@ class TransferJobReconciler:
         )
         owned = job is not None and _owned_by(job, body["metadata"]["uid"])
         changed = workload.changed_fields(job, spec) if job is not None and owned else []
+        if not changed:
+            # The conditions still hold for the new generation (only mutable fields changed);
+            # say so, and look at the TTL again: the edit may have added or removed one.
+            generation = body["metadata"].get("generation")
+            conditions = [
+                {**c, "observedGeneration": generation} for c in old.get("conditions") or []
+            ]
+            outcome.status["conditions"] = status.with_ttl_conflict(
+                conditions, body["metadata"], spec, now, generation
+            )
+            if ttl_msg := _newly_true(old, outcome.status, gitops.TTL_CONDITION):
+                outcome.warning = (gitops.TTL_CONDITION, ttl_msg)
         return _unless_changed(body, outcome, changed, now)
 
     def _account(self, body: dict[str, Any], new: dict[str, Any], now: datetime) -> None:
@@ -299,7 +313,12 @@ class TransferJobReconciler:
         phase = new.get("phase") or old_phase
         uid = body["metadata"]["uid"]
         conditions = new.get("conditions") or seen.get("conditions") or []
-        stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions)
+        stalled = any(  # no progress for stallTimeoutSeconds (a failure is Stalled too)
+            c.get("type") == "Stalled"
+            and c.get("status") == "True"
+            and c.get("reason") == "NoProgress"
+            for c in conditions
+        )
         self.metrics.observe_phase(uid, phase, stalled)
         if old_phase in status.TERMINAL_PHASES:
             return  # counted when it finished (or before this operator started)
@@ -369,6 +388,20 @@ def _unless_changed(
     return Outcome(new, warning, outcome.deleted, outcome.created)
 
 
+def _newly_true(old: dict[str, Any], new: dict[str, Any], type_: str) -> str | None:
+    """The message of condition `type_` if `new` has it True and `old` did not; else None."""
+
+    def true(st: dict[str, Any]) -> dict[str, Any] | None:
+        found = (c for c in st.get("conditions") or [] if c.get("type") == type_)
+        c = next(found, None)
+        return c if c is not None and c.get("status") == "True" else None
+
+    now = true(new)
+    if now is None or true(old) is not None:
+        return None
+    return str(now.get("message") or "")
+
+
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(
         ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or []
@@ -385,6 +418,9 @@ def _pending(body: dict[str, Any], reason: str, message: str, now: datetime) -> 
         message,
         now,
         generation,
+    )
+    conditions = status.set_health(
+        conditions, status.Health.stalled(reason, message), now, generation
     )
     return {
         "phase": "Pending",
@@ -406,6 +442,12 @@ def _forbidden(body: dict[str, Any], message: str, now: datetime) -> dict[str, A
         False,
         "Forbidden",
         text,
+        now,
+        body["metadata"].get("generation"),
+    )
+    conditions = status.set_health(
+        conditions,
+        status.Health.stalled("Forbidden", text),
         now,
         body["metadata"].get("generation"),
     )

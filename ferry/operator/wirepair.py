@@ -228,8 +228,9 @@ def receiver_job(
         moverspec.SecretMount("wire", wire_name(tj), SERVER_KEYS, WIRE_DIR),
     ]
     vols, into = workload.volumes(mounts)
+    mp = workload.pod_settings(spec, settings)
     pod_security, container_security = workload._security(
-        workload.needs_privilege(spec), settings.run_as_user
+        workload.needs_privilege(spec), settings.run_as_user, mp.security_context
     )
     env = [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     if ctx.traceparent:
@@ -266,9 +267,13 @@ def receiver_job(
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, *vols],
         **workload._placement(spec, ctx),
     }
+    if mp.service_account_name:  # the user's identity on every pod (its token stays unmounted)
+        pod_spec["serviceAccountName"] = mp.service_account_name
+    template_meta: dict[str, Any] = {"labels": receiver_labels(tj)}
+    workload._adapt(pod_spec, template_meta, [container], mp)
     job_spec: dict[str, Any] = {
         "backoffLimit": (spec.retry or api.Retry()).limit,
-        "template": {"metadata": {"labels": receiver_labels(tj)}, "spec": pod_spec},
+        "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

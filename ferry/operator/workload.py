@@ -30,14 +30,21 @@ LABEL_TRANSFERJOB = "ferry.dev/transferjob"
 LABEL_SCHEDULE = "ferry.dev/schedule"
 MANAGED_BY = "ferry-operator"
 ANNOTATION_TRACEPARENT = "ferry.dev/traceparent"
-# On the Job: a digest per transfer-defining spec field it was built from.
-ANNOTATION_SPEC_DIGESTS = "ferry.dev/spec-digests"
+# On the Job: a digest per transfer-defining spec field it was built from, of the values that
+# differ from their defaults (so a field added later with a default changes no digest). v2:
+# a Job carrying the v1 record (defaults included) has no readable record, is never "changed".
+ANNOTATION_SPEC_DIGESTS = "ferry.dev/spec-digests-v2"
 # Admin-gated: only a namespace carrying this annotation may run movers as
 # root with the capabilities owner preservation needs (as VolSync does).
 NAMESPACE_PRIVILEGED_ANNOTATION = "ferry.dev/privileged-movers"
 
 CONTAINER = "mover"
 SPEC_DIR = "/etc/ferry/spec"
+CA_DIR = "/etc/ferry/ca"
+CA_FILE = f"{CA_DIR}/ca.crt"
+# What the mover's HTTPS clients read a CA bundle from: OpenSSL (the S3 wire, OTLP), botocore,
+# requests.
+CA_ENV = ("SSL_CERT_FILE", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE")
 MOVER_UID = 65532
 PRIVILEGED_CAPABILITIES = ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID", "SETFCAP"]
 
@@ -54,6 +61,7 @@ class MoverSettings:
     env: dict[str, str] = field(default_factory=dict)  # e.g. OTEL_* passed through
     progress_interval_seconds: float = 2.0
     run_as_user: int = MOVER_UID  # non-root uid/gid/fsGroup for unprivileged movers
+    pod: api.MoverPod = field(default_factory=api.MoverPod)  # the chart's moverPod defaults
 
 
 @dataclass(frozen=True)
@@ -166,21 +174,115 @@ def role(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def role_binding(body: dict[str, Any]) -> dict[str, Any]:
+def role_binding(body: dict[str, Any], account: str | None = None) -> dict[str, Any]:
+    """Binds the per-job Role to the movers' ServiceAccount: the one made for this TransferJob,
+    or the user's (`account`, from spec.pod.serviceAccountName)."""
     name = child_name(body["metadata"]["name"])
+    subject = account or name
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": _meta(body, name),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [
-            {"kind": "ServiceAccount", "name": name, "namespace": body["metadata"]["namespace"]}
+            {"kind": "ServiceAccount", "name": subject, "namespace": body["metadata"]["namespace"]}
         ],
     }
 
 
-def _security(privileged: bool, uid: int = MOVER_UID) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod securityContext, container securityContext)."""
+# ---------------------------------------------------------------- what users adapt
+
+
+def _over(base: Any, own: Any) -> Any:
+    """`own`'s given fields over `base`'s (two models of one class, either may be None)."""
+    if base is None or own is None:
+        return own if base is None else base
+    return base.model_copy(update={k: v for k, v in own if v is not None})
+
+
+def pod_settings(spec: api.TransferJobSpec, settings: MoverSettings) -> api.MoverPod:
+    """The TransferJob's spec.pod over the chart's defaults: labels and annotations merge (its
+    value wins per key), securityContext and proxy per field, the rest whole."""
+    base, own = settings.pod, spec.pod or api.MoverPod()
+    pulls = own.image_pull_secrets
+    return api.MoverPod(
+        security_context=_over(base.security_context, own.security_context),
+        service_account_name=own.service_account_name or base.service_account_name,
+        labels={**(base.labels or {}), **(own.labels or {})} or None,
+        annotations={**(base.annotations or {}), **(own.annotations or {})} or None,
+        image_pull_secrets=base.image_pull_secrets if pulls is None else pulls,
+        ca_bundle=own.ca_bundle or base.ca_bundle,
+        proxy=_over(base.proxy, own.proxy),
+    )
+
+
+def check_pod(spec: api.TransferJobSpec, ctx: Context) -> None:
+    """Refuse what would escalate: uid or gid 0 asked by a TransferJob (the chart's defaults
+    are the admin's) needs the namespace an admin annotated; preserving owners runs as root,
+    which another runAsUser would silently undo."""
+    own = spec.pod.security_context if spec.pod else None
+    if own is None:
+        return
+    for name, value in own.ids():
+        if value == 0 and not ctx.namespace_privileged:
+            raise InvalidSpec(
+                f"spec.pod.securityContext.{name}",
+                "0 (root) needs the namespace's "
+                f"{NAMESPACE_PRIVILEGED_ANNOTATION}=true annotation an admin sets",
+                reason="PrivilegeNotGranted",
+            )
+    if needs_privilege(spec):
+        for field_name, given in (
+            ("runAsUser", own.run_as_user),
+            ("runAsGroup", own.run_as_group),
+        ):
+            if given not in (None, 0):
+                raise InvalidSpec(
+                    f"spec.pod.securityContext.{field_name}",
+                    "preserving owners (spec.preserve) runs the mover as root; leave it unset",
+                )
+
+
+def _adapt(
+    pod_spec: dict[str, Any],
+    template_meta: dict[str, Any],
+    containers: list[dict[str, Any]],
+    mp: api.MoverPod,
+) -> None:
+    """Put what the user adapts into a pod the operator built: labels and annotations under
+    the operator's own, pull secrets, the CA bundle and proxy variables."""
+    template_meta["labels"] = {**(mp.labels or {}), **template_meta.get("labels", {})}
+    annotations = {**(mp.annotations or {}), **template_meta.get("annotations", {})}
+    if annotations:
+        template_meta["annotations"] = annotations
+    if mp.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": r.name} for r in mp.image_pull_secrets]
+    env: list[dict[str, Any]] = []
+    if mp.ca_bundle is not None:
+        items = [{"key": mp.ca_bundle.key, "path": "ca.crt"}]
+        pod_spec["volumes"].append(
+            {"name": "ca-bundle", "configMap": {"name": mp.ca_bundle.name, "items": items}}
+        )
+        for c in containers:
+            c["volumeMounts"].append({"name": "ca-bundle", "mountPath": CA_DIR, "readOnly": True})
+        env += [{"name": k, "value": CA_FILE} for k in CA_ENV]
+    proxy = mp.proxy or api.Proxy()
+    for name, value in (
+        ("HTTP_PROXY", proxy.http_proxy),
+        ("HTTPS_PROXY", proxy.https_proxy),
+        ("NO_PROXY", proxy.no_proxy),
+    ):
+        if value is not None:  # both spellings: programs read one or the other
+            env += [{"name": name, "value": value}, {"name": name.lower(), "value": value}]
+    for c in containers:
+        c["env"] = [*c.get("env", []), *env]
+
+
+def _security(
+    privileged: bool, uid: int = MOVER_UID, own: api.PodSecurity | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod securityContext, container securityContext); `own` (checked by `check_pod`) over
+    the operator's uid."""
     pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     container: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
@@ -191,7 +293,20 @@ def _security(privileged: bool, uid: int = MOVER_UID) -> tuple[dict[str, Any], d
         pod |= {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
         container["capabilities"]["add"] = list(PRIVILEGED_CAPABILITIES)
     else:
-        pod |= {"runAsNonRoot": uid != 0, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+        pod |= {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+    if own is not None:
+        given = {
+            "runAsUser": None if privileged else own.run_as_user,
+            "runAsGroup": None if privileged else own.run_as_group,
+            "fsGroup": own.fs_group,
+            "supplementalGroups": own.supplemental_groups,
+            "fsGroupChangePolicy": own.fs_group_change_policy,
+        }
+        pod |= {k: v for k, v in given.items() if v is not None}
+    if not privileged:
+        pod["runAsNonRoot"] = pod["runAsUser"] != 0
+    if "fsGroup" in pod:
+        pod.setdefault("fsGroupChangePolicy", "OnRootMismatch")
     return pod, container
 
 
@@ -255,7 +370,10 @@ def job(
     shards = spec.shard_count()
     retry = spec.retry or api.Retry()
     privileged = needs_privilege(spec)
-    pod_security, container_security = _security(privileged, settings.run_as_user)
+    mp = pod_settings(spec, settings)
+    pod_security, container_security = _security(
+        privileged, settings.run_as_user, mp.security_context
+    )
     env = [
         {"name": "FERRY_TRANSFERJOB", "value": f"{meta['namespace']}/{meta['name']}"},
         {"name": "FERRY_STATUS_INTERVAL", "value": str(settings.progress_interval_seconds)},
@@ -281,7 +399,7 @@ def job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": name,
+        "serviceAccountName": mp.service_account_name or name,
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
         "securityContext": pod_security,
@@ -294,6 +412,8 @@ def job(
         **_placement(spec, ctx),
     }
     annotations = {ANNOTATION_TRACEPARENT: ctx.traceparent} if ctx.traceparent else {}
+    template_meta: dict[str, Any] = {"labels": labels(meta["name"]), "annotations": annotations}
+    _adapt(pod_spec, template_meta, [container], mp)
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": shards,
@@ -314,10 +434,7 @@ def job(
                 },
             ]
         },
-        "template": {
-            "metadata": {"labels": labels(meta["name"]), "annotations": annotations},
-            "spec": pod_spec,
-        },
+        "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -332,10 +449,10 @@ def job(
 
 def spec_digests(spec: api.TransferJobSpec) -> dict[str, str]:
     """A short digest of each transfer-defining field, so a later reconcile can name what changed."""
-    data = spec.model_dump(mode="json", by_alias=True)
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     return {
         name: hashlib.sha256(
-            json.dumps(data[name], sort_keys=True, separators=(",", ":")).encode()
+            json.dumps(data.get(name), sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()[:16]
         for name in api.fixed_spec_fields()
     }
@@ -364,14 +481,15 @@ class Workload:
     """Everything one TransferJob needs, in creation order."""
 
     config_map: dict[str, Any]
-    service_account: dict[str, Any]
+    service_account: dict[str, Any] | None  # None: the user's (spec.pod.serviceAccountName)
     role: dict[str, Any]
     role_binding: dict[str, Any]
     job: dict[str, Any]
     privileged: bool
 
     def objects(self) -> list[dict[str, Any]]:
-        return [self.config_map, self.service_account, self.role, self.role_binding, self.job]
+        made = [self.config_map, self.service_account, self.role, self.role_binding, self.job]
+        return [o for o in made if o is not None]
 
 
 def build(
@@ -386,13 +504,15 @@ def build(
             f"{NAMESPACE_PRIVILEGED_ANNOTATION}=true annotation an admin sets",
             reason="PrivilegeNotGranted",
         )
+    check_pod(spec, ctx)
     check_overlap(spec)
     specs = mover_specs(spec, ctx.pool)
+    account = pod_settings(spec, settings).service_account_name
     return Workload(
         config_map=config_map(body, specs.shards),
-        service_account=service_account(body),
+        service_account=None if account else service_account(body),
         role=role(body),
-        role_binding=role_binding(body),
+        role_binding=role_binding(body, account),
         job=job(body, spec, ctx, settings, specs.mounts),
         privileged=privileged,
     )

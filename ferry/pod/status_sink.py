@@ -61,6 +61,12 @@ class TransferJobStatusSink(Sink):
         self.ctx = (
             ssl.create_default_context(cafile=ca_file) if server.startswith("https") else None
         )
+        # The API server is reached directly, never through the HTTP(S)_PROXY a user gives the
+        # mover for its storage (a corporate proxy cannot reach, or should not see, it).
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.ctx is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ctx))
+        self._opener = urllib.request.build_opener(*handlers)
         self.interval = interval
         self.pod = pod
         self._clock = clock
@@ -154,7 +160,7 @@ class TransferJobStatusSink(Sink):
             with open(self.token_file) as fh:
                 req.add_header("Authorization", f"Bearer {fh.read().strip()}")
         try:
-            with urllib.request.urlopen(req, timeout=5, context=self.ctx) as resp:
+            with self._opener.open(req, timeout=5) as resp:
                 resp.read()
             self.patches_sent += 1
             self._failures = 0

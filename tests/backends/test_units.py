@@ -6,6 +6,7 @@ import errno
 import itertools
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tracemalloc
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, SSLError
 from smbprotocol import exceptions as smbexc
 
 from ferry.mover.backends.base import check_name, copy_into
@@ -130,6 +131,30 @@ def test_covers() -> None:
     assert s3_multipart._covers(parts, 30, 40)
 
 
+def _bad_cert() -> ssl.SSLCertVerificationError:
+    e = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    )
+    e.verify_message = "self-signed certificate"
+    return e
+
+
+def _untrusted_botocore() -> Exception:
+    """What botocore raises for an endpoint whose certificate is not trusted."""
+    return SSLError(endpoint_url="https://s3.example", error=_bad_cert())
+
+
+def _untrusted_chained() -> Exception:
+    """What the hand-written S3 path raises: the certificate failure as the cause."""
+    try:
+        try:
+            raise _bad_cert()
+        except ssl.SSLError as e:
+            raise ConnectionError("connect failed") from e
+    except ConnectionError as outer:
+        return outer
+
+
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
@@ -142,6 +167,9 @@ def test_covers() -> None:
         (client_error("PreconditionFailed", 412), ErrorKind.SOURCE_CHANGED),
         (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), ErrorKind.TRANSIENT),
         (NoCredentialsError(), ErrorKind.AUTH_FAILED),
+        (_untrusted_botocore(), ErrorKind.AUTH_FAILED),
+        (_untrusted_chained(), ErrorKind.AUTH_FAILED),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), ErrorKind.TRANSIENT),
     ],
 )
 def test_s3_classify(exc: Exception, kind: ErrorKind) -> None:

@@ -65,13 +65,15 @@ def test_status_fully_declared_with_subresource():
 def test_printer_columns_short_names_and_category():
     tj = crdgen.crd(api.TransferJobKind)
     cols = [c["name"] for c in tj["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols[:3] == ["Phase", "Progress", "Rate"] and cols[-1] == "Age"
+    assert cols[:4] == ["Phase", "Ready", "Progress", "Rate"] and cols[-1] == "Age"
     assert tj["spec"]["names"]["shortNames"] == ["tj"]
     assert tj["spec"]["names"]["categories"] == ["ferry"]
     ts = crdgen.crd(api.TransferScheduleKind)
-    assert [c["name"] for c in ts["spec"]["versions"][0]["additionalPrinterColumns"]][:4] == [
+    assert [c["name"] for c in ts["spec"]["versions"][0]["additionalPrinterColumns"]][:6] == [
         "Schedule",
         "Suspend",
+        "Ready",
+        "Last Result",
         "Last",
         "Next",
     ]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+from pydantic import ValidationError
 
 from ferry.mover import spec as ms
-from ferry.operator import api, crdgen, moverspec
-from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3
+from ferry.operator import api, crdgen, moverspec, wirepair, workload
+from ferry.operator.main import parser
+from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, transferjob
 
 
 def test_specs_are_typed_and_paths_point_into_the_mounts():
@@ -63,3 +68,257 @@ def test_delta_reaches_the_mover_and_on_is_refused_where_nothing_rebuilds():
     doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rules = doc["properties"]["spec"]["x-kubernetes-validations"]
     assert api.DELTA_ON_RULE in rules
+
+
+# ---------------------------------------------------------------- mover pods users adapt
+
+OWN_POD = {
+    "securityContext": {"runAsUser": 1000, "fsGroup": 2000, "supplementalGroups": [3000]},
+    "serviceAccountName": "backup-irsa",
+    "labels": {"sidecar.istio.io/inject": "false", "team": "a"},
+    "annotations": {"linkerd.io/inject": "disabled"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "caBundle": {"name": "corp-ca", "key": "bundle.pem"},
+    "proxy": {"httpsProxy": "http://proxy.corp:3128", "noProxy": ".svc,10.0.0.0/8"},
+}
+WIRE_IP = "10.96.0.9"
+
+
+def _body(spec: dict[str, Any]) -> dict[str, Any]:
+    return transferjob(spec)
+
+
+def _pods(
+    spec: dict[str, Any],
+    settings: workload.MoverSettings | None = None,
+    ctx: workload.Context | None = None,
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(template metadata, pod spec) of every pod the operator makes for `spec`: the plain
+    mover (here with 2 shards: one template), and a wire pair's sender and receiver."""
+    tj = api.TransferJobSpec.model_validate(spec)
+    ctx = ctx or workload.Context()
+    settings = settings or workload.MoverSettings()
+    w = workload.build(_body(spec), tj, ctx, settings)
+    _, sender = wirepair.sender(_body(spec), tj, ctx, settings, WIRE_IP)
+    receiver = wirepair.receiver_job(_body(spec), tj, ctx, settings)
+    jobs = {"mover": w.job, "sender": sender, "receiver": receiver}
+    return {
+        k: (j["spec"]["template"]["metadata"], j["spec"]["template"]["spec"])
+        for k, j in jobs.items()
+    }
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_spec_pod_reaches_every_pod_the_operator_makes():
+    spec = {**PVC_TO_PVC, "parallelism": {"shards": 2}, "pod": OWN_POD}
+    for which, (meta, pod) in _pods(spec).items():
+        sc = pod["securityContext"]
+        assert (sc["runAsUser"], sc["fsGroup"], sc["supplementalGroups"]) == (1000, 2000, [3000])
+        assert sc["runAsGroup"] == workload.MOVER_UID  # not given: the operator's
+        assert sc["fsGroupChangePolicy"] == "OnRootMismatch" and sc["runAsNonRoot"] is True
+        assert pod["serviceAccountName"] == "backup-irsa", which
+        assert (
+            meta["labels"]["sidecar.istio.io/inject"] == "false" and meta["labels"]["team"] == "a"
+        )
+        assert meta["labels"][workload.LABEL_MANAGED_BY] == workload.MANAGED_BY  # still ours
+        assert meta["annotations"] == {"linkerd.io/inject": "disabled"}
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        ca = next(v for v in pod["volumes"] if v["name"] == "ca-bundle")
+        assert ca["configMap"] == {
+            "name": "corp-ca",
+            "items": [{"key": "bundle.pem", "path": "ca.crt"}],
+        }
+        container = pod["containers"][0]
+        assert {"name": "ca-bundle", "mountPath": workload.CA_DIR, "readOnly": True} in container[
+            "volumeMounts"
+        ]
+        env = _env(container)
+        assert all(env[k] == workload.CA_FILE for k in workload.CA_ENV), which
+        assert env["HTTPS_PROXY"] == env["https_proxy"] == "http://proxy.corp:3128"
+        assert env["NO_PROXY"] == env["no_proxy"] == ".svc,10.0.0.0/8"
+        assert "HTTP_PROXY" not in env  # not given, not set
+        # Nothing a user adapts escalates: no host paths, no privileged container.
+        assert not any("hostPath" in v for v in pod["volumes"])
+        assert all(
+            not c["securityContext"].get("privileged")
+            and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            for c in [*pod["containers"], *pod.get("initContainers", [])]
+        )
+    w = workload.build(
+        _body(spec),
+        api.TransferJobSpec.model_validate(spec),
+        workload.Context(),
+        workload.MoverSettings(),
+    )
+    assert w.service_account is None and w.service_account not in w.objects()
+    assert w.role_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "backup-irsa", "namespace": "team"}
+    ]
+
+
+def test_without_spec_pod_the_operators_defaults():
+    meta, pod = _pods(PVC_TO_PVC)["mover"]
+    sc = pod["securityContext"]
+    uid = workload.MOVER_UID
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (uid, uid, uid)
+    assert sc["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert "imagePullSecrets" not in pod and not meta.get("annotations")
+    assert pod["serviceAccountName"] == workload.child_name("copy-a")
+    assert not {"HTTPS_PROXY", "SSL_CERT_FILE"} & set(_env(pod["containers"][0]))
+
+
+def test_chart_defaults_under_the_transferjobs_own():
+    defaults = api.MoverPod.model_validate(
+        {
+            "securityContext": {
+                "runAsUser": 500,
+                "runAsGroup": 500,
+                "fsGroupChangePolicy": "Always",
+            },
+            "labels": {"team": "default", "cost": "x"},
+            "imagePullSecrets": [{"name": "chart-cred"}],
+            "caBundle": {"name": "chart-ca"},
+            "proxy": {"httpProxy": "http://p:1", "httpsProxy": "http://p:2"},
+            "serviceAccountName": "chart-sa",
+        }
+    )
+    settings = workload.MoverSettings(pod=defaults)
+    own = {
+        "securityContext": {"runAsUser": 1000},
+        "labels": {"team": "a"},
+        "proxy": {"httpsProxy": "http://q:3"},
+    }
+    for which, (meta, pod) in _pods({**PVC_TO_PVC, "pod": own}, settings).items():
+        sc = pod["securityContext"]
+        assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroupChangePolicy"]) == (
+            1000,
+            500,
+            "Always",
+        )
+        assert (meta["labels"]["team"], meta["labels"]["cost"]) == ("a", "x")
+        assert pod["imagePullSecrets"] == [{"name": "chart-cred"}]
+        assert pod["serviceAccountName"] == "chart-sa", which
+        env = _env(pod["containers"][0])
+        assert (env["HTTP_PROXY"], env["HTTPS_PROXY"]) == ("http://p:1", "http://q:3")
+        assert env["SSL_CERT_FILE"] == workload.CA_FILE
+    # A TransferJob's own list replaces the chart's (an empty one: none).
+    _, pod = _pods({**PVC_TO_PVC, "pod": {"imagePullSecrets": []}}, settings)["mover"]
+    assert "imagePullSecrets" not in pod
+
+
+@pytest.mark.parametrize("field", ["runAsUser", "runAsGroup", "fsGroup", "supplementalGroups"])
+def test_root_ids_need_the_namespace_annotation(field: str):
+    value: Any = [0] if field == "supplementalGroups" else 0
+    spec = {**PVC_TO_PVC, "pod": {"securityContext": {field: value}}}
+    tj = api.TransferJobSpec.model_validate(spec)
+    with pytest.raises(moverspec.InvalidSpec) as exc:
+        workload.build(_body(spec), tj, workload.Context(), workload.MoverSettings())
+    assert exc.value.field == f"spec.pod.securityContext.{field}"
+    assert exc.value.reason == "PrivilegeNotGranted"
+    assert workload.NAMESPACE_PRIVILEGED_ANNOTATION in str(exc.value)
+    ok = workload.build(
+        _body(spec), tj, workload.Context(namespace_privileged=True), workload.MoverSettings()
+    )
+    sc = ok.job["spec"]["template"]["spec"]["securityContext"]
+    assert sc[field] == value
+    assert sc["runAsNonRoot"] is (field != "runAsUser")
+    # root's id, never root's capabilities
+    caps = ok.job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
+    assert caps == {"drop": ["ALL"]}
+
+
+def test_owner_preservation_keeps_root_and_refuses_another_uid():
+    base = {**PVC_TO_PVC, "preserve": ["owners"]}
+    ctx = workload.Context(namespace_privileged=True)
+    spec = {**base, "pod": {"securityContext": {"runAsUser": 1000}}}
+    with pytest.raises(moverspec.InvalidSpec) as exc:
+        workload.build(
+            _body(spec), api.TransferJobSpec.model_validate(spec), ctx, workload.MoverSettings()
+        )
+    assert exc.value.field == "spec.pod.securityContext.runAsUser" and "root" in str(exc.value)
+    spec = {**base, "pod": {"securityContext": {"fsGroup": 2000}}}
+    w = workload.build(
+        _body(spec), api.TransferJobSpec.model_validate(spec), ctx, workload.MoverSettings()
+    )
+    sc = w.job["spec"]["template"]["spec"]["securityContext"]
+    assert (sc["runAsUser"], sc["fsGroup"], sc["runAsNonRoot"]) == (0, 2000, False)
+
+
+@pytest.mark.parametrize(
+    ("pod", "where"),
+    [
+        ({"labels": {"ferry.dev/transferjob": "other"}}, "labels"),
+        ({"annotations": {"ferry.dev/traceparent": "x"}}, "annotations"),
+        ({"labels": {"app.kubernetes.io/managed-by": "me"}}, "labels"),
+        ({"labels": {"bad key": "x"}}, "labels"),
+        ({"labels": {"ok": "bad value!"}}, "labels"),
+        ({"securityContext": {"privileged": True}}, "securityContext.privileged"),
+        ({"securityContext": {"runAsUser": -1}}, "securityContext.runAsUser"),
+        ({"proxy": {"httpsProxy": "http://user:secret@proxy:3128"}}, "proxy.httpsProxy"),
+        ({"hostPath": {"path": "/"}}, "hostPath"),
+        ({"serviceAccountName": "Not_A_Name"}, "serviceAccountName"),
+    ],
+)
+def test_spec_pod_refusals_name_the_field(pod: dict[str, Any], where: str):
+    with pytest.raises(ValidationError) as exc:
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "pod": pod})
+    assert f"pod.{where}" in str(exc.value)
+    assert "secret@" not in ms.spec_errors(exc.value)  # a refused value is not repeated
+
+
+def test_crd_refuses_operator_keys_and_unknown_pod_fields():
+    doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    pod = doc["properties"]["spec"]["properties"]["pod"]
+    for name in ("labels", "annotations"):
+        assert pod["properties"][name]["x-kubernetes-validations"] == [api.NOT_OPERATOR_KEYS]
+    assert set(pod["properties"]["securityContext"]["properties"]) == {
+        "runAsUser",
+        "runAsGroup",
+        "fsGroup",
+        "supplementalGroups",
+        "fsGroupChangePolicy",
+    }
+    assert "x-kubernetes-preserve-unknown-fields" not in json.dumps(pod)
+
+
+def test_chart_values_schema_is_the_models():
+    values = json.loads((crdgen.REPO_ROOT / crdgen.VALUES_SCHEMA).read_text())
+    node = values["properties"]["moverPod"]
+    assert node["additionalProperties"] is False
+    assert set(node["properties"]) == {f.alias for f in api.MoverPod.model_fields.values()}
+    assert node["properties"]["securityContext"]["additionalProperties"] is False
+
+
+def test_operator_flag_takes_the_charts_defaults():
+    args = parser().parse_args(
+        ["--mover-pod-defaults", json.dumps({"labels": {"a": "b"}, "caBundle": {"name": "ca"}})]
+    )
+    assert args.mover_pod_defaults.labels == {"a": "b"}
+    assert args.mover_pod_defaults.ca_bundle.key == "ca.crt"
+    assert parser().parse_args([]).mover_pod_defaults == api.MoverPod()
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--mover-pod-defaults", '{"labels": {"ferry.dev/x": "1"}}'])
+
+
+def test_a_field_given_its_default_changes_no_spec_digest():
+    """So a field added later with a default (an upgrade) never reads as an edit of a run."""
+    plain = api.TransferJobSpec.model_validate(PVC_TO_S3)
+    explicit = api.TransferJobSpec.model_validate(
+        {
+            **PVC_TO_S3,
+            "destination": {"s3": {**PVC_TO_S3["destination"]["s3"], "listMetadata": True}},
+        }
+    )
+    assert workload.spec_digests(plain) == workload.spec_digests(explicit)
+    changed = api.TransferJobSpec.model_validate(
+        {
+            **PVC_TO_S3,
+            "destination": {"s3": {**PVC_TO_S3["destination"]["s3"], "listMetadata": False}},
+        }
+    )
+    job = workload.build(_body(PVC_TO_S3), plain, workload.Context(), workload.MoverSettings()).job
+    assert workload.changed_fields(job, explicit) == []
+    assert workload.changed_fields(job, changed) == ["destination"]

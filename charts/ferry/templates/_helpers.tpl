@@ -18,3 +18,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "ferry.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+
+{{/* The chart's moverPod value as the operator's --mover-pod-defaults JSON: the chart's own
+mover ServiceAccount is the default when it makes one and moverPod names none. */}}
+{{- define "ferry.moverPod" -}}
+{{- $pod := deepCopy (default dict .Values.moverPod) -}}
+{{- if and .Values.moverServiceAccount.create (not $pod.serviceAccountName) -}}
+{{- $_ := set $pod "serviceAccountName" .Values.moverServiceAccount.name -}}
+{{- end -}}
+{{- toJson $pod -}}
+{{- end -}}
+
+{{- define "ferry.moverServiceAccountNamespaces" -}}
+{{- $ns := .Values.moverServiceAccount.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) -}}
+{{- toJson $ns -}}
+{{- end -}}

@@ -3,6 +3,7 @@ client is built (runs the wire carries alone never import botocore)."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from ferry.mover.errors import ErrorKind, FerryError
@@ -57,6 +58,23 @@ class Boto:
         cls.NoCredentialsError = e.NoCredentialsError
 
 
+def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind `exc`, if that is what it is: botocore keeps it in
+    `kwargs["error"]`, the wire path in the exception chain. Retrying cannot fix it."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e
+        inner = (getattr(e, "kwargs", None) or {}).get("error")
+        todo += [e.__cause__, e.__context__, inner if isinstance(inner, BaseException) else None]
+    return None
+
+
 def classify(
     exc: BaseException,
     where: str,
@@ -93,6 +111,14 @@ def classify(
         if code in ("EntityTooLarge", "QuotaExceeded"):
             return FerryError(ErrorKind.DESTINATION_FULL, msg, path)
         return FerryError(ErrorKind.IO_ERROR, msg, path)
+    bad_cert = untrusted_certificate(exc)
+    if bad_cert is not None:
+        return FerryError(
+            ErrorKind.AUTH_FAILED,
+            f"{where}: the server's TLS certificate is not trusted ({bad_cert.verify_message}); "
+            "give its CA (AWS_CA_BUNDLE, or spec.pod.caBundle in a TransferJob)",
+            path,
+        )
     if isinstance(exc, (Boto.BotoCoreError, ConnectionError, TimeoutError, OSError)):
         # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, IncompleteRead ...
         return FerryError(ErrorKind.TRANSIENT, f"{where}: {type(exc).__name__}: {exc}", path)
