@@ -10,6 +10,7 @@ The very last cuts the scoped operator off the API server to see the kubelet's p
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -255,7 +256,20 @@ def test_schedule_metrics_follow_its_runs(env: Env, api: client.ApiClient) -> No
     got = metric(text, "ferry_schedule_last_success_timestamp_seconds", **labels)
     assert abs(got - done) <= 1, (got, done)
     assert metric(text, "ferry_schedule_expected_interval_seconds", **labels) == 4
+    created = env.get("transferschedules", "metered")["metadata"]["creationTimestamp"]
+    assert metric(text, "ferry_schedule_created_timestamp_seconds", **labels) == (
+        datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    )
+    assert metric(text, "ferry_schedule_suspended", **labels) == 0
+    # The run's bytes reached the counter (live or at its end), and the build is named.
+    assert metric(text, "ferry_transferred_bytes_total") >= 100
+    assert re.search(r'^ferry_build_info\{python="[^"]+",version="[^"]+"\} 1\.0$', text, re.M)
     env.patch_spec("transferschedules", "metered", {"suspend": True})
+    wait_for(
+        "the suspended gauge",
+        lambda: metric(scrape(pod), "ferry_schedule_suspended", **labels) == 1,
+        timeout=60,
+    )
     missed = metric(scrape(pod), "ferry_schedule_missed_runs_total", **labels)
     wait_for(
         "suspended slots counted as missed",

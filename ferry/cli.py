@@ -28,12 +28,9 @@ MOVER_COMMANDS = ("copy", "sync", "plan", "verify", "run")  # the ones that move
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from ferry import version
 
-    try:
-        return version("ferry")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return version()
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -221,6 +218,7 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             help="let sync run from an empty source (deleting everything)",
         )
     p.add_argument("-v", "--verbose", action="count", default=0)
+    _log_format_arg(p)
     if command in _TRANSFER:
         p.add_argument(
             "--dry-run",
@@ -228,6 +226,15 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             action="store_true",
             help="only show what would be done (same as `ferry plan`)",
         )
+
+
+def _log_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="stderr as text, or one JSON object a line (default: $FERRY_LOG_FORMAT, else text)",
+    )
 
 
 def _safety_args(p: argparse.ArgumentParser, *, deletes: bool) -> None:
@@ -322,6 +329,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "--tls-ca", required=True, metavar="FILE", help="CA that signs client certificates"
         )
         serve.add_argument("-v", "--verbose", action="count", default=0)
+        _log_format_arg(serve)
     run = sub.add_parser(
         "run",
         help="run one transfer from a TransferSpec file (what mover pods do)",
@@ -329,6 +337,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     run.add_argument("--spec", required=True, metavar="FILE", help="TransferSpec as JSON or YAML")
     run.add_argument("-v", "--verbose", action="count", default=0)
+    _log_format_arg(run)
     op = sub.add_parser(
         "operator", help="run the Kubernetes operator", add_help=False, formatter_class=_Formatter
     )
@@ -416,16 +425,25 @@ def _sinks(choice: str) -> Any:
     if choice == "bar":
         return BarSink()
     if choice == "json":
-        return JsonLinesSink(sys.stderr)
+        from ferry.mover.jsonlog import progress_fields
+
+        return JsonLinesSink(sys.stderr, fields=progress_fields())
     return Sink()
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, fmt: str) -> None:
+    from ferry.mover import jsonlog
     from ferry.mover.redact import RedactingFormatter
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("ferry: %(levelname)s: %(message)s"))
+    obj = jsonlog.object_from_env()
+    jsonlog.configure(fmt, obj)
+    handler.setFormatter(
+        jsonlog.JsonFormatter(obj)
+        if fmt == "json"
+        else RedactingFormatter("ferry: %(levelname)s: %(message)s")
+    )
     logging.basicConfig(level=level, handlers=[handler])
 
 
@@ -441,6 +459,7 @@ _WORK_DONE = (
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
+    from ferry.mover.jsonlog import say
     from ferry.mover.options import format_size as _human
 
     if as_json:
@@ -449,7 +468,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     d = summary.to_json()
     if summary.fatal and not any(d[k] for k in _WORK_DONE):
         # Refused before any work: the error alone, not a line of zeros above it.
-        print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
+        say(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", "error")
         return
     verbs = (
         ("to copy", "to update", "unchanged", "to delete")
@@ -466,22 +485,18 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     if d["filesFailed"]:
         parts.append(f"{d['filesFailed']} failed")
     if summary.dry_run:
-        print(
-            f"plan: {', '.join(parts)}; {_human(d['bytesTransferred'])} to transfer",
-            file=sys.stderr,
-        )
+        say(f"plan: {', '.join(parts)}; {_human(d['bytesTransferred'])} to transfer")
     else:
-        print(
+        say(
             f"{summary.operation}: {', '.join(parts)}; {_human(d['bytesTransferred'])} in {d['elapsedSeconds']:.2f}s"
-            f" ({_human(d['bytesPerSecond'])}/s); {d['filesVerified']} verified",
-            file=sys.stderr,
+            f" ({_human(d['bytesPerSecond'])}/s); {d['filesVerified']} verified"
         )
     if summary.fatal:
-        print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
+        say(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", "error")
     elif summary.error_count:
-        print(
+        say(
             f"ferry: {summary.error_count} error(s); first: {summary.errors[0].message}",
-            file=sys.stderr,
+            "warning",
         )
 
 
@@ -543,13 +558,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(summary.dumps())
     else:
+        from ferry.mover.jsonlog import say
+
         verdict = "identical" if summary.exit_code == 0 else f"{summary.differences} difference(s)"
-        print(
-            f"verify: {summary.files_verified} files compared by content; {verdict}",
-            file=sys.stderr,
-        )
+        say(f"verify: {summary.files_verified} files compared by content; {verdict}")
         if summary.fatal:
-            print(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", file=sys.stderr)
+            say(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", "error")
     return int(summary.exit_code)
 
 
@@ -561,7 +575,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_operator(argv[1:])
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0))
+    from ferry.mover.jsonlog import choose
+
+    try:
+        log_format = choose(getattr(args, "log_format", None))
+    except ValueError as exc:
+        parser.error(str(exc))
+    _setup_logging(getattr(args, "verbose", 0), log_format)
     if args.command in MOVER_COMMANDS:
         from ferry.mover.malloc import tune_gc, tune_malloc
 
@@ -581,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_pod(args.spec)
     except FerryError as err:
-        print(f"ferry: error: {err}", file=sys.stderr)
+        from ferry.mover.jsonlog import say
+
+        say(f"ferry: error: {err}", "error")
         if getattr(args, "json", False):
             print(json.dumps(err.to_json()))
         return err.kind.exit_code

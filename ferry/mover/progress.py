@@ -120,12 +120,19 @@ class MultiSink(Sink):
 class JsonLinesSink(Sink):
     """One JSON object a line: for machines, logs and `ferry run` inside a pod."""
 
-    def __init__(self, stream: IO[str] | None = None, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        interval: float = 1.0,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.interval = interval
+        self.fields = fields or {}  # e.g. a JSON log line's level, message and object
 
     def update(self, snap: Snapshot) -> None:
-        self.stream.write(json.dumps({"event": "progress", **snap.to_json()}) + "\n")
+        line = {**self.fields, "event": "progress", **snap.to_json()}
+        self.stream.write(json.dumps(line) + "\n")
         self.stream.flush()
 
 

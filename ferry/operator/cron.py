@@ -18,6 +18,11 @@ from croniter import croniter
 # Never enumerate more than this many scheduled times in one reconcile: a
 # schedule of every second after a week of downtime must not spin the operator.
 MAX_ENUMERATED = 10_000
+# The longest gap between runs is looked for over this span (a week covers weekday-only
+# schedules), over at least GAP_MIN_RUNS runs (a monthly one) and at most GAP_MAX_RUNS.
+GAP_SPAN = timedelta(days=8)
+GAP_MIN_RUNS = 13
+GAP_MAX_RUNS = 2_000
 
 
 def validate_cron(expr: str) -> None:
@@ -96,3 +101,33 @@ class Cron:
         base = (now - self.offset).astimezone(self.tz)
         t: datetime = croniter(self.expr, base).get_prev(datetime)
         return (t + self.offset).astimezone(UTC) - timedelta(seconds=1)
+
+    def longest_gap(self, start: datetime) -> float:
+        """Seconds of the longest wait between consecutive runs after `start`.
+
+        What an alert on "no success within the expected interval" needs: a weekday-only
+        schedule waits three days over a weekend, not one. Computed once per expression,
+        zone and jitter (the answer hardly depends on `start`), so polls stay cheap.
+        """
+        return _longest_gap(self.expr, str(self.tz), self.offset, start)
+
+
+# (expression, zone, jitter) -> longest gap; bounded, cleared when full.
+_GAPS: dict[tuple[str, str, timedelta], float] = {}
+
+
+def _longest_gap(expr: str, tz: str, offset: timedelta, start: datetime) -> float:
+    key = (expr, tz, offset)
+    if key not in _GAPS:
+        if len(_GAPS) >= 4096:
+            _GAPS.clear()
+        c = Cron(expr, tz, int(offset.total_seconds()))
+        longest, prev = 0.0, None
+        for n, t in enumerate(c.times_after(start)):
+            if prev is not None:
+                longest = max(longest, (t - prev).total_seconds())
+            if n >= GAP_MAX_RUNS or (n >= GAP_MIN_RUNS and t - start >= GAP_SPAN):
+                break
+            prev = t
+        _GAPS[key] = longest
+    return _GAPS[key]

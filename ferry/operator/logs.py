@@ -13,6 +13,8 @@ import logging
 
 import kopf
 
+from ferry.mover.jsonlog import JsonFormatter
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -37,9 +39,18 @@ class NotKopfsSignals(logging.Filter):
         return True
 
 
-def configure(verbose: bool = False) -> None:
-    # kopf's own set-up: a root handler with its object-prefixing formatter (a str format works).
-    kopf.configure(verbose=verbose, log_format=FORMAT, log_prefix=True)  # type: ignore[arg-type]
+def configure(verbose: bool = False, log_format: str = "text") -> None:
+    """`log_format` json: kopf's JSON set-up (its per-object records carry the object's
+    reference), written by Ferry's one JSON formatter, which the movers use too and which
+    redacts every string (kopf's own prints `severity`, and quotes messages unfiltered)."""
+    if log_format == "json":
+        before = set(logging.getLogger().handlers)
+        kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
+        for handler in set(logging.getLogger().handlers) - before:  # the one kopf added
+            handler.setFormatter(JsonFormatter())
+    else:
+        # kopf's own set-up: a root handler with its object-prefixing formatter (a str format works).
+        kopf.configure(verbose=verbose, log_format=FORMAT, log_prefix=True)  # type: ignore[arg-type]
     for name in ("kopf.objects", "kopf.activities.probe"):  # per call / per probe
         logging.getLogger(name).addFilter(RoutineToDebug())
     # One access line per liveness and readiness probe: DEBUG too.

@@ -13,6 +13,8 @@ import os
 import kopf
 from pydantic import ValidationError
 
+from ferry import version
+from ferry.mover.jsonlog import ENV, FORMATS, choose
 from ferry.mover.spec import spec_errors
 from ferry.operator import api, logs, workload
 from ferry.operator.handlers import Deps, WatchHealth, register
@@ -133,7 +135,34 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=None,
+        help="log lines as text, or one JSON object a line, movers too "
+        "(default: $FERRY_LOG_FORMAT, else text)",
+    )
     return p
+
+
+def mover_settings(args: argparse.Namespace, log_format: str) -> workload.MoverSettings:
+    """What the movers get from the operator's command line and environment: OTEL_* passed
+    on, and the log format when it is JSON (so one pipeline parses both)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"
+    }
+    if log_format == "json":
+        env[ENV] = "json"
+    return workload.MoverSettings(
+        image=args.mover_image,
+        image_pull_policy=args.mover_image_pull_policy,
+        env=env,
+        progress_interval_seconds=args.progress_interval,
+        run_as_user=args.mover_run_as_user,
+        pod=args.mover_pod_defaults,
+    )
 
 
 def run_operator(argv: list[str]) -> int:
@@ -141,27 +170,20 @@ def run_operator(argv: list[str]) -> int:
     # kopf derives its identity from getpass.getuser(), which raises for a uid
     # without a passwd entry (any `runAsUser` the image does not know).
     os.environ.setdefault("USER", "ferry-operator")
-    logs.configure(verbose=args.verbose)
+    try:
+        log_format = choose(args.log_format)
+    except ValueError as exc:
+        parser().error(str(exc))
+    logs.configure(verbose=args.verbose, log_format=log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)
 
-    metrics = Metrics()
+    metrics = Metrics(version=version())
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     tracer = Tracer()
-    settings = workload.MoverSettings(
-        image=args.mover_image,
-        image_pull_policy=args.mover_image_pull_policy,
-        env={
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(PASSTHROUGH_ENV_PREFIXES) and k != "OTEL_SERVICE_NAME"
-        },
-        progress_interval_seconds=args.progress_interval,
-        run_as_user=args.mover_run_as_user,
-        pod=args.mover_pod_defaults,
-    )
+    settings = mover_settings(args, log_format)
     kube = Kube()
     deps = Deps(
         kube=kube,

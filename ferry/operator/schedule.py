@@ -156,7 +156,7 @@ def plan(
     known = [t for t in [*successes, status.parse_time(old.get("lastSuccessfulTime"))] if t]
     out.last_success = max(known) if known else None
     nxt = c.next_after(max(now, cursor))
-    out.interval_seconds = (c.next_after(nxt) - nxt).total_seconds()
+    out.interval_seconds = c.longest_gap(nxt)
     run = last_run(children, old.get("lastRun"))
     out.status = {
         "lastRun": run,
@@ -292,12 +292,16 @@ class ScheduleReconciler:
                 self.kube.delete_transferjob(ns, victim)
             for child in p.create:
                 self.kube.create(child)
-            if p.missed:
-                self.metrics.schedule_missed.labels(ns, name).inc(p.missed)
+            # At 0 from the first reconcile, so `increase()` sees the first missed run.
+            self.metrics.schedule_missed.labels(ns, name).inc(p.missed)
             if p.interval_seconds:
                 self.metrics.schedule_interval.labels(ns, name).set(p.interval_seconds)
             if p.last_success:
                 self.metrics.schedule_last_success.labels(ns, name).set(p.last_success.timestamp())
+            created = status.parse_time(meta.get("creationTimestamp"))
+            if created is not None:
+                self.metrics.schedule_created.labels(ns, name).set(created.timestamp())
+            self.metrics.schedule_suspended.labels(ns, name).set(1 if spec.suspend else 0)
             conditions = status.set_condition(
                 list((body.get("status") or {}).get("conditions") or []),
                 "Accepted",

@@ -308,15 +308,25 @@ class TransferJobReconciler:
         return _unless_changed(body, outcome, changed, now)
 
     def _account(self, body: dict[str, Any], new: dict[str, Any], now: datetime) -> None:
-        old_phase = (body.get("status") or {}).get("phase")
+        seen = body.get("status") or {}
+        old_phase = seen.get("phase")
         phase = new.get("phase") or old_phase
-        self.metrics.observe_phase(body["metadata"]["uid"], phase)
-        if phase in status.TERMINAL_PHASES and old_phase not in status.TERMINAL_PHASES:
-            start = status.parse_time(
-                new.get("startTime") or (body.get("status") or {}).get("startTime")
-            )
+        uid = body["metadata"]["uid"]
+        conditions = new.get("conditions") or seen.get("conditions") or []
+        stalled = any(  # no progress for stallTimeoutSeconds (a failure is Stalled too)
+            c.get("type") == "Stalled"
+            and c.get("status") == "True"
+            and c.get("reason") == "NoProgress"
+            for c in conditions
+        )
+        self.metrics.observe_phase(uid, phase, stalled)
+        if old_phase in status.TERMINAL_PHASES:
+            return  # counted when it finished (or before this operator started)
+        self.metrics.observe_progress(uid, (seen.get("progress") or {}).get("shards"))
+        if phase in status.TERMINAL_PHASES:
+            start = status.parse_time(new.get("startTime") or seen.get("startTime"))
             seconds = (now - start).total_seconds() if start else None
-            self.metrics.finished(str(phase), new.get("reason"), new.get("result"), seconds)
+            self.metrics.finished(str(phase), new.get("reason"), new.get("result"), seconds, uid)
 
 
 class PoolUnusable(LookupError):

@@ -14,7 +14,9 @@ import logging
 import os
 import sys
 
+from ferry.mover import jsonlog
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.jsonlog import say
 from ferry.mover.progress import JsonLinesSink, MultiSink, Sink
 from ferry.mover.spec import TransferSpec
 
@@ -29,7 +31,7 @@ def run_pod(spec_path: str) -> int:
     try:
         return _run(spec_path)
     except FerryError as err:
-        print(f"ferry: error: {err}", file=sys.stderr)
+        say(f"ferry: error: {err}", "error")
         payload = json.dumps(err.to_json())
         print(payload)
         write_termination_message(payload)
@@ -59,7 +61,9 @@ def load_spec(path: str) -> TransferSpec:
 
 def pod_sinks() -> list[Sink]:
     """Progress to stderr, plus the TransferJob's status and the trace when the operator asked."""
-    sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0)]
+    # In JSON log mode a progress line is a log line too: level, message and object.
+    fields = jsonlog.progress_fields()
+    sinks: list[Sink] = [JsonLinesSink(sys.stderr, interval=2.0, fields=fields)]
     if os.environ.get("FERRY_TRANSFERJOB"):
         from ferry.pod.status_sink import TransferJobStatusSink
 

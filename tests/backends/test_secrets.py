@@ -439,6 +439,18 @@ def test_secret_reaches_no_output(
     if case.kind is None:
         assert summary["filesCopied"] == 1  # the secret with '%%' signed real requests
 
+    # The same as JSON log lines (`--log-format json`): every line parses, none holds it.
+    done = _ferry(
+        ["copy", str(src), case.uri, "--json", "--progress", "json", "-vv", "--log-format", "json"],
+        case.env,
+        tmp_path,
+    )
+    assert done.returncode == want, done.stderr[-3000:]
+    assert_clean(done.stderr, "stderr as JSON lines")
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert lines and all("level" in d and "message" in d for d in lines), done.stderr[-3000:]
+    assert_clean(json.dumps(lines, ensure_ascii=False), "the decoded JSON log lines")
+
     # ferry run: from the endpoint, termination message, spans exported on stdout
     spec = {"source": case.spec, "destination": {"kind": "local", "path": str(tmp_path / "out")}}
     spec_file = tmp_path / "spec.json"

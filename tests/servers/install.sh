@@ -29,3 +29,17 @@ if [ ! -x "$vgw_bin/versitygw" ]; then
   go=$(command -v go || echo /usr/local/go/bin/go)  # where this machine kind installs Go
   GOBIN=$vgw_bin GOFLAGS=-trimpath "$go" install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
 fi
+
+# promtool (checks and unit-tests the chart's Prometheus rules, e2e/test_chart_monitoring.py):
+# Debian's prometheus package ships it; only the binary is unpacked, so no server is installed
+# or started. Into Ferry's cache, as above.
+promtool_dir=${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}/promtool
+if [ ! -x "$promtool_dir/promtool" ]; then
+  echo "install.sh: unpacking promtool from Debian's prometheus package" >&2
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download prometheus >&2 2>/dev/null || { apt-get update >&2 && apt-get download prometheus >&2; }; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p "$promtool_dir"
+  install -m 0755 "$tmp/x/usr/bin/promtool" "$promtool_dir/promtool"
+  rm -rf "$tmp"
+fi
