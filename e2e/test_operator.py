@@ -556,11 +556,16 @@ def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj, cluster: Cluster) -> Non
         )
 
     after = wait_for("metrics to count the run", counted, timeout=30)
-    with urllib.request.urlopen(
-        f"http://{operator['status']['podIP']}:8081/healthz", timeout=5
-    ) as r:
-        health = json.loads(r.read())
-    assert health["watch"]["objects"] >= 1  # kopf's liveness endpoint runs our watch probe
+    def watching() -> dict[str, Any] | None:
+        with urllib.request.urlopen(
+            f"http://{operator['status']['podIP']}:8081/healthz", timeout=5
+        ) as r:
+            health: dict[str, Any] = json.loads(r.read())
+        return health if health["watch"]["objects"] >= 1 else None
+
+    # kopf's liveness endpoint runs our watch probe, and keeps its answer for 10 s: the one
+    # it gave before this test's object existed may still be served.
+    wait_for("the liveness probe to count the TransferJob", watching, timeout=30)
     assert metric(after, "ferry_transferred_bytes_total") >= metric(
         before, "ferry_transferred_bytes_total"
     ) + sum(files.values())
