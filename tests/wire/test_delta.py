@@ -27,7 +27,7 @@ def test_a_changed_file_sends_only_its_delta(tmp_path: Path, server: Server) -> 
     new[12 * MiB : 12 * MiB] = os.urandom(100 * 1024)
     (src / "image.bin").write_bytes(bytes(new))
     before = server.stats()
-    r = run_ferry("copy", src, server.url("dst"), "--json").summary
+    r = run_ferry("copy", src, server.url("dst"), "--delta", "on", "--json").summary
     crossed = server.stats()["wire_in"] - before["wire_in"]
     assert r["filesUpdated"] == 1 and r["filesFailed"] == 0, r
     assert r["bytesMatched"] > 20 * MiB, r
@@ -93,7 +93,7 @@ def test_delta_literals_cross_compressed(tmp_path: Path, server: Server) -> None
     new = old[: 4 * MiB] + text + old[4 * MiB :]
     (src / "mixed.bin").write_bytes(new)
     before = server.stats()
-    r = run_ferry("copy", src, server.url("dst"), "--json").summary
+    r = run_ferry("copy", src, server.url("dst"), "--delta", "on", "--json").summary
     after = server.stats()
     assert r["bytesMatched"] >= 7 * MiB, r
     assert after["zstd_in"] > before["zstd_in"]
@@ -101,3 +101,43 @@ def test_delta_literals_cross_compressed(tmp_path: Path, server: Server) -> None
     assert (server.root / "dst" / "mixed.bin").read_bytes() == new
     off = run_ferry("copy", src, server.url("dst2"), "--compress", "off", "--json").summary
     assert off["filesFailed"] == 0
+
+
+def test_auto_on_a_throttled_link_takes_the_delta(tmp_path: Path, server: Server) -> None:
+    """`--delta auto` weighs the link: the file is large enough that the run probes the
+    link first (a throwaway upload the server counts), and --bwlimit caps what the probe
+    measured on loopback, so the delta wins."""
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(20 * MiB)  # at least deltachoice.PROBE_MIN_FILE
+    (src / "image.bin").write_bytes(old)
+    run_ferry("copy", src, server.url("dst"))
+    new = old[: 10 * MiB] + os.urandom(64 * 1024) + old[10 * MiB :]
+    (src / "image.bin").write_bytes(new)
+    before = server.stats()
+    r = run_ferry("copy", src, server.url("dst"), "--bwlimit", "8M", "--json").summary
+    crossed = server.stats()["wire_in"] - before["wire_in"]
+    assert r["filesUpdated"] == 1 and r["filesFailed"] == 0, r
+    assert r["bytesMatched"] > 19 * MiB, r
+    assert r["bytesTransferred"] < MiB, r
+    assert MiB <= crossed < 7 * MiB, crossed  # the probe (1 + 4 MiB) and the delta
+    assert (server.root / "dst" / "image.bin").read_bytes() == new
+
+
+def test_the_probe_is_a_timed_upload_the_server_drops(tmp_path: Path, server: Server) -> None:
+    from ferry.mover.backends.ferry.backend import FerryBackend
+    from ferry.mover.endpoints import FerryEndpoint, parse_endpoint
+
+    ep = parse_endpoint(server.url(""))
+    assert isinstance(ep, FerryEndpoint)
+    backend = FerryBackend(ep)
+    try:
+        assert backend.link_rate() is None  # nothing sent yet
+        before = server.stats()
+        rate = backend.probe_link()
+        assert rate is not None and rate > 0
+        assert backend.link_rate() is not None
+        assert server.stats()["wire_in"] - before["wire_in"] >= MiB
+        assert list(server.root.iterdir()) == []  # nothing written
+    finally:
+        backend.close()

@@ -8,6 +8,7 @@ input (protocol.py): names that could escape the root, malformed numbers, oversi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from ferry.mover.backends.base import (
     Hardlinks,
     Holds,
     Limits,
+    MeasuresLink,
     PutSmall,
     Reader,
     Resumable,
@@ -32,12 +34,13 @@ from ferry.mover.backends.base import (
     check_name,
     join,
 )
-from ferry.mover.backends.ferry.connections import Connections
+from ferry.mover.backends.ferry.connections import TIMED_BODY, Connections
 from ferry.mover.backends.ferry.errors import error_in_batch
 from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, encode
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_BATCH,
     FEATURE_DELTA,
+    FEATURE_PROBE,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_BODY,
@@ -63,11 +66,14 @@ from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Compress, Preserve
 from ferry.mover.roots import RootId, ferry_root
 
+PROBE_SLOW = 16e6  # bytes/s: a first probe this slow is answer enough
+
 
 class FerryBackend(Backend):
     """Optional capabilities: Symlinks, Hardlinks, Resumable, PutSmall and GetSmall (batches
     of small files in one request each: per-file round trips were most of a small file's
-    cost), DeltaBasis (signatures and rebuilds at the server: only deltas cross)."""
+    cost), DeltaBasis (signatures and rebuilds at the server: only deltas cross),
+    MeasuresLink (its uploads are timed; a probe is a throwaway upload)."""
 
     holds = Holds(
         symlinks=True,
@@ -77,7 +83,7 @@ class FerryBackend(Backend):
         mtime_precision_ns=1,
     )
     # A delta costs reading the basis at the server and the source here, but only what
-    # changed crosses the wire.
+    # changed crosses the wire: `--delta auto` weighs the two by the link (MeasuresLink).
     limits = Limits(chunk_writer=True, delta_pays=True)
 
     def __init__(
@@ -311,6 +317,27 @@ class FerryBackend(Backend):
         reply = self.c.request("delta", path=rel, stream=chunks())
         return as_int(loads(reply.body, "delta").get("reused"), "reused bytes")
 
+    # -- MeasuresLink ---------------------------------------------------------------------
+
+    def link_rate(self) -> float | None:
+        return self.c.uploads.rate()
+
+    def probe_link(self) -> float | None:
+        """A 1 MiB upload the server drops, then 4 MiB unless the first says the link is
+        slow (under 16 MB/s: 4 MiB would take a quarter second or more, and a delta pays
+        there anyway). The requests are timed like any upload (`Connections.uploads`); the
+        rate returned is the last probe's. None where the server takes no probe."""
+        if FEATURE_PROBE not in self.features:
+            return None
+        rate = 0.0
+        for size in (4 * TIMED_BODY, 16 * TIMED_BODY):
+            started = time.monotonic()
+            self.c.request("probe", bytes(size))
+            rate = size / max(time.monotonic() - started, 1e-6)
+            if rate < PROBE_SLOW:
+                break
+        return rate
+
     def _delta(self) -> None:
         if FEATURE_DELTA not in self.features:
             raise FerryError(
@@ -336,5 +363,5 @@ if TYPE_CHECKING:
 
     def _has(
         b: FerryBackend,
-    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis]:
-        return b, b, b, b, b, b
+    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis, MeasuresLink]:
+        return b, b, b, b, b, b, b

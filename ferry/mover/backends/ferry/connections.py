@@ -13,6 +13,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +27,13 @@ from ferry.mover.backends.ferry.protocol import (
 )
 from ferry.mover.endpoints import FerryEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.rate import Rate
 
 CONNECT_TIMEOUT = 30.0
 IO_TIMEOUT = 300.0  # a reply to one request (a commit hashes what it did not see written)
+# Request bodies at least this large are timed (send to reply) for `uploads`: below it,
+# the round trip, not the link, sets the time.
+TIMED_BODY = 256 * 1024
 
 
 def client_context(ep: FerryEndpoint) -> ssl.SSLContext:
@@ -62,7 +67,9 @@ class Reply:
 
 
 class Connections:
-    """At most `streams` keep-alive connections to the server, lent one request at a time."""
+    """At most `streams` keep-alive connections to the server, lent one request at a time.
+    `uploads` is the rate large request bodies reached the server (one stream's rate:
+    each sample is one request's bytes over its time from sending to the reply)."""
 
     def __init__(self, ep: FerryEndpoint) -> None:
         self.ep = ep
@@ -71,6 +78,7 @@ class Connections:
         self._idle: queue.LifoQueue[http.client.HTTPSConnection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(max(1, ep.streams))
         self._closed = False
+        self.uploads = Rate(min_bytes=4 * TIMED_BODY)
 
     def _connect(self) -> http.client.HTTPSConnection:
         conn = http.client.HTTPSConnection(
@@ -126,6 +134,7 @@ class Connections:
             try:
                 with self.lend() as (conn, was_idle):
                     reused = was_idle
+                    started = time.monotonic()
                     if stream is None:
                         conn.request(method, API + route, body=body, headers=hdrs)
                     else:
@@ -166,6 +175,8 @@ class Connections:
                 reply = Reply(resp.status, resp.headers, data)
             if reply.status != 200:
                 raise error_from_reply(reply.status, reply.body, self.where, path)
+            if stream is None and len(body) >= TIMED_BODY:
+                self.uploads.add(len(body), time.monotonic() - started)
             return reply
         raise AssertionError("unreachable")
 
