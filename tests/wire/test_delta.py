@@ -109,18 +109,18 @@ def test_auto_on_a_throttled_link_takes_the_delta(tmp_path: Path, server: Server
     measured on loopback, so the delta wins."""
     src = tmp_path / "src"
     src.mkdir()
-    old = os.urandom(20 * MiB)  # at least deltachoice.PROBE_MIN_FILE
+    old = os.urandom(32 * MiB)  # at least deltachoice.PROBE_MIN_FILE
     (src / "image.bin").write_bytes(old)
     run_ferry("copy", src, server.url("dst"))
-    new = old[: 10 * MiB] + os.urandom(64 * 1024) + old[10 * MiB :]
+    new = old[: 16 * MiB] + os.urandom(64 * 1024) + old[16 * MiB :]
     (src / "image.bin").write_bytes(new)
     before = server.stats()
     r = run_ferry("copy", src, server.url("dst"), "--bwlimit", "8M", "--json").summary
     crossed = server.stats()["wire_in"] - before["wire_in"]
     assert r["filesUpdated"] == 1 and r["filesFailed"] == 0, r
-    assert r["bytesMatched"] > 19 * MiB, r
+    assert r["bytesMatched"] > 31 * MiB, r
     assert r["bytesTransferred"] < MiB, r
-    assert MiB <= crossed < 7 * MiB, crossed  # the probe (1 + 4 MiB) and the delta
+    assert MiB <= crossed < 11 * MiB, crossed  # the probe (1 + 8 MiB at most) and the delta
     assert (server.root / "dst" / "image.bin").read_bytes() == new
 
 

@@ -391,12 +391,12 @@ class MeasuresLink(Protocol):
     sending a file whole by the link this run actually has."""
 
     def link_rate(self) -> float | None:
-        """Bytes per second that file data took to reach the storage (one stream's rate,
-        over recent large requests), or None before enough was sent to say."""
+        """Bytes per second that file data reached the storage at recently (all streams
+        together, while uploads were in flight), or None before enough was sent to say."""
 
     def probe_link(self) -> float | None:
-        """Measure it now with a small throwaway upload (a few MiB at most); None where
-        the storage takes no probe."""
+        """Measure it now with small throwaway uploads (a few MiB at most); None where the
+        storage takes no probe."""
 
 
 @runtime_checkable

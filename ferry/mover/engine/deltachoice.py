@@ -2,7 +2,8 @@
 measurements say reaches this destination sooner.
 
 Sending a file whole costs its bytes over the link: `MeasuresLink.link_rate`, the rate
-the run's large uploads reached the destination, capped by `--bwlimit`. A delta costs the
+the run's large uploads reached the destination (all streams together: a large file goes
+whole in parallel chunks), capped by `--bwlimit`. A delta costs the
 signature where the basis lives (reading it), the match here (~800 MB/s a core), the
 rebuild there and the changed bytes over the link; its rate is measured as well, each
 delta's source bytes over its time from signature to rebuilt file (files of TIMED_DELTA
@@ -10,7 +11,7 @@ or more), weighed against a prior
 of DEFAULT_DELTA_RATE (what a 256 MiB delta took end to end on loopback) until deltas
 worth PRIOR_BYTES have run. A delta goes where the link is slower than the delta.
 
-Before the link was measured: a probe (`MeasuresLink.probe_link`, at most 5 MiB thrown
+Before the link was measured: a probe (`MeasuresLink.probe_link`, at most 9 MiB thrown
 away, once per run) when the file is at least PROBE_MIN_FILE, so the probe is small beside
 it. Otherwise, or where the destination takes no probe, the delta: the conservative
 default, since a needless whole file on a slow link costs far more than a needless delta
@@ -28,14 +29,14 @@ from ferry.mover.rate import Rate
 
 DEFAULT_DELTA_RATE = 300e6  # bytes/s, a delta start to end (benchmarks/README, the wire)
 PRIOR_BYTES = 64 * MiB
-PROBE_MIN_FILE = 16 * MiB
+PROBE_MIN_FILE = 32 * MiB
 # Deltas of smaller files are not timed: their round trips, not their bytes, set the time.
 TIMED_DELTA = 4 * MiB
 
 
 def delta_pays(link_rate: float | None, delta_rate: float) -> bool:
     """Whether a delta beats the whole file: whole takes size / link_rate, a delta
-    size / delta_rate (both rates per stream, as measured). An unknown link: the delta."""
+    size / delta_rate (as measured). An unknown link: the delta."""
     return link_rate is None or link_rate < delta_rate
 
 

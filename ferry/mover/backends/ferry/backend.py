@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ferry.mover.backends.base import (
@@ -66,7 +67,8 @@ from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Compress, Preserve
 from ferry.mover.roots import RootId, ferry_root
 
-PROBE_SLOW = 16e6  # bytes/s: a first probe this slow is answer enough
+PROBE_STREAMS = 4
+PROBE_SLOW = 64e6  # bytes/s: a first probe round this slow is answer enough
 
 
 class FerryBackend(Backend):
@@ -320,22 +322,31 @@ class FerryBackend(Backend):
     # -- MeasuresLink ---------------------------------------------------------------------
 
     def link_rate(self) -> float | None:
-        return self.c.uploads.rate()
+        return self.c.uploads.rate.rate()
 
     def probe_link(self) -> float | None:
-        """A 1 MiB upload the server drops, then 4 MiB unless the first says the link is
-        slow (under 16 MB/s: 4 MiB would take a quarter second or more, and a delta pays
-        there anyway). The requests are timed like any upload (`Connections.uploads`); the
-        rate returned is the last probe's. None where the server takes no probe."""
+        """Throwaway uploads the server drops, on up to PROBE_STREAMS connections at once
+        (a large file goes whole in parallel chunks), opened beforehand: 256 KiB each, then 2 MiB each unless
+        the first round says the link is slow (under PROBE_SLOW, where a delta pays by a
+        wide margin). Timed like any upload (`Connections.uploads`). None where the server
+        takes no probe."""
         if FEATURE_PROBE not in self.features:
             return None
+        n = max(1, min(PROBE_STREAMS, self.ep.streams))
         rate = 0.0
-        for size in (4 * TIMED_BODY, 16 * TIMED_BODY):
-            started = time.monotonic()
-            self.c.request("probe", bytes(size))
-            rate = size / max(time.monotonic() - started, 1e-6)
-            if rate < PROBE_SLOW:
-                break
+        with ThreadPoolExecutor(n, thread_name_prefix="ferry-probe") as pool:
+            # n connections open first: TLS handshakes are not the link's rate.
+            hello = [pool.submit(self.c.request, "hello", method="GET") for _ in range(n)]
+            for f in hello:
+                f.result()
+            for size in (TIMED_BODY, 8 * TIMED_BODY):
+                body = bytes(size)
+                started = time.monotonic()
+                for f in [pool.submit(self.c.request, "probe", body) for _ in range(n)]:
+                    f.result()
+                rate = n * size / max(time.monotonic() - started, 1e-6)
+                if rate < PROBE_SLOW:
+                    break
         return rate
 
     def _delta(self) -> None:
