@@ -244,6 +244,13 @@ def main() -> None:
     ap.add_argument("--large-mib", type=int, default=32, help="their size")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the report shows medians")
     ap.add_argument(
+        "--delta",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Ferry's --delta (on: every changed file as a delta, what auto did on the wire "
+        "before it weighed the link)",
+    )
+    ap.add_argument(
         "--shaped",
         action="store_true",
         help="instead: compressible data over a rate-limited veth pair (needs root, ip, tc)",
@@ -285,6 +292,7 @@ def main() -> None:
                     rsync = ["rsync", "-a", "-e", ssh, f"{src}/"]
                     rsync.append(f"{srv.user}@127.0.0.1:{srv.root}/{dest}/")
                     ferry = [*FERRY, "copy", str(src), serve.url(dest), "--fsync", "none"]
+                    ferry += ["--delta", args.delta]
                     # Whoever goes second finds the source in the page cache: alternate.
                     if rnd % 2:
                         t_ferry, t_rsync = timed(ferry), timed(rsync)
@@ -299,7 +307,8 @@ def main() -> None:
         n_small = args.small
         print(
             f"\nmixed tree: {n_small} small files + {args.large} x {args.large_mib} MiB; "
-            f"one file: {args.big_mib} MiB; medians of {args.repeat} round(s)"
+            f"one file: {args.big_mib} MiB; ferry --delta {args.delta}; "
+            f"medians of {args.repeat} round(s)"
         )
         print(f"{'case':16} {'ferry s':>8} {'rsync s':>8} {'ferry/rsync':>12}  target <= {TARGET}")
         for (case, phase), times in rows.items():
