@@ -141,3 +141,38 @@ def test_the_probe_is_a_timed_upload_the_server_drops(tmp_path: Path, server: Se
         assert list(server.root.iterdir()) == []  # nothing written
     finally:
         backend.close()
+
+
+def test_file_data_is_timed_and_batches_of_small_files_are_not(
+    tmp_path: Path, server: Server
+) -> None:
+    """A batch's time is the server's work per file, not the link's: only pieces of file
+    data (and the probe) tell `--delta auto` how fast the link is."""
+    from ferry.mover.backends.base import Entry, EntryType, SmallFile
+    from ferry.mover.backends.ferry.backend import FerryBackend
+    from ferry.mover.endpoints import FerryEndpoint, parse_endpoint
+    from ferry.mover.integrity import digest_bytes
+    from ferry.mover.options import Preserve
+
+    ep = parse_endpoint(server.url(""))
+    assert isinstance(ep, FerryEndpoint)
+    backend = FerryBackend(ep)
+    try:
+        small = []
+        for i in range(100):
+            data = os.urandom(30_000)
+            entry = Entry(f"s{i}", EntryType.FILE, len(data), 1_600_000_000_000_000_000, 0o644)
+            small.append(SmallFile(f"s{i}", entry, data, digest_bytes(data)))
+        assert backend.put_small(small, Preserve()) == [None] * 100  # 3 MB in batches
+        assert backend.link_rate() is None
+        big = os.urandom(2 * MiB)
+        entry = Entry("big", EntryType.FILE, len(big), 1_600_000_000_000_000_000, 0o644)
+        w = backend.open_write("big", entry)
+        w.write_at(0, big[:MiB])
+        w.write_at(MiB, big[MiB:])
+        w.commit(entry, digest_bytes(big), Preserve())
+        rate = backend.link_rate()
+        assert rate is not None and rate > 0
+        assert (server.root / "big").read_bytes() == big
+    finally:
+        backend.close()

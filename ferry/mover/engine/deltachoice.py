@@ -2,7 +2,8 @@
 measurements say reaches this destination sooner.
 
 Sending a file whole costs its bytes over the link: `MeasuresLink.link_rate`, the rate
-the run's large uploads reached the destination (all streams together: a large file goes
+the run's file data reached the destination (pieces of 256 KiB or more, not batches of
+small files, whose time is the server's per-file work) (all streams together: a large file goes
 whole in parallel chunks), capped by `--bwlimit`. A delta costs the
 signature where the basis lives (reading it), the match here (~800 MB/s a core), the
 rebuild there and the changed bytes over the link; its rate is measured as well, each

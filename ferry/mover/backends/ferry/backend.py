@@ -342,7 +342,7 @@ class FerryBackend(Backend):
             for size in (TIMED_BODY, 8 * TIMED_BODY):
                 body = bytes(size)
                 started = time.monotonic()
-                for f in [pool.submit(self.c.request, "probe", body) for _ in range(n)]:
+                for f in [pool.submit(self.c.request, "probe", body, timed=True) for _ in range(n)]:
                     f.result()
                 rate = n * size / max(time.monotonic() - started, 1e-6)
                 if rate < PROBE_SLOW:

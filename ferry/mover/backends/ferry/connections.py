@@ -99,7 +99,7 @@ class Reply:
 
 class Connections:
     """At most `streams` keep-alive connections to the server, lent one request at a time.
-    `uploads` times large request bodies (to the server's reply)."""
+    `uploads` times large bodies of file data (to the server's reply)."""
 
     def __init__(self, ep: FerryEndpoint) -> None:
         self.ep = ep
@@ -151,15 +151,18 @@ class Connections:
         limit: int = MAX_REPLY_JSON,
         method: str = "POST",
         stream: Iterable[bytes] | None = None,
+        timed: bool = False,
     ) -> Reply:
         """One request; a non-200 reply raised as the FerryError it carries, a lost
         connection as TRANSIENT. The reply body is read only up to `limit` bytes. With
         `stream`, the body is those pieces, sent with chunked transfer encoding (and never
-        sent twice: a generator is spent)."""
+        sent twice: a generator is spent). `timed`: a body of file data (or a probe) whose
+        time goes into `uploads` if it is large enough (a batch of small files is not: the
+        server's per-file work, not the link, sets its time)."""
         hdrs = {"Content-Length": str(len(body))} if stream is None else {}
         if headers:
             hdrs.update(headers)
-        timed = stream is None and len(body) >= TIMED_BODY
+        timed = timed and stream is None and len(body) >= TIMED_BODY
         for attempt in range(1 if stream is not None else 2):
             reused = False
             if timed:
