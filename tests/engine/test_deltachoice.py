@@ -32,8 +32,7 @@ class Link(LocalBackend):
 
     def probe_link(self) -> float | None:
         self.probes += 1
-        self.measured = self.probed
-        return self.probed
+        return self.probed  # an answer; link_rate stays what file data measured
 
 
 def test_a_slow_link_takes_the_delta_and_a_fast_one_the_whole_file() -> None:
@@ -63,7 +62,11 @@ def test_before_any_measurement_a_large_file_probes_once(tmp_path) -> None:
     assert link.probes == 0
     assert not choice.pays(PROBE_MIN_FILE)
     assert not choice.pays(PROBE_MIN_FILE)
+    assert not choice.pays(PROBE_MIN_FILE - 1)  # probed once: its answer serves all sizes
     assert link.probes == 1
+    # File data measured since: that, not the probe, decides.
+    link.measured = 20 * MB
+    assert choice.pays(PROBE_MIN_FILE)
     # A destination without a probe answer: the delta.
     dumb = Link(str(tmp_path), measured=None, probed=None)
     assert DeltaChoice(dumb).pays(PROBE_MIN_FILE * 4) and dumb.probes == 1

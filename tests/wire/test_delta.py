@@ -120,11 +120,11 @@ def test_auto_on_a_throttled_link_takes_the_delta(tmp_path: Path, server: Server
     assert r["filesUpdated"] == 1 and r["filesFailed"] == 0, r
     assert r["bytesMatched"] > 31 * MiB, r
     assert r["bytesTransferred"] < MiB, r
-    assert MiB <= crossed < 11 * MiB, crossed  # the probe (1 + 8 MiB at most) and the delta
+    assert MiB <= crossed < 19 * MiB, crossed  # the probe (1 + 16 MiB at most) and the delta
     assert (server.root / "dst" / "image.bin").read_bytes() == new
 
 
-def test_the_probe_is_a_timed_upload_the_server_drops(tmp_path: Path, server: Server) -> None:
+def test_the_probe_is_an_upload_the_server_drops(tmp_path: Path, server: Server) -> None:
     from ferry.mover.backends.ferry.backend import FerryBackend
     from ferry.mover.endpoints import FerryEndpoint, parse_endpoint
 
@@ -136,7 +136,7 @@ def test_the_probe_is_a_timed_upload_the_server_drops(tmp_path: Path, server: Se
         before = server.stats()
         rate = backend.probe_link()
         assert rate is not None and rate > 0
-        assert backend.link_rate() is not None
+        assert backend.link_rate() is None  # the probe answers; file data measures
         assert server.stats()["wire_in"] - before["wire_in"] >= MiB
         assert list(server.root.iterdir()) == []  # nothing written
     finally:

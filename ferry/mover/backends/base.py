@@ -395,8 +395,8 @@ class MeasuresLink(Protocol):
         together, while uploads were in flight), or None before enough was sent to say."""
 
     def probe_link(self) -> float | None:
-        """Measure it now with small throwaway uploads (a few MiB at most); None where the
-        storage takes no probe."""
+        """Measure it now with small throwaway uploads (a few MiB); None where the storage
+        takes no probe. The answer is returned, not mixed into `link_rate`."""
 
 
 @runtime_checkable

@@ -107,7 +107,7 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
     dst = ctx.dst
     assert isinstance(dst, DeltaBasis)  # Context.delta
     choice = ctx.delta_choice
-    if choice is not None and not choice.pays(s.size):
+    if choice is not None and not choice.pays(s.size, a.rel):
         copy_whole(ctx, a, s)
         return
     started = time.monotonic()

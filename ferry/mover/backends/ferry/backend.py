@@ -68,7 +68,7 @@ from ferry.mover.options import Compress, Preserve
 from ferry.mover.roots import RootId, ferry_root
 
 PROBE_STREAMS = 4
-PROBE_SLOW = 64e6  # bytes/s: a first probe round this slow is answer enough
+PROBE_SLOW = 16e6  # bytes/s: a first probe round this slow is answer enough
 
 
 class FerryBackend(Backend):
@@ -326,28 +326,30 @@ class FerryBackend(Backend):
 
     def probe_link(self) -> float | None:
         """Throwaway uploads the server drops, on up to PROBE_STREAMS connections at once
-        (a large file goes whole in parallel chunks), opened beforehand: 256 KiB each, then 2 MiB each unless
-        the first round says the link is slow (under PROBE_SLOW, where a delta pays by a
-        wide margin). Timed like any upload (`Connections.uploads`). None where the server
-        takes no probe."""
+        (a large file goes whole in parallel chunks), opened beforehand: a round of 256 KiB
+        each, then two of 2 MiB each unless the first ran under PROBE_SLOW (a link where a
+        delta pays by far). The fastest round is the answer: a round is short, and a busy
+        machine slows one now and then. Not mixed into `link_rate`, which file data alone
+        measures. None where the server takes no probe."""
         if FEATURE_PROBE not in self.features:
             return None
         n = max(1, min(PROBE_STREAMS, self.ep.streams))
-        rate = 0.0
+        best = 0.0
         with ThreadPoolExecutor(n, thread_name_prefix="ferry-probe") as pool:
             # n connections open first: TLS handshakes are not the link's rate.
             hello = [pool.submit(self.c.request, "hello", method="GET") for _ in range(n)]
             for f in hello:
                 f.result()
-            for size in (TIMED_BODY, 8 * TIMED_BODY):
+            for size in (TIMED_BODY, 8 * TIMED_BODY, 8 * TIMED_BODY):
                 body = bytes(size)
                 started = time.monotonic()
-                for f in [pool.submit(self.c.request, "probe", body, timed=True) for _ in range(n)]:
+                probes = [pool.submit(self.c.request, "probe", body) for _ in range(n)]
+                for f in probes:
                     f.result()
-                rate = n * size / max(time.monotonic() - started, 1e-6)
-                if rate < PROBE_SLOW:
+                best = max(best, n * size / max(time.monotonic() - started, 1e-6))
+                if best < PROBE_SLOW:
                     break
-        return rate
+        return best
 
     def _delta(self) -> None:
         if FEATURE_DELTA not in self.features:

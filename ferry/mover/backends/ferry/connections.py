@@ -156,7 +156,7 @@ class Connections:
         """One request; a non-200 reply raised as the FerryError it carries, a lost
         connection as TRANSIENT. The reply body is read only up to `limit` bytes. With
         `stream`, the body is those pieces, sent with chunked transfer encoding (and never
-        sent twice: a generator is spent). `timed`: a body of file data (or a probe) whose
+        sent twice: a generator is spent). `timed`: a body of file data whose
         time goes into `uploads` if it is large enough (a batch of small files is not: the
         server's per-file work, not the link, sets its time)."""
         hdrs = {"Content-Length": str(len(body))} if stream is None else {}
