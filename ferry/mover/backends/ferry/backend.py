@@ -82,6 +82,7 @@ class FerryBackend(Backend):
         hardlinks=True,
         permissions=True,
         owners=True,
+        sparse=True,  # holes are not sent: the server sets the size and leaves them
         mtime_precision_ns=1,
     )
     # A delta costs reading the basis at the server and the source here, but only what
