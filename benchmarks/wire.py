@@ -8,11 +8,14 @@ new and then changed (a tenth of the small files rewritten, a region of each lar
 overwritten). rsync runs as people run it (`rsync -a -e ssh`, its delta algorithm on for
 changed files, no fsync); Ferry with `--fsync none` to match (no fsync either). Both
 servers share the machine's cores with their clients. Prints each time and Ferry/rsync.
+`--delta auto,on` times Ferry both ways in the same rounds (each to its own destination)
+and shows the MiB each reused from the basis (a delta's work).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -68,14 +71,23 @@ def change(root: Path) -> None:
             p.write_bytes(os.urandom(p.stat().st_size))
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+def timed(cmd: list[str], env: dict[str, str] | None = None, out: list[str] | None = None) -> float:
+    """Seconds `cmd` took; its stdout appended to `out` if given."""
     os.sync()  # nobody pays for the previous run's write-back
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     dt = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-800:]}")
+    if out is not None:
+        out.append(p.stdout)
     return dt
+
+
+def matched_mib(stdout: str) -> float:
+    """bytesMatched of a `ferry --json` summary (the last JSON line), in MiB."""
+    doc = json.loads(stdout.strip().splitlines()[-1])
+    return float(doc.get("bytesMatched", 0)) / 2**20
 
 
 class Serve:
@@ -244,6 +256,13 @@ def main() -> None:
     ap.add_argument("--large-mib", type=int, default=32, help="their size")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the report shows medians")
     ap.add_argument(
+        "--delta",
+        default="auto",
+        help="Ferry's --delta, or several comma-separated, each timed in the same rounds to "
+        "a destination of its own (on: every changed file as a delta, what auto did on the "
+        "wire before it weighed the link)",
+    )
+    ap.add_argument(
         "--shaped",
         action="store_true",
         help="instead: compressible data over a rate-limited veth pair (needs root, ip, tc)",
@@ -270,7 +289,12 @@ def main() -> None:
             f"ssh -p {srv.port} -i {srv.user_key} -o UserKnownHostsFile={srv.known_hosts} "
             "-o StrictHostKeyChecking=yes -o BatchMode=yes"
         )
-        rows: dict[tuple[str, str], list[float]] = {}
+        modes = [m.strip() for m in args.delta.split(",") if m.strip()]
+        if not modes or not set(modes) <= {"auto", "on", "off"}:
+            raise SystemExit("--delta: auto, on, off, or several of them comma-separated")
+        # (case, phase) -> tool -> seconds of each round; tool "rsync" or "ferry <mode>"
+        rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+        matched: dict[tuple[str, str, str], list[float]] = {}
         for rnd in range(args.repeat):
             data = tmp / f"data{rnd}"
             make_tree(data / "tree", args.small, args.large, args.large_mib)
@@ -284,29 +308,48 @@ def main() -> None:
                     dest = f"r{rnd}-{case}"
                     rsync = ["rsync", "-a", "-e", ssh, f"{src}/"]
                     rsync.append(f"{srv.user}@127.0.0.1:{srv.root}/{dest}/")
-                    ferry = [*FERRY, "copy", str(src), serve.url(dest), "--fsync", "none"]
-                    # Whoever goes second finds the source in the page cache: alternate.
-                    if rnd % 2:
-                        t_ferry, t_rsync = timed(ferry), timed(rsync)
-                    else:
-                        t_rsync, t_ferry = timed(rsync), timed(ferry)
-                    rows.setdefault((case, phase), []).extend([t_ferry, t_rsync])
-                    print(
-                        f"  {case:5} {phase:8} ferry {t_ferry:7.2f}s  rsync {t_rsync:7.2f}s  "
-                        f"ratio {t_ferry / t_rsync:5.2f}",
-                        flush=True,
-                    )
-        n_small = args.small
+                    runs: list[tuple[str, list[str]]] = [
+                        (
+                            f"ferry {mode}",
+                            [
+                                *FERRY,
+                                "copy",
+                                str(src),
+                                serve.url(f"{dest}-{mode}"),
+                                *("--fsync", "none", "--delta", mode, "--json"),
+                            ],
+                        )
+                        for mode in modes
+                    ]
+                    runs.append(("rsync", rsync))
+                    # Whoever goes first finds the source less warm: rotate the order by round.
+                    k = rnd % len(runs)
+                    got = rows.setdefault((case, phase), {})
+                    line = []
+                    for tool, cmd in runs[k:] + runs[:k]:
+                        out: list[str] = []
+                        got.setdefault(tool, []).append(timed(cmd, out=out))
+                        if tool != "rsync":
+                            key = (case, phase, tool)
+                            matched.setdefault(key, []).append(matched_mib(out[0]))
+                    for tool in (t for t, _ in runs):
+                        line.append(f"{tool} {got[tool][-1]:6.2f}s")
+                    print(f"  {case:5} {phase:8} " + "  ".join(line), flush=True)
         print(
-            f"\nmixed tree: {n_small} small files + {args.large} x {args.large_mib} MiB; "
-            f"one file: {args.big_mib} MiB; medians of {args.repeat} round(s)"
+            f"\nmixed tree: {args.small} small files + {args.large} x {args.large_mib} MiB; "
+            f"one file: {args.big_mib} MiB; medians of {args.repeat} round(s); "
+            "ferry/rsync (MiB reused from the basis: deltas)"
         )
-        print(f"{'case':16} {'ferry s':>8} {'rsync s':>8} {'ferry/rsync':>12}  target <= {TARGET}")
-        for (case, phase), times in rows.items():
-            f = statistics.median(times[0::2])
-            r = statistics.median(times[1::2])
-            verdict = "ok" if f / r <= TARGET else "MISSED"
-            print(f"{case + ' ' + phase:16} {f:8.2f} {r:8.2f} {f / r:12.2f}  {verdict}")
+        head = "".join(f"{'ferry ' + m:>24}" for m in modes)
+        print(f"{'case':16} {'rsync s':>8}{head}  target <= {TARGET}")
+        for (case, phase), tools in rows.items():
+            r = statistics.median(tools["rsync"])
+            cells = []
+            for m in modes:
+                f = statistics.median(tools[f"ferry {m}"])
+                mib = statistics.median(matched[(case, phase, f"ferry {m}")])
+                cells.append(f"{f:6.2f}s {f / r:5.2f} ({mib:5.0f})")
+            print(f"{case + ' ' + phase:16} {r:8.2f}" + "".join(f"{c:>24}" for c in cells))
     finally:
         if serve is not None:
             serve.close()

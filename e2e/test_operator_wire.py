@@ -5,6 +5,7 @@ per-job certificates, and garbage-collects them with the TransferJob."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from e2e.support import FERRY_IMAGE, Cluster, wait_for
+from e2e.support import FERRY_IMAGE, Cluster, local_claim, wait_for
 from e2e.test_operator import (  # noqa: F401  (fixtures are used by name)
     ROOT_PODS,
     Env,
@@ -149,6 +150,86 @@ def test_rwo_claims_on_two_nodes_sync_through_a_wire_pair(env: Env, cluster: Clu
         lambda: _gone(env.core.read_namespaced_service, wire, env.ns),
         timeout=90,
     )
+
+
+def test_a_destination_claim_in_another_namespace_syncs_through_a_pair(env: Env) -> None:
+    """The receiver runs in the destination's namespace, the sender in the TransferJob's;
+    refused until the source's namespace opts in; what it put in the other namespace goes
+    when the sender ends, and when a TransferJob is deleted before that."""
+    other = f"{env.ns}-dst"
+    env.core.create_namespace(
+        {"metadata": {"name": other, "annotations": {wirepair.ALLOW_FROM: env.ns}}}  # type: ignore[arg-type]
+    )
+    try:
+        src = env.pvc("src")
+        dst = local_claim(env.core, other, "dst")
+        want = seed(src, {"a.bin": 300_000, "d/b.bin": 2 << 20})
+        spec = {
+            "source": {"pvc": {"claimName": "src"}},
+            "destination": {"pvc": {"claimName": "dst", "path": "out", "namespace": other}},
+        }
+        env.create("transferjobs", "xns", spec)
+
+        def refused() -> dict[str, Any] | None:
+            st = env.tj("xns").get("status") or {}
+            return st if st.get("reason") == wirepair.CROSS_NAMESPACE_REFUSED else None
+
+        st = wait_for("the cross-namespace TransferJob refused", refused, timeout=60)
+        assert wirepair.ALLOW_TO in st["message"] and other in st["message"], st
+        assert not _raw(env.batch.list_namespaced_job, other)["items"]
+
+        # The source's namespace opts in: the retry builds the pair and it succeeds.
+        env.core.patch_namespace(env.ns, {"metadata": {"annotations": {wirepair.ALLOW_TO: other}}})
+        env.wait_phase("xns", "Succeeded", timeout=240)
+        assert digests(dst / "out") == want
+        wire, recv = wirepair.wire_name("xns"), wirepair.receiver_name("xns")
+        for what, read, name in [
+            ("Job", env.batch.read_namespaced_job, recv),
+            ("Service", env.core.read_namespaced_service, wire),
+            ("Secret", env.core.read_namespaced_secret, wire),
+        ]:
+            wait_for(
+                f"the receiver's {what} in {other} deleted",
+                functools.partial(_gone, read, name, other),
+                timeout=90,
+            )
+
+        # Deleted while its pair stands (suspended: the receiver serves, the sender waits).
+        env.create("transferjobs", "xns-held", {**spec, "suspend": True})
+        recv = wirepair.receiver_name("xns-held")
+        wait_for(
+            "the held receiver's Job",
+            lambda: not _gone(env.batch.read_namespaced_job, recv, other),
+            timeout=90,
+        )
+        env.custom.delete_namespaced_custom_object(
+            "ferry.dev", "v1alpha1", env.ns, "transferjobs", "xns-held"
+        )
+        wire = wirepair.wire_name("xns-held")
+        for what, read, name in [
+            ("Job", env.batch.read_namespaced_job, recv),
+            ("Service", env.core.read_namespaced_service, wire),
+            ("Secret", env.core.read_namespaced_secret, wire),
+        ]:
+            wait_for(
+                f"the deleted TransferJob's {what} in {other} gone",
+                functools.partial(_gone, read, name, other),
+                timeout=90,
+            )
+        wait_for(
+            "the TransferJob's finalizer released",
+            lambda: _gone(
+                env.custom.get_namespaced_custom_object,
+                "ferry.dev",
+                "v1alpha1",
+                env.ns,
+                "transferjobs",
+                "xns-held",
+            ),
+            timeout=60,
+        )
+    finally:
+        env.core.delete_namespace(other)
 
 
 def test_api_server_takes_a_ferry_endpoint_and_compression_on_only_with_it(env: Env) -> None:

@@ -67,8 +67,10 @@ class Compress(StrEnum):
 
 
 class Delta(StrEnum):
-    """How an updated regular file is sent. auto: as a block delta where the destination
-    says it pays (`Limits.delta_pays`: across the ferry:// wire), else whole; on: as a
+    """How an updated regular file is sent. auto: where the destination may gain from one
+    (`Limits.delta_pays`: across the ferry:// wire), as a block delta when the run's
+    measurements say the link is slower than the delta (engine/deltachoice.py), else
+    whole; on: as a
     delta wherever the destination can rebuild files from one (`DeltaBasis`), for files of
     at least DELTA_MIN; off: always whole."""
 

@@ -76,13 +76,23 @@ RelPath = Annotated[str, Field(max_length=4096)]
 
 
 class PVCEndpoint(Model):
-    """A PersistentVolumeClaim in the TransferJob's namespace, mounted into the mover."""
+    """A PersistentVolumeClaim, mounted into the mover: in the TransferJob's namespace,
+    or (a destination only) in `namespace`, reached through a sender/receiver pair."""
 
     claim_name: Name
     path: RelPath = Field(
         default="",
         description="Directory or file inside the volume. A file as the source goes into a "
         "destination directory (existing, or whose path ends with '/') or to the name given.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="The claim's namespace when it is not the TransferJob's: destination only, "
+        "with a pvc source (the operator runs a receiver there and the sender here). The "
+        "source's namespace must list it in the annotation ferry.dev/allow-transfers-to and it "
+        "must list the TransferJob's in ferry.dev/allow-transfers-from.",
     )
 
     @field_validator("path")
@@ -432,9 +442,32 @@ COMPRESSION_ON_RULE = {
 }
 
 
+# Another namespace's claim is reached by a receiver there and a sender (the mover, which
+# reports progress to this TransferJob) here: only a destination can be elsewhere, and only
+# from a claim the sender mounts.
+SOURCE_NAMESPACE_RULE = {
+    "rule": "!has(self.source.pvc) || !has(self.source.pvc.namespace)",
+    "message": "source.pvc.namespace is not supported: the sender runs in the TransferJob's "
+    "namespace; create the TransferJob in the source's namespace and name the destination's",
+}
+DESTINATION_NAMESPACE_RULE = {
+    "rule": "!has(self.destination.pvc) || !has(self.destination.pvc.namespace) || "
+    "has(self.source.pvc)",
+    "message": "destination.pvc.namespace needs a pvc source (a sender/receiver pair over the "
+    "wire)",
+}
+
+
 class TransferJobSpec(Model):
     model_config = ConfigDict(
-        json_schema_extra=_cel(MAX_DELETE_RULE, MIN_FREE_RULE, DELTA_ON_RULE, COMPRESSION_ON_RULE)
+        json_schema_extra=_cel(
+            MAX_DELETE_RULE,
+            MIN_FREE_RULE,
+            DELTA_ON_RULE,
+            COMPRESSION_ON_RULE,
+            SOURCE_NAMESPACE_RULE,
+            DESTINATION_NAMESPACE_RULE,
+        )
     )
 
     source: Endpoint
@@ -558,6 +591,24 @@ class TransferJobSpec(Model):
         if value == "On" and dst is not None and dst.kind in ("s3", "sftp", "smb"):
             raise ValueError(DELTA_ON_RULE["message"])
         return value
+
+    @field_validator("destination")
+    @classmethod
+    def _namespaces(cls, value: Endpoint, info: ValidationInfo) -> Endpoint:
+        src = info.data.get("source")
+        if src is not None and src.pvc is not None and src.pvc.namespace is not None:
+            raise ValueError(SOURCE_NAMESPACE_RULE["message"])
+        elsewhere = value.pvc is not None and value.pvc.namespace is not None
+        if elsewhere and src is not None and src.pvc is None:
+            raise ValueError(DESTINATION_NAMESPACE_RULE["message"])
+        return value
+
+    def destination_namespace(self, own: str) -> str | None:
+        """The destination claim's namespace when it is not `own` (the TransferJob's)."""
+        pvc = self.destination.pvc
+        if pvc is None or pvc.namespace is None or pvc.namespace == own:
+            return None
+        return pvc.namespace
 
 
 # ---------------------------------------------------------------- edits

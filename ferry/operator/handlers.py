@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import kopf
 
-from ferry.operator import api, pools, status, workload
+from ferry.operator import api, pools, status, wirepair, workload
 from ferry.operator.kube import Kube, Stopping
 from ferry.operator.metrics import Metrics
 from ferry.operator.schedule import ScheduleReconciler
@@ -143,13 +143,22 @@ def _inputs(obj: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _claims(obj: dict[str, Any]) -> list[str]:
+    """The TransferJob's claims in its own namespace (the pod index is by namespace)."""
     spec = obj.get("spec") or {}
     out = []
     for end in ("source", "destination"):
-        claim = ((spec.get(end) or {}).get("pvc") or {}).get("claimName")
-        if claim:
+        pvc = (spec.get(end) or {}).get("pvc") or {}
+        claim = pvc.get("claimName")
+        if claim and pvc.get("namespace") in (None, (obj.get("metadata") or {}).get("namespace")):
             out.append(str(claim))
     return out
+
+
+def foreign_namespace(obj: Mapping[str, Any]) -> str | None:
+    """The destination claim's namespace when it is not the TransferJob's."""
+    ns = (((obj.get("spec") or {}).get("destination") or {}).get("pvc") or {}).get("namespace")
+    own = (obj.get("metadata") or {}).get("namespace")
+    return str(ns) if ns and ns != own else None
 
 
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
@@ -257,6 +266,17 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         outcome = await reconcile_tj(body, logger, False, kw["pod_claims"])
         if outcome is not None and not outcome.deleted and outcome.changes:
             patch.setdefault("status", {}).update(outcome.changes)
+
+    # Objects in another namespace carry no owner reference: deleted here, behind a
+    # finalizer kopf puts only on TransferJobs that have some (the `when` filter).
+    @kopf.on.delete(
+        G, V, TJ, registry=registry, when=lambda body, **_: foreign_namespace(body) is not None
+    )
+    async def tj_deleted(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        ns, uid = foreign_namespace(body), str(body["metadata"]["uid"])
+        assert ns is not None
+        await _in_pool(deps, wirepair.remove_foreign, deps.kube, ns, uid)
+        logger.info("deleted its receiver's objects in namespace %s", ns)
 
     @kopf.daemon(
         G,

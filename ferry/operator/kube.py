@@ -221,6 +221,36 @@ class Kube:
             if not not_found(exc):
                 raise
 
+    def delete_labelled(self, kind: str, ns: str, selector: str) -> None:
+        """Delete the Jobs, Services or Secrets of `ns` matching `selector`. Secrets by one
+        deletecollection (the operator never lists or reads them); the others listed first,
+        then deleted by name (not every API server takes a deletecollection of Services)."""
+        if kind == "Secret":
+            self.core.delete_collection_namespaced_secret(
+                ns, label_selector=selector, _preload_content=False
+            )
+            return
+        lists: dict[str, Callable[..., Any]] = {
+            "Job": self.batch.list_namespaced_job,
+            "Service": self.core.list_namespaced_service,
+        }
+        deletes: dict[str, Callable[..., Any]] = {
+            "Job": self.batch.delete_namespaced_job,
+            "Service": self.core.delete_namespaced_service,
+        }
+        items = _json(lists[kind](ns, label_selector=selector, _preload_content=False))["items"]
+        for item in items:
+            try:
+                deletes[kind](
+                    item["metadata"]["name"],
+                    ns,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                )
+            except ApiException as exc:
+                if not not_found(exc):
+                    raise
+
     def delete_transferjob(self, ns: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(

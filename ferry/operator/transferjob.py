@@ -48,8 +48,9 @@ def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
     return api.TransferJobSpec.model_validate(body.get("spec") or {})
 
 
-# Status reasons that wait for something no watched object announces: retried on a timer.
-RETRY_REASONS = ("Forbidden",)
+# Status reasons that wait for something no watched object announces: retried on a timer
+# (a namespace's opt-in to cross-namespace transfers is an annotation nobody here watches).
+RETRY_REASONS = ("Forbidden", wirepair.CROSS_NAMESPACE_REFUSED)
 # Status reasons that wait for a MoverPool: retried when that pool changes.
 POOL_REASONS = ("PoolNotFound", "PoolInvalid")
 _DEFAULT_STALL = api.TransferJobSpec.model_fields["stall_timeout_seconds"].default
@@ -197,6 +198,12 @@ class TransferJobReconciler:
                 )
             except PoolUnusable as exc:  # pool missing or invalid: wait for it to be fixed
                 return Outcome(_pending(body, exc.reason, str(exc), now), (exc.reason, str(exc)))
+            except CrossNamespaceRefused as exc:  # wait for the namespaces to opt in
+                reason = wirepair.CROSS_NAMESPACE_REFUSED
+                first = old.get("reason") != reason
+                return Outcome(
+                    _pending(body, reason, str(exc), now), (reason, str(exc)) if first else None
+                )
             for obj in built.objects():
                 kind, child = obj["kind"], obj["metadata"]["name"]
                 if self.kube.create(obj):
@@ -204,12 +211,13 @@ class TransferJobReconciler:
                     continue
                 # 409: ours from an earlier reconcile, or someone else's that must not be used
                 # (a foreign ConfigMap would be the mover's spec, a foreign Role its rights).
+                where = obj["metadata"].get("namespace") or ns
                 existing = (
                     wirepair.adopt_secret(built, obj)  # never read: users' Secrets stay unread
                     if kind == "Secret"
-                    else self.kube.read(kind, ns, child)
+                    else self.kube.read(kind, where, child)
                 )
-                if existing is not None and not _owned_by(existing, meta["uid"]):
+                if existing is not None and not wirepair.owns(existing, body):
                     msg = f"{kind} {child} exists and is not owned by this TransferJob"
                     return Outcome(
                         status.invalid(body, "metadata.name", msg, "NameConflict", now),
@@ -262,18 +270,34 @@ class TransferJobReconciler:
                 ) from None
         annotations = self.kube.namespace_annotations(ns)
         privileged_ok = annotations.get(workload.NAMESPACE_PRIVILEGED_ANNOTATION) == "true"
+        dst_ns = spec.destination_namespace(ns)
+        dst_privileged = None
+        if dst_ns is not None:
+            dst_annotations = self.kube.namespace_annotations(dst_ns)
+            why = wirepair.cross_namespace_refusal(ns, dst_ns, annotations, dst_annotations)
+            if why:
+                raise CrossNamespaceRefused(why)
+            flag = dst_annotations.get(workload.NAMESPACE_PRIVILEGED_ANNOTATION)
+            dst_privileged = flag == "true"
         pin = pair = None
         claim_names = workload.claims(spec)
         if claim_names:
-            pvcs = self.kube.get_pvcs(ns, claim_names)
             own = workload.child_name(body["metadata"]["name"])
-            pin = workload.rwo_pin(claim_names, pvcs, claim_uses, own)
-            pair = wirepair.plan(spec, pvcs, claim_uses, own, lambda pv: self.kube.get_pv(pv))
+            if dst_ns is not None:  # only the source claim is here: the sender mounts it
+                assert spec.source.pvc is not None  # api: a pvc source
+                source = [spec.source.pvc.claim_name]
+                pvcs = self.kube.get_pvcs(ns, source)
+                node = workload.rwo_pin(source, pvcs, claim_uses, own)
+                pair = wirepair.Pair(source_node=node, destination_node=None)
+            else:
+                pvcs = self.kube.get_pvcs(ns, claim_names)
+                pin = workload.rwo_pin(claim_names, pvcs, claim_uses, own)
+                pair = wirepair.plan(spec, pvcs, claim_uses, own, lambda pv: self.kube.get_pv(pv))
         ctx = workload.Context(
             namespace_privileged=privileged_ok, pool=pool, pin_node=pin, traceparent=traceparent
         )
-        if pair is not None:  # claims on two nodes: a sender/receiver pair over the wire
-            return wirepair.build(self.kube, body, spec, ctx, self.settings, pair)
+        if pair is not None:  # claims on two nodes or namespaces: a pair over the wire
+            return wirepair.build(self.kube, body, spec, ctx, self.settings, pair, dst_privileged)
         return workload.build(body, spec, ctx, self.settings)
 
     def _finished(self, body: dict[str, Any], spec: api.TransferJobSpec, now: datetime) -> Outcome:
@@ -327,6 +351,11 @@ class TransferJobReconciler:
             start = status.parse_time(new.get("startTime") or seen.get("startTime"))
             seconds = (now - start).total_seconds() if start else None
             self.metrics.finished(str(phase), new.get("reason"), new.get("result"), seconds, uid)
+
+
+class CrossNamespaceRefused(PermissionError):
+    """A namespace has not opted in to the cross-namespace transfer; the message names
+    the annotation that would allow it."""
 
 
 class PoolUnusable(LookupError):

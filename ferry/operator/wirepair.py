@@ -19,6 +19,14 @@ When the sender's Job ends the operator deletes the receiver's Job (see
 `stop_receiver`): only the operator knows the sender has finished for good (a
 failed sender pod is retried and resumes against the same receiver), and deleting
 frees the destination claim at once; an idle timeout in `ferry serve` would be a guess.
+
+A destination claim in another namespace (`destination.pvc.namespace`) always takes a
+pair: the receiver, its Service and a Secret with the server's keys live there, the
+sender and a Secret with the client's keys here. Owner references cannot cross
+namespaces, so the foreign objects carry the TransferJob's uid in LABEL_OWNER_UID and
+are deleted when the sender ends and when the TransferJob is deleted (`remove_foreign`,
+behind a finalizer). Both namespaces must opt in (`cross_namespace_refusal`): data
+leaving a namespace and data written into another are each its owner's decision.
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ LABEL_RECEIVER_OF = "ferry.dev/receiver-of"
 # On the sender's Job: the receiver Job to stop when it ends.
 ANNOTATION_RECEIVER = "ferry.dev/wire-receiver"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+# On objects in the destination's namespace: the uid of the TransferJob they serve.
+LABEL_OWNER_UID = "ferry.dev/owner-uid"
+ANNOTATION_OWNER = "ferry.dev/owner"  # "<namespace>/<name>" of that TransferJob
+# Namespace annotations, comma-separated namespace lists: the source's namespace names
+# where its data may go, the destination's whose TransferJobs may write into it.
+ALLOW_TO = "ferry.dev/allow-transfers-to"
+ALLOW_FROM = "ferry.dev/allow-transfers-from"
+CROSS_NAMESPACE_REFUSED = "CrossNamespaceNotAllowed"
 WAIT_SECONDS = 600  # how long the sender's init container waits for the receiver
 
 # The sender's init container: wait, with a deadline, until the receiver completes a
@@ -74,6 +90,28 @@ def receiver_name(tj_name: str) -> str:
 
 
 # ---------------------------------------------------------------- the decision
+
+
+def _listed(annotations: dict[str, str], key: str, ns: str) -> bool:
+    return ns in {n.strip() for n in (annotations.get(key) or "").split(",")}
+
+
+def cross_namespace_refusal(
+    own_ns: str, dst_ns: str, own_annotations: dict[str, str], dst_annotations: dict[str, str]
+) -> str | None:
+    """Why a TransferJob in `own_ns` (its source's namespace) may not write a claim in
+    `dst_ns`, naming the annotation that would allow it; None when both opted in."""
+    if not _listed(own_annotations, ALLOW_TO, dst_ns):
+        return (
+            f"namespace {own_ns} does not allow its data to go to namespace {dst_ns}: "
+            f"annotate namespace {own_ns} with {ALLOW_TO}: {dst_ns}"
+        )
+    if not _listed(dst_annotations, ALLOW_FROM, own_ns):
+        return (
+            f"namespace {dst_ns} does not accept transfers from namespace {own_ns}: "
+            f"annotate namespace {dst_ns} with {ALLOW_FROM}: {own_ns}"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +184,7 @@ class PairWorkload(workload.Workload):
     """A mover Job as sender plus the receiver's Secret, Service and Job."""
 
     secret: dict[str, Any] | None = None
+    receiver_secret: dict[str, Any] | None = None  # the server's keys, in another namespace
     service: dict[str, Any] | None = None
     receiver: dict[str, Any] | None = None
     # The Service existed, ours, before this build: an earlier reconcile of this
@@ -154,16 +193,44 @@ class PairWorkload(workload.Workload):
     service_was_ours: bool = False
 
     def objects(self) -> list[dict[str, Any]]:
-        pair = [o for o in (self.secret, self.service, self.receiver) if o is not None]
+        pair = [
+            o
+            for o in (self.service, self.secret, self.receiver_secret, self.receiver)
+            if o is not None
+        ]
         return [*pair, *super().objects()]
 
 
-def service(body: dict[str, Any]) -> dict[str, Any]:
+def meta(body: dict[str, Any], name: str, ns: str) -> dict[str, Any]:
+    """Metadata of an object of the pair in `ns`: owned by the TransferJob in its own
+    namespace; elsewhere labelled with its uid instead (no owner reference can cross)."""
+    out = workload._meta(body, name)
+    if ns != body["metadata"]["namespace"]:
+        del out["ownerReferences"]
+        out["namespace"] = ns
+        out["labels"] = {**out["labels"], LABEL_OWNER_UID: body["metadata"]["uid"]}
+        owner = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        out["annotations"] = {ANNOTATION_OWNER: owner}
+    return out
+
+
+def owns(obj: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether `obj` is the TransferJob's: by owner reference, or in another namespace by
+    the uid label `meta` puts there."""
+    m = obj.get("metadata") or {}
+    uid = body["metadata"]["uid"]
+    if any(ref.get("uid") == uid for ref in m.get("ownerReferences") or []):
+        return True
+    foreign = m.get("namespace") not in (None, body["metadata"]["namespace"])
+    return foreign and (m.get("labels") or {}).get(LABEL_OWNER_UID) == uid
+
+
+def service(body: dict[str, Any], ns: str | None = None) -> dict[str, Any]:
     tj = body["metadata"]["name"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": workload._meta(body, wire_name(tj)),
+        "metadata": meta(body, wire_name(tj), ns or body["metadata"]["namespace"]),
         "spec": {
             "type": "ClusterIP",
             "selector": receiver_labels(tj),
@@ -181,12 +248,21 @@ def receiver_labels(tj_name: str) -> dict[str, str]:
     }
 
 
-def server_names(body: dict[str, Any], cluster_ip: str) -> list[str]:
-    svc, ns = wire_name(body["metadata"]["name"]), body["metadata"]["namespace"]
+def server_names(body: dict[str, Any], cluster_ip: str, ns: str | None = None) -> list[str]:
+    """The names the server's certificate holds: those of its Service, in `ns` (default:
+    the TransferJob's)."""
+    svc, ns = wire_name(body["metadata"]["name"]), ns or body["metadata"]["namespace"]
     return [cluster_ip, svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local"]
 
 
-def secret(body: dict[str, Any], wire: certs.WireCerts) -> dict[str, Any]:
+def secret(
+    body: dict[str, Any],
+    wire: certs.WireCerts,
+    ns: str | None = None,
+    keys: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """The pair's certificates in `ns` (default: the TransferJob's), only `keys` of them
+    (default: all; when the two sides are in two namespaces each gets its own)."""
     data = {
         "ca.crt": wire.ca_cert,
         "tls.crt": wire.server_cert,
@@ -194,12 +270,15 @@ def secret(body: dict[str, Any], wire: certs.WireCerts) -> dict[str, Any]:
         "client.crt": wire.client_cert,
         "client.key": wire.client_key,
     }
+    wanted = keys or tuple(data)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": workload._meta(body, wire_name(body["metadata"]["name"])),
+        "metadata": meta(
+            body, wire_name(body["metadata"]["name"]), ns or body["metadata"]["namespace"]
+        ),
         "type": "Opaque",
-        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        "data": {k: base64.b64encode(data[k]).decode() for k in wanted},
     }
 
 
@@ -214,8 +293,10 @@ def receiver_job(
     spec: api.TransferJobSpec,
     ctx: workload.Context,
     settings: workload.MoverSettings,
+    ns: str | None = None,
 ) -> dict[str, Any]:
-    """`ferry serve` on the destination's claim: a Job whose pod restarts in place."""
+    """`ferry serve` on the destination's claim, in `ns` (default: the TransferJob's): a
+    Job whose pod restarts in place."""
     assert spec.destination.pvc is not None
     tj = body["metadata"]["name"]
     mounts: list[moverspec.Mount] = [
@@ -277,9 +358,10 @@ def receiver_job(
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    meta = workload._meta(body, receiver_name(tj))
-    meta["labels"] = receiver_labels(tj)
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+    m = meta(body, receiver_name(tj), ns or body["metadata"]["namespace"])
+    m["labels"] = {**m["labels"], **receiver_labels(tj)}
+    m["labels"].pop(workload.LABEL_TRANSFERJOB, None)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": m, "spec": job_spec}
 
 
 def sender(
@@ -288,6 +370,7 @@ def sender(
     ctx: workload.Context,
     settings: workload.MoverSettings,
     cluster_ip: str,
+    receiver_ns: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ConfigMap, Job) of the mover whose destination is the receiver's ferry:// endpoint."""
     tj = body["metadata"]["name"]
@@ -304,7 +387,12 @@ def sender(
     mounts: list[moverspec.Mount] = [m for m in specs.mounts if m.volume != "destination-data"]
     mounts.append(moverspec.SecretMount("wire", wire_name(tj), CLIENT_KEYS, WIRE_DIR))
     job = workload.job(body, spec, ctx, settings, mounts)
-    job["metadata"]["annotations"][ANNOTATION_RECEIVER] = receiver_name(tj)
+    recv = receiver_name(tj)
+    own = body["metadata"]["namespace"]
+    foreign = receiver_ns is not None and receiver_ns != own
+    job["metadata"]["annotations"][ANNOTATION_RECEIVER] = (
+        f"{receiver_ns}/{recv}" if foreign else recv
+    )
     pod = job["spec"]["template"]["spec"]
     mover = pod["containers"][0]
     pod["initContainers"] = [
@@ -339,24 +427,29 @@ def build(
     ctx: workload.Context,
     settings: workload.MoverSettings,
     pair: Pair,
+    receiver_privileged: bool | None = None,
 ) -> PairWorkload:
     """Create (or adopt) the receiver's Service, whose address the certificate and the
-    sender's spec need; build every other object of the pair."""
-    meta = body["metadata"]
+    sender's spec need; build every other object of the pair. The receiver's side goes
+    to the destination claim's namespace (`receiver_privileged`: whether that namespace
+    allows privileged movers, when it is another)."""
+    m = body["metadata"]
+    own = m["namespace"]
+    recv_ns = spec.destination_namespace(own) or own
     base = workload.build(body, spec, ctx, settings)  # the same checks as a single mover
-    svc = service(body)
+    svc = service(body, recv_ns)
     created = kube.create(svc)
-    existing = kube.read("Service", meta["namespace"], wire_name(meta["name"]))
-    if existing is None or not _owned_by(existing, meta["uid"]):
+    existing = kube.read("Service", recv_ns, wire_name(m["name"]))
+    if existing is None or not owns(existing, body):
         raise moverspec.InvalidSpec(
             "metadata.name",
-            f"Service {wire_name(meta['name'])} exists and is not owned by this TransferJob",
+            f"Service {wire_name(m['name'])} exists and is not owned by this TransferJob",
             reason="NameConflict",
         )
     cluster_ip = str((existing.get("spec") or {}).get("clusterIP") or "")
     if not cluster_ip or cluster_ip == "None":
         raise moverspec.InvalidSpec(
-            "metadata.name", f"Service {wire_name(meta['name'])} has no cluster IP"
+            "metadata.name", f"Service {wire_name(m['name'])} has no cluster IP"
         )
     send_ctx = workload.Context(
         namespace_privileged=ctx.namespace_privileged,
@@ -365,13 +458,20 @@ def build(
         traceparent=ctx.traceparent,
     )
     recv_ctx = workload.Context(
-        namespace_privileged=ctx.namespace_privileged,
+        namespace_privileged=(
+            ctx.namespace_privileged if recv_ns == own else bool(receiver_privileged)
+        ),
         pool=ctx.pool,
         pin_node=pair.destination_node,
         traceparent=ctx.traceparent,
     )
-    config_map, job = sender(body, spec, send_ctx, settings, cluster_ip)
-    wire = certs.issue(f"{meta['namespace']}/{meta['name']}", server_names(body, cluster_ip))
+    config_map, job = sender(body, spec, send_ctx, settings, cluster_ip, recv_ns)
+    wire = certs.issue(f"{own}/{m['name']}", server_names(body, cluster_ip, recv_ns))
+    secrets: tuple[dict[str, Any], dict[str, Any] | None]
+    if recv_ns == own:
+        secrets = (secret(body, wire), None)
+    else:  # each namespace holds only its side's keys
+        secrets = (secret(body, wire, own, CLIENT_KEYS), secret(body, wire, recv_ns, SERVER_KEYS))
     return PairWorkload(
         config_map=config_map,
         service_account=base.service_account,
@@ -379,9 +479,10 @@ def build(
         role_binding=base.role_binding,
         job=job,
         privileged=base.privileged,
-        secret=secret(body, wire),
+        secret=secrets[0],
+        receiver_secret=secrets[1],
         service=svc,
-        receiver=receiver_job(body, spec, recv_ctx, settings),
+        receiver=receiver_job(body, spec, recv_ctx, settings, recv_ns),
         service_was_ours=not created,
     )
 
@@ -394,14 +495,29 @@ def adopt_secret(built: workload.Workload, obj: dict[str, Any]) -> dict[str, Any
 
 
 def stop_receiver(kube: Any, ns: str, job: dict[str, Any] | None) -> None:
-    """Delete the receiver of a sender Job that has ended (no call for a single mover)."""
+    """Delete the receiver of a sender Job that has ended (no call for a single mover);
+    in another namespace, its Service and Secret too (nothing there is garbage-collected
+    with the TransferJob)."""
     annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
     name = annotations.get(ANNOTATION_RECEIVER)
-    if isinstance(name, str) and name:
-        kube.delete_job(ns, name)
-
-
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(
-        ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    if not isinstance(name, str) or not name:
+        return
+    where, _, recv = name.rpartition("/")
+    if not where or where == ns:
+        kube.delete_job(ns, recv)
+        return
+    uid = next(
+        (r.get("uid") for r in (job or {}).get("metadata", {}).get("ownerReferences") or []),
+        None,
     )
+    if isinstance(uid, str) and uid:
+        remove_foreign(kube, where, uid)
+
+
+def remove_foreign(kube: Any, ns: str, uid: str) -> None:
+    """Delete what a TransferJob (`uid`) has in namespace `ns`: the objects carrying its
+    uid label (the receiver's Job, Service and Secret), found by that label only, so
+    nothing of anyone else's goes (and no Secret is read)."""
+    selector = f"{LABEL_OWNER_UID}={uid}"
+    for kind in ("Job", "Service", "Secret"):
+        kube.delete_labelled(kind, ns, selector)

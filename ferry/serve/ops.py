@@ -18,6 +18,7 @@ from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_BATCH,
     FEATURE_DELTA,
+    FEATURE_PROBE,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_PIECE,
@@ -77,7 +78,12 @@ class Service:
     def hello(self) -> Doc:
         return {
             "version": VERSION,
-            "features": [FEATURE_BATCH, FEATURE_DELTA, *([FEATURE_ZSTD] if self.zstd else [])],
+            "features": [
+                FEATURE_BATCH,
+                FEATURE_DELTA,
+                FEATURE_PROBE,
+                *([FEATURE_ZSTD] if self.zstd else []),
+            ],
         }
 
     def stat(self, doc: Doc) -> Doc:

@@ -130,6 +130,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._data(sig, {})
             elif route == "delta":
                 self._delta()
+            elif route == "probe":
+                n = len(self._body(MAX_BODY))  # read and dropped: the client times it
+                self.server.service.stats.add(wire_in=n)
+                self._json({"bytes": n})
             elif route == "put_small":
                 self._put_small()
             elif route == "get_small":

@@ -12,6 +12,7 @@ from ferry.mover.backends.base import (
     GetSmall,
     Hardlinks,
     LazyMeta,
+    MeasuresLink,
     PutSmall,
     ResolvesLinks,
     Resumable,
@@ -36,13 +37,14 @@ OPTIONAL: tuple[type, ...] = (
     Resumable,
     LazyMeta,
     DeltaBasis,
+    MeasuresLink,
 )
 CLAIMED: dict[type[Backend], set[type]] = {
     LocalBackend: {Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable, DeltaBasis},
     S3Backend: {ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta},
     SFTPBackend: {Symlinks, PutSmall, GetSmall, Resumable},
     SMBBackend: {Resumable},
-    FerryBackend: {Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis},
+    FerryBackend: {Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis, MeasuresLink},
 }
 
 

@@ -128,3 +128,32 @@ def test_verify_full_fsync_file_and_ferry_to_ferry(tmp_path: Path, server: Serve
     # the same path on both sides is refused as an overlap
     r = run_ferry("copy", server.url("full"), server.url("full/sub"), check_rc=4)
     assert "inside the source" in r.stderr
+
+
+def test_holes_of_a_sparse_file_stay_holes_at_the_server(tmp_path: Path, server: Server) -> None:
+    """Keeping holes (sparse is preserved by default) only the data crosses; the server
+    sets the size and the holes stay unallocated there (its file system permitting).
+    With --preserve=-sparse they cross as zeros."""
+    mib = 1 << 20
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "disk.img", "wb") as f:
+        f.write(os.urandom(mib))
+        f.seek(40 * mib)
+        f.write(os.urandom(mib))
+        f.truncate(64 * mib)  # a hole at the end too
+    want = (src / "disk.img").read_bytes()
+    before = server.stats()
+    r = run_ferry("copy", src, server.url("kept"), "--preserve", "+sparse", "--json").summary
+    crossed = server.stats()["wire_in"] - before["wire_in"]
+    assert r["filesCopied"] == 1 and "sparse" not in r["preserveDropped"], r
+    assert crossed < 4 * mib, crossed
+    out = server.root / "kept" / "disk.img"
+    assert out.read_bytes() == want
+    assert out.stat().st_blocks * 512 < 8 * mib, "holes were filled in"
+    run_ferry("verify", src, server.url("kept"))
+
+    before = server.stats()
+    run_ferry("copy", src, server.url("filled"), "--compress", "off", "--preserve=-sparse")
+    assert server.stats()["wire_in"] - before["wire_in"] >= 64 * mib
+    assert (server.root / "filled" / "disk.img").read_bytes() == want

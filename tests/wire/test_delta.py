@@ -27,7 +27,7 @@ def test_a_changed_file_sends_only_its_delta(tmp_path: Path, server: Server) -> 
     new[12 * MiB : 12 * MiB] = os.urandom(100 * 1024)
     (src / "image.bin").write_bytes(bytes(new))
     before = server.stats()
-    r = run_ferry("copy", src, server.url("dst"), "--json").summary
+    r = run_ferry("copy", src, server.url("dst"), "--delta", "on", "--json").summary
     crossed = server.stats()["wire_in"] - before["wire_in"]
     assert r["filesUpdated"] == 1 and r["filesFailed"] == 0, r
     assert r["bytesMatched"] > 20 * MiB, r
@@ -93,7 +93,7 @@ def test_delta_literals_cross_compressed(tmp_path: Path, server: Server) -> None
     new = old[: 4 * MiB] + text + old[4 * MiB :]
     (src / "mixed.bin").write_bytes(new)
     before = server.stats()
-    r = run_ferry("copy", src, server.url("dst"), "--json").summary
+    r = run_ferry("copy", src, server.url("dst"), "--delta", "on", "--json").summary
     after = server.stats()
     assert r["bytesMatched"] >= 7 * MiB, r
     assert after["zstd_in"] > before["zstd_in"]
@@ -101,3 +101,78 @@ def test_delta_literals_cross_compressed(tmp_path: Path, server: Server) -> None
     assert (server.root / "dst" / "mixed.bin").read_bytes() == new
     off = run_ferry("copy", src, server.url("dst2"), "--compress", "off", "--json").summary
     assert off["filesFailed"] == 0
+
+
+def test_auto_on_a_throttled_link_takes_the_delta(tmp_path: Path, server: Server) -> None:
+    """`--delta auto` weighs the link: the file is large enough that the run probes the
+    link first (a throwaway upload the server counts), and --bwlimit caps what the probe
+    measured on loopback, so the delta wins."""
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(32 * MiB)  # at least deltachoice.PROBE_MIN_FILE
+    (src / "image.bin").write_bytes(old)
+    run_ferry("copy", src, server.url("dst"))
+    new = old[: 16 * MiB] + os.urandom(64 * 1024) + old[16 * MiB :]
+    (src / "image.bin").write_bytes(new)
+    before = server.stats()
+    r = run_ferry("copy", src, server.url("dst"), "--bwlimit", "8M", "--json").summary
+    crossed = server.stats()["wire_in"] - before["wire_in"]
+    assert r["filesUpdated"] == 1 and r["filesFailed"] == 0, r
+    assert r["bytesMatched"] > 31 * MiB, r
+    assert r["bytesTransferred"] < MiB, r
+    assert MiB <= crossed < 19 * MiB, crossed  # the probe (1 + 16 MiB at most) and the delta
+    assert (server.root / "dst" / "image.bin").read_bytes() == new
+
+
+def test_the_probe_is_an_upload_the_server_drops(tmp_path: Path, server: Server) -> None:
+    from ferry.mover.backends.ferry.backend import FerryBackend
+    from ferry.mover.endpoints import FerryEndpoint, parse_endpoint
+
+    ep = parse_endpoint(server.url(""))
+    assert isinstance(ep, FerryEndpoint)
+    backend = FerryBackend(ep)
+    try:
+        assert backend.link_rate() is None  # nothing sent yet
+        before = server.stats()
+        rate = backend.probe_link()
+        assert rate is not None and rate > 0
+        assert backend.link_rate() is None  # the probe answers; file data measures
+        assert server.stats()["wire_in"] - before["wire_in"] >= MiB
+        assert list(server.root.iterdir()) == []  # nothing written
+    finally:
+        backend.close()
+
+
+def test_file_data_is_timed_and_batches_of_small_files_are_not(
+    tmp_path: Path, server: Server
+) -> None:
+    """A batch's time is the server's work per file, not the link's: only pieces of file
+    data (and the probe) tell `--delta auto` how fast the link is."""
+    from ferry.mover.backends.base import Entry, EntryType, SmallFile
+    from ferry.mover.backends.ferry.backend import FerryBackend
+    from ferry.mover.endpoints import FerryEndpoint, parse_endpoint
+    from ferry.mover.integrity import digest_bytes
+    from ferry.mover.options import Preserve
+
+    ep = parse_endpoint(server.url(""))
+    assert isinstance(ep, FerryEndpoint)
+    backend = FerryBackend(ep)
+    try:
+        small = []
+        for i in range(100):
+            data = os.urandom(30_000)
+            entry = Entry(f"s{i}", EntryType.FILE, len(data), 1_600_000_000_000_000_000, 0o644)
+            small.append(SmallFile(f"s{i}", entry, data, digest_bytes(data)))
+        assert backend.put_small(small, Preserve()) == [None] * 100  # 3 MB in batches
+        assert backend.link_rate() is None
+        big = os.urandom(2 * MiB)
+        entry = Entry("big", EntryType.FILE, len(big), 1_600_000_000_000_000_000, 0o644)
+        w = backend.open_write("big", entry)
+        w.write_at(0, big[:MiB])
+        w.write_at(MiB, big[MiB:])
+        w.commit(entry, digest_bytes(big), Preserve())
+        rate = backend.link_rate()
+        assert rate is not None and rate > 0
+        assert (server.root / "big").read_bytes() == big
+    finally:
+        backend.close()

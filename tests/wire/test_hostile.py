@@ -237,6 +237,23 @@ def test_oversize_missing_and_chunked_bodies(server: Server, around: Path) -> No
     assert peer.json("stat", {"path": ""})[0] == 200, "still serving"
 
 
+def test_the_probe_takes_a_bounded_body_and_writes_nothing(server: Server, around: Path) -> None:
+    peer = Peer(server)
+    status, reply = peer.send("probe", b"\0" * 300_000)
+    assert status == 200 and reply == {"bytes": 300_000}
+    status, reply = peer.send("probe", b"", {"Content-Length": str(MAX_BODY + 1)})
+    refused(status, reply, ErrorKind.PROTOCOL)
+    conn = server.connect()
+    conn.putrequest("POST", "/v1/probe")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders(b"3\r\nabc\r\n0\r\n\r\n")
+    resp = conn.getresponse()
+    assert resp.status == 400 and json.loads(resp.read())["reason"] == "PROTOCOL"
+    conn.close()
+    assert list(server.root.iterdir()) == []
+    assert peer.json("stat", {"path": ""})[0] == 200, "still serving"
+
+
 def test_malformed_json_and_routes(server: Server, around: Path) -> None:
     peer = Peer(server)
     for route, body in (
@@ -413,6 +430,7 @@ _routes = st.sampled_from(
         "partial",
         "write",
         "readback",
+        "probe",
     ]
 )
 _json = st.recursive(

@@ -98,8 +98,9 @@ class Limits(NamedTuple):
     # Each ranged read is a request with a fixed cost (and on some servers a cost in the
     # object's size): big files are read in at most this many long ranges; 0: by chunk size.
     read_streams: int = 0
-    # `--delta auto` sends updated files as block deltas here (where the destination is a
-    # DeltaBasis): writing there costs more than reading the basis where it lives.
+    # `--delta auto` weighs block deltas here (where the destination is a DeltaBasis):
+    # writing there may cost more than reading the basis where it lives. Whether a delta
+    # pays for a given file is decided per file (engine/deltachoice.py).
     delta_pays: bool = False
 
 
@@ -382,6 +383,20 @@ class DeltaBasis(Protocol):
         is checked always), set `entry`'s metadata as `Writer.commit` does and rename.
         Returns the basis bytes reused. A basis that changed since its signature is a
         retryable SOURCE_CHANGED error, and nothing is published."""
+
+
+@runtime_checkable
+class MeasuresLink(Protocol):
+    """Times what crosses to the storage, so `--delta auto` can weigh a delta against
+    sending a file whole by the link this run actually has."""
+
+    def link_rate(self) -> float | None:
+        """Bytes per second that file data reached the storage at recently (all streams
+        together, while uploads were in flight), or None before enough was sent to say."""
+
+    def probe_link(self) -> float | None:
+        """Measure it now with small throwaway uploads (a few MiB); None where the storage
+        takes no probe. The answer is returned, not mixed into `link_rate`."""
 
 
 @runtime_checkable

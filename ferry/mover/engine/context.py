@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferry.mover.backends.base import Backend, Entry
+from ferry.mover.engine.deltachoice import DeltaChoice
 from ferry.mover.engine.ledger import Ledger
 from ferry.mover.engine.stream import Streamer
 from ferry.mover.engine.tasks import Retry, TaskQueue
@@ -29,5 +30,7 @@ class Context:
     xattrs: bool  # extended attributes are copied with the data
     server_copy: bool  # the destination copies from the source itself
     delta: bool  # updated files go as block deltas (deltafile.py) where they qualify
+    # --delta auto: each qualifying file goes as a delta only where this says it pays.
+    delta_choice: DeltaChoice | None
     # Files up to this size go in one read and one write (-1: none do).
     direct_max: int

@@ -4,6 +4,9 @@ source once (finding the matches, hashing the Ferry digest and counting progress
 same read) and streams the encoded delta to the destination, which rebuilds the file under
 a temporary name, checks the digest and renames it (`DeltaBasis`).
 
+With `--delta auto`, `DeltaChoice` decides file by file whether the delta pays against
+sending the file whole, by what the run measured (deltachoice.py).
+
 A destination without a basis (it vanished, or is no longer a regular file) gets the
 whole file. A basis that changes between its signature and the rebuild makes the attempt a
 retryable SOURCE_CHANGED error: the retry takes a new signature (or, if the basis is gone,
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 from ferry.mover.backends.base import DeltaBasis, Entry, EntryType
@@ -102,6 +106,11 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
     """One attempt: signature there, diff here, rebuild there."""
     dst = ctx.dst
     assert isinstance(dst, DeltaBasis)  # Context.delta
+    choice = ctx.delta_choice
+    if choice is not None and not choice.pays(s.size, a.rel):
+        copy_whole(ctx, a, s)
+        return
+    started = time.monotonic()
     basis = ctx.dst.stat(a.rel)
     if basis is None or basis.type != EntryType.FILE or basis.size == 0:
         copy_whole(ctx, a, s)
@@ -170,4 +179,6 @@ def send_delta(ctx: Context, a: Action, s: Entry) -> None:
             raise FerryError(
                 ErrorKind.VERIFY_MISMATCH, "destination bytes do not match the source digest", a.rel
             )
+    if choice is not None:
+        choice.delta_done(s.size, time.monotonic() - started)
     ctx.ledger.committed(a, s, digest, transferred=sent[0], matched=reused)

@@ -18,6 +18,7 @@ from ferry.mover.engine import chunks, deltafile, wholefile
 from ferry.mover.engine.batches import SMALL, Batcher
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.deferred import Deferred
+from ferry.mover.engine.deltachoice import DeltaChoice
 from ferry.mover.engine.ledger import Ledger, Manifest
 from ferry.mover.engine.stream import RateLimiter, Streamer
 from ferry.mover.engine.tasks import Retry, TaskQueue
@@ -29,8 +30,9 @@ from ferry.mover.result import Summary
 
 
 def sends_deltas(options: Options, dst: Backend) -> bool:
-    """Whether updated files go to `dst` as deltas: `--delta on` (transfer.py refused it
-    where `dst` is no DeltaBasis), or `auto` where the destination says a delta pays."""
+    """Whether updated files may go to `dst` as deltas: `--delta on` (transfer.py refused
+    it where `dst` is no DeltaBasis), or `auto` where the destination says a delta may pay
+    (then `DeltaChoice` decides file by file)."""
     if not isinstance(dst, DeltaBasis):
         return False
     return options.delta == Delta.ON or (options.delta == Delta.AUTO and dst.limits.delta_pays)
@@ -51,6 +53,8 @@ class Executor:
         self.ledger = ledger = Ledger(summary, progress, options.error_policy, cancel, manifest)
         limiter = RateLimiter(options.bwlimit) if options.bwlimit else None
         hashing = options.verify != Verify.NONE
+        delta = sends_deltas(options, dst)
+        auto_delta = delta and options.delta == Delta.AUTO
         self.ctx = Context(
             src=src,
             dst=dst,
@@ -65,7 +69,8 @@ class Executor:
             sparse=options.preserve.sparse and dst.holds.sparse,
             xattrs=options.preserve.xattrs and dst.holds.xattrs,
             server_copy=isinstance(dst, ServerSideCopy) and dst.same_service(src),
-            delta=sends_deltas(options, dst),
+            delta=delta,
+            delta_choice=DeltaChoice(dst, options.bwlimit) if auto_delta else None,
             direct_max=wholefile.direct_max_for(options, src, dst),
         )
         self.batches = Batcher(self.ctx)

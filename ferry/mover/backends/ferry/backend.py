@@ -8,7 +8,9 @@ input (protocol.py): names that could escape the root, malformed numbers, oversi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ferry.mover.backends.base import (
@@ -22,6 +24,7 @@ from ferry.mover.backends.base import (
     Hardlinks,
     Holds,
     Limits,
+    MeasuresLink,
     PutSmall,
     Reader,
     Resumable,
@@ -32,12 +35,13 @@ from ferry.mover.backends.base import (
     check_name,
     join,
 )
-from ferry.mover.backends.ferry.connections import Connections
+from ferry.mover.backends.ferry.connections import TIMED_BODY, Connections
 from ferry.mover.backends.ferry.errors import error_in_batch
 from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, encode
 from ferry.mover.backends.ferry.protocol import (
     FEATURE_BATCH,
     FEATURE_DELTA,
+    FEATURE_PROBE,
     FEATURE_ZSTD,
     MAX_BATCH,
     MAX_BODY,
@@ -63,21 +67,26 @@ from ferry.mover.integrity import digest_bytes
 from ferry.mover.options import Compress, Preserve
 from ferry.mover.roots import RootId, ferry_root
 
+PROBE_STREAMS = 4
+PROBE_SLOW = 16e6  # bytes/s: a first probe round this slow is answer enough
+
 
 class FerryBackend(Backend):
     """Optional capabilities: Symlinks, Hardlinks, Resumable, PutSmall and GetSmall (batches
     of small files in one request each: per-file round trips were most of a small file's
-    cost), DeltaBasis (signatures and rebuilds at the server: only deltas cross)."""
+    cost), DeltaBasis (signatures and rebuilds at the server: only deltas cross),
+    MeasuresLink (its uploads are timed; a probe is a throwaway upload)."""
 
     holds = Holds(
         symlinks=True,
         hardlinks=True,
         permissions=True,
         owners=True,
+        sparse=True,  # holes are not sent: the server sets the size and leaves them
         mtime_precision_ns=1,
     )
     # A delta costs reading the basis at the server and the source here, but only what
-    # changed crosses the wire.
+    # changed crosses the wire: `--delta auto` weighs the two by the link (MeasuresLink).
     limits = Limits(chunk_writer=True, delta_pays=True)
 
     def __init__(
@@ -311,6 +320,38 @@ class FerryBackend(Backend):
         reply = self.c.request("delta", path=rel, stream=chunks())
         return as_int(loads(reply.body, "delta").get("reused"), "reused bytes")
 
+    # -- MeasuresLink ---------------------------------------------------------------------
+
+    def link_rate(self) -> float | None:
+        return self.c.uploads.rate.rate()
+
+    def probe_link(self) -> float | None:
+        """Throwaway uploads the server drops, on up to PROBE_STREAMS connections at once
+        (a large file goes whole in parallel chunks), opened beforehand: a round of 256 KiB
+        each, then two of 2 MiB each unless the first ran under PROBE_SLOW (a link where a
+        delta pays by far). The fastest round is the answer: a round is short, and a busy
+        machine slows one now and then. Not mixed into `link_rate`, which file data alone
+        measures. None where the server takes no probe."""
+        if FEATURE_PROBE not in self.features:
+            return None
+        n = max(1, min(PROBE_STREAMS, self.ep.streams))
+        best = 0.0
+        with ThreadPoolExecutor(n, thread_name_prefix="ferry-probe") as pool:
+            # n connections open first: TLS handshakes are not the link's rate.
+            hello = [pool.submit(self.c.request, "hello", method="GET") for _ in range(n)]
+            for f in hello:
+                f.result()
+            for size in (TIMED_BODY, 8 * TIMED_BODY, 8 * TIMED_BODY):
+                body = bytes(size)
+                started = time.monotonic()
+                probes = [pool.submit(self.c.request, "probe", body) for _ in range(n)]
+                for f in probes:
+                    f.result()
+                best = max(best, n * size / max(time.monotonic() - started, 1e-6))
+                if best < PROBE_SLOW:
+                    break
+        return best
+
     def _delta(self) -> None:
         if FEATURE_DELTA not in self.features:
             raise FerryError(
@@ -336,5 +377,5 @@ if TYPE_CHECKING:
 
     def _has(
         b: FerryBackend,
-    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis]:
-        return b, b, b, b, b, b
+    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis, MeasuresLink]:
+        return b, b, b, b, b, b, b

@@ -13,6 +13,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +27,44 @@ from ferry.mover.backends.ferry.protocol import (
 )
 from ferry.mover.endpoints import FerryEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.rate import Rate
 
 CONNECT_TIMEOUT = 30.0
 IO_TIMEOUT = 300.0  # a reply to one request (a commit hashes what it did not see written)
+# Request bodies at least this large are timed (send to reply) for `uploads`: below it,
+# the round trip, not the link, sets the time.
+TIMED_BODY = 256 * 1024
+UPLOAD_SAMPLE = 0.25  # seconds: a busy stretch of uploads is cut into samples this long
+
+
+class Uploads:
+    """The rate large request bodies reach the server, all streams together: their bytes
+    over the time at least one of them was in flight (idle gaps, when the engine was
+    reading or hashing, do not count). A long busy stretch gives a sample every
+    UPLOAD_SAMPLE seconds."""
+
+    def __init__(self) -> None:
+        self.rate = Rate(min_bytes=4 * TIMED_BODY)
+        self._lock = threading.Lock()
+        self._flying = 0
+        self._since = 0.0
+        self._bytes = 0
+
+    def begin(self) -> None:
+        with self._lock:
+            if self._flying == 0:
+                self._since, self._bytes = time.monotonic(), 0
+            self._flying += 1
+
+    def end(self, nbytes: int) -> None:
+        """One upload ended (nbytes 0: it failed)."""
+        with self._lock:
+            self._flying -= 1
+            self._bytes += nbytes
+            now = time.monotonic()
+            if self._flying == 0 or now - self._since >= UPLOAD_SAMPLE:
+                self.rate.add(self._bytes, now - self._since)
+                self._since, self._bytes = now, 0
 
 
 def client_context(ep: FerryEndpoint) -> ssl.SSLContext:
@@ -62,7 +98,8 @@ class Reply:
 
 
 class Connections:
-    """At most `streams` keep-alive connections to the server, lent one request at a time."""
+    """At most `streams` keep-alive connections to the server, lent one request at a time.
+    `uploads` times large bodies of file data (to the server's reply)."""
 
     def __init__(self, ep: FerryEndpoint) -> None:
         self.ep = ep
@@ -71,6 +108,7 @@ class Connections:
         self._idle: queue.LifoQueue[http.client.HTTPSConnection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(max(1, ep.streams))
         self._closed = False
+        self.uploads = Uploads()
 
     def _connect(self) -> http.client.HTTPSConnection:
         conn = http.client.HTTPSConnection(
@@ -113,16 +151,23 @@ class Connections:
         limit: int = MAX_REPLY_JSON,
         method: str = "POST",
         stream: Iterable[bytes] | None = None,
+        timed: bool = False,
     ) -> Reply:
         """One request; a non-200 reply raised as the FerryError it carries, a lost
         connection as TRANSIENT. The reply body is read only up to `limit` bytes. With
         `stream`, the body is those pieces, sent with chunked transfer encoding (and never
-        sent twice: a generator is spent)."""
+        sent twice: a generator is spent). `timed`: a body of file data whose
+        time goes into `uploads` if it is large enough (a batch of small files is not: the
+        server's per-file work, not the link, sets its time)."""
         hdrs = {"Content-Length": str(len(body))} if stream is None else {}
         if headers:
             hdrs.update(headers)
+        timed = timed and stream is None and len(body) >= TIMED_BODY
         for attempt in range(1 if stream is not None else 2):
             reused = False
+            if timed:
+                self.uploads.begin()
+            sent = 0
             try:
                 with self.lend() as (conn, was_idle):
                     reused = was_idle
@@ -146,8 +191,10 @@ class Connections:
                         raise http.client.IncompleteRead(data, n - len(data))
                     if resp.will_close:
                         raise _Close(Reply(resp.status, resp.headers, data))
+                    sent = len(body) if resp.status == 200 else 0
             except _Close as c:
                 reply = c.reply
+                sent = len(body) if reply.status == 200 else 0
             except (
                 http.client.RemoteDisconnected,
                 BrokenPipeError,
@@ -164,6 +211,9 @@ class Connections:
                 raise transport_error(exc, self.where, path) from None
             else:
                 reply = Reply(resp.status, resp.headers, data)
+            finally:
+                if timed:
+                    self.uploads.end(sent)
             if reply.status != 200:
                 raise error_from_reply(reply.status, reply.body, self.where, path)
             return reply

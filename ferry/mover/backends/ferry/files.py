@@ -166,7 +166,7 @@ class FerryWriter(Writer):
                 H_ENCODING: enc,
                 "Content-Type": "application/octet-stream",
             }
-            self.c.request("write", body, headers, path=self.rel)
+            self.c.request("write", body, headers, path=self.rel, timed=True)
             offset += len(piece)
             view = view[len(piece) :]
 

@@ -25,6 +25,7 @@ VERSION = 1
 FEATURE_ZSTD = "zstd"
 FEATURE_BATCH = "batch"  # put_small / get_small
 FEATURE_DELTA = "delta"  # signature / delta (DeltaBasis)
+FEATURE_PROBE = "probe"  # a throwaway upload the client times (MeasuresLink)
 MAX_CHUNK_LINE = 1024  # a chunked body's size line (with extensions)
 MAX_TRAILERS = 16
 
