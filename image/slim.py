@@ -24,7 +24,8 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 # Never imported at run time: the installers (nothing installs into the image once built),
 # the Kubernetes client's asyncio copy (kopf talks to the API with aiohttp, Ferry with the
-# sync client), zstandard's CFFI backend (the C backend is the one it loads), C headers.
+# sync client), zstandard's CFFI backend (the C backend is the one it loads), NumPy's build
+# tooling (f2py, distutils, the PyInstaller hook, C and Cython headers).
 SITE_REMOVE = [
     "pip",
     "setuptools",
@@ -36,6 +37,10 @@ SITE_REMOVE = [
     "zstandard/_cffi.cpython-311-x86_64-linux-gnu.so",
     "zstandard/backend_cffi.py",
     "numpy/_core/include",
+    "numpy/f2py",
+    "numpy/distutils",
+    "numpy/_pyinstaller",
+    "numpy/doc",
 ]
 SITE_REMOVE_DIST = ["pip", "setuptools", "wheel"]
 
@@ -46,7 +51,8 @@ BOTOCORE_SERVICES = {"s3", "sts", "sso", "sso-oidc", "signin"}
 
 # The Debian side: documentation (the copyright files stay), translations, the package
 # indexes, the wheels `python3 -m venv` seeds pip from, and the standard library's test
-# suite, IDE, Tk and 2to3.
+# suite, IDE, Tk and 2to3; glibc's iconv modules (Python brings its own codecs; UTF-8 is
+# built into glibc) and the system time zones but UTC (the `tzdata` wheel serves zoneinfo).
 OS_REMOVE_TREES = [
     "/usr/share/man",
     "/usr/share/info",
@@ -107,6 +113,7 @@ def trim_site() -> None:
     # Test suites and type stubs ship in wheels; nothing imports them.
     remove_all(p for p in SITE.rglob("*") if p.is_dir() and p.name == "tests")
     remove_all(p for p in SITE.rglob("*.pyi"))
+    remove_all(p for p in SITE.rglob("*.pxd"))
 
 
 def trim_os() -> None:
@@ -118,6 +125,11 @@ def trim_os() -> None:
     if doc.is_dir():
         remove_all(p for p in doc.rglob("*") if p.is_file() and p.name != "copyright")
     remove_all(STDLIB / name for name in STDLIB_REMOVE)
+    remove_all(Path("/usr/lib").glob("*/gconv"))
+    zoneinfo = Path("/usr/share/zoneinfo")
+    if zoneinfo.is_dir():
+        remove_all(p for p in zoneinfo.iterdir() if p.name not in ("Etc", "UTC"))
+        remove_all(p for p in (zoneinfo / "Etc").glob("*") if p.name != "UTC")
     if doc.is_dir():  # the directories left empty, deepest first
         for d in sorted((p for p in doc.rglob("*") if p.is_dir()), reverse=True):
             if not any(d.iterdir()):
@@ -135,7 +147,8 @@ def compile_what_runs() -> int:
     """Precompile the modules an import pass loads; unchecked hashes (the image never changes)."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     out = subprocess.run(
-        [str(VENV / "bin/python"), "-c", IMPORT_PASS],
+        [str(VENV / "bin/python"), "-P", "-c", IMPORT_PASS],
+        cwd="/",
         env=env,
         check=True,
         capture_output=True,
