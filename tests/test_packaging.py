@@ -141,3 +141,36 @@ def test_workflow_publishes_the_image_the_chart_defaults_to() -> None:
         check=True,
     ).stdout.strip()
     assert got == values["image"]["repository"]
+
+
+def _first_run(cwd: Path, cache: Path, what: str) -> str:
+    script = REPO / "scripts/first_run.sh"
+    return subprocess.run(
+        ["bash", "-c", f"source {script} && first_run_notice {what}"],
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "FERRY_CACHE": str(cache)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_a_first_run_says_what_it_builds_and_how_long(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    out = _first_run(tmp_path, cache, "test")
+    for piece in ("virtualenv", "versitygw", "control plane", "containerd", "Ferry image"):
+        assert piece in out, out
+    assert re.search(r"about \d+ min in all", out), out
+    assert "versitygw" not in _first_run(tmp_path, cache, "demo")
+    # Once everything is cached, nothing is said.
+    for path in (
+        "versitygw-v1/bin/versitygw",
+        "k8s-v1/bin/kube-apiserver",
+        "node-v2/bin/containerd",
+        "image/ferry-0123.oci.tar",
+    ):
+        (cache / path).parent.mkdir(parents=True, exist_ok=True)
+        (cache / path).touch()
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv/.ferry-installed").touch()
+    assert _first_run(tmp_path, cache, "test") == ""
