@@ -207,8 +207,17 @@ def test_only_what_runs_is_installed(image: Image, tmp_path: Path) -> None:
     # Precompiled: the CLI, the operator's client; not precompiled: what nothing imports.
     assert list((site / "ferry/__pycache__").glob("cli.*.pyc"))
     assert list((site / "kubernetes/client/__pycache__").glob("__init__.*.pyc"))
-    assert not list((site / "numpy/f2py").rglob("*.pyc"))
+    stdlib = next(
+        p
+        for p in (image.rootfs / "usr/local/lib/python3.11", image.rootfs / "usr/lib/python3.11")
+        if (p / "os.py").is_file()
+    )
+    assert (stdlib / "imaplib.py").is_file()  # kept, but nothing Ferry runs imports it
+    assert not list((stdlib / "__pycache__").glob("imaplib.*.pyc"))
+    assert list((stdlib / "__pycache__").glob("os.*.pyc"))
     assert not list(site.rglob("*.pyi"))
     assert not [p for p in site.rglob("tests") if p.is_dir()]
     assert not list((image.rootfs / "usr/share/locale").glob("*"))
     assert not list((image.rootfs / "usr/share/man").glob("*"))
+    assert not list((image.rootfs / "usr/lib").glob("*/gconv"))
+    assert sorted(p.name for p in (image.rootfs / "usr/share/zoneinfo").iterdir()) == ["Etc", "UTC"]
