@@ -56,7 +56,7 @@ def test_metadata_is_current_and_builds_without_deprecation_warnings(tmp_path: P
     assert "License-File: LICENSE" in metadata
 
 
-def test_build_backend_and_dev_setuptools_are_the_lock_s() -> None:
+def test_build_backend_reads_spdx_and_dev_uses_the_locked_setuptools() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     (requires,) = project["build-system"]["requires"]
     assert requires.startswith("setuptools>="), requires
