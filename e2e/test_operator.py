@@ -555,11 +555,17 @@ def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj, cluster: Cluster) -> Non
         )
 
     after = wait_for("metrics to count the run", counted, timeout=30)
-    with urllib.request.urlopen(
-        f"http://{operator['status']['podIP']}:8081/healthz", timeout=5
-    ) as r:
-        health = json.loads(r.read())
-    assert health["watch"]["objects"] >= 1  # kopf's liveness endpoint runs our watch probe
+
+    def watched() -> dict[str, Any] | None:
+        # kopf's liveness endpoint runs our watch probe, caching its answer for 10 s: one the
+        # kubelet asked for before the first event may still be served just after start.
+        with urllib.request.urlopen(
+            f"http://{operator['status']['podIP']}:8081/healthz", timeout=5
+        ) as r:
+            health: dict[str, Any] = json.loads(r.read())
+        return health if health["watch"]["objects"] >= 1 else None
+
+    wait_for("the watch probe to count the TransferJob", watched, timeout=25)
     assert metric(after, "ferry_transferred_bytes_total") >= metric(
         before, "ferry_transferred_bytes_total"
     ) + sum(files.values())
