@@ -8,6 +8,7 @@ the first build takes ~4 min, later runs reuse the cached archive.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -27,8 +28,14 @@ REPO = Path(__file__).resolve().parent.parent
 UID = 65532
 
 
+# The image as containerd unpacks it (the layers' uncompressed sizes): the issue measured
+# 517 MB before image/slim.py; the budget holds it under 300 MB.
+SIZE_BUDGET = 300_000_000
+
+
 @dataclass
 class Image:
+    archive: Path
     rootfs: Path
     config: dict[str, Any]  # the OCI image config's "config" (Env, Entrypoint, User, ...)
 
@@ -39,11 +46,36 @@ def _blob(tar: tarfile.TarFile, digest: str) -> Any:
     return json.load(f)
 
 
+def _manifest(tar: tarfile.TarFile) -> Any:
+    index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    return _blob(tar, index["manifests"][0]["digest"])
+
+
 def _image_config(archive: Path) -> dict[str, Any]:
     with tarfile.open(archive) as tar:
-        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
-        manifest = _blob(tar, index["manifests"][0]["digest"])
-        return dict(_blob(tar, manifest["config"]["digest"])["config"])
+        return dict(_blob(tar, _manifest(tar)["config"]["digest"])["config"])
+
+
+def _unpacked_size(archive: Path) -> int:
+    """Bytes of the image's layers uncompressed (what a node stores), summed."""
+    total = 0
+    with tarfile.open(archive) as tar:
+        for layer in _manifest(tar)["layers"]:
+            blob = tar.extractfile("blobs/" + layer["digest"].replace(":", "/"))
+            assert blob is not None, layer
+            stream = gzip.GzipFile(fileobj=blob) if layer["mediaType"].endswith("gzip") else blob
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+def _largest(root: Path, depth: int = 4, top: int = 25) -> str:
+    """The biggest directories down to `depth`, for a failure message that says what grew."""
+    out = subprocess.run(
+        ["du", "-x", "-k", f"--max-depth={depth}", str(root)], capture_output=True, text=True
+    ).stdout
+    rows = sorted((line.split("\t") for line in out.splitlines()), key=lambda r: -int(r[0]))
+    return "\n".join(f"{int(k) // 1024:>6} MiB  {p}" for k, p in rows[:top])
 
 
 def _script(*args: str) -> str:
@@ -70,7 +102,7 @@ def image() -> Image:
     # creates no mount point in it (the tests bind to /srv and /mnt, which Debian ships).
     rootfs = Path(_script("rootfs"))
     assert (rootfs / "opt/ferry/bin/ferry").is_file(), rootfs
-    return Image(rootfs, _image_config(archive))
+    return Image(archive, rootfs, _image_config(archive))
 
 
 def runc(image: Image, tmp: Path, args: list[str], mounts: list[dict[str, Any]]) -> str:
@@ -148,3 +180,44 @@ def test_copy_between_bind_mounted_dirs(image: Image, tmp_path: Path) -> None:
     assert (dst / "sub" / "a.txt").read_bytes() == b"hello from the image\n"
     assert (dst / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
     assert (dst / "b.bin").stat().st_uid == UID
+
+
+def test_size_is_within_budget(image: Image) -> None:
+    size = _unpacked_size(image.archive)
+    print(
+        f"image: {size / 1e6:.1f} MB unpacked, {image.archive.stat().st_size / 1e6:.1f} MB archive"
+    )
+    assert size <= SIZE_BUDGET, (
+        f"the image unpacks to {size / 1e6:.1f} MB, over the {SIZE_BUDGET / 1e6:.0f} MB budget; "
+        f"largest directories:\n{_largest(image.rootfs)}"
+    )
+
+
+def test_only_what_runs_is_installed(image: Image, tmp_path: Path) -> None:
+    """No installer at run time; what never loads is gone; what loads is precompiled."""
+    code = (
+        "import importlib.util as u\n"
+        "gone = ('pip', 'setuptools', 'kubernetes.aio', 'ensurepip', 'test', 'lib2to3')\n"
+        "print([m for m in gone if u.find_spec(m) is not None])\n"
+    )
+    out = runc(image, tmp_path, ["/opt/ferry/bin/python", "-c", code], [])
+    assert out.strip() == "[]", out
+    site = next((image.rootfs / "opt/ferry/lib").glob("python3*/site-packages"))
+    assert not list((image.rootfs / "opt/ferry/bin").glob("pip*"))
+    # Precompiled: the CLI, the operator's client; not precompiled: what nothing imports.
+    assert list((site / "ferry/__pycache__").glob("cli.*.pyc"))
+    assert list((site / "kubernetes/client/__pycache__").glob("__init__.*.pyc"))
+    stdlib = next(
+        p
+        for p in (image.rootfs / "usr/local/lib/python3.11", image.rootfs / "usr/lib/python3.11")
+        if (p / "os.py").is_file()
+    )
+    assert (stdlib / "imaplib.py").is_file()  # kept, but nothing Ferry runs imports it
+    assert not list((stdlib / "__pycache__").glob("imaplib.*.pyc"))
+    assert list((stdlib / "__pycache__").glob("os.*.pyc"))
+    assert not list(site.rglob("*.pyi"))
+    assert not [p for p in site.rglob("tests") if p.is_dir()]
+    assert not list((image.rootfs / "usr/share/locale").glob("*"))
+    assert not list((image.rootfs / "usr/share/man").glob("*"))
+    assert not list((image.rootfs / "usr/lib").glob("*/gconv"))
+    assert sorted(p.name for p in (image.rootfs / "usr/share/zoneinfo").iterdir()) == ["Etc", "UTC"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -556,16 +555,17 @@ def test_pvc_to_pvc_end_to_end(env: Env, operator: Obj, cluster: Cluster) -> Non
         )
 
     after = wait_for("metrics to count the run", counted, timeout=30)
-    def watching() -> dict[str, Any] | None:
+
+    def watched() -> dict[str, Any] | None:
+        # kopf's liveness endpoint runs our watch probe, caching its answer for 10 s: one the
+        # kubelet asked for before the first event may still be served just after start.
         with urllib.request.urlopen(
             f"http://{operator['status']['podIP']}:8081/healthz", timeout=5
         ) as r:
             health: dict[str, Any] = json.loads(r.read())
         return health if health["watch"]["objects"] >= 1 else None
 
-    # kopf's liveness endpoint runs our watch probe, and keeps its answer for 10 s: the one
-    # it gave before this test's object existed may still be served.
-    wait_for("the liveness probe to count the TransferJob", watching, timeout=30)
+    wait_for("the watch probe to count the TransferJob", watched, timeout=25)
     assert metric(after, "ferry_transferred_bytes_total") >= metric(
         before, "ferry_transferred_bytes_total"
     ) + sum(files.values())
@@ -911,7 +911,7 @@ def _children(env: Env, schedule: str) -> list[Obj]:
     return items
 
 
-def test_schedule_fires_on_time_in_its_zone(env: Env, cluster: Cluster) -> None:
+def test_schedule_fires_on_time_in_its_zone(env: Env) -> None:
     src, _ = env.pvc("src"), env.pvc("dst")
     seed(src, {"a": 100})
     zone = ZoneInfo("Asia/Kathmandu")  # UTC+05:45: a wrong zone would be off by hours
@@ -946,36 +946,6 @@ def test_schedule_fires_on_time_in_its_zone(env: Env, cluster: Cluster) -> None:
         timeout=30,
     )
     assert st["lastScheduleTime"] == target.strftime("%Y-%m-%dT%H:%M:%SZ")
-    # The last run's result and the schedule's health, as `kubectl get ts` shows them: the
-    # printer columns' JSONPath as the real API server evaluates it.
-    run = wait_for(
-        "the last run recorded",
-        lambda: (env.get("transferschedules", "once").get("status") or {}).get("lastRun"),
-        timeout=30,
-    )
-    assert (run["name"], run["phase"], run["bytesTransferred"]) == (
-        kids[0]["metadata"]["name"],
-        "Succeeded",
-        100,
-    )
-    ts = _columns(cluster.kubectl("get", "ts", "once", "-n", env.ns, "-o", "wide").stdout)
-    assert (ts["READY"], ts["LAST RESULT"], ts["REASON"]) == (
-        "True",
-        "Succeeded",
-        "LastRunSucceeded",
-    ), ts
-    assert (ts["LAST RUN"], ts["LAST BYTES"]) == (run["name"], "100"), ts
-    tj = _columns(cluster.kubectl("get", "tj", run["name"], "-n", env.ns).stdout)
-    assert (tj["PHASE"], tj["READY"], tj["PROGRESS"]) == ("Succeeded", "True", "100%"), tj
-
-
-def _columns(table: str) -> dict[str, str]:
-    """`kubectl get` of one object as {column: value}, cut at the header's offsets (names and
-    values may hold spaces; kubectl aligns each column under its name)."""
-    header, row = table.splitlines()[:2]
-    found = list(re.finditer(r"\S+(?: \S+)*", header))  # names: words one space apart
-    ends = [m.start() for m in found[1:]] + [len(row)]
-    return {m.group(): row[m.start() : end].strip() for m, end in zip(found, ends, strict=True)}
 
 
 def test_schedule_forbid_suspend_and_manual_trigger(env: Env) -> None:

@@ -6,6 +6,8 @@
 #  runs to Succeeded under the operator's shipped RBAC (skipped with FERRY_DEMO_CLUSTER=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/first_run.sh
+first_run_notice demo
 bash scripts/bootstrap.sh
 ferry=.venv/bin/ferry
 demo=${FERRY_DEMO_DIR:-${TMPDIR:-/tmp}/ferry-demo}

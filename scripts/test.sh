@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+source scripts/first_run.sh
+first_run_notice test
 
 bash scripts/bootstrap.sh
 bash tests/servers/install.sh

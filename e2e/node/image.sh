@@ -3,7 +3,7 @@
 #
 #   bash e2e/node/image.sh          # build (or reuse) the image; prints the OCI archive path
 #   bash e2e/node/image.sh rootfs   # build, then print a root filesystem unpacked from the archive
-#   bash e2e/node/image.sh lock     # regenerate requirements/image.lock from pyproject.toml
+#   bash e2e/node/image.sh lock     # regenerate requirements/image.lock (with hashes) from pyproject.toml
 #
 # 1. Base: a Debian bookworm root filesystem (python3.11, python3-venv, ca-certificates,
 #    tzdata) made by mmdebstrap from the Debian mirrors apt is configured with (main,
@@ -64,18 +64,41 @@ mirrors() {
 lock() {
     # A clean venv with only the runtime dependencies; its freeze is the lock. setuptools is
     # pinned too: the image installs ferry with --no-build-isolation (no index in the build).
+    # Each line carries the sha256 of the wheel pip downloads for this host's platform (the
+    # image's: CPython 3.11, manylinux x86_64), and the Dockerfile installs with --require-hashes.
     check_python
     local venv; venv=$(mktemp -d)
     trap 'rm -rf "$venv"' RETURN
-    "$PY" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip >&2
-    "$venv/bin/pip" install -q "$repo" 'setuptools>=68' >&2
+    "$PY" -m venv "$venv/venv"
+    "$venv/venv/bin/pip" install -q --upgrade pip >&2
+    # The versions the lock already holds stay (a pin changed in pyproject.toml moves only
+    # that package); FERRY_LOCK_UPGRADE=1 resolves everything afresh.
+    local constraints=()
+    if [[ -f "$lockfile" && ${FERRY_LOCK_UPGRADE:-0} != 1 ]]; then
+        grep -E '^[A-Za-z0-9]' "$lockfile" | sed 's/ .*//' > "$venv/old.txt"
+        constraints=(-c "$venv/old.txt")
+    fi
+    "$venv/venv/bin/pip" install -q "$repo" 'setuptools>=77' "${constraints[@]}" >&2 \
+        || die "pip could not resolve pyproject.toml within the lock's pins (FERRY_LOCK_UPGRADE=1 re-resolves)"
+    "$venv/venv/bin/pip" freeze --all --exclude ferry --exclude pip > "$venv/freeze.txt"
+    "$venv/venv/bin/pip" download -q --no-deps --only-binary=:all: -r "$venv/freeze.txt" \
+        -d "$venv/files" >&2
     mkdir -p "$(dirname "$lockfile")"
-    {
-        echo "# The Ferry image's Python packages (Dockerfile), exact versions."
-        echo "# Generated from pyproject.toml by: bash e2e/node/image.sh lock"
-        "$venv/bin/pip" freeze --all --exclude ferry --exclude pip
-    } > "$lockfile"
+    "$PY" - "$venv/freeze.txt" "$venv/files" > "$lockfile" <<'PY'
+import hashlib, pathlib, re, sys
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+files = {norm(f.name.split("-")[0]): f for f in pathlib.Path(sys.argv[2]).iterdir()}
+print("# The Ferry image's Python packages (Dockerfile), exact versions and the sha256 of each")
+print("# wheel for CPython 3.11 on manylinux x86_64 (the image's platform); pip --require-hashes.")
+print("# Generated from pyproject.toml by: bash e2e/node/image.sh lock")
+for line in pathlib.Path(sys.argv[1]).read_text().splitlines():
+    name = line.split("==")[0]
+    digest = hashlib.sha256(files[norm(name)].read_bytes()).hexdigest()
+    print(f"{line} \\\n    --hash=sha256:{digest}")
+PY
     log "wrote $lockfile"
 }
 
@@ -83,7 +106,7 @@ base_image() {
     # Prints the name of the base image, importing it first if needed.
     local srcs; srcs=$(mirrors)
     [[ -n "$srcs" ]] || die "apt has no Debian $SUITE repository configured (apt-get indextargets)"
-    local key; key=$(printf '%s\n' "$SUITE" "$INCLUDE" "$srcs" | sha256sum | cut -c1-12)
+    local key; key=$(printf '%s\n' "$SUITE" "$INCLUDE" merged-usr-hook "$srcs" | sha256sum | cut -c1-12)
     local name="localhost/ferry-base:$SUITE-$key"
     if bah inspect --type image "$name" >/dev/null 2>&1; then
         log "base cached: $name"
@@ -96,6 +119,7 @@ base_image() {
         local args=() line
         while read -r line; do args+=("$line"); done <<< "$srcs"
         mmdebstrap --quiet --mode=root --format=tar --variant=minbase --include="$INCLUDE" \
+            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
             "$SUITE" "$rootfs.tmp" "${args[@]}" >&2
         mv "$rootfs.tmp" "$rootfs"
         log "base root filesystem in $((SECONDS - start))s: $(du -h "$rootfs" | cut -f1)"
@@ -126,7 +150,8 @@ wheelhouse() {
 sources() {
     # The build context's files (NUL-separated, sorted), relative to the repo.
     (cd "$repo" && {
-        printf '%s\0' Dockerfile pyproject.toml README.md LICENSE requirements/image.lock
+        printf '%s\0' Dockerfile .dockerignore pyproject.toml README.md LICENSE \
+            requirements/image.lock image/slim.py
         find ferry -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0
     } | sort -z)
 }
