@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -407,6 +408,50 @@ def test_examples_are_accepted(env: Env) -> None:
             _raw(
                 env.custom.create_namespaced_custom_object, G, V, env.ns, plural, doc, dry_run="All"
             )
+
+
+def _docs_yaml() -> list[tuple[str, Obj]]:
+    """Every YAML block in docs/*.md, and every YAML file under docs/, as (where, document)."""
+    found: list[tuple[str, Obj]] = []
+    for md in sorted((REPO / "docs").glob("*.md")):
+        blocks = re.findall(r"^```ya?ml\n(.*?)^```", md.read_text(), re.S | re.M)
+        for i, block in enumerate(blocks):
+            found += [(f"{md.name} block {i + 1}", d) for d in yaml.safe_load_all(block) if d]
+    for f in sorted((REPO / "docs").rglob("*.yaml")):
+        found += [(str(f.relative_to(REPO)), d) for d in yaml.safe_load_all(f.read_text()) if d]
+    return found
+
+
+def test_docs_yaml_is_accepted_by_the_api_server(
+    env: Env, cluster: Cluster, tmp_path: Path
+) -> None:
+    """What the docs show, a user will paste: every whole object is applied (server-side dry
+    run, in the test's namespace); a `spec:` fragment is applied inside a TransferJob; a
+    namespace's `metadata:` fragment may only use the annotations the operator reads."""
+    from ferry.operator import wirepair
+
+    spec = pvc_spec("data", "data-copy")
+    base: Obj = {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": "doc"}}
+    docs = _docs_yaml()
+    assert len(docs) >= 6, docs  # the blocks are found at all
+    applied = 0
+    for where, doc in docs:
+        if "kind" not in doc and set(doc) == {"metadata"}:
+            assert set(doc["metadata"].get("annotations", {})) <= {
+                wirepair.ALLOW_TO,
+                wirepair.ALLOW_FROM,
+            }, where
+            continue
+        if "kind" not in doc:
+            assert set(doc) == {"spec"}, f"{where}: neither an object nor a spec fragment"
+            doc = {**base, "spec": {**spec, **doc["spec"]}}
+        doc = {**doc, "metadata": {**doc["metadata"], "namespace": env.ns}}
+        path = tmp_path / "doc.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        done = _kubectl(cluster, "apply", "--dry-run=server", "-f", str(path), check=False)
+        assert done.returncode == 0, f"{where}: {done.stderr}"
+        applied += 1
+    assert applied >= 5
 
 
 def test_examples_run_to_succeeded(env: Env, cluster: Cluster) -> None:
