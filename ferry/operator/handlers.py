@@ -15,6 +15,7 @@ TransferSchedules keep a timer: time is what fires them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -152,6 +153,25 @@ def _claims(obj: dict[str, Any]) -> list[str]:
     return out
 
 
+def _no_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
+    """Let the daemon `handler_id` run without a finalizer on its object.
+
+    kopf gives every daemon a finalizer so it can stop the daemon before the object
+    goes. The follower needs none: it ends itself on its TransferJob's DELETED event
+    (`Wakeups.forget`), and the children go by owner reference. A finalizer would cost
+    a PATCH before the first reconcile (kopf runs no handler in the cycle that adds it),
+    another to remove it, and a blocked deletion; kopf offers no flag for it.
+    """
+    spawning = registry._spawning
+    found = [h for h in spawning._handlers if h.id == handler_id]
+    if len(found) != 1:
+        raise RuntimeError(f"kopf registry: expected one daemon {handler_id!r}, found {found}")
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.id == handler_id else h
+        for h in spawning._handlers
+    ]
+
+
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     G, V = api.GROUP, api.VERSION
     TJ, TS, MP = (
@@ -196,7 +216,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     # ------------------------------------------------------------ TransferJob
 
     async def reconcile_tj(
-        body: kopf.Body, logger: Logger, write: bool, claims_index: Mapping[Any, Any]
+        body: Mapping[str, Any], logger: Logger, write: bool, claims_index: Mapping[Any, Any]
     ) -> Outcome | None:
         """Reconcile one TransferJob (serialised per object); with `write`, patch its status here
         (a follower has no kopf patch), else the caller hands `changes` to kopf."""
@@ -232,7 +252,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             logger.info("deleted: ttlSecondsAfterFinished passed")
             return outcome
         if outcome.warning:
-            kopf.warn(body, reason=outcome.warning[0], message=outcome.warning[1][:1024])
+            kopf.warn(kopf.Body(obj), reason=outcome.warning[0], message=outcome.warning[1][:1024])
         for what in outcome.created:
             logger.info("created %s", what)
         if outcome.changes.get("phase"):
@@ -273,6 +293,15 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         """Reconcile on each wake: a child's event, a change of the object's own inputs, a
         deadline, or the resync."""
         sig = deps.wakeups.signal(_key(body))
+        sig.following = True
+        try:
+            await _follow(body, logger, sig, kwargs["pod_claims"])
+        finally:
+            sig.following = False
+
+    async def _follow(
+        body: kopf.Body, logger: Logger, sig: Any, claims_index: Mapping[Any, Any]
+    ) -> None:
         seen = _inputs(plain(body))
         timed = False
         while True:
@@ -287,25 +316,50 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             except TimeoutError:
                 timed = True
             sig.event.clear()
+            if sig.gone:
+                return  # the TransferJob was deleted (kopf stops no follower without a finalizer)
             now_seen = _inputs(plain(body))
             if not (timed or sig.children or now_seen != seen):
                 continue  # e.g. our own status write coming back
             seen = now_seen
             try:
-                await reconcile_tj(body, logger, True, kwargs["pod_claims"])
+                await reconcile_tj(body, logger, True, claims_index)
             except Exception as exc:  # an API error: read everything again after a pause
                 logger.warning("reconcile failed, retrying in %gs: %s", deps.retry_interval, exc)
                 sig.children = True
                 await asyncio.sleep(deps.retry_interval)
                 sig.event.set()
 
+    _no_finalizer(registry, "follow")
+
     # ------------------------------------------------------------ children: wake the owner
 
     @kopf.on.event("batch", "v1", "jobs", labels=ours, registry=registry, id="wake-by-job")
-    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def job_event(event: kopf.RawEvent, **kw: Any) -> None:
         key = owner_key(event.get("object") or {})
-        if key is not None:
-            deps.wakeups.child_changed(key)
+        if key is None:
+            return
+        sig = deps.wakeups.child_changed(key)
+        if sig is not None and not sig.following and event.get("type") == "DELETED":
+            # No follower (suspended, finished): nobody else would put its Job back.
+            await reconcile_unfollowed(key, kw["pod_claims"])
+
+    async def reconcile_unfollowed(key: Key, claims_index: Mapping[Any, Any]) -> None:
+        """Reconcile a TransferJob that has no follower, read afresh (this event is its Job's)."""
+        ns, name = key
+        logger = logging.LoggerAdapter(
+            logging.getLogger("kopf.objects"), {"k8s_ref": {"namespace": ns, "name": name}}
+        )
+        for attempt in range(3):
+            try:
+                body = await _in_pool(deps, deps.kube.get_transferjob, ns, name)
+                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                    return  # gone or going: its children go with it
+                await reconcile_tj(body, logger, True, claims_index)
+                return
+            except Exception as exc:  # an API error: the next attempt reads everything again
+                logger.warning("reconcile failed (attempt %d of 3): %s", attempt + 1, exc)
+                await asyncio.sleep(deps.retry_interval)
 
     @kopf.on.event("", "v1", "pods", labels=ours, registry=registry, id="wake-by-pod")
     async def pod_event(event: kopf.RawEvent, **_: Any) -> None:

@@ -178,6 +178,23 @@ class Kube:
                 return None
             raise
 
+    def get_transferjob(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                self.custom.get_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    ns,
+                    api.TransferJobKind.plural,
+                    name,
+                    _preload_content=False,
+                )
+            )
+        except ApiException as exc:
+            if not_found(exc):
+                return None
+            raise
+
     def list_transferjobs(self, ns: str, selector: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = _json(
             self.custom.list_namespaced_custom_object(

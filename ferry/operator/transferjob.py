@@ -60,12 +60,18 @@ def follows(body: dict[str, Any]) -> bool:
 
     Not when nothing can change without an edit (edits have their own
     handler): a suspended Job with no mover left, or a finished TransferJob
-    with no TTL to wait for. Those cost nothing at rest.
+    with no TTL to wait for. Those cost nothing at rest. Nor a new one created
+    suspended: its create handler builds its Job suspended, and says Suspending
+    (a follower then) only if a mover is somehow running. No follower means no
+    daemon task and no finalizer: a burst of suspended ones is cheaper too.
+    (Their Job deleted wakes no follower: the Job's event handler reconciles.)
     """
     st = body.get("status") or {}
     spec = body.get("spec") or {}
     if st.get("phase") in status.TERMINAL_PHASES:
         return spec.get("ttlSecondsAfterFinished") is not None
+    if not st.get("phase"):
+        return spec.get("suspend") is not True
     return not (st.get("phase") == "Suspended" and st.get("reason") == "Suspended")
 
 
