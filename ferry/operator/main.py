@@ -12,7 +12,7 @@ import os
 
 import kopf
 
-from ferry.operator import logs, workload
+from ferry.operator import logs, memreport, workload
 from ferry.operator.handlers import Deps, WatchHealth, register
 from ferry.operator.kube import Kube, load_config
 from ferry.operator.metrics import Metrics
@@ -124,6 +124,7 @@ def run_operator(argv: list[str]) -> int:
     # without a passwd entry (any `runAsUser` the image does not know).
     os.environ.setdefault("USER", "ferry-operator")
     logs.configure(verbose=args.verbose)
+    memreport.start_from_env()
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)
