@@ -19,7 +19,7 @@ def test_report_names_rss_malloc_python_and_traced_sites():
     assert kept
     assert line.startswith("rss=") and float(line.split("=")[1].split("MiB")[0]) > 1
     assert "malloc in-use=" in line  # glibc >= 2.33 here (the image's bookworm has 2.36)
-    assert "python-blocks=" in line and "types=" in line
+    assert "python-blocks=" in line and "gc-objects=" in line
     assert "traced=" in line and "test_memreport.py:" in line
 
 
