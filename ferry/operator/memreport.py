@@ -95,16 +95,23 @@ def report(top: int = 8) -> str:
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()
         parts.append(f"traced={current / MIB:.1f}MiB peak={peak / MIB:.1f}MiB")
-        stats = tracemalloc.take_snapshot().statistics("lineno")[:top]
+        stats = tracemalloc.take_snapshot().statistics("traceback")[:top]
         parts.append(
-            "sites="
-            + "; ".join(
-                f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno}"
-                f"={s.size / MIB:.1f}MiB"
-                for s in stats
-            )
+            "sites=" + "; ".join(f"{_site(s.traceback)}={s.size / MIB:.1f}MiB" for s in stats)
         )
     return " ".join(parts)
+
+
+def _site(frames: tracemalloc.Traceback) -> str:
+    """The allocating line and the innermost ferry/kopf frames that led to it (with
+    PYTHONTRACEMALLOC=N, N frames are kept: the allocating line alone is mostly json's)."""
+
+    def short(f: tracemalloc.Frame) -> str:
+        return f"{'/'.join(f.filename.rsplit('/', 2)[-2:])}:{f.lineno}"
+
+    ordered = list(frames)  # oldest first
+    ours = [f for f in ordered[:-1] if "/ferry/" in f.filename or "/kopf/" in f.filename]
+    return "<".join(short(f) for f in [ordered[-1], *reversed(ours[-2:])])
 
 
 def start_from_env() -> threading.Thread | None:
