@@ -375,7 +375,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report("burst: every one has its Job", time.monotonic() - start, "s")
         report("burst: operator CPU per TransferJob", (cpu_seconds(pid) - cpu0) / args.n, "s")
         requests = api_requests(cluster)[1] - ours0 - args.n  # less the benchmark's creates
-        report("burst: API requests per TransferJob (all clients)", requests / args.n)
+        report(
+            "burst: API requests per TransferJob (transferjobs/jobs/pods/events)", requests / args.n
+        )
 
         # 2. latency at load
         lat = []
