@@ -34,6 +34,7 @@ class FakeKube:
         self.forbidden: set[str] = set()  # kinds whose creation RBAC refuses (403)
         self.pods: list[dict[str, Any]] = []
         self.pvcs: list[dict[str, Any]] = []
+        self.job_reads = 0
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
@@ -49,6 +50,7 @@ class FakeKube:
         return True
 
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.job_reads += 1
         return self.objects.get(("Job", name))
 
     def read(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
@@ -108,6 +110,20 @@ def test_creates_once_then_adopts_by_name():
         e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["TRACEPARENT"].split("-")[1] == first.status["traceID"]
+
+
+def test_a_new_one_creates_without_reading_first_and_adopts_what_a_stopped_operator_made():
+    r, kube, _, _ = reconciler()
+    first = r.reconcile(transferjob(PVC_TO_PVC), NOW)
+    assert kube.job_reads == 0 and len(first.created) == 5  # no status yet: create, no read
+    # An operator stopped between creating the Job and writing status; the TransferJob was
+    # then suspended. The next one finds no status, creates, gets 409s and adopts the Job,
+    # and applies the edit to it.
+    body = transferjob({**PVC_TO_PVC, "suspend": True})
+    again = r.reconcile(body, NOW + timedelta(seconds=5))
+    assert again.created == [] and len(kube.created) == 5
+    assert kube.objects[("Job", "ferry-copy-a")]["spec"]["suspend"] is True
+    assert again.status["jobName"] == "ferry-copy-a"
 
 
 def test_suspend_is_propagated_to_the_job():
