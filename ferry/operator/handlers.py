@@ -242,9 +242,11 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
                 raise
             sig.last = (
                 None
-                if outcome.deleted
+                if outcome.deleted or outcome.gone
                 else (uid, status.merged(obj.get("status") or {}, outcome.changes))
             )
+        if outcome.gone:
+            return outcome
         pool = ((obj.get("spec") or {}).get("placement") or {}).get("pool")
         sig.pool = str(pool) if pool and outcome.status.get("reason") in POOL_REASONS else None
         if outcome.deleted:
@@ -323,7 +325,9 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
                 continue  # e.g. our own status write coming back
             seen = now_seen
             try:
-                await reconcile_tj(body, logger, True, claims_index)
+                outcome = await reconcile_tj(body, logger, True, claims_index)
+                if outcome is not None and outcome.gone:
+                    return  # deleted, its DELETED event not seen yet (or missed)
             except Exception as exc:  # an API error: read everything again after a pause
                 logger.warning("reconcile failed, retrying in %gs: %s", deps.retry_interval, exc)
                 sig.children = True

@@ -42,6 +42,8 @@ class Outcome:
     deleted: bool = False
     created: list[str] = field(default_factory=list)
     changes: dict[str, Any] = field(default_factory=dict)
+    #: The TransferJob no longer exists (its Job gone with it): nothing built, nothing written.
+    gone: bool = False
 
 
 def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
@@ -139,6 +141,8 @@ class TransferJobReconciler:
                 st = _forbidden(body, server_message(exc), now)
                 first = old.get("reason") != "Forbidden"
                 outcome = Outcome(st, ("Forbidden", st["message"]) if first else None)
+            if outcome.gone:
+                return outcome
             if not old.get("traceID"):
                 outcome.status["traceID"] = trace_id_of(span)
                 outcome.status["traceParent"] = traceparent_of(span)
@@ -197,6 +201,10 @@ class TransferJobReconciler:
             return _unless_changed(body, cancelled, changed, now)
 
         created: list[str] = []
+        if job is None and not first and not self._exists(body):
+            # Deleted, and the garbage collector took its Job before this reconcile (woken by
+            # that Job's deletion, say) saw the DELETED event: build nothing for a dead owner.
+            return Outcome({}, gone=True)
         if job is None:
             try:
                 built = self._build(body, spec, traceparent, claim_uses)
@@ -249,6 +257,13 @@ class TransferJobReconciler:
         if new["phase"] == "Failed" and old.get("phase") != "Failed":
             warning = (str(new["reason"]), str(new.get("message") or ""))
         return _unless_changed(body, Outcome(new, warning, created=created), changed, now)
+
+    def _exists(self, body: dict[str, Any]) -> bool:
+        """Whether this very TransferJob (same uid) still exists: read before rebuilding a Job
+        that went missing (the follower holds no finalizer that would keep it)."""
+        meta = body["metadata"]
+        live = self.kube.get_transferjob(meta["namespace"], meta["name"])
+        return live is not None and (live.get("metadata") or {}).get("uid") == meta.get("uid")
 
     def _build(
         self,
