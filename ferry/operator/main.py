@@ -125,6 +125,7 @@ def run_operator(argv: list[str]) -> int:
     os.environ.setdefault("USER", "ferry-operator")
     logs.configure(verbose=args.verbose)
     memreport.start_from_env()
+    memreport.start_trimmer()
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)

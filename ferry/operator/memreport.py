@@ -72,6 +72,42 @@ def malloc_stats() -> Malloc | None:
     return Malloc(in_use=info.uordblks, free_kept=info.fordblks, mmapped=info.hblkhd)
 
 
+def trim() -> bool:
+    """Give glibc's free pages back to the system (`malloc_trim(0)`, every arena); False where
+    the C library has none. glibc gives back only the top of a heap by itself, so after a
+    burst the freed memory in the middle stays in the RSS."""
+    libc = _libc()
+    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_size_t]
+    fn(0)
+    return True
+
+
+def start_trimmer(interval: float = 60.0, threshold: int = 32 * MIB) -> threading.Thread:
+    """Trim every `interval` seconds while malloc keeps more than `threshold` bytes free.
+
+    The operator's image runs Python with PYTHONMALLOC=malloc (the chart sets it): with
+    Python's own allocator, a 1,000-TransferJob burst's high-water mark stayed in the RSS for
+    good (an arena goes back only when all its blocks are free; measured 357 MiB at rest with
+    a third of the peak's objects left); in glibc's heap it can be given back.
+    """
+
+    never = threading.Event()  # the thread lives as long as the process (a daemon thread)
+
+    def loop() -> None:
+        while not never.wait(interval):
+            m = malloc_stats()
+            if m is not None and m.free_kept > threshold:
+                trim()
+                log.debug("malloc_trim: %.1f MiB were free and kept", m.free_kept / MIB)
+
+    thread = threading.Thread(target=loop, name="memtrim", daemon=True)
+    thread.start()
+    return thread
+
+
 def rss_bytes() -> int:
     with open(f"/proc/{os.getpid()}/status") as f:
         for line in f:
