@@ -28,3 +28,17 @@ def test_resync_retry_and_shutdown_values_reach_the_operator() -> None:
     assert {"--resync-interval=71", "--retry-interval=13", "--shutdown-timeout=17"} <= set(args)
     parsed = parser().parse_args([a for a in args if a.startswith("--") and "$(" not in a])
     assert (parsed.resync_interval, parsed.retry_interval, parsed.shutdown_timeout) == (71, 13, 17)
+
+
+def test_the_operator_runs_python_objects_in_the_heap_it_trims() -> None:
+    """PYTHONMALLOC=malloc: the operator's malloc_trim can give a burst's memory back only
+    if Python's objects live in glibc's heap (memreport.start_trimmer)."""
+    helm = binaries.ensure() / "helm"
+    cmd = [str(helm), "template", "ferry", str(REPO / "charts" / "ferry")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    deployment = next(d for d in yaml.safe_load_all(out) if d and d.get("kind") == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["PYTHONMALLOC"] == "malloc"
