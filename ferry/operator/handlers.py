@@ -38,7 +38,7 @@ from ferry.operator.transferjob import (
     follows,
     wake_after,
 )
-from ferry.operator.wakeups import Key, Wakeups, owner_key
+from ferry.operator.wakeups import Key, Signal, Wakeups, owner_key
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             sig.following = False
 
     async def _follow(
-        body: kopf.Body, logger: Logger, sig: Any, claims_index: Mapping[Any, Any]
+        body: kopf.Body, logger: Logger, sig: Signal, claims_index: Mapping[Any, Any]
     ) -> None:
         seen = _inputs(plain(body))
         timed = False
