@@ -121,3 +121,17 @@ def test_values_schema_refuses_what_the_operator_would(pod: dict) -> None:
     assert done.returncode != 0 and "schema" in done.stderr, done.stderr
     with pytest.raises(SystemExit):  # and the operator, were the schema skipped
         parser().parse_args([f"--mover-pod-defaults={json.dumps(pod)}"])
+
+
+def test_the_operator_runs_python_objects_in_the_heap_it_trims() -> None:
+    """PYTHONMALLOC=malloc: the operator's malloc_trim can give a burst's memory back only
+    if Python's objects live in glibc's heap (memreport.start_trimmer)."""
+    helm = binaries.ensure() / "helm"
+    cmd = [str(helm), "template", "ferry", str(REPO / "charts" / "ferry")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    deployment = next(d for d in yaml.safe_load_all(out) if d and d.get("kind") == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["PYTHONMALLOC"] == "malloc"

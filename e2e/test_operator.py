@@ -552,7 +552,7 @@ def test_refused_spec_runs_once_edited_then_is_fixed(env: Env) -> None:
     obj = wait_for("the edited TransferJob to succeed", ran, timeout=120)
     assert digests(dst) == want and obj["status"]["jobName"]
     annotations = env.jobs("fixme")[0]["metadata"]["annotations"]
-    assert "source" in json.loads(annotations["ferry.dev/spec-digests"])
+    assert "source" in json.loads(annotations[workload.ANNOTATION_SPEC_DIGESTS])
     with pytest.raises(ApiException) as exc:
         env.patch_spec("transferjobs", "fixme", {"source": {"pvc": {"claimName": "dst"}}})
     assert exc.value.status == 422 and "spec.source cannot change" in str(exc.value.body)
@@ -656,6 +656,31 @@ def test_suspended_transfer_runs_when_resumed(env: Env) -> None:
     assert digests(dst) == want
     assert obj["status"]["result"]["filesCopied"] == 2
     assert len(env.jobs("later")) == 1 and len(env.pods("later")) == 1
+
+
+def test_suspended_transferjobs_deleted_job_is_put_back(env: Env) -> None:
+    """A suspended TransferJob has no follower (and no finalizer); its Job deleted is put back
+    all the same, suspended, within seconds and without an edit (the Job's own DELETED event)."""
+    env.pvc("src")
+    env.pvc("dst")
+    env.create("transferjobs", "held", pvc_spec("src", "dst", suspend=True))
+    obj = env.wait_phase("held", "Suspended", timeout=60)
+    assert not obj["metadata"].get("finalizers")
+    first = wait_for("its Job", lambda: next(iter(env.jobs("held")), None), timeout=60)
+    env.batch.delete_namespaced_job(
+        first["metadata"]["name"], env.ns, propagation_policy="Background"
+    )
+    again = wait_for(
+        "its Job put back",
+        lambda: next(
+            (j for j in env.jobs("held") if j["metadata"]["uid"] != first["metadata"]["uid"]),
+            None,
+        ),
+        timeout=30,
+    )
+    assert again["spec"]["suspend"] is True
+    assert env.tj("held")["metadata"]["generation"] == obj["metadata"]["generation"]  # no edit
+    assert env.pods("held") == []
 
 
 def test_progress_visible_while_throttled(env: Env) -> None:

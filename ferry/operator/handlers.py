@@ -15,6 +15,7 @@ TransferSchedules keep a timer: time is what fires them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -37,7 +38,7 @@ from ferry.operator.transferjob import (
     follows,
     wake_after,
 )
-from ferry.operator.wakeups import Key, Wakeups, owner_key
+from ferry.operator.wakeups import Key, Signal, Wakeups, owner_key
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,25 @@ def foreign_namespace(obj: Mapping[str, Any]) -> str | None:
     return str(ns) if ns and ns != own else None
 
 
+def _no_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
+    """Let the daemon `handler_id` run without a finalizer on its object.
+
+    kopf gives every daemon a finalizer so it can stop the daemon before the object
+    goes. The follower needs none: it ends itself on its TransferJob's DELETED event
+    (`Wakeups.forget`), and the children go by owner reference. A finalizer would cost
+    a PATCH before the first reconcile (kopf runs no handler in the cycle that adds it),
+    another to remove it, and a blocked deletion; kopf offers no flag for it.
+    """
+    spawning = registry._spawning
+    found = [h for h in spawning._handlers if h.id == handler_id]
+    if len(found) != 1:
+        raise RuntimeError(f"kopf registry: expected one daemon {handler_id!r}, found {found}")
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.id == handler_id else h
+        for h in spawning._handlers
+    ]
+
+
 def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     G, V = api.GROUP, api.VERSION
     TJ, TS, MP = (
@@ -205,7 +225,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
     # ------------------------------------------------------------ TransferJob
 
     async def reconcile_tj(
-        body: kopf.Body, logger: Logger, write: bool, claims_index: Mapping[Any, Any]
+        body: Mapping[str, Any], logger: Logger, write: bool, claims_index: Mapping[Any, Any]
     ) -> Outcome | None:
         """Reconcile one TransferJob (serialised per object); with `write`, patch its status here
         (a follower has no kopf patch), else the caller hands `changes` to kopf."""
@@ -231,9 +251,11 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
                 raise
             sig.last = (
                 None
-                if outcome.deleted
+                if outcome.deleted or outcome.gone
                 else (uid, status.merged(obj.get("status") or {}, outcome.changes))
             )
+        if outcome.gone:
+            return outcome
         pool = ((obj.get("spec") or {}).get("placement") or {}).get("pool")
         sig.pool = str(pool) if pool and outcome.status.get("reason") in POOL_REASONS else None
         if outcome.deleted:
@@ -241,7 +263,7 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             logger.info("deleted: ttlSecondsAfterFinished passed")
             return outcome
         if outcome.warning:
-            kopf.warn(body, reason=outcome.warning[0], message=outcome.warning[1][:1024])
+            kopf.warn(kopf.Body(obj), reason=outcome.warning[0], message=outcome.warning[1][:1024])
         for what in outcome.created:
             logger.info("created %s", what)
         if outcome.changes.get("phase"):
@@ -293,6 +315,15 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
         """Reconcile on each wake: a child's event, a change of the object's own inputs, a
         deadline, or the resync."""
         sig = deps.wakeups.signal(_key(body))
+        sig.following = True
+        try:
+            await _follow(body, logger, sig, kwargs["pod_claims"])
+        finally:
+            sig.following = False
+
+    async def _follow(
+        body: kopf.Body, logger: Logger, sig: Signal, claims_index: Mapping[Any, Any]
+    ) -> None:
         seen = _inputs(plain(body))
         timed = False
         while True:
@@ -307,25 +338,52 @@ def register(registry: kopf.OperatorRegistry, deps: Deps) -> None:
             except TimeoutError:
                 timed = True
             sig.event.clear()
+            if sig.gone:
+                return  # the TransferJob was deleted (kopf stops no follower without a finalizer)
             now_seen = _inputs(plain(body))
             if not (timed or sig.children or now_seen != seen):
                 continue  # e.g. our own status write coming back
             seen = now_seen
             try:
-                await reconcile_tj(body, logger, True, kwargs["pod_claims"])
+                outcome = await reconcile_tj(body, logger, True, claims_index)
+                if outcome is not None and outcome.gone:
+                    return  # deleted, its DELETED event not seen yet (or missed)
             except Exception as exc:  # an API error: read everything again after a pause
                 logger.warning("reconcile failed, retrying in %gs: %s", deps.retry_interval, exc)
                 sig.children = True
                 await asyncio.sleep(deps.retry_interval)
                 sig.event.set()
 
+    _no_finalizer(registry, "follow")
+
     # ------------------------------------------------------------ children: wake the owner
 
     @kopf.on.event("batch", "v1", "jobs", labels=ours, registry=registry, id="wake-by-job")
-    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def job_event(event: kopf.RawEvent, **kw: Any) -> None:
         key = owner_key(event.get("object") or {})
-        if key is not None:
-            deps.wakeups.child_changed(key)
+        if key is None:
+            return
+        sig = deps.wakeups.child_changed(key)
+        if sig is not None and not sig.following and event.get("type") == "DELETED":
+            # No follower (suspended, finished): nobody else would put its Job back.
+            await reconcile_unfollowed(key, kw["pod_claims"])
+
+    async def reconcile_unfollowed(key: Key, claims_index: Mapping[Any, Any]) -> None:
+        """Reconcile a TransferJob that has no follower, read afresh (this event is its Job's)."""
+        ns, name = key
+        logger = logging.LoggerAdapter(
+            logging.getLogger("kopf.objects"), {"k8s_ref": {"namespace": ns, "name": name}}
+        )
+        for attempt in range(3):
+            try:
+                body = await _in_pool(deps, deps.kube.get_transferjob, ns, name)
+                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                    return  # gone or going: its children go with it
+                await reconcile_tj(body, logger, True, claims_index)
+                return
+            except Exception as exc:  # an API error: the next attempt reads everything again
+                logger.warning("reconcile failed (attempt %d of 3): %s", attempt + 1, exc)
+                await asyncio.sleep(deps.retry_interval)
 
     @kopf.on.event("", "v1", "pods", labels=ours, registry=registry, id="wake-by-pod")
     async def pod_event(event: kopf.RawEvent, **_: Any) -> None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from ferry import version
 from ferry.mover.jsonlog import ENV, FORMATS, choose
 from ferry.mover.spec import spec_errors
-from ferry.operator import api, logs, workload
+from ferry.operator import api, logs, memreport, workload
 from ferry.operator.handlers import Deps, WatchHealth, register
 from ferry.operator.kube import Kube, load_config
 from ferry.operator.metrics import Metrics
@@ -175,6 +175,8 @@ def run_operator(argv: list[str]) -> int:
     except ValueError as exc:
         parser().error(str(exc))
     logs.configure(verbose=args.verbose, log_format=log_format)
+    memreport.start_from_env()
+    memreport.start_trimmer()
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     load_config(args.kubeconfig)

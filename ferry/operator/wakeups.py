@@ -5,7 +5,9 @@ TransferJob they belong to (by label, in the same namespace). Each event sets
 that TransferJob's `Signal`; its follower (a kopf daemon, one per unfinished
 TransferJob) waits on it and reconciles once per wake, however many events
 arrived meanwhile. A wake for a TransferJob whose follower is not running yet
-stays set, so the follower reconciles as soon as it starts.
+stays set, so the follower reconciles as soon as it starts. A TransferJob with
+no follower (suspended, finished) is reconciled by the handler of the event
+itself when that event needs it (its Job deleted).
 
 Everything here runs on the operator's event loop: no locks but asyncio's.
 """
@@ -35,6 +37,10 @@ class Signal:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The status our last reconcile left (uid, status), for a watched copy that lags it.
     last: tuple[str, dict[str, Any]] | None = None
+    #: A follower is running for this TransferJob (it takes the wakes).
+    following: bool = False
+    #: The TransferJob was deleted: its follower exits (kopf holds no finalizer to stop it).
+    gone: bool = False
 
 
 @dataclass
@@ -47,10 +53,16 @@ class Wakeups:
             sig = self.signals[key] = Signal()
         return sig
 
-    def child_changed(self, key: Key) -> None:
-        sig = self.signal(key)
-        sig.children = True
-        sig.event.set()
+    def child_changed(self, key: Key) -> Signal | None:
+        """Wake `key`'s follower; its signal, or None for a TransferJob not reconciled since this
+        process started (e.g. deleted: its children go by garbage collection) -- no signal is made
+        for it, so those events leave nothing behind. One not reconciled yet will be: its first
+        reconcile reads the cluster anyway."""
+        sig = self.signals.get(key)
+        if sig is not None:
+            sig.children = True
+            sig.event.set()
+        return sig
 
     def object_changed(self, key: Key) -> None:
         """The TransferJob itself changed (e.g. a mover's progress): its follower decides."""
@@ -69,7 +81,11 @@ class Wakeups:
         return woken
 
     def forget(self, key: Key) -> None:
-        self.signals.pop(key, None)
+        """The TransferJob was deleted: drop its signal and let its follower end."""
+        sig = self.signals.pop(key, None)
+        if sig is not None:
+            sig.gone = True
+            sig.event.set()
 
 
 def owner_key(obj: Mapping[str, Any]) -> Key | None:

@@ -9,12 +9,16 @@ import signal
 import threading
 from datetime import UTC, datetime, timedelta
 
+import kopf
 import pytest
 
-from ferry.operator import logs
+from ferry.operator import handlers, logs, workload
 from ferry.operator.kube import Kube, Stopping
+from ferry.operator.metrics import Metrics
+from ferry.operator.schedule import ScheduleReconciler
 from ferry.operator.shutdown import Shutdown
-from ferry.operator.transferjob import follows, wake_after
+from ferry.operator.tracing import Tracer
+from ferry.operator.transferjob import TransferJobReconciler, follows, wake_after
 from ferry.operator.wakeups import Wakeups, owner_key
 from tests.operator.fixtures import PVC_TO_PVC, transferjob
 
@@ -34,6 +38,8 @@ def test_suspended_and_finished_have_no_follower():
     # stopping the mover: the Job's pods going away is still to be seen
     suspending = {"phase": "Suspended", "reason": "Suspending"}
     assert follows(transferjob({**PVC_TO_PVC, "suspend": True}, status=suspending))
+    # created suspended: its create handler builds the Job suspended, no follower needed
+    assert not follows(transferjob({**PVC_TO_PVC, "suspend": True}))
     suspended = {"phase": "Suspended", "reason": "Suspended"}
     assert not follows(transferjob({**PVC_TO_PVC, "suspend": True}, status=suspended))
     done = {"phase": "Succeeded", "reason": "Completed"}
@@ -81,16 +87,19 @@ def test_wakes_are_kept_until_taken_and_pools_wake_their_waiters():
         w = Wakeups()
         w.object_changed(("team", "nobody"))  # no follower, nothing to read: not kept
         assert ("team", "nobody") not in w.signals
-        w.child_changed(("team", "a"))  # before its follower started: kept
-        sig = w.signal(("team", "a"))
+        # a TransferJob never reconciled by this process (deleted: its Jobs go by garbage
+        # collection): nothing made for it
+        assert w.child_changed(("team", "gone")) is None and not w.signals
+        sig = w.signal(("team", "a"))  # its first reconcile (or its follower) made it
+        assert w.child_changed(("team", "a")) is sig  # before its follower waits: kept
         await asyncio.wait_for(sig.event.wait(), 1)
         assert sig.children
         waiting = w.signal(("team", "b"))
         waiting.pool = "bulk"
         assert w.pool_changed("bulk") == 1 and waiting.event.is_set() and waiting.children
         assert w.pool_changed("other") == 0
-        w.forget(("team", "a"))
-        assert ("team", "a") not in w.signals
+        w.forget(("team", "a"))  # deleted: its follower is woken to end (no finalizer stops it)
+        assert ("team", "a") not in w.signals and sig.gone and sig.event.is_set()
 
     asyncio.run(run())
 
@@ -131,3 +140,24 @@ def test_routine_success_lines_are_debug_and_object_lines_name_the_object():
     formats = [h.formatter for h in logging.getLogger().handlers if h.formatter]
     lines = [f.format(created) for f in formats]
     assert any("INFO kopf.objects: [team/copy-a] created Job/x" in line for line in lines), lines
+
+
+def test_the_follower_holds_no_finalizer_and_schedules_keep_theirs():
+    """kopf gives each daemon a finalizer: one PATCH before the first reconcile, one to take it
+    off, and a blocked delete. The follower ends itself on its TransferJob's deletion instead."""
+    kube = Kube()
+    metrics, tracer = Metrics(), Tracer()
+    deps = handlers.Deps(
+        kube=kube,
+        transferjobs=TransferJobReconciler(kube, workload.MoverSettings(), metrics, tracer),
+        schedules=ScheduleReconciler(kube, metrics, tracer),
+        metrics=metrics,
+        health=handlers.WatchHealth(stale_after=60),
+        poll_interval=2,
+        watch_timeout=60,
+    )
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, deps)
+    spawning = {h.id: h.requires_finalizer for h in registry._spawning.get_all_handlers()}
+    assert spawning.pop("follow") is False
+    assert spawning and all(spawning.values())  # the schedules' timer: untouched

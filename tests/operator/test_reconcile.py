@@ -34,6 +34,8 @@ class FakeKube:
         self.forbidden: set[str] = set()  # kinds whose creation RBAC refuses (403)
         self.pods: list[dict[str, Any]] = []
         self.pvcs: list[dict[str, Any]] = []
+        self.job_reads = 0
+        self.transferjobs: dict[str, dict[str, Any]] | None = None  # what a read of one finds
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
@@ -49,7 +51,13 @@ class FakeKube:
         return True
 
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        self.job_reads += 1
         return self.objects.get(("Job", name))
+
+    def get_transferjob(self, ns: str, name: str) -> dict[str, Any] | None:
+        if self.transferjobs is None:  # not set by the test: it exists, as the fixture made it
+            return transferjob(PVC_TO_PVC, name=name)
+        return self.transferjobs.get(name)
 
     def read(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, name))
@@ -108,6 +116,40 @@ def test_creates_once_then_adopts_by_name():
         e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["TRACEPARENT"].split("-")[1] == first.status["traceID"]
+
+
+def test_a_new_one_creates_without_reading_first_and_adopts_what_a_stopped_operator_made():
+    r, kube, _, _ = reconciler()
+    first = r.reconcile(transferjob(PVC_TO_PVC), NOW)
+    assert kube.job_reads == 0 and len(first.created) == 5  # no status yet: create, no read
+    # An operator stopped between creating the Job and writing status; the TransferJob was
+    # then suspended. The next one finds no status, creates, gets 409s and adopts the Job,
+    # and applies the edit to it.
+    body = transferjob({**PVC_TO_PVC, "suspend": True})
+    again = r.reconcile(body, NOW + timedelta(seconds=5))
+    assert again.created == [] and len(kube.created) == 5
+    assert kube.objects[("Job", "ferry-copy-a")]["spec"]["suspend"] is True
+    assert again.status["jobName"] == "ferry-copy-a"
+
+
+def test_a_missing_job_is_rebuilt_only_for_a_transferjob_that_still_exists():
+    r, kube, _, _ = reconciler()
+    body = transferjob(PVC_TO_PVC)
+    body["status"] = r.reconcile(body, NOW).status
+    kube.transferjobs = {"copy-a": body}
+    kube.objects.pop(("Job", "ferry-copy-a"))  # someone deleted the Job: put back
+    back = r.reconcile(body, NOW)
+    assert back.created == ["Job/ferry-copy-a"] and not back.gone
+    # Deleted, and its Job garbage-collected before its DELETED event reached the operator
+    # (the follower holds no finalizer): nothing built for the dead owner, nothing written.
+    kube.objects.pop(("Job", "ferry-copy-a"))
+    kube.transferjobs["copy-a"] = transferjob(PVC_TO_PVC)
+    kube.transferjobs["copy-a"]["metadata"]["uid"] = "uid-of-a-new-one-with-that-name"
+    for live in (kube.transferjobs, {}):
+        kube.transferjobs = live
+        gone = r.reconcile(body, NOW)
+        assert gone.gone and gone.created == [] and gone.changes == {}
+        assert ("Job", "ferry-copy-a") not in kube.objects
 
 
 def test_suspend_is_propagated_to_the_job():
