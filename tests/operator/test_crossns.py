@@ -42,6 +42,7 @@ class NsKube:
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.pods: list[dict[str, Any]] = []
+        self.transferjobs: dict[tuple[str, str], dict[str, Any]] = {}
 
     def create(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -59,6 +60,9 @@ class NsKube:
 
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
         return self.read("Job", ns, name)
+
+    def get_transferjob(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.transferjobs.get((ns, name))
 
     def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
         return self.pods
@@ -90,6 +94,8 @@ class NsKube:
 def _reconcile(kube: NsKube, body: dict[str, Any]) -> dict[str, Any]:
     r: TransferJobReconciler = reconciler()[0]
     r.kube = kube  # type: ignore[assignment]
+    meta = body["metadata"]
+    kube.transferjobs[(meta["namespace"], meta["name"])] = body  # it exists
     return r.reconcile(body, NOW).status
 
 
