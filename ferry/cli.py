@@ -116,6 +116,21 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             "order to each name (file, directory or link), never across '/'; two names made "
             "one are refused before anything is written (repeatable)",
         )
+    if command in (*_COMPARE, "verify"):  # meta24: metadata transforms (rsync's)
+        p.add_argument(
+            "--chmod",
+            default=None,
+            metavar="SPEC",
+            help="set destination modes, rsync's syntax: comma list of chmod clauses, D/F "
+            "prefix for directories/files only, e.g. D755,F644 or u+rwx,go-w (implies perms)",
+        )
+        p.add_argument(
+            "--chown",
+            default=None,
+            metavar="USER:GROUP",
+            help="set destination owners by name or id, rsync's --chown (needs root; implies "
+            "owners)",
+        )
     if command in (*_TRANSFER, "verify"):
         p.add_argument(
             "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
@@ -408,6 +423,9 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["max_delete"] = given["max_delete"]
     if given.get("rename"):
         kw["rename"] = tuple(given["rename"])
+    for flag in ("chmod", "chown"):  # meta24
+        if given.get(flag) is not None:
+            kw[flag] = given[flag]
     return Options(
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),

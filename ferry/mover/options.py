@@ -204,6 +204,8 @@ class Options:
     accelerators: bool = True
     compress: Compress = Compress.AUTO  # ferry:// endpoints only
     rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
+    chmod: str | None = None  # rsync's --chmod list, applied to what is written
+    chown: str | None = None  # rsync's --chown USER:GROUP, applied to what is written
 
     def __post_init__(self) -> None:
         if self.transfers < 1:
@@ -226,6 +228,15 @@ class Options:
             from ferry.mover.rename import Renamer
 
             Renamer(self.rename)  # a malformed rule is refused here, naming it
+        if self.chmod is not None or self.chown is not None:
+            from ferry.mover.metaxform import MetaTransform
+
+            MetaTransform(self.chmod, self.chown)  # a malformed spec is refused here
+            # A transform is a property written: it is kept (and compared) as preserved.
+            if self.chmod is not None:
+                self.preserve = self.preserve._replace(perms=True)
+            if self.chown is not None:
+                self.preserve = self.preserve._replace(owners=True)
         if not self.preflight and self.min_free is not DEFAULT_MIN_FREE:
             raise FerryError(
                 ErrorKind.USAGE, "--min-free has no effect with --no-preflight: pass one of them"

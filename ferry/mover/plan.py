@@ -8,6 +8,7 @@ are yielded too, but the executor holds them back until every copy succeeded.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -23,6 +24,7 @@ from ferry.mover.backends.base import (
 )
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
+from ferry.mover.metaxform import MetaTransform
 from ferry.mover.options import (
     DEFAULT_PRESERVE,
     PRESERVE_FLAGS,
@@ -98,6 +100,10 @@ class Planner:
         self.o = options
         self.one = one  # a single file as the source: one action, no walk
         self.rename = Renamer(options.rename)
+        xform = MetaTransform(options.chmod, options.chown)
+        self.xform = xform if xform else None
+        if options.chown is not None:
+            refuse_chown(dst)
         self.filters = FilterSet.parse(options.filters)
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
@@ -184,7 +190,10 @@ class Planner:
             skipped_files = skipped_bytes = 0
             fast = self._fast_skip
             window = self.window_ns
+            xform = self.xform
             for s in src_list:
+                if xform is not None:
+                    xform.apply(s)
                 d = dst_by_name.pop(s.name if names is None else names[s.name], None)
                 if (
                     fast
@@ -254,6 +263,8 @@ class Planner:
         if s is None:
             raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", one.read)
         d = self.dst.stat(one.write) if self.dst_exists else None
+        if self.xform is not None:
+            self.xform.apply(s)
         yield from self._decide(one.write, s, d, one.read)
 
     def excluded(self, rel: str, e: Entry) -> bool:
@@ -282,6 +293,8 @@ class Planner:
                 log.warning("%s: symlink is dangling or points outside the source; skipped", rel)
                 return
             read_rel, s = resolved
+            if self.xform is not None:
+                self.xform.apply(s)
             if s.type == EntryType.DIR:
                 if (s.dev, s.ino) in self._followed:
                     log.warning("%s: symlinked directory already copied; skipped (loop?)", rel)
@@ -389,6 +402,20 @@ class Planner:
             return True
         return bool(
             p.owners and self.dst.holds.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)
+        )
+
+
+def refuse_chown(dst: Backend) -> None:
+    """--chown needs a destination that holds owners and, on a local one, root."""
+    if not dst.holds.owners:
+        raise FerryError(
+            ErrorKind.USAGE, "--chown: the destination cannot hold owners", dst.describe()
+        )
+    from ferry.mover.backends.local import LocalBackend
+
+    if isinstance(dst, LocalBackend) and os.geteuid() != 0:
+        raise FerryError(
+            ErrorKind.USAGE, "--chown needs root (changing a file's owner is privileged)"
         )
 
 

@@ -16,6 +16,7 @@ from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.filters import FilterSet
 from ferry.mover.integrity import file_digest
+from ferry.mover.metaxform import MetaTransform
 from ferry.mover.options import Options
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.rename import Renamer
@@ -29,7 +30,7 @@ log = logging.getLogger("ferry")
 @dataclass(slots=True, frozen=True)
 class Difference:
     path: str
-    # missing | extra | type | size | content | mtime | mode | target | xattrs | unreadable
+    # missing | extra | type | size | content | mtime | mode | owner | target | xattrs | unreadable
     what: str
     detail: str = ""
 
@@ -151,7 +152,14 @@ def verify_trees(
                     raise FerryError(kind, "does not exist or is not a directory", b.describe())
 
             window = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
-            perms = options.preserve.perms and src.holds.permissions and dst.holds.permissions
+            # A --chmod gives every entry a mode, whether the source holds one or not.
+            perms = (
+                options.preserve.perms
+                and (src.holds.permissions or options.chmod is not None)
+                and dst.holds.permissions
+            )
+            xform = MetaTransform(options.chmod, options.chown)
+            owners = options.chown is not None and dst.holds.owners
             times = options.preserve.times
             # Object stores have no directories of their own: nothing holds a time or a mode.
             dir_meta = times and src.holds.empty_dirs and dst.holds.empty_dirs
@@ -185,6 +193,8 @@ def verify_trees(
                     if s is None:
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue
+                    if xform:
+                        xform.apply(s)
                     if d is None:
                         if s.type != EntryType.DIR or dst.holds.empty_dirs:
                             differ(Difference(rel, "missing", "not at the destination"))
@@ -218,6 +228,8 @@ def verify_trees(
                     )
                     if perms and dir_ok and s.type != EntryType.SYMLINK and s.mode != d.mode:
                         differ(Difference(rel, "mode", f"{s.mode:o} != {d.mode:o}"))
+                    if owners and s.type != EntryType.SYMLINK and (s.uid, s.gid) != (d.uid, d.gid):
+                        differ(Difference(rel, "owner", f"{s.uid}:{s.gid} != {d.uid}:{d.gid}"))
                     if xattrs and s.type in (EntryType.FILE, EntryType.DIR):
                         why = _xattrs_differ(read_xattrs(src, read), read_xattrs(dst, rel))
                         if why:

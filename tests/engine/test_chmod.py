@@ -1,0 +1,159 @@
+"""`--chmod` / `--chown`: rsync's syntax parsed and refused clearly, applied to what is
+written, compared so a second run is a no-op, and checked by `ferry verify`."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ferry.mover.backends.base import EntryType
+from ferry.mover.endpoints import LocalEndpoint
+from ferry.mover.errors import FerryError
+from ferry.mover.metaxform import Chmod, Chown
+from ferry.mover.options import Options
+from ferry.mover.result import Summary
+from ferry.mover.transfer import run_transfer
+from ferry.mover.verify import Difference, verify_trees
+
+F, D = EntryType.FILE, EntryType.DIR
+
+
+@pytest.mark.parametrize(
+    ("spec", "mode", "kind", "out"),
+    [
+        ("D755,F644", 0o600, F, 0o644),
+        ("D755,F644", 0o700, D, 0o755),
+        ("u+rwx,g-w,o=", 0o666, F, 0o740),
+        ("Dg+s,Fo-rwx", 0o755, D, 0o2755),
+        ("Dg+s,Fo-rwx", 0o757, F, 0o750),
+        ("a+X", 0o644, F, 0o644),  # X: no execute bit to follow
+        ("a+X", 0o744, F, 0o755),
+        ("a+X", 0o600, D, 0o711),
+        ("go=", 0o777, F, 0o700),
+        ("+t", 0o755, D, 0o1755),
+        ("u=rw,go=r", 0o777, F, 0o644),
+        ("0", 0o777, F, 0),
+        ("u-w+x", 0o644, F, 0o544),
+    ],
+)
+def test_chmod_clauses(spec: str, mode: int, kind: EntryType, out: int) -> None:
+    assert Chmod(spec).apply(mode, kind) == out
+
+
+@pytest.mark.parametrize(
+    ("spec", "part"),
+    [
+        ("", "empty"),
+        ("D", "'D'"),
+        ("F999", "'F999'"),
+        ("u+q", "'u+q'"),
+        ("755,x", "'x'"),
+        ("D755,,F644", "''"),
+        ("12345", "'12345'"),
+        ("uz+r", "'uz+r'"),
+    ],
+)
+def test_chmod_refused_naming_the_part(spec: str, part: str) -> None:
+    with pytest.raises(FerryError) as err:
+        Options(chmod=spec)
+    assert "--chmod" in str(err.value) and part in str(err.value)
+
+
+@given(st.text(alphabet="DFugoa+-=rwxXst01234567,9 q", max_size=30))
+def test_chmod_fuzz(spec: str) -> None:
+    """Any text is parsed or refused with a --chmod error; what parses yields a mode."""
+    try:
+        c = Chmod(spec)
+    except FerryError as exc:
+        assert "--chmod" in str(exc)
+        return
+    for kind in (F, D):
+        assert 0 <= c.apply(0o644, kind) <= 0o7777
+
+
+def test_chown_parse() -> None:
+    assert Chown.parse("0:0") == Chown(0, 0)
+    assert Chown.parse("root") == Chown(0, -1)
+    assert Chown.parse(":0") == Chown(-1, 0)
+    for bad, why in (
+        (":", "expected USER:GROUP"),
+        ("nosuchuser-xq:", "no such user"),
+        (":nosuchgroup-xq", "no such group"),
+        ("99999999999:", "out of range"),
+    ):
+        with pytest.raises(FerryError, match=why):
+            Options(chown=bad)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.sh").write_text("#!/bin/sh\n")
+    (root / "sub" / "b.txt").write_text("b")
+    os.chmod(root / "a.sh", 0o700)
+    os.chmod(root / "sub" / "b.txt", 0o600)
+    os.chmod(root / "sub", 0o700)
+    return root
+
+
+def run(src: Path, dst: Path, **kw: object) -> Summary:
+    return run_transfer(LocalEndpoint(str(src)), LocalEndpoint(str(dst)), Options(**kw))  # type: ignore[arg-type]
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def verify(src: Path, dst: Path, **kw: object) -> list[Difference]:
+    found: list[Difference] = []
+    s = verify_trees(LocalEndpoint(str(src)), LocalEndpoint(str(dst)), Options(**kw), found.append)  # type: ignore[arg-type]
+    assert s.fatal is None
+    return found
+
+
+def test_chmod_local_copy_second_run_and_verify(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    s = run(src, dst, chmod="D755,Fa+X,Fgo+r")
+    assert s.fatal is None and s.files_copied == 2
+    assert mode(dst / "a.sh") == 0o755  # a+X follows the source's execute bit
+    assert mode(dst / "sub" / "b.txt") == 0o644
+    assert mode(dst / "sub") == 0o755
+    assert mode(src / "sub" / "b.txt") == 0o600  # the source is untouched
+    again = run(src, dst, chmod="D755,Fa+X,Fgo+r")
+    assert (again.files_copied, again.files_updated, again.files_skipped) == (0, 0, 2)
+    assert verify(src, dst, chmod="D755,Fa+X,Fgo+r") == []
+    # Without the flag the modes differ from the source's: verify says so, a run fixes them.
+    assert {d.path for d in verify(src, dst) if d.what == "mode"} == {"a.sh", "sub", "sub/b.txt"}
+    os.chmod(dst / "sub" / "b.txt", 0o666)
+    assert [d.path for d in verify(src, dst, chmod="D755,Fa+X,Fgo+r")] == ["sub/b.txt"]
+    fixed = run(src, dst, chmod="D755,Fa+X,Fgo+r")
+    assert fixed.fatal is None and mode(dst / "sub" / "b.txt") == 0o644
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--chown needs root")
+def test_chown_local_copy_second_run_and_verify(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    s = run(src, dst, chown="1234:2345")
+    assert s.fatal is None and s.files_copied == 2
+    for p in (dst / "a.sh", dst / "sub", dst / "sub" / "b.txt"):
+        assert (p.stat().st_uid, p.stat().st_gid) == (1234, 2345)
+    again = run(src, dst, chown="1234:2345")
+    assert (again.files_copied, again.files_updated, again.files_skipped) == (0, 0, 2)
+    assert verify(src, dst, chown="1234:2345") == []
+    os.chown(dst / "a.sh", 0, 0)
+    assert [(d.path, d.what) for d in verify(src, dst, chown="1234:2345")] == [("a.sh", "owner")]
+
+
+def test_chown_refused_without_root(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    s = run(src, tmp_path / "dst", chown="0:0")
+    assert s.fatal is not None and "--chown needs root" in str(s.fatal)
+    assert not (tmp_path / "dst").exists()
