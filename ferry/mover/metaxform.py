@@ -1,4 +1,4 @@
-"""`--chmod` and `--chown`: what the destination's modes and owners become.
+"""`--chmod` and `--chown` parsed: what the destination's modes and owners become.
 
 Parsed once, applied to each source entry where the planner reads it, so the comparison
 (a second run is a no-op), every executor path and `ferry verify` all see the same
@@ -13,7 +13,6 @@ import pwd
 import re
 from dataclasses import dataclass
 
-from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.errors import ErrorKind, FerryError
 
 _OCTAL = re.compile(r"[0-7]{1,4}")
@@ -21,13 +20,12 @@ _SYMBOLIC = re.compile(r"([ugoa]*)((?:[-+=][rwxXst]*)+)")
 _OP = re.compile(r"([-+=])([rwxXst]*)")
 _WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007}  # each class's bits, incl. its special bit
 _MAX_SPEC = 4096
-# Default modes where the source has none (an object store): what a new file gets.
-_BASE = {EntryType.FILE: 0o644, EntryType.DIR: 0o755}
 
 
 @dataclass(frozen=True, slots=True)
 class _Clause:
-    kinds: tuple[EntryType, ...]  # which entries it applies to
+    files: bool  # whether it applies to files
+    dirs: bool  # and to directories
     octal: int | None  # an absolute mode, or
     who: int  # the bits of the classes named (u/g/o), all when none
     ops: tuple[tuple[str, str], ...]  # (operator, permission letters)
@@ -39,23 +37,23 @@ def _refuse(part: str, why: str) -> FerryError:
 
 def _clause(part: str) -> _Clause:
     text = part
-    kinds: tuple[EntryType, ...] = (EntryType.FILE, EntryType.DIR)
+    files = dirs = True
     if text[:1] in ("D", "F"):
-        kinds = (EntryType.DIR,) if text[0] == "D" else (EntryType.FILE,)
+        files, dirs = text[0] == "F", text[0] == "D"
         text = text[1:]
     if not text:
         raise _refuse(part, "is empty (expected e.g. D755, F644, u+rwx, go-w)")
     if text.isdigit():
         if not _OCTAL.fullmatch(text):
             raise _refuse(part, "is not an octal mode of 1 to 4 digits 0-7")
-        return _Clause(kinds, int(text, 8), 0, ())
+        return _Clause(files, dirs, int(text, 8), 0, ())
     m = _SYMBOLIC.fullmatch(text)
     if m is None:
         raise _refuse(part, "is not a mode like 755 or [ugoa][+-=][rwxXst] (e.g. u+rwx,g-w,o=)")
     who = 0
     for c in m.group(1):
         who |= 0o7777 if c == "a" else _WHO[c]
-    return _Clause(kinds, None, who or 0o7777, tuple(_OP.findall(m.group(2))))
+    return _Clause(files, dirs, None, who or 0o7777, tuple(_OP.findall(m.group(2))))
 
 
 def _bits(letters: str, who: int, mode: int, is_dir: bool) -> int:
@@ -87,10 +85,9 @@ class Chmod:
         self.clauses = tuple(_clause(p.strip()) for p in parts)
         self.spec = spec
 
-    def apply(self, mode: int, kind: EntryType) -> int:
-        is_dir = kind == EntryType.DIR
+    def apply(self, mode: int, is_dir: bool) -> int:
         for c in self.clauses:
-            if kind not in c.kinds:
+            if not (c.dirs if is_dir else c.files):
                 continue
             if c.octal is not None:
                 mode = (mode & ~0o7777) | c.octal
@@ -137,26 +134,3 @@ def _id(name: str, what: str, lookup: object) -> int:
     except KeyError:
         raise FerryError(ErrorKind.USAGE, f"--chown: no such {what} {name!r}") from None
     return int(entry[2])
-
-
-class MetaTransform:
-    """Both transforms; `apply` rewrites a source entry's mode and owner in place."""
-
-    def __init__(self, chmod: str | None, chown: str | None) -> None:
-        self.chmod = Chmod(chmod) if chmod is not None else None
-        self.chown = Chown.parse(chown) if chown is not None else None
-
-    def __bool__(self) -> bool:
-        return self.chmod is not None or self.chown is not None
-
-    def apply(self, e: Entry) -> Entry:
-        if e.type not in (EntryType.FILE, EntryType.DIR):
-            return e
-        if self.chmod is not None:
-            e.mode = self.chmod.apply(e.mode or _BASE[e.type], e.type)
-        if self.chown is not None:
-            if self.chown.uid >= 0:
-                e.uid = self.chown.uid
-            if self.chown.gid >= 0:
-                e.gid = self.chown.gid
-        return e

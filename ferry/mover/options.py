@@ -229,9 +229,13 @@ class Options:
 
             Renamer(self.rename)  # a malformed rule is refused here, naming it
         if self.chmod is not None or self.chown is not None:
-            from ferry.mover.metaxform import MetaTransform
+            from ferry.mover.metaxform import Chmod, Chown
 
-            MetaTransform(self.chmod, self.chown)  # a malformed spec is refused here
+            # A malformed spec is refused here, naming the flag and the part.
+            if self.chmod is not None:
+                Chmod(self.chmod)
+            if self.chown is not None:
+                Chown.parse(self.chown)
             # A transform is a property written: it is kept (and compared) as preserved.
             if self.chmod is not None:
                 self.preserve = self.preserve._replace(perms=True)

@@ -24,7 +24,7 @@ from ferry.mover.backends.base import (
 )
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import FilterSet
-from ferry.mover.metaxform import MetaTransform
+from ferry.mover.metaapply import MetaTransform
 from ferry.mover.options import (
     DEFAULT_PRESERVE,
     PRESERVE_FLAGS,

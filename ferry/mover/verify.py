@@ -16,7 +16,7 @@ from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.filters import FilterSet
 from ferry.mover.integrity import file_digest
-from ferry.mover.metaxform import MetaTransform
+from ferry.mover.metaapply import MetaTransform
 from ferry.mover.options import Options
 from ferry.mover.progress import Progress, Reporter, Sink
 from ferry.mover.rename import Renamer
