@@ -131,6 +131,15 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             help="set destination owners by name or id, rsync's --chown (needs root; implies "
             "owners)",
         )
+    if command in _COMPARE:  # meta24: the audit log
+        p.add_argument(
+            "--audit-log",
+            default=None,
+            metavar="FILE|-",
+            help="append one JSON line per decision and action (a plan's too) to FILE, or "
+            "write them to stdout ('-': then --json is refused and a plan's listing goes to "
+            "stderr)",
+        )
     if command in (*_TRANSFER, "verify"):
         p.add_argument(
             "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
@@ -423,9 +432,13 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["max_delete"] = given["max_delete"]
     if given.get("rename"):
         kw["rename"] = tuple(given["rename"])
-    for flag in ("chmod", "chown"):  # meta24
+    for flag in ("chmod", "chown", "audit_log"):  # meta24
         if given.get(flag) is not None:
             kw[flag] = given[flag]
+    if given.get("audit_log") == "-" and given.get("json"):
+        raise FerryError(
+            ErrorKind.USAGE, "--audit-log - writes to stdout: it cannot share it with --json"
+        )
     return Options(
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
@@ -552,7 +565,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
                 )
                 print(
                     f"{a.op.value:<8} {a.rel}{size}",
-                    file=sys.stdout if not args.json else sys.stderr,
+                    file=sys.stdout if not args.json and args.audit_log != "-" else sys.stderr,
                 )
 
     summary = run_transfer(src, dst, options, sink=_sinks(args.progress), on_action=on_action)

@@ -206,6 +206,7 @@ class Options:
     rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
     chmod: str | None = None  # rsync's --chmod list, applied to what is written
     chown: str | None = None  # rsync's --chown USER:GROUP, applied to what is written
+    audit_log: str | None = None  # a file to append JSON lines to, '-' for stdout
 
     def __post_init__(self) -> None:
         if self.transfers < 1:

@@ -130,6 +130,7 @@ class Planner:
             and options.manifest is None
             and (dst.holds.permissions or not options.preserve.perms)
             and not self.xattrs
+            and options.audit_log is None  # the audit log has a line for each file
         )
         # Preserved properties the destination does not keep: owners, xattrs and perms are
         # known now; links, hard links and holes once an entry has them.

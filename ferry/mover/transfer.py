@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from ferry.mover.backends import check_compress, open_backend
 from ferry.mover.backends.base import Backend, DeltaBasis, Durability, EntryType
 from ferry.mover.endpoints import Endpoint
+from ferry.mover.engine.audit import AuditLog
 from ferry.mover.engine.dryrun import DryRun
 from ferry.mover.engine.executor import Executor
 from ferry.mover.engine.ledger import Ledger
@@ -184,8 +185,14 @@ def _run(
     try:
         if options.dry_run:
             with sink.phase("plan") as attrs:
-                ledger = Ledger(summary, progress, options.error_policy, cancel, dry_run=True)
-                _dry_run(planner, listers[0], src, dst, ledger, on_action, need)
+                audit = AuditLog(options.audit_log) if options.audit_log is not None else None
+                ledger = Ledger(
+                    summary, progress, options.error_policy, cancel, dry_run=True, audit=audit
+                )
+                try:
+                    _dry_run(planner, listers[0], src, dst, ledger, on_action, need)
+                finally:
+                    ledger.close()
                 attrs.update(files=progress.files_total, bytes=progress.bytes_total)
             if need is not None and space is not None and not cancel.is_set():
                 check_space(need, space, options, dst.describe(), room_share(planner.sharder))

@@ -15,6 +15,7 @@ import threading
 
 from ferry.mover.backends.base import Backend, DeltaBasis, EntryType, ServerSideCopy
 from ferry.mover.engine import chunks, deltafile, wholefile
+from ferry.mover.engine.audit import AuditLog
 from ferry.mover.engine.batches import SMALL, Batcher
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.deferred import Deferred
@@ -50,7 +51,10 @@ class Executor:
         cancel: threading.Event,
     ) -> None:
         manifest = Manifest(options.manifest) if options.manifest else None
-        self.ledger = ledger = Ledger(summary, progress, options.error_policy, cancel, manifest)
+        audit = AuditLog(options.audit_log) if options.audit_log is not None else None
+        self.ledger = ledger = Ledger(
+            summary, progress, options.error_policy, cancel, manifest, audit=audit
+        )
         limiter = RateLimiter(options.bwlimit) if options.bwlimit else None
         hashing = options.verify != Verify.NONE
         delta = sends_deltas(options, dst)
@@ -62,7 +66,7 @@ class Executor:
             cancel=cancel,
             ledger=ledger,
             tasks=TaskQueue(options.transfers, cancel, ledger.stop),
-            retry=Retry(options.retries, options.retry_base_delay, cancel),
+            retry=Retry(options.retries, options.retry_base_delay, cancel, ledger.retrying),
             streamer=Streamer(progress, cancel, hashing, limiter),
             meta_differs=planner.meta_differs,
             hashing=hashing,

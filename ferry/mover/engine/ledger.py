@@ -14,6 +14,7 @@ import threading
 from typing import IO
 
 from ferry.mover.backends.base import Entry, EntryType
+from ferry.mover.engine.audit import AuditLog
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import ErrorPolicy
 from ferry.mover.plan import Action, Op
@@ -56,6 +57,7 @@ class Ledger:
         cancel: threading.Event,
         manifest: Manifest | None = None,
         dry_run: bool = False,
+        audit: AuditLog | None = None,
     ) -> None:
         self.summary = summary
         self.progress = progress
@@ -67,6 +69,22 @@ class Ledger:
         self.touched: set[str] = set()  # directories whose contents changed
         self.meta_written = False
         self._lock = threading.Lock()
+        self.audit = audit
+        self._done = "done" if self.live else "planned"  # an audit line's result
+        self._attempts: dict[str, int] = {}  # paths retried: the attempt that is running
+
+    def retrying(self, rel: str, attempt: int, err: FerryError) -> None:
+        """An attempt failed and another follows (`attempt` counts from 0)."""
+        with self._lock:
+            self._attempts[rel] = attempt + 2
+        if self.audit:
+            self.audit.write("retry", rel, "retrying", error=str(err), attempt=attempt + 1)
+
+    def _attempt(self, rel: str) -> int:
+        if not self._attempts:
+            return 1
+        with self._lock:
+            return self._attempts.pop(rel, 1)
 
     @property
     def wrote(self) -> bool:
@@ -93,6 +111,8 @@ class Ledger:
             if counts_file:
                 self.summary.files_failed += 1
             self.summary.add_error(err)
+        if self.audit:
+            self.audit.write("error", rel, "failed", error=str(err), attempt=self._attempt(rel))
         if not self.live or (err.kind == ErrorKind.INTERRUPTED and self.cancel.is_set()):
             return
         log.error("%s", err)
@@ -117,14 +137,13 @@ class Ledger:
         """Book a committed file `s` (the source entry it was copied from): summary,
         progress (its bytes unless the stream `counted` them already), manifest. A file sent
         as a delta says what crossed (`transferred`) and what the basis gave (`matched`)."""
+        crossed = s.size - resumed if transferred is None else transferred
         with self._lock:
             if a.op == Op.COPY:
                 self.summary.files_copied += 1
             else:
                 self.summary.files_updated += 1
-            self.summary.bytes_transferred += (
-                s.size - resumed if transferred is None else transferred
-            )
+            self.summary.bytes_transferred += crossed
             self.summary.bytes_matched += matched
             if digest is not None:
                 self.summary.files_verified += 1
@@ -133,6 +152,17 @@ class Ledger:
         self.touch(a.rel)
         if self.manifest:
             self.manifest.add(a.rel, s, digest)
+        if self.audit:
+            op = "copy" if a.op == Op.COPY else "update"
+            self.audit.write(
+                op,
+                a.rel,
+                self._done,
+                size=s.size,
+                nbytes=crossed,
+                digest=digest,
+                attempt=self._attempt(a.rel),
+            )
 
     def resumed(self, nbytes: int) -> None:
         """Bytes a partial from an earlier run already holds: done without moving them."""
@@ -150,6 +180,9 @@ class Ledger:
             self.progress.skipped(1, s.size)
         if self.manifest and s.type == EntryType.FILE:
             self.manifest.add(a.rel, s, s.digest if a.dst and s.digest == a.dst.digest else None)
+        if self.audit:
+            op = "meta" if a.op == Op.META else "skip"
+            self.audit.write(op, a.rel, self._done, size=s.size)
 
     def skipped_bulk(self, files: int, nbytes: int) -> None:
         """Unchanged files the planner counted without an action each."""
@@ -161,17 +194,26 @@ class Ledger:
     def dir_created(self, rel: str) -> None:
         self.summary.dirs_created += 1
         self.touch(rel)
+        if self.audit:
+            self.audit.write("mkdir", rel, self._done)
 
     def link_created(self, rel: str) -> None:
         self.summary.links_created += 1
         self.touch(rel)
+        if self.audit:
+            self.audit.write("link", rel, self._done)
 
     def deleted(self, rel: str, e: Entry) -> None:
         self.touch(rel)
         if e.type != EntryType.DIR:
             self.summary.files_deleted += 1
             self.summary.bytes_deleted += e.size
+        if self.audit:
+            op = "rmdir" if e.type == EntryType.DIR else "delete"
+            self.audit.write(op, rel, self._done, size=None if op == "rmdir" else e.size)
 
     def close(self) -> None:
         if self.manifest:
             self.manifest.close()
+        if self.audit:
+            self.audit.close()

@@ -99,6 +99,7 @@ class Retry:
     retries: int
     base_delay: float
     cancel: threading.Event
+    on_retry: Callable[[str, int, FerryError], None] | None = None  # the audit log's
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter, capped. `random` is imported on the first
@@ -128,6 +129,8 @@ class Retry:
                     fail(rel, err)
                     return False
                 delay = self.backoff(attempt)
+                if self.on_retry is not None:
+                    self.on_retry(rel, attempt, err)
                 log.warning("%s: %s; retrying in %.1fs", rel, err, delay)
                 if self.cancel.wait(delay):
                     fail(rel, FerryError(ErrorKind.INTERRUPTED, "transfer interrupted", rel))
