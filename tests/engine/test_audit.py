@@ -4,19 +4,23 @@ run's summary (counts per op, bytes), for a copy, a sync, a dry run and stdout."
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ferry.mover.backends.base import Entry
+from ferry.mover.backends.local import LocalBackend, LocalReader
 from ferry.mover.endpoints import LocalEndpoint
 from ferry.mover.engine.audit import AuditLog
-from ferry.mover.options import Mode, Options
+from ferry.mover.options import ErrorPolicy, MiB, Mode, Options
 from ferry.mover.redact import MASK, remember
 from ferry.mover.result import Summary
-from ferry.mover.transfer import run_transfer
+from ferry.mover.transfer import run_transfer, transfer_between
 from tests.conftest import run_ferry
+from tests.engine.test_faults import ChangingReader, FailingReader
 
 FIELDS = {"time", "op", "path", "size", "bytes", "digest", "result", "error", "attempt"}
 
@@ -109,3 +113,33 @@ def test_credentials_never_in_it(tmp_path: Path) -> None:
     audit.close()
     text = log.read_text()
     assert "hunter22" not in text and "s3cr3t-token-value" not in text and MASK in text
+
+
+def test_retry_and_failure_lines(tmp_path: Path) -> None:
+    """A retried file says which attempt succeeded; a failed one its error, both counted."""
+    src, dst, log = tmp_path / "src", tmp_path / "dst", tmp_path / "a.jsonl"
+    src.mkdir()
+    (src / "growing.log").write_bytes(os.urandom(3 * MiB))
+    (src / "bad.bin").write_bytes(os.urandom(5 * MiB))
+    ChangingReader.changed_once = False
+
+    class Both(LocalBackend):
+        def open_read(self, rel: str, entry: Entry) -> LocalReader:
+            if rel == "bad.bin":
+                return FailingReader(self.path(rel), rel, entry)
+            return ChangingReader(self.path(rel), rel, entry)
+
+    summary = transfer_between(
+        lambda: (Both(str(src)), LocalBackend(str(dst))),
+        Options(retry_base_delay=0.01, error_policy=ErrorPolicy.SKIP, audit_log=str(log)),
+    )
+    assert ChangingReader.changed_once and summary.files_failed == 1
+    entries = lines(log.read_text())
+    matches(summary, [e for e in entries if e["op"] not in ("retry", "error")], "done")
+    retried = [e for e in entries if e["op"] == "retry"]
+    assert retried and retried[0]["path"] == "growing.log" and retried[0]["error"]
+    done = next(e for e in entries if e["op"] == "copy" and e["path"] == "growing.log")
+    assert done["attempt"] == 2
+    failed = [e for e in entries if e["op"] == "error"]
+    assert [(e["path"], e["result"]) for e in failed] == [("bad.bin", "failed")]
+    assert failed[0]["error"]

@@ -146,6 +146,8 @@ def chunk_task(ctx: Context, big: BigFile, index: int) -> None:
                     big.error = err
                     break
                 delay = retry.backoff(attempt)
+                if retry.on_retry is not None:
+                    retry.on_retry(big.action.rel, attempt, err)
                 if ctx.cancel.wait(delay):
                     big.error = FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
                     break

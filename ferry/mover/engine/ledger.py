@@ -74,9 +74,10 @@ class Ledger:
         self._attempts: dict[str, int] = {}  # paths retried: the attempt that is running
 
     def retrying(self, rel: str, attempt: int, err: FerryError) -> None:
-        """An attempt failed and another follows (`attempt` counts from 0)."""
+        """An attempt failed and another follows (`attempt` counts from 0; a chunked
+        file's chunks retry on their own: the file's is the most any chunk took)."""
         with self._lock:
-            self._attempts[rel] = attempt + 2
+            self._attempts[rel] = max(self._attempts.get(rel, 1), attempt + 2)
         if self.audit:
             self.audit.write("retry", rel, "retrying", error=str(err), attempt=attempt + 1)
 
