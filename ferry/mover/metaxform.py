@@ -11,7 +11,9 @@ from __future__ import annotations
 import grp
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ferry.mover.errors import ErrorKind, FerryError
 
@@ -123,14 +125,14 @@ class Chown:
         )
 
 
-def _id(name: str, what: str, lookup: object) -> int:
-    if name.isdigit():
+def _id(name: str, what: str, lookup: Callable[[str], Any]) -> int:
+    if name.isascii() and name.isdigit():
         value = int(name)
         if value >= 2**32 - 1:
             raise FerryError(ErrorKind.USAGE, f"--chown: {what} id {name} is out of range")
         return value
     try:
-        entry = lookup(name)  # type: ignore[operator]
-    except KeyError:
+        entry = lookup(name)
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         raise FerryError(ErrorKind.USAGE, f"--chown: no such {what} {name!r}") from None
     return int(entry[2])

@@ -18,6 +18,7 @@ from ferry.mover.options import Options
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
+from tests.conftest import run_ferry
 
 F, D = False, True
 
@@ -156,3 +157,32 @@ def test_chown_refused_without_root(
     s = run(src, tmp_path / "dst", chown="0:0")
     assert s.fatal is not None and "--chown needs root" in str(s.fatal)
     assert not (tmp_path / "dst").exists()
+
+
+def test_cli_plan_lists_the_mode_fix_and_refuses_bad_specs(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    run_ferry("copy", src, dst)
+    plan = run_ferry("plan", src, dst, "--chmod", "F644")
+    assert {line.split()[1] for line in plan.stdout.splitlines() if line.startswith("meta")} == {
+        "a.sh",
+        "sub/b.txt",
+    }
+    run_ferry("copy", src, dst, "--chmod", "F644")
+    again = run_ferry("plan", src, dst, "--chmod", "F644", "--json")
+    assert again.summary["filesSkipped"] == 2 and not again.stderr.count("meta ")
+    assert run_ferry("verify", src, dst, "--chmod", "F644").rc == 0
+    bad = run_ferry("copy", src, dst, "--chmod", "Dq", check_rc=2)
+    assert "--chmod" in bad.stderr and "'Dq'" in bad.stderr
+    bad = run_ferry("copy", src, dst, "--chown", "no-such-user-x:", check_rc=2)
+    assert "--chown: no such user 'no-such-user-x'" in bad.stderr
+
+
+@given(st.text(max_size=20))
+def test_chown_fuzz(spec: str) -> None:
+    """Any text is parsed to ids or refused with a --chown error."""
+    try:
+        c = Chown.parse(spec)
+    except FerryError as exc:
+        assert "--chown" in str(exc)
+        return
+    assert c.uid >= 0 or c.gid >= 0
