@@ -104,6 +104,10 @@ class Planner:
         self.xform = xform if xform else None
         if options.chown is not None:
             refuse_chown(dst)
+        if options.chmod is not None and not dst.holds.permissions:
+            raise FerryError(
+                ErrorKind.USAGE, "--chmod: the destination cannot hold modes", dst.describe()
+            )
         self.filters = FilterSet.parse(options.filters)
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)

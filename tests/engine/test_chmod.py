@@ -15,10 +15,13 @@ from ferry.mover.endpoints import LocalEndpoint
 from ferry.mover.errors import FerryError
 from ferry.mover.metaxform import Chmod, Chown
 from ferry.mover.options import Options
+from ferry.mover.plan import Planner
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
 from tests.conftest import run_ferry
+from tests.engine.memtree import PLAIN, Tree
+from tests.engine.memtree import D as Dir
 
 F, D = False, True
 
@@ -186,3 +189,16 @@ def test_chown_fuzz(spec: str) -> None:
         assert "--chown" in str(exc)
         return
     assert c.uid >= 0 or c.gid >= 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "why"),
+    [
+        ({"chmod": "F644"}, "--chmod: the destination cannot hold modes"),
+        ({"chown": "0:0"}, "--chown: the destination cannot hold owners"),
+    ],
+)
+def test_refused_where_the_destination_cannot_hold_it(kw: dict[str, str], why: str) -> None:
+    """Towards an object store (no modes, no owners) the flags are refused, not ignored."""
+    with pytest.raises(FerryError, match=why):
+        Planner(Tree({"": Dir()}), Tree({}, caps=PLAIN), Options(**kw))  # type: ignore[arg-type]
