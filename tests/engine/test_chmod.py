@@ -3,6 +3,7 @@ written, compared so a second run is a no-op, and checked by `ferry verify`."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -135,8 +136,16 @@ def test_chmod_local_copy_second_run_and_verify(src: Path, tmp_path: Path) -> No
     assert {d.path for d in verify(src, dst) if d.what == "mode"} == {"a.sh", "sub", "sub/b.txt"}
     os.chmod(dst / "sub" / "b.txt", 0o666)
     assert [d.path for d in verify(src, dst, chmod="D755,Fa+X,Fgo+r")] == ["sub/b.txt"]
-    fixed = run(src, dst, chmod="D755,Fa+X,Fgo+r")
+    os.chmod(dst / "sub", 0o777)
+    log = tmp_path / "audit.jsonl"
+    fixed = run(src, dst, chmod="D755,Fa+X,Fgo+r", audit_log=str(log))
     assert fixed.fatal is None and mode(dst / "sub" / "b.txt") == 0o644
+    assert mode(dst / "sub") == 0o755
+    fixes = [(e["op"], e["path"]) for e in map(json.loads, log.read_text().splitlines())]
+    assert sorted(op for op in fixes if op[0] != "skip") == [
+        ("dirmeta", "sub"),
+        ("meta", "sub/b.txt"),
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="--chown needs root")

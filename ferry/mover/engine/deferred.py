@@ -100,9 +100,12 @@ class Deferred:
         """Directory metadata last, deepest first, so adding contents cannot undo it."""
         ctx = self.ctx
         for rel, s, d in reversed(self.dirs):
-            if d is None or rel in ctx.ledger.touched or ctx.meta_differs(s, d):
+            fix = d is not None and ctx.meta_differs(s, d)
+            if d is None or rel in ctx.ledger.touched or fix:
                 try:
                     ctx.dst.set_meta(rel, s, ctx.options.preserve)
                     ctx.ledger.meta_written = True
+                    if fix:
+                        ctx.ledger.dir_meta_fixed(rel)
                 except Exception as exc:
                     ctx.ledger.fail(rel, exc, counts_file=False)

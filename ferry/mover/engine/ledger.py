@@ -198,6 +198,11 @@ class Ledger:
         if self.audit:
             self.audit.write("mkdir", rel, self._done)
 
+    def dir_meta_fixed(self, rel: str) -> None:
+        """An existing directory's mode, owner or time set again (not a counter)."""
+        if self.audit:
+            self.audit.write("dirmeta", rel, self._done)
+
     def link_created(self, rel: str) -> None:
         self.summary.links_created += 1
         self.touch(rel)
