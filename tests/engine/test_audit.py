@@ -97,6 +97,9 @@ def test_stdout_and_json_refused(src: Path, tmp_path: Path) -> None:
     r = run_ferry("copy", src, dst, "--audit-log", "-")
     entries = lines(r.stdout)  # nothing but audit lines on stdout
     assert Counter(e["op"] for e in entries)["copy"] == 2
+    plan = run_ferry("plan", src, tmp_path / "new", "--audit-log", "-")
+    planned = lines(plan.stdout)  # the plan's listing went to stderr
+    assert {e["result"] for e in planned} == {"planned"} and "copy     a.bin" in plan.stderr
     refused = run_ferry("copy", src, dst, "--audit-log", "-", "--json", check_rc=2)
     assert "--audit-log" in refused.stderr and "--json" in refused.stderr
     bad = run_ferry(
