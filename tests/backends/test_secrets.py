@@ -427,13 +427,27 @@ def test_secret_reaches_no_output(
     (src / "f.txt").write_text("hello")
     want = case.kind.exit_code if case.kind else 0
 
-    # ferry copy: to the endpoint, JSON summary and progress, debug logs
+    # ferry copy: to the endpoint, JSON summary and progress, debug logs, the audit log
+    audit = tmp_path / "audit.jsonl"
     done = _ferry(
-        ["copy", str(src), case.uri, "--json", "--progress", "json", "-vv"], case.env, tmp_path
+        [
+            "copy",
+            str(src),
+            case.uri,
+            "--json",
+            "--progress",
+            "json",
+            "-vv",
+            "--audit-log",
+            str(audit),
+        ],
+        case.env,
+        tmp_path,
     )
     assert done.returncode == want, done.stderr[-3000:]
     assert_clean(done.stdout, "stdout")
     assert_clean(done.stderr, "stderr")
+    assert_clean(audit.read_text() if audit.exists() else "", "the audit log")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["reason"] == (case.kind.reason if case.kind else "Completed")
     if case.kind is None:
