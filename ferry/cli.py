@@ -106,6 +106,20 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument(
         "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
     )
+    for bound, text in (
+        ("--min-size", "only files of at least SIZE (10K, 1M, 2G: binary units)"),
+        ("--max-size", "only files of at most SIZE"),
+    ):
+        p.add_argument(bound, default=None, metavar="SIZE", help=text)
+    for bound, text in (
+        ("--min-age", "only files modified at least AGE ago (30s, 5m, 2h, 7d)"),
+        (
+            "--max-age",
+            "only files modified at most AGE ago; files out of any size or age "
+            "bound are left alone: not copied, not deleted by sync",
+        ),
+    ):
+        p.add_argument(bound, default=None, metavar="AGE", help=text)
     if command in (*_COMPARE, "verify"):
         p.add_argument(
             "--rename",
@@ -359,6 +373,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         Preserve,
         SymlinkPolicy,
         Verify,
+        parse_duration,
         parse_size,
     )
 
@@ -408,6 +423,12 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["max_delete"] = given["max_delete"]
     if given.get("rename"):
         kw["rename"] = tuple(given["rename"])
+    for name in ("min_size", "max_size"):
+        if given.get(name) is not None:
+            kw[name] = parse_size(given[name], "--" + name.replace("_", "-"))
+    for name in ("min_age", "max_age"):
+        if given.get(name) is not None:
+            kw[name] = parse_duration(given[name], "--" + name.replace("_", "-"))
     return Options(
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),

@@ -22,7 +22,7 @@ from ferry.mover.backends.base import (
     read_xattrs,
 )
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.filters import FilterSet
+from ferry.mover.filters import FilterSet, bounds_of
 from ferry.mover.options import (
     DEFAULT_PRESERVE,
     PRESERVE_FLAGS,
@@ -99,6 +99,7 @@ class Planner:
         self.one = one  # a single file as the source: one action, no walk
         self.rename = Renamer(options.rename)
         self.filters = FilterSet.parse(options.filters)
+        self.bounds = bounds_of(options)
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
@@ -118,6 +119,7 @@ class Planner:
         # Unchanged plain files are counted in bulk unless something needs to see each one.
         self._fast_skip = (
             not self.filters
+            and not self.bounds
             and self.sharder is None
             and options.compare == Compare.SIZE_MTIME
             and options.preserve.times
@@ -257,6 +259,8 @@ class Planner:
         yield from self._decide(one.write, s, d, one.read)
 
     def excluded(self, rel: str, e: Entry) -> bool:
+        if self.bounds and e.type == EntryType.FILE and not self.bounds.admits(e.size, e.mtime_ns):
+            return True
         if not self.filters:
             return False
         if e.type == EntryType.DIR:
