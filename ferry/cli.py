@@ -89,6 +89,18 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             action="store_true",
             help="compare by content (digest) instead of size and mtime",
         )
+        p.add_argument(
+            "--size-only",
+            action="store_true",
+            help="compare by size alone: a file of the same size is unchanged, whatever its "
+            "mtime (rsync/rclone --size-only)",
+        )
+        p.add_argument(
+            "--update",
+            "-u",
+            action="store_true",
+            help="skip files whose destination copy is newer than the source's (rsync -u)",
+        )
     p.add_argument(
         "--include",
         action="append",
@@ -393,8 +405,14 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["verify"] = Verify(given["verify"])
     elif given.get("no_verify"):
         kw["verify"] = Verify.NONE
+    if given.get("checksum") and given.get("size_only"):
+        raise FerryError(ErrorKind.USAGE, "--size-only and --checksum: choose one comparison")
     if given.get("checksum"):
         kw["compare"] = Compare.CHECKSUM
+    if given.get("size_only"):
+        kw["compare"] = Compare.SIZE
+    if given.get("update"):
+        kw["update"] = True
     if "accelerators" in given:
         kw["accelerators"] = given["accelerators"] == "on"
     if "fsync" in given:

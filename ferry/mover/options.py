@@ -31,6 +31,7 @@ class Mode(StrEnum):
 class Compare(StrEnum):
     SIZE_MTIME = "size-mtime"
     CHECKSUM = "checksum"
+    SIZE = "size"  # --size-only: equal sizes are the same file, whatever their mtimes
 
 
 class ErrorPolicy(StrEnum):
@@ -205,6 +206,7 @@ class Options:
     accelerators: bool = True
     compress: Compress = Compress.AUTO  # ferry:// endpoints only
     rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
+    update: bool = False  # --update: a file newer at the destination is left as it is
     # --min-size/--max-size (bytes) and --min-age/--max-age (seconds): files outside them
     # are filtered (neither copied nor deleted), as rclone's.
     min_size: int | None = None

@@ -122,6 +122,7 @@ class Planner:
             and not self.bounds
             and self.sharder is None
             and options.compare == Compare.SIZE_MTIME
+            and not options.update
             and options.preserve.times
             and options.manifest is None
             and (dst.holds.permissions or not options.preserve.perms)
@@ -358,8 +359,12 @@ class Planner:
             return Action(Op.REPLACE, rel, s, d)
         if d.type != EntryType.FILE:
             return Action(Op.UPDATE, rel, s, d)
+        if self.o.update and d.mtime_ns - s.mtime_ns >= self.window_ns:
+            return Action(Op.SKIP, rel, s, d)  # newer at the destination: --update keeps it
         if s.size != d.size:
             return Action(Op.UPDATE, rel, s, d)
+        if self.o.compare == Compare.SIZE:
+            return self._meta_or_skip(rel, s, d, times=False)
         if self.o.compare == Compare.CHECKSUM:
             if s.digest and d.digest:
                 return (
@@ -372,12 +377,13 @@ class Planner:
             return Action(Op.UPDATE, rel, s, d)
         return self._meta_or_skip(rel, s, d)
 
-    def _meta_or_skip(self, rel: str, s: Entry, d: Entry) -> Action:
-        if self.meta_differs(s, d):
+    def _meta_or_skip(self, rel: str, s: Entry, d: Entry, times: bool = True) -> Action:
+        if self.meta_differs(s, d, times):
             return Action(Op.META, rel, s, d)
         return Action(Op.SKIP, rel, s, d)
 
-    def meta_differs(self, s: Entry, d: Entry) -> bool:
+    def meta_differs(self, s: Entry, d: Entry, times: bool = True) -> bool:
+        """Whether preserved metadata differs (`times=False`: --size-only, mtimes aside)."""
         p = self.o.preserve
         if (
             p.perms
@@ -387,7 +393,7 @@ class Planner:
             and s.mode != d.mode
         ):
             return True
-        if p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
+        if times and p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
             return True
         if self.xattrs and s.xattrs is not None and d.xattrs is not None and s.xattrs != d.xattrs:
             return True

@@ -124,9 +124,16 @@ EndpointSpec = Annotated[
 ]
 
 
+_COMPARE = {
+    "SizeMtime": op.Compare.SIZE_MTIME,
+    "Checksum": op.Compare.CHECKSUM,
+    "Size": op.Compare.SIZE,
+}
+
+
 class OptionsSpec(_Model):
     mode: Literal["Copy", "Sync"] = "Copy"
-    compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
+    compare: Literal["SizeMtime", "Checksum", "Size"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
     fsync: Literal["End", "File", "None"] = "End"
     preserve: list[PreserveFlag] = Field(
@@ -217,7 +224,7 @@ class TransferSpec(_Model):
         shard = self.shard or ShardSpec(index=0, count=1)
         options = op.Options(
             mode=op.Mode(o.mode.lower()),
-            compare=op.Compare.CHECKSUM if o.compare == "Checksum" else op.Compare.SIZE_MTIME,
+            compare=_COMPARE[o.compare],
             verify=op.Verify(o.verify.lower()),
             fsync=op.Fsync(o.fsync.lower()),
             preserve=op.Preserve(**{f: f in o.preserve for f in op.PRESERVE_FLAGS}),

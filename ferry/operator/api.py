@@ -473,7 +473,7 @@ class TransferJobSpec(Model):
     source: Endpoint
     destination: Endpoint
     mode: Literal["Copy", "Sync"] = "Copy"
-    compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
+    compare: Literal["SizeMtime", "Checksum", "Size"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
     fsync: Literal["End", "File", "None"] = Field(
         default="End",

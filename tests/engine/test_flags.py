@@ -10,7 +10,7 @@ import pytest
 
 from ferry.mover.endpoints import LocalEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.options import Mode, Options, parse_duration
+from ferry.mover.options import Compare, Mode, Options, parse_duration
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import verify_trees
@@ -133,3 +133,65 @@ def test_cli_flags(src: Path, tmp_path: Path) -> None:
     assert "--min-age" in bad.stderr
     bad = run_ferry("sync", src, dst, "--max-size", "big", check_rc=ErrorKind.USAGE.exit_code)
     assert "--max-size" in bad.stderr
+
+
+# -- --size-only and --update ----------------------------------------------------------------
+
+
+def test_size_only_ignores_mtimes_but_not_sizes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    aged(src / "same.txt", b"new", 0)
+    aged(dst / "same.txt", b"old", 5)  # same size, other content and mtime: left as it is
+    aged(src / "grown.txt", b"longer", 0)
+    aged(dst / "grown.txt", b"short", 0)
+    s = run(src, dst, compare=Compare.SIZE)
+    assert (dst / "same.txt").read_bytes() == b"old"
+    assert (dst / "grown.txt").read_bytes() == b"longer"
+    assert s.files_updated == 1 and s.files_skipped == 1
+    # Without it, the mtime tells them apart.
+    run(src, dst)
+    assert (dst / "same.txt").read_bytes() == b"new"
+
+
+def test_update_keeps_files_newer_at_the_destination(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    aged(src / "edited-there.txt", b"source", 3)
+    aged(dst / "edited-there.txt", b"destination edit", 1)  # newer: kept
+    aged(src / "stale-there.txt", b"source", 1)
+    aged(dst / "stale-there.txt", b"older", 3)  # older: updated
+    s = run(src, dst, update=True)
+    assert (dst / "edited-there.txt").read_bytes() == b"destination edit"
+    assert (dst / "stale-there.txt").read_bytes() == b"source"
+    assert s.files_updated == 1
+    run(src, dst)
+    assert (dst / "edited-there.txt").read_bytes() == b"source"
+
+
+def test_cli_size_only_and_update(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    aged(src / "f.txt", b"aaa", 3)
+    aged(dst / "f.txt", b"bbbb", 1)
+    out = run_ferry("plan", src, dst, "-u").stdout
+    assert "f.txt" not in out
+    run_ferry("copy", src, dst, "--update")
+    assert (dst / "f.txt").read_bytes() == b"bbbb"
+    aged(dst / "f.txt", b"bbb", 1)
+    run_ferry("sync", src, dst, "--size-only")
+    assert (dst / "f.txt").read_bytes() == b"bbb"
+    bad = run_ferry(
+        "copy", src, dst, "--size-only", "--checksum", check_rc=ErrorKind.USAGE.exit_code
+    )
+    assert "--size-only" in bad.stderr
+    # verify compares content always: the flags are not its own.
+    run_ferry("verify", src, dst, "--size-only", check_rc=2)
+
+
+def test_the_mover_spec_names_size_only() -> None:
+    from ferry.mover.spec import TransferSpec
+
+    spec = {
+        "source": {"kind": "local", "path": "a"},
+        "destination": {"kind": "local", "path": "b"},
+        "options": {"compare": "Size"},
+    }
+    assert TransferSpec.model_validate(spec).to_engine()[2].compare == Compare.SIZE
