@@ -118,6 +118,12 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument(
         "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
     )
+    p.add_argument(
+        "--files-from",
+        metavar="FILE",
+        help="only these paths, one a line relative to SOURCE ('#' comments; a directory: "
+        "all below it); what is not listed is neither copied nor deleted (rsync/rclone)",
+    )
     for bound, text in (
         ("--min-size", "only files of at least SIZE (10K, 1M, 2G: binary units)"),
         ("--max-size", "only files of at most SIZE"),
@@ -398,6 +404,18 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
             raise FerryError(
                 ErrorKind.USAGE, f"cannot read filter file: {exc.strerror}", args.filter_from
             ) from None
+    if args.files_from is not None:
+        from ferry.mover.filters import parse_files_from
+
+        try:
+            with open(args.files_from, encoding="utf-8") as f:
+                kw_files = parse_files_from(f.read().splitlines())
+        except OSError as exc:
+            raise FerryError(
+                ErrorKind.USAGE, f"--files-from: cannot read: {exc.strerror}", args.files_from
+            ) from None
+    else:
+        kw_files = None
     # Only the running command's flags exist in `args`; the others keep Options' defaults.
     given = vars(args)
     kw: dict[str, Any] = {}
@@ -451,6 +469,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
         filters=rules_from_cli(args.include, args.exclude, filter_lines),
+        files_from=kw_files,
         dry_run=dry_run,
         **kw,
     )

@@ -173,6 +173,58 @@ class Bounds:
         return self.max_age is None or age <= self.max_age
 
 
+class PathList:
+    """--files-from: only the listed paths (relative to the source) and what is below a
+    listed directory; the directories leading to them are walked, nothing else is. In
+    sync what is not listed is protected, like any filtered path."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.listed: set[str] = set()
+        self.parents: set[str] = set()
+        for p in paths:
+            self.listed.add(p)
+            while "/" in p:
+                p = p.rsplit("/", 1)[0]
+                self.parents.add(p)
+
+    def _under_listed(self, rel: str) -> bool:
+        while True:
+            if rel in self.listed:
+                return True
+            if "/" not in rel:
+                return False
+            rel = rel.rsplit("/", 1)[0]
+
+    def include_file(self, rel: str) -> bool:
+        return self._under_listed(rel)
+
+    def include_dir(self, rel: str) -> bool:
+        return rel in self.parents or self._under_listed(rel)
+
+
+def parse_files_from(lines: list[str], what: str = "--files-from") -> tuple[str, ...]:
+    """One relative path a line; blank lines and `#`/`;` comments skipped (as rsync); a
+    leading `/` or `./` is the source's root; `..` and empty segments are refused."""
+    out: list[str] = []
+    for n, line in enumerate(lines, 1):
+        text = line.rstrip("\r\n")
+        if not text.strip() or text.lstrip().startswith(("#", ";")):
+            continue
+        path = text.lstrip("/")
+        while path.startswith("./"):
+            path = path[2:].lstrip("/")
+        path = path.rstrip("/")
+        parts = path.split("/")
+        if not path or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"{what} line {n}: {text!r} is not a path inside the source "
+                "(no '..', '.' or empty segments)",
+            )
+        out.append(path)
+    return tuple(out)
+
+
 def bounds_of(options: Options) -> Bounds:
     """The run's size and age bounds, its ages measured from now."""
     return Bounds(

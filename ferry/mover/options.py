@@ -206,6 +206,8 @@ class Options:
     accelerators: bool = True
     compress: Compress = Compress.AUTO  # ferry:// endpoints only
     rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
+    # --files-from: only these source-relative paths (and all below a listed directory).
+    files_from: tuple[str, ...] | None = None
     update: bool = False  # --update: a file newer at the destination is left as it is
     # --min-size/--max-size (bytes) and --min-age/--max-age (seconds): files outside them
     # are filtered (neither copied nor deleted), as rclone's.

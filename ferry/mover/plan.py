@@ -22,7 +22,7 @@ from ferry.mover.backends.base import (
     read_xattrs,
 )
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.filters import FilterSet, bounds_of
+from ferry.mover.filters import FilterSet, PathList, bounds_of
 from ferry.mover.options import (
     DEFAULT_PRESERVE,
     PRESERVE_FLAGS,
@@ -100,6 +100,7 @@ class Planner:
         self.rename = Renamer(options.rename)
         self.filters = FilterSet.parse(options.filters)
         self.bounds = bounds_of(options)
+        self.listed = PathList(options.files_from) if options.files_from is not None else None
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
@@ -120,6 +121,7 @@ class Planner:
         self._fast_skip = (
             not self.filters
             and not self.bounds
+            and self.listed is None
             and self.sharder is None
             and options.compare == Compare.SIZE_MTIME
             and not options.update
@@ -261,6 +263,12 @@ class Planner:
 
     def excluded(self, rel: str, e: Entry) -> bool:
         if self.bounds and e.type == EntryType.FILE and not self.bounds.admits(e.size, e.mtime_ns):
+            return True
+        if self.listed is not None and not (
+            self.listed.include_dir(rel)
+            if e.type == EntryType.DIR
+            else self.listed.include_file(rel)
+        ):
             return True
         if not self.filters:
             return False

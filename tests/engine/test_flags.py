@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -195,3 +196,85 @@ def test_the_mover_spec_names_size_only() -> None:
         "options": {"compare": "Size"},
     }
     assert TransferSpec.model_validate(spec).to_engine()[2].compare == Compare.SIZE
+
+
+# -- --files-from ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    for rel in ("a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "g/h.txt", "g/i.txt"):
+        aged(root / rel, rel.encode(), 1)
+    return root
+
+
+def listing(tmp_path: Path, *lines: str) -> Path:
+    p = tmp_path / "list.txt"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_files_from_copies_only_the_listed_paths(tree: Path, tmp_path: Path) -> None:
+    lst = listing(tmp_path, "# wanted", "a.txt", "", "./d/e/f.txt", "/g/")
+    dst = tmp_path / "dst"
+    run_ferry("copy", tree, dst, "--files-from", lst)
+    assert files(dst) == {"a.txt", "d/e/f.txt", "g/h.txt", "g/i.txt"}
+    again = run_ferry("copy", tree, dst, "--files-from", lst, "--json")
+    counts = json.loads(again.stdout)
+    assert counts["filesCopied"] == 0 and counts["filesSkipped"] == 4
+    run_ferry("verify", tree, dst, "--files-from", lst)
+    run_ferry("verify", tree, dst, check_rc=1)  # without it, the unlisted are missing
+
+
+def test_files_from_combines_with_excludes(tree: Path, tmp_path: Path) -> None:
+    lst = listing(tmp_path, "a.txt", "g")
+    dst = tmp_path / "dst"
+    run_ferry("copy", tree, dst, "--files-from", lst, "--exclude", "i.txt")
+    assert files(dst) == {"a.txt", "g/h.txt"}
+
+
+def test_sync_with_files_from_protects_what_is_not_listed(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    aged(dst / "unlisted.txt", b"keep me", 1)
+    aged(dst / "g" / "gone.txt", b"under a listed directory: deleted", 1)
+    run_ferry("sync", tree, dst, "--files-from", listing(tmp_path, "a.txt", "g"))
+    assert files(dst) == {"a.txt", "unlisted.txt", "g/h.txt", "g/i.txt"}
+
+
+@pytest.mark.parametrize("line", ["../etc/passwd", "d/../a.txt", "d//c.txt", "/", "."])
+def test_files_from_refuses_paths_outside_the_source(tree: Path, tmp_path: Path, line: str) -> None:
+    bad = run_ferry(
+        "copy",
+        tree,
+        tmp_path / "dst",
+        "--files-from",
+        listing(tmp_path, "a.txt", line),
+        check_rc=ErrorKind.USAGE.exit_code,
+    )
+    assert "--files-from line 2" in bad.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_files_from_refused_for_a_single_file_and_a_missing_list(
+    tree: Path, tmp_path: Path
+) -> None:
+    lst = listing(tmp_path, "a.txt")
+    bad = run_ferry(
+        "copy",
+        tree / "a.txt",
+        tmp_path / "x",
+        "--files-from",
+        lst,
+        check_rc=ErrorKind.USAGE.exit_code,
+    )
+    assert "--files-from" in bad.stderr
+    bad = run_ferry(
+        "copy",
+        tree,
+        tmp_path / "x",
+        "--files-from",
+        tmp_path / "nope",
+        check_rc=ErrorKind.USAGE.exit_code,
+    )
+    assert "--files-from" in bad.stderr
