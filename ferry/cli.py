@@ -245,6 +245,12 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     )
     if command in ("sync", "plan"):
         p.add_argument(
+            "--delete-excluded",
+            action="store_true",
+            help="sync: also delete at the destination what the filters leave out "
+            "(rsync/rclone --delete-excluded)",
+        )
+        p.add_argument(
             "--allow-empty-source",
             action="store_true",
             help="let sync run from an empty source (deleting everything)",
@@ -439,7 +445,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["compress"] = Compress(given["compress"])
     if "links" in given:
         kw["symlinks"] = SymlinkPolicy(given["links"])
-    for name in ("transfers", "retries", "allow_empty_source", "manifest"):
+    for name in ("transfers", "retries", "allow_empty_source", "manifest", "delete_excluded"):
         if name in given:
             kw[name] = given[name]
     if "error_policy" in given:

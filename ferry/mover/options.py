@@ -208,6 +208,7 @@ class Options:
     rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
     # --files-from: only these source-relative paths (and all below a listed directory).
     files_from: tuple[str, ...] | None = None
+    delete_excluded: bool = False  # sync: what the filters leave out is deleted at the destination
     update: bool = False  # --update: a file newer at the destination is left as it is
     # --min-size/--max-size (bytes) and --min-age/--max-age (seconds): files outside them
     # are filtered (neither copied nor deleted), as rclone's.
@@ -243,6 +244,18 @@ class Options:
             if lo is not None and hi is not None and lo > hi:
                 raise FerryError(
                     ErrorKind.USAGE, f"--min-{what} is above --max-{what}: no file could match"
+                )
+        if self.delete_excluded:
+            if self.mode != Mode.SYNC:
+                raise FerryError(
+                    ErrorKind.USAGE, "--delete-excluded applies only to sync (plan --sync)"
+                )
+            bounds = (self.min_size, self.max_size, self.min_age, self.max_age)
+            if not self.filters and self.files_from is None and all(b is None for b in bounds):
+                raise FerryError(
+                    ErrorKind.USAGE,
+                    "--delete-excluded without a filter (--include/--exclude/--filter-from, "
+                    "--files-from, --min/--max-size or -age) has nothing to delete",
                 )
         if self.rename:
             from ferry.mover.rename import Renamer

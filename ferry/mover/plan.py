@@ -224,7 +224,9 @@ class Planner:
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
                     child = join(dst_rel, d.name)
-                    if self.excluded(child, d) or not self._mine(child, d.size):
+                    if not self._mine(child, d.size) or (
+                        self.excluded(child, d) and not self.o.delete_excluded
+                    ):
                         continue
                     yield Action(Op.DELETE, child, dst=d)
             for src_sub, exists, dst_sub in subdirs:
@@ -282,6 +284,13 @@ class Planner:
         """`rel` is the destination's path; `read_rel` the source's where it differs."""
         src_rel = read_rel or rel
         if self.excluded(src_rel, s):
+            if (
+                self.o.delete_excluded
+                and d is not None
+                and self.one is None
+                and self._mine(rel, d.size)
+            ):
+                yield Action(Op.DELETE, rel, dst=d)  # sync --delete-excluded
             return
         if s.type == EntryType.SYMLINK and not self.links_ok:
             if self.o.symlinks != SymlinkPolicy.FOLLOW:

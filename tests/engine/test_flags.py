@@ -278,3 +278,43 @@ def test_files_from_refused_for_a_single_file_and_a_missing_list(
         check_rc=ErrorKind.USAGE.exit_code,
     )
     assert "--files-from" in bad.stderr
+
+
+# -- --delete-excluded -----------------------------------------------------------------------
+
+
+def test_delete_excluded_deletes_what_the_filters_leave_out(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    run_ferry("sync", tree, dst)
+    aged(dst / "extra.log", b"only at the destination, excluded", 1)
+    aged(dst / "keep.txt", b"only at the destination, included", 1)
+    run_ferry("sync", tree, dst, "--exclude", "*.log", "--exclude", "g/")
+    assert "extra.log" in files(dst) and "g/h.txt" in files(dst)  # protected
+    run_ferry("sync", tree, dst, "--exclude", "*.log", "--exclude", "g/", "--delete-excluded")
+    assert files(dst) == {"a.txt", "b.txt", "d/c.txt", "d/e/f.txt"}
+    assert not (dst / "g").exists()
+
+
+def test_delete_excluded_with_bounds(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    run(tree, dst, mode=Mode.SYNC)
+    aged(dst / "big.bin", b"z" * 5000, 1)
+    s = run(tree, dst, mode=Mode.SYNC, max_size=1024, delete_excluded=True)
+    assert "big.bin" not in files(dst) and s.files_deleted == 1
+
+
+def test_delete_excluded_refused_where_it_cannot_apply(tree: Path, tmp_path: Path) -> None:
+    usage = ErrorKind.USAGE.exit_code
+    bad = run_ferry("copy", tree, tmp_path / "x", "--delete-excluded", check_rc=usage)
+    assert "--delete-excluded" in bad.stderr
+    bad = run_ferry(
+        "plan", tree, tmp_path / "x", "--delete-excluded", "--exclude", "a*", check_rc=usage
+    )
+    assert "--delete-excluded applies only to sync" in bad.stderr
+    bad = run_ferry("sync", tree, tmp_path / "x", "--delete-excluded", check_rc=usage)
+    assert "--delete-excluded without a filter" in bad.stderr
+    assert not (tmp_path / "x").exists()
+    run_ferry("sync", tree, tmp_path / "x")
+    out = run_ferry("plan", "--sync", tree, tmp_path / "x", "--delete-excluded", "--exclude", "a*")
+    assert out.stdout.split() == ["delete", "a.txt"]
+    assert (tmp_path / "x" / "a.txt").exists()
