@@ -77,6 +77,9 @@ def _choices(values: type[StrEnum]) -> list[str]:
     return [v.value for v in values]
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     from ferry.mover.options import Compress, Delta, ErrorPolicy, Fsync, SymlinkPolicy, Verify
 
@@ -242,6 +245,39 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         choices=["auto", "bar", "json", "none"],
         default="auto",
         help="progress display (auto: a bar on a terminal)",
+    )
+    p.add_argument(
+        "-P",
+        dest="progress",
+        action="store_const",
+        const="bar",
+        help="the progress bar, terminal or not (= --progress bar; rsync -P, rclone -P)",
+    )
+    p.add_argument(
+        "--stats",
+        default=None,
+        metavar="INTERVAL",
+        help="one summary line on stderr every INTERVAL (30s, 5m) while the run lasts",
+    )
+    if command != "plan":  # plan's own --quiet lists totals without the entries
+        p.add_argument(
+            "--quiet",
+            "-q",
+            action="store_true",
+            help="no summary line; errors are still printed",
+        )
+    p.add_argument(
+        "--log-file",
+        default=None,
+        metavar="FILE",
+        help="also write the log (at --log-level or -v's level) to FILE, appended",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default=None,
+        type=str.upper,
+        help="DEBUG, INFO, WARNING (default) or ERROR, instead of -v/-vv",
     )
     if command in ("sync", "plan"):
         p.add_argument(
@@ -481,7 +517,21 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     )
 
 
-def _sinks(choice: str) -> Any:
+def _sinks(choice: str, stats: str | None = None) -> Any:
+    from ferry.mover.progress import MultiSink, StatsSink
+
+    sink = _display(choice)
+    if stats is None:
+        return sink
+    from ferry.mover.options import parse_duration
+
+    interval = parse_duration(stats, "--stats")
+    if interval <= 0:
+        raise FerryError(ErrorKind.USAGE, f"--stats {stats!r} must be a positive interval")
+    return MultiSink([sink, StatsSink(interval)])
+
+
+def _display(choice: str) -> Any:
     from ferry.mover.progress import BarSink, JsonLinesSink, Sink
 
     if choice == "auto":
@@ -495,20 +545,32 @@ def _sinks(choice: str) -> Any:
     return Sink()
 
 
-def _setup_logging(verbose: int, fmt: str) -> None:
+def _setup_logging(
+    verbose: int, fmt: str, log_level: str | None = None, log_file: str | None = None
+) -> None:
     from ferry.mover import jsonlog
     from ferry.mover.redact import RedactingFormatter
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    if log_level is not None:
+        level = logging.getLevelNamesMapping()[log_level]
     obj = jsonlog.object_from_env()
     jsonlog.configure(fmt, obj)
-    handler.setFormatter(
-        jsonlog.JsonFormatter(obj)
-        if fmt == "json"
-        else RedactingFormatter("ferry: %(levelname)s: %(message)s")
-    )
-    logging.basicConfig(level=level, handlers=[handler])
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as exc:
+            raise FerryError(
+                ErrorKind.USAGE, f"--log-file: cannot open: {exc.strerror}", log_file
+            ) from None
+    for handler in handlers:
+        handler.setFormatter(
+            jsonlog.JsonFormatter(obj)
+            if fmt == "json"
+            else RedactingFormatter("ferry: %(levelname)s: %(message)s")
+        )
+    logging.basicConfig(level=level, handlers=handlers)
 
 
 # Counters any started work moves: all zero means the run stopped before it began.
@@ -522,7 +584,7 @@ _WORK_DONE = (
 )
 
 
-def _print_summary(summary: Any, as_json: bool) -> None:
+def _print_summary(summary: Any, as_json: bool, quiet: bool = False) -> None:
     from ferry.mover.jsonlog import say
     from ferry.mover.options import format_size as _human
 
@@ -548,7 +610,9 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         parts.append(f"{d['filesDeleted']} {verbs[3]}")
     if d["filesFailed"]:
         parts.append(f"{d['filesFailed']} failed")
-    if summary.dry_run:
+    if quiet:
+        pass  # -q: the errors below only
+    elif summary.dry_run:
         say(f"plan: {', '.join(parts)}; {_human(d['bytesTransferred'])} to transfer")
     else:
         say(
@@ -601,8 +665,9 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
                     file=sys.stdout if not args.json else sys.stderr,
                 )
 
-    summary = run_transfer(src, dst, options, sink=_sinks(args.progress), on_action=on_action)
-    _print_summary(summary, args.json)
+    sink = _sinks(args.progress, args.stats)
+    summary = run_transfer(src, dst, options, sink=sink, on_action=on_action)
+    _print_summary(summary, args.json, quiet=args.command != "plan" and args.quiet)
     return int(summary.exit_code)
 
 
@@ -617,7 +682,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         parse_endpoint(args.destination),
         options,
         report=lambda d: print(str(d), file=out),
-        sink=_sinks(args.progress),
+        sink=_sinks(args.progress, args.stats),
     )
     if args.json:
         print(summary.dumps())
@@ -625,7 +690,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         from ferry.mover.jsonlog import say
 
         verdict = "identical" if summary.exit_code == 0 else f"{summary.differences} difference(s)"
-        say(f"verify: {summary.files_verified} files compared by content; {verdict}")
+        if not args.quiet:
+            say(f"verify: {summary.files_verified} files compared by content; {verdict}")
         if summary.fatal:
             say(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", "error")
     return int(summary.exit_code)
@@ -645,7 +711,18 @@ def main(argv: list[str] | None = None) -> int:
         log_format = choose(getattr(args, "log_format", None))
     except ValueError as exc:
         parser.error(str(exc))
-    _setup_logging(getattr(args, "verbose", 0), log_format)
+    if getattr(args, "log_level", None) and getattr(args, "verbose", 0):
+        parser.error("--log-level and -v both set the log level: pass one of them")
+    try:
+        _setup_logging(
+            getattr(args, "verbose", 0),
+            log_format,
+            getattr(args, "log_level", None),
+            getattr(args, "log_file", None),
+        )
+    except FerryError as err:
+        print(f"ferry: error: {err}", file=sys.stderr)
+        return err.kind.exit_code
     if args.command in MOVER_COMMANDS:
         from ferry.mover.malloc import tune_gc, tune_malloc
 

@@ -318,3 +318,57 @@ def test_delete_excluded_refused_where_it_cannot_apply(tree: Path, tmp_path: Pat
     out = run_ferry("plan", "--sync", tree, tmp_path / "x", "--delete-excluded", "--exclude", "a*")
     assert out.stdout.split() == ["delete", "a.txt"]
     assert (tmp_path / "x" / "a.txt").exists()
+
+
+# -- output: -q, -P, --log-file, --log-level, --stats ----------------------------------------
+
+
+def test_quiet_drops_the_summary_not_the_errors(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    loud = run_ferry("copy", tree, dst)
+    assert "copy:" in loud.stderr
+    quiet = run_ferry("sync", tree, dst, "-q")
+    assert quiet.stderr == "" and quiet.stdout == ""
+    assert (
+        run_ferry("verify", tree, dst, "--quiet").stderr
+        + run_ferry("verify", tree, dst, "--quiet").stdout
+        == ""
+    )
+    bad = run_ferry("copy", tmp_path / "missing", dst, "-q", check_rc=None)
+    assert bad.rc != 0 and "error" in bad.stderr
+
+
+def test_log_file_and_level(tree: Path, tmp_path: Path) -> None:
+    log = tmp_path / "ferry.log"
+    r = run_ferry("copy", tree, tmp_path / "dst", "--log-file", log, "--log-level", "debug")
+    text = log.read_text()
+    assert "INFO: " in text and "INFO: " in r.stderr  # below the default WARNING
+    run_ferry("copy", tree, tmp_path / "dst2", "--log-file", log, "--log-level", "ERROR")
+    assert log.read_text() == text  # appended: nothing at ERROR on a clean run
+    bad = run_ferry("copy", tree, tmp_path / "x", "--log-level", "loud", check_rc=2)
+    assert "--log-level" in bad.stderr
+    bad = run_ferry("copy", tree, tmp_path / "x", "--log-level", "INFO", "-v", check_rc=2)
+    assert "--log-level and -v" in bad.stderr
+    bad = run_ferry("copy", tree, tmp_path / "x", "--log-file", tmp_path / "no" / "f", check_rc=2)
+    assert "--log-file" in bad.stderr
+
+
+def test_dash_p_is_the_bar(tree: Path, tmp_path: Path) -> None:
+    from ferry.cli import build_parser
+
+    assert build_parser("copy").parse_args(["copy", "a", "b", "-P"]).progress == "bar"
+    r = run_ferry("copy", tree, tmp_path / "dst", "-P")
+    assert "copy:" in r.stderr and "files" in r.stderr.split("copy:")[0]
+
+
+def test_stats_prints_periodic_lines(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    aged(src / "f.bin", os.urandom(3 * 1024 * 1024), 1)
+    # --bwlimit stretches the run to ~3 s: several 0.5 s intervals.
+    r = run_ferry("copy", src, tmp_path / "dst", "--stats", "0.5s", "--bwlimit", "1M")
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("ferry: stats: ")]
+    assert len(lines) >= 2, r.stderr
+    assert "of 3.0 MiB" in lines[-1] and "files" in lines[-1]
+    for bad in ("0", "soon"):
+        err = run_ferry("copy", src, tmp_path / "x", "--stats", bad, check_rc=2)
+        assert "--stats" in err.stderr
