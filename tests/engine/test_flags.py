@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ferry.mover.endpoints import LocalEndpoint
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.filters import PathList, parse_files_from
 from ferry.mover.options import Compare, Mode, Options, parse_duration
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
@@ -372,3 +375,31 @@ def test_stats_prints_periodic_lines(tmp_path: Path) -> None:
     for bad in ("0", "soon"):
         err = run_ferry("copy", src, tmp_path / "x", "--stats", bad, check_rc=2)
         assert "--stats" in err.stderr
+
+
+# -- fuzzing the parsers ---------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20))
+def test_parse_duration_returns_seconds_or_a_usage_error(text: str) -> None:
+    try:
+        seconds = parse_duration(text, "--max-age")
+    except FerryError as exc:
+        assert exc.kind == ErrorKind.USAGE and "--max-age" in str(exc)
+    else:
+        assert 0 <= seconds < float("inf")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="ab./#; \n\r\0", max_size=12), max_size=6))
+def test_files_from_paths_stay_inside_the_source(lines: list[str]) -> None:
+    try:
+        paths = parse_files_from(lines)
+    except FerryError as exc:
+        assert exc.kind == ErrorKind.USAGE and "--files-from line" in str(exc)
+        return
+    for p in paths:
+        parts = p.split("/")
+        assert p and not p.startswith("/") and all(x not in ("", ".", "..") for x in parts)
+        assert PathList(paths).include_file(p)
