@@ -22,7 +22,7 @@ from ferry.mover.backends.base import (
     read_xattrs,
 )
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.filters import FilterSet, PathList, bounds_of
+from ferry.mover.filters import Bounds, FilterSet, PathList, bounds_of
 from ferry.mover.options import (
     DEFAULT_PRESERVE,
     PRESERVE_FLAGS,
@@ -99,7 +99,8 @@ class Planner:
         self.one = one  # a single file as the source: one action, no walk
         self.rename = Renamer(options.rename)
         self.filters = FilterSet.parse(options.filters)
-        self.bounds = bounds_of(options)
+        bounds = bounds_of(options)
+        self.bounds: Bounds | None = bounds if bounds else None  # None: one test per entry
         self.listed = PathList(options.files_from) if options.files_from is not None else None
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
@@ -120,7 +121,7 @@ class Planner:
         # Unchanged plain files are counted in bulk unless something needs to see each one.
         self._fast_skip = (
             not self.filters
-            and not self.bounds
+            and self.bounds is None
             and self.listed is None
             and self.sharder is None
             and options.compare == Compare.SIZE_MTIME
@@ -264,7 +265,11 @@ class Planner:
         yield from self._decide(one.write, s, d, one.read)
 
     def excluded(self, rel: str, e: Entry) -> bool:
-        if self.bounds and e.type == EntryType.FILE and not self.bounds.admits(e.size, e.mtime_ns):
+        if (
+            self.bounds is not None
+            and e.type == EntryType.FILE
+            and not self.bounds.admits(e.size, e.mtime_ns)
+        ):
             return True
         if self.listed is not None and not (
             self.listed.include_dir(rel)
