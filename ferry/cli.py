@@ -77,6 +77,9 @@ def _choices(values: type[StrEnum]) -> list[str]:
     return [v.value for v in values]
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     from ferry.mover.options import Compress, Delta, ErrorPolicy, Fsync, SymlinkPolicy, Verify
 
@@ -88,6 +91,18 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             "-c",
             action="store_true",
             help="compare by content (digest) instead of size and mtime",
+        )
+        p.add_argument(
+            "--size-only",
+            action="store_true",
+            help="compare by size alone: a file of the same size is unchanged, whatever its "
+            "mtime (rsync/rclone --size-only)",
+        )
+        p.add_argument(
+            "--update",
+            "-u",
+            action="store_true",
+            help="skip files whose destination copy is newer than the source's (rsync -u)",
         )
     p.add_argument(
         "--include",
@@ -106,6 +121,26 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument(
         "--filter-from", metavar="FILE", help="ordered '+ pattern' / '- pattern' rules, one a line"
     )
+    p.add_argument(
+        "--files-from",
+        metavar="FILE",
+        help="only these paths, one a line relative to SOURCE ('#' comments; a directory: "
+        "all below it); what is not listed is neither copied nor deleted (rsync/rclone)",
+    )
+    for bound, text in (
+        ("--min-size", "only files of at least SIZE (10K, 1M, 2G: binary units)"),
+        ("--max-size", "only files of at most SIZE"),
+    ):
+        p.add_argument(bound, default=None, metavar="SIZE", help=text)
+    for bound, text in (
+        ("--min-age", "only files modified at least AGE ago (30s, 5m, 2h, 7d)"),
+        (
+            "--max-age",
+            "only files modified at most AGE ago; files out of any size or age "
+            "bound are left alone: not copied, not deleted by sync",
+        ),
+    ):
+        p.add_argument(bound, default=None, metavar="AGE", help=text)
     if command in (*_COMPARE, "verify"):
         p.add_argument(
             "--rename",
@@ -235,7 +270,46 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         default="auto",
         help="progress display (auto: a bar on a terminal)",
     )
+    p.add_argument(
+        "-P",
+        dest="progress",
+        action="store_const",
+        const="bar",
+        help="the progress bar, terminal or not (= --progress bar; rsync -P, rclone -P)",
+    )
+    p.add_argument(
+        "--stats",
+        default=None,
+        metavar="INTERVAL",
+        help="one summary line on stderr every INTERVAL (30s, 5m) while the run lasts",
+    )
+    if command != "plan":  # plan's own --quiet lists totals without the entries
+        p.add_argument(
+            "--quiet",
+            "-q",
+            action="store_true",
+            help="no summary line; errors are still printed",
+        )
+    p.add_argument(
+        "--log-file",
+        default=None,
+        metavar="FILE",
+        help="also write the log (at --log-level or -v's level) to FILE, appended",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default=None,
+        type=str.upper,
+        help="DEBUG, INFO, WARNING (default) or ERROR, instead of -v/-vv",
+    )
     if command in ("sync", "plan"):
+        p.add_argument(
+            "--delete-excluded",
+            action="store_true",
+            help="sync: also delete at the destination what the filters leave out "
+            "(rsync/rclone --delete-excluded)",
+        )
         p.add_argument(
             "--allow-empty-source",
             action="store_true",
@@ -383,6 +457,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         Preserve,
         SymlinkPolicy,
         Verify,
+        parse_duration,
         parse_size,
     )
 
@@ -395,6 +470,18 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
             raise FerryError(
                 ErrorKind.USAGE, f"cannot read filter file: {exc.strerror}", args.filter_from
             ) from None
+    if args.files_from is not None:
+        from ferry.mover.filters import parse_files_from
+
+        try:
+            with open(args.files_from, encoding="utf-8") as f:
+                kw_files = parse_files_from(f.read().splitlines())
+        except OSError as exc:
+            raise FerryError(
+                ErrorKind.USAGE, f"--files-from: cannot read: {exc.strerror}", args.files_from
+            ) from None
+    else:
+        kw_files = None
     # Only the running command's flags exist in `args`; the others keep Options' defaults.
     given = vars(args)
     kw: dict[str, Any] = {}
@@ -402,8 +489,14 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["verify"] = Verify(given["verify"])
     elif given.get("no_verify"):
         kw["verify"] = Verify.NONE
+    if given.get("checksum") and given.get("size_only"):
+        raise FerryError(ErrorKind.USAGE, "--size-only and --checksum: choose one comparison")
     if given.get("checksum"):
         kw["compare"] = Compare.CHECKSUM
+    if given.get("size_only"):
+        kw["compare"] = Compare.SIZE
+    if given.get("update"):
+        kw["update"] = True
     if "accelerators" in given:
         kw["accelerators"] = given["accelerators"] == "on"
     if "fsync" in given:
@@ -412,7 +505,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["compress"] = Compress(given["compress"])
     if "links" in given:
         kw["symlinks"] = SymlinkPolicy(given["links"])
-    for name in ("transfers", "retries", "allow_empty_source", "manifest"):
+    for name in ("transfers", "retries", "allow_empty_source", "manifest", "delete_excluded"):
         if name in given:
             kw[name] = given[name]
     if "error_policy" in given:
@@ -432,6 +525,12 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         kw["max_delete"] = given["max_delete"]
     if given.get("rename"):
         kw["rename"] = tuple(given["rename"])
+    for name in ("min_size", "max_size"):
+        if given.get(name) is not None:
+            kw[name] = parse_size(given[name], "--" + name.replace("_", "-"))
+    for name in ("min_age", "max_age"):
+        if given.get(name) is not None:
+            kw[name] = parse_duration(given[name], "--" + name.replace("_", "-"))
     for flag in ("chmod", "chown", "audit_log"):  # meta24
         if given.get(flag) is not None:
             kw[flag] = given[flag]
@@ -443,12 +542,27 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
         mode=Mode(mode),
         preserve=Preserve.parse(args.preserve) if args.preserve is not None else Preserve(),
         filters=rules_from_cli(args.include, args.exclude, filter_lines),
+        files_from=kw_files,
         dry_run=dry_run,
         **kw,
     )
 
 
-def _sinks(choice: str) -> Any:
+def _sinks(choice: str, stats: str | None = None) -> Any:
+    from ferry.mover.progress import MultiSink, StatsSink
+
+    sink = _display(choice)
+    if stats is None:
+        return sink
+    from ferry.mover.options import parse_duration
+
+    interval = parse_duration(stats, "--stats")
+    if interval <= 0:
+        raise FerryError(ErrorKind.USAGE, f"--stats {stats!r} must be a positive interval")
+    return MultiSink([sink, StatsSink(interval)])
+
+
+def _display(choice: str) -> Any:
     from ferry.mover.progress import BarSink, JsonLinesSink, Sink
 
     if choice == "auto":
@@ -462,20 +576,32 @@ def _sinks(choice: str) -> Any:
     return Sink()
 
 
-def _setup_logging(verbose: int, fmt: str) -> None:
+def _setup_logging(
+    verbose: int, fmt: str, log_level: str | None = None, log_file: str | None = None
+) -> None:
     from ferry.mover import jsonlog
     from ferry.mover.redact import RedactingFormatter
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    if log_level is not None:
+        level = logging.getLevelNamesMapping()[log_level]
     obj = jsonlog.object_from_env()
     jsonlog.configure(fmt, obj)
-    handler.setFormatter(
-        jsonlog.JsonFormatter(obj)
-        if fmt == "json"
-        else RedactingFormatter("ferry: %(levelname)s: %(message)s")
-    )
-    logging.basicConfig(level=level, handlers=[handler])
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as exc:
+            raise FerryError(
+                ErrorKind.USAGE, f"--log-file: cannot open: {exc.strerror}", log_file
+            ) from None
+    for handler in handlers:
+        handler.setFormatter(
+            jsonlog.JsonFormatter(obj)
+            if fmt == "json"
+            else RedactingFormatter("ferry: %(levelname)s: %(message)s")
+        )
+    logging.basicConfig(level=level, handlers=handlers)
 
 
 # Counters any started work moves: all zero means the run stopped before it began.
@@ -489,7 +615,7 @@ _WORK_DONE = (
 )
 
 
-def _print_summary(summary: Any, as_json: bool) -> None:
+def _print_summary(summary: Any, as_json: bool, quiet: bool = False) -> None:
     from ferry.mover.jsonlog import say
     from ferry.mover.options import format_size as _human
 
@@ -515,7 +641,9 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         parts.append(f"{d['filesDeleted']} {verbs[3]}")
     if d["filesFailed"]:
         parts.append(f"{d['filesFailed']} failed")
-    if summary.dry_run:
+    if quiet:
+        pass  # -q: the errors below only
+    elif summary.dry_run:
         say(f"plan: {', '.join(parts)}; {_human(d['bytesTransferred'])} to transfer")
     else:
         say(
@@ -568,8 +696,9 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
                     file=sys.stdout if not args.json and args.audit_log != "-" else sys.stderr,
                 )
 
-    summary = run_transfer(src, dst, options, sink=_sinks(args.progress), on_action=on_action)
-    _print_summary(summary, args.json)
+    sink = _sinks(args.progress, args.stats)
+    summary = run_transfer(src, dst, options, sink=sink, on_action=on_action)
+    _print_summary(summary, args.json, quiet=args.command != "plan" and args.quiet)
     return int(summary.exit_code)
 
 
@@ -584,7 +713,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         parse_endpoint(args.destination),
         options,
         report=lambda d: print(str(d), file=out),
-        sink=_sinks(args.progress),
+        sink=_sinks(args.progress, args.stats),
     )
     if args.json:
         print(summary.dumps())
@@ -592,7 +721,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         from ferry.mover.jsonlog import say
 
         verdict = "identical" if summary.exit_code == 0 else f"{summary.differences} difference(s)"
-        say(f"verify: {summary.files_verified} files compared by content; {verdict}")
+        if not args.quiet:
+            say(f"verify: {summary.files_verified} files compared by content; {verdict}")
         if summary.fatal:
             say(f"ferry: error: {summary.fatal} [{summary.fatal.kind.reason}]", "error")
     return int(summary.exit_code)
@@ -612,7 +742,18 @@ def main(argv: list[str] | None = None) -> int:
         log_format = choose(getattr(args, "log_format", None))
     except ValueError as exc:
         parser.error(str(exc))
-    _setup_logging(getattr(args, "verbose", 0), log_format)
+    if getattr(args, "log_level", None) and getattr(args, "verbose", 0):
+        parser.error("--log-level and -v both set the log level: pass one of them")
+    try:
+        _setup_logging(
+            getattr(args, "verbose", 0),
+            log_format,
+            getattr(args, "log_level", None),
+            getattr(args, "log_file", None),
+        )
+    except FerryError as err:
+        print(f"ferry: error: {err}", file=sys.stderr)
+        return err.kind.exit_code
     if args.command in MOVER_COMMANDS:
         from ferry.mover.malloc import tune_gc, tune_malloc
 

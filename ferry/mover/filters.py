@@ -11,9 +11,14 @@ matched, the path is excluded (an implicit `- **` at the end), as in rclone.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ferry.mover.errors import ErrorKind, FerryError
+
+if TYPE_CHECKING:
+    from ferry.mover.options import Options
 
 
 def _glob_to_regex(glob: str) -> str:
@@ -138,3 +143,90 @@ def rules_from_cli(
 ) -> tuple[str, ...]:
     """--exclude rules first, then --include, then --filter-from lines, like rclone."""
     return tuple([f"- {p}" for p in excludes] + [f"+ {p}" for p in includes] + list(filter_lines))
+
+
+@dataclass(slots=True, frozen=True)
+class Bounds:
+    """--min-size/--max-size/--min-age/--max-age, inclusive, as rclone's: a file outside
+    them is filtered like an excluded one (not copied, and in sync not deleted). Ages are
+    measured from `now_ns`, the run's start, so one run sees one cut-off."""
+
+    min_size: int | None = None
+    max_size: int | None = None
+    min_age: float | None = None  # seconds
+    max_age: float | None = None
+    now_ns: int = 0
+
+    def __bool__(self) -> bool:
+        return any(
+            v is not None for v in (self.min_size, self.max_size, self.min_age, self.max_age)
+        )
+
+    def admits(self, size: int, mtime_ns: int) -> bool:
+        if self.min_size is not None and size < self.min_size:
+            return False
+        if self.max_size is not None and size > self.max_size:
+            return False
+        age = (self.now_ns - mtime_ns) / 1e9
+        if self.min_age is not None and age < self.min_age:
+            return False
+        return self.max_age is None or age <= self.max_age
+
+
+class PathList:
+    """--files-from: only the listed paths (relative to the source) and what is below a
+    listed directory; the directories leading to them are walked, nothing else is. In
+    sync what is not listed is protected, like any filtered path."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.listed: set[str] = set()
+        self.parents: set[str] = set()
+        for p in paths:
+            self.listed.add(p)
+            while "/" in p:
+                p = p.rsplit("/", 1)[0]
+                self.parents.add(p)
+
+    def _under_listed(self, rel: str) -> bool:
+        while True:
+            if rel in self.listed:
+                return True
+            if "/" not in rel:
+                return False
+            rel = rel.rsplit("/", 1)[0]
+
+    def include_file(self, rel: str) -> bool:
+        return self._under_listed(rel)
+
+    def include_dir(self, rel: str) -> bool:
+        return rel in self.parents or self._under_listed(rel)
+
+
+def parse_files_from(lines: list[str], what: str = "--files-from") -> tuple[str, ...]:
+    """One relative path a line; blank lines and `#`/`;` comments skipped (as rsync); a
+    leading `/` or `./` is the source's root; `..` and empty segments are refused."""
+    out: list[str] = []
+    for n, line in enumerate(lines, 1):
+        text = line.rstrip("\r\n")
+        if not text.strip() or text.lstrip().startswith(("#", ";")):
+            continue
+        path = text.lstrip("/")
+        while path.startswith("./"):
+            path = path[2:].lstrip("/")
+        path = path.rstrip("/")
+        parts = path.split("/")
+        if not path or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"{what} line {n}: {text!r} is not a path inside the source "
+                "(no '..', '.' or empty segments)",
+            )
+        out.append(path)
+    return tuple(out)
+
+
+def bounds_of(options: Options) -> Bounds:
+    """The run's size and age bounds, its ages measured from now."""
+    return Bounds(
+        options.min_size, options.max_size, options.min_age, options.max_age, time.time_ns()
+    )

@@ -7,6 +7,7 @@ to these.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -30,6 +31,7 @@ class Mode(StrEnum):
 class Compare(StrEnum):
     SIZE_MTIME = "size-mtime"
     CHECKSUM = "checksum"
+    SIZE = "size"  # --size-only: equal sizes are the same file, whatever their mtimes
 
 
 class ErrorPolicy(StrEnum):
@@ -204,6 +206,16 @@ class Options:
     accelerators: bool = True
     compress: Compress = Compress.AUTO  # ferry:// endpoints only
     rename: tuple[str, ...] = ()  # 's/REGEX/REPLACEMENT/' rules for destination names
+    # --files-from: only these source-relative paths (and all below a listed directory).
+    files_from: tuple[str, ...] | None = None
+    delete_excluded: bool = False  # sync: what the filters leave out is deleted at the destination
+    update: bool = False  # --update: a file newer at the destination is left as it is
+    # --min-size/--max-size (bytes) and --min-age/--max-age (seconds): files outside them
+    # are filtered (neither copied nor deleted), as rclone's.
+    min_size: int | None = None
+    max_size: int | None = None
+    min_age: float | None = None
+    max_age: float | None = None
     chmod: str | None = None  # rsync's --chmod list, applied to what is written
     chown: str | None = None  # rsync's --chown USER:GROUP, applied to what is written
     audit_log: str | None = None  # a file to append JSON lines to, '-' for stdout
@@ -225,6 +237,29 @@ class Options:
             raise FerryError(ErrorKind.USAGE, "--max-delete must not be negative")
         if self.max_delete is not None and self.mode != Mode.SYNC:
             raise FerryError(ErrorKind.USAGE, "--max-delete applies only to sync (plan --sync)")
+        for lo, hi, what in (
+            (self.min_size, self.max_size, "size"),
+            (self.min_age, self.max_age, "age"),
+        ):
+            for v, flag in ((lo, f"--min-{what}"), (hi, f"--max-{what}")):
+                if v is not None and v < 0:
+                    raise FerryError(ErrorKind.USAGE, f"{flag} must not be negative")
+            if lo is not None and hi is not None and lo > hi:
+                raise FerryError(
+                    ErrorKind.USAGE, f"--min-{what} is above --max-{what}: no file could match"
+                )
+        if self.delete_excluded:
+            if self.mode != Mode.SYNC:
+                raise FerryError(
+                    ErrorKind.USAGE, "--delete-excluded applies only to sync (plan --sync)"
+                )
+            bounds = (self.min_size, self.max_size, self.min_age, self.max_age)
+            if not self.filters and self.files_from is None and all(b is None for b in bounds):
+                raise FerryError(
+                    ErrorKind.USAGE,
+                    "--delete-excluded without a filter (--include/--exclude/--filter-from, "
+                    "--files-from, --min/--max-size or -age) has nothing to delete",
+                )
         if self.rename:
             from ferry.mover.rename import Renamer
 
@@ -262,6 +297,46 @@ def parse_size(text: str, what: str = "size") -> int:
     if unit not in _UNITS or not 0 <= value < float("inf"):  # NaN fails both
         raise FerryError(ErrorKind.USAGE, f"{what} {text!r} is not a size like 512K, 64M or 2G")
     return int(value * _UNITS[unit])
+
+
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "M": 30 * 86400,
+    "y": 365 * 86400,
+}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d|w|M|y)")
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """`30s`, `5m`, `2h`, `7d`, `1h30m`, a bare number of seconds: rclone's units (`M` a
+    30-day month, `y` 365 days). Seconds, as a float."""
+    t = text.strip() if text else ""
+    try:
+        return _checked_seconds(float(t))
+    except ValueError:
+        pass
+    total, pos = 0.0, 0
+    for m in _DURATION.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if not t or pos != len(t):
+        raise FerryError(
+            ErrorKind.USAGE, f"{what} {text!r} is not a duration like 30s, 5m, 2h or 7d"
+        )
+    return total
+
+
+def _checked_seconds(value: float) -> float:
+    if not 0 <= value < float("inf"):
+        raise ValueError(value)
+    return value
 
 
 def format_size(n: float) -> str:

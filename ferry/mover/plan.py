@@ -23,7 +23,7 @@ from ferry.mover.backends.base import (
     read_xattrs,
 )
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.filters import FilterSet
+from ferry.mover.filters import Bounds, FilterSet, PathList, bounds_of
 from ferry.mover.metaapply import MetaTransform
 from ferry.mover.options import (
     DEFAULT_PRESERVE,
@@ -109,6 +109,9 @@ class Planner:
                 ErrorKind.USAGE, "--chmod: the destination cannot hold modes", dst.describe()
             )
         self.filters = FilterSet.parse(options.filters)
+        bounds = bounds_of(options)
+        self.bounds: Bounds | None = bounds if bounds else None  # None: one test per entry
+        self.listed = PathList(options.files_from) if options.files_from is not None else None
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
@@ -128,8 +131,11 @@ class Planner:
         # Unchanged plain files are counted in bulk unless something needs to see each one.
         self._fast_skip = (
             not self.filters
+            and self.bounds is None
+            and self.listed is None
             and self.sharder is None
             and options.compare == Compare.SIZE_MTIME
+            and not options.update
             and options.preserve.times
             and options.manifest is None
             and (dst.holds.permissions or not options.preserve.perms)
@@ -233,7 +239,9 @@ class Planner:
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
                     child = join(dst_rel, d.name)
-                    if self.excluded(child, d) or not self._mine(child, d.size):
+                    if not self._mine(child, d.size) or (
+                        self.excluded(child, d) and not self.o.delete_excluded
+                    ):
                         continue
                     yield Action(Op.DELETE, child, dst=d)
             for src_sub, exists, dst_sub in subdirs:
@@ -273,6 +281,18 @@ class Planner:
         yield from self._decide(one.write, s, d, one.read)
 
     def excluded(self, rel: str, e: Entry) -> bool:
+        if (
+            self.bounds is not None
+            and e.type == EntryType.FILE
+            and not self.bounds.admits(e.size, e.mtime_ns)
+        ):
+            return True
+        if self.listed is not None and not (
+            self.listed.include_dir(rel)
+            if e.type == EntryType.DIR
+            else self.listed.include_file(rel)
+        ):
+            return True
         if not self.filters:
             return False
         if e.type == EntryType.DIR:
@@ -285,6 +305,13 @@ class Planner:
         """`rel` is the destination's path; `read_rel` the source's where it differs."""
         src_rel = read_rel or rel
         if self.excluded(src_rel, s):
+            if (
+                self.o.delete_excluded
+                and d is not None
+                and self.one is None
+                and self._mine(rel, d.size)
+            ):
+                yield Action(Op.DELETE, rel, dst=d)  # sync --delete-excluded
             return
         if s.type == EntryType.SYMLINK and not self.links_ok:
             if self.o.symlinks != SymlinkPolicy.FOLLOW:
@@ -372,8 +399,12 @@ class Planner:
             return Action(Op.REPLACE, rel, s, d)
         if d.type != EntryType.FILE:
             return Action(Op.UPDATE, rel, s, d)
+        if self.o.update and d.mtime_ns - s.mtime_ns >= self.window_ns:
+            return Action(Op.SKIP, rel, s, d)  # newer at the destination: --update keeps it
         if s.size != d.size:
             return Action(Op.UPDATE, rel, s, d)
+        if self.o.compare == Compare.SIZE:
+            return self._meta_or_skip(rel, s, d, times=False)
         if self.o.compare == Compare.CHECKSUM:
             if s.digest and d.digest:
                 return (
@@ -386,12 +417,13 @@ class Planner:
             return Action(Op.UPDATE, rel, s, d)
         return self._meta_or_skip(rel, s, d)
 
-    def _meta_or_skip(self, rel: str, s: Entry, d: Entry) -> Action:
-        if self.meta_differs(s, d):
+    def _meta_or_skip(self, rel: str, s: Entry, d: Entry, times: bool = True) -> Action:
+        if self.meta_differs(s, d, times):
             return Action(Op.META, rel, s, d)
         return Action(Op.SKIP, rel, s, d)
 
-    def meta_differs(self, s: Entry, d: Entry) -> bool:
+    def meta_differs(self, s: Entry, d: Entry, times: bool = True) -> bool:
+        """Whether preserved metadata differs (`times=False`: --size-only, mtimes aside)."""
         p = self.o.preserve
         if (
             p.perms
@@ -401,7 +433,7 @@ class Planner:
             and s.mode != d.mode
         ):
             return True
-        if p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
+        if times and p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
             return True
         if self.xattrs and s.xattrs is not None and d.xattrs is not None and s.xattrs != d.xattrs:
             return True

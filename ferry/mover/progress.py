@@ -278,3 +278,30 @@ class BarSink(Sink):
 
     def finish(self, summary: Summary) -> None:
         self.bar.stop()
+
+
+class StatsSink(Sink):
+    """--stats INTERVAL: one summary line every INTERVAL on its stream, for long runs
+    whose logs outlive a terminal (rclone's --stats). It keeps its own pace when beside a
+    faster sink (MultiSink updates all at the fastest one's interval)."""
+
+    def __init__(self, interval: float, stream: IO[str] | None = None) -> None:
+        self.interval = interval
+        self.stream = stream or sys.stderr
+        self._due = interval
+
+    def update(self, snap: Snapshot) -> None:
+        if snap.elapsed < self._due:
+            return
+        self._due = snap.elapsed + self.interval
+        from ferry.mover.options import format_size
+
+        more = "" if snap.scan_complete else "+"
+        eta = "" if snap.eta_seconds is None else f", ETA {snap.eta_seconds:.0f}s"
+        self.stream.write(
+            f"ferry: stats: {snap.phase}: {format_size(snap.bytes_done)} of "
+            f"{format_size(snap.bytes_total)}{more}, {snap.files_done} of {snap.files_total}"
+            f"{more} files, {format_size(snap.bytes_per_second)}/s{eta}, "
+            f"{snap.elapsed:.0f}s elapsed\n"
+        )
+        self.stream.flush()

@@ -63,6 +63,8 @@ def refuse_unusable(options: Options, name: str) -> None:
     o = options
     asked = [
         (bool(o.filters), "--include/--exclude/--filter-from (spec filters)"),
+        (o.files_from is not None, "--files-from"),
+        (o.delete_excluded, "--delete-excluded"),
         (o.shard_count > 1, "sharding (spec shards)"),
         (o.max_delete is not None, "--max-delete (spec maxDelete)"),
         (o.allow_empty_source, "--allow-empty-source (spec allowEmptySource)"),

@@ -124,9 +124,16 @@ EndpointSpec = Annotated[
 ]
 
 
+_COMPARE = {
+    "SizeMtime": op.Compare.SIZE_MTIME,
+    "Checksum": op.Compare.CHECKSUM,
+    "Size": op.Compare.SIZE,
+}
+
+
 class OptionsSpec(_Model):
     mode: Literal["Copy", "Sync"] = "Copy"
-    compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
+    compare: Literal["SizeMtime", "Checksum", "Size"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
     fsync: Literal["End", "File", "None"] = "End"
     preserve: list[PreserveFlag] = Field(
@@ -148,6 +155,22 @@ class OptionsSpec(_Model):
     compression: Literal["Auto", "On", "Off"] = "Auto"  # zstd on a ferry:// wire
     # 's/REGEX/REPLACEMENT/' rules for destination names, in order (ferry.mover.rename)
     rename: list[str] = Field(default_factory=list, max_length=100)
+    min_size: str | None = None  # --min-size/--max-size, sizes as chunkSize
+    max_size: str | None = None
+    min_age: str | None = None  # --min-age/--max-age, rclone's durations
+    max_age: str | None = None
+    update: bool = False
+    delete_excluded: bool = False
+
+    @field_validator("min_age", "max_age")
+    @classmethod
+    def _ages_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                op.parse_duration(value)
+            except FerryError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("max_delete")
     @classmethod
@@ -190,7 +213,7 @@ class OptionsSpec(_Model):
             raise ValueError(str(exc).replace("--rename", "rule", 1)) from None
         return value
 
-    @field_validator("chunk_size", "bandwidth")
+    @field_validator("chunk_size", "bandwidth", "min_size", "max_size")
     @classmethod
     def _sizes_parse(cls, value: str | None) -> str | None:
         if value is not None:
@@ -217,7 +240,7 @@ class TransferSpec(_Model):
         shard = self.shard or ShardSpec(index=0, count=1)
         options = op.Options(
             mode=op.Mode(o.mode.lower()),
-            compare=op.Compare.CHECKSUM if o.compare == "Checksum" else op.Compare.SIZE_MTIME,
+            compare=_COMPARE[o.compare],
             verify=op.Verify(o.verify.lower()),
             fsync=op.Fsync(o.fsync.lower()),
             preserve=op.Preserve(**{f: f in o.preserve for f in op.PRESERVE_FLAGS}),
@@ -236,6 +259,12 @@ class TransferSpec(_Model):
             max_delete=o.max_delete,
             compress=op.Compress(o.compression.lower()),
             rename=tuple(o.rename),
+            min_size=op.parse_size(o.min_size, "minSize") if o.min_size else None,
+            max_size=op.parse_size(o.max_size, "maxSize") if o.max_size else None,
+            min_age=op.parse_duration(o.min_age, "minAge") if o.min_age else None,
+            max_age=op.parse_duration(o.max_age, "maxAge") if o.max_age else None,
+            update=o.update,
+            delete_excluded=o.delete_excluded,
             shard_index=shard.index,
             shard_count=shard.count,
         )

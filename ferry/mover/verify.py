@@ -14,7 +14,7 @@ from ferry.mover.backends import check_compress, open_backend
 from ferry.mover.backends.base import Backend, Entry, EntryType, join, read_xattrs
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
-from ferry.mover.filters import FilterSet
+from ferry.mover.filters import Bounds, FilterSet, PathList, bounds_of
 from ferry.mover.integrity import file_digest
 from ferry.mover.metaapply import MetaTransform
 from ferry.mover.options import Options
@@ -38,7 +38,19 @@ class Difference:
         return f"{self.what:<10} {self.path}" + (f"  ({self.detail})" if self.detail else "")
 
 
-def _included(filters: FilterSet, rel: str, e: Entry) -> bool:
+def _included(
+    filters: FilterSet,
+    rel: str,
+    e: Entry,
+    bounds: Bounds | None = None,
+    listed: PathList | None = None,
+) -> bool:
+    if bounds and e.type == EntryType.FILE and not bounds.admits(e.size, e.mtime_ns):
+        return False
+    if listed is not None and not (
+        listed.include_dir(rel) if e.type == EntryType.DIR else listed.include_file(rel)
+    ):
+        return False
     if not filters:
         return True
     return filters.include_dir(rel) if e.type == EntryType.DIR else filters.include_file(rel)
@@ -50,6 +62,8 @@ def _walk(
     filters: FilterSet,
     one: OneFile | None = None,
     rename: Renamer | None = None,
+    bounds: Bounds | None = None,
+    listed: PathList | None = None,
 ) -> Iterator[tuple[str, str, Entry | None, Entry | None]]:
     """(destination path, source path, source entry, destination entry) of every pair, by
     the destination's names (`rename` maps a source name to its destination name)."""
@@ -57,6 +71,8 @@ def _walk(
         s = src.stat(one.read)
         if s is None:
             raise FerryError(ErrorKind.SOURCE_NOT_FOUND, "source does not exist", one.read)
+        if bounds and s.type == EntryType.FILE and not bounds.admits(s.size, s.mtime_ns):
+            return  # filtered by size or age, as copy leaves it
         yield one.write, one.read, s, dst.stat(one.write)
         return
     lister = PairLister(src, dst, rename=rename)
@@ -72,7 +88,11 @@ def _walk(
                 raise err
             names: dict[str, str] | None = None
             if rename:
-                kept = [e.name for e in s_list if _included(filters, join(rel, e.name), e)]
+                kept = [
+                    e.name
+                    for e in s_list
+                    if _included(filters, join(rel, e.name), e, bounds, listed)
+                ]
                 where = f"{src.describe().rstrip('/')}/{rel}" if rel else src.describe()
                 names = rename.listing((e.name for e in s_list), kept, where)
             d_by = {e.name: e for e in d_list}
@@ -81,7 +101,7 @@ def _walk(
                 child = join(rel, s.name)
                 new = s.name if names is None else names[s.name]
                 d = d_by.pop(new, None)
-                if not _included(filters, child, s):
+                if not _included(filters, child, s, bounds, listed):
                     continue
                 dst_child = join(dst_rel, new)
                 yield dst_child, child, s, d
@@ -89,7 +109,7 @@ def _walk(
                     subdirs.append((child, dst_child))
             for d in sorted(d_by.values(), key=lambda e: e.name):
                 dst_child = join(dst_rel, d.name)
-                if not _included(filters, dst_child, d):
+                if not _included(filters, dst_child, d, bounds, listed):
                     continue
                 yield dst_child, dst_child, None, d
             for sub, dst_sub in subdirs:
@@ -189,7 +209,10 @@ def verify_trees(
 
                 rename = Renamer(options.rename) if options.rename and one is None else None
                 filters = FilterSet.parse(options.filters)
-                for rel, read, s, d in _walk(src, dst, filters, one, rename):
+                listed = PathList(options.files_from) if options.files_from is not None else None
+                for rel, read, s, d in _walk(
+                    src, dst, filters, one, rename, bounds_of(options), listed
+                ):
                     if s is None:
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue

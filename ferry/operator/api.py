@@ -68,6 +68,8 @@ Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
 SizeStr = Annotated[str, Field(max_length=32, pattern=SIZE_PATTERN)]
 # A size, or a percentage from 0 to below 100 (`ferry.mover.options.MinFree`).
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w|M|y))+$"
+DurationStr = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN)]
 MIN_FREE_PATTERN = r"^(" + SIZE_PATTERN[1:-1] + r"|[0-9]{1,2}(\.[0-9]+)?%)$"
 RelPath = Annotated[str, Field(max_length=4096)]
 
@@ -417,6 +419,13 @@ MAX_DELETE_RULE = {
     "rule": "!has(self.maxDelete) || (has(self.mode) && self.mode == 'Sync')",
     "message": "maxDelete applies only to mode Sync",
 }
+DELETE_EXCLUDED_RULE = {
+    "rule": "!has(self.deleteExcluded) || !self.deleteExcluded || ((has(self.mode) && "
+    "self.mode == 'Sync') && (has(self.filters) || has(self.minSize) || has(self.maxSize) || "
+    "has(self.minAge) || has(self.maxAge)))",
+    "message": "deleteExcluded applies only to mode Sync with filters, minSize, maxSize, "
+    "minAge or maxAge",
+}
 MIN_FREE_RULE = {
     "rule": "!has(self.minFree) || !has(self.preflight) || self.preflight",
     "message": "minFree has no effect with preflight: false",
@@ -462,6 +471,7 @@ class TransferJobSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             MAX_DELETE_RULE,
+            DELETE_EXCLUDED_RULE,
             MIN_FREE_RULE,
             DELTA_ON_RULE,
             COMPRESSION_ON_RULE,
@@ -473,7 +483,7 @@ class TransferJobSpec(Model):
     source: Endpoint
     destination: Endpoint
     mode: Literal["Copy", "Sync"] = "Copy"
-    compare: Literal["SizeMtime", "Checksum"] = "SizeMtime"
+    compare: Literal["SizeMtime", "Checksum", "Size"] = "SizeMtime"
     verify: Literal["None", "Inline", "Full"] = "Inline"
     fsync: Literal["End", "File", "None"] = Field(
         default="End",
@@ -507,6 +517,26 @@ class TransferJobSpec(Model):
         description="Rules 's/REGEX/REPLACEMENT/' (Python re; flags g, i) applied in order to "
         "each destination name (--rename); two names made one fail the job before anything "
         "is written.",
+    )
+    min_size: SizeStr | None = Field(
+        default=None, description="Only files of at least this size (--min-size)."
+    )
+    max_size: SizeStr | None = Field(
+        default=None, description="Only files of at most this size (--max-size)."
+    )
+    min_age: DurationStr | None = Field(
+        default=None, description="Only files modified at least this long ago, e.g. 7d (--min-age)."
+    )
+    max_age: DurationStr | None = Field(
+        default=None, description="Only files modified at most this long ago, e.g. 2h (--max-age)."
+    )
+    update: bool = Field(
+        default=False, description="Leave files that are newer at the destination (--update)."
+    )
+    delete_excluded: bool = Field(
+        default=False,
+        description="Sync: also delete at the destination what the filters and the size and "
+        "age bounds leave out (--delete-excluded).",
     )
     parallelism: Parallelism | None = None
     retry: Retry | None = None
@@ -555,6 +585,17 @@ class TransferJobSpec(Model):
     def _max_delete_for_sync(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and info.data.get("mode") != "Sync":
             raise ValueError(MAX_DELETE_RULE["message"])
+        return value
+
+    @field_validator("delete_excluded")
+    @classmethod
+    def _delete_excluded_for_filtered_sync(cls, value: bool, info: ValidationInfo) -> bool:
+        d = info.data
+        filtered = d.get("filters") or any(
+            d.get(k) is not None for k in ("min_size", "max_size", "min_age", "max_age")
+        )
+        if value and (d.get("mode") != "Sync" or not filtered):
+            raise ValueError(DELETE_EXCLUDED_RULE["message"])
         return value
 
     @field_validator("rename")

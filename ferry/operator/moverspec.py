@@ -203,6 +203,12 @@ def options(
         chunk_size=par.chunk_size or tuning.chunk_size or None,
         bandwidth=spec.bandwidth or None,
         max_delete=max_delete,
+        min_size=spec.min_size,
+        max_size=spec.max_size,
+        min_age=spec.min_age,
+        max_age=spec.max_age,
+        update=spec.update,
+        delete_excluded=spec.delete_excluded,
         **given,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from ferry.mover.options import DEFAULT_MIN_FREE, Fsync, MinFree
 from ferry.mover.spec import TransferSpec
@@ -409,3 +410,30 @@ def test_validation_names_the_field(bad, field):
         api.TransferJobSpec.model_validate(bad)
     where, _ = pydantic_field(exc.value)
     assert where == f"spec.{field}"
+
+
+def test_size_age_update_and_delete_excluded_reach_the_mover_options():
+    """The TransferJob's minSize/maxSize/minAge/maxAge/update/deleteExcluded arrive in the
+    engine's options; deleteExcluded without Sync or without a filter is refused."""
+    spec = {
+        **PVC_TO_PVC,
+        "mode": "Sync",
+        "minSize": "1K",
+        "maxSize": "2M",
+        "minAge": "1h30m",
+        "maxAge": "7d",
+        "update": True,
+        "deleteExcluded": True,
+    }
+    s = json.loads(build(spec).config_map["data"]["spec-0.json"])
+    _, _, options = TransferSpec.model_validate(s).to_engine()
+    assert (options.min_size, options.max_size) == (1024, 2 * 1024 * 1024)
+    assert (options.min_age, options.max_age) == (5400, 7 * 86400)
+    assert options.update and options.delete_excluded
+    for bad in (
+        {**PVC_TO_PVC, "deleteExcluded": True, "filters": ["- *.tmp"]},
+        {**PVC_TO_PVC, "mode": "Sync", "deleteExcluded": True},
+        {**PVC_TO_PVC, "maxAge": "soon"},
+    ):
+        with pytest.raises(ValidationError):
+            api.TransferJobSpec.model_validate(bad)

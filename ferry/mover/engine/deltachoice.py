@@ -2,15 +2,15 @@
 measurements say reaches this destination sooner.
 
 Sending a file whole costs its bytes over the link: `MeasuresLink.link_rate`, the rate
-the run's file data reached the destination (pieces of 256 KiB or more, not batches of
-small files, whose time is the server's per-file work; not the probe) (all streams together: a large file goes
-whole in parallel chunks), capped by `--bwlimit`. A delta costs the
-signature where the basis lives (reading it), the match here (~800 MB/s a core), the
-rebuild there and the changed bytes over the link; its rate is measured as well, each
-delta's source bytes over its time from signature to rebuilt file (files of TIMED_DELTA
-or more), weighed against a prior
-of DEFAULT_DELTA_RATE (what a 256 MiB delta took end to end on loopback) until deltas
-worth PRIOR_BYTES have run. A delta goes where the link is slower than the delta.
+the run's file data reached the destination, all streams together (a large file goes
+whole in parallel chunks), counting pieces of 256 KiB or more only (batches of small
+files take the server's per-file time; the probe is counted apart), capped by
+`--bwlimit`. A delta costs the signature where the basis lives (reading it), the match
+here (~800 MB/s a core), the rebuild there and the changed bytes over the link; its rate
+is measured as well, each delta's source bytes over its time from signature to rebuilt
+file (files of TIMED_DELTA or more), weighed against a prior of DEFAULT_DELTA_RATE (what
+a 256 MiB delta took end to end on loopback) until deltas worth PRIOR_BYTES have run. A
+delta goes where the link is slower than the delta.
 
 Before the link was measured: a probe (`MeasuresLink.probe_link`, at most 17 MiB thrown
 away, once per run) when the file is at least PROBE_MIN_FILE, so the probe is small beside
