@@ -36,8 +36,9 @@ def wait_for(cond: Any, what: str, deadline: float = 30.0, every: float = 0.02) 
 class Server:
     """One `ferry serve ROOT` process; restartable on the same port."""
 
-    def __init__(self, root: Path, certs: Certs, log: Path) -> None:
+    def __init__(self, root: Path, certs: Certs, log: Path, *args: str) -> None:
         self.root, self.certs, self.log_path = root, certs, log
+        self.args = args  # more of `ferry serve`'s flags
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -58,6 +59,7 @@ class Server:
                 str(self.certs.server.key),
                 "--tls-ca",
                 str(self.certs.ca),
+                *self.args,
             ],
             stdout=log,
             stderr=log,
