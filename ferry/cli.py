@@ -188,7 +188,17 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             "chunk in memory)",
         )
         p.add_argument(
-            "--bwlimit", default=None, metavar="RATE", help="bandwidth limit in bytes/s, e.g. 50M"
+            "--bwlimit",
+            default=None,
+            metavar="RATE",
+            help="bandwidth limit in bytes/s, e.g. 50M, or rclone's timetable "
+            "'08:00,512K 12:00,10M 18:00,off' (or 'Mon-08:00,512K Sat-10:00,off')",
+        )
+        p.add_argument(
+            "--bwlimit-tz",
+            default=None,
+            metavar="ZONE",
+            help="IANA zone the --bwlimit timetable is read in (default: the local zone, TZ)",
         )
         p.add_argument(
             "--retries",
@@ -444,6 +454,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
+    from ferry.mover import bwtable
     from ferry.mover.filters import rules_from_cli
     from ferry.mover.options import (
         Compare,
@@ -516,7 +527,10 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     if given.get("chunk_size") is not None:
         kw["chunk_size"] = parse_size(given["chunk_size"], "--chunk-size")
     if given.get("bwlimit") is not None:
-        kw["bwlimit"] = parse_size(given["bwlimit"], "--bwlimit")
+        tz = bwtable.zone(given.get("bwlimit_tz"), "--bwlimit-tz")
+        kw["bwlimit"] = bwtable.BwTable.parse(given["bwlimit"], "--bwlimit", tz)
+    elif given.get("bwlimit_tz") is not None:
+        raise FerryError(ErrorKind.USAGE, "--bwlimit-tz needs --bwlimit")
     if given.get("no_preflight"):
         kw["preflight"] = False
     if given.get("min_free") is not None:

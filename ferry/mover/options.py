@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
+from ferry.mover.bwtable import BwTable
 from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.sizes import GiB as GiB
+from ferry.mover.sizes import KiB as KiB
+from ferry.mover.sizes import MiB, parse_size
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
 DEFAULT_CHUNK_SIZE = 16 * MiB
 
 PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse")
@@ -187,7 +188,8 @@ class Options:
     filters: tuple[str, ...] = ()
     transfers: int = 8
     chunk_size: int = 0  # 0: the destination's default_chunk_size, else DEFAULT_CHUNK_SIZE
-    bwlimit: int = 0
+    # Bytes/s (0: none), or a timetable (`ferry.mover.bwtable`); `bwtable` reads either.
+    bwlimit: int | BwTable = 0
     retries: int = 3
     retry_base_delay: float = 0.5
     error_policy: ErrorPolicy = ErrorPolicy.ABORT
@@ -220,6 +222,14 @@ class Options:
     chown: str | None = None  # rsync's --chown USER:GROUP, applied to what is written
     audit_log: str | None = None  # a file to append JSON lines to, '-' for stdout
 
+    @property
+    def bwtable(self) -> BwTable | None:
+        """The bandwidth limit as a timetable; None when it never limits."""
+        table = (
+            self.bwlimit if isinstance(self.bwlimit, BwTable) else BwTable.constant(self.bwlimit)
+        )
+        return table if table.limited else None
+
     def __post_init__(self) -> None:
         if self.transfers < 1:
             raise FerryError(ErrorKind.USAGE, "transfers must be at least 1")
@@ -229,7 +239,7 @@ class Options:
             )
         if self.retries < 0:
             raise FerryError(ErrorKind.USAGE, "retries must not be negative")
-        if self.bwlimit < 0:
+        if isinstance(self.bwlimit, int) and self.bwlimit < 0:
             raise FerryError(ErrorKind.USAGE, "bandwidth limit must not be negative")
         if not 0 <= self.shard_index < self.shard_count:
             raise FerryError(ErrorKind.USAGE, "shard index must be in [0, shard count)")
@@ -281,22 +291,6 @@ class Options:
             raise FerryError(
                 ErrorKind.USAGE, "--min-free has no effect with --no-preflight: pass one of them"
             )
-
-
-_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """`64M`, `1.5G`, `4096`, `512k`: binary units, as rsync and rclone read them."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b") if text else ""
-    unit = t[-1:] if t[-1:].isalpha() else ""
-    try:
-        value = float(t[: len(t) - len(unit)])
-    except ValueError:
-        value = -1.0
-    if unit not in _UNITS or not 0 <= value < float("inf"):  # NaN fails both
-        raise FerryError(ErrorKind.USAGE, f"{what} {text!r} is not a size like 512K, 64M or 2G")
-    return int(value * _UNITS[unit])
 
 
 _DURATION_UNITS = {

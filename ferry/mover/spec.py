@@ -12,6 +12,7 @@ from typing import Annotated, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
+from ferry.mover import bwtable
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
 from ferry.mover.errors import FerryError
@@ -144,7 +145,8 @@ class OptionsSpec(_Model):
     filters: list[str] = Field(default_factory=list, max_length=1000)
     transfers: int = Field(default=8, ge=1, le=256)
     chunk_size: str | None = None  # the destination's default (16M; 8M to S3)
-    bandwidth: str | None = None
+    bandwidth: str | None = Field(default=None, max_length=bwtable.MAX_TEXT)  # a timetable too
+    bandwidth_time_zone: str | None = Field(default=None, max_length=64)  # None: UTC
     retries: int = Field(default=3, ge=0, le=100)
     error_policy: Literal["Abort", "Skip"] = "Abort"
     dry_run: bool = False
@@ -213,7 +215,27 @@ class OptionsSpec(_Model):
             raise ValueError(str(exc).replace("--rename", "rule", 1)) from None
         return value
 
-    @field_validator("chunk_size", "bandwidth", "min_size", "max_size")
+    @field_validator("bandwidth_time_zone")
+    @classmethod
+    def _zone_known(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                bwtable.zone(value, "bandwidthTimeZone")
+            except FerryError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bandwidth_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                bwtable.BwTable.parse(value, "bandwidth")
+            except FerryError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("chunk_size", "min_size", "max_size")
     @classmethod
     def _sizes_parse(cls, value: str | None) -> str | None:
         if value is not None:
@@ -249,7 +271,11 @@ class TransferSpec(_Model):
             filters=tuple(o.filters),
             transfers=o.transfers,
             chunk_size=op.parse_size(o.chunk_size, "chunkSize") if o.chunk_size else 0,
-            bwlimit=op.parse_size(o.bandwidth, "bandwidth") if o.bandwidth else 0,
+            bwlimit=bwtable.BwTable.parse(
+                o.bandwidth, "bandwidth", bwtable.zone(o.bandwidth_time_zone or "UTC")
+            )
+            if o.bandwidth
+            else 0,
             retries=o.retries,
             error_policy=op.ErrorPolicy(o.error_policy.lower()),
             dry_run=o.dry_run,

@@ -67,6 +67,11 @@ class StatusModel(BaseModel):
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
 SizeStr = Annotated[str, Field(max_length=32, pattern=SIZE_PATTERN)]
+# A rate, or rclone's timetable of `[Day-]HH:MM,RATE` entries (ferry.mover.bwtable reads it).
+_RATE = r"([0-9]+(\.[0-9]+)?([KMGTP]i?)?B?|off|Off|OFF)"
+_BW_ENTRY = rf"([A-Za-z]{{3,9}}-)?[0-2][0-9]:[0-5][0-9],{_RATE}"
+BANDWIDTH_PATTERN = rf"^({_RATE}|{_BW_ENTRY}([ ;]+{_BW_ENTRY})*)$"
+BandwidthStr = Annotated[str, Field(max_length=4096, pattern=BANDWIDTH_PATTERN)]
 # A size, or a percentage from 0 to below 100 (`ferry.mover.options.MinFree`).
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w|M|y))+$"
 DurationStr = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN)]
@@ -508,8 +513,18 @@ class TransferJobSpec(Model):
     filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, max_length=256
     )
-    bandwidth: SizeStr | None = Field(
-        default=None, description="Bytes per second per pod, e.g. 50M."
+    bandwidth: BandwidthStr | None = Field(
+        default=None,
+        description="The whole job's bytes per second (split evenly among its shards' pods), "
+        "e.g. 50M, or rclone's --bwlimit timetable: '08:00,512K 12:00,10M 18:00,off' (every "
+        "day) or 'Mon-08:00,512K Sat-10:00,off' (every week); the entry in force is the last "
+        "one at or before now, off is no limit. Read in bandwidthTimeZone.",
+    )
+    bandwidth_time_zone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="IANA zone the bandwidth timetable is read in, e.g. Europe/Berlin. Default "
+        "UTC; a TransferSchedule's jobs get the schedule's timeZone unless they set one.",
     )
     rename: list[Annotated[str, Field(min_length=4, max_length=1024)]] | None = Field(
         default=None,
@@ -596,6 +611,28 @@ class TransferJobSpec(Model):
         )
         if value and (d.get("mode") != "Sync" or not filtered):
             raise ValueError(DELETE_EXCLUDED_RULE["message"])
+        return value
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bandwidth_parses(cls, value: str | None) -> str | None:
+        from ferry.mover.bwtable import BwTable
+        from ferry.mover.errors import FerryError
+
+        if value is not None:
+            try:
+                BwTable.parse(value, "bandwidth")
+            except FerryError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("bandwidth_time_zone")
+    @classmethod
+    def _bandwidth_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from ferry.operator.cron import zone
+
+            zone(value)
         return value
 
     @field_validator("rename")

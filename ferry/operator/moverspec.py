@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ferry.mover import roots
 from ferry.mover import spec as ms
+from ferry.mover.bwtable import BwTable
 from ferry.operator import api
 
 DATA_DIR = "/data"
@@ -170,8 +171,19 @@ def endpoint(ep: api.Endpoint, side: str, mounts: list[Mount]) -> ms.EndpointSpe
     )
 
 
+def bandwidth_share(bandwidth: str | None, shards: int) -> str | None:
+    """Each shard's pod's part of the job's limit: every timetable entry's rate over the
+    number of pods, so together they keep to the job's limit (never n times it)."""
+    if not bandwidth or shards <= 1:
+        return bandwidth or None
+    return str(BwTable.parse(bandwidth, "bandwidth").split(shards))
+
+
 def options(
-    spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None, max_delete: int | None
+    spec: api.TransferJobSpec,
+    pool: api.MoverPoolSpec | None,
+    max_delete: int | None,
+    shards: int = 1,
 ) -> ms.OptionsSpec:
     """The mover's options: the TransferJob's, with the pool's tuning under its own."""
     tuning = pool.tuning if pool and pool.tuning else api.Tuning()
@@ -201,7 +213,8 @@ def options(
         preflight=spec.preflight,
         min_free=spec.min_free,
         chunk_size=par.chunk_size or tuning.chunk_size or None,
-        bandwidth=spec.bandwidth or None,
+        bandwidth=bandwidth_share(spec.bandwidth, shards),
+        bandwidth_time_zone=spec.bandwidth_time_zone,
         max_delete=max_delete,
         min_size=spec.min_size,
         max_size=spec.max_size,
@@ -231,7 +244,7 @@ def mover_specs(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> Mo
             ms.TransferSpec(
                 source=source,
                 destination=destination,
-                options=options(spec, pool, delete_share(spec.max_delete, i, n)),
+                options=options(spec, pool, delete_share(spec.max_delete, i, n), n),
                 shard=ms.ShardSpec(index=i, count=n) if n > 1 else None,
             )
             for i in range(n)

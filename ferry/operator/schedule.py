@@ -78,8 +78,15 @@ def _child(
                 }
             ],
         },
-        "spec": dict(template.get("spec") or {}),
+        "spec": _with_zone(dict(template.get("spec") or {}), spec.time_zone),
     }
+
+
+def _with_zone(job: dict[str, Any], time_zone: str | None) -> dict[str, Any]:
+    """A bandwidth timetable is read in the schedule's zone, unless the job names its own."""
+    if time_zone and job.get("bandwidth") and not job.get("bandwidthTimeZone"):
+        job["bandwidthTimeZone"] = time_zone
+    return job
 
 
 def _is_active(child: dict[str, Any]) -> bool:

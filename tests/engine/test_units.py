@@ -211,7 +211,7 @@ def test_transfer_spec_names_bad_fields() -> None:
     assert (
         options.mode.value == "sync" and options.chunk_size == 32 * MiB and options.shard_index == 1
     )
-    assert options.bwlimit == 10 * MiB
+    assert options.bwtable is not None and options.bwtable.rate_at(0) == 10 * MiB
     for bad, field in (
         ({"options": {"chunkSize": "lots"}}, "chunkSize"),
         ({"options": {"mode": "Move"}}, "mode"),

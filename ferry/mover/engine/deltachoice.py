@@ -5,7 +5,7 @@ Sending a file whole costs its bytes over the link: `MeasuresLink.link_rate`, th
 the run's file data reached the destination, all streams together (a large file goes
 whole in parallel chunks), counting pieces of 256 KiB or more only (batches of small
 files take the server's per-file time; the probe is counted apart), capped by
-`--bwlimit`. A delta costs the signature where the basis lives (reading it), the match
+`--bwlimit` (a timetable's entry in force at the decision). A delta costs the signature where the basis lives (reading it), the match
 here (~800 MB/s a core), the rebuild there and the changed bytes over the link; its rate
 is measured as well, each delta's source bytes over its time from signature to rebuilt
 file (files of TIMED_DELTA or more), weighed against a prior of DEFAULT_DELTA_RATE (what
@@ -25,6 +25,7 @@ import logging
 import threading
 
 from ferry.mover.backends.base import Backend, MeasuresLink
+from ferry.mover.bwtable import BwSchedule, BwTable
 from ferry.mover.errors import FerryError
 from ferry.mover.options import MiB
 from ferry.mover.rate import Rate
@@ -47,9 +48,12 @@ def delta_pays(link_rate: float | None, delta_rate: float) -> bool:
 class DeltaChoice:
     """The per-file decision of one run to one destination, and what it has measured."""
 
-    def __init__(self, dst: Backend, bwlimit: int = 0) -> None:
+    def __init__(self, dst: Backend, bwlimit: int | BwSchedule = 0) -> None:
         self.dst = dst
-        self.bwlimit = bwlimit
+        # The limit now (a timetable's current entry), asked at each decision.
+        self.bwlimit = (
+            bwlimit if isinstance(bwlimit, BwSchedule) else BwSchedule(BwTable.constant(bwlimit))
+        )
         self.deltas = Rate(prior_rate=DEFAULT_DELTA_RATE, prior_bytes=PRIOR_BYTES)
         self._probe_lock = threading.Lock()
         self._probed = False
@@ -63,8 +67,9 @@ class DeltaChoice:
             rate = self.dst.link_rate()
             if rate is None and (size >= PROBE_MIN_FILE or self._probed):
                 rate = self._probe(self.dst)
-        if self.bwlimit:
-            rate = self.bwlimit if rate is None else min(rate, float(self.bwlimit))
+        limit = self.bwlimit.rate()
+        if limit:
+            rate = limit if rate is None else min(rate, float(limit))
         return rate
 
     def _probe(self, dst: MeasuresLink) -> float | None:

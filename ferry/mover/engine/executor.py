@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 
 from ferry.mover.backends.base import Backend, DeltaBasis, EntryType, ServerSideCopy
+from ferry.mover.bwtable import BwSchedule
 from ferry.mover.engine import chunks, deltafile, wholefile
 from ferry.mover.engine.audit import AuditLog
 from ferry.mover.engine.batches import SMALL, Batcher
@@ -55,7 +56,9 @@ class Executor:
         self.ledger = ledger = Ledger(
             summary, progress, options.error_policy, cancel, manifest, audit=audit
         )
-        limiter = RateLimiter(options.bwlimit) if options.bwlimit else None
+        table = options.bwtable
+        bw = BwSchedule(table) if table is not None else None  # one clock for both users
+        limiter = RateLimiter(bw) if bw is not None else None
         hashing = options.verify != Verify.NONE
         delta = sends_deltas(options, dst)
         auto_delta = delta and options.delta == Delta.AUTO
@@ -74,7 +77,7 @@ class Executor:
             xattrs=options.preserve.xattrs and dst.holds.xattrs,
             server_copy=isinstance(dst, ServerSideCopy) and dst.same_service(src),
             delta=delta,
-            delta_choice=DeltaChoice(dst, options.bwlimit) if auto_delta else None,
+            delta_choice=DeltaChoice(dst, bw or 0) if auto_delta else None,
             direct_max=wholefile.direct_max_for(options, src, dst),
         )
         self.batches = Batcher(self.ctx)

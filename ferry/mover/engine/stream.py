@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from ferry.mover.backends.base import Reader, Writer, thread_buffer
+from ferry.mover.bwtable import BwSchedule, BwTable
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import BLOCK_SIZE, StreamHasher
 from ferry.mover.progress import Progress
@@ -26,22 +27,38 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, er
 
 
 class RateLimiter:
-    """A token bucket shared by all workers; `take` blocks until the bytes may pass."""
+    """A token bucket shared by all workers; `take` blocks until the bytes may pass.
 
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.burst = rate / 10  # at most a tenth of a second ahead of the limit
+    The rate comes from a `BwSchedule` (a plain int: always that rate), asked on every
+    take, so a timetable's boundary changes the rate without restarting anything; 0 lets
+    everything through. `clock` is the bucket's (monotonic) time, injected by tests."""
+
+    def __init__(self, rate: int | BwSchedule, clock: Callable[[], float] = time.monotonic) -> None:
+        self.schedule = rate if isinstance(rate, BwSchedule) else BwSchedule(BwTable.constant(rate))
+        self.clock = clock
+        self.rate = 0  # the rate applied by the last take
         self.tokens = 0.0
-        self.stamp = time.monotonic()
+        self.stamp = clock()
         self.lock = threading.Lock()
 
-    def take(self, n: int, cancel: threading.Event) -> None:
+    def admit(self, n: int) -> float:
+        """Count `n` bytes in; the seconds the caller must wait before they pass."""
         with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            rate = self.schedule.rate()
+            now = self.clock()
+            if rate != self.rate:  # a boundary: the new rate from here, no debt carried
+                self.rate, self.tokens = rate, 0.0
+            elif rate:
+                burst = rate / 10  # at most a tenth of a second ahead of the limit
+                self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
             self.stamp = now
+            if not rate:
+                return 0.0
             self.tokens -= n
-            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+            return -self.tokens / rate if self.tokens < 0 else 0.0
+
+    def take(self, n: int, cancel: threading.Event) -> None:
+        wait = self.admit(n)
         if wait > 0:
             cancel.wait(wait)
 

@@ -38,7 +38,7 @@ DIRECT_LOCAL = 64 * 1024  # ...or this size between local files (larger ones: ke
 def direct_max_for(options: Options, src: Backend, dst: Backend) -> int:
     """Files up to this size go in one read and one write (-1: none; a rate limit or
     `--verify full` needs every byte to go through the stream)."""
-    if options.bwlimit or options.verify == Verify.FULL:
+    if options.bwtable is not None or options.verify == Verify.FULL:
         return -1
     return DIRECT_LOCAL if (src.fileno_capable and dst.fileno_capable) else PIECE
 
