@@ -217,12 +217,14 @@ class OptionsSpec(_Model):
 
     @field_validator("bandwidth_time_zone")
     @classmethod
-    def _zone_known(cls, value: str | None) -> str | None:
+    def _zone_known(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             try:
                 bwtable.zone(value, "bandwidthTimeZone")
             except FerryError as exc:
                 raise ValueError(str(exc)) from None
+            if "bandwidth" in info.data and info.data["bandwidth"] is None:
+                raise ValueError("bandwidthTimeZone applies only to a bandwidth timetable")
         return value
 
     @field_validator("bandwidth")

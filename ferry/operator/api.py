@@ -628,11 +628,13 @@ class TransferJobSpec(Model):
 
     @field_validator("bandwidth_time_zone")
     @classmethod
-    def _bandwidth_zone(cls, value: str | None) -> str | None:
+    def _bandwidth_zone(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             from ferry.operator.cron import zone
 
             zone(value)
+            if "bandwidth" in info.data and info.data["bandwidth"] is None:
+                raise ValueError("bandwidthTimeZone applies only to a bandwidth timetable")
         return value
 
     @field_validator("rename")

@@ -109,6 +109,12 @@ def test_an_unknown_zone_is_refused() -> None:
         )
     assert "bandwidth_time_zone" in str(exc.value) or "bandwidthTimeZone" in str(exc.value)
     assert "unknown time zone 'Nowhere/City'" in str(exc.value)
+    # A zone with no bandwidth to read in it would be accepted and ignored: refused.
+    for model in (api.TransferJobSpec, ms.OptionsSpec):
+        body = {**PVC_TO_PVC, "bandwidthTimeZone": "UTC"} if model is api.TransferJobSpec else {}
+        with pytest.raises(ValidationError) as exc:
+            model.model_validate({**body, "bandwidthTimeZone": "UTC"})
+        assert "bandwidthTimeZone applies only to a bandwidth timetable" in str(exc.value)
 
 
 def _crd_bandwidth(plural: str) -> dict:
