@@ -199,14 +199,15 @@ class BwSchedule:
         self.table = table
         self.clock = clock
         self._lock = threading.Lock()
+        self._since = float("inf")
         self._until = float("-inf")
         self._rate = 0
 
     def rate(self) -> int:
         """Bytes/s now; 0: no limit."""
         now = self.clock()
-        if now >= self._until or now < self._until - 2 * RECHECK:  # clock stepped back
+        if not self._since <= now < self._until:  # past the boundary, or the clock stepped back
             with self._lock:
                 self._rate = self.table.rate_at(now)
-                self._until = self.table.next_change(now)
+                self._since, self._until = now, self.table.next_change(now)
         return self._rate

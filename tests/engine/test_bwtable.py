@@ -174,7 +174,6 @@ def test_rate_at_follows_the_zone_and_its_dst_changes() -> None:
 class Clock:
     def __init__(self, t: float) -> None:
         self.t = t
-        self.calls = 0
 
     def __call__(self) -> float:
         return self.t
@@ -212,7 +211,7 @@ def test_the_cached_schedule_always_gives_the_rate_now(text: str, tz: str, start
             assert bw.rate() == table.rate_at(clock.t), datetime.fromtimestamp(clock.t, UTC)
             asked += 3
         clock.t += 30
-    # Each check costs an extra direct lookup here; the schedule's own are a few an hour.
+    # The checks above ask `table` directly; the schedule's own lookups: a few an hour.
     own = COUNT[0]
     assert own <= 3 * 24 * 5 + 20 and own * 20 < asked, own
 
@@ -223,6 +222,10 @@ def test_a_clock_stepped_back_is_followed() -> None:
     bw = BwSchedule(table, clock)
     assert bw.rate() == 2 * MiB
     clock.t = at("2026-06-01T09:00:00")
+    assert bw.rate() == MiB
+    clock.t = at("2026-06-01T12:00:00")
+    assert bw.rate() == 2 * MiB
+    clock.t = at("2026-06-01T11:59:59")  # a second back, over the boundary
     assert bw.rate() == MiB
 
 
@@ -332,3 +335,27 @@ def test_cli_refuses_bad_timetables(tmp_path: Path, args: list[str], message: st
     r = run_ferry("copy", src, tmp_path / "dst", *args, check_rc=2)
     assert message in r.stderr, r.stderr
     assert not (tmp_path / "dst").exists()
+
+
+_ZONES = ["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kathmandu"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    starts=st.sets(st.integers(0, 7 * DAY - 1), min_size=1, max_size=8),
+    rates=st.lists(st.sampled_from([0, 1, KiB, MiB]), min_size=8, max_size=8),
+    weekly=st.booleans(),
+    tz=st.sampled_from(_ZONES),
+    t0=st.integers(1_700_000_000, 1_900_000_000),
+    steps=st.lists(st.integers(-3600, 4 * 3600), min_size=1, max_size=60),
+)
+def test_the_cached_rate_is_the_tables_whatever_the_walk(
+    starts: set[int], rates: list[int], weekly: bool, tz: str, t0: int, steps: list[int]
+) -> None:
+    keys = sorted({s if weekly else s % DAY for s in starts})
+    table = BwTable(tuple(zip(keys, rates, strict=False)), weekly, ZoneInfo(tz))
+    clock = Clock(float(t0))
+    bw = BwSchedule(table, clock)
+    for step in steps:
+        clock.t += step
+        assert bw.rate() == table.rate_at(clock.t)
