@@ -28,7 +28,7 @@ from ferry.mover.sizes import parse_size
 
 DAY = 24 * 60  # minutes
 WEEK = 7 * DAY
-MAX_TEXT = 4096
+MAX_TEXT = 8192  # the operator's split of a 4096-character table, in bytes, fits
 MAX_ENTRIES = 256  # an entry every hour of the week fits
 RECHECK = 15 * 60  # seconds: zone offsets change on quarter hours, so look at least this often
 
@@ -179,7 +179,10 @@ class BwTable:
         """rclone's grammar again, rates in bytes/s (what `parse` reads back)."""
 
         def rate(r: int) -> str:
-            return str(r) if r else "off"
+            for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+                if r % size == 0:
+                    return f"{r // size}{unit}" if r else "off"
+            return str(r)
 
         if len(self.entries) == 1 and self.entries[0][0] == 0 and not self.weekly:
             return rate(self.entries[0][1])

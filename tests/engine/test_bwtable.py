@@ -31,10 +31,12 @@ def at(text: str, tz: str = "UTC") -> float:
 @pytest.mark.parametrize(
     ("text", "entries", "weekly", "shown"),
     [
-        ("10M", ((0, 10 * MiB),), False, str(10 * MiB)),
-        ("512k", ((0, 512 * KiB),), False, str(512 * KiB)),
-        ("1.5MiB", ((0, 3 * MiB // 2),), False, str(3 * MiB // 2)),
-        ("4096", ((0, 4096),), False, "4096"),
+        ("10M", ((0, 10 * MiB),), False, "10M"),
+        ("512k", ((0, 512 * KiB),), False, "512K"),
+        ("1.5MiB", ((0, 3 * MiB // 2),), False, "1536K"),
+        ("4096", ((0, 4096),), False, "4K"),
+        ("1000", ((0, 1000),), False, "1000"),
+        ("2T", ((0, 2 << 40),), False, "2T"),
         ("off", ((0, 0),), False, "off"),
         ("OFF", ((0, 0),), False, "off"),
         ("0", ((0, 0),), False, "off"),
@@ -42,16 +44,16 @@ def at(text: str, tz: str = "UTC") -> float:
             "08:00,512K 12:00,10M 18:00,off",
             ((480, 512 * KiB), (720, 10 * MiB), (1080, 0)),
             False,
-            f"08:00,{512 * KiB} 12:00,{10 * MiB} 18:00,off",
+            "08:00,512K 12:00,10M 18:00,off",
         ),
         # Out of order, semicolons and extra blanks (rclone takes semicolons too): sorted.
-        ("18:00,off;  08:00,1M", ((480, MiB), (1080, 0)), False, f"08:00,{MiB} 18:00,off"),
-        ("23:59,1K", ((1439, KiB),), False, "23:59,1024"),
+        ("18:00,off;  08:00,1M", ((480, MiB), (1080, 0)), False, "08:00,1M 18:00,off"),
+        ("23:59,1K", ((1439, KiB),), False, "23:59,1K"),
         (
             "Mon-08:00,512K Sat-10:00,off",
             ((480, 512 * KiB), (SAT * DAY + 600, 0)),
             True,
-            f"Mon-08:00,{512 * KiB} Sat-10:00,off",
+            "Mon-08:00,512K Sat-10:00,off",
         ),
         ("sunday-00:00,1M TUESDAY-23:59,2M", ((DAY + 1439, 2 * MiB), (SUN * DAY, MiB)), True, None),
     ],
@@ -93,7 +95,7 @@ def test_valid_timetables(
         ("Mon-08:00,1M monday-08:00,2M", "'monday-08:00,2M'", "repeats the time"),
         ("08:00,1M Mon-09:00,2M", "'08:00,1M Mon-09:00,2M'", "mixes entries"),
         ("08:00,1 " * 300, "'08:00,1 08:00,1 08:00,1 08:00,1 08:00,1 ...'", "more than 256"),
-        ("1" * 5000, "...", "longer than 4096"),
+        ("1" * 9000, "...", "longer than 8192"),
     ],
 )
 def test_invalid_timetables_name_the_flag_and_the_entry(text: str, bad: str, why: str) -> None:

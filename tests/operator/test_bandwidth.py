@@ -44,6 +44,7 @@ def test_a_sharded_jobs_limit_is_split_among_its_pods() -> None:
         table = engine_options(shard).bwtable
         assert table is not None and table.tz == ZoneInfo("Europe/Berlin")
         assert table.entries == ((480, MiB), (720, 0), (1080, 256 * KiB))
+        assert shard.options.bandwidth == "08:00,1M 12:00,off 18:00,256K"
     # Together the pods keep to the job's limit at every entry (and are not n times it).
     for i, (start, rate) in enumerate(whole.entries):
         parts = [engine_options(s).bwtable.entries[i] for s in shards]  # type: ignore[union-attr]
@@ -54,7 +55,7 @@ def test_a_sharded_jobs_limit_is_split_among_its_pods() -> None:
 def test_a_plain_rate_is_split_too_and_a_single_pod_keeps_it_as_written() -> None:
     two = {**PVC_TO_S3, "bandwidth": "10M", "parallelism": {"shards": 2}}
     shards = moverspec.mover_specs(api.TransferJobSpec.model_validate(two), None).shards
-    assert [s.options.bandwidth for s in shards] == [str(5 * MiB)] * 2
+    assert [s.options.bandwidth for s in shards] == ["5M"] * 2
     one = {**PVC_TO_S3, "bandwidth": TABLE}
     (shard,) = moverspec.mover_specs(api.TransferJobSpec.model_validate(one), None).shards
     assert shard.options.bandwidth == TABLE and shard.options.bandwidth_time_zone is None
@@ -63,6 +64,22 @@ def test_a_plain_rate_is_split_too_and_a_single_pod_keeps_it_as_written() -> Non
     assert table.rate_at(datetime(2026, 6, 1, 9, 0, tzinfo=UTC).timestamp()) == 4 * MiB
     none = moverspec.mover_specs(api.TransferJobSpec.model_validate(PVC_TO_S3), None).shards[0]
     assert none.options.bandwidth is None and engine_options(none).bwtable is None
+
+
+def test_the_longest_timetable_still_reaches_each_shard() -> None:
+    """256 weekly entries of odd rates, split 3 ways: longer in bytes than as written, and
+    still within what the mover reads."""
+    days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+    entries = [
+        f"{days[i % 7]}-{i // 7 % 24:02d}:{i // 168 * 30 + i % 7:02d},1.3G" for i in range(256)
+    ]
+    text = " ".join(entries)
+    assert len(text) <= 4096
+    job = {**PVC_TO_S3, "bandwidth": text, "parallelism": {"shards": 3}}
+    shards = moverspec.mover_specs(api.TransferJobSpec.model_validate(job), None).shards
+    table = engine_options(shards[0]).bwtable
+    assert table is not None and len(table.entries) == 256
+    assert table.entries[0][1] == int(1.3 * (1 << 30)) // 3
 
 
 def test_the_wire_pairs_sender_carries_the_timetable() -> None:
