@@ -2,7 +2,8 @@
 
 `10M` (a rate all the time; `off` or `0`: no limit), or entries `HH:MM,RATE` separated by
 spaces or semicolons (`08:00,512K 12:00,10M 18:00,off`: repeated every day), or all with a
-weekday (`Mon-08:00,512K Sat-10:00,off`: repeated every week). The entry in force at a
+weekday (`Mon-08:00,512K Sat-10:00,off`: repeated every week; mixed with those, an entry
+without a weekday holds on every day, as rclone's). The entry in force at a
 time is the last one at or before it, wrapping round to the previous day or week. Rates are
 Ferry's sizes (binary units; a bare number is bytes/s, where rclone reads KiB/s). rclone's
 `UP:DOWN` pair is refused: a Ferry run moves data one way.
@@ -105,8 +106,8 @@ class BwTable:
             return cls(((0, _rate(tokens[0], what, tokens[0])),), tz=tz)
         if len(tokens) > MAX_ENTRIES:
             raise _bad(what, text[:40] + "...", f"has more than {MAX_ENTRIES} entries")
-        starts: dict[int, int] = {}
-        kinds: set[bool] = set()
+        daily: dict[int, int] = {}  # minute of the day: rate (every day)
+        weekly: dict[int, int] = {}  # minute of the week from Monday: rate
         for tok in tokens:
             when, sep, rate = tok.partition(",")
             if not sep or "," in rate:
@@ -120,13 +121,24 @@ class BwTable:
                 if day.lower() not in _DAYS:
                     raise _bad(what, tok, "has no weekday like Mon or Monday")
                 start += _DAYS[day.lower()] * DAY
-            kinds.add(bool(dash))
+            starts = weekly if dash else daily
             if start in starts:
                 raise _bad(what, tok, "repeats the time of an earlier entry")
             starts[start] = _rate(rate, what, tok)
-        if len(kinds) > 1:
-            raise _bad(what, text, "mixes entries with and without weekdays; use one or the other")
-        return cls(tuple(sorted(starts.items())), weekly=kinds == {True}, tz=tz)
+        if not weekly:
+            return cls(tuple(sorted(daily.items())), tz=tz)
+        # As rclone: mixed with weekday entries, an entry without one holds on every day;
+        # a weekday entry at the same minute overrides it on its day.
+        week = {d * DAY + start: r for d in range(7) for start, r in daily.items()}
+        week.update(weekly)
+        if len(week) > MAX_ENTRIES:  # the week is what reaches each shard's pod, printed
+            raise _bad(
+                what,
+                text[:40] + "...",
+                f"has more than {MAX_ENTRIES} entries once its every-day entries are "
+                "repeated on each weekday",
+            )
+        return cls(tuple(sorted(week.items())), weekly=True, tz=tz)
 
     @property
     def limited(self) -> bool:

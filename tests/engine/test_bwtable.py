@@ -93,7 +93,7 @@ def test_valid_timetables(
         ("Mon-Tue-10:20,1M", "'Mon-Tue-10:20,1M'", "has no weekday"),
         ("08:00,1M 08:00,2M", "'08:00,2M'", "repeats the time"),
         ("Mon-08:00,1M monday-08:00,2M", "'monday-08:00,2M'", "repeats the time"),
-        ("08:00,1M Mon-09:00,2M", "'08:00,1M Mon-09:00,2M'", "mixes entries"),
+        ("Mon-00:00,1M " + "00:%02d,1M " * 37 % tuple(range(37)), "...'", "once its every-day"),
         ("08:00,1 " * 300, "'08:00,1 08:00,1 08:00,1 08:00,1 08:00,1 ...'", "more than 256"),
         ("1" * 9000, "...", "longer than 8192"),
     ],
@@ -153,6 +153,25 @@ def test_rate_at_wraps_round_the_week() -> None:
         ("2026-06-07T20:00:00", 2 * MiB),
     ]:
         assert table.rate_at(at(wall)) == rate, wall
+
+
+def test_every_day_entries_mixed_with_weekday_entries_hold_on_every_day() -> None:
+    """As rclone's: a weekday-less entry repeats on each day; a weekday entry at the same
+    minute wins on its day."""
+    table = BwTable.parse("08:00,1M 18:00,off Sat-08:00,4M", tz=UTC)
+    assert table.weekly and len(table.entries) == 14
+    # 2026-06-01 is a Monday.
+    for wall, rate in [
+        ("2026-06-01T07:59:00", 0),
+        ("2026-06-01T08:00:00", MiB),
+        ("2026-06-03T12:00:00", MiB),
+        ("2026-06-03T18:00:00", 0),
+        ("2026-06-06T08:00:00", 4 * MiB),  # Saturday: its own entry
+        ("2026-06-06T18:00:00", 0),
+        ("2026-06-07T08:00:00", MiB),
+    ]:
+        assert table.rate_at(at(wall)) == rate, wall
+    assert BwTable.parse(str(table), tz=UTC) == table
 
 
 def test_rate_at_follows_the_zone_and_its_dst_changes() -> None:
@@ -324,7 +343,7 @@ def test_a_real_copy_is_throttled_by_the_entry_in_force(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bwlimit", "08:00,1M Mon-09:00,2M"], "--bwlimit '08:00,1M Mon-09:00,2M' mixes"),
+        (["--bwlimit", "08:00,1M 08:00,2M"], "--bwlimit '08:00,2M' repeats the time"),
         (["--bwlimit", "1M:2M"], "a Ferry run moves data one way"),
         (["--bwlimit", "1M", "--bwlimit-tz", "Nowhere/City"], "--bwlimit-tz: unknown time zone"),
         (["--bwlimit-tz", "UTC"], "--bwlimit-tz needs --bwlimit"),
