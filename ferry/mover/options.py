@@ -19,7 +19,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 DEFAULT_CHUNK_SIZE = 16 * MiB
 
-PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse")
+PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls")
 DEFAULT_PRESERVE = ("times", "perms", "links", "hardlinks", "sparse")
 
 
@@ -99,6 +99,7 @@ class Preserve(NamedTuple):
     links: bool = True
     hardlinks: bool = True
     sparse: bool = True
+    acls: bool = False  # POSIX ACLs (ferry.mover.acl): local paths only
 
     @classmethod
     def parse(cls, text: str) -> Preserve:
