@@ -420,8 +420,8 @@ class Planner:
         if s is None or s.type != EntryType.DIR:
             return None
         d = self.dst.stat("") if self.dst_exists else None
-        if d is not None and d.type != EntryType.DIR:
-            return None
+        if self.dst_exists and (d is None or d.type != EntryType.DIR):
+            return None  # a root that stats as nothing (a share's) or is a link: left alone
         if self.xform is not None:
             self.xform.apply(s)
         if self.xattrs:
