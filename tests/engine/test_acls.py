@@ -18,7 +18,7 @@ from ferry.mover import acl
 from ferry.mover.acl import AclText
 from ferry.mover.endpoints import LocalEndpoint, parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.options import MiB, Mode, Options, Preserve
+from ferry.mover.options import Delta, MiB, Mode, Options, Preserve
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
@@ -120,6 +120,19 @@ def test_a_changed_acl_is_reapplied_without_sending_data(trees: tuple[Path, Path
     assert s.bytes_transferred == 0 and s.files_copied == s.files_updated == 0, s
     assert acls_of(dst) == acls_of(src)
     assert acl.read_path(str(dst / "sub"), True) == AclText(DIR_ACL, "")
+    assert verify(src, dst) == []
+
+
+def test_a_file_rebuilt_from_a_delta_takes_its_new_acl(trees: tuple[Path, Path]) -> None:
+    src, dst = trees
+    copy(src, dst)
+    with open(src / "big", "r+b") as f:
+        f.seek(1000)
+        f.write(b"changed")
+    acl.set_path(str(src / "big"), AclText("u::rw-,u:99:rwx,g::r--,m::rwx,o::---"), False)
+    s = copy(src, dst, delta=Delta.ON)
+    assert s.files_updated == 1 and s.bytes_matched > 2 * MiB, s
+    assert acl.read_path(str(dst / "big"), False) == acl.read_path(str(src / "big"), False)
     assert verify(src, dst) == []
 
 
