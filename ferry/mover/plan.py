@@ -341,7 +341,11 @@ class Planner:
         if self.xattrs:
             self._read_xattrs(rel, read_rel, s, d)
         if self.acls:
-            self._read_acls(rel, read_rel, s, d)
+            try:
+                self._read_acls(rel, read_rel, s, d)
+            except FerryError as err:  # this entry's failure, under the error policy
+                yield Action(Op.ERROR, rel, error=err)
+                return
         if s.type == EntryType.DIR:
             if d is None:
                 yield Action(Op.MKDIR, rel, s, None)

@@ -289,9 +289,13 @@ def verify_trees(
                             differ(Difference(rel, "xattrs", why))
                     if acls and s.type in (EntryType.FILE, EntryType.DIR):
                         is_dir = s.type == EntryType.DIR
-                        why = _acls_differ(
-                            read_acls(src, read, is_dir), read_acls(dst, rel, is_dir)
-                        )
+                        try:
+                            why = _acls_differ(
+                                read_acls(src, read, is_dir), read_acls(dst, rel, is_dir)
+                            )
+                        except FerryError as err:
+                            differ(Difference(rel, "unreadable", str(err)))
+                            continue
                         if why:
                             differ(Difference(rel, "acls", why))
                 progress.scan_complete = True

@@ -574,6 +574,8 @@ class LocalBackend(Backend):
     def acls(self, rel: str, is_dir: bool) -> AclText | None:
         try:
             return acl.read_path(self.path(rel), is_dir)
+        except FileNotFoundError:
+            return None  # gone since it was listed: its copy reports that
         except OSError as exc:
             raise as_ferry_error(exc, rel) from exc
 
