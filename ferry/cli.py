@@ -225,8 +225,8 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         "--preserve",
         default=None,
         metavar="FLAGS",
-        help="comma list of times,perms,owners,xattrs,links,hardlinks,sparse; +flag/-flag adjust the default "
-        "(times,perms,links,hardlinks,sparse); 'all' or 'none'"
+        help="comma list of times,perms,owners,xattrs,links,hardlinks,sparse,acls; +flag/-flag "
+        "adjust the default (times,perms,links,hardlinks,sparse); 'all' or 'none'"
         + ("; verify compares what is preserved" if command == "verify" else ""),
     )
     if command in _COMPARE:

@@ -20,7 +20,7 @@ from ferry.mover.sizes import MiB, parse_size
 
 DEFAULT_CHUNK_SIZE = 16 * MiB
 
-PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse")
+PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls")
 DEFAULT_PRESERVE = ("times", "perms", "links", "hardlinks", "sparse")
 
 
@@ -100,6 +100,7 @@ class Preserve(NamedTuple):
     links: bool = True
     hardlinks: bool = True
     sparse: bool = True
+    acls: bool = False  # POSIX ACLs (ferry.mover.acl): local paths only
 
     @classmethod
     def parse(cls, text: str) -> Preserve:

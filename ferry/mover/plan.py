@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
 
+from ferry.mover.acl import refuse_unheld
 from ferry.mover.backends.base import (
     Backend,
     Entry,
     EntryType,
     ResolvesLinks,
     join,
+    read_acls,
     read_xattrs,
 )
 from ferry.mover.errors import ErrorKind, FerryError
@@ -120,6 +122,9 @@ class Planner:
         )
         # Read per entry only when kept on both sides: two syscalls or more per entry.
         self.xattrs = options.preserve.xattrs and src.holds.xattrs and dst.holds.xattrs
+        if options.preserve.acls:
+            refuse_unheld((src.holds.acls, src.describe()), (dst.holds.acls, dst.describe()))
+        self.acls = options.preserve.acls
         self._hardlinks: dict[tuple[int, int], tuple[str, int | None]] = {}
         self._followed: set[tuple[int, int]] = set()
         self.sharder = (
@@ -140,6 +145,7 @@ class Planner:
             and options.manifest is None
             and (dst.holds.permissions or not options.preserve.perms)
             and not self.xattrs
+            and not self.acls
             and options.audit_log is None  # the audit log has a line for each file
         )
         # Preserved properties the destination does not keep: owners, xattrs and perms are
@@ -334,6 +340,12 @@ class Planner:
                 self._followed.add((s.dev, s.ino))
         if self.xattrs:
             self._read_xattrs(rel, read_rel, s, d)
+        if self.acls:
+            try:
+                self._read_acls(rel, read_rel, s, d)
+            except FerryError as err:  # this entry's failure, under the error policy
+                yield Action(Op.ERROR, rel, error=err)
+                return
         if s.type == EntryType.DIR:
             if d is None:
                 yield Action(Op.MKDIR, rel, s, None)
@@ -392,6 +404,36 @@ class Planner:
         elif s.type == EntryType.DIR:
             s.xattrs = read_xattrs(self.src, read_rel or rel)
 
+    def _read_acls(self, rel: str, read_rel: str | None, s: Entry, d: Entry | None) -> None:
+        """Load the ACLs of a file or directory: the source's always (a new file is
+        written with them), the destination's where it has the same type (compared)."""
+        if s.type not in (EntryType.FILE, EntryType.DIR):
+            return
+        is_dir = s.type == EntryType.DIR
+        s.acls = read_acls(self.src, read_rel or rel, is_dir)
+        if d is not None and d.type == s.type:
+            d.acls = read_acls(self.dst, rel, is_dir)
+
+    def root_pair(self) -> tuple[Entry, Entry | None] | None:
+        """The source root and the destination root (None: created by this run), whose
+        mode, times, owner and ACLs the run sets as rsync does for `src/` into `dst/`; None
+        for a single file, or where the destination has no directories of its own (S3)."""
+        if self.one is not None or not self.dst.holds.empty_dirs:
+            return None
+        s = self.src.stat("")
+        if s is None or s.type != EntryType.DIR:
+            return None
+        d = self.dst.stat("") if self.dst_exists else None
+        if self.dst_exists and (d is None or d.type != EntryType.DIR):
+            return None  # a root that stats as nothing (a share's) or is a link: left alone
+        if self.xform is not None:
+            self.xform.apply(s)
+        if self.xattrs:
+            self._read_xattrs("", None, s, d)
+        if self.acls:
+            self._read_acls("", None, s, d)
+        return s, d
+
     def _compare_file(self, rel: str, s: Entry, d: Entry | None) -> Action:
         if d is None:
             return Action(Op.COPY, rel, s, None)
@@ -436,6 +478,8 @@ class Planner:
         if times and p.times and abs(s.mtime_ns - d.mtime_ns) >= self.window_ns:
             return True
         if self.xattrs and s.xattrs is not None and d.xattrs is not None and s.xattrs != d.xattrs:
+            return True
+        if self.acls and s.acls is not None and d.acls is not None and s.acls != d.acls:
             return True
         return bool(
             p.owners and self.dst.holds.owners and s.uid >= 0 and (s.uid, s.gid) != (d.uid, d.gid)

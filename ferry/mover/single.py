@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from ferry.mover.acl import refuse_kinds
 from ferry.mover.backends.base import Backend, EntryType
 from ferry.mover.endpoints import (
     Endpoint,
@@ -107,6 +108,8 @@ def open_pair(
     """Open both sides. A directory source opens both endpoints as they are; a file source
     opens its parent, and the destination as rsync would read it (module docstring).
     Every backend opened is appended to `opened` (the caller closes them)."""
+    if options.preserve.acls:  # refused before connecting anywhere
+        refuse_kinds(src_ep.kind, dst_ep.kind)
     src = open_src(plain(src_ep))
     opened.append(src)
     st = src.root_type()

@@ -119,7 +119,7 @@ class FerrySpec(_Model):
         return ep.FerryEndpoint(**self.model_dump(exclude={"kind"}))
 
 
-PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
+PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls"]
 EndpointSpec = Annotated[
     LocalSpec | S3Spec | SFTPSpec | SMBSpec | FerrySpec, Field(discriminator="kind")
 ]

@@ -223,6 +223,7 @@ def _run(
         if not dst_exists:
             dst.prepare_destination()
         executor = Executor(src, dst, options, planner, progress, summary, cancel)
+        executor.add_root(planner.root_pair)
         if planner.skipped_files and planner.on_skipped is not None:
             planner.on_skipped(planner.skipped_files, planner.skipped_bytes)  # the counting walk's
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -10,8 +11,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ferry.mover.acl import AclText
 from ferry.mover.backends import check_compress, open_backend
-from ferry.mover.backends.base import Backend, Entry, EntryType, join, read_xattrs
+from ferry.mover.backends.base import (
+    Backend,
+    Entry,
+    EntryType,
+    join,
+    read_acls,
+    read_xattrs,
+)
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.filters import Bounds, FilterSet, PathList, bounds_of
@@ -30,12 +39,13 @@ log = logging.getLogger("ferry")
 @dataclass(slots=True, frozen=True)
 class Difference:
     path: str
-    # missing | extra | type | size | content | mtime | mode | owner | target | xattrs | unreadable
+    # missing | extra | type | size | content | mtime | mode | owner | target | xattrs | acls
+    # | unreadable; the destination root itself is path "" (shown as ".")
     what: str
     detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.what:<10} {self.path}" + (f"  ({self.detail})" if self.detail else "")
+        return f"{self.what:<10} {self.path or '.'}" + (f"  ({self.detail})" if self.detail else "")
 
 
 def _included(
@@ -133,6 +143,24 @@ def _xattrs_differ(a: dict[str, bytes] | None, b: dict[str, bytes] | None) -> st
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+def _acls_differ(a: AclText | None, b: AclText | None) -> str:
+    """Which ACL differs and how ("" when equal, or where a side holds none)."""
+    if a is None or b is None or a == b:
+        return ""
+    return "; ".join(
+        f"{kind} {x or 'none'} != {y or 'none'}"
+        for kind, x, y in (("access", a.access, b.access), ("default", a.default, b.default))
+        if x != y
+    )
+
+
+def _roots(src: Backend, dst: Backend) -> Iterator[tuple[str, str, Entry | None, Entry | None]]:
+    """The roots themselves, compared like any directory (a copy sets the destination's)."""
+    s = src.stat("")
+    if s is not None and s.type == EntryType.DIR:
+        yield "", "", s, dst.stat("")
+
+
 def verify_trees(
     src_ep: Endpoint,
     dst_ep: Endpoint,
@@ -182,7 +210,9 @@ def verify_trees(
             owners = options.chown is not None and dst.holds.owners
             times = options.preserve.times
             # Object stores have no directories of their own: nothing holds a time or a mode.
-            dir_meta = times and src.holds.empty_dirs and dst.holds.empty_dirs
+            dir_meta_held = src.holds.empty_dirs and dst.holds.empty_dirs
+            dir_meta = times and dir_meta_held
+            acls = options.preserve.acls  # open_pair refused it where it cannot be held
             xattrs = options.preserve.xattrs and src.holds.xattrs and dst.holds.xattrs
             if options.preserve.xattrs and not xattrs:
                 lacking = src if not src.holds.xattrs else dst
@@ -210,9 +240,9 @@ def verify_trees(
                 rename = Renamer(options.rename) if options.rename and one is None else None
                 filters = FilterSet.parse(options.filters)
                 listed = PathList(options.files_from) if options.files_from is not None else None
-                for rel, read, s, d in _walk(
-                    src, dst, filters, one, rename, bounds_of(options), listed
-                ):
+                roots = _roots(src, dst) if one is None and dir_meta_held else iter(())
+                walked = _walk(src, dst, filters, one, rename, bounds_of(options), listed)
+                for rel, read, s, d in itertools.chain(roots, walked):
                     if s is None:
                         differ(Difference(rel, "extra", "only at the destination"))
                         continue
@@ -257,6 +287,17 @@ def verify_trees(
                         why = _xattrs_differ(read_xattrs(src, read), read_xattrs(dst, rel))
                         if why:
                             differ(Difference(rel, "xattrs", why))
+                    if acls and s.type in (EntryType.FILE, EntryType.DIR):
+                        is_dir = s.type == EntryType.DIR
+                        try:
+                            why = _acls_differ(
+                                read_acls(src, read, is_dir), read_acls(dst, rel, is_dir)
+                            )
+                        except FerryError as err:
+                            differ(Difference(rel, "unreadable", str(err)))
+                            continue
+                        if why:
+                            differ(Difference(rel, "acls", why))
                 progress.scan_complete = True
                 collect(0)
     except Exception as exc:

@@ -417,7 +417,7 @@ class Retry(Model):
     per_file: int = Field(default=3, ge=0, le=100, description="Engine retries of one file.")
 
 
-PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
+PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls"]
 
 
 MAX_DELETE_RULE = {
@@ -495,7 +495,7 @@ class TransferJobSpec(Model):
         description="End: one flush before deletes and success (big files then skip the page "
         "cache); File: each file before it is published; None: write-back left to the kernel.",
     )
-    preserve: list[PreserveFlag] | None = Field(default=None, max_length=7)
+    preserve: list[PreserveFlag] | None = Field(default=None, max_length=8)
     compression: Literal["Auto", "On", "Off"] = Field(
         default="Auto",
         description="zstd per chunk on a ferry:// wire (--compress). Auto: stop trying for a "

@@ -7,6 +7,7 @@ import pytest
 
 from ferry.mover.backends import base
 from ferry.mover.backends.base import (
+    Acls,
     Backend,
     DeltaBasis,
     GetSmall,
@@ -34,13 +35,14 @@ OPTIONAL: tuple[type, ...] = (
     Hardlinks,
     ResolvesLinks,
     Xattrs,
+    Acls,
     Resumable,
     LazyMeta,
     DeltaBasis,
     MeasuresLink,
 )
 CLAIMED: dict[type[Backend], set[type]] = {
-    LocalBackend: {Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable, DeltaBasis},
+    LocalBackend: {Symlinks, Hardlinks, ResolvesLinks, Xattrs, Acls, Resumable, DeltaBasis},
     S3Backend: {ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta},
     SFTPBackend: {Symlinks, PutSmall, GetSmall, Resumable},
     SMBBackend: {Resumable},
@@ -75,6 +77,7 @@ def test_what_it_holds_agrees_with_what_it_can_do(cls: type[Backend]) -> None:
     assert holds.symlinks == issubclass(cls, Symlinks)
     assert holds.hardlinks == issubclass(cls, Hardlinks)
     assert holds.xattrs == issubclass(cls, Xattrs)
+    assert holds.acls == issubclass(cls, Acls)
     # Resume writes chunks at offsets: a resumable backend takes concurrent chunk writes.
     assert not issubclass(cls, Resumable) or cls.limits.chunk_writer
     # `--delta auto` sends deltas only where the destination can rebuild from them.

@@ -106,7 +106,10 @@ class Tree(Backend):
         return BytesReader(self.data[rel])
 
     def stat(self, rel: str) -> Entry | None:
-        raise NotImplementedError
+        """An entry as listed; the root is a directory with D()'s metadata (the same on
+        both sides unless a case puts its own under "")."""
+        e = self.entries.get(rel, D() if rel == "" and self.exists else None)
+        return None if e is None else copy_entry(e, rel.rpartition("/")[2])
 
     def open_write(self, rel: str, entry: Entry, resume_key: str | None = None) -> Writer:
         raise NotImplementedError

@@ -610,5 +610,6 @@ def test_verify_names_every_kind_of_difference(trees: tuple[Path, Path]) -> None
             ("content", "content"),
             ("target", "target"),
             ("mtime", "dir"),
+            ("mtime", "."),  # the destination root: names were added and removed in it
         ]
     ), r.stdout

@@ -157,3 +157,36 @@ def test_holes_of_a_sparse_file_stay_holes_at_the_server(tmp_path: Path, server:
     run_ferry("copy", src, server.url("filled"), "--compress", "off", "--preserve=-sparse")
     assert server.stats()["wire_in"] - before["wire_in"] >= 64 * mib
     assert (server.root / "filled" / "disk.img").read_bytes() == want
+
+
+def test_a_ferry_destination_root_gets_the_source_roots_mode_and_times(
+    tmp_path: Path, server: Server
+) -> None:
+    """As rsync for `src/` into `dst/`: the served directory written into takes the source
+    root's mode and mtime, on the first run and after it drifted; a second run is a no-op."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.chmod(src, 0o750)
+    os.utime(src, ns=(MTIME, MTIME))
+    dest = server.url("dst")
+    run_ferry("copy", src, dest, "--json")
+    served = server.root / "dst"
+    assert (served.stat().st_mode & 0o7777, served.stat().st_mtime_ns) == (0o750, MTIME)
+    assert run_ferry("verify", src, dest).rc == 0
+    os.chmod(served, 0o755)
+    assert "mode       ." in run_ferry("verify", src, dest, check_rc=1).stdout
+    run_ferry("copy", src, dest, "--json")
+    assert served.stat().st_mode & 0o7777 == 0o750
+    ctime = served.stat().st_ctime_ns
+    run_ferry("copy", src, dest, "--json")
+    assert served.stat().st_ctime_ns == ctime
+
+
+def test_acls_are_refused_by_name_towards_ferry(tmp_path: Path, server: Server) -> None:
+    """ACLs, like xattrs, do not cross this wire: refused, not dropped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    r = run_ferry("copy", src, server.url("dst"), "--preserve", "+acls", check_rc=2)
+    assert "--preserve acls: ferry endpoints cannot hold POSIX ACLs" in r.stderr, r.stderr
+    assert not (server.root / "dst").exists()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from ferry.mover.acl import AclText
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import Preserve
 from ferry.mover.roots import RootId
@@ -61,6 +62,8 @@ class Entry:
     # Extended attributes, read only when they are preserved and compared (a listing
     # leaves them None: reading them costs syscalls per entry).
     xattrs: dict[str, bytes] | None = None
+    # POSIX ACLs (ferry.mover.acl), read like xattrs: only when preserved and compared.
+    acls: AclText | None = None
 
     def __repr__(self) -> str:
         return f"Entry({self.name!r}, {self.type.name}, size={self.size}, mtime_ns={self.mtime_ns})"
@@ -77,6 +80,7 @@ class Holds(NamedTuple):
     permissions: bool = False
     owners: bool = False
     xattrs: bool = False  # the backend then also implements `Xattrs`
+    acls: bool = False  # POSIX ACLs: the backend then also implements `Acls`
     sparse: bool = False
     empty_dirs: bool = True
     stores_digest: bool = False  # Entry.digest is filled from stored metadata
@@ -356,6 +360,14 @@ class Xattrs(Protocol):
 
 
 @runtime_checkable
+class Acls(Protocol):
+    """Reads POSIX ACLs of a path (`Holds.acls`); set_meta and writers set them."""
+
+    def acls(self, rel: str, is_dir: bool) -> AclText | None:
+        """The access (and, of a directory, default) ACL; None where none can be held."""
+
+
+@runtime_checkable
 class Resumable(Protocol):
     """Partial writes survive a killed process (`Writer.done_chunks`)."""
 
@@ -411,6 +423,11 @@ class LazyMeta(Protocol):
 def read_xattrs(backend: Backend, rel: str) -> dict[str, bytes] | None:
     """The extended attributes of `rel` where the backend reads them, else None."""
     return backend.xattrs(rel) if isinstance(backend, Xattrs) else None
+
+
+def read_acls(backend: Backend, rel: str, is_dir: bool) -> AclText | None:
+    """The POSIX ACLs of `rel` where the backend reads them, else None."""
+    return backend.acls(rel, is_dir) if isinstance(backend, Acls) else None
 
 
 def join(parent: str, name: str) -> str:

@@ -22,9 +22,12 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from ferry.mover import acl
+from ferry.mover.acl import AclText
 from ferry.mover.backends.base import (
     INTERNAL_PREFIX,
     KERNEL_WRITE_BACK,
+    Acls,
     Backend,
     DeltaBasis,
     Durability,
@@ -390,7 +393,11 @@ class LocalWriter(Writer):
                     os.setxattr(self.fd, k, v)
                 except OSError as exc:
                     log.warning("%s: cannot set xattr %s: %s", self.rel, k, exc.strerror)
-            _apply_meta_fd(self.fd, entry, preserve, self.created_mode)
+            # A file in a directory with a default ACL is not created with the usual mode.
+            created = -1 if preserve.acls else self.created_mode
+            _apply_meta_fd(self.fd, entry, preserve, created)
+            if preserve.acls and entry.acls is not None:
+                acl.set_fd(self.fd, entry.acls.access, self.rel)
             if self.durable:
                 os.fdatasync(self.fd)
             if self.tmp is None:
@@ -450,6 +457,7 @@ class LocalBackend(Backend):
         permissions=True,
         owners=True,
         xattrs=True,
+        acls=True,
         sparse=True,
         mtime_precision_ns=1,
     )
@@ -563,6 +571,14 @@ class LocalBackend(Backend):
     def xattrs(self, rel: str) -> dict[str, bytes] | None:
         return _read_xattrs(self.path(rel))
 
+    def acls(self, rel: str, is_dir: bool) -> AclText | None:
+        try:
+            return acl.read_path(self.path(rel), is_dir)
+        except FileNotFoundError:
+            return None  # gone since it was listed: its copy reports that
+        except OSError as exc:
+            raise as_ferry_error(exc, rel) from exc
+
     def set_meta(self, rel: str, entry: Entry, preserve: Preserve) -> None:
         p = self.path(rel)
         try:
@@ -573,6 +589,8 @@ class LocalBackend(Backend):
                 _chown(lambda: os.chown(p, entry.uid, entry.gid, follow_symlinks=False))
             if preserve.perms and entry.mode and not is_link:
                 os.chmod(p, entry.mode)
+            if preserve.acls and entry.acls is not None and not is_link:
+                acl.set_path(p, entry.acls, entry.type == EntryType.DIR)
             if preserve.times:
                 os.utime(p, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         except OSError as exc:
@@ -726,5 +744,5 @@ if TYPE_CHECKING:
 
     def _has(
         b: LocalBackend,
-    ) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Resumable, DeltaBasis]:
-        return b, b, b, b, b, b
+    ) -> tuple[Symlinks, Hardlinks, ResolvesLinks, Xattrs, Acls, Resumable, DeltaBasis]:
+        return b, b, b, b, b, b, b

@@ -12,8 +12,9 @@ The executor never changes the actions it runs: per-run state lives in its own p
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
-from ferry.mover.backends.base import Backend, DeltaBasis, EntryType, ServerSideCopy
+from ferry.mover.backends.base import Backend, DeltaBasis, Entry, EntryType, ServerSideCopy
 from ferry.mover.bwtable import BwSchedule
 from ferry.mover.engine import chunks, deltafile, wholefile
 from ferry.mover.engine.audit import AuditLog
@@ -146,6 +147,17 @@ class Executor:
         elif op == Op.ERROR:
             assert a.error is not None
             ctx.ledger.fail(a.rel, a.error, counts_file=False)
+
+    def add_root(self, pair: Callable[[], tuple[Entry, Entry | None] | None]) -> None:
+        """The roots' (source, destination) from `pair()`, set last like any directory's
+        metadata: the destination root's mode, times, owner and ACLs are the source's."""
+        try:
+            got = pair()
+        except Exception as exc:
+            self.ledger.fail("", exc, counts_file=False)
+            return
+        if got is not None:
+            self.deferred.dirs.insert(0, ("", *got))
 
     def _skipped(self, a: Action) -> None:
         assert a.src is not None

@@ -101,6 +101,7 @@ def refresh(ctx: Context, a: Action, s: Entry) -> Entry:
     if fresh is None or fresh.type != EntryType.FILE:
         raise Vanished()
     fresh.name, fresh.nlink, fresh.digest = s.name, s.nlink, None
+    fresh.acls = s.acls  # as the planner read them (a stat reads none)
     ctx.ledger.planned(0, fresh.size - s.size)
     return fresh
 
