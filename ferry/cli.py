@@ -226,7 +226,8 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         default=None,
         metavar="FLAGS",
         help="comma list of times,perms,owners,xattrs,links,hardlinks,sparse,acls; +flag/-flag "
-        "adjust the default (times,perms,links,hardlinks,sparse); 'all' or 'none'"
+        "adjust the default (times,perms,links,hardlinks,sparse); 'none', or 'all' (all but acls; "
+        "'all,+acls' adds them)"
         + ("; verify compares what is preserved" if command == "verify" else ""),
     )
     if command in _COMPARE:

@@ -104,7 +104,9 @@ class Preserve(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Preserve:
-        """`times,perms` sets exactly those; `+owners,-sparse` adjusts the defaults."""
+        """`times,perms` sets exactly those; `+owners,-sparse` adjusts the defaults; `all`
+        is every flag but acls (as rsync's -a leaves out -A), adjusted by what follows it
+        (`all,+acls`, `all,-owners`)."""
         words = [w.strip() for w in text.split(",") if w.strip()]
         if not words:
             raise FerryError(
@@ -112,13 +114,20 @@ class Preserve(NamedTuple):
             )
         if words == ["none"]:
             return cls(**dict.fromkeys(PRESERVE_FLAGS, False))
-        if words == ["all"]:
-            return cls(**dict.fromkeys(PRESERVE_FLAGS, True))
+        everything = words[0] == "all"
+        if everything:
+            words = words[1:]
         relative = all(w[0] in "+-" for w in words)
         if not relative and any(w[0] in "+-" for w in words):
             raise FerryError(ErrorKind.USAGE, f"--preserve {text!r}: mix of absolute and +/- flags")
+        if everything and not relative:
+            raise FerryError(
+                ErrorKind.USAGE, f"--preserve {text!r}: after 'all' give +flag or -flag"
+            )
         chosen = dict.fromkeys(PRESERVE_FLAGS, False)
-        if relative:
+        if everything:
+            chosen.update((f, f != "acls") for f in PRESERVE_FLAGS)
+        elif relative:
             chosen.update(dict.fromkeys(DEFAULT_PRESERVE, True))
         for w in words:
             name = w.lstrip("+-")

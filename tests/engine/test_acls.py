@@ -18,7 +18,7 @@ from ferry.mover import acl
 from ferry.mover.acl import AclText
 from ferry.mover.endpoints import LocalEndpoint, parse_endpoint
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.options import Delta, MiB, Mode, Options, Preserve
+from ferry.mover.options import PRESERVE_FLAGS, Delta, MiB, Mode, Options, Preserve
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
@@ -185,9 +185,15 @@ def test_refused_where_acls_cannot_be_held(uri: str, side: str, tmp_path: Path) 
     assert v.fatal is not None and "--preserve acls" in str(v.fatal), v.fatal
 
 
-def test_all_includes_acls_and_is_refused_towards_s3(tmp_path: Path) -> None:
-    assert Preserve.parse("all").acls and not Preserve().acls
-    r = run_ferry("copy", tmp_path, "s3://bucket/x", "--preserve", "all", check_rc=2)
+def test_all_leaves_acls_out_unless_added(tmp_path: Path) -> None:
+    """As rsync's -a leaves out -A: `all` keeps working towards S3, `all,+acls` is refused."""
+    assert not Preserve.parse("all").acls and not Preserve().acls
+    assert Preserve.parse("all").flags() == [f for f in PRESERVE_FLAGS if f != "acls"]
+    assert Preserve.parse("all,+acls").flags() == list(PRESERVE_FLAGS)
+    assert not Preserve.parse("all,-owners").owners
+    with pytest.raises(FerryError, match="after 'all' give"):
+        Preserve.parse("all,owners")
+    r = run_ferry("copy", tmp_path, "s3://bucket/x", "--preserve", "all,+acls", check_rc=2)
     assert "--preserve acls: s3 endpoints cannot hold POSIX ACLs" in r.stderr, r.stderr
 
 
