@@ -22,7 +22,7 @@ from pydantic.alias_generators import to_camel
 
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
-from ferry.mover.errors import FerryError
+from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import parse_files_from
 
 
@@ -353,7 +353,12 @@ class TransferSpec(_Model):
         name = self.audit_name()
         if name is None:
             return None
-        return self.destination.path.rstrip("/") + "/" + name  # type: ignore[union-attr]
+        if not isinstance(self.destination, LocalSpec):  # a copy made without validation
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"auditLog: a file needs a volume destination, not {self.destination.kind}",
+            )
+        return self.destination.path.rstrip("/") + "/" + name
 
     @model_validator(mode="after")
     def _audit_log_local(self) -> TransferSpec:
