@@ -166,3 +166,24 @@ def test_a_file_audit_log_needs_a_local_destination() -> None:
         ms.TransferSpec.model_validate(doc)
     doc["options"] = {"auditLog": "-"}
     assert ms.TransferSpec.model_validate(doc).to_engine()[2].audit_log == "-"
+
+
+def test_delete_excluded_and_a_rename_onto_the_name_leave_the_audit_log(tmp_path: Path) -> None:
+    """Two more ways a sync could reach the file: its name excluded with --delete-excluded,
+    and a source file renamed onto it."""
+    src = _tree(tmp_path)
+    (src / "x.txt").write_text("renamed onto the log")
+    opts = {
+        "mode": "Sync",
+        "auditLog": "x.jsonl",
+        "filters": ["- *.jsonl"],
+        "deleteExcluded": True,
+        "rename": ["s/\\.txt$/.jsonl/"],
+    }
+    spec = _spec(tmp_path, opts)
+    for _ in range(2):
+        r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+        assert r.summary["filesDeleted"] == 0
+    lines = _lines((tmp_path / "dst" / "x.jsonl").read_text())
+    assert {e["path"] for e in lines} >= {"a", "b", "d/c"}
+    assert all(e["path"] != "x.jsonl" for e in lines)
