@@ -1413,3 +1413,19 @@ def test_deleted_while_being_reconciled_goes_within_seconds(env: Env) -> None:
     wait_for("every TransferJob gone", lambda: remaining() == 0, timeout=60, every=0.1)
     took = (datetime.now(UTC) - start).total_seconds()
     assert took < 10, f"deleting 40 TransferJobs took {took:.1f}s"
+
+
+def test_dry_run_plan_is_read_from_the_audit_log_in_the_volume(env: Env) -> None:
+    """tj24: a dry-run TransferJob with auditLog writes its plan as JSON lines into the
+    destination claim (and nothing else there); status.auditLog says where."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    seed(src, {"a.bin": 1000, "d/b.bin": 2000})
+    spec = pvc_spec("src", "dst", mode="Sync", dryRun=True, auditLog="audit/plan.jsonl")
+    env.create("transferjobs", "planned", spec)
+    obj = env.wait_phase("planned", "Succeeded", timeout=180)
+    assert obj["status"]["auditLog"] == "pvc dst: audit/plan.jsonl"
+    plan = [json.loads(line) for line in (dst / "audit" / "plan.jsonl").read_text().splitlines()]
+    copies = {e["path"]: e["size"] for e in plan if e["op"] == "copy"}
+    assert copies == {"a.bin": 1000, "d/b.bin": 2000}
+    assert {e["result"] for e in plan} == {"planned"}
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["audit", "audit/plan.jsonl"]
