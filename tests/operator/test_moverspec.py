@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ferry.mover import spec as ms
@@ -496,3 +498,18 @@ def test_a_wire_pair_refuses_a_file_audit_log_naming_it():
         WIRE_IP,
     )
     assert json.loads(cm["data"]["spec-0.json"])["options"]["auditLog"] == "-"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", ".", "/", "-", "\x00", "é"]), max_size=12))
+def test_the_crd_pattern_and_the_mover_agree_on_any_audit_path(value: str):
+    """What the API server lets through (the pattern), the mover's spec accepts, and the
+    reverse: no path that escapes the root passes either."""
+    import re
+
+    try:
+        ms.check_relative(value, "auditLog")
+        mover_ok = True
+    except ValueError:
+        mover_ok = False
+    assert bool(re.fullmatch(api.AUDIT_LOG_PATTERN, value)) == (mover_ok or value == "-")

@@ -187,3 +187,14 @@ def test_delete_excluded_and_a_rename_onto_the_name_leave_the_audit_log(tmp_path
     lines = _lines((tmp_path / "dst" / "x.jsonl").read_text())
     assert {e["path"] for e in lines} >= {"a", "b", "d/c"}
     assert all(e["path"] != "x.jsonl" for e in lines)
+
+
+def test_a_real_run_with_stdout_audit_leaves_stdout_to_the_audit_lines(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    spec = _spec(tmp_path, {"mode": "Sync", "auditLog": "-", "verify": "Full"})
+    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    lines = _lines(r.stdout)
+    assert lines and all(set(e) >= {"time", "op", "path", "result"} for e in lines)
+    assert sorted(e["path"] for e in lines if e["op"] == "copy") == ["a", "b", "d/c"]
+    summary = json.loads((tmp_path / "t").read_text())
+    assert summary["filesCopied"] == sum(e["op"] == "copy" for e in lines)
