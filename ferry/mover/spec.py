@@ -188,7 +188,9 @@ class OptionsSpec(_Model):
     audit_log: str | None = Field(default=None, min_length=1, max_length=1024)
     chmod: str | None = Field(default=None, min_length=1, max_length=1024)
     chown: str | None = Field(default=None, min_length=1, max_length=512)
-    files_from: list[str] | None = Field(default=None, max_length=MAX_FILES_FROM)
+    files_from: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=MAX_FILES_FROM
+    )
 
     @field_validator("audit_log")
     @classmethod

@@ -12,6 +12,7 @@ Field names are camelCase on the wire, snake_case in Python.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -719,7 +720,8 @@ class TransferJobSpec(_Tj24Fields):
         that carries it once per shard."""
         if self.audit_log not in (None, "-") and self.destination.pvc is None:
             raise ValueError(f"auditLog: {AUDIT_LOG_RULE['message']}")
-        size = sum(len(p.encode()) + 4 for p in self.files_from or ())
+        # As the ConfigMap holds it: JSON (non-ASCII escaped), indented, one entry a line.
+        size = len(json.dumps(self.files_from)) + 8 * len(self.files_from) if self.files_from else 0
         if size * self.shard_count() > FILES_FROM_ROOM:
             raise ValueError(
                 f"filesFrom: {size} bytes for each of {self.shard_count()} shards is more than "

@@ -463,6 +463,13 @@ def test_files_from_beyond_the_configmaps_room_is_refused_naming_it():
         api.TransferJobSpec.model_validate(
             {**PVC_TO_PVC, "filesFrom": big, "parallelism": {"shards": 2}}
         )
+    # Measured as the ConfigMap holds it: a non-ASCII name is escaped there (6 bytes a char).
+    wide = [f"{i:03d}/" + "é" * 1000 for i in range(150)]  # 300 KB of UTF-8, 900 KB as JSON
+    with pytest.raises(ValidationError, match="filesFrom"):
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFrom": wide})
+    tj = api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFrom": big})
+    cm = workload.config_map(_body(PVC_TO_PVC), moverspec.mover_specs(tj, None).shards)
+    assert len(cm["data"]["spec-0.json"]) < api.FILES_FROM_ROOM + 64 * 1024
 
 
 def test_chown_needs_the_privileged_namespace_and_names_chown():
