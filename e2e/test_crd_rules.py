@@ -151,6 +151,7 @@ def test_audit_log_chmod_chown_and_files_from_rules(
         (pvc_spec(filesFrom=["f"] * 1001), "spec.filesFrom"),
         (pvc_spec(filesFrom=["x" * 1025]), "spec.filesFrom"),
         (pvc_spec(filesFrom=["a"], deleteExcluded=True), "deleteExcluded applies only"),
+        ({**pvc_spec(chown="1:1"), "destination": s3}, "chown needs a destination"),
     ]:
         with pytest.raises(ApiException) as exc:
             create(spec)

@@ -478,6 +478,15 @@ AUDIT_LOG_RULE = {
     "message": "auditLog as a file needs a pvc destination (it is written there); use '-' for "
     "the mover's stdout",
 }
+# What the mover would refuse at the destination (its `holds`), said at admission instead.
+CHOWN_RULE = {
+    "rule": "!has(self.chown) || has(self.destination.pvc) || has(self.destination.ferry)",
+    "message": "chown needs a destination that holds owners (a pvc or a ferry endpoint)",
+}
+CHMOD_RULE = {
+    "rule": "!has(self.chmod) || !has(self.destination.smb)",
+    "message": "chmod needs a destination that holds modes (not smb)",
+}
 FILES_FROM_MAX = 1000  # entries; each up to 1024 characters
 FILES_FROM_ROOM = 768 * 1024  # bytes of filesFrom x shards the job's ConfigMap may hold
 
@@ -556,6 +565,8 @@ class TransferJobSpec(_Tj24Fields):
             SOURCE_NAMESPACE_RULE,
             DESTINATION_NAMESPACE_RULE,
             AUDIT_LOG_RULE,
+            CHOWN_RULE,
+            CHMOD_RULE,
         )
     )
 
@@ -720,6 +731,11 @@ class TransferJobSpec(_Tj24Fields):
         that carries it once per shard."""
         if self.audit_log not in (None, "-") and self.destination.pvc is None:
             raise ValueError(f"auditLog: {AUDIT_LOG_RULE['message']}")
+        dst = self.destination
+        if self.chown is not None and dst.pvc is None and dst.ferry is None:
+            raise ValueError(CHOWN_RULE["message"])
+        if self.chmod is not None and dst.smb is not None:
+            raise ValueError(CHMOD_RULE["message"])
         # As the ConfigMap holds it: JSON (non-ASCII escaped), indented, one entry a line.
         size = len(json.dumps(self.files_from)) + 8 * len(self.files_from) if self.files_from else 0
         if size * self.shard_count() > FILES_FROM_ROOM:

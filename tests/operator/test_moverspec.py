@@ -445,6 +445,16 @@ def test_a_file_audit_log_needs_a_pvc_destination_in_the_model_and_the_crd():
     assert "has(self.filesFrom)" in rule["rule"]
 
 
+def test_chown_and_chmod_need_a_destination_that_holds_them():
+    smb = {"smb": {"host": "files", "share": "s"}}
+    with pytest.raises(ValidationError, match="chown needs a destination that holds owners"):
+        api.TransferJobSpec.model_validate({**PVC_TO_S3, "chown": "1:1"})
+    with pytest.raises(ValidationError, match="chmod needs a destination that holds modes"):
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "destination": smb, "chmod": "F644"})
+    api.TransferJobSpec.model_validate({**PVC_TO_S3, "chmod": "F644"})
+    assert {api.CHOWN_RULE["rule"], api.CHMOD_RULE["rule"]} <= {r["rule"] for r in _spec_rules()}
+
+
 def test_the_audit_log_pattern_is_the_relative_path_check():
     """The CRD's pattern (what the API server enforces) agrees with the mover's own check."""
     import re
