@@ -146,6 +146,28 @@ def check_relative(value: str, what: str) -> str:
     return value
 
 
+def check_meta(value: str | None, field: str) -> str | None:
+    """chmod/chown by the CLI's parsers; the message names the field, not the flag."""
+    from ferry.mover.metaxform import Chmod, Chown
+
+    if value is not None:
+        try:
+            Chmod(value) if field == "chmod" else Chown.parse(value)
+        except FerryError as exc:
+            raise ValueError(str(exc).replace(f"--{field}", field)) from None
+    return value
+
+
+def check_files_from(value: list[str] | None) -> list[str] | None:
+    """filesFrom's lines as the CLI reads --files-from's (its line numbers in the message)."""
+    if value is not None:
+        try:
+            parse_files_from(value, "filesFrom")
+        except FerryError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 _COMPARE = {
     "SizeMtime": op.Compare.SIZE_MTIME,
     "Checksum": op.Compare.CHECKSUM,
@@ -199,22 +221,12 @@ class OptionsSpec(_Model):
             check_relative(value, "auditLog")
         return value
 
-    @field_validator("chmod", "chown", "files_from")
+    @field_validator("chmod", "chown")
     @classmethod
-    def _meta_parses(cls, value: object, info: ValidationInfo) -> object:
-        from ferry.mover.filters import parse_files_from
-        from ferry.mover.metaxform import Chmod, Chown
+    def _meta_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_meta(value, str(info.field_name))
 
-        flag = f"--{(info.field_name or '').replace('_', '-')}"
-        name = to_camel(info.field_name or "")
-        try:
-            if isinstance(value, str):
-                Chmod(value) if info.field_name == "chmod" else Chown.parse(value)
-            elif isinstance(value, list):
-                parse_files_from(value, name)
-        except FerryError as exc:
-            raise ValueError(str(exc).replace(flag, name)) from None
-        return value
+    _files = field_validator("files_from")(check_files_from)
 
     @field_validator("min_age", "max_age")
     @classmethod

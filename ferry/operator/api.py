@@ -491,33 +491,6 @@ FILES_FROM_MAX = 1000  # entries; each up to 1024 characters
 FILES_FROM_ROOM = 768 * 1024  # bytes of filesFrom x shards the job's ConfigMap may hold
 
 
-def _meta_parses(value: str | None, info: ValidationInfo) -> str | None:
-    """chmod/chown by the CLI's parsers; their message names the field, not the flag."""
-    from ferry.mover.errors import FerryError
-    from ferry.mover.metaxform import Chmod, Chown
-
-    if value is not None:
-        try:
-            Chmod(value) if info.field_name == "chmod" else Chown.parse(value)
-        except FerryError as exc:
-            raise ValueError(
-                str(exc).replace(f"--{info.field_name}", str(info.field_name))
-            ) from None
-    return value
-
-
-def _files_from_parses(value: list[str] | None) -> list[str] | None:
-    from ferry.mover.errors import FerryError
-    from ferry.mover.filters import parse_files_from
-
-    if value is not None:
-        try:
-            parse_files_from(value, "filesFrom")
-        except FerryError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
 class _Tj24Fields(Model):
     """The TransferJob's audit log, metadata transforms and file list (issue 24)."""
 
@@ -550,8 +523,19 @@ class _Tj24Fields(Model):
         "--files-from's lines: '#' comments and blank lines skipped, no '..'.",
     )
 
-    _meta = field_validator("chmod", "chown")(_meta_parses)
-    _files = field_validator("files_from")(_files_from_parses)
+    @field_validator("chmod", "chown")
+    @classmethod
+    def _meta_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from ferry.mover.spec import check_meta
+
+        return check_meta(value, str(info.field_name))
+
+    @field_validator("files_from")
+    @classmethod
+    def _files_from_parses(cls, value: list[str] | None) -> list[str] | None:
+        from ferry.mover.spec import check_files_from
+
+        return check_files_from(value)
 
 
 class TransferJobSpec(_Tj24Fields):
