@@ -82,16 +82,32 @@ def pod_sinks() -> list[Sink]:
 def _run(spec_path: str, out: list[TextIO]) -> int:
     from ferry.mover.transfer import run_transfer
 
-    src, dst, options = load_spec(spec_path).to_engine()
+    spec = load_spec(spec_path)
+    src, dst, options = spec.to_engine()
     if options.audit_log == "-":
         out[0] = sys.stderr
     elif options.audit_log is not None:
+        refuse_file_destination(spec)
         make_parents(options.audit_log)
     summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
     text = summary.dumps()
     print(text, file=out[0])
     write_termination_message(text)
     return int(summary.exit_code)
+
+
+def refuse_file_destination(spec: TransferSpec) -> None:
+    """A file audit log lives under the destination's root, which must then be a directory:
+    not a file that is there, nor the name a file source is written to."""
+    dst = getattr(spec.destination, "path", "")
+    src = getattr(spec.source, "path", "") if spec.source.kind == "local" else ""
+    if os.path.isfile(dst) or (src and os.path.isfile(src) and not dst.endswith("/")):
+        raise FerryError(
+            ErrorKind.USAGE,
+            "auditLog: the destination names a file, not a directory to keep the log in "
+            "(end its path with '/' to copy the file into a directory)",
+            dst,
+        )
 
 
 def make_parents(path: str) -> None:

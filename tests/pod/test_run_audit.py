@@ -198,3 +198,24 @@ def test_a_real_run_with_stdout_audit_leaves_stdout_to_the_audit_lines(tmp_path:
     assert sorted(e["path"] for e in lines if e["op"] == "copy") == ["a", "b", "d/c"]
     summary = json.loads((tmp_path / "t").read_text())
     assert summary["filesCopied"] == sum(e["op"] == "copy" for e in lines)
+
+
+def test_a_file_destination_has_no_root_for_the_audit_log(tmp_path: Path) -> None:
+    """A file source written to a name: refused naming auditLog; into a directory: kept there."""
+    src = _tree(tmp_path)
+    doc: dict[str, Any] = {
+        "source": {"kind": "local", "path": str(src / "a")},
+        "destination": {"kind": "local", "path": str(tmp_path / "out" / "renamed")},
+        "options": {"auditLog": "audit.jsonl"},
+    }
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(doc))
+    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
+    assert "auditLog: the destination names a file" in r.summary["message"]
+    assert not (tmp_path / "out").exists()
+    doc["destination"]["path"] += "/"
+    spec.write_text(json.dumps(doc))
+    run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    out = tmp_path / "out" / "renamed"
+    assert (out / "a").read_text() == "a" * 10
+    assert [e["path"] for e in _lines((out / "audit.jsonl").read_text())] == ["a"]
