@@ -124,3 +124,35 @@ def test_refused_spec_stays_editable_until_a_job_exists(
     # even if a later failure carries a refusal's reason (a mover can exit InvalidSpec).
     tj.set_status({"phase": "Failed", "reason": "InvalidSpec", "jobName": "ferry-refused"})
     assert "spec.source cannot change" in tj.refused({"source": {"pvc": {"claimName": "x"}}})
+
+
+def test_audit_log_chmod_chown_and_files_from_rules(
+    crds: None, api: client.ApiClient, namespace: str
+) -> None:
+    """tj24's fields on the API server (dry run: nothing stored): auditLog's pattern and its
+    pvc-destination rule, filesFrom's bounds and deleteExcluded with filesFrom."""
+    custom = client.CustomObjectsApi(api)
+    body: Obj = {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": "tj24"}}
+    s3: Obj = {"s3": {"bucket": "backups"}}
+
+    def create(spec: Obj) -> None:
+        custom.create_namespaced_custom_object(
+            G, V, namespace, PLURAL, {**body, "spec": spec}, dry_run="All"
+        )
+
+    create(pvc_spec(auditLog="audit/run.jsonl", chmod="D755,F644", chown="1000:1000"))
+    create(pvc_spec(mode="Sync", filesFrom=["a", "b/"], deleteExcluded=True, auditLog="-"))
+    create({**pvc_spec(auditLog="-"), "destination": s3})
+    for spec, says in [
+        (pvc_spec(auditLog="../up"), "spec.auditLog"),
+        (pvc_spec(auditLog="/abs"), "spec.auditLog"),
+        (pvc_spec(auditLog="a//b"), "spec.auditLog"),
+        ({**pvc_spec(auditLog="a.log"), "destination": s3}, "auditLog as a file needs a pvc"),
+        (pvc_spec(filesFrom=["f"] * 1001), "spec.filesFrom"),
+        (pvc_spec(filesFrom=["x" * 1025]), "spec.filesFrom"),
+        (pvc_spec(filesFrom=["a"], deleteExcluded=True), "deleteExcluded applies only"),
+        ({**pvc_spec(chown="1:1"), "destination": s3}, "chown needs a destination"),
+    ]:
+        with pytest.raises(ApiException) as exc:
+            create(spec)
+        assert exc.value.status == 422 and says in str(exc.value.body), exc.value.body

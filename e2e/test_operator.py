@@ -1429,3 +1429,22 @@ def test_dry_run_plan_is_read_from_the_audit_log_in_the_volume(env: Env) -> None
     assert copies == {"a.bin": 1000, "d/b.bin": 2000}
     assert {e["result"] for e in plan} == {"planned"}
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["audit", "audit/plan.jsonl"]
+
+
+def test_dry_run_plan_on_the_movers_stdout_is_in_its_pod_log(env: Env) -> None:
+    """tj24: auditLog '-': the plan's JSON lines are in the mover pod's log (where a collector
+    reads stdout); status.auditLog names the kubectl command."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    seed(src, {"a.bin": 1000, "d/b.bin": 2000})
+    env.create("transferjobs", "told", pvc_spec("src", "dst", dryRun=True, auditLog="-"))
+    obj = env.wait_phase("told", "Succeeded", timeout=180)
+    assert "kubectl logs -l job-name=" in obj["status"]["auditLog"]
+    (pod,) = env.pods("told")
+    text = env.core.read_namespaced_pod_log(pod["metadata"]["name"], env.ns)
+    docs = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    plan = [d for d in docs if "op" in d]
+    assert {d["path"]: d["size"] for d in plan if d["op"] == "copy"} == {
+        "a.bin": 1000,
+        "d/b.bin": 2000,
+    }
+    assert not any(dst.iterdir())

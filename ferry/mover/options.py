@@ -231,6 +231,9 @@ class Options:
     chmod: str | None = None  # rsync's --chmod list, applied to what is written
     chown: str | None = None  # rsync's --chown USER:GROUP, applied to what is written
     audit_log: str | None = None  # a file to append JSON lines to, '-' for stdout
+    # Destination-relative paths a run never copies onto, compares or deletes (a TransferJob's
+    # audit log kept in its destination), as the engine's own `.~ferry.` names.
+    protect: tuple[str, ...] = ()
 
     @property
     def bwtable(self) -> BwTable | None:

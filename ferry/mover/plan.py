@@ -114,6 +114,11 @@ class Planner:
         bounds = bounds_of(options)
         self.bounds: Bounds | None = bounds if bounds else None  # None: one test per entry
         self.listed = PathList(options.files_from) if options.files_from is not None else None
+        self.protected = frozenset(options.protect)
+        # A protected file's directories are never deleted either (it would go with them).
+        self.protected_dirs = frozenset(
+            p.rsplit("/", i)[0] for p in options.protect for i in range(1, p.count("/") + 1)
+        )
         self.dst_exists = dst_exists
         self.window_ns = max(src.holds.mtime_precision_ns, dst.holds.mtime_precision_ns, 1)
         self.links_ok = options.preserve.links and options.symlinks == SymlinkPolicy.PRESERVE
@@ -245,8 +250,11 @@ class Planner:
             if self.o.mode == Mode.SYNC:
                 for d in sorted(dst_by_name.values(), key=lambda e: e.name):
                     child = join(dst_rel, d.name)
-                    if not self._mine(child, d.size) or (
-                        self.excluded(child, d) and not self.o.delete_excluded
+                    if (
+                        not self._mine(child, d.size)
+                        or (self.excluded(child, d) and not self.o.delete_excluded)
+                        or child in self.protected
+                        or child in self.protected_dirs
                     ):
                         continue
                     yield Action(Op.DELETE, child, dst=d)
@@ -310,6 +318,8 @@ class Planner:
     ) -> Iterator[Action]:
         """`rel` is the destination's path; `read_rel` the source's where it differs."""
         src_rel = read_rel or rel
+        if rel in self.protected or (rel in self.protected_dirs and s.type != EntryType.DIR):
+            return  # the run's own file (options.protect): never written, compared or deleted
         if self.excluded(src_rel, s):
             if (
                 self.o.delete_excluded

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from ferry.mover import bwtable
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
-from ferry.mover.errors import FerryError
+from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.filters import parse_files_from
 
 
 class _Model(BaseModel):
@@ -125,6 +134,41 @@ EndpointSpec = Annotated[
 ]
 
 
+MAX_FILES_FROM = 10_000  # a TransferJob's inline filesFrom: bounded like its object
+
+
+def check_relative(value: str, what: str) -> str:
+    """`value` names a path inside a root: relative, no `.`/`..`/empty parts, no NUL."""
+    parts = value.split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in value:
+        raise ValueError(
+            f"{what} must be a relative path inside the root (no '/' first, no '.', '..' or empty parts)"
+        )
+    return value
+
+
+def check_meta(value: str | None, field: str) -> str | None:
+    """chmod/chown by the CLI's parsers; the message names the field, not the flag."""
+    from ferry.mover.metaxform import Chmod, Chown
+
+    if value is not None:
+        try:
+            Chmod(value) if field == "chmod" else Chown.parse(value)
+        except FerryError as exc:
+            raise ValueError(str(exc).replace(f"--{field}", field)) from None
+    return value
+
+
+def check_files_from(value: list[str] | None) -> list[str] | None:
+    """filesFrom's lines as the CLI reads --files-from's (its line numbers in the message)."""
+    if value is not None:
+        try:
+            parse_files_from(value, "filesFrom")
+        except FerryError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 _COMPARE = {
     "SizeMtime": op.Compare.SIZE_MTIME,
     "Checksum": op.Compare.CHECKSUM,
@@ -163,6 +207,28 @@ class OptionsSpec(_Model):
     max_age: str | None = None
     update: bool = False
     delete_excluded: bool = False
+    # tj24: '-' (stdout) or a path relative to a local destination's root; rsync's --chmod and
+    # --chown; --files-from's lines (the TransferJob's filesFrom), read by the CLI's parser.
+    audit_log: str | None = Field(default=None, min_length=1, max_length=1024)
+    chmod: str | None = Field(default=None, min_length=1, max_length=1024)
+    chown: str | None = Field(default=None, min_length=1, max_length=512)
+    files_from: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=MAX_FILES_FROM
+    )
+
+    @field_validator("audit_log")
+    @classmethod
+    def _audit_log_inside(cls, value: str | None) -> str | None:
+        if value is not None and value != "-":
+            check_relative(value, "auditLog")
+        return value
+
+    @field_validator("chmod", "chown")
+    @classmethod
+    def _meta_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_meta(value, str(info.field_name))
+
+    _files = field_validator("files_from")(check_files_from)
 
     @field_validator("min_age", "max_age")
     @classmethod
@@ -293,10 +359,60 @@ class TransferSpec(_Model):
             max_age=op.parse_duration(o.max_age, "maxAge") if o.max_age else None,
             update=o.update,
             delete_excluded=o.delete_excluded,
+            chmod=o.chmod,
+            chown=o.chown,
+            files_from=None
+            if o.files_from is None
+            else parse_files_from(o.files_from, "filesFrom"),
+            audit_log=self._audit_file(),
+            protect=self._audit_names(),
             shard_index=shard.index,
             shard_count=shard.count,
         )
         return self.source.to_endpoint(), self.destination.to_endpoint(), options
+
+    def audit_name(self, index: int | None = None) -> str | None:
+        """The audit log's destination-relative name for shard `index` (this one's by
+        default): one file per shard, `NAME.INDEX`, so no two pods write one file."""
+        rel = self.options.audit_log
+        if rel is None or rel == "-":
+            return None
+        if self.shard is None or self.shard.count == 1:
+            return rel
+        return f"{rel}.{self.shard.index if index is None else index}"
+
+    def _audit_names(self) -> tuple[str, ...]:
+        """Every shard's audit file: no shard copies onto, compares or deletes any of them."""
+        count = self.shard.count if self.shard else 1
+        names = (self.audit_name(i) for i in range(count))
+        return tuple(n for n in names if n is not None)
+
+    def _audit_file(self) -> str | None:
+        """Where the engine appends the audit log: stdout, or its name under a local
+        destination's root (written there directly)."""
+        if self.options.audit_log == "-":
+            return "-"
+        name = self.audit_name()
+        if name is None:
+            return None
+        if not isinstance(self.destination, LocalSpec):  # a copy made without validation
+            raise FerryError(
+                ErrorKind.USAGE,
+                f"auditLog: a file needs a volume destination, not {self.destination.kind}",
+            )
+        return self.destination.path.rstrip("/") + "/" + name
+
+    @model_validator(mode="after")
+    def _audit_log_local(self) -> TransferSpec:
+        """A file audit log is written where the destination is mounted; at another kind it
+        would have to be uploaded afterwards, which the mover does not do: refused."""
+        kind = self.destination.kind
+        if self.options.audit_log not in (None, "-") and kind != "local":
+            raise ValueError(
+                f"options.auditLog: a file audit log needs a volume destination, not {kind} "
+                "(use '-' for the mover's stdout)"
+            )
+        return self
 
 
 def spec_errors(exc: ValidationError) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from ferry.mover.backends import check_compress, open_backend
 from ferry.mover.backends.base import Backend, DeltaBasis, Durability, EntryType
 from ferry.mover.endpoints import Endpoint
-from ferry.mover.engine.audit import AuditLog
+from ferry.mover.engine.audit import AuditLog, protect_own
 from ferry.mover.engine.dryrun import DryRun
 from ferry.mover.engine.executor import Executor
 from ferry.mover.engine.ledger import Ledger
@@ -159,6 +159,7 @@ def _run(
     on_action: Callable[[Action], None] | None,
 ) -> None:
     src, dst, one = pair.src, pair.dst, pair.one
+    options = protect_own(options, dst)  # an audit log written inside the destination
     check_delta(options, dst)
     dst_exists = check_roots(src, dst, options, summary.operation, one, pair.src_type)
     planner = Planner(src, dst, options, dst_exists=dst_exists, one=one)

@@ -12,6 +12,7 @@ Field names are camelCase on the wire, snake_case in Python.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -427,9 +428,9 @@ MAX_DELETE_RULE = {
 DELETE_EXCLUDED_RULE = {
     "rule": "!has(self.deleteExcluded) || !self.deleteExcluded || ((has(self.mode) && "
     "self.mode == 'Sync') && (has(self.filters) || has(self.minSize) || has(self.maxSize) || "
-    "has(self.minAge) || has(self.maxAge)))",
+    "has(self.minAge) || has(self.maxAge) || has(self.filesFrom)))",
     "message": "deleteExcluded applies only to mode Sync with filters, minSize, maxSize, "
-    "minAge or maxAge",
+    "minAge, maxAge or filesFrom",
 }
 MIN_FREE_RULE = {
     "rule": "!has(self.minFree) || !has(self.preflight) || self.preflight",
@@ -472,7 +473,77 @@ DESTINATION_NAMESPACE_RULE = {
 }
 
 
-class TransferJobSpec(Model):
+# ---- tj24: auditLog, chmod, chown, filesFrom (their rules and bounds in one place)
+# A path segment other than '.' and '..' (RE2: no look-ahead), and the audit log's value:
+# '-' (the mover's stdout) or a relative path of such segments.
+_SEGMENT = r"([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)"
+AUDIT_LOG_PATTERN = rf"^(-|{_SEGMENT}(/{_SEGMENT})*)$"
+AUDIT_LOG_RULE = {
+    "rule": "!has(self.auditLog) || self.auditLog == '-' || has(self.destination.pvc)",
+    "message": "auditLog as a file needs a pvc destination (it is written there); use '-' for "
+    "the mover's stdout",
+}
+# What the mover would refuse at the destination (its `holds`), said at admission instead.
+CHOWN_RULE = {
+    "rule": "!has(self.chown) || has(self.destination.pvc) || has(self.destination.ferry)",
+    "message": "chown needs a destination that holds owners (a pvc or a ferry endpoint)",
+}
+CHMOD_RULE = {
+    "rule": "!has(self.chmod) || !has(self.destination.smb)",
+    "message": "chmod needs a destination that holds modes (not smb)",
+}
+FILES_FROM_MAX = 1000  # entries; each up to 1024 characters
+FILES_FROM_ROOM = 768 * 1024  # bytes of filesFrom x shards the job's ConfigMap may hold
+
+
+class _Tj24Fields(Model):
+    """The TransferJob's audit log, metadata transforms and file list (issue 24)."""
+
+    audit_log: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=AUDIT_LOG_PATTERN,
+        description="One JSON line per decision and action (--audit-log): '-' for the mover's "
+        "stdout (kubectl logs; the summary then goes to stderr), or a path relative to the pvc "
+        "destination's root, written there (NAME.INDEX per shard) and never copied, compared or "
+        "deleted by the transfer. A dry run's plan is read there.",
+    )
+    chmod: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="rsync's --chmod: modes set on what is written, e.g. 'D755,F644' or 'u+w'.",
+    )
+    chown: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="rsync's --chown USER:GROUP (names or ids): needs a root mover, i.e. the "
+        "namespace's ferry.dev/privileged-movers=true annotation.",
+    )
+    files_from: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None,
+        max_length=FILES_FROM_MAX,
+        description="Only these source-relative paths (and all below a listed directory), as "
+        "--files-from's lines: '#' comments and blank lines skipped, no '..'.",
+    )
+
+    @field_validator("chmod", "chown")
+    @classmethod
+    def _meta_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from ferry.mover.spec import check_meta
+
+        return check_meta(value, str(info.field_name))
+
+    @field_validator("files_from")
+    @classmethod
+    def _files_from_parses(cls, value: list[str] | None) -> list[str] | None:
+        from ferry.mover.spec import check_files_from
+
+        return check_files_from(value)
+
+
+class TransferJobSpec(_Tj24Fields):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             MAX_DELETE_RULE,
@@ -482,6 +553,9 @@ class TransferJobSpec(Model):
             COMPRESSION_ON_RULE,
             SOURCE_NAMESPACE_RULE,
             DESTINATION_NAMESPACE_RULE,
+            AUDIT_LOG_RULE,
+            CHOWN_RULE,
+            CHMOD_RULE,
         )
     )
 
@@ -606,8 +680,10 @@ class TransferJobSpec(Model):
     @classmethod
     def _delete_excluded_for_filtered_sync(cls, value: bool, info: ValidationInfo) -> bool:
         d = info.data
-        filtered = d.get("filters") or any(
-            d.get(k) is not None for k in ("min_size", "max_size", "min_age", "max_age")
+        filtered = (
+            d.get("filters")
+            or d.get("files_from") is not None
+            or any(d.get(k) is not None for k in ("min_size", "max_size", "min_age", "max_age"))
         )
         if value and (d.get("mode") != "Sync" or not filtered):
             raise ValueError(DELETE_EXCLUDED_RULE["message"])
@@ -671,6 +747,26 @@ class TransferJobSpec(Model):
         if value == "On" and dst is not None and dst.kind in ("s3", "sftp", "smb"):
             raise ValueError(DELTA_ON_RULE["message"])
         return value
+
+    @model_validator(mode="after")
+    def _tj24_checks(self) -> TransferJobSpec:
+        """A file audit log is written in a pvc destination; filesFrom fits the ConfigMap
+        that carries it once per shard."""
+        if self.audit_log not in (None, "-") and self.destination.pvc is None:
+            raise ValueError(f"auditLog: {AUDIT_LOG_RULE['message']}")
+        dst = self.destination
+        if self.chown is not None and dst.pvc is None and dst.ferry is None:
+            raise ValueError(CHOWN_RULE["message"])
+        if self.chmod is not None and dst.smb is not None:
+            raise ValueError(CHMOD_RULE["message"])
+        # As the ConfigMap holds it: JSON (non-ASCII escaped), indented, one entry a line.
+        size = len(json.dumps(self.files_from)) + 8 * len(self.files_from) if self.files_from else 0
+        if size * self.shard_count() > FILES_FROM_ROOM:
+            raise ValueError(
+                f"filesFrom: {size} bytes for each of {self.shard_count()} shards is more than "
+                f"the job's ConfigMap holds ({FILES_FROM_ROOM} bytes in all)"
+            )
+        return self
 
     @field_validator("destination")
     @classmethod
@@ -877,6 +973,9 @@ class TransferJobStatus(StatusModel):
     job_name: str | None = None
     attempts: int | None = None
     privileged: bool | None = None
+    audit_log: str | None = Field(
+        default=None, description="Where to read the audit log spec.auditLog asked for."
+    )
 
 
 # ---------------------------------------------------------------- schedule

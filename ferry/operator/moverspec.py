@@ -222,8 +222,27 @@ def options(
         max_age=spec.max_age,
         update=spec.update,
         delete_excluded=spec.delete_excluded,
+        audit_log=spec.audit_log,
+        chmod=spec.chmod,
+        chown=spec.chown,
+        files_from=spec.files_from,
         **given,
     )
+
+
+def audit_log_where(spec: api.TransferJobSpec, job_name: str) -> str | None:
+    """Where a user reads the audit log `spec.auditLog` asks for (status.auditLog)."""
+    if spec.audit_log is None:
+        return None
+    n = spec.shard_count()
+    if spec.audit_log == "-":
+        return f"the mover pods' stdout: kubectl logs -l job-name={job_name} --tail=-1"
+    pvc = spec.destination.pvc
+    assert pvc is not None  # api: a file audit log needs a pvc destination
+    sub = pvc.path.strip("/")
+    where = f"{sub}/{spec.audit_log}" if sub else spec.audit_log
+    shards = f".0 to .{n - 1} (one file per shard)" if n > 1 else ""
+    return f"pvc {pvc.claim_name}: {where}{shards}"
 
 
 def delete_share(max_delete: int | None, index: int, shards: int) -> int | None:

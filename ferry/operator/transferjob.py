@@ -259,6 +259,8 @@ class TransferJobReconciler:
         )
         new = status.compute(body, spec, job, pods, now)
         new["jobName"] = job_name
+        if (audit := moverspec.audit_log_where(spec, job_name)) is not None:
+            new["auditLog"] = audit
         if new["phase"] in status.TERMINAL_PHASES:
             wirepair.stop_receiver(self.kube, ns, job)
         warning = None

@@ -237,9 +237,14 @@ def check_pod(spec: api.TransferJobSpec, ctx: Context) -> None:
             ("runAsGroup", own.run_as_group),
         ):
             if given not in (None, 0):
+                why = (
+                    "chown (spec.chown)"
+                    if spec.chown is not None
+                    else "preserving owners (spec.preserve)"
+                )
                 raise InvalidSpec(
                     f"spec.pod.securityContext.{field_name}",
-                    "preserving owners (spec.preserve) runs the mover as root; leave it unset",
+                    f"{why} runs the mover as root; leave it unset",
                 )
 
 
@@ -313,7 +318,13 @@ def _security(
 def needs_privilege(spec: api.TransferJobSpec) -> bool:
     """Root and chown capabilities only where they are used: owners kept on a volume. No other
     destination holds owners (the mover names them as not kept)."""
-    return "owners" in (spec.preserve or []) and spec.destination.pvc is not None
+    owners = "owners" in (spec.preserve or []) or spec.chown is not None
+    return owners and spec.destination.pvc is not None
+
+
+def _privilege_field(spec: api.TransferJobSpec) -> str:
+    """The field that makes the mover run as root: chown, or preserve's owners."""
+    return "spec.chown" if spec.chown is not None else "spec.preserve"
 
 
 def _placement(spec: api.TransferJobSpec, ctx: Context) -> dict[str, Any]:
@@ -498,9 +509,10 @@ def build(
     """Build every object for `body`; raise InvalidSpec naming the field when it cannot run."""
     privileged = needs_privilege(spec)
     if privileged and not ctx.namespace_privileged:
+        what = "chown" if spec.chown is not None else "preserving owners"
         raise InvalidSpec(
-            "spec.preserve",
-            "preserving owners needs root; the namespace lacks the "
+            _privilege_field(spec),
+            f"{what} needs root; the namespace lacks the "
             f"{NAMESPACE_PRIVILEGED_ANNOTATION}=true annotation an admin sets",
             reason="PrivilegeNotGranted",
         )

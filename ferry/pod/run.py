@@ -5,6 +5,8 @@ Progress goes to stderr as JSON lines and, when the operator set
 operator's trace when it set `TRACEPARENT`. The final summary (or, when the
 run could not start, the error) is printed on stdout and written to the
 container's termination message, which the operator sums into `status.result`.
+With `options.auditLog: "-"` stdout is the audit log's alone (a log collector's
+JSON lines): the summary and errors then go to stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from typing import TextIO
 
 from ferry.mover import jsonlog
 from ferry.mover.errors import ErrorKind, FerryError
@@ -28,12 +31,13 @@ TERMINATION_MESSAGE_LIMIT = 4000
 
 def run_pod(spec_path: str) -> int:
     """Run the transfer `spec_path` describes; the exit code tells the Job what happened."""
+    out = [sys.stdout]  # the summary's stream: stderr once the audit log owns stdout
     try:
-        return _run(spec_path)
+        return _run(spec_path, out)
     except FerryError as err:
         say(f"ferry: error: {err}", "error")
         payload = json.dumps(err.to_json())
-        print(payload)
+        print(payload, file=out[0])
         write_termination_message(payload)
         return err.kind.exit_code
 
@@ -75,15 +79,48 @@ def pod_sinks() -> list[Sink]:
     return sinks
 
 
-def _run(spec_path: str) -> int:
+def _run(spec_path: str, out: list[TextIO]) -> int:
     from ferry.mover.transfer import run_transfer
 
-    src, dst, options = load_spec(spec_path).to_engine()
+    spec = load_spec(spec_path)
+    src, dst, options = spec.to_engine()
+    if options.audit_log == "-":
+        out[0] = sys.stderr
+    elif options.audit_log is not None:
+        refuse_file_destination(spec)
+        make_parents(options.audit_log)
     summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
     text = summary.dumps()
-    print(text)
+    print(text, file=out[0])
     write_termination_message(text)
     return int(summary.exit_code)
+
+
+def refuse_file_destination(spec: TransferSpec) -> None:
+    """A file audit log lives under the destination's root, which must then be a directory:
+    not a file that is there, nor the name a file source is written to."""
+    dst = getattr(spec.destination, "path", "")
+    src = getattr(spec.source, "path", "") if spec.source.kind == "local" else ""
+    if os.path.isfile(dst) or (src and os.path.isfile(src) and not dst.endswith("/")):
+        raise FerryError(
+            ErrorKind.USAGE,
+            "auditLog: the destination names a file, not a directory to keep the log in "
+            "(end its path with '/' to copy the file into a directory)",
+            dst,
+        )
+
+
+def make_parents(path: str) -> None:
+    """Create the directories of the audit log's file (under the destination's root)."""
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise FerryError(
+            ErrorKind.DESTINATION_NOT_FOUND,
+            f"auditLog: cannot create its directory: {exc.strerror}",
+            parent,
+        ) from None
 
 
 def write_termination_message(text: str) -> None:

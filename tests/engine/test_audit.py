@@ -15,7 +15,7 @@ from ferry.mover.backends.base import Entry
 from ferry.mover.backends.local import LocalBackend, LocalReader
 from ferry.mover.endpoints import LocalEndpoint
 from ferry.mover.engine.audit import AuditLog
-from ferry.mover.options import ErrorPolicy, MiB, Mode, Options
+from ferry.mover.options import ErrorPolicy, MiB, Mode, Options, Verify
 from ferry.mover.redact import MASK, remember
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer, transfer_between
@@ -146,3 +146,19 @@ def test_retry_and_failure_lines(tmp_path: Path) -> None:
     failed = [e for e in entries if e["op"] == "error"]
     assert [(e["path"], e["result"]) for e in failed] == [("bad.bin", "failed")]
     assert failed[0]["error"]
+
+
+def test_a_log_inside_the_destination_is_never_synced_away(src: Path, tmp_path: Path) -> None:
+    """A sync's destination that holds the audit log (CLI or TransferJob) keeps it: it is
+    neither deleted (the source lacks it), nor compared, nor in its own lines; its directory
+    stays too. Through a symlinked path as well (resolved before comparing)."""
+    dst = tmp_path / "dst"
+    log = dst / "logs" / "audit.jsonl"
+    log.parent.mkdir(parents=True)
+    (tmp_path / "via").symlink_to(dst)
+    first = run(src, dst, tmp_path / "via" / "logs" / "audit.jsonl", mode=Mode.SYNC)
+    second = run(src, dst, log, mode=Mode.SYNC, verify=Verify.FULL)
+    assert first.files_copied > 0 and second.files_deleted == 0 and second.exit_code == 0
+    text = log.read_text()
+    assert all(not d["path"].startswith("logs") for d in lines(text))
+    assert Counter(d["op"] for d in lines(text))["copy"] == first.files_copied

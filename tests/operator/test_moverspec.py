@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ferry.mover import spec as ms
@@ -353,3 +355,178 @@ def test_a_file_path_and_rename_rules_reach_the_mover():
     with pytest.raises(ValidationError) as exc:
         ms.OptionsSpec.model_validate({"rename": ["s/a/b"]})
     assert "unterminated" in str(exc.value)
+
+
+# ---------------------------------------------------------------- tj24: auditLog, chmod, chown, filesFrom
+
+
+def _spec_rules() -> list[dict[str, str]]:
+    doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules: list[dict[str, str]] = doc["properties"]["spec"]["x-kubernetes-validations"]
+    return rules
+
+
+def test_audit_log_chmod_chown_and_files_from_reach_the_mover():
+    job = {
+        **PVC_TO_PVC,
+        "destination": {"pvc": {"claimName": "backup", "path": "sub"}},
+        "mode": "Sync",
+        "auditLog": "logs/run.jsonl",
+        "chmod": "D755,F644",
+        "filesFrom": ["# the two we need", "a.txt", "dir/"],
+        "deleteExcluded": True,
+    }
+    spec = api.TransferJobSpec.model_validate(job)
+    (shard,) = moverspec.mover_specs(spec, None).shards
+    o = shard.options
+    assert (o.audit_log, o.chmod, o.files_from) == ("logs/run.jsonl", "D755,F644", job["filesFrom"])
+    _, _, options = shard.to_engine()
+    assert options.audit_log == f"{moverspec.DATA_DIR}/destination/sub/logs/run.jsonl"
+    assert options.protect == ("logs/run.jsonl",)
+    assert options.files_from == ("a.txt", "dir") and options.chmod == "D755,F644"
+    assert moverspec.audit_log_where(spec, "ferry-x") == "pvc backup: sub/logs/run.jsonl"
+
+
+def test_sharded_audit_logs_are_one_file_per_shard_each_protected_by_all():
+    job = {**PVC_TO_PVC, "auditLog": "a.log", "parallelism": {"shards": 3}}
+    spec = api.TransferJobSpec.model_validate(job)
+    shards = moverspec.mover_specs(spec, None).shards
+    engine = [s.to_engine()[2] for s in shards]
+    assert [o.audit_log.rsplit("/", 1)[1] for o in engine if o.audit_log] == [
+        "a.log.0",
+        "a.log.1",
+        "a.log.2",
+    ]
+    assert all(o.protect == ("a.log.0", "a.log.1", "a.log.2") for o in engine)
+    assert "one file per shard" in str(moverspec.audit_log_where(spec, "ferry-x"))
+
+
+def test_audit_log_on_stdout_names_kubectl_logs_and_works_for_any_destination():
+    spec = api.TransferJobSpec.model_validate({**PVC_TO_S3, "auditLog": "-", "dryRun": True})
+    (shard,) = moverspec.mover_specs(spec, None).shards
+    assert shard.to_engine()[2].audit_log == "-" and shard.to_engine()[2].protect == ()
+    assert "kubectl logs -l job-name=ferry-x" in str(moverspec.audit_log_where(spec, "ferry-x"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"auditLog": "../escape"}, "auditLog"),
+        ({"auditLog": "/abs/path"}, "auditLog"),
+        ({"auditLog": "a/./b"}, "auditLog"),
+        ({"auditLog": "a//b"}, "auditLog"),
+        ({"auditLog": ""}, "auditLog"),
+        ({"chmod": "F999"}, "chmod"),
+        ({"chmod": "x=q"}, "chmod"),
+        ({"chown": "a:b:c"}, "chown"),
+        ({"filesFrom": ["ok", "../up"]}, "filesFrom line 2"),
+        ({"filesFrom": ["x" * 1025]}, "filesFrom"),
+        ({"filesFrom": ["f"] * 1001}, "filesFrom"),
+        ({"deleteExcluded": True, "mode": "Copy", "filesFrom": ["a"]}, "deleteExcluded"),
+    ],
+)
+def test_tj24_refusals_name_the_field(extra: dict[str, Any], says: str):
+    with pytest.raises(ValidationError) as exc:
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, **extra})
+    assert says in str(exc.value)
+    assert "--chmod" not in str(exc.value) and "--chown" not in str(exc.value)
+
+
+def test_a_file_audit_log_needs_a_pvc_destination_in_the_model_and_the_crd():
+    with pytest.raises(ValidationError, match="auditLog as a file needs a pvc destination"):
+        api.TransferJobSpec.model_validate({**PVC_TO_S3, "auditLog": "a.log"})
+    assert api.AUDIT_LOG_RULE in _spec_rules()
+    props = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    audit = props["properties"]["spec"]["properties"]["auditLog"]
+    assert audit["pattern"] == api.AUDIT_LOG_PATTERN and audit["maxLength"] == 1024
+    ff = props["properties"]["spec"]["properties"]["filesFrom"]
+    assert ff["maxItems"] == api.FILES_FROM_MAX and ff["items"]["maxLength"] == 1024
+    rule = next(r for r in _spec_rules() if r["message"].startswith("deleteExcluded"))
+    assert "has(self.filesFrom)" in rule["rule"]
+
+
+def test_chown_and_chmod_need_a_destination_that_holds_them():
+    smb = {"smb": {"host": "files", "share": "s"}}
+    with pytest.raises(ValidationError, match="chown needs a destination that holds owners"):
+        api.TransferJobSpec.model_validate({**PVC_TO_S3, "chown": "1:1"})
+    with pytest.raises(ValidationError, match="chmod needs a destination that holds modes"):
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "destination": smb, "chmod": "F644"})
+    api.TransferJobSpec.model_validate({**PVC_TO_S3, "chmod": "F644"})
+    assert {api.CHOWN_RULE["rule"], api.CHMOD_RULE["rule"]} <= {r["rule"] for r in _spec_rules()}
+
+
+def test_the_audit_log_pattern_is_the_relative_path_check():
+    """The CRD's pattern (what the API server enforces) agrees with the mover's own check."""
+    import re
+
+    for value in ["a", "a/b.jsonl", ".hidden", "..x", "a/..b/c", "-", "x-y"]:
+        assert re.fullmatch(api.AUDIT_LOG_PATTERN, value), value
+        assert value == "-" or ms.check_relative(value, "auditLog")
+    for value in ["", "/a", "a/", "a//b", ".", "..", "a/../b", "./a", "a/.", "a\x00b"]:
+        assert not re.fullmatch(api.AUDIT_LOG_PATTERN, value), value
+
+
+def test_files_from_beyond_the_configmaps_room_is_refused_naming_it():
+    big = [f"{i:04d}/" + "x" * 1000 for i in range(400)]  # ~400 KiB
+    api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFrom": big})
+    with pytest.raises(ValidationError, match=r"filesFrom: .* 2 shards"):
+        api.TransferJobSpec.model_validate(
+            {**PVC_TO_PVC, "filesFrom": big, "parallelism": {"shards": 2}}
+        )
+    # Measured as the ConfigMap holds it: a non-ASCII name is escaped there (6 bytes a char).
+    wide = [f"{i:03d}/" + "é" * 1000 for i in range(150)]  # 300 KB of UTF-8, 900 KB as JSON
+    with pytest.raises(ValidationError, match="filesFrom"):
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFrom": wide})
+    tj = api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFrom": big})
+    cm = workload.config_map(_body(PVC_TO_PVC), moverspec.mover_specs(tj, None).shards)
+    assert len(cm["data"]["spec-0.json"]) < api.FILES_FROM_ROOM + 64 * 1024
+
+
+def test_chown_needs_the_privileged_namespace_and_names_chown():
+    spec = {**PVC_TO_PVC, "chown": "1000:1000"}
+    tj = api.TransferJobSpec.model_validate(spec)
+    with pytest.raises(moverspec.InvalidSpec) as exc:
+        workload.build(_body(spec), tj, workload.Context(), workload.MoverSettings())
+    assert exc.value.field == "spec.chown" and exc.value.reason == "PrivilegeNotGranted"
+    assert str(exc.value).startswith("spec.chown: chown needs root")
+    ctx = workload.Context(namespace_privileged=True)
+    w = workload.build(_body(spec), tj, ctx, workload.MoverSettings())
+    assert w.privileged and w.job["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 0
+    other = {**spec, "pod": {"securityContext": {"runAsUser": 1000}}}
+    with pytest.raises(moverspec.InvalidSpec) as exc:
+        workload.build(
+            _body(other), api.TransferJobSpec.model_validate(other), ctx, workload.MoverSettings()
+        )
+    assert exc.value.field == "spec.pod.securityContext.runAsUser" and "chown" in str(exc.value)
+
+
+def test_a_wire_pair_refuses_a_file_audit_log_naming_it():
+    spec = {**PVC_TO_PVC, "auditLog": "a.log"}
+    tj = api.TransferJobSpec.model_validate(spec)
+    with pytest.raises(moverspec.InvalidSpec) as exc:
+        wirepair.sender(_body(spec), tj, workload.Context(), workload.MoverSettings(), WIRE_IP)
+    assert exc.value.field == "spec.auditLog" and "'-'" in str(exc.value)
+    stdout = {**PVC_TO_PVC, "auditLog": "-"}
+    cm, _ = wirepair.sender(
+        _body(stdout),
+        api.TransferJobSpec.model_validate(stdout),
+        workload.Context(),
+        workload.MoverSettings(),
+        WIRE_IP,
+    )
+    assert json.loads(cm["data"]["spec-0.json"])["options"]["auditLog"] == "-"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", ".", "/", "-", "\x00", "é"]), max_size=12))
+def test_the_crd_pattern_and_the_mover_agree_on_any_audit_path(value: str):
+    """What the API server lets through (the pattern), the mover's spec accepts, and the
+    reverse: no path that escapes the root passes either."""
+    import re
+
+    try:
+        ms.check_relative(value, "auditLog")
+        mover_ok = True
+    except ValueError:
+        mover_ok = False
+    assert bool(re.fullmatch(api.AUDIT_LOG_PATTERN, value)) == (mover_ok or value == "-")

@@ -443,3 +443,24 @@ def test_overlay_keeps_our_last_write_and_the_movers_shards():
     assert status.merged({"a": 1, "b": {"c": 1}}, {"a": None, "b": {"d": 2}}) == {
         "b": {"c": 1, "d": 2}
     }
+
+
+def test_status_says_where_the_audit_log_is_read():
+    """tj24: a dry run's plan is readable: status.auditLog names the claim and path (or the
+    pods' logs), from the first reconcile on, and the status schema declares it."""
+    r, _, _, _ = reconciler()
+    spec = {**PVC_TO_PVC, "dryRun": True, "auditLog": "plans/today.jsonl"}
+    out = r.reconcile(transferjob(spec), NOW)
+    assert out.status["auditLog"] == "pvc backup: plans/today.jsonl"
+    out = r.reconcile(transferjob({**PVC_TO_PVC, "auditLog": "-"}, name="copy-b"), NOW)
+    assert out.status["auditLog"].endswith("kubectl logs -l job-name=ferry-copy-b --tail=-1")
+    assert "auditLog" not in r.reconcile(transferjob(PVC_TO_PVC, name="copy-c"), NOW).status
+    schema = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert schema["properties"]["status"]["properties"]["auditLog"]["type"] == "string"
+
+
+def test_chown_in_a_namespace_without_privileged_movers_is_refused_naming_chown():
+    r, kube, _, _ = reconciler()
+    out = r.reconcile(transferjob({**PVC_TO_PVC, "chown": "backup:backup"}), NOW)
+    assert out.status["reason"] == "PrivilegeNotGranted" and kube.created == []
+    assert out.status["message"].startswith("spec.chown: chown needs root")

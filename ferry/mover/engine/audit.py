@@ -5,14 +5,20 @@ the dry run book through; messages pass `redact` (no credential ever reaches the
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import threading
 import time
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.redact import redact
+
+if TYPE_CHECKING:
+    from ferry.mover.backends.base import Backend
+    from ferry.mover.options import Options
 
 
 class AuditLog:
@@ -67,3 +73,20 @@ class AuditLog:
             self.f.close()
         else:
             self.f.flush()
+
+
+def protect_own(options: Options, dst: Backend) -> Options:
+    """`options` with the audit log's own file protected when it lies in a local destination:
+    a sync must not compare, overwrite or delete the file it is writing."""
+    from ferry.mover.backends.local import LocalBackend
+
+    if options.audit_log in (None, "-") or not isinstance(dst, LocalBackend):
+        return options
+    root = os.path.realpath(dst.root)
+    path = os.path.realpath(str(options.audit_log))
+    if os.path.commonpath([root, path]) != root or path == root:
+        return options
+    rel = os.path.relpath(path, root).replace(os.sep, "/")
+    if rel in options.protect:
+        return options
+    return dataclasses.replace(options, protect=(*options.protect, rel))
