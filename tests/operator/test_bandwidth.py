@@ -106,7 +106,7 @@ def test_the_wire_pairs_sender_carries_the_timetable() -> None:
     "bad",
     [
         "fast",
-        "08:00,1M Mon-09:00,2M",  # mixed: the pattern passes it, the model does not
+        "08:00,1M 08:00,2M",  # one time twice: the pattern passes it, the model does not
         "08:00,1M 08:00,2M",
         "25:00,1M",
         "Mon-08:00,1M:512K",

@@ -54,7 +54,7 @@ class AuditLog:
             {
                 "time": time.time(),
                 "op": op,
-                "path": path,
+                "path": path or ".",  # the root itself (its metadata), as verify names it
                 "size": size,
                 "bytes": nbytes,
                 "digest": digest,
