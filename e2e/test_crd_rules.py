@@ -129,10 +129,10 @@ def test_refused_spec_stays_editable_until_a_job_exists(
 def test_audit_log_chmod_chown_and_files_from_rules(
     crds: None, api: client.ApiClient, namespace: str
 ) -> None:
-    """tj24's fields on the API server (dry run: nothing stored): auditLog's pattern and its
+    """The audit log, chmod, chown and filesFrom on the API server (dry run: nothing stored): auditLog's pattern and its
     pvc-destination rule, filesFrom's bounds and deleteExcluded with filesFrom."""
     custom = client.CustomObjectsApi(api)
-    body: Obj = {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": "tj24"}}
+    body: Obj = {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": "record-transform"}}
     s3: Obj = {"s3": {"bucket": "backups"}}
 
     def create(spec: Obj) -> None:

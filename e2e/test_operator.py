@@ -1416,7 +1416,7 @@ def test_deleted_while_being_reconciled_goes_within_seconds(env: Env) -> None:
 
 
 def test_dry_run_plan_is_read_from_the_audit_log_in_the_volume(env: Env) -> None:
-    """tj24: a dry-run TransferJob with auditLog writes its plan as JSON lines into the
+    """a dry-run TransferJob with auditLog writes its plan as JSON lines into the
     destination claim (and nothing else there); status.auditLog says where."""
     src, dst = env.pvc("src"), env.pvc("dst")
     seed(src, {"a.bin": 1000, "d/b.bin": 2000})
@@ -1432,7 +1432,7 @@ def test_dry_run_plan_is_read_from_the_audit_log_in_the_volume(env: Env) -> None
 
 
 def test_dry_run_plan_on_the_movers_stdout_is_in_its_pod_log(env: Env) -> None:
-    """tj24: auditLog '-': the plan's JSON lines are in the mover pod's log (where a collector
+    """auditLog '-': the plan's JSON lines are in the mover pod's log (where a collector
     reads stdout); status.auditLog names the kubectl command."""
     src, dst = env.pvc("src"), env.pvc("dst")
     seed(src, {"a.bin": 1000, "d/b.bin": 2000})

@@ -151,7 +151,7 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             "order to each name (file, directory or link), never across '/'; two names made "
             "one are refused before anything is written (repeatable)",
         )
-    if command in (*_COMPARE, "verify"):  # meta24: metadata transforms (rsync's)
+    if command in (*_COMPARE, "verify"):  # metadata transforms (rsync's)
         p.add_argument(
             "--chmod",
             default=None,
@@ -166,7 +166,7 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             help="set destination owners by name or id, rsync's --chown (needs root; implies "
             "owners)",
         )
-    if command in _COMPARE:  # meta24: the audit log
+    if command in _COMPARE:  # the audit log
         p.add_argument(
             "--audit-log",
             default=None,
@@ -546,7 +546,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     for name in ("min_age", "max_age"):
         if given.get(name) is not None:
             kw[name] = parse_duration(given[name], "--" + name.replace("_", "-"))
-    for flag in ("chmod", "chown", "audit_log"):  # meta24
+    for flag in ("chmod", "chown", "audit_log"):
         if given.get(flag) is not None:
             kw[flag] = given[flag]
     if given.get("audit_log") == "-" and given.get("json"):

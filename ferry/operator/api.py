@@ -473,7 +473,7 @@ DESTINATION_NAMESPACE_RULE = {
 }
 
 
-# ---- tj24: auditLog, chmod, chown, filesFrom (their rules and bounds in one place)
+# ---- auditLog, chmod, chown, filesFrom (their rules and bounds in one place)
 # A path segment other than '.' and '..' (RE2: no look-ahead), and the audit log's value:
 # '-' (the mover's stdout) or a relative path of such segments.
 _SEGMENT = r"([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)"
@@ -496,7 +496,7 @@ FILES_FROM_MAX = 1000  # entries; each up to 1024 characters
 FILES_FROM_ROOM = 768 * 1024  # bytes of filesFrom x shards the job's ConfigMap may hold
 
 
-class _Tj24Fields(Model):
+class _RecordAndTransformFields(Model):
     """The TransferJob's audit log, metadata transforms and file list (issue 24)."""
 
     audit_log: str | None = Field(
@@ -543,7 +543,7 @@ class _Tj24Fields(Model):
         return check_files_from(value)
 
 
-class TransferJobSpec(_Tj24Fields):
+class TransferJobSpec(_RecordAndTransformFields):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             MAX_DELETE_RULE,
@@ -749,7 +749,7 @@ class TransferJobSpec(_Tj24Fields):
         return value
 
     @model_validator(mode="after")
-    def _tj24_checks(self) -> TransferJobSpec:
+    def _record_and_transform_checks(self) -> TransferJobSpec:
         """A file audit log is written in a pvc destination; filesFrom fits the ConfigMap
         that carries it once per shard."""
         if self.audit_log not in (None, "-") and self.destination.pvc is None:

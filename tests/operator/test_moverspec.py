@@ -357,7 +357,7 @@ def test_a_file_path_and_rename_rules_reach_the_mover():
     assert "unterminated" in str(exc.value)
 
 
-# ---------------------------------------------------------------- tj24: auditLog, chmod, chown, filesFrom
+# ---------------------------------------------------------------- auditLog, chmod, chown, filesFrom
 
 
 def _spec_rules() -> list[dict[str, str]]:
@@ -425,7 +425,7 @@ def test_audit_log_on_stdout_names_kubectl_logs_and_works_for_any_destination():
         ({"deleteExcluded": True, "mode": "Copy", "filesFrom": ["a"]}, "deleteExcluded"),
     ],
 )
-def test_tj24_refusals_name_the_field(extra: dict[str, Any], says: str):
+def test_record_and_transform_refusals_name_the_field(extra: dict[str, Any], says: str):
     with pytest.raises(ValidationError) as exc:
         api.TransferJobSpec.model_validate({**PVC_TO_PVC, **extra})
     assert says in str(exc.value)

@@ -446,7 +446,7 @@ def test_overlay_keeps_our_last_write_and_the_movers_shards():
 
 
 def test_status_says_where_the_audit_log_is_read():
-    """tj24: a dry run's plan is readable: status.auditLog names the claim and path (or the
+    """a dry run's plan is readable: status.auditLog names the claim and path (or the
     pods' logs), from the first reconcile on, and the status schema declares it."""
     r, _, _, _ = reconciler()
     spec = {**PVC_TO_PVC, "dryRun": True, "auditLog": "plans/today.jsonl"}

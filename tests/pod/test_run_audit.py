@@ -1,4 +1,4 @@
-"""`ferry run` with a TransferJob's auditLog, chmod/chown and filesFrom (tj24): the audit log
+"""`ferry run` with a TransferJob's auditLog, chmod/chown and filesFrom: the audit log
 kept under the destination's root (and never copied, compared or deleted by the sync that
 writes it), or alone on stdout; a dry run's plan as JSON lines; filesFrom read as the CLI
 reads --files-from."""
