@@ -132,7 +132,11 @@ def test_audit_log_chmod_chown_and_files_from_rules(
     """The audit log, chmod, chown and filesFrom on the API server (dry run: nothing stored): auditLog's pattern and its
     pvc-destination rule, filesFrom's bounds and deleteExcluded with filesFrom."""
     custom = client.CustomObjectsApi(api)
-    body: Obj = {"apiVersion": f"{G}/{V}", "kind": "TransferJob", "metadata": {"name": "record-transform"}}
+    body: Obj = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "TransferJob",
+        "metadata": {"name": "record-transform"},
+    }
     s3: Obj = {"s3": {"bucket": "backups"}}
 
     def create(spec: Obj) -> None:
