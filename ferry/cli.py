@@ -177,9 +177,15 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         )
     if command in (*_TRANSFER, "verify"):
         p.add_argument(
-            "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
+            "--transfers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="parallel workers (default: the profile's, else from the usable cores and the "
+            "destination's kind: 4 a core to a local disk, 8 to remote storage)",
         )
     if command in _TRANSFER:
+        _profile_flags(p)
         p.add_argument(
             "--chunk-size",
             default=None,
@@ -443,6 +449,71 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _profile_flags(p: argparse.ArgumentParser) -> None:
+    """prof24: --profile (its help derived from the profile table) and --buffer-size."""
+    from ferry.mover.profiles import help_text
+
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME",
+        help=f"named tuning; flags given win over it. {help_text()}",
+    )
+    p.add_argument(
+        "--buffer-size",
+        default=None,
+        metavar="SIZE",
+        help="the piece each worker streams a file through, 64K to 16M (default 2M)",
+    )
+
+
+def _tuned(args: argparse.Namespace, options: Any, src: Any, dst: Any) -> tuple[Any, Any, Any]:
+    """prof24: options and endpoints with the run's tuning (flags, then --profile, then the
+    host) and the ferry:// streams a URI did not set itself."""
+    import dataclasses
+    from urllib.parse import parse_qs, urlsplit
+
+    from ferry.mover.endpoints import FerryEndpoint
+    from ferry.mover.options import parse_size
+    from ferry.mover.tuning import resolve
+
+    given = vars(args)
+
+    def uri_streams(uri: str) -> bool:
+        return "streams" in parse_qs(urlsplit(uri).query)
+
+    buffer = given.get("buffer_size")
+    t = resolve(
+        dest_kind=dst.kind,
+        profile=given.get("profile"),
+        transfers=given.get("transfers"),
+        streams=next(
+            (
+                e.streams
+                for e, u in ((src, args.source), (dst, args.destination))
+                if isinstance(e, FerryEndpoint) and uri_streams(u)
+            ),
+            None,
+        ),
+        chunk_size=options.chunk_size or None,
+        buffer_size=parse_size(buffer, "--buffer-size") if buffer is not None else None,
+    )
+    ends = []
+    for e, u in ((src, args.source), (dst, args.destination)):
+        if isinstance(e, FerryEndpoint) and not uri_streams(u):
+            e = dataclasses.replace(e, streams=t.streams)
+        ends.append(e)
+    options = dataclasses.replace(
+        options,
+        transfers=t.transfers,
+        chunk_size=t.chunk_size,
+        buffer_size=t.buffer_size,
+        max_in_flight_bytes=t.max_in_flight_bytes,
+        tuning=t.report(),
+    )
+    return options, ends[0], ends[1]
+
+
 def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     from ferry.mover.filters import rules_from_cli
     from ferry.mover.options import (
@@ -506,7 +577,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     if "links" in given:
         kw["symlinks"] = SymlinkPolicy(given["links"])
     for name in ("transfers", "retries", "allow_empty_source", "manifest", "delete_excluded"):
-        if name in given:
+        if given.get(name) is not None:
             kw[name] = given[name]
     if "error_policy" in given:
         kw["error_policy"] = ErrorPolicy(given["error_policy"])
@@ -669,6 +740,8 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         mode, dry = args.command, args.dry_run
     options = _options(args, mode, dry)
     src, dst = parse_endpoint(args.source), parse_endpoint(args.destination)
+    if args.command != "plan":
+        options, src, dst = _tuned(args, options, src, dst)
     on_action = None
     if dry and not getattr(args, "quiet", False):
         from ferry.mover.plan import Op
@@ -707,10 +780,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ferry.mover.verify import verify_trees
 
     options = _options(args, "copy", False)
+    options, src, dst = _tuned(
+        args, options, parse_endpoint(args.source), parse_endpoint(args.destination)
+    )
     out = sys.stderr if args.json else sys.stdout
     summary = verify_trees(
-        parse_endpoint(args.source),
-        parse_endpoint(args.destination),
+        src,
+        dst,
         options,
         report=lambda d: print(str(d), file=out),
         sink=_sinks(args.progress, args.stats),
