@@ -379,19 +379,25 @@ def test_api_server_rejects_invalid_specs_naming_the_field(env: Env) -> None:
     assert "spec.schedule" in str(exc.value.body)
 
 
-def test_api_server_refuses_mover_pool_buffer_size(env: Env) -> None:
-    """tuning.bufferSize was never read: the API server refuses it by name (a schema
-    without it would prune it silently)."""
-    body = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "MoverPool",
-        "metadata": {"name": f"buffered-{env.ns}"},
-        "spec": {"tuning": {"streams": 4, "bufferSize": "8M"}},
-    }
+def test_api_server_takes_mover_pool_profile_and_buffer_size(env: Env) -> None:
+    """tuning.profile (an enum from the mover's profile table) and tuning.bufferSize (the
+    mover's stream piece) are accepted; a profile not in the table is refused by name."""
+
+    def pool(tuning: dict[str, object]) -> dict[str, object]:
+        return {
+            "apiVersion": f"{G}/{V}",
+            "kind": "MoverPool",
+            "metadata": {"name": f"tuned-{env.ns}"},
+            "spec": {"tuning": tuning},
+        }
+
+    good = pool({"profile": "small-files", "bufferSize": "1M"})
+    _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", good, dry_run="All")
     with pytest.raises(ApiException) as exc:
-        _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", body, dry_run="All")
+        bad = pool({"profile": "fast"})
+        _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", bad, dry_run="All")
     assert exc.value.status == 422
-    assert "bufferSize is not supported" in str(exc.value.body), exc.value.body
+    assert "spec.tuning.profile" in str(exc.value.body), exc.value.body
 
 
 def test_examples_are_accepted(env: Env) -> None:

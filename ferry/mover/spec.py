@@ -7,6 +7,7 @@ names in the errors. It converts to the engine's plain dataclasses.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -14,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
+from ferry.mover import profiles, tuning
 from ferry.mover.errors import FerryError
 
 
@@ -104,7 +106,7 @@ class FerrySpec(_Model):
     tls_cert: str = Field(min_length=1)
     tls_key: str = Field(min_length=1)
     tls_ca: str = Field(min_length=1)
-    streams: int = Field(default=8, ge=1, le=64)
+    streams: int | None = Field(default=None, ge=1, le=64)  # None: the run's tuning
 
     @field_validator("path")
     @classmethod
@@ -115,7 +117,10 @@ class FerrySpec(_Model):
         return "/".join(names)
 
     def to_endpoint(self) -> ep.Endpoint:
-        return ep.FerryEndpoint(**self.model_dump(exclude={"kind"}))
+        fields = self.model_dump(exclude={"kind"})
+        if fields["streams"] is None:
+            del fields["streams"]
+        return ep.FerryEndpoint(**fields)
 
 
 PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse"]
@@ -142,8 +147,11 @@ class OptionsSpec(_Model):
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     delta: Literal["Auto", "On", "Off"] = "Auto"
     filters: list[str] = Field(default_factory=list, max_length=1000)
-    transfers: int = Field(default=8, ge=1, le=256)
+    # None: the profile's, else sized to the host (ferry/mover/tuning.py, as the CLI's).
+    transfers: int | None = Field(default=None, ge=1, le=256)
     chunk_size: str | None = None  # the destination's default (16M; 8M to S3)
+    profile: str | None = None  # ferry/mover/profiles.py; an unknown name is refused
+    buffer_size: str | None = None  # the piece a worker streams through (default 2M)
     bandwidth: str | None = None
     retries: int = Field(default=3, ge=0, le=100)
     error_policy: Literal["Abort", "Skip"] = "Abort"
@@ -213,7 +221,14 @@ class OptionsSpec(_Model):
             raise ValueError(str(exc).replace("--rename", "rule", 1)) from None
         return value
 
-    @field_validator("chunk_size", "bandwidth", "min_size", "max_size")
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in profiles.PROFILES:
+            raise ValueError(f"unknown profile (choose from {', '.join(profiles.PROFILE_NAMES)})")
+        return value
+
+    @field_validator("chunk_size", "buffer_size", "bandwidth", "min_size", "max_size")
     @classmethod
     def _sizes_parse(cls, value: str | None) -> str | None:
         if value is not None:
@@ -247,7 +262,6 @@ class TransferSpec(_Model):
             symlinks=op.SymlinkPolicy(o.symlinks.lower()),
             delta=op.Delta(o.delta.lower()),
             filters=tuple(o.filters),
-            transfers=o.transfers,
             chunk_size=op.parse_size(o.chunk_size, "chunkSize") if o.chunk_size else 0,
             bwlimit=op.parse_size(o.bandwidth, "bandwidth") if o.bandwidth else 0,
             retries=o.retries,
@@ -268,7 +282,37 @@ class TransferSpec(_Model):
             shard_index=shard.index,
             shard_count=shard.count,
         )
-        return self.source.to_endpoint(), self.destination.to_endpoint(), options
+        return self._tuned(options)
+
+    def _tuned(self, options: op.Options) -> tuple[ep.Endpoint, ep.Endpoint, op.Options]:
+        """prof24: the run's tuning (fields given, then the profile, then the host: in a pod
+        the container's limits from the downward API) and the ferry:// streams not given."""
+        o = self.options
+        ferries = [s for s in (self.source, self.destination) if isinstance(s, FerrySpec)]
+        t = tuning.resolve(
+            dest_kind=self.destination.kind,
+            profile=o.profile,
+            transfers=o.transfers,
+            streams=next((f.streams for f in ferries if f.streams is not None), None),
+            chunk_size=options.chunk_size or None,
+            buffer_size=op.parse_size(o.buffer_size, "bufferSize") if o.buffer_size else None,
+            what="profile",
+        )
+        ends = []
+        for side in (self.source, self.destination):
+            e = side.to_endpoint()
+            if isinstance(e, ep.FerryEndpoint) and isinstance(side, FerrySpec) and not side.streams:
+                e = dataclasses.replace(e, streams=t.streams)
+            ends.append(e)
+        options = dataclasses.replace(
+            options,
+            transfers=t.transfers,
+            chunk_size=t.chunk_size,
+            buffer_size=t.buffer_size,
+            max_in_flight_bytes=t.max_in_flight_bytes,
+            tuning=t.report(),
+        )
+        return ends[0], ends[1], options
 
 
 def spec_errors(exc: ValidationError) -> str:
