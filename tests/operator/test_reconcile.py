@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ferry.mover.profiles import PROFILE_NAMES
 from ferry.operator import api, crdgen, pools, status, workload
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer
@@ -284,6 +285,11 @@ def test_pool_buffer_size_and_profile_reach_the_mover_and_bad_ones_are_refused()
             "conditions"
         ][0]
         assert cond["status"] == "False" and field in cond["message"], cond
+    tuning = crdgen.crd(api.MoverPoolKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]["properties"]["tuning"]
+    assert tuning["properties"]["profile"]["enum"] == list(PROFILE_NAMES)
+    assert "x-kubernetes-validations" not in tuning
     r, kube, _, _ = reconciler()
     kube.pools["bulk"] = {"spec": {"tuning": {"profile": "fast"}}}
     body = transferjob({**PVC_TO_PVC, "placement": {"pool": "bulk"}})
