@@ -469,49 +469,29 @@ def _profile_flags(p: argparse.ArgumentParser) -> None:
 
 def _tuned(args: argparse.Namespace, options: Any, src: Any, dst: Any) -> tuple[Any, Any, Any]:
     """prof24: options and endpoints with the run's tuning (flags, then --profile, then the
-    host) and the ferry:// streams a URI did not set itself."""
-    import dataclasses
+    host), ferry:// streams included where a URI did not set them itself."""
     from urllib.parse import parse_qs, urlsplit
 
     from ferry.mover.endpoints import FerryEndpoint
     from ferry.mover.options import parse_size
-    from ferry.mover.tuning import resolve
+    from ferry.mover.tuning import apply, resolve
 
     given = vars(args)
-
-    def uri_streams(uri: str) -> bool:
-        return "streams" in parse_qs(urlsplit(uri).query)
-
+    ends = tuple(
+        (e, isinstance(e, FerryEndpoint) and "streams" in parse_qs(urlsplit(uri).query))
+        for e, uri in ((src, args.source), (dst, args.destination))
+    )
     buffer = given.get("buffer_size")
     t = resolve(
         dest_kind=dst.kind,
         profile=given.get("profile"),
         transfers=given.get("transfers"),
-        streams=next(
-            (
-                e.streams
-                for e, u in ((src, args.source), (dst, args.destination))
-                if isinstance(e, FerryEndpoint) and uri_streams(u)
-            ),
-            None,
-        ),
+        streams=next((e.streams for e, set_ in ends if set_), None),
         chunk_size=options.chunk_size or None,
         buffer_size=parse_size(buffer, "--buffer-size") if buffer is not None else None,
     )
-    ends = []
-    for e, u in ((src, args.source), (dst, args.destination)):
-        if isinstance(e, FerryEndpoint) and not uri_streams(u):
-            e = dataclasses.replace(e, streams=t.streams)
-        ends.append(e)
-    options = dataclasses.replace(
-        options,
-        transfers=t.transfers,
-        chunk_size=t.chunk_size,
-        buffer_size=t.buffer_size,
-        max_in_flight_bytes=t.max_in_flight_bytes,
-        tuning=t.report(),
-    )
-    return options, ends[0], ends[1]
+    src, dst, options = apply(t, options, (ends[0], ends[1]))
+    return options, src, dst
 
 
 def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:

@@ -7,7 +7,6 @@ names in the errors. It converts to the engine's plain dataclasses.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -298,21 +297,17 @@ class TransferSpec(_Model):
             buffer_size=op.parse_size(o.buffer_size, "bufferSize") if o.buffer_size else None,
             what="profile",
         )
-        ends = []
-        for side in (self.source, self.destination):
-            e = side.to_endpoint()
-            if isinstance(e, ep.FerryEndpoint) and isinstance(side, FerrySpec) and not side.streams:
-                e = dataclasses.replace(e, streams=t.streams)
-            ends.append(e)
-        options = dataclasses.replace(
+        return tuning.apply(
+            t,
             options,
-            transfers=t.transfers,
-            chunk_size=t.chunk_size,
-            buffer_size=t.buffer_size,
-            max_in_flight_bytes=t.max_in_flight_bytes,
-            tuning=t.report(),
+            (
+                (self.source.to_endpoint(), getattr(self.source, "streams", None) is not None),
+                (
+                    self.destination.to_endpoint(),
+                    getattr(self.destination, "streams", None) is not None,
+                ),
+            ),
         )
-        return ends[0], ends[1], options
 
 
 def spec_errors(exc: ValidationError) -> str:

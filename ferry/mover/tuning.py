@@ -8,11 +8,13 @@ CLI and the mover's spec both resolve through `resolve`, and the run reports the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from ferry.mover import host as hostmod
-from ferry.mover.options import MiB
+from ferry.mover.endpoints import Endpoint, FerryEndpoint
+from ferry.mover.options import MiB, Options
 from ferry.mover.profiles import profile as lookup
 
 DEFAULT_BUFFER_SIZE = 2 * MiB  # engine/stream.py: measured fastest on this kind of machine
@@ -98,3 +100,24 @@ def resolve(
         profile=prof.name if prof else None,
         sources=sources,
     )
+
+
+def apply(
+    t: Tuning, options: Options, ends: tuple[tuple[Endpoint, bool], tuple[Endpoint, bool]]
+) -> tuple[Endpoint, Endpoint, Options]:
+    """(source, destination, options) with `t` applied: the options' knobs and report, and
+    the streams of each ferry:// endpoint whose streams were not given (the bool)."""
+    (src, src_given), (dst, dst_given) = ends
+    if isinstance(src, FerryEndpoint) and not src_given:
+        src = dataclasses.replace(src, streams=t.streams)
+    if isinstance(dst, FerryEndpoint) and not dst_given:
+        dst = dataclasses.replace(dst, streams=t.streams)
+    options = dataclasses.replace(
+        options,
+        transfers=t.transfers,
+        chunk_size=t.chunk_size,
+        buffer_size=t.buffer_size,
+        max_in_flight_bytes=t.max_in_flight_bytes,
+        tuning=t.report(),
+    )
+    return src, dst, options
