@@ -1293,6 +1293,39 @@ def test_mover_pool_places_the_mover(env: Env) -> None:
         env.custom.delete_cluster_custom_object(G, V, "moverpools", pool)
 
 
+def test_mover_pool_profile_and_memory_limit_size_the_mover(env: Env) -> None:
+    """prof24: a pool's profile reaches the mover, and the mover's in-flight bound follows
+    its container's memory limit (the downward API), as its summary reports."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {"a": 1000, "b/c": 3 << 20})
+    pool = f"tuned-{env.ns}"
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "MoverPool",
+        "metadata": {"name": pool},
+        "spec": {
+            "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+            "tuning": {"profile": "small-files"},
+        },
+    }
+    _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", body)
+    try:
+        env.create("transferjobs", "tuned", pvc_spec("src", "dst", placement={"pool": pool}))
+        env.wait_phase("tuned", "Succeeded", timeout=120)
+        assert digests(dst) == want
+        messages = [
+            cs["state"]["terminated"].get("message") or ""
+            for p in env.pods("tuned")
+            for cs in (p.get("status") or {}).get("containerStatuses") or []
+            if "terminated" in cs.get("state", {})
+        ]
+        tuning = json.loads(messages[0])["tuning"]
+        assert tuning["profile"] == "small-files" and tuning["transfers"] == 32, tuning
+        assert tuning["maxInFlightBytes"] == 128 << 20, tuning  # a quarter of 512Mi
+    finally:
+        env.custom.delete_cluster_custom_object(G, V, "moverpools", pool)
+
+
 # ---------------------------------------------------------------- events, shutdown, deletion
 
 
