@@ -379,19 +379,25 @@ def test_api_server_rejects_invalid_specs_naming_the_field(env: Env) -> None:
     assert "spec.schedule" in str(exc.value.body)
 
 
-def test_api_server_refuses_mover_pool_buffer_size(env: Env) -> None:
-    """tuning.bufferSize was never read: the API server refuses it by name (a schema
-    without it would prune it silently)."""
-    body = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "MoverPool",
-        "metadata": {"name": f"buffered-{env.ns}"},
-        "spec": {"tuning": {"streams": 4, "bufferSize": "8M"}},
-    }
+def test_api_server_takes_mover_pool_profile_and_buffer_size(env: Env) -> None:
+    """tuning.profile (an enum from the mover's profile table) and tuning.bufferSize (the
+    mover's stream piece) are accepted; a profile not in the table is refused by name."""
+
+    def pool(tuning: dict[str, object]) -> dict[str, object]:
+        return {
+            "apiVersion": f"{G}/{V}",
+            "kind": "MoverPool",
+            "metadata": {"name": f"tuned-{env.ns}"},
+            "spec": {"tuning": tuning},
+        }
+
+    good = pool({"profile": "small-files", "bufferSize": "1M"})
+    _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", good, dry_run="All")
     with pytest.raises(ApiException) as exc:
-        _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", body, dry_run="All")
+        bad = pool({"profile": "fast"})
+        _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", bad, dry_run="All")
     assert exc.value.status == 422
-    assert "bufferSize is not supported" in str(exc.value.body), exc.value.body
+    assert "spec.tuning.profile" in str(exc.value.body), exc.value.body
 
 
 def test_examples_are_accepted(env: Env) -> None:
@@ -1283,6 +1289,39 @@ def test_mover_pool_places_the_mover(env: Env) -> None:
             )
 
         wait_for("pool accepted", accepted, timeout=30)
+    finally:
+        env.custom.delete_cluster_custom_object(G, V, "moverpools", pool)
+
+
+def test_mover_pool_profile_and_memory_limit_size_the_mover(env: Env) -> None:
+    """a pool's profile reaches the mover, and the mover's in-flight bound follows
+    its container's memory limit (the downward API), as its summary reports."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    want = seed(src, {"a": 1000, "b/c": 3 << 20})
+    pool = f"tuned-{env.ns}"
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "MoverPool",
+        "metadata": {"name": pool},
+        "spec": {
+            "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+            "tuning": {"profile": "small-files"},
+        },
+    }
+    _raw(env.custom.create_cluster_custom_object, G, V, "moverpools", body)
+    try:
+        env.create("transferjobs", "tuned", pvc_spec("src", "dst", placement={"pool": pool}))
+        env.wait_phase("tuned", "Succeeded", timeout=120)
+        assert digests(dst) == want
+        messages = [
+            cs["state"]["terminated"].get("message") or ""
+            for p in env.pods("tuned")
+            for cs in (p.get("status") or {}).get("containerStatuses") or []
+            if "terminated" in cs.get("state", {})
+        ]
+        tuning = json.loads(messages[0])["tuning"]
+        assert tuning["profile"] == "small-files" and tuning["transfers"] == 32, tuning
+        assert tuning["maxInFlightBytes"] == 128 << 20, tuning  # a quarter of 512Mi
     finally:
         env.custom.delete_cluster_custom_object(G, V, "moverpools", pool)
 

@@ -177,9 +177,15 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
         )
     if command in (*_TRANSFER, "verify"):
         p.add_argument(
-            "--transfers", type=int, default=8, metavar="N", help="parallel workers (default 8)"
+            "--transfers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="parallel workers (default: the profile's, else from the usable cores and the "
+            "destination's kind: 4 a core to a local disk, 8 to remote storage)",
         )
     if command in _TRANSFER:
+        _profile_flags(p)
         p.add_argument(
             "--chunk-size",
             default=None,
@@ -454,6 +460,51 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _profile_flags(p: argparse.ArgumentParser) -> None:
+    """--profile (its help derived from the profile table) and --buffer-size."""
+    from ferry.mover.profiles import help_text
+
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME",
+        help=f"named tuning; flags given win over it. {help_text()}",
+    )
+    p.add_argument(
+        "--buffer-size",
+        default=None,
+        metavar="SIZE",
+        help="the piece each worker streams a file through, 64K to 16M (default 2M)",
+    )
+
+
+def _tuned(args: argparse.Namespace, options: Any, src: Any, dst: Any) -> tuple[Any, Any, Any]:
+    """Options and endpoints with the run's tuning (flags, then --profile, then the
+    host), ferry:// streams included where a URI did not set them itself."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from ferry.mover.endpoints import FerryEndpoint
+    from ferry.mover.options import parse_size
+    from ferry.mover.tuning import apply, resolve
+
+    given = vars(args)
+    ends = tuple(
+        (e, isinstance(e, FerryEndpoint) and "streams" in parse_qs(urlsplit(uri).query))
+        for e, uri in ((src, args.source), (dst, args.destination))
+    )
+    buffer = given.get("buffer_size")
+    t = resolve(
+        dest_kind=dst.kind,
+        profile=given.get("profile"),
+        transfers=given.get("transfers"),
+        streams=next((e.streams for e, set_ in ends if set_), None),
+        chunk_size=options.chunk_size or None,
+        buffer_size=parse_size(buffer, "--buffer-size") if buffer is not None else None,
+    )
+    src, dst, options = apply(t, options, (ends[0], ends[1]))
+    return options, src, dst
+
+
 def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     from ferry.mover import bwtable
     from ferry.mover.filters import rules_from_cli
@@ -518,7 +569,7 @@ def _options(args: argparse.Namespace, mode: str, dry_run: bool) -> Any:
     if "links" in given:
         kw["symlinks"] = SymlinkPolicy(given["links"])
     for name in ("transfers", "retries", "allow_empty_source", "manifest", "delete_excluded"):
-        if name in given:
+        if given.get(name) is not None:
             kw[name] = given[name]
     if "error_policy" in given:
         kw["error_policy"] = ErrorPolicy(given["error_policy"])
@@ -684,6 +735,8 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         mode, dry = args.command, args.dry_run
     options = _options(args, mode, dry)
     src, dst = parse_endpoint(args.source), parse_endpoint(args.destination)
+    if args.command != "plan":
+        options, src, dst = _tuned(args, options, src, dst)
     on_action = None
     if dry and not getattr(args, "quiet", False):
         from ferry.mover.plan import Op
@@ -722,10 +775,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ferry.mover.verify import verify_trees
 
     options = _options(args, "copy", False)
+    options, src, dst = _tuned(
+        args, options, parse_endpoint(args.source), parse_endpoint(args.destination)
+    )
     out = sys.stderr if args.json else sys.stdout
     summary = verify_trees(
-        parse_endpoint(args.source),
-        parse_endpoint(args.destination),
+        src,
+        dst,
         options,
         report=lambda d: print(str(d), file=out),
         sink=_sinks(args.progress, args.stats),

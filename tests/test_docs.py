@@ -98,3 +98,16 @@ def test_every_operator_failure_reason_is_explained() -> None:
     documented = {r.strip("`") for cell, _ in rows for r in cell.split(", ")}
     operator_only = KNOWN_REASONS - {k.reason for k in ErrorKind} - {"Completed"}
     assert operator_only | {"OOMKilled"} <= documented, operator_only - documented
+
+
+def test_cli_profiles_table_is_the_profile_table() -> None:
+    from ferry.mover.options import format_size, parse_size
+    from ferry.mover.profiles import PROFILES
+
+    rows = _table("cli.md", "| profile | transfers | streams | chunk size | buffer size | for |")
+    assert [r[0].strip("`") for r in rows] == list(PROFILES)
+    for name, transfers, streams, chunk, buffer, purpose in rows:
+        p = PROFILES[name.strip("`")]
+        assert (int(transfers), int(streams), purpose) == (p.transfers, p.streams, p.purpose)
+        assert (0 if chunk == "destination's" else parse_size(chunk)) == p.chunk_size
+        assert parse_size(buffer) == p.buffer_size, format_size(p.buffer_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ferry.mover.bwtable import BwTable
 from ferry.mover.errors import ErrorKind, FerryError
@@ -19,6 +19,7 @@ from ferry.mover.sizes import KiB as KiB
 from ferry.mover.sizes import MiB, parse_size
 
 DEFAULT_CHUNK_SIZE = 16 * MiB
+MIN_BUFFER, MAX_BUFFER = 64 * KiB, 16 * MiB
 
 PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls")
 DEFAULT_PRESERVE = ("times", "perms", "links", "hardlinks", "sparse")
@@ -205,7 +206,14 @@ class Options:
     error_policy: ErrorPolicy = ErrorPolicy.ABORT
     dry_run: bool = False
     allow_empty_source: bool = False
+    # File data in flight at once (ferry/mover/tuning.worker_bytes per worker): the engine
+    # runs no more workers than this holds. The CLI and the mover's spec set it from the
+    # memory limit (ferry/mover/host.py).
     max_in_flight_bytes: int = 128 * MiB
+    # The piece each worker streams a file through (read, hashed, written): --buffer-size.
+    buffer_size: int = 2 * MiB
+    # What the run chose and why (tuning.Tuning.report): the summary's `tuning`, -v's log.
+    tuning: dict[str, Any] | None = None
     manifest: str | None = None
     shard_index: int = 0
     shard_count: int = 1
@@ -250,6 +258,13 @@ class Options:
             raise FerryError(
                 ErrorKind.USAGE, "chunk size must be a whole number of MiB (at least 1M)"
             )
+        if not MIN_BUFFER <= self.buffer_size <= MAX_BUFFER or self.buffer_size % (64 * KiB):
+            raise FerryError(
+                ErrorKind.USAGE,
+                "buffer size must be a multiple of 64K from 64K to 16M (--buffer-size)",
+            )
+        if self.max_in_flight_bytes < self.buffer_size:
+            raise FerryError(ErrorKind.USAGE, "the in-flight bound must hold one buffer")
         if self.retries < 0:
             raise FerryError(ErrorKind.USAGE, "retries must not be negative")
         if isinstance(self.bwlimit, int) and self.bwlimit < 0:

@@ -59,6 +59,8 @@ class Summary:
     errors: list[ErrorRecord] = field(default_factory=list)
     # Preserved properties (options.PRESERVE_FLAGS) the destination did not keep.
     preserve_dropped: list[str] = field(default_factory=list)
+    # What the run chose (tuning.Tuning.report, without the "from" details -v logs).
+    tuning: dict[str, Any] | None = None
 
     def add_error(self, err: FerryError) -> None:
         self.error_count += 1
@@ -101,6 +103,8 @@ class Summary:
                 out[wire_name(name)] = getattr(self, name)
         out["errors"] = [e.to_json() for e in self.errors]
         out["preserveDropped"] = self.preserve_dropped
+        if self.tuning is not None:
+            out["tuning"] = self.tuning
         return out
 
     def dumps(self) -> str:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ferry.mover import bwtable
+from ferry.mover import bwtable, profiles, tuning
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
 from ferry.mover.errors import ErrorKind, FerryError
@@ -114,7 +114,7 @@ class FerrySpec(_Model):
     tls_cert: str = Field(min_length=1)
     tls_key: str = Field(min_length=1)
     tls_ca: str = Field(min_length=1)
-    streams: int = Field(default=8, ge=1, le=64)
+    streams: int | None = Field(default=None, ge=1, le=64)  # None: the run's tuning
 
     @field_validator("path")
     @classmethod
@@ -125,7 +125,10 @@ class FerrySpec(_Model):
         return "/".join(names)
 
     def to_endpoint(self) -> ep.Endpoint:
-        return ep.FerryEndpoint(**self.model_dump(exclude={"kind"}))
+        fields = self.model_dump(exclude={"kind"})
+        if fields["streams"] is None:
+            del fields["streams"]
+        return ep.FerryEndpoint(**fields)
 
 
 PreserveFlag = Literal["times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls"]
@@ -187,8 +190,11 @@ class OptionsSpec(_Model):
     symlinks: Literal["Preserve", "Follow", "Skip"] = "Preserve"
     delta: Literal["Auto", "On", "Off"] = "Auto"
     filters: list[str] = Field(default_factory=list, max_length=1000)
-    transfers: int = Field(default=8, ge=1, le=256)
+    # None: the profile's, else sized to the host (ferry/mover/tuning.py, as the CLI's).
+    transfers: int | None = Field(default=None, ge=1, le=256)
     chunk_size: str | None = None  # the destination's default (16M; 8M to S3)
+    profile: str | None = None  # ferry/mover/profiles.py; an unknown name is refused
+    buffer_size: str | None = None  # the piece a worker streams through (default 2M)
     bandwidth: str | None = Field(default=None, max_length=bwtable.MAX_TEXT)  # a timetable too
     bandwidth_time_zone: str | None = Field(default=None, max_length=64)  # None: UTC
     retries: int = Field(default=3, ge=0, le=100)
@@ -303,7 +309,14 @@ class OptionsSpec(_Model):
                 raise ValueError(str(exc)) from None
         return value
 
-    @field_validator("chunk_size", "min_size", "max_size")
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in profiles.PROFILES:
+            raise ValueError(f"unknown profile (choose from {', '.join(profiles.PROFILE_NAMES)})")
+        return value
+
+    @field_validator("chunk_size", "buffer_size", "min_size", "max_size")
     @classmethod
     def _sizes_parse(cls, value: str | None) -> str | None:
         if value is not None:
@@ -337,7 +350,6 @@ class TransferSpec(_Model):
             symlinks=op.SymlinkPolicy(o.symlinks.lower()),
             delta=op.Delta(o.delta.lower()),
             filters=tuple(o.filters),
-            transfers=o.transfers,
             chunk_size=op.parse_size(o.chunk_size, "chunkSize") if o.chunk_size else 0,
             bwlimit=bwtable.BwTable.parse(
                 o.bandwidth, "bandwidth", bwtable.zone(o.bandwidth_time_zone or "UTC")
@@ -369,7 +381,33 @@ class TransferSpec(_Model):
             shard_index=shard.index,
             shard_count=shard.count,
         )
-        return self.source.to_endpoint(), self.destination.to_endpoint(), options
+        return self._tuned(options)
+
+    def _tuned(self, options: op.Options) -> tuple[ep.Endpoint, ep.Endpoint, op.Options]:
+        """The run's tuning (fields given, then the profile, then the host: in a pod
+        the container's limits from the downward API) and the ferry:// streams not given."""
+        o = self.options
+        ferries = [s for s in (self.source, self.destination) if isinstance(s, FerrySpec)]
+        t = tuning.resolve(
+            dest_kind=self.destination.kind,
+            profile=o.profile,
+            transfers=o.transfers,
+            streams=next((f.streams for f in ferries if f.streams is not None), None),
+            chunk_size=options.chunk_size or None,
+            buffer_size=op.parse_size(o.buffer_size, "bufferSize") if o.buffer_size else None,
+            what="profile",
+        )
+        return tuning.apply(
+            t,
+            options,
+            (
+                (self.source.to_endpoint(), getattr(self.source, "streams", None) is not None),
+                (
+                    self.destination.to_endpoint(),
+                    getattr(self.destination, "streams", None) is not None,
+                ),
+            ),
+        )
 
     def audit_name(self, index: int | None = None) -> str | None:
         """The audit log's destination-relative name for shard `index` (this one's by

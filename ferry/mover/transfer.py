@@ -130,6 +130,14 @@ def transfer_between(
     run_transfer passes what `single.open_pair` found, a file source included)."""
     operation = options.mode.value if not options.dry_run else "plan"
     summary = Summary(operation=operation, dry_run=options.dry_run)
+    if options.tuning is not None:
+        chosen = dict(options.tuning)
+        why = chosen.pop("from", {})
+        summary.tuning = chosen
+        log.info(
+            "tuning: %s",
+            ", ".join(f"{k} {v} ({why[k]})" if k in why else f"{k} {v}" for k, v in chosen.items()),
+        )
     sink = sink or Sink()
     progress = Progress()
     cancel = threading.Event()

@@ -28,6 +28,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel, to_snake
 
 from ferry.mover.endpoints import HEADER_SAFE
+from ferry.mover.profiles import PROFILE_NAMES
+from ferry.mover.profiles import help_text as profiles_help
 from ferry.mover.progress import SHARD_PROGRESS_FIELDS, SNAPSHOT_FIELDS
 from ferry.mover.result import NUMBERS
 
@@ -212,8 +214,12 @@ class FerryEndpoint(Model):
     port: int = Field(ge=1, le=65535)
     path: RelPath = Field(default="", description="Directory below the server's root.")
     tls_secret_ref: FerryTLSSecretRef
-    streams: int = Field(
-        default=8, ge=1, le=64, description="TLS connections opened in parallel per mover."
+    streams: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="TLS connections opened in parallel per mover (default: the profile's, "
+        "else as many as the mover's workers, at most 64).",
     )
 
     @field_validator("path")
@@ -411,6 +417,11 @@ class Parallelism(Model):
         default=None, ge=1, le=256, description="Concurrent transfers per pod."
     )
     chunk_size: SizeStr | None = None
+    profile: ProfileName | None = Field(
+        default=None,
+        description="Named tuning (wins over the pool's profile; streams and chunkSize "
+        "given win over it).",
+    )
 
 
 class Retry(Model):
@@ -1070,30 +1081,34 @@ class TransferScheduleStatus(StatusModel):
 # ---------------------------------------------------------------- pool
 
 
-# bufferSize was accepted and never read. The mover streams each worker's bytes through a
-# fixed 2 MiB piece, measured faster than 4 MiB (it stays in a core's L2 cache between the
-# read, the hash and the write): a knob would only make it slower. The field stays in the
-# schema only to be refused by name (dropped from it, the API server would prune it in
-# silence and the user would never learn).
-BUFFER_SIZE_REMOVED = {
-    "rule": "!has(self.bufferSize)",
-    "message": "bufferSize is not supported (the mover streams through a fixed 2 MiB buffer "
-    "per worker); remove it",
-}
+# A named profile (ferry/mover/profiles.py, the one table) and the knobs it sets.
+# Explicit values win: a TransferJob's parallelism, then these, then a profile (the
+# TransferJob's, else the pool's), then the mover's own sizing to the node it lands on (its
+# container's CPU and memory limits, passed through the downward API).
+ProfileName = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 
 
 class Tuning(Model):
-    model_config = ConfigDict(json_schema_extra=_cel(BUFFER_SIZE_REMOVED))
-
+    profile: ProfileName | None = Field(
+        default=None, description="Named tuning: " + profiles_help()
+    )
     streams: int | None = Field(default=None, ge=1, le=256)
     chunk_size: SizeStr | None = None
-    buffer_size: SizeStr | None = Field(default=None, description="Not supported; must not be set.")
+    buffer_size: SizeStr | None = Field(
+        default=None,
+        description="The piece each mover worker streams a file through (64K to 16M; "
+        "default 2M, or the profile's).",
+    )
 
     @field_validator("buffer_size")
     @classmethod
-    def _refused(cls, value: str | None) -> str | None:
+    def _buffer_in_range(cls, value: str | None) -> str | None:
         if value is not None:
-            raise ValueError(BUFFER_SIZE_REMOVED["message"])
+            from ferry.mover.options import MAX_BUFFER, MIN_BUFFER, parse_size
+
+            n = parse_size(value, "bufferSize")
+            if not MIN_BUFFER <= n <= MAX_BUFFER or n % (64 * 1024):
+                raise ValueError("bufferSize must be a multiple of 64K from 64K to 16M")
         return value
 
 

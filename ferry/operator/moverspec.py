@@ -193,9 +193,16 @@ def options(
     given: dict[str, Any] = {}
     if spec.preserve is not None:
         given["preserve"] = list(spec.preserve)
+    # Given numbers win, the TransferJob's over the pool's; then a profile, the
+    # TransferJob's over the pool's; the rest the mover sizes to its node (mover/tuning.py).
     streams = par.streams or tuning.streams
     if streams:
         given["transfers"] = streams
+    profile = par.profile or tuning.profile
+    if profile:
+        given["profile"] = profile
+    if tuning.buffer_size:
+        given["buffer_size"] = tuning.buffer_size
     return ms.OptionsSpec(
         mode=spec.mode,
         compare=spec.compare,

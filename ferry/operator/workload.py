@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ferry.mover import host
 from ferry.mover.errors import ErrorKind
 from ferry.mover.spec import TransferSpec
 from ferry.operator import api
@@ -367,6 +368,23 @@ def _resources(spec: api.TransferJobSpec, ctx: Context) -> dict[str, Any]:
     return res.model_dump(by_alias=True, exclude_none=True)
 
 
+def limits_env() -> list[dict[str, Any]]:
+    """The container's CPU (millicores) and memory (bytes) limits, for the mover to size
+    itself by (ferry/mover/host.py); without a limit Kubernetes gives the node's allocatable."""
+    return [
+        {
+            "name": name,
+            "valueFrom": {
+                "resourceFieldRef": {"containerName": CONTAINER, "resource": res, "divisor": div}
+            },
+        }
+        for name, res, div in (
+            (host.CPU_ENV, "limits.cpu", "1m"),
+            (host.MEMORY_ENV, "limits.memory", "1"),
+        )
+    ]
+
+
 def job(
     body: dict[str, Any],
     spec: api.TransferJobSpec,
@@ -390,6 +408,7 @@ def job(
         {"name": "FERRY_STATUS_INTERVAL", "value": str(settings.progress_interval_seconds)},
         {"name": "FERRY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    env += limits_env()
     if ctx.traceparent:
         env.append({"name": "TRACEPARENT", "value": ctx.traceparent})
     env += [{"name": k, "value": v} for k, v in sorted(settings.env.items())]

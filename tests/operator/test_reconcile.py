@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ferry.mover.profiles import PROFILE_NAMES
 from ferry.operator import api, crdgen, pools, status, workload
 from ferry.operator.metrics import Metrics
 from ferry.operator.tracing import Tracer
@@ -268,27 +269,34 @@ def test_invalid_spec_is_terminal_until_edited():
     assert r.reconcile(body, NOW).status["phase"] == "Pending" and len(kube.created) == 5
 
 
-def test_pool_with_buffer_size_is_refused_by_name():
-    """tuning.bufferSize was accepted and never read: the pool now says so in its Accepted
-    condition, the CRD schema refuses it, and a TransferJob using the pool waits with the
-    reason instead of running without it."""
-    bad = {"spec": {"tuning": {"streams": 4, "bufferSize": "8M"}}}
-    pool_status = pools.reconcile({"metadata": {"generation": 1}, **bad}, NOW)
-    accepted = pool_status["conditions"][0]
-    assert accepted["type"] == "Accepted" and accepted["status"] == "False"
-    assert "spec.tuning.bufferSize" in accepted["message"], accepted
-    assert "not supported" in accepted["message"], accepted
+def test_pool_buffer_size_and_profile_reach_the_mover_and_bad_ones_are_refused():
+    """tuning.bufferSize is now the mover's stream piece (Options.buffer_size): a pool with
+    it and a profile is Accepted and its TransferJob's mover spec carries both; a buffer out
+    of range or an unknown profile makes the pool InvalidSpec naming the field, and the
+    TransferJob waits (PoolInvalid) instead of running without it."""
+    good = {"spec": {"tuning": {"streams": 4, "bufferSize": "8M", "profile": "wan"}}}
+    accepted = pools.reconcile({"metadata": {"generation": 1}, **good}, NOW)["conditions"][0]
+    assert accepted["status"] == "True", accepted
+    for tuning, field in (
+        ({"bufferSize": "32M"}, "spec.tuning.bufferSize"),
+        ({"profile": "fast"}, "spec.tuning.profile"),
+    ):
+        cond = pools.reconcile({"metadata": {"generation": 1}, "spec": {"tuning": tuning}}, NOW)[
+            "conditions"
+        ][0]
+        assert cond["status"] == "False" and field in cond["message"], cond
     tuning = crdgen.crd(api.MoverPoolKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
         "properties"
     ]["spec"]["properties"]["tuning"]
-    assert tuning["x-kubernetes-validations"][0]["rule"] == "!has(self.bufferSize)"
+    assert tuning["properties"]["profile"]["enum"] == list(PROFILE_NAMES)
+    assert "x-kubernetes-validations" not in tuning
     r, kube, _, _ = reconciler()
-    kube.pools["bulk"] = bad
+    kube.pools["bulk"] = {"spec": {"tuning": {"profile": "fast"}}}
     body = transferjob({**PVC_TO_PVC, "placement": {"pool": "bulk"}})
     out = r.reconcile(body, NOW)
     assert out.status["phase"] == "Pending" and out.status["reason"] == "PoolInvalid"
-    assert "bufferSize" in out.status["message"] and ("Job", "ferry-copy-a") not in kube.objects
-    kube.pools["bulk"] = {"spec": {"tuning": {"streams": 4}}}
+    assert "profile" in out.status["message"] and ("Job", "ferry-copy-a") not in kube.objects
+    kube.pools["bulk"] = good
     r.reconcile(body, NOW)
     assert ("Job", "ferry-copy-a") in kube.objects
 

@@ -47,9 +47,16 @@ def test_a_mover_spec_names_a_ferry_endpoint() -> None:
             "tlsCa": "/certs/ca.crt",
         },
     }
-    _, dst, _ = ms.TransferSpec.model_validate(doc).to_engine()
+    _, dst, options = ms.TransferSpec.model_validate(doc).to_engine()
+    assert options.tuning is not None  # streams not given: the run's tuning (the host's)
     assert dst == ms.ep.FerryEndpoint(
-        "receiver.ns.svc", 7443, "x/y", "/certs/tls.crt", "/certs/tls.key", "/certs/ca.crt"
+        "receiver.ns.svc",
+        7443,
+        "x/y",
+        "/certs/tls.crt",
+        "/certs/tls.key",
+        "/certs/ca.crt",
+        streams=options.tuning["streams"],
     )
     for bad in ({"path": "a/../b"}, {"tlsKey": ""}, {"port": 0}, {"host": "u@h"}):
         with pytest.raises(ValueError):

@@ -11,6 +11,7 @@ The executor never changes the actions it runs: per-run state lives in its own p
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ from ferry.mover.options import Delta, Options, Verify
 from ferry.mover.plan import Action, Op, Planner
 from ferry.mover.progress import Progress
 from ferry.mover.result import Summary
+from ferry.mover.tuning import worker_bytes
 
 
 def sends_deltas(options: Options, dst: Backend) -> bool:
@@ -39,6 +41,27 @@ def sends_deltas(options: Options, dst: Backend) -> bool:
     if not isinstance(dst, DeltaBasis):
         return False
     return options.delta == Delta.ON or (options.delta == Delta.AUTO and dst.limits.delta_pays)
+
+
+log = logging.getLogger("ferry")
+
+
+def workers_for(options: Options, dst: Backend) -> int:
+    """Workers to run: options.transfers, no more than options.max_in_flight_bytes holds
+    (each worker's piece, plus the chunk a writer that buffers chunks keeps: S3's parts)."""
+    limits = dst.limits
+    held = (options.chunk_size or limits.default_chunk_size) if limits.default_chunk_size else 0
+    each = worker_bytes(options.buffer_size, held)
+    workers = max(1, min(options.transfers, options.max_in_flight_bytes // each))
+    if workers < options.transfers:
+        log.info(
+            "running %d workers, not %d: %d bytes each fit the in-flight bound of %d bytes",
+            workers,
+            options.transfers,
+            each,
+            options.max_in_flight_bytes,
+        )
+    return workers
 
 
 class Executor:
@@ -69,9 +92,9 @@ class Executor:
             options=options,
             cancel=cancel,
             ledger=ledger,
-            tasks=TaskQueue(options.transfers, cancel, ledger.stop),
+            tasks=TaskQueue(workers_for(options, dst), cancel, ledger.stop),
             retry=Retry(options.retries, options.retry_base_delay, cancel, ledger.retrying),
-            streamer=Streamer(progress, cancel, hashing, limiter),
+            streamer=Streamer(progress, cancel, hashing, limiter, options.buffer_size),
             meta_differs=planner.meta_differs,
             hashing=hashing,
             sparse=options.preserve.sparse and dst.holds.sparse,

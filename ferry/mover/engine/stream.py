@@ -18,7 +18,8 @@ from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.integrity import BLOCK_SIZE, StreamHasher
 from ferry.mover.progress import Progress
 
-# Files larger than a direct single read stream through a per-worker buffer of this size.
+# Files larger than a direct single read stream through a per-worker buffer of this size
+# (the default of Options.buffer_size, --buffer-size).
 # Each piece is read, hashed and then sent or written, three passes over it: 2 MiB stays in
 # a core's L2 cache (2 MiB here) between them, 4 MiB did not (256 MiB SFTP upload -7%, SMB
 # and local copies -3 to -5%, S3 unchanged; alternated runs).
@@ -89,7 +90,9 @@ class Streamer:
         cancel: threading.Event,
         hashing: bool,
         limiter: RateLimiter | None,
+        piece: int = STREAM_PIECE,
     ) -> None:
+        self.piece = piece  # Options.buffer_size
         self.progress = progress
         self.cancel = cancel
         self.hashing = hashing
@@ -136,7 +139,7 @@ class Streamer:
                     pos = self._kernel_copy(rfd, wfd, seg_start, seg_end, halted, hasher, advance)
                     if pos == seg_end:
                         continue
-                for piece in reader.iter_range(pos, seg_end - pos, STREAM_PIECE):
+                for piece in reader.iter_range(pos, seg_end - pos, self.piece):
                     if self.cancel.is_set() or (halted is not None and halted()):
                         raise FerryError(ErrorKind.INTERRUPTED, "transfer interrupted")
                     if hasher:
@@ -167,8 +170,8 @@ class Streamer:
         they now are at the destination, read back from the page cache. On this kind of
         machine that is several times faster than read + write, and it checks the write.
         Returns how far it got: short of `end` only when the filesystem cannot do it."""
-        step = STREAM_PIECE if (hasher is not None or self.limiter) else 64 << 20
-        view = thread_buffer(self._tls, STREAM_PIECE) if hasher is not None else None
+        step = self.piece if (hasher is not None or self.limiter) else 64 << 20
+        view = thread_buffer(self._tls, self.piece) if hasher is not None else None
         pos = start
         while pos < end:
             if self.cancel.is_set() or (halted is not None and halted()):
