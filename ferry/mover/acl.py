@@ -102,21 +102,26 @@ def refuse_unheld(*sides: tuple[bool, str]) -> None:
         if not held:
             raise FerryError(
                 ErrorKind.USAGE,
-                "--preserve acls: this endpoint cannot hold POSIX ACLs (only local paths "
-                "can); leave acls out of --preserve",
+                "--preserve acls: this endpoint cannot hold POSIX ACLs (local paths can, and "
+                "ferry:// servers whose `ferry serve` offers them: a Ferry with ACLs over the "
+                "wire and libacl); leave acls out of --preserve",
                 where,
             )
 
 
+HELD_BY = ("local", "ferry")  # endpoint kinds that can hold POSIX ACLs
+
+
 def refuse_kinds(*kinds: str) -> None:
-    """The same refusal by endpoint kind, before connecting to anything."""
+    """The same refusal by endpoint kind, before connecting to anything (a ferry:// server
+    is asked once connected: `refuse_unheld` on its `Holds`)."""
     require()
     for kind in kinds:
-        if kind != "local":
+        if kind not in HELD_BY:
             raise FerryError(
                 ErrorKind.USAGE,
                 f"--preserve acls: {kind} endpoints cannot hold POSIX ACLs (only local paths "
-                "can); leave acls out of --preserve",
+                "and ferry:// servers can); leave acls out of --preserve",
             )
 
 

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ferry.mover import acl
 from ferry.mover.backends.base import Entry, EntryType
 from ferry.mover.backends.ferry.protocol import (
+    FEATURE_ACLS,
     FEATURE_BATCH,
     FEATURE_DELTA,
     FEATURE_PROBE,
@@ -24,6 +26,8 @@ from ferry.mover.backends.ferry.protocol import (
     MAX_PIECE,
     MAX_TARGET,
     VERSION,
+    acls_from_json,
+    acls_to_json,
     as_int,
     as_str,
     entry_from_json,
@@ -83,8 +87,19 @@ class Service:
                 FEATURE_DELTA,
                 FEATURE_PROBE,
                 *([FEATURE_ZSTD] if self.zstd else []),
+                *([FEATURE_ACLS] if acl.unavailable() is None else []),
             ],
         }
+
+    def acls(self, doc: Doc) -> Doc:
+        """The POSIX ACLs of a file or directory (null: none held there, or not one of
+        those: the server decides from what it finds, following no final symlink)."""
+        with self.root.lock.shared():
+            rel = self.root.check(doc.get("path"))
+            e = self.local.stat(rel)
+            if e is None or e.type not in (EntryType.FILE, EntryType.DIR):
+                return {"acls": None}
+            return {"acls": acls_to_json(self.local.acls(rel, e.type == EntryType.DIR))}
 
     def stat(self, doc: Doc) -> Doc:
         with self.root.lock.shared():
@@ -218,6 +233,7 @@ class Service:
     def commit(self, doc: Doc) -> Doc:
         entry = entry_from_json(doc.get("entry"))
         preserve = preserve_from_json(doc.get("preserve"))
+        entry.acls = acls_from_json(doc.get("acls"))
         digest = doc.get("digest")
         if digest is not None and not (isinstance(digest, str) and is_digest(digest)):
             raise protocol_error("digest must be a Ferry digest (b3m1:...) or null")
@@ -276,6 +292,7 @@ class Service:
         entry = entry_from_json(doc.get("entry"))
         preserve = preserve_from_json(doc.get("preserve"))
         entry.xattrs = None  # not carried on this wire
+        entry.acls = acls_from_json(doc.get("acls"))
         with self.root.lock.shared():
             follow = entry.type != EntryType.SYMLINK  # chmod and friends follow a link
             rel = self.root.check(doc.get("path"), follow_final=follow)
@@ -332,6 +349,7 @@ def put_small(
         body, pos = payload[pos : pos + n], pos + n
         try:
             entry = entry_from_json(f.get("entry"))
+            entry.acls = acls_from_json(f.get("acls"))
             raw = as_int(f.get("raw"), "raw", 0, MAX_PIECE)
             enc = f.get("enc")
             data = decode(bytes(body), enc if isinstance(enc, str) else None, str(raw))
@@ -423,6 +441,7 @@ def apply_delta(svc: Service, doc: Doc, pieces: Iterator[bytes]) -> Doc:
     if digest is not None and not (isinstance(digest, str) and is_digest(digest)):
         raise protocol_error("digest must be a Ferry digest (b3m1:...) or null")
     entry.xattrs = None  # not carried on this wire
+    entry.acls = acls_from_json(doc.get("acls"))
     with svc.root.lock.shared():
         rel = svc.root.check(doc.get("path"), follow_final=True)
         if not rel:

@@ -61,6 +61,7 @@ IDLE_TIMEOUT = 600.0
 MAX_CONNECTIONS = 64
 JSON_ROUTES = {
     "stat",
+    "acls",
     "list",
     "partial",
     "space",

@@ -46,7 +46,16 @@ CLAIMED: dict[type[Backend], set[type]] = {
     S3Backend: {ServerSideCopy, PutSmall, GetSmall, Resumable, LazyMeta},
     SFTPBackend: {Symlinks, PutSmall, GetSmall, Resumable},
     SMBBackend: {Resumable},
-    FerryBackend: {Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis, MeasuresLink},
+    FerryBackend: {
+        Symlinks,
+        Hardlinks,
+        Resumable,
+        PutSmall,
+        GetSmall,
+        DeltaBasis,
+        MeasuresLink,
+        Acls,
+    },
 }
 
 

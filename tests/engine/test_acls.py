@@ -168,12 +168,12 @@ def test_the_cli_copies_them_and_reports_a_second_run_as_nothing_to_do(
         "s3://bucket/x",
         "sftp://host/x",
         "smb://host/share/x",
-        "ferry://host:1/x?tls_cert=c&tls_key=k&tls_ca=a",
     ],
 )
 @pytest.mark.parametrize("side", ["source", "destination"])
 def test_refused_where_acls_cannot_be_held(uri: str, side: str, tmp_path: Path) -> None:
-    """Refused before connecting (no server runs here), naming the endpoint's kind."""
+    """Refused before connecting (no server runs here), naming the endpoint's kind. A
+    ferry:// server is asked what it offers instead (tests/wire/test_acls.py)."""
     local = LocalEndpoint(str(tmp_path))
     remote = parse_endpoint(uri)
     src, dst = (remote, local) if side == "source" else (local, remote)

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import zstandard
 
+from ferry.mover import acl
 from ferry.mover.backends.ferry.protocol import H_DIGEST, H_ENCODING, H_RAW
 from tests.conftest import run_ferry
+from tests.strict import unavailable
 from tests.wire.certs import Certs
 
 DIR = ["", 1, 0, 1_600_000_000_000_000_000, 0o755, -1, -1, 2, 0, 0, -1, None, None]
@@ -161,3 +163,43 @@ def test_reads_that_lie(tmp_path: Path, certs: Certs, fake: Any) -> None:
         text = r.stdout + r.stderr
         assert reason in text, text
         assert not (dst / "f").exists()
+
+
+def test_a_server_without_acls_makes_preserve_acls_refused(
+    tmp_path: Path, certs: Certs, fake: Any
+) -> None:
+    """An older `ferry serve` (its hello offers no "acls"): refused by name as a source and
+    as a destination, never copied without them."""
+    if acl.unavailable() is not None:
+        unavailable(str(acl.unavailable()))
+    f = fake(listing())
+    (tmp_path / "src").mkdir()
+    for args in ((tmp_path / "src", f.url(certs)), (f.url(certs), tmp_path / "dst")):
+        r = run_ferry("copy", *args, "--preserve", "+acls", check_rc=2)
+        assert "--preserve acls: this endpoint cannot hold POSIX ACLs" in r.stderr, r.stderr
+        assert "ferry://127.0.0.1" in r.stderr, r.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_hostile_acls_from_a_server_are_refused(tmp_path: Path, certs: Certs, fake: Any) -> None:
+    """A server that offers ACLs and answers with text libacl would not take, or a name
+    to look up: that file's error, nothing written with it."""
+    if acl.unavailable() is not None:
+        unavailable(str(acl.unavailable()))
+
+    def extra(route: str, body: bytes) -> Reply | None:
+        if route == "hello":
+            return js({"version": 1, "features": ["acls"]})
+        if route == "list":
+            return js({"entries": [file_entry("f", 3)]})
+        if route == "acls":
+            path = json.loads(body)["path"]
+            return js({"acls": None if path == "x" else ["u:root:rwx,g::r--,o::---", ""]})
+        return None
+
+    r = run_ferry(
+        "copy", fake(extra).url(certs), tmp_path / "dst", "--preserve", "+acls", check_rc=None
+    )
+    assert r.rc != 0, r.stdout + r.stderr
+    assert "not an ACL in short form with numeric ids" in r.stderr, r.stderr
+    assert not (tmp_path / "dst" / "f").exists()

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from ferry.mover.acl import AclText
 from ferry.mover.backends.base import (
     KERNEL_WRITE_BACK,
+    Acls,
     Backend,
     DeltaBasis,
     Durability,
@@ -39,6 +41,7 @@ from ferry.mover.backends.ferry.connections import TIMED_BODY, Connections
 from ferry.mover.backends.ferry.errors import error_in_batch
 from ferry.mover.backends.ferry.files import FerryReader, FerryWriter, Squeeze, encode
 from ferry.mover.backends.ferry.protocol import (
+    FEATURE_ACLS,
     FEATURE_BATCH,
     FEATURE_DELTA,
     FEATURE_PROBE,
@@ -48,6 +51,8 @@ from ferry.mover.backends.ferry.protocol import (
     MAX_JSON,
     MAX_PIECE,
     VERSION,
+    acls_from_json,
+    acls_to_json,
     as_int,
     codec,
     decode_piece,
@@ -75,7 +80,9 @@ class FerryBackend(Backend):
     """Optional capabilities: Symlinks, Hardlinks, Resumable, PutSmall and GetSmall (batches
     of small files in one request each: per-file round trips were most of a small file's
     cost), DeltaBasis (signatures and rebuilds at the server: only deltas cross),
-    MeasuresLink (its uploads are timed; a probe is a throwaway upload)."""
+    MeasuresLink (its uploads are timed; a probe is a throwaway upload), Acls where the
+    server offers them (its hello's features: else `Holds.acls` is unset on this instance, so
+    an older server makes `--preserve acls` refused, never silently dropped)."""
 
     holds = Holds(
         symlinks=True,
@@ -84,6 +91,7 @@ class FerryBackend(Backend):
         owners=True,
         sparse=True,  # holes are not sent: the server sets the size and leaves them
         mtime_precision_ns=1,
+        acls=True,  # where the server offers them (see __init__)
     )
     # A delta costs reading the basis at the server and the source here, but only what
     # changed crosses the wire: `--delta auto` weighs the two by the link (MeasuresLink).
@@ -120,6 +128,8 @@ class FerryBackend(Backend):
                 ErrorKind.USAGE, f"--compress on: {self.describe()} does not offer zstd"
             )
         self.compress = compress if zstd else Compress.OFF
+        if FEATURE_ACLS not in self.features:  # an older server, or one without libacl
+            self.holds = self.holds._replace(acls=False)
 
     def describe(self) -> str:
         return self.ep.describe()
@@ -165,6 +175,14 @@ class FerryBackend(Backend):
         e.name = rel.rpartition("/")[2]
         return e
 
+    def acls(self, rel: str, is_dir: bool) -> AclText | None:
+        """One request per file or directory (only with `--preserve acls`); the server's
+        answer is untrusted text, parsed and validated as any peer's."""
+        if not self.holds.acls:
+            raise FerryError(ErrorKind.USAGE, "--preserve acls: the server offers no ACLs")
+        doc = self._call("acls", rel, path=self.path(rel), dir=is_dir)
+        return acls_from_json(doc.get("acls"), f"{self.describe()}/{rel}: acls")
+
     def open_read(self, rel: str, entry: Entry) -> Reader:
         return FerryReader(self.c, self.path(rel), rel, entry, self.compress)
 
@@ -185,6 +203,7 @@ class FerryBackend(Backend):
             path=self.path(rel),
             entry=entry_to_json(entry),
             preserve=preserve_to_json(preserve),
+            acls=acls_to_json(entry.acls) if preserve.acls else None,
         )
 
     def symlink(self, rel: str, target: str) -> None:
@@ -226,6 +245,7 @@ class FerryBackend(Backend):
                     {
                         "path": self.path(f.rel),
                         "entry": entry_to_json(f.entry),
+                        "acls": acls_to_json(f.entry.acls) if preserve.acls else None,
                         "digest": f.digest,
                         "enc": enc,
                         "raw": len(f.data),
@@ -304,6 +324,7 @@ class FerryBackend(Backend):
                 "entry": entry_to_json(entry),
                 "digest": digest or None,
                 "preserve": preserve_to_json(preserve),
+                "acls": acls_to_json(entry.acls) if preserve.acls else None,
                 "fsync": self.durability.fsync_each,
             }
         )
@@ -377,5 +398,5 @@ if TYPE_CHECKING:
 
     def _has(
         b: FerryBackend,
-    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis, MeasuresLink]:
-        return b, b, b, b, b, b, b
+    ) -> tuple[Symlinks, Hardlinks, Resumable, PutSmall, GetSmall, DeltaBasis, MeasuresLink, Acls]:
+        return b, b, b, b, b, b, b, b

@@ -18,6 +18,7 @@ from ferry.mover.backends.ferry.protocol import (
     IDENTITY,
     MAX_PIECE,
     ZSTD,
+    acls_to_json,
     as_int,
     as_str,
     codec,
@@ -217,7 +218,11 @@ class FerryWriter(Writer):
     def commit(self, entry: Entry, digest: str | None, preserve: Preserve) -> None:
         self._done = True
         self._call(
-            "commit", entry=entry_to_json(entry), digest=digest, preserve=preserve_to_json(preserve)
+            "commit",
+            entry=entry_to_json(entry),
+            digest=digest,
+            preserve=preserve_to_json(preserve),
+            acls=acls_to_json(entry.acls) if preserve.acls else None,
         )
 
     def abort(self, keep_partial: bool = False) -> None:

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ferry.mover import acl
+from ferry.mover.acl import AclText
 from ferry.mover.backends.base import INTERNAL_PREFIX, Entry, EntryType
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.options import MiB, Preserve
@@ -26,6 +28,7 @@ FEATURE_ZSTD = "zstd"
 FEATURE_BATCH = "batch"  # put_small / get_small
 FEATURE_DELTA = "delta"  # signature / delta (DeltaBasis)
 FEATURE_PROBE = "probe"  # a throwaway upload the client times (MeasuresLink)
+FEATURE_ACLS = "acls"  # POSIX ACLs: the "acls" route, and "acls" beside an entry it writes
 MAX_CHUNK_LINE = 1024  # a chunked body's size line (with extensions)
 MAX_TRAILERS = 16
 
@@ -186,6 +189,23 @@ def entry_from_json(doc: object, what: str = "entry") -> Entry:
         target=target,
         digest=digest,
     )
+
+
+def acls_to_json(a: AclText | None) -> list[str] | None:
+    """An entry's ACLs beside it in a request or reply: [access, default], or null."""
+    return None if a is None else [a.access, a.default]
+
+
+def acls_from_json(doc: object, what: str = "acls") -> AclText | None:
+    """A peer's ACLs, each text bounded and validated by `acl.parse` (a USAGE error, 400,
+    naming what is wrong); null for none read or sent."""
+    if doc is None:
+        return None
+    if not isinstance(doc, list) or len(doc) != 2:
+        raise protocol_error(f"{what} must be an array of two ACL texts (access, default) or null")
+    access = acl.parse(as_str(doc[0], f"{what} access", acl.MAX_TEXT), f"{what}: access ACL")
+    default = acl.parse(as_str(doc[1], f"{what} default", acl.MAX_TEXT), f"{what}: default ACL")
+    return AclText(access, default)
 
 
 def preserve_to_json(p: Preserve) -> list[str]:
