@@ -23,6 +23,7 @@ from ferry.mover.backends.base import (
     join,
     read_acls,
     read_xattrs,
+    want_acls,
 )
 from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import Bounds, FilterSet, PathList, bounds_of
@@ -129,6 +130,7 @@ class Planner:
         self.xattrs = options.preserve.xattrs and src.holds.xattrs and dst.holds.xattrs
         if options.preserve.acls:
             refuse_unheld((src.holds.acls, src.describe()), (dst.holds.acls, dst.describe()))
+            want_acls(src, dst)
         self.acls = options.preserve.acls
         self._hardlinks: dict[tuple[int, int], tuple[str, int | None]] = {}
         self._followed: set[tuple[int, int]] = set()

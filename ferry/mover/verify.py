@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ferry.mover.acl import AclText
+from ferry.mover.acl import AclText, refuse_unheld
 from ferry.mover.backends import check_compress, open_backend
 from ferry.mover.backends.base import (
     Backend,
@@ -20,6 +20,7 @@ from ferry.mover.backends.base import (
     join,
     read_acls,
     read_xattrs,
+    want_acls,
 )
 from ferry.mover.endpoints import Endpoint
 from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
@@ -212,7 +213,10 @@ def verify_trees(
             # Object stores have no directories of their own: nothing holds a time or a mode.
             dir_meta_held = src.holds.empty_dirs and dst.holds.empty_dirs
             dir_meta = times and dir_meta_held
-            acls = options.preserve.acls  # open_pair refused it where it cannot be held
+            acls = options.preserve.acls
+            if acls:  # open_pair refused kinds that cannot; a ferry:// server is asked here
+                refuse_unheld((src.holds.acls, src.describe()), (dst.holds.acls, dst.describe()))
+                want_acls(src, dst)
             xattrs = options.preserve.xattrs and src.holds.xattrs and dst.holds.xattrs
             if options.preserve.xattrs and not xattrs:
                 lacking = src if not src.holds.xattrs else dst

@@ -111,7 +111,18 @@ class Service:
         with self.root.lock.shared():
             rel = self.root.check(doc.get("path"), follow_final=True)
             entries = self.local.list_dir(rel)
-        return {"entries": [entry_to_json(e) for e in entries]}
+            if doc.get("acls") is not True:
+                return {"entries": [entry_to_json(e) for e in entries]}
+            acls = [self._acls_of(rel, e) for e in entries]
+        return {"entries": [entry_to_json(e) for e in entries], "acls": acls}
+
+    def _acls_of(self, parent: str, e: Entry) -> Any:
+        """A listed entry's ACLs (`list` with "acls": one request per directory, not one
+        per entry); null for what is neither file nor directory, or vanished since."""
+        if e.type not in (EntryType.FILE, EntryType.DIR):
+            return None
+        rel = f"{parent}/{e.name}" if parent else e.name
+        return acls_to_json(self.local.acls(rel, e.type == EntryType.DIR))
 
     def read(self, doc: Doc) -> tuple[bytes, bool]:
         """(bytes, whole file): the range asked for, shorter only at the end of the file."""

@@ -174,16 +174,62 @@ def test_a_server_without_acls_makes_preserve_acls_refused(
         unavailable(str(acl.unavailable()))
     f = fake(listing())
     (tmp_path / "src").mkdir()
-    for args in ((tmp_path / "src", f.url(certs)), (f.url(certs), tmp_path / "dst")):
-        r = run_ferry("copy", *args, "--preserve", "+acls", check_rc=2)
+    for cmd, args in (
+        ("copy", (tmp_path / "src", f.url(certs))),
+        ("copy", (f.url(certs), tmp_path / "dst")),
+        ("verify", (tmp_path / "src", f.url(certs))),
+    ):
+        r = run_ferry(cmd, *args, "--preserve", "+acls", check_rc=2)
         assert "--preserve acls: this endpoint cannot hold POSIX ACLs" in r.stderr, r.stderr
         assert "ferry://127.0.0.1" in r.stderr, r.stderr
     assert not (tmp_path / "dst").exists()
 
 
-def test_hostile_acls_from_a_server_are_refused(tmp_path: Path, certs: Certs, fake: Any) -> None:
-    """A server that offers ACLs and answers with text libacl would not take, or a name
-    to look up: that file's error, nothing written with it."""
+def test_acls_from_a_server_come_with_its_listings(tmp_path: Path, certs: Certs, fake: Any) -> None:
+    """One request per directory: a file's ACL from the listing (this server answers no
+    `acls` request but the root's), set on the copy."""
+    if acl.unavailable() is not None:
+        unavailable(str(acl.unavailable()))
+    text = "u::rw-,u:4242:r--,g::r--,m::r--,o::---"
+    asked: list[str] = []
+
+    def extra(route: str, body: bytes) -> Reply | None:
+        if route == "hello":
+            return js({"version": 1, "features": ["acls"]})
+        if route == "list":
+            assert json.loads(body).get("acls") is True
+            return js({"entries": [file_entry("f", 0)], "acls": [[text, ""]]})
+        if route == "acls":
+            asked.append(json.loads(body)["path"])
+            return js({"acls": ["", ""]})
+        return None
+
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    try:
+        acl.set_path(str(dst), acl.AclText(), True)
+    except OSError as exc:
+        unavailable(f"no POSIX ACLs here: {exc}")
+    run_ferry("copy", fake(extra).url(certs), dst, "--preserve", "+acls")
+    assert acl.read_path(str(dst / "f"), False) == acl.AclText(text)
+    assert asked == ["x"], asked  # the root's only
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        {"acls": [["u:root:rwx,g::r--,o::---", ""]]},  # a name: would be looked up
+        {"acls": [["u::rw-,g::r--", ""]]},  # libacl would not take it
+        {"acls": [["u::rw-"]]},
+        {"acls": []},  # not one per entry
+        {},  # none at all
+    ],
+)
+def test_hostile_acls_from_a_server_are_refused(
+    tmp_path: Path, certs: Certs, fake: Any, listed: dict[str, Any]
+) -> None:
+    """A server that offers ACLs and lists text libacl would not take, a name to look up
+    or a wrong shape: refused, nothing written with it."""
     if acl.unavailable() is not None:
         unavailable(str(acl.unavailable()))
 
@@ -191,15 +237,13 @@ def test_hostile_acls_from_a_server_are_refused(tmp_path: Path, certs: Certs, fa
         if route == "hello":
             return js({"version": 1, "features": ["acls"]})
         if route == "list":
-            return js({"entries": [file_entry("f", 3)]})
+            return js({"entries": [file_entry("f", 3)], **listed})
         if route == "acls":
-            path = json.loads(body)["path"]
-            return js({"acls": None if path == "x" else ["u:root:rwx,g::r--,o::---", ""]})
+            return js({"acls": None})
         return None
 
     r = run_ferry(
         "copy", fake(extra).url(certs), tmp_path / "dst", "--preserve", "+acls", check_rc=None
     )
-    assert r.rc != 0, r.stdout + r.stderr
-    assert "not an ACL in short form with numeric ids" in r.stderr, r.stderr
+    assert r.rc == 15 and "acls" in r.stderr, r.stdout + r.stderr  # ProtocolError
     assert not (tmp_path / "dst" / "f").exists()

@@ -366,6 +366,10 @@ class Acls(Protocol):
     def acls(self, rel: str, is_dir: bool) -> AclText | None:
         """The access (and, of a directory, default) ACL; None where none can be held."""
 
+    def list_acls(self) -> None:
+        """A hint that ACLs will be read for what is listed from now on: a remote backend
+        may then read them along with each listing (one request per directory)."""
+
 
 @runtime_checkable
 class Resumable(Protocol):
@@ -423,6 +427,13 @@ class LazyMeta(Protocol):
 def read_xattrs(backend: Backend, rel: str) -> dict[str, bytes] | None:
     """The extended attributes of `rel` where the backend reads them, else None."""
     return backend.xattrs(rel) if isinstance(backend, Xattrs) else None
+
+
+def want_acls(*backends: Backend) -> None:
+    """Tell the backends that read ACLs that they will be asked for those of what they list."""
+    for b in backends:
+        if isinstance(b, Acls):
+            b.list_acls()
 
 
 def read_acls(backend: Backend, rel: str, is_dir: bool) -> AclText | None:

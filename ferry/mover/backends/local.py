@@ -571,6 +571,9 @@ class LocalBackend(Backend):
     def xattrs(self, rel: str) -> dict[str, bytes] | None:
         return _read_xattrs(self.path(rel))
 
+    def list_acls(self) -> None:
+        """Nothing to prefetch: a local ACL read is a syscall."""
+
     def acls(self, rel: str, is_dir: bool) -> AclText | None:
         try:
             return acl.read_path(self.path(rel), is_dir)

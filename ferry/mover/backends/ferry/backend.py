@@ -8,6 +8,7 @@ input (protocol.py): names that could escape the root, malformed numbers, oversi
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,7 @@ from ferry.mover.roots import RootId, ferry_root
 
 PROBE_STREAMS = 4
 PROBE_SLOW = 16e6  # bytes/s: a first probe round this slow is answer enough
+MAX_KEPT_ACLS = 1 << 20  # listed entries' ACLs kept until asked for (a bound on memory)
 
 
 class FerryBackend(Backend):
@@ -130,6 +132,9 @@ class FerryBackend(Backend):
         self.compress = compress if zstd else Compress.OFF
         if FEATURE_ACLS not in self.features:  # an older server, or one without libacl
             self.holds = self.holds._replace(acls=False)
+        # ACLs from listings, by path, until asked for (None: not wanted, see list_acls).
+        self._listed_acls: dict[str, AclText | None] | None = None
+        self._acls_lock = threading.Lock()
 
     def describe(self) -> str:
         return self.ep.describe()
@@ -154,7 +159,10 @@ class FerryBackend(Backend):
             self._call("mkdir", done, path=done)
 
     def list_dir(self, rel: str) -> list[Entry]:
-        doc = self._call("list", rel, path=self.path(rel))
+        """After `list_acls` (`--preserve acls`), each listing carries its entries' ACLs too:
+        kept until `acls` asks for them, so a tree costs a request per directory."""
+        want = self._listed_acls is not None
+        doc = self._call("list", rel, path=self.path(rel), **({"acls": True} if want else {}))
         entries = doc.get("entries")
         if not isinstance(entries, list):
             raise protocol_error("list: entries must be an array", rel)
@@ -164,7 +172,25 @@ class FerryBackend(Backend):
             e = entry_from_json(raw, "listed entry")
             check_name(e.name, where)
             out.append(e)
+        if want:
+            acls = doc.get("acls")
+            if not isinstance(acls, list) or len(acls) != len(out):
+                raise protocol_error("list: acls must be an array, one per entry", rel)
+            self._keep_acls(rel, out, acls)
         return out
+
+    def _keep_acls(self, rel: str, entries: list[Entry], acls: list[Any]) -> None:
+        got: dict[str, AclText | None] = {}
+        for e, a in zip(entries, acls, strict=True):
+            if e.type in (EntryType.FILE, EntryType.DIR):
+                path = join(rel, e.name)
+                got[path] = acls_from_json(a, f"{self.describe()}/{path}: acls")
+        with self._acls_lock:
+            listed = self._listed_acls
+            assert listed is not None
+            if len(listed) + len(got) > MAX_KEPT_ACLS:
+                listed.clear()  # entries listed but never asked for (filtered out): forgotten
+            listed.update(got)
 
     def stat(self, rel: str) -> Entry | None:
         doc = self._call("stat", rel, path=self.path(rel))
@@ -175,11 +201,20 @@ class FerryBackend(Backend):
         e.name = rel.rpartition("/")[2]
         return e
 
+    def list_acls(self) -> None:
+        if self.holds.acls:
+            with self._acls_lock:
+                if self._listed_acls is None:
+                    self._listed_acls = {}
+
     def acls(self, rel: str, is_dir: bool) -> AclText | None:
         """One request per file or directory (only with `--preserve acls`); the server's
         answer is untrusted text, parsed and validated as any peer's."""
         if not self.holds.acls:
             raise FerryError(ErrorKind.USAGE, "--preserve acls: the server offers no ACLs")
+        with self._acls_lock:
+            if self._listed_acls is not None and rel in self._listed_acls:
+                return self._listed_acls.pop(rel)
         doc = self._call("acls", rel, path=self.path(rel), dir=is_dir)
         return acls_from_json(doc.get("acls"), f"{self.describe()}/{rel}: acls")
 

@@ -197,15 +197,23 @@ def acls_to_json(a: AclText | None) -> list[str] | None:
 
 
 def acls_from_json(doc: object, what: str = "acls") -> AclText | None:
-    """A peer's ACLs, each text bounded and validated by `acl.parse` (a USAGE error, 400,
-    naming what is wrong); null for none read or sent."""
+    """A peer's ACLs, each text bounded and validated by `acl.parse` (a PROTOCOL error, a
+    400 at the server, naming what is wrong); null for none read or sent."""
     if doc is None:
         return None
     if not isinstance(doc, list) or len(doc) != 2:
         raise protocol_error(f"{what} must be an array of two ACL texts (access, default) or null")
-    access = acl.parse(as_str(doc[0], f"{what} access", acl.MAX_TEXT), f"{what}: access ACL")
-    default = acl.parse(as_str(doc[1], f"{what} default", acl.MAX_TEXT), f"{what}: default ACL")
+    access = _peer_acl(as_str(doc[0], f"{what} access", acl.MAX_TEXT), f"{what}: access ACL")
+    default = _peer_acl(as_str(doc[1], f"{what} default", acl.MAX_TEXT), f"{what}: default ACL")
     return AclText(access, default)
+
+
+def _peer_acl(text: str, what: str) -> str:
+    """`acl.parse`'s refusal of a peer's text is the peer's fault: a PROTOCOL error."""
+    try:
+        return acl.parse(text, what)
+    except FerryError as err:
+        raise protocol_error(err.args[0]) from None
 
 
 def preserve_to_json(p: Preserve) -> list[str]:
