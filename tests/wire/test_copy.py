@@ -181,12 +181,3 @@ def test_a_ferry_destination_root_gets_the_source_roots_mode_and_times(
     ctime = served.stat().st_ctime_ns
     run_ferry("copy", src, dest, "--json")
     assert served.stat().st_ctime_ns == ctime
-
-
-def test_acls_are_refused_by_name_towards_ferry(tmp_path: Path, server: Server) -> None:
-    """ACLs, like xattrs, do not cross this wire: refused, not dropped."""
-    src = tmp_path / "src"
-    src.mkdir()
-    r = run_ferry("copy", src, server.url("dst"), "--preserve", "+acls", check_rc=2)
-    assert "--preserve acls: ferry endpoints cannot hold POSIX ACLs" in r.stderr, r.stderr
-    assert not (server.root / "dst").exists()
