@@ -92,10 +92,11 @@ class Service:
         }
 
     def acls(self, doc: Doc) -> Doc:
-        """The POSIX ACLs of a file or directory (null: none held there, or not one of
-        those: the server decides from what it finds, following no final symlink)."""
+        """The POSIX ACLs of a file or directory (null: none held there, or neither): the
+        server decides which from what it finds. libacl follows a final symlink, so one
+        there is refused as for a read."""
         with self.root.lock.shared():
-            rel = self.root.check(doc.get("path"))
+            rel = self.root.check(doc.get("path"), follow_final=True)
             e = self.local.stat(rel)
             if e is None or e.type not in (EntryType.FILE, EntryType.DIR):
                 return {"acls": None}

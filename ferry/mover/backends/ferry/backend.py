@@ -215,7 +215,7 @@ class FerryBackend(Backend):
         with self._acls_lock:
             if self._listed_acls is not None and rel in self._listed_acls:
                 return self._listed_acls.pop(rel)
-        doc = self._call("acls", rel, path=self.path(rel), dir=is_dir)
+        doc = self._call("acls", rel, path=self.path(rel))  # the server sees file or dir
         return acls_from_json(doc.get("acls"), f"{self.describe()}/{rel}: acls")
 
     def open_read(self, rel: str, entry: Entry) -> Reader:
