@@ -187,7 +187,8 @@ class FerryBackend(Backend):
                 got[path] = acls_from_json(a, f"{self.describe()}/{path}: acls")
         with self._acls_lock:
             listed = self._listed_acls
-            assert listed is not None
+            if listed is None:
+                return
             if len(listed) + len(got) > MAX_KEPT_ACLS:
                 listed.clear()  # entries listed but never asked for (filtered out): forgotten
             listed.update(got)
@@ -202,13 +203,14 @@ class FerryBackend(Backend):
         return e
 
     def list_acls(self) -> None:
+        """Listings from now on carry their entries' ACLs (where the server offers them)."""
         if self.holds.acls:
             with self._acls_lock:
                 if self._listed_acls is None:
                     self._listed_acls = {}
 
     def acls(self, rel: str, is_dir: bool) -> AclText | None:
-        """One request per file or directory (only with `--preserve acls`); the server's
+        """From the listing that named `rel` (taken once), else one request; the server's
         answer is untrusted text, parsed and validated as any peer's."""
         if not self.holds.acls:
             raise FerryError(ErrorKind.USAGE, "--preserve acls: the server offers no ACLs")
