@@ -221,8 +221,13 @@ def _set(lib: _Lib, call: object, acl: int, what: str, path: str, minimal: bool)
     """Set `acl` (freed here). A minimal one on a filesystem without ACLs is already there."""
     try:
         if call(acl) != 0:  # type: ignore[operator]
-            if minimal and ctypes.get_errno() in _UNSUPPORTED:
+            e = ctypes.get_errno()
+            if minimal and e in _UNSUPPORTED:
                 return
+            if e in (errno.ENOSPC, errno.E2BIG):  # one xattr's worth (ext4: ~500 entries)
+                raise OSError(
+                    errno.E2BIG, f"{what}: more ACL entries than this filesystem holds", path
+                )
             raise _oserror(what, path)
     finally:
         lib.free(acl)

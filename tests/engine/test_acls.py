@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ferry.mover import acl
 from ferry.mover.acl import AclText
 from ferry.mover.endpoints import LocalEndpoint, parse_endpoint
-from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.options import PRESERVE_FLAGS, Delta, MiB, Mode, Options, Preserve
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
@@ -300,3 +300,16 @@ def test_parse_bounds_and_canonical_form() -> None:
         with pytest.raises(FerryError) as err:
             acl.parse(bad)
         assert err.value.kind == ErrorKind.USAGE
+
+
+def test_an_acl_larger_than_the_filesystem_holds_is_that_files_error(
+    trees: tuple[Path, Path],
+) -> None:
+    """ext4 keeps an ACL in one xattr (~500 entries): a longer valid one fails that file as an
+    I/O error naming the cause, not as a full destination (which would stop the run)."""
+    src, _ = trees
+    text = ",".join(["u::rw-", "g::r--", "m::r--", "o::---"] + [f"u:{i}:r--" for i in range(1000)])
+    assert acl.parse(text)  # valid: only the filesystem refuses it
+    with pytest.raises(OSError, match="more ACL entries than this filesystem holds") as caught:
+        acl.set_path(str(src / "f"), AclText(acl.parse(text)), False)
+    assert as_ferry_error(caught.value).kind == ErrorKind.IO_ERROR
