@@ -429,8 +429,8 @@ class Planner:
     def root_pair(self) -> tuple[Entry, Entry | None] | None:
         """The source root and the destination root (None: created by this run), whose
         mode, times, owner and ACLs the run sets as rsync does for `src/` into `dst/`; None
-        for a single file, or where the destination has no directories of its own (S3)."""
-        if self.one is not None or not self.dst.holds.empty_dirs:
+        for a single file, or where either side has no directories of its own (S3)."""
+        if self.one is not None or not (self.src.holds.empty_dirs and self.dst.holds.empty_dirs):
             return None
         s = self.src.stat("")
         if s is None or s.type != EntryType.DIR:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,11 +156,23 @@ def _acls_differ(a: AclText | None, b: AclText | None) -> str:
     )
 
 
+def root_is_ours(d: Entry) -> bool:
+    """Whether this user may set the destination root's metadata: its owner or root (an owner
+    a storage does not report, uid -1, counts as ours)."""
+    return d.uid < 0 or os.geteuid() in (0, d.uid)
+
+
 def _roots(src: Backend, dst: Backend) -> Iterator[tuple[str, str, Entry | None, Entry | None]]:
-    """The roots themselves, compared like any directory (a copy sets the destination's)."""
+    """The roots themselves, compared like any directory (a copy sets the destination's),
+    unless the destination's belongs to another user: a copy leaves such a root as it is (a
+    volume's mount point owned by root, written by a non-root mover)."""
     s = src.stat("")
-    if s is not None and s.type == EntryType.DIR:
-        yield "", "", s, dst.stat("")
+    if s is None or s.type != EntryType.DIR:
+        return
+    d = dst.stat("")
+    if d is not None and not root_is_ours(d):
+        return
+    yield "", "", s, d
 
 
 def verify_trees(

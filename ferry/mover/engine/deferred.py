@@ -4,14 +4,23 @@ sync's deletes and type replacements (only if nothing failed), and directory met
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from ferry.mover.backends.base import Backend, Entry, EntryType, Hardlinks, check_name
 from ferry.mover.engine.context import Context
 from ferry.mover.engine.wholefile import make_symlink, whole_file
-from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.errors import ErrorKind, FerryError, as_ferry_error
 from ferry.mover.plan import Action
 from ferry.mover.scan import list_tree
+
+log = logging.getLogger(__name__)
+
+
+def _not_ours(exc: BaseException) -> bool:
+    """A permission error: the run may not change this (an existing root owned by another
+    user)."""
+    return as_ferry_error(exc).kind == ErrorKind.PERMISSION
 
 
 def doomed(dst: Backend, rel: str, e: Entry) -> Iterator[tuple[str, Entry]]:
@@ -108,4 +117,12 @@ class Deferred:
                     if fix:
                         ctx.ledger.dir_meta_fixed(rel)
                 except Exception as exc:
+                    if rel == "" and d is not None and _not_ours(exc):
+                        log.warning(
+                            "the destination root's metadata is left as it is: %s (a root the "
+                            "run may not change, as a volume's mount point owned by another "
+                            "user)",
+                            as_ferry_error(exc, "."),
+                        )
+                        continue
                     ctx.ledger.fail(rel, exc, counts_file=False)
