@@ -16,14 +16,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from ferry.mover import bwtable, profiles, tuning
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
-from ferry.mover.errors import ErrorKind, FerryError
+from ferry.mover.errors import FerryError
 from ferry.mover.filters import parse_files_from
 
 
@@ -426,31 +425,22 @@ class TransferSpec(_Model):
         return tuple(n for n in names if n is not None)
 
     def _audit_file(self) -> str | None:
-        """Where the engine appends the audit log: stdout, or its name under a local
-        destination's root (written there directly)."""
+        """Where the engine appends the audit log: stdout, its name under a local
+        destination's root (written there directly), or None when the destination is remote
+        (the pod writes a temp file and uploads it, `audit_upload`)."""
         if self.options.audit_log == "-":
             return "-"
         name = self.audit_name()
-        if name is None:
+        if name is None or not isinstance(self.destination, LocalSpec):
             return None
-        if not isinstance(self.destination, LocalSpec):  # a copy made without validation
-            raise FerryError(
-                ErrorKind.USAGE,
-                f"auditLog: a file needs a volume destination, not {self.destination.kind}",
-            )
         return self.destination.path.rstrip("/") + "/" + name
 
-    @model_validator(mode="after")
-    def _audit_log_local(self) -> TransferSpec:
-        """A file audit log is written where the destination is mounted; at another kind it
-        would have to be uploaded afterwards, which the mover does not do: refused."""
-        kind = self.destination.kind
-        if self.options.audit_log not in (None, "-") and kind != "local":
-            raise ValueError(
-                f"options.auditLog: a file audit log needs a volume destination, not {kind} "
-                "(use '-' for the mover's stdout)"
-            )
-        return self
+    def audit_upload(self) -> str | None:
+        """The destination-relative name this shard's audit log is uploaded to when the run
+        ends: a file audit log at a remote (s3, sftp, smb, ferry) destination."""
+        if isinstance(self.destination, LocalSpec):
+            return None
+        return self.audit_name()
 
 
 def spec_errors(exc: ValidationError) -> str:

@@ -157,16 +157,22 @@ def test_the_spec_refuses_naming_the_field(options: dict[str, Any], says: str) -
     assert "--" not in ms.spec_errors(exc.value)
 
 
-def test_a_file_audit_log_needs_a_local_destination() -> None:
-    doc = {
+def test_a_file_audit_log_at_a_remote_destination_is_uploaded_not_opened() -> None:
+    """At s3 the engine writes no file of its own (the pod uploads a temp file, see
+    tests/backends/test_audit_upload.py); the name is still protected from the sync."""
+    doc: dict[str, Any] = {
         "source": {"kind": "local", "path": "/s"},
         "destination": {"kind": "s3", "bucket": "bkt"},
         "options": {"auditLog": "x.log"},
+        "shard": {"index": 1, "count": 2},
     }
-    with pytest.raises(ValidationError, match="needs a volume destination, not s3"):
-        ms.TransferSpec.model_validate(doc)
+    spec = ms.TransferSpec.model_validate(doc)
+    options = spec.to_engine()[2]
+    assert options.audit_log is None and options.protect == ("x.log.0", "x.log.1")
+    assert spec.audit_upload() == "x.log.1"
     doc["options"] = {"auditLog": "-"}
-    assert ms.TransferSpec.model_validate(doc).to_engine()[2].audit_log == "-"
+    spec = ms.TransferSpec.model_validate(doc)
+    assert spec.to_engine()[2].audit_log == "-" and spec.audit_upload() is None
 
 
 def test_delete_excluded_and_a_rename_onto_the_name_leave_the_audit_log(tmp_path: Path) -> None:
