@@ -212,7 +212,8 @@ class OptionsSpec(_Model):
     max_age: str | None = None
     update: bool = False
     delete_excluded: bool = False
-    # '-' (stdout) or a path relative to a local destination's root; rsync's --chmod and
+    # '-' (stdout) or a path relative to the destination's root (written there in a local
+    # one, uploaded when the run ends to a remote one: ferry.pod.audit_upload); rsync's --chmod and
     # --chown; --files-from's lines (the TransferJob's filesFrom), read by the CLI's parser.
     audit_log: str | None = Field(default=None, min_length=1, max_length=1024)
     chmod: str | None = Field(default=None, min_length=1, max_length=1024)

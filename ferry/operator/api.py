@@ -489,11 +489,6 @@ DESTINATION_NAMESPACE_RULE = {
 # '-' (the mover's stdout) or a relative path of such segments.
 _SEGMENT = r"([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)"
 AUDIT_LOG_PATTERN = rf"^(-|{_SEGMENT}(/{_SEGMENT})*)$"
-AUDIT_LOG_RULE = {
-    "rule": "!has(self.auditLog) || self.auditLog == '-' || has(self.destination.pvc)",
-    "message": "auditLog as a file needs a pvc destination (it is written there); use '-' for "
-    "the mover's stdout",
-}
 # What the mover would refuse at the destination (its `holds`), said at admission instead.
 CHOWN_RULE = {
     "rule": "!has(self.chown) || has(self.destination.pvc) || has(self.destination.ferry)",
@@ -515,9 +510,10 @@ class _RecordAndTransformFields(Model):
         max_length=1024,
         pattern=AUDIT_LOG_PATTERN,
         description="One JSON line per decision and action (--audit-log): '-' for the mover's "
-        "stdout (kubectl logs; the summary then goes to stderr), or a path relative to the pvc "
-        "destination's root, written there (NAME.INDEX per shard) and never copied, compared or "
-        "deleted by the transfer. A dry run's plan is read there.",
+        "stdout (kubectl logs; the summary then goes to stderr), or a path relative to the "
+        "destination's root (NAME.INDEX per shard), never copied, compared or deleted by the "
+        "transfer: written there directly in a pvc, uploaded when the run ends elsewhere (s3, "
+        "sftp, smb, ferry; each run replaces it). A dry run's plan is read there.",
     )
     chmod: str | None = Field(
         default=None,
@@ -564,7 +560,6 @@ class TransferJobSpec(_RecordAndTransformFields):
             COMPRESSION_ON_RULE,
             SOURCE_NAMESPACE_RULE,
             DESTINATION_NAMESPACE_RULE,
-            AUDIT_LOG_RULE,
             CHOWN_RULE,
             CHMOD_RULE,
         )
@@ -761,10 +756,8 @@ class TransferJobSpec(_RecordAndTransformFields):
 
     @model_validator(mode="after")
     def _record_and_transform_checks(self) -> TransferJobSpec:
-        """A file audit log is written in a pvc destination; filesFrom fits the ConfigMap
-        that carries it once per shard."""
-        if self.audit_log not in (None, "-") and self.destination.pvc is None:
-            raise ValueError(f"auditLog: {AUDIT_LOG_RULE['message']}")
+        """chown/chmod where the destination holds them; filesFrom fits the ConfigMap that
+        carries it once per shard."""
         dst = self.destination
         if self.chown is not None and dst.pvc is None and dst.ferry is None:
             raise ValueError(CHOWN_RULE["message"])

@@ -244,12 +244,27 @@ def audit_log_where(spec: api.TransferJobSpec, job_name: str) -> str | None:
     n = spec.shard_count()
     if spec.audit_log == "-":
         return f"the mover pods' stdout: kubectl logs -l job-name={job_name} --tail=-1"
-    pvc = spec.destination.pvc
-    assert pvc is not None  # api: a file audit log needs a pvc destination
-    sub = pvc.path.strip("/")
-    where = f"{sub}/{spec.audit_log}" if sub else spec.audit_log
     shards = f".0 to .{n - 1} (one file per shard)" if n > 1 else ""
-    return f"pvc {pvc.claim_name}: {where}{shards}"
+    dst = spec.destination
+    if dst.pvc is not None:
+        return f"pvc {dst.pvc.claim_name}: {_under(dst.pvc.path, spec.audit_log)}{shards}"
+    rel = spec.audit_log
+    if dst.s3 is not None:
+        at = f"s3 {dst.s3.bucket}: {_under(dst.s3.prefix, rel)}"
+    elif dst.sftp is not None:
+        at = f"sftp {dst.sftp.host}: {_under(dst.sftp.path, rel)}"
+    elif dst.smb is not None:
+        at = f"smb {dst.smb.host}/{dst.smb.share}: {_under(dst.smb.path, rel)}"
+    else:
+        assert dst.ferry is not None
+        at = f"ferry {dst.ferry.host}:{dst.ferry.port}: {_under(dst.ferry.path, rel)}"
+    return f"{at}{shards}, uploaded when each run ends (replacing the last run's)"
+
+
+def _under(root: str, rel: str) -> str:
+    """`rel` below the endpoint's root directory, as a user finds it there."""
+    sub = root.strip("/")
+    return f"{sub}/{rel}" if sub and sub != "." else rel
 
 
 def delete_share(max_delete: int | None, index: int, shards: int) -> int | None:

@@ -91,6 +91,8 @@ def _run(spec_path: str, out: list[TextIO]) -> int:
         refuse_file_destination(spec)
         make_parents(options.audit_log)
     remote = spec.audit_upload()
+    if remote is not None:
+        refuse_file_destination(spec)
     if remote is None:
         summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
         return _finish(summary.to_json(), out[0], int(summary.exit_code))
@@ -120,10 +122,14 @@ def _finish(doc: dict[str, object], out: TextIO, code: int) -> int:
 
 def refuse_file_destination(spec: TransferSpec) -> None:
     """A file audit log lives under the destination's root, which must then be a directory:
-    not a file that is there, nor the name a file source is written to."""
-    dst = getattr(spec.destination, "path", "")
+    not a file that is there, nor the name a file source is written to (a remote root of
+    '' or '.' is the storage's top, a directory)."""
+    local = spec.destination.kind == "local"
+    where = spec.destination
+    dst = str(getattr(where, "path", None) or getattr(where, "prefix", ""))
     src = getattr(spec.source, "path", "") if spec.source.kind == "local" else ""
-    if os.path.isfile(dst) or (src and os.path.isfile(src) and not dst.endswith("/")):
+    names = not dst.endswith("/") and (local or dst not in ("", "."))
+    if (local and os.path.isfile(dst)) or (src and os.path.isfile(src) and names):
         raise FerryError(
             ErrorKind.USAGE,
             "auditLog: the destination names a file, not a directory to keep the log in "

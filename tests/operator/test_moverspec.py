@@ -432,10 +432,14 @@ def test_record_and_transform_refusals_name_the_field(extra: dict[str, Any], say
     assert "--chmod" not in str(exc.value) and "--chown" not in str(exc.value)
 
 
-def test_a_file_audit_log_needs_a_pvc_destination_in_the_model_and_the_crd():
-    with pytest.raises(ValidationError, match="auditLog as a file needs a pvc destination"):
-        api.TransferJobSpec.model_validate({**PVC_TO_S3, "auditLog": "a.log"})
-    assert api.AUDIT_LOG_RULE in _spec_rules()
+def test_a_file_audit_log_at_any_destination_in_the_model_and_the_crd():
+    """Lifted: a remote destination's mover uploads the file when the run ends."""
+    spec = api.TransferJobSpec.model_validate({**PVC_TO_S3, "auditLog": "a.log"})
+    shard = moverspec.mover_specs(spec, None).shards[0]
+    assert shard.audit_upload() == "a.log" and shard.to_engine()[2].protect == ("a.log",)
+    where = str(moverspec.audit_log_where(spec, "ferry-x"))
+    assert where.startswith("s3 ") and "a.log, uploaded when each run ends" in where
+    assert not any("auditLog" in r["rule"] for r in _spec_rules())
     props = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     audit = props["properties"]["spec"]["properties"]["auditLog"]
     assert audit["pattern"] == api.AUDIT_LOG_PATTERN and audit["maxLength"] == 1024
@@ -500,12 +504,14 @@ def test_chown_needs_the_privileged_namespace_and_names_chown():
     assert exc.value.field == "spec.pod.securityContext.runAsUser" and "chown" in str(exc.value)
 
 
-def test_a_wire_pair_refuses_a_file_audit_log_naming_it():
+def test_a_wire_pair_sends_a_file_audit_log_to_the_receiver():
+    """The sender uploads it over ferry:// to the receiver, which serves the claim's path."""
     spec = {**PVC_TO_PVC, "auditLog": "a.log"}
     tj = api.TransferJobSpec.model_validate(spec)
-    with pytest.raises(moverspec.InvalidSpec) as exc:
-        wirepair.sender(_body(spec), tj, workload.Context(), workload.MoverSettings(), WIRE_IP)
-    assert exc.value.field == "spec.auditLog" and "'-'" in str(exc.value)
+    cm, _ = wirepair.sender(_body(spec), tj, workload.Context(), workload.MoverSettings(), WIRE_IP)
+    shard = ms.TransferSpec.model_validate_json(cm["data"]["spec-0.json"])
+    assert shard.destination.kind == "ferry" and shard.audit_upload() == "a.log"
+    assert shard.to_engine()[2].protect == ("a.log",)
     stdout = {**PVC_TO_PVC, "auditLog": "-"}
     cm, _ = wirepair.sender(
         _body(stdout),

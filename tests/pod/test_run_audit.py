@@ -226,3 +226,22 @@ def test_a_file_destination_has_no_root_for_the_audit_log(tmp_path: Path) -> Non
     out = tmp_path / "out" / "renamed"
     assert (out / "a").read_text() == "a" * 10
     assert [e["path"] for e in _lines((out / "audit.jsonl").read_text())] == ["a"]
+
+
+def test_a_file_source_written_to_a_remote_name_refuses_a_file_audit_log(tmp_path: Path) -> None:
+    """The log would go below the object the file becomes: refused before anything runs."""
+    (tmp_path / "f").write_text("x")
+    doc = {
+        "source": {"kind": "local", "path": str(tmp_path / "f")},
+        "destination": {
+            "kind": "s3",
+            "bucket": "bkt",
+            "prefix": "obj",
+            "endpointUrl": "http://127.0.0.1:9",
+        },
+        "options": {"auditLog": "a.log"},
+    }
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(doc))
+    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
+    assert "auditLog: the destination names a file" in r.summary["message"]
