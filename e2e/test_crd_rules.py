@@ -148,6 +148,8 @@ def test_audit_log_chmod_chown_and_files_from_rules(
     create(pvc_spec(mode="Sync", filesFrom=["a", "b/"], deleteExcluded=True, auditLog="-"))
     create({**pvc_spec(auditLog="-"), "destination": s3})
     create({**pvc_spec(auditLog="logs/a.log"), "destination": s3})
+    lists = {"name": "lists", "key": "nightly.txt"}
+    create(pvc_spec(mode="Sync", filesFromConfigMap=lists, deleteExcluded=True))
     for spec, says in [
         (pvc_spec(auditLog="../up"), "spec.auditLog"),
         (pvc_spec(auditLog="/abs"), "spec.auditLog"),
@@ -155,6 +157,8 @@ def test_audit_log_chmod_chown_and_files_from_rules(
         (pvc_spec(filesFrom=["f"] * 1001), "spec.filesFrom"),
         (pvc_spec(filesFrom=["x" * 1025]), "spec.filesFrom"),
         (pvc_spec(filesFrom=["a"], deleteExcluded=True), "deleteExcluded applies only"),
+        (pvc_spec(filesFrom=["a"], filesFromConfigMap=lists), "filesFrom and filesFromConfigMap"),
+        (pvc_spec(filesFromConfigMap={"name": "lists"}), "spec.filesFromConfigMap.key"),
         ({**pvc_spec(chown="1:1"), "destination": s3}, "chown needs a destination"),
     ]:
         with pytest.raises(ApiException) as exc:

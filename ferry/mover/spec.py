@@ -22,7 +22,7 @@ from pydantic.alias_generators import to_camel
 from ferry.mover import bwtable, profiles, tuning
 from ferry.mover import endpoints as ep
 from ferry.mover import options as op
-from ferry.mover.errors import FerryError
+from ferry.mover.errors import ErrorKind, FerryError
 from ferry.mover.filters import parse_files_from
 
 
@@ -137,6 +137,24 @@ EndpointSpec = Annotated[
 
 
 MAX_FILES_FROM = 10_000  # a TransferJob's inline filesFrom: bounded like its object
+MAX_FILES_FROM_FILE = 1 << 20  # filesFromFile: a ConfigMap holds at most 1 MiB
+
+
+def read_files_from(path: str, what: str = "filesFromConfigMap") -> tuple[str, ...]:
+    """The lines of a mounted file list (a ConfigMap key), read as --files-from reads its
+    file, bounded by what a ConfigMap can hold."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILES_FROM_FILE + 1)
+    except OSError as exc:
+        raise FerryError(ErrorKind.USAGE, f"{what}: cannot read: {exc.strerror}", path) from None
+    if len(data) > MAX_FILES_FROM_FILE:
+        raise FerryError(ErrorKind.USAGE, f"{what}: more than {MAX_FILES_FROM_FILE} bytes", path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FerryError(ErrorKind.USAGE, f"{what}: not UTF-8 (byte {exc.start})", path) from None
+    return parse_files_from(text.splitlines(), what)
 
 
 def check_relative(value: str, what: str) -> str:
@@ -221,6 +239,15 @@ class OptionsSpec(_Model):
     files_from: list[Annotated[str, Field(max_length=4096)]] | None = Field(
         default=None, max_length=MAX_FILES_FROM
     )
+    # The same lines in a mounted file (the TransferJob's filesFromConfigMap); not with filesFrom.
+    files_from_file: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    @field_validator("files_from_file")
+    @classmethod
+    def _one_file_list(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("files_from") is not None:
+            raise ValueError("filesFrom and filesFromFile are exclusive")
+        return value
 
     @field_validator("audit_log")
     @classmethod
@@ -373,9 +400,7 @@ class TransferSpec(_Model):
             delete_excluded=o.delete_excluded,
             chmod=o.chmod,
             chown=o.chown,
-            files_from=None
-            if o.files_from is None
-            else parse_files_from(o.files_from, "filesFrom"),
+            files_from=self._files_from(),
             audit_log=self._audit_file(),
             protect=self._audit_names(),
             shard_index=shard.index,
@@ -408,6 +433,13 @@ class TransferSpec(_Model):
                 ),
             ),
         )
+
+    def _files_from(self) -> tuple[str, ...] | None:
+        """filesFrom's lines, inline or read from the mounted file."""
+        o = self.options
+        if o.files_from_file is not None:
+            return read_files_from(o.files_from_file)
+        return None if o.files_from is None else parse_files_from(o.files_from, "filesFrom")
 
     def audit_name(self, index: int | None = None) -> str | None:
         """The audit log's destination-relative name for shard `index` (this one's by

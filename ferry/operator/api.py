@@ -439,9 +439,10 @@ MAX_DELETE_RULE = {
 DELETE_EXCLUDED_RULE = {
     "rule": "!has(self.deleteExcluded) || !self.deleteExcluded || ((has(self.mode) && "
     "self.mode == 'Sync') && (has(self.filters) || has(self.minSize) || has(self.maxSize) || "
-    "has(self.minAge) || has(self.maxAge) || has(self.filesFrom)))",
+    "has(self.minAge) || has(self.maxAge) || has(self.filesFrom) || "
+    "has(self.filesFromConfigMap)))",
     "message": "deleteExcluded applies only to mode Sync with filters, minSize, maxSize, "
-    "minAge, maxAge or filesFrom",
+    "minAge, maxAge, filesFrom or filesFromConfigMap",
 }
 MIN_FREE_RULE = {
     "rule": "!has(self.minFree) || !has(self.preflight) || self.preflight",
@@ -499,7 +500,19 @@ CHMOD_RULE = {
     "message": "chmod needs a destination that holds modes (not smb)",
 }
 FILES_FROM_MAX = 1000  # entries; each up to 1024 characters
+FILES_FROM_ONE_RULE = {
+    "rule": "!has(self.filesFrom) || !has(self.filesFromConfigMap)",
+    "message": "filesFrom and filesFromConfigMap are exclusive: give the list inline or in a "
+    "ConfigMap",
+}
 FILES_FROM_ROOM = 768 * 1024  # bytes of filesFrom x shards the job's ConfigMap may hold
+
+
+class FilesFromConfigMap(Model):
+    """The ConfigMap key holding a file list (one --files-from line per line)."""
+
+    name: Name
+    key: SecretKey
 
 
 class _RecordAndTransformFields(Model):
@@ -535,6 +548,22 @@ class _RecordAndTransformFields(Model):
         "--files-from's lines: '#' comments and blank lines skipped, no '..'.",
     )
 
+    files_from_config_map: FilesFromConfigMap | None = Field(
+        default=None,
+        description="filesFrom's lines in a key of a ConfigMap in the TransferJob's namespace "
+        "(up to its 1 MiB), mounted into the mover pod and read as --files-from reads a file. "
+        "Exclusive with filesFrom. A missing ConfigMap or key keeps the job Pending, naming it.",
+    )
+
+    @field_validator("files_from_config_map")
+    @classmethod
+    def _one_files_list(
+        cls, value: FilesFromConfigMap | None, info: ValidationInfo
+    ) -> FilesFromConfigMap | None:
+        if value is not None and info.data.get("files_from") is not None:
+            raise ValueError(FILES_FROM_ONE_RULE["message"])
+        return value
+
     @field_validator("chmod", "chown")
     @classmethod
     def _meta_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -562,6 +591,7 @@ class TransferJobSpec(_RecordAndTransformFields):
             DESTINATION_NAMESPACE_RULE,
             CHOWN_RULE,
             CHMOD_RULE,
+            FILES_FROM_ONE_RULE,
         )
     )
 
@@ -689,6 +719,7 @@ class TransferJobSpec(_RecordAndTransformFields):
         filtered = (
             d.get("filters")
             or d.get("files_from") is not None
+            or d.get("files_from_config_map") is not None
             or any(d.get(k) is not None for k in ("min_size", "max_size", "min_age", "max_age"))
         )
         if value and (d.get("mode") != "Sync" or not filtered):

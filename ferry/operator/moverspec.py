@@ -74,7 +74,20 @@ class SecretMount:
     path: str
 
 
-Mount = ClaimMount | SecretMount
+@dataclass(frozen=True, slots=True)
+class ConfigMapMount:
+    """One key of a user's ConfigMap, mounted read-only as the file `path`/`file`."""
+
+    volume: str
+    config_map_name: str
+    key: str
+    path: str
+    file: str
+
+
+Mount = ClaimMount | SecretMount | ConfigMapMount
+FILES_FROM_DIR = "/etc/ferry/files-from"
+FILES_FROM_FILE = f"{FILES_FROM_DIR}/list"
 
 
 @dataclass(slots=True)
@@ -233,6 +246,7 @@ def options(
         chmod=spec.chmod,
         chown=spec.chown,
         files_from=spec.files_from,
+        files_from_file=FILES_FROM_FILE if spec.files_from_config_map is not None else None,
         **given,
     )
 
@@ -281,6 +295,8 @@ def mover_specs(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> Mo
     try:
         source = endpoint(spec.source, "source", mounts)
         destination = endpoint(spec.destination, "destination", mounts)
+        if (ref := spec.files_from_config_map) is not None:
+            mounts.append(ConfigMapMount("files-from", ref.name, ref.key, FILES_FROM_DIR, "list"))
         shards = [
             ms.TransferSpec(
                 source=source,

@@ -536,3 +536,52 @@ def test_the_crd_pattern_and_the_mover_agree_on_any_audit_path(value: str):
     except ValueError:
         mover_ok = False
     assert bool(re.fullmatch(api.AUDIT_LOG_PATTERN, value)) == (mover_ok or value == "-")
+
+
+def test_files_from_a_configmap_is_mounted_and_read_by_the_mover(tmp_path):
+    job = {
+        **PVC_TO_PVC,
+        "mode": "Sync",
+        "deleteExcluded": True,
+        "filesFromConfigMap": {"name": "lists", "key": "a.txt"},
+        "parallelism": {"shards": 2},
+    }
+    spec = api.TransferJobSpec.model_validate(job)
+    specs = moverspec.mover_specs(spec, None)
+    mount = next(m for m in specs.mounts if isinstance(m, moverspec.ConfigMapMount))
+    assert (mount.config_map_name, mount.key, mount.path) == (
+        "lists",
+        "a.txt",
+        "/etc/ferry/files-from",
+    )
+    assert {s.options.files_from_file for s in specs.shards} == {moverspec.FILES_FROM_FILE}
+    assert all(s.options.files_from is None for s in specs.shards)
+    vols, into = workload.volumes(specs.mounts)
+    assert {
+        "name": "files-from",
+        "configMap": {"name": "lists", "items": [{"key": "a.txt", "path": "list"}]},
+    } in vols
+    assert {"name": "files-from", "mountPath": "/etc/ferry/files-from", "readOnly": True} in into
+    # The mover reads the mounted file as --files-from reads one.
+    listed = tmp_path / "list"
+    listed.write_text("# nightly\n/a\nb/\n")
+    doc = json.loads(specs.shards[0].model_dump_json(by_alias=True, exclude_none=True))
+    doc["options"]["filesFromFile"] = str(listed)
+    assert ms.TransferSpec.model_validate(doc).to_engine()[2].files_from == ("a", "b")
+    listed.write_text("ok\nx/../y\n")
+    with pytest.raises(ms.FerryError, match="filesFromConfigMap line 2"):
+        ms.TransferSpec.model_validate(doc).to_engine()
+    listed.write_bytes(b"a\n" * (ms.MAX_FILES_FROM_FILE // 2 + 1))
+    with pytest.raises(ms.FerryError, match="filesFromConfigMap: more than 1048576 bytes"):
+        ms.TransferSpec.model_validate(doc).to_engine()
+
+
+def test_files_from_inline_and_from_a_configmap_are_exclusive():
+    both = {**PVC_TO_PVC, "filesFrom": ["a"], "filesFromConfigMap": {"name": "l", "key": "k"}}
+    with pytest.raises(ValidationError, match="filesFrom and filesFromConfigMap are exclusive"):
+        api.TransferJobSpec.model_validate(both)
+    assert api.FILES_FROM_ONE_RULE in _spec_rules()
+    with pytest.raises(ValidationError, match="key"):
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFromConfigMap": {"name": "l"}})
+    rule = next(r for r in _spec_rules() if r["message"].startswith("deleteExcluded"))
+    assert "has(self.filesFromConfigMap)" in rule["rule"]

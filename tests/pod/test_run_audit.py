@@ -245,3 +245,24 @@ def test_a_file_source_written_to_a_remote_name_refuses_a_file_audit_log(tmp_pat
     spec.write_text(json.dumps(doc))
     r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
     assert "auditLog: the destination names a file" in r.summary["message"]
+
+
+def test_files_from_a_mounted_file(tmp_path: Path) -> None:
+    """filesFromConfigMap: the operator mounts the key and the spec names the file."""
+    _tree(tmp_path)
+    listed = tmp_path / "list"
+    listed.write_text("; the mounted ConfigMap key\nb\n/d/\n")
+    run_ferry(
+        "run", "--spec", _spec(tmp_path, {"filesFromFile": str(listed)}), env=_env(tmp_path / "t")
+    )
+    dst = tmp_path / "dst"
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["b", "d", "d/c"]
+    listed.unlink()
+    r = run_ferry(
+        "run",
+        "--spec",
+        _spec(tmp_path, {"filesFromFile": str(listed)}),
+        env=_env(tmp_path / "t"),
+        check_rc=2,
+    )
+    assert "filesFromConfigMap: cannot read" in r.summary["message"]
