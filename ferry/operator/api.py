@@ -986,6 +986,12 @@ class Result(_ResultBase):  # type: ignore[misc,valid-type]  # fields from the e
         default=None, description="Preserved properties the destination did not keep."
     )
     shards_reported: int = 0
+    audit_log_errors: list[Annotated[str, Field(max_length=512)]] | None = Field(
+        default=None,
+        max_length=20,
+        description="Why a shard's file audit log could not be uploaded to a remote "
+        "destination (the transfer's own outcome stands).",
+    )
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]

@@ -107,7 +107,7 @@ def _run(spec_path: str, out: list[TextIO]) -> int:
             doc["auditLog"] = remote
         except Exception as exc:  # kept or not, the transfer's outcome stands
             log.debug("audit log upload failed", exc_info=True)
-            doc["auditLogError"] = audit_upload.failure(exc, remote)
+            doc["auditLogError"] = audit_upload.failure(exc, remote)[:512]
             say(f"ferry: warning: {doc['auditLogError']}", "warning")
     return _finish(doc, out[0], int(summary.exit_code))
 
