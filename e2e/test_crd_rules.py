@@ -129,8 +129,8 @@ def test_refused_spec_stays_editable_until_a_job_exists(
 def test_audit_log_chmod_chown_and_files_from_rules(
     crds: None, api: client.ApiClient, namespace: str
 ) -> None:
-    """The audit log, chmod, chown and filesFrom on the API server (dry run: nothing stored): auditLog's pattern and its
-    pvc-destination rule, filesFrom's bounds and deleteExcluded with filesFrom."""
+    """The audit log, chmod, chown and filesFrom on the API server (dry run: nothing stored): auditLog's pattern (a
+    file at any destination: uploaded to a remote one), filesFrom's bounds and deleteExcluded with filesFrom."""
     custom = client.CustomObjectsApi(api)
     body: Obj = {
         "apiVersion": f"{G}/{V}",
@@ -147,14 +147,18 @@ def test_audit_log_chmod_chown_and_files_from_rules(
     create(pvc_spec(auditLog="audit/run.jsonl", chmod="D755,F644", chown="1000:1000"))
     create(pvc_spec(mode="Sync", filesFrom=["a", "b/"], deleteExcluded=True, auditLog="-"))
     create({**pvc_spec(auditLog="-"), "destination": s3})
+    create({**pvc_spec(auditLog="logs/a.log"), "destination": s3})
+    lists = {"name": "lists", "key": "nightly.txt"}
+    create(pvc_spec(mode="Sync", filesFromConfigMap=lists, deleteExcluded=True))
     for spec, says in [
         (pvc_spec(auditLog="../up"), "spec.auditLog"),
         (pvc_spec(auditLog="/abs"), "spec.auditLog"),
         (pvc_spec(auditLog="a//b"), "spec.auditLog"),
-        ({**pvc_spec(auditLog="a.log"), "destination": s3}, "auditLog as a file needs a pvc"),
         (pvc_spec(filesFrom=["f"] * 1001), "spec.filesFrom"),
         (pvc_spec(filesFrom=["x" * 1025]), "spec.filesFrom"),
         (pvc_spec(filesFrom=["a"], deleteExcluded=True), "deleteExcluded applies only"),
+        (pvc_spec(filesFrom=["a"], filesFromConfigMap=lists), "filesFrom and filesFromConfigMap"),
+        (pvc_spec(filesFromConfigMap={"name": "lists"}), "spec.filesFromConfigMap.key"),
         ({**pvc_spec(chown="1:1"), "destination": s3}, "chown needs a destination"),
     ]:
         with pytest.raises(ApiException) as exc:

@@ -1487,3 +1487,31 @@ def test_dry_run_plan_on_the_movers_stdout_is_in_its_pod_log(env: Env) -> None:
         "d/b.bin": 2000,
     }
     assert not any(dst.iterdir())
+
+
+def test_files_from_a_configmap_waits_for_it_then_copies_only_the_list(env: Env) -> None:
+    """filesFromConfigMap: while the ConfigMap is missing the TransferJob says so (Pending,
+    naming it); once created, the mover reads the mounted key as --files-from."""
+    src, dst = env.pvc("src"), env.pvc("dst")
+    seed(src, {"a.bin": 1000, "d/b.bin": 2000, "e/skip.bin": 300})
+    ref = {"name": "lists", "key": "wanted.txt"}
+    env.create("transferjobs", "listed", pvc_spec("src", "dst", "out", filesFromConfigMap=ref))
+
+    def waiting() -> Obj | None:
+        st = env.tj("listed").get("status") or {}
+        return st if st.get("reason") == "ConfigMapNotFound" else None
+
+    st = wait_for("Pending naming the missing ConfigMap", waiting, timeout=120)
+    assert st["phase"] == "Pending" and "ConfigMap lists not found" in st["message"]
+    body = {"metadata": {"name": "lists"}, "data": {"wanted.txt": "# two of three\na.bin\n/d/\n"}}
+    env.core.create_namespaced_config_map(env.ns, body)  # type: ignore[arg-type]
+
+    def ended() -> Obj | None:
+        st = env.tj("listed").get("status") or {}
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    st = wait_for("the transfer to end", ended, timeout=300)
+    assert st["phase"] == "Succeeded", json.dumps(st.get("result"))
+    assert st["result"]["filesCopied"] == 2
+    out = dst / "out"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["a.bin", "d", "d/b.bin"]

@@ -16,7 +16,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -138,6 +137,24 @@ EndpointSpec = Annotated[
 
 
 MAX_FILES_FROM = 10_000  # a TransferJob's inline filesFrom: bounded like its object
+MAX_FILES_FROM_FILE = 1 << 20  # filesFromFile: a ConfigMap holds at most 1 MiB
+
+
+def read_files_from(path: str, what: str = "filesFromConfigMap") -> tuple[str, ...]:
+    """The lines of a mounted file list (a ConfigMap key), read as --files-from reads its
+    file, bounded by what a ConfigMap can hold."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILES_FROM_FILE + 1)
+    except OSError as exc:
+        raise FerryError(ErrorKind.USAGE, f"{what}: cannot read: {exc.strerror}", path) from None
+    if len(data) > MAX_FILES_FROM_FILE:
+        raise FerryError(ErrorKind.USAGE, f"{what}: more than {MAX_FILES_FROM_FILE} bytes", path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FerryError(ErrorKind.USAGE, f"{what}: not UTF-8 (byte {exc.start})", path) from None
+    return parse_files_from(text.splitlines(), what)
 
 
 def check_relative(value: str, what: str) -> str:
@@ -213,7 +230,8 @@ class OptionsSpec(_Model):
     max_age: str | None = None
     update: bool = False
     delete_excluded: bool = False
-    # '-' (stdout) or a path relative to a local destination's root; rsync's --chmod and
+    # '-' (stdout) or a path relative to the destination's root (written there in a local
+    # one, uploaded when the run ends to a remote one: ferry.pod.audit_upload); rsync's --chmod and
     # --chown; --files-from's lines (the TransferJob's filesFrom), read by the CLI's parser.
     audit_log: str | None = Field(default=None, min_length=1, max_length=1024)
     chmod: str | None = Field(default=None, min_length=1, max_length=1024)
@@ -221,6 +239,15 @@ class OptionsSpec(_Model):
     files_from: list[Annotated[str, Field(max_length=4096)]] | None = Field(
         default=None, max_length=MAX_FILES_FROM
     )
+    # The same lines in a mounted file (the TransferJob's filesFromConfigMap); not with filesFrom.
+    files_from_file: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    @field_validator("files_from_file")
+    @classmethod
+    def _one_file_list(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("files_from") is not None:
+            raise ValueError("filesFrom and filesFromFile are exclusive")
+        return value
 
     @field_validator("audit_log")
     @classmethod
@@ -373,9 +400,7 @@ class TransferSpec(_Model):
             delete_excluded=o.delete_excluded,
             chmod=o.chmod,
             chown=o.chown,
-            files_from=None
-            if o.files_from is None
-            else parse_files_from(o.files_from, "filesFrom"),
+            files_from=self._files_from(),
             audit_log=self._audit_file(),
             protect=self._audit_names(),
             shard_index=shard.index,
@@ -409,6 +434,13 @@ class TransferSpec(_Model):
             ),
         )
 
+    def _files_from(self) -> tuple[str, ...] | None:
+        """filesFrom's lines, inline or read from the mounted file."""
+        o = self.options
+        if o.files_from_file is not None:
+            return read_files_from(o.files_from_file)
+        return None if o.files_from is None else parse_files_from(o.files_from, "filesFrom")
+
     def audit_name(self, index: int | None = None) -> str | None:
         """The audit log's destination-relative name for shard `index` (this one's by
         default): one file per shard, `NAME.INDEX`, so no two pods write one file."""
@@ -426,31 +458,22 @@ class TransferSpec(_Model):
         return tuple(n for n in names if n is not None)
 
     def _audit_file(self) -> str | None:
-        """Where the engine appends the audit log: stdout, or its name under a local
-        destination's root (written there directly)."""
+        """Where the engine appends the audit log: stdout, its name under a local
+        destination's root (written there directly), or None when the destination is remote
+        (the pod writes a temp file and uploads it, `audit_upload`)."""
         if self.options.audit_log == "-":
             return "-"
         name = self.audit_name()
-        if name is None:
+        if name is None or not isinstance(self.destination, LocalSpec):
             return None
-        if not isinstance(self.destination, LocalSpec):  # a copy made without validation
-            raise FerryError(
-                ErrorKind.USAGE,
-                f"auditLog: a file needs a volume destination, not {self.destination.kind}",
-            )
         return self.destination.path.rstrip("/") + "/" + name
 
-    @model_validator(mode="after")
-    def _audit_log_local(self) -> TransferSpec:
-        """A file audit log is written where the destination is mounted; at another kind it
-        would have to be uploaded afterwards, which the mover does not do: refused."""
-        kind = self.destination.kind
-        if self.options.audit_log not in (None, "-") and kind != "local":
-            raise ValueError(
-                f"options.auditLog: a file audit log needs a volume destination, not {kind} "
-                "(use '-' for the mover's stdout)"
-            )
-        return self
+    def audit_upload(self) -> str | None:
+        """The destination-relative name this shard's audit log is uploaded to when the run
+        ends: a file audit log at a remote (s3, sftp, smb, ferry) destination."""
+        if isinstance(self.destination, LocalSpec):
+            return None
+        return self.audit_name()
 
 
 def spec_errors(exc: ValidationError) -> str:

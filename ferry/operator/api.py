@@ -439,9 +439,10 @@ MAX_DELETE_RULE = {
 DELETE_EXCLUDED_RULE = {
     "rule": "!has(self.deleteExcluded) || !self.deleteExcluded || ((has(self.mode) && "
     "self.mode == 'Sync') && (has(self.filters) || has(self.minSize) || has(self.maxSize) || "
-    "has(self.minAge) || has(self.maxAge) || has(self.filesFrom)))",
+    "has(self.minAge) || has(self.maxAge) || has(self.filesFrom) || "
+    "has(self.filesFromConfigMap)))",
     "message": "deleteExcluded applies only to mode Sync with filters, minSize, maxSize, "
-    "minAge, maxAge or filesFrom",
+    "minAge, maxAge, filesFrom or filesFromConfigMap",
 }
 MIN_FREE_RULE = {
     "rule": "!has(self.minFree) || !has(self.preflight) || self.preflight",
@@ -489,11 +490,6 @@ DESTINATION_NAMESPACE_RULE = {
 # '-' (the mover's stdout) or a relative path of such segments.
 _SEGMENT = r"([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)"
 AUDIT_LOG_PATTERN = rf"^(-|{_SEGMENT}(/{_SEGMENT})*)$"
-AUDIT_LOG_RULE = {
-    "rule": "!has(self.auditLog) || self.auditLog == '-' || has(self.destination.pvc)",
-    "message": "auditLog as a file needs a pvc destination (it is written there); use '-' for "
-    "the mover's stdout",
-}
 # What the mover would refuse at the destination (its `holds`), said at admission instead.
 CHOWN_RULE = {
     "rule": "!has(self.chown) || has(self.destination.pvc) || has(self.destination.ferry)",
@@ -504,7 +500,19 @@ CHMOD_RULE = {
     "message": "chmod needs a destination that holds modes (not smb)",
 }
 FILES_FROM_MAX = 1000  # entries; each up to 1024 characters
+FILES_FROM_ONE_RULE = {
+    "rule": "!has(self.filesFrom) || !has(self.filesFromConfigMap)",
+    "message": "filesFrom and filesFromConfigMap are exclusive: give the list inline or in a "
+    "ConfigMap",
+}
 FILES_FROM_ROOM = 768 * 1024  # bytes of filesFrom x shards the job's ConfigMap may hold
+
+
+class FilesFromConfigMap(Model):
+    """The ConfigMap key holding a file list (one --files-from line per line)."""
+
+    name: Name
+    key: SecretKey
 
 
 class _RecordAndTransformFields(Model):
@@ -515,9 +523,10 @@ class _RecordAndTransformFields(Model):
         max_length=1024,
         pattern=AUDIT_LOG_PATTERN,
         description="One JSON line per decision and action (--audit-log): '-' for the mover's "
-        "stdout (kubectl logs; the summary then goes to stderr), or a path relative to the pvc "
-        "destination's root, written there (NAME.INDEX per shard) and never copied, compared or "
-        "deleted by the transfer. A dry run's plan is read there.",
+        "stdout (kubectl logs; the summary then goes to stderr), or a path relative to the "
+        "destination's root (NAME.INDEX per shard), never copied, compared or deleted by the "
+        "transfer: written there directly in a pvc, uploaded when the run ends elsewhere (s3, "
+        "sftp, smb, ferry; each run replaces it). A dry run's plan is read there.",
     )
     chmod: str | None = Field(
         default=None,
@@ -538,6 +547,22 @@ class _RecordAndTransformFields(Model):
         description="Only these source-relative paths (and all below a listed directory), as "
         "--files-from's lines: '#' comments and blank lines skipped, no '..'.",
     )
+
+    files_from_config_map: FilesFromConfigMap | None = Field(
+        default=None,
+        description="filesFrom's lines in a key of a ConfigMap in the TransferJob's namespace "
+        "(up to its 1 MiB), mounted into the mover pod and read as --files-from reads a file. "
+        "Exclusive with filesFrom. A missing ConfigMap or key keeps the job Pending, naming it.",
+    )
+
+    @field_validator("files_from_config_map")
+    @classmethod
+    def _one_files_list(
+        cls, value: FilesFromConfigMap | None, info: ValidationInfo
+    ) -> FilesFromConfigMap | None:
+        if value is not None and info.data.get("files_from") is not None:
+            raise ValueError(FILES_FROM_ONE_RULE["message"])
+        return value
 
     @field_validator("chmod", "chown")
     @classmethod
@@ -564,9 +589,9 @@ class TransferJobSpec(_RecordAndTransformFields):
             COMPRESSION_ON_RULE,
             SOURCE_NAMESPACE_RULE,
             DESTINATION_NAMESPACE_RULE,
-            AUDIT_LOG_RULE,
             CHOWN_RULE,
             CHMOD_RULE,
+            FILES_FROM_ONE_RULE,
         )
     )
 
@@ -694,6 +719,7 @@ class TransferJobSpec(_RecordAndTransformFields):
         filtered = (
             d.get("filters")
             or d.get("files_from") is not None
+            or d.get("files_from_config_map") is not None
             or any(d.get(k) is not None for k in ("min_size", "max_size", "min_age", "max_age"))
         )
         if value and (d.get("mode") != "Sync" or not filtered):
@@ -761,10 +787,8 @@ class TransferJobSpec(_RecordAndTransformFields):
 
     @model_validator(mode="after")
     def _record_and_transform_checks(self) -> TransferJobSpec:
-        """A file audit log is written in a pvc destination; filesFrom fits the ConfigMap
-        that carries it once per shard."""
-        if self.audit_log not in (None, "-") and self.destination.pvc is None:
-            raise ValueError(f"auditLog: {AUDIT_LOG_RULE['message']}")
+        """chown/chmod where the destination holds them; filesFrom fits the ConfigMap that
+        carries it once per shard."""
         dst = self.destination
         if self.chown is not None and dst.pvc is None and dst.ferry is None:
             raise ValueError(CHOWN_RULE["message"])
@@ -962,6 +986,12 @@ class Result(_ResultBase):  # type: ignore[misc,valid-type]  # fields from the e
         default=None, description="Preserved properties the destination did not keep."
     )
     shards_reported: int = 0
+    audit_log_errors: list[Annotated[str, Field(max_length=512)]] | None = Field(
+        default=None,
+        max_length=20,
+        description="Why a shard's file audit log could not be uploaded to a remote "
+        "destination (the transfer's own outcome stands).",
+    )
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]

@@ -74,7 +74,20 @@ class SecretMount:
     path: str
 
 
-Mount = ClaimMount | SecretMount
+@dataclass(frozen=True, slots=True)
+class ConfigMapMount:
+    """One key of a user's ConfigMap, mounted read-only as the file `path`/`file`."""
+
+    volume: str
+    config_map_name: str
+    key: str
+    path: str
+    file: str
+
+
+Mount = ClaimMount | SecretMount | ConfigMapMount
+FILES_FROM_DIR = "/etc/ferry/files-from"
+FILES_FROM_FILE = f"{FILES_FROM_DIR}/list"
 
 
 @dataclass(slots=True)
@@ -233,6 +246,7 @@ def options(
         chmod=spec.chmod,
         chown=spec.chown,
         files_from=spec.files_from,
+        files_from_file=FILES_FROM_FILE if spec.files_from_config_map is not None else None,
         **given,
     )
 
@@ -244,12 +258,27 @@ def audit_log_where(spec: api.TransferJobSpec, job_name: str) -> str | None:
     n = spec.shard_count()
     if spec.audit_log == "-":
         return f"the mover pods' stdout: kubectl logs -l job-name={job_name} --tail=-1"
-    pvc = spec.destination.pvc
-    assert pvc is not None  # api: a file audit log needs a pvc destination
-    sub = pvc.path.strip("/")
-    where = f"{sub}/{spec.audit_log}" if sub else spec.audit_log
     shards = f".0 to .{n - 1} (one file per shard)" if n > 1 else ""
-    return f"pvc {pvc.claim_name}: {where}{shards}"
+    dst = spec.destination
+    if dst.pvc is not None:
+        return f"pvc {dst.pvc.claim_name}: {_under(dst.pvc.path, spec.audit_log)}{shards}"
+    rel = spec.audit_log
+    if dst.s3 is not None:
+        at = f"s3 {dst.s3.bucket}: {_under(dst.s3.prefix, rel)}"
+    elif dst.sftp is not None:
+        at = f"sftp {dst.sftp.host}: {_under(dst.sftp.path, rel)}"
+    elif dst.smb is not None:
+        at = f"smb {dst.smb.host}/{dst.smb.share}: {_under(dst.smb.path, rel)}"
+    else:
+        assert dst.ferry is not None
+        at = f"ferry {dst.ferry.host}:{dst.ferry.port}: {_under(dst.ferry.path, rel)}"
+    return f"{at}{shards}, uploaded when each run ends (replacing the last run's)"
+
+
+def _under(root: str, rel: str) -> str:
+    """`rel` below the endpoint's root directory, as a user finds it there."""
+    sub = root.strip("/")
+    return f"{sub}/{rel}" if sub and sub != "." else rel
 
 
 def delete_share(max_delete: int | None, index: int, shards: int) -> int | None:
@@ -266,6 +295,8 @@ def mover_specs(spec: api.TransferJobSpec, pool: api.MoverPoolSpec | None) -> Mo
     try:
         source = endpoint(spec.source, "source", mounts)
         destination = endpoint(spec.destination, "destination", mounts)
+        if (ref := spec.files_from_config_map) is not None:
+            mounts.append(ConfigMapMount("files-from", ref.name, ref.key, FILES_FROM_DIR, "list"))
         shards = [
             ms.TransferSpec(
                 source=source,

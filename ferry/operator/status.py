@@ -287,6 +287,10 @@ def failure_reason(found: list[PodOutcome]) -> tuple[str, str]:
     return reason, f"shard {last.index} pod {last.name} exited {last.exit_code}"
 
 
+MAX_AUDIT_LOG_ERRORS = 20  # one per shard that could not keep its audit log, at most
+AUDIT_LOG_ERROR_CHARS = 512
+
+
 def result(found: list[PodOutcome], shards: int) -> dict[str, Any] | None:
     """Sum the final summary of every shard into `status.result`."""
     per_shard = final_per_shard(found)
@@ -299,8 +303,12 @@ def result(found: list[PodOutcome], shards: int) -> dict[str, Any] | None:
     head = failing[0] if failing else summaries[0]
     errors: list[dict[str, Any]] = []
     dropped: set[object] = set()
+    audit_errors: list[str] = []  # a pod's word: strings only, bounded
     for s in summaries:
         errors.extend(s.get("errors") or [])
+        why = s.get("auditLogError")
+        if isinstance(why, str) and len(audit_errors) < MAX_AUDIT_LOG_ERRORS:
+            audit_errors.append(why[:AUDIT_LOG_ERROR_CHARS])
         names = s.get("preserveDropped")
         if isinstance(names, list):
             dropped.update(n for n in names[: len(PRESERVE_FLAGS)] if isinstance(n, str))
@@ -316,6 +324,8 @@ def result(found: list[PodOutcome], shards: int) -> dict[str, Any] | None:
         "preserveDropped": [f for f in PRESERVE_FLAGS if f in dropped],
         "shardsReported": len(summaries),
     }
+    if audit_errors:
+        out["auditLogErrors"] = audit_errors
     del shards
     return out
 

@@ -55,6 +55,9 @@ def parse_spec(body: dict[str, Any]) -> api.TransferJobSpec:
 RETRY_REASONS = ("Forbidden", wirepair.CROSS_NAMESPACE_REFUSED)
 # Status reasons that wait for a MoverPool: retried when that pool changes.
 POOL_REASONS = ("PoolNotFound", "PoolInvalid")
+# filesFromConfigMap names what is not there: the mover pod waits for it to be created.
+FILES_LIST_MISSING = "ConfigMapNotFound"
+FILES_LIST_KEY_MISSING = "ConfigMapKeyNotFound"
 _DEFAULT_STALL = api.TransferJobSpec.model_fields["stall_timeout_seconds"].default
 
 
@@ -258,6 +261,8 @@ class TransferJobReconciler:
             else self.kube.list_pods(ns, f"{workload.LABEL_TRANSFERJOB}={name}")
         )
         new = status.compute(body, spec, job, pods, now)
+        if new["phase"] == "Pending" and (missing := self._missing_files_list(ns, spec)):
+            new |= _pending(body, missing[0], missing[1], now)
         new["jobName"] = job_name
         if (audit := moverspec.audit_log_where(spec, job_name)) is not None:
             new["auditLog"] = audit
@@ -269,6 +274,25 @@ class TransferJobReconciler:
         elif ttl := _newly_true(old, new, gitops.TTL_CONDITION):
             warning = (gitops.TTL_CONDITION, ttl)
         return _unless_changed(body, Outcome(new, warning, created=created), changed, now)
+
+    def _missing_files_list(self, ns: str, spec: api.TransferJobSpec) -> tuple[str, str] | None:
+        """(reason, message) when filesFromConfigMap names a ConfigMap or key that is not
+        there: the mover pod cannot mount it and waits, so the TransferJob says which."""
+        ref = spec.files_from_config_map
+        if ref is None:
+            return None
+        cm = self.kube.read("ConfigMap", ns, ref.name)
+        if cm is None:
+            return FILES_LIST_MISSING, (
+                f"spec.filesFromConfigMap: ConfigMap {ref.name} not found in namespace {ns} "
+                "(the mover pod starts once it exists)"
+            )
+        if ref.key not in (cm.get("data") or {}) and ref.key not in (cm.get("binaryData") or {}):
+            return FILES_LIST_KEY_MISSING, (
+                f"spec.filesFromConfigMap: ConfigMap {ref.name} has no key {ref.key} "
+                "(the mover pod starts once it does)"
+            )
+        return None
 
     def _exists(self, body: dict[str, Any]) -> bool:
         """Whether this very TransferJob (same uid) still exists: read before rebuilding a Job

@@ -23,7 +23,14 @@ from ferry.mover import host
 from ferry.mover.errors import ErrorKind
 from ferry.mover.spec import TransferSpec
 from ferry.operator import api
-from ferry.operator.moverspec import ClaimMount, InvalidSpec, Mount, check_overlap, mover_specs
+from ferry.operator.moverspec import (
+    ClaimMount,
+    ConfigMapMount,
+    InvalidSpec,
+    Mount,
+    check_overlap,
+    mover_specs,
+)
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -125,6 +132,12 @@ def volumes(mounts: list[Mount]) -> tuple[list[dict[str, Any]], list[dict[str, A
             claim = {"claimName": m.claim_name, "readOnly": m.read_only}
             vols.append({"name": m.volume, "persistentVolumeClaim": claim})
             into.append({"name": m.volume, "mountPath": m.path, "readOnly": m.read_only})
+        elif isinstance(m, ConfigMapMount):
+            items = [{"key": m.key, "path": m.file}]
+            vols.append(
+                {"name": m.volume, "configMap": {"name": m.config_map_name, "items": items}}
+            )
+            into.append({"name": m.volume, "mountPath": m.path, "readOnly": True})
         else:
             items = [{"key": k, "path": k} for k in dict.fromkeys(m.keys)]
             secret = {"secretName": m.secret_name, "defaultMode": 0o400, "items": items}

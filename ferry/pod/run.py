@@ -11,6 +11,7 @@ JSON lines): the summary and errors then go to stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -89,19 +90,46 @@ def _run(spec_path: str, out: list[TextIO]) -> int:
     elif options.audit_log is not None:
         refuse_file_destination(spec)
         make_parents(options.audit_log)
-    summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
-    text = summary.dumps()
-    print(text, file=out[0])
+    remote = spec.audit_upload()
+    if remote is not None:
+        refuse_file_destination(spec)
+    if remote is None:
+        summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
+        return _finish(summary.to_json(), out[0], int(summary.exit_code))
+    from ferry.pod import audit_upload
+
+    with audit_upload.temp_file() as local:
+        options = dataclasses.replace(options, audit_log=local)
+        summary = run_transfer(src, dst, options, sink=MultiSink(pod_sinks()))
+        doc = summary.to_json()
+        try:
+            audit_upload.upload(local, dst, remote)
+            doc["auditLog"] = remote
+        except Exception as exc:  # kept or not, the transfer's outcome stands
+            log.debug("audit log upload failed", exc_info=True)
+            doc["auditLogError"] = audit_upload.failure(exc, remote)[:512]
+            say(f"ferry: warning: {doc['auditLogError']}", "warning")
+    return _finish(doc, out[0], int(summary.exit_code))
+
+
+def _finish(doc: dict[str, object], out: TextIO, code: int) -> int:
+    """Print the final summary and leave it as the termination message."""
+    text = json.dumps(doc, separators=(",", ":"))
+    print(text, file=out)
     write_termination_message(text)
-    return int(summary.exit_code)
+    return code
 
 
 def refuse_file_destination(spec: TransferSpec) -> None:
     """A file audit log lives under the destination's root, which must then be a directory:
-    not a file that is there, nor the name a file source is written to."""
-    dst = getattr(spec.destination, "path", "")
+    not a file that is there, nor the name a file source is written to (a remote root of
+    '' or '.' is the storage's top, a directory)."""
+    local = spec.destination.kind == "local"
+    where = spec.destination
+    dst = str(getattr(where, "path", None) or getattr(where, "prefix", ""))
     src = getattr(spec.source, "path", "") if spec.source.kind == "local" else ""
-    if os.path.isfile(dst) or (src and os.path.isfile(src) and not dst.endswith("/")):
+    names = not dst.endswith("/") and (local or dst not in ("", "."))
+    if (local and os.path.isfile(dst)) or (src and os.path.isfile(src) and names):
         raise FerryError(
             ErrorKind.USAGE,
             "auditLog: the destination names a file, not a directory to keep the log in "

@@ -432,10 +432,14 @@ def test_record_and_transform_refusals_name_the_field(extra: dict[str, Any], say
     assert "--chmod" not in str(exc.value) and "--chown" not in str(exc.value)
 
 
-def test_a_file_audit_log_needs_a_pvc_destination_in_the_model_and_the_crd():
-    with pytest.raises(ValidationError, match="auditLog as a file needs a pvc destination"):
-        api.TransferJobSpec.model_validate({**PVC_TO_S3, "auditLog": "a.log"})
-    assert api.AUDIT_LOG_RULE in _spec_rules()
+def test_a_file_audit_log_at_any_destination_in_the_model_and_the_crd():
+    """Lifted: a remote destination's mover uploads the file when the run ends."""
+    spec = api.TransferJobSpec.model_validate({**PVC_TO_S3, "auditLog": "a.log"})
+    shard = moverspec.mover_specs(spec, None).shards[0]
+    assert shard.audit_upload() == "a.log" and shard.to_engine()[2].protect == ("a.log",)
+    where = str(moverspec.audit_log_where(spec, "ferry-x"))
+    assert where.startswith("s3 ") and "a.log, uploaded when each run ends" in where
+    assert not any("auditLog" in r["rule"] for r in _spec_rules())
     props = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     audit = props["properties"]["spec"]["properties"]["auditLog"]
     assert audit["pattern"] == api.AUDIT_LOG_PATTERN and audit["maxLength"] == 1024
@@ -500,12 +504,14 @@ def test_chown_needs_the_privileged_namespace_and_names_chown():
     assert exc.value.field == "spec.pod.securityContext.runAsUser" and "chown" in str(exc.value)
 
 
-def test_a_wire_pair_refuses_a_file_audit_log_naming_it():
+def test_a_wire_pair_sends_a_file_audit_log_to_the_receiver():
+    """The sender uploads it over ferry:// to the receiver, which serves the claim's path."""
     spec = {**PVC_TO_PVC, "auditLog": "a.log"}
     tj = api.TransferJobSpec.model_validate(spec)
-    with pytest.raises(moverspec.InvalidSpec) as exc:
-        wirepair.sender(_body(spec), tj, workload.Context(), workload.MoverSettings(), WIRE_IP)
-    assert exc.value.field == "spec.auditLog" and "'-'" in str(exc.value)
+    cm, _ = wirepair.sender(_body(spec), tj, workload.Context(), workload.MoverSettings(), WIRE_IP)
+    shard = ms.TransferSpec.model_validate_json(cm["data"]["spec-0.json"])
+    assert shard.destination.kind == "ferry" and shard.audit_upload() == "a.log"
+    assert shard.to_engine()[2].protect == ("a.log",)
     stdout = {**PVC_TO_PVC, "auditLog": "-"}
     cm, _ = wirepair.sender(
         _body(stdout),
@@ -530,3 +536,52 @@ def test_the_crd_pattern_and_the_mover_agree_on_any_audit_path(value: str):
     except ValueError:
         mover_ok = False
     assert bool(re.fullmatch(api.AUDIT_LOG_PATTERN, value)) == (mover_ok or value == "-")
+
+
+def test_files_from_a_configmap_is_mounted_and_read_by_the_mover(tmp_path):
+    job = {
+        **PVC_TO_PVC,
+        "mode": "Sync",
+        "deleteExcluded": True,
+        "filesFromConfigMap": {"name": "lists", "key": "a.txt"},
+        "parallelism": {"shards": 2},
+    }
+    spec = api.TransferJobSpec.model_validate(job)
+    specs = moverspec.mover_specs(spec, None)
+    mount = next(m for m in specs.mounts if isinstance(m, moverspec.ConfigMapMount))
+    assert (mount.config_map_name, mount.key, mount.path) == (
+        "lists",
+        "a.txt",
+        "/etc/ferry/files-from",
+    )
+    assert {s.options.files_from_file for s in specs.shards} == {moverspec.FILES_FROM_FILE}
+    assert all(s.options.files_from is None for s in specs.shards)
+    vols, into = workload.volumes(specs.mounts)
+    assert {
+        "name": "files-from",
+        "configMap": {"name": "lists", "items": [{"key": "a.txt", "path": "list"}]},
+    } in vols
+    assert {"name": "files-from", "mountPath": "/etc/ferry/files-from", "readOnly": True} in into
+    # The mover reads the mounted file as --files-from reads one.
+    listed = tmp_path / "list"
+    listed.write_text("# nightly\n/a\nb/\n")
+    doc = json.loads(specs.shards[0].model_dump_json(by_alias=True, exclude_none=True))
+    doc["options"]["filesFromFile"] = str(listed)
+    assert ms.TransferSpec.model_validate(doc).to_engine()[2].files_from == ("a", "b")
+    listed.write_text("ok\nx/../y\n")
+    with pytest.raises(ms.FerryError, match="filesFromConfigMap line 2"):
+        ms.TransferSpec.model_validate(doc).to_engine()
+    listed.write_bytes(b"a\n" * (ms.MAX_FILES_FROM_FILE // 2 + 1))
+    with pytest.raises(ms.FerryError, match="filesFromConfigMap: more than 1048576 bytes"):
+        ms.TransferSpec.model_validate(doc).to_engine()
+
+
+def test_files_from_inline_and_from_a_configmap_are_exclusive():
+    both = {**PVC_TO_PVC, "filesFrom": ["a"], "filesFromConfigMap": {"name": "l", "key": "k"}}
+    with pytest.raises(ValidationError, match="filesFrom and filesFromConfigMap are exclusive"):
+        api.TransferJobSpec.model_validate(both)
+    assert api.FILES_FROM_ONE_RULE in _spec_rules()
+    with pytest.raises(ValidationError, match="key"):
+        api.TransferJobSpec.model_validate({**PVC_TO_PVC, "filesFromConfigMap": {"name": "l"}})
+    rule = next(r for r in _spec_rules() if r["message"].startswith("deleteExcluded"))
+    assert "has(self.filesFromConfigMap)" in rule["rule"]

@@ -472,3 +472,33 @@ def test_chown_in_a_namespace_without_privileged_movers_is_refused_naming_chown(
     out = r.reconcile(transferjob({**PVC_TO_PVC, "chown": "backup:backup"}), NOW)
     assert out.status["reason"] == "PrivilegeNotGranted" and kube.created == []
     assert out.status["message"].startswith("spec.chown: chown needs root")
+
+
+def test_a_missing_files_list_configmap_or_key_keeps_it_pending_naming_them():
+    """filesFromConfigMap: the Job is built (the kubelet mounts the key once it exists), and
+    while it is not there the TransferJob says which ConfigMap and key it waits for."""
+    r, kube, _, _ = reconciler()
+    spec = {**PVC_TO_PVC, "filesFromConfigMap": {"name": "lists", "key": "nightly.txt"}}
+    body = transferjob(spec)
+    out = r.reconcile(body, NOW)
+    assert out.status["phase"] == "Pending" and out.status["reason"] == "ConfigMapNotFound"
+    assert "ConfigMap lists not found" in out.status["message"]
+    assert "spec.filesFromConfigMap" in out.status["message"]
+    pod = kube.objects[("Job", "ferry-copy-a")]["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "files-from")
+    assert vol["configMap"] == {"name": "lists", "items": [{"key": "nightly.txt", "path": "list"}]}
+    stalled = next(c for c in out.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "ConfigMapNotFound"
+
+    body["status"] = out.status
+    kube.objects[("ConfigMap", "lists")] = {"data": {"other": "a\n"}}
+    out = r.reconcile(body, NOW + timedelta(seconds=5))
+    assert out.status["reason"] == "ConfigMapKeyNotFound"
+    assert "ConfigMap lists has no key nightly.txt" in out.status["message"]
+
+    body["status"] = out.status
+    kube.objects[("ConfigMap", "lists")] = {"data": {"nightly.txt": "a\n"}}
+    out = r.reconcile(body, NOW + timedelta(seconds=10))
+    assert out.status["phase"] == "Pending" and out.status["reason"] == "Waiting"
+    stalled = next(c for c in out.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"

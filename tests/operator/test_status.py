@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ferry.operator import api, status
-from tests.operator.fixtures import PVC_TO_PVC, job, pod, summary, transferjob
+from tests.operator.fixtures import PVC_TO_PVC, PVC_TO_S3, job, pod, summary, transferjob
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 
@@ -220,3 +220,19 @@ def test_finishing_between_mover_exit_and_job_complete_stays_running():
     pods = [pod("p0", 0, "Succeeded", 0, summary(filesCopied=1))]
     p = compute(j=job(succeeded=1), pods=pods, st={"phase": "Running"})
     assert (p["phase"], p["reason"]) == ("Running", "Finishing")
+
+
+def test_an_audit_log_not_kept_is_in_the_result_without_failing_it():
+    spec = {**PVC_TO_S3, "auditLog": "a.log", "parallelism": {"shards": 2}}
+    done = job([{"type": "Complete", "status": "True"}], succeeded=2)
+    why = "auditLog: the audit log could not be kept at a.log.1: denied"
+    pods = [
+        pod("p0", 0, "Succeeded", 0, summary(auditLog="a.log.0")),
+        pod("p1", 1, "Succeeded", 0, summary(auditLogError=why + "x" * 1000)),
+    ]
+    p = compute(spec, done, pods)
+    assert p["phase"] == "Succeeded" and p["result"]["exitCode"] == 0
+    assert p["result"]["auditLogErrors"] == [(why + "x" * 1000)[:512]]
+    api.Result.model_validate(p["result"])
+    kept = compute(spec, done, [pod(f"p{i}", i, "Succeeded", 0, summary()) for i in range(2)])
+    assert "auditLogErrors" not in kept["result"]

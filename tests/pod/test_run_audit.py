@@ -157,16 +157,22 @@ def test_the_spec_refuses_naming_the_field(options: dict[str, Any], says: str) -
     assert "--" not in ms.spec_errors(exc.value)
 
 
-def test_a_file_audit_log_needs_a_local_destination() -> None:
-    doc = {
+def test_a_file_audit_log_at_a_remote_destination_is_uploaded_not_opened() -> None:
+    """At s3 the engine writes no file of its own (the pod uploads a temp file, see
+    tests/backends/test_audit_upload.py); the name is still protected from the sync."""
+    doc: dict[str, Any] = {
         "source": {"kind": "local", "path": "/s"},
         "destination": {"kind": "s3", "bucket": "bkt"},
         "options": {"auditLog": "x.log"},
+        "shard": {"index": 1, "count": 2},
     }
-    with pytest.raises(ValidationError, match="needs a volume destination, not s3"):
-        ms.TransferSpec.model_validate(doc)
+    spec = ms.TransferSpec.model_validate(doc)
+    options = spec.to_engine()[2]
+    assert options.audit_log is None and options.protect == ("x.log.0", "x.log.1")
+    assert spec.audit_upload() == "x.log.1"
     doc["options"] = {"auditLog": "-"}
-    assert ms.TransferSpec.model_validate(doc).to_engine()[2].audit_log == "-"
+    spec = ms.TransferSpec.model_validate(doc)
+    assert spec.to_engine()[2].audit_log == "-" and spec.audit_upload() is None
 
 
 def test_delete_excluded_and_a_rename_onto_the_name_leave_the_audit_log(tmp_path: Path) -> None:
@@ -220,3 +226,43 @@ def test_a_file_destination_has_no_root_for_the_audit_log(tmp_path: Path) -> Non
     out = tmp_path / "out" / "renamed"
     assert (out / "a").read_text() == "a" * 10
     assert [e["path"] for e in _lines((out / "audit.jsonl").read_text())] == ["a"]
+
+
+def test_a_file_source_written_to_a_remote_name_refuses_a_file_audit_log(tmp_path: Path) -> None:
+    """The log would go below the object the file becomes: refused before anything runs."""
+    (tmp_path / "f").write_text("x")
+    doc = {
+        "source": {"kind": "local", "path": str(tmp_path / "f")},
+        "destination": {
+            "kind": "s3",
+            "bucket": "bkt",
+            "prefix": "obj",
+            "endpointUrl": "http://127.0.0.1:9",
+        },
+        "options": {"auditLog": "a.log"},
+    }
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(doc))
+    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
+    assert "auditLog: the destination names a file" in r.summary["message"]
+
+
+def test_files_from_a_mounted_file(tmp_path: Path) -> None:
+    """filesFromConfigMap: the operator mounts the key and the spec names the file."""
+    _tree(tmp_path)
+    listed = tmp_path / "list"
+    listed.write_text("; the mounted ConfigMap key\nb\n/d/\n")
+    run_ferry(
+        "run", "--spec", _spec(tmp_path, {"filesFromFile": str(listed)}), env=_env(tmp_path / "t")
+    )
+    dst = tmp_path / "dst"
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["b", "d", "d/c"]
+    listed.unlink()
+    r = run_ferry(
+        "run",
+        "--spec",
+        _spec(tmp_path, {"filesFromFile": str(listed)}),
+        env=_env(tmp_path / "t"),
+        check_rc=2,
+    )
+    assert "filesFromConfigMap: cannot read" in r.summary["message"]
