@@ -150,6 +150,7 @@ def test_audit_log_chmod_chown_and_files_from_rules(
     create({**pvc_spec(auditLog="logs/a.log"), "destination": s3})
     lists = {"name": "lists", "key": "nightly.txt"}
     create(pvc_spec(mode="Sync", filesFromConfigMap=lists, deleteExcluded=True))
+    create(pvc_spec(preserve=["times", "acls"]))
     for spec, says in [
         (pvc_spec(auditLog="../up"), "spec.auditLog"),
         (pvc_spec(auditLog="/abs"), "spec.auditLog"),
@@ -160,6 +161,7 @@ def test_audit_log_chmod_chown_and_files_from_rules(
         (pvc_spec(filesFrom=["a"], filesFromConfigMap=lists), "filesFrom and filesFromConfigMap"),
         (pvc_spec(filesFromConfigMap={"name": "lists"}), "spec.filesFromConfigMap.key"),
         ({**pvc_spec(chown="1:1"), "destination": s3}, "chown needs a destination"),
+        ({**pvc_spec(preserve=["acls"]), "destination": s3}, "preserve acls needs pvc"),
     ]:
         with pytest.raises(ApiException) as exc:
             create(spec)

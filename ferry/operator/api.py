@@ -458,6 +458,20 @@ DELTA_ON_RULE = {
     "pvc); use Auto or Off for s3, sftp and smb",
 }
 
+# POSIX ACLs live on volumes (and cross the ferry:// wire to and from one); the mover refuses
+# `--preserve acls` with an object store or file server (acl.refuse_kinds).
+ACLS_RULE = {
+    "rule": "!has(self.preserve) || !self.preserve.exists(p, p == 'acls') || !("
+    + " || ".join(
+        f"has(self.{side}.{kind})"
+        for side in ("source", "destination")
+        for kind in ("s3", "sftp", "smb")
+    )
+    + ")",
+    "message": "preserve acls needs pvc (or ferry) endpoints: s3, sftp and smb cannot hold POSIX "
+    "ACLs",
+}
+
 # zstd crosses only a ferry:// wire: On is refused by the mover without one, so it is
 # refused at admission unless an endpoint is a `ferry` one (a sender/receiver pair the
 # operator builds for two claims is its own choice, unknown at admission: Auto applies there).
@@ -586,6 +600,7 @@ class TransferJobSpec(_RecordAndTransformFields):
             DELETE_EXCLUDED_RULE,
             MIN_FREE_RULE,
             DELTA_ON_RULE,
+            ACLS_RULE,
             COMPRESSION_ON_RULE,
             SOURCE_NAMESPACE_RULE,
             DESTINATION_NAMESPACE_RULE,
@@ -775,6 +790,18 @@ class TransferJobSpec(_RecordAndTransformFields):
         ends = (info.data.get("source"), info.data.get("destination"))
         if value == "On" and not any(e is not None and e.ferry is not None for e in ends):
             raise ValueError(COMPRESSION_ON_RULE["message"])
+        return value
+
+    @field_validator("preserve")
+    @classmethod
+    def _acls_where_held(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        ends = (info.data.get("source"), info.data.get("destination"))
+        if (
+            value
+            and "acls" in value
+            and any(e is not None and e.kind in ("s3", "sftp", "smb") for e in ends)
+        ):
+            raise ValueError(ACLS_RULE["message"])
         return value
 
     @field_validator("delta")

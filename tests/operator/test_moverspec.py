@@ -72,6 +72,15 @@ def test_delta_reaches_the_mover_and_on_is_refused_where_nothing_rebuilds():
     assert api.DELTA_ON_RULE in rules
 
 
+def test_preserve_acls_reaches_the_mover_and_is_refused_towards_s3():
+    spec = api.TransferJobSpec.model_validate({**PVC_TO_PVC, "preserve": ["acls"]})
+    assert moverspec.mover_specs(spec, None).shards[0].to_engine()[2].preserve.acls
+    with pytest.raises(ValueError, match="preserve acls needs pvc"):
+        api.TransferJobSpec.model_validate({**PVC_TO_S3, "preserve": ["times", "acls"]})
+    doc = crdgen.crd(api.TransferJobKind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert api.ACLS_RULE in doc["properties"]["spec"]["x-kubernetes-validations"]
+
+
 # ---------------------------------------------------------------- mover pods users adapt
 
 OWN_POD = {
