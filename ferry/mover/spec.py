@@ -167,6 +167,16 @@ def check_relative(value: str, what: str) -> str:
     return value
 
 
+def check_bandwidth(value: str | None) -> str | None:
+    """A rate or timetable by the CLI's --bwlimit parser; the message names `bandwidth`."""
+    if value is not None:
+        try:
+            bwtable.BwTable.parse(value, "bandwidth")
+        except FerryError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 def check_meta(value: str | None, field: str) -> str | None:
     """chmod/chown by the CLI's parsers; the message names the field, not the flag."""
     from ferry.mover.metaxform import Chmod, Chown
@@ -329,12 +339,7 @@ class OptionsSpec(_Model):
     @field_validator("bandwidth")
     @classmethod
     def _bandwidth_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                bwtable.BwTable.parse(value, "bandwidth")
-            except FerryError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return check_bandwidth(value)
 
     @field_validator("profile")
     @classmethod

@@ -744,15 +744,9 @@ class TransferJobSpec(_RecordAndTransformFields):
     @field_validator("bandwidth")
     @classmethod
     def _bandwidth_parses(cls, value: str | None) -> str | None:
-        from ferry.mover.bwtable import BwTable
-        from ferry.mover.errors import FerryError
+        from ferry.mover.spec import check_bandwidth
 
-        if value is not None:
-            try:
-                BwTable.parse(value, "bandwidth")
-            except FerryError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return check_bandwidth(value)
 
     @field_validator("bandwidth_time_zone")
     @classmethod

@@ -35,14 +35,12 @@ ROOT_ACL = "u::rwx,u:4545:rwx,g::r-x,m::rwx,o::---"
 OLD = 1_500_000_000_000_000_000  # an mtime, ns
 
 
-@pytest.fixture
-def trees(tmp_path: Path) -> tuple[Path, Path]:
-    """src with ACLs on a small file, a chunked file, a directory (access and default) and
-    the root; a file without one inside the directory (it must not inherit one at dst)."""
+def make_tree(src: Path) -> None:
+    """ACLs on a small file (a batch), a chunked one, a directory (access and default) and
+    the root; a file without one in that directory (it must not inherit its default)."""
     why = acl.unavailable()
     if why is not None:
         unavailable(why)
-    src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "f").write_bytes(b"small")
     (src / "big").write_bytes(os.urandom(3 * MiB))
@@ -51,10 +49,16 @@ def trees(tmp_path: Path) -> tuple[Path, Path]:
     try:
         acl.set_path(str(src / "f"), AclText(FILE_ACL), False)
     except OSError as exc:
-        unavailable(f"{tmp_path} holds no POSIX ACLs: {exc}")
+        unavailable(f"{src} holds no POSIX ACLs: {exc}")
     acl.set_path(str(src / "big"), AclText(FILE_ACL), False)
     acl.set_path(str(src / "sub"), AclText(DIR_ACL, DIR_DEFAULT), True)
     acl.set_path(str(src), AclText(ROOT_ACL), True)
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    make_tree(src)
     os.utime(src, ns=(OLD, OLD))
     return src, tmp_path / "dst"
 

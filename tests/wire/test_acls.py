@@ -16,57 +16,24 @@ from ferry.mover import acl
 from ferry.mover.acl import AclText
 from ferry.mover.endpoints import Endpoint, LocalEndpoint, parse_endpoint
 from ferry.mover.errors import FerryError
-from ferry.mover.options import Delta, MiB, Options, Preserve
+from ferry.mover.options import Delta, MiB, Options
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
 from tests.conftest import run_ferry
+from tests.engine.test_acls import (
+    ACLS,
+    DIR_ACL,
+    DIR_DEFAULT,
+    FILE_ACL,
+    acls_of,
+    ctimes,
+    make_tree,
+)
 from tests.strict import unavailable
 from tests.wire.conftest import Server
 
-ACLS = Preserve(acls=True)
-FILE_ACL = "u::rw-,u:4242:r--,g::r--,m::r--,o::---"
-DIR_ACL = "u::rwx,g::r-x,g:4343:rwx,m::rwx,o::r-x"
-DIR_DEFAULT = "u::rwx,g::r-x,g:4444:r-x,m::r-x,o::---"
-ROOT_ACL = "u::rwx,u:4545:rwx,g::r-x,m::rwx,o::---"
 FILE = ["f", 0, 5, 1_600_000_000_000_000_000, 0o644, -1, -1, 1, 0, 0, -1, None, None]
-
-
-def make_tree(src: Path) -> None:
-    """ACLs on a small file (a batch), a chunked one, a directory (access and default) and
-    the root; a file without one in that directory (it must not inherit its default)."""
-    if acl.unavailable() is not None:
-        unavailable(str(acl.unavailable()))
-    (src / "sub").mkdir(parents=True)
-    (src / "f").write_bytes(b"small")
-    (src / "big").write_bytes(os.urandom(3 * MiB))
-    (src / "sub" / "plain").write_bytes(b"no acl here")
-    os.chmod(src / "sub" / "plain", 0o640)
-    try:
-        acl.set_path(str(src / "f"), AclText(FILE_ACL), False)
-    except OSError as exc:
-        unavailable(f"{src} holds no POSIX ACLs: {exc}")
-    acl.set_path(str(src / "big"), AclText(FILE_ACL), False)
-    acl.set_path(str(src / "sub"), AclText(DIR_ACL, DIR_DEFAULT), True)
-    acl.set_path(str(src), AclText(ROOT_ACL), True)
-
-
-def acls_of(root: Path) -> dict[str, AclText | None]:
-    out: dict[str, AclText | None] = {".": acl.read_path(str(root), True)}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = os.path.join(dirpath, name)
-            out[os.path.relpath(p, root)] = acl.read_path(p, name in dirs)
-    return out
-
-
-def ctimes(root: Path) -> dict[str, int]:
-    out = {".": root.stat().st_ctime_ns}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = os.path.join(dirpath, name)
-            out[os.path.relpath(p, root)] = os.lstat(p).st_ctime_ns
-    return out
 
 
 def copy(src: Endpoint, dst: Endpoint, **kw: object) -> Summary:
