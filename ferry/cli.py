@@ -181,8 +181,10 @@ def _transfer_args(p: argparse.ArgumentParser, command: str) -> None:
             type=int,
             default=None,
             metavar="N",
-            help="parallel workers (default: the profile's, else from the usable cores and the "
-            "destination's kind: 4 a core to a local disk, 8 to remote storage)",
+            help="parallel workers (default: "
+            + ("the profile's, else " if command in _TRANSFER else "")
+            + "from the usable cores and the destination's kind: 4 a core to a local disk, 8 "
+            "to remote storage)",
         )
     if command in _TRANSFER:
         _profile_flags(p)
