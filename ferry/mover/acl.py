@@ -15,7 +15,6 @@ loaded, `--preserve acls` is refused (`require`), never ignored.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from functools import cache
@@ -74,7 +73,7 @@ def _fn(f: ctypes._NamedFuncPointer, res: object, args: list[object]) -> ctypes.
 @cache
 def _load() -> _Lib | str:
     """The binding, or why there is none."""
-    name = ctypes.util.find_library("acl") or "libacl.so.1"
+    name = "libacl.so.1"  # the soname itself: ctypes.util.find_library runs ldconfig
     try:
         return _Lib(ctypes.CDLL(name, use_errno=True))
     except (OSError, AttributeError) as exc:
