@@ -321,21 +321,23 @@ def test_options_bwtable_is_none_when_nothing_limits() -> None:
     assert Options(bwlimit=MiB).bwtable == BwTable.constant(MiB)
 
 
-def _entry_now(minutes_ahead: int) -> str:
-    t = datetime.now(UTC) + timedelta(minutes=minutes_ahead)
+def _entry_now(minutes_ahead: int, tz: str = "UTC") -> str:
+    t = datetime.now(ZoneInfo(tz)) + timedelta(minutes=minutes_ahead)
     return f"{t:%H:%M}"
 
 
-def test_a_real_copy_is_throttled_by_the_entry_in_force(tmp_path: Path) -> None:
-    """The entry in force now is 2M (the next, off, is ten minutes away): the copy takes
-    at least what 2 MiB/s allows (a generous lower bound; the limiter's own rates are
-    asserted above)."""
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_a_real_copy_is_throttled_by_the_entry_in_force(tmp_path: Path, tz: str) -> None:
+    """The entry in force now, on the clock of --bwlimit-tz, is 2M (the next, off, is ten
+    minutes away): the copy takes at least what 2 MiB/s allows (a generous lower bound; the
+    limiter's own rates are asserted above). Kathmandu is 5:45 off UTC, so the same table
+    read in another zone would be off."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for i in range(3):
         (src / f"f{i}").write_bytes(os.urandom(MiB))
-    table = f"{_entry_now(0)},2M {_entry_now(10)},off"
-    s = run_ferry("copy", src, dst, "--bwlimit", table, "--bwlimit-tz", "UTC", "--json").summary
+    table = f"{_entry_now(0, tz)},2M {_entry_now(10, tz)},off"
+    s = run_ferry("copy", src, dst, "--bwlimit", table, "--bwlimit-tz", tz, "--json").summary
     assert s["bytesTransferred"] == 3 * MiB
     assert s["elapsedSeconds"] >= 3 / 2 * 0.8, s["elapsedSeconds"]
 
