@@ -8,8 +8,6 @@ without ACLs fails these tests (skip only in a partial run, tests/strict.py).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from ferry.mover.options import PRESERVE_FLAGS, Delta, MiB, Mode, Options, Prese
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
+from tests.asuser import as_user, shared_dir
 from tests.conftest import run_ferry
 from tests.strict import unavailable
 
@@ -321,15 +320,11 @@ def test_an_acl_larger_than_the_filesystem_holds_is_that_files_error(
     assert as_ferry_error(caught.value).kind == ErrorKind.IO_ERROR
 
 
-def test_a_root_owned_by_another_user_is_left_as_it_is(tmp_path: Path) -> None:
+def test_a_root_owned_by_another_user_is_left_as_it_is() -> None:
     """A non-root mover writing into a volume whose mount point belongs to root: the files
     are copied, the root's mode and times are left (a warning, not an error), and verify
     does not count the root it could not have set."""
-    if os.geteuid() != 0:
-        unavailable("needs root, to hand the destination root to another user than the mover")
-    base = Path(tempfile.mkdtemp(prefix="ferry-root-"))  # reachable by uid 65534
-    try:
-        os.chmod(base, 0o755)
+    with shared_dir() as base:
         src, dst = base / "src", base / "dst"
         src.mkdir(mode=0o755)
         (src / "f").write_bytes(b"x")
@@ -337,33 +332,19 @@ def test_a_root_owned_by_another_user_is_left_as_it_is(tmp_path: Path) -> None:
         os.utime(src, ns=(OLD, OLD))
         dst.mkdir()
         os.chmod(dst, 0o777)  # root's, writable by all: a volume's mount point
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the mover, as another user
-            code = 1
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                s = run_transfer(
-                    LocalEndpoint(str(src)), LocalEndpoint(str(dst)), Options(preserve=Preserve())
-                )
-                found: list[Difference] = []
-                v = verify_trees(
-                    LocalEndpoint(str(src)), LocalEndpoint(str(dst)), Options(), found.append
-                )
-                ok = s.fatal is None and s.error_count == 0 and s.files_copied == 1
-                os.write(write, repr((ok, v.fatal is None, len(found))).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read) as answer:
-            got = answer.read()
-        assert os.waitpid(pid, 0)[1] == 0
-        assert got == "(True, True, 0)", got
+
+        def mover() -> str:
+            s = run_transfer(
+                LocalEndpoint(str(src)), LocalEndpoint(str(dst)), Options(preserve=Preserve())
+            )
+            found: list[Difference] = []
+            v = verify_trees(
+                LocalEndpoint(str(src)), LocalEndpoint(str(dst)), Options(), found.append
+            )
+            ok = s.fatal is None and s.error_count == 0 and s.files_copied == 1
+            return repr((ok, v.fatal is None, len(found)))
+
+        assert as_user(mover) == "(True, True, 0)"
         assert (dst / "f").read_bytes() == b"x"
         st = dst.stat()
         assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o777)  # left as it was
-    finally:
-        shutil.rmtree(base)

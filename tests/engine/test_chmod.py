@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ferry.mover.plan import Planner
 from ferry.mover.result import Summary
 from ferry.mover.transfer import run_transfer
 from ferry.mover.verify import Difference, verify_trees
+from tests.asuser import as_user, shared_dir
 from tests.conftest import run_ferry
 from tests.engine.memtree import PLAIN, Tree
 from tests.engine.memtree import D as Dir
@@ -162,13 +164,15 @@ def test_chown_local_copy_second_run_and_verify(src: Path, tmp_path: Path) -> No
     assert [(d.path, d.what) for d in verify(src, dst, chown="1234:2345")] == [("a.sh", "owner")]
 
 
-def test_chown_refused_without_root(
-    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    s = run(src, tmp_path / "dst", chown="0:0")
-    assert s.fatal is not None and "--chown needs root" in str(s.fatal)
-    assert not (tmp_path / "dst").exists()
+def test_chown_refused_without_root(src: Path) -> None:
+    with shared_dir() as base:
+        shutil.copytree(src, base / "src")
+        os.chmod(base / "src", 0o755)
+        dst = base / "dst"
+        assert "--chown needs root" in as_user(
+            lambda: str(run(base / "src", dst, chown="0:0").fatal)
+        )
+        assert not dst.exists()
 
 
 def test_cli_plan_lists_the_mode_fix_and_refuses_bad_specs(src: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from ferry.mover import spec as ms
 from tests.conftest import run_ferry
 
 
-def _env(log: Path) -> dict[str, str]:
+def pod_env(log: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FERRY_TRANSFERJOB", "TRACEPARENT")}
     return {**env, "FERRY_TERMINATION_LOG": str(log)}
 
@@ -36,7 +36,7 @@ def _spec(tmp_path: Path, options: dict[str, Any], shard: dict[str, int] | None 
     return path
 
 
-def _tree(tmp_path: Path) -> Path:
+def seed_tree(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     for name in ("a", "b", "d/c"):
@@ -44,43 +44,43 @@ def _tree(tmp_path: Path) -> Path:
     return src
 
 
-def _lines(text: str) -> list[dict[str, Any]]:
+def audit_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_audit_log_in_the_destination_survives_a_second_sync(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     spec = _spec(tmp_path, {"mode": "Sync", "auditLog": "logs/audit.jsonl"})
-    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
     assert r.summary["filesCopied"] == 3
     audit = tmp_path / "dst" / "logs" / "audit.jsonl"
-    first = _lines(audit.read_text())
+    first = audit_lines(audit.read_text())
     copied = sorted(e["path"] for e in first if e["op"] == "copy")
     assert copied == ["a", "b", "d/c"] and all(e["result"] == "done" for e in first)
     # The source has neither the file nor its directory: a sync would delete both.
-    r2 = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    r2 = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
     assert r2.summary["filesDeleted"] == 0 and r2.summary["filesCopied"] == 0
-    second = _lines(audit.read_text())[len(first) :]
+    second = audit_lines(audit.read_text())[len(first) :]
     assert second and not any("logs" in e["path"] for e in first + second)
     assert all(e["op"] == "skip" for e in second if e["path"] in ("a", "b", "d/c"))
 
 
 def test_a_source_file_of_the_audit_logs_name_is_not_copied_onto_it(tmp_path: Path) -> None:
-    src = _tree(tmp_path)
+    src = seed_tree(tmp_path)
     (src / "audit.jsonl").write_text("not the log\n")
     spec = _spec(tmp_path, {"mode": "Sync", "auditLog": "audit.jsonl", "verify": "Full"})
-    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
     assert r.summary["filesCopied"] == 3
     text = (tmp_path / "dst" / "audit.jsonl").read_text()
-    assert "not the log" not in text and all(e["path"] != "audit.jsonl" for e in _lines(text))
+    assert "not the log" not in text and all(e["path"] != "audit.jsonl" for e in audit_lines(text))
 
 
 def test_a_dry_run_gives_its_plan_as_json_lines_on_stdout(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     spec = _spec(tmp_path, {"mode": "Sync", "dryRun": True, "auditLog": "-"})
     log = tmp_path / "t"
-    r = run_ferry("run", "--spec", spec, env=_env(log))
-    plan = _lines(r.stdout)  # stdout holds the audit lines and nothing else
+    r = run_ferry("run", "--spec", spec, env=pod_env(log))
+    plan = audit_lines(r.stdout)  # stdout holds the audit lines and nothing else
     assert sorted(e["path"] for e in plan if e["op"] == "copy") == ["a", "b", "d/c"]
     assert {e["result"] for e in plan} == {"planned"}
     assert not (tmp_path / "dst").exists()
@@ -90,21 +90,21 @@ def test_a_dry_run_gives_its_plan_as_json_lines_on_stdout(tmp_path: Path) -> Non
 
 
 def test_a_dry_run_plan_in_the_destination_file(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     spec = _spec(tmp_path, {"dryRun": True, "auditLog": "plan.jsonl"})
-    run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
-    plan = _lines((tmp_path / "dst" / "plan.jsonl").read_text())
+    run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
+    plan = audit_lines((tmp_path / "dst" / "plan.jsonl").read_text())
     assert sorted(e["path"] for e in plan if e["op"] == "copy") == ["a", "b", "d/c"]
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["plan.jsonl"]
 
 
 def test_shards_write_one_file_each(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     paths: list[str] = []
     for i in range(2):
         spec = _spec(tmp_path, {"mode": "Sync", "auditLog": "a.log"}, {"index": i, "count": 2})
-        run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
-        paths += [e["path"] for e in _lines((tmp_path / "dst" / f"a.log.{i}").read_text())]
+        run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
+        paths += [e["path"] for e in audit_lines((tmp_path / "dst" / f"a.log.{i}").read_text())]
     # "." is the destination root's metadata, set by each shard as rsync sets it
     assert sorted(p for p in paths if p not in ("d", ".")) == ["a", "b", "d/c"]
     assert not (tmp_path / "dst" / "a.log").exists()
@@ -113,9 +113,9 @@ def test_shards_write_one_file_each(tmp_path: Path) -> None:
 
 
 def test_files_from_and_chmod(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     opts = {"filesFrom": ["# two of three", "a", "/d/c"], "chmod": "F600,D755"}
-    run_ferry("run", "--spec", _spec(tmp_path, opts), env=_env(tmp_path / "t"))
+    run_ferry("run", "--spec", _spec(tmp_path, opts), env=pod_env(tmp_path / "t"))
     dst = tmp_path / "dst"
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["a", "d", "d/c"]
     assert stat.S_IMODE((dst / "a").stat().st_mode) == 0o600
@@ -123,13 +123,13 @@ def test_files_from_and_chmod(tmp_path: Path) -> None:
 
 
 def test_chown_is_applied_as_root_and_refused_naming_it_otherwise(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     spec = _spec(tmp_path, {"chown": "1234:2345"})
     if os.geteuid() != 0:
-        r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
+        r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"), check_rc=2)
         assert "--chown needs root" in r.summary["message"]
         return
-    run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
     st = (tmp_path / "dst" / "d" / "c").stat()
     assert (st.st_uid, st.st_gid) == (1234, 2345)
 
@@ -178,7 +178,7 @@ def test_a_file_audit_log_at_a_remote_destination_is_uploaded_not_opened() -> No
 def test_delete_excluded_and_a_rename_onto_the_name_leave_the_audit_log(tmp_path: Path) -> None:
     """Two more ways a sync could reach the file: its name excluded with --delete-excluded,
     and a source file renamed onto it."""
-    src = _tree(tmp_path)
+    src = seed_tree(tmp_path)
     (src / "x.txt").write_text("renamed onto the log")
     opts = {
         "mode": "Sync",
@@ -189,18 +189,18 @@ def test_delete_excluded_and_a_rename_onto_the_name_leave_the_audit_log(tmp_path
     }
     spec = _spec(tmp_path, opts)
     for _ in range(2):
-        r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+        r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
         assert r.summary["filesDeleted"] == 0
-    lines = _lines((tmp_path / "dst" / "x.jsonl").read_text())
+    lines = audit_lines((tmp_path / "dst" / "x.jsonl").read_text())
     assert {e["path"] for e in lines} >= {"a", "b", "d/c"}
     assert all(e["path"] != "x.jsonl" for e in lines)
 
 
 def test_a_real_run_with_stdout_audit_leaves_stdout_to_the_audit_lines(tmp_path: Path) -> None:
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     spec = _spec(tmp_path, {"mode": "Sync", "auditLog": "-", "verify": "Full"})
-    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
-    lines = _lines(r.stdout)
+    r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
+    lines = audit_lines(r.stdout)
     assert lines and all(set(e) >= {"time", "op", "path", "result"} for e in lines)
     assert sorted(e["path"] for e in lines if e["op"] == "copy") == ["a", "b", "d/c"]
     summary = json.loads((tmp_path / "t").read_text())
@@ -209,7 +209,7 @@ def test_a_real_run_with_stdout_audit_leaves_stdout_to_the_audit_lines(tmp_path:
 
 def test_a_file_destination_has_no_root_for_the_audit_log(tmp_path: Path) -> None:
     """A file source written to a name: refused naming auditLog; into a directory: kept there."""
-    src = _tree(tmp_path)
+    src = seed_tree(tmp_path)
     doc: dict[str, Any] = {
         "source": {"kind": "local", "path": str(src / "a")},
         "destination": {"kind": "local", "path": str(tmp_path / "out" / "renamed")},
@@ -217,15 +217,15 @@ def test_a_file_destination_has_no_root_for_the_audit_log(tmp_path: Path) -> Non
     }
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(doc))
-    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
+    r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"), check_rc=2)
     assert "auditLog: the destination names a file" in r.summary["message"]
     assert not (tmp_path / "out").exists()
     doc["destination"]["path"] += "/"
     spec.write_text(json.dumps(doc))
-    run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"))
+    run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"))
     out = tmp_path / "out" / "renamed"
     assert (out / "a").read_text() == "a" * 10
-    assert [e["path"] for e in _lines((out / "audit.jsonl").read_text())] == ["a"]
+    assert [e["path"] for e in audit_lines((out / "audit.jsonl").read_text())] == ["a"]
 
 
 def test_a_file_source_written_to_a_remote_name_refuses_a_file_audit_log(tmp_path: Path) -> None:
@@ -243,17 +243,20 @@ def test_a_file_source_written_to_a_remote_name_refuses_a_file_audit_log(tmp_pat
     }
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(doc))
-    r = run_ferry("run", "--spec", spec, env=_env(tmp_path / "t"), check_rc=2)
+    r = run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t"), check_rc=2)
     assert "auditLog: the destination names a file" in r.summary["message"]
 
 
 def test_files_from_a_mounted_file(tmp_path: Path) -> None:
     """filesFromConfigMap: the operator mounts the key and the spec names the file."""
-    _tree(tmp_path)
+    seed_tree(tmp_path)
     listed = tmp_path / "list"
     listed.write_text("; the mounted ConfigMap key\nb\n/d/\n")
     run_ferry(
-        "run", "--spec", _spec(tmp_path, {"filesFromFile": str(listed)}), env=_env(tmp_path / "t")
+        "run",
+        "--spec",
+        _spec(tmp_path, {"filesFromFile": str(listed)}),
+        env=pod_env(tmp_path / "t"),
     )
     dst = tmp_path / "dst"
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["b", "d", "d/c"]
@@ -262,7 +265,7 @@ def test_files_from_a_mounted_file(tmp_path: Path) -> None:
         "run",
         "--spec",
         _spec(tmp_path, {"filesFromFile": str(listed)}),
-        env=_env(tmp_path / "t"),
+        env=pod_env(tmp_path / "t"),
         check_rc=2,
     )
     assert "filesFromConfigMap: cannot read" in r.summary["message"]

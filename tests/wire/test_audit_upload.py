@@ -4,11 +4,11 @@ over the wire when the run ends, kept out of the sync, replaced by the next run.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_ferry
+from tests.pod.test_run_audit import audit_lines, pod_env
 from tests.wire.conftest import Server
 
 
@@ -28,13 +28,7 @@ def _run(tmp_path: Path, server: Server, options: dict[str, Any]) -> dict[str, A
     }
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(doc))
-    env = {k: v for k, v in os.environ.items() if k not in ("FERRY_TRANSFERJOB", "TRACEPARENT")}
-    env["FERRY_TERMINATION_LOG"] = str(tmp_path / "t")
-    return run_ferry("run", "--spec", spec, env=env).summary
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return run_ferry("run", "--spec", spec, env=pod_env(tmp_path / "t")).summary
 
 
 def test_the_audit_log_is_uploaded_over_the_wire(tmp_path: Path, server: Server) -> None:
@@ -45,15 +39,15 @@ def test_the_audit_log_is_uploaded_over_the_wire(tmp_path: Path, server: Server)
     plan = _run(tmp_path, server, {"mode": "Sync", "dryRun": True, "auditLog": "log/a"})
     assert plan["auditLog"] == "log/a"
     audit = server.root / "dst" / "log" / "a"
-    assert {e["result"] for e in _lines(audit)} == {"planned"}
+    assert {e["result"] for e in audit_lines(audit.read_text())} == {"planned"}
     assert sorted(p.name for p in (server.root / "dst").iterdir()) == ["log"]
 
     first = _run(tmp_path, server, {"mode": "Sync", "auditLog": "log/a"})
     assert first["filesCopied"] == 2
-    lines = _lines(audit)
+    lines = audit_lines(audit.read_text())
     assert sorted(e["path"] for e in lines if e["op"] == "copy") == ["a", "d/c"]
     assert {e["result"] for e in lines} != {"planned"}  # the plan's file was replaced
 
     again = _run(tmp_path, server, {"mode": "Sync", "auditLog": "log/a"})
     assert again["filesDeleted"] == 0 and again["filesCopied"] == 0
-    assert not any(e["op"] == "copy" or "log" in e["path"] for e in _lines(audit))
+    assert not any(e["op"] == "copy" or "log" in e["path"] for e in audit_lines(audit.read_text()))
