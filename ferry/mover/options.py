@@ -19,6 +19,9 @@ from ferry.mover.sizes import KiB as KiB
 from ferry.mover.sizes import MiB, parse_size
 
 DEFAULT_CHUNK_SIZE = 16 * MiB
+# S3's default part (the S3 backend's chunks): each transfer holds one until it is sent, so
+# the tuning counts it before the backend is opened.
+S3_UPLOAD_CHUNK = 8 * MiB
 MIN_BUFFER, MAX_BUFFER = 64 * KiB, 16 * MiB
 
 PRESERVE_FLAGS = ("times", "perms", "owners", "xattrs", "links", "hardlinks", "sparse", "acls")

@@ -14,11 +14,10 @@ from typing import Any
 
 from ferry.mover import host as hostmod
 from ferry.mover.endpoints import Endpoint, FerryEndpoint
-from ferry.mover.options import MiB, Options
+from ferry.mover.options import S3_UPLOAD_CHUNK, MiB, Options
 from ferry.mover.profiles import profile as lookup
 
 DEFAULT_BUFFER_SIZE = 2 * MiB  # engine/stream.py: measured fastest on this kind of machine
-S3_CHUNK = 8 * MiB  # the S3 backend's default part, held in memory until it is sent
 
 
 def worker_bytes(buffer_size: int, chunk_held: int) -> int:
@@ -80,7 +79,7 @@ def resolve(
         "bufferSize", buffer_size, prof.buffer_size if prof else None, DEFAULT_BUFFER_SIZE
     )
     h = host or hostmod.read_host()
-    held = (chunk or S3_CHUNK) if dest_kind == "s3" else 0
+    held = (chunk or S3_UPLOAD_CHUNK) if dest_kind == "s3" else 0
     sized = hostmod.sizing(h.cores, h.memory, dest_kind, worker_bytes(buffer, held))
     where = f"host: {h.cores:g} cores from {h.cores_from}, dest {dest_kind}"
     n = pick("transfers", transfers, prof.transfers if prof else None, sized.transfers)

@@ -71,13 +71,13 @@ from ferry.mover.backends.s3.session import MAX_PART, MAX_PARTS, MIN_PART, S3Ses
 from ferry.mover.backends.s3.wire.api import put_headers
 from ferry.mover.endpoints import S3Endpoint
 from ferry.mover.errors import ErrorKind, FerryError
-from ferry.mover.options import MiB, Preserve
+from ferry.mover.options import S3_UPLOAD_CHUNK, MiB, Preserve
 from ferry.mover.roots import RootId, s3_root
 
 # Chunks of a big upload, unless the run names a size: each transfer holds its chunk until
 # the part is sent (it is hashed and signed whole). 8 MiB, as boto3's parts: a 256 MiB upload
 # peaked at 123 MiB RSS instead of 188 MiB with 16 MiB chunks, at the same speed.
-UPLOAD_CHUNK = 8 * MiB
+UPLOAD_CHUNK = S3_UPLOAD_CHUNK
 SINGLE_PUT_MAX = 8 * MiB  # at or below: buffer and PUT once at commit
 
 
